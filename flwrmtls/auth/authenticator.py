@@ -1,0 +1,118 @@
+"""The one interface every way of authenticating a caller implements.
+
+An authenticator is a pure function of what a call presents (:class:`CallCredentials`) and the
+time: it returns the :class:`Principal` making the call or raises :class:`AuthenticationFailed`.
+It never touches gRPC; :mod:`flwrmtls.auth.interceptor` collects the credentials from a gRPC
+call and applies the policy table to the principal.
+
+Implementations: :class:`flwrmtls.auth.mtls.MtlsAuthenticator` (certificates verified against a
+CA chain) and :class:`OpenAuthenticator` (a link without client authentication).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+from flwrmtls.auth.identity import PrincipalKind
+
+__all__ = [
+    "AuthMethod",
+    "AuthenticationFailed",
+    "Authenticator",
+    "CallCredentials",
+    "OpenAuthenticator",
+    "Principal",
+    "RefusalReason",
+]
+
+
+class AuthMethod(enum.StrEnum):
+    CERTIFICATE = "certificate"
+    NONE = "none"
+
+
+class RefusalReason(enum.StrEnum):
+    """Why a caller was refused: a stable code, logged and sent to the caller."""
+
+    NO_CERTIFICATE = "no-certificate"
+    UNTRUSTED = "untrusted"
+    NOT_YET_VALID = "not-yet-valid"
+    EXPIRED = "expired"
+    REVOKED = "revoked"
+    CRL_UNAVAILABLE = "crl-unavailable"
+    WRONG_USAGE = "wrong-usage"
+    AMBIGUOUS_IDENTITY = "ambiguous-identity"
+    NOT_PERMITTED = "not-permitted"
+
+
+@dataclass(frozen=True, slots=True)
+class CallCredentials:
+    """What one call presents, as raw values taken from the transport."""
+
+    method: str
+    peer: str
+    leaf_pem: bytes | None
+    """The client certificate the TLS handshake verified, PEM (grpc's ``x509_pem_cert``)."""
+    chain_pem: bytes | None
+    """What the client sent after its leaf, PEM, unverified (``x509_pem_cert_chain``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """The authenticated caller of one call."""
+
+    kind: PrincipalKind
+    auth_method: AuthMethod
+    identity: str
+    organisation: str
+    node_id: int | None
+    """Derived from the identity; None when the link has no client authentication."""
+    not_after: datetime | None
+    """When the caller's credentials stop being valid (the chain's earliest expiry)."""
+    fingerprint: str
+    """SHA-256 of the leaf certificate, hex; empty without a certificate."""
+
+
+class AuthenticationFailed(Exception):
+    """The caller is not who the link accepts; ``str()`` is sent to the caller."""
+
+    def __init__(self, reason: RefusalReason, message: str, fingerprint: str = "") -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+        self.fingerprint = fingerprint
+
+
+class Authenticator(Protocol):
+    """Decide who a call comes from. Must be cheap: it runs on every call."""
+
+    @property
+    def name(self) -> str: ...
+
+    def authenticate(self, call: CallCredentials, now: datetime) -> Principal:
+        """Return the caller, or raise AuthenticationFailed."""
+        ...
+
+
+class OpenAuthenticator:
+    """No client authentication: every caller is anonymous, and the policy lets it do anything.
+
+    Only for links started without ``--ssl-require-client-auth`` (development, or a network
+    that authenticates by other means); the link warns loudly when it runs this way.
+    """
+
+    name = "none"
+
+    def authenticate(self, call: CallCredentials, now: datetime) -> Principal:
+        return Principal(
+            kind=PrincipalKind.ANONYMOUS,
+            auth_method=AuthMethod.NONE,
+            identity=f"anonymous@{call.peer}",
+            organisation="",
+            node_id=None,
+            not_after=None,
+            fingerprint="",
+        )

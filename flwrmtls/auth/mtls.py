@@ -1,0 +1,224 @@
+"""The mTLS authenticator: the caller is who its verified certificate says.
+
+The TLS handshake (BoringSSL, inside grpcio) is the first gate. This is the second, run by the
+link itself because the handshake alone is lenient in ways x509-limbo shows (trust anchors'
+basicConstraints, unknown critical extensions, chain depth) and knows nothing of revocation:
+
+* once per connection (cached by the exact PEM the connection presented): the chain is
+  re-verified with cryptography's client verifier against the client CA bundle, the leaf's
+  extended key usage must allow clientAuth, and the identity is derived;
+* on every call: the validity window of the whole verified chain against the clock, and the
+  CRL of every issuer in the chain. A revocation or an expiry takes effect on the next call,
+  not at the next reconnect.
+
+Failed verifications are cached briefly too, so a peer repeating a bad certificate costs a
+dictionary lookup, not a verification.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import OrderedDict
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.x509.oid import ExtendedKeyUsageOID
+from cryptography.x509.verification import (
+    Criticality,
+    ExtensionPolicy,
+    PolicyBuilder,
+    Store,
+    VerificationError,
+)
+
+from flwrmtls.auth.authenticator import (
+    AuthenticationFailed,
+    AuthMethod,
+    CallCredentials,
+    Principal,
+    RefusalReason,
+)
+from flwrmtls.auth.identity import AmbiguousIdentityError, IdentitySource, identity_from_certificate
+from flwrmtls.auth.revocation import RevocationStore
+
+__all__ = ["MtlsAuthenticator", "certificate_fingerprint"]
+
+_FAILURE_TTL = timedelta(seconds=30)
+_CLIENT_USAGES = {ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE}
+
+
+def certificate_fingerprint(certificate: x509.Certificate) -> str:
+    """SHA-256 of the DER certificate, hex: how logs and tables name a certificate."""
+    return certificate.fingerprint(hashes.SHA256()).hex()
+
+
+@dataclass(frozen=True, slots=True)
+class _Verified:
+    principal: Principal
+    chain: tuple[x509.Certificate, ...]
+    not_before: datetime
+    not_after: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class _Failed:
+    error: AuthenticationFailed
+    until: datetime
+
+
+def _utc(moment: datetime) -> str:
+    return f"{moment:%Y-%m-%d %H:%M:%S} UTC"
+
+
+def _ee_policy() -> ExtensionPolicy:
+    # WebPKI's default requires a SAN; node certificates are often CN-only.
+    return ExtensionPolicy.webpki_defaults_ee().may_be_present(
+        x509.SubjectAlternativeName, Criticality.AGNOSTIC, None
+    )
+
+
+class MtlsAuthenticator:
+    """Authenticate callers by the client certificate their TLS connection presented."""
+
+    name = "mtls"
+
+    def __init__(
+        self,
+        trust_anchors: list[x509.Certificate],
+        *,
+        revocations: RevocationStore | None = None,
+        identity_source: IdentitySource = IdentitySource.SUBJECT,
+        max_chain_depth: int | None = None,
+        cache_size: int = 50_000,
+    ) -> None:
+        if not trust_anchors:
+            raise ValueError("the mTLS authenticator needs at least one trusted CA certificate")
+        self._store = Store(trust_anchors)
+        self._revocations = revocations
+        self._identity_source = identity_source
+        self._max_chain_depth = max_chain_depth
+        self._cache: OrderedDict[tuple[bytes, bytes], _Verified | _Failed] = OrderedDict()
+        self._cache_size = cache_size
+
+    def authenticate(self, call: CallCredentials, now: datetime) -> Principal:
+        if not call.leaf_pem:
+            raise AuthenticationFailed(
+                RefusalReason.NO_CERTIFICATE, "the link requires a client certificate"
+            )
+        key = (call.leaf_pem, call.chain_pem or b"")
+        entry = self._cache.get(key)
+        if entry is None or (isinstance(entry, _Failed) and now >= entry.until):
+            entry = self._verify(call.leaf_pem, call.chain_pem, now)
+            self._cache[key] = entry
+            if len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
+        if isinstance(entry, _Failed):
+            raise entry.error
+        fingerprint = entry.principal.fingerprint
+        if now < entry.not_before:
+            raise AuthenticationFailed(
+                RefusalReason.NOT_YET_VALID,
+                f"certificate not valid before {_utc(entry.not_before)}",
+                fingerprint,
+            )
+        if now > entry.not_after:
+            raise AuthenticationFailed(
+                RefusalReason.EXPIRED,
+                f"certificate expired on {_utc(entry.not_after)}",
+                fingerprint,
+            )
+        if self._revocations is not None:
+            chain = entry.chain
+            try:
+                for certificate, issuer in itertools.pairwise(chain):
+                    self._revocations.check(certificate, issuer, now)
+            except AuthenticationFailed as error:
+                error.fingerprint = fingerprint
+                raise
+        return entry.principal
+
+    def _verify(
+        self, leaf_pem: bytes, chain_pem: bytes | None, now: datetime
+    ) -> _Verified | _Failed:
+        try:
+            return self._verify_or_raise(leaf_pem, chain_pem, now)
+        except AuthenticationFailed as error:
+            return _Failed(error, now + _FAILURE_TTL)
+
+    def _verify_or_raise(
+        self, leaf_pem: bytes, chain_pem: bytes | None, now: datetime
+    ) -> _Verified:
+        try:
+            leaf = x509.load_pem_x509_certificate(leaf_pem)
+            intermediates = x509.load_pem_x509_certificates(chain_pem) if chain_pem else []
+        except ValueError as error:
+            raise AuthenticationFailed(
+                RefusalReason.UNTRUSTED, f"certificate cannot be parsed: {error}"
+            ) from None
+        fingerprint = certificate_fingerprint(leaf)
+        # Report the plainest reason first: dates and usage, then the chain.
+        if now < leaf.not_valid_before_utc:
+            raise AuthenticationFailed(
+                RefusalReason.NOT_YET_VALID,
+                f"certificate not valid before {_utc(leaf.not_valid_before_utc)}",
+                fingerprint,
+            )
+        if now > leaf.not_valid_after_utc:
+            raise AuthenticationFailed(
+                RefusalReason.EXPIRED,
+                f"certificate expired on {_utc(leaf.not_valid_after_utc)}",
+                fingerprint,
+            )
+        try:
+            usages = set(leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value)
+        except x509.ExtensionNotFound:
+            usages = None
+        if usages is not None and not usages & _CLIENT_USAGES:
+            raise AuthenticationFailed(
+                RefusalReason.WRONG_USAGE,
+                "certificate's extended key usage does not include clientAuth",
+                fingerprint,
+            )
+        builder = (
+            PolicyBuilder()
+            .store(self._store)
+            .time(now)
+            .extension_policies(
+                ca_policy=ExtensionPolicy.webpki_defaults_ca(), ee_policy=_ee_policy()
+            )
+        )
+        if self._max_chain_depth is not None:
+            builder = builder.max_chain_depth(self._max_chain_depth)
+        try:
+            verified = builder.build_client_verifier().verify(leaf, intermediates)
+        except VerificationError as error:
+            raise AuthenticationFailed(
+                RefusalReason.UNTRUSTED,
+                f"certificate not signed by a trusted CA ({error})",
+                fingerprint,
+            ) from None
+        try:
+            identity = identity_from_certificate(leaf, self._identity_source)
+        except AmbiguousIdentityError as error:
+            raise AuthenticationFailed(
+                RefusalReason.AMBIGUOUS_IDENTITY,
+                f"certificate identity refused: {error}",
+                fingerprint,
+            ) from None
+        chain = tuple(verified.chain)
+        return _Verified(
+            principal=Principal(
+                kind=identity.kind,
+                auth_method=AuthMethod.CERTIFICATE,
+                identity=identity.value,
+                organisation=identity.organisation,
+                node_id=identity.node_id,
+                not_after=min(c.not_valid_after_utc for c in chain),
+                fingerprint=fingerprint,
+            ),
+            chain=chain,
+            not_before=max(c.not_valid_before_utc for c in chain),
+            not_after=min(c.not_valid_after_utc for c in chain),
+        )

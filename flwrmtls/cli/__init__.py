@@ -1,0 +1,1 @@
+"""The ``flwrmtls`` command line: one module per command group, joined in main.py."""

@@ -1,0 +1,284 @@
+"""``flwrmtls ca``: the built-in CA tool on the command line.
+
+A thin layer over :mod:`flwrmtls.pki`: every command parses its flags, calls one pki function,
+and prints what it wrote, one path per line on stdout. Errors are InputErrors, which
+``flwrmtls.cli.main`` prints on one line before exiting 1. No key material is ever printed.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from cryptography import x509
+
+from flwrmtls.auth.identity import IdentitySource
+from flwrmtls.pki import (
+    CaFiles,
+    CertificateAuthority,
+    CertificateDescription,
+    IssuedCertificate,
+    KeyType,
+    RevocationReason,
+    describe_certificate,
+    read_certificate_file,
+)
+from flwrmtls.pki.crl import parse_serial
+
+__all__ = ["app"]
+
+app = typer.Typer(
+    help="The built-in CA: create a CA, issue server, node and CLI certificates, revoke them, "
+    "write the CRL, and show the identity a certificate maps to.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+issue_app = typer.Typer(
+    help="Issue a certificate signed by the CA's issuing CA: <name>.pem (chain) and <name>.key.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.add_typer(issue_app, name="issue")
+
+
+class OutputFormat(enum.StrEnum):
+    TEXT = "text"
+    JSON = "json"
+
+
+DirectoryOption = Annotated[
+    Path, typer.Option("--dir", help="The CA directory.", file_okay=False, show_default=True)
+]
+DaysOption = Annotated[int, typer.Option("--days", help="Validity in days.")]
+ForceOption = Annotated[bool, typer.Option("--force", help="Overwrite existing files.")]
+KeyTypeOption = Annotated[
+    KeyType | None,
+    typer.Option("--key-type", help="Key algorithm (default: the CA's).", case_sensitive=False),
+]
+OrganizationOption = Annotated[
+    str | None, typer.Option("--org", help="Subject organisation (O).", show_default=False)
+]
+CommonNameOption = Annotated[
+    str | None,
+    typer.Option("--cn", help="Subject common name (default: NAME).", show_default=False),
+]
+NameArgument = Annotated[
+    str, typer.Argument(help="File name stem: writes NAME.pem and NAME.key.", show_default=False)
+]
+DEFAULT_DIRECTORY = Path("certs")
+
+
+def _print_issued(issued: IssuedCertificate) -> None:
+    typer.echo(f"wrote {issued.chain_path} (certificate chain, serial {issued.serial:#x})")
+    typer.echo(f"wrote {issued.key_path} (private key)")
+
+
+@app.command("init")
+def init_command(
+    directory: DirectoryOption = DEFAULT_DIRECTORY,
+    name: Annotated[str, typer.Option("--name", help="CA name: CN=<name> Root CA.")] = "flwrmtls",
+    key_type: Annotated[
+        KeyType, typer.Option("--key-type", help="Key algorithm.", case_sensitive=False)
+    ] = KeyType.EC,
+    days: DaysOption = 3650,
+    force: ForceOption = False,
+) -> None:
+    """Create a root CA and an issuing CA, and an empty CRL."""
+    authority = CertificateAuthority.create(
+        directory, name=name, key_type=key_type, days=days, force=force
+    )
+    files = authority.files
+    typer.echo(f"wrote {files.trust_bundle} (root CA certificate: the trust anchor)")
+    typer.echo(f"wrote {files.root_key} (root CA private key)")
+    typer.echo(f"wrote {files.issuing_certificate} (issuing CA certificate)")
+    typer.echo(f"wrote {files.issuing_key} (issuing CA private key)")
+    typer.echo(f"wrote {files.revocation_record} (revocation record)")
+    typer.echo(f"wrote {files.crl} (CRL)")
+
+
+@issue_app.command("server")
+def issue_server_command(
+    name: NameArgument,
+    dns: Annotated[
+        list[str] | None, typer.Option("--dns", help="DNS name (repeatable).", show_default=False)
+    ] = None,
+    ip: Annotated[
+        list[str] | None, typer.Option("--ip", help="IP address (repeatable).", show_default=False)
+    ] = None,
+    directory: DirectoryOption = DEFAULT_DIRECTORY,
+    days: DaysOption = 365,
+    key_type: KeyTypeOption = None,
+    force: ForceOption = False,
+) -> None:
+    """A link's certificate (EKU serverAuth). Without --dns/--ip: localhost and 127.0.0.1."""
+    dns_names, ip_addresses = (dns or [], ip or []) if dns or ip else (["localhost"], ["127.0.0.1"])
+    issued = CertificateAuthority.load(directory).issue_server(
+        name,
+        dns_names=dns_names,
+        ip_addresses=ip_addresses,
+        days=days,
+        key_type=key_type,
+        force=force,
+    )
+    _print_issued(issued)
+
+
+@issue_app.command("node")
+def issue_node_command(
+    name: NameArgument,
+    cn: CommonNameOption = None,
+    org: OrganizationOption = None,
+    ou: Annotated[
+        str | None, typer.Option("--ou", help="Subject organisational unit.", show_default=False)
+    ] = None,
+    spiffe_id: Annotated[
+        str | None,
+        typer.Option("--spiffe-id", help="SPIFFE ID, written as the URI SAN.", show_default=False),
+    ] = None,
+    directory: DirectoryOption = DEFAULT_DIRECTORY,
+    days: DaysOption = 365,
+    key_type: KeyTypeOption = None,
+    force: ForceOption = False,
+) -> None:
+    """A node's certificate (EKU clientAuth); its Subject is its identity."""
+    issued = CertificateAuthority.load(directory).issue_node(
+        name,
+        common_name=cn,
+        organization=org,
+        organizational_unit=ou,
+        spiffe_id=spiffe_id,
+        days=days,
+        key_type=key_type,
+        force=force,
+    )
+    _print_issued(issued)
+
+
+@issue_app.command("cli")
+def issue_cli_command(
+    name: NameArgument,
+    role: Annotated[str, typer.Option("--role", help="operator or user.", show_default=False)],
+    cn: CommonNameOption = None,
+    org: OrganizationOption = None,
+    directory: DirectoryOption = DEFAULT_DIRECTORY,
+    days: DaysOption = 365,
+    key_type: KeyTypeOption = None,
+    force: ForceOption = False,
+) -> None:
+    """A CLI user's certificate (EKU clientAuth) with the X.520 role attribute."""
+    issued = CertificateAuthority.load(directory).issue_cli(
+        name,
+        role=role,
+        common_name=cn,
+        organization=org,
+        days=days,
+        key_type=key_type,
+        force=force,
+    )
+    _print_issued(issued)
+
+
+@app.command("revoke")
+def revoke_command(
+    certificate_file: Annotated[
+        Path | None,
+        typer.Argument(help="The certificate (chain) file to revoke.", show_default=False),
+    ] = None,
+    serial: Annotated[
+        str | None,
+        typer.Option(
+            "--serial", help="Serial to revoke: 0x1f2e, 1F:2E or decimal.", show_default=False
+        ),
+    ] = None,
+    reason: Annotated[
+        RevocationReason, typer.Option("--reason", help="RFC 5280 revocation reason.")
+    ] = RevocationReason.UNSPECIFIED,
+    directory: DirectoryOption = DEFAULT_DIRECTORY,
+) -> None:
+    """Revoke a certificate by file or serial and rewrite the CRL."""
+    authority = CertificateAuthority.load(directory)
+    revoked_serial = authority.revoke(
+        certificate_file=certificate_file,
+        serial=None if serial is None else parse_serial(serial),
+        reason=reason,
+    )
+    typer.echo(f"revoked serial {revoked_serial:#x} ({reason.value})")
+    typer.echo(f"wrote {authority.files.revocation_record} (revocation record)")
+    typer.echo(f"wrote {authority.crl_path} (CRL)")
+
+
+@app.command("crl")
+def crl_command(
+    directory: DirectoryOption = DEFAULT_DIRECTORY,
+    days: Annotated[int, typer.Option("--days", help="Days until the CRL's next update.")] = 7,
+) -> None:
+    """Rewrite the CRL (for example to renew its next-update date)."""
+    crl_path = CertificateAuthority.load(directory).write_crl(days=days)
+    typer.echo(f"wrote {crl_path} (CRL)")
+
+
+def _issuing_ca_in(directory: Path) -> x509.Certificate | None:
+    files = CaFiles(directory)
+    if not files.issuing_certificate.is_file():
+        return None
+    return read_certificate_file(files.issuing_certificate, "issuing CA certificate")
+
+
+def _render_text(description: CertificateDescription, directory: Path) -> list[str]:
+    rows = [
+        ("subject", description.subject),
+        ("issuer", description.issuer),
+        ("serial", description.serial_hex),
+        ("not before", description.not_before.isoformat()),
+        ("not after", description.not_after.isoformat()),
+        ("key type", description.key_type),
+        ("CA", "yes" if description.is_ca else "no"),
+        ("EKU", ", ".join(description.extended_key_usages) or "none (any purpose)"),
+        ("SANs", ", ".join(description.subject_alternative_names) or "none"),
+        ("sha256", description.sha256_fingerprint),
+    ]
+    if description.issued_by_ca is not None:
+        verdict = "yes" if description.issued_by_ca else "no"
+        rows.append((f"issued by CA in {directory}", verdict))
+    source = description.identity_source.value
+    if description.identity_error is None:
+        rows += [
+            (f"identity ({source})", description.identity or ""),
+            ("kind", description.kind or ""),
+            ("node id", str(description.node_id)),
+        ]
+    else:
+        rows.append((f"identity ({source})", f"refused: {description.identity_error}"))
+    width = max(len(label) for label, _ in rows) + 1
+    return [f"{label + ':':<{width}} {value}" for label, value in rows]
+
+
+@app.command("show")
+def show_command(
+    certificate_file: Annotated[
+        Path, typer.Argument(help="A certificate or chain file (the first certificate is shown).")
+    ],
+    spiffe: Annotated[
+        bool, typer.Option("--spiffe", help="Map the identity as a link using SPIFFE IDs does.")
+    ] = False,
+    output_format: Annotated[
+        OutputFormat, typer.Option("--format", help="text or json.")
+    ] = OutputFormat.TEXT,
+    directory: Annotated[
+        Path,
+        typer.Option("--dir", help="Also say whether the CA in this directory issued it."),
+    ] = DEFAULT_DIRECTORY,
+) -> None:
+    """Show a certificate and the identity and node id the link would give its holder."""
+    certificate = read_certificate_file(certificate_file)
+    source = IdentitySource.SPIFFE if spiffe else IdentitySource.SUBJECT
+    description = describe_certificate(certificate, source, issuing_ca=_issuing_ca_in(directory))
+    if output_format is OutputFormat.JSON:
+        typer.echo(json.dumps(description.to_json(), indent=2))
+    else:
+        typer.echo("\n".join(_render_text(description, directory)))

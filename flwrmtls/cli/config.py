@@ -1,0 +1,96 @@
+"""``flwrmtls config``: manage connection profiles in config.toml."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from flwrmtls.cli.output import OutputFormat, emit
+from flwrmtls.errors import InputError
+from flwrmtls.profiles import ConfigFile, Profile
+
+__all__ = ["app"]
+
+app = typer.Typer(help="Manage connection profiles (config.toml).", no_args_is_help=True)
+
+_FileOption = Annotated[Path | None, typer.Option(dir_okay=False)]
+
+
+def _existing(path: Path | None, option: str) -> Path | None:
+    if path is not None and not path.expanduser().is_file():
+        raise InputError(f"{option}: {path} is not a file")
+    return path
+
+
+@app.command("add")
+def add(
+    name: Annotated[str, typer.Argument(help="profile name, e.g. my-deployment")],
+    address: Annotated[str, typer.Option(help="the link's Control API, host:port")],
+    root_certificates: _FileOption = None,
+    client_certificate: _FileOption = None,
+    client_private_key: _FileOption = None,
+    insecure: Annotated[bool, typer.Option(help="plaintext: development only")] = False,
+    default: Annotated[bool, typer.Option("--default", help="make it the default")] = False,
+) -> None:
+    """Add or replace a connection profile."""
+    if insecure and (root_certificates or client_certificate or client_private_key):
+        raise InputError("--insecure cannot be combined with certificate options")
+    if (client_certificate is None) != (client_private_key is None):
+        raise InputError("give both --client-certificate and --client-private-key, or neither")
+    config = ConfigFile()
+    config.add(
+        Profile(
+            name=name,
+            address=address,
+            root_certificates=_existing(root_certificates, "--root-certificates"),
+            client_certificate=_existing(client_certificate, "--client-certificate"),
+            client_private_key=_existing(client_private_key, "--client-private-key"),
+            insecure=insecure,
+        ),
+        make_default=default,
+    )
+    typer.echo(f"profile {name!r} written to {config.path}")
+
+
+@app.command("use")
+def use(name: Annotated[str, typer.Argument(help="profile to make the default")]) -> None:
+    """Make a profile the default."""
+    config = ConfigFile()
+    config.use(name)
+    typer.echo(f"default profile is now {name!r} ({config.path})")
+
+
+@app.command("list")
+def list_profiles(
+    format: Annotated[OutputFormat, typer.Option("--format")] = OutputFormat.TABLE,
+) -> None:
+    """Where config.toml is, and its profiles (the default marked)."""
+    config = ConfigFile()
+    profiles = [config.profile(name) for name in config.names()]
+    data = {
+        "path": str(config.path),
+        "default": config.default,
+        "profiles": [
+            {
+                "name": p.name,
+                "address": p.address,
+                "root-certificates": str(p.root_certificates or ""),
+                "client-certificate": str(p.client_certificate or ""),
+                "insecure": p.insecure,
+            }
+            for p in profiles
+        ],
+    }
+    if format is OutputFormat.TABLE:
+        typer.echo(f"config: {config.path}")
+    rows = [
+        [
+            ("* " if p.name == config.default else "  ") + p.name,
+            p.address,
+            "insecure" if p.insecure else ("mTLS" if p.client_certificate else "TLS"),
+        ]
+        for p in profiles
+    ]
+    emit(format, data, ["  PROFILE", "ADDRESS", "SECURITY"], rows)

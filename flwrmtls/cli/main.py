@@ -1,0 +1,35 @@
+"""``flwrmtls``: the command line, joined from one module per command group."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from flwrmtls.cli import ca, config, supernode
+from flwrmtls.errors import FlwrmtlsError
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="flwrmtls",
+    help="flwrmtls: an mTLS-first federated-learning runtime.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.add_typer(ca.app, name="ca")
+app.add_typer(config.app, name="config")
+app.add_typer(supernode.app, name="supernode")
+
+
+def main() -> None:
+    try:
+        app(prog_name="flwrmtls")
+    except FlwrmtlsError as error:
+        print(f"flwrmtls: error: {error}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

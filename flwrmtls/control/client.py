@@ -1,0 +1,69 @@
+"""The Control API from the CLI's side, reached through a connection profile."""
+
+from __future__ import annotations
+
+import grpc
+
+from flwrmtls.clock import SystemClock
+from flwrmtls.errors import InputError
+from flwrmtls.profiles import Profile
+from flwrmtls.proto import control_pb2, control_pb2_grpc
+from flwrmtls.wire.credentials import (
+    TlsIdentity,
+    channel_credentials,
+    check_client_certificate,
+    load_ca_bundle,
+    load_tls_identity,
+)
+from flwrmtls.wire.errors import ConnectionContext, translate_rpc_error
+
+__all__ = ["ControlClient"]
+
+_CALL_TIMEOUT = 15.0
+
+
+class ControlClient:
+    def __init__(self, profile: Profile, config_file: str) -> None:
+        where = f"profile {profile.name!r} of {config_file}"
+        cert_flag = f"client-certificate ({where})"
+        key_flag = f"client-private-key ({where})"
+        identity: TlsIdentity | None = None
+        if profile.insecure:
+            if profile.client_certificate or profile.root_certificates:
+                raise InputError(f"{where}: insecure = true cannot be combined with certificates")
+            self._channel = grpc.insecure_channel(profile.address)
+        else:
+            roots = None
+            if profile.root_certificates is not None:
+                roots, _ = load_ca_bundle(profile.root_certificates, f"root-certificates ({where})")
+            if (profile.client_certificate is None) != (profile.client_private_key is None):
+                raise InputError(f"{where}: give both client-certificate and client-private-key")
+            if profile.client_certificate is not None and profile.client_private_key is not None:
+                identity = load_tls_identity(
+                    profile.client_certificate,
+                    profile.client_private_key,
+                    cert_flag=cert_flag,
+                    key_flag=key_flag,
+                )
+                check_client_certificate(identity, SystemClock().now(), cert_flag=cert_flag)
+            self._channel = grpc.secure_channel(
+                profile.address, channel_credentials(roots, identity)
+            )
+        self._ctx = ConnectionContext(
+            address=profile.address,
+            tls=not profile.insecure,
+            has_client_certificate=identity is not None,
+            root_certificates=str(profile.root_certificates or ""),
+            client_flags=f"client-certificate and client-private-key in {where}",
+        )
+        self._stub = control_pb2_grpc.ControlStub(self._channel)
+
+    def list_nodes(self) -> list[control_pb2.NodeInfo]:
+        try:
+            response = self._stub.ListNodes(control_pb2.ListNodesRequest(), timeout=_CALL_TIMEOUT)
+        except grpc.RpcError as error:
+            raise translate_rpc_error(error, self._ctx) from None
+        return list(response.nodes)
+
+    def close(self) -> None:
+        self._channel.close()

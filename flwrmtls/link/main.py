@@ -1,0 +1,219 @@
+"""``flwrmtls-superlink``: parse flags, load and check TLS material, run the link."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+from cryptography import x509
+
+from flwrmtls.auth.identity import IdentitySource
+from flwrmtls.errors import FlwrmtlsError, InputError
+from flwrmtls.link.server import Link, LinkConfig
+from flwrmtls.wire.credentials import load_ca_bundle, load_tls_identity
+
+__all__ = ["config_from_args", "main", "parser"]
+
+log = logging.getLogger("flwrmtls.link")
+
+
+def _default_database() -> str:
+    home = Path(os.environ.get("FLWRMTLS_HOME", "~/.flwrmtls")).expanduser()
+    return str(home / "link.db")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="flwrmtls-superlink",
+        description="Run the link: the Fleet API for nodes and the Control API for the CLI.",
+    )
+    p.add_argument("--fleet-api-address", default="0.0.0.0:9092", help="nodes connect here")
+    p.add_argument("--control-api-address", default="0.0.0.0:9093", help="the CLI connects here")
+    p.add_argument(
+        "--ssl-ca-certfile",
+        type=Path,
+        help="CA bundle (PEM); by default it also verifies client certificates",
+    )
+    p.add_argument("--ssl-certfile", type=Path, help="server certificate chain (PEM)")
+    p.add_argument("--ssl-keyfile", type=Path, help="server private key (PEM)")
+    p.add_argument(
+        "--ssl-require-client-auth",
+        action="store_true",
+        help="require a client certificate from a trusted CA at the TLS handshake "
+        "on the Fleet and Control APIs",
+    )
+    p.add_argument(
+        "--ssl-client-ca-certfile",
+        type=Path,
+        help="verify client certificates against this CA bundle instead of --ssl-ca-certfile",
+    )
+    p.add_argument(
+        "--ssl-crl-file",
+        type=Path,
+        help="CRL(s), PEM or DER: one file or a directory; re-read when it changes",
+    )
+    p.add_argument(
+        "--identity-source",
+        choices=[s.value for s in IdentitySource],
+        default=IdentitySource.SUBJECT.value,
+        help="what names a node: its certificate's Subject (default) or its SPIFFE URI SAN",
+    )
+    p.add_argument(
+        "--max-chain-depth", type=int, help="refuse client chains with more intermediates than this"
+    )
+    p.add_argument(
+        "--heartbeat-interval",
+        type=float,
+        default=10.0,
+        help="seconds between node heartbeats; a node is offline after 2.5 missed",
+    )
+    p.add_argument(
+        "--database",
+        default=_default_database(),
+        help="SQLite file for the link's state (default: $FLWRMTLS_HOME/link.db)",
+    )
+    p.add_argument(
+        "--insecure",
+        action="store_true",
+        help="plaintext, no authentication: local development only",
+    )
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> LinkConfig:
+    """Check flag combinations and load every file, failing with one line on any problem."""
+    tls_flags = [
+        args.ssl_ca_certfile,
+        args.ssl_certfile,
+        args.ssl_keyfile,
+        args.ssl_client_ca_certfile,
+        args.ssl_crl_file,
+    ]
+    if args.insecure:
+        if any(tls_flags) or args.ssl_require_client_auth:
+            raise InputError("--insecure cannot be combined with --ssl-* flags: choose one")
+        return LinkConfig(
+            database=args.database,
+            fleet_address=args.fleet_api_address,
+            control_address=args.control_api_address,
+            insecure=True,
+            heartbeat_interval=args.heartbeat_interval,
+        )
+    if args.ssl_certfile is None or args.ssl_keyfile is None:
+        raise InputError(
+            "TLS needs --ssl-certfile and --ssl-keyfile (and --ssl-ca-certfile); "
+            "use --insecure only for local development"
+        )
+    identity = load_tls_identity(
+        args.ssl_certfile, args.ssl_keyfile, cert_flag="--ssl-certfile", key_flag="--ssl-keyfile"
+    )
+    client_ca_pem: bytes | None = None
+    client_cas: list[x509.Certificate] = []
+    if args.ssl_require_client_auth:
+        if args.ssl_client_ca_certfile is not None:
+            client_ca_pem, client_cas = load_ca_bundle(
+                args.ssl_client_ca_certfile, "--ssl-client-ca-certfile"
+            )
+        elif args.ssl_ca_certfile is not None:
+            client_ca_pem, client_cas = load_ca_bundle(args.ssl_ca_certfile, "--ssl-ca-certfile")
+        else:
+            raise InputError(
+                "--ssl-require-client-auth needs a CA to verify clients: give --ssl-ca-certfile "
+                "or --ssl-client-ca-certfile"
+            )
+    else:
+        if args.ssl_client_ca_certfile is not None or args.ssl_crl_file is not None:
+            raise InputError(
+                "--ssl-client-ca-certfile and --ssl-crl-file apply to client certificates: "
+                "add --ssl-require-client-auth"
+            )
+        if args.ssl_ca_certfile is not None:
+            load_ca_bundle(args.ssl_ca_certfile, "--ssl-ca-certfile")
+    if args.max_chain_depth is not None and args.max_chain_depth < 0:
+        raise InputError("--max-chain-depth must be 0 or more")
+    if args.heartbeat_interval <= 0:
+        raise InputError("--heartbeat-interval must be positive")
+    return LinkConfig(
+        database=args.database,
+        fleet_address=args.fleet_api_address,
+        control_address=args.control_api_address,
+        tls=identity,
+        client_ca_pem=client_ca_pem,
+        client_ca_certificates=client_cas,
+        require_client_auth=args.ssl_require_client_auth,
+        crl_path=args.ssl_crl_file,
+        identity_source=IdentitySource(args.identity_source),
+        max_chain_depth=args.max_chain_depth,
+        heartbeat_interval=args.heartbeat_interval,
+    )
+
+
+def _describe(link: Link) -> str:
+    config = link.config
+    if config.insecure:
+        return "INSECURE: plaintext, no authentication"
+    if not config.require_client_auth:
+        return "TLS without client authentication: ANY node may join"
+    crl = ""
+    if link.revocations is not None:
+        crl = f"; CRLs from {config.crl_path} for {len(link.revocations.issuers)} issuer(s)"
+    return (
+        f"mTLS: client certificates required, {len(config.client_ca_certificates)} trusted "
+        f"client CA(s), identity from {config.identity_source.value}{crl}"
+    )
+
+
+async def _run(config: LinkConfig) -> None:
+    Path(config.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    link = Link(config)
+    try:
+        await link.start()
+    except (OSError, RuntimeError) as error:
+        await link.stop(0)
+        raise InputError(
+            f"cannot listen on {config.fleet_address} / {config.control_address}: {error}: "
+            "check --fleet-api-address/--control-api-address (port in use?)"
+        ) from None
+    if config.insecure or not config.require_client_auth:
+        log.warning("!!! %s: do not use this outside local development !!!", _describe(link))
+    log.info(
+        "link serving: Fleet API on %s (port %d), Control API on %s (port %d); %s; state in %s",
+        config.fleet_address,
+        link.fleet_port,
+        config.control_address,
+        link.control_port,
+        _describe(link),
+        config.database,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+    log.info("link stopping")
+    await link.stop()
+    log.info("link stopped")
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    args = parser().parse_args(argv)
+    try:
+        config = config_from_args(args)
+        asyncio.run(_run(config))
+    except FlwrmtlsError as error:
+        print(f"flwrmtls-superlink: error: {error}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,113 @@
+"""The node's long-running loop: activate, heartbeat, reconnect with backoff, stop cleanly.
+
+=========================  ===============================================================
+what happens               what the node does
+=========================  ===============================================================
+link unreachable           retry with exponential backoff (1 s doubling to 30 s), within
+                           ``--max-retries`` attempts and ``--max-wait-time`` seconds
+link restarted             the next call fails as unreachable, then it activates again and
+                           gets the same node id (derived from its certificate)
+credentials refused        stop at once with the link's reason (retrying cannot help)
+session superseded         stop: another process activated the same identity later
+session unknown            activate again
+stop requested             deactivate (best effort) and return
+=========================  ===============================================================
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+
+from flwrmtls.clock import Clock, SystemClock
+from flwrmtls.errors import FlwrmtlsError, LinkUnreachable
+from flwrmtls.fleet.client import FleetClient, Session, SessionEnded
+
+__all__ = ["NodeAgent", "RetryPolicy"]
+
+log = logging.getLogger("flwrmtls.node")
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    max_retries: int | None = None
+    """Reconnect attempts before giving up; None: no limit."""
+    max_wait_time: float | None = None
+    """Seconds without the link before giving up; None: no limit."""
+    initial_delay: float = 1.0
+    max_delay: float = 30.0
+
+    def delay(self, failures: int) -> float:
+        return float(min(self.max_delay, self.initial_delay * 2 ** (failures - 1)))
+
+    def exhausted(self, failures: int, waited: float) -> bool:
+        if self.max_retries is not None and failures > self.max_retries:
+            return True
+        return self.max_wait_time is not None and waited >= self.max_wait_time
+
+
+class NodeAgent:
+    def __init__(
+        self,
+        client: FleetClient,
+        *,
+        retry: RetryPolicy | None = None,
+        stop: threading.Event | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        self._client = client
+        self._retry = retry or RetryPolicy()
+        self.stop = stop or threading.Event()
+        self._clock = clock or SystemClock()
+        self.session: Session | None = None
+
+    def run(self) -> None:
+        """Serve until stopped; raise a FlwrmtlsError when the node must give up."""
+        failures = 0
+        lost_at: float | None = None
+        while not self.stop.is_set():
+            try:
+                session = self._client.activate()
+                self.session = session
+                if failures:
+                    log.info("link reachable again after %d failed attempt(s)", failures)
+                failures, lost_at = 0, None
+                log.info(
+                    "node active: node id %d, identity %s, heartbeat every %.1fs",
+                    session.node_id,
+                    session.identity,
+                    session.heartbeat_interval,
+                )
+                self._heartbeat_until_stopped(session)
+            except LinkUnreachable as error:
+                failures += 1
+                now = self._clock.monotonic()
+                lost_at = lost_at if lost_at is not None else now
+                waited = now - lost_at
+                if self._retry.exhausted(failures, waited):
+                    raise LinkUnreachable(
+                        f"gave up after {failures} attempt(s) over {waited:.0f}s: {error}"
+                    ) from None
+                delay = self._retry.delay(failures)
+                log.warning("%s; retrying in %.0fs (attempt %d)", error, delay, failures)
+                self.stop.wait(delay)
+            except SessionEnded as error:
+                if error.superseded:
+                    raise
+                log.warning("%s; activating again", error)
+        self._leave()
+
+    def _heartbeat_until_stopped(self, session: Session) -> None:
+        interval = session.heartbeat_interval
+        while not self.stop.wait(interval):
+            interval = self._client.heartbeat(session) or interval
+
+    def _leave(self) -> None:
+        if self.session is None:
+            return
+        try:
+            self._client.deactivate(self.session)
+            log.info("node deactivated")
+        except FlwrmtlsError as error:  # leaving is best effort
+            log.info("could not deactivate cleanly: %s", error)

@@ -1,0 +1,142 @@
+"""``flwrmtls-supernode``: load and check this node's credentials, then run the agent."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from pathlib import Path
+from types import FrameType
+
+import grpc
+
+from flwrmtls.clock import SystemClock
+from flwrmtls.errors import FlwrmtlsError, InputError
+from flwrmtls.fleet.client import FleetClient
+from flwrmtls.keyvalues import parse_key_values
+from flwrmtls.node.agent import NodeAgent, RetryPolicy
+from flwrmtls.wire.credentials import (
+    TlsIdentity,
+    channel_credentials,
+    check_client_certificate,
+    load_ca_bundle,
+    load_tls_identity,
+)
+from flwrmtls.wire.errors import ConnectionContext
+
+__all__ = ["main", "parser"]
+
+log = logging.getLogger("flwrmtls.node")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="flwrmtls-supernode",
+        description="Run a node: connect to the link's Fleet API and serve it.",
+    )
+    p.add_argument("--superlink", default="127.0.0.1:9092", help="the link's Fleet API, host:port")
+    p.add_argument(
+        "--root-certificates",
+        type=Path,
+        help="CA bundle (PEM) that verifies the link; default: the system's",
+    )
+    p.add_argument(
+        "--ssl-client-certfile",
+        type=Path,
+        help="this node's certificate chain (PEM: leaf, then intermediates)",
+    )
+    p.add_argument(
+        "--ssl-client-keyfile",
+        type=Path,
+        help="this node's private key (PEM: PKCS#8, SEC1 or PKCS#1)",
+    )
+    p.add_argument(
+        "--node-config",
+        default="",
+        help="'key=value key2=\"text\"' handed to the ClientApp as its node config",
+    )
+    p.add_argument(
+        "--max-retries", type=int, help="reconnect attempts before giving up (default: no limit)"
+    )
+    p.add_argument(
+        "--max-wait-time",
+        type=float,
+        help="seconds without the link before giving up (default: no limit)",
+    )
+    p.add_argument("--insecure", action="store_true", help="plaintext: development only")
+    return p
+
+
+def _channel(args: argparse.Namespace) -> tuple[grpc.Channel, ConnectionContext]:
+    tls_flags = [args.root_certificates, args.ssl_client_certfile, args.ssl_client_keyfile]
+    if args.insecure:
+        if any(tls_flags):
+            raise InputError("--insecure cannot be combined with TLS flags: choose one")
+        log.warning("!!! INSECURE: plaintext connection to the link: development only !!!")
+        ctx = ConnectionContext(
+            args.superlink, tls=False, has_client_certificate=False, root_certificates=""
+        )
+        return grpc.insecure_channel(args.superlink), ctx
+    if (args.ssl_client_certfile is None) != (args.ssl_client_keyfile is None):
+        raise InputError("give both --ssl-client-certfile and --ssl-client-keyfile, or neither")
+    roots = None
+    if args.root_certificates is not None:
+        roots, _ = load_ca_bundle(args.root_certificates, "--root-certificates")
+    identity: TlsIdentity | None = None
+    if args.ssl_client_certfile is not None:
+        identity = load_tls_identity(
+            args.ssl_client_certfile,
+            args.ssl_client_keyfile,
+            cert_flag="--ssl-client-certfile",
+            key_flag="--ssl-client-keyfile",
+        )
+        check_client_certificate(identity, SystemClock().now(), cert_flag="--ssl-client-certfile")
+    ctx = ConnectionContext(
+        args.superlink,
+        tls=True,
+        has_client_certificate=identity is not None,
+        root_certificates=str(args.root_certificates or ""),
+    )
+    return grpc.secure_channel(args.superlink, channel_credentials(roots, identity)), ctx
+
+
+def run(args: argparse.Namespace) -> None:
+    node_config = parse_key_values(args.node_config, "--node-config")
+    if args.max_retries is not None and args.max_retries < 0:
+        raise InputError("--max-retries must be 0 or more")
+    channel, ctx = _channel(args)
+    if node_config:
+        log.info("node config: %s", ", ".join(f"{k}={v!r}" for k, v in node_config.items()))
+    agent = NodeAgent(
+        FleetClient(channel, ctx),
+        retry=RetryPolicy(max_retries=args.max_retries, max_wait_time=args.max_wait_time),
+    )
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        log.info("stopping (signal %d)", signum)
+        agent.stop.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        agent.run()
+    finally:
+        channel.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        run(parser().parse_args(argv))
+    except FlwrmtlsError as error:
+        print(f"flwrmtls-supernode: error: {error}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

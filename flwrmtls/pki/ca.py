@@ -1,0 +1,398 @@
+"""The built-in CA: a root, an issuing CA under it, and the leaves it signs.
+
+Rules kept here (the extensions of each kind are in :mod:`flwrmtls.pki.profiles`, the files
+in :mod:`flwrmtls.pki.files`):
+
+* ``create`` makes a self-signed root ``CN=<name> Root CA`` and an issuing CA ``CN=<name>
+  Issuing CA`` signed by it, both valid for ``days``; the root key is written and never loaded
+  again. ``load`` needs the root certificate, the issuing certificate and its key, checks that
+  the key matches and that the root signed the issuing CA.
+* Leaves are signed by the issuing CA with SHA-256 and a random serial. They are valid from
+  now - 5 minutes (clock skew) until now + ``days`` unless ``not_before``/``not_after`` say
+  otherwise (naive datetimes are taken as UTC); they may not outlive the issuing CA.
+* A leaf's key type defaults to the CA's; the key file is PKCS#8 unless asked otherwise.
+* The chain file ``<name>.pem`` holds the leaf then the issuing CA: what a node, link or CLI
+  presents. Nothing is written unless every output may be written (``force`` for existing
+  files), and the key is written before the chain.
+* Time comes only from the injected clock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+
+from flwrmtls.clock import Clock, SystemClock
+from flwrmtls.errors import InputError
+from flwrmtls.pki.crl import RevocationReason, RevocationRecord, RevokedSerial, build_crl
+from flwrmtls.pki.files import (
+    CaFiles,
+    check_writable,
+    ensure_directory,
+    read_ca_material,
+    read_certificate_file,
+    write_file,
+)
+from flwrmtls.pki.keys import (
+    KeyEncoding,
+    KeyType,
+    PrivateKey,
+    check_key_encoding,
+    encode_private_key,
+    generate_private_key,
+    key_type_of,
+)
+from flwrmtls.pki.profiles import PROFILES, CertificateProfile, ProfileName
+from flwrmtls.pki.signing import (
+    CLOCK_SKEW_ALLOWANCE,
+    IssuedCertificate,
+    cli_subject,
+    common_name_subject,
+    node_subject,
+    pem_bundle,
+    public_key_bytes,
+    server_subject_alternative_names,
+    sign_certificate,
+    spiffe_subject_alternative_names,
+    validity_window,
+)
+
+__all__ = ["CRL_VALIDITY_DAYS", "CertificateAuthority"]
+
+CRL_VALIDITY_DAYS = 7
+
+
+class CertificateAuthority:
+    """A CA directory: use :meth:`create` or :meth:`load`, then issue, revoke, write the CRL."""
+
+    def __init__(
+        self,
+        *,
+        files: CaFiles,
+        root_certificate: x509.Certificate,
+        issuing_certificate: x509.Certificate,
+        issuing_key: PrivateKey,
+        clock: Clock,
+    ) -> None:
+        self.files = files
+        self.root_certificate = root_certificate
+        self.issuing_certificate = issuing_certificate
+        self._issuing_key = issuing_key
+        self._clock = clock
+
+    @property
+    def directory(self) -> Path:
+        return self.files.directory
+
+    @property
+    def trust_bundle_path(self) -> Path:
+        """``ca.crt``: the root certificate links and nodes are told to trust."""
+        return self.files.trust_bundle
+
+    @property
+    def crl_path(self) -> Path:
+        return self.files.crl
+
+    @property
+    def key_type(self) -> KeyType:
+        return key_type_of(self._issuing_key)
+
+    @classmethod
+    def create(
+        cls,
+        directory: Path,
+        *,
+        name: str = "flwrmtls",
+        key_type: KeyType = KeyType.EC,
+        days: int = 3650,
+        force: bool = False,
+        clock: Clock | None = None,
+        rsa_bits: int = 2048,
+    ) -> CertificateAuthority:
+        """Create a root and an issuing CA in ``directory``, write an empty CRL, return the CA."""
+        clock = clock or SystemClock()
+        files = CaFiles(Path(directory))
+        if days < 1:
+            raise InputError(f"CA validity of {days} days is too short; pass --days 1 or more")
+        if not force and files.trust_bundle.exists():
+            raise InputError(
+                f"{files.directory} already holds a CA ({files.trust_bundle}); pass --force to "
+                "replace it (certificates it issued will no longer verify)"
+            )
+        check_writable(files.ca_outputs, force=force)
+        now = clock.now()
+        not_before, not_after = now - CLOCK_SKEW_ALLOWANCE, now + timedelta(days=days)
+        root_key = generate_private_key(key_type, rsa_bits=rsa_bits)
+        root_certificate = sign_certificate(
+            PROFILES[ProfileName.ROOT_CA],
+            subject=common_name_subject(f"{name} Root CA"),
+            public_key=root_key.public_key(),
+            signing_key=root_key,
+            issuer_certificate=None,
+            not_before=not_before,
+            not_after=not_after,
+        )
+        issuing_key = generate_private_key(key_type, rsa_bits=rsa_bits)
+        issuing_certificate = sign_certificate(
+            PROFILES[ProfileName.ISSUING_CA],
+            subject=common_name_subject(f"{name} Issuing CA"),
+            public_key=issuing_key.public_key(),
+            signing_key=root_key,
+            issuer_certificate=root_certificate,
+            not_before=not_before,
+            not_after=not_after,
+        )
+        ensure_directory(files.directory, private=False)
+        ensure_directory(files.private_directory, private=True)
+        for key_path, key in ((files.root_key, root_key), (files.issuing_key, issuing_key)):
+            key_pem = encode_private_key(key, KeyEncoding.PKCS8)
+            write_file(key_path, key_pem, secret=True, force=force)
+        for certificate_path, certificate in (
+            (files.issuing_certificate, issuing_certificate),
+            (files.trust_bundle, root_certificate),
+        ):
+            write_file(certificate_path, pem_bundle(certificate), secret=False, force=force)
+        RevocationRecord.empty().save(files.revocation_record)
+        authority = cls(
+            files=files,
+            root_certificate=root_certificate,
+            issuing_certificate=issuing_certificate,
+            issuing_key=issuing_key,
+            clock=clock,
+        )
+        authority.write_crl()
+        return authority
+
+    @classmethod
+    def load(cls, directory: Path, *, clock: Clock | None = None) -> CertificateAuthority:
+        """Load the CA in ``directory``; InputError if it has none or it is incomplete."""
+        files = CaFiles(Path(directory))
+        root_certificate, issuing_certificate, issuing_key = read_ca_material(files)
+        if public_key_bytes(issuing_key.public_key()) != public_key_bytes(
+            issuing_certificate.public_key()
+        ):
+            raise InputError(
+                f"{files.issuing_key} does not belong to {files.issuing_certificate}; "
+                "restore the matching pair from a backup"
+            )
+        try:
+            issuing_certificate.verify_directly_issued_by(root_certificate)
+        except (ValueError, TypeError, InvalidSignature):
+            raise InputError(
+                f"{files.issuing_certificate} was not signed by the root in "
+                f"{files.trust_bundle}; restore the matching pair from a backup"
+            ) from None
+        return cls(
+            files=files,
+            root_certificate=root_certificate,
+            issuing_certificate=issuing_certificate,
+            issuing_key=issuing_key,
+            clock=clock or SystemClock(),
+        )
+
+    def _issue(
+        self,
+        profile: CertificateProfile,
+        name: str,
+        subject: x509.Name,
+        *,
+        subject_alternative_names: Sequence[x509.GeneralName] = (),
+        days: int,
+        key_type: KeyType | None,
+        out_dir: Path | None,
+        force: bool,
+        not_before: datetime | None,
+        not_after: datetime | None,
+        key_encoding: KeyEncoding,
+        extended_key_usages: Sequence[x509.ObjectIdentifier] | None,
+    ) -> IssuedCertificate:
+        chain_path, key_path = self.files.leaf_paths(name, out_dir)
+        leaf_key_type = self.key_type if key_type is None else KeyType(key_type)
+        check_key_encoding(leaf_key_type, KeyEncoding(key_encoding))
+        start, end = validity_window(
+            self._clock.now(),
+            days=days,
+            not_before=not_before,
+            not_after=not_after,
+            issuer_not_after=self.issuing_certificate.not_valid_after_utc,
+        )
+        check_writable([chain_path, key_path], force=force)
+        leaf_key = generate_private_key(leaf_key_type)
+        certificate = sign_certificate(
+            profile,
+            subject=subject,
+            public_key=leaf_key.public_key(),
+            signing_key=self._issuing_key,
+            issuer_certificate=self.issuing_certificate,
+            not_before=start,
+            not_after=end,
+            subject_alternative_names=subject_alternative_names,
+            extended_key_usages=extended_key_usages,
+        )
+        write_file(key_path, encode_private_key(leaf_key, key_encoding), secret=True, force=force)
+        write_file(
+            chain_path, pem_bundle(certificate, self.issuing_certificate), secret=False, force=force
+        )
+        return IssuedCertificate(
+            certificate=certificate,
+            chain_path=chain_path,
+            key_path=key_path,
+            serial=certificate.serial_number,
+        )
+
+    def issue_server(
+        self,
+        name: str,
+        *,
+        dns_names: Sequence[str] = ("localhost",),
+        ip_addresses: Sequence[str] = ("127.0.0.1",),
+        days: int = 365,
+        key_type: KeyType | None = None,
+        out_dir: Path | None = None,
+        force: bool = False,
+        not_before: datetime | None = None,
+        not_after: datetime | None = None,
+        key_encoding: KeyEncoding = KeyEncoding.PKCS8,
+        extended_key_usages: Sequence[x509.ObjectIdentifier] | None = None,
+    ) -> IssuedCertificate:
+        """A link's certificate: ``CN=<name>``, EKU serverAuth, SAN of the DNS names and IPs."""
+        return self._issue(
+            PROFILES[ProfileName.SERVER],
+            name,
+            common_name_subject(name),
+            subject_alternative_names=server_subject_alternative_names(dns_names, ip_addresses),
+            days=days,
+            key_type=key_type,
+            out_dir=out_dir,
+            force=force,
+            not_before=not_before,
+            not_after=not_after,
+            key_encoding=key_encoding,
+            extended_key_usages=extended_key_usages,
+        )
+
+    def issue_node(
+        self,
+        name: str,
+        *,
+        common_name: str | None = None,
+        organization: str | None = None,
+        organizational_unit: str | None = None,
+        spiffe_id: str | None = None,
+        days: int = 365,
+        key_type: KeyType | None = None,
+        out_dir: Path | None = None,
+        force: bool = False,
+        not_before: datetime | None = None,
+        not_after: datetime | None = None,
+        key_encoding: KeyEncoding = KeyEncoding.PKCS8,
+        extended_key_usages: Sequence[x509.ObjectIdentifier] | None = None,
+    ) -> IssuedCertificate:
+        """A node's certificate: Subject ``O, OU, CN`` (CN defaults to ``name``), EKU
+        clientAuth, and a single URI SAN only when ``spiffe_id`` is given."""
+        return self._issue(
+            PROFILES[ProfileName.NODE],
+            name,
+            node_subject(common_name or name, organization, organizational_unit),
+            subject_alternative_names=spiffe_subject_alternative_names(spiffe_id),
+            days=days,
+            key_type=key_type,
+            out_dir=out_dir,
+            force=force,
+            not_before=not_before,
+            not_after=not_after,
+            key_encoding=key_encoding,
+            extended_key_usages=extended_key_usages,
+        )
+
+    def issue_cli(
+        self,
+        name: str,
+        *,
+        role: str,
+        common_name: str | None = None,
+        organization: str | None = None,
+        days: int = 365,
+        key_type: KeyType | None = None,
+        out_dir: Path | None = None,
+        force: bool = False,
+        not_before: datetime | None = None,
+        not_after: datetime | None = None,
+        key_encoding: KeyEncoding = KeyEncoding.PKCS8,
+        extended_key_usages: Sequence[x509.ObjectIdentifier] | None = None,
+    ) -> IssuedCertificate:
+        """A CLI user's certificate: Subject ``O, CN, role`` with role ``operator`` or ``user``
+        (the X.520 role attribute, UTF8String), EKU clientAuth, no SAN."""
+        return self._issue(
+            PROFILES[ProfileName.CLI],
+            name,
+            cli_subject(common_name or name, role, organization),
+            days=days,
+            key_type=key_type,
+            out_dir=out_dir,
+            force=force,
+            not_before=not_before,
+            not_after=not_after,
+            key_encoding=key_encoding,
+            extended_key_usages=extended_key_usages,
+        )
+
+    def _serial_of_issued_file(self, certificate_file: Path) -> int:
+        certificate = read_certificate_file(certificate_file)
+        try:
+            certificate.verify_directly_issued_by(self.issuing_certificate)
+        except (ValueError, TypeError, InvalidSignature):
+            raise InputError(
+                f"{certificate_file} was not issued by the CA in {self.directory} "
+                f"(its issuer is {certificate.issuer.rfc4514_string()}); revoke it with its own CA"
+            ) from None
+        return certificate.serial_number
+
+    def revoke(
+        self,
+        *,
+        certificate_file: Path | None = None,
+        serial: int | None = None,
+        reason: RevocationReason = RevocationReason.UNSPECIFIED,
+        crl_days: int = CRL_VALIDITY_DAYS,
+    ) -> int:
+        """Record a revocation (by chain file or serial, exactly one), rewrite the CRL, and
+        return the serial. A serial can be revoked only once."""
+        if (certificate_file is None) == (serial is None):
+            raise InputError("pass either a certificate file or --serial (exactly one of them)")
+        if certificate_file is not None:
+            serial = self._serial_of_issued_file(Path(certificate_file))
+        elif serial is None:
+            raise InputError("pass a certificate file or --serial")
+        if serial < 1:
+            raise InputError(f"--serial {serial} is not a certificate serial (must be positive)")
+        record = RevocationRecord.load(self.files.revocation_record)
+        record = record.with_revoked(
+            RevokedSerial(serial=serial, revoked_at=self._clock.now(), reason=reason)
+        )
+        self._publish(record, crl_days)
+        return serial
+
+    def write_crl(self, *, days: int = CRL_VALIDITY_DAYS) -> Path:
+        """(Re)write ``crl.pem`` from the revocation record, valid for ``days`` from now."""
+        return self._publish(RevocationRecord.load(self.files.revocation_record), days)
+
+    def _publish(self, record: RevocationRecord, days: int) -> Path:
+        record = record.with_next_crl_number()
+        crl = build_crl(
+            issuer_certificate=self.issuing_certificate,
+            issuer_key=self._issuing_key,
+            revoked=record.revoked,
+            crl_number=record.crl_number,
+            now=self._clock.now(),
+            days=days,
+        )
+        record.save(self.files.revocation_record)
+        crl_pem = crl.public_bytes(serialization.Encoding.PEM)
+        write_file(self.files.crl, crl_pem, secret=False, force=True)
+        return self.files.crl

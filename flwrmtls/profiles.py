@@ -1,0 +1,139 @@
+"""Connection profiles in ``$FLWRMTLS_HOME/config.toml`` (default ``~/.flwrmtls/config.toml``).
+
+Read with tomllib, written with tomli-w. Paths in the file may start with ``~``; relative
+paths are resolved against the directory of config.toml. ``config add`` stores the paths it is
+given as absolute paths (resolved against the current directory), so they mean what the user
+meant wherever the CLI runs later.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import tomli_w
+
+from flwrmtls.errors import InputError
+
+__all__ = ["ConfigFile", "Profile", "config_path"]
+
+_PATH_KEYS = ("root-certificates", "client-certificate", "client-private-key")
+
+
+def config_path() -> Path:
+    home = Path(os.environ.get("FLWRMTLS_HOME", "~/.flwrmtls")).expanduser()
+    return home / "config.toml"
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    name: str
+    address: str
+    root_certificates: Path | None = None
+    client_certificate: Path | None = None
+    client_private_key: Path | None = None
+    insecure: bool = False
+
+
+def _stored_path(text: str) -> str:
+    return text if text.startswith("~") else str(Path(text).resolve())
+
+
+class ConfigFile:
+    def __init__(self, path: Path | None = None) -> None:
+        self.path = path or config_path()
+        self._data: dict[str, Any] = self._read()
+
+    def _read(self) -> dict[str, Any]:
+        if not self.path.exists():
+            return {}
+        try:
+            return tomllib.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError) as error:
+            raise InputError(f"cannot read {self.path}: {error}") from None
+        except tomllib.TOMLDecodeError as error:
+            raise InputError(f"{self.path} is not valid TOML: {error}") from None
+
+    def _section(self) -> dict[str, Any]:
+        section = self._data.setdefault("superlink", {})
+        if not isinstance(section, dict):
+            raise InputError(f"{self.path}: [superlink] must be a table")
+        return section
+
+    @property
+    def default(self) -> str | None:
+        value = self._section().get("default")
+        return value if isinstance(value, str) else None
+
+    def names(self) -> list[str]:
+        return sorted(k for k, v in self._section().items() if isinstance(v, dict))
+
+    def _resolve(self, text: str) -> Path:
+        path = Path(text).expanduser()
+        return path if path.is_absolute() else (self.path.parent / path)
+
+    def profile(self, name: str | None) -> Profile:
+        """The named profile, or the default one."""
+        chosen = name or self.default
+        if chosen is None:
+            raise InputError(
+                f"no connection given and no default in {self.path}: "
+                "run `flwrmtls config add NAME --address HOST:PORT ... --default`"
+            )
+        raw = self._section().get(chosen)
+        if not isinstance(raw, dict):
+            known = ", ".join(self.names()) or "none"
+            raise InputError(f"no connection profile {chosen!r} in {self.path} (profiles: {known})")
+        address = raw.get("address")
+        if not isinstance(address, str) or not address:
+            raise InputError(f"{self.path}: profile {chosen!r} has no address")
+        paths = {
+            key: self._resolve(raw[key]) if isinstance(raw.get(key), str) else None
+            for key in _PATH_KEYS
+        }
+        return Profile(
+            name=chosen,
+            address=address,
+            root_certificates=paths["root-certificates"],
+            client_certificate=paths["client-certificate"],
+            client_private_key=paths["client-private-key"],
+            insecure=bool(raw.get("insecure", False)),
+        )
+
+    def add(self, profile: Profile, *, make_default: bool) -> None:
+        entry: dict[str, Any] = {"address": profile.address}
+        for key, value in zip(
+            _PATH_KEYS,
+            (profile.root_certificates, profile.client_certificate, profile.client_private_key),
+            strict=True,
+        ):
+            if value is not None:
+                entry[key] = _stored_path(str(value))
+        if profile.insecure:
+            entry["insecure"] = True
+        section = self._section()
+        section[profile.name] = entry
+        if make_default or self.default is None:
+            section["default"] = profile.name
+        self._write()
+
+    def use(self, name: str) -> None:
+        if name not in self.names():
+            raise InputError(f"no connection profile {name!r} in {self.path}")
+        self._section()["default"] = name
+        self._write()
+
+    def _write(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        section = self._section()
+        ordered: dict[str, Any] = {}
+        if "default" in section:
+            ordered["default"] = section["default"]
+        ordered.update((k, v) for k, v in section.items() if k != "default")
+        self._data["superlink"] = ordered
+        tmp = self.path.with_suffix(".toml.tmp")
+        tmp.write_text(tomli_w.dumps(self._data), encoding="utf-8")
+        tmp.replace(self.path)

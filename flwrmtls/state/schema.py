@@ -1,0 +1,62 @@
+"""The link's SQLite schema, versioned.
+
+Each entry of MIGRATIONS moves the schema from version i to i + 1; :func:`migrate` applies the
+ones a database lacks, in one transaction each, and refuses a database newer than this code.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+from flwrmtls.errors import InputError
+
+__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "migrate"]
+
+MIGRATIONS: tuple[str, ...] = (
+    # 0 -> 1: nodes and their sessions; messages between the ServerApp side and nodes.
+    """
+    CREATE TABLE nodes (
+        node_id          INTEGER PRIMARY KEY,
+        identity         TEXT NOT NULL,
+        organisation     TEXT NOT NULL DEFAULT '',
+        auth_method      TEXT NOT NULL,
+        cert_fingerprint TEXT NOT NULL DEFAULT '',
+        cert_not_after   REAL NOT NULL DEFAULT 0,
+        session_id       TEXT,
+        online_until     REAL NOT NULL DEFAULT 0,
+        last_seen        REAL NOT NULL DEFAULT 0,
+        created_at       REAL NOT NULL,
+        peer_address     TEXT NOT NULL DEFAULT ''
+    );
+    CREATE UNIQUE INDEX nodes_by_session ON nodes(session_id);
+    CREATE TABLE messages (
+        message_id          TEXT PRIMARY KEY,
+        run_id              INTEGER NOT NULL,
+        src_node_id         INTEGER NOT NULL,
+        dst_node_id         INTEGER NOT NULL,
+        message_type        TEXT NOT NULL,
+        reply_to_message_id TEXT NOT NULL DEFAULT '',
+        content             BLOB NOT NULL,
+        created_at          REAL NOT NULL,
+        ttl                 REAL NOT NULL,
+        delivered_at        REAL
+    );
+    CREATE INDEX messages_pending ON messages(dst_node_id, delivered_at);
+    """,
+)
+
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def migrate(connection: sqlite3.Connection, path: str) -> None:
+    version = connection.execute("PRAGMA user_version").fetchone()[0]
+    if version > SCHEMA_VERSION:
+        raise InputError(
+            f"database {path} has schema version {version}, newer than this flwrmtls "
+            f"understands ({SCHEMA_VERSION}): upgrade flwrmtls or use another --database"
+        )
+    for target in range(version + 1, SCHEMA_VERSION + 1):
+        with connection:
+            connection.executescript(
+                "BEGIN;" + MIGRATIONS[target - 1] + f"; PRAGMA user_version = {target};"
+            )

@@ -1,0 +1,108 @@
+"""A real link on 127.0.0.1 with ports chosen by the OS, for tests and benchmarks.
+
+The link runs its own event loop in a background thread, so a test drives it with ordinary
+blocking gRPC clients, as a node or the CLI would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import grpc
+
+from flwrmtls.auth.identity import IdentitySource
+from flwrmtls.clock import Clock
+from flwrmtls.fleet.client import FleetClient
+from flwrmtls.link.server import Link, LinkConfig
+from flwrmtls.wire.credentials import (
+    TlsIdentity,
+    channel_credentials,
+    load_ca_bundle,
+    load_tls_identity,
+)
+from flwrmtls.wire.errors import ConnectionContext
+
+__all__ = ["mtls_config", "node_client", "running_link"]
+
+
+def mtls_config(
+    database: Path,
+    *,
+    server_chain: Path,
+    server_key: Path,
+    client_ca: Path,
+    crl: Path | None = None,
+    identity_source: IdentitySource = IdentitySource.SUBJECT,
+    max_chain_depth: int | None = None,
+    require_client_auth: bool = True,
+    heartbeat_interval: float = 10.0,
+) -> LinkConfig:
+    """A link configuration as the flags would build it, listening on loopback port 0."""
+    client_ca_pem, client_cas = load_ca_bundle(client_ca, "client CA")
+    return LinkConfig(
+        database=database,
+        fleet_address="127.0.0.1:0",
+        control_address="127.0.0.1:0",
+        tls=load_tls_identity(server_chain, server_key, cert_flag="server", key_flag="key"),
+        client_ca_pem=client_ca_pem if require_client_auth else None,
+        client_ca_certificates=client_cas if require_client_auth else [],
+        require_client_auth=require_client_auth,
+        crl_path=crl,
+        identity_source=identity_source,
+        max_chain_depth=max_chain_depth,
+        heartbeat_interval=heartbeat_interval,
+    )
+
+
+@contextmanager
+def running_link(config: LinkConfig, clock: Clock | None = None) -> Iterator[Link]:
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="link-loop", daemon=True)
+    thread.start()
+    link = Link(config, clock)
+    try:
+        asyncio.run_coroutine_threadsafe(link.start(), loop).result(timeout=30)
+        yield link
+    finally:
+        asyncio.run_coroutine_threadsafe(link.stop(0), loop).result(timeout=30)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=10)
+        loop.close()
+
+
+def node_client(
+    link: Link,
+    *,
+    root_certificates: Path,
+    chain: Path | None = None,
+    key: Path | None = None,
+    chain_pem: bytes | None = None,
+    key_pem: bytes | None = None,
+) -> tuple[FleetClient, grpc.Channel]:
+    """A Fleet client for ``link`` presenting a certificate from files or from PEM bytes.
+
+    PEM bytes are passed to grpc as given (no checks), to present certificates a real node
+    would refuse to load; files go through the node's own loader and checks.
+    """
+    identity: TlsIdentity | None = None
+    if chain is not None and key is not None:
+        identity = load_tls_identity(chain, key, cert_flag="chain", key_flag="key")
+    elif chain_pem is not None and key_pem is not None:
+        identity = TlsIdentity(chain_pem=chain_pem, key_pem=key_pem, chain=())
+    address = f"127.0.0.1:{link.fleet_port}"
+    channel = grpc.secure_channel(
+        address,
+        channel_credentials(root_certificates.read_bytes(), identity),
+        options=[("grpc.ssl_target_name_override", "localhost")],
+    )
+    ctx = ConnectionContext(
+        address,
+        tls=True,
+        has_client_certificate=identity is not None,
+        root_certificates=str(root_certificates),
+    )
+    return FleetClient(channel, ctx), channel

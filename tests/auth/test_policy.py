@@ -1,0 +1,47 @@
+"""The policy table covers every generated method and denies what it does not list."""
+
+from __future__ import annotations
+
+import pytest
+
+from flwrmtls.auth.identity import PrincipalKind
+from flwrmtls.auth.policy import POLICY, is_permitted
+from flwrmtls.proto import common_pb2, control_pb2, fleet_pb2
+
+
+def _generated_methods() -> set[str]:
+    methods = set()
+    for module in (common_pb2, control_pb2, fleet_pb2):
+        for service in module.DESCRIPTOR.services_by_name.values():
+            for method in service.methods:
+                methods.add(f"/{service.full_name}/{method.name}")
+    return methods
+
+
+def test_table_lists_exactly_the_generated_methods() -> None:
+    generated = _generated_methods()
+    assert generated, "no generated methods found"
+    assert set(POLICY) == generated
+
+
+def test_unlisted_method_is_denied_to_everyone() -> None:
+    for kind in PrincipalKind:
+        assert not is_permitted("/flwrmtls.proto.Fleet/Unknown", kind)
+
+
+@pytest.mark.parametrize("method", sorted(m for m in POLICY if "/flwrmtls.proto.Fleet/" in m))
+def test_fleet_is_for_nodes_only(method: str) -> None:
+    assert is_permitted(method, PrincipalKind.NODE)
+    assert not is_permitted(method, PrincipalKind.OPERATOR)
+    assert not is_permitted(method, PrincipalKind.USER)
+
+
+def test_listing_nodes_is_for_operators() -> None:
+    method = "/flwrmtls.proto.Control/ListNodes"
+    assert is_permitted(method, PrincipalKind.OPERATOR)
+    assert not is_permitted(method, PrincipalKind.NODE)
+    assert not is_permitted(method, PrincipalKind.USER)
+
+
+def test_anonymous_callers_exist_only_without_client_auth_and_may_call_listed_methods() -> None:
+    assert all(is_permitted(method, PrincipalKind.ANONYMOUS) for method in POLICY)
