@@ -15,8 +15,8 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check flwrmtls tests bench tools
-	$(VENV)/bin/ruff format --check flwrmtls tests bench tools
+	$(VENV)/bin/ruff check flwrmtls tests bench tools demo
+	$(VENV)/bin/ruff format --check flwrmtls tests bench tools demo
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
@@ -31,7 +31,7 @@ test: $(STAMP) lint typecheck proto-check
 	$(PY) -m pytest -q
 
 demo: $(STAMP)
-	$(PY) -m flwrmtls.demo
+	$(PY) demo/run.py
 
 bench: $(STAMP)
 	$(PY) bench/bench_auth.py

@@ -23,7 +23,7 @@ def _verify(
         issued.chain_path,
         purpose=purpose,
     )
-    return result.returncode == 0 and result.stdout.strip().endswith(": OK"), result.stdout
+    return result.returncode == 0 and result.stdout.strip().endswith(": OK"), result.stderr
 
 
 @pytest.fixture(params=[KeyType.EC, KeyType.RSA])
@@ -69,7 +69,7 @@ def test_server_auth_only_node_certificate_fails_as_a_client(
     wrong = authority.issue_node("wrong-eku", extended_key_usages=[ExtendedKeyUsageOID.SERVER_AUTH])
     ok, output = _verify(authority, wrong, "sslclient")
     assert not ok
-    assert "unsupported certificate purpose" in output
+    assert "unsuitable certificate purpose" in output
 
 
 def test_expired_and_not_yet_valid_certificates_fail(authority: CertificateAuthority) -> None:
