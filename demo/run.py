@@ -115,9 +115,9 @@ def run(processes: list[ManagedProcess]) -> None:
 
     step("6. Shutting down")
     stoppable: list[ManagedProcess] = [*good, link]
-    for process in stoppable:
-        name = process.log_path.stem
-        code = process.stop()
+    for managed in stoppable:
+        name = managed.log_path.stem
+        code = managed.stop()
         print(f"  {name} stopped (exit {code})", flush=True)
         if code != 0:
             raise DemoFailed(f"{name} did not stop cleanly (exit {code})")
