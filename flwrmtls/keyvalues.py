@@ -6,7 +6,7 @@ strings otherwise, as Flower reads them.
 
 from __future__ import annotations
 
-import shlex
+import re
 import tomllib
 
 from flwrmtls.errors import InputError
@@ -26,15 +26,22 @@ def _value(text: str) -> Value:
     return text
 
 
+_PAIR = re.compile(r"""\s*([^\s=]+)=("(?:[^"\\]|\\.)*"|'[^']*'|[^\s"']*)(?=\s|$)""")
+
+
 def parse_key_values(text: str, flag: str) -> dict[str, Value]:
-    try:
-        words = shlex.split(text, posix=False)
-    except ValueError as error:
-        raise InputError(f"{flag}: cannot parse {text!r}: {error}") from None
+    """``'a=1 b="x y"'`` -> ``{"a": 1, "b": "x y"}``; quoted values stay strings."""
     result: dict[str, Value] = {}
-    for word in words:
-        key, sep, raw = word.partition("=")
-        if not sep or not key:
-            raise InputError(f"{flag}: {word!r} is not key=value")
+    position = 0
+    text = text.strip()
+    while position < len(text):
+        match = _PAIR.match(text, position)
+        if match is None:
+            word = text[position:].split()[0]
+            raise InputError(f"{flag}: {word!r} is not key=value (quote values with spaces)")
+        key, raw = match.group(1), match.group(2)
         result[key] = _value(raw)
+        position = match.end()
+        while position < len(text) and text[position].isspace():
+            position += 1
     return result

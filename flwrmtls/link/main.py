@@ -176,8 +176,7 @@ async def _run(config: LinkConfig) -> None:
     except (OSError, RuntimeError) as error:
         await link.stop(0)
         raise InputError(
-            f"cannot listen on {config.fleet_address} / {config.control_address}: {error}: "
-            "check --fleet-api-address/--control-api-address (port in use?)"
+            f"{error}: check --fleet-api-address and --control-api-address (port in use?)"
         ) from None
     if config.insecure or not config.require_client_auth:
         log.warning("!!! %s: do not use this outside local development !!!", _describe(link))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -64,6 +65,26 @@ def build_authenticator(config: LinkConfig, revocations: RevocationStore | None)
     )
 
 
+def check_bindable(address: str) -> None:
+    """Raise OSError naming ``address`` if it cannot be listened on (before grpc tries and logs)."""
+    host, _, port_text = address.rpartition(":")
+    bind_host = host.strip("[]") or None
+    try:
+        port = int(port_text)
+        infos = socket.getaddrinfo(
+            bind_host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except (ValueError, socket.gaierror) as error:
+        raise OSError(f"{address} is not a usable host:port ({error})") from None
+    for family, kind, proto, _, sockaddr in infos:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(sockaddr)
+            except OSError as error:
+                raise OSError(f"cannot listen on {address}: {error.strerror}") from None
+
+
 class Link:
     """A running link. ``await start()``, read the bound ports, ``await stop()``."""
 
@@ -92,7 +113,11 @@ class Link:
         )
 
     def _server(self, address: str) -> tuple[grpc.aio.Server, int]:
-        server = grpc.aio.server(interceptors=[self._interceptor])
+        check_bindable(address)
+        # grpc turns SO_REUSEPORT on by default: two links could then share one port silently.
+        server = grpc.aio.server(
+            interceptors=[self._interceptor], options=[("grpc.so_reuseport", 0)]
+        )
         credentials = self._credentials()
         if credentials is None:
             port = server.add_insecure_port(address)

@@ -1,0 +1,140 @@
+"""Bad flags and files: one line naming the flag or file, exit 1, no traceback.
+
+The controls (the same programs with good flags starting and serving) are in
+tests/e2e/test_processes.py and, for the link, the last test here.
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from flwrmtls.testing.pki import TestPki
+from flwrmtls.testing.processes import LinkProcess
+
+
+def run(module: str, args: list[str], tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        capture_output=True, text=True, timeout=60, check=False, cwd=tmp_path,
+        env={"FLWRMTLS_HOME": str(tmp_path / "home"), "PATH": "/usr/bin:/bin"},
+    )  # fmt: skip
+
+
+def assert_one_line(result: subprocess.CompletedProcess[str], expected: str) -> None:
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert expected in lines[0], lines[0]
+
+
+def link_tls(pki: TestPki, tmp_path: Path) -> list[str]:
+    chain, key = pki.paths("server")
+    return [
+        "--ssl-ca-certfile", str(pki.trust_bundle_path), "--ssl-certfile", str(chain),
+        "--ssl-keyfile", str(key), "--database", str(tmp_path / "link.db"),
+        "--fleet-api-address", "127.0.0.1:0", "--control-api-address", "127.0.0.1:0",
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ("no-tls", "TLS needs --ssl-certfile and --ssl-keyfile"),
+        ("insecure-and-tls", "--insecure cannot be combined with --ssl-* flags"),
+        ("missing-key", "--ssl-keyfile: private key file"),
+        ("key-mismatch", "does not match the certificate"),
+        ("client-auth-without-ca", "needs a CA to verify clients"),
+        ("crl-without-client-auth", "add --ssl-require-client-auth"),
+        ("crl-not-a-crl", "is not a CRL"),
+        ("bad-database", "cannot open database"),
+    ],
+)
+def test_link_refuses_bad_startup_input(
+    pki: TestPki, tmp_path: Path, change: str, expected: str
+) -> None:
+    args = link_tls(pki, tmp_path)
+    node_chain, node_key = pki.paths("node-1")
+    if change == "no-tls":
+        args = ["--database", str(tmp_path / "link.db")]
+    elif change == "insecure-and-tls":
+        args += ["--insecure"]
+    elif change == "missing-key":
+        args[args.index("--ssl-keyfile") + 1] = str(tmp_path / "absent.key")
+    elif change == "key-mismatch":
+        args[args.index("--ssl-keyfile") + 1] = str(node_key)
+    elif change == "client-auth-without-ca":
+        args = [a for a in args if a != "--ssl-ca-certfile" and a != str(pki.trust_bundle_path)]
+        args += ["--ssl-require-client-auth"]
+    elif change == "crl-without-client-auth":
+        args += ["--ssl-crl-file", str(pki.crl_path)]
+    elif change == "crl-not-a-crl":
+        args += ["--ssl-require-client-auth", "--ssl-crl-file", str(node_chain)]
+    elif change == "bad-database":
+        bad = tmp_path / "junk.db"
+        bad.write_bytes(b"not sqlite" * 200)
+        args[args.index("--database") + 1] = str(bad)
+    assert_one_line(run("flwrmtls.link.main", args, tmp_path), expected)
+
+
+def test_link_refuses_a_port_in_use_and_starts_with_a_free_one(
+    pki: TestPki, tmp_path: Path
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        args = link_tls(pki, tmp_path)
+        args[args.index("--fleet-api-address") + 1] = f"127.0.0.1:{port}"
+        assert_one_line(run("flwrmtls.link.main", args, tmp_path), "cannot listen on")
+    control = LinkProcess(link_tls(pki, tmp_path), tmp_path / "link.log")
+    control.start_and_wait()
+    assert control.stop() == 0
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ("non-pem", "--ssl-client-certfile: "),
+        ("key-mismatch", "does not match the certificate"),
+        ("only-cert", "give both --ssl-client-certfile and --ssl-client-keyfile"),
+        ("expired", "certificate expired on"),
+        ("bad-node-config", "--node-config: 'oops' is not key=value"),
+        ("insecure-and-tls", "--insecure cannot be combined"),
+    ],
+)
+def test_node_refuses_bad_startup_input(
+    fresh_pki: TestPki, tmp_path: Path, change: str, expected: str
+) -> None:
+    chain, key = fresh_pki.paths("node-1")
+    args = [
+        "--superlink", "127.0.0.1:1", "--root-certificates", str(fresh_pki.trust_bundle_path),
+        "--ssl-client-certfile", str(chain), "--ssl-client-keyfile", str(key),
+        "--max-retries", "0",
+    ]  # fmt: skip
+    if change == "non-pem":
+        junk = tmp_path / "junk.pem"
+        junk.write_bytes(b"\x30\x82\x01\x00binary")
+        args[args.index("--ssl-client-certfile") + 1] = str(junk)
+    elif change == "key-mismatch":
+        args[args.index("--ssl-client-keyfile") + 1] = str(fresh_pki.paths("node-2")[1])
+    elif change == "only-cert":
+        args = [*args[: args.index("--ssl-client-keyfile")], "--max-retries", "0"]
+    elif change == "expired":
+        now = datetime.now(UTC)
+        old = fresh_pki.ca.issue_node(
+            "old", not_before=now - timedelta(days=9), not_after=now - timedelta(days=1)
+        )
+        args[args.index("--ssl-client-certfile") + 1] = str(old.chain_path)
+        args[args.index("--ssl-client-keyfile") + 1] = str(old.key_path)
+    elif change == "bad-node-config":
+        args += ["--node-config", "partition-id=0 oops"]
+    elif change == "insecure-and-tls":
+        args += ["--insecure"]
+    assert_one_line(run("flwrmtls.node.main", args, tmp_path), expected)

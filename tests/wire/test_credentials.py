@@ -1,0 +1,133 @@
+"""TLS material is checked at startup: each problem is one clear InputError naming the flag."""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.x509.oid import ExtendedKeyUsageOID
+
+from flwrmtls.errors import InputError
+from flwrmtls.pki import KeyEncoding, KeyType
+from flwrmtls.testing.pki import TestPki
+from flwrmtls.wire.credentials import check_client_certificate, load_ca_bundle, load_tls_identity
+
+NOW = datetime.now(UTC)
+
+
+def load(chain: Path, key: Path) -> None:
+    load_tls_identity(
+        chain, key, cert_flag="--ssl-client-certfile", key_flag="--ssl-client-keyfile"
+    )
+
+
+def test_good_pair_loads_and_is_checked(pki: TestPki) -> None:
+    chain, key = pki.paths("node-1")
+    identity = load_tls_identity(chain, key, cert_flag="c", key_flag="k")
+    assert len(identity.chain) == 2
+    assert b"BEGIN PRIVATE KEY" in identity.key_pem  # normalised to PKCS#8
+    check_client_certificate(identity, NOW, cert_flag="c")
+
+
+@pytest.mark.parametrize(
+    ("key_type", "encoding", "marker"),
+    [
+        (KeyType.EC, KeyEncoding.SEC1, b"BEGIN EC PRIVATE KEY"),
+        (KeyType.RSA, KeyEncoding.PKCS1, b"BEGIN RSA PRIVATE KEY"),
+        (KeyType.RSA, KeyEncoding.PKCS8, b"BEGIN PRIVATE KEY"),
+    ],
+)
+def test_key_formats_are_accepted(
+    fresh_pki: TestPki, key_type: KeyType, encoding: KeyEncoding, marker: bytes
+) -> None:
+    issued = fresh_pki.ca.issue_node("fmt", key_type=key_type, key_encoding=encoding)
+    assert marker in issued.key_path.read_bytes()
+    load(issued.chain_path, issued.key_path)
+
+
+def test_missing_file(pki: TestPki, tmp_path: Path) -> None:
+    _, key = pki.paths("node-1")
+    with pytest.raises(
+        InputError, match=r"--ssl-client-certfile: certificate file .* does not exist"
+    ):
+        load(tmp_path / "absent.pem", key)
+
+
+def test_unreadable_file(pki: TestPki) -> None:
+    # Reading /proc/self/mem from offset 0 fails with EIO, for root too (unlike chmod 0).
+    chain, _ = pki.paths("node-1")
+    with pytest.raises(InputError, match="--ssl-client-keyfile: cannot read private key file"):
+        load(chain, Path("/proc/self/mem"))
+
+
+def test_directory_instead_of_file(pki: TestPki, tmp_path: Path) -> None:
+    _, key = pki.paths("node-1")
+    with pytest.raises(InputError, match="is a directory"):
+        load(tmp_path, key)
+
+
+def test_non_pem_content(pki: TestPki, tmp_path: Path) -> None:
+    chain, key = pki.paths("node-1")
+    der = tmp_path / "cert.der"
+    der.write_bytes(os.urandom(64))
+    with pytest.raises(InputError, match="is not PEM"):
+        load(der, key)
+    with pytest.raises(InputError, match="is not PEM"):
+        load(chain, der)
+
+
+def test_key_that_does_not_match_the_certificate(pki: TestPki) -> None:
+    chain, _ = pki.paths("node-1")
+    _, other_key = pki.paths("node-2")
+    with pytest.raises(InputError, match="does not match the certificate"):
+        load(chain, other_key)
+    load(chain, pki.paths("node-1")[1])  # control
+
+
+def test_encrypted_key_is_refused_without_echoing_it(pki: TestPki, tmp_path: Path) -> None:
+    chain, key = pki.paths("node-1")
+    private = serialization.load_pem_private_key(key.read_bytes(), password=None)
+    encrypted = tmp_path / "encrypted.key"
+    encrypted.write_bytes(
+        private.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"secret"),
+        )
+    )
+    with pytest.raises(InputError, match="is encrypted") as caught:
+        load(chain, encrypted)
+    assert "BEGIN" not in str(caught.value)
+
+
+def test_ca_bundle_errors(pki: TestPki, tmp_path: Path) -> None:
+    pem, certificates = load_ca_bundle(pki.trust_bundle_path, "--root-certificates")
+    assert certificates
+    assert pem.startswith(b"-----BEGIN CERTIFICATE")
+    bogus = tmp_path / "bogus.crt"
+    bogus.write_text("-----BEGIN CERTIFICATE-----\nnope\n-----END CERTIFICATE-----\n")
+    with pytest.raises(InputError, match=r"--root-certificates: .* no readable PEM certificate"):
+        load_ca_bundle(bogus, "--root-certificates")
+
+
+def test_client_self_check_names_the_cause(fresh_pki: TestPki) -> None:
+    ca = fresh_pki.ca
+    expired = ca.issue_node(
+        "expired", not_before=NOW - timedelta(days=3), not_after=NOW - timedelta(days=1)
+    )
+    future = ca.issue_node(
+        "future", not_before=NOW + timedelta(days=1), not_after=NOW + timedelta(days=3)
+    )
+    server_only = ca.issue_node("srv", extended_key_usages=[ExtendedKeyUsageOID.SERVER_AUTH])
+    for issued, cause in ((expired, "expired on"), (future, "not valid before"),
+                          (server_only, "does not include clientAuth")):  # fmt: skip
+        identity = load_tls_identity(
+            issued.chain_path, issued.key_path, cert_flag="c", key_flag="k"
+        )
+        with pytest.raises(InputError, match=cause):
+            check_client_certificate(identity, NOW, cert_flag="--ssl-client-certfile")
+    good = load_tls_identity(*fresh_pki.paths("node-1"), cert_flag="c", key_flag="k")
+    check_client_certificate(good, NOW, cert_flag="--ssl-client-certfile")
