@@ -15,8 +15,6 @@ __all__ = ["app"]
 
 app = typer.Typer(help="Manage connection profiles (config.toml).", no_args_is_help=True)
 
-_FileOption = Annotated[Path | None, typer.Option(dir_okay=False)]
-
 
 def _existing(path: Path | None, option: str) -> Path | None:
     if path is not None and not path.expanduser().is_file():
@@ -28,10 +26,18 @@ def _existing(path: Path | None, option: str) -> Path | None:
 def add(
     name: Annotated[str, typer.Argument(help="profile name, e.g. my-deployment")],
     address: Annotated[str, typer.Option(help="the link's Control API, host:port")],
-    root_certificates: _FileOption = None,
-    client_certificate: _FileOption = None,
-    client_private_key: _FileOption = None,
-    insecure: Annotated[bool, typer.Option(help="plaintext: development only")] = False,
+    root_certificates: Annotated[
+        Path | None, typer.Option(help="CA bundle (PEM) that verifies the link")
+    ] = None,
+    client_certificate: Annotated[
+        Path | None, typer.Option(help="the CLI's certificate chain (PEM)")
+    ] = None,
+    client_private_key: Annotated[
+        Path | None, typer.Option(help="the CLI's private key (PEM); the file path is stored")
+    ] = None,
+    insecure: Annotated[
+        bool, typer.Option("--insecure", help="plaintext: development only")
+    ] = False,
     default: Annotated[bool, typer.Option("--default", help="make it the default")] = False,
 ) -> None:
     """Add or replace a connection profile."""
