@@ -175,7 +175,7 @@ def identity_from_certificate(
             raise AmbiguousIdentityError("certificate Subject is empty")
         return CertificateIdentity(
             source=source,
-            value=subject.rfc4514_string(),
+            value=subject.rfc4514_string({ROLE_OID: "role"}),
             canonical=_canonical_subject(subject),
             organisation=organisation,
             kind=kind,

@@ -7,7 +7,6 @@ and prints what it wrote, one path per line on stdout. Errors are InputErrors, w
 
 from __future__ import annotations
 
-import enum
 import json
 from pathlib import Path
 from typing import Annotated
@@ -16,6 +15,7 @@ import typer
 from cryptography import x509
 
 from flwrmtls.auth.identity import IdentitySource
+from flwrmtls.cli.output import OutputFormat
 from flwrmtls.pki import (
     CaFiles,
     CertificateAuthority,
@@ -44,11 +44,6 @@ issue_app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(issue_app, name="issue")
-
-
-class OutputFormat(enum.StrEnum):
-    TEXT = "text"
-    JSON = "json"
 
 
 DirectoryOption = Annotated[
@@ -196,7 +191,8 @@ def revoke_command(
         ),
     ] = None,
     reason: Annotated[
-        RevocationReason, typer.Option("--reason", help="RFC 5280 revocation reason.")
+        RevocationReason,
+        typer.Option("--reason", help="RFC 5280 revocation reason.", case_sensitive=False),
     ] = RevocationReason.UNSPECIFIED,
     directory: DirectoryOption = DEFAULT_DIRECTORY,
 ) -> None:
@@ -267,8 +263,8 @@ def show_command(
         bool, typer.Option("--spiffe", help="Map the identity as a link using SPIFFE IDs does.")
     ] = False,
     output_format: Annotated[
-        OutputFormat, typer.Option("--format", help="text or json.")
-    ] = OutputFormat.TEXT,
+        OutputFormat, typer.Option("--format", help="table or json.", case_sensitive=False)
+    ] = OutputFormat.TABLE,
     directory: Annotated[
         Path,
         typer.Option("--dir", help="Also say whether the CA in this directory issued it."),

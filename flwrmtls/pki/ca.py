@@ -1,19 +1,15 @@
 """The built-in CA: a root, an issuing CA under it, and the leaves it signs.
 
-Rules kept here (the extensions of each kind are in :mod:`flwrmtls.pki.profiles`, the files
-in :mod:`flwrmtls.pki.files`):
+Rules kept here (extensions are in :mod:`~flwrmtls.pki.profiles`, Subjects, SANs and validity
+windows in :mod:`~flwrmtls.pki.signing`, file writing in :mod:`~flwrmtls.pki.files`):
 
 * ``create`` makes a self-signed root ``CN=<name> Root CA`` and an issuing CA ``CN=<name>
-  Issuing CA`` signed by it, both valid for ``days``; the root key is written and never loaded
-  again. ``load`` needs the root certificate, the issuing certificate and its key, checks that
-  the key matches and that the root signed the issuing CA.
-* Leaves are signed by the issuing CA with SHA-256 and a random serial. They are valid from
-  now - 5 minutes (clock skew) until now + ``days`` unless ``not_before``/``not_after`` say
-  otherwise (naive datetimes are taken as UTC); they may not outlive the issuing CA.
-* A leaf's key type defaults to the CA's; the key file is PKCS#8 unless asked otherwise.
-* The chain file ``<name>.pem`` holds the leaf then the issuing CA: what a node, link or CLI
-  presents. Nothing is written unless every output may be written (``force`` for existing
-  files), and the key is written before the chain.
+  Issuing CA`` signed by it, both valid for ``days``; the root key is written, never loaded
+  again. ``load`` reads the root, the issuing CA and its key, and checks that they belong
+  together.
+* The issuing CA signs every leaf and CRL. A leaf's key type defaults to the CA's; its key file
+  is PKCS#8 unless asked otherwise; its chain file ``<name>.pem`` is the leaf then the issuing
+  CA. Every output is checked (``force``) before anything is written; the key goes first.
 * Time comes only from the injected clock.
 """
 
@@ -213,7 +209,7 @@ class CertificateAuthority:
     ) -> IssuedCertificate:
         chain_path, key_path = self.files.leaf_paths(name, out_dir)
         leaf_key_type = self.key_type if key_type is None else KeyType(key_type)
-        check_key_encoding(leaf_key_type, KeyEncoding(key_encoding))
+        check_key_encoding(leaf_key_type, key_encoding)
         start, end = validity_window(
             self._clock.now(),
             days=days,
@@ -373,7 +369,9 @@ class CertificateAuthority:
             raise InputError(f"--serial {serial} is not a certificate serial (must be positive)")
         record = RevocationRecord.load(self.files.revocation_record)
         record = record.with_revoked(
-            RevokedSerial(serial=serial, revoked_at=self._clock.now(), reason=reason)
+            RevokedSerial(
+                serial=serial, revoked_at=self._clock.now(), reason=RevocationReason(reason)
+            )
         )
         self._publish(record, crl_days)
         return serial

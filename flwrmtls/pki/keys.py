@@ -59,6 +59,7 @@ _ENCODING_FOR_KEY_TYPE = {KeyEncoding.SEC1: KeyType.EC, KeyEncoding.PKCS1: KeyTy
 
 def check_key_encoding(key_type: KeyType, key_encoding: KeyEncoding) -> None:
     """Raise InputError when ``key_encoding`` cannot hold a ``key_type`` key."""
+    key_type, key_encoding = KeyType(key_type), KeyEncoding(key_encoding)
     required = _ENCODING_FOR_KEY_TYPE.get(key_encoding)
     if required is not None and required is not key_type:
         raise InputError(
@@ -69,7 +70,7 @@ def check_key_encoding(key_type: KeyType, key_encoding: KeyEncoding) -> None:
 
 def generate_private_key(key_type: KeyType, *, rsa_bits: int = 2048) -> PrivateKey:
     """A fresh key: P-256 for EC, ``rsa_bits`` (2048, 3072 or 4096) for RSA."""
-    if key_type is KeyType.EC:
+    if KeyType(key_type) is KeyType.EC:
         return ec.generate_private_key(ec.SECP256R1())
     if rsa_bits not in RSA_KEY_SIZES:
         sizes = ", ".join(map(str, RSA_KEY_SIZES))
@@ -89,7 +90,7 @@ def encode_private_key(key: PrivateKey, key_encoding: KeyEncoding) -> bytes:
     check_key_encoding(key_type_of(key), key_encoding)
     private_format = (
         serialization.PrivateFormat.PKCS8
-        if key_encoding is KeyEncoding.PKCS8
+        if KeyEncoding(key_encoding) is KeyEncoding.PKCS8
         else serialization.PrivateFormat.TraditionalOpenSSL
     )
     return key.private_bytes(

@@ -18,6 +18,7 @@ from flwrmtls.pki import (
     CertificateAuthority,
     KeyEncoding,
     KeyType,
+    read_certificate_file,
     read_private_key_file,
 )
 from flwrmtls.pki.files import write_file
@@ -245,3 +246,16 @@ def test_out_dir_writes_elsewhere(authority: CertificateAuthority, tmp_path: Pat
     assert issued.chain_path == tmp_path / "elsewhere" / "deep" / "node-1.pem"
     assert issued.key_path.is_file()
     assert not (authority.directory / "node-1.pem").exists()
+
+
+def test_unreadable_inputs_are_named_in_one_line(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match=r"certificate file .*missing\.pem does not exist"):
+        read_certificate_file(tmp_path / "missing.pem")
+    with pytest.raises(InputError, match="is a directory, not a file"):
+        read_certificate_file(tmp_path)
+    (tmp_path / "key.pem").write_bytes(
+        b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"
+    )
+    with pytest.raises(InputError, match="is not an unencrypted PEM private key") as caught:
+        read_private_key_file(tmp_path / "key.pem")
+    assert "\n" not in str(caught.value)

@@ -1,6 +1,6 @@
 #!/bin/sh
 # Your own CA with the openssl CLI (OpenSSL 3): the same files and profiles as `flwrmtls ca`.
-# Run it in an empty directory. tests/pki/test_openssl_recipe.py runs this exact script.
+# Run it in an empty directory; tests/pki/test_openssl_recipe.py runs this exact script.
 set -eu
 umask 077                               # private keys: readable by their owner only
 mkdir -p ca
@@ -36,7 +36,7 @@ authorityKeyIdentifier = keyid:always
 basicConstraints       = critical, CA:FALSE
 keyUsage               = critical, digitalSignature
 extendedKeyUsage       = serverAuth
-subjectAltName         = DNS:localhost, IP:127.0.0.1
+subjectAltName         = DNS:localhost, IP:127.0.0.1    # the names nodes dial the link by
 subjectKeyIdentifier   = hash
 authorityKeyIdentifier = keyid:always
 
