@@ -131,6 +131,15 @@ def check_client_certificate(identity: TlsIdentity, now: datetime, *, cert_flag:
             "UTC: have it reissued"
         )
     try:
+        key_usage = leaf.extensions.get_extension_for_class(x509.KeyUsage).value
+    except x509.ExtensionNotFound:
+        key_usage = None
+    if key_usage is not None and not key_usage.digital_signature:
+        raise InputError(
+            f"{cert_flag}: certificate's key usage does not include digitalSignature, which a "
+            "TLS client needs to prove it holds the key: issue one for client use"
+        )
+    try:
         usages = leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
     except x509.ExtensionNotFound:
         return

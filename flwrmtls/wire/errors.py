@@ -12,6 +12,9 @@ the client sees                        what happened
 ``Socket closed`` (TLS client)         the link refused the client's certificate,
                                        or it has none and the link requires one
 ``Socket closed`` (plaintext client)   the link speaks TLS
+``Failed to create security            the client's own certificate or key cannot
+handshaker``                           do TLS (e.g. key usage without
+                                       digitalSignature); nothing was sent
 =====================================  ============================================
 
 A refusal after the handshake (``UNAUTHENTICATED``/``PERMISSION_DENIED``) carries the link's
@@ -73,6 +76,14 @@ def _not_tls(ctx: ConnectionContext) -> FlwrmtlsError:
     )
 
 
+def _unusable_local_certificate(ctx: ConnectionContext) -> FlwrmtlsError:
+    return Refused(
+        "grpc could not set up TLS with this client's own certificate and key (for example "
+        "its key usage lacks digitalSignature): check "
+        f"{ctx.client_flags if ctx.has_client_certificate else 'the CA bundle'}"
+    )
+
+
 def _unreachable(ctx: ConnectionContext) -> FlwrmtlsError:
     return LinkUnreachable(f"no link is listening at {ctx.address} (connection refused)")
 
@@ -82,6 +93,7 @@ _UNAVAILABLE_CAUSES = (
     ("CERTIFICATE_VERIFY_FAILED", _server_unverified),
     ("WRONG_VERSION_NUMBER", _not_tls),
     ("Socket closed", _handshake_closed),
+    ("Failed to create security handshaker", _unusable_local_certificate),
     ("Connection refused", _unreachable),
 )
 

@@ -131,3 +131,18 @@ def test_client_self_check_names_the_cause(fresh_pki: TestPki) -> None:
             check_client_certificate(identity, NOW, cert_flag="--ssl-client-certfile")
     good = load_tls_identity(*fresh_pki.paths("node-1"), cert_flag="c", key_flag="k")
     check_client_certificate(good, NOW, cert_flag="--ssl-client-certfile")
+
+
+def test_certificate_whose_key_usage_cannot_sign_is_refused_at_startup(
+    fresh_pki: TestPki,
+) -> None:
+    # A CA certificate used as a client leaf: keyCertSign only. BoringSSL cannot use it for
+    # TLS client authentication; the node must say so instead of blaming the link.
+    ca_files = fresh_pki.ca.files
+    identity = load_tls_identity(
+        ca_files.issuing_certificate, ca_files.issuing_key, cert_flag="c", key_flag="k"
+    )
+    with pytest.raises(InputError, match="does not include digitalSignature"):
+        check_client_certificate(identity, NOW, cert_flag="--ssl-client-certfile")
+    good = load_tls_identity(*fresh_pki.paths("node-1"), cert_flag="c", key_flag="k")
+    check_client_certificate(good, NOW, cert_flag="--ssl-client-certfile")
