@@ -173,6 +173,7 @@ def link_args(pki: TestPki, database: Path, *, mtls: bool) -> list[str]:
     args = [
         "--fleet-api-address", "127.0.0.1:0", "--control-api-address", "127.0.0.1:0",
         "--database", str(database), "--heartbeat-interval", "10",
+        "--serverappio-api-address", "127.0.0.1:0",
         "--ssl-ca-certfile", str(pki.trust_bundle_path),
         "--ssl-certfile", str(chain), "--ssl-keyfile", str(key),
     ]  # fmt: skip

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import re
 import tomllib
+from collections.abc import Mapping
 
 from flwrmtls.errors import InputError
+from flwrmtls.proto import records_pb2
 
-__all__ = ["Value", "parse_key_values"]
+__all__ = ["Value", "parse_key_values", "values_from_proto", "values_to_proto"]
 
 Value = bool | int | float | str
 
@@ -44,4 +46,29 @@ def parse_key_values(text: str, flag: str) -> dict[str, Value]:
         position = match.end()
         while position < len(text) and text[position].isspace():
             position += 1
+    return result
+
+
+def values_to_proto(values: Mapping[str, Value]) -> records_pb2.ConfigRecord:
+    """Run or node config values as a ConfigRecord proto (how they travel)."""
+    record = records_pb2.ConfigRecord()
+    for key, value in values.items():
+        slot = record.data[key]
+        if isinstance(value, bool):
+            slot.bool = value
+        elif isinstance(value, int):
+            slot.sint64 = value
+        elif isinstance(value, float):
+            slot.double = value
+        else:
+            slot.string = str(value)
+    return record
+
+
+def values_from_proto(record: records_pb2.ConfigRecord) -> dict[str, Value]:
+    result: dict[str, Value] = {}
+    for key, slot in record.data.items():
+        kind = slot.WhichOneof("value")
+        if kind in ("bool", "sint64", "double", "string"):
+            result[key] = getattr(slot, kind)
     return result

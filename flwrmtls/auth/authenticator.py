@@ -31,6 +31,7 @@ __all__ = [
 
 class AuthMethod(enum.StrEnum):
     CERTIFICATE = "certificate"
+    TOKEN = "token"  # noqa: S105 - an auth method name, not a secret
     NONE = "none"
 
 
@@ -46,6 +47,8 @@ class RefusalReason(enum.StrEnum):
     WRONG_USAGE = "wrong-usage"
     AMBIGUOUS_IDENTITY = "ambiguous-identity"
     NOT_PERMITTED = "not-permitted"
+    NO_TOKEN = "no-token"  # noqa: S105 - a refusal reason
+    INVALID_TOKEN = "invalid-token"  # noqa: S105 - a refusal reason
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +61,8 @@ class CallCredentials:
     """The client certificate the TLS handshake verified, PEM (grpc's ``x509_pem_cert``)."""
     chain_pem: bytes | None
     """What the client sent after its leaf, PEM, unverified (``x509_pem_cert_chain``)."""
+    token: str | None = None
+    """An app process's run token (``flwrmtls-run-token`` metadata), if any."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +79,8 @@ class Principal:
     """When the caller's credentials stop being valid (the chain's earliest expiry)."""
     fingerprint: str
     """SHA-256 of the leaf certificate, hex; empty without a certificate."""
+    run_id: int | None = None
+    """The run an app process's token belongs to; None for certificates."""
 
 
 class AuthenticationFailed(Exception):

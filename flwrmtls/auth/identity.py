@@ -59,6 +59,10 @@ class PrincipalKind(enum.StrEnum):
     USER = "user"
     ANONYMOUS = "anonymous"
     """A caller on a link without client authentication: nothing tells callers apart."""
+    SERVERAPP = "serverapp"
+    """A ServerApp process, by its run's token."""
+    CLIENTAPP = "clientapp"
+    """A ClientApp process, by its run's token."""
 
 
 _ROLE_KINDS = {"operator": PrincipalKind.OPERATOR, "user": PrincipalKind.USER}

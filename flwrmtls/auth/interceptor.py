@@ -28,6 +28,7 @@ from flwrmtls.auth.authenticator import (
     RefusalReason,
 )
 from flwrmtls.auth.policy import is_permitted, required_kinds
+from flwrmtls.auth.tokens import TOKEN_METADATA_KEY
 from flwrmtls.clock import Clock
 
 __all__ = ["REFUSAL_METADATA_KEY", "AuthInterceptor", "RefusalLog", "current_principal"]
@@ -83,6 +84,13 @@ def _first(auth_context: Mapping[str, Iterable[bytes]], key: str) -> bytes | Non
     return next(iter(auth_context.get(key, ())), None)
 
 
+def _token(context: _Context) -> str | None:
+    for key, value in context.invocation_metadata() or ():
+        if key == TOKEN_METADATA_KEY:
+            return str(value)
+    return None
+
+
 class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     def __init__(
         self,
@@ -115,6 +123,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             peer=peer,
             leaf_pem=_first(auth_context, "x509_pem_cert"),
             chain_pem=_first(auth_context, "x509_pem_cert_chain"),
+            token=_token(context),
         )
         try:
             principal = self._authenticator().authenticate(call, self._clock.now())

@@ -41,7 +41,7 @@ from flwrmtls.auth.authenticator import (
     RefusalReason,
 )
 from flwrmtls.auth.identity import AmbiguousIdentityError, IdentitySource, identity_from_certificate
-from flwrmtls.auth.revocation import RevocationStore
+from flwrmtls.auth.revocation import IssuedBy, RevocationStore
 
 __all__ = ["MtlsAuthenticator", "certificate_fingerprint"]
 
@@ -57,7 +57,8 @@ def certificate_fingerprint(certificate: x509.Certificate) -> str:
 @dataclass(frozen=True, slots=True)
 class _Verified:
     principal: Principal
-    chain: tuple[x509.Certificate, ...]
+    links: tuple[IssuedBy, ...]
+    """Each certificate of the verified chain with its issuer, for the per-call CRL check."""
     not_before: datetime
     not_after: datetime
 
@@ -130,10 +131,9 @@ class MtlsAuthenticator:
                 fingerprint,
             )
         if self._revocations is not None:
-            chain = entry.chain
             try:
-                for certificate, issuer in itertools.pairwise(chain):
-                    self._revocations.check(certificate, issuer, now)
+                for link in entry.links:
+                    self._revocations.check(link, now)
             except AuthenticationFailed as error:
                 error.fingerprint = fingerprint
                 raise
@@ -218,7 +218,7 @@ class MtlsAuthenticator:
                 not_after=min(c.not_valid_after_utc for c in chain),
                 fingerprint=fingerprint,
             ),
-            chain=chain,
+            links=tuple(IssuedBy.of(c, i) for c, i in itertools.pairwise(chain)),
             not_before=max(c.not_valid_before_utc for c in chain),
             not_after=min(c.not_valid_after_utc for c in chain),
         )

@@ -2,47 +2,76 @@
 
 Rules:
 
-* Every RPC the link serves has a row. A method without a row is refused before its handler
-  runs (fail closed); ``tests/auth/test_policy.py`` proves every generated method has a row.
-* A row names the principal kinds allowed: nodes call the Fleet API, operators (and, where
-  listed, users) call the Control API. A node certificate cannot drive the CLI API and a CLI
-  certificate cannot pose as a node.
+* Every RPC a flwrmtls server serves has a row. A method without a row is refused before its
+  handler runs (fail closed); ``tests/auth/test_policy.py`` proves every generated method has a
+  row.
+* A row names the principal kinds allowed: nodes call the Fleet API; operators and users call
+  the Control API (listing nodes is for operators); a ServerApp process calls ServerAppIo and a
+  ClientApp process calls ClientAppIo, each with its run's token. A node certificate cannot
+  drive the CLI API, a CLI certificate cannot pose as a node, and no certificate reaches AppIo.
 * ``ANONYMOUS`` callers exist only on a link without client authentication (started without
   ``--ssl-require-client-auth``, with a loud warning); there nothing tells callers apart, so
-  they may call every listed method.
+  they may call the Fleet and Control rows marked ``open_without_auth``. AppIo rows never are:
+  app processes always need their token.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 from flwrmtls.auth.identity import PrincipalKind
 
-__all__ = ["POLICY", "is_permitted", "required_kinds"]
+__all__ = ["POLICY", "Rule", "is_permitted", "required_kinds"]
 
-_NODES = frozenset({PrincipalKind.NODE})
-_OPERATORS = frozenset({PrincipalKind.OPERATOR})
 
-_FLEET = "/flwrmtls.proto.Fleet/"
-_CONTROL = "/flwrmtls.proto.Control/"
+@dataclass(frozen=True, slots=True)
+class Rule:
+    kinds: frozenset[PrincipalKind]
+    open_without_auth: bool
 
-POLICY: Mapping[str, frozenset[PrincipalKind]] = {
-    _FLEET + "ActivateNode": _NODES,
-    _FLEET + "DeactivateNode": _NODES,
-    _FLEET + "Heartbeat": _NODES,
-    _FLEET + "PullMessages": _NODES,
-    _FLEET + "PushMessages": _NODES,
-    _CONTROL + "ListNodes": _OPERATORS,
-}
+
+_NODES = Rule(frozenset({PrincipalKind.NODE}), open_without_auth=True)
+_OPERATORS = Rule(frozenset({PrincipalKind.OPERATOR}), open_without_auth=True)
+_CLI_USERS = Rule(frozenset({PrincipalKind.OPERATOR, PrincipalKind.USER}), open_without_auth=True)
+_SERVERAPP = Rule(frozenset({PrincipalKind.SERVERAPP}), open_without_auth=False)
+_CLIENTAPP = Rule(frozenset({PrincipalKind.CLIENTAPP}), open_without_auth=False)
+
+
+def _rows(service: str, rule: Rule, *methods: str) -> dict[str, Rule]:
+    return {f"/flwrmtls.proto.{service}/{method}": rule for method in methods}
+
+
+POLICY: Mapping[str, Rule] = {
+    **_rows(
+        "Fleet", _NODES,
+        "ActivateNode", "DeactivateNode", "Heartbeat", "PullMessages", "PushMessages", "GetRun",
+        "PullObject", "PushObject", "MissingObjects",
+    ),
+    **_rows("Control", _OPERATORS, "ListNodes"),
+    **_rows("Control", _CLI_USERS, "StartRun", "ListRuns", "StreamLogs", "StopRun"),
+    **_rows(
+        "ServerAppIo", _SERVERAPP,
+        "GetRun", "GetNodes", "PushMessages", "PullReplies", "PullObject", "PushObject",
+        "MissingObjects", "SetRunResult",
+    ),
+    **_rows(
+        "ClientAppIo", _CLIENTAPP,
+        "GetRun", "PullMessage", "PushReply", "PullObject", "PushObject", "MissingObjects",
+    ),
+}  # fmt: skip
 
 
 def required_kinds(method: str) -> frozenset[PrincipalKind] | None:
     """The kinds allowed to call ``method``; None when the table does not list it."""
-    return POLICY.get(method)
+    rule = POLICY.get(method)
+    return None if rule is None else rule.kinds
 
 
 def is_permitted(method: str, kind: PrincipalKind) -> bool:
-    allowed = POLICY.get(method)
-    if allowed is None:
+    rule = POLICY.get(method)
+    if rule is None:
         return False
-    return kind is PrincipalKind.ANONYMOUS or kind in allowed
+    if kind is PrincipalKind.ANONYMOUS:
+        return rule.open_without_auth
+    return kind in rule.kinds

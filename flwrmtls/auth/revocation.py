@@ -29,11 +29,34 @@ from cryptography.hazmat.primitives import serialization
 from flwrmtls.auth.authenticator import AuthenticationFailed, RefusalReason
 from flwrmtls.errors import InputError
 
-__all__ = ["LoadedCrl", "RevocationStore", "load_crls"]
+__all__ = ["IssuedBy", "LoadedCrl", "RevocationStore", "load_crls"]
 
 log = logging.getLogger(__name__)
 
 _PEM_MARKER = b"-----BEGIN X509 CRL-----"
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedBy:
+    """One link of a verified chain, in the form the per-call check needs (built once)."""
+
+    serial: int
+    issuer_name: x509.Name
+    issuer_key: x509.Certificate
+    issuer_key_der: bytes
+    issuer_display: str
+
+    @classmethod
+    def of(cls, certificate: x509.Certificate, issuer: x509.Certificate) -> IssuedBy:
+        return cls(
+            serial=certificate.serial_number,
+            issuer_name=issuer.subject,
+            issuer_key=issuer,
+            issuer_key_der=issuer.public_key().public_bytes(
+                serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+            ),
+            issuer_display=issuer.subject.rfc4514_string(),
+        )
 
 
 @dataclass(slots=True)
@@ -42,22 +65,16 @@ class LoadedCrl:
     source: Path
     revoked: dict[int, tuple[datetime, str]]
     """serial -> (revocation date, reason name)."""
+    next_update: datetime | None
     signature_ok: dict[bytes, bool] = field(default_factory=dict)
     """issuer public key (DER) -> whether this CRL's signature verifies with it."""
 
-    @property
-    def next_update(self) -> datetime | None:
-        return self.crl.next_update_utc
-
-    def verified_by(self, issuer: x509.Certificate) -> bool:
-        key_der = issuer.public_key().public_bytes(
-            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-        known = self.signature_ok.get(key_der)
+    def verified_by(self, link: IssuedBy) -> bool:
+        known = self.signature_ok.get(link.issuer_key_der)
         if known is None:
-            public_key = issuer.public_key()
+            public_key = link.issuer_key.public_key()
             known = self.crl.is_signature_valid(public_key)  # type: ignore[arg-type]
-            self.signature_ok[key_der] = known
+            self.signature_ok[link.issuer_key_der] = known
         return known
 
 
@@ -105,6 +122,7 @@ def load_crls(path: Path) -> dict[x509.Name, LoadedCrl]:
                     entry.serial_number: (entry.revocation_date_utc, _reason_of(entry))
                     for entry in crl
                 },
+                next_update=crl.next_update_utc,
             )
             current = by_issuer.get(crl.issuer)
             if current is None or _freshness(crl) > _freshness(current.crl):
@@ -168,29 +186,31 @@ class RevocationStore:
         log.info("CRLs reloaded from %s (%d issuers)", self.path, len(by_issuer))
         return True
 
-    def check(self, certificate: x509.Certificate, issuer: x509.Certificate, now: datetime) -> None:
-        """Raise AuthenticationFailed if ``issuer``'s CRL revokes ``certificate`` or is unusable."""
-        loaded = self._by_issuer.get(issuer.subject)
+    def check(self, link: IssuedBy, now: datetime) -> None:
+        """Raise AuthenticationFailed if the issuer's CRL revokes ``link`` or is unusable.
+
+        Runs on every call: dictionary lookups and comparisons only.
+        """
+        loaded = self._by_issuer.get(link.issuer_name)
         if loaded is None:
             return
-        issuer_name = issuer.subject.rfc4514_string()
-        if not loaded.verified_by(issuer):
+        if not loaded.verified_by(link):
             raise AuthenticationFailed(
                 RefusalReason.CRL_UNAVAILABLE,
-                f"the link's CRL for issuer {issuer_name} has an invalid signature",
+                f"the link's CRL for issuer {link.issuer_display} has an invalid signature",
             )
         next_update = loaded.next_update
         if next_update is not None and now > next_update:
             raise AuthenticationFailed(
                 RefusalReason.CRL_UNAVAILABLE,
-                f"the link's CRL for issuer {issuer_name} expired at "
+                f"the link's CRL for issuer {link.issuer_display} expired at "
                 f"{next_update:%Y-%m-%d %H:%M:%S} UTC (next update passed)",
             )
-        entry = loaded.revoked.get(certificate.serial_number)
+        entry = loaded.revoked.get(link.serial)
         if entry is not None:
             revoked_at, reason = entry
             raise AuthenticationFailed(
                 RefusalReason.REVOKED,
-                f"certificate revoked (serial {certificate.serial_number:x}, reason {reason}, "
+                f"certificate revoked (serial {link.serial:x}, reason {reason}, "
                 f"since {revoked_at:%Y-%m-%d %H:%M:%S} UTC)",
             )

@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from flwrmtls.cli import ca, config, supernode
+from flwrmtls.cli import ca, config, new, runs, supernode
 from flwrmtls.errors import FlwrmtlsError
 
 __all__ = ["app", "main"]
@@ -21,6 +21,11 @@ app = typer.Typer(
 app.add_typer(ca.app, name="ca")
 app.add_typer(config.app, name="config")
 app.add_typer(supernode.app, name="supernode")
+app.command("new")(new.new)
+app.command("run")(runs.run)
+app.command("ls")(runs.ls)
+app.command("log")(runs.log)
+app.command("stop")(runs.stop)
 
 
 def main() -> None:

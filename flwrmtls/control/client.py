@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
+
 import grpc
 
 from flwrmtls.clock import SystemClock
 from flwrmtls.errors import InputError
+from flwrmtls.keyvalues import Value, values_to_proto
 from flwrmtls.profiles import Profile
 from flwrmtls.proto import control_pb2, control_pb2_grpc
 from flwrmtls.wire.credentials import (
@@ -20,6 +23,7 @@ from flwrmtls.wire.errors import ConnectionContext, translate_rpc_error
 __all__ = ["ControlClient"]
 
 _CALL_TIMEOUT = 15.0
+_OPTIONS = [("grpc.max_send_message_length", 64 << 20)]
 
 
 class ControlClient:
@@ -31,7 +35,7 @@ class ControlClient:
         if profile.insecure:
             if profile.client_certificate or profile.root_certificates:
                 raise InputError(f"{where}: insecure = true cannot be combined with certificates")
-            self._channel = grpc.insecure_channel(profile.address)
+            self._channel = grpc.insecure_channel(profile.address, options=_OPTIONS)
         else:
             roots = None
             if profile.root_certificates is not None:
@@ -47,7 +51,7 @@ class ControlClient:
                 )
                 check_client_certificate(identity, SystemClock().now(), cert_flag=cert_flag)
             self._channel = grpc.secure_channel(
-                profile.address, channel_credentials(roots, identity)
+                profile.address, channel_credentials(roots, identity), options=_OPTIONS
             )
         self._ctx = ConnectionContext(
             address=profile.address,
@@ -64,6 +68,46 @@ class ControlClient:
         except grpc.RpcError as error:
             raise translate_rpc_error(error, self._ctx) from None
         return list(response.nodes)
+
+    def start_run(self, bundle: bytes, bundle_hash: str, overrides: Mapping[str, Value]) -> int:
+        request = control_pb2.StartRunRequest(
+            bundle=bundle, bundle_hash=bundle_hash, run_config=values_to_proto(overrides)
+        )
+        try:
+            response = self._stub.StartRun(request, timeout=_CALL_TIMEOUT * 4)
+        except grpc.RpcError as error:
+            raise translate_rpc_error(error, self._ctx) from None
+        return int(response.run_id)
+
+    def list_runs(self, run_id: int = 0) -> list[control_pb2.Run]:
+        try:
+            response = self._stub.ListRuns(
+                control_pb2.ListRunsRequest(run_id=run_id), timeout=_CALL_TIMEOUT
+            )
+        except grpc.RpcError as error:
+            raise translate_rpc_error(error, self._ctx) from None
+        return list(response.runs)
+
+    def stream_logs(self, run_id: int, *, follow: bool) -> Iterator[control_pb2.LogEntry]:
+        """Log entries; the last one carries the run's status (``run_status``)."""
+        try:
+            for entry in self._stub.StreamLogs(
+                control_pb2.StreamLogsRequest(run_id=run_id, follow=follow)
+            ):
+                yield entry
+                if entry.run_status:
+                    return
+        except grpc.RpcError as error:
+            raise translate_rpc_error(error, self._ctx) from None
+
+    def stop_run(self, run_id: int) -> str:
+        try:
+            response = self._stub.StopRun(
+                control_pb2.StopRunRequest(run_id=run_id), timeout=_CALL_TIMEOUT
+            )
+        except grpc.RpcError as error:
+            raise translate_rpc_error(error, self._ctx) from None
+        return str(response.status)
 
     def close(self) -> None:
         self._channel.close()

@@ -1,25 +1,50 @@
-"""The Control API on the link: what the CLI calls."""
+"""The Control API on the link: what the CLI calls (nodes and runs)."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
+import grpc
 import grpc.aio
 
+from flwrmtls.auth.interceptor import current_principal
 from flwrmtls.clock import Clock
+from flwrmtls.errors import InputError
+from flwrmtls.keyvalues import values_from_proto
+from flwrmtls.link.notify import Notifier
+from flwrmtls.link.runs import RunManager
 from flwrmtls.proto import control_pb2, control_pb2_grpc
 from flwrmtls.state.linkstate import LinkState
+from flwrmtls.state.runtable import RunRecord
 
 __all__ = ["ControlServicer"]
 
+_Context = grpc.aio.ServicerContext[Any, Any]
+_FOLLOW_WAIT = 30.0
+
+
+def run_to_proto(run: RunRecord) -> control_pb2.Run:
+    return control_pb2.Run(
+        run_id=run.run_id, app_name=run.app_name, app_version=run.app_version,
+        bundle_hash=run.bundle_hash, status=run.status.value, reason=run.reason,
+        owner=run.owner, created_at=run.created_at, started_at=run.started_at,
+        finished_at=run.finished_at, run_config_json=run.run_config_json,
+        result_json=run.result_json,
+    )  # fmt: skip
+
 
 class ControlServicer(control_pb2_grpc.ControlServicer):
-    def __init__(self, state: LinkState, clock: Clock) -> None:
+    def __init__(
+        self, state: LinkState, clock: Clock, *, runs: RunManager, notifier: Notifier
+    ) -> None:
         self._state = state
         self._clock = clock
+        self._runs = runs
+        self._notifier = notifier
 
     async def ListNodes(
-        self, request: control_pb2.ListNodesRequest, context: grpc.aio.ServicerContext[Any, Any]
+        self, request: control_pb2.ListNodesRequest, context: _Context
     ) -> control_pb2.ListNodesResponse:
         records = self._state.list_nodes(now=self._clock.now().timestamp())
         return control_pb2.ListNodesResponse(
@@ -39,3 +64,61 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
                 for r in records
             ]
         )
+
+    async def StartRun(
+        self, request: control_pb2.StartRunRequest, context: _Context
+    ) -> control_pb2.StartRunResponse:
+        owner = current_principal().identity
+        try:
+            run_id = await self._runs.start_run(
+                request.bundle, request.bundle_hash, values_from_proto(request.run_config), owner
+            )
+        except (InputError, ValueError) as error:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+            raise AssertionError("unreachable") from None
+        return control_pb2.StartRunResponse(run_id=run_id)
+
+    async def ListRuns(
+        self, request: control_pb2.ListRunsRequest, context: _Context
+    ) -> control_pb2.ListRunsResponse:
+        if request.run_id:
+            run = await self._existing_run(request.run_id, context)
+            return control_pb2.ListRunsResponse(runs=[run_to_proto(run)])
+        return control_pb2.ListRunsResponse(runs=[run_to_proto(r) for r in self._state.runs.all()])
+
+    async def _existing_run(self, run_id: int, context: _Context) -> RunRecord:
+        run = self._state.runs.get(run_id)
+        if run is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no run {run_id}")
+            raise AssertionError("unreachable")
+        return run
+
+    async def StreamLogs(
+        self, request: control_pb2.StreamLogsRequest, context: _Context
+    ) -> AsyncIterator[control_pb2.LogEntry]:
+        run = await self._existing_run(request.run_id, context)
+        seq = request.after_seq
+        while True:
+            entries = self._state.runs.logs_after(run.run_id, seq)
+            for entry in entries:
+                seq = entry.seq
+                yield control_pb2.LogEntry(
+                    seq=entry.seq, timestamp=entry.timestamp, source=entry.source, text=entry.text
+                )
+            if entries:
+                continue
+            run = await self._existing_run(run.run_id, context)
+            if run.ended or not request.follow:
+                if not self._state.runs.logs_after(run.run_id, seq):
+                    yield control_pb2.LogEntry(seq=seq, source="link", run_status=run.status.value)
+                    return
+                continue
+            await self._notifier.wait(("logs", run.run_id), _FOLLOW_WAIT)
+
+    async def StopRun(
+        self, request: control_pb2.StopRunRequest, context: _Context
+    ) -> control_pb2.StopRunResponse:
+        await self._existing_run(request.run_id, context)
+        who = current_principal().identity
+        status = await self._runs.stop_run(request.run_id, f"stopped by {who}")
+        return control_pb2.StopRunResponse(status=status.value)

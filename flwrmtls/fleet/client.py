@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+import threading
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import grpc
 
 from flwrmtls import __version__
 from flwrmtls.errors import FlwrmtlsError, Refused
-from flwrmtls.proto import fleet_pb2, fleet_pb2_grpc
+from flwrmtls.objects.store import ObjectStore
+from flwrmtls.objects.transfer import pull_object_into, push_stored_objects
+from flwrmtls.proto import common_pb2, fleet_pb2, fleet_pb2_grpc
 from flwrmtls.wire.errors import ConnectionContext, translate_rpc_error
 
 __all__ = ["FleetClient", "Session", "SessionEnded"]
 
 _CALL_TIMEOUT = 10.0
+_TRANSFER_TIMEOUT = 600.0
+_CANCEL_CHECK = 0.05
 
 
 class SessionEnded(Refused):
@@ -67,6 +74,73 @@ class FleetClient:
         except grpc.RpcError as error:
             raise self._fail(error) from None
         return response.heartbeat_interval
+
+    def pull(
+        self,
+        session: Session,
+        *,
+        wait: float,
+        active_run_ids: Sequence[int],
+        cancel: Sequence[threading.Event] = (),
+    ) -> tuple[list[common_pb2.Message], list[int]]:
+        """Messages for this node (the link waits up to ``wait`` s for one), and which of
+        ``active_run_ids`` ended. Returns empty at once when any ``cancel`` event is set."""
+        future = self._stub.PullMessages.future(
+            fleet_pb2.PullMessagesRequest(
+                session_id=session.session_id, wait_seconds=wait,
+                active_run_ids=list(active_run_ids),
+            ),
+            timeout=wait + _CALL_TIMEOUT,
+        )  # fmt: skip
+        while not future.done():
+            if any(event.is_set() for event in cancel):
+                future.cancel()  # type: ignore[no-untyped-call]
+                return [], []
+            time.sleep(_CANCEL_CHECK)
+        try:
+            response = future.result()
+        except grpc.RpcError as error:
+            raise self._fail(error) from None
+        return list(response.messages), list(response.ended_run_ids)
+
+    def push(self, session: Session, messages: Sequence[common_pb2.Message]) -> None:
+        try:
+            self._stub.PushMessages(
+                fleet_pb2.PushMessagesRequest(session_id=session.session_id, messages=messages),
+                timeout=_CALL_TIMEOUT,
+            )
+        except grpc.RpcError as error:
+            raise self._fail(error) from None
+
+    def get_run(self, session: Session, run_id: int) -> fleet_pb2.GetRunResponse:
+        try:
+            response: fleet_pb2.GetRunResponse = self._stub.GetRun(
+                fleet_pb2.GetRunRequest(session_id=session.session_id, run_id=run_id),
+                timeout=_CALL_TIMEOUT,
+            )
+        except grpc.RpcError as error:
+            raise self._fail(error) from None
+        return response
+
+    def fetch_object(self, session: Session, object_id: str, store: ObjectStore) -> None:
+        """Copy an object from the link into ``store`` (verified), unless it is there."""
+        try:
+            pull_object_into(
+                store, self._stub.PullObject, object_id, session_id=session.session_id,
+                timeout=_TRANSFER_TIMEOUT,
+            )  # fmt: skip
+        except grpc.RpcError as error:
+            raise self._fail(error) from None
+
+    def send_objects(self, session: Session, store: ObjectStore, object_ids: Sequence[str]) -> None:
+        """Push the objects of ``store`` the link lacks."""
+        try:
+            push_stored_objects(
+                self._stub, store, object_ids, session_id=session.session_id,
+                timeout=_TRANSFER_TIMEOUT,
+            )  # fmt: skip
+        except grpc.RpcError as error:
+            raise self._fail(error) from None
 
     def deactivate(self, session: Session) -> None:
         try:

@@ -2,10 +2,18 @@
 
 The caller's node id comes from its authenticated principal (its certificate), never from the
 request; only a link without client authentication falls back to the session's node id.
+Rules for runs:
+
+* Work reaches a node without a polling delay: PullMessages waits (long poll) until a message
+  for the node is stored or one of the node's runs ends.
+* A node may reply only to a message addressed to it, in a run that has not ended; the link
+  stamps the reply with the node's certificate identity, so the ServerApp knows who answered.
+* A node may ask for a run's bundle hash and config only for a run that sent it work.
 """
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -13,34 +21,40 @@ import grpc.aio
 
 from flwrmtls.auth.interceptor import current_principal
 from flwrmtls.clock import Clock
-from flwrmtls.proto import common_pb2, fleet_pb2, fleet_pb2_grpc
-from flwrmtls.state.linkstate import LinkState, SessionSuperseded, StoredMessage, UnknownSession
+from flwrmtls.keyvalues import values_to_proto
+from flwrmtls.link.notify import Notifier
+from flwrmtls.link.runlog import RunLog
+from flwrmtls.objects.store import ObjectStore
+from flwrmtls.objects.transfer import receive_object, serve_object
+from flwrmtls.proto import common_pb2, fleet_pb2, fleet_pb2_grpc, objects_pb2
+from flwrmtls.state.linkstate import LinkState, SessionSuperseded, UnknownSession
+from flwrmtls.state.messagetable import MessageRow
 
 __all__ = ["FleetServicer"]
 
 _Context = grpc.aio.ServicerContext[Any, Any]
 _DEFAULT_PULL_LIMIT = 100
-
-
-def message_to_proto(message: StoredMessage) -> common_pb2.Message:
-    return common_pb2.Message(
-        message_id=message.message_id,
-        run_id=message.run_id,
-        src_node_id=message.src_node_id,
-        dst_node_id=message.dst_node_id,
-        message_type=message.message_type,
-        reply_to_message_id=message.reply_to_message_id,
-        content=message.content,
-        created_at=message.created_at,
-        ttl=message.ttl,
-    )
+_MAX_WAIT = 30.0
+_CLIENT_APP_RAISED = 1  # flwrmtls.app.message.ErrorCode.CLIENT_APP_RAISED
 
 
 class FleetServicer(fleet_pb2_grpc.FleetServicer):
-    def __init__(self, state: LinkState, clock: Clock, heartbeat_interval: float) -> None:
+    def __init__(
+        self,
+        state: LinkState,
+        clock: Clock,
+        heartbeat_interval: float,
+        *,
+        notifier: Notifier,
+        objects: ObjectStore,
+        run_log: RunLog,
+    ) -> None:
         self._state = state
         self._clock = clock
         self._interval = heartbeat_interval
+        self._notifier = notifier
+        self._objects = objects
+        self._run_log = run_log
 
     def _now(self) -> float:
         return self._clock.now().timestamp()
@@ -80,6 +94,7 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
             now=self._now(),
             heartbeat_interval=self._interval,
         )
+        self._notifier.notify(("nodes",))
         return fleet_pb2.ActivateNodeResponse(
             node_id=node_id,
             session_id=session_id,
@@ -97,14 +112,17 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
     async def Heartbeat(
         self, request: fleet_pb2.HeartbeatRequest, context: _Context
     ) -> fleet_pb2.HeartbeatResponse:
-        node_id = await self._session_node(request.session_id, context)
-        self._state.heartbeat(
-            node_id,
-            request.session_id,
-            now=self._now(),
-            heartbeat_interval=self._interval,
-            peer_address=context.peer(),
-        )
+        principal = current_principal()
+        try:
+            node_id = principal.node_id
+            if node_id is None:
+                node_id = self._state.node_of_session(request.session_id)
+            self._state.heartbeat(
+                node_id, request.session_id, now=self._now(),
+                heartbeat_interval=self._interval, peer_address=context.peer(),
+            )  # fmt: skip
+        except (SessionSuperseded, UnknownSession):
+            await self._session_node(request.session_id, context)  # aborts with the reason
         return fleet_pb2.HeartbeatResponse(heartbeat_interval=self._interval)
 
     async def PullMessages(
@@ -112,32 +130,129 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
     ) -> fleet_pb2.PullMessagesResponse:
         node_id = await self._session_node(request.session_id, context)
         limit = request.max_messages or _DEFAULT_PULL_LIMIT
-        messages = self._state.pull_messages(node_id, now=self._now(), limit=limit)
-        return fleet_pb2.PullMessagesResponse(messages=[message_to_proto(m) for m in messages])
+        loop_clock = self._clock.monotonic
+        deadline = loop_clock() + min(max(request.wait_seconds, 0.0), _MAX_WAIT)
+        while True:
+            protos = self._state.messages.deliver(node_id, now=self._now(), limit=limit)
+            ended = [
+                run_id
+                for run_id in request.active_run_ids
+                if (run := self._state.runs.get(run_id)) is None or run.ended
+            ]
+            remaining = deadline - loop_clock()
+            if protos or ended or remaining <= 0:
+                break
+            await self._notifier.wait(("node", node_id), remaining)
+        messages = [common_pb2.Message.FromString(p) for p in protos]
+        return fleet_pb2.PullMessagesResponse(messages=messages, ended_run_ids=ended)
 
     async def PushMessages(
         self, request: fleet_pb2.PushMessagesRequest, context: _Context
     ) -> fleet_pb2.PushMessagesResponse:
         node_id = await self._session_node(request.session_id, context)
+        principal = current_principal()
+        now = self._now()
+        reply_to = [m.reply_to_message_id for m in request.messages]
+        originals = self._state.messages.get(reply_to)
+        answered = self._state.messages.replies_to(reply_to)
+        rows = []
         for message in request.messages:
+            original = originals.get(message.reply_to_message_id)
             if message.src_node_id != node_id:
                 await context.abort(
                     grpc.StatusCode.PERMISSION_DENIED,
                     f"message {message.message_id} claims source node {message.src_node_id}, "
                     f"but this connection is node {node_id}",
                 )
-        stored = self._state.store_messages(
-            StoredMessage(
-                message_id=m.message_id,
-                run_id=m.run_id,
-                src_node_id=node_id,
-                dst_node_id=m.dst_node_id,
-                message_type=m.message_type,
-                reply_to_message_id=m.reply_to_message_id,
-                content=m.content,
-                created_at=m.created_at,
-                ttl=m.ttl,
+            if original is None or original.dst_node_id != node_id:
+                await context.abort(
+                    grpc.StatusCode.PERMISSION_DENIED,
+                    f"message {message.message_id} replies to {message.reply_to_message_id!r}, "
+                    "which was not sent to this node",
+                )
+                raise AssertionError("unreachable")
+            run = self._state.runs.get(original.run_id)
+            if run is None or run.ended or original.message_id in answered:
+                continue  # the run ended, or the link already answered for the node (offline)
+            stamped = common_pb2.Message()
+            stamped.CopyFrom(message)
+            stamped.run_id = original.run_id
+            stamped.dst_node_id = 0
+            stamped.src_identity = principal.identity
+            rows.append(
+                MessageRow(
+                    message_id=stamped.message_id,
+                    run_id=stamped.run_id,
+                    src_node_id=node_id,
+                    dst_node_id=0,
+                    reply_to_message_id=stamped.reply_to_message_id,
+                    created_at=now,
+                    expires_at=now + max(stamped.ttl, 3600.0),
+                    proto=stamped.SerializeToString(),
+                )
             )
-            for m in request.messages
+            if stamped.HasField("error") and stamped.error.code == _CLIENT_APP_RAISED:
+                self._run_log.add(
+                    stamped.run_id,
+                    f"node {principal.identity}",
+                    f"ClientApp on node {node_id} raised:\n{stamped.error.reason}",
+                )
+        self._state.messages.store(rows)
+        for run_id in {row.run_id for row in rows}:
+            self._notifier.notify(("run", run_id))
+        return fleet_pb2.PushMessagesResponse(message_ids=[row.message_id for row in rows])
+
+    async def GetRun(
+        self, request: fleet_pb2.GetRunRequest, context: _Context
+    ) -> fleet_pb2.GetRunResponse:
+        node_id = await self._session_node(request.session_id, context)
+        run = self._state.runs.get(request.run_id)
+        if run is None or not self._state.messages.sent_to(request.run_id, node_id):
+            await context.abort(
+                grpc.StatusCode.NOT_FOUND, f"run {request.run_id} has no work for this node"
+            )
+            raise AssertionError("unreachable")
+        return fleet_pb2.GetRunResponse(
+            run_id=run.run_id,
+            bundle_hash=run.bundle_hash,
+            run_config=values_to_proto(run.run_config),
+            status=run.status.value,
         )
-        return fleet_pb2.PushMessagesResponse(message_ids=stored)
+
+    async def PullObject(
+        self, request: objects_pb2.PullObjectRequest, context: _Context
+    ) -> AsyncIterator[objects_pb2.ObjectChunk]:
+        await self._session_node(request.session_id, context)
+        if not _valid_and_present(self._objects, request.object_id):
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no object {request.object_id[:80]}")
+        async for chunk in serve_object(self._objects, request.object_id):
+            yield chunk
+
+    async def PushObject(
+        self, request_iterator: AsyncIterator[objects_pb2.ObjectChunk], context: _Context
+    ) -> objects_pb2.PushObjectResponse:
+        try:
+            response, session_id = await receive_object(self._objects, request_iterator)
+        except ValueError as error:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+            raise AssertionError("unreachable") from None
+        await self._session_node(session_id, context)
+        return response
+
+    async def MissingObjects(
+        self, request: objects_pb2.MissingObjectsRequest, context: _Context
+    ) -> objects_pb2.MissingObjectsResponse:
+        await self._session_node(request.session_id, context)
+        try:
+            missing = self._objects.missing(request.object_ids)
+        except ValueError as error:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+            raise AssertionError("unreachable") from None
+        return objects_pb2.MissingObjectsResponse(object_ids=missing)
+
+
+def _valid_and_present(store: ObjectStore, object_id: str) -> bool:
+    try:
+        return store.has(object_id)
+    except ValueError:
+        return False

@@ -35,6 +35,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--fleet-api-address", default="0.0.0.0:9092", help="nodes connect here")
     p.add_argument("--control-api-address", default="0.0.0.0:9093", help="the CLI connects here")
     p.add_argument(
+        "--serverappio-api-address",
+        default="127.0.0.1:9091",
+        help="ServerApp processes connect here (loopback by default)",
+    )
+    p.add_argument(
         "--ssl-ca-certfile",
         type=Path,
         help="CA bundle (PEM); by default it also verifies client certificates",
@@ -103,6 +108,7 @@ def config_from_args(args: argparse.Namespace) -> LinkConfig:
             control_address=args.control_api_address,
             insecure=True,
             heartbeat_interval=args.heartbeat_interval,
+            serverappio_address=args.serverappio_api_address,
         )
     if args.ssl_certfile is None or args.ssl_keyfile is None:
         raise InputError(
@@ -150,6 +156,7 @@ def config_from_args(args: argparse.Namespace) -> LinkConfig:
         identity_source=IdentitySource(args.identity_source),
         max_chain_depth=args.max_chain_depth,
         heartbeat_interval=args.heartbeat_interval,
+        serverappio_address=args.serverappio_api_address,
     )
 
 

@@ -1,8 +1,10 @@
-"""The link: composition only. Wires credentials, authenticator, state and servicers together.
+"""The link: composition only. Wires credentials, authenticators, state and servicers together.
 
-Two grpc.aio servers in one event loop (no thread per connection): the Fleet API for nodes and
-the Control API for the CLI, each on its own address, both behind the same authenticator and
-policy table.
+Three grpc.aio servers in one event loop (no thread per connection): the Fleet API for nodes
+and the Control API for the CLI, each on its own address behind the certificate authenticator;
+and ServerAppIo for the runs' ServerApp processes, on loopback by default, behind the run-token
+authenticator. All three share the policy table. Objects (array bytes, bundles) live in a
+directory beside the database.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,23 +20,32 @@ import grpc
 import grpc.aio
 from cryptography import x509
 
+from flwrmtls.appio.serverappio import ServerAppIoServicer
 from flwrmtls.auth.authenticator import Authenticator, OpenAuthenticator
 from flwrmtls.auth.identity import IdentitySource
 from flwrmtls.auth.interceptor import AuthInterceptor, RefusalLog
 from flwrmtls.auth.mtls import MtlsAuthenticator
 from flwrmtls.auth.revocation import RevocationStore
+from flwrmtls.auth.tokens import TokenAuthenticator
 from flwrmtls.clock import Clock, SystemClock
 from flwrmtls.control.servicer import ControlServicer
 from flwrmtls.fleet.servicer import FleetServicer
-from flwrmtls.proto import control_pb2_grpc, fleet_pb2_grpc
+from flwrmtls.link.notify import Notifier
+from flwrmtls.link.runlog import RunLog
+from flwrmtls.link.runs import RunManager
+from flwrmtls.objects.store import ObjectStore
+from flwrmtls.proto import appio_pb2_grpc, control_pb2_grpc, fleet_pb2_grpc
 from flwrmtls.state.linkstate import LinkState
 from flwrmtls.wire.credentials import TlsIdentity, server_credentials
+from flwrmtls.wire.listen import check_bindable
 
 __all__ = ["Link", "LinkConfig"]
 
 log = logging.getLogger("flwrmtls.link")
 
 _CRL_POLL_SECONDS = 1.0
+MAX_BUNDLE_BYTES = 64 << 20
+"""The largest app bundle StartRun accepts (the Control API's receive limit)."""
 
 
 @dataclass
@@ -52,6 +63,11 @@ class LinkConfig:
     max_chain_depth: int | None = None
     heartbeat_interval: float = 10.0
     insecure: bool = False
+    serverappio_address: str = "127.0.0.1:9091"
+
+    @property
+    def objects_directory(self) -> Path:
+        return Path(f"{self.database}.objects")
 
 
 def build_authenticator(config: LinkConfig, revocations: RevocationStore | None) -> Authenticator:
@@ -65,26 +81,6 @@ def build_authenticator(config: LinkConfig, revocations: RevocationStore | None)
     )
 
 
-def check_bindable(address: str) -> None:
-    """Raise OSError naming ``address`` if it cannot be listened on (before grpc tries and logs)."""
-    host, _, port_text = address.rpartition(":")
-    bind_host = host.strip("[]") or None
-    try:
-        port = int(port_text)
-        infos = socket.getaddrinfo(
-            bind_host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )
-    except (ValueError, socket.gaierror) as error:
-        raise OSError(f"{address} is not a usable host:port ({error})") from None
-    for family, kind, proto, _, sockaddr in infos:
-        with socket.socket(family, kind, proto) as probe:
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                probe.bind(sockaddr)
-            except OSError as error:
-                raise OSError(f"cannot listen on {address}: {error.strerror}") from None
-
-
 class Link:
     """A running link. ``await start()``, read the bound ports, ``await stop()``."""
 
@@ -94,13 +90,22 @@ class Link:
         self.state = LinkState(config.database)
         self.revocations = RevocationStore(config.crl_path) if config.crl_path else None
         self.authenticator = build_authenticator(config, self.revocations)
-        self._interceptor = AuthInterceptor(
-            lambda: self.authenticator, self.clock, RefusalLog(self.clock)
-        )
+        refusals = RefusalLog(self.clock)
+        self._interceptor = AuthInterceptor(lambda: self.authenticator, self.clock, refusals)
+        tokens = TokenAuthenticator(self.state.runs.token)
+        self._app_interceptor = AuthInterceptor(lambda: tokens, self.clock, refusals)
+        self.notifier = Notifier()
+        self.objects = ObjectStore(config.objects_directory)
+        self.run_log = RunLog(self.state.runs, self.notifier, self.clock)
+        self.runs = RunManager(
+            self.state, self.clock, notifier=self.notifier, run_log=self.run_log,
+            objects=self.objects,
+        )  # fmt: skip
         self._servers: list[grpc.aio.Server] = []
         self._tasks: list[asyncio.Task[None]] = []
         self.fleet_port = 0
         self.control_port = 0
+        self.serverappio_port = 0
 
     def _credentials(self) -> grpc.ServerCredentials | None:
         if self.config.insecure:
@@ -112,13 +117,21 @@ class Link:
             require_client_auth=self.config.require_client_auth,
         )
 
-    def _server(self, address: str) -> tuple[grpc.aio.Server, int]:
+    def _server(
+        self,
+        address: str,
+        *,
+        app_io: bool = False,
+        options: Sequence[tuple[str, int]] = (),
+    ) -> tuple[grpc.aio.Server, int]:
         check_bindable(address)
         # grpc turns SO_REUSEPORT on by default: two links could then share one port silently.
         server = grpc.aio.server(
-            interceptors=[self._interceptor], options=[("grpc.so_reuseport", 0)]
+            interceptors=[self._app_interceptor if app_io else self._interceptor],
+            options=[("grpc.so_reuseport", 0), *options],
         )
-        credentials = self._credentials()
+        # App processes reach ServerAppIo on loopback with their token; no TLS there.
+        credentials = None if app_io else self._credentials()
         if credentials is None:
             port = server.add_insecure_port(address)
         else:
@@ -128,15 +141,38 @@ class Link:
         return server, port
 
     async def start(self) -> None:
+        self.runs.recover()
         fleet, self.fleet_port = self._server(self.config.fleet_address)
         fleet_pb2_grpc.add_FleetServicer_to_server(
-            FleetServicer(self.state, self.clock, self.config.heartbeat_interval), fleet
+            FleetServicer(
+                self.state, self.clock, self.config.heartbeat_interval, notifier=self.notifier,
+                objects=self.objects, run_log=self.run_log,
+            ),
+            fleet,
+        )  # fmt: skip
+        control, self.control_port = self._server(
+            self.config.control_address,
+            options=[("grpc.max_receive_message_length", MAX_BUNDLE_BYTES)],
         )
-        control, self.control_port = self._server(self.config.control_address)
         control_pb2_grpc.add_ControlServicer_to_server(
-            ControlServicer(self.state, self.clock), control
+            ControlServicer(self.state, self.clock, runs=self.runs, notifier=self.notifier),
+            control,
         )
-        self._servers = [fleet, control]
+        serverappio, self.serverappio_port = self._server(
+            self.config.serverappio_address, app_io=True
+        )
+        appio_pb2_grpc.add_ServerAppIoServicer_to_server(
+            ServerAppIoServicer(
+                self.state, self.clock, notifier=self.notifier, objects=self.objects,
+                runs=self.runs,
+            ),
+            serverappio,
+        )  # fmt: skip
+        host = self.config.serverappio_address.rpartition(":")[0] or "127.0.0.1"
+        if host in ("0.0.0.0", "[::]"):  # noqa: S104 - a comparison, not a bind
+            host = "127.0.0.1"
+        self.runs.serverappio_address = f"{host}:{self.serverappio_port}"
+        self._servers = [fleet, control, serverappio]
         for server in self._servers:
             await server.start()
         if self.revocations is not None:
@@ -151,6 +187,7 @@ class Link:
         await asyncio.gather(*(server.wait_for_termination() for server in self._servers))
 
     async def stop(self, grace: float = 2.0) -> None:
+        await self.runs.shutdown()
         for task in self._tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -1,4 +1,4 @@
-"""The node's long-running loop: activate, heartbeat, reconnect with backoff, stop cleanly.
+"""The node's long-running loop: activate, heartbeat, take work, reconnect, stop cleanly.
 
 =========================  ===============================================================
 what happens               what the node does
@@ -10,8 +10,13 @@ link restarted             the next call fails as unreachable, then it activates
 credentials refused        stop at once with the link's reason (retrying cannot help)
 session superseded         stop: another process activated the same identity later
 session unknown            activate again
-stop requested             deactivate (best effort) and return
+work arrives               the long poll returns at once; the message goes to its run's
+                           ClientApp (see :mod:`flwrmtls.node.apps`)
+a run ends                 its ClientApp is told to exit and is reaped
+stop requested             stop ClientApps, deactivate (best effort) and return
 =========================  ===============================================================
+
+Heartbeats run on their own thread, so a long poll or a slow download never delays them.
 """
 
 from __future__ import annotations
@@ -23,10 +28,13 @@ from dataclasses import dataclass
 from flwrmtls.clock import Clock, SystemClock
 from flwrmtls.errors import FlwrmtlsError, LinkUnreachable
 from flwrmtls.fleet.client import FleetClient, Session, SessionEnded
+from flwrmtls.node.apps import AppManager
 
 __all__ = ["NodeAgent", "RetryPolicy"]
 
 log = logging.getLogger("flwrmtls.node")
+
+_PULL_WAIT = 20.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,11 +60,13 @@ class NodeAgent:
         self,
         client: FleetClient,
         *,
+        apps: AppManager | None = None,
         retry: RetryPolicy | None = None,
         stop: threading.Event | None = None,
         clock: Clock | None = None,
     ) -> None:
         self._client = client
+        self._apps = apps
         self._retry = retry or RetryPolicy()
         self.stop = stop or threading.Event()
         self._clock = clock or SystemClock()
@@ -66,42 +76,83 @@ class NodeAgent:
         """Serve until stopped; raise a FlwrmtlsError when the node must give up."""
         failures = 0
         lost_at: float | None = None
-        while not self.stop.is_set():
-            try:
-                session = self._client.activate()
-                self.session = session
-                if failures:
-                    log.info("link reachable again after %d failed attempt(s)", failures)
-                failures, lost_at = 0, None
-                log.info(
-                    "node active: node id %d, identity %s, heartbeat every %.1fs",
-                    session.node_id,
-                    session.identity,
-                    session.heartbeat_interval,
-                )
-                self._heartbeat_until_stopped(session)
-            except LinkUnreachable as error:
-                failures += 1
-                now = self._clock.monotonic()
-                lost_at = lost_at if lost_at is not None else now
-                waited = now - lost_at
-                if self._retry.exhausted(failures, waited):
-                    raise LinkUnreachable(
-                        f"gave up after {failures} attempt(s) over {waited:.0f}s: {error}"
-                    ) from None
-                delay = self._retry.delay(failures)
-                log.warning("%s; retrying in %.0fs (attempt %d)", error, delay, failures)
-                self.stop.wait(delay)
-            except SessionEnded as error:
-                if error.superseded:
-                    raise
-                log.warning("%s; activating again", error)
+        try:
+            while not self.stop.is_set():
+                try:
+                    session = self._client.activate()
+                    self.session = session
+                    if self._apps is not None:
+                        self._apps.session = session
+                    if failures:
+                        log.info("link reachable again after %d failed attempt(s)", failures)
+                    failures, lost_at = 0, None
+                    log.info(
+                        "node active: node id %d, identity %s, heartbeat every %.1fs",
+                        session.node_id, session.identity, session.heartbeat_interval,
+                    )  # fmt: skip
+                    self._serve(session)
+                except LinkUnreachable as error:
+                    failures += 1
+                    now = self._clock.monotonic()
+                    lost_at = lost_at if lost_at is not None else now
+                    waited = now - lost_at
+                    if self._retry.exhausted(failures, waited):
+                        raise LinkUnreachable(
+                            f"gave up after {failures} attempt(s) over {waited:.0f}s: {error}"
+                        ) from None
+                    delay = self._retry.delay(failures)
+                    log.warning("%s; retrying in %.0fs (attempt %d)", error, delay, failures)
+                    self.stop.wait(delay)
+                except SessionEnded as error:
+                    if error.superseded:
+                        raise
+                    log.warning("%s; activating again", error)
+        finally:
+            if self._apps is not None:
+                self._apps.shutdown()
         self._leave()
 
-    def _heartbeat_until_stopped(self, session: Session) -> None:
-        interval = session.heartbeat_interval
-        while not self.stop.wait(interval):
-            interval = self._client.heartbeat(session) or interval
+    def _serve(self, session: Session) -> None:
+        """Heartbeat on a thread and take work here, until stopped or either fails."""
+        done = threading.Event()
+        failure: list[FlwrmtlsError] = []
+
+        def heartbeat() -> None:
+            interval = session.heartbeat_interval
+            while not done.wait(interval) and not self.stop.is_set():
+                try:
+                    interval = self._client.heartbeat(session) or interval
+                except FlwrmtlsError as error:
+                    failure.append(error)
+                    done.set()
+
+        beat = threading.Thread(target=heartbeat, name="heartbeat", daemon=True)
+        beat.start()
+        try:
+            while not self.stop.is_set() and not done.is_set():
+                self._take_work(session, done)
+        finally:
+            done.set()
+            beat.join(timeout=5)
+        if failure:
+            raise failure[0]
+
+    def _take_work(self, session: Session, done: threading.Event) -> None:
+        active = self._apps.active_run_ids() if self._apps is not None else []
+        messages, ended = self._client.pull(
+            session, wait=_PULL_WAIT, active_run_ids=active, cancel=[self.stop, done]
+        )
+        if self._apps is None:
+            return
+        self._apps.end_runs(ended)
+        for message in messages:
+            try:
+                self._apps.deliver(message)
+            except (LinkUnreachable, SessionEnded):
+                raise
+            except (FlwrmtlsError, OSError, ValueError) as error:
+                log.error("run %d: cannot start its ClientApp: %s", message.run_id, error)
+        self._apps.reap()
 
     def _leave(self) -> None:
         if self.session is None:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shutil
 import signal
 import sys
+import tempfile
 from pathlib import Path
 from types import FrameType
 
@@ -16,6 +18,9 @@ from flwrmtls.errors import FlwrmtlsError, InputError
 from flwrmtls.fleet.client import FleetClient
 from flwrmtls.keyvalues import parse_key_values
 from flwrmtls.node.agent import NodeAgent, RetryPolicy
+from flwrmtls.node.apps import AppManager
+from flwrmtls.node.clientappio import ClientAppIoServer
+from flwrmtls.objects.store import ObjectStore
 from flwrmtls.wire.credentials import (
     TlsIdentity,
     channel_credentials,
@@ -24,6 +29,7 @@ from flwrmtls.wire.credentials import (
     load_tls_identity,
 )
 from flwrmtls.wire.errors import ConnectionContext
+from flwrmtls.wire.listen import check_bindable
 
 __all__ = ["main", "parser"]
 
@@ -55,6 +61,11 @@ def parser() -> argparse.ArgumentParser:
         "--node-config",
         default="",
         help="'key=value key2=\"text\"' handed to the ClientApp as its node config",
+    )
+    p.add_argument(
+        "--clientappio-api-address",
+        default="127.0.0.1:9094",
+        help="ClientApp processes connect here (loopback; port 0 picks a free one)",
     )
     p.add_argument(
         "--max-retries", type=int, help="reconnect attempts before giving up (default: no limit)"
@@ -108,8 +119,18 @@ def run(args: argparse.Namespace) -> None:
     channel, ctx = _channel(args)
     if node_config:
         log.info("node config: %s", ", ".join(f"{k}={v!r}" for k, v in node_config.items()))
+    client = FleetClient(channel, ctx)
+    work_dir = Path(tempfile.mkdtemp(prefix="flwrmtls-node-"))
+    apps = AppManager(client, ObjectStore(work_dir / "objects"), node_config=node_config)
+    try:
+        check_bindable(args.clientappio_api_address)
+    except OSError as error:
+        raise InputError(f"{error}: check --clientappio-api-address") from None
+    clientappio = ClientAppIoServer(apps, args.clientappio_api_address)
+    clientappio.start()
     agent = NodeAgent(
-        FleetClient(channel, ctx),
+        client,
+        apps=apps,
         retry=RetryPolicy(max_retries=args.max_retries, max_wait_time=args.max_wait_time),
     )
 
@@ -122,7 +143,9 @@ def run(args: argparse.Namespace) -> None:
     try:
         agent.run()
     finally:
+        clientappio.stop()
         channel.close()
+        shutil.rmtree(work_dir, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -39,6 +39,26 @@ class ControlStub:
                 request_serializer=flwrmtls_dot_proto_dot_control__pb2.ListNodesRequest.SerializeToString,
                 response_deserializer=flwrmtls_dot_proto_dot_control__pb2.ListNodesResponse.FromString,
                 _registered_method=True)
+        self.StartRun = channel.unary_unary(
+                '/flwrmtls.proto.Control/StartRun',
+                request_serializer=flwrmtls_dot_proto_dot_control__pb2.StartRunRequest.SerializeToString,
+                response_deserializer=flwrmtls_dot_proto_dot_control__pb2.StartRunResponse.FromString,
+                _registered_method=True)
+        self.ListRuns = channel.unary_unary(
+                '/flwrmtls.proto.Control/ListRuns',
+                request_serializer=flwrmtls_dot_proto_dot_control__pb2.ListRunsRequest.SerializeToString,
+                response_deserializer=flwrmtls_dot_proto_dot_control__pb2.ListRunsResponse.FromString,
+                _registered_method=True)
+        self.StreamLogs = channel.unary_stream(
+                '/flwrmtls.proto.Control/StreamLogs',
+                request_serializer=flwrmtls_dot_proto_dot_control__pb2.StreamLogsRequest.SerializeToString,
+                response_deserializer=flwrmtls_dot_proto_dot_control__pb2.LogEntry.FromString,
+                _registered_method=True)
+        self.StopRun = channel.unary_unary(
+                '/flwrmtls.proto.Control/StopRun',
+                request_serializer=flwrmtls_dot_proto_dot_control__pb2.StopRunRequest.SerializeToString,
+                response_deserializer=flwrmtls_dot_proto_dot_control__pb2.StopRunResponse.FromString,
+                _registered_method=True)
 
 
 class ControlServicer:
@@ -51,6 +71,34 @@ class ControlServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StartRun(self, request, context):
+        """Start a run of an app bundle; the link starts its ServerApp.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListRuns(self, request, context):
+        """Runs and their status.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StreamLogs(self, request, context):
+        """A run's log entries from after_seq on; with follow, until the run has ended.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StopRun(self, request, context):
+        """Stop a run: its ServerApp is stopped, nodes stop its ClientApps, its tokens end.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControlServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -58,6 +106,26 @@ def add_ControlServicer_to_server(servicer, server):
                     servicer.ListNodes,
                     request_deserializer=flwrmtls_dot_proto_dot_control__pb2.ListNodesRequest.FromString,
                     response_serializer=flwrmtls_dot_proto_dot_control__pb2.ListNodesResponse.SerializeToString,
+            ),
+            'StartRun': grpc.unary_unary_rpc_method_handler(
+                    servicer.StartRun,
+                    request_deserializer=flwrmtls_dot_proto_dot_control__pb2.StartRunRequest.FromString,
+                    response_serializer=flwrmtls_dot_proto_dot_control__pb2.StartRunResponse.SerializeToString,
+            ),
+            'ListRuns': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRuns,
+                    request_deserializer=flwrmtls_dot_proto_dot_control__pb2.ListRunsRequest.FromString,
+                    response_serializer=flwrmtls_dot_proto_dot_control__pb2.ListRunsResponse.SerializeToString,
+            ),
+            'StreamLogs': grpc.unary_stream_rpc_method_handler(
+                    servicer.StreamLogs,
+                    request_deserializer=flwrmtls_dot_proto_dot_control__pb2.StreamLogsRequest.FromString,
+                    response_serializer=flwrmtls_dot_proto_dot_control__pb2.LogEntry.SerializeToString,
+            ),
+            'StopRun': grpc.unary_unary_rpc_method_handler(
+                    servicer.StopRun,
+                    request_deserializer=flwrmtls_dot_proto_dot_control__pb2.StopRunRequest.FromString,
+                    response_serializer=flwrmtls_dot_proto_dot_control__pb2.StopRunResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -87,6 +155,114 @@ class Control:
             '/flwrmtls.proto.Control/ListNodes',
             flwrmtls_dot_proto_dot_control__pb2.ListNodesRequest.SerializeToString,
             flwrmtls_dot_proto_dot_control__pb2.ListNodesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StartRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flwrmtls.proto.Control/StartRun',
+            flwrmtls_dot_proto_dot_control__pb2.StartRunRequest.SerializeToString,
+            flwrmtls_dot_proto_dot_control__pb2.StartRunResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRuns(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flwrmtls.proto.Control/ListRuns',
+            flwrmtls_dot_proto_dot_control__pb2.ListRunsRequest.SerializeToString,
+            flwrmtls_dot_proto_dot_control__pb2.ListRunsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamLogs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/flwrmtls.proto.Control/StreamLogs',
+            flwrmtls_dot_proto_dot_control__pb2.StreamLogsRequest.SerializeToString,
+            flwrmtls_dot_proto_dot_control__pb2.LogEntry.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StopRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flwrmtls.proto.Control/StopRun',
+            flwrmtls_dot_proto_dot_control__pb2.StopRunRequest.SerializeToString,
+            flwrmtls_dot_proto_dot_control__pb2.StopRunResponse.FromString,
             options,
             channel_credentials,
             insecure,

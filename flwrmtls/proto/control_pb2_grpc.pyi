@@ -33,12 +33,28 @@ class ControlStub:
     def __new__(cls, channel: _aio.Channel) -> ControlAsyncStub: ...
     ListNodes: _grpc.UnaryUnaryMultiCallable[_control_pb2.ListNodesRequest, _control_pb2.ListNodesResponse]
     """The nodes the link knows, with their identity and status."""
+    StartRun: _grpc.UnaryUnaryMultiCallable[_control_pb2.StartRunRequest, _control_pb2.StartRunResponse]
+    """Start a run of an app bundle; the link starts its ServerApp."""
+    ListRuns: _grpc.UnaryUnaryMultiCallable[_control_pb2.ListRunsRequest, _control_pb2.ListRunsResponse]
+    """Runs and their status."""
+    StreamLogs: _grpc.UnaryStreamMultiCallable[_control_pb2.StreamLogsRequest, _control_pb2.LogEntry]
+    """A run's log entries from after_seq on; with follow, until the run has ended."""
+    StopRun: _grpc.UnaryUnaryMultiCallable[_control_pb2.StopRunRequest, _control_pb2.StopRunResponse]
+    """Stop a run: its ServerApp is stopped, nodes stop its ClientApps, its tokens end."""
 
 @_typing.type_check_only
 class ControlAsyncStub(ControlStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     ListNodes: _aio.UnaryUnaryMultiCallable[_control_pb2.ListNodesRequest, _control_pb2.ListNodesResponse]  # type: ignore[assignment]
     """The nodes the link knows, with their identity and status."""
+    StartRun: _aio.UnaryUnaryMultiCallable[_control_pb2.StartRunRequest, _control_pb2.StartRunResponse]  # type: ignore[assignment]
+    """Start a run of an app bundle; the link starts its ServerApp."""
+    ListRuns: _aio.UnaryUnaryMultiCallable[_control_pb2.ListRunsRequest, _control_pb2.ListRunsResponse]  # type: ignore[assignment]
+    """Runs and their status."""
+    StreamLogs: _aio.UnaryStreamMultiCallable[_control_pb2.StreamLogsRequest, _control_pb2.LogEntry]  # type: ignore[assignment]
+    """A run's log entries from after_seq on; with follow, until the run has ended."""
+    StopRun: _aio.UnaryUnaryMultiCallable[_control_pb2.StopRunRequest, _control_pb2.StopRunResponse]  # type: ignore[assignment]
+    """Stop a run: its ServerApp is stopped, nodes stop its ClientApps, its tokens end."""
 
 class ControlServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -48,5 +64,37 @@ class ControlServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_control_pb2.ListNodesResponse, _abc.Awaitable[_control_pb2.ListNodesResponse]]:
         """The nodes the link knows, with their identity and status."""
+
+    @_abc_1.abstractmethod
+    def StartRun(
+        self,
+        request: _control_pb2.StartRunRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.StartRunResponse, _abc.Awaitable[_control_pb2.StartRunResponse]]:
+        """Start a run of an app bundle; the link starts its ServerApp."""
+
+    @_abc_1.abstractmethod
+    def ListRuns(
+        self,
+        request: _control_pb2.ListRunsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.ListRunsResponse, _abc.Awaitable[_control_pb2.ListRunsResponse]]:
+        """Runs and their status."""
+
+    @_abc_1.abstractmethod
+    def StreamLogs(
+        self,
+        request: _control_pb2.StreamLogsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_control_pb2.LogEntry], _abc.AsyncIterator[_control_pb2.LogEntry]]:
+        """A run's log entries from after_seq on; with follow, until the run has ended."""
+
+    @_abc_1.abstractmethod
+    def StopRun(
+        self,
+        request: _control_pb2.StopRunRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.StopRunResponse, _abc.Awaitable[_control_pb2.StopRunResponse]]:
+        """Stop a run: its ServerApp is stopped, nodes stop its ClientApps, its tokens end."""
 
 def add_ControlServicer_to_server(servicer: ControlServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -4,6 +4,7 @@ import grpc
 import warnings
 
 from flwrmtls.proto import fleet_pb2 as flwrmtls_dot_proto_dot_fleet__pb2
+from flwrmtls.proto import objects_pb2 as flwrmtls_dot_proto_dot_objects__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -59,6 +60,26 @@ class FleetStub:
                 request_serializer=flwrmtls_dot_proto_dot_fleet__pb2.PushMessagesRequest.SerializeToString,
                 response_deserializer=flwrmtls_dot_proto_dot_fleet__pb2.PushMessagesResponse.FromString,
                 _registered_method=True)
+        self.GetRun = channel.unary_unary(
+                '/flwrmtls.proto.Fleet/GetRun',
+                request_serializer=flwrmtls_dot_proto_dot_fleet__pb2.GetRunRequest.SerializeToString,
+                response_deserializer=flwrmtls_dot_proto_dot_fleet__pb2.GetRunResponse.FromString,
+                _registered_method=True)
+        self.PullObject = channel.unary_stream(
+                '/flwrmtls.proto.Fleet/PullObject',
+                request_serializer=flwrmtls_dot_proto_dot_objects__pb2.PullObjectRequest.SerializeToString,
+                response_deserializer=flwrmtls_dot_proto_dot_objects__pb2.ObjectChunk.FromString,
+                _registered_method=True)
+        self.PushObject = channel.stream_unary(
+                '/flwrmtls.proto.Fleet/PushObject',
+                request_serializer=flwrmtls_dot_proto_dot_objects__pb2.ObjectChunk.SerializeToString,
+                response_deserializer=flwrmtls_dot_proto_dot_objects__pb2.PushObjectResponse.FromString,
+                _registered_method=True)
+        self.MissingObjects = channel.unary_unary(
+                '/flwrmtls.proto.Fleet/MissingObjects',
+                request_serializer=flwrmtls_dot_proto_dot_objects__pb2.MissingObjectsRequest.SerializeToString,
+                response_deserializer=flwrmtls_dot_proto_dot_objects__pb2.MissingObjectsResponse.FromString,
+                _registered_method=True)
 
 
 class FleetServicer:
@@ -86,7 +107,7 @@ class FleetServicer:
         raise NotImplementedError('Method not implemented!')
 
     def PullMessages(self, request, context):
-        """Messages waiting for this node.
+        """Messages waiting for this node; waits up to wait_seconds for one to arrive (long poll).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -95,6 +116,32 @@ class FleetServicer:
     def PushMessages(self, request, context):
         """Replies from this node.
         """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetRun(self, request, context):
+        """What a node needs to run its part of a run: the app bundle's hash and the run config.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PullObject(self, request, context):
+        """Objects (array bytes, app bundles), by SHA-256, in chunks.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PushObject(self, request_iterator, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def MissingObjects(self, request, context):
+        """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -126,6 +173,26 @@ def add_FleetServicer_to_server(servicer, server):
                     servicer.PushMessages,
                     request_deserializer=flwrmtls_dot_proto_dot_fleet__pb2.PushMessagesRequest.FromString,
                     response_serializer=flwrmtls_dot_proto_dot_fleet__pb2.PushMessagesResponse.SerializeToString,
+            ),
+            'GetRun': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRun,
+                    request_deserializer=flwrmtls_dot_proto_dot_fleet__pb2.GetRunRequest.FromString,
+                    response_serializer=flwrmtls_dot_proto_dot_fleet__pb2.GetRunResponse.SerializeToString,
+            ),
+            'PullObject': grpc.unary_stream_rpc_method_handler(
+                    servicer.PullObject,
+                    request_deserializer=flwrmtls_dot_proto_dot_objects__pb2.PullObjectRequest.FromString,
+                    response_serializer=flwrmtls_dot_proto_dot_objects__pb2.ObjectChunk.SerializeToString,
+            ),
+            'PushObject': grpc.stream_unary_rpc_method_handler(
+                    servicer.PushObject,
+                    request_deserializer=flwrmtls_dot_proto_dot_objects__pb2.ObjectChunk.FromString,
+                    response_serializer=flwrmtls_dot_proto_dot_objects__pb2.PushObjectResponse.SerializeToString,
+            ),
+            'MissingObjects': grpc.unary_unary_rpc_method_handler(
+                    servicer.MissingObjects,
+                    request_deserializer=flwrmtls_dot_proto_dot_objects__pb2.MissingObjectsRequest.FromString,
+                    response_serializer=flwrmtls_dot_proto_dot_objects__pb2.MissingObjectsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -263,6 +330,114 @@ class Fleet:
             '/flwrmtls.proto.Fleet/PushMessages',
             flwrmtls_dot_proto_dot_fleet__pb2.PushMessagesRequest.SerializeToString,
             flwrmtls_dot_proto_dot_fleet__pb2.PushMessagesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flwrmtls.proto.Fleet/GetRun',
+            flwrmtls_dot_proto_dot_fleet__pb2.GetRunRequest.SerializeToString,
+            flwrmtls_dot_proto_dot_fleet__pb2.GetRunResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PullObject(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/flwrmtls.proto.Fleet/PullObject',
+            flwrmtls_dot_proto_dot_objects__pb2.PullObjectRequest.SerializeToString,
+            flwrmtls_dot_proto_dot_objects__pb2.ObjectChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PushObject(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/flwrmtls.proto.Fleet/PushObject',
+            flwrmtls_dot_proto_dot_objects__pb2.ObjectChunk.SerializeToString,
+            flwrmtls_dot_proto_dot_objects__pb2.PushObjectResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MissingObjects(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flwrmtls.proto.Fleet/MissingObjects',
+            flwrmtls_dot_proto_dot_objects__pb2.MissingObjectsRequest.SerializeToString,
+            flwrmtls_dot_proto_dot_objects__pb2.MissingObjectsResponse.FromString,
             options,
             channel_credentials,
             insecure,

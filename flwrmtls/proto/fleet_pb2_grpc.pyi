@@ -9,6 +9,7 @@ certificate. `session_id` ties calls to the newest activation of that identity.
 
 from collections import abc as _abc
 from flwrmtls.proto import fleet_pb2 as _fleet_pb2
+from flwrmtls.proto import objects_pb2 as _objects_pb2
 from grpc import aio as _aio
 import abc as _abc_1
 import grpc as _grpc
@@ -42,9 +43,15 @@ class FleetStub:
     Heartbeat: _grpc.UnaryUnaryMultiCallable[_fleet_pb2.HeartbeatRequest, _fleet_pb2.HeartbeatResponse]
     """Keep the node online for another heartbeat interval."""
     PullMessages: _grpc.UnaryUnaryMultiCallable[_fleet_pb2.PullMessagesRequest, _fleet_pb2.PullMessagesResponse]
-    """Messages waiting for this node."""
+    """Messages waiting for this node; waits up to wait_seconds for one to arrive (long poll)."""
     PushMessages: _grpc.UnaryUnaryMultiCallable[_fleet_pb2.PushMessagesRequest, _fleet_pb2.PushMessagesResponse]
     """Replies from this node."""
+    GetRun: _grpc.UnaryUnaryMultiCallable[_fleet_pb2.GetRunRequest, _fleet_pb2.GetRunResponse]
+    """What a node needs to run its part of a run: the app bundle's hash and the run config."""
+    PullObject: _grpc.UnaryStreamMultiCallable[_objects_pb2.PullObjectRequest, _objects_pb2.ObjectChunk]
+    """Objects (array bytes, app bundles), by SHA-256, in chunks."""
+    PushObject: _grpc.StreamUnaryMultiCallable[_objects_pb2.ObjectChunk, _objects_pb2.PushObjectResponse]
+    MissingObjects: _grpc.UnaryUnaryMultiCallable[_objects_pb2.MissingObjectsRequest, _objects_pb2.MissingObjectsResponse]
 
 @_typing.type_check_only
 class FleetAsyncStub(FleetStub):
@@ -56,9 +63,15 @@ class FleetAsyncStub(FleetStub):
     Heartbeat: _aio.UnaryUnaryMultiCallable[_fleet_pb2.HeartbeatRequest, _fleet_pb2.HeartbeatResponse]  # type: ignore[assignment]
     """Keep the node online for another heartbeat interval."""
     PullMessages: _aio.UnaryUnaryMultiCallable[_fleet_pb2.PullMessagesRequest, _fleet_pb2.PullMessagesResponse]  # type: ignore[assignment]
-    """Messages waiting for this node."""
+    """Messages waiting for this node; waits up to wait_seconds for one to arrive (long poll)."""
     PushMessages: _aio.UnaryUnaryMultiCallable[_fleet_pb2.PushMessagesRequest, _fleet_pb2.PushMessagesResponse]  # type: ignore[assignment]
     """Replies from this node."""
+    GetRun: _aio.UnaryUnaryMultiCallable[_fleet_pb2.GetRunRequest, _fleet_pb2.GetRunResponse]  # type: ignore[assignment]
+    """What a node needs to run its part of a run: the app bundle's hash and the run config."""
+    PullObject: _aio.UnaryStreamMultiCallable[_objects_pb2.PullObjectRequest, _objects_pb2.ObjectChunk]  # type: ignore[assignment]
+    """Objects (array bytes, app bundles), by SHA-256, in chunks."""
+    PushObject: _aio.StreamUnaryMultiCallable[_objects_pb2.ObjectChunk, _objects_pb2.PushObjectResponse]  # type: ignore[assignment]
+    MissingObjects: _aio.UnaryUnaryMultiCallable[_objects_pb2.MissingObjectsRequest, _objects_pb2.MissingObjectsResponse]  # type: ignore[assignment]
 
 class FleetServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -91,7 +104,7 @@ class FleetServicer(metaclass=_abc_1.ABCMeta):
         request: _fleet_pb2.PullMessagesRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_fleet_pb2.PullMessagesResponse, _abc.Awaitable[_fleet_pb2.PullMessagesResponse]]:
-        """Messages waiting for this node."""
+        """Messages waiting for this node; waits up to wait_seconds for one to arrive (long poll)."""
 
     @_abc_1.abstractmethod
     def PushMessages(
@@ -100,5 +113,35 @@ class FleetServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_fleet_pb2.PushMessagesResponse, _abc.Awaitable[_fleet_pb2.PushMessagesResponse]]:
         """Replies from this node."""
+
+    @_abc_1.abstractmethod
+    def GetRun(
+        self,
+        request: _fleet_pb2.GetRunRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_fleet_pb2.GetRunResponse, _abc.Awaitable[_fleet_pb2.GetRunResponse]]:
+        """What a node needs to run its part of a run: the app bundle's hash and the run config."""
+
+    @_abc_1.abstractmethod
+    def PullObject(
+        self,
+        request: _objects_pb2.PullObjectRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_objects_pb2.ObjectChunk], _abc.AsyncIterator[_objects_pb2.ObjectChunk]]:
+        """Objects (array bytes, app bundles), by SHA-256, in chunks."""
+
+    @_abc_1.abstractmethod
+    def PushObject(
+        self,
+        request_iterator: _MaybeAsyncIterator[_objects_pb2.ObjectChunk],
+        context: _ServicerContext,
+    ) -> _typing.Union[_objects_pb2.PushObjectResponse, _abc.Awaitable[_objects_pb2.PushObjectResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def MissingObjects(
+        self,
+        request: _objects_pb2.MissingObjectsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_objects_pb2.MissingObjectsResponse, _abc.Awaitable[_objects_pb2.MissingObjectsResponse]]: ...
 
 def add_FleetServicer_to_server(servicer: FleetServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -17,18 +17,21 @@ Two live connections with the same identity: the newest activation wins. Its ses
 replaces the older one, whose next call gets :class:`SessionSuperseded` and stops (a node
 restarted elsewhere, or a copied certificate, cannot run twice under one identity).
 
-Every method says which caller uses it. Times are seconds since the epoch (float).
+Every method says which caller uses it. Times are seconds since the epoch (float). Runs and
+messages live in their own tables (:mod:`~flwrmtls.state.runtable`,
+:mod:`~flwrmtls.state.messagetable`), reached as ``state.runs`` and ``state.messages``.
 """
 
 from __future__ import annotations
 
 import secrets
 import sqlite3
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from flwrmtls.errors import InputError
+from flwrmtls.state.messagetable import MessageTable
+from flwrmtls.state.runtable import RunTable
 from flwrmtls.state.schema import migrate
 
 __all__ = [
@@ -36,7 +39,6 @@ __all__ = [
     "LinkState",
     "NodeRecord",
     "SessionSuperseded",
-    "StoredMessage",
     "UnknownSession",
 ]
 
@@ -70,19 +72,6 @@ class NodeRecord:
     peer_address: str
 
 
-@dataclass(frozen=True, slots=True)
-class StoredMessage:
-    message_id: str
-    run_id: int
-    src_node_id: int
-    dst_node_id: int
-    message_type: str
-    reply_to_message_id: str
-    content: bytes
-    created_at: float
-    ttl: float
-
-
 class LinkState:
     def __init__(self, database: str | Path) -> None:
         self.path = str(database)
@@ -96,6 +85,8 @@ class LinkState:
             raise InputError(
                 f"cannot open database {self.path}: {error}: check --database"
             ) from None
+        self.runs = RunTable(self._db)
+        self.messages = MessageTable(self._db)
 
     def close(self) -> None:
         self._db.close()
@@ -185,12 +176,15 @@ class LinkState:
         heartbeat_interval: float,
         peer_address: str,
     ) -> None:
-        """Fleet servicer: keep the node online."""
-        self.check_session(node_id, session_id)
-        self._db.execute(
-            "UPDATE nodes SET online_until = ?, last_seen = ?, peer_address = ? WHERE node_id = ?",
-            (now + HEARTBEAT_GRACE * heartbeat_interval, now, peer_address, node_id),
+        """Fleet servicer: keep the node online (one statement when the session is current)."""
+        cursor = self._db.execute(
+            "UPDATE nodes SET online_until = ?, last_seen = ?, peer_address = ? "
+            "WHERE node_id = ? AND session_id = ?",
+            (now + HEARTBEAT_GRACE * heartbeat_interval, now, peer_address, node_id, session_id),
         )
+        if cursor.rowcount == 0:
+            self.check_session(node_id, session_id)  # raises the precise reason
+            raise UnknownSession(session_id)
 
     def deactivate_node(self, node_id: int, session_id: str, *, now: float) -> None:
         """Fleet servicer: the node is leaving."""
@@ -200,63 +194,29 @@ class LinkState:
             (now, now, node_id),
         )
 
-    def pull_messages(self, node_id: int, *, now: float, limit: int) -> list[StoredMessage]:
-        """Fleet servicer: undelivered, unexpired messages for the node, marked delivered."""
-        with self._db:
-            rows = self._db.execute(
-                """
-                SELECT message_id, run_id, src_node_id, dst_node_id, message_type,
-                       reply_to_message_id, content, created_at, ttl
-                FROM messages
-                WHERE dst_node_id = ? AND delivered_at IS NULL AND created_at + ttl > ?
-                ORDER BY created_at LIMIT ?
-                """,
-                (node_id, now, limit),
-            ).fetchall()
-            self._db.executemany(
-                "UPDATE messages SET delivered_at = ? WHERE message_id = ?",
-                [(now, row[0]) for row in rows],
-            )
-        return [StoredMessage(*row) for row in rows]
-
-    def store_messages(self, messages: Iterable[StoredMessage]) -> list[str]:
-        """Fleet servicer (replies from nodes) and, later, the ServerApp side (instructions)."""
-        batch = list(messages)
-        with self._db:
-            self._db.executemany(
-                """
-                INSERT INTO messages (message_id, run_id, src_node_id, dst_node_id, message_type,
-                    reply_to_message_id, content, created_at, ttl)
-                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
-                """,
-                [
-                    (
-                        m.message_id,
-                        m.run_id,
-                        m.src_node_id,
-                        m.dst_node_id,
-                        m.message_type,
-                        m.reply_to_message_id,
-                        m.content,
-                        m.created_at,
-                        m.ttl,
-                    )
-                    for m in batch
-                ],
-            )
-        return [m.message_id for m in batch]
-
-    def messages_for(self, dst_node_id: int) -> list[StoredMessage]:
-        """The ServerApp side: replies addressed to ``dst_node_id`` (0 = the ServerApp)."""
+    def online_nodes(self, *, now: float) -> list[tuple[int, str]]:
+        """ServerAppIo servicer: (node id, identity) of nodes online now."""
         rows = self._db.execute(
-            """
-            SELECT message_id, run_id, src_node_id, dst_node_id, message_type,
-                   reply_to_message_id, content, created_at, ttl
-            FROM messages WHERE dst_node_id = ? ORDER BY created_at
-            """,
-            (dst_node_id,),
+            "SELECT node_id, identity FROM nodes WHERE online_until > ? ORDER BY node_id", (now,)
         ).fetchall()
-        return [StoredMessage(*row) for row in rows]
+        return [(int(row[0]), str(row[1])) for row in rows]
+
+    def node_status(self, node_ids: list[int], *, now: float) -> dict[int, tuple[str, float]]:
+        """ServerAppIo servicer: identity and online-until of each known node."""
+        if not node_ids:
+            return {}
+        marks = ",".join("?" * len(node_ids))
+        rows = self._db.execute(
+            f"SELECT node_id, identity, online_until FROM nodes WHERE node_id IN ({marks})",
+            node_ids,
+        ).fetchall()
+        return {int(r[0]): (str(r[1]), float(r[2])) for r in rows}
+
+    def identity_of(self, node_id: int) -> str:
+        row = self._db.execute(
+            "SELECT identity FROM nodes WHERE node_id = ?", (node_id,)
+        ).fetchone()
+        return "" if row is None else str(row[0])
 
     # --- Control servicer -----------------------------------------------------------------
 

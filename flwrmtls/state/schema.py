@@ -43,6 +43,58 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX messages_pending ON messages(dst_node_id, delivered_at);
     """,
+    # 1 -> 2: runs, their status history, logs and app-process token hashes. Messages are
+    # stored as their serialized proto (no run could exist before this version, so the old
+    # messages table is empty and is replaced).
+    """
+    CREATE TABLE runs (
+        run_id          INTEGER PRIMARY KEY AUTOINCREMENT,
+        app_name        TEXT NOT NULL,
+        app_version     TEXT NOT NULL,
+        bundle_hash     TEXT NOT NULL,
+        run_config_json TEXT NOT NULL,
+        owner           TEXT NOT NULL,
+        status          TEXT NOT NULL,
+        reason          TEXT NOT NULL DEFAULT '',
+        created_at      REAL NOT NULL,
+        started_at      REAL NOT NULL DEFAULT 0,
+        finished_at     REAL NOT NULL DEFAULT 0,
+        result_json     TEXT NOT NULL DEFAULT ''
+    );
+    CREATE TABLE run_status_history (
+        run_id INTEGER NOT NULL REFERENCES runs(run_id),
+        status TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        at     REAL NOT NULL
+    );
+    CREATE TABLE run_logs (
+        seq       INTEGER PRIMARY KEY AUTOINCREMENT,
+        run_id    INTEGER NOT NULL REFERENCES runs(run_id),
+        timestamp REAL NOT NULL,
+        source    TEXT NOT NULL,
+        text      TEXT NOT NULL
+    );
+    CREATE INDEX run_logs_by_run ON run_logs(run_id, seq);
+    CREATE TABLE run_tokens (
+        token_hash BLOB PRIMARY KEY,
+        run_id     INTEGER NOT NULL REFERENCES runs(run_id),
+        kind       TEXT NOT NULL
+    );
+    DROP TABLE messages;
+    CREATE TABLE messages (
+        message_id          TEXT PRIMARY KEY,
+        run_id              INTEGER NOT NULL,
+        src_node_id         INTEGER NOT NULL,
+        dst_node_id         INTEGER NOT NULL,
+        reply_to_message_id TEXT NOT NULL DEFAULT '',
+        created_at          REAL NOT NULL,
+        expires_at          REAL NOT NULL,
+        delivered_at        REAL,
+        proto               BLOB NOT NULL
+    );
+    CREATE INDEX messages_pending ON messages(dst_node_id, delivered_at);
+    CREATE INDEX messages_replies ON messages(reply_to_message_id);
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

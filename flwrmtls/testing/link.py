@@ -55,6 +55,7 @@ def mtls_config(
         identity_source=identity_source,
         max_chain_depth=max_chain_depth,
         heartbeat_interval=heartbeat_interval,
+        serverappio_address="127.0.0.1:0",
     )
 
 

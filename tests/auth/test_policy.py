@@ -6,12 +6,12 @@ import pytest
 
 from flwrmtls.auth.identity import PrincipalKind
 from flwrmtls.auth.policy import POLICY, is_permitted
-from flwrmtls.proto import common_pb2, control_pb2, fleet_pb2
+from flwrmtls.proto import appio_pb2, common_pb2, control_pb2, fleet_pb2, objects_pb2, records_pb2
 
 
 def _generated_methods() -> set[str]:
     methods = set()
-    for module in (common_pb2, control_pb2, fleet_pb2):
+    for module in (appio_pb2, common_pb2, control_pb2, fleet_pb2, objects_pb2, records_pb2):
         for service in module.DESCRIPTOR.services_by_name.values():
             for method in service.methods:
                 methods.add(f"/{service.full_name}/{method.name}")
@@ -43,5 +43,22 @@ def test_listing_nodes_is_for_operators() -> None:
     assert not is_permitted(method, PrincipalKind.USER)
 
 
-def test_anonymous_callers_exist_only_without_client_auth_and_may_call_listed_methods() -> None:
-    assert all(is_permitted(method, PrincipalKind.ANONYMOUS) for method in POLICY)
+def test_anonymous_callers_reach_fleet_and_control_but_never_app_io() -> None:
+    for method in POLICY:
+        app_io = "AppIo/" in method
+        assert is_permitted(method, PrincipalKind.ANONYMOUS) is not app_io, method
+
+
+@pytest.mark.parametrize("method", sorted(m for m in POLICY if "AppIo/" in m))
+def test_app_io_is_for_its_app_process_only(method: str) -> None:
+    own = PrincipalKind.SERVERAPP if "ServerAppIo" in method else PrincipalKind.CLIENTAPP
+    assert is_permitted(method, own)
+    for kind in PrincipalKind:
+        if kind is not own:
+            assert not is_permitted(method, kind), (method, kind)
+
+
+def test_users_start_and_follow_runs_but_do_not_list_nodes() -> None:
+    for method in ("StartRun", "ListRuns", "StreamLogs", "StopRun"):
+        assert is_permitted(f"/flwrmtls.proto.Control/{method}", PrincipalKind.USER)
+        assert not is_permitted(f"/flwrmtls.proto.Control/{method}", PrincipalKind.NODE)

@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives import serialization
 
 from flwrmtls.auth.authenticator import AuthenticationFailed, RefusalReason
 from flwrmtls.auth.interceptor import RefusalLog
-from flwrmtls.auth.revocation import RevocationStore, load_crls
+from flwrmtls.auth.revocation import IssuedBy, RevocationStore, load_crls
 from flwrmtls.errors import InputError
 from flwrmtls.pki import CertificateAuthority
 from flwrmtls.testing.clock import FakeClock
@@ -32,9 +32,9 @@ def test_der_crl_in_a_directory_revokes(fresh_pki: TestPki, tmp_path: Path) -> N
     issuer = fresh_pki.ca.issuing_certificate
     now = crl.last_update_utc
     with pytest.raises(AuthenticationFailed) as caught:
-        store.check(leaf(fresh_pki, "node-1"), issuer, now)
+        store.check(IssuedBy.of(leaf(fresh_pki, "node-1"), issuer), now)
     assert caught.value.reason is RefusalReason.REVOKED
-    store.check(leaf(fresh_pki, "node-2"), issuer, now)  # control
+    store.check(IssuedBy.of(leaf(fresh_pki, "node-2"), issuer), now)  # control
 
 
 def test_several_crls_in_one_pem_and_the_newest_wins(fresh_pki: TestPki, tmp_path: Path) -> None:
@@ -48,8 +48,10 @@ def test_several_crls_in_one_pem_and_the_newest_wins(fresh_pki: TestPki, tmp_pat
     assert len(crls) == 2  # two issuers
     store = RevocationStore(bundle)
     with pytest.raises(AuthenticationFailed):
-        store.check(leaf(fresh_pki, "node-2"), fresh_pki.ca.issuing_certificate,
-                    x509.load_pem_x509_crl(newer).last_update_utc)  # fmt: skip
+        store.check(
+            IssuedBy.of(leaf(fresh_pki, "node-2"), fresh_pki.ca.issuing_certificate),
+            x509.load_pem_x509_crl(newer).last_update_utc,
+        )
 
 
 def test_missing_or_garbage_crl_file_is_an_input_error(tmp_path: Path, pki: TestPki) -> None:

@@ -5,91 +5,12 @@ Each refusal sits beside its control in the same test: a good node or CLI that w
 
 from __future__ import annotations
 
-import json
-import socket
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
 from flwrmtls.pki import CertificateAuthority, RevocationReason
-from flwrmtls.testing.pki import TestPki
-from flwrmtls.testing.processes import LinkProcess, NodeProcess, run_cli
+from flwrmtls.testing.processes import NodeProcess, run_cli
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-class Deployment:
-    def __init__(self, pki: TestPki, tmp_path: Path) -> None:
-        self.pki = pki
-        self.tmp = tmp_path
-        self.env = {"FLWRMTLS_HOME": str(tmp_path / "home")}
-        self.processes: list[LinkProcess | NodeProcess] = []
-
-    def link_args(self, fleet: str = "127.0.0.1:0", control: str = "127.0.0.1:0") -> list[str]:
-        chain, key = self.pki.paths("server")
-        return [
-            "--fleet-api-address", fleet, "--control-api-address", control,
-            "--database", str(self.tmp / "link.db"),
-            "--ssl-require-client-auth", "--ssl-ca-certfile", str(self.pki.trust_bundle_path),
-            "--ssl-certfile", str(chain), "--ssl-keyfile", str(key),
-            "--ssl-crl-file", str(self.pki.crl_path), "--heartbeat-interval", "1",
-        ]  # fmt: skip
-
-    def start_link(self, args: list[str] | None = None, name: str = "link") -> LinkProcess:
-        link = LinkProcess(args or self.link_args(), self.tmp / f"{name}.log", self.env)
-        self.processes.append(link)
-        link.start_and_wait()
-        return link
-
-    def node(self, name: str, fleet_port: int, *extra: str, cert: str | None = None) -> NodeProcess:
-        chain, key = self.pki.paths(cert or name)
-        args = [
-            "--superlink", f"127.0.0.1:{fleet_port}",
-            "--root-certificates", str(self.pki.trust_bundle_path),
-            "--ssl-client-certfile", str(chain), "--ssl-client-keyfile", str(key), *extra,
-        ]  # fmt: skip
-        node = NodeProcess(args, self.tmp / f"{name}.log", self.env)
-        self.processes.append(node)
-        node.start()
-        return node
-
-    def profile(self, control_port: int, cert: str = "cli-operator", name: str = "test") -> None:
-        chain, key = self.pki.paths(cert)
-        result = run_cli(
-            [
-                "config", "add", name, "--address", f"127.0.0.1:{control_port}",
-                "--root-certificates", str(self.pki.trust_bundle_path),
-                "--client-certificate", str(chain), "--client-private-key", str(key), "--default",
-            ],
-            env=self.env,
-        )  # fmt: skip
-        assert result.returncode == 0, result.stderr
-
-    def list_nodes(self, connection: str = "test") -> list[dict[str, object]]:
-        result = run_cli(["supernode", "list", connection, "--format", "json"], env=self.env)
-        assert result.returncode == 0, result.stderr
-        nodes: list[dict[str, object]] = json.loads(result.stdout)
-        return nodes
-
-    def stop_all(self) -> None:
-        for process in reversed(self.processes):
-            if process.process is not None:
-                process.stop()
-
-
-@pytest.fixture
-def deployment(fresh_pki: TestPki, tmp_path: Path) -> Iterator[Deployment]:
-    d = Deployment(fresh_pki, tmp_path)
-    try:
-        yield d
-    finally:
-        d.stop_all()
+from .deployment import Deployment, free_port
 
 
 def one_error_line(stderr: str) -> str:

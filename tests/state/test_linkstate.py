@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 
 from flwrmtls.errors import InputError
-from flwrmtls.state.linkstate import LinkState, SessionSuperseded, StoredMessage, UnknownSession
+from flwrmtls.state.linkstate import LinkState, SessionSuperseded, UnknownSession
+from flwrmtls.state.messagetable import MessageRow
+from flwrmtls.state.runs import IllegalTransition, RunStatus
 from flwrmtls.state.schema import SCHEMA_VERSION
 
 T0 = 1_800_000_000.0
@@ -68,13 +70,46 @@ def test_anonymous_nodes_get_fresh_ids_and_are_found_by_session(tmp_path: Path) 
 def test_messages_are_delivered_once_and_expire(tmp_path: Path) -> None:
     state = LinkState(tmp_path / "link.db")
 
-    def message(message_id: str, ttl: float) -> StoredMessage:
-        return StoredMessage(message_id, 1, 0, 42, "train", "", b"payload", T0, ttl)
+    def message(message_id: str, ttl: float) -> MessageRow:
+        return MessageRow(message_id, 1, 0, 42, "", T0, T0 + ttl, message_id.encode())
 
-    state.store_messages([message("m1", 60), message("m2", 5)])
-    pulled = state.pull_messages(42, now=T0 + 10, limit=10)
-    assert [m.message_id for m in pulled] == ["m1"]  # m2 expired
-    assert state.pull_messages(42, now=T0 + 11, limit=10) == []
+    state.messages.store([message("m1", 60), message("m2", 5)])
+    assert state.messages.has_pending(42, T0 + 10)
+    assert state.messages.deliver(42, now=T0 + 10, limit=10) == [b"m1"]  # m2 expired
+    assert state.messages.deliver(42, now=T0 + 11, limit=10) == []
+    assert state.messages.sent_to(1, 42)
+    assert not state.messages.sent_to(1, 43)
+    reply = MessageRow("r1", 1, 42, 0, "m1", T0 + 12, T0 + 99, b"r1")
+    state.messages.store([reply])
+    assert state.messages.replies_to(["m1", "m2"]) == {"m1": b"r1"}
+
+
+def test_run_lifecycle_follows_its_table_and_illegal_moves_change_nothing(
+    tmp_path: Path,
+) -> None:
+    runs = LinkState(tmp_path / "link.db").runs
+    run_id = runs.create(
+        app_name="a", app_version="1", bundle_hash="h", run_config_json='{"x": 1}', owner="o",
+        now=T0,
+    )  # fmt: skip
+    runs.add_token(b"\x01" * 32, run_id, "serverapp")
+    with pytest.raises(IllegalTransition):
+        runs.transition(run_id, RunStatus.COMPLETED, "", T0 + 1)  # pending cannot complete
+    assert runs.get(run_id).status is RunStatus.PENDING  # type: ignore[union-attr]
+    runs.transition(run_id, RunStatus.RUNNING, "", T0 + 1)
+    assert runs.token(b"\x01" * 32) is not None
+    ended = runs.transition(run_id, RunStatus.FAILED, "boom", T0 + 2)
+    assert (ended.status, ended.reason, ended.finished_at) == (RunStatus.FAILED, "boom", T0 + 2)
+    assert runs.token(b"\x01" * 32) is None  # ending a run ends its tokens
+    with pytest.raises(IllegalTransition):
+        runs.transition(run_id, RunStatus.RUNNING, "", T0 + 3)  # ended runs never change
+    assert [status for status, _, _ in runs.history(run_id)] == [
+        RunStatus.PENDING, RunStatus.RUNNING, RunStatus.FAILED,
+    ]  # fmt: skip
+    assert ended.run_config == {"x": 1}
+    runs.add_log(run_id, "link", "one", T0)
+    runs.add_log(run_id, "link", "two", T0)
+    assert [entry.text for entry in runs.logs_after(run_id, 0)] == ["one", "two"]
 
 
 def test_schema_is_versioned_and_newer_databases_are_refused(tmp_path: Path) -> None:

@@ -1,0 +1,71 @@
+"""Grid: how a ServerApp reaches the nodes of its run.
+
+The link's implementation sends messages over gRPC; :class:`flwrmtls.testing.grid.InProcessGrid`
+runs a ClientApp in this process for tests. Both keep these rules:
+
+- ``get_node_ids`` lists the nodes online now; ``wait_for_nodes`` waits up to ``timeout``
+  seconds until at least ``minimum`` are online and returns them, or raises
+  :class:`NotEnoughNodes`.
+- ``create_message`` addresses content from the ServerApp (node id 0) to one node.
+- ``send_and_receive`` returns exactly one reply per message sent, in any order: the node's
+  reply, or an error reply (``NODE_UNAVAILABLE`` when the node went offline, ``TIMEOUT`` when
+  ``timeout`` seconds passed, ``CLIENT_APP_RAISED`` with the traceback). Each reply's metadata
+  names the node (``src_node_id``) and its certificate identity (``src_identity``); match a
+  reply to its message by ``reply_to_message_id``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Protocol
+
+from flwrmtls.app.message import Message
+from flwrmtls.app.records import RecordDict
+
+__all__ = ["DEFAULT_TTL", "Grid", "NotEnoughNodes"]
+
+DEFAULT_TTL = 3600.0
+"""Seconds a message lives when ``create_message`` is given no ttl."""
+
+
+class NotEnoughNodes(Exception):
+    """Fewer nodes were online than wanted, for as long as we were willing to wait."""
+
+    def __init__(self, wanted: int, available: int, waited: float) -> None:
+        self.wanted = wanted
+        self.available = available
+        self.waited = waited
+        super().__init__(
+            f"wanted {wanted} node{'s' if wanted != 1 else ''}, "
+            f"{available} online after waiting {waited:g}s"
+        )
+
+
+class Grid(Protocol):
+    @property
+    def run_id(self) -> int: ...
+
+    def get_node_ids(self) -> list[int]:
+        """The nodes online now."""
+        ...
+
+    def wait_for_nodes(self, minimum: int, timeout: float) -> list[int]:
+        """At least ``minimum`` online nodes, waiting up to ``timeout`` seconds for them."""
+        ...
+
+    def create_message(
+        self,
+        content: RecordDict,
+        message_type: str,
+        dst_node_id: int,
+        group_id: str,
+        ttl: float | None = None,
+    ) -> Message:
+        """A message from the ServerApp to ``dst_node_id``; ``ttl`` defaults to DEFAULT_TTL."""
+        ...
+
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> list[Message]:
+        """Send, then wait for one reply (or error reply) per message."""
+        ...

@@ -1,0 +1,1 @@
+"""The quickstart template: federated softmax regression on scikit-learn's digits."""

@@ -1,0 +1,1 @@
+"""A flwrmtls app: federated softmax regression on scikit-learn's digits."""

@@ -1,0 +1,104 @@
+"""``python -m flwrmtls.appio.clientapp_process``: one run's ClientApp, started by a node.
+
+It reads its run token from standard input, fetches and verifies the app bundle over
+ClientAppIo, then handles the run's messages one after another until the node says the run
+ended. A handler that raises becomes an error reply carrying the traceback (the link logs it
+with this node's identity); the process keeps serving the next message.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import traceback
+
+import grpc
+
+from flwrmtls.app.bundle import load_component
+from flwrmtls.app.clientapp import ClientApp
+from flwrmtls.app.context import Context
+from flwrmtls.app.message import Error, ErrorCode, Message, message_from_proto, message_to_proto
+from flwrmtls.appio.process import (
+    configure_logging,
+    open_channel,
+    read_token,
+    token_metadata,
+    unpack_app,
+)
+from flwrmtls.keyvalues import values_from_proto
+from flwrmtls.objects.transfer import pull_objects, push_objects
+from flwrmtls.proto import appio_pb2, appio_pb2_grpc
+
+log = logging.getLogger("flwrmtls.clientapp")
+
+_LONG_POLL = 20.0
+_TRANSFER_TIMEOUT = 600.0
+
+
+def _handle(client_app: ClientApp, message: Message, context: Context) -> Message:
+    try:
+        return client_app.handle(message, context)
+    except Exception:
+        log.error("handler for %r raised; replying with the error", message.metadata.message_type)
+        return message.create_error_reply(
+            Error(ErrorCode.CLIENT_APP_RAISED, traceback.format_exc())
+        )
+
+
+def run(address: str) -> int:
+    metadata = token_metadata(read_token())
+    channel = open_channel(address)
+    stub = appio_pb2_grpc.ClientAppIoStub(channel)
+    info = stub.GetRun(appio_pb2.GetAppRunRequest(), metadata=metadata, timeout=30)
+    unpacked = unpack_app(stub, info.bundle_hash, metadata)
+    app_dir, app = unpacked.app_dir, unpacked.config
+    try:
+        client_app = load_component(app_dir, app.clientapp, ClientApp)
+        context = Context(
+            run_id=info.run_id, node_id=info.node_id,
+            node_config=values_from_proto(info.node_config),
+            run_config=values_from_proto(info.run_config),
+        )  # fmt: skip
+        while True:
+            response = stub.PullMessage(
+                appio_pb2.PullAppMessageRequest(wait_seconds=_LONG_POLL),
+                metadata=metadata, timeout=_LONG_POLL + 30,
+            )  # fmt: skip
+            if response.run_ended:
+                return 0
+            if not response.HasField("message"):
+                continue
+            objects = pull_objects(
+                stub, list(response.message.object_ids), metadata=metadata,
+                timeout=_TRANSFER_TIMEOUT,
+            )  # fmt: skip
+            message = message_from_proto(response.message, objects)
+            del objects
+            reply = _handle(client_app, message, context)
+            proto, reply_objects = message_to_proto(reply)
+            push_objects(stub, reply_objects, metadata=metadata, timeout=_TRANSFER_TIMEOUT)
+            stub.PushReply(
+                appio_pb2.PushReplyRequest(reply=proto), metadata=metadata,
+                timeout=_TRANSFER_TIMEOUT,
+            )  # fmt: skip
+    finally:
+        unpacked.remove()
+        channel.close()
+
+
+def main() -> None:
+    configure_logging()
+    parser = argparse.ArgumentParser(prog="flwrmtls.appio.clientapp_process")
+    parser.add_argument("--clientappio-api-address", required=True)
+    args = parser.parse_args()
+    try:
+        code = run(args.clientappio_api_address)
+    except grpc.RpcError as error:
+        print(f"ClientApp lost its node: {error.code().name}: {error.details()}", file=sys.stderr)
+        code = 1
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,146 @@
+"""The Grid a ServerApp uses inside its process: ServerAppIo calls with the run's token.
+
+Rules:
+
+* Array bytes go as objects, pushed once: before messages are sent, the link is asked which
+  of their objects it lacks, and only those are pushed (a model broadcast to N nodes is one
+  upload, and the link stores it once).
+* ``send_and_receive`` returns one reply per message: the node's reply, an error reply the
+  link made (the node went offline), or a TIMEOUT error reply made here when ``timeout``
+  passes. Waiting is a long poll on the link, not a sleep loop.
+* Reply objects identical across nodes are fetched once.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+
+import grpc
+
+from flwrmtls.app.grid import NotEnoughNodes
+from flwrmtls.app.message import (
+    Error,
+    ErrorCode,
+    Message,
+    Metadata,
+    message_from_proto,
+    message_to_proto,
+    new_message_id,
+)
+from flwrmtls.app.records import RecordDict
+from flwrmtls.objects.transfer import pull_object_bytes, push_objects
+from flwrmtls.proto import appio_pb2, appio_pb2_grpc, common_pb2
+
+__all__ = ["GrpcGrid"]
+
+_DEFAULT_TTL = 3600.0
+_LONG_POLL = 20.0
+_TRANSFER_TIMEOUT = 600.0
+
+
+class GrpcGrid:
+    def __init__(
+        self, channel: grpc.Channel, metadata: Sequence[tuple[str, str]], run_id: int
+    ) -> None:
+        self._stub = appio_pb2_grpc.ServerAppIoStub(channel)
+        self._metadata = tuple(metadata)
+        self._run_id = run_id
+        self.identities: dict[int, str] = {}
+        """Node id -> certificate identity, for nodes seen so far."""
+
+    @property
+    def run_id(self) -> int:
+        return self._run_id
+
+    def _nodes(self, minimum: int, wait: float) -> list[int]:
+        response = self._stub.GetNodes(
+            appio_pb2.GetNodesRequest(minimum=minimum, wait_seconds=wait),
+            metadata=self._metadata, timeout=wait + 30,
+        )  # fmt: skip
+        for node in response.nodes:
+            self.identities[node.node_id] = node.identity
+        return [node.node_id for node in response.nodes]
+
+    def get_node_ids(self) -> list[int]:
+        return self._nodes(0, 0.0)
+
+    def wait_for_nodes(self, minimum: int, timeout: float) -> list[int]:
+        start = time.monotonic()
+        while True:
+            remaining = timeout - (time.monotonic() - start)
+            nodes = self._nodes(minimum, max(0.0, min(remaining, _LONG_POLL)))
+            if len(nodes) >= minimum:
+                return nodes
+            if remaining <= 0:
+                raise NotEnoughNodes(minimum, len(nodes), timeout)
+
+    def create_message(
+        self,
+        content: RecordDict,
+        message_type: str,
+        dst_node_id: int,
+        group_id: str,
+        ttl: float | None = None,
+    ) -> Message:
+        return Message(
+            content,
+            metadata=Metadata(
+                run_id=self._run_id, message_id=new_message_id(), src_node_id=0,
+                dst_node_id=dst_node_id, reply_to_message_id="", group_id=group_id,
+                message_type=message_type, ttl=ttl or _DEFAULT_TTL, created_at=time.time(),
+            ),
+        )  # fmt: skip
+
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> list[Message]:
+        sent = list(messages)
+        protos = []
+        objects: dict[str, memoryview] = {}
+        for message in sent:
+            proto, message_objects = message_to_proto(message)
+            protos.append(proto)
+            objects.update(message_objects)
+        push_objects(self._stub, objects, metadata=self._metadata, timeout=_TRANSFER_TIMEOUT)
+        self._stub.PushMessages(
+            appio_pb2.PushAppMessagesRequest(messages=protos), metadata=self._metadata,
+            timeout=_TRANSFER_TIMEOUT,
+        )  # fmt: skip
+        replies = self._collect({m.metadata.message_id: m for m in sent}, timeout)
+        return replies
+
+    def _collect(self, pending: dict[str, Message], timeout: float | None) -> list[Message]:
+        start = time.monotonic()
+        received: list[common_pb2.Message] = []
+        while pending:
+            remaining = None if timeout is None else timeout - (time.monotonic() - start)
+            if remaining is not None and remaining <= 0:
+                break
+            wait = _LONG_POLL if remaining is None else min(remaining, _LONG_POLL)
+            response = self._stub.PullReplies(
+                appio_pb2.PullRepliesRequest(message_ids=list(pending), wait_seconds=wait),
+                metadata=self._metadata, timeout=wait + 30,
+            )  # fmt: skip
+            for reply in response.replies:
+                if pending.pop(reply.reply_to_message_id, None) is not None:
+                    received.append(reply)
+        cache: dict[str, bytes] = {}
+        replies = [self._decode(proto, cache) for proto in received]
+        for original in pending.values():
+            late = original.create_error_reply(
+                Error(ErrorCode.TIMEOUT, f"no reply within {timeout or 0:.0f}s")
+            )
+            late.metadata.src_identity = self.identities.get(original.metadata.dst_node_id, "")
+            replies.append(late)
+        return replies
+
+    def _decode(self, proto: common_pb2.Message, cache: dict[str, bytes]) -> Message:
+        for object_id in proto.object_ids:
+            if object_id not in cache:
+                cache[object_id] = pull_object_bytes(
+                    self._stub, object_id, metadata=self._metadata, timeout=_TRANSFER_TIMEOUT
+                )
+        if proto.src_identity:
+            self.identities[proto.src_node_id] = proto.src_identity
+        return message_from_proto(proto, cache)

@@ -1,0 +1,75 @@
+"""What the ServerApp and ClientApp processes share: token, channel, bundle, one-line errors."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+from flwrmtls.app.bundle import AppConfig, extract_bundle, read_app_config
+from flwrmtls.auth.tokens import TOKEN_METADATA_KEY
+from flwrmtls.objects.transfer import pull_object_bytes
+
+__all__ = [
+    "UnpackedApp",
+    "configure_logging",
+    "open_channel",
+    "read_token",
+    "token_metadata",
+    "unpack_app",
+]
+
+
+def configure_logging() -> None:
+    logging.basicConfig(
+        level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+
+
+def read_token() -> str:
+    """The run token, from standard input (the parent writes it there, never on argv)."""
+    token = sys.stdin.readline().strip()
+    if not token:
+        raise SystemExit("no run token on standard input: app processes are started by flwrmtls")
+    return token
+
+
+def token_metadata(token: str) -> tuple[tuple[str, str], ...]:
+    return ((TOKEN_METADATA_KEY, token),)
+
+
+@dataclass(frozen=True)
+class UnpackedApp:
+    work_dir: Path
+    """The temporary directory this process made; :meth:`remove` deletes exactly it."""
+    app_dir: Path
+    config: AppConfig
+
+    def remove(self) -> None:
+        shutil.rmtree(self.work_dir, ignore_errors=True)
+
+
+def unpack_app(
+    stub: object, bundle_hash: str, metadata: tuple[tuple[str, str], ...]
+) -> UnpackedApp:
+    """Fetch the app bundle by its hash, verify it, unpack it into a new temporary directory."""
+    bundle = pull_object_bytes(stub, bundle_hash, metadata=metadata, timeout=300)
+    work_dir = Path(tempfile.mkdtemp(prefix="flwrmtls-app-"))
+    try:
+        app_dir = extract_bundle(bundle, bundle_hash, work_dir)
+        return UnpackedApp(work_dir, app_dir, read_app_config(app_dir))
+    except BaseException:
+        shutil.rmtree(work_dir, ignore_errors=True)
+        raise
+
+
+def open_channel(address: str) -> grpc.Channel:
+    return grpc.insecure_channel(
+        address,
+        options=[("grpc.max_receive_message_length", 16 << 20)],
+    )

@@ -1,0 +1,237 @@
+"""ServerAppIo on the link: what a run's ServerApp process calls, with its run token.
+
+Rules:
+
+* The run is the token's run: requests never name it, and a message naming another run is
+  refused. A token stops working when its run ends (the run table deletes its hash).
+* A message may only go to a node the link knows, and only once the objects it references
+  are stored (the ServerApp pushes the missing ones first).
+* A node that goes offline while a message waits for its reply gets an error reply
+  (``NODE_UNAVAILABLE``) once its heartbeat grace has passed, so a ServerApp learns of a dead
+  node within a bounded time (2.5 heartbeat intervals; see ``--heartbeat-interval``).
+* PullReplies waits (long poll) until a reply or an error exists, never by a fixed delay.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+import grpc
+import grpc.aio
+
+from flwrmtls.auth.interceptor import current_principal
+from flwrmtls.clock import Clock
+from flwrmtls.keyvalues import values_to_proto
+from flwrmtls.link.notify import Notifier
+from flwrmtls.link.runs import RunManager
+from flwrmtls.objects.store import ObjectStore
+from flwrmtls.objects.transfer import receive_object, serve_object
+from flwrmtls.proto import appio_pb2, appio_pb2_grpc, common_pb2, objects_pb2
+from flwrmtls.state.linkstate import LinkState
+from flwrmtls.state.messagetable import MessageRow
+
+__all__ = ["ServerAppIoServicer"]
+
+_Context = grpc.aio.ServicerContext[Any, Any]
+_MAX_WAIT = 30.0
+_DEFAULT_TTL = 3600.0
+_NODE_UNAVAILABLE = 2  # flwrmtls.app.message.ErrorCode.NODE_UNAVAILABLE
+
+
+class ServerAppIoServicer(appio_pb2_grpc.ServerAppIoServicer):
+    def __init__(
+        self,
+        state: LinkState,
+        clock: Clock,
+        *,
+        notifier: Notifier,
+        objects: ObjectStore,
+        runs: RunManager,
+    ) -> None:
+        self._state = state
+        self._clock = clock
+        self._notifier = notifier
+        self._objects = objects
+        self._runs = runs
+
+    def _now(self) -> float:
+        return self._clock.now().timestamp()
+
+    @staticmethod
+    def _run_id() -> int:
+        run_id = current_principal().run_id
+        assert run_id is not None, "the policy table admits only run tokens here"
+        return run_id
+
+    async def GetRun(
+        self, request: appio_pb2.GetAppRunRequest, context: _Context
+    ) -> appio_pb2.GetAppRunResponse:
+        run = self._state.runs.get(self._run_id())
+        assert run is not None
+        return appio_pb2.GetAppRunResponse(
+            run_id=run.run_id, bundle_hash=run.bundle_hash,
+            run_config=values_to_proto(run.run_config),
+        )  # fmt: skip
+
+    async def GetNodes(
+        self, request: appio_pb2.GetNodesRequest, context: _Context
+    ) -> appio_pb2.GetNodesResponse:
+        deadline = self._clock.monotonic() + min(max(request.wait_seconds, 0.0), _MAX_WAIT)
+        while True:
+            nodes = self._state.online_nodes(now=self._now())
+            remaining = deadline - self._clock.monotonic()
+            if len(nodes) >= request.minimum or remaining <= 0:
+                break
+            await self._notifier.wait(("nodes",), remaining)
+        return appio_pb2.GetNodesResponse(
+            nodes=[appio_pb2.NodeRef(node_id=n, identity=identity) for n, identity in nodes]
+        )
+
+    async def PushMessages(
+        self, request: appio_pb2.PushAppMessagesRequest, context: _Context
+    ) -> appio_pb2.PushAppMessagesResponse:
+        run_id = self._run_id()
+        now = self._now()
+        destinations = self._state.node_status([m.dst_node_id for m in request.messages], now=now)
+        rows = []
+        for message in request.messages:
+            problem = None
+            if message.run_id not in (0, run_id):
+                problem = f"message {message.message_id} names run {message.run_id}"
+            elif message.dst_node_id not in destinations:
+                problem = f"message {message.message_id} is for unknown node {message.dst_node_id}"
+            elif not message.message_id:
+                problem = "a message has no message_id"
+            elif missing := self._objects.missing(message.object_ids):
+                problem = f"message {message.message_id} references objects not pushed: {missing}"
+            if problem:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
+            stamped = common_pb2.Message()
+            stamped.CopyFrom(message)
+            stamped.run_id = run_id
+            stamped.src_node_id = 0
+            stamped.created_at = now
+            stamped.ttl = message.ttl or _DEFAULT_TTL
+            rows.append(
+                MessageRow(
+                    message_id=stamped.message_id, run_id=run_id, src_node_id=0,
+                    dst_node_id=stamped.dst_node_id, reply_to_message_id="", created_at=now,
+                    expires_at=now + stamped.ttl, proto=stamped.SerializeToString(),
+                )
+            )  # fmt: skip
+        self._state.messages.store(rows)
+        for row in rows:
+            self._notifier.notify(("node", row.dst_node_id))
+        return appio_pb2.PushAppMessagesResponse(message_ids=[r.message_id for r in rows])
+
+    async def PullReplies(
+        self, request: appio_pb2.PullRepliesRequest, context: _Context
+    ) -> appio_pb2.PullRepliesResponse:
+        run_id = self._run_id()
+        wanted = list(dict.fromkeys(request.message_ids))
+        originals = self._state.messages.get(wanted)
+        foreign = [m for m in wanted if m not in originals or originals[m].run_id != run_id]
+        if foreign:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, f"not messages of run {run_id}: {foreign[:5]}"
+            )
+        deadline = self._clock.monotonic() + min(max(request.wait_seconds, 0.0), _MAX_WAIT)
+        while True:
+            replies = self._state.messages.replies_to(wanted)
+            waiting = [m for m in wanted if m not in replies]
+            stored, next_check = self._fail_offline(run_id, [originals[m] for m in waiting])
+            if stored:
+                replies = self._state.messages.replies_to(wanted)
+            remaining = deadline - self._clock.monotonic()
+            if replies or remaining <= 0:
+                break
+            wait = remaining if next_check is None else min(remaining, next_check)
+            await self._notifier.wait(("run", run_id), wait)
+        return appio_pb2.PullRepliesResponse(
+            replies=[common_pb2.Message.FromString(p) for p in replies.values()]
+        )
+
+    def _fail_offline(self, run_id: int, waiting: list[MessageRow]) -> tuple[bool, float | None]:
+        """Store NODE_UNAVAILABLE replies for messages whose node is offline.
+
+        Returns whether it stored any, and the seconds until the next waited-for node could
+        time out (None: no node to watch).
+        """
+        now = self._now()
+        status = self._state.node_status([row.dst_node_id for row in waiting], now=now)
+        failed = []
+        soonest: float | None = None
+        for row in waiting:
+            identity, online_until = status.get(row.dst_node_id, ("", 0.0))
+            if online_until > now:
+                soonest = min(soonest or 1e9, online_until - now)
+                continue
+            since = datetime.fromtimestamp(online_until, UTC).strftime("%H:%M:%S UTC")
+            error = common_pb2.Message(
+                message_id=f"{row.message_id}-unavailable",
+                run_id=run_id,
+                src_node_id=row.dst_node_id,
+                dst_node_id=0,
+                reply_to_message_id=row.message_id,
+                created_at=now,
+                ttl=_DEFAULT_TTL,
+                src_identity=identity,
+                error=common_pb2.Error(
+                    code=_NODE_UNAVAILABLE,
+                    reason=(
+                        f"node {identity} went offline (no heartbeat since {since})"
+                        if identity
+                        else f"node {row.dst_node_id} is not known to the link"
+                    ),
+                ),
+            )
+            failed.append(
+                MessageRow(
+                    message_id=error.message_id, run_id=run_id, src_node_id=row.dst_node_id,
+                    dst_node_id=0, reply_to_message_id=row.message_id, created_at=now,
+                    expires_at=now + _DEFAULT_TTL, proto=error.SerializeToString(),
+                )
+            )  # fmt: skip
+        if failed:
+            self._state.messages.store(failed)
+        return bool(failed), None if soonest is None else soonest + 0.05
+
+    async def SetRunResult(
+        self, request: appio_pb2.SetRunResultRequest, context: _Context
+    ) -> appio_pb2.SetRunResultResponse:
+        self._runs.report(self._run_id(), request.failed, request.reason, request.result_json)
+        return appio_pb2.SetRunResultResponse()
+
+    async def PullObject(
+        self, request: objects_pb2.PullObjectRequest, context: _Context
+    ) -> AsyncIterator[objects_pb2.ObjectChunk]:
+        try:
+            present = self._objects.has(request.object_id)
+        except ValueError:
+            present = False
+        if not present:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no object {request.object_id[:80]}")
+        async for chunk in serve_object(self._objects, request.object_id):
+            yield chunk
+
+    async def PushObject(
+        self, request_iterator: AsyncIterator[objects_pb2.ObjectChunk], context: _Context
+    ) -> objects_pb2.PushObjectResponse:
+        try:
+            response, _ = await receive_object(self._objects, request_iterator)
+        except ValueError as error:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+            raise AssertionError("unreachable") from None
+        return response
+
+    async def MissingObjects(
+        self, request: objects_pb2.MissingObjectsRequest, context: _Context
+    ) -> objects_pb2.MissingObjectsResponse:
+        try:
+            missing = self._objects.missing(request.object_ids)
+        except ValueError as error:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+            raise AssertionError("unreachable") from None
+        return objects_pb2.MissingObjectsResponse(object_ids=missing)

@@ -1,0 +1,189 @@
+"""The link's runs: start a ServerApp process per run, capture its output, record how it ended.
+
+Rules:
+
+* StartRun checks the bundle (its SHA-256 and its pyproject.toml) before anything runs; the
+  run config is the app's defaults with the user's overrides (unknown keys refused).
+* Each run gets one ServerApp process (``python -m flwrmtls.appio.serverapp_process``). Its
+  token goes to it on standard input, never on its command line; the link keeps the token's
+  hash only. Every line the process prints becomes a run log entry.
+* How a run ends (see :mod:`flwrmtls.state.runs`): the process exits 0 -> completed; it
+  reports a failure or exits non-zero -> failed with its reason; ``stop`` -> stopped (the
+  process is terminated); the link stops -> failed ("link stopped"); a run found active when
+  the link starts -> failed ("link restarted"). Ending a run ends its token, and nodes learn
+  of it on their next pull.
+* Processes are always waited for (no zombies).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from flwrmtls.app.bundle import bundle_hash, extract_bundle, merge_run_config, read_app_config
+from flwrmtls.auth.tokens import new_token, token_hash
+from flwrmtls.clock import Clock
+from flwrmtls.errors import InputError
+from flwrmtls.keyvalues import Value
+from flwrmtls.link.notify import Notifier
+from flwrmtls.link.runlog import RunLog
+from flwrmtls.objects.store import ObjectStore
+from flwrmtls.state.linkstate import LinkState
+from flwrmtls.state.runs import IllegalTransition, RunStatus
+
+__all__ = ["RunManager"]
+
+log = logging.getLogger("flwrmtls.link.runs")
+
+_STOP_GRACE = 5.0
+
+
+@dataclass
+class _Reported:
+    failed: bool
+    reason: str
+
+
+class RunManager:
+    def __init__(
+        self,
+        state: LinkState,
+        clock: Clock,
+        *,
+        notifier: Notifier,
+        run_log: RunLog,
+        objects: ObjectStore,
+    ) -> None:
+        self._state = state
+        self._clock = clock
+        self._notifier = notifier
+        self._run_log = run_log
+        self._objects = objects
+        self.serverappio_address = ""
+        self._processes: dict[int, asyncio.subprocess.Process] = {}
+        self._supervisors: dict[int, asyncio.Task[None]] = {}
+        self._reported: dict[int, _Reported] = {}
+
+    def _now(self) -> float:
+        return self._clock.now().timestamp()
+
+    def recover(self) -> None:
+        """At start-up: runs that were active when the link last stopped have failed."""
+        for run in self._state.runs.active():
+            self._end(run.run_id, RunStatus.FAILED, "link restarted while the run was active")
+
+    async def start_run(
+        self, bundle: bytes, declared_hash: str, overrides: dict[str, Value], owner: str
+    ) -> int:
+        actual = bundle_hash(bundle)
+        if actual != declared_hash:
+            raise InputError(f"bundle hash mismatch: declared {declared_hash}, got {actual}")
+        with tempfile.TemporaryDirectory(prefix="flwrmtls-bundle-") as tmp:
+            app_dir = extract_bundle(bundle, actual, Path(tmp))
+            app = read_app_config(app_dir)
+        run_config = merge_run_config(app.default_config, overrides)
+        self._objects.put(bundle)
+        run_id = self._state.runs.create(
+            app_name=app.name, app_version=app.version, bundle_hash=actual,
+            run_config_json=json.dumps(run_config, sort_keys=True), owner=owner, now=self._now(),
+        )  # fmt: skip
+        self._run_log.add(
+            run_id, "link", f"run {run_id}: {app.name} {app.version} started by {owner}"
+        )
+        await self._launch(run_id)
+        return run_id
+
+    async def _launch(self, run_id: int) -> None:
+        token = new_token()
+        self._state.runs.add_token(token_hash(token), run_id, "serverapp")
+        try:
+            process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "flwrmtls.appio.serverapp_process",
+                "--serverappio-api-address", self.serverappio_address,
+                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+            )  # fmt: skip
+            assert process.stdin is not None
+            process.stdin.write(token.encode() + b"\n")
+            await process.stdin.drain()
+            process.stdin.close()
+        except OSError as error:
+            self._end(run_id, RunStatus.FAILED, f"the ServerApp process could not start: {error}")
+            return
+        self._processes[run_id] = process
+        self._state.runs.transition(run_id, RunStatus.RUNNING, "", self._now())
+        self._supervisors[run_id] = asyncio.create_task(self._supervise(run_id, process))
+
+    async def _supervise(self, run_id: int, process: asyncio.subprocess.Process) -> None:
+        assert process.stdout is not None
+        last_line = ""
+        async for raw in process.stdout:
+            line = raw.decode("utf-8", "replace").rstrip()
+            if line:
+                last_line = line
+                self._run_log.add(run_id, "serverapp", line)
+        code = await process.wait()
+        self._processes.pop(run_id, None)
+        reported = self._reported.pop(run_id, None)
+        if reported is not None and reported.failed:
+            self._end(run_id, RunStatus.FAILED, reported.reason)
+        elif code == 0:
+            self._end(run_id, RunStatus.COMPLETED, reported.reason if reported else "")
+        else:
+            self._end(
+                run_id, RunStatus.FAILED, f"the ServerApp exited with code {code}: {last_line}"
+            )
+
+    def report(self, run_id: int, failed: bool, reason: str, result_json: str) -> None:
+        """ServerAppIo: the ServerApp's own account of how its run went."""
+        if result_json:
+            self._state.runs.set_result(run_id, result_json)
+        self._reported[run_id] = _Reported(failed, reason)
+
+    def _end(self, run_id: int, status: RunStatus, reason: str) -> None:
+        try:
+            self._state.runs.transition(run_id, status, reason, self._now())
+        except IllegalTransition:
+            return  # already ended (e.g. stopped, then the process exited)
+        text = f"run {run_id} {status.value}" + (f": {reason}" if reason else "")
+        self._run_log.add(run_id, "link", text)
+        log.info(text)
+        self._notifier.notify(("run", run_id))
+        for node_id, _ in self._state.online_nodes(now=self._now()):
+            self._notifier.notify(("node", node_id))
+
+    async def stop_run(self, run_id: int, reason: str) -> RunStatus:
+        """Control: stop a run (its process is terminated). Raises KeyError, IllegalTransition."""
+        run = self._state.runs.get(run_id)
+        if run is None:
+            raise KeyError(run_id)
+        if run.ended:
+            return run.status
+        self._end(run_id, RunStatus.STOPPED, reason)
+        await self._terminate(run_id)
+        return RunStatus.STOPPED
+
+    async def _terminate(self, run_id: int) -> None:
+        process = self._processes.get(run_id)
+        if process is not None and process.returncode is None:
+            process.terminate()
+            try:
+                await asyncio.wait_for(process.wait(), _STOP_GRACE)
+            except TimeoutError:
+                process.kill()
+        supervisor = self._supervisors.pop(run_id, None)
+        if supervisor is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await supervisor
+
+    async def shutdown(self) -> None:
+        """The link is stopping: its runs fail and their processes stop."""
+        for run_id in list(self._processes):
+            self._end(run_id, RunStatus.FAILED, "link stopped")
+            await self._terminate(run_id)

@@ -1,0 +1,243 @@
+"""The node's runs: one ClientApp process per run, reused for every message of that run.
+
+Rules:
+
+* The first message of a run makes the node fetch the run (bundle hash, run config) and the
+  bundle by its hash; the object store verifies the SHA-256 before the bundle can be used,
+  and the ClientApp process verifies it again when it unpacks it.
+* The ClientApp process gets its run token on standard input (never its command line); the
+  node keeps the token's hash only. The process reaches the node over ClientAppIo.
+* Messages wait in the run's queue until the ClientApp pulls them; its replies go back to the
+  link with the objects they reference. A reply may only answer a message this node received
+  for that run.
+* When the link says a run ended, its token stops working and the process is told (a waiting
+  pull returns "run ended" and it exits). A process still busy 2 s later is terminated, and
+  killed 5 s after that. A reaper thread waits for every process that exits (no zombies);
+  stopping the node stops every ClientApp process. A process that dies while its run goes
+  on is started again for the run's next message.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+
+from flwrmtls.auth.tokens import MemoryTokenStore
+from flwrmtls.fleet.client import FleetClient, Session
+from flwrmtls.keyvalues import Value, values_from_proto
+from flwrmtls.objects.store import ObjectStore
+from flwrmtls.proto import common_pb2
+
+__all__ = ["AppManager", "NodeRun"]
+
+log = logging.getLogger("flwrmtls.node.apps")
+
+_END_GRACE = 2.0
+"""Seconds a ClientApp of an ended run may take to exit before it is terminated."""
+_STOP_GRACE = 5.0
+"""Seconds between terminate and kill."""
+_REAP_INTERVAL = 0.5
+
+
+@dataclass
+class NodeRun:
+    run_id: int
+    bundle_hash: str
+    run_config: dict[str, Value]
+    inbox: queue.Queue[common_pb2.Message | None] = field(default_factory=queue.Queue)
+    """Messages for the ClientApp; None wakes a waiting pull when the run ends."""
+    received: set[str] = field(default_factory=set)
+    ended: threading.Event = field(default_factory=threading.Event)
+    ended_at: float = 0.0
+    process: subprocess.Popen[bytes] | None = None
+    terminated_at: float = 0.0
+
+
+class AppManager:
+    def __init__(
+        self,
+        client: FleetClient,
+        objects: ObjectStore,
+        *,
+        node_config: dict[str, Value],
+        tokens: MemoryTokenStore | None = None,
+    ) -> None:
+        self._client = client
+        self.objects = objects
+        self.node_config = node_config
+        self.tokens = tokens or MemoryTokenStore()
+        self.clientappio_address = ""
+        self.session: Session | None = None
+        self._runs: dict[int, NodeRun] = {}
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._reaper = threading.Thread(target=self._reap_forever, name="reaper", daemon=True)
+        self._reaper.start()
+
+    @property
+    def node_id(self) -> int:
+        return self.session.node_id if self.session else 0
+
+    def _session(self) -> Session:
+        if self.session is None:
+            raise RuntimeError("the node has no session with the link")
+        return self.session
+
+    def active_run_ids(self) -> list[int]:
+        with self._lock:
+            return [run_id for run_id, run in self._runs.items() if not run.ended.is_set()]
+
+    def run(self, run_id: int) -> NodeRun | None:
+        with self._lock:
+            return self._runs.get(run_id)
+
+    # --- from the agent's pull loop --------------------------------------------------------
+
+    def deliver(self, message: common_pb2.Message) -> None:
+        """Queue a message for its run's ClientApp, starting the run's process if needed."""
+        run = self.run(message.run_id) or self._open(message.run_id)
+        self._ensure_process(run)
+        self.enqueue(run, message)
+
+    @staticmethod
+    def enqueue(run: NodeRun, message: common_pb2.Message) -> None:
+        """Record ``message`` as received for ``run`` and queue it for the ClientApp."""
+        run.received.add(message.message_id)
+        run.inbox.put(message)
+
+    def _open(self, run_id: int) -> NodeRun:
+        session = self._session()
+        info = self._client.get_run(session, run_id)
+        self._client.fetch_object(session, info.bundle_hash, self.objects)
+        run = self.adopt(NodeRun(run_id, info.bundle_hash, values_from_proto(info.run_config)))
+        log.info("run %d: app bundle %s fetched and verified", run_id, info.bundle_hash[:12])
+        return run
+
+    def adopt(self, run: NodeRun) -> NodeRun:
+        """Track ``run`` (its bundle already in the object store)."""
+        with self._lock:
+            self._runs[run.run_id] = run
+        return run
+
+    def _ensure_process(self, run: NodeRun) -> None:
+        if run.process is not None and run.process.poll() is None:
+            return
+        if run.process is not None:
+            log.warning("run %d: ClientApp exited with %s; starting it again",
+                        run.run_id, run.process.returncode)  # fmt: skip
+        token = self.tokens.issue(run.run_id, "clientapp")
+        process = subprocess.Popen(
+            [sys.executable, "-m", "flwrmtls.appio.clientapp_process",
+             "--clientappio-api-address", self.clientappio_address],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        assert process.stdin is not None
+        process.stdin.write(token.encode() + b"\n")
+        process.stdin.close()
+        run.process = process
+        threading.Thread(
+            target=self._relay_output, args=(run.run_id, process), daemon=True,
+            name=f"clientapp-{run.run_id}-output",
+        ).start()  # fmt: skip
+        log.info("run %d: ClientApp process %d started", run.run_id, process.pid)
+
+    @staticmethod
+    def _relay_output(run_id: int, process: subprocess.Popen[bytes]) -> None:
+        assert process.stdout is not None
+        for raw in process.stdout:
+            log.info("run %d ClientApp: %s", run_id, raw.decode("utf-8", "replace").rstrip())
+
+    def end_runs(self, run_ids: list[int]) -> None:
+        for run_id in run_ids:
+            run = self.run(run_id)
+            if run is None or run.ended.is_set():
+                continue
+            run.ended_at = time.monotonic()
+            run.ended.set()
+            run.inbox.put(None)
+            self.tokens.end_run(run_id)
+            log.info("run %d ended", run_id)
+
+    def reap(self) -> None:
+        """Wait for exited processes; terminate, then kill, those of ended runs that linger."""
+        now = time.monotonic()
+        with self._lock:
+            runs = list(self._runs.values())
+        for run in runs:
+            process = run.process
+            if process is None:
+                continue
+            code = process.poll()
+            if code is not None:
+                if run.ended.is_set():
+                    run.process = None
+                continue
+            if not run.ended.is_set() or now - run.ended_at < _END_GRACE:
+                continue
+            if not run.terminated_at:
+                log.info("run %d: terminating its ClientApp %d", run.run_id, process.pid)
+                process.terminate()
+                run.terminated_at = now
+            elif now - run.terminated_at > _STOP_GRACE:
+                process.kill()
+
+    def _reap_forever(self) -> None:
+        while not self._stopping.wait(_REAP_INTERVAL):
+            self.reap()
+
+    def shutdown(self) -> None:
+        """Stop every ClientApp (they are told, then terminated, then killed) and wait."""
+        self.end_runs(self.active_run_ids())
+        deadline = time.monotonic() + _END_GRACE + _STOP_GRACE + 1
+        while time.monotonic() < deadline:
+            self.reap()
+            with self._lock:
+                if all(run.process is None for run in self._runs.values()):
+                    break
+            for run in self.live_runs():
+                run.ended_at = min(run.ended_at, time.monotonic() - _END_GRACE)
+            time.sleep(0.05)
+        self._stopping.set()
+
+    def live_runs(self) -> list[NodeRun]:
+        with self._lock:
+            return [r for r in self._runs.values() if r.process and r.process.poll() is None]
+
+    # --- from the ClientAppIo servicer -----------------------------------------------------
+
+    def next_message(self, run_id: int, wait: float) -> tuple[common_pb2.Message | None, bool]:
+        """The run's next message (waiting up to ``wait`` s) and whether the run has ended."""
+        run = self.run(run_id)
+        if run is None:
+            return None, True
+        try:
+            message = run.inbox.get(timeout=wait) if wait > 0 else run.inbox.get_nowait()
+        except queue.Empty:
+            return None, run.ended.is_set()
+        if message is None:
+            run.inbox.put(None)  # keep waking later pulls too
+            return None, True
+        return message, False
+
+    def forward_reply(self, run_id: int, reply: common_pb2.Message) -> None:
+        """Send a ClientApp's reply (and the objects it references) to the link."""
+        run = self.run(run_id)
+        if run is None or reply.reply_to_message_id not in run.received:
+            raise PermissionError(
+                f"reply {reply.message_id} answers no message this node received for run {run_id}"
+            )
+        session = self._session()
+        reply.run_id = run_id
+        reply.src_node_id = session.node_id
+        self._client.send_objects(session, self.objects, list(reply.object_ids))
+        self._client.push(session, [reply])
+        run.received.discard(reply.reply_to_message_id)
+
+    def ensure_object(self, object_id: str) -> None:
+        """Make an object the link holds available to a ClientApp."""
+        self._client.fetch_object(self._session(), object_id, self.objects)

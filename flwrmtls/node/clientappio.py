@@ -1,0 +1,144 @@
+"""ClientAppIo on the node: what a run's ClientApp process calls, with its run token.
+
+It runs as a grpc.aio server on its own event loop thread, behind the same interceptor and
+policy table as the link's APIs, with the run-token authenticator. Blocking work (waiting for
+a message, talking to the link) runs in worker threads so one slow call never stalls another.
+The run is the token's run: a ClientApp can see only its own run's messages and objects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+import grpc.aio
+
+from flwrmtls.auth.interceptor import AuthInterceptor, RefusalLog, current_principal
+from flwrmtls.auth.tokens import TokenAuthenticator
+from flwrmtls.clock import Clock, SystemClock
+from flwrmtls.errors import FlwrmtlsError
+from flwrmtls.keyvalues import values_to_proto
+from flwrmtls.node.apps import AppManager
+from flwrmtls.objects.transfer import receive_object, serve_object
+from flwrmtls.proto import appio_pb2, appio_pb2_grpc, objects_pb2
+
+__all__ = ["ClientAppIoServer", "ClientAppIoServicer"]
+
+_Context = grpc.aio.ServicerContext[Any, Any]
+_MAX_WAIT = 30.0
+
+
+def _run_id() -> int:
+    run_id = current_principal().run_id
+    assert run_id is not None, "the policy table admits only run tokens here"
+    return run_id
+
+
+class ClientAppIoServicer(appio_pb2_grpc.ClientAppIoServicer):
+    def __init__(self, apps: AppManager) -> None:
+        self._apps = apps
+
+    async def GetRun(
+        self, request: appio_pb2.GetAppRunRequest, context: _Context
+    ) -> appio_pb2.GetAppRunResponse:
+        run = self._apps.run(_run_id())
+        if run is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, "run unknown to this node")
+            raise AssertionError("unreachable")
+        return appio_pb2.GetAppRunResponse(
+            run_id=run.run_id,
+            bundle_hash=run.bundle_hash,
+            run_config=values_to_proto(run.run_config),
+            node_config=values_to_proto(self._apps.node_config),
+            node_id=self._apps.node_id,
+        )
+
+    async def PullMessage(
+        self, request: appio_pb2.PullAppMessageRequest, context: _Context
+    ) -> appio_pb2.PullAppMessageResponse:
+        wait = min(max(request.wait_seconds, 0.0), _MAX_WAIT)
+        message, ended = await asyncio.to_thread(self._apps.next_message, _run_id(), wait)
+        if message is None:
+            return appio_pb2.PullAppMessageResponse(run_ended=ended)
+        return appio_pb2.PullAppMessageResponse(message=message)
+
+    async def PushReply(
+        self, request: appio_pb2.PushReplyRequest, context: _Context
+    ) -> appio_pb2.PushReplyResponse:
+        try:
+            await asyncio.to_thread(self._apps.forward_reply, _run_id(), request.reply)
+        except PermissionError as error:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(error))
+        except FlwrmtlsError as error:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"could not reach the link: {error}")
+        return appio_pb2.PushReplyResponse()
+
+    async def PullObject(
+        self, request: objects_pb2.PullObjectRequest, context: _Context
+    ) -> AsyncIterator[objects_pb2.ObjectChunk]:
+        try:
+            await asyncio.to_thread(self._apps.ensure_object, request.object_id)
+        except (ValueError, FlwrmtlsError) as error:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"object unavailable: {error}")
+        async for chunk in serve_object(self._apps.objects, request.object_id):
+            yield chunk
+
+    async def PushObject(
+        self, request_iterator: AsyncIterator[objects_pb2.ObjectChunk], context: _Context
+    ) -> objects_pb2.PushObjectResponse:
+        try:
+            response, _ = await receive_object(self._apps.objects, request_iterator)
+        except ValueError as error:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+            raise AssertionError("unreachable") from None
+        return response
+
+    async def MissingObjects(
+        self, request: objects_pb2.MissingObjectsRequest, context: _Context
+    ) -> objects_pb2.MissingObjectsResponse:
+        try:
+            missing = self._apps.objects.missing(request.object_ids)
+        except ValueError as error:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+            raise AssertionError("unreachable") from None
+        return objects_pb2.MissingObjectsResponse(object_ids=missing)
+
+
+class ClientAppIoServer:
+    """ClientAppIo on ``address`` (loopback by default), served from a background thread."""
+
+    def __init__(self, apps: AppManager, address: str, clock: Clock | None = None) -> None:
+        self._apps = apps
+        self._address = address
+        self._clock = clock or SystemClock()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="clientappio",
+                                        daemon=True)  # fmt: skip
+        self._server: grpc.aio.Server | None = None
+        self.port = 0
+
+    def start(self) -> None:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(timeout=30)
+        host = self._address.rpartition(":")[0] or "127.0.0.1"
+        self._apps.clientappio_address = f"{host}:{self.port}"
+
+    async def _start(self) -> None:
+        tokens = TokenAuthenticator(self._apps.tokens.lookup)
+        interceptor = AuthInterceptor(lambda: tokens, self._clock, RefusalLog(self._clock))
+        server = grpc.aio.server(interceptors=[interceptor], options=[("grpc.so_reuseport", 0)])
+        appio_pb2_grpc.add_ClientAppIoServicer_to_server(ClientAppIoServicer(self._apps), server)
+        self.port = server.add_insecure_port(self._address)
+        if self.port == 0:
+            raise OSError(f"cannot listen on {self._address}")
+        await server.start()
+        self._server = server
+
+    def stop(self) -> None:
+        if self._server is not None:
+            asyncio.run_coroutine_threadsafe(self._server.stop(1.0), self._loop).result(timeout=30)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=10)

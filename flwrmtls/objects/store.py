@@ -1,0 +1,139 @@
+"""A directory of objects, each named by the hex SHA-256 of its bytes.
+
+Rules:
+
+* An object id is exactly 64 lowercase hex digits; anything else is refused (so an id can
+  never name a path outside the store).
+* Writes go to a temporary file and are renamed into place only once the bytes hash to the
+  id and have the announced size: a reader never sees a partial or wrong object.
+* Storing an object that exists is a no-op: a model broadcast to many nodes is one file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+__all__ = ["CHUNK_SIZE", "ObjectStore", "ObjectWriter", "check_object_id", "object_id_of"]
+
+CHUNK_SIZE = 1 << 20
+"""Bytes per chunk on the wire: far below gRPC's default 4 MiB message limit."""
+
+_OBJECT_ID = re.compile(r"^[0-9a-f]{64}$")
+
+
+def check_object_id(object_id: str) -> str:
+    if not _OBJECT_ID.match(object_id):
+        raise ValueError(f"{object_id[:80]!r} is not an object id (64 lowercase hex digits)")
+    return object_id
+
+
+def object_id_of(data: bytes | memoryview) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+class ObjectWriter:
+    """Receives one object's chunks in order; :meth:`finish` verifies and publishes it."""
+
+    def __init__(self, store: ObjectStore, object_id: str, total_size: int) -> None:
+        self._store = store
+        self.object_id = check_object_id(object_id)
+        self.total_size = total_size
+        self._hash = hashlib.sha256()
+        self._written = 0
+        fd, name = tempfile.mkstemp(dir=store.directory, prefix=".incoming-")
+        self._file: BinaryIO = os.fdopen(fd, "wb")
+        self._temp = Path(name)
+
+    def write(self, offset: int, data: bytes) -> None:
+        if offset != self._written:
+            raise ValueError(
+                f"object {self.object_id}: chunk at {offset}, expected {self._written}"
+            )
+        if self._written + len(data) > self.total_size:
+            raise ValueError(f"object {self.object_id}: more bytes than announced")
+        self._file.write(data)
+        self._hash.update(data)
+        self._written += len(data)
+
+    def finish(self) -> None:
+        self._file.close()
+        try:
+            if self._written != self.total_size:
+                raise ValueError(
+                    f"object {self.object_id}: {self._written} of {self.total_size} bytes arrived"
+                )
+            if self._hash.hexdigest() != self.object_id:
+                raise ValueError(f"object {self.object_id}: bytes do not match their SHA-256")
+            target = self._store.path(self.object_id)
+            target.parent.mkdir(exist_ok=True)
+            os.replace(self._temp, target)
+        finally:
+            self._temp.unlink(missing_ok=True)
+
+    def abort(self) -> None:
+        self._file.close()
+        self._temp.unlink(missing_ok=True)
+
+
+class ObjectStore:
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        directory.mkdir(parents=True, exist_ok=True)
+
+    def path(self, object_id: str) -> Path:
+        check_object_id(object_id)
+        return self.directory / object_id[:2] / object_id
+
+    def has(self, object_id: str) -> bool:
+        return self.path(object_id).is_file()
+
+    def missing(self, object_ids: Iterable[str]) -> list[str]:
+        return [object_id for object_id in dict.fromkeys(object_ids) if not self.has(object_id)]
+
+    def size(self, object_id: str) -> int:
+        return self.path(object_id).stat().st_size
+
+    def put(self, data: bytes | memoryview) -> str:
+        """Store ``data`` (if new) and return its id."""
+        object_id = object_id_of(data)
+        if not self.has(object_id):
+            writer = self.writer(object_id, len(data))
+            try:
+                for offset in range(0, len(data), CHUNK_SIZE):
+                    writer.write(offset, bytes(data[offset : offset + CHUNK_SIZE]))
+                writer.finish()
+            except BaseException:
+                writer.abort()
+                raise
+        return object_id
+
+    def writer(self, object_id: str, total_size: int) -> ObjectWriter:
+        return ObjectWriter(self, object_id, total_size)
+
+    def read(self, object_id: str) -> bytes:
+        return self.path(object_id).read_bytes()
+
+    def chunks(self, object_id: str) -> Iterator[tuple[int, int, bytes]]:
+        """(offset, total size, data) for each chunk of a stored object."""
+        path = self.path(object_id)
+        total = path.stat().st_size
+        with path.open("rb") as file:
+            offset = 0
+            while True:
+                data = file.read(CHUNK_SIZE)
+                if not data and offset > 0:
+                    return
+                yield offset, total, data
+                offset += len(data)
+                if offset >= total:
+                    return
+
+    def delete(self, object_ids: Iterable[str]) -> None:
+        for object_id in object_ids:
+            self.path(object_id).unlink(missing_ok=True)

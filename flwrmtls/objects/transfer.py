@@ -1,0 +1,207 @@
+"""Moving objects in chunks over gRPC, the same way on every API that carries them.
+
+Server side (grpc.aio servicers): :func:`serve_object` streams a stored object,
+:func:`receive_object` stores a pushed one after verifying its hash. Client side (blocking
+stubs): :func:`push_objects` sends only what the other side lacks, :func:`pull_objects` and
+:func:`pull_object_into` fetch by id. No message ever carries more than one chunk.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+from flwrmtls.objects.store import CHUNK_SIZE, ObjectStore, check_object_id, object_id_of
+from flwrmtls.proto import objects_pb2
+
+__all__ = [
+    "pull_object_bytes",
+    "pull_object_into",
+    "pull_objects",
+    "push_objects",
+    "push_stored_objects",
+    "receive_object",
+    "serve_object",
+]
+
+Metadata = Sequence[tuple[str, str]]
+
+
+async def serve_object(
+    store: ObjectStore, object_id: str
+) -> AsyncIterator[objects_pb2.ObjectChunk]:
+    for offset, total, data in store.chunks(object_id):
+        yield objects_pb2.ObjectChunk(
+            object_id=object_id, total_size=total, offset=offset, data=data
+        )
+
+
+async def receive_object(
+    store: ObjectStore, chunks: AsyncIterator[objects_pb2.ObjectChunk]
+) -> tuple[objects_pb2.PushObjectResponse, str]:
+    """Store a pushed object; returns the response and the session id of the first chunk.
+
+    Raises ValueError (bad id, wrong size, hash mismatch); the object is then not stored.
+    """
+    writer = None
+    session_id = ""
+    try:
+        async for chunk in chunks:
+            if writer is None:
+                session_id = chunk.session_id
+                check_object_id(chunk.object_id)
+                if store.has(chunk.object_id):
+                    return objects_pb2.PushObjectResponse(
+                        object_id=chunk.object_id, size=store.size(chunk.object_id)
+                    ), session_id
+                writer = store.writer(chunk.object_id, chunk.total_size)
+            writer.write(chunk.offset, chunk.data)
+        if writer is None:
+            raise ValueError("no chunks pushed")
+        writer.finish()
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        raise
+    return objects_pb2.PushObjectResponse(
+        object_id=writer.object_id, size=writer.total_size
+    ), session_id
+
+
+def _chunks(
+    object_id: str, data: bytes | memoryview, session_id: str
+) -> Iterator[objects_pb2.ObjectChunk]:
+    view = memoryview(data).cast("B")
+    total = len(view)
+    offset = 0
+    while True:
+        piece = view[offset : offset + CHUNK_SIZE]
+        yield objects_pb2.ObjectChunk(
+            object_id=object_id, total_size=total, offset=offset, data=bytes(piece),
+            session_id=session_id,
+        )  # fmt: skip
+        offset += len(piece)
+        if offset >= total:
+            return
+
+
+def push_objects(
+    stub: Any,
+    objects: Mapping[str, bytes | memoryview],
+    *,
+    metadata: Metadata = (),
+    session_id: str = "",
+    timeout: float | None = None,
+) -> int:
+    """Push the objects the receiver lacks; returns how many were sent."""
+    if not objects:
+        return 0
+    response = stub.MissingObjects(
+        objects_pb2.MissingObjectsRequest(object_ids=list(objects), session_id=session_id),
+        metadata=metadata, timeout=timeout,
+    )  # fmt: skip
+    for object_id in response.object_ids:
+        stub.PushObject(
+            _chunks(object_id, objects[object_id], session_id), metadata=metadata, timeout=timeout
+        )
+    return len(response.object_ids)
+
+
+def push_stored_objects(
+    stub: Any,
+    store: ObjectStore,
+    object_ids: Sequence[str],
+    *,
+    metadata: Metadata = (),
+    session_id: str = "",
+    timeout: float | None = None,
+) -> int:
+    """Push, straight from ``store``, the objects the receiver lacks; returns how many."""
+    if not object_ids:
+        return 0
+    response = stub.MissingObjects(
+        objects_pb2.MissingObjectsRequest(object_ids=list(object_ids), session_id=session_id),
+        metadata=metadata, timeout=timeout,
+    )  # fmt: skip
+
+    def chunks(object_id: str) -> Iterator[objects_pb2.ObjectChunk]:
+        for offset, total, data in store.chunks(object_id):
+            yield objects_pb2.ObjectChunk(
+                object_id=object_id, total_size=total, offset=offset, data=data,
+                session_id=session_id,
+            )  # fmt: skip
+
+    for object_id in response.object_ids:
+        stub.PushObject(chunks(object_id), metadata=metadata, timeout=timeout)
+    return len(response.object_ids)
+
+
+def pull_object_bytes(
+    stub: Any,
+    object_id: str,
+    *,
+    metadata: Metadata = (),
+    session_id: str = "",
+    timeout: float | None = None,
+) -> bytes:
+    """Fetch one object into memory and verify it."""
+    buffer = bytearray()
+    for chunk in stub.PullObject(
+        objects_pb2.PullObjectRequest(object_id=object_id, session_id=session_id),
+        metadata=metadata,
+        timeout=timeout,
+    ):
+        if chunk.offset != len(buffer):
+            raise ValueError(f"object {object_id}: chunk at {chunk.offset}, expected {len(buffer)}")
+        buffer += chunk.data
+    data = bytes(buffer)
+    if object_id_of(data) != object_id:
+        raise ValueError(f"object {object_id}: bytes do not match their SHA-256")
+    return data
+
+
+def pull_objects(
+    stub: Any,
+    object_ids: Sequence[str],
+    *,
+    metadata: Metadata = (),
+    session_id: str = "",
+    timeout: float | None = None,
+) -> dict[str, bytes]:
+    return {
+        object_id: pull_object_bytes(
+            stub, object_id, metadata=metadata, session_id=session_id, timeout=timeout
+        )
+        for object_id in dict.fromkeys(object_ids)
+    }
+
+
+def pull_object_into(
+    store: ObjectStore,
+    stub_call: Callable[..., Any],
+    object_id: str,
+    *,
+    metadata: Metadata = (),
+    session_id: str = "",
+    timeout: float | None = None,
+) -> None:
+    """Fetch one object into ``store`` (verified on completion) unless it is there already."""
+    if store.has(object_id):
+        return
+    writer = None
+    try:
+        for chunk in stub_call(
+            objects_pb2.PullObjectRequest(object_id=object_id, session_id=session_id),
+            metadata=metadata,
+            timeout=timeout,
+        ):
+            if writer is None:
+                writer = store.writer(object_id, chunk.total_size)
+            writer.write(chunk.offset, chunk.data)
+        if writer is None:
+            raise ValueError(f"object {object_id}: nothing received")
+        writer.finish()
+    except BaseException:
+        if writer is not None:
+            writer.abort()
+        raise

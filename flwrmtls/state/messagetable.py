@@ -1,0 +1,103 @@
+"""Messages between the ServerApp side (node 0) and nodes, stored as serialized protos.
+
+Callers: the ServerAppIo servicer pushes instructions and pulls replies; the Fleet servicer
+delivers instructions to nodes (each at most once) and stores their replies.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+__all__ = ["MessageRow", "MessageTable"]
+
+
+@dataclass(frozen=True, slots=True)
+class MessageRow:
+    message_id: str
+    run_id: int
+    src_node_id: int
+    dst_node_id: int
+    reply_to_message_id: str
+    created_at: float
+    expires_at: float
+    proto: bytes
+
+
+class MessageTable:
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def store(self, rows: Iterable[MessageRow]) -> None:
+        with self._db:
+            self._db.executemany(
+                "INSERT INTO messages (message_id, run_id, src_node_id, dst_node_id, "
+                "reply_to_message_id, created_at, expires_at, proto) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [(r.message_id, r.run_id, r.src_node_id, r.dst_node_id, r.reply_to_message_id,
+                  r.created_at, r.expires_at, r.proto) for r in rows],
+            )  # fmt: skip
+
+    def deliver(self, node_id: int, *, now: float, limit: int) -> list[bytes]:
+        """Undelivered, unexpired messages for ``node_id``, marked delivered."""
+        with self._db:
+            rows = self._db.execute(
+                "SELECT message_id, proto FROM messages WHERE dst_node_id = ? "
+                "AND delivered_at IS NULL AND expires_at > ? ORDER BY created_at LIMIT ?",
+                (node_id, now, limit),
+            ).fetchall()
+            self._db.executemany(
+                "UPDATE messages SET delivered_at = ? WHERE message_id = ?",
+                [(now, row[0]) for row in rows],
+            )
+        return [bytes(row[1]) for row in rows]
+
+    def has_pending(self, node_id: int, now: float) -> bool:
+        row = self._db.execute(
+            "SELECT 1 FROM messages WHERE dst_node_id = ? AND delivered_at IS NULL "
+            "AND expires_at > ? LIMIT 1",
+            (node_id, now),
+        ).fetchone()
+        return row is not None
+
+    def get(self, message_ids: Iterable[str]) -> dict[str, MessageRow]:
+        ids = list(message_ids)
+        if not ids:
+            return {}
+        marks = ",".join("?" * len(ids))
+        rows = self._db.execute(
+            "SELECT message_id, run_id, src_node_id, dst_node_id, reply_to_message_id, "
+            f"created_at, expires_at, proto FROM messages WHERE message_id IN ({marks})",
+            ids,
+        ).fetchall()
+        return {
+            row[0]: MessageRow(
+                row[0], row[1], row[2], row[3], row[4], row[5], row[6], bytes(row[7])
+            )
+            for row in rows
+        }
+
+    def replies_to(self, message_ids: Iterable[str]) -> dict[str, bytes]:
+        """reply_to_message_id -> the reply's proto, for those that have one."""
+        ids = list(message_ids)
+        if not ids:
+            return {}
+        marks = ",".join("?" * len(ids))
+        rows = self._db.execute(
+            "SELECT reply_to_message_id, proto FROM messages "
+            f"WHERE reply_to_message_id IN ({marks})",
+            ids,
+        ).fetchall()
+        return {row[0]: bytes(row[1]) for row in rows}
+
+    def sent_to(self, run_id: int, node_id: int) -> bool:
+        """Whether ``run_id`` has sent any message to ``node_id``."""
+        row = self._db.execute(
+            "SELECT 1 FROM messages WHERE run_id = ? AND dst_node_id = ? LIMIT 1",
+            (run_id, node_id),
+        ).fetchone()
+        return row is not None
+
+    def delete_run(self, run_id: int) -> None:
+        self._db.execute("DELETE FROM messages WHERE run_id = ?", (run_id,))

@@ -1,0 +1,181 @@
+"""Runs, their status history, logs, results and app-process token hashes.
+
+Callers: the Control servicer (create, list, stop, logs), the link's run manager (status,
+logs, tokens), the ServerAppIo servicer (result, tokens), the Fleet servicer (ended runs).
+Tokens are stored only as their SHA-256; see :mod:`flwrmtls.auth.tokens`.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import dataclass
+
+from flwrmtls.state.runs import FINAL_STATUSES, RunStatus, check_transition
+
+__all__ = ["LogRecord", "RunRecord", "RunTable"]
+
+
+@dataclass(frozen=True, slots=True)
+class RunRecord:
+    run_id: int
+    app_name: str
+    app_version: str
+    bundle_hash: str
+    run_config_json: str
+    owner: str
+    status: RunStatus
+    reason: str
+    created_at: float
+    started_at: float
+    finished_at: float
+    result_json: str
+
+    @property
+    def ended(self) -> bool:
+        return self.status in FINAL_STATUSES
+
+    @property
+    def run_config(self) -> dict[str, bool | int | float | str]:
+        config: dict[str, bool | int | float | str] = json.loads(self.run_config_json)
+        return config
+
+
+@dataclass(frozen=True, slots=True)
+class LogRecord:
+    seq: int
+    run_id: int
+    timestamp: float
+    source: str
+    text: str
+
+
+_RUN_COLUMNS = (
+    "run_id, app_name, app_version, bundle_hash, run_config_json, owner, status, reason, "
+    "created_at, started_at, finished_at, result_json"
+)
+
+
+def _run(row: tuple[object, ...]) -> RunRecord:
+    values = list(row)
+    values[6] = RunStatus(str(values[6]))
+    return RunRecord(*values)  # type: ignore[arg-type]
+
+
+class RunTable:
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def create(
+        self,
+        *,
+        app_name: str,
+        app_version: str,
+        bundle_hash: str,
+        run_config_json: str,
+        owner: str,
+        now: float,
+    ) -> int:
+        with self._db:
+            cursor = self._db.execute(
+                "INSERT INTO runs (app_name, app_version, bundle_hash, run_config_json, owner, "
+                "status, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    app_name,
+                    app_version,
+                    bundle_hash,
+                    run_config_json,
+                    owner,
+                    RunStatus.PENDING.value,
+                    now,
+                ),
+            )
+            run_id = int(cursor.lastrowid or 0)
+            self._db.execute(
+                "INSERT INTO run_status_history (run_id, status, reason, at) VALUES (?, ?, ?, ?)",
+                (run_id, RunStatus.PENDING.value, "", now),
+            )
+        return run_id
+
+    def get(self, run_id: int) -> RunRecord | None:
+        row = self._db.execute(
+            f"SELECT {_RUN_COLUMNS} FROM runs WHERE run_id = ?",
+            (run_id,),
+        ).fetchone()
+        return None if row is None else _run(row)
+
+    def all(self) -> list[RunRecord]:
+        rows = self._db.execute(f"SELECT {_RUN_COLUMNS} FROM runs ORDER BY run_id").fetchall()
+        return [_run(row) for row in rows]
+
+    def active(self) -> list[RunRecord]:
+        finals = tuple(s.value for s in FINAL_STATUSES)
+        rows = self._db.execute(
+            f"SELECT {_RUN_COLUMNS} FROM runs WHERE status NOT IN (?, ?, ?)", finals
+        ).fetchall()
+        return [_run(row) for row in rows]
+
+    def transition(self, run_id: int, status: RunStatus, reason: str, now: float) -> RunRecord:
+        """Move a run to ``status`` (IllegalTransition leaves it as it was)."""
+        current = self.get(run_id)
+        if current is None:
+            raise KeyError(run_id)
+        check_transition(run_id, current.status, status)
+        started = now if status is RunStatus.RUNNING else current.started_at
+        finished = now if status in FINAL_STATUSES else 0.0
+        with self._db:
+            self._db.execute(
+                "UPDATE runs SET status = ?, reason = ?, started_at = ?, finished_at = ? "
+                "WHERE run_id = ?",
+                (status.value, reason, started, finished, run_id),
+            )
+            self._db.execute(
+                "INSERT INTO run_status_history (run_id, status, reason, at) VALUES (?, ?, ?, ?)",
+                (run_id, status.value, reason, now),
+            )
+            if status in FINAL_STATUSES:
+                self._db.execute("DELETE FROM run_tokens WHERE run_id = ?", (run_id,))
+        updated = self.get(run_id)
+        assert updated is not None
+        return updated
+
+    def history(self, run_id: int) -> list[tuple[RunStatus, str, float]]:
+        rows = self._db.execute(
+            "SELECT status, reason, at FROM run_status_history WHERE run_id = ? ORDER BY rowid",
+            (run_id,),
+        ).fetchall()
+        return [(RunStatus(row[0]), row[1], row[2]) for row in rows]
+
+    def set_result(self, run_id: int, result_json: str) -> None:
+        self._db.execute("UPDATE runs SET result_json = ? WHERE run_id = ?", (result_json, run_id))
+
+    # --- logs ------------------------------------------------------------------------------
+
+    def add_log(self, run_id: int, source: str, text: str, now: float) -> int:
+        cursor = self._db.execute(
+            "INSERT INTO run_logs (run_id, timestamp, source, text) VALUES (?, ?, ?, ?)",
+            (run_id, now, source, text),
+        )
+        return int(cursor.lastrowid or 0)
+
+    def logs_after(self, run_id: int, after_seq: int, limit: int = 1000) -> list[LogRecord]:
+        rows = self._db.execute(
+            "SELECT seq, run_id, timestamp, source, text FROM run_logs "
+            "WHERE run_id = ? AND seq > ? ORDER BY seq LIMIT ?",
+            (run_id, after_seq, limit),
+        ).fetchall()
+        return [LogRecord(*row) for row in rows]
+
+    # --- tokens (hashes only) --------------------------------------------------------------
+
+    def add_token(self, token_hash: bytes, run_id: int, kind: str) -> None:
+        self._db.execute(
+            "INSERT INTO run_tokens (token_hash, run_id, kind) VALUES (?, ?, ?)",
+            (token_hash, run_id, kind),
+        )
+
+    def token(self, token_hash: bytes) -> tuple[bytes, int, str] | None:
+        row = self._db.execute(
+            "SELECT token_hash, run_id, kind FROM run_tokens WHERE token_hash = ?", (token_hash,)
+        ).fetchone()
+        return None if row is None else (bytes(row[0]), int(row[1]), str(row[2]))

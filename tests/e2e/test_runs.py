@@ -1,0 +1,177 @@
+"""Runs end to end: `flwrmtls run` across real nodes over mTLS, and how runs fail.
+
+Every failure case has its control: the same federation completing a run.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from pathlib import Path
+
+from .deployment import Deployment
+from .probe_app import write_probe_app
+
+
+def runs(deployment: Deployment) -> list[dict[str, object]]:
+    result = deployment.cli("ls", "--format", "json")
+    assert result.returncode == 0, result.stderr
+    listed: list[dict[str, object]] = json.loads(result.stdout)
+    return listed
+
+
+def wait_for_status(deployment: Deployment, run_id: int, status: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(r["run_id"] == run_id and r["status"] == status for r in runs(deployment)):
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"run {run_id} never became {status}: {runs(deployment)}")
+
+
+def children(pid: int) -> list[int]:
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        text = (task / "children").read_text().split()
+        found.extend(int(child) for child in text)
+    return found
+
+
+def process_state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return "gone"
+
+
+def test_run_streams_its_logs_and_survives_a_link_restart(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    link, _ = deployment.federation()
+    app = write_probe_app(tmp_path / "app")
+    result = deployment.cli("run", str(app), "--stream")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "run 1 started: probe 0.1.0" in result.stdout
+    assert "round 2/2: train" in result.stdout
+    assert "final model sum" in result.stdout
+    [record] = runs(deployment)
+    assert record["status"] == "completed"
+    assert record["owner"] == "role=operator,CN=cli-operator"
+    deployment.assert_tmp_intact()
+    # The run, its status and its logs survive a link restart.
+    assert link.stop() == 0
+    restarted = deployment.start_link(name="link-2")
+    deployment.profile(restarted.control_port)
+    assert [r["status"] for r in runs(deployment)] == ["completed"]
+    logs = deployment.cli("log", "1")
+    assert logs.returncode == 0
+    assert "round 2/2: train" in logs.stdout
+
+
+def test_run_config_overrides_and_unknown_keys(deployment: Deployment, tmp_path: Path) -> None:
+    deployment.federation()
+    app = write_probe_app(tmp_path / "app")
+    refused = deployment.cli("run", str(app), "--run-config", "no-such-key=1")
+    assert refused.returncode == 1
+    assert "no-such-key" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    ok = deployment.cli("run", str(app), "--run-config", "rounds=1", "--stream")
+    assert ok.returncode == 0, ok.stderr
+    assert "round 1/1" in ok.stdout
+    assert "round 2/" not in ok.stdout
+
+
+def test_clientapp_exception_reaches_the_logs_and_the_node_keeps_serving(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    deployment.federation({"node-1": "name=a", "node-2": "name=b"})
+    app = write_probe_app(tmp_path / "app")
+    result = deployment.cli(
+        "run", str(app), "--stream", "--run-config", "raise-on=b min-train=1 rounds=1"
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "node CN=node-2,O=Hospital B: ClientApp on node" in result.stdout
+    assert "Traceback" in result.stdout
+    assert "ZeroDivisionError" in result.stdout
+    # Not enough replies when both must answer: the run fails with the reason.
+    failed = deployment.cli("run", str(app), "--stream", "--run-config", "raise-on=b rounds=1")
+    assert failed.returncode == 1
+    assert "run 2 failed" in failed.stderr
+    assert "CN=node-2,O=Hospital B" in failed.stdout
+    # The node that raised still serves the next run (control).
+    again = deployment.cli("run", str(app), "--stream", "--run-config", "rounds=1")
+    assert again.returncode == 0, again.stderr
+
+
+def test_a_node_dying_mid_round_is_reported_within_the_heartbeat_grace(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    _, nodes = deployment.federation({"node-1": "name=a", "node-2": "name=b"})
+    app = write_probe_app(tmp_path / "app")
+    start = deployment.cli(
+        "run", str(app), "--run-config", "sleep-on=b sleep-seconds=60 min-train=1 rounds=1"
+    )
+    assert start.returncode == 0, start.stderr
+    wait_for_status(deployment, 1, "running")
+    nodes[1].wait_for("ClientApp process")
+    assert nodes[1].process is not None
+    nodes[1].process.send_signal(signal.SIGKILL)  # the node dies; its ClientApp sleeps on
+    logs = deployment.cli("log", "1", "--stream", timeout=60)
+    assert logs.returncode == 0, logs.stdout + logs.stderr
+    assert "went offline" in logs.stdout
+    assert "CN=node-2,O=Hospital B" in logs.stdout
+    assert "round 1/1: train" in logs.stdout
+
+
+def test_waiting_for_nodes_gives_up_with_a_clear_reason(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    deployment.federation()
+    app = write_probe_app(tmp_path / "app")
+    result = deployment.cli(
+        "run", str(app), "--stream", "--run-config", "min-available=3 min-train=3 wait-timeout=2"
+    )
+    assert result.returncode == 1
+    assert "run 1 failed" in result.stderr
+    assert "3" in result.stderr
+    [record] = runs(deployment)
+    assert record["status"] == "failed"
+
+
+def test_stopping_a_run_stops_and_reaps_its_app_processes(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    link, nodes = deployment.federation({"node-1": "name=a", "node-2": "name=b"})
+    app = write_probe_app(tmp_path / "app")
+    started = deployment.cli("run", str(app), "--run-config", "sleep-on=all sleep-seconds=60")
+    assert started.returncode == 0, started.stderr
+    wait_for_status(deployment, 1, "running")
+    for node in nodes:
+        node.wait_for("ClientApp process")
+    assert link.process is not None
+    [serverapp] = children(link.process.pid)
+    # The token went on stdin: the command line and environment carry none.
+    cmdline = Path(f"/proc/{serverapp}/cmdline").read_bytes().split(b"\0")
+    assert cmdline[1:4] == [
+        b"-m",
+        b"flwrmtls.appio.serverapp_process",
+        b"--serverappio-api-address",
+    ]
+    assert b"TOKEN" not in Path(f"/proc/{serverapp}/environ").read_bytes().upper()
+    clientapps = [pid for node in nodes if node.process for pid in children(node.process.pid)]
+    assert len(clientapps) == 2
+    stopped = deployment.cli("stop", "1")
+    assert stopped.returncode == 0, stopped.stderr
+    assert "run 1 stopped" in stopped.stdout
+    assert runs(deployment)[0]["status"] == "stopped"
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and any(
+        process_state(pid) not in ("gone",) for pid in [serverapp, *clientapps]
+    ):
+        time.sleep(0.2)
+    assert [process_state(pid) for pid in [serverapp, *clientapps]] == ["gone"] * 3
+    # Stopping a node stops its app processes; no zombies were left behind on the way.
+    for node in nodes:
+        assert node.process is not None
+        assert all(process_state(pid) != "Z" for pid in children(node.process.pid))
