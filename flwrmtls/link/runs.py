@@ -13,6 +13,8 @@ Rules:
   the link starts -> failed ("link restarted"). Ending a run ends its token, and nodes learn
   of it on their next pull.
 * Processes are always waited for (no zombies).
+* When a run ends, its messages are deleted, and so are the objects they referenced that no
+  active run references (app bundles are kept). Its status, history, logs and result stay.
 """
 
 from __future__ import annotations
@@ -154,9 +156,20 @@ class RunManager:
         text = f"run {run_id} {status.value}" + (f": {reason}" if reason else "")
         self._run_log.add(run_id, "link", text)
         log.info(text)
+        self._release(run_id)
         self._notifier.notify(("run", run_id))
         for node_id, _ in self._state.online_nodes(now=self._now()):
             self._notifier.notify(("node", node_id))
+
+    def _release(self, run_id: int) -> None:
+        """Drop an ended run's messages and the objects only it used."""
+        messages = self._state.messages
+        active = [run.run_id for run in self._state.runs.active()]
+        still_used = messages.object_ids(active)
+        bundles = {run.bundle_hash for run in self._state.runs.all()}
+        unused = messages.object_ids([run_id]) - still_used - bundles
+        messages.delete_run(run_id)
+        self._objects.delete(unused)
 
     async def stop_run(self, run_id: int, reason: str) -> RunStatus:
         """Control: stop a run (its process is terminated). Raises KeyError, IllegalTransition."""

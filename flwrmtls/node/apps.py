@@ -10,6 +10,8 @@ Rules:
 * Messages wait in the run's queue until the ClientApp pulls them; its replies go back to the
   link with the objects they reference. A reply may only answer a message this node received
   for that run.
+* Objects (bundles, array bytes) stay in the node's store while any run is active; when the
+  last active run ends the store is emptied.
 * When the link says a run ended, its token stops working and the process is told (a waiting
   pull returns "run ended" and it exits). A process still busy 2 s later is terminated, and
   killed 5 s after that. A reaper thread waits for every process that exits (no zombies);
@@ -162,6 +164,8 @@ class AppManager:
             run.inbox.put(None)
             self.tokens.end_run(run_id)
             log.info("run %d ended", run_id)
+        if run_ids and not self.active_run_ids():
+            self.objects.clear()  # no run needs the models and bundles any more
 
     def reap(self) -> None:
         """Wait for exited processes; terminate, then kill, those of ended runs that linger."""

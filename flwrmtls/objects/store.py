@@ -137,3 +137,15 @@ class ObjectStore:
     def delete(self, object_ids: Iterable[str]) -> None:
         for object_id in object_ids:
             self.path(object_id).unlink(missing_ok=True)
+
+    def object_ids(self) -> list[str]:
+        """Every object stored (not partial uploads)."""
+        return [
+            path.name
+            for path in self.directory.glob("??/*")
+            if _OBJECT_ID.match(path.name) and path.parent.name == path.name[:2]
+        ]
+
+    def clear(self) -> None:
+        """Delete every stored object (and nothing else)."""
+        self.delete(self.object_ids())

@@ -1,0 +1,113 @@
+"""Objects: a model broadcast to several nodes is uploaded and stored once; bytes are verified."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+
+from flwrmtls.app.message import Message, message_from_proto, message_to_proto
+from flwrmtls.app.records import ArrayRecord, MetricRecord, RecordDict
+from flwrmtls.appio.grid import GrpcGrid
+from flwrmtls.auth.tokens import TOKEN_METADATA_KEY, new_token, token_hash
+from flwrmtls.link.server import Link
+from flwrmtls.objects.store import ObjectStore, object_id_of
+from flwrmtls.objects.transfer import pull_objects
+from flwrmtls.proto import fleet_pb2_grpc
+from flwrmtls.state.runs import RunStatus
+from flwrmtls.testing.link import mtls_config, node_client, running_link
+from flwrmtls.testing.pki import TestPki
+
+
+@pytest.fixture
+def link(pki: TestPki, tmp_path: Path) -> Iterator[Link]:
+    chain, key = pki.paths("server")
+    config = mtls_config(
+        tmp_path / "link.db", server_chain=chain, server_key=key, client_ca=pki.trust_bundle_path
+    )
+    with running_link(config) as running:
+        yield running
+
+
+def test_broadcast_is_stored_once_and_replies_come_back_with_identities(
+    link: Link, pki: TestPki
+) -> None:
+    run_id = link.state.runs.create(
+        app_name="a", app_version="1", bundle_hash="0" * 64, run_config_json="{}", owner="t",
+        now=1.0,
+    )  # fmt: skip
+    link.state.runs.transition(run_id, RunStatus.RUNNING, "", 2.0)
+    token = new_token()
+    link.state.runs.add_token(token_hash(token), run_id, "serverapp")
+    nodes = []
+    for name in ("node-1", "node-2"):
+        chain, key = pki.paths(name)
+        client, channel = node_client(
+            link, root_certificates=pki.trust_bundle_path, chain=chain, key=key
+        )
+        nodes.append((client, channel, client.activate()))
+    model = ArrayRecord({f"layer-{i}": np.full(1 << 18, i, dtype=np.float32) for i in range(4)})
+    serverappio = grpc.insecure_channel(f"127.0.0.1:{link.serverappio_port}")
+    grid = GrpcGrid(serverappio, ((TOKEN_METADATA_KEY, token),), run_id)
+    messages = [
+        grid.create_message(RecordDict({"arrays": model}), "train", session.node_id, "1")
+        for _, _, session in nodes
+    ]
+    replies: list[Message] = []
+    sender = threading.Thread(target=lambda: replies.extend(grid.send_and_receive(messages)))
+    sender.start()
+    try:
+        for index, (client, channel, session) in enumerate(nodes):
+            [proto], _ = client.pull(session, wait=10, active_run_ids=[])
+            objects = pull_objects(
+                fleet_pb2_grpc.FleetStub(channel), list(proto.object_ids),
+                session_id=session.session_id,
+            )  # fmt: skip
+            message = message_from_proto(proto, objects)
+            arrays = message.content["arrays"]
+            assert isinstance(arrays, ArrayRecord)
+            updated = ArrayRecord({k: v + 100 * (index + 1) for k, v in arrays.items()})
+            reply = message.create_reply(
+                RecordDict({"arrays": updated, "metrics": MetricRecord({"num-examples": 1})})
+            )
+            reply_proto, reply_objects = message_to_proto(reply)
+            store = ObjectStore(Path(link.config.database).parent / f"node-{session.node_id}")
+            for data in reply_objects.values():
+                store.put(data)
+            client.send_objects(session, store, list(reply_objects))
+            client.push(session, [reply_proto])
+    finally:
+        sender.join(timeout=30)
+    broadcast_ids = {object_id_of(array.tobytes()) for array in model.values()}
+    for message in messages:
+        proto, _ = message_to_proto(message)
+        assert set(proto.object_ids) == broadcast_ids  # the same 4 objects for both nodes
+    stored = set(link.objects.object_ids())
+    assert broadcast_ids <= stored
+    # 4 broadcast objects stored once, plus 4 distinct reply objects per node: 12, not 16.
+    assert len(stored) == 12
+    assert sorted(r.metadata.src_identity for r in replies) == [
+        "CN=node-1,O=Hospital A", "CN=node-2,O=Hospital B",
+    ]  # fmt: skip
+    serverappio.close()
+    for _, channel, _ in nodes:
+        channel.close()
+
+
+def test_an_object_whose_bytes_do_not_match_its_id_is_refused(tmp_path: Path) -> None:
+    store = ObjectStore(tmp_path / "objects")
+    data = b"model bytes" * 1000
+    writer = store.writer(object_id_of(b"something else"), len(data))
+    writer.write(0, data)
+    with pytest.raises(ValueError, match="do not match their SHA-256"):
+        writer.finish()
+    assert store.object_ids() == []
+    good = store.put(data)  # control
+    assert store.object_ids() == [good]
+    assert store.read(good) == data
+    with pytest.raises(ValueError, match="not an object id"):
+        store.path("../../etc/passwd")
