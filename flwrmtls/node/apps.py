@@ -13,7 +13,7 @@ Rules:
 * Objects (bundles, array bytes) stay in the node's store while any run is active; when the
   last active run ends the store is emptied.
 * When the link says a run ended, its token stops working and the process is told (a waiting
-  pull returns "run ended" and it exits). A process still busy 2 s later is terminated, and
+  pull returns "run ended" and it exits). A process still running 5 s later is terminated, and
   killed 5 s after that. A reaper thread waits for every process that exits (no zombies);
   stopping the node stops every ClientApp process. A process that dies while its run goes
   on is started again for the run's next message.
@@ -39,7 +39,7 @@ __all__ = ["AppManager", "NodeRun"]
 
 log = logging.getLogger("flwrmtls.node.apps")
 
-_END_GRACE = 2.0
+_END_GRACE = 5.0
 """Seconds a ClientApp of an ended run may take to exit before it is terminated."""
 _STOP_GRACE = 5.0
 """Seconds between terminate and kill."""
