@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated
@@ -37,11 +38,24 @@ def _print_entry(entry: control_pb2.LogEntry) -> None:
     typer.echo(f"{stamp} {entry.source}: {entry.text}")
 
 
-def _follow(client: ControlClient, run_id: int) -> None:
+def _print_entry_json(entry: control_pb2.LogEntry) -> None:
+    record = {"seq": entry.seq, "timestamp": entry.timestamp, "source": entry.source}
+    if entry.run_status:
+        record["run_status"] = entry.run_status
+    else:
+        record["text"] = entry.text
+    typer.echo(json.dumps(record, sort_keys=True))
+
+
+def _follow(
+    client: ControlClient,
+    run_id: int,
+    printer: Callable[[control_pb2.LogEntry], None] = _print_entry,
+) -> None:
     """Print a run's logs until it ends; raise Refused unless it completed."""
     status = ""
     for entry in client.stream_logs(run_id, follow=True):
-        _print_entry(entry)
+        printer(entry)
         status = entry.run_status or status
     if status != "completed":
         [record] = client.list_runs(run_id)
@@ -58,6 +72,7 @@ def run(
     run_config: Annotated[
         str, typer.Option("--run-config", help="'key=value ...' overriding the app's config")
     ] = "",
+    format: _Format = OutputFormat.TABLE,
 ) -> None:
     """Bundle the app, start a run on the link, print its id."""
     app = read_app_config(app_dir)
@@ -68,11 +83,16 @@ def run(
     client = _client(connection)
     try:
         run_id = client.start_run(bundle, digest, overrides)
-        typer.echo(
-            f"run {run_id} started: {app.name} {app.version} (bundle sha256:{digest[:16]}...)"
-        )
+        if format is OutputFormat.JSON:
+            typer.echo(json.dumps({"run_id": run_id, "bundle_hash": digest}))
+        else:
+            typer.echo(
+                f"run {run_id} started: {app.name} {app.version} (bundle sha256:{digest[:16]}...)"
+            )
         if stream:
-            _follow(client, run_id)
+            _follow(
+                client, run_id, _print_entry if format is OutputFormat.TABLE else _print_entry_json
+            )
     finally:
         client.close()
 
@@ -110,15 +130,17 @@ def log(
     run_id: Annotated[int, typer.Argument(help="the run")],
     connection: _Connection = None,
     stream: Annotated[bool, typer.Option("--stream", help="follow until the run ends")] = False,
+    format: _Format = OutputFormat.TABLE,
 ) -> None:
-    """A run's logs."""
+    """A run's logs (with --format json: one JSON object per entry, per line)."""
     client = _client(connection)
+    printer = _print_entry if format is OutputFormat.TABLE else _print_entry_json
     try:
         if stream:
-            _follow(client, run_id)
+            _follow(client, run_id, printer)
         else:
             for entry in client.stream_logs(run_id, follow=False):
-                _print_entry(entry)
+                printer(entry)
     finally:
         client.close()
 
@@ -126,6 +148,7 @@ def log(
 def stop(
     run_id: Annotated[int, typer.Argument(help="the run to stop")],
     connection: _Connection = None,
+    format: _Format = OutputFormat.TABLE,
 ) -> None:
     """Stop a run: its ServerApp and ClientApps stop, its tokens end."""
     client = _client(connection)
@@ -133,4 +156,7 @@ def stop(
         status = client.stop_run(run_id)
     finally:
         client.close()
-    typer.echo(f"run {run_id} {status}")
+    if format is OutputFormat.JSON:
+        typer.echo(json.dumps({"run_id": run_id, "status": status}))
+    else:
+        typer.echo(f"run {run_id} {status}")

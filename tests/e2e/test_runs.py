@@ -175,3 +175,48 @@ def test_stopping_a_run_stops_and_reaps_its_app_processes(
     for node in nodes:
         assert node.process is not None
         assert all(process_state(pid) != "Z" for pid in children(node.process.pid))
+
+
+def test_json_outputs_and_the_stored_result(deployment: Deployment, tmp_path: Path) -> None:
+    deployment.federation()
+    app = write_probe_app(tmp_path / "app")
+    started = deployment.cli("run", str(app), "--format", "json")
+    assert started.returncode == 0, started.stderr
+    run_id = json.loads(started.stdout)["run_id"]
+    wait_for_status(deployment, run_id, "completed")
+    lines = [json.loads(line) for line in deployment.cli("log", str(run_id), "--format", "json")
+             .stdout.splitlines()]  # fmt: skip
+    assert lines[-1]["run_status"] == "completed"
+    assert any("round 2/2" in line.get("text", "") for line in lines)
+    [record] = runs(deployment)
+    result = record["result"]
+    assert isinstance(result, dict)
+    assert sorted(result["train_metrics"]) == ["1", "2"]
+    stopped = deployment.cli("stop", str(run_id), "--format", "json")
+    assert json.loads(stopped.stdout) == {"run_id": run_id, "status": "completed"}
+
+
+def test_every_run_ends_in_a_recorded_status_when_the_link_goes_away(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    link, _ = deployment.federation({"node-1": "name=a", "node-2": "name=b"})
+    app = write_probe_app(tmp_path / "app")
+    busy = "sleep-on=all sleep-seconds=60"
+    assert deployment.cli("run", str(app), "--run-config", busy).returncode == 0
+    wait_for_status(deployment, 1, "running")
+    assert link.stop() == 0  # a clean stop: its runs fail with the reason
+    link = deployment.start_link(name="link-2")
+    deployment.profile(link.control_port)
+    [first] = runs(deployment)
+    assert (first["status"], first["reason"]) == ("failed", "link stopped")
+    assert deployment.cli("run", str(app), "--run-config", busy).returncode == 0
+    wait_for_status(deployment, 2, "running")
+    assert link.process is not None
+    link.process.send_signal(signal.SIGKILL)  # no chance to record anything
+    link.wait_exit()
+    link = deployment.start_link(name="link-3")
+    deployment.profile(link.control_port)
+    second = runs(deployment)[1]
+    assert (second["status"], second["reason"]) == (
+        "failed", "link restarted while the run was active",
+    )  # fmt: skip

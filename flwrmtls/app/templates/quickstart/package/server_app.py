@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from flwrmtls.app import Context, FedAvg, Grid, ServerApp
+from flwrmtls.app import Context, FedAvg, Grid, Result, ServerApp
 
 from . import task
 
@@ -13,7 +13,8 @@ log = logging.getLogger(__name__)
 
 
 @app.main()
-def main(grid: Grid, context: Context) -> None:
+def main(grid: Grid, context: Context) -> Result:
+    """Train for num-server-rounds; the Result returned is kept as the run's result."""
     config = context.run_config
     num_rounds = int(config["num-server-rounds"])
     min_nodes = int(config["min-nodes"])
@@ -32,3 +33,4 @@ def main(grid: Grid, context: Context) -> None:
         final["accuracy"],
         final["num-examples"],
     )
+    return result
