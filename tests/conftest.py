@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from flwrmtls.link.server import Link
+from flwrmtls.testing.link import mtls_config, running_link
 from flwrmtls.testing.pki import TestPki, make_test_pki
 
 
@@ -19,3 +22,14 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> TestPki:
 @pytest.fixture
 def fresh_pki(tmp_path: Path) -> TestPki:
     return make_test_pki(tmp_path / "pki")
+
+
+@pytest.fixture
+def link(pki: TestPki, tmp_path: Path) -> Iterator[Link]:
+    """A real link in this process (its own event loop thread), mTLS, ports chosen by the OS."""
+    chain, key = pki.paths("server")
+    config = mtls_config(
+        tmp_path / "link.db", server_chain=chain, server_key=key, client_ca=pki.trust_bundle_path
+    )
+    with running_link(config) as running:
+        yield running

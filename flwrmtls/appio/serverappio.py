@@ -27,7 +27,7 @@ from flwrmtls.keyvalues import values_to_proto
 from flwrmtls.link.notify import Notifier
 from flwrmtls.link.runs import RunManager
 from flwrmtls.objects.store import ObjectStore
-from flwrmtls.objects.transfer import receive_object, serve_object
+from flwrmtls.objects.transfer import answer_missing, answer_pull, answer_push
 from flwrmtls.proto import appio_pb2, appio_pb2_grpc, common_pb2, objects_pb2
 from flwrmtls.state.linkstate import LinkState
 from flwrmtls.state.messagetable import MessageRow
@@ -207,31 +207,16 @@ class ServerAppIoServicer(appio_pb2_grpc.ServerAppIoServicer):
     async def PullObject(
         self, request: objects_pb2.PullObjectRequest, context: _Context
     ) -> AsyncIterator[objects_pb2.ObjectChunk]:
-        try:
-            present = self._objects.has(request.object_id)
-        except ValueError:
-            present = False
-        if not present:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"no object {request.object_id[:80]}")
-        async for chunk in serve_object(self._objects, request.object_id):
+        async for chunk in answer_pull(self._objects, request.object_id, context):
             yield chunk
 
     async def PushObject(
         self, request_iterator: AsyncIterator[objects_pb2.ObjectChunk], context: _Context
     ) -> objects_pb2.PushObjectResponse:
-        try:
-            response, _ = await receive_object(self._objects, request_iterator)
-        except ValueError as error:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
-            raise AssertionError("unreachable") from None
+        response, _ = await answer_push(self._objects, request_iterator, context)
         return response
 
     async def MissingObjects(
         self, request: objects_pb2.MissingObjectsRequest, context: _Context
     ) -> objects_pb2.MissingObjectsResponse:
-        try:
-            missing = self._objects.missing(request.object_ids)
-        except ValueError as error:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
-            raise AssertionError("unreachable") from None
-        return objects_pb2.MissingObjectsResponse(object_ids=missing)
+        return await answer_missing(self._objects, request.object_ids, context)

@@ -25,7 +25,7 @@ from flwrmtls.keyvalues import values_to_proto
 from flwrmtls.link.notify import Notifier
 from flwrmtls.link.runlog import RunLog
 from flwrmtls.objects.store import ObjectStore
-from flwrmtls.objects.transfer import receive_object, serve_object
+from flwrmtls.objects.transfer import answer_missing, answer_pull, answer_push
 from flwrmtls.proto import common_pb2, fleet_pb2, fleet_pb2_grpc, objects_pb2
 from flwrmtls.state.linkstate import LinkState, SessionSuperseded, UnknownSession
 from flwrmtls.state.messagetable import MessageRow
@@ -223,19 +223,13 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
         self, request: objects_pb2.PullObjectRequest, context: _Context
     ) -> AsyncIterator[objects_pb2.ObjectChunk]:
         await self._session_node(request.session_id, context)
-        if not _valid_and_present(self._objects, request.object_id):
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"no object {request.object_id[:80]}")
-        async for chunk in serve_object(self._objects, request.object_id):
+        async for chunk in answer_pull(self._objects, request.object_id, context):
             yield chunk
 
     async def PushObject(
         self, request_iterator: AsyncIterator[objects_pb2.ObjectChunk], context: _Context
     ) -> objects_pb2.PushObjectResponse:
-        try:
-            response, session_id = await receive_object(self._objects, request_iterator)
-        except ValueError as error:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
-            raise AssertionError("unreachable") from None
+        response, session_id = await answer_push(self._objects, request_iterator, context)
         await self._session_node(session_id, context)
         return response
 
@@ -243,16 +237,4 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
         self, request: objects_pb2.MissingObjectsRequest, context: _Context
     ) -> objects_pb2.MissingObjectsResponse:
         await self._session_node(request.session_id, context)
-        try:
-            missing = self._objects.missing(request.object_ids)
-        except ValueError as error:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
-            raise AssertionError("unreachable") from None
-        return objects_pb2.MissingObjectsResponse(object_ids=missing)
-
-
-def _valid_and_present(store: ObjectStore, object_id: str) -> bool:
-    try:
-        return store.has(object_id)
-    except ValueError:
-        return False
+        return await answer_missing(self._objects, request.object_ids, context)

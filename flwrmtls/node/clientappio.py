@@ -22,7 +22,7 @@ from flwrmtls.clock import Clock, SystemClock
 from flwrmtls.errors import FlwrmtlsError
 from flwrmtls.keyvalues import values_to_proto
 from flwrmtls.node.apps import AppManager
-from flwrmtls.objects.transfer import receive_object, serve_object
+from flwrmtls.objects.transfer import answer_missing, answer_pull, answer_push
 from flwrmtls.proto import appio_pb2, appio_pb2_grpc, objects_pb2
 
 __all__ = ["ClientAppIoServer", "ClientAppIoServicer"]
@@ -83,28 +83,19 @@ class ClientAppIoServicer(appio_pb2_grpc.ClientAppIoServicer):
             await asyncio.to_thread(self._apps.ensure_object, request.object_id)
         except (ValueError, FlwrmtlsError) as error:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"object unavailable: {error}")
-        async for chunk in serve_object(self._apps.objects, request.object_id):
+        async for chunk in answer_pull(self._apps.objects, request.object_id, context):
             yield chunk
 
     async def PushObject(
         self, request_iterator: AsyncIterator[objects_pb2.ObjectChunk], context: _Context
     ) -> objects_pb2.PushObjectResponse:
-        try:
-            response, _ = await receive_object(self._apps.objects, request_iterator)
-        except ValueError as error:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
-            raise AssertionError("unreachable") from None
+        response, _ = await answer_push(self._apps.objects, request_iterator, context)
         return response
 
     async def MissingObjects(
         self, request: objects_pb2.MissingObjectsRequest, context: _Context
     ) -> objects_pb2.MissingObjectsResponse:
-        try:
-            missing = self._apps.objects.missing(request.object_ids)
-        except ValueError as error:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
-            raise AssertionError("unreachable") from None
-        return objects_pb2.MissingObjectsResponse(object_ids=missing)
+        return await answer_missing(self._apps.objects, request.object_ids, context)
 
 
 class ClientAppIoServer:

@@ -11,10 +11,15 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from typing import Any
 
+import grpc
+
 from flwrmtls.objects.store import CHUNK_SIZE, ObjectStore, check_object_id, object_id_of
 from flwrmtls.proto import objects_pb2
 
 __all__ = [
+    "answer_missing",
+    "answer_pull",
+    "answer_push",
     "pull_object_bytes",
     "pull_object_into",
     "pull_objects",
@@ -205,3 +210,43 @@ def pull_object_into(
         if writer is not None:
             writer.abort()
         raise
+
+
+# --- the three object endpoints, as every servicer that carries objects answers them -------
+
+
+async def answer_pull(
+    store: ObjectStore, object_id: str, context: Any
+) -> AsyncIterator[objects_pb2.ObjectChunk]:
+    """PullObject: stream a stored object, or NOT_FOUND."""
+    try:
+        present = store.has(object_id)
+    except ValueError:
+        present = False
+    if not present:
+        await context.abort(grpc.StatusCode.NOT_FOUND, f"no object {object_id[:80]}")
+    async for chunk in serve_object(store, object_id):
+        yield chunk
+
+
+async def answer_push(
+    store: ObjectStore, chunks: AsyncIterator[objects_pb2.ObjectChunk], context: Any
+) -> tuple[objects_pb2.PushObjectResponse, str]:
+    """PushObject: store a verified object, or INVALID_ARGUMENT; also the first session id."""
+    try:
+        return await receive_object(store, chunks)
+    except ValueError as error:
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+        raise AssertionError("unreachable") from None
+
+
+async def answer_missing(
+    store: ObjectStore, object_ids: Sequence[str], context: Any
+) -> objects_pb2.MissingObjectsResponse:
+    """MissingObjects: which of ``object_ids`` the store lacks, or INVALID_ARGUMENT."""
+    try:
+        missing = store.missing(object_ids)
+    except ValueError as error:
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+        raise AssertionError("unreachable") from None
+    return objects_pb2.MissingObjectsResponse(object_ids=missing)

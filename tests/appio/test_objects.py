@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -19,18 +18,8 @@ from flwrmtls.objects.store import ObjectStore, object_id_of
 from flwrmtls.objects.transfer import pull_objects
 from flwrmtls.proto import fleet_pb2_grpc
 from flwrmtls.state.runs import RunStatus
-from flwrmtls.testing.link import mtls_config, node_client, running_link
+from flwrmtls.testing.link import node_client
 from flwrmtls.testing.pki import TestPki
-
-
-@pytest.fixture
-def link(pki: TestPki, tmp_path: Path) -> Iterator[Link]:
-    chain, key = pki.paths("server")
-    config = mtls_config(
-        tmp_path / "link.db", server_chain=chain, server_key=key, client_ca=pki.trust_bundle_path
-    )
-    with running_link(config) as running:
-        yield running
 
 
 def test_broadcast_is_stored_once_and_replies_come_back_with_identities(

@@ -7,7 +7,6 @@ control where the right token passes. Real gRPC servers on 127.0.0.1.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -22,8 +21,6 @@ from flwrmtls.objects.store import ObjectStore
 from flwrmtls.proto import appio_pb2, appio_pb2_grpc, common_pb2
 from flwrmtls.state.messagetable import MessageRow
 from flwrmtls.state.runs import RunStatus
-from flwrmtls.testing.link import mtls_config, running_link
-from flwrmtls.testing.pki import TestPki
 from flwrmtls.wire.errors import ConnectionContext
 
 
@@ -36,16 +33,6 @@ def code_of(call: object) -> grpc.StatusCode:
         call()  # type: ignore[operator]
     code: grpc.StatusCode = caught.value.code()
     return code
-
-
-@pytest.fixture
-def link(pki: TestPki, tmp_path: Path) -> Iterator[Link]:
-    chain, key = pki.paths("server")
-    config = mtls_config(
-        tmp_path / "link.db", server_chain=chain, server_key=key, client_ca=pki.trust_bundle_path
-    )
-    with running_link(config) as running:
-        yield running
 
 
 def start_run(link: Link) -> tuple[int, str]:

@@ -6,7 +6,6 @@ If a grpcio upgrade changes these strings, these tests fail before users see
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -16,19 +15,9 @@ from flwrmtls.errors import LinkUnreachable, Refused
 from flwrmtls.fleet.client import FleetClient
 from flwrmtls.link.server import Link
 from flwrmtls.pki import CertificateAuthority
-from flwrmtls.testing.link import mtls_config, node_client, running_link
+from flwrmtls.testing.link import node_client
 from flwrmtls.testing.pki import TestPki
 from flwrmtls.wire.errors import ConnectionContext
-
-
-@pytest.fixture
-def link(pki: TestPki, tmp_path: Path) -> Iterator[Link]:
-    chain, key = pki.paths("server")
-    config = mtls_config(
-        tmp_path / "link.db", server_chain=chain, server_key=key, client_ca=pki.trust_bundle_path
-    )
-    with running_link(config) as running:
-        yield running
 
 
 def activate(client: FleetClient, channel: grpc.Channel) -> None:
