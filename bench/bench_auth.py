@@ -179,6 +179,8 @@ def link_args(pki: TestPki, database: Path, *, mtls: bool) -> list[str]:
     ]  # fmt: skip
     if mtls:
         args += ["--ssl-require-client-auth", "--ssl-crl-file", str(pki.crl_path)]
+    else:
+        args += ["--node-auth", "none"]  # the baseline: server TLS, no authenticator
     return args
 
 

@@ -164,8 +164,8 @@ class ServerAppIoServicer(appio_pb2_grpc.ServerAppIoServicer):
         failed = []
         soonest: float | None = None
         for row in waiting:
-            identity, online_until = status.get(row.dst_node_id, ("", 0.0))
-            if online_until > now:
+            identity, online_until, unregistered = status.get(row.dst_node_id, ("", 0.0, False))
+            if online_until > now and not unregistered:
                 soonest = min(soonest or 1e9, online_until - now)
                 continue
             since = datetime.fromtimestamp(online_until, UTC).strftime("%H:%M:%S UTC")
@@ -181,7 +181,9 @@ class ServerAppIoServicer(appio_pb2_grpc.ServerAppIoServicer):
                 error=common_pb2.Error(
                     code=_NODE_UNAVAILABLE,
                     reason=(
-                        f"node {identity} went offline (no heartbeat since {since})"
+                        f"node {identity} unregistered"
+                        if unregistered
+                        else f"node {identity} went offline (no heartbeat since {since})"
                         if identity
                         else f"node {row.dst_node_id} is not known to the link"
                     ),

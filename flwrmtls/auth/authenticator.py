@@ -23,6 +23,7 @@ __all__ = [
     "AuthenticationFailed",
     "Authenticator",
     "CallCredentials",
+    "KeySignature",
     "OpenAuthenticator",
     "Principal",
     "RefusalReason",
@@ -31,6 +32,7 @@ __all__ = [
 
 class AuthMethod(enum.StrEnum):
     CERTIFICATE = "certificate"
+    KEY = "key"
     TOKEN = "token"  # noqa: S105 - an auth method name, not a secret
     NONE = "none"
 
@@ -48,7 +50,31 @@ class RefusalReason(enum.StrEnum):
     AMBIGUOUS_IDENTITY = "ambiguous-identity"
     NOT_PERMITTED = "not-permitted"
     NO_TOKEN = "no-token"  # noqa: S105 - a refusal reason
+    NO_SIGNATURE = "no-signature"
+    BAD_SIGNATURE = "bad-signature"
+    STALE_TIMESTAMP = "stale-timestamp"
+    REPLAYED = "replayed"
+    WRONG_KEY_TYPE = "wrong-key-type"
+    UNREGISTERED_KEY = "unregistered-key"
+    NODE_UNREGISTERED = "node-unregistered"
     INVALID_TOKEN = "invalid-token"  # noqa: S105 - a refusal reason
+
+
+@dataclass(frozen=True, slots=True)
+class KeySignature:
+    """What an EC-key node attaches to a call (metadata), plus the digest of the request body
+    the link computed from the bytes it received. See :mod:`flwrmtls.auth.signing`."""
+
+    public_key: str
+    """``flwrmtls-key``: base64 of the key's SubjectPublicKeyInfo (DER)."""
+    timestamp: str
+    """``flwrmtls-timestamp``: milliseconds since the epoch, decimal."""
+    nonce: str
+    """``flwrmtls-nonce``: 32 lowercase hex digits (128 random bits)."""
+    signature: str
+    """``flwrmtls-signature``: base64 of the DER ECDSA signature over the signed bytes."""
+    body_digest: bytes
+    """SHA-256 of the serialized request (empty bytes for client-streaming calls)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +89,8 @@ class CallCredentials:
     """What the client sent after its leaf, PEM, unverified (``x509_pem_cert_chain``)."""
     token: str | None = None
     """An app process's run token (``flwrmtls-run-token`` metadata), if any."""
+    key_signature: KeySignature | None = None
+    """An EC-key node's signature over this call, if it sent one."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -45,10 +45,12 @@ _MAX_NODE_ID = (1 << 63) - 1  # node ids fit a signed 64-bit SQLite integer
 
 
 class IdentitySource(enum.StrEnum):
-    """Which part of a certificate names its holder."""
+    """What names a node: a certificate's Subject or SPIFFE ID, or an EC public key."""
 
     SUBJECT = "subject"
     SPIFFE = "spiffe"
+    KEY = "key"
+    """EC-key authentication: the canonical form is the hex of the key's SubjectPublicKeyInfo."""
 
 
 class PrincipalKind(enum.StrEnum):

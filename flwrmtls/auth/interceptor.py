@@ -13,6 +13,7 @@ address, the reason and the certificate's SHA-256 fingerprint, never the certifi
 from __future__ import annotations
 
 import contextvars
+import hashlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from typing import Any
@@ -24,10 +25,12 @@ from flwrmtls.auth.authenticator import (
     AuthenticationFailed,
     Authenticator,
     CallCredentials,
+    KeySignature,
     Principal,
     RefusalReason,
 )
 from flwrmtls.auth.policy import is_permitted, required_kinds
+from flwrmtls.auth.signing import key_signature_from_metadata
 from flwrmtls.auth.tokens import TOKEN_METADATA_KEY
 from flwrmtls.clock import Clock
 
@@ -65,7 +68,11 @@ class RefusalLog:
             self._last[key] = (last[0], last[1] + 1)
             return
         repeats = f" ({last[1]} more since last report)" if last and last[1] else ""
-        fingerprint = f" certificate sha256:{error.fingerprint}" if error.fingerprint else ""
+        fingerprint = ""
+        if error.fingerprint.startswith("SHA256:"):
+            fingerprint = f" key {error.fingerprint}"
+        elif error.fingerprint:
+            fingerprint = f" certificate sha256:{error.fingerprint}"
         log.warning(
             "refused %s calling %s: %s: %s%s%s",
             peer,
@@ -84,11 +91,13 @@ def _first(auth_context: Mapping[str, Iterable[bytes]], key: str) -> bytes | Non
     return next(iter(auth_context.get(key, ())), None)
 
 
-def _token(context: _Context) -> str | None:
-    for key, value in context.invocation_metadata() or ():
-        if key == TOKEN_METADATA_KEY:
-            return str(value)
-    return None
+def _app_credentials(
+    context: _Context, body_digest: bytes
+) -> tuple[str | None, KeySignature | None]:
+    """The run token and the EC-key signature a call carries in its metadata, if any."""
+    metadata = list(context.invocation_metadata() or ())
+    token = next((str(value) for key, value in metadata if key == TOKEN_METADATA_KEY), None)
+    return token, key_signature_from_metadata(metadata, body_digest)
 
 
 class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
@@ -97,10 +106,14 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         authenticator: Callable[[], Authenticator],
         clock: Clock,
         refusals: RefusalLog,
+        *,
+        digest_bodies: bool = False,
     ) -> None:
+        """``digest_bodies``: hash each unary request's bytes, for EC-key signatures."""
         self._authenticator = authenticator
         self._clock = clock
         self._refusals = refusals
+        self._digest_bodies = digest_bodies
 
     async def intercept_service(
         self,
@@ -113,17 +126,23 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         handler = await continuation(handler_call_details)
         if handler is None:
             return None
-        return _wrap(handler, lambda context: self._authorize(method, context))
+        return _wrap(
+            handler,
+            lambda context, digest: self._authorize(method, context, digest),
+            digest_bodies=self._digest_bodies,
+        )
 
-    async def _authorize(self, method: str, context: _Context) -> Principal:
+    async def _authorize(self, method: str, context: _Context, body_digest: bytes) -> Principal:
         peer = context.peer()
         auth_context = context.auth_context()
+        token, signature = _app_credentials(context, body_digest)
         call = CallCredentials(
             method=method,
             peer=peer,
             leaf_pem=_first(auth_context, "x509_pem_cert"),
             chain_pem=_first(auth_context, "x509_pem_cert_chain"),
-            token=_token(context),
+            token=token,
+            key_signature=signature,
         )
         try:
             principal = self._authenticator().authenticate(call, self._clock.now())
@@ -145,43 +164,69 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         return principal
 
 
-Authorize = Callable[[_Context], Awaitable[Principal]]
+Authorize = Callable[[_Context, bytes], Awaitable[Principal]]
 
 
-def _wrap(handler: Any, authorize: Authorize) -> Any:
-    """The same handler, authorizing first. (grpc's stubs type only sync handlers.)"""
+def _digesting(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any]:
+    """A request deserializer that also returns the SHA-256 of the bytes received."""
+
+    def deserialize(raw: bytes) -> tuple[Any, bytes]:
+        message = deserializer(raw) if deserializer is not None else raw
+        return message, hashlib.sha256(raw).digest()
+
+    return deserialize
+
+
+def _wrap(handler: Any, authorize: Authorize, *, digest_bodies: bool) -> Any:
+    """The same handler, authorizing first. (grpc's stubs type only sync handlers.)
+
+    With ``digest_bodies``, unary requests are deserialized together with the digest of their
+    bytes; client-streaming requests are authorized with an empty digest.
+    """
+    request_deserializer = handler.request_deserializer
+    if digest_bodies and (handler.unary_unary or handler.unary_stream):
+        request_deserializer = _digesting(handler.request_deserializer)
+
+    def split(request: Any) -> tuple[Any, bytes]:
+        if digest_bodies:
+            message, digest = request
+            return message, digest
+        return request, b""
+
     if handler.unary_unary:
         inner_uu = handler.unary_unary
 
         async def unary_unary(request: Any, context: _Context) -> Any:
-            token = _principal.set(await authorize(context))
+            message, digest = split(request)
+            token = _principal.set(await authorize(context, digest))
             try:
-                return await inner_uu(request, context)
+                return await inner_uu(message, context)
             finally:
                 _principal.reset(token)
 
         return grpc.unary_unary_rpc_method_handler(
-            unary_unary, handler.request_deserializer, handler.response_serializer
+            unary_unary, request_deserializer, handler.response_serializer
         )
     if handler.unary_stream:
         inner_us = handler.unary_stream
 
         async def unary_stream(request: Any, context: _Context) -> AsyncIterator[Any]:
-            token = _principal.set(await authorize(context))
+            message, digest = split(request)
+            token = _principal.set(await authorize(context, digest))
             try:
-                async for response in inner_us(request, context):
+                async for response in inner_us(message, context):
                     yield response
             finally:
                 _principal.reset(token)
 
         return grpc.unary_stream_rpc_method_handler(
-            unary_stream, handler.request_deserializer, handler.response_serializer
+            unary_stream, request_deserializer, handler.response_serializer
         )
     if handler.stream_unary:
         inner_su = handler.stream_unary
 
         async def stream_unary(requests: Any, context: _Context) -> Any:
-            token = _principal.set(await authorize(context))
+            token = _principal.set(await authorize(context, b""))
             try:
                 return await inner_su(requests, context)
             finally:
@@ -193,7 +238,7 @@ def _wrap(handler: Any, authorize: Authorize) -> Any:
     inner_ss = handler.stream_stream
 
     async def stream_stream(requests: Any, context: _Context) -> AsyncIterator[Any]:
-        token = _principal.set(await authorize(context))
+        token = _principal.set(await authorize(context, b""))
         try:
             async for response in inner_ss(requests, context):
                 yield response

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from flwrmtls.auth.keys import load_public_key_file, public_key_der
 from flwrmtls.cli.output import OutputFormat, emit, format_time
 from flwrmtls.control.client import ControlClient
 from flwrmtls.profiles import ConfigFile
 
 __all__ = ["app"]
 
-app = typer.Typer(help="Nodes: list them.", no_args_is_help=True)
+app = typer.Typer(help="Nodes: list them; register and unregister EC keys.", no_args_is_help=True)
 
 
 @app.command("list")
@@ -21,12 +23,16 @@ def list_nodes(
         str | None, typer.Argument(help="connection profile (default: the default one)")
     ] = None,
     format: Annotated[OutputFormat, typer.Option("--format")] = OutputFormat.TABLE,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="also unregistered nodes")
+    ] = False,
 ) -> None:
-    """Nodes: node id, identity, organisation, auth method, status, certificate expiry."""
+    """Nodes: node id, identity (Subject or key fingerprint), organisation, auth method,
+    status, certificate expiry."""
     config = ConfigFile()
     client = ControlClient(config.profile(connection), str(config.path))
     try:
-        nodes = client.list_nodes()
+        nodes = client.list_nodes(verbose=verbose)
     finally:
         client.close()
     data = [
@@ -61,3 +67,59 @@ def list_nodes(
         ["NODE ID", "IDENTITY", "ORGANISATION", "AUTH", "STATUS", "CERT EXPIRES", "LAST SEEN"],
         rows,
     )
+
+
+@app.command("register")
+def register(
+    files_and_connection: Annotated[
+        list[str],
+        typer.Argument(
+            help="public key files (the .pub ssh-keygen writes, or PEM), then optionally a "
+            "connection profile",
+            metavar="PUBKEY_FILE... [CONNECTION]",
+        ),
+    ],
+    format: Annotated[OutputFormat, typer.Option("--format")] = OutputFormat.TABLE,
+) -> None:
+    """EC-key mode: register node public keys; prints each file's node id."""
+    files, connection = _split_connection(files_and_connection)
+    keys = [load_public_key_file(Path(file)) for file in files]
+    config = ConfigFile()
+    client = ControlClient(config.profile(connection), str(config.path))
+    try:
+        registered = client.register_keys([public_key_der(key) for key in keys])
+    finally:
+        client.close()
+    data = [
+        {"file": file, "node_id": r.node_id, "fingerprint": r.fingerprint, "outcome": r.outcome}
+        for file, r in zip(files, registered, strict=True)
+    ]
+    rows = [
+        [file, str(r.node_id), r.fingerprint, r.outcome]
+        for file, r in zip(files, registered, strict=True)
+    ]
+    emit(format, data, ["FILE", "NODE ID", "KEY", "OUTCOME"], rows)
+
+
+def _split_connection(arguments: list[str]) -> tuple[list[str], str | None]:
+    """The last argument is a connection profile when it is not an existing file."""
+    if len(arguments) > 1 and not Path(arguments[-1]).exists():
+        return arguments[:-1], arguments[-1]
+    return arguments, None
+
+
+@app.command("unregister")
+def unregister(
+    node_id: Annotated[int, typer.Argument(help="the node to refuse from now on")],
+    connection: Annotated[
+        str | None, typer.Argument(help="connection profile (default: the default one)")
+    ] = None,
+) -> None:
+    """Refuse a node from its next call on (EC-key nodes; register its key again to undo)."""
+    config = ConfigFile()
+    client = ControlClient(config.profile(connection), str(config.path))
+    try:
+        response = client.unregister_node(node_id)
+    finally:
+        client.close()
+    typer.echo(f"node {node_id} ({response.identity}) unregistered")

@@ -62,12 +62,32 @@ class ControlClient:
         )
         self._stub = control_pb2_grpc.ControlStub(self._channel)
 
-    def list_nodes(self) -> list[control_pb2.NodeInfo]:
+    def list_nodes(self, *, verbose: bool = False) -> list[control_pb2.NodeInfo]:
         try:
-            response = self._stub.ListNodes(control_pb2.ListNodesRequest(), timeout=_CALL_TIMEOUT)
+            response = self._stub.ListNodes(
+                control_pb2.ListNodesRequest(verbose=verbose), timeout=_CALL_TIMEOUT
+            )
         except grpc.RpcError as error:
             raise translate_rpc_error(error, self._ctx) from None
         return list(response.nodes)
+
+    def register_keys(self, public_keys: list[bytes]) -> list[control_pb2.RegisteredKey]:
+        try:
+            response = self._stub.RegisterNodeKeys(
+                control_pb2.RegisterNodeKeysRequest(public_keys=public_keys), timeout=_CALL_TIMEOUT
+            )
+        except grpc.RpcError as error:
+            raise translate_rpc_error(error, self._ctx) from None
+        return list(response.keys)
+
+    def unregister_node(self, node_id: int) -> control_pb2.UnregisterNodeResponse:
+        try:
+            response: control_pb2.UnregisterNodeResponse = self._stub.UnregisterNode(
+                control_pb2.UnregisterNodeRequest(node_id=node_id), timeout=_CALL_TIMEOUT
+            )
+        except grpc.RpcError as error:
+            raise translate_rpc_error(error, self._ctx) from None
+        return response
 
     def start_run(self, bundle: bytes, bundle_hash: str, overrides: Mapping[str, Value]) -> int:
         request = control_pb2.StartRunRequest(

@@ -9,6 +9,7 @@ import grpc
 import grpc.aio
 
 from flwrmtls.auth.interceptor import current_principal
+from flwrmtls.auth.keys import key_fingerprint, node_id_for_key, parse_node_public_key
 from flwrmtls.clock import Clock
 from flwrmtls.errors import InputError
 from flwrmtls.keyvalues import values_from_proto
@@ -46,7 +47,7 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
     async def ListNodes(
         self, request: control_pb2.ListNodesRequest, context: _Context
     ) -> control_pb2.ListNodesResponse:
-        records = self._state.list_nodes(now=self._clock.now().timestamp())
+        records = self._state.list_nodes(now=self._clock.now().timestamp(), verbose=request.verbose)
         return control_pb2.ListNodesResponse(
             nodes=[
                 control_pb2.NodeInfo(
@@ -54,7 +55,7 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
                     identity=r.identity,
                     organisation=r.organisation,
                     auth_method=r.auth_method,
-                    status="online" if r.online else "offline",
+                    status=r.status,
                     cert_not_after=r.cert_not_after,
                     last_seen=r.last_seen,
                     created_at=r.created_at,
@@ -63,6 +64,57 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
                 )
                 for r in records
             ]
+        )
+
+    async def RegisterNodeKeys(
+        self, request: control_pb2.RegisterNodeKeysRequest, context: _Context
+    ) -> control_pb2.RegisterNodeKeysResponse:
+        by = current_principal().identity
+        now = self._clock.now().timestamp()
+        parsed = []
+        for index, der in enumerate(request.public_keys):
+            try:
+                parsed.append((der, parse_node_public_key(der)))
+            except ValueError as error:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"key {index + 1}: {error}")
+        registered = []
+        for der, key in parsed:
+            node_id = node_id_for_key(key)
+            outcome = self._state.keys.register(
+                der, node_id=node_id, fingerprint=key_fingerprint(key), by=by, now=now
+            )
+            if outcome == "registered again":
+                self._state.readmit_node(node_id)
+            registered.append(
+                control_pb2.RegisteredKey(
+                    node_id=node_id, fingerprint=key_fingerprint(key), outcome=outcome
+                )
+            )
+        return control_pb2.RegisterNodeKeysResponse(keys=registered)
+
+    async def UnregisterNode(
+        self, request: control_pb2.UnregisterNodeRequest, context: _Context
+    ) -> control_pb2.UnregisterNodeResponse:
+        node_id = request.node_id
+        now = self._clock.now().timestamp()
+        known = {r.node_id: r for r in self._state.list_nodes(now=now, verbose=True)}
+        record = known.get(node_id)
+        if record is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no node {node_id}")
+            raise AssertionError("unreachable")
+        if record.auth_method != "key":
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"node {node_id} ({record.identity}) authenticates by certificate: remove it by "
+                "revoking its certificate (flwrmtls ca revoke)",
+            )
+        self._state.keys.unregister(node_id, by=current_principal().identity, now=now)
+        self._state.unregister_node(node_id, now=now)
+        self._notifier.notify(("node", node_id))
+        for run in self._state.runs.active():
+            self._notifier.notify(("run", run.run_id))
+        return control_pb2.UnregisterNodeResponse(
+            identity=record.identity, auth_method=record.auth_method
         )
 
     async def StartRun(

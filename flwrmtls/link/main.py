@@ -14,6 +14,7 @@ from cryptography import x509
 
 from flwrmtls.auth.identity import IdentitySource
 from flwrmtls.errors import FlwrmtlsError, InputError
+from flwrmtls.link.nodeauth import NodeAuth, requires_client_certificate
 from flwrmtls.link.server import Link, LinkConfig
 from flwrmtls.wire.credentials import load_ca_bundle, load_tls_identity
 
@@ -63,6 +64,29 @@ def parser() -> argparse.ArgumentParser:
         help="CRL(s), PEM or DER: one file or a directory; re-read when it changes",
     )
     p.add_argument(
+        "--node-auth",
+        choices=[mode.value for mode in NodeAuth],
+        help="how nodes on --fleet-api-address authenticate: certificate (default with "
+        "--ssl-require-client-auth), key (EC-key signatures; default otherwise), "
+        "certificate+key (both), none (development only)",
+    )
+    p.add_argument(
+        "--enable-supernode-auth",
+        action="store_true",
+        help="EC-key nodes must have a registered public key (flwrmtls supernode register)",
+    )
+    p.add_argument(
+        "--key-fleet-api-address",
+        help="a second Fleet listener for EC-key nodes (server TLS only), so one link admits "
+        "certificate nodes and EC-key nodes at once",
+    )
+    p.add_argument(
+        "--auth-timestamp-window",
+        type=float,
+        default=60.0,
+        help="seconds an EC-key node's signed timestamp may differ from the link's clock",
+    )
+    p.add_argument(
         "--identity-source",
         choices=[s.value for s in IdentitySource],
         default=IdentitySource.SUBJECT.value,
@@ -102,11 +126,19 @@ def config_from_args(args: argparse.Namespace) -> LinkConfig:
     if args.insecure:
         if any(tls_flags) or args.ssl_require_client_auth:
             raise InputError("--insecure cannot be combined with --ssl-* flags: choose one")
+        if args.node_auth not in (None, NodeAuth.NONE.value) or args.key_fleet_api_address:
+            raise InputError(
+                "node authentication needs TLS: drop --insecure and give --ssl-certfile and "
+                "--ssl-keyfile"
+            )
+        if args.enable_supernode_auth:
+            raise InputError("--enable-supernode-auth needs TLS: drop --insecure")
         return LinkConfig(
             database=args.database,
             fleet_address=args.fleet_api_address,
             control_address=args.control_api_address,
             insecure=True,
+            node_auth=NodeAuth.NONE,
             heartbeat_interval=args.heartbeat_interval,
             serverappio_address=args.serverappio_api_address,
         )
@@ -140,6 +172,7 @@ def config_from_args(args: argparse.Namespace) -> LinkConfig:
             )
         if args.ssl_ca_certfile is not None:
             load_ca_bundle(args.ssl_ca_certfile, "--ssl-ca-certfile")
+    node_auth = _node_auth(args)
     if args.max_chain_depth is not None and args.max_chain_depth < 0:
         raise InputError("--max-chain-depth must be 0 or more")
     if args.heartbeat_interval <= 0:
@@ -157,22 +190,49 @@ def config_from_args(args: argparse.Namespace) -> LinkConfig:
         max_chain_depth=args.max_chain_depth,
         heartbeat_interval=args.heartbeat_interval,
         serverappio_address=args.serverappio_api_address,
+        node_auth=node_auth,
+        key_fleet_address=args.key_fleet_api_address,
+        enable_supernode_auth=args.enable_supernode_auth,
+        signature_window=args.auth_timestamp_window,
     )
+
+
+def _node_auth(args: argparse.Namespace) -> NodeAuth:
+    """The main Fleet listener's mode, checked against the other flags."""
+    default = NodeAuth.CERTIFICATE if args.ssl_require_client_auth else NodeAuth.KEY
+    mode = NodeAuth(args.node_auth) if args.node_auth else default
+    if requires_client_certificate(mode) and not args.ssl_require_client_auth:
+        raise InputError(f"--node-auth {mode.value} needs --ssl-require-client-auth")
+    uses_keys = mode in (NodeAuth.KEY, NodeAuth.CERTIFICATE_AND_KEY)
+    if args.enable_supernode_auth and not (uses_keys or args.key_fleet_api_address):
+        raise InputError(
+            "--enable-supernode-auth applies to EC-key nodes: use --node-auth key or "
+            "certificate+key, or add --key-fleet-api-address"
+        )
+    if args.auth_timestamp_window <= 0:
+        raise InputError("--auth-timestamp-window must be positive")
+    return mode
 
 
 def _describe(link: Link) -> str:
     config = link.config
     if config.insecure:
         return "INSECURE: plaintext, no authentication"
-    if not config.require_client_auth:
-        return "TLS without client authentication: ANY node may join"
-    crl = ""
+    parts = [f"nodes: {config.node_auth.value}"]
+    if config.key_fleet_address:
+        parts.append(f"EC-key nodes also on port {link.key_fleet_port}")
+    if config.uses_keys:
+        parts.append("registered keys only" if config.enable_supernode_auth else "any valid EC key")
+    if config.require_client_auth:
+        parts.append(
+            f"client certificates required ({len(config.client_ca_certificates)} trusted CA(s), "
+            f"identity from {config.identity_source.value})"
+        )
+    else:
+        parts.append("Control API WITHOUT client authentication")
     if link.revocations is not None:
-        crl = f"; CRLs from {config.crl_path} for {len(link.revocations.issuers)} issuer(s)"
-    return (
-        f"mTLS: client certificates required, {len(config.client_ca_certificates)} trusted "
-        f"client CA(s), identity from {config.identity_source.value}{crl}"
-    )
+        parts.append(f"CRLs from {config.crl_path} for {len(link.revocations.issuers)} issuer(s)")
+    return "; ".join(parts)
 
 
 async def _run(config: LinkConfig) -> None:
@@ -185,8 +245,12 @@ async def _run(config: LinkConfig) -> None:
         raise InputError(
             f"{error}: check --fleet-api-address and --control-api-address (port in use?)"
         ) from None
-    if config.insecure or not config.require_client_auth:
-        log.warning("!!! %s: do not use this outside local development !!!", _describe(link))
+    if config.insecure or config.node_auth is NodeAuth.NONE:
+        log.warning("!!! %s: nodes are NOT authenticated: local development only !!!",
+                    _describe(link))  # fmt: skip
+    elif not config.require_client_auth:
+        log.warning("the Control API is not authenticated: anyone who reaches %s may use it; "
+                    "add --ssl-require-client-auth", config.control_address)  # fmt: skip
     log.info(
         "link serving: Fleet API on %s (port %d), Control API on %s (port %d); %s; state in %s",
         config.fleet_address,

@@ -1,9 +1,13 @@
 """The link: composition only. Wires credentials, authenticators, state and servicers together.
 
-Three grpc.aio servers in one event loop (no thread per connection): the Fleet API for nodes
-and the Control API for the CLI, each on its own address behind the certificate authenticator;
-and ServerAppIo for the runs' ServerApp processes, on loopback by default, behind the run-token
-authenticator. All three share the policy table. Objects (array bytes, bundles) live in a
+grpc.aio servers in one event loop (no thread per connection):
+
+* the Fleet API for nodes, authenticated as ``--node-auth`` says (see
+  :mod:`flwrmtls.link.nodeauth`), and optionally a second Fleet listener for EC-key nodes;
+* the Control API for the CLI, by certificate (with ``--ssl-require-client-auth``);
+* ServerAppIo for the runs' ServerApp processes, on loopback by default, by run token.
+
+All share the policy table and the refusal log. Objects (array bytes, bundles) live in a
 directory beside the database.
 """
 
@@ -14,6 +18,7 @@ import contextlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 
 import grpc
@@ -22,6 +27,7 @@ from cryptography import x509
 
 from flwrmtls.appio.serverappio import ServerAppIoServicer
 from flwrmtls.auth.authenticator import Authenticator, OpenAuthenticator
+from flwrmtls.auth.eckey import EcKeyAuthenticator, KeyStatus
 from flwrmtls.auth.identity import IdentitySource
 from flwrmtls.auth.interceptor import AuthInterceptor, RefusalLog
 from flwrmtls.auth.mtls import MtlsAuthenticator
@@ -30,11 +36,13 @@ from flwrmtls.auth.tokens import TokenAuthenticator
 from flwrmtls.clock import Clock, SystemClock
 from flwrmtls.control.servicer import ControlServicer
 from flwrmtls.fleet.servicer import FleetServicer
+from flwrmtls.link.nodeauth import NodeAuth, build_node_authenticator, requires_client_certificate
 from flwrmtls.link.notify import Notifier
 from flwrmtls.link.runlog import RunLog
 from flwrmtls.link.runs import RunManager
 from flwrmtls.objects.store import ObjectStore
 from flwrmtls.proto import appio_pb2_grpc, control_pb2_grpc, fleet_pb2_grpc
+from flwrmtls.state.keytable import KeyRegistration
 from flwrmtls.state.linkstate import LinkState
 from flwrmtls.wire.credentials import TlsIdentity, server_credentials
 from flwrmtls.wire.listen import check_bindable
@@ -64,21 +72,52 @@ class LinkConfig:
     heartbeat_interval: float = 10.0
     insecure: bool = False
     serverappio_address: str = "127.0.0.1:9091"
+    node_auth: NodeAuth = NodeAuth.CERTIFICATE
+    """How the main Fleet listener authenticates nodes."""
+    key_fleet_address: str | None = None
+    """A second Fleet listener for EC-key nodes (server TLS only), for mixed fleets."""
+    enable_supernode_auth: bool = False
+    """EC-key nodes must have a registered key (CLI-managed mode)."""
+    signature_window: float = 60.0
+    """Seconds an EC-key signature's timestamp may be off, either way."""
+
+    @property
+    def uses_keys(self) -> bool:
+        return self.key_fleet_address is not None or self.node_auth in (
+            NodeAuth.KEY, NodeAuth.CERTIFICATE_AND_KEY,
+        )  # fmt: skip
 
     @property
     def objects_directory(self) -> Path:
         return Path(f"{self.database}.objects")
 
 
-def build_authenticator(config: LinkConfig, revocations: RevocationStore | None) -> Authenticator:
-    if not config.require_client_auth:
-        return OpenAuthenticator()
+def build_certificate_authenticator(
+    config: LinkConfig, revocations: RevocationStore | None
+) -> MtlsAuthenticator:
     return MtlsAuthenticator(
         config.client_ca_certificates,
         revocations=revocations,
         identity_source=config.identity_source,
         max_chain_depth=config.max_chain_depth,
     )
+
+
+_KEY_STATUS = {
+    KeyRegistration.REGISTERED: KeyStatus.REGISTERED,
+    KeyRegistration.UNREGISTERED: KeyStatus.UNREGISTERED,
+    None: KeyStatus.UNKNOWN,
+}
+
+
+def build_key_authenticator(config: LinkConfig, state: LinkState) -> EcKeyAuthenticator:
+    registry = None
+    if config.enable_supernode_auth:
+
+        def registry(public_key: bytes) -> KeyStatus:
+            return _KEY_STATUS[state.keys.status(public_key)]
+
+    return EcKeyAuthenticator(registry=registry, window=timedelta(seconds=config.signature_window))
 
 
 class Link:
@@ -89,9 +128,27 @@ class Link:
         self.clock = clock or SystemClock()
         self.state = LinkState(config.database)
         self.revocations = RevocationStore(config.crl_path) if config.crl_path else None
-        self.authenticator = build_authenticator(config, self.revocations)
+        self.certificates = (
+            build_certificate_authenticator(config, self.revocations)
+            if config.require_client_auth
+            else None
+        )
+        self.keys = build_key_authenticator(config, self.state) if config.uses_keys else None
+        self.fleet_authenticator = build_node_authenticator(
+            config.node_auth, certificates=self._certificates, keys=self._keys
+        )
+        self.control_authenticator: Authenticator = self.certificates or OpenAuthenticator()
         refusals = RefusalLog(self.clock)
-        self._interceptor = AuthInterceptor(lambda: self.authenticator, self.clock, refusals)
+        digest = config.node_auth in (NodeAuth.KEY, NodeAuth.CERTIFICATE_AND_KEY)
+        self._fleet_interceptor = AuthInterceptor(
+            lambda: self.fleet_authenticator, self.clock, refusals, digest_bodies=digest
+        )
+        self._key_fleet_interceptor = AuthInterceptor(
+            self._keys, self.clock, refusals, digest_bodies=True
+        )
+        self._control_interceptor = AuthInterceptor(
+            lambda: self.control_authenticator, self.clock, refusals
+        )
         tokens = TokenAuthenticator(self.state.runs.token)
         self._app_interceptor = AuthInterceptor(lambda: tokens, self.clock, refusals)
         self.notifier = Notifier()
@@ -104,34 +161,40 @@ class Link:
         self._servers: list[grpc.aio.Server] = []
         self._tasks: list[asyncio.Task[None]] = []
         self.fleet_port = 0
+        self.key_fleet_port = 0
         self.control_port = 0
         self.serverappio_port = 0
 
-    def _credentials(self) -> grpc.ServerCredentials | None:
+    def _certificates(self) -> Authenticator:
+        assert self.certificates is not None, "certificate modes need --ssl-require-client-auth"
+        return self.certificates
+
+    def _keys(self) -> Authenticator:
+        assert self.keys is not None
+        return self.keys
+
+    def _credentials(self, *, client_certificates: bool) -> grpc.ServerCredentials | None:
         if self.config.insecure:
             return None
         assert self.config.tls is not None
         return server_credentials(
             self.config.tls,
-            client_ca_pem=self.config.client_ca_pem if self.config.require_client_auth else None,
-            require_client_auth=self.config.require_client_auth,
+            client_ca_pem=self.config.client_ca_pem if client_certificates else None,
+            require_client_auth=client_certificates,
         )
 
     def _server(
         self,
         address: str,
-        *,
-        app_io: bool = False,
+        interceptor: AuthInterceptor,
+        credentials: grpc.ServerCredentials | None,
         options: Sequence[tuple[str, int]] = (),
     ) -> tuple[grpc.aio.Server, int]:
         check_bindable(address)
         # grpc turns SO_REUSEPORT on by default: two links could then share one port silently.
         server = grpc.aio.server(
-            interceptors=[self._app_interceptor if app_io else self._interceptor],
-            options=[("grpc.so_reuseport", 0), *options],
+            interceptors=[interceptor], options=[("grpc.so_reuseport", 0), *options]
         )
-        # App processes reach ServerAppIo on loopback with their token; no TLS there.
-        credentials = None if app_io else self._credentials()
         if credentials is None:
             port = server.add_insecure_port(address)
         else:
@@ -142,24 +205,39 @@ class Link:
 
     async def start(self) -> None:
         self.runs.recover()
-        fleet, self.fleet_port = self._server(self.config.fleet_address)
-        fleet_pb2_grpc.add_FleetServicer_to_server(
-            FleetServicer(
-                self.state, self.clock, self.config.heartbeat_interval, notifier=self.notifier,
-                objects=self.objects, run_log=self.run_log,
-            ),
-            fleet,
+        config = self.config
+        fleet_servicer = FleetServicer(
+            self.state, self.clock, config.heartbeat_interval, notifier=self.notifier,
+            objects=self.objects, run_log=self.run_log,
         )  # fmt: skip
+        fleet, self.fleet_port = self._server(
+            config.fleet_address,
+            self._fleet_interceptor,
+            self._credentials(client_certificates=requires_client_certificate(config.node_auth)),
+        )
+        fleet_pb2_grpc.add_FleetServicer_to_server(fleet_servicer, fleet)
+        servers = [fleet]
+        if config.key_fleet_address is not None:
+            key_fleet, self.key_fleet_port = self._server(
+                config.key_fleet_address,
+                self._key_fleet_interceptor,
+                self._credentials(client_certificates=False),
+            )
+            fleet_pb2_grpc.add_FleetServicer_to_server(fleet_servicer, key_fleet)
+            servers.append(key_fleet)
         control, self.control_port = self._server(
-            self.config.control_address,
+            config.control_address,
+            self._control_interceptor,
+            self._credentials(client_certificates=config.require_client_auth),
             options=[("grpc.max_receive_message_length", MAX_BUNDLE_BYTES)],
         )
         control_pb2_grpc.add_ControlServicer_to_server(
             ControlServicer(self.state, self.clock, runs=self.runs, notifier=self.notifier),
             control,
         )
+        # App processes reach ServerAppIo on loopback with their token; no TLS there.
         serverappio, self.serverappio_port = self._server(
-            self.config.serverappio_address, app_io=True
+            config.serverappio_address, self._app_interceptor, None
         )
         appio_pb2_grpc.add_ServerAppIoServicer_to_server(
             ServerAppIoServicer(
@@ -172,7 +250,7 @@ class Link:
         if host in ("0.0.0.0", "[::]"):  # noqa: S104 - a comparison, not a bind
             host = "127.0.0.1"
         self.runs.serverappio_address = f"{host}:{self.serverappio_port}"
-        self._servers = [fleet, control, serverappio]
+        self._servers = [*servers, control, serverappio]
         for server in self._servers:
             await server.start()
         if self.revocations is not None:

@@ -13,6 +13,8 @@ from types import FrameType
 
 import grpc
 
+from flwrmtls.auth.keys import key_fingerprint, load_node_private_key, node_id_for_key
+from flwrmtls.auth.signing import CallSigner
 from flwrmtls.clock import SystemClock
 from flwrmtls.errors import FlwrmtlsError, InputError
 from flwrmtls.fleet.client import FleetClient
@@ -20,6 +22,7 @@ from flwrmtls.keyvalues import parse_key_values
 from flwrmtls.node.agent import NodeAgent, RetryPolicy
 from flwrmtls.node.apps import AppManager
 from flwrmtls.node.clientappio import ClientAppIoServer
+from flwrmtls.node.signer import SigningInterceptor
 from flwrmtls.objects.store import ObjectStore
 from flwrmtls.wire.credentials import (
     TlsIdentity,
@@ -58,6 +61,12 @@ def parser() -> argparse.ArgumentParser:
         help="this node's private key (PEM: PKCS#8, SEC1 or PKCS#1)",
     )
     p.add_argument(
+        "--auth-supernode-private-key",
+        type=Path,
+        help="EC-key mode: this node's ECDSA private key (as ssh-keygen -t ecdsa writes it, or "
+        "PEM); every call is signed with it",
+    )
+    p.add_argument(
         "--node-config",
         default="",
         help="'key=value key2=\"text\"' handed to the ClientApp as its node config",
@@ -82,8 +91,10 @@ def parser() -> argparse.ArgumentParser:
 def _channel(args: argparse.Namespace) -> tuple[grpc.Channel, ConnectionContext]:
     tls_flags = [args.root_certificates, args.ssl_client_certfile, args.ssl_client_keyfile]
     if args.insecure:
-        if any(tls_flags):
-            raise InputError("--insecure cannot be combined with TLS flags: choose one")
+        if any(tls_flags) or args.auth_supernode_private_key:
+            raise InputError(
+                "--insecure cannot be combined with TLS flags or --auth-supernode-private-key"
+            )
         log.warning("!!! INSECURE: plaintext connection to the link: development only !!!")
         ctx = ConnectionContext(
             args.superlink, tls=False, has_client_certificate=False, root_certificates=""
@@ -109,7 +120,15 @@ def _channel(args: argparse.Namespace) -> tuple[grpc.Channel, ConnectionContext]
         has_client_certificate=identity is not None,
         root_certificates=str(args.root_certificates or ""),
     )
-    return grpc.secure_channel(args.superlink, channel_credentials(roots, identity)), ctx
+    channel = grpc.secure_channel(args.superlink, channel_credentials(roots, identity))
+    if args.auth_supernode_private_key is not None:
+        key = load_node_private_key(args.auth_supernode_private_key, "--auth-supernode-private-key")
+        log.info(
+            "signing every call with EC key %s (node id %d)",
+            key_fingerprint(key), node_id_for_key(key),
+        )  # fmt: skip
+        channel = grpc.intercept_channel(channel, SigningInterceptor(CallSigner(key)))
+    return channel, ctx
 
 
 def run(args: argparse.Namespace) -> None:

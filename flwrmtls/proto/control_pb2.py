@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from flwrmtls.proto import records_pb2 as flwrmtls_dot_proto_dot_records__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x66lwrmtls/proto/control.proto\x12\x0e\x66lwrmtls.proto\x1a\x1c\x66lwrmtls/proto/records.proto\"\x12\n\x10ListNodesRequest\"\xd7\x01\n\x08NodeInfo\x12\x0f\n\x07node_id\x18\x01 \x01(\x04\x12\x10\n\x08identity\x18\x02 \x01(\t\x12\x14\n\x0corganisation\x18\x03 \x01(\t\x12\x13\n\x0b\x61uth_method\x18\x04 \x01(\t\x12\x0e\n\x06status\x18\x05 \x01(\t\x12\x16\n\x0e\x63\x65rt_not_after\x18\x06 \x01(\x01\x12\x11\n\tlast_seen\x18\x07 \x01(\x01\x12\x12\n\ncreated_at\x18\x08 \x01(\x01\x12\x14\n\x0cpeer_address\x18\t \x01(\t\x12\x18\n\x10\x63\x65rt_fingerprint\x18\n \x01(\t\"<\n\x11ListNodesResponse\x12\'\n\x05nodes\x18\x01 \x03(\x0b\x32\x18.flwrmtls.proto.NodeInfo\"h\n\x0fStartRunRequest\x12\x0e\n\x06\x62undle\x18\x01 \x01(\x0c\x12\x13\n\x0b\x62undle_hash\x18\x02 \x01(\t\x12\x30\n\nrun_config\x18\x03 \x01(\x0b\x32\x1c.flwrmtls.proto.ConfigRecord\"\"\n\x10StartRunResponse\x12\x0e\n\x06run_id\x18\x01 \x01(\x04\"\xeb\x01\n\x03Run\x12\x0e\n\x06run_id\x18\x01 \x01(\x04\x12\x10\n\x08\x61pp_name\x18\x02 \x01(\t\x12\x13\n\x0b\x61pp_version\x18\x03 \x01(\t\x12\x13\n\x0b\x62undle_hash\x18\x04 \x01(\t\x12\x0e\n\x06status\x18\x05 \x01(\t\x12\x0e\n\x06reason\x18\x06 \x01(\t\x12\r\n\x05owner\x18\x07 \x01(\t\x12\x12\n\ncreated_at\x18\x08 \x01(\x01\x12\x12\n\nstarted_at\x18\t \x01(\x01\x12\x13\n\x0b\x66inished_at\x18\n \x01(\x01\x12\x17\n\x0frun_config_json\x18\x0b \x01(\t\x12\x13\n\x0bresult_json\x18\x0c \x01(\t\"!\n\x0fListRunsRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\x04\"5\n\x10ListRunsResponse\x12!\n\x04runs\x18\x01 \x03(\x0b\x32\x13.flwrmtls.proto.Run\"F\n\x11StreamLogsRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\x04\x12\x11\n\tafter_seq\x18\x02 \x01(\x04\x12\x0e\n\x06\x66ollow\x18\x03 \x01(\x08\"\\\n\x08LogEntry\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x11\n\ttimestamp\x18\x02 \x01(\x01\x12\x0e\n\x06source\x18\x03 \x01(\t\x12\x0c\n\x04text\x18\x04 \x01(\t\x12\x12\n\nrun_status\x18\x05 \x01(\t\" \n\x0eStopRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\x04\"!\n\x0fStopRunResponse\x12\x0e\n\x06status\x18\x01 \x01(\t2\x92\x03\n\x07\x43ontrol\x12P\n\tListNodes\x12 .flwrmtls.proto.ListNodesRequest\x1a!.flwrmtls.proto.ListNodesResponse\x12M\n\x08StartRun\x12\x1f.flwrmtls.proto.StartRunRequest\x1a .flwrmtls.proto.StartRunResponse\x12M\n\x08ListRuns\x12\x1f.flwrmtls.proto.ListRunsRequest\x1a .flwrmtls.proto.ListRunsResponse\x12K\n\nStreamLogs\x12!.flwrmtls.proto.StreamLogsRequest\x1a\x18.flwrmtls.proto.LogEntry0\x01\x12J\n\x07StopRun\x12\x1e.flwrmtls.proto.StopRunRequest\x1a\x1f.flwrmtls.proto.StopRunResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1c\x66lwrmtls/proto/control.proto\x12\x0e\x66lwrmtls.proto\x1a\x1c\x66lwrmtls/proto/records.proto\"#\n\x10ListNodesRequest\x12\x0f\n\x07verbose\x18\x01 \x01(\x08\"\xd7\x01\n\x08NodeInfo\x12\x0f\n\x07node_id\x18\x01 \x01(\x04\x12\x10\n\x08identity\x18\x02 \x01(\t\x12\x14\n\x0corganisation\x18\x03 \x01(\t\x12\x13\n\x0b\x61uth_method\x18\x04 \x01(\t\x12\x0e\n\x06status\x18\x05 \x01(\t\x12\x16\n\x0e\x63\x65rt_not_after\x18\x06 \x01(\x01\x12\x11\n\tlast_seen\x18\x07 \x01(\x01\x12\x12\n\ncreated_at\x18\x08 \x01(\x01\x12\x14\n\x0cpeer_address\x18\t \x01(\t\x12\x18\n\x10\x63\x65rt_fingerprint\x18\n \x01(\t\"<\n\x11ListNodesResponse\x12\'\n\x05nodes\x18\x01 \x03(\x0b\x32\x18.flwrmtls.proto.NodeInfo\".\n\x17RegisterNodeKeysRequest\x12\x13\n\x0bpublic_keys\x18\x01 \x03(\x0c\"F\n\rRegisteredKey\x12\x0f\n\x07node_id\x18\x01 \x01(\x04\x12\x13\n\x0b\x66ingerprint\x18\x02 \x01(\t\x12\x0f\n\x07outcome\x18\x03 \x01(\t\"G\n\x18RegisterNodeKeysResponse\x12+\n\x04keys\x18\x01 \x03(\x0b\x32\x1d.flwrmtls.proto.RegisteredKey\"(\n\x15UnregisterNodeRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\x04\"?\n\x16UnregisterNodeResponse\x12\x10\n\x08identity\x18\x01 \x01(\t\x12\x13\n\x0b\x61uth_method\x18\x02 \x01(\t\"h\n\x0fStartRunRequest\x12\x0e\n\x06\x62undle\x18\x01 \x01(\x0c\x12\x13\n\x0b\x62undle_hash\x18\x02 \x01(\t\x12\x30\n\nrun_config\x18\x03 \x01(\x0b\x32\x1c.flwrmtls.proto.ConfigRecord\"\"\n\x10StartRunResponse\x12\x0e\n\x06run_id\x18\x01 \x01(\x04\"\xeb\x01\n\x03Run\x12\x0e\n\x06run_id\x18\x01 \x01(\x04\x12\x10\n\x08\x61pp_name\x18\x02 \x01(\t\x12\x13\n\x0b\x61pp_version\x18\x03 \x01(\t\x12\x13\n\x0b\x62undle_hash\x18\x04 \x01(\t\x12\x0e\n\x06status\x18\x05 \x01(\t\x12\x0e\n\x06reason\x18\x06 \x01(\t\x12\r\n\x05owner\x18\x07 \x01(\t\x12\x12\n\ncreated_at\x18\x08 \x01(\x01\x12\x12\n\nstarted_at\x18\t \x01(\x01\x12\x13\n\x0b\x66inished_at\x18\n \x01(\x01\x12\x17\n\x0frun_config_json\x18\x0b \x01(\t\x12\x13\n\x0bresult_json\x18\x0c \x01(\t\"!\n\x0fListRunsRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\x04\"5\n\x10ListRunsResponse\x12!\n\x04runs\x18\x01 \x03(\x0b\x32\x13.flwrmtls.proto.Run\"F\n\x11StreamLogsRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\x04\x12\x11\n\tafter_seq\x18\x02 \x01(\x04\x12\x0e\n\x06\x66ollow\x18\x03 \x01(\x08\"\\\n\x08LogEntry\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x11\n\ttimestamp\x18\x02 \x01(\x01\x12\x0e\n\x06source\x18\x03 \x01(\t\x12\x0c\n\x04text\x18\x04 \x01(\t\x12\x12\n\nrun_status\x18\x05 \x01(\t\" \n\x0eStopRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\x04\"!\n\x0fStopRunResponse\x12\x0e\n\x06status\x18\x01 \x01(\t2\xda\x04\n\x07\x43ontrol\x12P\n\tListNodes\x12 .flwrmtls.proto.ListNodesRequest\x1a!.flwrmtls.proto.ListNodesResponse\x12\x65\n\x10RegisterNodeKeys\x12\'.flwrmtls.proto.RegisterNodeKeysRequest\x1a(.flwrmtls.proto.RegisterNodeKeysResponse\x12_\n\x0eUnregisterNode\x12%.flwrmtls.proto.UnregisterNodeRequest\x1a&.flwrmtls.proto.UnregisterNodeResponse\x12M\n\x08StartRun\x12\x1f.flwrmtls.proto.StartRunRequest\x1a .flwrmtls.proto.StartRunResponse\x12M\n\x08ListRuns\x12\x1f.flwrmtls.proto.ListRunsRequest\x1a .flwrmtls.proto.ListRunsResponse\x12K\n\nStreamLogs\x12!.flwrmtls.proto.StreamLogsRequest\x1a\x18.flwrmtls.proto.LogEntry0\x01\x12J\n\x07StopRun\x12\x1e.flwrmtls.proto.StopRunRequest\x1a\x1f.flwrmtls.proto.StopRunResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,29 +33,39 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'flwrmtls.proto.control_pb2'
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_LISTNODESREQUEST']._serialized_start=78
-  _globals['_LISTNODESREQUEST']._serialized_end=96
-  _globals['_NODEINFO']._serialized_start=99
-  _globals['_NODEINFO']._serialized_end=314
-  _globals['_LISTNODESRESPONSE']._serialized_start=316
-  _globals['_LISTNODESRESPONSE']._serialized_end=376
-  _globals['_STARTRUNREQUEST']._serialized_start=378
-  _globals['_STARTRUNREQUEST']._serialized_end=482
-  _globals['_STARTRUNRESPONSE']._serialized_start=484
-  _globals['_STARTRUNRESPONSE']._serialized_end=518
-  _globals['_RUN']._serialized_start=521
-  _globals['_RUN']._serialized_end=756
-  _globals['_LISTRUNSREQUEST']._serialized_start=758
-  _globals['_LISTRUNSREQUEST']._serialized_end=791
-  _globals['_LISTRUNSRESPONSE']._serialized_start=793
-  _globals['_LISTRUNSRESPONSE']._serialized_end=846
-  _globals['_STREAMLOGSREQUEST']._serialized_start=848
-  _globals['_STREAMLOGSREQUEST']._serialized_end=918
-  _globals['_LOGENTRY']._serialized_start=920
-  _globals['_LOGENTRY']._serialized_end=1012
-  _globals['_STOPRUNREQUEST']._serialized_start=1014
-  _globals['_STOPRUNREQUEST']._serialized_end=1046
-  _globals['_STOPRUNRESPONSE']._serialized_start=1048
-  _globals['_STOPRUNRESPONSE']._serialized_end=1081
-  _globals['_CONTROL']._serialized_start=1084
-  _globals['_CONTROL']._serialized_end=1486
+  _globals['_LISTNODESREQUEST']._serialized_end=113
+  _globals['_NODEINFO']._serialized_start=116
+  _globals['_NODEINFO']._serialized_end=331
+  _globals['_LISTNODESRESPONSE']._serialized_start=333
+  _globals['_LISTNODESRESPONSE']._serialized_end=393
+  _globals['_REGISTERNODEKEYSREQUEST']._serialized_start=395
+  _globals['_REGISTERNODEKEYSREQUEST']._serialized_end=441
+  _globals['_REGISTEREDKEY']._serialized_start=443
+  _globals['_REGISTEREDKEY']._serialized_end=513
+  _globals['_REGISTERNODEKEYSRESPONSE']._serialized_start=515
+  _globals['_REGISTERNODEKEYSRESPONSE']._serialized_end=586
+  _globals['_UNREGISTERNODEREQUEST']._serialized_start=588
+  _globals['_UNREGISTERNODEREQUEST']._serialized_end=628
+  _globals['_UNREGISTERNODERESPONSE']._serialized_start=630
+  _globals['_UNREGISTERNODERESPONSE']._serialized_end=693
+  _globals['_STARTRUNREQUEST']._serialized_start=695
+  _globals['_STARTRUNREQUEST']._serialized_end=799
+  _globals['_STARTRUNRESPONSE']._serialized_start=801
+  _globals['_STARTRUNRESPONSE']._serialized_end=835
+  _globals['_RUN']._serialized_start=838
+  _globals['_RUN']._serialized_end=1073
+  _globals['_LISTRUNSREQUEST']._serialized_start=1075
+  _globals['_LISTRUNSREQUEST']._serialized_end=1108
+  _globals['_LISTRUNSRESPONSE']._serialized_start=1110
+  _globals['_LISTRUNSRESPONSE']._serialized_end=1163
+  _globals['_STREAMLOGSREQUEST']._serialized_start=1165
+  _globals['_STREAMLOGSREQUEST']._serialized_end=1235
+  _globals['_LOGENTRY']._serialized_start=1237
+  _globals['_LOGENTRY']._serialized_end=1329
+  _globals['_STOPRUNREQUEST']._serialized_start=1331
+  _globals['_STOPRUNREQUEST']._serialized_end=1363
+  _globals['_STOPRUNRESPONSE']._serialized_start=1365
+  _globals['_STOPRUNRESPONSE']._serialized_end=1398
+  _globals['_CONTROL']._serialized_start=1401
+  _globals['_CONTROL']._serialized_end=2003
 # @@protoc_insertion_point(module_scope)

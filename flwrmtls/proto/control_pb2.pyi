@@ -23,12 +23,17 @@ DESCRIPTOR: _descriptor.FileDescriptor
 class ListNodesRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    VERBOSE_FIELD_NUMBER: _builtins.int
+    verbose: _builtins.bool
+    """also unregistered nodes"""
     def __init__(
         self,
+        *,
+        verbose: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["verbose", b"verbose"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -54,9 +59,9 @@ class NodeInfo(_message.Message):
     organisation: _builtins.str
     """the certificate's O, if any"""
     auth_method: _builtins.str
-    """"certificate", or "none" on a link without client auth"""
+    """"certificate", "key", or "none" on a link without node auth"""
     status: _builtins.str
-    """"online" or "offline" """
+    """"registered" (never connected), "online", "offline", "unregistered" """
     cert_not_after: _builtins.float
     """seconds since the epoch; 0 when not a certificate"""
     last_seen: _builtins.float
@@ -106,6 +111,118 @@ class ListNodesResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListNodesResponse: _TypeAlias = ListNodesResponse  # noqa: Y015
+
+@_typing.final
+class RegisterNodeKeysRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PUBLIC_KEYS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def public_keys(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+        """SubjectPublicKeyInfo DER, EC P-256/P-384/P-521"""
+
+    def __init__(
+        self,
+        *,
+        public_keys: _abc.Iterable[_builtins.bytes] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["public_keys", b"public_keys"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RegisterNodeKeysRequest: _TypeAlias = RegisterNodeKeysRequest  # noqa: Y015
+
+@_typing.final
+class RegisteredKey(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    FINGERPRINT_FIELD_NUMBER: _builtins.int
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    node_id: _builtins.int
+    fingerprint: _builtins.str
+    """SHA256:... as ssh-keygen -l shows it"""
+    outcome: _builtins.str
+    """"registered", "registered again", "already registered" """
+    def __init__(
+        self,
+        *,
+        node_id: _builtins.int = ...,
+        fingerprint: _builtins.str = ...,
+        outcome: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["fingerprint", b"fingerprint", "node_id", b"node_id", "outcome", b"outcome"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RegisteredKey: _TypeAlias = RegisteredKey  # noqa: Y015
+
+@_typing.final
+class RegisterNodeKeysResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEYS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def keys(self) -> _containers.RepeatedCompositeFieldContainer[Global___RegisteredKey]:
+        """in request order"""
+
+    def __init__(
+        self,
+        *,
+        keys: _abc.Iterable[Global___RegisteredKey] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["keys", b"keys"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RegisterNodeKeysResponse: _TypeAlias = RegisterNodeKeysResponse  # noqa: Y015
+
+@_typing.final
+class UnregisterNodeRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    node_id: _builtins.int
+    def __init__(
+        self,
+        *,
+        node_id: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["node_id", b"node_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UnregisterNodeRequest: _TypeAlias = UnregisterNodeRequest  # noqa: Y015
+
+@_typing.final
+class UnregisterNodeResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IDENTITY_FIELD_NUMBER: _builtins.int
+    AUTH_METHOD_FIELD_NUMBER: _builtins.int
+    identity: _builtins.str
+    auth_method: _builtins.str
+    def __init__(
+        self,
+        *,
+        identity: _builtins.str = ...,
+        auth_method: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["auth_method", b"auth_method", "identity", b"identity"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UnregisterNodeResponse: _TypeAlias = UnregisterNodeResponse  # noqa: Y015
 
 @_typing.final
 class StartRunRequest(_message.Message):

@@ -39,6 +39,16 @@ class ControlStub:
                 request_serializer=flwrmtls_dot_proto_dot_control__pb2.ListNodesRequest.SerializeToString,
                 response_deserializer=flwrmtls_dot_proto_dot_control__pb2.ListNodesResponse.FromString,
                 _registered_method=True)
+        self.RegisterNodeKeys = channel.unary_unary(
+                '/flwrmtls.proto.Control/RegisterNodeKeys',
+                request_serializer=flwrmtls_dot_proto_dot_control__pb2.RegisterNodeKeysRequest.SerializeToString,
+                response_deserializer=flwrmtls_dot_proto_dot_control__pb2.RegisterNodeKeysResponse.FromString,
+                _registered_method=True)
+        self.UnregisterNode = channel.unary_unary(
+                '/flwrmtls.proto.Control/UnregisterNode',
+                request_serializer=flwrmtls_dot_proto_dot_control__pb2.UnregisterNodeRequest.SerializeToString,
+                response_deserializer=flwrmtls_dot_proto_dot_control__pb2.UnregisterNodeResponse.FromString,
+                _registered_method=True)
         self.StartRun = channel.unary_unary(
                 '/flwrmtls.proto.Control/StartRun',
                 request_serializer=flwrmtls_dot_proto_dot_control__pb2.StartRunRequest.SerializeToString,
@@ -66,6 +76,20 @@ class ControlServicer:
 
     def ListNodes(self, request, context):
         """The nodes the link knows, with their identity and status.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RegisterNodeKeys(self, request, context):
+        """EC-key mode: register node public keys (SubjectPublicKeyInfo DER).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UnregisterNode(self, request, context):
+        """Refuse a node from its next call on: its key (EC-key mode) or its identity (certificates).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -106,6 +130,16 @@ def add_ControlServicer_to_server(servicer, server):
                     servicer.ListNodes,
                     request_deserializer=flwrmtls_dot_proto_dot_control__pb2.ListNodesRequest.FromString,
                     response_serializer=flwrmtls_dot_proto_dot_control__pb2.ListNodesResponse.SerializeToString,
+            ),
+            'RegisterNodeKeys': grpc.unary_unary_rpc_method_handler(
+                    servicer.RegisterNodeKeys,
+                    request_deserializer=flwrmtls_dot_proto_dot_control__pb2.RegisterNodeKeysRequest.FromString,
+                    response_serializer=flwrmtls_dot_proto_dot_control__pb2.RegisterNodeKeysResponse.SerializeToString,
+            ),
+            'UnregisterNode': grpc.unary_unary_rpc_method_handler(
+                    servicer.UnregisterNode,
+                    request_deserializer=flwrmtls_dot_proto_dot_control__pb2.UnregisterNodeRequest.FromString,
+                    response_serializer=flwrmtls_dot_proto_dot_control__pb2.UnregisterNodeResponse.SerializeToString,
             ),
             'StartRun': grpc.unary_unary_rpc_method_handler(
                     servicer.StartRun,
@@ -155,6 +189,60 @@ class Control:
             '/flwrmtls.proto.Control/ListNodes',
             flwrmtls_dot_proto_dot_control__pb2.ListNodesRequest.SerializeToString,
             flwrmtls_dot_proto_dot_control__pb2.ListNodesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RegisterNodeKeys(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flwrmtls.proto.Control/RegisterNodeKeys',
+            flwrmtls_dot_proto_dot_control__pb2.RegisterNodeKeysRequest.SerializeToString,
+            flwrmtls_dot_proto_dot_control__pb2.RegisterNodeKeysResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UnregisterNode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flwrmtls.proto.Control/UnregisterNode',
+            flwrmtls_dot_proto_dot_control__pb2.UnregisterNodeRequest.SerializeToString,
+            flwrmtls_dot_proto_dot_control__pb2.UnregisterNodeResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -33,6 +33,10 @@ class ControlStub:
     def __new__(cls, channel: _aio.Channel) -> ControlAsyncStub: ...
     ListNodes: _grpc.UnaryUnaryMultiCallable[_control_pb2.ListNodesRequest, _control_pb2.ListNodesResponse]
     """The nodes the link knows, with their identity and status."""
+    RegisterNodeKeys: _grpc.UnaryUnaryMultiCallable[_control_pb2.RegisterNodeKeysRequest, _control_pb2.RegisterNodeKeysResponse]
+    """EC-key mode: register node public keys (SubjectPublicKeyInfo DER)."""
+    UnregisterNode: _grpc.UnaryUnaryMultiCallable[_control_pb2.UnregisterNodeRequest, _control_pb2.UnregisterNodeResponse]
+    """Refuse a node from its next call on: its key (EC-key mode) or its identity (certificates)."""
     StartRun: _grpc.UnaryUnaryMultiCallable[_control_pb2.StartRunRequest, _control_pb2.StartRunResponse]
     """Start a run of an app bundle; the link starts its ServerApp."""
     ListRuns: _grpc.UnaryUnaryMultiCallable[_control_pb2.ListRunsRequest, _control_pb2.ListRunsResponse]
@@ -47,6 +51,10 @@ class ControlAsyncStub(ControlStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     ListNodes: _aio.UnaryUnaryMultiCallable[_control_pb2.ListNodesRequest, _control_pb2.ListNodesResponse]  # type: ignore[assignment]
     """The nodes the link knows, with their identity and status."""
+    RegisterNodeKeys: _aio.UnaryUnaryMultiCallable[_control_pb2.RegisterNodeKeysRequest, _control_pb2.RegisterNodeKeysResponse]  # type: ignore[assignment]
+    """EC-key mode: register node public keys (SubjectPublicKeyInfo DER)."""
+    UnregisterNode: _aio.UnaryUnaryMultiCallable[_control_pb2.UnregisterNodeRequest, _control_pb2.UnregisterNodeResponse]  # type: ignore[assignment]
+    """Refuse a node from its next call on: its key (EC-key mode) or its identity (certificates)."""
     StartRun: _aio.UnaryUnaryMultiCallable[_control_pb2.StartRunRequest, _control_pb2.StartRunResponse]  # type: ignore[assignment]
     """Start a run of an app bundle; the link starts its ServerApp."""
     ListRuns: _aio.UnaryUnaryMultiCallable[_control_pb2.ListRunsRequest, _control_pb2.ListRunsResponse]  # type: ignore[assignment]
@@ -64,6 +72,22 @@ class ControlServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_control_pb2.ListNodesResponse, _abc.Awaitable[_control_pb2.ListNodesResponse]]:
         """The nodes the link knows, with their identity and status."""
+
+    @_abc_1.abstractmethod
+    def RegisterNodeKeys(
+        self,
+        request: _control_pb2.RegisterNodeKeysRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.RegisterNodeKeysResponse, _abc.Awaitable[_control_pb2.RegisterNodeKeysResponse]]:
+        """EC-key mode: register node public keys (SubjectPublicKeyInfo DER)."""
+
+    @_abc_1.abstractmethod
+    def UnregisterNode(
+        self,
+        request: _control_pb2.UnregisterNodeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.UnregisterNodeResponse, _abc.Awaitable[_control_pb2.UnregisterNodeResponse]]:
+        """Refuse a node from its next call on: its key (EC-key mode) or its identity (certificates)."""
 
     @_abc_1.abstractmethod
     def StartRun(

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from flwrmtls.errors import InputError
+from flwrmtls.state.keytable import NodeKeyTable
 from flwrmtls.state.messagetable import MessageTable
 from flwrmtls.state.runtable import RunTable
 from flwrmtls.state.schema import migrate
@@ -66,7 +67,8 @@ class NodeRecord:
     auth_method: str
     cert_fingerprint: str
     cert_not_after: float
-    online: bool
+    status: str
+    """"online", "offline", "unregistered", or "registered" (a key that never connected)."""
     last_seen: float
     created_at: float
     peer_address: str
@@ -87,6 +89,7 @@ class LinkState:
             ) from None
         self.runs = RunTable(self._db)
         self.messages = MessageTable(self._db)
+        self.keys = NodeKeyTable(self._db)
 
     def close(self) -> None:
         self._db.close()
@@ -197,20 +200,23 @@ class LinkState:
     def online_nodes(self, *, now: float) -> list[tuple[int, str]]:
         """ServerAppIo servicer: (node id, identity) of nodes online now."""
         rows = self._db.execute(
-            "SELECT node_id, identity FROM nodes WHERE online_until > ? ORDER BY node_id", (now,)
+            "SELECT node_id, identity FROM nodes WHERE online_until > ? AND unregistered_at = 0 "
+            "ORDER BY node_id",
+            (now,),
         ).fetchall()
         return [(int(row[0]), str(row[1])) for row in rows]
 
-    def node_status(self, node_ids: list[int], *, now: float) -> dict[int, tuple[str, float]]:
-        """ServerAppIo servicer: identity and online-until of each known node."""
+    def node_status(self, node_ids: list[int], *, now: float) -> dict[int, tuple[str, float, bool]]:
+        """ServerAppIo servicer: identity, online-until and unregistered-or-not of each node."""
         if not node_ids:
             return {}
         marks = ",".join("?" * len(node_ids))
         rows = self._db.execute(
-            f"SELECT node_id, identity, online_until FROM nodes WHERE node_id IN ({marks})",
+            "SELECT node_id, identity, online_until, unregistered_at > 0 FROM nodes "
+            f"WHERE node_id IN ({marks})",
             node_ids,
         ).fetchall()
-        return {int(r[0]): (str(r[1]), float(r[2])) for r in rows}
+        return {int(r[0]): (str(r[1]), float(r[2]), bool(r[3])) for r in rows}
 
     def identity_of(self, node_id: int) -> str:
         row = self._db.execute(
@@ -220,28 +226,53 @@ class LinkState:
 
     # --- Control servicer -----------------------------------------------------------------
 
-    def list_nodes(self, *, now: float) -> list[NodeRecord]:
-        """Control servicer: every node the link has seen, online ones first."""
+    def list_nodes(self, *, now: float, verbose: bool = False) -> list[NodeRecord]:
+        """Control servicer: nodes the link has seen, and registered keys that never
+        connected; unregistered nodes only when ``verbose``. Online ones first."""
         rows = self._db.execute(
             """
             SELECT node_id, identity, organisation, auth_method, cert_fingerprint,
-                   cert_not_after, online_until > ?, last_seen, created_at, peer_address
+                   cert_not_after, online_until > ?, last_seen, created_at, peer_address,
+                   unregistered_at > 0
             FROM nodes ORDER BY online_until > ? DESC, identity
             """,
             (now, now),
         ).fetchall()
-        return [
+        records = [
             NodeRecord(
-                node_id=row[0],
-                identity=row[1],
-                organisation=row[2],
-                auth_method=row[3],
-                cert_fingerprint=row[4],
-                cert_not_after=row[5],
-                online=bool(row[6]),
-                last_seen=row[7],
-                created_at=row[8],
-                peer_address=row[9],
+                node_id=row[0], identity=row[1], organisation=row[2], auth_method=row[3],
+                cert_fingerprint=row[4], cert_not_after=row[5],
+                status="unregistered" if row[10] else ("online" if row[6] else "offline"),
+                last_seen=row[7], created_at=row[8], peer_address=row[9],
             )
             for row in rows
-        ]
+        ]  # fmt: skip
+        seen = {record.node_id for record in records}
+        for key in self.keys.all():
+            if key.node_id in seen:
+                continue
+            records.append(
+                NodeRecord(
+                    node_id=key.node_id, identity=key.fingerprint, organisation="",
+                    auth_method="key", cert_fingerprint="", cert_not_after=0.0,
+                    status=key.status.value, last_seen=0.0, created_at=key.changed_at,
+                    peer_address="",
+                )
+            )  # fmt: skip
+        return [r for r in records if verbose or r.status != "unregistered"]
+
+    def unregister_node(self, node_id: int, *, now: float) -> NodeRecord | None:
+        """Control servicer: mark a node unregistered and offline, ending its session."""
+        with self._db:
+            self._db.execute(
+                "UPDATE nodes SET unregistered_at = ?, session_id = NULL, online_until = 0 "
+                "WHERE node_id = ?",
+                (now, node_id),
+            )
+        return next(
+            (r for r in self.list_nodes(now=now, verbose=True) if r.node_id == node_id), None
+        )
+
+    def readmit_node(self, node_id: int) -> None:
+        """Control servicer (a key registered again): the node may connect again."""
+        self._db.execute("UPDATE nodes SET unregistered_at = 0 WHERE node_id = ?", (node_id,))

@@ -95,6 +95,18 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX messages_pending ON messages(dst_node_id, delivered_at);
     CREATE INDEX messages_replies ON messages(reply_to_message_id);
     """,
+    # 2 -> 3: EC-key registration (CLI-managed mode) and unregistered nodes.
+    """
+    CREATE TABLE node_keys (
+        public_key  BLOB PRIMARY KEY,
+        node_id     INTEGER NOT NULL UNIQUE,
+        fingerprint TEXT NOT NULL,
+        status      TEXT NOT NULL,
+        changed_at  REAL NOT NULL,
+        changed_by  TEXT NOT NULL
+    );
+    ALTER TABLE nodes ADD COLUMN unregistered_at REAL NOT NULL DEFAULT 0;
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -17,6 +17,7 @@ import grpc
 from flwrmtls.auth.identity import IdentitySource
 from flwrmtls.clock import Clock
 from flwrmtls.fleet.client import FleetClient
+from flwrmtls.link.nodeauth import NodeAuth
 from flwrmtls.link.server import Link, LinkConfig
 from flwrmtls.wire.credentials import (
     TlsIdentity,
@@ -56,6 +57,7 @@ def mtls_config(
         max_chain_depth=max_chain_depth,
         heartbeat_interval=heartbeat_interval,
         serverappio_address="127.0.0.1:0",
+        node_auth=NodeAuth.CERTIFICATE if require_client_auth else NodeAuth.NONE,
     )
 
 

@@ -51,12 +51,25 @@ class Deployment:
         link.start_and_wait()
         return link
 
-    def node(self, name: str, fleet_port: int, *extra: str, cert: str | None = None) -> NodeProcess:
-        chain, key = self.pki.paths(cert or name)
+    def node(
+        self,
+        name: str,
+        fleet_port: int,
+        *extra: str,
+        cert: str | None = None,
+        ec_key: Path | None = None,
+    ) -> NodeProcess:
+        """A node with the certificate ``cert`` (default: ``name``'s) and, with ``ec_key``,
+        that EC private key; ``cert=""`` means no certificate."""
+        credentials: list[str] = []
+        if cert != "":
+            chain, key = self.pki.paths(cert or name)
+            credentials += ["--ssl-client-certfile", str(chain), "--ssl-client-keyfile", str(key)]
+        if ec_key is not None:
+            credentials += ["--auth-supernode-private-key", str(ec_key)]
         args = [
             "--superlink", f"127.0.0.1:{fleet_port}",
-            "--root-certificates", str(self.pki.trust_bundle_path),
-            "--ssl-client-certfile", str(chain), "--ssl-client-keyfile", str(key),
+            "--root-certificates", str(self.pki.trust_bundle_path), *credentials,
             "--clientappio-api-address", "127.0.0.1:0", *extra,
         ]  # fmt: skip
         node = NodeProcess(args, self.tmp / f"{name}.log", self.env)

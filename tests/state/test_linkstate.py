@@ -27,12 +27,12 @@ def activate(state: LinkState, node_id: int | None = 42, now: float = T0) -> tup
 def test_online_follows_heartbeats(tmp_path: Path) -> None:
     state = LinkState(tmp_path / "link.db")
     node_id, session = activate(state)
-    assert [n.online for n in state.list_nodes(now=T0 + 1)] == [True]
-    assert [n.online for n in state.list_nodes(now=T0 + 26)] == [False]  # 2.5 intervals
+    assert [n.status for n in state.list_nodes(now=T0 + 1)] == ["online"]
+    assert [n.status for n in state.list_nodes(now=T0 + 26)] == ["offline"]  # 2.5 intervals
     state.heartbeat(node_id, session, now=T0 + 26, heartbeat_interval=10, peer_address="p")
-    assert [n.online for n in state.list_nodes(now=T0 + 27)] == [True]
+    assert [n.status for n in state.list_nodes(now=T0 + 27)] == ["online"]
     state.deactivate_node(node_id, session, now=T0 + 28)
-    assert [n.online for n in state.list_nodes(now=T0 + 28)] == [False]
+    assert [n.status for n in state.list_nodes(now=T0 + 28)] == ["offline"]
 
 
 def test_state_survives_reopening(tmp_path: Path) -> None:

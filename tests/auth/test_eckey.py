@@ -1,0 +1,573 @@
+"""The EC-key authenticator as pure calls, with keys made by ssh-keygen and by cryptography.
+
+Each refusal sits beside its negative control: the same key and setup with an honest call
+passes. The clock is the ``now`` passed in, so tests jump instead of sleeping.
+"""
+
+from __future__ import annotations
+
+import base64
+import subprocess
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+
+from flwrmtls.auth.authenticator import (
+    AuthenticationFailed,
+    AuthMethod,
+    CallCredentials,
+    KeySignature,
+    Principal,
+    RefusalReason,
+)
+from flwrmtls.auth.eckey import EcKeyAuthenticator, KeyStatus
+from flwrmtls.auth.identity import PrincipalKind
+from flwrmtls.auth.keys import (
+    key_fingerprint,
+    load_node_private_key,
+    load_public_key_file,
+    node_id_for_key,
+    public_key_der,
+)
+from flwrmtls.auth.signing import (
+    CallSigner,
+    body_digest,
+    key_signature_from_metadata,
+    new_nonce,
+    signed_bytes,
+    timestamp_ms,
+)
+
+METHOD = "/flwrmtls.proto.Fleet/PullMessages"
+NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
+BODY = body_digest(b"\x08\x2a")
+PEER = "ipv4:10.0.0.7:40000"
+
+
+def ssh_keygen(directory: Path, name: str, *options: str) -> Path:
+    path = directory / name
+    subprocess.run(
+        ["ssh-keygen", "-q", *options, "-N", "", "-C", "", "-f", str(path)],
+        check=True,
+        capture_output=True,
+    )
+    return path
+
+
+def ssh_fingerprint(public_file: Path) -> str:
+    shown = subprocess.run(
+        ["ssh-keygen", "-l", "-E", "sha256", "-f", str(public_file)],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    return shown.split()[1]
+
+
+@pytest.fixture(scope="module")
+def key_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Node keys as Flower users make them (``ssh-keygen -t ecdsa -b 384 -N "" -f ...``)."""
+    directory = tmp_path_factory.mktemp("node-keys")
+    files = {
+        f"p{bits}": ssh_keygen(directory, f"node_{bits}", "-t", "ecdsa", "-b", str(bits))
+        for bits in (256, 384, 521)
+    }
+    files["rsa"] = ssh_keygen(directory, "node_rsa", "-t", "rsa", "-b", "2048")
+    files["ed25519"] = ssh_keygen(directory, "node_ed25519", "-t", "ed25519")
+    return files
+
+
+@pytest.fixture(scope="module")
+def node_key(key_files: dict[str, Path]) -> ec.EllipticCurvePrivateKey:
+    return load_node_private_key(key_files["p384"], "--auth-supernode-private-key")
+
+
+def call(
+    signer: CallSigner,
+    *,
+    method: str = METHOD,
+    digest: bytes = BODY,
+    at: datetime = NOW,
+    nonce: str | None = None,
+) -> CallCredentials:
+    """A call as the link sees it after a node signed (method, digest, at)."""
+    metadata = signer.metadata(method, digest, at, nonce)
+    return received(metadata, method=method, digest=digest)
+
+
+def received(
+    metadata: tuple[tuple[str, str], ...], *, method: str = METHOD, digest: bytes = BODY
+) -> CallCredentials:
+    """What the link builds from the metadata, the method it routed and the body it read."""
+    return CallCredentials(
+        method, PEER, None, None, key_signature=key_signature_from_metadata(metadata, digest)
+    )
+
+
+def refused(
+    auth: EcKeyAuthenticator, credentials: CallCredentials, now: datetime = NOW
+) -> AuthenticationFailed:
+    with pytest.raises(AuthenticationFailed) as caught:
+        auth.authenticate(credentials, now)
+    return caught.value
+
+
+class Registry:
+    """A link's registered keys, by SubjectPublicKeyInfo (what the state will hold)."""
+
+    def __init__(self) -> None:
+        self.status: dict[bytes, KeyStatus] = {}
+        self.lookups = 0
+
+    def __call__(self, der: bytes) -> KeyStatus:
+        self.lookups += 1
+        return self.status.get(der, KeyStatus.UNKNOWN)
+
+
+def with_signature(credentials: CallCredentials, **changes: object) -> CallCredentials:
+    assert credentials.key_signature is not None
+    signature = replace(credentials.key_signature, **changes)  # type: ignore[arg-type]
+    return replace(credentials, key_signature=signature)
+
+
+# --- accepted ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["p256", "p384", "p521"])
+def test_ssh_keygen_key_is_accepted_in_automatic_mode(
+    key_files: dict[str, Path], name: str
+) -> None:
+    key = load_node_private_key(key_files[name], "--auth-supernode-private-key")
+    principal = EcKeyAuthenticator().authenticate(call(CallSigner(key)), NOW)
+    fingerprint = ssh_fingerprint(key_files[name].with_name(key_files[name].name + ".pub"))
+    assert principal == Principal(
+        kind=PrincipalKind.NODE,
+        auth_method=AuthMethod.KEY,
+        identity=fingerprint,
+        organisation="",
+        node_id=node_id_for_key(key),
+        not_after=None,
+        fingerprint=fingerprint,
+    )
+
+
+def test_cryptography_key_is_accepted_and_named_by_its_key() -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    auth = EcKeyAuthenticator()
+    first = auth.authenticate(call(CallSigner(key)), NOW)
+    again = auth.authenticate(call(CallSigner(key)), NOW + timedelta(seconds=5))
+    assert first == again  # the same node on every call
+    other = auth.authenticate(call(CallSigner(ec.generate_private_key(ec.SECP256R1()))), NOW)
+    assert other.node_id != first.node_id
+    assert other.identity != first.identity
+
+
+def test_registered_key_is_accepted_and_unknown_key_is_told_how_to_register(
+    key_files: dict[str, Path], node_key: ec.EllipticCurvePrivateKey
+) -> None:
+    registry = Registry()
+    auth = EcKeyAuthenticator(registry)
+    signer = CallSigner(node_key)
+    fingerprint = key_fingerprint(node_key)
+
+    error = refused(auth, call(signer))
+    assert error.reason is RefusalReason.UNREGISTERED_KEY
+    assert error.message == (
+        f"public key {fingerprint} is not registered: run "
+        "`flwrmtls supernode register <its .pub file>`"
+    )
+    assert error.fingerprint == fingerprint
+    assert signer.encoded_public_key[:40] not in error.message  # the key itself is not echoed
+
+    public = load_public_key_file(key_files["p384"].with_name("node_384.pub"))
+    registry.status[public_key_der(public)] = KeyStatus.REGISTERED
+    principal = auth.authenticate(call(signer), NOW)
+    assert principal.fingerprint == fingerprint
+    assert principal.node_id == node_id_for_key(public)
+
+
+def test_unregistered_node_is_refused_and_can_be_registered_again(
+    node_key: ec.EllipticCurvePrivateKey,
+) -> None:
+    registry = Registry()
+    der = public_key_der(node_key)
+    registry.status[der] = KeyStatus.REGISTERED
+    auth = EcKeyAuthenticator(registry)
+    signer = CallSigner(node_key)
+    auth.authenticate(call(signer), NOW)  # control
+
+    registry.status[der] = KeyStatus.UNREGISTERED
+    refused_call = call(signer, at=NOW + timedelta(seconds=1))
+    error = refused(auth, refused_call, NOW + timedelta(seconds=1))
+    assert error.reason is RefusalReason.NODE_UNREGISTERED
+    assert error.message == f"node unregistered (key {key_fingerprint(node_key)})"
+
+    registry.status[der] = KeyStatus.REGISTERED
+    # Registered again: fresh calls pass, but the call refused while unregistered stays spent.
+    auth.authenticate(call(signer, at=NOW + timedelta(seconds=2)), NOW + timedelta(seconds=2))
+    later = NOW + timedelta(seconds=3)
+    assert refused(auth, refused_call, later).reason is RefusalReason.REPLAYED
+
+
+def test_registry_is_not_asked_for_a_call_whose_signature_fails(
+    node_key: ec.EllipticCurvePrivateKey,
+) -> None:
+    registry = Registry()
+    auth = EcKeyAuthenticator(registry)
+    forged = with_signature(call(CallSigner(node_key)), body_digest=body_digest(b"forged"))
+    assert refused(auth, forged).reason is RefusalReason.BAD_SIGNATURE
+    assert registry.lookups == 0
+    assert refused(auth, call(CallSigner(node_key))).reason is RefusalReason.UNREGISTERED_KEY
+    assert registry.lookups == 1
+
+
+# --- the signature binds the call ---------------------------------------------------------
+
+
+def test_no_signature_is_refused_naming_the_flag(node_key: ec.EllipticCurvePrivateKey) -> None:
+    auth = EcKeyAuthenticator()
+    auth.authenticate(call(CallSigner(node_key)), NOW)  # control
+    error = refused(auth, CallCredentials(METHOD, PEER, None, None))
+    assert error.reason is RefusalReason.NO_SIGNATURE
+    assert "--auth-supernode-private-key" in error.message
+    assert error.fingerprint == ""
+
+
+def test_tampered_signature_is_refused_and_does_not_burn_the_nonce(
+    node_key: ec.EllipticCurvePrivateKey,
+) -> None:
+    auth = EcKeyAuthenticator()
+    honest = call(CallSigner(node_key))
+    assert honest.key_signature is not None
+    raw = bytearray(base64.b64decode(honest.key_signature.signature))
+    raw[-1] ^= 0x01
+    tampered = with_signature(honest, signature=base64.b64encode(bytes(raw)).decode())
+    error = refused(auth, tampered)
+    assert error.reason is RefusalReason.BAD_SIGNATURE
+    assert error.fingerprint == key_fingerprint(node_key)
+    not_base64 = with_signature(honest, signature="!!!!")
+    assert refused(auth, not_base64).reason is RefusalReason.BAD_SIGNATURE
+    # Verification comes before the nonce is recorded: the honest call with that nonce passes.
+    auth.authenticate(honest, NOW)
+
+
+def test_body_changed_after_signing_is_refused(node_key: ec.EllipticCurvePrivateKey) -> None:
+    auth = EcKeyAuthenticator()
+    metadata = CallSigner(node_key).metadata(METHOD, BODY, NOW)
+    other_body = received(metadata, digest=body_digest(b"\x08\x2b"))
+    assert refused(auth, other_body).reason is RefusalReason.BAD_SIGNATURE
+    no_body = received(metadata, digest=b"")
+    assert refused(auth, no_body).reason is RefusalReason.BAD_SIGNATURE
+    auth.authenticate(received(metadata, digest=BODY), NOW)  # control: the body it signed
+
+
+def test_signature_for_another_method_is_refused(node_key: ec.EllipticCurvePrivateKey) -> None:
+    auth = EcKeyAuthenticator()
+    metadata = CallSigner(node_key).metadata(METHOD, BODY, NOW)
+    elsewhere = received(metadata, method="/flwrmtls.proto.Fleet/PushMessages")
+    assert refused(auth, elsewhere).reason is RefusalReason.BAD_SIGNATURE
+    auth.authenticate(received(metadata, method=METHOD), NOW)  # control
+
+
+def test_signature_over_another_encoding_is_refused(node_key: ec.EllipticCurvePrivateKey) -> None:
+    """A signer with its own idea of the message (here Flower's: the timestamp alone) fails."""
+    auth = EcKeyAuthenticator()
+    signer = CallSigner(node_key)
+    algorithm = ec.ECDSA(hashes.SHA384())
+    nonce = new_nonce()
+    timestamp = timestamp_ms(NOW)
+
+    def signed_over(message: bytes) -> CallCredentials:
+        signature = base64.b64encode(node_key.sign(message, algorithm)).decode()
+        return CallCredentials(
+            METHOD,
+            PEER,
+            None,
+            None,
+            key_signature=KeySignature(
+                signer.encoded_public_key, str(timestamp), nonce, signature, BODY
+            ),
+        )
+
+    flower_style = signed_over(str(timestamp).encode())
+    assert refused(auth, flower_style).reason is RefusalReason.BAD_SIGNATURE
+    wrong_hash = base64.b64encode(
+        node_key.sign(signed_bytes(METHOD, timestamp, nonce, BODY), ec.ECDSA(hashes.SHA256()))
+    ).decode()
+    assert refused(auth, with_signature(flower_style, signature=wrong_hash)).reason is (
+        RefusalReason.BAD_SIGNATURE
+    )
+    auth.authenticate(signed_over(signed_bytes(METHOD, timestamp, nonce, BODY)), NOW)  # control
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("timestamp", "+1748779200000"),
+        ("timestamp", "01748779200000"),
+        ("timestamp", "1_748_779_200_000"),
+        ("timestamp", "1748779200000.0"),
+        ("nonce", "0123456789ABCDEF0123456789ABCDEF"),
+        ("nonce", "0123456789abcdef"),
+    ],
+)
+def test_malformed_timestamp_or_nonce_is_refused(
+    node_key: ec.EllipticCurvePrivateKey, field: str, value: str
+) -> None:
+    auth = EcKeyAuthenticator()
+    honest = call(CallSigner(node_key))
+    error = refused(auth, with_signature(honest, **{field: value}))
+    assert error.reason is RefusalReason.BAD_SIGNATURE
+    assert "malformed" in error.message
+    auth.authenticate(honest, NOW)  # control
+
+
+@pytest.mark.parametrize("field", ["public_key", "timestamp", "nonce", "signature"])
+def test_incomplete_signature_is_refused(node_key: ec.EllipticCurvePrivateKey, field: str) -> None:
+    auth = EcKeyAuthenticator()
+    honest = call(CallSigner(node_key))
+    error = refused(auth, with_signature(honest, **{field: ""}))
+    assert error.reason is RefusalReason.BAD_SIGNATURE
+    assert "incomplete" in error.message
+    auth.authenticate(honest, NOW)  # control
+
+
+# --- time -----------------------------------------------------------------------------------
+
+
+def test_timestamp_too_old_is_refused_saying_by_how_much(
+    node_key: ec.EllipticCurvePrivateKey,
+) -> None:
+    auth = EcKeyAuthenticator()
+    signer = CallSigner(node_key)
+    auth.authenticate(call(signer, at=NOW - timedelta(seconds=60)), NOW)  # edge: accepted
+    old = call(signer, at=NOW - timedelta(seconds=75, milliseconds=300))
+    error = refused(auth, old)
+    assert error.reason is RefusalReason.STALE_TIMESTAMP
+    assert error.message.startswith("signature timestamp too old: 75.3 s behind")
+    assert "check the node's clock" in error.message
+    assert error.fingerprint == key_fingerprint(node_key)
+    just_over = call(signer, at=NOW - timedelta(seconds=60, milliseconds=1))
+    assert refused(auth, just_over).reason is RefusalReason.STALE_TIMESTAMP
+
+
+def test_timestamp_too_far_ahead_is_refused_saying_by_how_much(
+    node_key: ec.EllipticCurvePrivateKey,
+) -> None:
+    auth = EcKeyAuthenticator()
+    signer = CallSigner(node_key)
+    auth.authenticate(call(signer, at=NOW + timedelta(seconds=60)), NOW)  # edge: accepted
+    error = refused(auth, call(signer, at=NOW + timedelta(seconds=90)))
+    assert error.reason is RefusalReason.STALE_TIMESTAMP
+    assert error.message.startswith("signature timestamp too far ahead: 90.0 s ahead")
+
+
+def test_window_is_configurable(node_key: ec.EllipticCurvePrivateKey) -> None:
+    auth = EcKeyAuthenticator(window=timedelta(seconds=5))
+    signer = CallSigner(node_key)
+    auth.authenticate(call(signer, at=NOW - timedelta(seconds=4)), NOW)  # control
+    error = refused(auth, call(signer, at=NOW - timedelta(seconds=10)))
+    assert error.reason is RefusalReason.STALE_TIMESTAMP
+    assert "accepts 5.0 s either way" in error.message
+    with pytest.raises(ValueError, match="positive"):
+        EcKeyAuthenticator(window=timedelta(0))
+
+
+# --- replay ---------------------------------------------------------------------------------
+
+
+def test_replayed_call_is_refused_inside_the_window_and_a_fresh_nonce_works(
+    node_key: ec.EllipticCurvePrivateKey,
+) -> None:
+    auth = EcKeyAuthenticator()
+    signer = CallSigner(node_key)
+    first = call(signer)
+    auth.authenticate(first, NOW)
+    error = refused(auth, first, NOW + timedelta(seconds=1))
+    assert error.reason is RefusalReason.REPLAYED
+    assert error.fingerprint == key_fingerprint(node_key)
+    auth.authenticate(call(signer, at=NOW + timedelta(seconds=1)), NOW + timedelta(seconds=1))
+
+
+def test_replay_with_the_key_reencoded_is_still_a_replay(
+    node_key: ec.EllipticCurvePrivateKey,
+) -> None:
+    """The same key sent as a compressed point is the same key: same node, same nonces."""
+    auth = EcKeyAuthenticator()
+    first = call(CallSigner(node_key))
+    principal = auth.authenticate(first, NOW)
+    compressed = node_key.public_key().public_bytes(
+        serialization.Encoding.X962, serialization.PublicFormat.CompressedPoint
+    )
+    uncompressed_der = public_key_der(node_key)
+    # P-384 SubjectPublicKeyInfo: SEQUENCE header (2), AlgorithmIdentifier (18), BIT STRING
+    # header (3), then the uncompressed point. Rebuild it around the compressed point.
+    assert uncompressed_der[23:] == node_key.public_key().public_bytes(
+        serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint
+    )
+    algorithm_id = uncompressed_der[2:20]
+    bit_string = b"\x03" + bytes([len(compressed) + 1]) + b"\x00" + compressed
+    body = algorithm_id + bit_string
+    reencoded = base64.b64encode(b"\x30" + bytes([len(body)]) + body).decode()
+    assert reencoded != first.key_signature.public_key  # type: ignore[union-attr]
+    replayed = with_signature(first, public_key=reencoded)
+    error = refused(auth, replayed, NOW + timedelta(seconds=1))
+    assert error.reason is RefusalReason.REPLAYED
+    # Control: a fresh call under the re-encoded key is accepted as the same node.
+    fresh = with_signature(call(CallSigner(node_key), at=NOW), public_key=reencoded)
+    assert auth.authenticate(fresh, NOW).node_id == principal.node_id
+
+
+def test_nonces_are_per_key(node_key: ec.EllipticCurvePrivateKey) -> None:
+    auth = EcKeyAuthenticator()
+    nonce = new_nonce()
+    auth.authenticate(call(CallSigner(node_key), nonce=nonce), NOW)
+    other = CallSigner(ec.generate_private_key(ec.SECP256R1()))
+    auth.authenticate(call(other, nonce=nonce), NOW)
+    again = call(CallSigner(node_key), nonce=nonce)
+    assert refused(auth, again).reason is RefusalReason.REPLAYED
+
+
+def test_replay_after_the_window_is_stale_and_its_nonce_is_forgotten(
+    node_key: ec.EllipticCurvePrivateKey,
+) -> None:
+    auth = EcKeyAuthenticator()
+    signer = CallSigner(node_key)
+    first = call(signer)
+    auth.authenticate(first, NOW)
+    assert auth.remembered_nonces == 1
+    later = NOW + timedelta(seconds=61)
+    assert refused(auth, first, later).reason is RefusalReason.STALE_TIMESTAMP
+    assert auth.remembered_nonces == 0  # expired by the clock passed in: memory stays bounded
+    auth.authenticate(call(signer, at=later), later)  # control
+    assert auth.remembered_nonces == 1
+
+
+def test_nonce_memory_is_capped_and_eviction_never_admits_a_replay(
+    node_key: ec.EllipticCurvePrivateKey,
+) -> None:
+    auth = EcKeyAuthenticator(max_nonces=3)
+    signer = CallSigner(node_key)
+    calls = [call(signer, at=NOW + timedelta(milliseconds=i)) for i in range(5)]
+    for credentials in calls:
+        auth.authenticate(credentials, NOW + timedelta(seconds=1))
+    assert auth.remembered_nonces == 3
+    # The two oldest were evicted early; replaying them is refused, not admitted.
+    for evicted in calls[:2]:
+        error = refused(auth, evicted, NOW + timedelta(seconds=1))
+        assert error.reason is RefusalReason.STALE_TIMESTAMP
+    for remembered in calls[2:]:
+        assert refused(auth, remembered, NOW + timedelta(seconds=1)).reason is (
+            RefusalReason.REPLAYED
+        )
+    # Control: new calls still pass.
+    auth.authenticate(call(signer, at=NOW + timedelta(seconds=1)), NOW + timedelta(seconds=1))
+
+
+def test_link_clock_stepping_back_does_not_reopen_forgotten_nonces(
+    node_key: ec.EllipticCurvePrivateKey,
+) -> None:
+    auth = EcKeyAuthenticator()
+    signer = CallSigner(node_key)
+    first = call(signer)
+    auth.authenticate(first, NOW)
+    later = NOW + timedelta(minutes=2)
+    auth.authenticate(call(signer, at=later), later)  # forgets the first call's nonce
+    error = refused(auth, first, NOW)  # the link's clock is back at NOW
+    assert error.reason is RefusalReason.STALE_TIMESTAMP
+    assert "already forgotten" in error.message
+    # Control: a call newer than everything forgotten passes at that clock.
+    auth.authenticate(call(signer, at=NOW + timedelta(seconds=30)), NOW)
+
+
+# --- key types ------------------------------------------------------------------------------
+
+
+def test_p224_key_is_refused_as_the_wrong_curve() -> None:
+    auth = EcKeyAuthenticator()
+    auth.authenticate(call(CallSigner(ec.generate_private_key(ec.SECP256R1()))), NOW)  # control
+    key = ec.generate_private_key(ec.SECP224R1())
+    nonce = new_nonce()
+    timestamp = timestamp_ms(NOW)
+    signature = key.sign(signed_bytes(METHOD, timestamp, nonce, BODY), ec.ECDSA(hashes.SHA224()))
+    der = key.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    credentials = CallCredentials(
+        METHOD,
+        PEER,
+        None,
+        None,
+        key_signature=KeySignature(
+            base64.b64encode(der).decode(),
+            str(timestamp),
+            nonce,
+            base64.b64encode(signature).decode(),
+            BODY,
+        ),
+    )
+    error = refused(auth, credentials)
+    assert error.reason is RefusalReason.WRONG_KEY_TYPE
+    assert "P-224" in error.message
+    assert error.fingerprint == ""
+
+
+@pytest.mark.parametrize("name", ["rsa", "ed25519"])
+def test_other_key_types_are_refused(
+    key_files: dict[str, Path], node_key: ec.EllipticCurvePrivateKey, name: str
+) -> None:
+    auth = EcKeyAuthenticator()
+    honest = call(CallSigner(node_key))
+    auth.authenticate(honest, NOW)  # control
+    public_line = key_files[name].with_name(key_files[name].name + ".pub").read_bytes()
+    public = serialization.load_ssh_public_key(public_line)
+    der = public.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    private = serialization.load_ssh_private_key(key_files[name].read_bytes(), None)
+    message = signed_bytes(METHOD, timestamp_ms(NOW), new_nonce(), BODY)
+    if isinstance(private, rsa.RSAPrivateKey):
+        raw = private.sign(message, padding.PKCS1v15(), hashes.SHA256())
+    else:
+        assert isinstance(private, ed25519.Ed25519PrivateKey)
+        raw = private.sign(message)
+    foreign = with_signature(
+        call(CallSigner(node_key)),
+        public_key=base64.b64encode(der).decode(),
+        signature=base64.b64encode(raw).decode(),
+    )
+    error = refused(auth, foreign)
+    assert error.reason is RefusalReason.WRONG_KEY_TYPE
+    assert "ssh-keygen -t ecdsa -b 384" in error.message
+
+
+@pytest.mark.parametrize("encoded", ["not base64!", base64.b64encode(b"\x30\x03junk").decode()])
+def test_garbage_key_is_refused(node_key: ec.EllipticCurvePrivateKey, encoded: str) -> None:
+    auth = EcKeyAuthenticator()
+    honest = call(CallSigner(node_key))
+    assert refused(auth, with_signature(honest, public_key=encoded)).reason is (
+        RefusalReason.WRONG_KEY_TYPE
+    )
+    assert refused(auth, with_signature(honest, public_key="A" * 4096)).reason is (
+        RefusalReason.WRONG_KEY_TYPE
+    )
+    auth.authenticate(honest, NOW)  # control
+
+
+def test_each_key_is_parsed_once_and_the_cache_is_bounded(
+    node_key: ec.EllipticCurvePrivateKey,
+) -> None:
+    auth = EcKeyAuthenticator(key_cache_size=2)
+    signer = CallSigner(node_key)
+    for _ in range(5):
+        auth.authenticate(call(signer), NOW)
+    assert auth.cached_keys == 1
+    for _ in range(3):
+        auth.authenticate(call(CallSigner(ec.generate_private_key(ec.SECP256R1()))), NOW)
+    assert auth.cached_keys == 2
+    auth.authenticate(call(signer), NOW)  # evicted, parsed again, still the same node
+    assert auth.cached_keys == 2
