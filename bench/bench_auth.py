@@ -46,12 +46,16 @@ import cryptography
 import grpc
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from flwrmtls.auth.authenticator import CallCredentials
+from flwrmtls.auth.eckey import EcKeyAuthenticator
 from flwrmtls.auth.mtls import MtlsAuthenticator
 from flwrmtls.auth.revocation import RevocationStore
+from flwrmtls.auth.signing import CallSigner, body_digest, key_signature_from_metadata
 from flwrmtls.errors import FlwrmtlsError
 from flwrmtls.fleet.client import FleetClient, Session
+from flwrmtls.node.signer import SigningInterceptor
 from flwrmtls.pki import RevocationReason
 from flwrmtls.testing.pki import TestPki, make_test_pki
 from flwrmtls.testing.processes import LinkProcess
@@ -82,6 +86,8 @@ class LinkTarget:
     root_path: Path
     identity: TlsIdentity | None
     """The client certificate to present; None on the TLS-only link."""
+    signer: CallSigner | None = None
+    """The EC key that signs each call (the EC-key node); None otherwise."""
 
     @property
     def address(self) -> str:
@@ -106,6 +112,9 @@ class LinkTarget:
             has_client_certificate=self.identity is not None,
             root_certificates=str(self.root_path),
         )
+        if self.signer is not None:
+            signed = grpc.intercept_channel(channel, SigningInterceptor(self.signer))
+            return FleetClient(signed, ctx), channel
         return FleetClient(channel, ctx), channel
 
 
@@ -178,7 +187,9 @@ def link_args(pki: TestPki, database: Path, *, mtls: bool) -> list[str]:
         "--ssl-certfile", str(chain), "--ssl-keyfile", str(key),
     ]  # fmt: skip
     if mtls:
-        args += ["--ssl-require-client-auth", "--ssl-crl-file", str(pki.crl_path)]
+        # The EC-key node reaches the same link on its second Fleet listener.
+        args += ["--ssl-require-client-auth", "--ssl-crl-file", str(pki.crl_path),
+                 "--key-fleet-api-address", "127.0.0.1:0"]  # fmt: skip
     else:
         args += ["--node-auth", "none"]  # the baseline: server TLS, no authenticator
     return args
@@ -406,7 +417,27 @@ def bench_authenticator(pki: TestPki, node: str, calls: int) -> list[Authenticat
             total / first_calls / 1000,
         )
     )
+    rows.append(bench_key_authenticator(max(1, calls // 5)))
     return rows
+
+
+def bench_key_authenticator(calls: int) -> AuthenticatorRow:
+    """``EcKeyAuthenticator.authenticate`` alone: each call freshly signed (not timed)."""
+    method = "/flwrmtls.proto.Fleet/Heartbeat"
+    signer = CallSigner(ec.generate_private_key(ec.SECP384R1()))
+    authenticator = EcKeyAuthenticator()
+    digest = body_digest(b"a heartbeat request")
+    total = 0
+    for _ in range(calls):
+        now = datetime.now(UTC)
+        signature = key_signature_from_metadata(signer.metadata(method, digest, now), digest)
+        call = CallCredentials(method, "ipv4:127.0.0.1:1", None, None, key_signature=signature)
+        start = time.perf_counter_ns()
+        authenticator.authenticate(call, now)
+        total += time.perf_counter_ns() - start
+    return AuthenticatorRow(
+        "EC-key P-384 (cached key; ECDSA verify + nonce)", calls, total / calls / 1000
+    )
 
 
 # --- output -----------------------------------------------------------------------------------
@@ -452,7 +483,11 @@ def _row(cells: Sequence[str], widths: Sequence[int]) -> str:
 
 
 def _label(link: str) -> str:
-    return "mTLS (client cert + CRL)" if link == "mtls" else "TLS-only (no client cert)"
+    return {
+        "mtls": "mTLS (client cert + CRL)",
+        "ec-key": "EC-key P-384 (same link)",
+        "tls-only": "TLS-only (no client cert)",
+    }[link]
 
 
 def render_table(result: dict[str, Any]) -> str:
@@ -520,7 +555,11 @@ def render_table(result: dict[str, Any]) -> str:
             else f", link CPU {ratio['link_cpu_difference_us']:+.1f} us"
         )
     )
-    lines += ["", "3. MtlsAuthenticator.authenticate alone (this process, hot loop)"]
+    lines.append(
+        f"  EC-key / mTLS (same link): p50 x{ratio['ec_key_over_mtls_p50']:.3f}, "
+        f"{ratio['ec_key_p50_difference_us']:+.0f} us per call (the node signs, the link verifies)"
+    )
+    lines += ["", "3. The authenticators alone (this process, hot loop)"]
     widths = [50, 8, 12]
     lines.append(_row(["case", "calls", "per call"], widths))
     for row in result["authenticator"]:
@@ -582,8 +621,14 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             for name, link in links.items()
         }
         mtls, tls_only = targets["mtls"], targets["tls-only"]
+        key_port = int(links["mtls"].wait_for(r"EC-key nodes also on port (\d+)").group(1))
+        ec_key = LinkTarget(
+            name="ec-key", port=key_port, pid=mtls.pid, root_pem=mtls.root_pem,
+            root_path=root_path, identity=None,
+            signer=CallSigner(ec.generate_private_key(ec.SECP384R1())),
+        )  # fmt: skip
         # Heartbeats first, while each link's table holds only the benchmark's own node.
-        heartbeat = bench_heartbeats([mtls, tls_only], args.calls)
+        heartbeat = bench_heartbeats([mtls, ec_key, tls_only], args.calls)
         handshakes = [
             row
             for threads in (1, args.threads)
@@ -597,6 +642,7 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     authenticator = bench_authenticator(pki, "node-1", args.calls * 5)
     by_link = {row.link: row for row in heartbeat}
     m, t = by_link["mtls"].summary, by_link["tls-only"].summary
+    k = by_link["ec-key"].summary
     m_cpu, t_cpu = by_link["mtls"].link_cpu_us_per_call, by_link["tls-only"].link_cpu_us_per_call
     return {
         "handshakes": [asdict(row) for row in handshakes],
@@ -610,6 +656,8 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             "p50_difference_us": (m.p50_ms - t.p50_ms) * 1000,
             "link_cpu": None if m_cpu is None or t_cpu is None else m_cpu / t_cpu,
             "link_cpu_difference_us": None if m_cpu is None or t_cpu is None else m_cpu - t_cpu,
+            "ec_key_over_mtls_p50": k.p50_ms / m.p50_ms,
+            "ec_key_p50_difference_us": (k.p50_ms - m.p50_ms) * 1000,
         },
     }
 
