@@ -1,7 +1,7 @@
 """Federated rounds end to end: a real mTLS link, N real nodes, ``flwrmtls run``, 3 FedAvg rounds.
 
 Run ``.venv/bin/python bench/bench_rounds.py`` (``make bench`` runs it after bench_auth.py);
-``--quick`` for a smaller run (under half a minute), ``--json`` for JSON instead of the table;
+``--quick`` for a smaller run (about 20 s), ``--json`` for JSON instead of the table;
 ``--nodes``/``--model-mb``/``--repetitions``/``--rounds`` pick other cells (``--help``).
 Everything runs as real processes on 127.0.0.1 (ports chosen by the OS), with the test PKI,
 the databases, the app and every temporary file in one directory made by ``tempfile.mkdtemp``
@@ -748,7 +748,9 @@ def spread(values: Sequence[float]) -> dict[str, float]:
 
 def summarize(cell: CellResult) -> dict[str, Any]:
     reps = cell.repetitions
-    later = [s for r in reps for s in r.round_seconds[1:]] or [r.round_seconds[0] for r in reps]
+    # With --rounds 1 there is no later round: round 1 stands in for them.
+    later_rounds = slice(1, None) if all(len(r.rounds) > 1 for r in reps) else slice(0, 1)
+    later = [s for r in reps for s in r.round_seconds[later_rounds]]
 
     def phase(name: str, rounds: slice) -> dict[str, float]:
         return spread([getattr(timing, name) for r in reps for timing in r.rounds[rounds]])
@@ -762,7 +764,7 @@ def summarize(cell: CellResult) -> dict[str, Any]:
         "round_1_seconds": spread([r.round_seconds[0] for r in reps]),
         "later_round_seconds": spread(later),
         "round_1_phases": {name: phase(name, slice(0, 1)) for name in phases},
-        "later_round_phases": {name: phase(name, slice(1, None)) for name in phases},
+        "later_round_phases": {name: phase(name, later_rounds) for name in phases},
         "link_peak_rss_mib": spread([r.link_peak_rss_mib for r in reps]),
         "link_own_peak_rss_mib": spread([r.link_own_peak_rss_mib for r in reps]),
         "node_peak_rss_mib": spread([r.node_peak_rss_mib for r in reps]),
@@ -988,7 +990,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--quick",
         action="store_true",
-        help="cells 2 nodes x 1 MiB and 8 nodes x 1 MiB, 1 run each (about half a minute)",
+        help="cells 2 nodes x 1 MiB and 8 nodes x 1 MiB, 1 run each (about 20 s)",
     )
     p.add_argument(
         "--repetitions",

@@ -12,8 +12,8 @@ from pathlib import Path
 import grpc
 
 from flwrmtls.app.bundle import AppConfig, extract_bundle, read_app_config
-from flwrmtls.auth.tokens import TOKEN_METADATA_KEY
 from flwrmtls.objects.transfer import pull_object_bytes
+from flwrmtls.wire.metadata import RUN_TOKEN_KEY
 
 __all__ = [
     "UnpackedApp",
@@ -40,7 +40,7 @@ def read_token() -> str:
 
 
 def token_metadata(token: str) -> tuple[tuple[str, str], ...]:
-    return ((TOKEN_METADATA_KEY, token),)
+    return ((RUN_TOKEN_KEY, token),)
 
 
 @dataclass(frozen=True)

@@ -11,8 +11,13 @@ Rules kept here:
   SPIFFE mode zero or several URI SANs or a malformed SPIFFE ID.
 * ``node_id`` is a deterministic function of the identity alone, so a reissued certificate
   (same Subject, new key and serial) is the same node.
-* The role of a CLI certificate is the Subject's ``role`` attribute (X.520, OID 2.5.4.72),
-  ``operator`` or ``user``; a certificate without one is a node certificate.
+* The role of a CLI certificate is, by default (:attr:`RoleSource.ROLE`), the Subject's
+  ``role`` attribute (X.520, OID 2.5.4.72), ``operator`` or ``user``; a certificate without
+  one is a node certificate. For certificates from other CAs, :attr:`RoleSource.OU` takes the
+  role from the Subject's single OU instead: ``operator`` or ``user`` (exactly these, lowercase)
+  make a CLI certificate, any other OU or none a node certificate, two or more OUs are refused
+  as ambiguous. In OU mode the ``role`` attribute is ignored, so node certificates must not
+  carry those two OU values: the CA that issues them decides who operates the federation.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ __all__ = [
     "CertificateIdentity",
     "IdentitySource",
     "PrincipalKind",
+    "RoleSource",
     "identity_from_certificate",
     "node_id_for",
     "validate_spiffe_id",
@@ -65,6 +71,15 @@ class PrincipalKind(enum.StrEnum):
     """A ServerApp process, by its run's token."""
     CLIENTAPP = "clientapp"
     """A ClientApp process, by its run's token."""
+
+
+class RoleSource(enum.StrEnum):
+    """Where a CLI certificate's role comes from (the link's ``--cli-role-source``)."""
+
+    ROLE = "role"
+    """The X.520 ``role`` attribute, as ``flwrmtls ca issue cli --role`` writes it."""
+    OU = "ou"
+    """The Subject's single organizational unit, for certificates from other CAs."""
 
 
 _ROLE_KINDS = {"operator": PrincipalKind.OPERATOR, "user": PrincipalKind.USER}
@@ -156,7 +171,10 @@ def validate_spiffe_id(uri: str) -> str:
     return uri
 
 
-def _role_kind(subject: x509.Name) -> PrincipalKind:
+def _role_kind(subject: x509.Name, role_source: RoleSource) -> PrincipalKind:
+    if role_source is RoleSource.OU:
+        unit = _single_value(subject, NameOID.ORGANIZATIONAL_UNIT_NAME, "OU")
+        return _ROLE_KINDS.get(unit or "", PrincipalKind.NODE)
     role = _single_value(subject, ROLE_OID, "role")
     if role is None:
         return PrincipalKind.NODE
@@ -169,13 +187,15 @@ def _role_kind(subject: x509.Name) -> PrincipalKind:
 
 
 def identity_from_certificate(
-    certificate: x509.Certificate, source: IdentitySource = IdentitySource.SUBJECT
+    certificate: x509.Certificate,
+    source: IdentitySource = IdentitySource.SUBJECT,
+    role_source: RoleSource = RoleSource.ROLE,
 ) -> CertificateIdentity:
     """The identity a verified leaf certificate maps to; raises AmbiguousIdentityError."""
     subject = certificate.subject
     _single_value(subject, NameOID.COMMON_NAME, "CN")
     organisation = _single_value(subject, NameOID.ORGANIZATION_NAME, "O") or ""
-    kind = _role_kind(subject)
+    kind = _role_kind(subject, role_source)
     if source is IdentitySource.SUBJECT:
         if not subject.rdns:
             raise AmbiguousIdentityError("certificate Subject is empty")

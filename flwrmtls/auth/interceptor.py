@@ -8,27 +8,45 @@ a handler that refuses at once.
 
 Refusals are logged once per (certificate or peer, reason) and interval, with the peer
 address, the reason and the certificate's SHA-256 fingerprint, never the certificate itself.
+
+With an ``audit`` sink, Control calls, node admissions and refusals are also handed to the
+audit trail as :class:`~flwrmtls.auth.audit.AuditRecord` values; :mod:`flwrmtls.auth.audit`
+says which. Other calls pay one None check for it.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import contextvars
+import functools
 import hashlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from types import TracebackType
 from typing import Any
 
 import grpc
 import grpc.aio
+from cryptography import x509
 
+from flwrmtls.auth.audit import (
+    OUTCOME_OK,
+    AuditRecord,
+    AuditSink,
+    records_every_call,
+    records_every_refusal,
+)
 from flwrmtls.auth.authenticator import (
     AuthenticationFailed,
     Authenticator,
+    AuthMethod,
     CallCredentials,
     KeySignature,
     Principal,
     RefusalReason,
 )
+from flwrmtls.auth.identity import ROLE_OID
 from flwrmtls.auth.policy import is_permitted, required_kinds
 from flwrmtls.auth.signing import key_signature_from_metadata
 from flwrmtls.auth.tokens import TOKEN_METADATA_KEY
@@ -46,6 +64,13 @@ _Context = Any  # grpc.aio.ServicerContext; grpc's stubs type only the sync one
 _principal: contextvars.ContextVar[Principal] = contextvars.ContextVar("flwrmtls_principal")
 
 
+def _reset(token: contextvars.Token[Principal]) -> None:
+    """Undo the principal; a streaming handler closed from another context cannot, and need
+    not: each call runs in its own task, whose context ends with it."""
+    with contextlib.suppress(ValueError):
+        _principal.reset(token)
+
+
 def current_principal() -> Principal:
     """The authenticated caller of the call being handled (set by the interceptor)."""
     return _principal.get()
@@ -59,14 +84,19 @@ class RefusalLog:
         self._interval = interval
         self._last: dict[tuple[str, str], tuple[float, int]] = {}
 
-    def record(self, peer: str, method: str, error: AuthenticationFailed) -> None:
+    def record(self, peer: str, method: str, error: AuthenticationFailed) -> int | None:
+        """Log the refusal unless a like one was logged within the interval.
+
+        Returns None when it was only counted, else how many like refusals were counted
+        (not logged) since the previous report.
+        """
         who = error.fingerprint or peer.rsplit(":", 1)[0]
         key = (who, error.reason.value)
         now = self._clock.monotonic()
         last = self._last.get(key)
         if last is not None and now - last[0] < self._interval:
             self._last[key] = (last[0], last[1] + 1)
-            return
+            return None
         repeats = f" ({last[1]} more since last report)" if last and last[1] else ""
         fingerprint = ""
         if error.fingerprint.startswith("SHA256:"):
@@ -85,6 +115,7 @@ class RefusalLog:
         self._last[key] = (now, 0)
         if len(self._last) > 100_000:
             self._last.clear()
+        return last[1] if last else 0
 
 
 def _first(auth_context: Mapping[str, Iterable[bytes]], key: str) -> bytes | None:
@@ -100,6 +131,40 @@ def _app_credentials(
     return token, key_signature_from_metadata(metadata, body_digest)
 
 
+def _presented_identity(
+    call: CallCredentials, error: AuthenticationFailed
+) -> tuple[str, AuthMethod]:
+    """Who a call refused before it had a principal claims to be: (identity, auth method).
+
+    For the audit trail only. A certificate's Subject is read as presented, trusted or not;
+    the entry's outcome says why it was refused.
+    """
+    host = call.peer.rsplit(":", 1)[0]
+    if call.leaf_pem:
+        try:
+            subject = x509.load_pem_x509_certificate(call.leaf_pem).subject
+            return subject.rfc4514_string({ROLE_OID: "role"}) or host, AuthMethod.CERTIFICATE
+        except ValueError:
+            return host, AuthMethod.CERTIFICATE
+    if call.key_signature is not None or error.fingerprint.startswith("SHA256:"):
+        return error.fingerprint or host, AuthMethod.KEY
+    if call.token is not None:
+        return host, AuthMethod.TOKEN
+    return host, AuthMethod.NONE
+
+
+def _outcome(context: _Context, error: BaseException | None) -> tuple[str, str]:
+    """``ok``, or the status code's name and details a call ended with."""
+    if isinstance(error, asyncio.CancelledError | GeneratorExit):
+        return grpc.StatusCode.CANCELLED.name, "the caller went away"
+    code = context.code()
+    if code is not None and code is not grpc.StatusCode.OK:
+        return str(getattr(code, "name", code)), str(context.details() or "")
+    if error is not None:
+        return grpc.StatusCode.UNKNOWN.name, f"the handler raised {type(error).__name__}"
+    return OUTCOME_OK, ""
+
+
 class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     def __init__(
         self,
@@ -108,12 +173,15 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         refusals: RefusalLog,
         *,
         digest_bodies: bool = False,
+        audit: AuditSink | None = None,
     ) -> None:
-        """``digest_bodies``: hash each unary request's bytes, for EC-key signatures."""
+        """``digest_bodies``: hash each unary request's bytes, for EC-key signatures.
+        ``audit``: where audit records go (:mod:`flwrmtls.auth.audit` says which calls)."""
         self._authenticator = authenticator
         self._clock = clock
         self._refusals = refusals
         self._digest_bodies = digest_bodies
+        self._audit = audit
 
     async def intercept_service(
         self,
@@ -122,14 +190,18 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     ) -> Any:
         method: str = handler_call_details.method
         if required_kinds(method) is None:
-            return _refusing_handler(method)
+            return self._refusing_handler(method)
         handler = await continuation(handler_call_details)
         if handler is None:
             return None
+        on_end = None
+        if self._audit is not None and records_every_call(method):
+            on_end = functools.partial(self._record_call, method)
         return _wrap(
             handler,
             lambda context, digest: self._authorize(method, context, digest),
             digest_bodies=self._digest_bodies,
+            on_end=on_end,
         )
 
     async def _authorize(self, method: str, context: _Context, body_digest: bytes) -> Principal:
@@ -147,7 +219,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         try:
             principal = self._authenticator().authenticate(call, self._clock.now())
         except AuthenticationFailed as error:
-            self._refusals.record(peer, method, error)
+            self._refused(call, error, None)
             context.set_trailing_metadata(((REFUSAL_METADATA_KEY, error.reason.value),))
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, error.message)
             raise  # abort raises; this keeps type checkers aware
@@ -158,13 +230,118 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                 f"{method.rsplit('/', 1)[-1]}",
                 principal.fingerprint,
             )
-            self._refusals.record(peer, method, refusal)
+            self._refused(call, refusal, principal)
             context.set_trailing_metadata(((REFUSAL_METADATA_KEY, refusal.reason.value),))
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, refusal.message)
         return principal
 
+    def _refusing_handler(self, method: str) -> Any:
+        """The handler of a method the policy table does not list: it refuses at once."""
+
+        async def refuse(request: Any, context: _Context) -> Any:
+            error = AuthenticationFailed(
+                RefusalReason.NOT_PERMITTED, f"method {method} is not permitted"
+            )
+            leaf_pem = _first(context.auth_context(), "x509_pem_cert")
+            call = CallCredentials(method, context.peer(), leaf_pem=leaf_pem, chain_pem=None)
+            self._refused(call, error, None)
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, error.message)
+
+        return grpc.unary_unary_rpc_method_handler(refuse)
+
+    def _refused(
+        self, call: CallCredentials, error: AuthenticationFailed, principal: Principal | None
+    ) -> None:
+        """Log the refusal (rate-limited) and record it in the audit trail, if it is kept."""
+        repeats = self._refusals.record(call.peer, call.method, error)
+        if self._audit is None:
+            return
+        every = records_every_refusal(call.method)
+        if repeats is None and not every:
+            return  # counted by the refusal log; the next entry reports the count
+        if principal is None:
+            identity, auth_method = _presented_identity(call, error)
+        else:
+            identity, auth_method = principal.identity, principal.auth_method
+        detail = error.message
+        if error.fingerprint and not error.fingerprint.startswith("SHA256:"):
+            detail += f" (certificate sha256:{error.fingerprint})"
+        if repeats and not every:
+            detail += f"; {repeats} more like it since the previous report"
+        self._record(
+            AuditRecord(
+                timestamp=self._clock.now().timestamp(),
+                identity=identity,
+                auth_method=auth_method.value,
+                method=call.method,
+                outcome=error.reason.value,
+                detail=detail,
+                peer=call.peer,
+            )
+        )
+
+    def _record_call(
+        self,
+        method: str,
+        principal: Principal,
+        context: _Context,
+        peer: str,
+        error: BaseException | None,
+    ) -> None:
+        outcome, detail = _outcome(context, error)
+        self._record(
+            AuditRecord(
+                timestamp=self._clock.now().timestamp(),
+                identity=principal.identity,
+                auth_method=principal.auth_method.value,
+                method=method,
+                outcome=outcome,
+                detail=detail,
+                peer=peer,
+            )
+        )
+
+    def _record(self, record: AuditRecord) -> None:
+        assert self._audit is not None
+        try:
+            self._audit(record)
+        except Exception as error:  # the trail must not take the call down with it
+            log.error(
+                "audit trail: cannot record %s by %s: %s", record.method, record.identity, error
+            )
+
 
 Authorize = Callable[[_Context, bytes], Awaitable[Principal]]
+OnEnd = Callable[[Principal, _Context, str, BaseException | None], None]
+"""``on_end(principal, context, peer, error)``. When a streaming handler's generator is closed
+after its caller went away (``GeneratorExit``, ``CancelledError``) the call is already
+finished: ``context`` must then not be touched (grpc.aio segfaults on ``context.peer()`` of a
+finished call), which is why the peer is taken when the call starts."""
+
+
+class _Handling:
+    """While a handler runs its principal is current; when it ends, ``on_end`` hears how."""
+
+    __slots__ = ("_context", "_on_end", "_peer", "_principal", "_token")
+
+    def __init__(self, principal: Principal, context: _Context, on_end: OnEnd | None) -> None:
+        self._principal = principal
+        self._context = context
+        self._on_end = on_end
+        self._peer = context.peer() if on_end is not None else ""
+
+    def __enter__(self) -> None:
+        self._token = _principal.set(self._principal)
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        _reset(self._token)
+        if self._on_end is not None:
+            self._on_end(self._principal, self._context, self._peer, error)
 
 
 def _digesting(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any]:
@@ -177,11 +354,12 @@ def _digesting(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes],
     return deserialize
 
 
-def _wrap(handler: Any, authorize: Authorize, *, digest_bodies: bool) -> Any:
+def _wrap(handler: Any, authorize: Authorize, *, digest_bodies: bool, on_end: OnEnd | None) -> Any:
     """The same handler, authorizing first. (grpc's stubs type only sync handlers.)
 
     With ``digest_bodies``, unary requests are deserialized together with the digest of their
-    bytes; client-streaming requests are authorized with an empty digest.
+    bytes; client-streaming requests are authorized with an empty digest. ``on_end`` hears how
+    each authorized call ended (not refusals: the interceptor records those itself).
     """
     request_deserializer = handler.request_deserializer
     if digest_bodies and (handler.unary_unary or handler.unary_stream):
@@ -198,11 +376,8 @@ def _wrap(handler: Any, authorize: Authorize, *, digest_bodies: bool) -> Any:
 
         async def unary_unary(request: Any, context: _Context) -> Any:
             message, digest = split(request)
-            token = _principal.set(await authorize(context, digest))
-            try:
+            with _Handling(await authorize(context, digest), context, on_end):
                 return await inner_uu(message, context)
-            finally:
-                _principal.reset(token)
 
         return grpc.unary_unary_rpc_method_handler(
             unary_unary, request_deserializer, handler.response_serializer
@@ -212,12 +387,9 @@ def _wrap(handler: Any, authorize: Authorize, *, digest_bodies: bool) -> Any:
 
         async def unary_stream(request: Any, context: _Context) -> AsyncIterator[Any]:
             message, digest = split(request)
-            token = _principal.set(await authorize(context, digest))
-            try:
+            with _Handling(await authorize(context, digest), context, on_end):
                 async for response in inner_us(message, context):
                     yield response
-            finally:
-                _principal.reset(token)
 
         return grpc.unary_stream_rpc_method_handler(
             unary_stream, request_deserializer, handler.response_serializer
@@ -226,11 +398,8 @@ def _wrap(handler: Any, authorize: Authorize, *, digest_bodies: bool) -> Any:
         inner_su = handler.stream_unary
 
         async def stream_unary(requests: Any, context: _Context) -> Any:
-            token = _principal.set(await authorize(context, b""))
-            try:
+            with _Handling(await authorize(context, b""), context, on_end):
                 return await inner_su(requests, context)
-            finally:
-                _principal.reset(token)
 
         return grpc.stream_unary_rpc_method_handler(
             stream_unary, handler.request_deserializer, handler.response_serializer
@@ -238,21 +407,10 @@ def _wrap(handler: Any, authorize: Authorize, *, digest_bodies: bool) -> Any:
     inner_ss = handler.stream_stream
 
     async def stream_stream(requests: Any, context: _Context) -> AsyncIterator[Any]:
-        token = _principal.set(await authorize(context, b""))
-        try:
+        with _Handling(await authorize(context, b""), context, on_end):
             async for response in inner_ss(requests, context):
                 yield response
-        finally:
-            _principal.reset(token)
 
     return grpc.stream_stream_rpc_method_handler(
         stream_stream, handler.request_deserializer, handler.response_serializer
     )
-
-
-def _refusing_handler(method: str) -> Any:
-    async def refuse(request: Any, context: _Context) -> Any:
-        log.warning("refused %s calling %s: not in the policy table", context.peer(), method)
-        await context.abort(grpc.StatusCode.PERMISSION_DENIED, f"method {method} is not permitted")
-
-    return grpc.unary_unary_rpc_method_handler(refuse)

@@ -40,7 +40,12 @@ from flwrmtls.auth.authenticator import (
     Principal,
     RefusalReason,
 )
-from flwrmtls.auth.identity import AmbiguousIdentityError, IdentitySource, identity_from_certificate
+from flwrmtls.auth.identity import (
+    AmbiguousIdentityError,
+    IdentitySource,
+    RoleSource,
+    identity_from_certificate,
+)
 from flwrmtls.auth.revocation import IssuedBy, RevocationStore
 
 __all__ = ["MtlsAuthenticator", "certificate_fingerprint"]
@@ -91,14 +96,17 @@ class MtlsAuthenticator:
         *,
         revocations: RevocationStore | None = None,
         identity_source: IdentitySource = IdentitySource.SUBJECT,
+        role_source: RoleSource = RoleSource.ROLE,
         max_chain_depth: int | None = None,
         cache_size: int = 50_000,
     ) -> None:
+        """``role_source``: where a CLI certificate's role comes from (``--cli-role-source``)."""
         if not trust_anchors:
             raise ValueError("the mTLS authenticator needs at least one trusted CA certificate")
         self._store = Store(trust_anchors)
         self._revocations = revocations
         self._identity_source = identity_source
+        self._role_source = role_source
         self._max_chain_depth = max_chain_depth
         self._cache: OrderedDict[tuple[bytes, bytes], _Verified | _Failed] = OrderedDict()
         self._cache_size = cache_size
@@ -200,7 +208,7 @@ class MtlsAuthenticator:
                 fingerprint,
             ) from None
         try:
-            identity = identity_from_certificate(leaf, self._identity_source)
+            identity = identity_from_certificate(leaf, self._identity_source, self._role_source)
         except AmbiguousIdentityError as error:
             raise AuthenticationFailed(
                 RefusalReason.AMBIGUOUS_IDENTITY,

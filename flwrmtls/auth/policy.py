@@ -48,7 +48,10 @@ POLICY: Mapping[str, Rule] = {
         "ActivateNode", "DeactivateNode", "Heartbeat", "PullMessages", "PushMessages", "GetRun",
         "PullObject", "PushObject", "MissingObjects",
     ),
-    **_rows("Control", _OPERATORS, "ListNodes", "RegisterNodeKeys", "UnregisterNode"),
+    **_rows(
+        "Control", _OPERATORS,
+        "ListNodes", "RegisterNodeKeys", "UnregisterNode", "ReadmitNode", "ListAudit",
+    ),
     **_rows("Control", _CLI_USERS, "StartRun", "ListRuns", "StreamLogs", "StopRun"),
     **_rows(
         "ServerAppIo", _SERVERAPP,

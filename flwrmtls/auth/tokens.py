@@ -29,6 +29,7 @@ from flwrmtls.auth.authenticator import (
     RefusalReason,
 )
 from flwrmtls.auth.identity import PrincipalKind
+from flwrmtls.wire.metadata import RUN_TOKEN_KEY
 
 __all__ = [
     "TOKEN_METADATA_KEY",
@@ -39,7 +40,7 @@ __all__ = [
     "token_hash",
 ]
 
-TOKEN_METADATA_KEY = "flwrmtls-run-token"  # noqa: S105 - a metadata key
+TOKEN_METADATA_KEY = RUN_TOKEN_KEY
 
 TokenRecord = tuple[bytes, int, str]
 """(stored SHA-256, run id, kind: "serverapp" or "clientapp")."""

@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from flwrmtls.cli import ca, config, new, runs, supernode
+from flwrmtls.cli import audit, ca, config, new, runs, supernode
 from flwrmtls.errors import FlwrmtlsError
 
 __all__ = ["app", "main"]
@@ -26,6 +26,7 @@ app.command("run")(runs.run)
 app.command("ls")(runs.ls)
 app.command("log")(runs.log)
 app.command("stop")(runs.stop)
+app.command("audit")(audit.audit)
 
 
 def main() -> None:

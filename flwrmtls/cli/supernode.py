@@ -44,6 +44,7 @@ def list_nodes(
             "status": n.status,
             "cert_not_after": format_time(n.cert_not_after) if n.cert_not_after else None,
             "cert_fingerprint": n.cert_fingerprint,
+            "cert_expires_soon": n.cert_expires_soon,
             "last_seen": format_time(n.last_seen),
             "peer_address": n.peer_address,
         }
@@ -56,7 +57,7 @@ def list_nodes(
             n.organisation or "-",
             n.auth_method,
             n.status,
-            format_time(n.cert_not_after),
+            format_time(n.cert_not_after) + (" (expires soon!)" if n.cert_expires_soon else ""),
             format_time(n.last_seen),
         ]
         for n in nodes
@@ -115,7 +116,8 @@ def unregister(
         str | None, typer.Argument(help="connection profile (default: the default one)")
     ] = None,
 ) -> None:
-    """Refuse a node from its next call on (EC-key nodes; register its key again to undo)."""
+    """Refuse a node from its next call on, without waiting for a CRL (undo: certificate
+    nodes `flwrmtls supernode readmit NODE_ID`; EC-key nodes register the key again)."""
     config = ConfigFile()
     client = ControlClient(config.profile(connection), str(config.path))
     try:
@@ -123,3 +125,20 @@ def unregister(
     finally:
         client.close()
     typer.echo(f"node {node_id} ({response.identity}) unregistered")
+
+
+@app.command("readmit")
+def readmit(
+    node_id: Annotated[int, typer.Argument(help="an unregistered certificate node")],
+    connection: Annotated[
+        str | None, typer.Argument(help="connection profile (default: the default one)")
+    ] = None,
+) -> None:
+    """Let an unregistered certificate node in again."""
+    config = ConfigFile()
+    client = ControlClient(config.profile(connection), str(config.path))
+    try:
+        identity = client.readmit_node(node_id)
+    finally:
+        client.close()
+    typer.echo(f"node {node_id} ({identity}) readmitted")

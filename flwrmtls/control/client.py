@@ -89,6 +89,15 @@ class ControlClient:
             raise translate_rpc_error(error, self._ctx) from None
         return response
 
+    def readmit_node(self, node_id: int) -> str:
+        try:
+            response = self._stub.ReadmitNode(
+                control_pb2.ReadmitNodeRequest(node_id=node_id), timeout=_CALL_TIMEOUT
+            )
+        except grpc.RpcError as error:
+            raise translate_rpc_error(error, self._ctx) from None
+        return str(response.identity)
+
     def start_run(self, bundle: bytes, bundle_hash: str, overrides: Mapping[str, Value]) -> int:
         request = control_pb2.StartRunRequest(
             bundle=bundle, bundle_hash=bundle_hash, run_config=values_to_proto(overrides)
@@ -128,6 +137,17 @@ class ControlClient:
         except grpc.RpcError as error:
             raise translate_rpc_error(error, self._ctx) from None
         return str(response.status)
+
+    def list_audit(self, *, limit: int = 0, identity: str = "") -> list[control_pb2.AuditEntry]:
+        """The audit trail, newest first (``limit`` 0: the link's default, 100)."""
+        try:
+            response = self._stub.ListAudit(
+                control_pb2.ListAuditRequest(limit=limit, identity=identity),
+                timeout=_CALL_TIMEOUT,
+            )
+        except grpc.RpcError as error:
+            raise translate_rpc_error(error, self._ctx) from None
+        return list(response.entries)
 
     def close(self) -> None:
         self._channel.close()

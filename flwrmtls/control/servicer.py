@@ -1,4 +1,17 @@
-"""The Control API on the link: what the CLI calls (nodes and runs)."""
+"""The Control API on the link: what the CLI calls (nodes, runs, the audit trail).
+
+Who may call which method is the policy table's business (:mod:`flwrmtls.auth.policy`); who
+may see which run is decided here, by the run's owner (the identity that started it):
+
+========================  ===================================  ==================================
+caller                    ListRuns                             StreamLogs, StopRun
+========================  ===================================  ==================================
+operator                  every run                            every run
+user, own run             listed                               allowed
+user, another user's run  not listed; by run id: NOT_FOUND,    PERMISSION_DENIED "run N belongs
+                          as for a missing run                 to another user"
+========================  ===================================  ==================================
+"""
 
 from __future__ import annotations
 
@@ -8,6 +21,8 @@ from typing import Any
 import grpc
 import grpc.aio
 
+from flwrmtls.auth.authenticator import Principal
+from flwrmtls.auth.identity import PrincipalKind
 from flwrmtls.auth.interceptor import current_principal
 from flwrmtls.auth.keys import key_fingerprint, node_id_for_key, parse_node_public_key
 from flwrmtls.clock import Clock
@@ -16,6 +31,7 @@ from flwrmtls.keyvalues import values_from_proto
 from flwrmtls.link.notify import Notifier
 from flwrmtls.link.runs import RunManager
 from flwrmtls.proto import control_pb2, control_pb2_grpc
+from flwrmtls.state.audittable import DEFAULT_MAX_ENTRIES
 from flwrmtls.state.linkstate import LinkState
 from flwrmtls.state.runtable import RunRecord
 
@@ -23,6 +39,14 @@ __all__ = ["ControlServicer"]
 
 _Context = grpc.aio.ServicerContext[Any, Any]
 _FOLLOW_WAIT = 30.0
+DEFAULT_AUDIT_LIMIT = 100
+"""Entries ``ListAudit`` returns when the request names no limit."""
+
+
+def _may_see(principal: Principal, run: RunRecord) -> bool:
+    """Operators see (and stop) every run; users only their own. (Without client
+    authentication every caller is anonymous and the policy lets it see all.)"""
+    return principal.kind is not PrincipalKind.USER or run.owner == principal.identity
 
 
 def run_to_proto(run: RunRecord) -> control_pb2.Run:
@@ -37,17 +61,25 @@ def run_to_proto(run: RunRecord) -> control_pb2.Run:
 
 class ControlServicer(control_pb2_grpc.ControlServicer):
     def __init__(
-        self, state: LinkState, clock: Clock, *, runs: RunManager, notifier: Notifier
+        self,
+        state: LinkState,
+        clock: Clock,
+        *,
+        runs: RunManager,
+        notifier: Notifier,
+        expiry_warning_days: float = 14.0,
     ) -> None:
         self._state = state
         self._clock = clock
         self._runs = runs
         self._notifier = notifier
+        self._expiry_warning = expiry_warning_days * 86400
 
     async def ListNodes(
         self, request: control_pb2.ListNodesRequest, context: _Context
     ) -> control_pb2.ListNodesResponse:
-        records = self._state.list_nodes(now=self._clock.now().timestamp(), verbose=request.verbose)
+        now = self._clock.now().timestamp()
+        records = self._state.list_nodes(now=now, verbose=request.verbose)
         return control_pb2.ListNodesResponse(
             nodes=[
                 control_pb2.NodeInfo(
@@ -61,6 +93,8 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
                     created_at=r.created_at,
                     peer_address=r.peer_address,
                     cert_fingerprint=r.cert_fingerprint,
+                    cert_expires_soon=bool(r.cert_not_after)
+                    and r.cert_not_after - now < self._expiry_warning,
                 )
                 for r in records
             ]
@@ -102,11 +136,9 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
         if record is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no node {node_id}")
             raise AssertionError("unreachable")
-        if record.auth_method != "key":
+        if record.status == "unregistered":
             await context.abort(
-                grpc.StatusCode.FAILED_PRECONDITION,
-                f"node {node_id} ({record.identity}) authenticates by certificate: remove it by "
-                "revoking its certificate (flwrmtls ca revoke)",
+                grpc.StatusCode.FAILED_PRECONDITION, f"node {node_id} is already unregistered"
             )
         self._state.keys.unregister(node_id, by=current_principal().identity, now=now)
         self._state.unregister_node(node_id, now=now)
@@ -116,6 +148,29 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
         return control_pb2.UnregisterNodeResponse(
             identity=record.identity, auth_method=record.auth_method
         )
+
+    async def ReadmitNode(
+        self, request: control_pb2.ReadmitNodeRequest, context: _Context
+    ) -> control_pb2.ReadmitNodeResponse:
+        node_id = request.node_id
+        now = self._clock.now().timestamp()
+        record = next(
+            (r for r in self._state.list_nodes(now=now, verbose=True) if r.node_id == node_id),
+            None,
+        )
+        if record is None or record.status != "unregistered":
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION, f"node {node_id} is not unregistered"
+            )
+            raise AssertionError("unreachable")
+        if record.auth_method == "key":
+            await context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                f"node {node_id} authenticates by EC key: register its key again "
+                "(flwrmtls supernode register KEY.pub)",
+            )
+        self._state.readmit_node(node_id)
+        return control_pb2.ReadmitNodeResponse(identity=record.identity)
 
     async def StartRun(
         self, request: control_pb2.StartRunRequest, context: _Context
@@ -133,10 +188,15 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
     async def ListRuns(
         self, request: control_pb2.ListRunsRequest, context: _Context
     ) -> control_pb2.ListRunsResponse:
+        principal = current_principal()
         if request.run_id:
             run = await self._existing_run(request.run_id, context)
+            if not _may_see(principal, run):
+                await context.abort(grpc.StatusCode.NOT_FOUND, f"no run {request.run_id}")
             return control_pb2.ListRunsResponse(runs=[run_to_proto(run)])
-        return control_pb2.ListRunsResponse(runs=[run_to_proto(r) for r in self._state.runs.all()])
+        return control_pb2.ListRunsResponse(
+            runs=[run_to_proto(r) for r in self._state.runs.all() if _may_see(principal, r)]
+        )
 
     async def _existing_run(self, run_id: int, context: _Context) -> RunRecord:
         run = self._state.runs.get(run_id)
@@ -145,10 +205,20 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
             raise AssertionError("unreachable")
         return run
 
+    async def _own_run(self, run_id: int, context: _Context) -> RunRecord:
+        """The run, if the caller may see it: a missing run is NOT_FOUND, another user's run
+        PERMISSION_DENIED."""
+        run = await self._existing_run(run_id, context)
+        if not _may_see(current_principal(), run):
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED, f"run {run_id} belongs to another user"
+            )
+        return run
+
     async def StreamLogs(
         self, request: control_pb2.StreamLogsRequest, context: _Context
     ) -> AsyncIterator[control_pb2.LogEntry]:
-        run = await self._existing_run(request.run_id, context)
+        run = await self._own_run(request.run_id, context)
         seq = request.after_seq
         while True:
             entries = self._state.runs.logs_after(run.run_id, seq)
@@ -170,7 +240,28 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
     async def StopRun(
         self, request: control_pb2.StopRunRequest, context: _Context
     ) -> control_pb2.StopRunResponse:
-        await self._existing_run(request.run_id, context)
+        await self._own_run(request.run_id, context)
         who = current_principal().identity
         status = await self._runs.stop_run(request.run_id, f"stopped by {who}")
         return control_pb2.StopRunResponse(status=status.value)
+
+    async def ListAudit(
+        self, request: control_pb2.ListAuditRequest, context: _Context
+    ) -> control_pb2.ListAuditResponse:
+        limit = min(request.limit or DEFAULT_AUDIT_LIMIT, DEFAULT_MAX_ENTRIES)
+        entries = self._state.audit.entries(limit, request.identity)
+        return control_pb2.ListAuditResponse(
+            entries=[
+                control_pb2.AuditEntry(
+                    seq=e.seq,
+                    timestamp=e.record.timestamp,
+                    identity=e.record.identity,
+                    auth_method=e.record.auth_method,
+                    method=e.record.method,
+                    outcome=e.record.outcome,
+                    detail=e.record.detail,
+                    peer=e.record.peer,
+                )
+                for e in entries
+            ]
+        )

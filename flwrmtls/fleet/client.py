@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -20,7 +19,7 @@ __all__ = ["FleetClient", "Session", "SessionEnded"]
 
 _CALL_TIMEOUT = 10.0
 _TRANSFER_TIMEOUT = 600.0
-_CANCEL_CHECK = 0.05
+_CANCEL_CHECK = 0.25
 
 
 class SessionEnded(Refused):
@@ -43,6 +42,10 @@ class FleetClient:
     def __init__(self, channel: grpc.Channel, ctx: ConnectionContext) -> None:
         self._stub = fleet_pb2_grpc.FleetStub(channel)
         self._ctx = ctx
+
+    def replace_channel(self, channel: grpc.Channel) -> None:
+        """Use ``channel`` from the next call on (a rotated client certificate)."""
+        self._stub = fleet_pb2_grpc.FleetStub(channel)
 
     def _fail(self, error: grpc.RpcError) -> FlwrmtlsError:
         code = error.code()
@@ -92,11 +95,13 @@ class FleetClient:
             ),
             timeout=wait + _CALL_TIMEOUT,
         )  # fmt: skip
-        while not future.done():
+        finished = threading.Event()
+        future.add_done_callback(lambda _: finished.set())
+        # The answer wakes this at once; cancel requests are checked every _CANCEL_CHECK.
+        while not finished.wait(_CANCEL_CHECK):
             if any(event.is_set() for event in cancel):
                 future.cancel()  # type: ignore[no-untyped-call]
                 return [], []
-            time.sleep(_CANCEL_CHECK)
         try:
             response = future.result()
         except grpc.RpcError as error:

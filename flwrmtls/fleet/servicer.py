@@ -13,7 +13,9 @@ Rules for runs:
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
+from datetime import datetime
 from typing import Any
 
 import grpc
@@ -32,6 +34,8 @@ from flwrmtls.state.messagetable import MessageRow
 
 __all__ = ["FleetServicer"]
 
+log = logging.getLogger("flwrmtls.link")
+
 _Context = grpc.aio.ServicerContext[Any, Any]
 _DEFAULT_PULL_LIMIT = 100
 _MAX_WAIT = 30.0
@@ -48,7 +52,9 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
         notifier: Notifier,
         objects: ObjectStore,
         run_log: RunLog,
+        expiry_warning_days: float = 14.0,
     ) -> None:
+        self._expiry_warning = expiry_warning_days * 86400
         self._state = state
         self._clock = clock
         self._interval = heartbeat_interval
@@ -95,12 +101,23 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
             heartbeat_interval=self._interval,
         )
         self._notifier.notify(("nodes",))
+        self._warn_if_expiring(principal.identity, principal.not_after)
         return fleet_pb2.ActivateNodeResponse(
             node_id=node_id,
             session_id=session_id,
             identity=principal.identity,
             heartbeat_interval=self._interval,
         )
+
+    def _warn_if_expiring(self, identity: str, not_after: datetime | None) -> None:
+        if not_after is None:
+            return
+        left = not_after.timestamp() - self._now()
+        if left < self._expiry_warning:
+            log.warning(
+                "node %s: its certificate expires on %s UTC (in %.1f days): reissue it",
+                identity, f"{not_after:%Y-%m-%d %H:%M}", left / 86400,
+            )  # fmt: skip
 
     async def DeactivateNode(
         self, request: fleet_pb2.DeactivateNodeRequest, context: _Context

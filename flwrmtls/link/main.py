@@ -12,9 +12,10 @@ from pathlib import Path
 
 from cryptography import x509
 
-from flwrmtls.auth.identity import IdentitySource
+from flwrmtls.auth.identity import IdentitySource, RoleSource
 from flwrmtls.errors import FlwrmtlsError, InputError
 from flwrmtls.link.nodeauth import NodeAuth, requires_client_certificate
+from flwrmtls.link.reload import TlsFiles
 from flwrmtls.link.server import Link, LinkConfig
 from flwrmtls.wire.credentials import load_ca_bundle, load_tls_identity
 
@@ -45,8 +46,12 @@ def parser() -> argparse.ArgumentParser:
         type=Path,
         help="CA bundle (PEM); by default it also verifies client certificates",
     )
-    p.add_argument("--ssl-certfile", type=Path, help="server certificate chain (PEM)")
-    p.add_argument("--ssl-keyfile", type=Path, help="server private key (PEM)")
+    p.add_argument(
+        "--ssl-certfile", type=Path, help="server certificate chain (PEM); re-read when it changes"
+    )
+    p.add_argument(
+        "--ssl-keyfile", type=Path, help="server private key (PEM); re-read when it changes"
+    )
     p.add_argument(
         "--ssl-require-client-auth",
         action="store_true",
@@ -56,7 +61,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--ssl-client-ca-certfile",
         type=Path,
-        help="verify client certificates against this CA bundle instead of --ssl-ca-certfile",
+        help="verify client certificates against this CA bundle instead of --ssl-ca-certfile; "
+        "re-read when it changes",
     )
     p.add_argument(
         "--ssl-crl-file",
@@ -87,10 +93,23 @@ def parser() -> argparse.ArgumentParser:
         help="seconds an EC-key node's signed timestamp may differ from the link's clock",
     )
     p.add_argument(
+        "--cert-expiry-warning-days",
+        type=float,
+        default=14.0,
+        help="flag and log node certificates that expire within this many days",
+    )
+    p.add_argument(
         "--identity-source",
         choices=[s.value for s in IdentitySource],
         default=IdentitySource.SUBJECT.value,
         help="what names a node: its certificate's Subject (default) or its SPIFFE URI SAN",
+    )
+    p.add_argument(
+        "--cli-role-source",
+        choices=[source.value for source in RoleSource],
+        default=RoleSource.ROLE.value,
+        help="where a CLI certificate's role (operator or user) is read: the X.520 role "
+        "attribute (as `flwrmtls ca issue cli` writes it) or the OU (other CAs)",
     )
     p.add_argument(
         "--max-chain-depth", type=int, help="refuse client chains with more intermediates than this"
@@ -194,6 +213,18 @@ def config_from_args(args: argparse.Namespace) -> LinkConfig:
         key_fleet_address=args.key_fleet_api_address,
         enable_supernode_auth=args.enable_supernode_auth,
         signature_window=args.auth_timestamp_window,
+        cert_expiry_warning_days=args.cert_expiry_warning_days,
+        role_source=RoleSource(args.cli_role_source),
+        tls_files=TlsFiles(
+            certfile=args.ssl_certfile,
+            keyfile=args.ssl_keyfile,
+            client_ca=(args.ssl_client_ca_certfile or args.ssl_ca_certfile)
+            if args.ssl_require_client_auth
+            else None,
+            client_ca_flag="--ssl-client-ca-certfile"
+            if args.ssl_client_ca_certfile
+            else "--ssl-ca-certfile",
+        ),
     )
 
 

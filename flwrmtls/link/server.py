@@ -27,8 +27,9 @@ from cryptography import x509
 
 from flwrmtls.appio.serverappio import ServerAppIoServicer
 from flwrmtls.auth.authenticator import Authenticator, OpenAuthenticator
+from flwrmtls.auth.compose import DenyUnregistered
 from flwrmtls.auth.eckey import EcKeyAuthenticator, KeyStatus
-from flwrmtls.auth.identity import IdentitySource
+from flwrmtls.auth.identity import IdentitySource, RoleSource
 from flwrmtls.auth.interceptor import AuthInterceptor, RefusalLog
 from flwrmtls.auth.mtls import MtlsAuthenticator
 from flwrmtls.auth.revocation import RevocationStore
@@ -38,6 +39,7 @@ from flwrmtls.control.servicer import ControlServicer
 from flwrmtls.fleet.servicer import FleetServicer
 from flwrmtls.link.nodeauth import NodeAuth, build_node_authenticator, requires_client_certificate
 from flwrmtls.link.notify import Notifier
+from flwrmtls.link.reload import TlsFiles, TlsMaterial, TlsWatcher
 from flwrmtls.link.runlog import RunLog
 from flwrmtls.link.runs import RunManager
 from flwrmtls.objects.store import ObjectStore
@@ -80,6 +82,12 @@ class LinkConfig:
     """EC-key nodes must have a registered key (CLI-managed mode)."""
     signature_window: float = 60.0
     """Seconds an EC-key signature's timestamp may be off, either way."""
+    cert_expiry_warning_days: float = 14.0
+    """Certificates expiring within this many days are flagged and logged."""
+    role_source: RoleSource = RoleSource.ROLE
+    """Where a CLI certificate's role comes from: the X.520 role attribute, or the OU."""
+    tls_files: TlsFiles | None = None
+    """Where ``tls`` and the client CA came from: watched and re-read when they change."""
 
     @property
     def uses_keys(self) -> bool:
@@ -93,13 +101,16 @@ class LinkConfig:
 
 
 def build_certificate_authenticator(
-    config: LinkConfig, revocations: RevocationStore | None
+    config: LinkConfig,
+    revocations: RevocationStore | None,
+    anchors: Sequence[x509.Certificate] | None = None,
 ) -> MtlsAuthenticator:
     return MtlsAuthenticator(
-        config.client_ca_certificates,
+        list(anchors if anchors is not None else config.client_ca_certificates),
         revocations=revocations,
         identity_source=config.identity_source,
         max_chain_depth=config.max_chain_depth,
+        role_source=config.role_source,
     )
 
 
@@ -134,20 +145,29 @@ class Link:
             else None
         )
         self.keys = build_key_authenticator(config, self.state) if config.uses_keys else None
-        self.fleet_authenticator = build_node_authenticator(
-            config.node_auth, certificates=self._certificates, keys=self._keys
-        )
-        self.control_authenticator: Authenticator = self.certificates or OpenAuthenticator()
+        self._compose_authenticators()
+        self.tls_watcher: TlsWatcher | None = None
+        if config.tls_files is not None and config.tls is not None:
+            material = TlsMaterial(
+                config.tls, config.client_ca_pem, tuple(config.client_ca_certificates)
+            )
+            self.tls_watcher = TlsWatcher(
+                config.tls_files, material, on_client_ca=self._new_client_ca
+            )
         refusals = RefusalLog(self.clock)
         digest = config.node_auth in (NodeAuth.KEY, NodeAuth.CERTIFICATE_AND_KEY)
+        audit = self.state.audit.record
         self._fleet_interceptor = AuthInterceptor(
-            lambda: self.fleet_authenticator, self.clock, refusals, digest_bodies=digest
-        )
+            lambda: self.fleet_authenticator, self.clock, refusals, digest_bodies=digest,
+            audit=audit,
+        )  # fmt: skip
+        key_fleet = DenyUnregistered(self.keys, self.state.is_unregistered) if self.keys else None
         self._key_fleet_interceptor = AuthInterceptor(
-            self._keys, self.clock, refusals, digest_bodies=True
-        )
+            lambda: key_fleet or self._keys(), self.clock, refusals, digest_bodies=True,
+            audit=audit,
+        )  # fmt: skip
         self._control_interceptor = AuthInterceptor(
-            lambda: self.control_authenticator, self.clock, refusals
+            lambda: self.control_authenticator, self.clock, refusals, audit=audit
         )
         tokens = TokenAuthenticator(self.state.runs.token)
         self._app_interceptor = AuthInterceptor(lambda: tokens, self.clock, refusals)
@@ -165,6 +185,24 @@ class Link:
         self.control_port = 0
         self.serverappio_port = 0
 
+    def _compose_authenticators(self) -> None:
+        self.fleet_authenticator: Authenticator = DenyUnregistered(
+            build_node_authenticator(
+                self.config.node_auth, certificates=self._certificates, keys=self._keys
+            ),
+            self.state.is_unregistered,
+        )
+        self.control_authenticator: Authenticator = self.certificates or OpenAuthenticator()
+
+    def _new_client_ca(self, material: TlsMaterial) -> None:
+        """A new client CA bundle: open connections are judged against it from the next call."""
+        if self.certificates is None:
+            return
+        self.certificates = build_certificate_authenticator(
+            self.config, self.revocations, material.client_ca_certificates
+        )
+        self._compose_authenticators()
+
     def _certificates(self) -> Authenticator:
         assert self.certificates is not None, "certificate modes need --ssl-require-client-auth"
         return self.certificates
@@ -173,10 +211,19 @@ class Link:
         assert self.keys is not None
         return self.keys
 
-    def _credentials(self, *, client_certificates: bool) -> grpc.ServerCredentials | None:
+    def _credentials(
+        self, listener: str, *, client_certificates: bool
+    ) -> grpc.ServerCredentials | None:
         if self.config.insecure:
             return None
         assert self.config.tls is not None
+        if self.tls_watcher is not None:
+            watcher = self.tls_watcher
+            return grpc.dynamic_ssl_server_credentials(
+                watcher.material.server_configuration(client_certificates=client_certificates),
+                watcher.fetcher(listener, client_certificates=client_certificates),
+                require_client_authentication=client_certificates,
+            )
         return server_credentials(
             self.config.tls,
             client_ca_pem=self.config.client_ca_pem if client_certificates else None,
@@ -209,11 +256,14 @@ class Link:
         fleet_servicer = FleetServicer(
             self.state, self.clock, config.heartbeat_interval, notifier=self.notifier,
             objects=self.objects, run_log=self.run_log,
+            expiry_warning_days=config.cert_expiry_warning_days,
         )  # fmt: skip
         fleet, self.fleet_port = self._server(
             config.fleet_address,
             self._fleet_interceptor,
-            self._credentials(client_certificates=requires_client_certificate(config.node_auth)),
+            self._credentials(
+                "fleet", client_certificates=requires_client_certificate(config.node_auth)
+            ),
         )
         fleet_pb2_grpc.add_FleetServicer_to_server(fleet_servicer, fleet)
         servers = [fleet]
@@ -221,18 +271,24 @@ class Link:
             key_fleet, self.key_fleet_port = self._server(
                 config.key_fleet_address,
                 self._key_fleet_interceptor,
-                self._credentials(client_certificates=False),
+                self._credentials("key-fleet", client_certificates=False),
             )
             fleet_pb2_grpc.add_FleetServicer_to_server(fleet_servicer, key_fleet)
             servers.append(key_fleet)
         control, self.control_port = self._server(
             config.control_address,
             self._control_interceptor,
-            self._credentials(client_certificates=config.require_client_auth),
+            self._credentials("control", client_certificates=config.require_client_auth),
             options=[("grpc.max_receive_message_length", MAX_BUNDLE_BYTES)],
         )
         control_pb2_grpc.add_ControlServicer_to_server(
-            ControlServicer(self.state, self.clock, runs=self.runs, notifier=self.notifier),
+            ControlServicer(
+                self.state,
+                self.clock,
+                runs=self.runs,
+                notifier=self.notifier,
+                expiry_warning_days=self.config.cert_expiry_warning_days,
+            ),
             control,
         )
         # App processes reach ServerAppIo on loopback with their token; no TLS there.
@@ -253,13 +309,16 @@ class Link:
         self._servers = [*servers, control, serverappio]
         for server in self._servers:
             await server.start()
-        if self.revocations is not None:
-            self._tasks.append(asyncio.create_task(self._watch_crls(self.revocations)))
+        self._tasks.append(asyncio.create_task(self._watch_files()))
 
-    async def _watch_crls(self, store: RevocationStore) -> None:
+    async def _watch_files(self) -> None:
+        """Re-read CRLs and TLS files about once a second (see :mod:`flwrmtls.link.reload`)."""
         while True:
             await asyncio.sleep(_CRL_POLL_SECONDS)
-            store.refresh()
+            if self.revocations is not None:
+                self.revocations.refresh()
+            if self.tls_watcher is not None:
+                self.tls_watcher.poll()
 
     async def wait(self) -> None:
         await asyncio.gather(*(server.wait_for_termination() for server in self._servers))

@@ -71,6 +71,8 @@ class NodeAgent:
         self.stop = stop or threading.Event()
         self._clock = clock or SystemClock()
         self.session: Session | None = None
+        self.reconnect = threading.Event()
+        """Set to activate again over a new channel (the certificate was rotated)."""
 
     def run(self) -> None:
         """Serve until stopped; raise a FlwrmtlsError when the node must give up."""
@@ -130,6 +132,10 @@ class NodeAgent:
         beat.start()
         try:
             while not self.stop.is_set() and not done.is_set():
+                if self.reconnect.is_set():
+                    self.reconnect.clear()
+                    log.info("activating again with the new certificate")
+                    break
                 self._take_work(session, done)
         finally:
             done.set()
@@ -140,8 +146,9 @@ class NodeAgent:
     def _take_work(self, session: Session, done: threading.Event) -> None:
         active = self._apps.active_run_ids() if self._apps is not None else []
         messages, ended = self._client.pull(
-            session, wait=_PULL_WAIT, active_run_ids=active, cancel=[self.stop, done]
-        )
+            session, wait=_PULL_WAIT, active_run_ids=active,
+            cancel=[self.stop, done, self.reconnect],
+        )  # fmt: skip
         if self._apps is None:
             return
         self._apps.end_runs(ended)

@@ -8,6 +8,7 @@ import shutil
 import signal
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
@@ -22,6 +23,7 @@ from flwrmtls.keyvalues import parse_key_values
 from flwrmtls.node.agent import NodeAgent, RetryPolicy
 from flwrmtls.node.apps import AppManager
 from flwrmtls.node.clientappio import ClientAppIoServer
+from flwrmtls.node.rotation import CertificateWatcher
 from flwrmtls.node.signer import SigningInterceptor
 from flwrmtls.objects.store import ObjectStore
 from flwrmtls.wire.credentials import (
@@ -77,6 +79,12 @@ def parser() -> argparse.ArgumentParser:
         help="ClientApp processes connect here (loopback; port 0 picks a free one)",
     )
     p.add_argument(
+        "--cert-expiry-warning-days",
+        type=float,
+        default=14.0,
+        help="warn when this node's certificate expires within this many days",
+    )
+    p.add_argument(
         "--max-retries", type=int, help="reconnect attempts before giving up (default: no limit)"
     )
     p.add_argument(
@@ -88,7 +96,25 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
-def _channel(args: argparse.Namespace) -> tuple[grpc.Channel, ConnectionContext]:
+@dataclass
+class _Transport:
+    """How this node reaches the link; builds a channel for a (possibly rotated) certificate."""
+
+    address: str
+    roots: bytes | None
+    signer: CallSigner | None
+
+    def channel(self, identity: TlsIdentity | None) -> grpc.Channel:
+        channel = grpc.secure_channel(self.address, channel_credentials(self.roots, identity))
+        if self.signer is not None:
+            channel = grpc.intercept_channel(channel, SigningInterceptor(self.signer))
+        return channel
+
+
+def _transport(
+    args: argparse.Namespace,
+) -> tuple[_Transport | None, TlsIdentity | None, ConnectionContext]:
+    """Check the flags and files; None for the transport means plaintext."""
     tls_flags = [args.root_certificates, args.ssl_client_certfile, args.ssl_client_keyfile]
     if args.insecure:
         if any(tls_flags) or args.auth_supernode_private_key:
@@ -99,7 +125,7 @@ def _channel(args: argparse.Namespace) -> tuple[grpc.Channel, ConnectionContext]
         ctx = ConnectionContext(
             args.superlink, tls=False, has_client_certificate=False, root_certificates=""
         )
-        return grpc.insecure_channel(args.superlink), ctx
+        return None, None, ctx
     if (args.ssl_client_certfile is None) != (args.ssl_client_keyfile is None):
         raise InputError("give both --ssl-client-certfile and --ssl-client-keyfile, or neither")
     roots = None
@@ -114,28 +140,30 @@ def _channel(args: argparse.Namespace) -> tuple[grpc.Channel, ConnectionContext]
             key_flag="--ssl-client-keyfile",
         )
         check_client_certificate(identity, SystemClock().now(), cert_flag="--ssl-client-certfile")
-    ctx = ConnectionContext(
-        args.superlink,
-        tls=True,
-        has_client_certificate=identity is not None,
-        root_certificates=str(args.root_certificates or ""),
-    )
-    channel = grpc.secure_channel(args.superlink, channel_credentials(roots, identity))
+    signer = None
     if args.auth_supernode_private_key is not None:
         key = load_node_private_key(args.auth_supernode_private_key, "--auth-supernode-private-key")
         log.info(
             "signing every call with EC key %s (node id %d)",
             key_fingerprint(key), node_id_for_key(key),
         )  # fmt: skip
-        channel = grpc.intercept_channel(channel, SigningInterceptor(CallSigner(key)))
-    return channel, ctx
+        signer = CallSigner(key)
+    ctx = ConnectionContext(
+        args.superlink,
+        tls=True,
+        has_client_certificate=identity is not None,
+        root_certificates=str(args.root_certificates or ""),
+    )
+    return _Transport(args.superlink, roots, signer), identity, ctx
 
 
 def run(args: argparse.Namespace) -> None:
     node_config = parse_key_values(args.node_config, "--node-config")
     if args.max_retries is not None and args.max_retries < 0:
         raise InputError("--max-retries must be 0 or more")
-    channel, ctx = _channel(args)
+    transport, identity, ctx = _transport(args)
+    channel = transport.channel(identity) if transport else grpc.insecure_channel(args.superlink)
+    channels = [channel]
     if node_config:
         log.info("node config: %s", ", ".join(f"{k}={v!r}" for k, v in node_config.items()))
     client = FleetClient(channel, ctx)
@@ -152,6 +180,20 @@ def run(args: argparse.Namespace) -> None:
         apps=apps,
         retry=RetryPolicy(max_retries=args.max_retries, max_wait_time=args.max_wait_time),
     )
+    watcher = None
+    if transport is not None and identity is not None:
+
+        def rotate(new_identity: TlsIdentity) -> None:
+            assert transport is not None
+            channels.append(transport.channel(new_identity))
+            client.replace_channel(channels[-1])
+            agent.reconnect.set()
+
+        watcher = CertificateWatcher(
+            args.ssl_client_certfile, args.ssl_client_keyfile, identity,
+            on_change=rotate, warning_days=args.cert_expiry_warning_days,
+        )  # fmt: skip
+        watcher.start()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         log.info("stopping (signal %d)", signum)
@@ -162,8 +204,11 @@ def run(args: argparse.Namespace) -> None:
     try:
         agent.run()
     finally:
+        if watcher is not None:
+            watcher.stop()
         clientappio.stop()
-        channel.close()
+        for open_channel in channels:
+            open_channel.close()
         shutil.rmtree(work_dir, ignore_errors=True)
 
 

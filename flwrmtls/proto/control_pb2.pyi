@@ -53,6 +53,7 @@ class NodeInfo(_message.Message):
     CREATED_AT_FIELD_NUMBER: _builtins.int
     PEER_ADDRESS_FIELD_NUMBER: _builtins.int
     CERT_FINGERPRINT_FIELD_NUMBER: _builtins.int
+    CERT_EXPIRES_SOON_FIELD_NUMBER: _builtins.int
     node_id: _builtins.int
     identity: _builtins.str
     """RFC 4514 Subject or SPIFFE ID"""
@@ -70,6 +71,8 @@ class NodeInfo(_message.Message):
     peer_address: _builtins.str
     cert_fingerprint: _builtins.str
     """SHA-256 of the last certificate seen, hex"""
+    cert_expires_soon: _builtins.bool
+    """within the link's --cert-expiry-warning-days"""
     def __init__(
         self,
         *,
@@ -83,10 +86,11 @@ class NodeInfo(_message.Message):
         created_at: _builtins.float = ...,
         peer_address: _builtins.str = ...,
         cert_fingerprint: _builtins.str = ...,
+        cert_expires_soon: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["auth_method", b"auth_method", "cert_fingerprint", b"cert_fingerprint", "cert_not_after", b"cert_not_after", "created_at", b"created_at", "identity", b"identity", "last_seen", b"last_seen", "node_id", b"node_id", "organisation", b"organisation", "peer_address", b"peer_address", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["auth_method", b"auth_method", "cert_expires_soon", b"cert_expires_soon", "cert_fingerprint", b"cert_fingerprint", "cert_not_after", b"cert_not_after", "created_at", b"created_at", "identity", b"identity", "last_seen", b"last_seen", "node_id", b"node_id", "organisation", b"organisation", "peer_address", b"peer_address", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -182,6 +186,131 @@ class RegisterNodeKeysResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RegisterNodeKeysResponse: _TypeAlias = RegisterNodeKeysResponse  # noqa: Y015
+
+@_typing.final
+class ReadmitNodeRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    node_id: _builtins.int
+    def __init__(
+        self,
+        *,
+        node_id: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["node_id", b"node_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReadmitNodeRequest: _TypeAlias = ReadmitNodeRequest  # noqa: Y015
+
+@_typing.final
+class ReadmitNodeResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IDENTITY_FIELD_NUMBER: _builtins.int
+    identity: _builtins.str
+    def __init__(
+        self,
+        *,
+        identity: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["identity", b"identity"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReadmitNodeResponse: _TypeAlias = ReadmitNodeResponse  # noqa: Y015
+
+@_typing.final
+class ListAuditRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LIMIT_FIELD_NUMBER: _builtins.int
+    IDENTITY_FIELD_NUMBER: _builtins.int
+    limit: _builtins.int
+    """newest first; 0: the link's default"""
+    identity: _builtins.str
+    """only entries of this identity, if set"""
+    def __init__(
+        self,
+        *,
+        limit: _builtins.int = ...,
+        identity: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["identity", b"identity", "limit", b"limit"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAuditRequest: _TypeAlias = ListAuditRequest  # noqa: Y015
+
+@_typing.final
+class AuditEntry(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEQ_FIELD_NUMBER: _builtins.int
+    TIMESTAMP_FIELD_NUMBER: _builtins.int
+    IDENTITY_FIELD_NUMBER: _builtins.int
+    AUTH_METHOD_FIELD_NUMBER: _builtins.int
+    METHOD_FIELD_NUMBER: _builtins.int
+    OUTCOME_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    PEER_FIELD_NUMBER: _builtins.int
+    seq: _builtins.int
+    timestamp: _builtins.float
+    identity: _builtins.str
+    """who (certificate identity, key fingerprint, or peer address)"""
+    auth_method: _builtins.str
+    method: _builtins.str
+    """the RPC, e.g. /flwrmtls.proto.Control/StartRun"""
+    outcome: _builtins.str
+    """"ok", or the refusal reason / status code"""
+    detail: _builtins.str
+    peer: _builtins.str
+    def __init__(
+        self,
+        *,
+        seq: _builtins.int = ...,
+        timestamp: _builtins.float = ...,
+        identity: _builtins.str = ...,
+        auth_method: _builtins.str = ...,
+        method: _builtins.str = ...,
+        outcome: _builtins.str = ...,
+        detail: _builtins.str = ...,
+        peer: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["auth_method", b"auth_method", "detail", b"detail", "identity", b"identity", "method", b"method", "outcome", b"outcome", "peer", b"peer", "seq", b"seq", "timestamp", b"timestamp"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AuditEntry: _TypeAlias = AuditEntry  # noqa: Y015
+
+@_typing.final
+class ListAuditResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENTRIES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def entries(self) -> _containers.RepeatedCompositeFieldContainer[Global___AuditEntry]: ...
+    def __init__(
+        self,
+        *,
+        entries: _abc.Iterable[Global___AuditEntry] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entries", b"entries"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAuditResponse: _TypeAlias = ListAuditResponse  # noqa: Y015
 
 @_typing.final
 class UnregisterNodeRequest(_message.Message):

@@ -49,6 +49,16 @@ class ControlStub:
                 request_serializer=flwrmtls_dot_proto_dot_control__pb2.UnregisterNodeRequest.SerializeToString,
                 response_deserializer=flwrmtls_dot_proto_dot_control__pb2.UnregisterNodeResponse.FromString,
                 _registered_method=True)
+        self.ReadmitNode = channel.unary_unary(
+                '/flwrmtls.proto.Control/ReadmitNode',
+                request_serializer=flwrmtls_dot_proto_dot_control__pb2.ReadmitNodeRequest.SerializeToString,
+                response_deserializer=flwrmtls_dot_proto_dot_control__pb2.ReadmitNodeResponse.FromString,
+                _registered_method=True)
+        self.ListAudit = channel.unary_unary(
+                '/flwrmtls.proto.Control/ListAudit',
+                request_serializer=flwrmtls_dot_proto_dot_control__pb2.ListAuditRequest.SerializeToString,
+                response_deserializer=flwrmtls_dot_proto_dot_control__pb2.ListAuditResponse.FromString,
+                _registered_method=True)
         self.StartRun = channel.unary_unary(
                 '/flwrmtls.proto.Control/StartRun',
                 request_serializer=flwrmtls_dot_proto_dot_control__pb2.StartRunRequest.SerializeToString,
@@ -90,6 +100,20 @@ class ControlServicer:
 
     def UnregisterNode(self, request, context):
         """Refuse a node from its next call on: its key (EC-key mode) or its identity (certificates).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ReadmitNode(self, request, context):
+        """Let an unregistered certificate node in again (EC-key nodes: register the key again).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAudit(self, request, context):
+        """The audit trail: Control calls, node admissions and refusals.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -140,6 +164,16 @@ def add_ControlServicer_to_server(servicer, server):
                     servicer.UnregisterNode,
                     request_deserializer=flwrmtls_dot_proto_dot_control__pb2.UnregisterNodeRequest.FromString,
                     response_serializer=flwrmtls_dot_proto_dot_control__pb2.UnregisterNodeResponse.SerializeToString,
+            ),
+            'ReadmitNode': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReadmitNode,
+                    request_deserializer=flwrmtls_dot_proto_dot_control__pb2.ReadmitNodeRequest.FromString,
+                    response_serializer=flwrmtls_dot_proto_dot_control__pb2.ReadmitNodeResponse.SerializeToString,
+            ),
+            'ListAudit': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAudit,
+                    request_deserializer=flwrmtls_dot_proto_dot_control__pb2.ListAuditRequest.FromString,
+                    response_serializer=flwrmtls_dot_proto_dot_control__pb2.ListAuditResponse.SerializeToString,
             ),
             'StartRun': grpc.unary_unary_rpc_method_handler(
                     servicer.StartRun,
@@ -243,6 +277,60 @@ class Control:
             '/flwrmtls.proto.Control/UnregisterNode',
             flwrmtls_dot_proto_dot_control__pb2.UnregisterNodeRequest.SerializeToString,
             flwrmtls_dot_proto_dot_control__pb2.UnregisterNodeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReadmitNode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flwrmtls.proto.Control/ReadmitNode',
+            flwrmtls_dot_proto_dot_control__pb2.ReadmitNodeRequest.SerializeToString,
+            flwrmtls_dot_proto_dot_control__pb2.ReadmitNodeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAudit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flwrmtls.proto.Control/ListAudit',
+            flwrmtls_dot_proto_dot_control__pb2.ListAuditRequest.SerializeToString,
+            flwrmtls_dot_proto_dot_control__pb2.ListAuditResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -37,6 +37,10 @@ class ControlStub:
     """EC-key mode: register node public keys (SubjectPublicKeyInfo DER)."""
     UnregisterNode: _grpc.UnaryUnaryMultiCallable[_control_pb2.UnregisterNodeRequest, _control_pb2.UnregisterNodeResponse]
     """Refuse a node from its next call on: its key (EC-key mode) or its identity (certificates)."""
+    ReadmitNode: _grpc.UnaryUnaryMultiCallable[_control_pb2.ReadmitNodeRequest, _control_pb2.ReadmitNodeResponse]
+    """Let an unregistered certificate node in again (EC-key nodes: register the key again)."""
+    ListAudit: _grpc.UnaryUnaryMultiCallable[_control_pb2.ListAuditRequest, _control_pb2.ListAuditResponse]
+    """The audit trail: Control calls, node admissions and refusals."""
     StartRun: _grpc.UnaryUnaryMultiCallable[_control_pb2.StartRunRequest, _control_pb2.StartRunResponse]
     """Start a run of an app bundle; the link starts its ServerApp."""
     ListRuns: _grpc.UnaryUnaryMultiCallable[_control_pb2.ListRunsRequest, _control_pb2.ListRunsResponse]
@@ -55,6 +59,10 @@ class ControlAsyncStub(ControlStub):
     """EC-key mode: register node public keys (SubjectPublicKeyInfo DER)."""
     UnregisterNode: _aio.UnaryUnaryMultiCallable[_control_pb2.UnregisterNodeRequest, _control_pb2.UnregisterNodeResponse]  # type: ignore[assignment]
     """Refuse a node from its next call on: its key (EC-key mode) or its identity (certificates)."""
+    ReadmitNode: _aio.UnaryUnaryMultiCallable[_control_pb2.ReadmitNodeRequest, _control_pb2.ReadmitNodeResponse]  # type: ignore[assignment]
+    """Let an unregistered certificate node in again (EC-key nodes: register the key again)."""
+    ListAudit: _aio.UnaryUnaryMultiCallable[_control_pb2.ListAuditRequest, _control_pb2.ListAuditResponse]  # type: ignore[assignment]
+    """The audit trail: Control calls, node admissions and refusals."""
     StartRun: _aio.UnaryUnaryMultiCallable[_control_pb2.StartRunRequest, _control_pb2.StartRunResponse]  # type: ignore[assignment]
     """Start a run of an app bundle; the link starts its ServerApp."""
     ListRuns: _aio.UnaryUnaryMultiCallable[_control_pb2.ListRunsRequest, _control_pb2.ListRunsResponse]  # type: ignore[assignment]
@@ -88,6 +96,22 @@ class ControlServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_control_pb2.UnregisterNodeResponse, _abc.Awaitable[_control_pb2.UnregisterNodeResponse]]:
         """Refuse a node from its next call on: its key (EC-key mode) or its identity (certificates)."""
+
+    @_abc_1.abstractmethod
+    def ReadmitNode(
+        self,
+        request: _control_pb2.ReadmitNodeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.ReadmitNodeResponse, _abc.Awaitable[_control_pb2.ReadmitNodeResponse]]:
+        """Let an unregistered certificate node in again (EC-key nodes: register the key again)."""
+
+    @_abc_1.abstractmethod
+    def ListAudit(
+        self,
+        request: _control_pb2.ListAuditRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.ListAuditResponse, _abc.Awaitable[_control_pb2.ListAuditResponse]]:
+        """The audit trail: Control calls, node admissions and refusals."""
 
     @_abc_1.abstractmethod
     def StartRun(

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from flwrmtls.errors import InputError
+from flwrmtls.state.audittable import AuditTable
 from flwrmtls.state.keytable import NodeKeyTable
 from flwrmtls.state.messagetable import MessageTable
 from flwrmtls.state.runtable import RunTable
@@ -90,6 +91,11 @@ class LinkState:
         self.runs = RunTable(self._db)
         self.messages = MessageTable(self._db)
         self.keys = NodeKeyTable(self._db)
+        self.audit = AuditTable(self._db)
+        self._unregistered = {
+            int(row[0])
+            for row in self._db.execute("SELECT node_id FROM nodes WHERE unregistered_at > 0")
+        }
 
     def close(self) -> None:
         self._db.close()
@@ -269,10 +275,16 @@ class LinkState:
                 "WHERE node_id = ?",
                 (now, node_id),
             )
+        self._unregistered.add(node_id)
         return next(
             (r for r in self.list_nodes(now=now, verbose=True) if r.node_id == node_id), None
         )
 
     def readmit_node(self, node_id: int) -> None:
-        """Control servicer (a key registered again): the node may connect again."""
+        """Control servicer (readmit, or a key registered again): the node may connect again."""
         self._db.execute("UPDATE nodes SET unregistered_at = 0 WHERE node_id = ?", (node_id,))
+        self._unregistered.discard(node_id)
+
+    def is_unregistered(self, node_id: int) -> bool:
+        """Authenticators, on every call: a set lookup."""
+        return node_id in self._unregistered

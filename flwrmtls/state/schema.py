@@ -107,6 +107,20 @@ MIGRATIONS: tuple[str, ...] = (
     );
     ALTER TABLE nodes ADD COLUMN unregistered_at REAL NOT NULL DEFAULT 0;
     """,
+    # 3 -> 4: the audit trail (Control calls, node admissions, refusals).
+    """
+    CREATE TABLE audit (
+        seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+        timestamp   REAL NOT NULL,
+        identity    TEXT NOT NULL,
+        auth_method TEXT NOT NULL,
+        method      TEXT NOT NULL,
+        outcome     TEXT NOT NULL,
+        detail      TEXT NOT NULL DEFAULT '',
+        peer        TEXT NOT NULL DEFAULT ''
+    );
+    CREATE INDEX audit_by_identity ON audit(identity, seq);
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

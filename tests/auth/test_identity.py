@@ -6,18 +6,24 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from flwrmtls.auth.authenticator import AuthenticationFailed, CallCredentials, RefusalReason
 from flwrmtls.auth.identity import (
     ROLE_OID,
     AmbiguousIdentityError,
     IdentitySource,
     PrincipalKind,
+    RoleSource,
     identity_from_certificate,
     validate_spiffe_id,
 )
+from flwrmtls.auth.mtls import MtlsAuthenticator
+from flwrmtls.auth.policy import is_permitted
+from flwrmtls.pki import PROFILES, ProfileName
+from flwrmtls.pki.signing import sign_certificate
 
 CN, ORG, OU = NameOID.COMMON_NAME, NameOID.ORGANIZATION_NAME, NameOID.ORGANIZATIONAL_UNIT_NAME
 
@@ -135,3 +141,133 @@ def test_spiffe_ambiguous_or_malformed_is_refused(uris: tuple[str, ...], match: 
 def test_valid_spiffe_ids() -> None:
     for uri in ("spiffe://example.org", "spiffe://example.org/a/b-c/d_e.f"):
         assert validate_spiffe_id(uri) == uri
+
+
+# --- Roles from the OU (``RoleSource.OU``, for certificates from other CAs) ----------------
+
+
+@pytest.mark.parametrize(
+    ("rdns", "kind"),
+    [
+        ([[(CN, "alice")], [(OU, "operator")]], PrincipalKind.OPERATOR),
+        ([[(CN, "bob")], [(OU, "user")]], PrincipalKind.USER),
+        ([[(CN, "node-1")], [(OU, "site-a")]], PrincipalKind.NODE),
+        ([[(CN, "node-1")]], PrincipalKind.NODE),
+        ([[(CN, "carol")], [(OU, "Operator")]], PrincipalKind.NODE),  # exact values only
+        ([[(CN, "dave")], [(ROLE_OID, "operator")]], PrincipalKind.NODE),  # role ignored
+    ],
+)
+def test_ou_role_source(
+    rdns: list[list[tuple[x509.ObjectIdentifier, str]]], kind: PrincipalKind
+) -> None:
+    identity = identity_from_certificate(_cert(rdns), role_source=RoleSource.OU)
+    assert identity.kind is kind
+
+
+def test_ou_means_nothing_by_default_and_role_nothing_in_ou_mode() -> None:
+    by_ou = _cert([[(CN, "alice")], [(OU, "operator")]])
+    by_role = _cert([[(CN, "alice")], [(ROLE_OID, "operator")]])
+    assert identity_from_certificate(by_ou).kind is PrincipalKind.NODE
+    assert identity_from_certificate(by_role).kind is PrincipalKind.OPERATOR
+    assert identity_from_certificate(by_ou, role_source=RoleSource.OU).kind is (
+        PrincipalKind.OPERATOR
+    )
+    assert identity_from_certificate(by_role, role_source=RoleSource.OU).kind is (
+        PrincipalKind.NODE
+    )
+
+
+def test_ou_mode_keeps_the_identity_and_node_id() -> None:
+    cert = _cert([[(ORG, "Hospital A")], [(OU, "site-a")], [(CN, "node-1")]])
+    default = identity_from_certificate(cert)
+    by_ou = identity_from_certificate(cert, role_source=RoleSource.OU)
+    assert (by_ou.value, by_ou.node_id) == (default.value, default.node_id)
+
+
+@pytest.mark.parametrize(
+    "units",
+    [("operator", "user"), ("operator", "site-a"), ("site-a", "site-b")],
+)
+def test_ou_mode_refuses_two_ous(units: tuple[str, str]) -> None:
+    cert = _cert([[(CN, "eve")], *([(OU, unit)] for unit in units)])
+    with pytest.raises(AmbiguousIdentityError, match="2 OU"):
+        identity_from_certificate(cert, role_source=RoleSource.OU)
+    # Negative control: one OU is fine, and the default mode does not look at OUs at all.
+    identity_from_certificate(_cert([[(CN, "eve")], [(OU, units[0])]]), role_source=RoleSource.OU)
+    assert identity_from_certificate(cert).kind is PrincipalKind.NODE
+
+
+def _foreign_ca() -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    """A CA that is not flwrmtls's: a corporate root whose CLI certificates carry an OU."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.now(UTC)
+    root = sign_certificate(
+        PROFILES[ProfileName.ROOT_CA],
+        subject=x509.Name([x509.NameAttribute(ORG, "Corp"), x509.NameAttribute(CN, "Corp CA")]),
+        public_key=key.public_key(),
+        signing_key=key,
+        issuer_certificate=None,
+        not_before=now - timedelta(minutes=5),
+        not_after=now + timedelta(days=30),
+    )
+    return root, key
+
+
+def _foreign_cli_pem(
+    root: x509.Certificate, root_key: ec.EllipticCurvePrivateKey, *units: str
+) -> bytes:
+    """A CLI certificate of the foreign CA: ``OU=<unit>`` for each unit, then ``CN``."""
+    now = datetime.now(UTC)
+    attributes = [x509.NameAttribute(OU, unit) for unit in units]
+    leaf = sign_certificate(
+        PROFILES[ProfileName.CLI],
+        subject=x509.Name([*attributes, x509.NameAttribute(CN, "corp-admin")]),
+        public_key=ec.generate_private_key(ec.SECP256R1()).public_key(),
+        signing_key=root_key,
+        issuer_certificate=root,
+        not_before=now - timedelta(minutes=5),
+        not_after=now + timedelta(days=1),
+    )
+    return leaf.public_bytes(serialization.Encoding.PEM)
+
+
+def _call(method: str, leaf_pem: bytes) -> CallCredentials:
+    return CallCredentials(method, "ipv4:127.0.0.1:5000", leaf_pem=leaf_pem, chain_pem=None)
+
+
+def test_mtls_authenticator_takes_roles_from_the_ou_when_told() -> None:
+    root, root_key = _foreign_ca()
+    now = datetime.now(UTC)
+    list_nodes = "/flwrmtls.proto.Control/ListNodes"
+
+    def kind(role_source: RoleSource, unit: str) -> PrincipalKind:
+        authenticator = MtlsAuthenticator([root], role_source=role_source)
+        call = _call(list_nodes, _foreign_cli_pem(root, root_key, unit))
+        return authenticator.authenticate(call, now).kind
+
+    assert kind(RoleSource.OU, "operator") is PrincipalKind.OPERATOR
+    assert is_permitted(list_nodes, PrincipalKind.OPERATOR)
+    assert kind(RoleSource.OU, "user") is PrincipalKind.USER
+    assert not is_permitted(list_nodes, PrincipalKind.USER)
+    # Negative controls: another OU is a node, and the default role source ignores OUs, so the
+    # same certificate cannot call the Control API at all.
+    assert kind(RoleSource.OU, "engineering") is PrincipalKind.NODE
+    assert kind(RoleSource.ROLE, "operator") is PrincipalKind.NODE
+    assert not is_permitted(list_nodes, PrincipalKind.NODE)
+
+
+def test_mtls_authenticator_refuses_two_ous_in_ou_mode() -> None:
+    root, root_key = _foreign_ca()
+    now = datetime.now(UTC)
+    call = _call(
+        "/flwrmtls.proto.Control/ListRuns", _foreign_cli_pem(root, root_key, "user", "operator")
+    )
+    with pytest.raises(AuthenticationFailed) as refused:
+        MtlsAuthenticator([root], role_source=RoleSource.OU).authenticate(call, now)
+    assert refused.value.reason is RefusalReason.AMBIGUOUS_IDENTITY
+    assert "2 OU" in refused.value.message
+    # Controls: one OU passes; by default the OUs do not matter and the certificate is a node's.
+    single = _call("/flwrmtls.proto.Control/ListRuns", _foreign_cli_pem(root, root_key, "user"))
+    ou_mode = MtlsAuthenticator([root], role_source=RoleSource.OU)
+    assert ou_mode.authenticate(single, now).kind is PrincipalKind.USER
+    assert MtlsAuthenticator([root]).authenticate(call, now).kind is PrincipalKind.NODE

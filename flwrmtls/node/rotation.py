@@ -1,0 +1,127 @@
+"""A node's certificate changes under it (cert-manager, a reissue): continue with the new one.
+
+Rules:
+
+* The certificate and key files are polled by content every few seconds, so a rewrite, a
+  replacement or Kubernetes' atomic ``..data`` symlink swap is noticed.
+* A new pair is checked first (PEM, key matches, dates, usage). A broken or half-written pair
+  is reported once and the node keeps the certificate it has; the next poll tries again.
+* A good new pair gets a new channel; the agent then activates again over it. The node id
+  derives from the Subject, so a reissued certificate is the same node, and runs in progress go
+  on (their ClientApps are untouched).
+* The node warns when its certificate expires within ``--cert-expiry-warning-days``, at start
+  and then once a day.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+
+from flwrmtls.clock import Clock, SystemClock
+from flwrmtls.errors import InputError
+from flwrmtls.wire.credentials import TlsIdentity, check_client_certificate, load_tls_identity
+
+__all__ = ["CertificateWatcher", "expiry_warning"]
+
+log = logging.getLogger("flwrmtls.node.rotation")
+
+_POLL_SECONDS = 2.0
+_WARN_EVERY = 86400.0
+
+
+def expiry_warning(identity: TlsIdentity, now: datetime, warning_days: float) -> str | None:
+    """A warning line if the certificate expires within ``warning_days``, else None."""
+    not_after = identity.leaf.not_valid_after_utc
+    left = (not_after - now).total_seconds()
+    if left >= warning_days * 86400:
+        return None
+    return (
+        f"this node's certificate expires on {not_after:%Y-%m-%d %H:%M} UTC "
+        f"(in {max(left, 0) / 86400:.1f} days): have it reissued"
+    )
+
+
+def _digest(path: Path) -> str:
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError as error:
+        return f"unreadable: {error.strerror}"
+
+
+class CertificateWatcher:
+    def __init__(
+        self,
+        certfile: Path,
+        keyfile: Path,
+        identity: TlsIdentity,
+        *,
+        on_change: Callable[[TlsIdentity], None],
+        warning_days: float = 14.0,
+        clock: Clock | None = None,
+    ) -> None:
+        self._certfile = certfile
+        self._keyfile = keyfile
+        self.identity = identity
+        self._on_change = on_change
+        self._warning_days = warning_days
+        self._clock = clock or SystemClock()
+        self._seen = self._fingerprint()
+        self._warned_at: float | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="cert-watcher", daemon=True)
+
+    def _fingerprint(self) -> tuple[str, str]:
+        return _digest(self._certfile), _digest(self._keyfile)
+
+    def start(self) -> None:
+        self.warn_if_expiring()
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        while not self._stop.wait(_POLL_SECONDS):
+            self.poll()
+            self.warn_if_expiring()
+
+    def warn_if_expiring(self) -> None:
+        now = self._clock.monotonic()
+        if self._warned_at is not None and now - self._warned_at < _WARN_EVERY:
+            return
+        warning = expiry_warning(self.identity, self._clock.now(), self._warning_days)
+        if warning is not None:
+            log.warning(warning)
+            self._warned_at = now
+
+    def poll(self) -> bool:
+        """Check the files; True when a new, valid certificate was taken into use."""
+        seen = self._fingerprint()
+        if seen == self._seen:
+            return False
+        self._seen = seen
+        try:
+            identity = load_tls_identity(
+                self._certfile, self._keyfile,
+                cert_flag="--ssl-client-certfile", key_flag="--ssl-client-keyfile",
+            )  # fmt: skip
+            check_client_certificate(identity, self._clock.now(), cert_flag="--ssl-client-certfile")
+        except InputError as error:
+            log.error("certificate files changed but cannot be used, keeping the current: %s",
+                      error)  # fmt: skip
+            return False
+        old, new = self.identity.leaf, identity.leaf
+        self.identity = identity
+        self._warned_at = None
+        log.info(
+            "certificate changed: serial %x -> %x (%s), valid until %s UTC; reconnecting",
+            old.serial_number, new.serial_number, new.subject.rfc4514_string(),
+            f"{new.not_valid_after_utc:%Y-%m-%d %H:%M}",
+        )  # fmt: skip
+        self._on_change(identity)
+        return True
