@@ -110,7 +110,16 @@ def common_name_subject(common_name: str) -> x509.Name:
 def node_subject(
     common_name: str, organization: str | None, organizational_unit: str | None
 ) -> x509.Name:
-    """``O=…, OU=…, CN=…`` (RFC 4514 renders it ``CN=…,OU=…,O=…``)."""
+    """``O=…, OU=…, CN=…`` (RFC 4514 renders it ``CN=…,OU=…,O=…``).
+
+    The OU may not be a CLI role: a link started with ``--cli-role-source ou`` would take
+    such a node certificate for a CLI certificate.
+    """
+    if organizational_unit in CLI_ROLES:
+        raise InputError(
+            f"--ou {organizational_unit!r} is a CLI role name: a link reading roles from the "
+            "OU would treat this node as a CLI user; choose another OU"
+        )
     return _subject(
         [
             (NameOID.ORGANIZATION_NAME, organization),

@@ -292,3 +292,11 @@ def test_impossible_validity_windows_are_refused(
     with pytest.raises(InputError, match="--days 1 or more"):
         fake_clock_authority.issue_node("node", days=0)
     assert not (fake_clock_authority.directory / "node.pem").exists()
+
+
+def test_a_node_certificate_cannot_carry_a_cli_role_as_its_ou(tmp_path: Path) -> None:
+    authority = CertificateAuthority.create(tmp_path / "ca")
+    for role in ("operator", "user"):
+        with pytest.raises(InputError, match="is a CLI role name"):
+            authority.issue_node("node-x", organizational_unit=role)
+    authority.issue_node("node-y", organizational_unit="site-a")  # control
