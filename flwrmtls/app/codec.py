@@ -68,7 +68,13 @@ def _raw_bytes(array: NDArray) -> memoryview:
     return array.reshape(-1).view(np.uint8).data
 
 
-def encode_record_dict(records: RecordDict) -> EncodedContent:
+EncodingCache = dict[int, tuple[str, memoryview]]
+"""``id(array)`` -> (object id, bytes): lets several messages built around the same arrays
+(a model broadcast to N nodes) hash each array once. Valid only while those arrays are alive
+and unchanged, e.g. for one ``send_and_receive``."""
+
+
+def encode_record_dict(records: RecordDict, cache: EncodingCache | None = None) -> EncodedContent:
     proto = records_pb2.RecordDict()
     objects: dict[str, memoryview] = {}
     for name, record in records.items():
@@ -76,8 +82,14 @@ def encode_record_dict(records: RecordDict) -> EncodedContent:
         if isinstance(record, ArrayRecord):
             entry.arrays.SetInParent()
             for array_name, array in record.items():
-                data = _raw_bytes(array)
-                oid = object_id(data)
+                known = cache.get(id(array)) if cache is not None else None
+                if known is None:
+                    data = _raw_bytes(array)
+                    oid = object_id(data)
+                    if cache is not None:
+                        cache[id(array)] = (oid, data)
+                else:
+                    oid, data = known
                 objects.setdefault(oid, data)
                 entry.arrays.names.append(array_name)
                 entry.arrays.arrays.add(

@@ -25,7 +25,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from flwrmtls.app.codec import decode_record_dict, encode_record_dict
+from flwrmtls.app.codec import EncodingCache, decode_record_dict, encode_record_dict
 from flwrmtls.app.records import RecordDict
 from flwrmtls.proto import common_pb2
 
@@ -157,8 +157,11 @@ class Message:
         return f"Message(metadata={self.metadata!r}, {body})"
 
 
-def message_to_proto(message: Message) -> tuple[common_pb2.Message, dict[str, memoryview]]:
-    """The wire form and the objects (array bytes) its content references."""
+def message_to_proto(
+    message: Message, cache: EncodingCache | None = None
+) -> tuple[common_pb2.Message, dict[str, memoryview]]:
+    """The wire form and the objects (array bytes) its content references (``cache``: see
+    :data:`~flwrmtls.app.codec.EncodingCache`)."""
     metadata = message.metadata
     proto = common_pb2.Message(
         message_id=metadata.message_id,
@@ -176,7 +179,7 @@ def message_to_proto(message: Message) -> tuple[common_pb2.Message, dict[str, me
         proto.error.code = message.error.code
         proto.error.reason = message.error.reason
         return proto, {}
-    encoded = encode_record_dict(message.content)
+    encoded = encode_record_dict(message.content, cache)
     proto.content = encoded.content
     proto.object_ids.extend(encoded.objects)
     return proto, encoded.objects

@@ -3,8 +3,8 @@
 Rules:
 
 * Array bytes go as objects, pushed once: before messages are sent, the link is asked which
-  of their objects it lacks, and only those are pushed (a model broadcast to N nodes is one
-  upload, and the link stores it once).
+  of their objects it lacks, and only those are pushed (a model broadcast to N nodes is
+  hashed once, uploaded once, and stored once by the link).
 * ``send_and_receive`` returns one reply per message: the node's reply, an error reply the
   link made (the node went offline), or a TIMEOUT error reply made here when ``timeout``
   passes. Waiting is a long poll on the link, not a sleep loop.
@@ -18,6 +18,7 @@ from collections.abc import Iterable, Sequence
 
 import grpc
 
+from flwrmtls.app.codec import EncodingCache
 from flwrmtls.app.grid import NotEnoughNodes
 from flwrmtls.app.message import (
     Error,
@@ -98,8 +99,9 @@ class GrpcGrid:
         sent = list(messages)
         protos = []
         objects: dict[str, memoryview] = {}
+        cache: EncodingCache = {}  # a model broadcast to N nodes is hashed once, not N times
         for message in sent:
-            proto, message_objects = message_to_proto(message)
+            proto, message_objects = message_to_proto(message, cache)
             protos.append(proto)
             objects.update(message_objects)
         push_objects(self._stub, objects, metadata=self._metadata, timeout=_TRANSFER_TIMEOUT)

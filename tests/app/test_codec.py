@@ -247,3 +247,28 @@ def test_garbage_content_is_a_value_error() -> None:
     proto.entries.add(name="hollow")
     with pytest.raises(ValueError, match="record 'hollow' has no content"):
         decode_record_dict(proto.SerializeToString(), {})
+
+
+def test_a_shared_cache_hashes_arrays_shared_by_several_messages_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import flwrmtls.app.codec as codec
+
+    hashed: list[int] = []
+    real = codec.object_id
+
+    def counting(data: bytes | memoryview) -> str:
+        hashed.append(len(data))
+        return real(data)
+
+    monkeypatch.setattr(codec, "object_id", counting)
+    model = ArrayRecord({"w": np.arange(1000, dtype=np.float32), "b": np.ones(10)})
+    broadcast = [RecordDict({"arrays": model, "config": ConfigRecord({"r": i})}) for i in range(5)]
+    cache: codec.EncodingCache = {}
+    encoded = [codec.encode_record_dict(content, cache) for content in broadcast]
+    assert len(hashed) == 2  # two arrays, five messages
+    assert all(e.objects.keys() == encoded[0].objects.keys() for e in encoded)
+    hashed.clear()
+    uncached = [codec.encode_record_dict(content) for content in broadcast]
+    assert len(hashed) == 10  # control: without the cache every message hashes again
+    assert [e.content for e in uncached] == [e.content for e in encoded]
