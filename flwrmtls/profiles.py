@@ -104,6 +104,8 @@ class ConfigFile:
         )
 
     def add(self, profile: Profile, *, make_default: bool) -> None:
+        if profile.name == "default":
+            raise InputError("a profile cannot be named 'default' (the key that names the default)")
         entry: dict[str, Any] = {"address": profile.address}
         for key, value in zip(
             _PATH_KEYS,
@@ -127,7 +129,10 @@ class ConfigFile:
         self._write()
 
     def _write(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise InputError(f"cannot create {self.path.parent}: {error.strerror}") from None
         section = self._section()
         ordered: dict[str, Any] = {}
         if "default" in section:
@@ -135,5 +140,8 @@ class ConfigFile:
         ordered.update((k, v) for k, v in section.items() if k != "default")
         self._data["superlink"] = ordered
         tmp = self.path.with_suffix(".toml.tmp")
-        tmp.write_text(tomli_w.dumps(self._data), encoding="utf-8")
-        tmp.replace(self.path)
+        try:
+            tmp.write_text(tomli_w.dumps(self._data), encoding="utf-8")
+            tmp.replace(self.path)
+        except OSError as error:
+            raise InputError(f"cannot write {self.path}: {error.strerror}") from None

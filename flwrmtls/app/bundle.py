@@ -36,8 +36,9 @@ import io
 import re
 import sys
 import tarfile
+import tempfile
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, TypeVar
@@ -54,6 +55,7 @@ __all__ = [
     "load_component",
     "merge_run_config",
     "read_app_config",
+    "read_bundle_config",
 ]
 
 T = TypeVar("T")
@@ -235,7 +237,7 @@ def extract_bundle(bundle: bytes, expected_hash: str, into: Path) -> Path:
         raise BundleError(f"{into}: not empty; a bundle is unpacked into an empty directory")
     try:
         with tarfile.open(fileobj=io.BytesIO(bundle), mode="r:gz") as tar:
-            members = [(member, _safe_member_path(member)) for member in tar.getmembers()]
+            members = [(member, _safe_member_path(member)) for member in _bounded(tar)]
             into.mkdir(parents=True, exist_ok=True)
             root = into.resolve()
             for member, relative in members:
@@ -251,6 +253,43 @@ def extract_bundle(bundle: bytes, expected_hash: str, into: Path) -> Path:
     except (tarfile.TarError, EOFError, gzip.BadGzipFile) as error:
         raise BundleError(f"bundle is not a valid .tar.gz: {error}") from error
     return into
+
+
+MAX_UNPACKED_BYTES = 1 << 30
+"""The most a bundle may unpack to (declared sizes): a compressed bomb is refused unread."""
+MAX_MEMBERS = 10_000
+_MAX_PYPROJECT_BYTES = 1 << 20
+
+
+def _bounded(tar: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
+    """The archive's members, refusing too many or too large ones before reading their data."""
+    total = 0
+    for count, member in enumerate(tar, start=1):
+        total += member.size
+        if count > MAX_MEMBERS or total > MAX_UNPACKED_BYTES:
+            raise BundleError(
+                f"bundle unpacks to more than {MAX_MEMBERS} files or {MAX_UNPACKED_BYTES} bytes"
+            )
+        yield member
+
+
+def read_bundle_config(bundle: bytes) -> AppConfig:
+    """The app config of a bundle, reading only its pyproject.toml (the link's check)."""
+    try:
+        with tarfile.open(fileobj=io.BytesIO(bundle), mode="r|gz") as tar:
+            for member in _bounded(tar):
+                if member.name.lstrip("./") != "pyproject.toml" or not member.isfile():
+                    continue
+                if member.size > _MAX_PYPROJECT_BYTES:
+                    raise BundleError("the bundle's pyproject.toml is over 1 MiB")
+                source = tar.extractfile(member)
+                assert source is not None
+                with tempfile.TemporaryDirectory(prefix="flwrmtls-pyproject-") as tmp:
+                    (Path(tmp) / "pyproject.toml").write_bytes(source.read())
+                    return read_app_config(Path(tmp))
+    except (tarfile.TarError, EOFError, gzip.BadGzipFile) as error:
+        raise BundleError(f"bundle is not a valid .tar.gz: {error}") from error
+    raise BundleError("the bundle has no pyproject.toml at its top")
 
 
 # -- loading components ---------------------------------------------------------------------

@@ -7,11 +7,10 @@ Rules kept here (applied by :class:`flwrmtls.auth.interceptor.AuthInterceptor`):
   ``PERMISSION_DENIED``, with the status details) and the peer address.
 * Every node admission is recorded: a Fleet ``ActivateNode`` call, with its outcome.
 * Every refusal by the interceptor (authentication or policy) is recorded with the refusal
-  reason as the outcome (``revoked``, ``not-permitted``, ...). Refused Control calls always
-  are; elsewhere (refused admissions too) a refusal is recorded once per (certificate or peer,
-  reason) and interval, as the refusal log logs it, and the entry counts the refusals left out
-  since the previous one: a peer hammering the Fleet API with a revoked certificate costs a
-  counter, not a write per call.
+  reason as the outcome (``revoked``, ``not-permitted``, ...), once per (certificate or peer,
+  reason) and interval, as the refusal log logs it; the entry counts the refusals left out
+  since the previous one. A peer hammering any API with a refused certificate costs a counter,
+  not a write per call, and cannot push the real history out of the bounded trail.
 * Nothing else: the Fleet's other calls (heartbeats, pulls, pushes, objects) never write.
 
 The interceptor hands each record to a sink (``audit=``), on the link
@@ -68,5 +67,8 @@ def records_every_call(method: str) -> bool:
 
 
 def records_every_refusal(method: str) -> bool:
-    """Control calls: each refusal is recorded (elsewhere refusals are rate-limited)."""
-    return method.startswith(_CONTROL_PREFIX)
+    """No method: a refusal is recorded once per (certificate or peer, reason) and interval,
+    with a count of those left out, so that a caller the link refuses (a node certificate on
+    the Control API, a revoked CLI certificate) cannot flood the bounded trail and push the
+    real history out of it."""
+    return False

@@ -115,19 +115,28 @@ def load_crls(path: Path) -> dict[x509.Name, LoadedCrl]:
     by_issuer: dict[x509.Name, LoadedCrl] = {}
     for file in _crl_files(path):
         for crl in _parse_file(file):
-            loaded = LoadedCrl(
-                crl=crl,
-                source=file,
-                revoked={
-                    entry.serial_number: (entry.revocation_date_utc, _reason_of(entry))
-                    for entry in crl
-                },
-                next_update=crl.next_update_utc,
-            )
+            try:
+                loaded = _load(crl, file)
+            except (ValueError, x509.DuplicateExtension, x509.UnsupportedGeneralNameType) as error:
+                raise InputError(f"{file}: a CRL in it cannot be used: {error}") from None
             current = by_issuer.get(crl.issuer)
             if current is None or _freshness(crl) > _freshness(current.crl):
                 by_issuer[crl.issuer] = loaded
     return by_issuer
+
+
+def _load(crl: x509.CertificateRevocationList, file: Path) -> LoadedCrl:
+    """Everything the per-call check needs from one CRL, read once (extensions may raise)."""
+    loaded = LoadedCrl(
+        crl=crl,
+        source=file,
+        revoked={
+            entry.serial_number: (entry.revocation_date_utc, _reason_of(entry)) for entry in crl
+        },
+        next_update=crl.next_update_utc,
+    )
+    _freshness(crl)  # reads the CRL number extension now rather than on the hot path
+    return loaded
 
 
 def _freshness(crl: x509.CertificateRevocationList) -> tuple[int, datetime]:

@@ -10,7 +10,15 @@ from typing import Any
 
 import typer
 
-__all__ = ["OutputFormat", "emit", "format_time", "table"]
+__all__ = ["OutputFormat", "emit", "format_time", "printable", "table"]
+
+_CONTROL = {code: f"\\x{code:02x}" for code in [*range(0x20), 0x7F] if code not in (0x0A,)}
+
+
+def printable(text: str) -> str:
+    """``text`` with control characters (but newlines) shown as ``\\xNN``: strings from the
+    link (a certificate Subject, a node's error message) cannot drive the terminal."""
+    return text.translate(_CONTROL)
 
 
 class OutputFormat(StrEnum):
@@ -25,6 +33,7 @@ def format_time(seconds: float) -> str:
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    rows = [[printable(cell) for cell in row] for row in rows]
     widths = [len(h) for h in headers]
     for row in rows:
         widths = [max(w, len(cell)) for w, cell in zip(widths, row, strict=True)]

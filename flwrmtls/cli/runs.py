@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from flwrmtls.app.bundle import build_bundle, bundle_hash, merge_run_config, read_app_config
-from flwrmtls.cli.output import OutputFormat, emit, format_time
+from flwrmtls.cli.output import OutputFormat, emit, format_time, printable
 from flwrmtls.control.client import ControlClient
 from flwrmtls.errors import Refused
 from flwrmtls.keyvalues import parse_key_values
@@ -35,7 +35,7 @@ def _print_entry(entry: control_pb2.LogEntry) -> None:
     if not entry.text:
         return
     stamp = datetime.fromtimestamp(entry.timestamp, UTC).strftime("%H:%M:%S")
-    typer.echo(f"{stamp} {entry.source}: {entry.text}")
+    typer.echo(f"{stamp} {printable(entry.source)}: {printable(entry.text)}")
 
 
 def _print_entry_json(entry: control_pb2.LogEntry) -> None:

@@ -99,9 +99,8 @@ class FleetClient:
         future.add_done_callback(lambda _: finished.set())
         # The answer wakes this at once; cancel requests are checked every _CANCEL_CHECK.
         while not finished.wait(_CANCEL_CHECK):
-            if any(event.is_set() for event in cancel):
-                future.cancel()  # type: ignore[no-untyped-call]
-                return [], []
+            if any(event.is_set() for event in cancel) and future.cancel():  # type: ignore[no-untyped-call]
+                return [], []  # cancelled before an answer came: nothing was delivered
         try:
             response = future.result()
         except grpc.RpcError as error:

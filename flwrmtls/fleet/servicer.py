@@ -39,6 +39,7 @@ log = logging.getLogger("flwrmtls.link")
 _Context = grpc.aio.ServicerContext[Any, Any]
 _DEFAULT_PULL_LIMIT = 100
 _MAX_WAIT = 30.0
+_MAX_ACTIVE_RUNS = 1000
 _CLIENT_APP_RAISED = 1  # flwrmtls.app.message.ErrorCode.CLIENT_APP_RAISED
 
 
@@ -146,7 +147,12 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
         self, request: fleet_pb2.PullMessagesRequest, context: _Context
     ) -> fleet_pb2.PullMessagesResponse:
         node_id = await self._session_node(request.session_id, context)
-        limit = request.max_messages or _DEFAULT_PULL_LIMIT
+        if len(request.active_run_ids) > _MAX_ACTIVE_RUNS:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"at most {_MAX_ACTIVE_RUNS} active runs per pull",
+            )
+        limit = min(request.max_messages or _DEFAULT_PULL_LIMIT, _DEFAULT_PULL_LIMIT)
         loop_clock = self._clock.monotonic
         deadline = loop_clock() + min(max(request.wait_seconds, 0.0), _MAX_WAIT)
         while True:
@@ -246,8 +252,10 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
     async def PushObject(
         self, request_iterator: AsyncIterator[objects_pb2.ObjectChunk], context: _Context
     ) -> objects_pb2.PushObjectResponse:
-        response, session_id = await answer_push(self._objects, request_iterator, context)
-        await self._session_node(session_id, context)
+        async def admit(first: objects_pb2.ObjectChunk) -> None:
+            await self._session_node(first.session_id, context)
+
+        response, _ = await answer_push(self._objects, request_iterator, context, admit)
         return response
 
     async def MissingObjects(

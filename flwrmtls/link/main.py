@@ -234,6 +234,11 @@ def _node_auth(args: argparse.Namespace) -> NodeAuth:
     mode = NodeAuth(args.node_auth) if args.node_auth else default
     if requires_client_certificate(mode) and not args.ssl_require_client_auth:
         raise InputError(f"--node-auth {mode.value} needs --ssl-require-client-auth")
+    if mode is NodeAuth.CERTIFICATE_AND_KEY and not args.enable_supernode_auth:
+        raise InputError(
+            "--node-auth certificate+key needs --enable-supernode-auth: without registered keys "
+            "any self-made key would pass"
+        )
     uses_keys = mode in (NodeAuth.KEY, NodeAuth.CERTIFICATE_AND_KEY)
     if args.enable_supernode_auth and not (uses_keys or args.key_fleet_api_address):
         raise InputError(
@@ -273,9 +278,7 @@ async def _run(config: LinkConfig) -> None:
         await link.start()
     except (OSError, RuntimeError) as error:
         await link.stop(0)
-        raise InputError(
-            f"{error}: check --fleet-api-address and --control-api-address (port in use?)"
-        ) from None
+        raise InputError(f"{error}: check the --*-api-address flags (port in use?)") from None
     if config.insecure or config.node_auth is NodeAuth.NONE:
         log.warning("!!! %s: nodes are NOT authenticated: local development only !!!",
                     _describe(link))  # fmt: skip

@@ -24,11 +24,9 @@ import contextlib
 import json
 import logging
 import sys
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 
-from flwrmtls.app.bundle import bundle_hash, extract_bundle, merge_run_config, read_app_config
+from flwrmtls.app.bundle import bundle_hash, merge_run_config, read_bundle_config
 from flwrmtls.auth.tokens import new_token, token_hash
 from flwrmtls.clock import Clock
 from flwrmtls.errors import InputError
@@ -44,6 +42,8 @@ __all__ = ["RunManager"]
 log = logging.getLogger("flwrmtls.link.runs")
 
 _STOP_GRACE = 5.0
+_LINE_LIMIT = 1 << 20
+"""The longest ServerApp output line kept whole; longer ones are split."""
 
 
 @dataclass
@@ -86,9 +86,8 @@ class RunManager:
         actual = bundle_hash(bundle)
         if actual != declared_hash:
             raise InputError(f"bundle hash mismatch: declared {declared_hash}, got {actual}")
-        with tempfile.TemporaryDirectory(prefix="flwrmtls-bundle-") as tmp:
-            app_dir = extract_bundle(bundle, actual, Path(tmp))
-            app = read_app_config(app_dir)
+        # Only pyproject.toml is read, off the event loop, within size bounds.
+        app = await asyncio.to_thread(read_bundle_config, bundle)
         run_config = merge_run_config(app.default_config, overrides)
         self._objects.put(bundle)
         run_id = self._state.runs.create(
@@ -109,7 +108,7 @@ class RunManager:
                 sys.executable, "-m", "flwrmtls.appio.serverapp_process",
                 "--serverappio-api-address", self.serverappio_address,
                 stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT,
+                stderr=asyncio.subprocess.STDOUT, limit=_LINE_LIMIT,
             )  # fmt: skip
             assert process.stdin is not None
             process.stdin.write(token.encode() + b"\n")
@@ -125,22 +124,31 @@ class RunManager:
     async def _supervise(self, run_id: int, process: asyncio.subprocess.Process) -> None:
         assert process.stdout is not None
         last_line = ""
-        async for raw in process.stdout:
-            line = raw.decode("utf-8", "replace").rstrip()
-            if line:
-                last_line = line
-                self._run_log.add(run_id, "serverapp", line)
-        code = await process.wait()
-        self._processes.pop(run_id, None)
-        reported = self._reported.pop(run_id, None)
-        if reported is not None and reported.failed:
-            self._end(run_id, RunStatus.FAILED, reported.reason)
-        elif code == 0:
-            self._end(run_id, RunStatus.COMPLETED, reported.reason if reported else "")
-        else:
-            self._end(
-                run_id, RunStatus.FAILED, f"the ServerApp exited with code {code}: {last_line}"
-            )
+        try:
+            while True:
+                try:
+                    raw = await process.stdout.readline()
+                except ValueError:  # a line longer than the limit: keep its start
+                    raw = await process.stdout.read(_LINE_LIMIT)
+                if not raw:
+                    break
+                line = raw.decode("utf-8", "replace").rstrip()
+                if line:
+                    last_line = line[:1000]
+                    self._run_log.add(run_id, "serverapp", line)
+        finally:
+            code = await process.wait()
+            self._processes.pop(run_id, None)
+            self._supervisors.pop(run_id, None)
+            reported = self._reported.pop(run_id, None)
+            if reported is not None and reported.failed:
+                self._end(run_id, RunStatus.FAILED, reported.reason)
+            elif code == 0:
+                self._end(run_id, RunStatus.COMPLETED, reported.reason if reported else "")
+            else:
+                self._end(
+                    run_id, RunStatus.FAILED, f"the ServerApp exited with code {code}: {last_line}"
+                )
 
     def report(self, run_id: int, failed: bool, reason: str, result_json: str) -> None:
         """ServerAppIo: the ServerApp's own account of how its run went."""
@@ -190,7 +198,7 @@ class RunManager:
                 await asyncio.wait_for(process.wait(), _STOP_GRACE)
             except TimeoutError:
                 process.kill()
-        supervisor = self._supervisors.pop(run_id, None)
+        supervisor = self._supervisors.get(run_id)
         if supervisor is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await supervisor

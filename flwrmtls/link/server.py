@@ -315,10 +315,13 @@ class Link:
         """Re-read CRLs and TLS files about once a second (see :mod:`flwrmtls.link.reload`)."""
         while True:
             await asyncio.sleep(_CRL_POLL_SECONDS)
-            if self.revocations is not None:
-                self.revocations.refresh()
-            if self.tls_watcher is not None:
-                self.tls_watcher.poll()
+            try:
+                if self.revocations is not None:
+                    self.revocations.refresh()
+                if self.tls_watcher is not None:
+                    self.tls_watcher.poll()
+            except Exception:  # never stop watching: a dead watcher would miss revocations
+                log.exception("re-reading CRL or TLS files failed; keeping the last good ones")
 
     async def wait(self) -> None:
         await asyncio.gather(*(server.wait_for_termination() for server in self._servers))

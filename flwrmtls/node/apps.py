@@ -180,6 +180,8 @@ class AppManager:
             if code is not None:
                 if run.ended.is_set():
                     run.process = None
+                    with self._lock:
+                        self._runs.pop(run.run_id, None)  # ended and reaped: forget it
                 continue
             if not run.ended.is_set() or now - run.ended_at < _END_GRACE:
                 continue

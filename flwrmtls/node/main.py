@@ -167,12 +167,12 @@ def run(args: argparse.Namespace) -> None:
     if node_config:
         log.info("node config: %s", ", ".join(f"{k}={v!r}" for k, v in node_config.items()))
     client = FleetClient(channel, ctx)
-    work_dir = Path(tempfile.mkdtemp(prefix="flwrmtls-node-"))
-    apps = AppManager(client, ObjectStore(work_dir / "objects"), node_config=node_config)
     try:
         check_bindable(args.clientappio_api_address)
     except OSError as error:
         raise InputError(f"{error}: check --clientappio-api-address") from None
+    work_dir = Path(tempfile.mkdtemp(prefix="flwrmtls-node-"))
+    apps = AppManager(client, ObjectStore(work_dir / "objects"), node_config=node_config)
     clientappio = ClientAppIoServer(apps, args.clientappio_api_address)
     clientappio.start()
     agent = NodeAgent(
@@ -188,6 +188,8 @@ def run(args: argparse.Namespace) -> None:
             channels.append(transport.channel(new_identity))
             client.replace_channel(channels[-1])
             agent.reconnect.set()
+            while len(channels) > 2:  # keep the new one and the one calls may still be on
+                channels.pop(0).close()
 
         watcher = CertificateWatcher(
             args.ssl_client_certfile, args.ssl_client_keyfile, identity,

@@ -8,7 +8,7 @@ stubs): :func:`push_objects` sends only what the other side lacks, :func:`pull_o
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import grpc
@@ -31,6 +31,9 @@ __all__ = [
 
 Metadata = Sequence[tuple[str, str]]
 
+MAX_OBJECT_BYTES = 8 << 30
+"""The largest object (one array's bytes, or an app bundle) a receiver accepts."""
+
 
 async def serve_object(
     store: ObjectStore, object_id: str
@@ -42,7 +45,9 @@ async def serve_object(
 
 
 async def receive_object(
-    store: ObjectStore, chunks: AsyncIterator[objects_pb2.ObjectChunk]
+    store: ObjectStore,
+    chunks: AsyncIterator[objects_pb2.ObjectChunk],
+    admit: Callable[[objects_pb2.ObjectChunk], Awaitable[None]] | None = None,
 ) -> tuple[objects_pb2.PushObjectResponse, str]:
     """Store a pushed object; returns the response and the session id of the first chunk.
 
@@ -54,7 +59,14 @@ async def receive_object(
         async for chunk in chunks:
             if writer is None:
                 session_id = chunk.session_id
+                if admit is not None:
+                    await admit(chunk)  # may abort: nothing is written before it passes
                 check_object_id(chunk.object_id)
+                if chunk.total_size > MAX_OBJECT_BYTES:
+                    raise ValueError(
+                        f"object {chunk.object_id[:16]}: {chunk.total_size} bytes is over the "
+                        f"limit of {MAX_OBJECT_BYTES}"
+                    )
                 if store.has(chunk.object_id):
                     return objects_pb2.PushObjectResponse(
                         object_id=chunk.object_id, size=store.size(chunk.object_id)
@@ -230,11 +242,15 @@ async def answer_pull(
 
 
 async def answer_push(
-    store: ObjectStore, chunks: AsyncIterator[objects_pb2.ObjectChunk], context: Any
+    store: ObjectStore,
+    chunks: AsyncIterator[objects_pb2.ObjectChunk],
+    context: Any,
+    admit: Callable[[objects_pb2.ObjectChunk], Awaitable[None]] | None = None,
 ) -> tuple[objects_pb2.PushObjectResponse, str]:
-    """PushObject: store a verified object, or INVALID_ARGUMENT; also the first session id."""
+    """PushObject: store a verified object, or INVALID_ARGUMENT; also the first session id.
+    ``admit`` sees the first chunk before anything is written (and may abort the call)."""
     try:
-        return await receive_object(store, chunks)
+        return await receive_object(store, chunks, admit)
     except ValueError as error:
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
         raise AssertionError("unreachable") from None

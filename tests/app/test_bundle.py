@@ -376,3 +376,21 @@ def test_an_app_package_may_not_shadow_an_imported_module(tmp_path: Path) -> Non
     with pytest.raises(InputError, match="'json' has the name of a module already imported"):
         load_component(app_dir, "json.apps:server", ServerApp)
     assert sys.modules["json"].__file__ != str(app_dir / "json" / "__init__.py")
+
+
+def test_the_link_reads_only_the_config_of_a_bundle_and_refuses_oversized_ones(
+    app_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import flwrmtls.app.bundle as bundle_module
+
+    bundle = bundle_module.build_bundle(app_dir)
+    config = bundle_module.read_bundle_config(bundle)
+    assert config == bundle_module.read_app_config(app_dir)  # control
+    # A bundle declaring more than the limit is refused before its data is read.
+    monkeypatch.setattr(bundle_module, "MAX_UNPACKED_BYTES", 100)
+    with pytest.raises(bundle_module.BundleError, match="unpacks to more than"):
+        bundle_module.read_bundle_config(bundle)
+    with pytest.raises(bundle_module.BundleError, match="unpacks to more than"):
+        bundle_module.extract_bundle(
+            bundle, bundle_module.bundle_hash(bundle), tmp_path / "unpacked"
+        )

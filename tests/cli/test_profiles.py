@@ -84,3 +84,19 @@ def test_key_values() -> None:
     assert parse_key_values("", "f") == {}
     with pytest.raises(InputError, match="is not key=value"):
         parse_key_values("novalue", "--node-config")
+
+
+def test_a_profile_cannot_be_named_default(tmp_path: Path) -> None:
+    config = ConfigFile(tmp_path / "config.toml")
+    with pytest.raises(InputError, match="cannot be named 'default'"):
+        config.add(Profile("default", "h:1"), make_default=True)
+    config.add(Profile("prod", "h:1"), make_default=True)  # control
+    assert ConfigFile(tmp_path / "config.toml").profile(None).name == "prod"
+
+
+def test_strings_from_the_link_cannot_drive_the_terminal() -> None:
+    from flwrmtls.cli.output import printable, table
+
+    assert printable("CN=eve\x1b[2J\x07") == "CN=eve\\x1b[2J\\x07"
+    assert printable("a traceback\nline two") == "a traceback\nline two"  # control
+    assert "\x1b" not in table(["IDENTITY"], [["CN=eve\x1b]0;owned\x07"]])
