@@ -92,6 +92,15 @@ class LinkState:
         self.messages = MessageTable(self._db)
         self.keys = NodeKeyTable(self._db)
         self.audit = AuditTable(self._db)
+        # Sessions are checked on nearly every Fleet call: mirrored in memory (the link is the
+        # only writer of its database); node id -> (session id, peer at activation).
+        self._sessions: dict[int, tuple[str, str]] = {
+            int(row[0]): (str(row[1]), str(row[2]))
+            for row in self._db.execute(
+                "SELECT node_id, session_id, peer_address FROM nodes WHERE session_id IS NOT NULL"
+            )
+        }
+        self._session_nodes = {session: node for node, (session, _) in self._sessions.items()}
         self._unregistered = {
             int(row[0])
             for row in self._db.execute("SELECT node_id FROM nodes WHERE unregistered_at > 0")
@@ -148,7 +157,17 @@ class LinkState:
                     peer_address,
                 ),
             )
+        old = self._sessions.get(node_id)
+        if old is not None:
+            self._session_nodes.pop(old[0], None)
+        self._sessions[node_id] = (session_id, peer_address)
+        self._session_nodes[session_id] = node_id
         return node_id, session_id
+
+    def _end_session(self, node_id: int) -> None:
+        old = self._sessions.pop(node_id, None)
+        if old is not None:
+            self._session_nodes.pop(old[0], None)
 
     def _fresh_node_id(self) -> int:
         while True:
@@ -159,22 +178,19 @@ class LinkState:
 
     def node_of_session(self, session_id: str) -> int:
         """Fleet servicer, callers without a derived node id: whose session is this."""
-        row = self._db.execute(
-            "SELECT node_id FROM nodes WHERE session_id = ?", (session_id,)
-        ).fetchone()
-        if row is None:
+        node_id = self._session_nodes.get(session_id)
+        if node_id is None:
             raise UnknownSession(session_id)
-        return int(row[0])
+        return node_id
 
     def check_session(self, node_id: int, session_id: str) -> None:
-        """Fleet servicer: raise unless ``session_id`` is the node's newest session."""
-        row = self._db.execute(
-            "SELECT session_id, peer_address FROM nodes WHERE node_id = ?", (node_id,)
-        ).fetchone()
-        if row is None or row[0] is None:
+        """Fleet servicer: raise unless ``session_id`` is the node's newest session (a dict
+        lookup)."""
+        current = self._sessions.get(node_id)
+        if current is None:
             raise UnknownSession(session_id)
-        if row[0] != session_id:
-            raise SessionSuperseded(row[1])
+        if current[0] != session_id:
+            raise SessionSuperseded(current[1])
 
     def heartbeat(
         self,
@@ -202,6 +218,7 @@ class LinkState:
             "UPDATE nodes SET session_id = NULL, online_until = ?, last_seen = ? WHERE node_id = ?",
             (now, now, node_id),
         )
+        self._end_session(node_id)
 
     def online_nodes(self, *, now: float) -> list[tuple[int, str]]:
         """ServerAppIo servicer: (node id, identity) of nodes online now."""
@@ -276,6 +293,7 @@ class LinkState:
                 (now, node_id),
             )
         self._unregistered.add(node_id)
+        self._end_session(node_id)
         return next(
             (r for r in self.list_nodes(now=now, verbose=True) if r.node_id == node_id), None
         )

@@ -65,6 +65,12 @@ def _run(row: tuple[object, ...]) -> RunRecord:
 class RunTable:
     def __init__(self, db: sqlite3.Connection) -> None:
         self._db = db
+        # Token hashes are checked on every AppIo call: mirrored in memory (the link is the
+        # only writer of its database), so a check is a dict lookup, not a query.
+        self._tokens: dict[bytes, tuple[bytes, int, str]] = {
+            bytes(row[0]): (bytes(row[0]), int(row[1]), str(row[2]))
+            for row in db.execute("SELECT token_hash, run_id, kind FROM run_tokens")
+        }
 
     def create(
         self,
@@ -135,6 +141,8 @@ class RunTable:
             )
             if status in FINAL_STATUSES:
                 self._db.execute("DELETE FROM run_tokens WHERE run_id = ?", (run_id,))
+        if status in FINAL_STATUSES:
+            self._tokens = {h: t for h, t in self._tokens.items() if t[1] != run_id}
         updated = self.get(run_id)
         assert updated is not None
         return updated
@@ -173,9 +181,8 @@ class RunTable:
             "INSERT INTO run_tokens (token_hash, run_id, kind) VALUES (?, ?, ?)",
             (token_hash, run_id, kind),
         )
+        self._tokens[token_hash] = (token_hash, run_id, kind)
 
     def token(self, token_hash: bytes) -> tuple[bytes, int, str] | None:
-        row = self._db.execute(
-            "SELECT token_hash, run_id, kind FROM run_tokens WHERE token_hash = ?", (token_hash,)
-        ).fetchone()
-        return None if row is None else (bytes(row[0]), int(row[1]), str(row[2]))
+        """(stored hash, run id, kind) of a live run's token (a dict lookup)."""
+        return self._tokens.get(token_hash)

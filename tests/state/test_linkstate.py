@@ -127,3 +127,19 @@ def test_not_a_database_is_one_clear_error(tmp_path: Path) -> None:
     path.write_bytes(b"this is not sqlite" * 100)
     with pytest.raises(InputError, match=r"cannot open database .*--database"):
         LinkState(path)
+
+
+def test_token_hashes_survive_reopening_and_end_with_their_run(tmp_path: Path) -> None:
+    state = LinkState(tmp_path / "link.db")
+    run_id = state.runs.create(
+        app_name="a", app_version="1", bundle_hash="h", run_config_json="{}", owner="o", now=T0
+    )
+    state.runs.add_token(b"\x02" * 32, run_id, "serverapp")
+    state.close()
+    reopened = LinkState(tmp_path / "link.db")
+    assert reopened.runs.token(b"\x02" * 32) == (b"\x02" * 32, run_id, "serverapp")
+    assert reopened.runs.token(b"\x03" * 32) is None  # control: an unknown hash
+    reopened.runs.transition(run_id, RunStatus.STOPPED, "stopped", T0 + 1)
+    assert reopened.runs.token(b"\x02" * 32) is None
+    reopened.close()
+    assert LinkState(tmp_path / "link.db").runs.token(b"\x02" * 32) is None
