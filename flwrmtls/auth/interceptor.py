@@ -51,12 +51,13 @@ from flwrmtls.auth.policy import is_permitted, required_kinds
 from flwrmtls.auth.signing import key_signature_from_metadata
 from flwrmtls.auth.tokens import TOKEN_METADATA_KEY
 from flwrmtls.clock import Clock
+from flwrmtls.wire.metadata import REFUSAL_KEY
 
 __all__ = ["REFUSAL_METADATA_KEY", "AuthInterceptor", "RefusalLog", "current_principal"]
 
 log = logging.getLogger("flwrmtls.link.auth")
 
-REFUSAL_METADATA_KEY = "flwrmtls-refusal"
+REFUSAL_METADATA_KEY = REFUSAL_KEY
 """Trailing metadata naming the :class:`RefusalReason` of a refused call."""
 
 _Context = Any  # grpc.aio.ServicerContext; grpc's stubs type only the sync one

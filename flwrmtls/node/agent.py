@@ -159,7 +159,6 @@ class NodeAgent:
                 raise
             except (FlwrmtlsError, OSError, ValueError) as error:
                 log.error("run %d: cannot start its ClientApp: %s", message.run_id, error)
-        self._apps.reap()
 
     def _leave(self) -> None:
         if self.session is None:

@@ -7,6 +7,7 @@ If a grpcio upgrade changes these strings, these tests fail before users see
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -75,3 +76,31 @@ def test_nothing_listening(pki: TestPki) -> None:
     ctx = ConnectionContext(address, tls=True, has_client_certificate=False, root_certificates="")
     with pytest.raises(LinkUnreachable, match="connection refused"):
         activate(FleetClient(channel, ctx), channel)
+
+
+def as_dict(metadata: Any) -> dict[str, str]:
+    return {str(key): str(value) for key, value in metadata or ()}
+
+
+def test_a_refused_call_names_its_reason_in_trailing_metadata(link: Link, pki: TestPki) -> None:
+    from flwrmtls.proto import control_pb2, control_pb2_grpc
+    from flwrmtls.wire.credentials import channel_credentials, load_tls_identity
+    from flwrmtls.wire.metadata import REFUSAL_KEY
+
+    def list_nodes(certificate: str) -> tuple[grpc.StatusCode, dict[str, str]]:
+        identity = load_tls_identity(*pki.paths(certificate), cert_flag="c", key_flag="k")
+        credentials = channel_credentials(pki.trust_bundle_path.read_bytes(), identity)
+        with grpc.secure_channel(f"127.0.0.1:{link.control_port}", credentials) as channel:
+            stub = control_pb2_grpc.ControlStub(channel)
+            try:
+                _, call = stub.ListNodes.with_call(control_pb2.ListNodesRequest())
+            except grpc.RpcError as error:
+                return error.code(), as_dict(error.trailing_metadata())
+            return call.code(), as_dict(call.trailing_metadata())
+
+    code, trailer = list_nodes("node-1")  # a node certificate may not list nodes
+    assert code is grpc.StatusCode.PERMISSION_DENIED
+    assert trailer.get(REFUSAL_KEY) == "not-permitted"
+    code, trailer = list_nodes("cli-operator")  # control
+    assert code is grpc.StatusCode.OK
+    assert REFUSAL_KEY not in trailer
