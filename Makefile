@@ -36,6 +36,7 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/bench_auth.py
 	$(PY) bench/bench_rounds.py
+	$(PY) bench/bench_limits.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .demo

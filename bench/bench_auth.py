@@ -21,6 +21,12 @@ Figures:
    as it is less disturbed by the client sharing the machine.
 3. ``MtlsAuthenticator.authenticate`` alone in this process, cached (what every call pays,
    with and without a CRL) and uncached (the first call of a certificate), to split figure 2.
+4. Throughput under concurrency: several channels, each its own TCP + TLS connection and its
+   own node (its own certificate on the mTLS link, its own key on the EC-key listener, its own
+   session on the TLS-only link), each with several Heartbeat calls in flight from one
+   grpc.aio event loop, in rounds alternating between the links: calls per second, latency
+   under that load, and the link's CPU time per call. The ratio mTLS / TLS-only of calls per
+   second is what the authenticator costs a busy link.
 
 It only prints figures; nothing here asserts on timings. See docs/performance.md.
 """
@@ -28,6 +34,7 @@ It only prints figures; nothing here asserts on timings. See docs/performance.md
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import platform
@@ -44,6 +51,7 @@ from typing import Any
 
 import cryptography
 import grpc
+import grpc.aio
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -57,6 +65,7 @@ from flwrmtls.errors import FlwrmtlsError
 from flwrmtls.fleet.client import FleetClient, Session
 from flwrmtls.node.signer import SigningInterceptor
 from flwrmtls.pki import RevocationReason
+from flwrmtls.proto import fleet_pb2, fleet_pb2_grpc
 from flwrmtls.testing.pki import TestPki, make_test_pki
 from flwrmtls.testing.processes import LinkProcess
 from flwrmtls.wire.credentials import (
@@ -70,7 +79,11 @@ from flwrmtls.wire.errors import ConnectionContext
 DEFAULT_HANDSHAKES = 200
 DEFAULT_CALLS = 3000
 DEFAULT_THREADS = 4
+DEFAULT_CHANNELS = 8
+DEFAULT_DEPTH = 8
 HEARTBEAT_ROUNDS = 30
+THROUGHPUT_ROUNDS = 12
+THROUGHPUT_NODE_PREFIX = "tp-node-"
 HANDSHAKE_ROUNDS = 4
 _NS_PER_MS = 1_000_000
 
@@ -168,9 +181,12 @@ def summarize(samples_ns: Sequence[int], seconds: float) -> LatencySummary:
 # --- the links --------------------------------------------------------------------------------
 
 
-def make_pki(directory: Path) -> TestPki:
-    """The test PKI, plus one revoked node so the link's CRL is not empty."""
+def make_pki(directory: Path, throughput_nodes: int = 0) -> TestPki:
+    """The test PKI, plus one revoked node so the link's CRL is not empty, plus
+    ``throughput_nodes`` node certificates (``tp-node-K``) for the throughput figure."""
     pki = make_test_pki(directory)
+    for index in range(1, throughput_nodes + 1):
+        pki.ca.issue_node(f"{THROUGHPUT_NODE_PREFIX}{index}", organization=f"Site {index}")
     pki.ca.issue_node("node-revoked", organization="Hospital C")
     revoked_chain, _ = pki.paths("node-revoked")
     pki.ca.revoke(certificate_file=revoked_chain, reason=RevocationReason.KEY_COMPROMISE)
@@ -358,6 +374,163 @@ def bench_heartbeats(
         )
         for loop in loops
     ]
+
+
+@dataclass(frozen=True)
+class ThroughputRow:
+    link: str
+    channels: int
+    """Channels, each its own TCP + TLS connection and its own node."""
+    depth: int
+    """Calls in flight on each channel."""
+    summary: LatencySummary
+    """Per-call latency under load; ``per_second`` is calls completed per second."""
+    link_cpu_us_per_call: float | None
+
+
+_HEARTBEAT_METHOD = "/flwrmtls.proto.Fleet/Heartbeat"
+_ACTIVATE_METHOD = "/flwrmtls.proto.Fleet/ActivateNode"
+
+
+class AsyncNode:
+    """One channel (its own connection) and one node session on a link, from grpc.aio."""
+
+    def __init__(
+        self, target: LinkTarget, identity: TlsIdentity | None, signer: CallSigner | None
+    ) -> None:
+        self.signer = signer
+        self.channel = grpc.aio.secure_channel(
+            target.address,
+            channel_credentials(target.root_pem, identity),
+            options=[
+                ("grpc.ssl_target_name_override", "localhost"),
+                ("grpc.use_local_subchannel_pool", 1),
+            ],
+        )
+        self.stub = fleet_pb2_grpc.FleetStub(self.channel)
+        self.session_id = ""
+
+    def _metadata(self, method: str, request: Any) -> tuple[tuple[str, str], ...] | None:
+        """As the node's SigningInterceptor does: one signature per call (EC-key only)."""
+        if self.signer is None:
+            return None
+        digest = body_digest(request.SerializeToString())
+        return self.signer.metadata(method, digest, datetime.now(UTC))
+
+    async def activate(self) -> None:
+        request = fleet_pb2.ActivateNodeRequest(node_version="bench")
+        response = await self.stub.ActivateNode(
+            request, metadata=self._metadata(_ACTIVATE_METHOD, request), timeout=30
+        )
+        self.session_id = response.session_id
+
+    async def heartbeat(self) -> None:
+        request = fleet_pb2.HeartbeatRequest(session_id=self.session_id)
+        await self.stub.Heartbeat(
+            request, metadata=self._metadata(_HEARTBEAT_METHOD, request), timeout=30
+        )
+
+
+async def _throughput_round(nodes: Sequence[AsyncNode], calls: int, depth: int) -> list[int]:
+    """``calls`` heartbeats spread over every node's ``depth`` workers; each call's latency."""
+    remaining = calls
+    samples: list[int] = []
+    clock = time.perf_counter_ns
+
+    async def worker(node: AsyncNode) -> None:
+        nonlocal remaining
+        while remaining > 0:
+            remaining -= 1
+            start = clock()
+            await node.heartbeat()
+            samples.append(clock() - start)
+
+    await asyncio.gather(*(worker(node) for node in nodes for _ in range(depth)))
+    return samples
+
+
+async def _bench_throughput(
+    groups: dict[str, tuple[LinkTarget, list[AsyncNode]]],
+    calls: int,
+    depth: int,
+    rounds: int,
+) -> list[ThroughputRow]:
+    try:
+        await asyncio.gather(*(n.activate() for _, nodes in groups.values() for n in nodes))
+        names = list(groups)
+        for name in names:  # warm-up: connections, caches, the link's code paths
+            await _throughput_round(groups[name][1], max(len(groups[name][1]) * depth, 200), depth)
+        samples: dict[str, list[int]] = {name: [] for name in names}
+        wall_ns = dict.fromkeys(names, 0)
+        cpu_ns: dict[str, int | None] = dict.fromkeys(names, 0)
+        for index, round_calls in enumerate(split(calls, rounds)):
+            for name in names if index % 2 == 0 else list(reversed(names)):
+                target, nodes = groups[name]
+                cpu_before = process_cpu_ns(target.pid)
+                start = time.perf_counter_ns()
+                samples[name] += await _throughput_round(nodes, round_calls, depth)
+                wall_ns[name] += time.perf_counter_ns() - start
+                cpu_after = process_cpu_ns(target.pid)
+                used = cpu_ns[name]
+                cpu_ns[name] = (
+                    None
+                    if used is None or cpu_before is None or cpu_after is None
+                    else used + cpu_after - cpu_before
+                )
+    finally:
+        await asyncio.gather(
+            *(n.channel.close(None) for _, nodes in groups.values() for n in nodes)
+        )
+    rows = []
+    for name in names:
+        nodes = groups[name][1]
+        used = cpu_ns[name]
+        count = len(samples[name])
+        rows.append(
+            ThroughputRow(
+                link=name,
+                channels=len(nodes),
+                depth=depth,
+                summary=summarize(samples[name], wall_ns[name] / 1e9),
+                link_cpu_us_per_call=None if used is None or not count else used / count / 1000,
+            )
+        )
+    return rows
+
+
+def bench_throughput(
+    targets: Sequence[LinkTarget],
+    pki: TestPki,
+    *,
+    channels: int,
+    depth: int,
+    calls: int,
+    rounds: int = THROUGHPUT_ROUNDS,
+) -> list[ThroughputRow]:
+    """Heartbeats from ``channels`` nodes with ``depth`` calls in flight each, per link.
+
+    The certificate link's nodes present ``tp-node-1`` .. ``tp-node-<channels>`` (issued by
+    :func:`make_pki`); EC-key nodes each sign with a key of their own; TLS-only nodes present
+    nothing, and each ActivateNode makes a node of its own.
+    """
+
+    async def main() -> list[ThroughputRow]:
+        groups: dict[str, tuple[LinkTarget, list[AsyncNode]]] = {}
+        for target in targets:
+            nodes = []
+            for index in range(1, channels + 1):
+                identity = None
+                signer = None
+                if target.identity is not None:
+                    chain, key = pki.paths(f"{THROUGHPUT_NODE_PREFIX}{index}")
+                    identity = load_tls_identity(chain, key, cert_flag="cert", key_flag="key")
+                if target.signer is not None:
+                    signer = CallSigner(ec.generate_private_key(ec.SECP384R1()))
+                nodes.append(AsyncNode(target, identity, signer))
+            groups[target.name] = (target, nodes)
+        return await _bench_throughput(groups, calls, depth, rounds)
+
+    return asyncio.run(main())
 
 
 @dataclass(frozen=True)
@@ -564,7 +737,46 @@ def render_table(result: dict[str, Any]) -> str:
     lines.append(_row(["case", "calls", "per call"], widths))
     for row in result["authenticator"]:
         lines.append(_row([row["case"], str(row["calls"]), f"{row['us_per_call']:.1f} us"], widths))
+    lines += ["", render_throughput(result["throughput"], result["throughput_ratio"], 4)]
     lines += ["", f"total time {result['elapsed_seconds']:.1f} s"]
+    return "\n".join(lines)
+
+
+def render_throughput(rows: Sequence[dict[str, Any]], ratio: dict[str, Any], number: int) -> str:
+    first = rows[0]
+    lines = [
+        f"{number}. Heartbeat throughput: {first['channels']} channels (own connection, own "
+        f"node) x {first['depth']} calls in flight, one grpc.aio loop in this process"
+    ]
+    widths = [30, 8, 10, 10, 10, 14]
+    lines.append(_row(["link", "calls", "calls/s", "p50", "p99", "link CPU/call"], widths))
+    for row in rows:
+        s = row["summary"]
+        cpu = row["link_cpu_us_per_call"]
+        lines.append(
+            _row(
+                [
+                    _label(row["link"]),
+                    str(s["count"]),
+                    f"{s['per_second']:.0f}",
+                    f"{s['p50_ms']:.2f} ms",
+                    f"{s['p99_ms']:.2f} ms",
+                    "n/a" if cpu is None else f"{cpu:.0f} us",
+                ],
+                widths,
+            )
+        )
+    cpu_text = (
+        "" if ratio["mtls_link_cpu"] is None else f", link CPU/call x{ratio['mtls_link_cpu']:.3f}"
+    )
+    lines.append(
+        f"  mTLS / TLS-only: calls/s x{ratio['mtls_calls_per_second']:.3f}, "
+        f"p50 x{ratio['mtls_p50']:.3f}, p99 x{ratio['mtls_p99']:.3f}{cpu_text}"
+    )
+    lines.append(
+        f"  EC-key / TLS-only: calls/s x{ratio['ec_key_calls_per_second']:.3f}, "
+        f"p50 x{ratio['ec_key_p50']:.3f}, p99 x{ratio['ec_key_p99']:.3f}"
+    )
     return "\n".join(lines)
 
 
@@ -598,37 +810,66 @@ def parser() -> argparse.ArgumentParser:
         default=DEFAULT_THREADS,
         help=f"threads for the concurrent handshake run (default {DEFAULT_THREADS})",
     )
+    p.add_argument(
+        "--channels",
+        type=positive,
+        default=DEFAULT_CHANNELS,
+        help=f"throughput: channels (connections, nodes) per link (default {DEFAULT_CHANNELS})",
+    )
+    p.add_argument(
+        "--depth",
+        type=positive,
+        default=DEFAULT_DEPTH,
+        help=f"throughput: calls in flight per channel (default {DEFAULT_DEPTH})",
+    )
+    p.add_argument(
+        "--throughput-calls",
+        type=positive,
+        help="throughput: measured heartbeats per link (default: twice --calls)",
+    )
     p.add_argument("--json", action="store_true", help="print JSON instead of the table")
     return p
 
 
-def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    pki = make_pki(work / "pki")
+def link_targets(
+    pki: TestPki, links: dict[str, LinkProcess], identity: TlsIdentity
+) -> tuple[LinkTarget, LinkTarget, LinkTarget]:
+    """The mTLS link (presenting ``identity``), its EC-key listener, and the TLS-only link."""
     root_path = pki.trust_bundle_path
+    targets = {
+        name: LinkTarget(
+            name=name,
+            port=link.fleet_port,
+            pid=link.process.pid if link.process is not None else 0,
+            root_pem=root_path.read_bytes(),
+            root_path=root_path,
+            identity=identity if name == "mtls" else None,
+        )
+        for name, link in links.items()
+    }
+    mtls = targets["mtls"]
+    key_port = int(links["mtls"].wait_for(r"EC-key nodes also on port (\d+)").group(1))
+    ec_key = LinkTarget(
+        name="ec-key", port=key_port, pid=mtls.pid, root_pem=mtls.root_pem,
+        root_path=root_path, identity=None,
+        signer=CallSigner(ec.generate_private_key(ec.SECP384R1())),
+    )  # fmt: skip
+    return mtls, ec_key, targets["tls-only"]
+
+
+def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    pki = make_pki(work / "pki", throughput_nodes=args.channels)
     node_chain, node_key = pki.paths("node-1")
     identity = load_tls_identity(node_chain, node_key, cert_flag="node-1", key_flag="node-1")
     links = start_links(pki, work)
     try:
-        targets = {
-            name: LinkTarget(
-                name=name,
-                port=link.fleet_port,
-                pid=link.process.pid if link.process is not None else 0,
-                root_pem=root_path.read_bytes(),
-                root_path=root_path,
-                identity=identity if name == "mtls" else None,
-            )
-            for name, link in links.items()
-        }
-        mtls, tls_only = targets["mtls"], targets["tls-only"]
-        key_port = int(links["mtls"].wait_for(r"EC-key nodes also on port (\d+)").group(1))
-        ec_key = LinkTarget(
-            name="ec-key", port=key_port, pid=mtls.pid, root_pem=mtls.root_pem,
-            root_path=root_path, identity=None,
-            signer=CallSigner(ec.generate_private_key(ec.SECP384R1())),
-        )  # fmt: skip
+        mtls, ec_key, tls_only = link_targets(pki, links, identity)
         # Heartbeats first, while each link's table holds only the benchmark's own node.
         heartbeat = bench_heartbeats([mtls, ec_key, tls_only], args.calls)
+        throughput = bench_throughput(
+            [mtls, ec_key, tls_only], pki, channels=args.channels, depth=args.depth,
+            calls=args.throughput_calls or 2 * args.calls,
+        )  # fmt: skip
         handshakes = [
             row
             for threads in (1, args.threads)
@@ -647,6 +888,8 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     return {
         "handshakes": [asdict(row) for row in handshakes],
         "heartbeat": [asdict(row) for row in heartbeat],
+        "throughput": [asdict(row) for row in throughput],
+        "throughput_ratio": throughput_ratio(throughput),
         "authenticator": [asdict(row) for row in authenticator],
         "heartbeat_ratio": {
             "mean": m.mean_ms / t.mean_ms,
@@ -662,6 +905,21 @@ def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     }
 
 
+def throughput_ratio(rows: Sequence[ThroughputRow]) -> dict[str, float | None]:
+    """mTLS and EC-key against TLS-only: calls per second, p50 and p99 under load, link CPU."""
+    by_link = {row.link: row for row in rows}
+    base = by_link["tls-only"]
+    ratios: dict[str, float | None] = {}
+    for name, key in (("mtls", "mtls"), ("ec-key", "ec_key")):
+        row = by_link[name]
+        ratios[f"{key}_calls_per_second"] = row.summary.per_second / base.summary.per_second
+        ratios[f"{key}_p50"] = row.summary.p50_ms / base.summary.p50_ms
+        ratios[f"{key}_p99"] = row.summary.p99_ms / base.summary.p99_ms
+        cpu, base_cpu = row.link_cpu_us_per_call, base.link_cpu_us_per_call
+        ratios[f"{key}_link_cpu"] = None if cpu is None or base_cpu is None else cpu / base_cpu
+    return ratios
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     args = parser().parse_args(argv)
     started = time.monotonic()
@@ -674,6 +932,12 @@ def main(argv: Sequence[str] | None = None) -> None:
             "handshakes": args.handshakes,
             "calls": args.calls,
             "threads": args.threads,
+            "channels": args.channels,
+            "depth": args.depth,
+            "throughput_calls": args.throughput_calls or 2 * args.calls,
+            "throughput_rounds": len(
+                split(args.throughput_calls or 2 * args.calls, THROUGHPUT_ROUNDS)
+            ),
             "heartbeat_rounds": len(split(args.calls, HEARTBEAT_ROUNDS)),
             "handshake_rounds": len(split(args.handshakes, HANDSHAKE_ROUNDS)),
         },
