@@ -37,6 +37,7 @@ bench: $(STAMP)
 	$(PY) bench/bench_auth.py
 	$(PY) bench/bench_rounds.py
 	$(PY) bench/bench_limits.py
+	$(PY) bench/bench_compare.py
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .demo
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .demo bench/.venv-flwr

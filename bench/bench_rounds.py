@@ -442,6 +442,7 @@ class Federation:
         self.link = link
         link.start_and_wait(timeout=60.0)
         self.add_profile(link.control_port)
+        self.before_nodes()
         for index in range(1, self.size + 1):
             node = NodeProcess(
                 self.node_args(index, link.fleet_port),
@@ -456,6 +457,9 @@ class Federation:
         for node in self.nodes:
             node.wait_active(timeout=max(1.0, deadline - time.monotonic()))
         self.wait_online(deadline)
+
+    def before_nodes(self) -> None:
+        """Called once the link and the CLI profile are up, before any node starts."""
 
     def add_profile(self, control_port: int) -> None:
         chain, key = self.pki.paths("cli-operator")
@@ -704,17 +708,24 @@ def measure_cell(
     env: dict[str, str],
     cell: tuple[int, float],
     args: argparse.Namespace,
+    *,
+    federation_type: type[Federation] = Federation,
+    label: str = "",
 ) -> CellResult:
+    """Start a federation of ``federation_type`` for ``cell``, time ``args.repetitions`` runs."""
     nodes, model_mb = cell
-    directory = work / f"cell-{nodes}-nodes-{model_mb:g}-mb"
-    federation = Federation(pki, directory, nodes, env, args.stagger)
+    directory = work / f"cell-{nodes}-nodes-{model_mb:g}-mb{'-' + label if label else ''}"
+    federation = federation_type(pki, directory, nodes, env, args.stagger)
     try:
         begun = time.monotonic()
         federation.start()
         startup = time.monotonic() - begun
         link_pid, node_pid = federation.pids()
         link_idle, node_idle = mib(rss_kib(link_pid)), mib(rss_kib(node_pid))
-        progress(f"{nodes} nodes x {model_mb:g} MiB: all online after {startup:.1f} s")
+        progress(
+            f"{label + ': ' if label else ''}{nodes} nodes x {model_mb:g} MiB: "
+            f"all online after {startup:.1f} s"
+        )
         repetitions = []
         for index in range(args.repetitions):
             repetition = measure_run(
