@@ -268,6 +268,7 @@ nodes = 1
 model-bytes = 1000000
 arrays = 4
 timeout = 3000.0
+skip = "CN=probe"
 """
 
 _LARGE_SERVER = '''\
@@ -288,7 +289,10 @@ def main(grid, context):
     config = context.run_config
     nodes = int(config["nodes"])
     timeout = float(config["timeout"])
-    node_ids = sorted(grid.wait_for_nodes(nodes, 120.0))[:nodes]
+    skip = str(config["skip"])
+    # The nodes, not the benchmark's probe (it only heartbeats; it answers nothing).
+    online = grid.wait_for_nodes(nodes + 1, 120.0)
+    node_ids = sorted(n for n in online if skip not in grid.identities.get(n, ""))[:nodes]
 
     # A small round first, so that every node's ClientApp process is running before the
     # timed one: the timed round moves the model, it does not start processes.
@@ -631,13 +635,18 @@ def measure_large_cell(
         startup = time.monotonic() - begun
         link_pid, _ = federation.pids()
         link_idle = bench_rounds.rss_kib(link_pid)
+        assert federation.link is not None
+        probe = HeartbeatProbe(f"127.0.0.1:{federation.link.fleet_port}", pki)
         progress(f"large: {nodes} node(s) online after {startup:.1f} s; sending {size / MB:g} MB")
-        with RoleSampler(link_pid, federation.node_pids()) as sampler:
-            run_id, server, wall = run_app(
-                env, app_dir, f"nodes={nodes} model-bytes={size} arrays={MODEL_ARRAYS}",
-                LARGE_RUN_TIMEOUT,
-            )  # fmt: skip
-            federation.wait_idle()
+        try:
+            with RoleSampler(link_pid, federation.node_pids()) as sampler:
+                run_id, server, wall = run_app(
+                    env, app_dir, f"nodes={nodes} model-bytes={size} arrays={MODEL_ARRAYS}",
+                    LARGE_RUN_TIMEOUT,
+                )  # fmt: skip
+                federation.wait_idle()
+        finally:
+            probe.stop()
         clients = client_stamps(federation.nodes, run_id, "BENCH-LIMITS-CLIENT", nodes)
     except (BenchError, RuntimeError, TimeoutError, subprocess.TimeoutExpired) as error:
         raise BenchError(f"large, {nodes} node(s): {error}\n{federation.log_tails()}") from None
@@ -674,6 +683,10 @@ def measure_large_cell(
         "clientapp_peak_rss_mib": mib(peaks.clientapp),
         "rss_samples": peaks.samples,
         "link_rss_trace_mib": [(t, round(mib(kib), 1)) for t, kib in peaks.link_trace],
+        "probe_heartbeat": {
+            **percentiles([h[1] for h in probe.samples if sent <= h[0] < done and h[2]]),
+            "failed": sum(1 for h in probe.samples if sent <= h[0] < done and not h[2]),
+        },
     }
 
 
@@ -682,6 +695,7 @@ def measure_large(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     size = int(args.model_mb * MB) // step * step
     pki = make_test_pki(work / "pki")
     bench_rounds.issue_nodes(pki, max(args.large_nodes))
+    pki.ca.issue_node(PROBE_NAME, organization="Probe")
     app_dir = write_app(
         work / "app",
         "bench_limits_large",
@@ -758,6 +772,12 @@ def render_large(large: dict[str, Any]) -> list[str]:
             f"command {cell['run_wall_seconds']:.1f} s (warm-up round "
             f"{cell['warm_up_seconds']:.1f} s); raw down {cell['raw']['download_seconds']:.1f} s, "
             f"up {cell['raw']['upload_seconds']:.1f} s"
+        )
+    for cell in large["cells"]:
+        lines.append(
+            f"   N={cell['nodes']}: a probe node's Heartbeat (every {PROBE_INTERVAL * 1000:.0f} "
+            "ms, from the benchmark's process) while the model moved: "
+            + _beats(cell["probe_heartbeat"])
         )
     idle = ", ".join(f"{c['link_idle_rss_mib']:.0f}" for c in large["cells"])
     lines.append(
@@ -1243,9 +1263,14 @@ class Workers:
     def receive(self, timeout: float) -> list[dict[str, Any]]:
         answers = []
         for pipe, process in zip(self.pipes, self.processes, strict=True):
-            if not pipe.poll(timeout):
-                raise BenchError(f"worker {process.pid} did not answer in {timeout:.0f} s")
-            answers.append(pipe.recv())
+            try:
+                if not pipe.poll(timeout):
+                    raise BenchError(f"worker {process.pid} did not answer in {timeout:.0f} s")
+                answers.append(pipe.recv())
+            except (EOFError, OSError):
+                raise BenchError(
+                    f"worker {process.pid} exited with {process.exitcode} (its traceback is above)"
+                ) from None
         return answers
 
     def ask(self, command: str, timeout: float) -> list[dict[str, Any]]:
