@@ -7,6 +7,11 @@ Rules:
   and the ClientApp process verifies it again when it unpacks it.
 * The ClientApp process gets its run token on standard input (never its command line); the
   node keeps the token's hash only. The process reaches the node over ClientAppIo.
+* One spare ClientApp process waits, its imports done, for a run to need it: a new run's
+  first message is handed to it instead of waiting for a process to start (a second of CPU
+  per node on this kind of machine). A spare holds no token and no run until it is given
+  one on standard input; the reaper thread starts the next spare, and stopping the node
+  terminates it.
 * Messages wait in the run's queue until the ClientApp pulls them; its replies go back to the
   link with the objects they reference. A reply may only answer a message this node received
   for that run.
@@ -76,6 +81,7 @@ class AppManager:
         self.clientappio_address = ""
         self.session: Session | None = None
         self._runs: dict[int, NodeRun] = {}
+        self._spare: subprocess.Popen[bytes] | None = None
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._reaper = threading.Thread(target=self._reap_forever, name="reaper", daemon=True)
@@ -133,20 +139,66 @@ class AppManager:
             log.warning("run %d: ClientApp exited with %s; starting it again",
                         run.run_id, run.process.returncode)  # fmt: skip
         token = self.tokens.issue(run.run_id, "clientapp")
-        process = subprocess.Popen(
-            [sys.executable, "-m", "flwrmtls.appio.clientapp_process",
-             "--clientappio-api-address", self.clientappio_address],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+        process = self._take_spare() or self._spawn()
         assert process.stdin is not None
-        process.stdin.write(token.encode() + b"\n")
-        process.stdin.close()
+        try:
+            process.stdin.write(token.encode() + b"\n")
+            process.stdin.close()
+        except OSError:  # the spare died after the check: start one for this run
+            process = self._spawn()
+            assert process.stdin is not None
+            process.stdin.write(token.encode() + b"\n")
+            process.stdin.close()
         run.process = process
         threading.Thread(
             target=self._relay_output, args=(run.run_id, process), daemon=True,
             name=f"clientapp-{run.run_id}-output",
         ).start()  # fmt: skip
         log.info("run %d: ClientApp process %d started", run.run_id, process.pid)
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        """A ClientApp process that imports what it needs, then waits for its token."""
+        return subprocess.Popen(
+            [sys.executable, "-m", "flwrmtls.appio.clientapp_process",
+             "--clientappio-api-address", self.clientappio_address],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+
+    def _take_spare(self) -> subprocess.Popen[bytes] | None:
+        with self._lock:
+            spare, self._spare = self._spare, None
+        if spare is not None and spare.poll() is not None:
+            return None  # it died while waiting (the reaper notices too)
+        return spare
+
+    def keep_spare(self) -> None:
+        """Start a spare ClientApp process unless one is waiting (or the node is stopping)."""
+        if not self.clientappio_address or self._stopping.is_set():
+            return
+        with self._lock:
+            spare = self._spare
+        if spare is not None:
+            if spare.poll() is None:
+                return
+            log.warning("the spare ClientApp process exited with %s", spare.returncode)
+        process = self._spawn()
+        with self._lock:
+            if not self._stopping.is_set():
+                self._spare = process
+                return
+        process.terminate()  # shutdown began while it started
+        process.wait()
+
+    def _stop_spare(self) -> None:
+        with self._lock:
+            spare, self._spare = self._spare, None
+        if spare is not None and spare.poll() is None:
+            spare.terminate()
+            try:
+                spare.wait(timeout=_STOP_GRACE)
+            except subprocess.TimeoutExpired:
+                spare.kill()
+                spare.wait()
 
     @staticmethod
     def _relay_output(run_id: int, process: subprocess.Popen[bytes]) -> None:
@@ -195,9 +247,12 @@ class AppManager:
     def _reap_forever(self) -> None:
         while not self._stopping.wait(_REAP_INTERVAL):
             self.reap()
+            self.keep_spare()
 
     def shutdown(self) -> None:
         """Stop every ClientApp (they are told, then terminated, then killed) and wait."""
+        self._stopping.set()  # no new spare from here on
+        self._stop_spare()
         self.end_runs(self.active_run_ids())
         deadline = time.monotonic() + _END_GRACE + _STOP_GRACE + 1
         while time.monotonic() < deadline:

@@ -147,8 +147,9 @@ def test_stopping_a_run_stops_and_reaps_its_app_processes(
     started = deployment.cli("run", str(app), "--run-config", "sleep-on=all sleep-seconds=60")
     assert started.returncode == 0, started.stderr
     wait_for_status(deployment, 1, "running")
-    for node in nodes:
-        node.wait_for("ClientApp process")
+    clientapps = [
+        int(node.wait_for(r"run 1: ClientApp process (\d+) started").group(1)) for node in nodes
+    ]
     assert link.process is not None
     [serverapp] = children(link.process.pid)
     # The token went on stdin: the command line and environment carry none.
@@ -159,8 +160,10 @@ def test_stopping_a_run_stops_and_reaps_its_app_processes(
         b"--serverappio-api-address",
     ]
     assert b"TOKEN" not in Path(f"/proc/{serverapp}/environ").read_bytes().upper()
-    clientapps = [pid for node in nodes if node.process for pid in children(node.process.pid)]
-    assert len(clientapps) == 2
+    # Besides its run's ClientApp, each node keeps one spare process waiting for a run.
+    for node, clientapp in zip(nodes, clientapps, strict=True):
+        assert node.process is not None
+        assert clientapp in children(node.process.pid)
     stopped = deployment.cli("stop", "1")
     assert stopped.returncode == 0, stopped.stderr
     assert "run 1 stopped" in stopped.stdout
@@ -171,10 +174,14 @@ def test_stopping_a_run_stops_and_reaps_its_app_processes(
     ):
         time.sleep(0.2)
     assert [process_state(pid) for pid in [serverapp, *clientapps]] == ["gone"] * 3
-    # Stopping a node stops its app processes; no zombies were left behind on the way.
+    # No zombies were left behind on the way; stopping a node stops its spare ClientApp too.
     for node in nodes:
         assert node.process is not None
         assert all(process_state(pid) != "Z" for pid in children(node.process.pid))
+        spares = children(node.process.pid)
+        assert len(spares) == 1
+        assert node.stop() == 0
+        assert [process_state(pid) for pid in spares] == ["gone"]
 
 
 def test_json_outputs_and_the_stored_result(deployment: Deployment, tmp_path: Path) -> None:
