@@ -16,7 +16,10 @@ Rules:
   link with the objects they reference. A reply may only answer a message this node received
   for that run.
 * Objects (bundles, array bytes) stay in the node's store while any run is active; when the
-  last active run ends the store is emptied.
+  last active run ends the store is emptied. The ClientApps this node starts share the
+  store's directory (same host, same OS user): they read a message's arrays from it once
+  the node has fetched them (verifying each object's SHA-256 as they read) and write their
+  replies' arrays into it, so array bytes cross no socket between node and ClientApp.
 * When the link says a run ended, its token stops working and the process is told (a waiting
   pull returns "run ended" and it exits). A process still running 5 s later is terminated, and
   killed 5 s after that. A reaper thread waits for every process that exits (no zombies);
@@ -38,6 +41,7 @@ from flwrmtls.auth.tokens import MemoryTokenStore
 from flwrmtls.fleet.client import FleetClient, Session
 from flwrmtls.keyvalues import Value, values_from_proto
 from flwrmtls.objects.store import ObjectStore
+from flwrmtls.objects.transfer import in_parallel
 from flwrmtls.proto import common_pb2
 
 __all__ = ["AppManager", "NodeRun"]
@@ -73,11 +77,14 @@ class AppManager:
         *,
         node_config: dict[str, Value],
         tokens: MemoryTokenStore | None = None,
+        share_objects: bool = True,
     ) -> None:
         self._client = client
         self.objects = objects
         self.node_config = node_config
         self.tokens = tokens or MemoryTokenStore()
+        self.share_objects = share_objects
+        """Tell ClientApps the object directory, so array bytes skip the ClientAppIo hop."""
         self.clientappio_address = ""
         self.session: Session | None = None
         self._runs: dict[int, NodeRun] = {}
@@ -292,6 +299,12 @@ class AppManager:
             raise PermissionError(
                 f"reply {reply.message_id} answers no message this node received for run {run_id}"
             )
+        missing = self.objects.missing(reply.object_ids)
+        if missing:
+            raise PermissionError(
+                f"reply {reply.message_id} references {len(missing)} object(s) its ClientApp "
+                f"did not store, e.g. {missing[0][:16]}"
+            )
         session = self._session()
         reply.run_id = run_id
         reply.src_node_id = session.node_id
@@ -302,3 +315,11 @@ class AppManager:
     def ensure_object(self, object_id: str) -> None:
         """Make an object the link holds available to a ClientApp."""
         self._client.fetch_object(self._session(), object_id, self.objects)
+
+    def ensure_objects(self, object_ids: list[str]) -> None:
+        """:meth:`ensure_object` for each, several at a time."""
+        session = self._session()
+        in_parallel(
+            lambda object_id: self._client.fetch_object(session, object_id, self.objects),
+            dict.fromkeys(object_ids),
+        )

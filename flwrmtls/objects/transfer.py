@@ -28,9 +28,11 @@ from flwrmtls.objects.store import CHUNK_SIZE, ObjectStore, check_object_id
 from flwrmtls.proto import objects_pb2
 
 __all__ = [
+    "PARALLEL_STREAMS",
     "answer_missing",
     "answer_pull",
     "answer_push",
+    "in_parallel",
     "pull_object_bytes",
     "pull_object_into",
     "pull_objects",
@@ -52,7 +54,7 @@ _T = TypeVar("_T")
 _R = TypeVar("_R")
 
 
-def _each(function: Callable[[_T], _R], items: Iterable[_T]) -> list[_R]:
+def in_parallel(function: Callable[[_T], _R], items: Iterable[_T]) -> list[_R]:
     """``function`` over ``items``, up to PARALLEL_STREAMS at a time; results in order.
 
     A message's arrays move concurrently, so one object's transfer overlaps the next one's
@@ -152,7 +154,7 @@ def push_objects(
         objects_pb2.MissingObjectsRequest(object_ids=list(objects), session_id=session_id),
         metadata=metadata, timeout=timeout,
     )  # fmt: skip
-    _each(
+    in_parallel(
         lambda object_id: stub.PushObject(
             _chunks(object_id, objects[object_id], session_id), metadata=metadata, timeout=timeout
         ),
@@ -185,7 +187,7 @@ def push_stored_objects(
                 session_id=session_id,
             )  # fmt: skip
 
-    _each(
+    in_parallel(
         lambda object_id: stub.PushObject(chunks(object_id), metadata=metadata, timeout=timeout),
         response.object_ids,
     )
@@ -239,7 +241,7 @@ def pull_objects(
     timeout: float | None = None,
 ) -> dict[str, memoryview]:
     unique = list(dict.fromkeys(object_ids))
-    pulled = _each(
+    pulled = in_parallel(
         lambda object_id: pull_object_bytes(
             stub, object_id, metadata=metadata, session_id=session_id, timeout=timeout
         ),
