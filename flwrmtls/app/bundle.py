@@ -170,7 +170,7 @@ def merge_run_config(
 # -- bundles --------------------------------------------------------------------------------
 
 
-def bundle_hash(bundle: bytes) -> str:
+def bundle_hash(bundle: bytes | memoryview) -> str:
     """The bundle's name: the hex SHA-256 of its bytes."""
     return hashlib.sha256(bundle).hexdigest()
 
@@ -227,7 +227,7 @@ def _safe_member_path(member: tarfile.TarInfo) -> PurePosixPath:
     return path
 
 
-def extract_bundle(bundle: bytes, expected_hash: str, into: Path) -> Path:
+def extract_bundle(bundle: bytes | memoryview, expected_hash: str, into: Path) -> Path:
     """Check the bundle against ``expected_hash``, unpack it into ``into`` (which must be
     empty or absent) and return the app directory (``into``). ``BundleError`` if unsafe."""
     actual = bundle_hash(bundle)

@@ -2,16 +2,21 @@
 
 It reads its run token from standard input, fetches and verifies the app bundle over
 ClientAppIo, then handles the run's messages one after another until the node says the run
-ended. A handler that raises becomes an error reply carrying the traceback (the link logs it
-with this node's identity); the process keeps serving the next message.
+ended. Array bytes go through the node's object directory when the node shares it (read
+after ``PrepareObjects``, each verified against its SHA-256; replies written with the
+store's temporary-file-and-rename), otherwise over ClientAppIo's object calls. A handler
+that raises becomes an error reply carrying the traceback (the link logs it with this
+node's identity); the process keeps serving the next message.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import traceback
+from pathlib import Path
 
 import grpc
 
@@ -27,6 +32,7 @@ from flwrmtls.appio.process import (
     unpack_app,
 )
 from flwrmtls.keyvalues import values_from_proto
+from flwrmtls.objects.store import ObjectStore
 from flwrmtls.objects.transfer import pull_objects, push_objects
 from flwrmtls.proto import appio_pb2, appio_pb2_grpc
 
@@ -46,6 +52,29 @@ def _handle(client_app: ClientApp, message: Message, context: Context) -> Messag
         )
 
 
+def _shared_store(directory: str) -> ObjectStore | None:
+    """The node's object directory, when the node shares it and this process can use it."""
+    if not directory or not os.access(directory, os.R_OK | os.W_OK | os.X_OK):
+        return None
+    return ObjectStore(Path(directory))
+
+
+def _read_shared(
+    stub: appio_pb2_grpc.ClientAppIoStub,
+    shared: ObjectStore,
+    object_ids: list[str],
+    metadata: tuple[tuple[str, str], ...],
+) -> dict[str, bytes]:
+    """Have the node fetch the objects, then read them from its directory (verified)."""
+    unique = list(dict.fromkeys(object_ids))
+    if unique:
+        stub.PrepareObjects(
+            appio_pb2.PrepareObjectsRequest(object_ids=unique), metadata=metadata,
+            timeout=_TRANSFER_TIMEOUT,
+        )  # fmt: skip
+    return {object_id: shared.read_verified(object_id) for object_id in unique}
+
+
 def run(address: str) -> int:
     metadata = token_metadata(read_token())
     channel = open_channel(address)
@@ -53,6 +82,11 @@ def run(address: str) -> int:
     info = stub.GetRun(appio_pb2.GetAppRunRequest(), metadata=metadata, timeout=30)
     unpacked = unpack_app(stub, info.bundle_hash, metadata)
     app_dir, app = unpacked.app_dir, unpacked.config
+    shared = _shared_store(info.object_directory)
+    log.info(
+        "arrays %s",
+        "through the node's object directory" if shared else "over ClientAppIo's object calls",
+    )
     try:
         client_app = load_component(app_dir, app.clientapp, ClientApp)
         context = Context(
@@ -69,15 +103,21 @@ def run(address: str) -> int:
                 return 0
             if not response.HasField("message"):
                 continue
-            objects = pull_objects(
-                stub, list(response.message.object_ids), metadata=metadata,
-                timeout=_TRANSFER_TIMEOUT,
-            )  # fmt: skip
+            object_ids = list(response.message.object_ids)
+            objects = (
+                _read_shared(stub, shared, object_ids, metadata)
+                if shared is not None
+                else pull_objects(stub, object_ids, metadata=metadata, timeout=_TRANSFER_TIMEOUT)
+            )
             message = message_from_proto(response.message, objects)
             del objects
             reply = _handle(client_app, message, context)
             proto, reply_objects = message_to_proto(reply)
-            push_objects(stub, reply_objects, metadata=metadata, timeout=_TRANSFER_TIMEOUT)
+            if shared is not None:
+                for data in reply_objects.values():
+                    shared.put(data)  # the node pushes them to the link from there
+            else:
+                push_objects(stub, reply_objects, metadata=metadata, timeout=_TRANSFER_TIMEOUT)
             stub.PushReply(
                 appio_pb2.PushReplyRequest(reply=proto), metadata=metadata,
                 timeout=_TRANSFER_TIMEOUT,

@@ -8,13 +8,14 @@ Rules:
 * ``send_and_receive`` returns one reply per message: the node's reply, an error reply the
   link made (the node went offline), or a TIMEOUT error reply made here when ``timeout``
   passes. Waiting is a long poll on the link, not a sleep loop.
-* Reply objects identical across nodes are fetched once.
+* Reply objects identical across nodes are fetched once, each as soon as its reply arrives.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import grpc
 
@@ -30,7 +31,7 @@ from flwrmtls.app.message import (
     new_message_id,
 )
 from flwrmtls.app.records import RecordDict
-from flwrmtls.objects.transfer import pull_object_bytes, push_objects
+from flwrmtls.objects.transfer import PARALLEL_STREAMS, pull_object_bytes, push_objects
 from flwrmtls.proto import appio_pb2, appio_pb2_grpc, common_pb2
 
 __all__ = ["GrpcGrid"]
@@ -113,22 +114,31 @@ class GrpcGrid:
         return replies
 
     def _collect(self, pending: dict[str, Message], timeout: float | None) -> list[Message]:
+        """Long-poll for the replies; each reply's objects are fetched as soon as it arrives
+        (in the background, several at a time, each distinct object once), so the transfers
+        overlap the wait for slower nodes instead of all starting after the last reply."""
         start = time.monotonic()
         received: list[common_pb2.Message] = []
-        while pending:
-            remaining = None if timeout is None else timeout - (time.monotonic() - start)
-            if remaining is not None and remaining <= 0:
-                break
-            wait = _LONG_POLL if remaining is None else min(remaining, _LONG_POLL)
-            response = self._stub.PullReplies(
-                appio_pb2.PullRepliesRequest(message_ids=list(pending), wait_seconds=wait),
-                metadata=self._metadata, timeout=wait + 30,
-            )  # fmt: skip
-            for reply in response.replies:
-                if pending.pop(reply.reply_to_message_id, None) is not None:
+        fetches: dict[str, Future[memoryview]] = {}
+        with ThreadPoolExecutor(PARALLEL_STREAMS, "replies") as pool:
+            while pending:
+                remaining = None if timeout is None else timeout - (time.monotonic() - start)
+                if remaining is not None and remaining <= 0:
+                    break
+                wait = _LONG_POLL if remaining is None else min(remaining, _LONG_POLL)
+                response = self._stub.PullReplies(
+                    appio_pb2.PullRepliesRequest(message_ids=list(pending), wait_seconds=wait),
+                    metadata=self._metadata, timeout=wait + 30,
+                )  # fmt: skip
+                for reply in response.replies:
+                    if pending.pop(reply.reply_to_message_id, None) is None:
+                        continue
                     received.append(reply)
-        cache: dict[str, bytes] = {}
-        replies = [self._decode(proto, cache) for proto in received]
+                    for object_id in reply.object_ids:
+                        if object_id not in fetches:
+                            fetches[object_id] = pool.submit(self._fetch, object_id)
+            objects = {object_id: fetch.result() for object_id, fetch in fetches.items()}
+        replies = [self._decode(proto, objects) for proto in received]
         for original in pending.values():
             late = original.create_error_reply(
                 Error(ErrorCode.TIMEOUT, f"no reply within {timeout or 0:.0f}s")
@@ -137,12 +147,12 @@ class GrpcGrid:
             replies.append(late)
         return replies
 
-    def _decode(self, proto: common_pb2.Message, cache: dict[str, bytes]) -> Message:
-        for object_id in proto.object_ids:
-            if object_id not in cache:
-                cache[object_id] = pull_object_bytes(
-                    self._stub, object_id, metadata=self._metadata, timeout=_TRANSFER_TIMEOUT
-                )
+    def _fetch(self, object_id: str) -> memoryview:
+        return pull_object_bytes(
+            self._stub, object_id, metadata=self._metadata, timeout=_TRANSFER_TIMEOUT
+        )
+
+    def _decode(self, proto: common_pb2.Message, objects: dict[str, memoryview]) -> Message:
         if proto.src_identity:
             self.identities[proto.src_node_id] = proto.src_identity
-        return message_from_proto(proto, cache)
+        return message_from_proto(proto, objects)

@@ -61,6 +61,7 @@ POLICY: Mapping[str, Rule] = {
     **_rows(
         "ClientAppIo", _CLIENTAPP,
         "GetRun", "PullMessage", "PushReply", "PullObject", "PushObject", "MissingObjects",
+        "PrepareObjects",
     ),
 }  # fmt: skip
 

@@ -7,11 +7,19 @@ Rules:
   and the ClientApp process verifies it again when it unpacks it.
 * The ClientApp process gets its run token on standard input (never its command line); the
   node keeps the token's hash only. The process reaches the node over ClientAppIo.
+* One spare ClientApp process waits, its imports done, for a run to need it: a new run's
+  first message is handed to it instead of waiting for a process to start (a second of CPU
+  per node on this kind of machine). A spare holds no token and no run until it is given
+  one on standard input; the reaper thread starts the next spare, and stopping the node
+  terminates it.
 * Messages wait in the run's queue until the ClientApp pulls them; its replies go back to the
   link with the objects they reference. A reply may only answer a message this node received
   for that run.
 * Objects (bundles, array bytes) stay in the node's store while any run is active; when the
-  last active run ends the store is emptied.
+  last active run ends the store is emptied. The ClientApps this node starts share the
+  store's directory (same host, same OS user): they read a message's arrays from it once
+  the node has fetched them (verifying each object's SHA-256 as they read) and write their
+  replies' arrays into it, so array bytes cross no socket between node and ClientApp.
 * When the link says a run ended, its token stops working and the process is told (a waiting
   pull returns "run ended" and it exits). A process still running 5 s later is terminated, and
   killed 5 s after that. A reaper thread waits for every process that exits (no zombies);
@@ -33,6 +41,7 @@ from flwrmtls.auth.tokens import MemoryTokenStore
 from flwrmtls.fleet.client import FleetClient, Session
 from flwrmtls.keyvalues import Value, values_from_proto
 from flwrmtls.objects.store import ObjectStore
+from flwrmtls.objects.transfer import in_parallel
 from flwrmtls.proto import common_pb2
 
 __all__ = ["AppManager", "NodeRun"]
@@ -68,14 +77,18 @@ class AppManager:
         *,
         node_config: dict[str, Value],
         tokens: MemoryTokenStore | None = None,
+        share_objects: bool = True,
     ) -> None:
         self._client = client
         self.objects = objects
         self.node_config = node_config
         self.tokens = tokens or MemoryTokenStore()
+        self.share_objects = share_objects
+        """Tell ClientApps the object directory, so array bytes skip the ClientAppIo hop."""
         self.clientappio_address = ""
         self.session: Session | None = None
         self._runs: dict[int, NodeRun] = {}
+        self._spare: subprocess.Popen[bytes] | None = None
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._reaper = threading.Thread(target=self._reap_forever, name="reaper", daemon=True)
@@ -133,20 +146,66 @@ class AppManager:
             log.warning("run %d: ClientApp exited with %s; starting it again",
                         run.run_id, run.process.returncode)  # fmt: skip
         token = self.tokens.issue(run.run_id, "clientapp")
-        process = subprocess.Popen(
-            [sys.executable, "-m", "flwrmtls.appio.clientapp_process",
-             "--clientappio-api-address", self.clientappio_address],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+        process = self._take_spare() or self._spawn()
         assert process.stdin is not None
-        process.stdin.write(token.encode() + b"\n")
-        process.stdin.close()
+        try:
+            process.stdin.write(token.encode() + b"\n")
+            process.stdin.close()
+        except OSError:  # the spare died after the check: start one for this run
+            process = self._spawn()
+            assert process.stdin is not None
+            process.stdin.write(token.encode() + b"\n")
+            process.stdin.close()
         run.process = process
         threading.Thread(
             target=self._relay_output, args=(run.run_id, process), daemon=True,
             name=f"clientapp-{run.run_id}-output",
         ).start()  # fmt: skip
         log.info("run %d: ClientApp process %d started", run.run_id, process.pid)
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        """A ClientApp process that imports what it needs, then waits for its token."""
+        return subprocess.Popen(
+            [sys.executable, "-m", "flwrmtls.appio.clientapp_process",
+             "--clientappio-api-address", self.clientappio_address],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+
+    def _take_spare(self) -> subprocess.Popen[bytes] | None:
+        with self._lock:
+            spare, self._spare = self._spare, None
+        if spare is not None and spare.poll() is not None:
+            return None  # it died while waiting (the reaper notices too)
+        return spare
+
+    def keep_spare(self) -> None:
+        """Start a spare ClientApp process unless one is waiting (or the node is stopping)."""
+        if not self.clientappio_address or self._stopping.is_set():
+            return
+        with self._lock:
+            spare = self._spare
+        if spare is not None:
+            if spare.poll() is None:
+                return
+            log.warning("the spare ClientApp process exited with %s", spare.returncode)
+        process = self._spawn()
+        with self._lock:
+            if not self._stopping.is_set():
+                self._spare = process
+                return
+        process.terminate()  # shutdown began while it started
+        process.wait()
+
+    def _stop_spare(self) -> None:
+        with self._lock:
+            spare, self._spare = self._spare, None
+        if spare is not None and spare.poll() is None:
+            spare.terminate()
+            try:
+                spare.wait(timeout=_STOP_GRACE)
+            except subprocess.TimeoutExpired:
+                spare.kill()
+                spare.wait()
 
     @staticmethod
     def _relay_output(run_id: int, process: subprocess.Popen[bytes]) -> None:
@@ -195,9 +254,12 @@ class AppManager:
     def _reap_forever(self) -> None:
         while not self._stopping.wait(_REAP_INTERVAL):
             self.reap()
+            self.keep_spare()
 
     def shutdown(self) -> None:
         """Stop every ClientApp (they are told, then terminated, then killed) and wait."""
+        self._stopping.set()  # no new spare from here on
+        self._stop_spare()
         self.end_runs(self.active_run_ids())
         deadline = time.monotonic() + _END_GRACE + _STOP_GRACE + 1
         while time.monotonic() < deadline:
@@ -237,6 +299,12 @@ class AppManager:
             raise PermissionError(
                 f"reply {reply.message_id} answers no message this node received for run {run_id}"
             )
+        missing = self.objects.missing(reply.object_ids)
+        if missing:
+            raise PermissionError(
+                f"reply {reply.message_id} references {len(missing)} object(s) its ClientApp "
+                f"did not store, e.g. {missing[0][:16]}"
+            )
         session = self._session()
         reply.run_id = run_id
         reply.src_node_id = session.node_id
@@ -247,3 +315,11 @@ class AppManager:
     def ensure_object(self, object_id: str) -> None:
         """Make an object the link holds available to a ClientApp."""
         self._client.fetch_object(self._session(), object_id, self.objects)
+
+    def ensure_objects(self, object_ids: list[str]) -> None:
+        """:meth:`ensure_object` for each, several at a time."""
+        session = self._session()
+        in_parallel(
+            lambda object_id: self._client.fetch_object(session, object_id, self.objects),
+            dict.fromkeys(object_ids),
+        )

@@ -54,6 +54,7 @@ class ClientAppIoServicer(appio_pb2_grpc.ClientAppIoServicer):
             run_config=values_to_proto(run.run_config),
             node_config=values_to_proto(self._apps.node_config),
             node_id=self._apps.node_id,
+            object_directory=str(self._apps.objects.directory) if self._apps.share_objects else "",
         )
 
     async def PullMessage(
@@ -72,6 +73,8 @@ class ClientAppIoServicer(appio_pb2_grpc.ClientAppIoServicer):
             await asyncio.to_thread(self._apps.forward_reply, _run_id(), request.reply)
         except PermissionError as error:
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(error))
+        except ValueError as error:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
         except FlwrmtlsError as error:
             await context.abort(grpc.StatusCode.UNAVAILABLE, f"could not reach the link: {error}")
         return appio_pb2.PushReplyResponse()
@@ -85,6 +88,15 @@ class ClientAppIoServicer(appio_pb2_grpc.ClientAppIoServicer):
             await context.abort(grpc.StatusCode.NOT_FOUND, f"object unavailable: {error}")
         async for chunk in answer_pull(self._apps.objects, request.object_id, context):
             yield chunk
+
+    async def PrepareObjects(
+        self, request: appio_pb2.PrepareObjectsRequest, context: _Context
+    ) -> appio_pb2.PrepareObjectsResponse:
+        try:
+            await asyncio.to_thread(self._apps.ensure_objects, list(request.object_ids))
+        except (ValueError, FlwrmtlsError) as error:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"object unavailable: {error}")
+        return appio_pb2.PrepareObjectsResponse()
 
     async def PushObject(
         self, request_iterator: AsyncIterator[objects_pb2.ObjectChunk], context: _Context

@@ -92,6 +92,11 @@ def parser() -> argparse.ArgumentParser:
         type=float,
         help="seconds without the link before giving up (default: no limit)",
     )
+    p.add_argument(
+        "--no-shared-objects", dest="shared_objects", action="store_false",
+        help="send array bytes to ClientApps over ClientAppIo instead of letting them read and "
+        "write this node's object directory (the default: same host, same OS user)",
+    )  # fmt: skip
     p.add_argument("--insecure", action="store_true", help="plaintext: development only")
     return p
 
@@ -172,7 +177,10 @@ def run(args: argparse.Namespace) -> None:
     except OSError as error:
         raise InputError(f"{error}: check --clientappio-api-address") from None
     work_dir = Path(tempfile.mkdtemp(prefix="flwrmtls-node-"))
-    apps = AppManager(client, ObjectStore(work_dir / "objects"), node_config=node_config)
+    apps = AppManager(
+        client, ObjectStore(work_dir / "objects"), node_config=node_config,
+        share_objects=args.shared_objects,
+    )  # fmt: skip
     clientappio = ClientAppIoServer(apps, args.clientappio_api_address)
     clientappio.start()
     agent = NodeAgent(

@@ -119,6 +119,14 @@ class ObjectStore:
     def read(self, object_id: str) -> bytes:
         return self.path(object_id).read_bytes()
 
+    def read_verified(self, object_id: str) -> bytes:
+        """The object's bytes, after checking that they hash to its id (ValueError if not):
+        for readers that share a directory another process writes to."""
+        data = self.read(object_id)
+        if object_id_of(data) != object_id:
+            raise ValueError(f"object {object_id}: stored bytes do not match their SHA-256")
+        return data
+
     def chunks(self, object_id: str) -> Iterator[tuple[int, int, bytes]]:
         """(offset, total size, data) for each chunk of a stored object."""
         path = self.path(object_id)

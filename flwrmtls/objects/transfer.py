@@ -8,18 +8,31 @@ stubs): :func:`push_objects` sends only what the other side lacks, :func:`pull_o
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
-from typing import Any
+import asyncio
+import hashlib
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 import grpc
 
-from flwrmtls.objects.store import CHUNK_SIZE, ObjectStore, check_object_id, object_id_of
+from flwrmtls.objects.store import CHUNK_SIZE, ObjectStore, check_object_id
 from flwrmtls.proto import objects_pb2
 
 __all__ = [
+    "PARALLEL_STREAMS",
     "answer_missing",
     "answer_pull",
     "answer_push",
+    "in_parallel",
     "pull_object_bytes",
     "pull_object_into",
     "pull_objects",
@@ -34,11 +47,34 @@ Metadata = Sequence[tuple[str, str]]
 MAX_OBJECT_BYTES = 8 << 30
 """The largest object (one array's bytes, or an app bundle) a receiver accepts."""
 
+PARALLEL_STREAMS = 4
+"""Objects moved at once by one sender or receiver (each on its own stream of one channel)."""
+
+_T = TypeVar("_T")
+_R = TypeVar("_R")
+
+
+def in_parallel(function: Callable[[_T], _R], items: Iterable[_T]) -> list[_R]:
+    """``function`` over ``items``, up to PARALLEL_STREAMS at a time; results in order.
+
+    A message's arrays move concurrently, so one object's transfer overlaps the next one's
+    (and, through a node, its fetch from the link). The first error is raised once all
+    started transfers have ended.
+    """
+    work = list(items)
+    if len(work) <= 1:
+        return [function(item) for item in work]
+    with ThreadPoolExecutor(min(PARALLEL_STREAMS, len(work)), "transfer") as pool:
+        return list(pool.map(function, work))
+
 
 async def serve_object(
     store: ObjectStore, object_id: str
 ) -> AsyncIterator[objects_pb2.ObjectChunk]:
-    for offset, total, data in store.chunks(object_id):
+    """Stream a stored object; file reads run in a worker thread, off the event loop."""
+    chunks = store.chunks(object_id)
+    while (item := await asyncio.to_thread(next, chunks, None)) is not None:
+        offset, total, data = item
         yield objects_pb2.ObjectChunk(
             object_id=object_id, total_size=total, offset=offset, data=data
         )
@@ -72,10 +108,11 @@ async def receive_object(
                         object_id=chunk.object_id, size=store.size(chunk.object_id)
                     ), session_id
                 writer = store.writer(chunk.object_id, chunk.total_size)
-            writer.write(chunk.offset, chunk.data)
+            # writing and hashing release the GIL: off the event loop, other calls go on
+            await asyncio.to_thread(writer.write, chunk.offset, chunk.data)
         if writer is None:
             raise ValueError("no chunks pushed")
-        writer.finish()
+        await asyncio.to_thread(writer.finish)
     except BaseException:
         if writer is not None:
             writer.abort()
@@ -117,10 +154,12 @@ def push_objects(
         objects_pb2.MissingObjectsRequest(object_ids=list(objects), session_id=session_id),
         metadata=metadata, timeout=timeout,
     )  # fmt: skip
-    for object_id in response.object_ids:
-        stub.PushObject(
+    in_parallel(
+        lambda object_id: stub.PushObject(
             _chunks(object_id, objects[object_id], session_id), metadata=metadata, timeout=timeout
-        )
+        ),
+        response.object_ids,
+    )
     return len(response.object_ids)
 
 
@@ -148,8 +187,10 @@ def push_stored_objects(
                 session_id=session_id,
             )  # fmt: skip
 
-    for object_id in response.object_ids:
-        stub.PushObject(chunks(object_id), metadata=metadata, timeout=timeout)
+    in_parallel(
+        lambda object_id: stub.PushObject(chunks(object_id), metadata=metadata, timeout=timeout),
+        response.object_ids,
+    )
     return len(response.object_ids)
 
 
@@ -160,21 +201,35 @@ def pull_object_bytes(
     metadata: Metadata = (),
     session_id: str = "",
     timeout: float | None = None,
-) -> bytes:
-    """Fetch one object into memory and verify it."""
-    buffer = bytearray()
+) -> memoryview:
+    """Fetch one object into memory, verify it, and return a read-only view of its bytes.
+
+    The buffer is allocated once, at the size the first chunk announces (capped at
+    MAX_OBJECT_BYTES), and hashed as the chunks arrive: no copy after the last chunk.
+    """
+    buffer: bytearray | None = None
+    digest = hashlib.sha256()
+    received = 0
     for chunk in stub.PullObject(
         objects_pb2.PullObjectRequest(object_id=object_id, session_id=session_id),
         metadata=metadata,
         timeout=timeout,
     ):
-        if chunk.offset != len(buffer):
-            raise ValueError(f"object {object_id}: chunk at {chunk.offset}, expected {len(buffer)}")
-        buffer += chunk.data
-    data = bytes(buffer)
-    if object_id_of(data) != object_id:
+        if buffer is None:
+            if not 0 <= chunk.total_size <= MAX_OBJECT_BYTES:
+                raise ValueError(f"object {object_id}: announced size {chunk.total_size}")
+            buffer = bytearray(chunk.total_size)
+        end = received + len(chunk.data)
+        if chunk.offset != received or end > len(buffer):
+            raise ValueError(f"object {object_id}: chunk at {chunk.offset}, expected {received}")
+        buffer[received:end] = chunk.data
+        digest.update(chunk.data)
+        received = end
+    if buffer is None or received != len(buffer):
+        raise ValueError(f"object {object_id}: incomplete ({received} bytes)")
+    if digest.hexdigest() != object_id:
         raise ValueError(f"object {object_id}: bytes do not match their SHA-256")
-    return data
+    return memoryview(buffer).toreadonly()
 
 
 def pull_objects(
@@ -184,13 +239,15 @@ def pull_objects(
     metadata: Metadata = (),
     session_id: str = "",
     timeout: float | None = None,
-) -> dict[str, bytes]:
-    return {
-        object_id: pull_object_bytes(
+) -> dict[str, memoryview]:
+    unique = list(dict.fromkeys(object_ids))
+    pulled = in_parallel(
+        lambda object_id: pull_object_bytes(
             stub, object_id, metadata=metadata, session_id=session_id, timeout=timeout
-        )
-        for object_id in dict.fromkeys(object_ids)
-    }
+        ),
+        unique,
+    )
+    return dict(zip(unique, pulled, strict=True))
 
 
 def pull_object_into(

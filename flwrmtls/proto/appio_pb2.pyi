@@ -46,10 +46,16 @@ class GetAppRunResponse(_message.Message):
     RUN_CONFIG_FIELD_NUMBER: _builtins.int
     NODE_CONFIG_FIELD_NUMBER: _builtins.int
     NODE_ID_FIELD_NUMBER: _builtins.int
+    OBJECT_DIRECTORY_FIELD_NUMBER: _builtins.int
     run_id: _builtins.int
     bundle_hash: _builtins.str
     node_id: _builtins.int
     """ClientAppIo only"""
+    object_directory: _builtins.str
+    """ClientAppIo only: the node's object directory, shared with the ClientApp process it
+    started (same host, same OS user): objects are read from and written to it directly
+    instead of streaming them over ClientAppIo. Empty: use PullObject/PushObject.
+    """
     @_builtins.property
     def run_config(self) -> _records_pb2.ConfigRecord: ...
     @_builtins.property
@@ -64,14 +70,50 @@ class GetAppRunResponse(_message.Message):
         run_config: _records_pb2.ConfigRecord | None = ...,
         node_config: _records_pb2.ConfigRecord | None = ...,
         node_id: _builtins.int = ...,
+        object_directory: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["node_config", b"node_config", "run_config", b"run_config"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bundle_hash", b"bundle_hash", "node_config", b"node_config", "node_id", b"node_id", "run_config", b"run_config", "run_id", b"run_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bundle_hash", b"bundle_hash", "node_config", b"node_config", "node_id", b"node_id", "object_directory", b"object_directory", "run_config", b"run_config", "run_id", b"run_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetAppRunResponse: _TypeAlias = GetAppRunResponse  # noqa: Y015
+
+@_typing.final
+class PrepareObjectsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OBJECT_IDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def object_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        object_ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["object_ids", b"object_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PrepareObjectsRequest: _TypeAlias = PrepareObjectsRequest  # noqa: Y015
+
+@_typing.final
+class PrepareObjectsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PrepareObjectsResponse: _TypeAlias = PrepareObjectsResponse  # noqa: Y015
 
 @_typing.final
 class GetNodesRequest(_message.Message):

@@ -442,6 +442,11 @@ class ClientAppIoStub:
                 request_serializer=flwrmtls_dot_proto_dot_objects__pb2.MissingObjectsRequest.SerializeToString,
                 response_deserializer=flwrmtls_dot_proto_dot_objects__pb2.MissingObjectsResponse.FromString,
                 _registered_method=True)
+        self.PrepareObjects = channel.unary_unary(
+                '/flwrmtls.proto.ClientAppIo/PrepareObjects',
+                request_serializer=flwrmtls_dot_proto_dot_appio__pb2.PrepareObjectsRequest.SerializeToString,
+                response_deserializer=flwrmtls_dot_proto_dot_appio__pb2.PrepareObjectsResponse.FromString,
+                _registered_method=True)
 
 
 class ClientAppIoServicer:
@@ -484,6 +489,13 @@ class ClientAppIoServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PrepareObjects(self, request, context):
+        """Make objects available in the node's object directory (fetching them from the link).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ClientAppIoServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -516,6 +528,11 @@ def add_ClientAppIoServicer_to_server(servicer, server):
                     servicer.MissingObjects,
                     request_deserializer=flwrmtls_dot_proto_dot_objects__pb2.MissingObjectsRequest.FromString,
                     response_serializer=flwrmtls_dot_proto_dot_objects__pb2.MissingObjectsResponse.SerializeToString,
+            ),
+            'PrepareObjects': grpc.unary_unary_rpc_method_handler(
+                    servicer.PrepareObjects,
+                    request_deserializer=flwrmtls_dot_proto_dot_appio__pb2.PrepareObjectsRequest.FromString,
+                    response_serializer=flwrmtls_dot_proto_dot_appio__pb2.PrepareObjectsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -681,6 +698,33 @@ class ClientAppIo:
             '/flwrmtls.proto.ClientAppIo/MissingObjects',
             flwrmtls_dot_proto_dot_objects__pb2.MissingObjectsRequest.SerializeToString,
             flwrmtls_dot_proto_dot_objects__pb2.MissingObjectsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PrepareObjects(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flwrmtls.proto.ClientAppIo/PrepareObjects',
+            flwrmtls_dot_proto_dot_appio__pb2.PrepareObjectsRequest.SerializeToString,
+            flwrmtls_dot_proto_dot_appio__pb2.PrepareObjectsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -133,6 +133,8 @@ class ClientAppIoStub:
     PullObject: _grpc.UnaryStreamMultiCallable[_objects_pb2.PullObjectRequest, _objects_pb2.ObjectChunk]
     PushObject: _grpc.StreamUnaryMultiCallable[_objects_pb2.ObjectChunk, _objects_pb2.PushObjectResponse]
     MissingObjects: _grpc.UnaryUnaryMultiCallable[_objects_pb2.MissingObjectsRequest, _objects_pb2.MissingObjectsResponse]
+    PrepareObjects: _grpc.UnaryUnaryMultiCallable[_appio_pb2.PrepareObjectsRequest, _appio_pb2.PrepareObjectsResponse]
+    """Make objects available in the node's object directory (fetching them from the link)."""
 
 @_typing.type_check_only
 class ClientAppIoAsyncStub(ClientAppIoStub):
@@ -145,6 +147,8 @@ class ClientAppIoAsyncStub(ClientAppIoStub):
     PullObject: _aio.UnaryStreamMultiCallable[_objects_pb2.PullObjectRequest, _objects_pb2.ObjectChunk]  # type: ignore[assignment]
     PushObject: _aio.StreamUnaryMultiCallable[_objects_pb2.ObjectChunk, _objects_pb2.PushObjectResponse]  # type: ignore[assignment]
     MissingObjects: _aio.UnaryUnaryMultiCallable[_objects_pb2.MissingObjectsRequest, _objects_pb2.MissingObjectsResponse]  # type: ignore[assignment]
+    PrepareObjects: _aio.UnaryUnaryMultiCallable[_appio_pb2.PrepareObjectsRequest, _appio_pb2.PrepareObjectsResponse]  # type: ignore[assignment]
+    """Make objects available in the node's object directory (fetching them from the link)."""
 
 class ClientAppIoServicer(metaclass=_abc_1.ABCMeta):
     """What a ClientApp process calls on its node."""
@@ -190,5 +194,13 @@ class ClientAppIoServicer(metaclass=_abc_1.ABCMeta):
         request: _objects_pb2.MissingObjectsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_objects_pb2.MissingObjectsResponse, _abc.Awaitable[_objects_pb2.MissingObjectsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def PrepareObjects(
+        self,
+        request: _appio_pb2.PrepareObjectsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_appio_pb2.PrepareObjectsResponse, _abc.Awaitable[_appio_pb2.PrepareObjectsResponse]]:
+        """Make objects available in the node's object directory (fetching them from the link)."""
 
 def add_ClientAppIoServicer_to_server(servicer: ClientAppIoServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -100,3 +100,13 @@ def test_an_object_whose_bytes_do_not_match_its_id_is_refused(tmp_path: Path) ->
     assert store.read(good) == data
     with pytest.raises(ValueError, match="not an object id"):
         store.path("../../etc/passwd")
+
+
+def test_a_shared_directory_reader_checks_what_another_process_wrote(tmp_path: Path) -> None:
+    store = ObjectStore(tmp_path / "objects")
+    good = store.put(b"weights" * 1000)
+    assert store.read_verified(good) == b"weights" * 1000  # control
+    bad = store.put(b"other weights" * 1000)
+    store.path(bad).write_bytes(b"tampered" * 1000)  # what a rogue writer could leave
+    with pytest.raises(ValueError, match="do not match their SHA-256"):
+        store.read_verified(bad)

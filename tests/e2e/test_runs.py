@@ -147,8 +147,9 @@ def test_stopping_a_run_stops_and_reaps_its_app_processes(
     started = deployment.cli("run", str(app), "--run-config", "sleep-on=all sleep-seconds=60")
     assert started.returncode == 0, started.stderr
     wait_for_status(deployment, 1, "running")
-    for node in nodes:
-        node.wait_for("ClientApp process")
+    clientapps = [
+        int(node.wait_for(r"run 1: ClientApp process (\d+) started").group(1)) for node in nodes
+    ]
     assert link.process is not None
     [serverapp] = children(link.process.pid)
     # The token went on stdin: the command line and environment carry none.
@@ -159,8 +160,10 @@ def test_stopping_a_run_stops_and_reaps_its_app_processes(
         b"--serverappio-api-address",
     ]
     assert b"TOKEN" not in Path(f"/proc/{serverapp}/environ").read_bytes().upper()
-    clientapps = [pid for node in nodes if node.process for pid in children(node.process.pid)]
-    assert len(clientapps) == 2
+    # Besides its run's ClientApp, each node keeps one spare process waiting for a run.
+    for node, clientapp in zip(nodes, clientapps, strict=True):
+        assert node.process is not None
+        assert clientapp in children(node.process.pid)
     stopped = deployment.cli("stop", "1")
     assert stopped.returncode == 0, stopped.stderr
     assert "run 1 stopped" in stopped.stdout
@@ -171,10 +174,14 @@ def test_stopping_a_run_stops_and_reaps_its_app_processes(
     ):
         time.sleep(0.2)
     assert [process_state(pid) for pid in [serverapp, *clientapps]] == ["gone"] * 3
-    # Stopping a node stops its app processes; no zombies were left behind on the way.
+    # No zombies were left behind on the way; stopping a node stops its spare ClientApp too.
     for node in nodes:
         assert node.process is not None
         assert all(process_state(pid) != "Z" for pid in children(node.process.pid))
+        spares = children(node.process.pid)
+        assert len(spares) == 1
+        assert node.stop() == 0
+        assert [process_state(pid) for pid in spares] == ["gone"]
 
 
 def test_json_outputs_and_the_stored_result(deployment: Deployment, tmp_path: Path) -> None:
@@ -220,3 +227,28 @@ def test_every_run_ends_in_a_recorded_status_when_the_link_goes_away(
     assert (second["status"], second["reason"]) == (
         "failed", "link restarted while the run was active",
     )  # fmt: skip
+
+
+def test_array_bytes_through_the_shared_directory_and_over_clientappio(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    """node-1 shares its object directory with its ClientApp (the default); node-2 runs with
+    --no-shared-objects. Both train, and the model comes out exactly as both paths add 1."""
+    link = deployment.start_link()
+    shared = deployment.node("node-1", link.fleet_port)
+    streamed = deployment.node("node-2", link.fleet_port, "--no-shared-objects")
+    for node in (shared, streamed):
+        node.wait_active()
+    deployment.profile(link.control_port)
+    app = write_probe_app(tmp_path / "app")
+    result = deployment.cli(
+        "run", str(app), "--stream", "--run-config", "rounds=2 array-mb=3", timeout=180
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    per_array = 3 * (1 << 20) // 16
+    # layer-i starts at i and each of 2 rounds adds 1 on both nodes: i + 2 everywhere.
+    expected = per_array * sum(i + 2 for i in range(4))
+    assert f"final model sum {expected:.1f}" in result.stdout
+    shared.wait_for("ClientApp: .*arrays through the node's object directory")
+    streamed.wait_for("ClientApp: .*arrays over ClientAppIo's object calls")
+    assert "object directory" not in streamed.log

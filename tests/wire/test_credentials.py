@@ -15,7 +15,11 @@ from flwrmtls.pki import KeyEncoding, KeyType
 from flwrmtls.testing.pki import TestPki
 from flwrmtls.wire.credentials import check_client_certificate, load_ca_bundle, load_tls_identity
 
-NOW = datetime.now(UTC)
+
+def now() -> datetime:
+    """The time of the check (certificates from the fixtures are issued when a test starts,
+    so a module-level timestamp would fall before them in a long suite)."""
+    return datetime.now(UTC)
 
 
 def load(chain: Path, key: Path) -> None:
@@ -29,7 +33,7 @@ def test_good_pair_loads_and_is_checked(pki: TestPki) -> None:
     identity = load_tls_identity(chain, key, cert_flag="c", key_flag="k")
     assert len(identity.chain) == 2
     assert b"BEGIN PRIVATE KEY" in identity.key_pem  # normalised to PKCS#8
-    check_client_certificate(identity, NOW, cert_flag="c")
+    check_client_certificate(identity, now(), cert_flag="c")
 
 
 @pytest.mark.parametrize(
@@ -116,10 +120,10 @@ def test_ca_bundle_errors(pki: TestPki, tmp_path: Path) -> None:
 def test_client_self_check_names_the_cause(fresh_pki: TestPki) -> None:
     ca = fresh_pki.ca
     expired = ca.issue_node(
-        "expired", not_before=NOW - timedelta(days=3), not_after=NOW - timedelta(days=1)
+        "expired", not_before=now() - timedelta(days=3), not_after=now() - timedelta(days=1)
     )
     future = ca.issue_node(
-        "future", not_before=NOW + timedelta(days=1), not_after=NOW + timedelta(days=3)
+        "future", not_before=now() + timedelta(days=1), not_after=now() + timedelta(days=3)
     )
     server_only = ca.issue_node("srv", extended_key_usages=[ExtendedKeyUsageOID.SERVER_AUTH])
     for issued, cause in ((expired, "expired on"), (future, "not valid before"),
@@ -128,9 +132,9 @@ def test_client_self_check_names_the_cause(fresh_pki: TestPki) -> None:
             issued.chain_path, issued.key_path, cert_flag="c", key_flag="k"
         )
         with pytest.raises(InputError, match=cause):
-            check_client_certificate(identity, NOW, cert_flag="--ssl-client-certfile")
+            check_client_certificate(identity, now(), cert_flag="--ssl-client-certfile")
     good = load_tls_identity(*fresh_pki.paths("node-1"), cert_flag="c", key_flag="k")
-    check_client_certificate(good, NOW, cert_flag="--ssl-client-certfile")
+    check_client_certificate(good, now(), cert_flag="--ssl-client-certfile")
 
 
 def test_certificate_whose_key_usage_cannot_sign_is_refused_at_startup(
@@ -143,6 +147,6 @@ def test_certificate_whose_key_usage_cannot_sign_is_refused_at_startup(
         ca_files.issuing_certificate, ca_files.issuing_key, cert_flag="c", key_flag="k"
     )
     with pytest.raises(InputError, match="does not include digitalSignature"):
-        check_client_certificate(identity, NOW, cert_flag="--ssl-client-certfile")
+        check_client_certificate(identity, now(), cert_flag="--ssl-client-certfile")
     good = load_tls_identity(*fresh_pki.paths("node-1"), cert_flag="c", key_flag="k")
-    check_client_certificate(good, NOW, cert_flag="--ssl-client-certfile")
+    check_client_certificate(good, now(), cert_flag="--ssl-client-certfile")
