@@ -1,6 +1,6 @@
 """Side by side: Flower 1.42 and flwrmtls, the same FedAvg app through both command lines.
 
-Run ``.venv/bin/python bench/bench_compare.py`` (``make bench`` runs it after bench_rounds.py);
+Run ``.venv/bin/python bench/bench_compare.py`` (``make bench`` runs it last);
 ``--quick`` for one small cell (2 nodes x 1 MiB, 1 run), ``--json`` for JSON instead of the
 tables; ``--nodes``/``--model-mb``/``--repetitions``/``--systems`` select (``--help``).
 
@@ -12,11 +12,14 @@ removed at the end:
   ``flwr==1.42.0`` with ``--no-deps``, then the requirements its wheel's METADATA lists, with
   certifi unpinned because flwr pins a certifi newer than the package index has, and numpy).
   ``flower-superlink --ssl-certfile --ssl-keyfile --ssl-ca-certfile --enable-supernode-auth
-  --disable-runtime-dependency-installation --database link.db --port P`` (Fleet, Control and
-  runtime APIs share that one HTTPS port); one P-384 key per node made by ``ssh-keygen``,
+  --disable-runtime-dependency-installation --host 127.0.0.1 --port P`` (Fleet, Control and
+  runtime APIs share that one HTTPS port; state in memory, Flower's default, or in a SQLite
+  file with ``--flower-database file``); one P-384 key per node made by ``ssh-keygen``,
   registered with ``flwr supernode register KEY.pub``; N ``flower-supernode --superlink
   127.0.0.1:P --root-certificates ca.crt --auth-supernode-private-key KEY --port Q_K``
-  (each its own runtime port); ``flwr run APP --stream --run-config ...``. The server
+  (each its own runtime port; at most 4 activating at once, and one that exits during
+  start-up is started again, as a supervisor would: on 2 cores some give up on a slow TLS
+  handshake); ``flwr run APP --stream --run-config ...``. The server
   certificate is the same one the flwrmtls link uses (the built-in CA's test PKI: EC P-256,
   ``DNS:localhost, IP:127.0.0.1``). The CLI finds the SuperLink through ``config.toml`` in its
   ``FLWR_HOME``; the SuperLink, every SuperNode and the CLI each have their own ``FLWR_HOME``.
@@ -68,6 +71,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Sequence
@@ -85,6 +89,7 @@ from bench_rounds import (
     RssSampler,
     _Interrupt,
     _raise_on_sigterm,
+    children,
     descendants,
     issue_nodes,
     machine_facts,
@@ -117,9 +122,13 @@ DEFAULT_REPETITIONS = 3
 FLOWER_RUN_TIMEOUT = 1800.0
 FLOWER_START_TIMEOUT = 300.0
 FLOWER_IDLE_TIMEOUT = 60.0
+FLOWER_ACTIVATING = 4
+FLOWER_MAX_RESTARTS = 20
+FLOWER_EXTRA_ATTEMPTS = 2
 TAG_VARIABLE = "FLWRMTLS_BENCH_COMPARE_TAG"
 KEY_BITS = 384
 
+_ACTIVE = re.compile(r"SuperNode ID: \d+")
 _FLOWER_RUN_ID = re.compile(r"Successfully started run (\d+)")
 _FLOWER_STAMPS = re.compile(r"BENCH-FLOWER (\{.*\})")
 
@@ -384,7 +393,24 @@ def sweep(tag: str) -> None:
 # --- flwrmtls in EC-key mode ------------------------------------------------------------------
 
 
-class EcKeyFederation(Federation):
+class MtlsFederation(Federation):
+    """bench_rounds' federation; a run is over once the link has no ServerApp process left and
+    each node at most one child: since 33b0e42 a node keeps a spare ClientApp process ready."""
+
+    def wait_idle(self) -> bool:
+        deadline = time.monotonic() + FLOWER_IDLE_TIMEOUT
+        while time.monotonic() < deadline:
+            link = [self.link.process.pid] if self.link and self.link.process else []
+            nodes = [node.process.pid for node in self.nodes if node.process is not None]
+            if not any(children(pid) for pid in link) and all(
+                len(children(pid)) <= 1 for pid in nodes
+            ):
+                return True
+            time.sleep(0.1)
+        return False
+
+
+class EcKeyFederation(MtlsFederation):
     """The link with ``--node-auth key --enable-supernode-auth``; nodes sign with registered
     ssh-keygen keys (the Control API still requires the CLI's operator certificate)."""
 
@@ -423,9 +449,10 @@ class FlowerFederation:
 
     def __init__(
         self, bin_dir: Path, pki: TestPki, directory: Path, size: int, env: dict[str, str],
-        stagger: float,
+        stagger: float, *, file_database: bool = False,
     ) -> None:  # fmt: skip
         self.bin = bin_dir
+        self.file_database = file_database
         self.pki = pki
         self.directory = directory
         self.size = size
@@ -441,6 +468,9 @@ class FlowerFederation:
         self.link: FlowerProcess | None = None
         self.nodes: list[FlowerProcess] = []
         self.port = 0
+        self.ports: list[int] = []
+        self.restarts: list[str] = []
+        self.runs = 0
 
     def env_for(self, name: str) -> dict[str, str]:
         home = self.directory / "home" / name
@@ -468,7 +498,7 @@ class FlowerFederation:
                 "--ssl-certfile", str(chain), "--ssl-keyfile", str(key),
                 "--ssl-ca-certfile", str(self.pki.trust_bundle_path),
                 "--enable-supernode-auth", "--disable-runtime-dependency-installation",
-                "--database", str(self.directory / "link.db"),
+                *(["--database", str(self.directory / "link.db")] if self.file_database else []),
                 "--host", "127.0.0.1", "--port", str(self.port),
             ],
             self.directory / "superlink.log",
@@ -488,30 +518,64 @@ class FlowerFederation:
         keys = [ssh_keygen(self.key(i).parent, self.key(i).name) for i in range(1, self.size + 1)]
         with ThreadPoolExecutor(max_workers=4, thread_name_prefix="register") as pool:
             list(pool.map(self.register, keys))
-        for index in range(1, self.size + 1):
-            node = FlowerProcess(
-                self.bin / "flower-supernode",
-                [
-                    "--superlink", f"127.0.0.1:{self.port}",
-                    "--root-certificates", str(self.pki.trust_bundle_path),
-                    "--auth-supernode-private-key", str(self.key(index)),
-                    "--host", "127.0.0.1", "--port", str(ports[index]),
-                    "--node-config", f"index={index}",
-                ],
-                self.directory / f"supernode-{index}.log",
-                self.env_for(f"supernode-{index}"),
-            )  # fmt: skip
-            self.nodes.append(node)
-            node.start()
-            if index < self.size:
-                time.sleep(self.stagger)
+        self.ports = ports
+        self.nodes = [self.supernode(index) for index in range(1, self.size + 1)]
         deadline = time.monotonic() + FLOWER_START_TIMEOUT
-        for node in self.nodes:
-            node.wait_for(r"SuperNode ID: \d+", timeout=max(1.0, deadline - time.monotonic()))
+        for index, node in enumerate(self.nodes):
+            # At most FLOWER_ACTIVATING SuperNodes activating at once: with more, on 2 cores,
+            # some time out in their TLS handshake and give up (exit code 305).
+            while sum(1 for n in self.nodes[:index] if not self.active(n)) >= FLOWER_ACTIVATING:
+                self.restart_failed(deadline)
+                time.sleep(0.1)
+            node.start()
+            time.sleep(self.stagger)
+        while not all(self.active(node) for node in self.nodes):
+            self.restart_failed(deadline)
+            time.sleep(0.1)
         while (online := self.online()) < self.size:
+            self.restart_failed(deadline)
             if time.monotonic() > deadline:
                 raise BenchError(f"only {online} of {self.size} SuperNodes online after start-up")
             time.sleep(0.5)
+
+    def supernode(self, index: int) -> FlowerProcess:
+        return FlowerProcess(
+            self.bin / "flower-supernode",
+            [
+                "--superlink", f"127.0.0.1:{self.port}",
+                "--root-certificates", str(self.pki.trust_bundle_path),
+                "--auth-supernode-private-key", str(self.key(index)),
+                "--host", "127.0.0.1", "--port", str(self.ports[index]),
+                "--node-config", f"index={index}",
+            ],
+            self.directory / f"supernode-{index}.log",
+            self.env_for(f"supernode-{index}"),
+        )  # fmt: skip
+
+    @staticmethod
+    def active(node: FlowerProcess) -> bool:
+        return node.process is not None and _ACTIVE.search(node.log) is not None
+
+    def restart_failed(self, deadline: float) -> None:
+        """Start again (as a supervisor would) a SuperNode that exited during start-up; keep
+        its log as supernode-K.log.N and the reason in ``restarts``."""
+        if time.monotonic() > deadline:
+            raise BenchError(f"SuperNodes not all active after {FLOWER_START_TIMEOUT:.0f} s")
+        for index, node in enumerate(self.nodes, start=1):
+            if node.process is None or node.process.poll() is None:
+                continue
+            log = node.log
+            reasons = [line for line in log.splitlines() if "ERROR" in line or "Giving up" in line]
+            self.restarts.append(f"supernode-{index}: " + " | ".join(reasons[-3:]))
+            if len(self.restarts) > FLOWER_MAX_RESTARTS:
+                raise BenchError(f"SuperNodes failed to start too often: {self.restarts}")
+            node.log_path.rename(
+                node.log_path.with_name(f"{node.log_path.name}.{len(self.restarts)}")
+            )
+            progress(f"  restarting {self.restarts[-1]}")
+            replacement = self.supernode(index)
+            self.nodes[index - 1] = replacement
+            replacement.start()
 
     def register(self, key: Path) -> None:
         result = self.cli(["supernode", "register", f"{key}.pub", "--format", "json"])
@@ -524,6 +588,48 @@ class FlowerFederation:
             raise BenchError(f"flwr supernode ls failed: {result.stdout}{result.stderr}")
         listed = json.loads(result.stdout)
         return sum(1 for node in listed.get("nodes", []) if node.get("status") == "online")
+
+    def run_watched(self, args: Sequence[str], timeout: float) -> tuple[int, str, float, float]:
+        """``flwr ARGS`` with its output in a file; (exit code, output, start, exit) with
+        monotonic stamps taken right before it starts and right when it has exited. Gives up
+        at once when the SuperLink or a SuperNode exits meanwhile (the run could not end)."""
+        self.runs += 1
+        output_path = self.directory / f"flwr-run-{self.runs}.out"
+        exited: list[float] = []
+        with output_path.open("wb") as output:
+            started = time.monotonic()
+            process = subprocess.Popen(
+                [str(self.bin / "flwr"), *args],
+                stdout=output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                env={**os.environ, **self.cli_env}, cwd=self.directory,
+            )  # fmt: skip
+
+            def wait() -> None:
+                process.wait()
+                exited.append(time.monotonic())
+
+            waiter = threading.Thread(target=wait, name="flwr-run", daemon=True)
+            waiter.start()
+            try:
+                while waiter.is_alive():
+                    waiter.join(0.2)
+                    if not waiter.is_alive():
+                        break
+                    gone = [
+                        p.log_path.name
+                        for p in [self.link, *self.nodes]
+                        if p is not None and p.process is not None and p.process.poll() is not None
+                    ]
+                    if gone:
+                        raise BenchError(f"{', '.join(gone)} exited during the run")
+                    if time.monotonic() - started > timeout:
+                        raise BenchError(f"flwr run did not end within {timeout:.0f} s")
+            finally:
+                if process.poll() is None:
+                    process.kill()
+                waiter.join()
+        text = output_path.read_text(encoding="utf-8", errors="replace")
+        return process.returncode, text, started, exited[0]
 
     def pids(self) -> tuple[int, int]:
         assert self.link is not None
@@ -599,6 +705,10 @@ class FlowerCell:
     link_idle_rss_mib: float
     node_idle_rss_mib: float
     repetitions: list[FlowerRepetition]
+    supernode_restarts: list[str]
+    """SuperNodes that exited during start-up and were started again (with the reason)."""
+    failed_runs: list[str]
+    """Runs (or federation start-ups) that failed, with the reason; not in the figures."""
 
 
 def flower_rounds(stamps: dict[str, Any], rounds: int) -> list[float]:
@@ -619,22 +729,19 @@ def measure_flower_run(
     )
     link_pid, node_pid = federation.pids()
     with RssSampler({"link": link_pid, "node": node_pid}) as sampler:
-        started = time.monotonic()
-        result = federation.cli(
+        returncode, output, started, exited = federation.run_watched(
             ["run", str(app_dir), "--stream", "--run-config", run_config],
             timeout=FLOWER_RUN_TIMEOUT,
         )
-        exited = time.monotonic()
         idle = federation.wait_idle()
         idle_at = time.monotonic()
     if not idle:
         progress(f"  (Flower app processes still alive {FLOWER_IDLE_TIMEOUT:.0f} s after the run)")
-    output = result.stdout + result.stderr
     run_match = _FLOWER_RUN_ID.search(output)
     stamps_match = _FLOWER_STAMPS.search(output)
-    if result.returncode != 0 or run_match is None or stamps_match is None:
+    if returncode != 0 or run_match is None or stamps_match is None:
         raise BenchError(
-            f"flwr run exited with {result.returncode} (or printed no run id or stamps):\n"
+            f"flwr run exited with {returncode} (or printed no run id or stamps):\n"
             f"{output[-3000:]}\n{federation.log_tails()}"
         )
     stamps: dict[str, Any] = json.loads(stamps_match.group(1))
@@ -658,38 +765,69 @@ def measure_flower_cell(
     bin_dir: Path, pki: TestPki, work: Path, app_dir: Path, env: dict[str, str],
     cell: tuple[int, float], args: argparse.Namespace,
 ) -> FlowerCell:  # fmt: skip
+    """``args.repetitions`` timed runs. A run that fails is recorded (``failed_runs``), its
+    federation stopped and a new one started (its SuperExec may have given up), up to
+    ``FLOWER_EXTRA_ATTEMPTS`` more runs than asked for."""
     nodes, model_mb = cell
-    directory = work / f"cell-{nodes}-nodes-{model_mb:g}-mb-flower"
-    federation = FlowerFederation(bin_dir, pki, directory, nodes, env, args.stagger)
-    try:
-        begun = time.monotonic()
-        federation.start()
-        startup = time.monotonic() - begun
-        link_pid, node_pid = federation.pids()
-        link_idle = mib(rss_kib(link_pid) + sum(rss_kib(p) for p in descendants(link_pid)))
-        node_idle = mib(rss_kib(node_pid) + sum(rss_kib(p) for p in descendants(node_pid)))
-        progress(f"flower: {nodes} nodes x {model_mb:g} MiB: all online after {startup:.1f} s")
-        repetitions = []
-        for index in range(args.repetitions):
-            repetition = measure_flower_run(
-                federation, app_dir, model_mb, rounds=args.rounds, distinct=args.distinct_updates
+    repetitions: list[FlowerRepetition] = []
+    failed: list[str] = []
+    restarts: list[str] = []
+    startups: list[float] = []
+    link_idle = node_idle = 0.0
+    attempt = 0
+    while len(repetitions) < args.repetitions:
+        if attempt >= args.repetitions + FLOWER_EXTRA_ATTEMPTS:
+            raise BenchError(
+                f"Flower, {nodes} nodes x {model_mb:g} MiB: {len(failed)} runs failed, "
+                f"{len(repetitions)} completed; last: {failed[-1] if failed else ''}"
             )
-            repetitions.append(repetition)
+        directory = work / f"cell-{nodes}-nodes-{model_mb:g}-mb-flower-{len(startups) + 1}"
+        federation = FlowerFederation(
+            bin_dir, pki, directory, nodes, env, args.stagger,
+            file_database=args.flower_database == "file",
+        )  # fmt: skip
+        up = False
+        try:
+            begun = time.monotonic()
+            federation.start()
+            up = True
+            startups.append(time.monotonic() - begun)
+            link_pid, node_pid = federation.pids()
+            link_idle = mib(rss_kib(link_pid) + sum(rss_kib(p) for p in descendants(link_pid)))
+            node_idle = mib(rss_kib(node_pid) + sum(rss_kib(p) for p in descendants(node_pid)))
             progress(
-                f"  run {index + 1}/{args.repetitions}: {repetition.wall_seconds:.2f} s, rounds "
-                + " ".join(f"{s:.2f}" for s in repetition.round_seconds)
+                f"flower: {nodes} nodes x {model_mb:g} MiB: all online after {startups[-1]:.1f} s"
             )
-    except (BenchError, RuntimeError, TimeoutError, subprocess.TimeoutExpired) as error:
-        raise BenchError(f"Flower, {nodes} nodes x {model_mb:g} MiB: {error}") from None
-    finally:
-        federation.stop()
+            while len(repetitions) < args.repetitions:
+                attempt += 1
+                repetition = measure_flower_run(
+                    federation, app_dir, model_mb, rounds=args.rounds,
+                    distinct=args.distinct_updates,
+                )  # fmt: skip
+                repetitions.append(repetition)
+                progress(
+                    f"  run {len(repetitions)}/{args.repetitions}: "
+                    f"{repetition.wall_seconds:.2f} s, rounds "
+                    + " ".join(f"{s:.2f}" for s in repetition.round_seconds)
+                )
+        except (BenchError, RuntimeError, TimeoutError, subprocess.TimeoutExpired) as error:
+            reason = str(error)
+            failed.append(reason)
+            progress(f"  Flower run or start-up failed ({reason.splitlines()[0][:200]}); again")
+            if not up:
+                attempt += 1  # a start-up that failed counts as an attempt too
+        finally:
+            federation.stop()
+            restarts += federation.restarts
     return FlowerCell(
         nodes=nodes,
         model_mb=model_mb,
-        startup_seconds=startup,
+        startup_seconds=startups[0],
         link_idle_rss_mib=link_idle,
         node_idle_rss_mib=node_idle,
         repetitions=repetitions,
+        supernode_restarts=restarts,
+        failed_runs=failed,
     )
 
 
@@ -807,6 +945,18 @@ def render_tables(result: dict[str, Any]) -> str:
             f"(not timed): {startups}; load average before/after "
             f"{cell['loadavg_before']:.2f}/{cell['loadavg_after']:.2f}"
         )
+        failures = cell["systems"].get("flower", {}).get("failed_runs")
+        if failures:
+            lines.append(
+                f"    Flower: {len(failures)} run(s) or start-up(s) failed and were left out "
+                f"(first: {failures[0].splitlines()[0][:160]})"
+            )
+        restarts = cell["systems"].get("flower", {}).get("supernode_restarts")
+        if restarts:
+            lines.append(
+                f"    Flower: {len(restarts)} SuperNode(s) exited during start-up and were "
+                "started again (see --json)"
+            )
         for system in systems:
             error = cell["systems"].get(system, {}).get("error")
             if error:
@@ -863,6 +1013,13 @@ def parser() -> argparse.ArgumentParser:
         help="node K adds 1 + K/1024, so no two replies share their array objects",
     )
     p.add_argument(
+        "--flower-database",
+        choices=("memory", "file"),
+        default="memory",
+        help="the SuperLink's state: Flower's default, in memory, or --database link.db "
+        "(default memory)",
+    )
+    p.add_argument(
         "--flower-venv",
         type=Path,
         default=DEFAULT_FLOWER_VENV,
@@ -875,6 +1032,7 @@ def parser() -> argparse.ArgumentParser:
         "--keep", action="store_true", help="keep the temporary directory (logs) and print it"
     )
     p.add_argument("--json", action="store_true", help="print JSON instead of the tables")
+    p.add_argument("--save", type=Path, help="also write the JSON to this file")
     return p
 
 
@@ -937,7 +1095,7 @@ def run(args: argparse.Namespace, work: Path, tag: str) -> tuple[list[dict[str, 
                     assert bin_dir is not None
                     found = measure_flower_cell(bin_dir, pki, work, flower_app, env, cell, args)
                 else:
-                    federation_type = EcKeyFederation if system == "eckey" else Federation
+                    federation_type = EcKeyFederation if system == "eckey" else MtlsFederation
                     found = measure_cell(
                         pki, work, app_dir, env, cell, args,
                         federation_type=federation_type, label=system,
@@ -997,10 +1155,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             "distinct_updates": args.distinct_updates,
             "quick": args.quick,
             "flower_key_bits": KEY_BITS,
+            "flower_database": args.flower_database,
         },
         "cells": cells,
         "elapsed_seconds": time.monotonic() - started,
     }
+    if args.save is not None:
+        args.save.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     if args.json:
         print(json.dumps(result, indent=2))
     else:
