@@ -438,7 +438,8 @@ class RoleSampler:
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
-        self._thread.join()
+        if self._thread.is_alive():
+            self._thread.join()
         self.sample()
 
 
@@ -552,8 +553,10 @@ def measure_raw(pki: TestPki, streams: int, size: int) -> dict[str, Any]:
     )
     server.start()
     clients: list[Any] = []
+    sampler = RoleSampler(server.pid or 0, [])
     try:
         port = ports.get(timeout=120)
+        sampler.__enter__()
         for index in range(1, streams + 1):
             node_chain, node_key = pki.paths(bench_rounds.node_name(index))
             client = context.Process(
@@ -565,6 +568,7 @@ def measure_raw(pki: TestPki, streams: int, size: int) -> dict[str, Any]:
             clients.append(client)
         reports = [results.get(timeout=LARGE_RUN_TIMEOUT) for _ in clients]
     finally:
+        sampler.__exit__()
         stop.set()
         for process in [*clients, server]:
             process.join(timeout=30)
@@ -582,6 +586,8 @@ def measure_raw(pki: TestPki, streams: int, size: int) -> dict[str, Any]:
         "upload_seconds": up,
         "download_mb_s": streams * size / down / MB,
         "upload_mb_s": streams * size / up / MB,
+        "server_peak_rss_mib": mib(sampler.peaks.link),
+        "server_model_mib": size / (1 << 20),
     }
 
 
@@ -624,11 +630,29 @@ def run_app(
     return int(run_match.group(1)), json.loads(stamps.group(1)), wall
 
 
+class LargeFederation(bench_rounds.Federation):
+    """bench_rounds' federation (mTLS + CRL link, N node processes). Since 33b0e42 a node keeps
+    a spare ClientApp process ready, so a run's app processes are gone once the link has no
+    child and each node at most one."""
+
+    def wait_idle(self) -> bool:
+        deadline = time.monotonic() + bench_rounds.IDLE_TIMEOUT
+        link = [self.link.process.pid] if self.link and self.link.process else []
+        nodes = self.node_pids()
+        while time.monotonic() < deadline:
+            if not any(bench_rounds.children(pid) for pid in link) and all(
+                len(bench_rounds.children(pid)) <= 1 for pid in nodes
+            ):
+                return True
+            time.sleep(0.1)
+        return False
+
+
 def measure_large_cell(
     pki: TestPki, work: Path, app_dir: Path, env: dict[str, str], nodes: int, size: int
 ) -> dict[str, Any]:
     directory = work / f"large-{nodes}"
-    federation = bench_rounds.Federation(pki, directory, nodes, env, bench_rounds.DEFAULT_STAGGER)
+    federation = LargeFederation(pki, directory, nodes, env, bench_rounds.DEFAULT_STAGGER)
     try:
         begun = time.monotonic()
         federation.start()
@@ -771,7 +795,9 @@ def render_large(large: dict[str, Any]) -> list[str]:
             f"{cell['client_seconds']:.1f} s, return {cell['return_seconds']:.1f} s; the run "
             f"command {cell['run_wall_seconds']:.1f} s (warm-up round "
             f"{cell['warm_up_seconds']:.1f} s); raw down {cell['raw']['download_seconds']:.1f} s, "
-            f"up {cell['raw']['upload_seconds']:.1f} s"
+            f"up {cell['raw']['upload_seconds']:.1f} s, raw server peak RSS "
+            f"{cell['raw']['server_peak_rss_mib']:.0f} MiB (it holds the model: "
+            f"{cell['raw']['server_model_mib']:.0f} MiB)"
         )
     for cell in large["cells"]:
         lines.append(
@@ -782,7 +808,9 @@ def render_large(large: dict[str, Any]) -> list[str]:
     idle = ", ".join(f"{c['link_idle_rss_mib']:.0f}" for c in large["cells"])
     lines.append(
         f"   RSS: peaks during the run command; link: the link process alone (idle before: "
-        f"{idle} MiB); ServerApp: the link's children; node, ClientApp: the largest one"
+        f"{idle} MiB); ServerApp: the link's children; node: the largest node process; "
+        "ClientApp: the largest sum of a node's children (the run's ClientApp and the node's "
+        "spare one)"
     )
     target = large["target"]
     worst = min(min(c["broadcast_over_raw"], c["return_over_raw"]) for c in large["cells"])
@@ -1409,7 +1437,6 @@ def measure_scale(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 
     idle_beats = window(idle_start, idle_end)
     probe_idle = window(idle_start, idle_end, probe_samples)
-    idle_calls = idle_beats["count"] + idle_beats["failed"] + probe_idle["count"]
     idle_cpu = cpu(cpu_connected, cpu_idle)
     return {
         "nodes": count,
@@ -1434,9 +1461,7 @@ def measure_scale(args: argparse.Namespace, work: Path) -> dict[str, Any]:
             "idle": idle_cpu,
             "round": cpu(cpu_idle, cpu_round),
         },
-        "link_cpu_per_idle_heartbeat_us": (
-            None if idle_cpu is None or not idle_calls else idle_cpu / idle_calls * 1e6
-        ),
+        "link_idle_cpu_cores": None if idle_cpu is None else idle_cpu / (idle_end - idle_start),
         "heartbeat_idle": idle_beats,
         "heartbeat_round": window(round_start, round_end),
         "heartbeat_all": window(0.0, float("inf")),
@@ -1459,6 +1484,10 @@ def measure_scale(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "first_errors": first_errors,
         "target_rss_mib": SCALE_TARGET_MIB,
     }
+
+
+def _cores(value: float | None) -> str:
+    return "n/a" if value is None else f"{value * 100:.1f} %"
 
 
 def _beats(window: dict[str, Any]) -> str:
@@ -1505,7 +1534,8 @@ def render_scale(scale: dict[str, Any]) -> list[str]:
         f"{seconds(r['last_reply_pushed_seconds'])}; the run command "
         f"{r['run_wall_seconds']:.1f} s (wait_for_nodes {r['wait_for_nodes_seconds']:.2f} s)",
         f"   link CPU: connect {seconds(cpu['connect'])}, idle {seconds(cpu['idle'])} "
-        f"({_us(scale['link_cpu_per_idle_heartbeat_us'])} per heartbeat), round "
+        f"({_cores(scale['link_idle_cpu_cores'])} of a core: heartbeats, long polls renewed "
+        f"every {PULL_WAIT:g} s, the probe), round "
         f"{seconds(cpu['round'])}; worker peak RSS {scale['worker_peak_rss_mib']:.0f} MiB",
     ]
     if scale["errors"]:
