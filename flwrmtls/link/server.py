@@ -306,6 +306,7 @@ class Link:
         if host in ("0.0.0.0", "[::]"):  # noqa: S104 - a comparison, not a bind
             host = "127.0.0.1"
         self.runs.serverappio_address = f"{host}:{self.serverappio_port}"
+        self.runs.schedule_spare()
         self._servers = [*servers, control, serverappio]
         for server in self._servers:
             await server.start()

@@ -8,10 +8,11 @@ Rules:
 * The ClientApp process gets its run token on standard input (never its command line); the
   node keeps the token's hash only. The process reaches the node over ClientAppIo.
 * One spare ClientApp process waits, its imports done, for a run to need it: a new run's
-  first message is handed to it instead of waiting for a process to start (a second of CPU
-  per node on this kind of machine). A spare holds no token and no run until it is given
-  one on standard input; the reaper thread starts the next spare, and stopping the node
-  terminates it.
+  first message is handed to it instead of waiting for a process to start (half a second of
+  CPU per node on this kind of machine). A spare holds no token and no run until it is given
+  one on standard input. The reaper thread starts the next spare once the node has had no
+  active run for ``SPARE_DELAY`` seconds (so that it never competes with a run for the
+  CPU), and stopping the node terminates it.
 * Messages wait in the run's queue until the ClientApp pulls them; its replies go back to the
   link with the objects they reference. A reply may only answer a message this node received
   for that run.
@@ -53,6 +54,8 @@ _END_GRACE = 5.0
 _STOP_GRACE = 5.0
 """Seconds between terminate and kill."""
 _REAP_INTERVAL = 0.5
+SPARE_DELAY = 1.0
+"""Seconds without an active run before a spare ClientApp process is started."""
 
 
 @dataclass
@@ -89,6 +92,8 @@ class AppManager:
         self.session: Session | None = None
         self._runs: dict[int, NodeRun] = {}
         self._spare: subprocess.Popen[bytes] | None = None
+        self._busy_until = time.monotonic()
+        """When the node last had an active run (now, while it has one)."""
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._reaper = threading.Thread(target=self._reap_forever, name="reaper", daemon=True)
@@ -181,6 +186,12 @@ class AppManager:
     def keep_spare(self) -> None:
         """Start a spare ClientApp process unless one is waiting (or the node is stopping)."""
         if not self.clientappio_address or self._stopping.is_set():
+            return
+        now = time.monotonic()
+        if self.active_run_ids():
+            self._busy_until = now
+            return
+        if now - self._busy_until < SPARE_DELAY:
             return
         with self._lock:
             spare = self._spare

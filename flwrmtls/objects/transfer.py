@@ -21,6 +21,7 @@ from collections.abc import (
 )
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
+from weakref import WeakKeyDictionary
 
 import grpc
 
@@ -80,6 +81,24 @@ async def serve_object(
         )
 
 
+_receiving: WeakKeyDictionary[ObjectStore, dict[str, asyncio.Event]] = WeakKeyDictionary()
+"""Per store: the objects an upload is writing now (event loop only)."""
+
+
+async def _claim(store: ObjectStore, object_id: str) -> asyncio.Event | None:
+    """Wait out another upload of the same object: None once the object is stored, else an
+    event that marks this upload as the one writing it (set when it ends, either way)."""
+    uploads = _receiving.setdefault(store, {})
+    while True:
+        if store.has(object_id):
+            return None
+        other = uploads.get(object_id)
+        if other is None:
+            uploads[object_id] = claim = asyncio.Event()
+            return claim
+        await other.wait()  # its bytes are ours: answer from the store once it is there
+
+
 async def receive_object(
     store: ObjectStore,
     chunks: AsyncIterator[objects_pb2.ObjectChunk],
@@ -88,9 +107,14 @@ async def receive_object(
     """Store a pushed object; returns the response and the session id of the first chunk.
 
     Raises ValueError (bad id, wrong size, hash mismatch); the object is then not stored.
+    Several senders pushing the same object at once (nodes replying with identical arrays)
+    store it once: later pushes wait for the first and are answered without reading their
+    bytes, or take over if it fails.
     """
     writer = None
     session_id = ""
+    claim: asyncio.Event | None = None
+    claimed = ""
     try:
         async for chunk in chunks:
             if writer is None:
@@ -103,7 +127,9 @@ async def receive_object(
                         f"object {chunk.object_id[:16]}: {chunk.total_size} bytes is over the "
                         f"limit of {MAX_OBJECT_BYTES}"
                     )
-                if store.has(chunk.object_id):
+                claimed = chunk.object_id
+                claim = await _claim(store, claimed)
+                if claim is None:
                     return objects_pb2.PushObjectResponse(
                         object_id=chunk.object_id, size=store.size(chunk.object_id)
                     ), session_id
@@ -117,6 +143,10 @@ async def receive_object(
         if writer is not None:
             writer.abort()
         raise
+    finally:
+        if claim is not None:
+            _receiving.get(store, {}).pop(claimed, None)
+            claim.set()
     return objects_pb2.PushObjectResponse(
         object_id=writer.object_id, size=writer.total_size
     ), session_id

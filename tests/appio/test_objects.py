@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import threading
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
@@ -15,8 +18,8 @@ from flwrmtls.appio.grid import GrpcGrid
 from flwrmtls.auth.tokens import TOKEN_METADATA_KEY, new_token, token_hash
 from flwrmtls.link.server import Link
 from flwrmtls.objects.store import ObjectStore, object_id_of
-from flwrmtls.objects.transfer import pull_objects
-from flwrmtls.proto import fleet_pb2_grpc
+from flwrmtls.objects.transfer import pull_objects, receive_object
+from flwrmtls.proto import fleet_pb2_grpc, objects_pb2
 from flwrmtls.state.runs import RunStatus
 from flwrmtls.testing.link import node_client
 from flwrmtls.testing.pki import TestPki
@@ -110,3 +113,58 @@ def test_a_shared_directory_reader_checks_what_another_process_wrote(tmp_path: P
     store.path(bad).write_bytes(b"tampered" * 1000)  # what a rogue writer could leave
     with pytest.raises(ValueError, match="do not match their SHA-256"):
         store.read_verified(bad)
+
+
+def _pushed(
+    data: bytes, object_id: str, gate: asyncio.Event, sent: list[int]
+) -> AsyncIterator[objects_pb2.ObjectChunk]:
+    """One object in 1 KiB chunks; pauses after the first until ``gate`` is set."""
+
+    async def chunks() -> AsyncIterator[objects_pb2.ObjectChunk]:
+        for offset in range(0, len(data), 1024):
+            if offset:
+                await gate.wait()
+            sent.append(offset)
+            yield objects_pb2.ObjectChunk(
+                object_id=object_id, total_size=len(data), offset=offset,
+                data=data[offset : offset + 1024],
+            )  # fmt: skip
+
+    return chunks()
+
+
+def test_simultaneous_pushes_of_one_object_store_it_once(tmp_path: Path) -> None:
+    store = ObjectStore(tmp_path / "objects")
+    data = b"identical reply arrays" * 500
+    object_id = object_id_of(data)
+
+    async def scenario(first_data: bytes) -> tuple[list[int], list[int]]:
+        gate = asyncio.Event()
+        first_sent: list[int] = []
+        second_sent: list[int] = []
+        first = asyncio.create_task(
+            receive_object(store, _pushed(first_data, object_id, gate, first_sent))
+        )
+        await asyncio.sleep(0.05)  # the first push holds the object
+        second = asyncio.create_task(
+            receive_object(store, _pushed(data, object_id, gate, second_sent))
+        )
+        await asyncio.sleep(0.05)
+        assert len(second_sent) == 1  # waiting for the first, not writing a second copy
+        gate.set()
+        with contextlib.suppress(ValueError):
+            await first
+        response, _ = await second
+        assert response.object_id == object_id
+        return first_sent, second_sent
+
+    # Two nodes pushing the same bytes: the second is answered from the store unread.
+    first_sent, second_sent = asyncio.run(scenario(data))
+    assert len(first_sent) == len(range(0, len(data), 1024))
+    assert second_sent == [0]
+    assert store.read_verified(object_id) == data
+    # The first push is bad (bytes that do not match the id): the second takes over.
+    store.clear()
+    first_sent, second_sent = asyncio.run(scenario(b"tampered reply arrays!" * 500))
+    assert len(second_sent) == len(range(0, len(data), 1024))
+    assert store.read_verified(object_id) == data

@@ -178,10 +178,21 @@ def test_stopping_a_run_stops_and_reaps_its_app_processes(
     for node in nodes:
         assert node.process is not None
         assert all(process_state(pid) != "Z" for pid in children(node.process.pid))
+        deadline = time.monotonic() + 15  # a spare starts once the node has been idle 1 s
+        while time.monotonic() < deadline and len(children(node.process.pid)) != 1:
+            time.sleep(0.2)
         spares = children(node.process.pid)
         assert len(spares) == 1
         assert node.stop() == 0
         assert [process_state(pid) for pid in spares] == ["gone"]
+    # The link, idle again, keeps a spare ServerApp (not the run's), and stops it with itself.
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and len(children(link.process.pid)) != 1:
+        time.sleep(0.2)
+    [spare] = children(link.process.pid)
+    assert spare != serverapp
+    assert link.stop() == 0
+    assert process_state(spare) == "gone"
 
 
 def test_json_outputs_and_the_stored_result(deployment: Deployment, tmp_path: Path) -> None:
