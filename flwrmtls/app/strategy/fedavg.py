@@ -288,9 +288,11 @@ class FedAvg:
             accumulator: NDArray = np.zeros(
                 reference.shape, dtype=np.result_type(reference.dtype, np.float64)
             )
+            scaled = np.empty_like(accumulator)  # one temporary per array, not per reply
             for reply in replies:
                 assert reply.arrays is not None
-                accumulator += reply.weight * reply.arrays[name]
+                np.multiply(reply.arrays[name], reply.weight, out=scaled)
+                accumulator += scaled
             accumulator /= total
             if reference.dtype.kind in "biu":
                 accumulator = np.rint(accumulator)
