@@ -50,6 +50,8 @@ class GrpcGrid:
         self._run_id = run_id
         self.identities: dict[int, str] = {}
         """Node id -> certificate identity, for nodes seen so far."""
+        self._cursor = 0
+        """PullReplies' cursor: replies up to it have been seen."""
 
     @property
     def run_id(self) -> int:
@@ -127,10 +129,11 @@ class GrpcGrid:
                     break
                 wait = _LONG_POLL if remaining is None else min(remaining, _LONG_POLL)
                 response = self._stub.PullReplies(
-                    appio_pb2.PullRepliesRequest(message_ids=list(pending), wait_seconds=wait),
+                    appio_pb2.PullRepliesRequest(wait_seconds=wait, after=self._cursor),
                     metadata=self._metadata, timeout=wait + 30,
                 )  # fmt: skip
-                for reply in response.replies:
+                self._cursor = max(self._cursor, response.cursor)
+                for reply in response.replies:  # late replies to earlier rounds are dropped
                     if pending.pop(reply.reply_to_message_id, None) is None:
                         continue
                     received.append(reply)

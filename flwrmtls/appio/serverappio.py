@@ -9,7 +9,11 @@ Rules:
 * A node that goes offline while a message waits for its reply gets an error reply
   (``NODE_UNAVAILABLE``) once its heartbeat grace has passed, so a ServerApp learns of a dead
   node within a bounded time (2.5 heartbeat intervals; see ``--heartbeat-interval``).
-* PullReplies waits (long poll) until a reply or an error exists, never by a fixed delay.
+* PullReplies waits (long poll) until a reply or an error exists, never by a fixed delay. It
+  returns the run's replies after the caller's cursor, so a call costs what is new, not what
+  is still awaited: a round to N nodes costs the link O(N), not O(N^2). Which awaited nodes
+  went offline is checked at most every ``OFFLINE_RECHECK`` seconds per run (sooner when a
+  node's heartbeat grace ends).
 """
 
 from __future__ import annotations
@@ -37,6 +41,8 @@ __all__ = ["ServerAppIoServicer"]
 _Context = grpc.aio.ServicerContext[Any, Any]
 _MAX_WAIT = 30.0
 _DEFAULT_TTL = 3600.0
+OFFLINE_RECHECK = 0.5
+"""Seconds between two checks of a run's awaited nodes (the check reads every awaited message)."""
 _NODE_UNAVAILABLE = 2  # flwrmtls.app.message.ErrorCode.NODE_UNAVAILABLE
 
 
@@ -55,6 +61,8 @@ class ServerAppIoServicer(appio_pb2_grpc.ServerAppIoServicer):
         self._notifier = notifier
         self._objects = objects
         self._runs = runs
+        self._offline_check_at: dict[int, float] = {}
+        """Run id -> monotonic time of its next check for awaited nodes that went offline."""
 
     def _now(self) -> float:
         return self._clock.now().timestamp()
@@ -130,28 +138,35 @@ class ServerAppIoServicer(appio_pb2_grpc.ServerAppIoServicer):
         self, request: appio_pb2.PullRepliesRequest, context: _Context
     ) -> appio_pb2.PullRepliesResponse:
         run_id = self._run_id()
-        wanted = list(dict.fromkeys(request.message_ids))
-        originals = self._state.messages.get(wanted)
-        foreign = [m for m in wanted if m not in originals or originals[m].run_id != run_id]
-        if foreign:
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT, f"not messages of run {run_id}: {foreign[:5]}"
-            )
         deadline = self._clock.monotonic() + min(max(request.wait_seconds, 0.0), _MAX_WAIT)
         while True:
-            replies = self._state.messages.replies_to(wanted)
-            waiting = [m for m in wanted if m not in replies]
-            stored, next_check = self._fail_offline(run_id, [originals[m] for m in waiting])
-            if stored:
-                replies = self._state.messages.replies_to(wanted)
+            replies = self._state.messages.replies_after(run_id, request.after)
+            if not replies and self._check_offline(run_id):
+                continue  # it stored error replies: return them
             remaining = deadline - self._clock.monotonic()
             if replies or remaining <= 0:
                 break
-            wait = remaining if next_check is None else min(remaining, next_check)
-            await self._notifier.wait(("run", run_id), wait)
+            next_check = self._offline_check_at[run_id] - self._clock.monotonic()
+            await self._notifier.wait(("run", run_id), max(0.0, min(remaining, next_check)))
         return appio_pb2.PullRepliesResponse(
-            replies=[common_pb2.Message.FromString(p) for p in replies.values()]
+            replies=[common_pb2.Message.FromString(proto) for _, proto in replies],
+            cursor=replies[-1][0] if replies else request.after,
         )
+
+    def _check_offline(self, run_id: int) -> bool:
+        """When due, store error replies for the run's awaited nodes that went offline;
+        returns whether it stored any."""
+        now = self._clock.monotonic()
+        if now < self._offline_check_at.get(run_id, 0.0):
+            return False
+        waiting = self._state.messages.unanswered(run_id, now=self._now())
+        stored, next_check = self._fail_offline(run_id, waiting)
+        if len(self._offline_check_at) > 256:  # forget runs that ended
+            active = {run.run_id for run in self._state.runs.active()}
+            for ended in [r for r in self._offline_check_at if r not in active]:
+                del self._offline_check_at[ended]
+        self._offline_check_at[run_id] = now + min(OFFLINE_RECHECK, next_check or OFFLINE_RECHECK)
+        return stored
 
     def _fail_offline(self, run_id: int, waiting: list[MessageRow]) -> tuple[bool, float | None]:
         """Store NODE_UNAVAILABLE replies for messages whose node is offline.

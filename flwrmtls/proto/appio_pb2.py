@@ -27,7 +27,7 @@ from flwrmtls.proto import objects_pb2 as flwrmtls_dot_proto_dot_objects__pb2
 from flwrmtls.proto import records_pb2 as flwrmtls_dot_proto_dot_records__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x66lwrmtls/proto/appio.proto\x12\x0e\x66lwrmtls.proto\x1a\x1b\x66lwrmtls/proto/common.proto\x1a\x1c\x66lwrmtls/proto/objects.proto\x1a\x1c\x66lwrmtls/proto/records.proto\"\x12\n\x10GetAppRunRequest\"\xc8\x01\n\x11GetAppRunResponse\x12\x0e\n\x06run_id\x18\x01 \x01(\x04\x12\x13\n\x0b\x62undle_hash\x18\x02 \x01(\t\x12\x30\n\nrun_config\x18\x03 \x01(\x0b\x32\x1c.flwrmtls.proto.ConfigRecord\x12\x31\n\x0bnode_config\x18\x04 \x01(\x0b\x32\x1c.flwrmtls.proto.ConfigRecord\x12\x0f\n\x07node_id\x18\x05 \x01(\x04\x12\x18\n\x10object_directory\x18\x06 \x01(\t\"+\n\x15PrepareObjectsRequest\x12\x12\n\nobject_ids\x18\x01 \x03(\t\"\x18\n\x16PrepareObjectsResponse\"8\n\x0fGetNodesRequest\x12\x0f\n\x07minimum\x18\x01 \x01(\r\x12\x14\n\x0cwait_seconds\x18\x02 \x01(\x01\",\n\x07NodeRef\x12\x0f\n\x07node_id\x18\x01 \x01(\x04\x12\x10\n\x08identity\x18\x02 \x01(\t\":\n\x10GetNodesResponse\x12&\n\x05nodes\x18\x01 \x03(\x0b\x32\x17.flwrmtls.proto.NodeRef\"C\n\x16PushAppMessagesRequest\x12)\n\x08messages\x18\x01 \x03(\x0b\x32\x17.flwrmtls.proto.Message\".\n\x17PushAppMessagesResponse\x12\x13\n\x0bmessage_ids\x18\x01 \x03(\t\"?\n\x12PullRepliesRequest\x12\x13\n\x0bmessage_ids\x18\x01 \x03(\t\x12\x14\n\x0cwait_seconds\x18\x02 \x01(\x01\"?\n\x13PullRepliesResponse\x12(\n\x07replies\x18\x01 \x03(\x0b\x32\x17.flwrmtls.proto.Message\"J\n\x13SetRunResultRequest\x12\x0e\n\x06\x66\x61iled\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x13\n\x0bresult_json\x18\x03 \x01(\t\"\x16\n\x14SetRunResultResponse\"-\n\x15PullAppMessageRequest\x12\x14\n\x0cwait_seconds\x18\x01 \x01(\x01\"U\n\x16PullAppMessageResponse\x12(\n\x07message\x18\x01 \x01(\x0b\x32\x17.flwrmtls.proto.Message\x12\x11\n\trun_ended\x18\x02 \x01(\x08\":\n\x10PushReplyRequest\x12&\n\x05reply\x18\x01 \x01(\x0b\x32\x17.flwrmtls.proto.Message\"\x13\n\x11PushReplyResponse2\xc1\x05\n\x0bServerAppIo\x12M\n\x06GetRun\x12 .flwrmtls.proto.GetAppRunRequest\x1a!.flwrmtls.proto.GetAppRunResponse\x12M\n\x08GetNodes\x12\x1f.flwrmtls.proto.GetNodesRequest\x1a .flwrmtls.proto.GetNodesResponse\x12_\n\x0cPushMessages\x12&.flwrmtls.proto.PushAppMessagesRequest\x1a\'.flwrmtls.proto.PushAppMessagesResponse\x12V\n\x0bPullReplies\x12\".flwrmtls.proto.PullRepliesRequest\x1a#.flwrmtls.proto.PullRepliesResponse\x12N\n\nPullObject\x12!.flwrmtls.proto.PullObjectRequest\x1a\x1b.flwrmtls.proto.ObjectChunk0\x01\x12O\n\nPushObject\x12\x1b.flwrmtls.proto.ObjectChunk\x1a\".flwrmtls.proto.PushObjectResponse(\x01\x12_\n\x0eMissingObjects\x12%.flwrmtls.proto.MissingObjectsRequest\x1a&.flwrmtls.proto.MissingObjectsResponse\x12Y\n\x0cSetRunResult\x12#.flwrmtls.proto.SetRunResultRequest\x1a$.flwrmtls.proto.SetRunResultResponse2\xef\x04\n\x0b\x43lientAppIo\x12M\n\x06GetRun\x12 .flwrmtls.proto.GetAppRunRequest\x1a!.flwrmtls.proto.GetAppRunResponse\x12\\\n\x0bPullMessage\x12%.flwrmtls.proto.PullAppMessageRequest\x1a&.flwrmtls.proto.PullAppMessageResponse\x12P\n\tPushReply\x12 .flwrmtls.proto.PushReplyRequest\x1a!.flwrmtls.proto.PushReplyResponse\x12N\n\nPullObject\x12!.flwrmtls.proto.PullObjectRequest\x1a\x1b.flwrmtls.proto.ObjectChunk0\x01\x12O\n\nPushObject\x12\x1b.flwrmtls.proto.ObjectChunk\x1a\".flwrmtls.proto.PushObjectResponse(\x01\x12_\n\x0eMissingObjects\x12%.flwrmtls.proto.MissingObjectsRequest\x1a&.flwrmtls.proto.MissingObjectsResponse\x12_\n\x0ePrepareObjects\x12%.flwrmtls.proto.PrepareObjectsRequest\x1a&.flwrmtls.proto.PrepareObjectsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x66lwrmtls/proto/appio.proto\x12\x0e\x66lwrmtls.proto\x1a\x1b\x66lwrmtls/proto/common.proto\x1a\x1c\x66lwrmtls/proto/objects.proto\x1a\x1c\x66lwrmtls/proto/records.proto\"\x12\n\x10GetAppRunRequest\"\xc8\x01\n\x11GetAppRunResponse\x12\x0e\n\x06run_id\x18\x01 \x01(\x04\x12\x13\n\x0b\x62undle_hash\x18\x02 \x01(\t\x12\x30\n\nrun_config\x18\x03 \x01(\x0b\x32\x1c.flwrmtls.proto.ConfigRecord\x12\x31\n\x0bnode_config\x18\x04 \x01(\x0b\x32\x1c.flwrmtls.proto.ConfigRecord\x12\x0f\n\x07node_id\x18\x05 \x01(\x04\x12\x18\n\x10object_directory\x18\x06 \x01(\t\"+\n\x15PrepareObjectsRequest\x12\x12\n\nobject_ids\x18\x01 \x03(\t\"\x18\n\x16PrepareObjectsResponse\"8\n\x0fGetNodesRequest\x12\x0f\n\x07minimum\x18\x01 \x01(\r\x12\x14\n\x0cwait_seconds\x18\x02 \x01(\x01\",\n\x07NodeRef\x12\x0f\n\x07node_id\x18\x01 \x01(\x04\x12\x10\n\x08identity\x18\x02 \x01(\t\":\n\x10GetNodesResponse\x12&\n\x05nodes\x18\x01 \x03(\x0b\x32\x17.flwrmtls.proto.NodeRef\"C\n\x16PushAppMessagesRequest\x12)\n\x08messages\x18\x01 \x03(\x0b\x32\x17.flwrmtls.proto.Message\".\n\x17PushAppMessagesResponse\x12\x13\n\x0bmessage_ids\x18\x01 \x03(\t\"?\n\x12PullRepliesRequest\x12\x14\n\x0cwait_seconds\x18\x02 \x01(\x01\x12\r\n\x05\x61\x66ter\x18\x03 \x01(\x04J\x04\x08\x01\x10\x02\"O\n\x13PullRepliesResponse\x12(\n\x07replies\x18\x01 \x03(\x0b\x32\x17.flwrmtls.proto.Message\x12\x0e\n\x06\x63ursor\x18\x02 \x01(\x04\"J\n\x13SetRunResultRequest\x12\x0e\n\x06\x66\x61iled\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\x12\x13\n\x0bresult_json\x18\x03 \x01(\t\"\x16\n\x14SetRunResultResponse\"-\n\x15PullAppMessageRequest\x12\x14\n\x0cwait_seconds\x18\x01 \x01(\x01\"U\n\x16PullAppMessageResponse\x12(\n\x07message\x18\x01 \x01(\x0b\x32\x17.flwrmtls.proto.Message\x12\x11\n\trun_ended\x18\x02 \x01(\x08\":\n\x10PushReplyRequest\x12&\n\x05reply\x18\x01 \x01(\x0b\x32\x17.flwrmtls.proto.Message\"\x13\n\x11PushReplyResponse2\xc1\x05\n\x0bServerAppIo\x12M\n\x06GetRun\x12 .flwrmtls.proto.GetAppRunRequest\x1a!.flwrmtls.proto.GetAppRunResponse\x12M\n\x08GetNodes\x12\x1f.flwrmtls.proto.GetNodesRequest\x1a .flwrmtls.proto.GetNodesResponse\x12_\n\x0cPushMessages\x12&.flwrmtls.proto.PushAppMessagesRequest\x1a\'.flwrmtls.proto.PushAppMessagesResponse\x12V\n\x0bPullReplies\x12\".flwrmtls.proto.PullRepliesRequest\x1a#.flwrmtls.proto.PullRepliesResponse\x12N\n\nPullObject\x12!.flwrmtls.proto.PullObjectRequest\x1a\x1b.flwrmtls.proto.ObjectChunk0\x01\x12O\n\nPushObject\x12\x1b.flwrmtls.proto.ObjectChunk\x1a\".flwrmtls.proto.PushObjectResponse(\x01\x12_\n\x0eMissingObjects\x12%.flwrmtls.proto.MissingObjectsRequest\x1a&.flwrmtls.proto.MissingObjectsResponse\x12Y\n\x0cSetRunResult\x12#.flwrmtls.proto.SetRunResultRequest\x1a$.flwrmtls.proto.SetRunResultResponse2\xef\x04\n\x0b\x43lientAppIo\x12M\n\x06GetRun\x12 .flwrmtls.proto.GetAppRunRequest\x1a!.flwrmtls.proto.GetAppRunResponse\x12\\\n\x0bPullMessage\x12%.flwrmtls.proto.PullAppMessageRequest\x1a&.flwrmtls.proto.PullAppMessageResponse\x12P\n\tPushReply\x12 .flwrmtls.proto.PushReplyRequest\x1a!.flwrmtls.proto.PushReplyResponse\x12N\n\nPullObject\x12!.flwrmtls.proto.PullObjectRequest\x1a\x1b.flwrmtls.proto.ObjectChunk0\x01\x12O\n\nPushObject\x12\x1b.flwrmtls.proto.ObjectChunk\x1a\".flwrmtls.proto.PushObjectResponse(\x01\x12_\n\x0eMissingObjects\x12%.flwrmtls.proto.MissingObjectsRequest\x1a&.flwrmtls.proto.MissingObjectsResponse\x12_\n\x0ePrepareObjects\x12%.flwrmtls.proto.PrepareObjectsRequest\x1a&.flwrmtls.proto.PrepareObjectsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -55,21 +55,21 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PULLREPLIESREQUEST']._serialized_start=710
   _globals['_PULLREPLIESREQUEST']._serialized_end=773
   _globals['_PULLREPLIESRESPONSE']._serialized_start=775
-  _globals['_PULLREPLIESRESPONSE']._serialized_end=838
-  _globals['_SETRUNRESULTREQUEST']._serialized_start=840
-  _globals['_SETRUNRESULTREQUEST']._serialized_end=914
-  _globals['_SETRUNRESULTRESPONSE']._serialized_start=916
-  _globals['_SETRUNRESULTRESPONSE']._serialized_end=938
-  _globals['_PULLAPPMESSAGEREQUEST']._serialized_start=940
-  _globals['_PULLAPPMESSAGEREQUEST']._serialized_end=985
-  _globals['_PULLAPPMESSAGERESPONSE']._serialized_start=987
-  _globals['_PULLAPPMESSAGERESPONSE']._serialized_end=1072
-  _globals['_PUSHREPLYREQUEST']._serialized_start=1074
-  _globals['_PUSHREPLYREQUEST']._serialized_end=1132
-  _globals['_PUSHREPLYRESPONSE']._serialized_start=1134
-  _globals['_PUSHREPLYRESPONSE']._serialized_end=1153
-  _globals['_SERVERAPPIO']._serialized_start=1156
-  _globals['_SERVERAPPIO']._serialized_end=1861
-  _globals['_CLIENTAPPIO']._serialized_start=1864
-  _globals['_CLIENTAPPIO']._serialized_end=2487
+  _globals['_PULLREPLIESRESPONSE']._serialized_end=854
+  _globals['_SETRUNRESULTREQUEST']._serialized_start=856
+  _globals['_SETRUNRESULTREQUEST']._serialized_end=930
+  _globals['_SETRUNRESULTRESPONSE']._serialized_start=932
+  _globals['_SETRUNRESULTRESPONSE']._serialized_end=954
+  _globals['_PULLAPPMESSAGEREQUEST']._serialized_start=956
+  _globals['_PULLAPPMESSAGEREQUEST']._serialized_end=1001
+  _globals['_PULLAPPMESSAGERESPONSE']._serialized_start=1003
+  _globals['_PULLAPPMESSAGERESPONSE']._serialized_end=1088
+  _globals['_PUSHREPLYREQUEST']._serialized_start=1090
+  _globals['_PUSHREPLYREQUEST']._serialized_end=1148
+  _globals['_PUSHREPLYRESPONSE']._serialized_start=1150
+  _globals['_PUSHREPLYRESPONSE']._serialized_end=1169
+  _globals['_SERVERAPPIO']._serialized_start=1172
+  _globals['_SERVERAPPIO']._serialized_end=1877
+  _globals['_CLIENTAPPIO']._serialized_start=1880
+  _globals['_CLIENTAPPIO']._serialized_end=2503
 # @@protoc_insertion_point(module_scope)

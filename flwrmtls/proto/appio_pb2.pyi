@@ -225,23 +225,21 @@ Global___PushAppMessagesResponse: _TypeAlias = PushAppMessagesResponse  # noqa: 
 class PullRepliesRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
-    MESSAGE_IDS_FIELD_NUMBER: _builtins.int
     WAIT_SECONDS_FIELD_NUMBER: _builtins.int
+    AFTER_FIELD_NUMBER: _builtins.int
     wait_seconds: _builtins.float
-    """wait until at least one new reply (or an error) exists"""
-    @_builtins.property
-    def message_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """the messages whose replies are wanted"""
-
+    """wait until at least one reply after `after` exists"""
+    after: _builtins.int
+    """cursor: only replies stored after this point (0: all)"""
     def __init__(
         self,
         *,
-        message_ids: _abc.Iterable[_builtins.str] | None = ...,
         wait_seconds: _builtins.float = ...,
+        after: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["message_ids", b"message_ids", "wait_seconds", b"wait_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after", b"after", "wait_seconds", b"wait_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -252,18 +250,24 @@ class PullRepliesResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     REPLIES_FIELD_NUMBER: _builtins.int
+    CURSOR_FIELD_NUMBER: _builtins.int
+    cursor: _builtins.int
+    """including error replies for offline nodes
+    pass as `after` on the next call
+    """
     @_builtins.property
     def replies(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.Message]:
-        """replies, including error replies for offline nodes"""
+        """the run's replies after `after`, in the order stored,"""
 
     def __init__(
         self,
         *,
         replies: _abc.Iterable[_common_pb2.Message] | None = ...,
+        cursor: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["replies", b"replies"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cursor", b"cursor", "replies", b"replies"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

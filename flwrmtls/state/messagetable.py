@@ -93,6 +93,34 @@ class MessageTable:
         ).fetchall()
         return {row[0]: bytes(row[1]) for row in rows}
 
+    def replies_after(self, run_id: int, after: int) -> list[tuple[int, bytes]]:
+        """(position, proto) of the run's replies stored after position ``after``, in order.
+
+        The position is the row's rowid: it only grows while the run's earlier rows exist (a
+        new row gets the largest rowid + 1), so a cursor never skips or repeats a reply.
+        """
+        rows = self._db.execute(
+            "SELECT rowid, proto FROM messages WHERE run_id = ? AND rowid > ? "
+            "AND reply_to_message_id != '' ORDER BY rowid",
+            (run_id, after),
+        ).fetchall()
+        return [(int(row[0]), bytes(row[1])) for row in rows]
+
+    def unanswered(self, run_id: int, *, now: float) -> list[MessageRow]:
+        """The run's messages to nodes that have no reply yet (and have not expired)."""
+        rows = self._db.execute(
+            "SELECT message_id, run_id, src_node_id, dst_node_id, reply_to_message_id, "
+            "created_at, expires_at, proto FROM messages AS m "
+            "WHERE run_id = ? AND reply_to_message_id = '' AND dst_node_id != 0 "
+            "AND expires_at > ? AND NOT EXISTS "
+            "(SELECT 1 FROM messages AS r WHERE r.reply_to_message_id = m.message_id)",
+            (run_id, now),
+        ).fetchall()
+        return [
+            MessageRow(row[0], row[1], row[2], row[3], row[4], row[5], row[6], bytes(row[7]))
+            for row in rows
+        ]
+
     def sent_to(self, run_id: int, node_id: int) -> bool:
         """Whether ``run_id`` has sent any message to ``node_id``."""
         row = self._db.execute(

@@ -121,6 +121,10 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX audit_by_identity ON audit(identity, seq);
     """,
+    # 4 -> 5: a run's replies in the order stored (PullReplies' cursor is the rowid).
+    """
+    CREATE INDEX messages_by_run ON messages(run_id);
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -75,9 +75,8 @@ def test_migration_from_version_3_adds_the_table_and_keeps_the_rest(tmp_path: Pa
         "VALUES (7, 'CN=node-1', 'certificate', 1.0)"
     )
     db.close()
-    assert SCHEMA_VERSION == 4
     state = LinkState(path)
-    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == 4
+    assert sqlite3.connect(path).execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     assert [n.node_id for n in state.list_nodes(now=T0, verbose=True)] == [7]
     state.audit.record(record(1))
     assert len(state.audit.entries(10)) == 1

@@ -143,3 +143,27 @@ def test_token_hashes_survive_reopening_and_end_with_their_run(tmp_path: Path) -
     assert reopened.runs.token(b"\x02" * 32) is None
     reopened.close()
     assert LinkState(tmp_path / "link.db").runs.token(b"\x02" * 32) is None
+
+
+def test_a_runs_replies_come_after_a_cursor_and_only_its_own(tmp_path: Path) -> None:
+    state = LinkState(tmp_path / "link.db")
+    messages = state.messages
+
+    def row(message_id: str, run_id: int, dst: int, reply_to: str = "") -> MessageRow:
+        src = 0 if not reply_to else 42
+        return MessageRow(message_id, run_id, src, dst, reply_to, T0, T0 + 99, message_id.encode())
+
+    messages.store([row("m1", 1, 42), row("m2", 1, 43), row("x1", 2, 42)])
+    assert [m.message_id for m in messages.unanswered(1, now=T0)] == ["m1", "m2"]
+    messages.store([row("r1", 1, 0, "m1"), row("y1", 2, 0, "x1")])
+    first = messages.replies_after(1, 0)
+    assert [proto for _, proto in first] == [b"r1"]  # run 2's reply is not run 1's
+    assert [m.message_id for m in messages.unanswered(1, now=T0)] == ["m2"]
+    cursor = first[-1][0]
+    assert messages.replies_after(1, cursor) == []  # nothing new after the cursor
+    messages.store([row("r2", 1, 0, "m2")])
+    assert [proto for _, proto in messages.replies_after(1, cursor)] == [b"r2"]
+    assert messages.unanswered(1, now=T0) == []
+    # Expired messages are no longer awaited.
+    messages.store([row("m3", 1, 44)])
+    assert messages.unanswered(1, now=T0 + 100) == []
