@@ -631,18 +631,16 @@ def run_app(
 
 
 class LargeFederation(bench_rounds.Federation):
-    """bench_rounds' federation (mTLS + CRL link, N node processes). Since 33b0e42 a node keeps
-    a spare ClientApp process ready, so a run's app processes are gone once the link has no
-    child and each node at most one."""
+    """bench_rounds' federation (mTLS + CRL link, N node processes). A node keeps a spare
+    ClientApp process ready (since 33b0e42) and the link a spare ServerApp (since d7baa70), so
+    a run's app processes are gone once each of them has at most one child left."""
 
     def wait_idle(self) -> bool:
         deadline = time.monotonic() + bench_rounds.IDLE_TIMEOUT
         link = [self.link.process.pid] if self.link and self.link.process else []
         nodes = self.node_pids()
         while time.monotonic() < deadline:
-            if not any(bench_rounds.children(pid) for pid in link) and all(
-                len(bench_rounds.children(pid)) <= 1 for pid in nodes
-            ):
+            if all(len(bench_rounds.children(pid)) <= 1 for pid in [*link, *nodes]):
                 return True
             time.sleep(0.1)
         return False
@@ -808,7 +806,8 @@ def render_large(large: dict[str, Any]) -> list[str]:
     idle = ", ".join(f"{c['link_idle_rss_mib']:.0f}" for c in large["cells"])
     lines.append(
         f"   RSS: peaks during the run command; link: the link process alone (idle before: "
-        f"{idle} MiB); ServerApp: the link's children; node: the largest node process; "
+        f"{idle} MiB); ServerApp: the link's children (the run's ServerApp, and a spare one "
+        "once the link keeps it); node: the largest node process; "
         "ClientApp: the largest sum of a node's children (the run's ClientApp and the node's "
         "spare one)"
     )
