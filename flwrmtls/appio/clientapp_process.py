@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 import traceback
-from pathlib import Path
 
 import grpc
 
@@ -28,6 +26,7 @@ from flwrmtls.appio.process import (
     configure_logging,
     open_channel,
     read_token,
+    shared_store,
     token_metadata,
     unpack_app,
 )
@@ -50,13 +49,6 @@ def _handle(client_app: ClientApp, message: Message, context: Context) -> Messag
         return message.create_error_reply(
             Error(ErrorCode.CLIENT_APP_RAISED, traceback.format_exc())
         )
-
-
-def _shared_store(directory: str) -> ObjectStore | None:
-    """The node's object directory, when the node shares it and this process can use it."""
-    if not directory or not os.access(directory, os.R_OK | os.W_OK | os.X_OK):
-        return None
-    return ObjectStore(Path(directory))
 
 
 def _read_shared(
@@ -82,7 +74,7 @@ def run(address: str) -> int:
     info = stub.GetRun(appio_pb2.GetAppRunRequest(), metadata=metadata, timeout=30)
     unpacked = unpack_app(stub, info.bundle_hash, metadata)
     app_dir, app = unpacked.app_dir, unpacked.config
-    shared = _shared_store(info.object_directory)
+    shared = shared_store(info.object_directory)
     log.info(
         "arrays %s",
         "through the node's object directory" if shared else "over ClientAppIo's object calls",
@@ -114,8 +106,8 @@ def run(address: str) -> int:
             reply = _handle(client_app, message, context)
             proto, reply_objects = message_to_proto(reply)
             if shared is not None:
-                for data in reply_objects.values():
-                    shared.put(data)  # the node pushes them to the link from there
+                for object_id, data in reply_objects.items():
+                    shared.put(data, object_id)  # the node pushes them to the link from there
             else:
                 push_objects(stub, reply_objects, metadata=metadata, timeout=_TRANSFER_TIMEOUT)
             stub.PushReply(

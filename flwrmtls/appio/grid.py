@@ -2,9 +2,11 @@
 
 Rules:
 
-* Array bytes go as objects, pushed once: before messages are sent, the link is asked which
-  of their objects it lacks, and only those are pushed (a model broadcast to N nodes is
-  hashed once, uploaded once, and stored once by the link).
+* Array bytes go as objects, stored once by the link before the messages that reference them
+  are sent (a model broadcast to N nodes is hashed once and stored once). When the link
+  shares its object directory (its own ServerApp, same host and OS user), they are written
+  there and replies' objects read from there, each checked against its SHA-256; otherwise
+  the link is asked which objects it lacks and only those are pushed over ServerAppIo.
 * ``send_and_receive`` returns one reply per message: the node's reply, an error reply the
   link made (the node went offline), or a TIMEOUT error reply made here when ``timeout``
   passes. Waiting is a long poll on the link, not a sleep loop.
@@ -31,7 +33,13 @@ from flwrmtls.app.message import (
     new_message_id,
 )
 from flwrmtls.app.records import RecordDict
-from flwrmtls.objects.transfer import PARALLEL_STREAMS, pull_object_bytes, push_objects
+from flwrmtls.objects.store import ObjectStore
+from flwrmtls.objects.transfer import (
+    PARALLEL_STREAMS,
+    in_parallel,
+    pull_object_bytes,
+    push_objects,
+)
 from flwrmtls.proto import appio_pb2, appio_pb2_grpc, common_pb2
 
 __all__ = ["GrpcGrid"]
@@ -43,13 +51,20 @@ _TRANSFER_TIMEOUT = 600.0
 
 class GrpcGrid:
     def __init__(
-        self, channel: grpc.Channel, metadata: Sequence[tuple[str, str]], run_id: int
+        self,
+        channel: grpc.Channel,
+        metadata: Sequence[tuple[str, str]],
+        run_id: int,
+        *,
+        shared: ObjectStore | None = None,
     ) -> None:
         self._stub = appio_pb2_grpc.ServerAppIoStub(channel)
         self._metadata = tuple(metadata)
         self._run_id = run_id
         self.identities: dict[int, str] = {}
         """Node id -> certificate identity, for nodes seen so far."""
+        self._shared = shared
+        """The link's object directory, when it shares it: objects are written and read there."""
         self._cursor = 0
         """PullReplies' cursor: replies up to it have been seen."""
 
@@ -107,7 +122,11 @@ class GrpcGrid:
             proto, message_objects = message_to_proto(message, cache)
             protos.append(proto)
             objects.update(message_objects)
-        push_objects(self._stub, objects, metadata=self._metadata, timeout=_TRANSFER_TIMEOUT)
+        if self._shared is not None:
+            shared = self._shared
+            in_parallel(lambda item: shared.put(item[1], item[0]), objects.items())
+        else:
+            push_objects(self._stub, objects, metadata=self._metadata, timeout=_TRANSFER_TIMEOUT)
         self._stub.PushMessages(
             appio_pb2.PushAppMessagesRequest(messages=protos), metadata=self._metadata,
             timeout=_TRANSFER_TIMEOUT,
@@ -121,7 +140,7 @@ class GrpcGrid:
         overlap the wait for slower nodes instead of all starting after the last reply."""
         start = time.monotonic()
         received: list[common_pb2.Message] = []
-        fetches: dict[str, Future[memoryview]] = {}
+        fetches: dict[str, Future[bytes | memoryview]] = {}
         with ThreadPoolExecutor(PARALLEL_STREAMS, "replies") as pool:
             while pending:
                 remaining = None if timeout is None else timeout - (time.monotonic() - start)
@@ -150,12 +169,14 @@ class GrpcGrid:
             replies.append(late)
         return replies
 
-    def _fetch(self, object_id: str) -> memoryview:
+    def _fetch(self, object_id: str) -> bytes | memoryview:
+        if self._shared is not None:
+            return self._shared.read_verified(object_id)
         return pull_object_bytes(
             self._stub, object_id, metadata=self._metadata, timeout=_TRANSFER_TIMEOUT
         )
 
-    def _decode(self, proto: common_pb2.Message, objects: dict[str, memoryview]) -> Message:
+    def _decode(self, proto: common_pb2.Message, objects: dict[str, bytes | memoryview]) -> Message:
         if proto.src_identity:
             self.identities[proto.src_node_id] = proto.src_identity
         return message_from_proto(proto, objects)

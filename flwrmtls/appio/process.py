@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import sys
 import tempfile
@@ -12,6 +13,7 @@ from pathlib import Path
 import grpc
 
 from flwrmtls.app.bundle import AppConfig, extract_bundle, read_app_config
+from flwrmtls.objects.store import ObjectStore
 from flwrmtls.objects.transfer import pull_object_bytes
 from flwrmtls.wire.metadata import RUN_TOKEN_KEY
 
@@ -20,6 +22,7 @@ __all__ = [
     "configure_logging",
     "open_channel",
     "read_token",
+    "shared_store",
     "token_metadata",
     "unpack_app",
 ]
@@ -66,6 +69,14 @@ def unpack_app(
     except BaseException:
         shutil.rmtree(work_dir, ignore_errors=True)
         raise
+
+
+def shared_store(directory: str) -> ObjectStore | None:
+    """The object directory the parent (link or node) shares, when it does and this process
+    can read and write it; None means: move objects over the API instead."""
+    if not directory or not os.access(directory, os.R_OK | os.W_OK | os.X_OK):
+        return None
+    return ObjectStore(Path(directory))
 
 
 def open_channel(address: str) -> grpc.Channel:

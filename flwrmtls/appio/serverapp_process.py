@@ -27,6 +27,7 @@ from flwrmtls.appio.process import (
     configure_logging,
     open_channel,
     read_token,
+    shared_store,
     token_metadata,
     unpack_app,
 )
@@ -69,8 +70,14 @@ def run(address: str) -> int:
             run_config=values_from_proto(info.run_config),
         )  # fmt: skip
         log.info("ServerApp %s of %s %s starting", app.serverapp, app.name, app.version)
+        shared = shared_store(info.object_directory)
+        log.info(
+            "arrays %s",
+            "through the link's object directory" if shared else "over ServerAppIo's object calls",
+        )
         try:
-            outcome: Any = server_app(GrpcGrid(channel, metadata, info.run_id), context)
+            grid = GrpcGrid(channel, metadata, info.run_id, shared=shared)
+            outcome: Any = server_app(grid, context)
         except StrategyError as error:
             log.error("run failed: %s", error)
             report(True, str(error))

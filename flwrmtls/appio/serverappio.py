@@ -55,12 +55,15 @@ class ServerAppIoServicer(appio_pb2_grpc.ServerAppIoServicer):
         notifier: Notifier,
         objects: ObjectStore,
         runs: RunManager,
+        share_objects: bool = True,
     ) -> None:
         self._state = state
         self._clock = clock
         self._notifier = notifier
         self._objects = objects
         self._runs = runs
+        self._share_objects = share_objects
+        """Tell ServerApps the object directory, so array bytes skip the ServerAppIo hop."""
         self._offline_check_at: dict[int, float] = {}
         """Run id -> monotonic time of its next check for awaited nodes that went offline."""
 
@@ -81,6 +84,7 @@ class ServerAppIoServicer(appio_pb2_grpc.ServerAppIoServicer):
         return appio_pb2.GetAppRunResponse(
             run_id=run.run_id, bundle_hash=run.bundle_hash,
             run_config=values_to_proto(run.run_config),
+            object_directory=str(self._objects.directory) if self._share_objects else "",
         )  # fmt: skip
 
     async def GetNodes(

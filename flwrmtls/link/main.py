@@ -112,6 +112,11 @@ def parser() -> argparse.ArgumentParser:
         "attribute (as `flwrmtls ca issue cli` writes it) or the OU (other CAs)",
     )
     p.add_argument(
+        "--no-shared-objects", dest="shared_objects", action="store_false",
+        help="send array bytes to ServerApps over ServerAppIo instead of letting them read and "
+        "write the link's object directory (the default: same host, same OS user)",
+    )  # fmt: skip
+    p.add_argument(
         "--max-chain-depth", type=int, help="refuse client chains with more intermediates than this"
     )
     p.add_argument(
@@ -211,6 +216,7 @@ def config_from_args(args: argparse.Namespace) -> LinkConfig:
         serverappio_address=args.serverappio_api_address,
         node_auth=node_auth,
         key_fleet_address=args.key_fleet_api_address,
+        share_objects=args.shared_objects,
         enable_supernode_auth=args.enable_supernode_auth,
         signature_window=args.auth_timestamp_window,
         cert_expiry_warning_days=args.cert_expiry_warning_days,

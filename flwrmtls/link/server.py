@@ -47,7 +47,7 @@ from flwrmtls.proto import appio_pb2_grpc, control_pb2_grpc, fleet_pb2_grpc
 from flwrmtls.state.keytable import KeyRegistration
 from flwrmtls.state.linkstate import LinkState
 from flwrmtls.wire.credentials import TlsIdentity, server_credentials
-from flwrmtls.wire.listen import check_bindable
+from flwrmtls.wire.listen import SERVER_OPTIONS, check_bindable
 
 __all__ = ["Link", "LinkConfig"]
 
@@ -78,6 +78,8 @@ class LinkConfig:
     """How the main Fleet listener authenticates nodes."""
     key_fleet_address: str | None = None
     """A second Fleet listener for EC-key nodes (server TLS only), for mixed fleets."""
+    share_objects: bool = True
+    """ServerApps read and write the link's object directory instead of streaming objects."""
     enable_supernode_auth: bool = False
     """EC-key nodes must have a registered key (CLI-managed mode)."""
     signature_window: float = 60.0
@@ -238,10 +240,7 @@ class Link:
         options: Sequence[tuple[str, int]] = (),
     ) -> tuple[grpc.aio.Server, int]:
         check_bindable(address)
-        # grpc turns SO_REUSEPORT on by default: two links could then share one port silently.
-        server = grpc.aio.server(
-            interceptors=[interceptor], options=[("grpc.so_reuseport", 0), *options]
-        )
+        server = grpc.aio.server(interceptors=[interceptor], options=[*SERVER_OPTIONS, *options])
         if credentials is None:
             port = server.add_insecure_port(address)
         else:
@@ -298,7 +297,7 @@ class Link:
         appio_pb2_grpc.add_ServerAppIoServicer_to_server(
             ServerAppIoServicer(
                 self.state, self.clock, notifier=self.notifier, objects=self.objects,
-                runs=self.runs,
+                runs=self.runs, share_objects=config.share_objects,
             ),
             serverappio,
         )  # fmt: skip

@@ -24,6 +24,7 @@ from flwrmtls.keyvalues import values_to_proto
 from flwrmtls.node.apps import AppManager
 from flwrmtls.objects.transfer import answer_missing, answer_pull, answer_push
 from flwrmtls.proto import appio_pb2, appio_pb2_grpc, objects_pb2
+from flwrmtls.wire.listen import SERVER_OPTIONS
 
 __all__ = ["ClientAppIoServer", "ClientAppIoServicer"]
 
@@ -132,7 +133,7 @@ class ClientAppIoServer:
     async def _start(self) -> None:
         tokens = TokenAuthenticator(self._apps.tokens.lookup)
         interceptor = AuthInterceptor(lambda: tokens, self._clock, RefusalLog(self._clock))
-        server = grpc.aio.server(interceptors=[interceptor], options=[("grpc.so_reuseport", 0)])
+        server = grpc.aio.server(interceptors=[interceptor], options=SERVER_OPTIONS)
         appio_pb2_grpc.add_ClientAppIoServicer_to_server(ClientAppIoServicer(self._apps), server)
         self.port = server.add_insecure_port(self._address)
         if self.port == 0:

@@ -99,9 +99,10 @@ class ObjectStore:
     def size(self, object_id: str) -> int:
         return self.path(object_id).stat().st_size
 
-    def put(self, data: bytes | memoryview) -> str:
-        """Store ``data`` (if new) and return its id."""
-        object_id = object_id_of(data)
+    def put(self, data: bytes | memoryview, object_id: str | None = None) -> str:
+        """Store ``data`` (if new) and return its id. With ``object_id`` (already known to the
+        caller) the bytes are hashed once, by the writer, which refuses a wrong id."""
+        object_id = object_id or object_id_of(data)
         if not self.has(object_id):
             writer = self.writer(object_id, len(data))
             try:

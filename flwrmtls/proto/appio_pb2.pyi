@@ -52,9 +52,9 @@ class GetAppRunResponse(_message.Message):
     node_id: _builtins.int
     """ClientAppIo only"""
     object_directory: _builtins.str
-    """ClientAppIo only: the node's object directory, shared with the ClientApp process it
-    started (same host, same OS user): objects are read from and written to it directly
-    instead of streaming them over ClientAppIo. Empty: use PullObject/PushObject.
+    """The link's (ServerAppIo) or node's (ClientAppIo) object directory, shared with the app
+    process it started (same host, same OS user): objects are read from and written to it
+    directly instead of streaming them over the API. Empty: use PullObject/PushObject.
     """
     @_builtins.property
     def run_config(self) -> _records_pb2.ConfigRecord: ...

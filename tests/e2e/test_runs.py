@@ -240,26 +240,35 @@ def test_every_run_ends_in_a_recorded_status_when_the_link_goes_away(
     )  # fmt: skip
 
 
-def test_array_bytes_through_the_shared_directory_and_over_clientappio(
+def test_array_bytes_through_shared_directories_and_over_the_apis(
     deployment: Deployment, tmp_path: Path
 ) -> None:
-    """node-1 shares its object directory with its ClientApp (the default); node-2 runs with
-    --no-shared-objects. Both train, and the model comes out exactly as both paths add 1."""
-    link = deployment.start_link()
-    shared = deployment.node("node-1", link.fleet_port)
-    streamed = deployment.node("node-2", link.fleet_port, "--no-shared-objects")
-    for node in (shared, streamed):
-        node.wait_active()
-    deployment.profile(link.control_port)
+    """Two runs: first everything shares its object directory (the default); then the link
+    and node-2 run with --no-shared-objects while node-1 still shares. Each time the model
+    comes out exactly as both nodes adding 1 makes it."""
     app = write_probe_app(tmp_path / "app")
-    result = deployment.cli(
-        "run", str(app), "--stream", "--run-config", "rounds=2 array-mb=3", timeout=180
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
     per_array = 3 * (1 << 20) // 16
     # layer-i starts at i and each of 2 rounds adds 1 on both nodes: i + 2 everywhere.
-    expected = per_array * sum(i + 2 for i in range(4))
-    assert f"final model sum {expected:.1f}" in result.stdout
-    shared.wait_for("ClientApp: .*arrays through the node's object directory")
-    streamed.wait_for("ClientApp: .*arrays over ClientAppIo's object calls")
-    assert "object directory" not in streamed.log
+    expected = f"final model sum {per_array * sum(i + 2 for i in range(4)):.1f}"
+    for name, extra in (("shared", []), ("streamed", ["--no-shared-objects"])):
+        link = deployment.start_link([*deployment.link_args(), *extra], name=f"link-{name}")
+        node_1 = deployment.node("node-1", link.fleet_port)
+        node_2 = deployment.node("node-2", link.fleet_port, *extra)
+        for node in (node_1, node_2):
+            node.wait_active()
+        deployment.profile(link.control_port)
+        result = deployment.cli(
+            "run", str(app), "--stream", "--run-config", "rounds=2 array-mb=3", timeout=180
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert expected in result.stdout
+        node_1.wait_for("ClientApp: .*arrays through the node's object directory")
+        if extra:
+            assert "arrays over ServerAppIo's object calls" in result.stdout
+            node_2.wait_for("ClientApp: .*arrays over ClientAppIo's object calls")
+            assert "object directory" not in node_2.log
+        else:
+            assert "arrays through the link's object directory" in result.stdout
+            node_2.wait_for("ClientApp: .*arrays through the node's object directory")
+        for process in (node_1, node_2, link):
+            assert process.stop() == 0
