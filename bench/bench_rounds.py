@@ -503,14 +503,24 @@ class Federation:
 
     def wait_idle(self) -> bool:
         """Wait until the last run's ServerApp and ClientApp processes have exited and been
-        reaped (so that their CPU time shows in their parents' /proc/<pid>/stat)."""
-        pids = [p.process.pid for p in [self.link, *self.nodes] if p and p.process]
+        reaped (so that their CPU time shows in their parents' /proc/<pid>/stat).
+
+        The link and each node keep a spare app process once idle (docs/runs.md), so "idle"
+        is: none of the app processes seen now (when the run command has exited; the next
+        spares start only after 1 s without a run) is still a child."""
+        parents = [p.process.pid for p in [self.link, *self.nodes] if p and p.process]
+        watched = self.app_pids()
         deadline = time.monotonic() + IDLE_TIMEOUT
         while time.monotonic() < deadline:
-            if not any(children(pid) for pid in pids):
+            if not watched & {pid for parent in parents for pid in children(parent)}:
                 return True
             time.sleep(0.1)
         return False
+
+    def app_pids(self) -> set[int]:
+        """The link's and the nodes' children now (app processes, spares included)."""
+        parents = [p.process.pid for p in [self.link, *self.nodes] if p and p.process]
+        return {pid for parent in parents for pid in children(parent)}
 
     def stop(self) -> None:
         """SIGTERM every node at once (they deactivate), wait for them, then stop the link."""
