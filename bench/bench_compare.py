@@ -60,6 +60,7 @@ and EC-key). It only prints figures; nothing here asserts on timings. docs/perfo
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
 import os
@@ -124,7 +125,7 @@ FLOWER_START_TIMEOUT = 300.0
 FLOWER_IDLE_TIMEOUT = 60.0
 FLOWER_ACTIVATING = 4
 FLOWER_MAX_RESTARTS = 20
-FLOWER_EXTRA_ATTEMPTS = 2
+FLOWER_EXTRA_ATTEMPTS = 1
 TAG_VARIABLE = "FLWRMTLS_BENCH_COMPARE_TAG"
 KEY_BITS = 384
 
@@ -506,7 +507,7 @@ class FlowerFederation:
         )  # fmt: skip
         self.link = link
         link.start()
-        link.wait_for(r"Uvicorn running on https://127\.0\.0\.1:\d+", timeout=60.0)
+        link.wait_for(r"Uvicorn running on https://127\.0\.0\.1:\d+", timeout=120.0)
         (self.directory / "home" / "cli" / "config.toml").write_text(
             "[superlink]\n"
             'default = "bench"\n\n'
@@ -657,8 +658,10 @@ class FlowerFederation:
         return False
 
     def stop(self) -> None:
-        """SIGTERM every SuperNode at once, then the SuperLink (their SuperExecs are swept by the
-        caller, by the benchmark's tag)."""
+        """SIGTERM every SuperNode at once, then the SuperLink; then SIGKILL whatever of their
+        descendants (SuperExecs, app processes) is still there."""
+        roots = [p.process.pid for p in [self.link, *self.nodes] if p and p.process]
+        left = [(pid, _cmdline(pid)) for root in roots for pid in descendants(root)]
         for node in self.nodes:
             if node.process is not None and node.process.poll() is None:
                 node.process.send_signal(signal.SIGTERM)
@@ -667,6 +670,13 @@ class FlowerFederation:
             list(pool.map(lambda node: node.stop(timeout=20.0), started))
         if self.link is not None and self.link.process is not None:
             self.link.stop(timeout=20.0)
+        deadline = time.monotonic() + 5.0
+        while time.monotonic() < deadline and any(_state(pid) not in ("", "Z") for pid, _ in left):
+            time.sleep(0.1)
+        for pid, command in left:
+            if _state(pid) not in ("", "Z") and _cmdline(pid) == command:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
 
     def log_tails(self) -> str:
         parts = []
@@ -961,6 +971,8 @@ def render_tables(result: dict[str, Any]) -> str:
             error = cell["systems"].get(system, {}).get("error")
             if error:
                 lines.append(f"    {SYSTEM_NAMES[system]} failed: {error.splitlines()[0]}")
+    if not result.get("complete", True):
+        lines.append("  (incomplete: the run stopped before its last cell)")
     lines += ["", f"total time {result['elapsed_seconds']:.1f} s"]
     return "\n".join(lines)
 
@@ -1032,7 +1044,10 @@ def parser() -> argparse.ArgumentParser:
         "--keep", action="store_true", help="keep the temporary directory (logs) and print it"
     )
     p.add_argument("--json", action="store_true", help="print JSON instead of the tables")
-    p.add_argument("--save", type=Path, help="also write the JSON to this file")
+    p.add_argument("--save", type=Path, help="also write the JSON to this file (after every cell)")
+    p.add_argument(
+        "--from-json", type=Path, help="only print the tables of a JSON file --save wrote"
+    )
     return p
 
 
@@ -1072,7 +1087,39 @@ def flower_version(bin_dir: Path) -> str:
     return result.stdout.strip() or "unknown"
 
 
-def run(args: argparse.Namespace, work: Path, tag: str) -> tuple[list[dict[str, Any]], str]:
+def make_result(
+    args: argparse.Namespace, cells: list[dict[str, Any]], flwr: str, started: float,
+    *, complete: bool,
+) -> dict[str, Any]:  # fmt: skip
+    return {
+        "date": time.strftime("%Y-%m-%d"),
+        "revision": revision(),
+        "machine": {**machine_facts(), "flwr": flwr},
+        "config": {
+            "systems": args.systems,
+            "rounds": args.rounds,
+            "repetitions": args.repetitions,
+            "stagger_seconds": args.stagger,
+            "distinct_updates": args.distinct_updates,
+            "quick": args.quick,
+            "flower_key_bits": KEY_BITS,
+            "flower_database": args.flower_database,
+        },
+        "cells": cells,
+        "complete": complete,
+        "elapsed_seconds": time.monotonic() - started,
+    }
+
+
+def save(args: argparse.Namespace, result: dict[str, Any]) -> None:
+    if args.save is not None:
+        args.save.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+
+
+def run(
+    args: argparse.Namespace, work: Path, tag: str, started: float
+) -> tuple[list[dict[str, Any]], str]:
+    """Every cell, every system; with ``--save``, the JSON so far is written after each cell."""
     cells = cells_of(args)
     systems: list[str] = args.systems
     pki = make_test_pki(work / "pki")
@@ -1084,7 +1131,7 @@ def run(args: argparse.Namespace, work: Path, tag: str) -> tuple[list[dict[str, 
     env = {"FLWRMTLS_HOME": str(work / "home"), "TMPDIR": str(work / "tmp"), TAG_VARIABLE: tag}
     bin_dir = ensure_flower_venv(args.flower_venv) if "flower" in systems else None
     flwr = flower_version(bin_dir) if bin_dir is not None else ""
-    results = []
+    results: list[dict[str, Any]] = []
     for cell in cells:
         before = loadavg()
         measured: dict[str, dict[str, Any]] = {}
@@ -1116,6 +1163,7 @@ def run(args: argparse.Namespace, work: Path, tag: str) -> tuple[list[dict[str, 
                 "loadavg_after": loadavg(),
             }
         )
+        save(args, make_result(args, results, flwr, started, complete=False))
     return results, flwr
 
 
@@ -1123,6 +1171,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.setup_only:
         ensure_flower_venv(args.flower_venv)
+        return 0
+    if args.from_json is not None:
+        print(render_tables(json.loads(args.from_json.read_text(encoding="utf-8"))))
         return 0
     if args.repetitions is None:
         args.repetitions = 1 if args.quick else DEFAULT_REPETITIONS
@@ -1132,7 +1183,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="flwrmtls-bench-compare-"))
     try:
         with _raise_on_sigterm():
-            cells, flwr = run(args, work, tag)
+            cells, flwr = run(args, work, tag, started)
     except BenchError as error:
         raise SystemExit(f"bench_compare: {error}") from None
     except _Interrupt as interrupt:
@@ -1143,25 +1194,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             progress(f"kept {work}")
         else:
             shutil.rmtree(work, ignore_errors=True)
-    result: dict[str, Any] = {
-        "date": time.strftime("%Y-%m-%d"),
-        "revision": revision(),
-        "machine": {**machine_facts(), "flwr": flwr},
-        "config": {
-            "systems": args.systems,
-            "rounds": args.rounds,
-            "repetitions": args.repetitions,
-            "stagger_seconds": args.stagger,
-            "distinct_updates": args.distinct_updates,
-            "quick": args.quick,
-            "flower_key_bits": KEY_BITS,
-            "flower_database": args.flower_database,
-        },
-        "cells": cells,
-        "elapsed_seconds": time.monotonic() - started,
-    }
-    if args.save is not None:
-        args.save.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    result = make_result(args, cells, flwr, started, complete=True)
+    save(args, result)
     if args.json:
         print(json.dumps(result, indent=2))
     else:
