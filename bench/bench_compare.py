@@ -90,7 +90,6 @@ from bench_rounds import (
     RssSampler,
     _Interrupt,
     _raise_on_sigterm,
-    children,
     descendants,
     issue_nodes,
     machine_facts,
@@ -395,20 +394,7 @@ def sweep(tag: str) -> None:
 
 
 class MtlsFederation(Federation):
-    """bench_rounds' federation; a run is over once the link has no ServerApp process left and
-    each node at most one child: since 33b0e42 a node keeps a spare ClientApp process ready."""
-
-    def wait_idle(self) -> bool:
-        deadline = time.monotonic() + FLOWER_IDLE_TIMEOUT
-        while time.monotonic() < deadline:
-            link = [self.link.process.pid] if self.link and self.link.process else []
-            nodes = [node.process.pid for node in self.nodes if node.process is not None]
-            if not any(children(pid) for pid in link) and all(
-                len(children(pid)) <= 1 for pid in nodes
-            ):
-                return True
-            time.sleep(0.1)
-        return False
+    """bench_rounds' federation, as it is (its wait_idle knows the link's and nodes' spares)."""
 
 
 class EcKeyFederation(MtlsFederation):
