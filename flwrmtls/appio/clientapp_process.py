@@ -107,7 +107,9 @@ def run(address: str) -> int:
             proto, reply_objects = message_to_proto(reply)
             if shared is not None:
                 for object_id, data in reply_objects.items():
-                    shared.put(data, object_id)  # the node pushes them to the link from there
+                    shared.put_hashed(
+                        data, object_id
+                    )  # the node pushes them to the link from there
             else:
                 push_objects(stub, reply_objects, metadata=metadata, timeout=_TRANSFER_TIMEOUT)
             stub.PushReply(

@@ -124,7 +124,7 @@ class GrpcGrid:
             objects.update(message_objects)
         if self._shared is not None:
             shared = self._shared
-            in_parallel(lambda item: shared.put(item[1], item[0]), objects.items())
+            in_parallel(lambda item: shared.put_hashed(item[1], item[0]), objects.items())
         else:
             push_objects(self._stub, objects, metadata=self._metadata, timeout=_TRANSFER_TIMEOUT)
         self._stub.PushMessages(

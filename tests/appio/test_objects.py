@@ -168,3 +168,18 @@ def test_simultaneous_pushes_of_one_object_store_it_once(tmp_path: Path) -> None
     first_sent, second_sent = asyncio.run(scenario(b"tampered reply arrays!" * 500))
     assert len(second_sent) == len(range(0, len(data), 1024))
     assert store.read_verified(object_id) == data
+
+
+def test_bytes_stored_under_an_id_computed_by_their_writer_are_checked_by_readers(
+    tmp_path: Path,
+) -> None:
+    store = ObjectStore(tmp_path / "objects")
+    data = np.arange(1000, dtype=np.float32)
+    good = store.put_hashed(memoryview(bytearray(data.tobytes())), object_id_of(data.tobytes()))
+    assert store.read_verified(good) == data.tobytes()  # control
+    wrong = object_id_of(b"what the writer claims")  # a writer's bug: the wrong id
+    store.put_hashed(b"other bytes", wrong)
+    with pytest.raises(ValueError, match="do not match their SHA-256"):
+        store.read_verified(wrong)
+    with pytest.raises(ValueError, match="not an object id"):
+        store.put_hashed(b"x", "../escape")
