@@ -16,16 +16,36 @@ runs a ClientApp in this process for tests. Both keep these rules:
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from typing import Protocol
 
-from flwrmtls.app.message import Message
+from flwrmtls.app.message import Message, Metadata, new_message_id
 from flwrmtls.app.records import RecordDict
 
-__all__ = ["DEFAULT_TTL", "Grid", "NotEnoughNodes"]
+__all__ = ["DEFAULT_TTL", "Grid", "NotEnoughNodes", "server_message"]
 
 DEFAULT_TTL = 3600.0
 """Seconds a message lives when ``create_message`` is given no ttl."""
+
+
+def server_message(
+    run_id: int,
+    content: RecordDict,
+    message_type: str,
+    dst_node_id: int,
+    group_id: str,
+    ttl: float | None = None,
+) -> Message:
+    """What every Grid's ``create_message`` returns: content from the ServerApp (node 0)."""
+    return Message(
+        content,
+        metadata=Metadata(
+            run_id=run_id, message_id=new_message_id(), src_node_id=0, dst_node_id=dst_node_id,
+            reply_to_message_id="", group_id=group_id, message_type=message_type,
+            ttl=DEFAULT_TTL if ttl is None else ttl, created_at=time.time(),
+        ),
+    )  # fmt: skip
 
 
 class NotEnoughNodes(Exception):

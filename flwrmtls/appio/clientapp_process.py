@@ -106,10 +106,8 @@ def run(address: str) -> int:
             reply = _handle(client_app, message, context)
             proto, reply_objects = message_to_proto(reply)
             if shared is not None:
-                for object_id, data in reply_objects.items():
-                    shared.put_hashed(
-                        data, object_id
-                    )  # the node pushes them to the link from there
+                for object_id, data in reply_objects.items():  # the node pushes them on
+                    shared.put_hashed(data, object_id)
             else:
                 push_objects(stub, reply_objects, metadata=metadata, timeout=_TRANSFER_TIMEOUT)
             stub.PushReply(

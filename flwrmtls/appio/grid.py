@@ -22,15 +22,13 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import grpc
 
 from flwrmtls.app.codec import EncodingCache
-from flwrmtls.app.grid import NotEnoughNodes
+from flwrmtls.app.grid import NotEnoughNodes, server_message
 from flwrmtls.app.message import (
     Error,
     ErrorCode,
     Message,
-    Metadata,
     message_from_proto,
     message_to_proto,
-    new_message_id,
 )
 from flwrmtls.app.records import RecordDict
 from flwrmtls.objects.store import ObjectStore
@@ -44,7 +42,6 @@ from flwrmtls.proto import appio_pb2, appio_pb2_grpc, common_pb2
 
 __all__ = ["GrpcGrid"]
 
-_DEFAULT_TTL = 3600.0
 _LONG_POLL = 20.0
 _TRANSFER_TIMEOUT = 600.0
 
@@ -102,14 +99,7 @@ class GrpcGrid:
         group_id: str,
         ttl: float | None = None,
     ) -> Message:
-        return Message(
-            content,
-            metadata=Metadata(
-                run_id=self._run_id, message_id=new_message_id(), src_node_id=0,
-                dst_node_id=dst_node_id, reply_to_message_id="", group_id=group_id,
-                message_type=message_type, ttl=ttl or _DEFAULT_TTL, created_at=time.time(),
-            ),
-        )  # fmt: skip
+        return server_message(self._run_id, content, message_type, dst_node_id, group_id, ttl)
 
     def send_and_receive(
         self, messages: Iterable[Message], *, timeout: float | None = None

@@ -119,7 +119,7 @@ class RunManager:
             process.stdin.write(token.encode() + b"\n")
             await process.stdin.drain()
             process.stdin.close()
-        except (OSError, ConnectionError) as error:
+        except OSError as error:
             self._end(run_id, RunStatus.FAILED, f"the ServerApp process could not start: {error}")
             return
         self._processes[run_id] = process

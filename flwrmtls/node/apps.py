@@ -151,22 +151,28 @@ class AppManager:
             log.warning("run %d: ClientApp exited with %s; starting it again",
                         run.run_id, run.process.returncode)  # fmt: skip
         token = self.tokens.issue(run.run_id, "clientapp")
-        process = self._take_spare() or self._spawn()
-        assert process.stdin is not None
-        try:
-            process.stdin.write(token.encode() + b"\n")
-            process.stdin.close()
-        except OSError:  # the spare died after the check: start one for this run
-            process = self._spawn()
-            assert process.stdin is not None
-            process.stdin.write(token.encode() + b"\n")
-            process.stdin.close()
+        process = self._take_spare()
+        if process is None or not self._give_token(process, token):
+            process = self._spawn()  # no spare, or it died after the check
+            if not self._give_token(process, token):
+                raise OSError(f"run {run.run_id}: the ClientApp process exited at once")
         run.process = process
         threading.Thread(
             target=self._relay_output, args=(run.run_id, process), daemon=True,
             name=f"clientapp-{run.run_id}-output",
         ).start()  # fmt: skip
         log.info("run %d: ClientApp process %d started", run.run_id, process.pid)
+
+    @staticmethod
+    def _give_token(process: subprocess.Popen[bytes], token: str) -> bool:
+        """Write the run token to the process's standard input; False if it has gone."""
+        assert process.stdin is not None
+        try:
+            process.stdin.write(token.encode() + b"\n")
+            process.stdin.close()
+        except OSError:
+            return False
+        return True
 
     def _spawn(self) -> subprocess.Popen[bytes]:
         """A ClientApp process that imports what it needs, then waits for its token."""
@@ -329,8 +335,4 @@ class AppManager:
 
     def ensure_objects(self, object_ids: list[str]) -> None:
         """:meth:`ensure_object` for each, several at a time."""
-        session = self._session()
-        in_parallel(
-            lambda object_id: self._client.fetch_object(session, object_id, self.objects),
-            dict.fromkeys(object_ids),
-        )
+        in_parallel(self.ensure_object, dict.fromkeys(object_ids))

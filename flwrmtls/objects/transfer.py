@@ -178,19 +178,10 @@ def push_objects(
     timeout: float | None = None,
 ) -> int:
     """Push the objects the receiver lacks; returns how many were sent."""
-    if not objects:
-        return 0
-    response = stub.MissingObjects(
-        objects_pb2.MissingObjectsRequest(object_ids=list(objects), session_id=session_id),
-        metadata=metadata, timeout=timeout,
+    return _push_missing(
+        stub, list(objects), lambda object_id: _chunks(object_id, objects[object_id], session_id),
+        metadata=metadata, session_id=session_id, timeout=timeout,
     )  # fmt: skip
-    in_parallel(
-        lambda object_id: stub.PushObject(
-            _chunks(object_id, objects[object_id], session_id), metadata=metadata, timeout=timeout
-        ),
-        response.object_ids,
-    )
-    return len(response.object_ids)
 
 
 def push_stored_objects(
@@ -203,12 +194,6 @@ def push_stored_objects(
     timeout: float | None = None,
 ) -> int:
     """Push, straight from ``store``, the objects the receiver lacks; returns how many."""
-    if not object_ids:
-        return 0
-    response = stub.MissingObjects(
-        objects_pb2.MissingObjectsRequest(object_ids=list(object_ids), session_id=session_id),
-        metadata=metadata, timeout=timeout,
-    )  # fmt: skip
 
     def chunks(object_id: str) -> Iterator[objects_pb2.ObjectChunk]:
         for offset, total, data in store.chunks(object_id):
@@ -217,8 +202,29 @@ def push_stored_objects(
                 session_id=session_id,
             )  # fmt: skip
 
+    return _push_missing(
+        stub, list(object_ids), chunks, metadata=metadata, session_id=session_id, timeout=timeout
+    )
+
+
+def _push_missing(
+    stub: Any,
+    object_ids: list[str],
+    chunks_of: Callable[[str], Iterator[objects_pb2.ObjectChunk]],
+    *,
+    metadata: Metadata,
+    session_id: str,
+    timeout: float | None,
+) -> int:
+    """Ask which of ``object_ids`` the receiver lacks and push those, several at a time."""
+    if not object_ids:
+        return 0
+    response = stub.MissingObjects(
+        objects_pb2.MissingObjectsRequest(object_ids=object_ids, session_id=session_id),
+        metadata=metadata, timeout=timeout,
+    )  # fmt: skip
     in_parallel(
-        lambda object_id: stub.PushObject(chunks(object_id), metadata=metadata, timeout=timeout),
+        lambda object_id: stub.PushObject(chunks_of(object_id), metadata=metadata, timeout=timeout),
         response.object_ids,
     )
     return len(response.object_ids)
@@ -250,8 +256,10 @@ def pull_object_bytes(
                 raise ValueError(f"object {object_id}: announced size {chunk.total_size}")
             buffer = bytearray(chunk.total_size)
         end = received + len(chunk.data)
-        if chunk.offset != received or end > len(buffer):
+        if chunk.offset != received:
             raise ValueError(f"object {object_id}: chunk at {chunk.offset}, expected {received}")
+        if end > len(buffer):
+            raise ValueError(f"object {object_id}: more bytes than the {len(buffer)} announced")
         buffer[received:end] = chunk.data
         digest.update(chunk.data)
         received = end

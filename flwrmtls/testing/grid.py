@@ -29,21 +29,18 @@ Rules (those of :class:`flwrmtls.app.grid.Grid`, plus what a double needs):
 from __future__ import annotations
 
 import enum
-import time
 import traceback
 from collections.abc import Iterable, Mapping, Sequence
 
 from flwrmtls.app.clientapp import ClientApp
 from flwrmtls.app.context import Context, UserConfigValue
-from flwrmtls.app.grid import DEFAULT_TTL, NotEnoughNodes
+from flwrmtls.app.grid import NotEnoughNodes, server_message
 from flwrmtls.app.message import (
     Error,
     ErrorCode,
     Message,
-    Metadata,
     message_from_proto,
     message_to_proto,
-    new_message_id,
 )
 from flwrmtls.app.records import RecordDict
 from flwrmtls.app.serverapp import ServerApp
@@ -117,18 +114,7 @@ class InProcessGrid:
         group_id: str,
         ttl: float | None = None,
     ) -> Message:
-        metadata = Metadata(
-            run_id=self._run_id,
-            message_id=new_message_id(),
-            src_node_id=0,
-            dst_node_id=dst_node_id,
-            reply_to_message_id="",
-            group_id=group_id,
-            message_type=message_type,
-            ttl=DEFAULT_TTL if ttl is None else ttl,
-            created_at=time.time(),
-        )
-        return Message(content, metadata=metadata)
+        return server_message(self._run_id, content, message_type, dst_node_id, group_id, ttl)
 
     def send_and_receive(
         self, messages: Iterable[Message], *, timeout: float | None = None

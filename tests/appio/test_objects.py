@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
@@ -18,8 +19,13 @@ from flwrmtls.appio.grid import GrpcGrid
 from flwrmtls.auth.tokens import TOKEN_METADATA_KEY, new_token, token_hash
 from flwrmtls.link.server import Link
 from flwrmtls.objects.store import ObjectStore, object_id_of
-from flwrmtls.objects.transfer import pull_objects, receive_object
-from flwrmtls.proto import fleet_pb2_grpc, objects_pb2
+from flwrmtls.objects.transfer import (
+    MAX_OBJECT_BYTES,
+    pull_object_bytes,
+    pull_objects,
+    receive_object,
+)
+from flwrmtls.proto import appio_pb2_grpc, fleet_pb2_grpc, objects_pb2
 from flwrmtls.state.runs import RunStatus
 from flwrmtls.testing.link import node_client
 from flwrmtls.testing.pki import TestPki
@@ -183,3 +189,50 @@ def test_bytes_stored_under_an_id_computed_by_their_writer_are_checked_by_reader
         store.read_verified(wrong)
     with pytest.raises(ValueError, match="not an object id"):
         store.put_hashed(b"x", "../escape")
+
+
+class _ChunkServer(appio_pb2_grpc.ClientAppIoServicer):
+    """A real gRPC server whose PullObject streams whatever chunks a test sets."""
+
+    def __init__(self) -> None:
+        self.chunks: list[objects_pb2.ObjectChunk] = []
+
+    def PullObject(
+        self, request: objects_pb2.PullObjectRequest, context: grpc.ServicerContext
+    ) -> Iterator[objects_pb2.ObjectChunk]:
+        yield from self.chunks
+
+
+def test_a_pulled_object_is_refused_unless_its_chunks_add_up_to_its_id() -> None:
+    servicer = _ChunkServer()  # type: ignore[abstract]  # only PullObject is served
+    server = grpc.server(ThreadPoolExecutor(2))
+    appio_pb2_grpc.add_ClientAppIoServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    data = b"w" * 3000
+    object_id = object_id_of(data)
+
+    def chunk(offset: int, piece: bytes, total: int = len(data)) -> objects_pb2.ObjectChunk:
+        return objects_pb2.ObjectChunk(
+            object_id=object_id, total_size=total, offset=offset, data=piece
+        )
+
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = appio_pb2_grpc.ClientAppIoStub(channel)
+            servicer.chunks = [chunk(0, data[:1000]), chunk(1000, data[1000:])]
+            assert bytes(pull_object_bytes(stub, object_id)) == data  # control
+            cases = {
+                "do not match their SHA-256": [chunk(0, b"x" * 3000)],
+                "announced size": [chunk(0, data, total=MAX_OBJECT_BYTES + 1)],
+                "chunk at 2000, expected 1000": [chunk(0, data[:1000]), chunk(2000, data[:1000])],
+                "more bytes than the 3000 announced": [chunk(0, data[:2000]), chunk(2000, data)],
+                "incomplete": [chunk(0, data[:1000])],
+                "incomplete \\(0 bytes\\)": [],
+            }
+            for reason, chunks in cases.items():
+                servicer.chunks = chunks
+                with pytest.raises(ValueError, match=reason):
+                    pull_object_bytes(stub, object_id)
+    finally:
+        server.stop(None)

@@ -133,3 +133,48 @@ def test_clientappio_tokens(tmp_path: Path) -> None:
         server.stop()
         apps.shutdown()
         channel.close()
+
+
+def test_clientappio_refuses_replies_and_object_requests_it_cannot_honour(tmp_path: Path) -> None:
+    """A reply naming objects its ClientApp did not store, or a malformed object id, is refused
+    before anything reaches the link; with the objects in place it goes on to the link (here
+    unreachable, so UNAVAILABLE): the control."""
+    channel = grpc.insecure_channel("127.0.0.1:1")
+    client = FleetClient(channel, ConnectionContext("127.0.0.1:1", False, False, ""))
+    store = ObjectStore(tmp_path / "objects")
+    apps = AppManager(client, store, node_config={})
+    apps.session = Session(node_id=5, session_id="s", identity="CN=n", heartbeat_interval=1)
+    run = apps.adopt(NodeRun(1, "0" * 64, {}))
+    token = apps.tokens.issue(1, "clientapp")
+    server = ClientAppIoServer(apps, "127.0.0.1:0")
+    server.start()
+    try:
+        with grpc.insecure_channel(apps.clientappio_address) as io:
+            stub = appio_pb2_grpc.ClientAppIoStub(io)
+            apps.enqueue(run, common_pb2.Message(message_id="m1", run_id=1))
+            stored = store.put(b"reply weights")
+            absent = hashlib.sha256(b"never written").hexdigest()
+
+            def push(*object_ids: str) -> grpc.StatusCode:
+                reply = common_pb2.Message(
+                    message_id="r1", reply_to_message_id="m1", object_ids=object_ids
+                )
+                request = appio_pb2.PushReplyRequest(reply=reply)
+                return code_of(lambda: stub.PushReply(request, metadata=md(token)))
+
+            assert push(stored, absent) is grpc.StatusCode.PERMISSION_DENIED
+            assert push("../../etc/passwd") is grpc.StatusCode.INVALID_ARGUMENT
+            assert push(stored) is grpc.StatusCode.UNAVAILABLE  # control: on to the link
+
+            def prepare(*object_ids: str) -> None:
+                stub.PrepareObjects(
+                    appio_pb2.PrepareObjectsRequest(object_ids=object_ids), metadata=md(token)
+                )
+
+            prepare(stored)  # control: already in the node's store, nothing to fetch
+            assert code_of(lambda: prepare("not-an-id")) is grpc.StatusCode.NOT_FOUND
+            assert code_of(lambda: prepare(absent)) is grpc.StatusCode.NOT_FOUND  # link down
+    finally:
+        server.stop()
+        apps.shutdown()
+        channel.close()
