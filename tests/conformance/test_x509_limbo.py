@@ -1,6 +1,6 @@
 """x509-limbo's client-certificate cases, each through a real handshake with a running link.
 
-For every case of ``shared/conformance/x509-limbo-client.json`` (beside the repository): a link on
+For every case of ``tests/conformance/data/x509-limbo-client.json`` (see its README): a link on
 127.0.0.1 that trusts the case's ``trusted_certs`` for clients, with the case's
 ``max_chain_depth``, and a server certificate from a separate test PKI; a node presents
 ``peer_certificate`` + ``untrusted_intermediates`` with ``peer_certificate_key``. The node must be
@@ -29,9 +29,7 @@ from flwrmtls.errors import Refused
 from flwrmtls.testing.link import mtls_config, node_client, running_link
 from flwrmtls.testing.pki import TestPki, make_test_pki
 
-LIMBO_FILE = (
-    Path(__file__).resolve().parents[2].parent / "shared" / "conformance" / "x509-limbo-client.json"
-)
+LIMBO_FILE = Path(__file__).resolve().parent / "data" / "x509-limbo-client.json"
 
 # rfc5280::serial::zero makes the link's cryptography warn that a zero serial will not parse in
 # a future release; that case is a recorded divergence, the warning is expected.
@@ -67,8 +65,8 @@ def _load_cases() -> tuple[dict[str, LimboCase], str | None]:
         document = json.loads(LIMBO_FILE.read_text(encoding="utf-8"))
     except FileNotFoundError:
         return {}, (
-            f"x509-limbo conformance data missing: {LIMBO_FILE} does not exist; check out the "
-            "shared/ directory beside the repository (see shared/conformance/README.md)"
+            f"x509-limbo conformance data missing: {LIMBO_FILE} does not exist; restore it "
+            "from git (git checkout -- tests/conformance/data)"
         )
     except (OSError, ValueError) as error:
         return {}, f"x509-limbo conformance data unreadable: {LIMBO_FILE}: {error}"
