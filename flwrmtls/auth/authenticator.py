@@ -109,6 +109,9 @@ class Principal:
     """SHA-256 of the leaf certificate, hex; empty without a certificate."""
     run_id: int | None = None
     """The run an app process's token belongs to; None for certificates."""
+    anchor_key: str = ""
+    """Certificates: SHA-256 (hex) of the key of the trust anchor the chain ended at, which
+    :mod:`flwrmtls.auth.authority` maps to the CA that owns the identity; else empty."""
 
 
 class AuthenticationFailed(Exception):

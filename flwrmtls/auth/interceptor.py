@@ -47,7 +47,7 @@ from flwrmtls.auth.authenticator import (
     RefusalReason,
 )
 from flwrmtls.auth.identity import ROLE_OID
-from flwrmtls.auth.policy import is_permitted, required_kinds
+from flwrmtls.auth.policy import is_permitted, refusal_hint, required_kinds
 from flwrmtls.auth.signing import key_signature_from_metadata
 from flwrmtls.auth.tokens import TOKEN_METADATA_KEY
 from flwrmtls.clock import Clock
@@ -225,10 +225,11 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, error.message)
             raise  # abort raises; this keeps type checkers aware
         if not is_permitted(method, principal.kind):
+            hint = refusal_hint(method, principal.kind)
             refusal = AuthenticationFailed(
                 RefusalReason.NOT_PERMITTED,
                 f"{principal.kind.value} certificate {principal.identity!r} may not call "
-                f"{method.rsplit('/', 1)[-1]}",
+                f"{method.rsplit('/', 1)[-1]}" + (f": {hint}" if hint else ""),
                 principal.fingerprint,
             )
             self._refused(call, refusal, principal)

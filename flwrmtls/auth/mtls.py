@@ -40,6 +40,7 @@ from flwrmtls.auth.authenticator import (
     Principal,
     RefusalReason,
 )
+from flwrmtls.auth.authority import key_id
 from flwrmtls.auth.identity import (
     AmbiguousIdentityError,
     IdentitySource,
@@ -225,6 +226,7 @@ class MtlsAuthenticator:
                 node_id=identity.node_id,
                 not_after=min(c.not_valid_after_utc for c in chain),
                 fingerprint=fingerprint,
+                anchor_key=key_id(chain[-1]),
             ),
             links=tuple(IssuedBy.of(c, i) for c, i in itertools.pairwise(chain)),
             not_before=max(c.not_valid_before_utc for c in chain),

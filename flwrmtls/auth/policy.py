@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from flwrmtls.auth.identity import PrincipalKind
 
-__all__ = ["POLICY", "Rule", "is_permitted", "required_kinds"]
+__all__ = ["POLICY", "Rule", "is_permitted", "refusal_hint", "required_kinds"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,3 +79,29 @@ def is_permitted(method: str, kind: PrincipalKind) -> bool:
     if kind is PrincipalKind.ANONYMOUS:
         return rule.open_without_auth
     return kind in rule.kinds
+
+
+_CLI_CERTIFICATE = (
+    "the Control API takes CLI certificates: issue one with a role (`flwrmtls ca issue cli "
+    "NAME --role operator`), or, if your CA writes the role in the OU, start the link with "
+    "`--cli-role-source ou`"
+)
+_OPERATOR_CERTIFICATE = "this needs an operator certificate (a role of operator)"
+_NODE_CERTIFICATE = (
+    "the Fleet API takes node certificates: a CLI certificate cannot join as a node "
+    "(`flwrmtls ca issue node NAME`)"
+)
+
+_HINTS: Mapping[tuple[str, PrincipalKind], str] = {
+    ("Control", PrincipalKind.NODE): _CLI_CERTIFICATE,
+    ("Control", PrincipalKind.USER): _OPERATOR_CERTIFICATE,
+    ("Fleet", PrincipalKind.OPERATOR): _NODE_CERTIFICATE,
+    ("Fleet", PrincipalKind.USER): _NODE_CERTIFICATE,
+}
+"""(service, kind of a refused caller) -> what to do instead."""
+
+
+def refusal_hint(method: str, kind: PrincipalKind) -> str:
+    """What a caller the table refuses should do instead; empty when there is no advice."""
+    service = method.rpartition("/")[0].rpartition(".")[2]  # /pkg.Service/Method -> Service
+    return _HINTS.get((service, kind), "")

@@ -27,6 +27,8 @@ from flwrmtls.pki import (
     read_certificate_file,
 )
 from flwrmtls.pki.crl import parse_serial
+from flwrmtls.pki.files import write_file
+from flwrmtls.pki.signing import pem_bundle
 
 __all__ = ["app"]
 
@@ -206,6 +208,37 @@ def revoke_command(
     typer.echo(f"revoked serial {revoked_serial:#x} ({reason.value})")
     typer.echo(f"wrote {authority.files.revocation_record} (revocation record)")
     typer.echo(f"wrote {authority.crl_path} (CRL)")
+
+
+@app.command("cross-sign")
+def cross_sign_command(
+    successor: Annotated[
+        Path,
+        typer.Argument(help="The new CA's root certificate (its ca.crt).", show_default=False),
+    ],
+    directory: DirectoryOption = DEFAULT_DIRECTORY,
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--out", help="Where to write it (default: <dir>/cross-signed.pem).", show_default=False
+        ),
+    ] = None,
+    force: ForceOption = False,
+) -> None:
+    """Sign a new root's key with this CA's root (a CA rollover that keeps node ids).
+
+    Put the result in the link's client CA bundle beside both roots: certificates the new CA
+    issues then keep the identities and node ids the old CA's had.
+    """
+    authority = CertificateAuthority.load(directory)
+    cross = authority.cross_sign(read_certificate_file(successor, "successor root certificate"))
+    path = output or authority.files.directory / "cross-signed.pem"
+    write_file(path, pem_bundle(cross), secret=False, force=force)
+    typer.echo(f"wrote {path} (the successor's key, signed by {authority.files.trust_bundle})")
+    typer.echo(
+        "next: give the link a client CA bundle holding both roots and this file, e.g. "
+        f"cat {authority.files.trust_bundle} {successor} {path} > bundle.pem"
+    )  # fmt: skip
 
 
 @app.command("crl")

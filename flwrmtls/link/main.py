@@ -18,8 +18,9 @@ from flwrmtls.link.nodeauth import NodeAuth, requires_client_certificate
 from flwrmtls.link.reload import TlsFiles
 from flwrmtls.link.server import Link, LinkConfig
 from flwrmtls.wire.credentials import load_ca_bundle, load_tls_identity
+from flwrmtls.wire.listen import is_loopback
 
-__all__ = ["config_from_args", "main", "parser"]
+__all__ = ["check_control_exposure", "config_from_args", "main", "parser"]
 
 log = logging.getLogger("flwrmtls.link")
 
@@ -63,6 +64,20 @@ def parser() -> argparse.ArgumentParser:
         type=Path,
         help="verify client certificates against this CA bundle instead of --ssl-ca-certfile; "
         "re-read when it changes",
+    )
+    p.add_argument(
+        "--ssl-cli-ca-certfile",
+        type=Path,
+        help="verify CLI certificates on the Control API against this CA bundle instead of the "
+        "client CA bundle; with it the Control API requires a CLI certificate even when nodes "
+        "use EC keys; re-read when it changes",
+    )
+    p.add_argument(
+        "--unsafe-anonymous-control-api",
+        action="store_true",
+        help="let anyone who reaches --control-api-address use the Control API without a "
+        "certificate (start runs, which run code on the link and every node; manage nodes): "
+        "a lab on a closed network only",
     )
     p.add_argument(
         "--ssl-crl-file",
@@ -146,6 +161,7 @@ def config_from_args(args: argparse.Namespace) -> LinkConfig:
         args.ssl_keyfile,
         args.ssl_client_ca_certfile,
         args.ssl_crl_file,
+        args.ssl_cli_ca_certfile,
     ]
     if args.insecure:
         if any(tls_flags) or args.ssl_require_client_auth:
@@ -157,11 +173,17 @@ def config_from_args(args: argparse.Namespace) -> LinkConfig:
             )
         if args.enable_supernode_auth:
             raise InputError("--enable-supernode-auth needs TLS: drop --insecure")
+        check_control_exposure(
+            args.control_api_address,
+            authenticates=False,
+            anonymous_allowed=args.unsafe_anonymous_control_api,
+        )
         return LinkConfig(
             database=args.database,
             fleet_address=args.fleet_api_address,
             control_address=args.control_api_address,
             insecure=True,
+            anonymous_control=args.unsafe_anonymous_control_api,
             node_auth=NodeAuth.NONE,
             heartbeat_interval=args.heartbeat_interval,
             serverappio_address=args.serverappio_api_address,
@@ -196,6 +218,15 @@ def config_from_args(args: argparse.Namespace) -> LinkConfig:
             )
         if args.ssl_ca_certfile is not None:
             load_ca_bundle(args.ssl_ca_certfile, "--ssl-ca-certfile")
+    cli_ca_pem: bytes | None = None
+    cli_cas: list[x509.Certificate] = []
+    if args.ssl_cli_ca_certfile is not None:
+        cli_ca_pem, cli_cas = load_ca_bundle(args.ssl_cli_ca_certfile, "--ssl-cli-ca-certfile")
+    check_control_exposure(
+        args.control_api_address,
+        authenticates=args.ssl_require_client_auth or bool(cli_cas),
+        anonymous_allowed=args.unsafe_anonymous_control_api,
+    )
     node_auth = _node_auth(args)
     if args.max_chain_depth is not None and args.max_chain_depth < 0:
         raise InputError("--max-chain-depth must be 0 or more")
@@ -221,6 +252,9 @@ def config_from_args(args: argparse.Namespace) -> LinkConfig:
         signature_window=args.auth_timestamp_window,
         cert_expiry_warning_days=args.cert_expiry_warning_days,
         role_source=RoleSource(args.cli_role_source),
+        cli_ca_pem=cli_ca_pem,
+        cli_ca_certificates=cli_cas,
+        anonymous_control=args.unsafe_anonymous_control_api,
         tls_files=TlsFiles(
             certfile=args.ssl_certfile,
             keyfile=args.ssl_keyfile,
@@ -230,7 +264,32 @@ def config_from_args(args: argparse.Namespace) -> LinkConfig:
             client_ca_flag="--ssl-client-ca-certfile"
             if args.ssl_client_ca_certfile
             else "--ssl-ca-certfile",
+            cli_ca=args.ssl_cli_ca_certfile,
         ),
+    )
+
+
+def check_control_exposure(address: str, *, authenticates: bool, anonymous_allowed: bool) -> None:
+    """Refuse a Control API that anyone beyond this host could use without a certificate.
+
+    Control starts runs (code on the link and on every node) and manages nodes, so it requires
+    a CLI certificate whenever it listens off loopback, whatever the nodes authenticate with.
+    """
+    if authenticates:
+        if anonymous_allowed:
+            raise InputError(
+                "--unsafe-anonymous-control-api contradicts --ssl-require-client-auth / "
+                "--ssl-cli-ca-certfile, which make the Control API require CLI certificates: "
+                "drop one"
+            )
+        return
+    if anonymous_allowed or is_loopback(address):
+        return
+    raise InputError(
+        f"the Control API at {address} would let anyone who reaches it start runs (code on the "
+        "link and every node) and manage nodes: give --ssl-cli-ca-certfile (the CA of your CLI "
+        "certificates) or --ssl-require-client-auth, or listen on loopback only "
+        "(--control-api-address 127.0.0.1:9093); --unsafe-anonymous-control-api is for a lab"
     )
 
 
@@ -270,6 +329,13 @@ def _describe(link: Link) -> str:
             f"client certificates required ({len(config.client_ca_certificates)} trusted CA(s), "
             f"identity from {config.identity_source.value})"
         )
+    if config.control_authenticates:
+        source = (
+            "the client CA bundle"
+            if config.cli_ca_certificates == config.client_ca_certificates
+            else f"{len(config.cli_ca_certificates)} CLI CA(s)"
+        )
+        parts.append(f"Control API: CLI certificates from {source}")
     else:
         parts.append("Control API WITHOUT client authentication")
     if link.revocations is not None:
@@ -288,9 +354,14 @@ async def _run(config: LinkConfig) -> None:
     if config.insecure or config.node_auth is NodeAuth.NONE:
         log.warning("!!! %s: nodes are NOT authenticated: local development only !!!",
                     _describe(link))  # fmt: skip
-    elif not config.require_client_auth:
-        log.warning("the Control API is not authenticated: anyone who reaches %s may use it; "
-                    "add --ssl-require-client-auth", config.control_address)  # fmt: skip
+    if not config.control_authenticates:
+        log.warning(
+            "!!! the Control API is not authenticated: anyone who reaches %s may start runs "
+            "and manage nodes%s !!!",
+            config.control_address,
+            " (--unsafe-anonymous-control-api)" if config.anonymous_control else
+            " (loopback only: every user of this host)",
+        )  # fmt: skip
     log.info(
         "link serving: Fleet API on %s (port %d), Control API on %s (port %d); %s; state in %s",
         config.fleet_address,

@@ -9,13 +9,14 @@ Rules:
   certificate). A broken new file is reported once and the last good material stays in use;
   fixing the file is picked up on the next poll.
 * New server material reaches new handshakes through grpc's dynamic credentials fetcher; open
-  connections keep theirs and are not dropped. A new client CA bundle also replaces the
-  certificate authenticator, so the next call on an open connection is judged against the new
-  bundle: a node whose CA was removed is refused on its next call (CA rollover).
+  connections keep theirs and are not dropped. A new client (or CLI) CA bundle also replaces
+  the certificate authenticators, so the next call on an open connection is judged against the
+  new bundle: a node whose CA was removed is refused on its next call (CA rollover).
 """
 
 from __future__ import annotations
 
+import enum
 import hashlib
 import logging
 from collections.abc import Callable
@@ -28,7 +29,7 @@ from cryptography import x509
 from flwrmtls.errors import InputError
 from flwrmtls.wire.credentials import TlsIdentity, load_ca_bundle, load_tls_identity
 
-__all__ = ["TlsFiles", "TlsMaterial", "TlsWatcher"]
+__all__ = ["TlsFiles", "TlsMaterial", "TlsWatcher", "Trust"]
 
 log = logging.getLogger("flwrmtls.link.reload")
 
@@ -38,8 +39,21 @@ class TlsFiles:
     certfile: Path
     keyfile: Path
     client_ca: Path | None
-    """The bundle that verifies client certificates (None: no client authentication)."""
+    """The bundle that verifies node certificates (None: no client authentication)."""
     client_ca_flag: str = "--ssl-ca-certfile"
+    cli_ca: Path | None = None
+    """The bundle that verifies CLI certificates on the Control API, when it is not
+    ``client_ca`` (``--ssl-cli-ca-certfile``)."""
+
+
+class Trust(enum.Enum):
+    """Which client certificates a listener asks for at the handshake."""
+
+    NONE = "none"
+    NODES = "nodes"
+    """The client CA bundle (Fleet)."""
+    CLI = "cli"
+    """The CLI CA bundle (Control)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,13 +61,17 @@ class TlsMaterial:
     identity: TlsIdentity
     client_ca_pem: bytes | None
     client_ca_certificates: tuple[x509.Certificate, ...]
+    cli_ca_pem: bytes | None = None
+    cli_ca_certificates: tuple[x509.Certificate, ...] = ()
 
-    def server_configuration(
-        self, *, client_certificates: bool
-    ) -> grpc.ServerCertificateConfiguration:
+    def roots(self, trust: Trust) -> bytes | None:
+        return {Trust.NONE: None, Trust.NODES: self.client_ca_pem, Trust.CLI: self.cli_ca_pem}[
+            trust
+        ]
+
+    def server_configuration(self, trust: Trust) -> grpc.ServerCertificateConfiguration:
         return grpc.ssl_server_certificate_configuration(
-            [(self.identity.key_pem, self.identity.chain_pem)],
-            root_certificates=self.client_ca_pem if client_certificates else None,
+            [(self.identity.key_pem, self.identity.chain_pem)], root_certificates=self.roots(trust)
         )
 
 
@@ -68,10 +86,15 @@ def load_material(files: TlsFiles) -> TlsMaterial:
     identity = load_tls_identity(
         files.certfile, files.keyfile, cert_flag="--ssl-certfile", key_flag="--ssl-keyfile"
     )
-    if files.client_ca is None:
-        return TlsMaterial(identity, None, ())
-    pem, certificates = load_ca_bundle(files.client_ca, files.client_ca_flag)
-    return TlsMaterial(identity, pem, tuple(certificates))
+    pem: bytes | None = None
+    certificates: tuple[x509.Certificate, ...] = ()
+    if files.client_ca is not None:
+        pem, loaded = load_ca_bundle(files.client_ca, files.client_ca_flag)
+        certificates = tuple(loaded)
+    if files.cli_ca is None:
+        return TlsMaterial(identity, pem, certificates, pem, certificates)
+    cli_pem, cli = load_ca_bundle(files.cli_ca, "--ssl-cli-ca-certfile")
+    return TlsMaterial(identity, pem, certificates, cli_pem, tuple(cli))
 
 
 class TlsWatcher:
@@ -82,11 +105,12 @@ class TlsWatcher:
         files: TlsFiles,
         material: TlsMaterial,
         *,
-        on_client_ca: Callable[[TlsMaterial], None],
+        on_trust: Callable[[TlsMaterial], None],
     ) -> None:
+        """``on_trust``: called with the new material when a client or CLI CA bundle changed."""
         self.files = files
         self.material = material
-        self._on_client_ca = on_client_ca
+        self._on_trust = on_trust
         self._seen = self._fingerprint()
         self._listeners: set[str] = set()
         self._pending: set[str] = set()
@@ -95,8 +119,7 @@ class TlsWatcher:
 
     def _paths(self) -> list[Path]:
         paths = [self.files.certfile, self.files.keyfile]
-        if self.files.client_ca is not None:
-            paths.append(self.files.client_ca)
+        paths += [path for path in (self.files.client_ca, self.files.cli_ca) if path is not None]
         return paths
 
     def _fingerprint(self) -> tuple[str, ...]:
@@ -114,6 +137,7 @@ class TlsWatcher:
             log.error("TLS files changed but cannot be used, keeping the last good: %s", error)
             return False
         ca_changed = material.client_ca_pem != self.material.client_ca_pem
+        cli_changed = material.cli_ca_pem != self.material.cli_ca_pem
         self.material = material
         self.generation += 1
         self._pending = set(self._listeners)
@@ -124,12 +148,14 @@ class TlsWatcher:
             f"; client CA bundle: {len(material.client_ca_certificates)} certificate(s)"
             if ca_changed else "",
         )  # fmt: skip
-        if ca_changed:
-            self._on_client_ca(material)
+        if cli_changed and self.files.cli_ca is not None:
+            log.info("CLI CA bundle: %d certificate(s)", len(material.cli_ca_certificates))
+        if ca_changed or cli_changed:
+            self._on_trust(material)
         return True
 
     def fetcher(
-        self, listener: str, *, client_certificates: bool
+        self, listener: str, trust: Trust
     ) -> Callable[[], grpc.ServerCertificateConfiguration]:
         """grpc's certificate-configuration fetcher for one listener.
 
@@ -142,6 +168,6 @@ class TlsWatcher:
             if name not in self._pending:
                 return None  # type: ignore[return-value]  # grpc: None keeps the current
             self._pending.discard(name)
-            return self.material.server_configuration(client_certificates=client_certificates)
+            return self.material.server_configuration(trust)
 
         return fetch

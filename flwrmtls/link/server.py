@@ -4,7 +4,8 @@ grpc.aio servers in one event loop (no thread per connection):
 
 * the Fleet API for nodes, authenticated as ``--node-auth`` says (see
   :mod:`flwrmtls.link.nodeauth`), and optionally a second Fleet listener for EC-key nodes;
-* the Control API for the CLI, by certificate (with ``--ssl-require-client-auth``);
+* the Control API for the CLI, by certificate from the CLI CA bundle (``--ssl-cli-ca-certfile``,
+  by default the client CA bundle); anonymous only on loopback or with the loud opt-out;
 * ServerAppIo for the runs' ServerApp processes, on loopback by default, by run token.
 
 All share the policy table and the refusal log. Objects (array bytes, bundles) live in a
@@ -27,6 +28,7 @@ from cryptography import x509
 
 from flwrmtls.appio.serverappio import ServerAppIoServicer
 from flwrmtls.auth.authenticator import Authenticator, OpenAuthenticator
+from flwrmtls.auth.authority import Authorities, PinnedToAuthority
 from flwrmtls.auth.compose import DenyUnregistered
 from flwrmtls.auth.eckey import EcKeyAuthenticator, KeyStatus
 from flwrmtls.auth.identity import IdentitySource, RoleSource
@@ -39,7 +41,7 @@ from flwrmtls.control.servicer import ControlServicer
 from flwrmtls.fleet.servicer import FleetServicer
 from flwrmtls.link.nodeauth import NodeAuth, build_node_authenticator, requires_client_certificate
 from flwrmtls.link.notify import Notifier
-from flwrmtls.link.reload import TlsFiles, TlsMaterial, TlsWatcher
+from flwrmtls.link.reload import TlsFiles, TlsMaterial, TlsWatcher, Trust
 from flwrmtls.link.runlog import RunLog
 from flwrmtls.link.runs import RunManager
 from flwrmtls.objects.store import ObjectStore
@@ -90,6 +92,24 @@ class LinkConfig:
     """Where a CLI certificate's role comes from: the X.520 role attribute, or the OU."""
     tls_files: TlsFiles | None = None
     """Where ``tls`` and the client CA came from: watched and re-read when they change."""
+    cli_ca_pem: bytes | None = None
+    cli_ca_certificates: list[x509.Certificate] = field(default_factory=list)
+    """What verifies CLI certificates on the Control API (``--ssl-cli-ca-certfile``); with
+    ``require_client_auth`` and none given, the client CA bundle. Empty: Control is anonymous,
+    which :func:`flwrmtls.link.main.config_from_args` allows only on loopback or with
+    ``--unsafe-anonymous-control-api``."""
+    anonymous_control: bool = False
+    """``--unsafe-anonymous-control-api``: Control without CLI certificates off loopback."""
+
+    def __post_init__(self) -> None:
+        if self.require_client_auth and not self.cli_ca_certificates:
+            self.cli_ca_pem = self.client_ca_pem
+            self.cli_ca_certificates = list(self.client_ca_certificates)
+
+    @property
+    def control_authenticates(self) -> bool:
+        """Whether the Control API requires a CLI certificate at the handshake."""
+        return bool(self.cli_ca_certificates)
 
     @property
     def uses_keys(self) -> bool:
@@ -141,20 +161,18 @@ class Link:
         self.clock = clock or SystemClock()
         self.state = LinkState(config.database)
         self.revocations = RevocationStore(config.crl_path) if config.crl_path else None
-        self.certificates = (
-            build_certificate_authenticator(config, self.revocations)
-            if config.require_client_auth
-            else None
-        )
         self.keys = build_key_authenticator(config, self.state) if config.uses_keys else None
-        self._compose_authenticators()
+        self._trust(config.client_ca_certificates, config.cli_ca_certificates)
         self.tls_watcher: TlsWatcher | None = None
-        if config.tls_files is not None and config.tls is not None:
-            material = TlsMaterial(
-                config.tls, config.client_ca_pem, tuple(config.client_ca_certificates)
-            )
+        self._material: TlsMaterial | None = None
+        if config.tls is not None:
+            self._material = TlsMaterial(
+                config.tls, config.client_ca_pem, tuple(config.client_ca_certificates),
+                config.cli_ca_pem, tuple(config.cli_ca_certificates),
+            )  # fmt: skip
+        if config.tls_files is not None and self._material is not None:
             self.tls_watcher = TlsWatcher(
-                config.tls_files, material, on_client_ca=self._new_client_ca
+                config.tls_files, self._material, on_trust=self._new_trust
             )
         refusals = RefusalLog(self.clock)
         digest = config.node_auth in (NodeAuth.KEY, NodeAuth.CERTIFICATE_AND_KEY)
@@ -187,23 +205,38 @@ class Link:
         self.control_port = 0
         self.serverappio_port = 0
 
-    def _compose_authenticators(self) -> None:
-        self.fleet_authenticator: Authenticator = DenyUnregistered(
-            build_node_authenticator(
-                self.config.node_auth, certificates=self._certificates, keys=self._keys
-            ),
-            self.state.is_unregistered,
-        )
-        self.control_authenticator: Authenticator = self.certificates or OpenAuthenticator()
+    def _trust(self, nodes: Sequence[x509.Certificate], cli: Sequence[x509.Certificate]) -> None:
+        """(Re)build the certificate authenticators from the client and CLI CA bundles.
 
-    def _new_client_ca(self, material: TlsMaterial) -> None:
-        """A new client CA bundle: open connections are judged against it from the next call."""
-        if self.certificates is None:
-            return
-        self.certificates = build_certificate_authenticator(
-            self.config, self.revocations, material.client_ca_certificates
+        Each is wrapped so that an identity belongs to one authority of both bundles
+        (:mod:`flwrmtls.auth.authority`).
+        """
+        config = self.config
+        authorities = Authorities.of(nodes, cli)
+        self.certificates: Authenticator | None = None
+        if config.require_client_auth:
+            self.certificates = PinnedToAuthority(
+                build_certificate_authenticator(config, self.revocations, nodes),
+                self.state.pins,
+                authorities,
+            )
+        nodes_authenticator = build_node_authenticator(
+            config.node_auth, certificates=self._certificates, keys=self._keys
         )
-        self._compose_authenticators()
+        self.fleet_authenticator: Authenticator = DenyUnregistered(
+            nodes_authenticator, self.state.is_unregistered
+        )
+        self.control_authenticator: Authenticator = OpenAuthenticator()
+        if cli:
+            self.control_authenticator = PinnedToAuthority(
+                build_certificate_authenticator(config, self.revocations, cli),
+                self.state.pins,
+                authorities,
+            )
+
+    def _new_trust(self, material: TlsMaterial) -> None:
+        """New CA bundles: open connections are judged against them from the next call."""
+        self._trust(material.client_ca_certificates, material.cli_ca_certificates)
 
     def _certificates(self) -> Authenticator:
         assert self.certificates is not None, "certificate modes need --ssl-require-client-auth"
@@ -213,23 +246,20 @@ class Link:
         assert self.keys is not None
         return self.keys
 
-    def _credentials(
-        self, listener: str, *, client_certificates: bool
-    ) -> grpc.ServerCredentials | None:
-        if self.config.insecure:
+    def _credentials(self, listener: str, trust: Trust) -> grpc.ServerCredentials | None:
+        if self._material is None:
             return None
-        assert self.config.tls is not None
         if self.tls_watcher is not None:
             watcher = self.tls_watcher
             return grpc.dynamic_ssl_server_credentials(
-                watcher.material.server_configuration(client_certificates=client_certificates),
-                watcher.fetcher(listener, client_certificates=client_certificates),
-                require_client_authentication=client_certificates,
+                watcher.material.server_configuration(trust),
+                watcher.fetcher(listener, trust),
+                require_client_authentication=trust is not Trust.NONE,
             )
         return server_credentials(
-            self.config.tls,
-            client_ca_pem=self.config.client_ca_pem if client_certificates else None,
-            require_client_auth=client_certificates,
+            self._material.identity,
+            client_ca_pem=self._material.roots(trust),
+            require_client_auth=trust is not Trust.NONE,
         )
 
     def _server(
@@ -261,7 +291,8 @@ class Link:
             config.fleet_address,
             self._fleet_interceptor,
             self._credentials(
-                "fleet", client_certificates=requires_client_certificate(config.node_auth)
+                "fleet",
+                Trust.NODES if requires_client_certificate(config.node_auth) else Trust.NONE,
             ),
         )
         fleet_pb2_grpc.add_FleetServicer_to_server(fleet_servicer, fleet)
@@ -270,14 +301,14 @@ class Link:
             key_fleet, self.key_fleet_port = self._server(
                 config.key_fleet_address,
                 self._key_fleet_interceptor,
-                self._credentials("key-fleet", client_certificates=False),
+                self._credentials("key-fleet", Trust.NONE),
             )
             fleet_pb2_grpc.add_FleetServicer_to_server(fleet_servicer, key_fleet)
             servers.append(key_fleet)
         control, self.control_port = self._server(
             config.control_address,
             self._control_interceptor,
-            self._credentials("control", client_certificates=config.require_client_auth),
+            self._credentials("control", Trust.CLI if config.control_authenticates else Trust.NONE),
             options=[("grpc.max_receive_message_length", MAX_BUNDLE_BYTES)],
         )
         control_pb2_grpc.add_ControlServicer_to_server(

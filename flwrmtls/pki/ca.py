@@ -4,9 +4,9 @@ Rules kept here (extensions are in :mod:`~flwrmtls.pki.profiles`, Subjects, SANs
 windows in :mod:`~flwrmtls.pki.signing`, file writing in :mod:`~flwrmtls.pki.files`):
 
 * ``create`` makes a self-signed root ``CN=<name> Root CA`` and an issuing CA ``CN=<name>
-  Issuing CA`` signed by it, both valid for ``days``; the root key is written, never loaded
-  again. ``load`` reads the root, the issuing CA and its key, and checks that they belong
-  together.
+  Issuing CA`` signed by it, both valid for ``days``; the root key is written, and read again
+  only by ``cross_sign`` (a CA rollover). ``load`` reads the root, the issuing CA and its key,
+  and checks that they belong together.
 * The issuing CA signs every leaf and CRL. A leaf's key type defaults to the CA's; its key file
   is PKCS#8 unless asked otherwise; its chain file ``<name>.pem`` is the leaf then the issuing
   CA. Every output is checked (``force``) before anything is written; the key goes first.
@@ -32,6 +32,7 @@ from flwrmtls.pki.files import (
     ensure_directory,
     read_ca_material,
     read_certificate_file,
+    read_private_key_file,
     write_file,
 )
 from flwrmtls.pki.keys import (
@@ -189,6 +190,45 @@ class CertificateAuthority:
             issuing_certificate=issuing_certificate,
             issuing_key=issuing_key,
             clock=clock or SystemClock(),
+        )
+
+    def cross_sign(self, successor: x509.Certificate) -> x509.Certificate:
+        """A cross-certificate: ``successor`` root's Subject and key, signed by this root's key.
+
+        In a link's client CA bundle beside both roots it makes the successor the same
+        authority as this root (:mod:`flwrmtls.auth.authority`), so certificates reissued by
+        the successor keep their identities and node ids during a CA rollover.
+        """
+        try:
+            successor.verify_directly_issued_by(successor)
+            is_ca = successor.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+        except (ValueError, TypeError, InvalidSignature, x509.ExtensionNotFound):
+            is_ca = False
+        if not is_ca:
+            raise InputError(
+                "the successor must be a self-signed CA certificate (the ca.crt of the new CA)"
+            )
+        root = self.root_certificate
+        if public_key_bytes(successor.public_key()) == public_key_bytes(root.public_key()):
+            raise InputError("the successor has this CA's own root key: nothing to cross-sign")
+        root_key = read_private_key_file(self.files.root_key, "root CA key")
+        if public_key_bytes(root_key.public_key()) != public_key_bytes(root.public_key()):
+            raise InputError(
+                f"{self.files.root_key} does not belong to {self.files.trust_bundle}; "
+                "restore the matching pair from a backup"
+            )
+        now = self._clock.now()
+        not_after = min(root.not_valid_after_utc, successor.not_valid_after_utc)
+        if not_after <= now:
+            raise InputError("the old or the successor root has expired: nothing to cross-sign")
+        return sign_certificate(
+            PROFILES[ProfileName.CROSS_CA],
+            subject=successor.subject,
+            public_key=successor.public_key(),  # type: ignore[arg-type]
+            signing_key=root_key,
+            issuer_certificate=root,
+            not_before=now - CLOCK_SKEW_ALLOWANCE,
+            not_after=not_after,
         )
 
     def _issue(

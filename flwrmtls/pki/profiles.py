@@ -12,6 +12,8 @@ Rules kept here:
 * Node: as a server, but EKU ``clientAuth``; the Subject names it (CN, optional O and OU); a SAN
   only when a SPIFFE ID is given (a single URI SAN).
 * CLI: as a node; the Subject carries the X.520 ``role`` attribute (``operator`` or ``user``).
+* Cross CA: a successor root's Subject and key signed by the old root (``flwrmtls ca
+  cross-sign``); extensions as the root's, plus an AKI pointing at the old root.
 * Every leaf is signed by the issuing CA; its AKI is the issuing CA's SKI.
 
 A test may override a leaf's extended key usages (to build a serverAuth-only node certificate);
@@ -41,6 +43,7 @@ __all__ = [
 
 class ProfileName(enum.StrEnum):
     ROOT_CA = "root-ca"
+    CROSS_CA = "cross-ca"
     ISSUING_CA = "issuing-ca"
     SERVER = "server"
     NODE = "node"
@@ -72,6 +75,14 @@ PROFILES: Mapping[ProfileName, CertificateProfile] = MappingProxyType(
             extended_key_usages=(),
             subject_alternative_name_required=False,
             self_signed=True,
+        ),
+        ProfileName.CROSS_CA: CertificateProfile(
+            name=ProfileName.CROSS_CA,
+            is_ca=True,
+            path_length=1,
+            extended_key_usages=(),
+            subject_alternative_name_required=False,
+            self_signed=False,
         ),
         ProfileName.ISSUING_CA: CertificateProfile(
             name=ProfileName.ISSUING_CA,

@@ -33,6 +33,7 @@ from flwrmtls.errors import InputError
 from flwrmtls.state.audittable import AuditTable
 from flwrmtls.state.keytable import NodeKeyTable
 from flwrmtls.state.messagetable import MessageTable
+from flwrmtls.state.pintable import IdentityPinTable
 from flwrmtls.state.runtable import RunTable
 from flwrmtls.state.schema import migrate
 
@@ -92,6 +93,7 @@ class LinkState:
         self.messages = MessageTable(self._db)
         self.keys = NodeKeyTable(self._db)
         self.audit = AuditTable(self._db)
+        self.pins = IdentityPinTable(self._db)
         # Sessions are checked on nearly every Fleet call: mirrored in memory (the link is the
         # only writer of its database); node id -> (session id, peer at activation).
         self._sessions: dict[int, tuple[str, str]] = {

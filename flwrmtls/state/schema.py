@@ -125,6 +125,15 @@ MIGRATIONS: tuple[str, ...] = (
     """
     CREATE INDEX messages_by_run ON messages(run_id);
     """,
+    # 5 -> 6: the CA key each certificate identity was last admitted under.
+    """
+    CREATE TABLE identity_pins (
+        identity    TEXT PRIMARY KEY,
+        anchor_key  TEXT NOT NULL,
+        anchor_name TEXT NOT NULL,
+        pinned_at   REAL NOT NULL
+    );
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 
-__all__ = ["SERVER_OPTIONS", "check_bindable"]
+__all__ = ["SERVER_OPTIONS", "check_bindable", "is_loopback"]
 
 SERVER_OPTIONS: tuple[tuple[str, int], ...] = (
     # grpc turns SO_REUSEPORT on by default: two servers could then share one port silently.
@@ -35,3 +36,25 @@ def check_bindable(address: str) -> None:
                 probe.bind(sockaddr)
             except OSError as error:
                 raise OSError(f"cannot listen on {address}: {error.strerror}") from None
+
+
+def is_loopback(address: str) -> bool:
+    """Whether listening on ``address`` (host:port) is reachable from this host only.
+
+    True when every address the host resolves to is a loopback address (127.0.0.0/8, ::1);
+    an empty host, ``0.0.0.0`` and ``[::]`` listen on every interface, so they are not.
+    """
+    host = address.rpartition(":")[0].strip("[]")
+    if not host:
+        return False
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError):
+        return False
+    return bool(infos) and all(
+        ipaddress.ip_address(str(info[4][0]).split("%", 1)[0]).is_loopback for info in infos
+    )

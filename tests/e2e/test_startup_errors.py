@@ -54,6 +54,9 @@ def link_tls(pki: TestPki, tmp_path: Path) -> list[str]:
         ("crl-without-client-auth", "add --ssl-require-client-auth"),
         ("crl-not-a-crl", "is not a CRL"),
         ("bad-database", "cannot open database"),
+        ("anonymous-control-off-loopback", "give --ssl-cli-ca-certfile"),
+        ("insecure-control-off-loopback", "give --ssl-cli-ca-certfile"),
+        ("contradicting-opt-out", "--unsafe-anonymous-control-api contradicts"),
     ],
 )
 def test_link_refuses_bad_startup_input(
@@ -80,6 +83,12 @@ def test_link_refuses_bad_startup_input(
         bad = tmp_path / "junk.db"
         bad.write_bytes(b"not sqlite" * 200)
         args[args.index("--database") + 1] = str(bad)
+    elif change == "anonymous-control-off-loopback":  # EC-key nodes, so no client certificates
+        args[args.index("--control-api-address") + 1] = "0.0.0.0:0"
+    elif change == "insecure-control-off-loopback":  # the default address: every interface
+        args = ["--insecure", "--database", str(tmp_path / "link.db")]
+    elif change == "contradicting-opt-out":
+        args += ["--ssl-require-client-auth", "--unsafe-anonymous-control-api"]
     assert_one_line(run("flwrmtls.link.main", args, tmp_path), expected)
 
 

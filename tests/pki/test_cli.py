@@ -156,3 +156,26 @@ def test_errors_are_one_line_and_exit_1(tmp_path: Path, arguments: list[str], me
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("flwrmtls: error: ")
     assert message in lines[0]
+
+
+def test_cross_sign_links_a_successor_root_to_the_old_one(tmp_path: Path) -> None:
+    """A CA rollover: the old root signs the new root's key; openssl verifies the result with
+    the old root alone. A successor that is no CA is refused with one line."""
+    _ok(run_flwrmtls("ca", "init", "--dir", "old", cwd=tmp_path))
+    _ok(run_flwrmtls("ca", "init", "--dir", "new", cwd=tmp_path))
+    [cross] = _written(
+        _ok(run_flwrmtls("ca", "cross-sign", "new/ca.crt", "--dir", "old", cwd=tmp_path)),
+        tmp_path,
+    )
+    verified = openssl("verify", "-CAfile", tmp_path / "old" / "ca.crt", cross)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    new_key = openssl("x509", "-in", tmp_path / "new" / "ca.crt", "-noout", "-pubkey")
+    assert openssl("x509", "-in", cross, "-noout", "-pubkey").stdout == new_key.stdout
+
+    _ok(run_flwrmtls("ca", "issue", "node", "node-1", "--dir", "old", cwd=tmp_path))
+    refused = run_flwrmtls("ca", "cross-sign", "old/node-1.pem", "--dir", "old", cwd=tmp_path)
+    assert refused.returncode == 1
+    assert refused.stderr.strip().splitlines() == [
+        "flwrmtls: error: the successor must be a self-signed CA certificate (the ca.crt of the "
+        "new CA)"
+    ]
