@@ -35,11 +35,11 @@ from flwrmtls.objects.transfer import answer_missing, answer_pull, answer_push
 from flwrmtls.proto import appio_pb2, appio_pb2_grpc, common_pb2, objects_pb2
 from flwrmtls.state.linkstate import LinkState
 from flwrmtls.state.messagetable import MessageRow
+from flwrmtls.wire.bounds import long_poll_seconds
 
 __all__ = ["ServerAppIoServicer"]
 
 _Context = grpc.aio.ServicerContext[Any, Any]
-_MAX_WAIT = 30.0
 _DEFAULT_TTL = 3600.0
 OFFLINE_RECHECK = 0.5
 """Seconds between two checks of a run's awaited nodes (the check reads every awaited message)."""
@@ -90,7 +90,7 @@ class ServerAppIoServicer(appio_pb2_grpc.ServerAppIoServicer):
     async def GetNodes(
         self, request: appio_pb2.GetNodesRequest, context: _Context
     ) -> appio_pb2.GetNodesResponse:
-        deadline = self._clock.monotonic() + min(max(request.wait_seconds, 0.0), _MAX_WAIT)
+        deadline = self._clock.monotonic() + long_poll_seconds(request.wait_seconds)
         while True:
             nodes = self._state.online_nodes(now=self._now())
             remaining = deadline - self._clock.monotonic()
@@ -142,7 +142,7 @@ class ServerAppIoServicer(appio_pb2_grpc.ServerAppIoServicer):
         self, request: appio_pb2.PullRepliesRequest, context: _Context
     ) -> appio_pb2.PullRepliesResponse:
         run_id = self._run_id()
-        deadline = self._clock.monotonic() + min(max(request.wait_seconds, 0.0), _MAX_WAIT)
+        deadline = self._clock.monotonic() + long_poll_seconds(request.wait_seconds)
         while True:
             replies = self._state.messages.replies_after(run_id, request.after)
             if not replies and self._check_offline(run_id):

@@ -31,6 +31,7 @@ from flwrmtls.objects.transfer import answer_missing, answer_pull, answer_push
 from flwrmtls.proto import common_pb2, fleet_pb2, fleet_pb2_grpc, objects_pb2
 from flwrmtls.state.linkstate import LinkState, SessionSuperseded, UnknownSession
 from flwrmtls.state.messagetable import MessageRow
+from flwrmtls.wire.bounds import long_poll_seconds
 
 __all__ = ["FleetServicer"]
 
@@ -38,7 +39,6 @@ log = logging.getLogger("flwrmtls.link")
 
 _Context = grpc.aio.ServicerContext[Any, Any]
 _DEFAULT_PULL_LIMIT = 100
-_MAX_WAIT = 30.0
 _MAX_ACTIVE_RUNS = 1000
 _CLIENT_APP_RAISED = 1  # flwrmtls.app.message.ErrorCode.CLIENT_APP_RAISED
 
@@ -154,7 +154,7 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
             )
         limit = min(request.max_messages or _DEFAULT_PULL_LIMIT, _DEFAULT_PULL_LIMIT)
         loop_clock = self._clock.monotonic
-        deadline = loop_clock() + min(max(request.wait_seconds, 0.0), _MAX_WAIT)
+        deadline = loop_clock() + long_poll_seconds(request.wait_seconds)
         while True:
             protos = self._state.messages.deliver(node_id, now=self._now(), limit=limit)
             ended = [

@@ -50,6 +50,7 @@ from flwrmtls.state.keytable import KeyRegistration
 from flwrmtls.state.linkstate import LinkState
 from flwrmtls.wire.credentials import TlsIdentity, server_credentials
 from flwrmtls.wire.listen import SERVER_OPTIONS, check_bindable
+from flwrmtls.wire.validate import RequestBoundsInterceptor
 
 __all__ = ["Link", "LinkConfig"]
 
@@ -270,7 +271,10 @@ class Link:
         options: Sequence[tuple[str, int]] = (),
     ) -> tuple[grpc.aio.Server, int]:
         check_bindable(address)
-        server = grpc.aio.server(interceptors=[interceptor], options=[*SERVER_OPTIONS, *options])
+        server = grpc.aio.server(
+            interceptors=[interceptor, RequestBoundsInterceptor()],
+            options=[*SERVER_OPTIONS, *options],
+        )
         if credentials is None:
             port = server.add_insecure_port(address)
         else:

@@ -24,12 +24,13 @@ from flwrmtls.keyvalues import values_to_proto
 from flwrmtls.node.apps import AppManager
 from flwrmtls.objects.transfer import answer_missing, answer_pull, answer_push
 from flwrmtls.proto import appio_pb2, appio_pb2_grpc, objects_pb2
+from flwrmtls.wire.bounds import long_poll_seconds
 from flwrmtls.wire.listen import SERVER_OPTIONS
+from flwrmtls.wire.validate import RequestBoundsInterceptor
 
 __all__ = ["ClientAppIoServer", "ClientAppIoServicer"]
 
 _Context = grpc.aio.ServicerContext[Any, Any]
-_MAX_WAIT = 30.0
 
 
 def _run_id() -> int:
@@ -61,7 +62,7 @@ class ClientAppIoServicer(appio_pb2_grpc.ClientAppIoServicer):
     async def PullMessage(
         self, request: appio_pb2.PullAppMessageRequest, context: _Context
     ) -> appio_pb2.PullAppMessageResponse:
-        wait = min(max(request.wait_seconds, 0.0), _MAX_WAIT)
+        wait = long_poll_seconds(request.wait_seconds)
         message, ended = await asyncio.to_thread(self._apps.next_message, _run_id(), wait)
         if message is None:
             return appio_pb2.PullAppMessageResponse(run_ended=ended)
@@ -133,7 +134,9 @@ class ClientAppIoServer:
     async def _start(self) -> None:
         tokens = TokenAuthenticator(self._apps.tokens.lookup)
         interceptor = AuthInterceptor(lambda: tokens, self._clock, RefusalLog(self._clock))
-        server = grpc.aio.server(interceptors=[interceptor], options=SERVER_OPTIONS)
+        server = grpc.aio.server(
+            interceptors=[interceptor, RequestBoundsInterceptor()], options=SERVER_OPTIONS
+        )
         appio_pb2_grpc.add_ClientAppIoServicer_to_server(ClientAppIoServicer(self._apps), server)
         self.port = server.add_insecure_port(self._address)
         if self.port == 0:
