@@ -27,6 +27,7 @@ __all__ = [
     "OpenAuthenticator",
     "Principal",
     "RefusalReason",
+    "TryLater",
 ]
 
 
@@ -122,6 +123,11 @@ class AuthenticationFailed(Exception):
         self.reason = reason
         self.message = message
         self.fingerprint = fingerprint
+
+
+class TryLater(Exception):
+    """The link cannot decide about this call now (a bound is reached); the caller should
+    retry later. ``str()`` is sent to the caller, who is told UNAVAILABLE (nodes retry)."""
 
 
 class Authenticator(Protocol):

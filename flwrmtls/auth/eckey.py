@@ -9,12 +9,13 @@ check                                                       refusal reason
 the call carries the four signature entries                 ``no-signature``,
                                                             ``bad-signature``
 the public key is an EC key on P-256, P-384 or P-521        ``wrong-key-type``
-the timestamp is within ``window`` of the link's clock,     ``stale-timestamp``
-either way
+the timestamp is at most ``window`` behind the link's       ``stale-timestamp``
+clock and at most ``future_skew`` ahead of it
 the signature verifies over :func:`signed_bytes`            ``bad-signature``
+CLI-managed mode: the key is registered, and was            ``unregistered-key``,
+registered before the call was signed                       ``node-unregistered``,
+                                                            ``stale-timestamp``
 this (key, nonce) has not been seen within the window       ``replayed``
-CLI-managed mode: the key is registered                     ``unregistered-key``,
-                                                            ``node-unregistered``
 ==========================================================  ====================
 
 Rules kept here:
@@ -22,14 +23,26 @@ Rules kept here:
 * Each distinct key is parsed once (a bounded LRU cache keyed by the metadata string) and
   named by its canonical SubjectPublicKeyInfo, so re-encoding the same key (a compressed
   point, different base64 padding bits) is the same key, the same node and the same nonces.
-* The signature is verified before the nonce is recorded: a forged call cannot burn a nonce.
-  A verified call's nonce is recorded before the registry is asked, so a call refused as
-  unregistered cannot be replayed after the key is registered again.
-* The nonce memory is bounded without weakening it. An entry is forgotten only once its
-  timestamp has left the window, and a call that old is refused as stale anyway. If the hard
-  cap forces the oldest entries out early, the authenticator also refuses every timestamp at
-  or before the newest one it forgot (``too old``): under a flood the window narrows, it never
-  lets a replay through. The same floor covers a link clock that steps backwards.
+* A nonce is recorded only for a call that passed every other check: its signature verified
+  and (CLI-managed mode) its key is registered. A forged call cannot burn a nonce, and a key
+  the link does not accept cannot fill the replay memory.
+* A call refused while its key was unregistered (or not yet registered) cannot be replayed
+  once the key is registered (again): a registered key's calls must be signed after its
+  registration (``signature predates the key's registration``). Registration time is the
+  link's clock and the signature's the node's, so a call signed at most ``future_skew`` before
+  the registration by a node whose clock runs ahead could still pass once; such a call is one
+  the node itself made moments earlier, carried inside TLS.
+* The replay memory is per key and bounded without ever letting a replay through. Each key
+  keeps its nonces until their timestamp leaves the window (a call that old is refused as
+  stale anyway). A key over ``ReplayLimits.per_key`` forgets its own oldest nonces early and
+  then refuses its own timestamps at or before the newest it forgot: only that key's window
+  narrows. At most ``ReplayLimits.keys`` keys and ``ReplayLimits.total`` nonces are held; when
+  full, a key already held makes room from its own nonces, and a key not held yet is told to
+  retry (:class:`~flwrmtls.auth.authenticator.TryLater`) until nonces expire. Nobody's flood
+  can make the link refuse another key's fresh calls as stale.
+* Nonces forgotten because they left the window set a floor for every key (a link clock that
+  steps back does not reopen them); that floor is always at least ``window`` behind the
+  clock that set it, so no caller can push it into the window.
 * Time is the ``now`` each call passes in; nothing here reads the wall clock.
 * Refusals after the key parsed carry its fingerprint (``SHA256:...``): the link logs that,
   never the key.
@@ -58,6 +71,7 @@ from flwrmtls.auth.authenticator import (
     KeySignature,
     Principal,
     RefusalReason,
+    TryLater,
 )
 from flwrmtls.auth.identity import PrincipalKind
 from flwrmtls.auth.keys import (
@@ -74,7 +88,7 @@ from flwrmtls.auth.signing import (
     timestamp_ms,
 )
 
-__all__ = ["EcKeyAuthenticator", "KeyRegistry", "KeyStatus"]
+__all__ = ["EcKeyAuthenticator", "KeyRegistry", "KeyStatus", "Registration", "ReplayLimits"]
 
 
 class KeyStatus(enum.StrEnum):
@@ -87,8 +101,67 @@ class KeyStatus(enum.StrEnum):
     """Never registered."""
 
 
-KeyRegistry = Callable[[bytes], KeyStatus]
+@dataclass(frozen=True, slots=True)
+class Registration:
+    """A key's entry in the registry."""
+
+    status: KeyStatus
+    since: float = 0.0
+    """Seconds since the epoch (the link's clock) when the key got this status; 0: unknown."""
+
+
+KeyRegistry = Callable[[bytes], Registration]
 """Looks a key up by its SubjectPublicKeyInfo (DER)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayLimits:
+    """Bounds of the replay memory (see the module's rules)."""
+
+    per_key: int = 10_000
+    """Nonces one key keeps inside the window; beyond, its own oldest are forgotten early."""
+    keys: int = 10_000
+    """Keys with nonces held at once."""
+    total: int = 1_000_000
+    """Nonces held at once, all keys together (about 150 MB at most)."""
+
+    def __post_init__(self) -> None:
+        if min(self.per_key, self.keys, self.total) < 1:
+            raise ValueError("replay memory limits must be at least 1")
+
+
+class _KeyNonces:
+    """One key's replay memory."""
+
+    __slots__ = ("expiry", "floor_ms", "seen")
+
+    def __init__(self) -> None:
+        self.seen: dict[bytes, int] = {}
+        """Nonce -> timestamp (ms) of the call that used it."""
+        self.expiry: list[tuple[int, bytes]] = []
+        """Heap of (timestamp ms, nonce): the oldest first."""
+        self.floor_ms = -1
+        """This key's nonces at or before this timestamp may have been forgotten early."""
+
+    def expire(self, oldest_kept_ms: int) -> int:
+        """Forget nonces older than ``oldest_kept_ms``; returns the newest forgotten (or -1)."""
+        newest = -1
+        while self.expiry and self.expiry[0][0] < oldest_kept_ms:
+            sent_ms, nonce = heapq.heappop(self.expiry)
+            del self.seen[nonce]
+            newest = sent_ms
+        return newest
+
+    def forget_oldest(self) -> None:
+        """Make room early: this key's window narrows past the forgotten timestamp."""
+        sent_ms, nonce = heapq.heappop(self.expiry)
+        del self.seen[nonce]
+        self.floor_ms = max(self.floor_ms, sent_ms)
+
+    def add(self, nonce: bytes, sent_ms: int) -> None:
+        self.seen[nonce] = sent_ms
+        heapq.heappush(self.expiry, (sent_ms, nonce))
+
 
 _TIMESTAMP = re.compile(r"0|[1-9][0-9]{0,15}")
 _MAX_ENCODED_KEY = 512
@@ -132,24 +205,32 @@ class EcKeyAuthenticator:
         registry: KeyRegistry | None = None,
         *,
         window: timedelta = timedelta(seconds=60),
+        future_skew: timedelta = timedelta(seconds=5),
         key_cache_size: int = 10_000,
-        max_nonces: int = 1_000_000,
+        replay: ReplayLimits = ReplayLimits(),
     ) -> None:
+        """``window``: how far behind the link's clock a signed timestamp may be;
+        ``future_skew``: how far ahead of it (a node's clock running fast)."""
         if window <= timedelta(0):
             raise ValueError("the timestamp window must be positive")
-        if key_cache_size < 1 or max_nonces < 1:
-            raise ValueError("key_cache_size and max_nonces must be at least 1")
+        if future_skew < timedelta(0):
+            raise ValueError("the future skew must not be negative")
+        if key_cache_size < 1:
+            raise ValueError("key_cache_size must be at least 1")
         self._registry = registry
         self._window_ms = window // timedelta(milliseconds=1)
+        self._future_ms = future_skew // timedelta(milliseconds=1)
         self._keys: OrderedDict[str, _NodeKey] = OrderedDict()
         self._key_cache_size = key_cache_size
-        self._max_nonces = max_nonces
-        self._nonces: dict[bytes, int] = {}
-        """key_id + nonce -> timestamp (ms) of the call that used it."""
-        self._nonce_expiry: list[tuple[int, bytes]] = []
-        """Heap of (timestamp ms, entry): the oldest timestamp first."""
-        self._forgotten_through_ms = -1
-        """Every nonce with a timestamp at or before this may have been forgotten."""
+        self._replay = replay
+        self._memory: dict[bytes, _KeyNonces] = {}
+        """key_id -> that key's nonces."""
+        self._nonces = 0
+        """Nonces held, all keys together."""
+        self._expired_through_ms = -1
+        """Nonces at or before this left the window and were forgotten (for every key)."""
+        self._swept_at_ms = -1
+        """When keys without live nonces were last dropped (at most once a second when full)."""
 
     @property
     def window(self) -> timedelta:
@@ -163,7 +244,12 @@ class EcKeyAuthenticator:
     @property
     def remembered_nonces(self) -> int:
         """How many (key, nonce) pairs are held now (for tests and metrics)."""
-        return len(self._nonces)
+        return self._nonces
+
+    @property
+    def remembered_keys(self) -> int:
+        """How many keys have nonces held now (for tests and metrics)."""
+        return len(self._memory)
 
     def authenticate(self, call: CallCredentials, now: datetime) -> Principal:
         signature = call.key_signature
@@ -249,45 +335,38 @@ class EcKeyAuthenticator:
                 "malformed signature timestamp (expected milliseconds since the epoch)",
             )
         sent_ms = int(signature.timestamp)
-        self._expire(now_ms)
+        memory = self._memory.get(node_key.key_id)
+        if memory is not None:
+            self._expire(memory, now_ms)
         self._check_timestamp(sent_ms, now_ms)
         if not is_valid_nonce(signature.nonce):
             raise AuthenticationFailed(
                 RefusalReason.BAD_SIGNATURE, "malformed nonce (expected 32 lowercase hex digits)"
             )
         self._verify(method, signature, node_key, sent_ms)
-        entry = node_key.key_id + bytes.fromhex(signature.nonce)
-        if entry in self._nonces:
-            raise AuthenticationFailed(
-                RefusalReason.REPLAYED,
-                "replayed call: this nonce was already used with this key; "
-                "a node signs every call with a fresh nonce",
-            )
-        self._remember(entry, sent_ms)
-        self._check_registered(node_key)
+        self._check_registered(node_key, sent_ms)
+        self._remember(node_key, bytes.fromhex(signature.nonce), sent_ms, now_ms)
 
     def _check_timestamp(self, sent_ms: int, now_ms: int) -> None:
         behind = now_ms - sent_ms
-        window = f"the link accepts {_seconds(self._window_ms)} either way: check the node's clock"
+        accepts = (
+            f"the link accepts {_seconds(self._window_ms)} behind and "
+            f"{_seconds(self._future_ms)} ahead: check the node's clock"
+        )
         if behind > self._window_ms:
             raise AuthenticationFailed(
                 RefusalReason.STALE_TIMESTAMP,
                 f"signature timestamp too old: {_seconds(behind)} behind the link's clock; "
-                + window,
+                + accepts,
             )
-        if -behind > self._window_ms:
+        if -behind > self._future_ms:
             raise AuthenticationFailed(
                 RefusalReason.STALE_TIMESTAMP,
                 f"signature timestamp too far ahead: {_seconds(-behind)} ahead of the link's "
-                "clock; " + window,
+                "clock; " + accepts,
             )
-        if sent_ms <= self._forgotten_through_ms:
-            raise AuthenticationFailed(
-                RefusalReason.STALE_TIMESTAMP,
-                "signature timestamp too old: the link has already forgotten the nonces of "
-                "calls that old (its clock stepped back, or a flood of calls filled its "
-                "replay memory); retry with a fresh signature",
-            )
+        if sent_ms <= self._expired_through_ms:
+            raise _forgotten()
 
     def _verify(
         self, method: str, signature: KeySignature, node_key: _NodeKey, sent_ms: int
@@ -305,36 +384,87 @@ class EcKeyAuthenticator:
         except (InvalidSignature, ValueError, UnicodeEncodeError, binascii.Error):
             raise bad from None
 
-    def _expire(self, now_ms: int) -> None:
-        """Forget nonces whose timestamp has left the window: such a call is refused as stale."""
-        oldest_kept_ms = now_ms - self._window_ms
-        heap = self._nonce_expiry
-        while heap and heap[0][0] < oldest_kept_ms:
-            sent_ms, entry = heapq.heappop(heap)
-            del self._nonces[entry]
-            self._forgotten_through_ms = max(self._forgotten_through_ms, sent_ms)
+    def _remember(self, node_key: _NodeKey, nonce: bytes, sent_ms: int, now_ms: int) -> None:
+        """Refuse a replay, else record the nonce in the key's memory (making room if full)."""
+        memory = self._memory.get(node_key.key_id)
+        if memory is not None:
+            if sent_ms <= memory.floor_ms:
+                raise _forgotten()
+            if nonce in memory.seen:
+                raise AuthenticationFailed(
+                    RefusalReason.REPLAYED,
+                    "replayed call: this nonce was already used with this key; "
+                    "a node signs every call with a fresh nonce",
+                )
+            if len(memory.seen) >= self._replay.per_key or self._nonces >= self._replay.total:
+                if not memory.seen:
+                    raise _memory_full()
+                memory.forget_oldest()
+                self._nonces -= 1
+        else:
+            memory = self._new_memory(node_key.key_id, now_ms)
+        memory.add(nonce, sent_ms)
+        self._nonces += 1
 
-    def _remember(self, entry: bytes, sent_ms: int) -> None:
-        self._nonces[entry] = sent_ms
-        heapq.heappush(self._nonce_expiry, (sent_ms, entry))
-        while len(self._nonces) > self._max_nonces:
-            evicted_ms, evicted = heapq.heappop(self._nonce_expiry)
-            del self._nonces[evicted]
-            self._forgotten_through_ms = max(self._forgotten_through_ms, evicted_ms)
+    def _expire(self, memory: _KeyNonces, now_ms: int) -> None:
+        """Forget a key's nonces that left the window: such a call is refused as stale."""
+        held = len(memory.seen)
+        newest = memory.expire(now_ms - self._window_ms)
+        self._nonces -= held - len(memory.seen)
+        self._expired_through_ms = max(self._expired_through_ms, newest)
 
-    def _check_registered(self, node_key: _NodeKey) -> None:
+    def _new_memory(self, key_id: bytes, now_ms: int) -> _KeyNonces:
+        """Memory for a key that has none; when the memory is full, drop the keys whose nonces
+        all left the window, or ask the caller to retry."""
+        full = len(self._memory) >= self._replay.keys or self._nonces >= self._replay.total
+        if full and now_ms - self._swept_at_ms >= 1000:
+            self._swept_at_ms = now_ms
+            for other_id, other in list(self._memory.items()):
+                self._expire(other, now_ms)
+                if not other.seen:
+                    # Its floor is at least `window` old: every call it covers is stale now.
+                    del self._memory[other_id]
+            full = len(self._memory) >= self._replay.keys or self._nonces >= self._replay.total
+        if full:
+            raise _memory_full()
+        memory = self._memory[key_id] = _KeyNonces()
+        return memory
+
+    def _check_registered(self, node_key: _NodeKey, sent_ms: int) -> None:
         if self._registry is None:
             return
-        status = self._registry(node_key.der)
-        if status is KeyStatus.REGISTERED:
-            return
-        if status is KeyStatus.UNREGISTERED:
+        registration = self._registry(node_key.der)
+        if registration.status is KeyStatus.UNREGISTERED:
             raise AuthenticationFailed(
                 RefusalReason.NODE_UNREGISTERED,
                 f"node unregistered (key {node_key.fingerprint})",
             )
-        raise AuthenticationFailed(
-            RefusalReason.UNREGISTERED_KEY,
-            f"public key {node_key.fingerprint} is not registered: run "
-            "`flwrmtls supernode register <its .pub file>`",
-        )
+        if registration.status is not KeyStatus.REGISTERED:
+            raise AuthenticationFailed(
+                RefusalReason.UNREGISTERED_KEY,
+                f"public key {node_key.fingerprint} is not registered: run "
+                "`flwrmtls supernode register <its .pub file>`",
+            )
+        if sent_ms < registration.since * 1000:
+            raise AuthenticationFailed(
+                RefusalReason.STALE_TIMESTAMP,
+                "signature predates the key's registration: a call refused before the key was "
+                "registered is not accepted afterwards; retry with a fresh signature (and check "
+                "the node's clock if this repeats)",
+            )
+
+
+def _memory_full() -> TryLater:
+    return TryLater(
+        "the link's replay memory is full (a flood of signed calls from many keys): "
+        "retry in a few seconds"
+    )
+
+
+def _forgotten() -> AuthenticationFailed:
+    return AuthenticationFailed(
+        RefusalReason.STALE_TIMESTAMP,
+        "signature timestamp too old: the link has already forgotten the nonces of calls that "
+        "old (its clock stepped back, or this key made more calls than it remembers within "
+        "the window); retry with a fresh signature",
+    )

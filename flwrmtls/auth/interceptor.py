@@ -45,6 +45,7 @@ from flwrmtls.auth.authenticator import (
     KeySignature,
     Principal,
     RefusalReason,
+    TryLater,
 )
 from flwrmtls.auth.identity import ROLE_OID
 from flwrmtls.auth.policy import is_permitted, refusal_hint, required_kinds
@@ -224,6 +225,9 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             context.set_trailing_metadata(((REFUSAL_METADATA_KEY, error.reason.value),))
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, error.message)
             raise  # abort raises; this keeps type checkers aware
+        except TryLater as busy:  # a bound is reached: nodes retry UNAVAILABLE with backoff
+            await context.abort(grpc.StatusCode.UNAVAILABLE, str(busy))
+            raise
         if not is_permitted(method, principal.kind):
             hint = refusal_hint(method, principal.kind)
             refusal = AuthenticationFailed(

@@ -24,6 +24,9 @@ __all__ = ["check_control_exposure", "config_from_args", "main", "parser"]
 
 log = logging.getLogger("flwrmtls.link")
 
+_MAX_WINDOW = 3600.0
+"""The widest --auth-timestamp-window: a replay memory spanning more would grow without use."""
+
 
 def _default_database() -> str:
     home = Path(os.environ.get("FLWRMTLS_HOME", "~/.flwrmtls")).expanduser()
@@ -105,7 +108,14 @@ def parser() -> argparse.ArgumentParser:
         "--auth-timestamp-window",
         type=float,
         default=60.0,
-        help="seconds an EC-key node's signed timestamp may differ from the link's clock",
+        help="seconds an EC-key node's signed timestamp may be behind the link's clock",
+    )
+    p.add_argument(
+        "--auth-timestamp-future-skew",
+        type=float,
+        default=5.0,
+        help="seconds an EC-key node's signed timestamp may be ahead of the link's clock "
+        "(a node whose clock runs fast)",
     )
     p.add_argument(
         "--cert-expiry-warning-days",
@@ -230,8 +240,8 @@ def config_from_args(args: argparse.Namespace) -> LinkConfig:
     node_auth = _node_auth(args)
     if args.max_chain_depth is not None and args.max_chain_depth < 0:
         raise InputError("--max-chain-depth must be 0 or more")
-    if args.heartbeat_interval <= 0:
-        raise InputError("--heartbeat-interval must be positive")
+    if not 0 < args.heartbeat_interval <= 86400:
+        raise InputError("--heartbeat-interval must be a number of seconds above 0, at most 86400")
     return LinkConfig(
         database=args.database,
         fleet_address=args.fleet_api_address,
@@ -250,6 +260,7 @@ def config_from_args(args: argparse.Namespace) -> LinkConfig:
         share_objects=args.shared_objects,
         enable_supernode_auth=args.enable_supernode_auth,
         signature_window=args.auth_timestamp_window,
+        signature_future_skew=args.auth_timestamp_future_skew,
         cert_expiry_warning_days=args.cert_expiry_warning_days,
         role_source=RoleSource(args.cli_role_source),
         cli_ca_pem=cli_ca_pem,
@@ -310,8 +321,15 @@ def _node_auth(args: argparse.Namespace) -> NodeAuth:
             "--enable-supernode-auth applies to EC-key nodes: use --node-auth key or "
             "certificate+key, or add --key-fleet-api-address"
         )
-    if args.auth_timestamp_window <= 0:
-        raise InputError("--auth-timestamp-window must be positive")
+    if not 0 < args.auth_timestamp_window <= _MAX_WINDOW:
+        raise InputError(
+            f"--auth-timestamp-window must be a number of seconds above 0, at most {_MAX_WINDOW:g}"
+        )
+    if not 0 <= args.auth_timestamp_future_skew <= args.auth_timestamp_window:
+        raise InputError(
+            "--auth-timestamp-future-skew must be a number of seconds from 0 to "
+            "--auth-timestamp-window"
+        )
     return mode
 
 

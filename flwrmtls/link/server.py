@@ -30,7 +30,7 @@ from flwrmtls.appio.serverappio import ServerAppIoServicer
 from flwrmtls.auth.authenticator import Authenticator, OpenAuthenticator
 from flwrmtls.auth.authority import Authorities, PinnedToAuthority
 from flwrmtls.auth.compose import DenyUnregistered
-from flwrmtls.auth.eckey import EcKeyAuthenticator, KeyStatus
+from flwrmtls.auth.eckey import EcKeyAuthenticator, KeyStatus, Registration, ReplayLimits
 from flwrmtls.auth.identity import IdentitySource, RoleSource
 from flwrmtls.auth.interceptor import AuthInterceptor, RefusalLog
 from flwrmtls.auth.mtls import MtlsAuthenticator
@@ -86,7 +86,11 @@ class LinkConfig:
     enable_supernode_auth: bool = False
     """EC-key nodes must have a registered key (CLI-managed mode)."""
     signature_window: float = 60.0
-    """Seconds an EC-key signature's timestamp may be off, either way."""
+    """Seconds an EC-key signature's timestamp may be behind the link's clock."""
+    signature_future_skew: float = 5.0
+    """Seconds an EC-key signature's timestamp may be ahead of the link's clock."""
+    replay_limits: ReplayLimits = field(default_factory=ReplayLimits)
+    """Bounds of the EC-key replay memory."""
     cert_expiry_warning_days: float = 14.0
     """Certificates expiring within this many days are flagged and logged."""
     role_source: RoleSource = RoleSource.ROLE
@@ -140,7 +144,6 @@ def build_certificate_authenticator(
 _KEY_STATUS = {
     KeyRegistration.REGISTERED: KeyStatus.REGISTERED,
     KeyRegistration.UNREGISTERED: KeyStatus.UNREGISTERED,
-    None: KeyStatus.UNKNOWN,
 }
 
 
@@ -148,10 +151,18 @@ def build_key_authenticator(config: LinkConfig, state: LinkState) -> EcKeyAuthen
     registry = None
     if config.enable_supernode_auth:
 
-        def registry(public_key: bytes) -> KeyStatus:
-            return _KEY_STATUS[state.keys.status(public_key)]
+        def registry(public_key: bytes) -> Registration:
+            record = state.keys.get(public_key)
+            if record is None:
+                return Registration(KeyStatus.UNKNOWN)
+            return Registration(_KEY_STATUS[record.status], record.changed_at)
 
-    return EcKeyAuthenticator(registry=registry, window=timedelta(seconds=config.signature_window))
+    return EcKeyAuthenticator(
+        registry=registry,
+        window=timedelta(seconds=config.signature_window),
+        future_skew=timedelta(seconds=config.signature_future_skew),
+        replay=config.replay_limits,
+    )
 
 
 class Link:

@@ -52,6 +52,10 @@ class NodeKeyTable:
         record = self._by_key.get(public_key)
         return None if record is None else record.status
 
+    def get(self, public_key: bytes) -> KeyRecord | None:
+        """The key's record (status and when it changed), None if never registered."""
+        return self._by_key.get(public_key)
+
     def by_node(self, node_id: int) -> KeyRecord | None:
         for record in self._by_key.values():
             if record.node_id == node_id:

@@ -23,8 +23,9 @@ from flwrmtls.auth.authenticator import (
     KeySignature,
     Principal,
     RefusalReason,
+    TryLater,
 )
-from flwrmtls.auth.eckey import EcKeyAuthenticator, KeyStatus
+from flwrmtls.auth.eckey import EcKeyAuthenticator, KeyStatus, Registration, ReplayLimits
 from flwrmtls.auth.identity import PrincipalKind
 from flwrmtls.auth.keys import (
     key_fingerprint,
@@ -121,11 +122,15 @@ class Registry:
 
     def __init__(self) -> None:
         self.status: dict[bytes, KeyStatus] = {}
+        self.since: dict[bytes, datetime] = {}
         self.lookups = 0
 
-    def __call__(self, der: bytes) -> KeyStatus:
+    def __call__(self, der: bytes) -> Registration:
         self.lookups += 1
-        return self.status.get(der, KeyStatus.UNKNOWN)
+        since = self.since.get(der)
+        return Registration(
+            self.status.get(der, KeyStatus.UNKNOWN), since.timestamp() if since else 0.0
+        )
 
 
 def with_signature(credentials: CallCredentials, **changes: object) -> CallCredentials:
@@ -207,10 +212,14 @@ def test_unregistered_node_is_refused_and_can_be_registered_again(
     assert error.message == f"node unregistered (key {key_fingerprint(node_key)})"
 
     registry.status[der] = KeyStatus.REGISTERED
-    # Registered again: fresh calls pass, but the call refused while unregistered stays spent.
+    registry.since[der] = NOW + timedelta(seconds=2)
+    # Registered again: fresh calls pass, but the call refused while unregistered (never
+    # recorded) predates the registration and cannot be replayed.
     auth.authenticate(call(signer, at=NOW + timedelta(seconds=2)), NOW + timedelta(seconds=2))
     later = NOW + timedelta(seconds=3)
-    assert refused(auth, refused_call, later).reason is RefusalReason.REPLAYED
+    error = refused(auth, refused_call, later)
+    assert error.reason is RefusalReason.STALE_TIMESTAMP
+    assert error.message.startswith("signature predates the key's registration")
 
 
 def test_registry_is_not_asked_for_a_call_whose_signature_fails(
@@ -360,21 +369,29 @@ def test_timestamp_too_far_ahead_is_refused_saying_by_how_much(
 ) -> None:
     auth = EcKeyAuthenticator()
     signer = CallSigner(node_key)
-    auth.authenticate(call(signer, at=NOW + timedelta(seconds=60)), NOW)  # edge: accepted
+    auth.authenticate(call(signer, at=NOW + timedelta(seconds=5)), NOW)  # edge: accepted
     error = refused(auth, call(signer, at=NOW + timedelta(seconds=90)))
     assert error.reason is RefusalReason.STALE_TIMESTAMP
     assert error.message.startswith("signature timestamp too far ahead: 90.0 s ahead")
+    # Ahead is bounded tightly, apart from the window behind: 5 s by default.
+    just_over = call(signer, at=NOW + timedelta(seconds=5, milliseconds=1))
+    assert refused(auth, just_over).reason is RefusalReason.STALE_TIMESTAMP
 
 
 def test_window_is_configurable(node_key: ec.EllipticCurvePrivateKey) -> None:
-    auth = EcKeyAuthenticator(window=timedelta(seconds=5))
+    auth = EcKeyAuthenticator(window=timedelta(seconds=5), future_skew=timedelta(seconds=1))
     signer = CallSigner(node_key)
     auth.authenticate(call(signer, at=NOW - timedelta(seconds=4)), NOW)  # control
     error = refused(auth, call(signer, at=NOW - timedelta(seconds=10)))
     assert error.reason is RefusalReason.STALE_TIMESTAMP
-    assert "accepts 5.0 s either way" in error.message
+    assert "the link accepts 5.0 s behind and 1.0 s ahead" in error.message
+    assert refused(auth, call(signer, at=NOW + timedelta(seconds=2))).reason is (
+        RefusalReason.STALE_TIMESTAMP
+    )
     with pytest.raises(ValueError, match="positive"):
         EcKeyAuthenticator(window=timedelta(0))
+    with pytest.raises(ValueError, match="negative"):
+        EcKeyAuthenticator(future_skew=timedelta(seconds=-1))
 
 
 # --- replay ---------------------------------------------------------------------------------
@@ -450,7 +467,7 @@ def test_replay_after_the_window_is_stale_and_its_nonce_is_forgotten(
 def test_nonce_memory_is_capped_and_eviction_never_admits_a_replay(
     node_key: ec.EllipticCurvePrivateKey,
 ) -> None:
-    auth = EcKeyAuthenticator(max_nonces=3)
+    auth = EcKeyAuthenticator(replay=ReplayLimits(per_key=3))
     signer = CallSigner(node_key)
     calls = [call(signer, at=NOW + timedelta(milliseconds=i)) for i in range(5)]
     for credentials in calls:
@@ -481,7 +498,7 @@ def test_link_clock_stepping_back_does_not_reopen_forgotten_nonces(
     assert error.reason is RefusalReason.STALE_TIMESTAMP
     assert "already forgotten" in error.message
     # Control: a call newer than everything forgotten passes at that clock.
-    auth.authenticate(call(signer, at=NOW + timedelta(seconds=30)), NOW)
+    auth.authenticate(call(signer, at=NOW + timedelta(seconds=1)), NOW)
 
 
 # --- key types ------------------------------------------------------------------------------
@@ -571,3 +588,66 @@ def test_each_key_is_parsed_once_and_the_cache_is_bounded(
     assert auth.cached_keys == 2
     auth.authenticate(call(signer), NOW)  # evicted, parsed again, still the same node
     assert auth.cached_keys == 2
+
+
+# --- flooding the replay memory --------------------------------------------------------------
+
+
+def test_an_unregistered_keys_future_calls_leave_nothing_in_the_replay_memory(
+    node_key: ec.EllipticCurvePrivateKey,
+) -> None:
+    """As anyone on the network: a key the link does not accept cannot fill its memory."""
+    registry = Registry()
+    registry.status[public_key_der(node_key)] = KeyStatus.REGISTERED
+    auth = EcKeyAuthenticator(registry)
+    honest = CallSigner(node_key)
+    auth.authenticate(call(honest), NOW)  # control: a registered key's nonce is kept
+    attacker = CallSigner(ec.generate_private_key(ec.SECP256R1()))
+    for i in range(200):  # at the future edge: once kept for the whole window and more
+        flood = call(attacker, at=NOW + timedelta(seconds=5, milliseconds=-i))
+        assert refused(auth, flood).reason is RefusalReason.UNREGISTERED_KEY
+    assert auth.remembered_nonces == 1
+    auth.authenticate(call(honest, at=NOW + timedelta(seconds=1)), NOW + timedelta(seconds=1))
+    assert auth.remembered_nonces == 2
+
+
+def test_one_keys_flood_narrows_only_its_own_window(node_key: ec.EllipticCurvePrivateKey) -> None:
+    """Automatic mode, where any key is a node: a key making more calls than the memory keeps
+    per key forgets its own oldest nonces, and the floor that keeps replays out rises for it
+    alone. (One global memory and floor let such a flood lock every other node out.)"""
+    auth = EcKeyAuthenticator(replay=ReplayLimits(per_key=10, total=1000))
+    honest = CallSigner(node_key)
+    auth.authenticate(call(honest), NOW)
+    attacker = CallSigner(ec.generate_private_key(ec.SECP256R1()))
+    for i in range(100):
+        auth.authenticate(call(attacker, at=NOW + timedelta(seconds=4, milliseconds=i)), NOW)
+    assert auth.remembered_nonces == 11  # 10 for the flooding key, 1 for the honest one
+    # The flooder's own older calls are refused (its window narrowed)...
+    error = refused(auth, call(attacker, at=NOW))
+    assert error.reason is RefusalReason.STALE_TIMESTAMP
+    assert "already forgotten" in error.message
+    # ...while the honest node's calls at the link's clock pass, and its replays are caught.
+    fresh = call(honest, at=NOW + timedelta(milliseconds=1))
+    auth.authenticate(fresh, NOW)
+    assert refused(auth, fresh).reason is RefusalReason.REPLAYED
+
+
+def test_a_full_memory_keeps_the_keys_it_holds_and_tells_new_keys_to_retry(
+    node_key: ec.EllipticCurvePrivateKey,
+) -> None:
+    auth = EcKeyAuthenticator(replay=ReplayLimits(keys=2))
+    honest = CallSigner(node_key)
+    auth.authenticate(call(honest), NOW)
+    auth.authenticate(call(CallSigner(ec.generate_private_key(ec.SECP256R1()))), NOW)
+    newcomer = CallSigner(ec.generate_private_key(ec.SECP256R1()))
+    with pytest.raises(TryLater, match="retry in a few seconds"):
+        auth.authenticate(call(newcomer), NOW)
+    auth.authenticate(call(honest, at=NOW + timedelta(seconds=1)), NOW)  # held: goes on
+    assert auth.remembered_keys == 2
+    # Once the other key's nonces have left the window, its place is free for the newcomer.
+    later = NOW + timedelta(seconds=62)
+    auth.authenticate(call(honest, at=later), later)
+    auth.authenticate(call(newcomer, at=later), later)
+    assert auth.remembered_keys == 2
+    with pytest.raises(ValueError, match="at least 1"):
+        ReplayLimits(total=0)
