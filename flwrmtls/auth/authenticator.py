@@ -59,6 +59,8 @@ class RefusalReason(enum.StrEnum):
     UNREGISTERED_KEY = "unregistered-key"
     NODE_UNREGISTERED = "node-unregistered"
     INVALID_TOKEN = "invalid-token"  # noqa: S105 - a refusal reason
+    RATE_LIMITED = "rate-limited"
+    """Not an authentication: the peer's address caused too many failed ones lately."""
 
 
 @dataclass(frozen=True, slots=True)

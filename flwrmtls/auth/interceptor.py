@@ -49,6 +49,7 @@ from flwrmtls.auth.authenticator import (
 )
 from flwrmtls.auth.identity import ROLE_OID
 from flwrmtls.auth.policy import is_permitted, refusal_hint, required_kinds
+from flwrmtls.auth.ratelimit import FailureLimiter, peer_host
 from flwrmtls.auth.signing import key_signature_from_metadata
 from flwrmtls.auth.tokens import TOKEN_METADATA_KEY
 from flwrmtls.clock import Clock
@@ -133,6 +134,14 @@ def _app_credentials(
     return token, key_signature_from_metadata(metadata, body_digest)
 
 
+def _presented_credential(call: CallCredentials) -> bytes:
+    """What the call authenticates with, as bytes (unparsed): the leaf certificate, the EC
+    public key or the token; empty without any."""
+    if call.key_signature is not None:
+        return call.key_signature.public_key.encode()
+    return call.leaf_pem or (call.token or "").encode()
+
+
 def _presented_identity(
     call: CallCredentials, error: AuthenticationFailed
 ) -> tuple[str, AuthMethod]:
@@ -176,14 +185,18 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         *,
         digest_bodies: bool = False,
         audit: AuditSink | None = None,
+        failures: FailureLimiter | None = None,
     ) -> None:
         """``digest_bodies``: hash each unary request's bytes, for EC-key signatures.
-        ``audit``: where audit records go (:mod:`flwrmtls.auth.audit` says which calls)."""
+        ``audit``: where audit records go (:mod:`flwrmtls.auth.audit` says which calls).
+        ``failures``: the failed-authentication budget of each peer address; an address over
+        it is refused (UNAVAILABLE, with when to retry) before anything is parsed."""
         self._authenticator = authenticator
         self._clock = clock
         self._refusals = refusals
         self._digest_bodies = digest_bodies
         self._audit = audit
+        self._failures = failures
 
     async def intercept_service(
         self,
@@ -218,9 +231,23 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             token=token,
             key_signature=signature,
         )
+        host = peer_host(peer)
+        presented = _presented_credential(call)
+        if self._failures is not None:
+            wait = self._failures.wait(host, presented)
+            if wait is not None:
+                limited = AuthenticationFailed(
+                    RefusalReason.RATE_LIMITED,
+                    f"too many failed authentications from {host}: retry in {wait:.1f} s",
+                )
+                self._refused(call, limited, None)
+                context.set_trailing_metadata(((REFUSAL_METADATA_KEY, limited.reason.value),))
+                await context.abort(grpc.StatusCode.UNAVAILABLE, limited.message)
         try:
             principal = self._authenticator().authenticate(call, self._clock.now())
         except AuthenticationFailed as error:
+            if self._failures is not None:
+                self._failures.failed(host, presented)
             self._refused(call, error, None)
             context.set_trailing_metadata(((REFUSAL_METADATA_KEY, error.reason.value),))
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, error.message)
@@ -228,6 +255,8 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         except TryLater as busy:  # a bound is reached: nodes retry UNAVAILABLE with backoff
             await context.abort(grpc.StatusCode.UNAVAILABLE, str(busy))
             raise
+        if self._failures is not None:
+            self._failures.succeeded(host, presented)
         if not is_permitted(method, principal.kind):
             hint = refusal_hint(method, principal.kind)
             refusal = AuthenticationFailed(

@@ -34,6 +34,7 @@ from flwrmtls.auth.eckey import EcKeyAuthenticator, KeyStatus, Registration, Rep
 from flwrmtls.auth.identity import IdentitySource, RoleSource
 from flwrmtls.auth.interceptor import AuthInterceptor, RefusalLog
 from flwrmtls.auth.mtls import MtlsAuthenticator
+from flwrmtls.auth.ratelimit import FailureBudget, FailureLimiter
 from flwrmtls.auth.revocation import RevocationStore
 from flwrmtls.auth.tokens import TokenAuthenticator
 from flwrmtls.clock import Clock, SystemClock
@@ -91,6 +92,8 @@ class LinkConfig:
     """Seconds an EC-key signature's timestamp may be ahead of the link's clock."""
     replay_limits: ReplayLimits = field(default_factory=ReplayLimits)
     """Bounds of the EC-key replay memory."""
+    auth_failures: FailureBudget = field(default_factory=FailureBudget)
+    """Failed authentications a peer address may cause on each Fleet and Control listener."""
     cert_expiry_warning_days: float = 14.0
     """Certificates expiring within this many days are flagged and logged."""
     role_source: RoleSource = RoleSource.ROLE
@@ -189,18 +192,23 @@ class Link:
         refusals = RefusalLog(self.clock)
         digest = config.node_auth in (NodeAuth.KEY, NodeAuth.CERTIFICATE_AND_KEY)
         audit = self.state.audit.record
+
+        def failures() -> FailureLimiter:
+            return FailureLimiter(self.clock.monotonic, config.auth_failures)
+
         self._fleet_interceptor = AuthInterceptor(
             lambda: self.fleet_authenticator, self.clock, refusals, digest_bodies=digest,
-            audit=audit,
+            audit=audit, failures=failures(),
         )  # fmt: skip
         key_fleet = DenyUnregistered(self.keys, self.state.is_unregistered) if self.keys else None
         self._key_fleet_interceptor = AuthInterceptor(
             lambda: key_fleet or self._keys(), self.clock, refusals, digest_bodies=True,
-            audit=audit,
+            audit=audit, failures=failures(),
         )  # fmt: skip
         self._control_interceptor = AuthInterceptor(
-            lambda: self.control_authenticator, self.clock, refusals, audit=audit
-        )
+            lambda: self.control_authenticator, self.clock, refusals, audit=audit,
+            failures=failures(),
+        )  # fmt: skip
         tokens = TokenAuthenticator(self.state.runs.token)
         self._app_interceptor = AuthInterceptor(lambda: tokens, self.clock, refusals)
         self.notifier = Notifier()

@@ -110,3 +110,37 @@ def test_a_timestamp_far_ahead_is_refused_and_a_few_seconds_ahead_is_not(
     slightly.ActivateNode(fleet_pb2.ActivateNodeRequest(), timeout=10)  # control
     ahead_channel.close()
     slightly_channel.close()
+
+
+def test_a_flood_of_bad_signatures_from_one_address_is_cut_off_before_parsing(
+    key_link: Link, pki: TestPki
+) -> None:
+    """A fresh key per call made the link parse a key and verify a signature every time.
+    Now the address's failure budget (50 at once, 5 a second) runs out and its calls are
+    refused before anything is parsed: the count of keys the link parsed stops growing. A node
+    that authenticated from the same address before keeps working."""
+    honest_key = ec.generate_private_key(ec.SECP384R1())
+    register(key_link, honest_key)
+    honest, honest_channel = key_stub(key_link, pki, honest_key, SystemClock())
+    session = honest.ActivateNode(fleet_pb2.ActivateNodeRequest(), timeout=10)
+    heartbeat = fleet_pb2.HeartbeatRequest(session_id=session.session_id)
+    assert key_link.keys is not None
+    parsed_before = key_link.keys.cached_keys
+    codes = []
+    for _ in range(300):
+        flooder, channel = key_stub(
+            key_link, pki, ec.generate_private_key(ec.SECP256R1()), SystemClock()
+        )
+        with pytest.raises(grpc.RpcError) as caught:
+            flooder.Heartbeat(heartbeat, timeout=10)
+        codes.append((caught.value.code(), str(caught.value.details())))
+        channel.close()
+        honest.Heartbeat(heartbeat, timeout=10)  # control: the proven node is never refused
+    parsed = key_link.keys.cached_keys - parsed_before
+    assert codes[0][0] is grpc.StatusCode.UNAUTHENTICATED
+    limited = [details for code, details in codes if code is grpc.StatusCode.UNAVAILABLE]
+    assert limited, "the flood was never cut off"
+    assert limited[0].startswith("too many failed authentications from ipv4:127.0.0.1: retry in")
+    assert parsed == len(codes) - len(limited)  # what was refused early was never parsed
+    assert parsed < 150  # 50 at once, then what 5 a second brought back
+    honest_channel.close()
