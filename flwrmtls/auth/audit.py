@@ -12,6 +12,24 @@ Rules kept here (applied by :class:`flwrmtls.auth.interceptor.AuthInterceptor`):
   since the previous one. A peer hammering any API with a refused certificate costs a counter,
   not a write per call, and cannot push the real history out of the bounded trail.
 * Nothing else: the Fleet's other calls (heartbeats, pulls, pushes, objects) never write.
+* Each record belongs to one retention class (:func:`retention_of`), and each class is
+  bounded on its own (:mod:`flwrmtls.state.audittable`), so no volume of one kind of call can
+  push another kind out of the trail:
+
+  ============  ==================================================================  ==========
+  class         what                                                                kept
+  ============  ==================================================================  ==========
+  ``change``    Control calls that changed state: a run started or stopped, keys    1,000,000
+                registered, a node unregistered or readmitted (each needs a run or
+                an operator's action)
+  ``admission`` node admissions (Fleet ``ActivateNode``)                            100,000
+  ``read``      read-only Control calls: ListNodes, ListRuns, StreamLogs,           100,000
+                ListAudit, whatever their outcome
+  ``refusal``   refusals by the interceptor, and Control calls that failed or       100,000
+                changed nothing (a StopRun of a run that had ended)
+  ============  ==================================================================  ==========
+
+  A handler says its call changed nothing with :func:`unchanged`.
 
 The interceptor hands each record to a sink (``audit=``), on the link
 :meth:`flwrmtls.state.audittable.AuditTable.record`. A sink must be quick and must not raise;
@@ -20,6 +38,8 @@ the interceptor logs and drops a record whose sink fails rather than failing the
 
 from __future__ import annotations
 
+import contextvars
+import enum
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -27,14 +47,56 @@ __all__ = [
     "OUTCOME_OK",
     "AuditRecord",
     "AuditSink",
+    "Retention",
+    "call_changed",
     "records_every_call",
     "records_every_refusal",
+    "retention_of",
+    "unchanged",
 ]
 
 OUTCOME_OK = "ok"
 
 _CONTROL_PREFIX = "/flwrmtls.proto.Control/"
 _ADMISSION = "/flwrmtls.proto.Fleet/ActivateNode"
+_READ_ONLY = frozenset(
+    f"{_CONTROL_PREFIX}{name}" for name in ("ListNodes", "ListRuns", "StreamLogs", "ListAudit")
+)
+
+
+class Retention(enum.StrEnum):
+    """Which bound of the trail an entry counts against (see the module's table)."""
+
+    CHANGE = "change"
+    ADMISSION = "admission"
+    READ = "read"
+    REFUSAL = "refusal"
+
+
+_changed: contextvars.ContextVar[bool] = contextvars.ContextVar("flwrmtls_changed", default=True)
+
+
+def unchanged() -> None:
+    """Handlers: this call changed nothing (it is audited in the ``refusal`` class)."""
+    _changed.set(False)
+
+
+def call_changed() -> contextvars.Token[bool]:
+    """The interceptor, as a handler starts: assume the call changes state until told not."""
+    return _changed.set(True)
+
+
+def retention_of(method: str, outcome: str, *, refused: bool = False) -> Retention:
+    """The class of a recorded call (``refused``: refused by the interceptor itself)."""
+    if refused:
+        return Retention.REFUSAL
+    if method in _READ_ONLY:
+        return Retention.READ
+    if method == _ADMISSION:
+        return Retention.ADMISSION
+    if outcome != OUTCOME_OK or not _changed.get():
+        return Retention.REFUSAL
+    return Retention.CHANGE
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +118,8 @@ class AuditRecord:
     """The status details or refusal message."""
     peer: str = ""
     """grpc's peer string, e.g. ``ipv4:127.0.0.1:50412``."""
+    retention: Retention = Retention.REFUSAL
+    """Which bound of the trail the entry counts against."""
 
 
 AuditSink = Callable[[AuditRecord], None]

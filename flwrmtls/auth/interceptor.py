@@ -22,7 +22,9 @@ import contextvars
 import functools
 import hashlib
 import logging
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
@@ -34,8 +36,11 @@ from flwrmtls.auth.audit import (
     OUTCOME_OK,
     AuditRecord,
     AuditSink,
+    Retention,
+    call_changed,
     records_every_call,
     records_every_refusal,
+    retention_of,
 )
 from flwrmtls.auth.authenticator import (
     AuthenticationFailed,
@@ -55,7 +60,7 @@ from flwrmtls.auth.tokens import TOKEN_METADATA_KEY
 from flwrmtls.clock import Clock
 from flwrmtls.wire.metadata import REFUSAL_KEY
 
-__all__ = ["REFUSAL_METADATA_KEY", "AuthInterceptor", "RefusalLog", "current_principal"]
+__all__ = ["REFUSAL_METADATA_KEY", "AuthInterceptor", "RefusalLog", "Reported", "current_principal"]
 
 log = logging.getLogger("flwrmtls.link.auth")
 
@@ -79,28 +84,65 @@ def current_principal() -> Principal:
     return _principal.get()
 
 
-class RefusalLog:
-    """Log each refusal once per (who, reason) and interval, then count repeats silently."""
+@dataclass(frozen=True, slots=True)
+class Reported:
+    """A refusal the log reported (logged, and worth an audit entry)."""
 
-    def __init__(self, clock: Clock, interval: float = 600.0) -> None:
+    repeats: int
+    """Like refusals (same certificate or key, or peer, and reason) counted since the last."""
+    held_back: int
+    """Other refusals from the same address left out since its last report, because it
+    reached its budget of distinct reports (a fresh key per call, a new certificate...)."""
+
+
+class RefusalLog:
+    """Log each refusal once per (who, reason) and interval, then count repeats silently.
+
+    "Who" is the certificate's or key's fingerprint, or the peer's address without one; and
+    each peer address gets at most ``per_address`` reports per interval whatever it presents,
+    so a caller with a fresh key per call costs a counter, not a log line or audit entry each.
+    Both tables are bounded (least recently used forgotten first).
+    """
+
+    def __init__(
+        self,
+        clock: Clock,
+        interval: float = 600.0,
+        *,
+        per_address: int = 10,
+        max_entries: int = 100_000,
+    ) -> None:
         self._clock = clock
         self._interval = interval
-        self._last: dict[tuple[str, str], tuple[float, int]] = {}
+        self._per_address = per_address
+        self._max_entries = max_entries
+        self._last: OrderedDict[tuple[str, str], tuple[float, int]] = OrderedDict()
+        """(who, reason) -> (when last reported, like refusals counted since)."""
+        self._addresses: OrderedDict[str, tuple[float, int, int]] = OrderedDict()
+        """Peer host -> (start of its interval, reports in it, refusals held back since its
+        last report)."""
 
-    def record(self, peer: str, method: str, error: AuthenticationFailed) -> int | None:
-        """Log the refusal unless a like one was logged within the interval.
-
-        Returns None when it was only counted, else how many like refusals were counted
-        (not logged) since the previous report.
-        """
-        who = error.fingerprint or peer.rsplit(":", 1)[0]
-        key = (who, error.reason.value)
+    def record(self, peer: str, method: str, error: AuthenticationFailed) -> Reported | None:
+        """Log the refusal unless a like one was logged within the interval, or its address
+        has used its reports for the interval. None when it was only counted."""
+        host = peer_host(peer)
+        key = (error.fingerprint or host, error.reason.value)
         now = self._clock.monotonic()
         last = self._last.get(key)
         if last is not None and now - last[0] < self._interval:
             self._last[key] = (last[0], last[1] + 1)
             return None
-        repeats = f" ({last[1]} more since last report)" if last and last[1] else ""
+        start, reports, held_back = self._addresses.get(host, (now, 0, 0))
+        if now - start >= self._interval:
+            start, reports = now, 0
+        if reports >= self._per_address:
+            self._remember(self._addresses, host, (start, reports, held_back + 1))
+            return None
+        self._remember(self._addresses, host, (start, reports + 1, 0))
+        repeats = last[1] if last else 0
+        notes = f" ({repeats} more since last report)" if repeats else ""
+        if held_back:
+            notes += f" ({held_back} other refusals from this address held back)"
         fingerprint = ""
         if error.fingerprint.startswith("SHA256:"):
             fingerprint = f" key {error.fingerprint}"
@@ -113,12 +155,16 @@ class RefusalLog:
             error.reason.value,
             error.message,
             fingerprint,
-            repeats,
+            notes,
         )
-        self._last[key] = (now, 0)
-        if len(self._last) > 100_000:
-            self._last.clear()
-        return last[1] if last else 0
+        self._remember(self._last, key, (now, 0))
+        return Reported(repeats, held_back)
+
+    def _remember(self, table: OrderedDict[Any, Any], key: Any, value: Any) -> None:
+        table[key] = value
+        table.move_to_end(key)
+        if len(table) > self._max_entries:
+            table.popitem(last=False)
 
 
 def _first(auth_context: Mapping[str, Iterable[bytes]], key: str) -> bytes | None:
@@ -288,11 +334,11 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         self, call: CallCredentials, error: AuthenticationFailed, principal: Principal | None
     ) -> None:
         """Log the refusal (rate-limited) and record it in the audit trail, if it is kept."""
-        repeats = self._refusals.record(call.peer, call.method, error)
+        reported = self._refusals.record(call.peer, call.method, error)
         if self._audit is None:
             return
         every = records_every_refusal(call.method)
-        if repeats is None and not every:
+        if reported is None and not every:
             return  # counted by the refusal log; the next entry reports the count
         if principal is None:
             identity, auth_method = _presented_identity(call, error)
@@ -301,8 +347,13 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         detail = error.message
         if error.fingerprint and not error.fingerprint.startswith("SHA256:"):
             detail += f" (certificate sha256:{error.fingerprint})"
-        if repeats and not every:
-            detail += f"; {repeats} more like it since the previous report"
+        if reported is not None and reported.repeats:
+            detail += f"; {reported.repeats} more like it since the previous report"
+        if reported is not None and reported.held_back:
+            detail += (
+                f"; {reported.held_back} other refusals from this address held back since its "
+                "previous report"
+            )
         self._record(
             AuditRecord(
                 timestamp=self._clock.now().timestamp(),
@@ -312,6 +363,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                 outcome=error.reason.value,
                 detail=detail,
                 peer=call.peer,
+                retention=Retention.REFUSAL,
             )
         )
 
@@ -333,6 +385,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                 outcome=outcome,
                 detail=detail,
                 peer=peer,
+                retention=retention_of(method, outcome),
             )
         )
 
@@ -357,7 +410,7 @@ finished call), which is why the peer is taken when the call starts."""
 class _Handling:
     """While a handler runs its principal is current; when it ends, ``on_end`` hears how."""
 
-    __slots__ = ("_context", "_on_end", "_peer", "_principal", "_token")
+    __slots__ = ("_changed", "_context", "_on_end", "_peer", "_principal", "_token")
 
     def __init__(self, principal: Principal, context: _Context, on_end: OnEnd | None) -> None:
         self._principal = principal
@@ -367,6 +420,7 @@ class _Handling:
 
     def __enter__(self) -> None:
         self._token = _principal.set(self._principal)
+        self._changed = call_changed()
 
     def __exit__(
         self,
@@ -377,6 +431,8 @@ class _Handling:
         _reset(self._token)
         if self._on_end is not None:
             self._on_end(self._principal, self._context, self._peer, error)
+        with contextlib.suppress(ValueError):
+            self._changed.var.reset(self._changed)
 
 
 def _digesting(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any]:

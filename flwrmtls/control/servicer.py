@@ -21,6 +21,7 @@ from typing import Any
 import grpc
 import grpc.aio
 
+from flwrmtls.auth.audit import unchanged
 from flwrmtls.auth.authenticator import Principal
 from flwrmtls.auth.identity import PrincipalKind
 from flwrmtls.auth.interceptor import current_principal
@@ -124,6 +125,8 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
                     node_id=node_id, fingerprint=key_fingerprint(key), outcome=outcome
                 )
             )
+        if all(key.outcome == "already registered" for key in registered):
+            unchanged()
         return control_pb2.RegisterNodeKeysResponse(keys=registered)
 
     async def UnregisterNode(
@@ -240,7 +243,9 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
     async def StopRun(
         self, request: control_pb2.StopRunRequest, context: _Context
     ) -> control_pb2.StopRunResponse:
-        await self._own_run(request.run_id, context)
+        run = await self._own_run(request.run_id, context)
+        if run.ended:
+            unchanged()  # audited with the calls that changed nothing
         who = current_principal().identity
         status = await self._runs.stop_run(request.run_id, f"stopped by {who}")
         return control_pb2.StopRunResponse(status=status.value)

@@ -4,9 +4,12 @@ Rules:
 
 * What is recorded is decided by :mod:`flwrmtls.auth.audit`; this table stores what it is
   given, in arrival order (``seq``), and never changes an entry.
-* It stays bounded: every ``prune_every`` records, the entries older than the newest
-  ``max_entries`` are deleted (one indexed DELETE), so the trail of a busy link keeps its
-  recent history and the database does not grow without end.
+* It stays bounded per retention class (:class:`~flwrmtls.auth.audit.Retention`): every
+  ``prune_every`` records, each class's entries older than its newest ``limits[class]`` are
+  deleted (one indexed DELETE per class). One class filling up never deletes another's
+  entries: a user listing runs in a loop cannot push the record of a run they started out,
+  nor a flood of refusals an admission. The database holds at most the sum of the limits
+  (1,300,000 entries by default, a few hundred bytes each) plus ``prune_every``.
 * Read newest first, optionally only one identity's entries (indexed).
 
 Callers: the link's interceptors (:meth:`AuditTable.record`, passed as their ``audit`` sink),
@@ -16,16 +19,25 @@ the Control servicer (:meth:`AuditTable.entries`, for ``flwrmtls audit``).
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Mapping
 from dataclasses import dataclass
 
-from flwrmtls.auth.audit import AuditRecord
+from flwrmtls.auth.audit import AuditRecord, Retention
 
-__all__ = ["DEFAULT_MAX_ENTRIES", "AuditEntry", "AuditTable"]
+__all__ = ["DEFAULT_LIMITS", "DEFAULT_MAX_ENTRIES", "AuditEntry", "AuditTable"]
 
 DEFAULT_MAX_ENTRIES = 100_000
-"""Entries kept; older ones are deleted as new ones arrive."""
+"""The most entries ``ListAudit`` returns at once."""
 
-_COLUMNS = "timestamp, identity, auth_method, method, outcome, detail, peer"
+DEFAULT_LIMITS: Mapping[Retention, int] = {
+    Retention.CHANGE: 1_000_000,
+    Retention.ADMISSION: 100_000,
+    Retention.READ: 100_000,
+    Retention.REFUSAL: 100_000,
+}
+"""Entries kept per retention class; older ones are deleted as new ones arrive."""
+
+_COLUMNS = "timestamp, identity, auth_method, method, outcome, detail, peer, retention"
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,13 +52,21 @@ class AuditTable:
         self,
         db: sqlite3.Connection,
         *,
-        max_entries: int = DEFAULT_MAX_ENTRIES,
-        prune_every: int = 1_000,
+        limits: Mapping[Retention, int] = DEFAULT_LIMITS,
+        max_entries: int | None = None,
+        prune_every: int | None = None,
     ) -> None:
-        if max_entries < 1 or prune_every < 1:
-            raise ValueError("max_entries and prune_every must be positive")
+        """``max_entries``: the same limit for every class (instead of ``limits``).
+        ``prune_every``: records between prunes; by default a tenth of the smallest limit, at
+        most 1,000, so a class overshoots its limit by at most that."""
+        if max_entries is not None:
+            limits = dict.fromkeys(Retention, max_entries)
+        if prune_every is None:
+            prune_every = max(1, min(1_000, min(limits.values(), default=1) // 10))
+        if set(limits) != set(Retention) or min(limits.values()) < 1 or prune_every < 1:
+            raise ValueError("every retention class needs a positive limit; prune_every too")
         self._db = db
-        self._max_entries = max_entries
+        self._limits = dict(limits)
         self._prune_every = prune_every
         self._since_prune = 0
 
@@ -54,7 +74,7 @@ class AuditTable:
         """Interceptors (the ``audit`` sink): append one entry; now and then prune old ones."""
         with self._db:
             self._db.execute(
-                f"INSERT INTO audit ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT INTO audit ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     record.timestamp,
                     record.identity,
@@ -63,6 +83,7 @@ class AuditTable:
                     record.outcome,
                     record.detail,
                     record.peer,
+                    record.retention.value,
                 ),
             )
         self._since_prune += 1
@@ -71,12 +92,14 @@ class AuditTable:
             self.prune()
 
     def prune(self) -> None:
-        """Delete the entries older than the newest ``max_entries``."""
+        """Delete each class's entries older than its newest ``limits[class]``."""
         with self._db:
-            self._db.execute(
-                "DELETE FROM audit WHERE seq <= (SELECT MAX(seq) FROM audit) - ?",
-                (self._max_entries,),
-            )
+            for retention, limit in self._limits.items():
+                self._db.execute(
+                    "DELETE FROM audit WHERE retention = ?1 AND seq < (SELECT seq FROM audit "
+                    "WHERE retention = ?1 ORDER BY seq DESC LIMIT 1 OFFSET ?2)",
+                    (retention.value, limit - 1),
+                )
 
     def entries(self, limit: int = 100, identity: str = "") -> list[AuditEntry]:
         """Control servicer: the newest ``limit`` entries, newest first; with ``identity``
@@ -97,6 +120,7 @@ class AuditTable:
                     outcome=row[5],
                     detail=row[6],
                     peer=row[7],
+                    retention=Retention(row[8]),
                 ),
             )
             for row in rows

@@ -26,11 +26,13 @@ from __future__ import annotations
 
 import secrets
 import sqlite3
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from flwrmtls.auth.audit import Retention
 from flwrmtls.errors import InputError
-from flwrmtls.state.audittable import AuditTable
+from flwrmtls.state.audittable import DEFAULT_LIMITS, AuditTable
 from flwrmtls.state.keytable import NodeKeyTable
 from flwrmtls.state.messagetable import MessageTable
 from flwrmtls.state.pintable import IdentityPinTable
@@ -77,7 +79,10 @@ class NodeRecord:
 
 
 class LinkState:
-    def __init__(self, database: str | Path) -> None:
+    def __init__(
+        self, database: str | Path, *, audit_limits: Mapping[Retention, int] = DEFAULT_LIMITS
+    ) -> None:
+        """``audit_limits``: entries the audit trail keeps per retention class."""
         self.path = str(database)
         try:
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -92,7 +97,7 @@ class LinkState:
         self.runs = RunTable(self._db)
         self.messages = MessageTable(self._db)
         self.keys = NodeKeyTable(self._db)
-        self.audit = AuditTable(self._db)
+        self.audit = AuditTable(self._db, limits=audit_limits)
         self.pins = IdentityPinTable(self._db)
         # Sessions are checked on nearly every Fleet call: mirrored in memory (the link is the
         # only writer of its database); node id -> (session id, peer at activation).

@@ -134,6 +134,18 @@ MIGRATIONS: tuple[str, ...] = (
         pinned_at   REAL NOT NULL
     );
     """,
+    # 6 -> 7: audit entries in retention classes, each bounded on its own.
+    """
+    ALTER TABLE audit ADD COLUMN retention TEXT NOT NULL DEFAULT 'refusal';
+    UPDATE audit SET retention = CASE
+        WHEN method IN ('/flwrmtls.proto.Control/ListNodes', '/flwrmtls.proto.Control/ListRuns',
+                        '/flwrmtls.proto.Control/StreamLogs', '/flwrmtls.proto.Control/ListAudit')
+            THEN 'read'
+        WHEN method = '/flwrmtls.proto.Fleet/ActivateNode' THEN 'admission'
+        WHEN outcome = 'ok' AND method LIKE '/flwrmtls.proto.Control/%' THEN 'change'
+        ELSE 'refusal' END;
+    CREATE INDEX audit_by_retention ON audit(retention, seq);
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import sqlite3
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,10 +22,11 @@ import grpc
 import grpc.aio
 import pytest
 
-from flwrmtls.auth.audit import AuditRecord, AuditSink
+from flwrmtls.auth.audit import AuditRecord, AuditSink, Retention
 from flwrmtls.auth.interceptor import AuthInterceptor, RefusalLog, current_principal
 from flwrmtls.auth.mtls import MtlsAuthenticator
 from flwrmtls.proto import control_pb2, control_pb2_grpc, fleet_pb2, fleet_pb2_grpc
+from flwrmtls.state.audittable import DEFAULT_LIMITS
 from flwrmtls.state.linkstate import LinkState
 from flwrmtls.testing.clock import FakeClock
 from flwrmtls.testing.pki import TestPki, make_test_pki
@@ -70,6 +71,11 @@ class StubControl(control_pb2_grpc.ControlServicer):
             yield control_pb2.LogEntry(seq=seq, text=f"line {seq}")
         if request.follow:
             await asyncio.sleep(60)
+
+    async def StartRun(
+        self, request: control_pb2.StartRunRequest, context: _Context
+    ) -> control_pb2.StartRunResponse:
+        return control_pb2.StartRunResponse(run_id=7)
 
     async def RegisterNodeKeys(
         self, request: control_pb2.RegisterNodeKeysRequest, context: _Context
@@ -121,9 +127,12 @@ class Harness:
 
 @contextlib.asynccontextmanager
 async def serving(
-    pki: TestPki, tmp_path: Path, sink: AuditSink | None = None
+    pki: TestPki,
+    tmp_path: Path,
+    sink: AuditSink | None = None,
+    limits: Mapping[Retention, int] = DEFAULT_LIMITS,
 ) -> AsyncIterator[Harness]:
-    state = LinkState(tmp_path / "link.db")
+    state = LinkState(tmp_path / "link.db", audit_limits=limits)
     clock = FakeClock(datetime.now(UTC))
     _, authorities = load_ca_bundle(pki.trust_bundle_path, "client CA")
     authenticator = MtlsAuthenticator(authorities)
@@ -341,3 +350,34 @@ def test_a_failing_trail_does_not_fail_the_call(
     assert message == (
         f"audit trail: cannot record {CONTROL}ListRuns by {OPERATOR}: disk I/O error"
     )
+
+
+def test_a_users_listing_loop_cannot_push_their_own_run_start_out_of_the_trail(
+    audit_pki: TestPki, tmp_path: Path
+) -> None:
+    """As a CLI user: the trail keeps each retention class apart, so reads (and refusals) in
+    any number push out only older reads (refusals), never the record of a run started."""
+    limits = {Retention.CHANGE: 50, Retention.ADMISSION: 50, Retention.READ: 20,
+              Retention.REFUSAL: 20}  # fmt: skip
+
+    async def scenario() -> None:
+        async with serving(audit_pki, tmp_path, limits=limits) as link:
+            async with link.channel("alice") as channel:
+                control = control_pb2_grpc.ControlStub(channel)
+                await control.StartRun(control_pb2.StartRunRequest())
+                for _ in range(300):
+                    await control.ListRuns(control_pb2.ListRunsRequest())
+                for _ in range(100):  # refused: users may not list nodes
+                    await status_of(control.ListNodes(control_pb2.ListNodesRequest()))
+            trail = link.trail()
+        started = [r for r in trail if r.method == CONTROL + "StartRun"]
+        assert [(r.identity, r.outcome, r.retention) for r in started] == [
+            (USER, "ok", Retention.CHANGE)
+        ]
+        reads = [r for r in trail if r.method == CONTROL + "ListRuns"]
+        assert 20 <= len(reads) <= 22  # the newest, bounded: pruned every 2 records
+        assert {r.retention for r in reads} == {Retention.READ}
+        refusals = [r for r in trail if r.retention is Retention.REFUSAL]
+        assert len(refusals) == 1  # the policy refusal, once per interval
+
+    run(scenario)

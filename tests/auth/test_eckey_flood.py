@@ -144,3 +144,33 @@ def test_a_flood_of_bad_signatures_from_one_address_is_cut_off_before_parsing(
     assert parsed == len(codes) - len(limited)  # what was refused early was never parsed
     assert parsed < 150  # 50 at once, then what 5 a second brought back
     honest_channel.close()
+
+
+def test_a_fresh_key_per_refused_call_does_not_write_an_audit_entry_per_call(
+    key_link: Link, pki: TestPki
+) -> None:
+    """Refusals were de-duplicated by the caller's own key fingerprint only, so a fresh key
+    per call wrote a new entry each time. Now each address has 10 reports per 10 minutes."""
+    for _ in range(40):  # under the failure budget: every call is verified and refused
+        flooder, channel = key_stub(
+            key_link, pki, ec.generate_private_key(ec.SECP256R1()), SystemClock()
+        )
+        with pytest.raises(grpc.RpcError) as caught:
+            flooder.Heartbeat(fleet_pb2.HeartbeatRequest(), timeout=10)
+        assert caught.value.code() is grpc.StatusCode.UNAUTHENTICATED
+        channel.close()
+    entries = [entry.record for entry in key_link.state.audit.entries(1000)]
+    refused = [r for r in entries if r.outcome == "unregistered-key"]
+    assert len(refused) == 10
+    assert {r.peer.rsplit(":", 1)[0] for r in refused} == {"ipv4:127.0.0.1"}
+    # Control: a registered node's admission is recorded, beside the capped refusals.
+    honest_key = ec.generate_private_key(ec.SECP384R1())
+    register(key_link, honest_key)
+    honest, honest_channel = key_stub(key_link, pki, honest_key, SystemClock())
+    honest.ActivateNode(fleet_pb2.ActivateNodeRequest(), timeout=10)
+    [admission] = [
+        entry.record for entry in key_link.state.audit.entries(1000)
+        if entry.record.method.endswith("/ActivateNode")
+    ]  # fmt: skip
+    assert (admission.identity, admission.outcome) == (key_fingerprint(honest_key), "ok")
+    honest_channel.close()

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import sqlite3
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from flwrmtls.auth.audit import AuditRecord
+from flwrmtls.auth.audit import AuditRecord, Retention
 from flwrmtls.state.audittable import AuditTable
 from flwrmtls.state.linkstate import LinkState
 from flwrmtls.state.schema import MIGRATIONS, SCHEMA_VERSION, migrate
@@ -80,3 +81,50 @@ def test_migration_from_version_3_adds_the_table_and_keeps_the_rest(tmp_path: Pa
     assert [n.node_id for n in state.list_nodes(now=T0, verbose=True)] == [7]
     state.audit.record(record(1))
     assert len(state.audit.entries(10)) == 1
+
+
+def test_each_retention_class_is_bounded_on_its_own(tmp_path: Path) -> None:
+    """A flood of reads (or refusals) deletes older reads (refusals), never a change."""
+    db = sqlite3.connect(tmp_path / "link.db", isolation_level=None)
+    migrate(db, "link.db")
+    limits = dict.fromkeys(Retention, 5)
+    table = AuditTable(db, limits=limits)
+    change = replace(record(0), method="/flwrmtls.proto.Control/StartRun",
+                     retention=Retention.CHANGE)  # fmt: skip
+    table.record(change)
+    for n in range(1, 200):
+        table.record(replace(record(n), retention=Retention.READ))
+        table.record(replace(record(n), outcome="revoked", retention=Retention.REFUSAL))
+    table.prune()
+    kept = table.entries(1000)
+    assert [e.record for e in kept if e.record.retention is Retention.CHANGE] == [change]
+    reads = [e.record.detail for e in kept if e.record.retention is Retention.READ]
+    assert reads == ["#199", "#198", "#197", "#196", "#195"]
+    assert sum(e.record.retention is Retention.REFUSAL for e in kept) == 5
+    with pytest.raises(ValueError, match="every retention class"):
+        AuditTable(db, limits={Retention.READ: 5})
+
+
+def test_migration_from_version_5_sorts_the_existing_trail_into_classes(tmp_path: Path) -> None:
+    path = tmp_path / "link.db"
+    db = sqlite3.connect(path, isolation_level=None)
+    for version, script in enumerate(MIGRATIONS[:5], start=1):
+        db.executescript(f"BEGIN; {script}; PRAGMA user_version = {version}; COMMIT;")
+    rows = [
+        ("/flwrmtls.proto.Control/StartRun", "ok"),
+        ("/flwrmtls.proto.Control/StopRun", "PERMISSION_DENIED"),
+        ("/flwrmtls.proto.Control/ListRuns", "ok"),
+        ("/flwrmtls.proto.Fleet/ActivateNode", "ok"),
+        ("/flwrmtls.proto.Fleet/Heartbeat", "revoked"),
+    ]
+    for method, outcome in rows:
+        db.execute(
+            "INSERT INTO audit (timestamp, identity, auth_method, method, outcome) "
+            "VALUES (1.0, 'x', 'certificate', ?, ?)",
+            (method, outcome),
+        )
+    db.close()
+    state = LinkState(path)
+    classes = [e.record.retention for e in reversed(state.audit.entries(10))]
+    assert classes == [Retention.CHANGE, Retention.REFUSAL, Retention.READ, Retention.ADMISSION,
+                       Retention.REFUSAL]  # fmt: skip
