@@ -232,17 +232,22 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         digest_bodies: bool = False,
         audit: AuditSink | None = None,
         failures: FailureLimiter | None = None,
+        calls_per_address: int | None = None,
     ) -> None:
         """``digest_bodies``: hash each unary request's bytes, for EC-key signatures.
         ``audit``: where audit records go (:mod:`flwrmtls.auth.audit` says which calls).
         ``failures``: the failed-authentication budget of each peer address; an address over
-        it is refused (UNAVAILABLE, with when to retry) before anything is parsed."""
+        it is refused (UNAVAILABLE, with when to retry) before anything is parsed.
+        ``calls_per_address``: authorized calls one peer address may have in progress."""
         self._authenticator = authenticator
         self._clock = clock
         self._refusals = refusals
         self._digest_bodies = digest_bodies
         self._audit = audit
         self._failures = failures
+        self._calls_per_address = calls_per_address
+        self._live: dict[str, int] = {}
+        """Peer host -> its authorized calls in progress (only hosts with some)."""
 
     async def intercept_service(
         self,
@@ -265,7 +270,9 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             on_end=on_end,
         )
 
-    async def _authorize(self, method: str, context: _Context, body_digest: bytes) -> Principal:
+    async def _authorize(
+        self, method: str, context: _Context, body_digest: bytes
+    ) -> tuple[Principal, Release]:
         peer = context.peer()
         auth_context = context.auth_context()
         token, signature = _app_credentials(context, body_digest)
@@ -314,7 +321,30 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             self._refused(call, refusal, principal)
             context.set_trailing_metadata(((REFUSAL_METADATA_KEY, refusal.reason.value),))
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, refusal.message)
-        return principal
+        return principal, await self._admit(host, context)
+
+    async def _admit(self, host: str, context: _Context) -> Release:
+        """Count the call against its address's calls in progress, or refuse it (UNAVAILABLE:
+        nodes retry) when the address has ``calls_per_address`` in progress already."""
+        if self._calls_per_address is None:
+            return None
+        live = self._live.get(host, 0)
+        if live >= self._calls_per_address:
+            await context.abort(
+                grpc.StatusCode.UNAVAILABLE,
+                f"too many calls in progress from {host} ({live}; the link allows "
+                f"{self._calls_per_address} per address): retry when some have ended",
+            )
+        self._live[host] = live + 1
+
+        def release() -> None:
+            left = self._live[host] - 1
+            if left:
+                self._live[host] = left
+            else:
+                del self._live[host]
+
+        return release
 
     def _refusing_handler(self, method: str) -> Any:
         """The handler of a method the policy table does not list: it refuses at once."""
@@ -399,7 +429,9 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             )
 
 
-Authorize = Callable[[_Context, bytes], Awaitable[Principal]]
+Release = Callable[[], None] | None
+"""Called once when an authorized call ends (frees its place in the calls per address)."""
+Authorize = Callable[[_Context, bytes], Awaitable[tuple[Principal, Release]]]
 OnEnd = Callable[[Principal, _Context, str, BaseException | None], None]
 """``on_end(principal, context, peer, error)``. When a streaming handler's generator is closed
 after its caller went away (``GeneratorExit``, ``CancelledError``) the call is already
@@ -410,10 +442,13 @@ finished call), which is why the peer is taken when the call starts."""
 class _Handling:
     """While a handler runs its principal is current; when it ends, ``on_end`` hears how."""
 
-    __slots__ = ("_changed", "_context", "_on_end", "_peer", "_principal", "_token")
+    __slots__ = ("_changed", "_context", "_on_end", "_peer", "_principal", "_release", "_token")
 
-    def __init__(self, principal: Principal, context: _Context, on_end: OnEnd | None) -> None:
+    def __init__(
+        self, principal: Principal, release: Release, context: _Context, on_end: OnEnd | None
+    ) -> None:
         self._principal = principal
+        self._release = release
         self._context = context
         self._on_end = on_end
         self._peer = context.peer() if on_end is not None else ""
@@ -429,6 +464,8 @@ class _Handling:
         traceback: TracebackType | None,
     ) -> None:
         _reset(self._token)
+        if self._release is not None:
+            self._release()
         if self._on_end is not None:
             self._on_end(self._principal, self._context, self._peer, error)
         with contextlib.suppress(ValueError):
@@ -467,7 +504,7 @@ def _wrap(handler: Any, authorize: Authorize, *, digest_bodies: bool, on_end: On
 
         async def unary_unary(request: Any, context: _Context) -> Any:
             message, digest = split(request)
-            with _Handling(await authorize(context, digest), context, on_end):
+            with _Handling(*await authorize(context, digest), context, on_end):
                 return await inner_uu(message, context)
 
         return grpc.unary_unary_rpc_method_handler(
@@ -478,7 +515,7 @@ def _wrap(handler: Any, authorize: Authorize, *, digest_bodies: bool, on_end: On
 
         async def unary_stream(request: Any, context: _Context) -> AsyncIterator[Any]:
             message, digest = split(request)
-            with _Handling(await authorize(context, digest), context, on_end):
+            with _Handling(*await authorize(context, digest), context, on_end):
                 async for response in inner_us(message, context):
                     yield response
 
@@ -489,7 +526,7 @@ def _wrap(handler: Any, authorize: Authorize, *, digest_bodies: bool, on_end: On
         inner_su = handler.stream_unary
 
         async def stream_unary(requests: Any, context: _Context) -> Any:
-            with _Handling(await authorize(context, b""), context, on_end):
+            with _Handling(*await authorize(context, b""), context, on_end):
                 return await inner_su(requests, context)
 
         return grpc.stream_unary_rpc_method_handler(
@@ -498,7 +535,7 @@ def _wrap(handler: Any, authorize: Authorize, *, digest_bodies: bool, on_end: On
     inner_ss = handler.stream_stream
 
     async def stream_stream(requests: Any, context: _Context) -> AsyncIterator[Any]:
-        with _Handling(await authorize(context, b""), context, on_end):
+        with _Handling(*await authorize(context, b""), context, on_end):
             async for response in inner_ss(requests, context):
                 yield response
 

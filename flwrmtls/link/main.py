@@ -18,7 +18,7 @@ from flwrmtls.link.nodeauth import NodeAuth, requires_client_certificate
 from flwrmtls.link.reload import TlsFiles
 from flwrmtls.link.server import Link, LinkConfig
 from flwrmtls.wire.credentials import load_ca_bundle, load_tls_identity
-from flwrmtls.wire.listen import is_loopback
+from flwrmtls.wire.listen import ServerLimits, is_loopback
 
 __all__ = ["check_control_exposure", "config_from_args", "main", "parser"]
 
@@ -142,6 +142,15 @@ def parser() -> argparse.ArgumentParser:
         "write the link's object directory (the default: same host, same OS user)",
     )  # fmt: skip
     p.add_argument(
+        "--max-connections", type=int, default=ServerLimits().max_connections,
+        help="connections each listener accepts at once (default %(default)s); more are closed",
+    )  # fmt: skip
+    p.add_argument(
+        "--max-calls-per-address", type=int, default=1000,
+        help="calls one peer address may have in progress on the Fleet or Control API "
+        "(default %(default)s; raise it for many nodes behind one NAT address)",
+    )  # fmt: skip
+    p.add_argument(
         "--max-chain-depth", type=int, help="refuse client chains with more intermediates than this"
     )
     p.add_argument(
@@ -240,6 +249,8 @@ def config_from_args(args: argparse.Namespace) -> LinkConfig:
     node_auth = _node_auth(args)
     if args.max_chain_depth is not None and args.max_chain_depth < 0:
         raise InputError("--max-chain-depth must be 0 or more")
+    if args.max_connections < 1 or args.max_calls_per_address < 1:
+        raise InputError("--max-connections and --max-calls-per-address must be at least 1")
     if not 0 < args.heartbeat_interval <= 86400:
         raise InputError("--heartbeat-interval must be a number of seconds above 0, at most 86400")
     return LinkConfig(
@@ -261,6 +272,8 @@ def config_from_args(args: argparse.Namespace) -> LinkConfig:
         enable_supernode_auth=args.enable_supernode_auth,
         signature_window=args.auth_timestamp_window,
         signature_future_skew=args.auth_timestamp_future_skew,
+        server_limits=ServerLimits(max_connections=args.max_connections),
+        calls_per_address=args.max_calls_per_address,
         cert_expiry_warning_days=args.cert_expiry_warning_days,
         role_source=RoleSource(args.cli_role_source),
         cli_ca_pem=cli_ca_pem,

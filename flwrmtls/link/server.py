@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
 
@@ -50,7 +50,7 @@ from flwrmtls.proto import appio_pb2_grpc, control_pb2_grpc, fleet_pb2_grpc
 from flwrmtls.state.keytable import KeyRegistration
 from flwrmtls.state.linkstate import LinkState
 from flwrmtls.wire.credentials import TlsIdentity, server_credentials
-from flwrmtls.wire.listen import SERVER_OPTIONS, check_bindable
+from flwrmtls.wire.listen import ServerLimits, check_bindable
 from flwrmtls.wire.validate import RequestBoundsInterceptor
 
 __all__ = ["Link", "LinkConfig"]
@@ -94,6 +94,10 @@ class LinkConfig:
     """Bounds of the EC-key replay memory."""
     auth_failures: FailureBudget = field(default_factory=FailureBudget)
     """Failed authentications a peer address may cause on each Fleet and Control listener."""
+    server_limits: ServerLimits = field(default_factory=ServerLimits)
+    """Connections, streams, keepalive and sizes grpc enforces on every listener."""
+    calls_per_address: int = 1000
+    """Authorized calls one peer address may have in progress on a Fleet or Control listener."""
     cert_expiry_warning_days: float = 14.0
     """Certificates expiring within this many days are flagged and logged."""
     role_source: RoleSource = RoleSource.ROLE
@@ -198,16 +202,16 @@ class Link:
 
         self._fleet_interceptor = AuthInterceptor(
             lambda: self.fleet_authenticator, self.clock, refusals, digest_bodies=digest,
-            audit=audit, failures=failures(),
+            audit=audit, failures=failures(), calls_per_address=config.calls_per_address,
         )  # fmt: skip
         key_fleet = DenyUnregistered(self.keys, self.state.is_unregistered) if self.keys else None
         self._key_fleet_interceptor = AuthInterceptor(
             lambda: key_fleet or self._keys(), self.clock, refusals, digest_bodies=True,
-            audit=audit, failures=failures(),
+            audit=audit, failures=failures(), calls_per_address=config.calls_per_address,
         )  # fmt: skip
         self._control_interceptor = AuthInterceptor(
             lambda: self.control_authenticator, self.clock, refusals, audit=audit,
-            failures=failures(),
+            failures=failures(), calls_per_address=config.calls_per_address,
         )  # fmt: skip
         tokens = TokenAuthenticator(self.state.runs.token)
         self._app_interceptor = AuthInterceptor(lambda: tokens, self.clock, refusals)
@@ -287,12 +291,12 @@ class Link:
         address: str,
         interceptor: AuthInterceptor,
         credentials: grpc.ServerCredentials | None,
-        options: Sequence[tuple[str, int]] = (),
+        limits: ServerLimits | None = None,
     ) -> tuple[grpc.aio.Server, int]:
         check_bindable(address)
         server = grpc.aio.server(
             interceptors=[interceptor, RequestBoundsInterceptor()],
-            options=[*SERVER_OPTIONS, *options],
+            options=(limits or self.config.server_limits).options(),
         )
         if credentials is None:
             port = server.add_insecure_port(address)
@@ -332,7 +336,7 @@ class Link:
             config.control_address,
             self._control_interceptor,
             self._credentials("control", Trust.CLI if config.control_authenticates else Trust.NONE),
-            options=[("grpc.max_receive_message_length", MAX_BUNDLE_BYTES)],
+            limits=replace(config.server_limits, max_receive_bytes=MAX_BUNDLE_BYTES),
         )
         control_pb2_grpc.add_ControlServicer_to_server(
             ControlServicer(

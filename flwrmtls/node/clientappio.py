@@ -25,7 +25,7 @@ from flwrmtls.node.apps import AppManager
 from flwrmtls.objects.transfer import answer_missing, answer_pull, answer_push
 from flwrmtls.proto import appio_pb2, appio_pb2_grpc, objects_pb2
 from flwrmtls.wire.bounds import long_poll_seconds
-from flwrmtls.wire.listen import SERVER_OPTIONS
+from flwrmtls.wire.listen import ServerLimits
 from flwrmtls.wire.validate import RequestBoundsInterceptor
 
 __all__ = ["ClientAppIoServer", "ClientAppIoServicer"]
@@ -135,7 +135,7 @@ class ClientAppIoServer:
         tokens = TokenAuthenticator(self._apps.tokens.lookup)
         interceptor = AuthInterceptor(lambda: tokens, self._clock, RefusalLog(self._clock))
         server = grpc.aio.server(
-            interceptors=[interceptor, RequestBoundsInterceptor()], options=SERVER_OPTIONS
+            interceptors=[interceptor, RequestBoundsInterceptor()], options=ServerLimits().options()
         )
         appio_pb2_grpc.add_ClientAppIoServicer_to_server(ClientAppIoServicer(self._apps), server)
         self.port = server.add_insecure_port(self._address)

@@ -1,11 +1,32 @@
-"""Listening: check an address before grpc tries (and logs its own error); server options."""
+"""Listening: check an address before grpc tries (and logs its own error); server options.
+
+Rules (what grpc core enforces for each listener, from :class:`ServerLimits`):
+
+* connections: at most ``max_connections`` at once per listener (grpc's
+  ``max_allowed_incoming_connections``: a connection over it is closed at once); one
+  connection carries at most ``max_concurrent_streams`` calls at once (more wait on the
+  client); a connection without calls for ``max_connection_idle`` is closed, and every
+  connection is closed after ``max_connection_age`` (plus ``max_connection_age_grace`` for
+  its calls in progress): a client reconnects transparently, with a new TLS handshake.
+* keepalive: the link pings an idle client every ``keepalive_time`` and closes the
+  connection when no answer comes within ``keepalive_timeout`` (a vanished peer frees its
+  connection); a client pinging more often than every ``min_client_ping_interval`` without
+  data gets GOAWAY ``too_many_pings`` after two strikes (nodes and the CLI send no pings).
+* sizes, checked by grpc before a request is parsed: a request over ``max_receive_bytes``
+  is refused with RESOURCE_EXHAUSTED, and metadata over ``max_metadata_bytes`` too.
+
+Not bounded here (grpcio has no per-address hook): connections per peer address. The auth
+interceptor bounds the calls in progress per address and the failed authentications per
+address; an operator who needs a per-address connection cap sets it in the firewall.
+"""
 
 from __future__ import annotations
 
 import ipaddress
 import socket
+from dataclasses import dataclass
 
-__all__ = ["SERVER_OPTIONS", "check_bindable", "is_loopback"]
+__all__ = ["SERVER_OPTIONS", "ServerLimits", "check_bindable", "is_loopback"]
 
 SERVER_OPTIONS: tuple[tuple[str, int], ...] = (
     # grpc turns SO_REUSEPORT on by default: two servers could then share one port silently.
@@ -16,6 +37,45 @@ SERVER_OPTIONS: tuple[tuple[str, int], ...] = (
     # throughput alike; see docs/performance.md).
     ("grpc.http2.bdp_probe", 0),
 )
+
+
+@dataclass(frozen=True, slots=True)
+class ServerLimits:
+    """What grpc core enforces on one listener (see the module's rules). Seconds, bytes."""
+
+    max_connections: int = 10_000
+    max_concurrent_streams: int = 100
+    max_connection_idle: float = 300.0
+    max_connection_age: float = 3600.0
+    max_connection_age_grace: float = 600.0
+    """Long enough for a large object transfer (a node's transfer timeout is 600 s)."""
+    keepalive_time: float = 60.0
+    keepalive_timeout: float = 20.0
+    min_client_ping_interval: float = 60.0
+    max_receive_bytes: int = 4 << 20
+    max_metadata_bytes: int = 8 << 10
+
+    def options(self) -> list[tuple[str, int]]:
+        """grpc server options: :data:`SERVER_OPTIONS` and these limits."""
+
+        def ms(seconds: float) -> int:
+            return int(seconds * 1000)
+
+        return [
+            *SERVER_OPTIONS,
+            ("grpc.max_allowed_incoming_connections", self.max_connections),
+            ("grpc.max_concurrent_streams", self.max_concurrent_streams),
+            ("grpc.max_connection_idle_ms", ms(self.max_connection_idle)),
+            ("grpc.max_connection_age_ms", ms(self.max_connection_age)),
+            ("grpc.max_connection_age_grace_ms", ms(self.max_connection_age_grace)),
+            ("grpc.keepalive_time_ms", ms(self.keepalive_time)),
+            ("grpc.keepalive_timeout_ms", ms(self.keepalive_timeout)),
+            ("grpc.keepalive_permit_without_calls", 0),
+            ("grpc.http2.min_ping_interval_without_data_ms", ms(self.min_client_ping_interval)),
+            ("grpc.http2.max_ping_strikes", 2),
+            ("grpc.max_receive_message_length", self.max_receive_bytes),
+            ("grpc.max_metadata_size", self.max_metadata_bytes),
+        ]
 
 
 def check_bindable(address: str) -> None:
