@@ -6,8 +6,13 @@ context, asks the authenticator for the principal, checks the policy table, and 
 handler with the principal available through :func:`current_principal`. Unlisted methods get
 a handler that refuses at once.
 
-Refusals are logged once per (certificate or peer, reason) and interval, with the peer
-address, the reason and the certificate's SHA-256 fingerprint, never the certificate itself.
+Refusals are logged once per (certificate, key or peer, reason) and interval, and at most
+``per_address`` times per peer address and interval, with the peer address, the reason and the
+certificate's SHA-256 fingerprint, never the certificate itself.
+
+Before authenticating, a call from a peer address over its failed-authentication budget is
+refused (:mod:`flwrmtls.auth.ratelimit`); after, the calls in progress per peer address are
+bounded. Both answers are UNAVAILABLE with what to do: nodes retry them.
 
 With an ``audit`` sink, Control calls, node admissions and refusals are also handed to the
 audit trail as :class:`~flwrmtls.auth.audit.AuditRecord` values; :mod:`flwrmtls.auth.audit`
