@@ -9,8 +9,9 @@ Rules kept here (applied by :class:`flwrmtls.auth.interceptor.AuthInterceptor`):
 * Every refusal by the interceptor (authentication or policy) is recorded with the refusal
   reason as the outcome (``revoked``, ``not-permitted``, ...), once per (certificate or peer,
   reason) and interval, and at most 10 per peer address and interval, as the refusal log logs
-  it; the entry counts the refusals left out since the previous one. A peer hammering any API with a refused certificate costs a counter,
-  not a write per call, and cannot push the real history out of the bounded trail.
+  it; the entry counts the refusals left out since the previous one. A peer hammering any API
+  with a refused certificate (or a fresh key per call) costs a counter, not a write per call,
+  and cannot push the real history out of the bounded trail.
 * Nothing else: the Fleet's other calls (heartbeats, pulls, pushes, objects) never write.
 * Each record belongs to one retention class (:func:`retention_of`), and each class is
   bounded on its own (:mod:`flwrmtls.state.audittable`), so no volume of one kind of call can
