@@ -1,16 +1,23 @@
-"""``flwrmtls supernode``: the nodes the link knows."""
+"""``flwrmtls supernode``: the nodes the link knows, and how it checks their revocation.
+
+``supernode list`` prints the nodes, then (table format) the link's revocation coverage per
+issuer of client certificates. Its JSON stays the list of nodes scripts read; the coverage in
+JSON is ``supernode revocation --format json``.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from flwrmtls.auth.keys import load_public_key_file, public_key_der
-from flwrmtls.cli.output import OutputFormat, emit, format_time
+from flwrmtls.cli.output import OutputFormat, emit, format_time, table
 from flwrmtls.control.client import ControlClient
 from flwrmtls.profiles import ConfigFile
+from flwrmtls.proto import control_pb2
 
 __all__ = ["app"]
 
@@ -32,9 +39,10 @@ def list_nodes(
     config = ConfigFile()
     client = ControlClient(config.profile(connection), str(config.path))
     try:
-        nodes = client.list_nodes(verbose=verbose)
+        response = client.list_nodes_and_revocation(verbose=verbose)
     finally:
         client.close()
+    nodes = response.nodes
     data = [
         {
             "node_id": n.node_id,
@@ -68,6 +76,73 @@ def list_nodes(
         ["NODE ID", "IDENTITY", "ORGANISATION", "AUTH", "STATUS", "CERT EXPIRES", "LAST SEEN"],
         rows,
     )
+    if format is OutputFormat.TABLE and response.revocation:
+        typer.echo("\nRevocation (per issuer of client certificates):")
+        typer.echo(table(_COVERAGE_HEADERS, _coverage_rows(response.revocation)))
+
+
+_COVERAGE_HEADERS = ["ISSUER", "SCOPE", "CRL", "FROM", "UNTIL", "STATE", "DETAIL"]
+
+
+def _coverage_data(coverage: Sequence[control_pb2.RevocationCoverage]) -> list[dict[str, Any]]:
+    return [
+        {
+            "issuer": c.issuer,
+            "scope": c.scope,
+            "kind": c.kind,
+            "sources": list(c.sources),
+            "crl_number": c.crl_number or None,
+            "delta_crl_number": c.delta_crl_number or None,
+            "this_update": format_time(c.this_update) if c.this_update else None,
+            "next_update": format_time(c.next_update) if c.next_update else None,
+            "state": c.state,
+            "detail": c.detail,
+        }
+        for c in coverage
+    ]
+
+
+def _crl_column(c: control_pb2.RevocationCoverage) -> str:
+    if c.kind == "none":
+        return "none"
+    numbers = f" #{c.crl_number}" if c.crl_number else ""
+    if c.delta_crl_number:
+        numbers += f" + delta #{c.delta_crl_number}"
+    return f"{c.kind}{numbers}"
+
+
+def _coverage_rows(coverage: Sequence[control_pb2.RevocationCoverage]) -> list[list[str]]:
+    return [
+        [
+            c.issuer,
+            c.scope,
+            _crl_column(c),
+            ", ".join(c.sources) or "-",
+            format_time(c.next_update),
+            c.state,
+            c.detail or "-",
+        ]
+        for c in coverage
+    ]
+
+
+@app.command("revocation")
+def revocation(
+    connection: Annotated[
+        str | None, typer.Argument(help="connection profile (default: the default one)")
+    ] = None,
+    format: Annotated[OutputFormat, typer.Option("--format")] = OutputFormat.TABLE,
+) -> None:
+    """How the link checks revocation, per issuer of client certificates: the CRLs in force
+    (complete, +delta, partition), their files, until when, and their state (current, kept,
+    expired, failing-closed, not-checked)."""
+    config = ConfigFile()
+    client = ControlClient(config.profile(connection), str(config.path))
+    try:
+        coverage = client.list_nodes_and_revocation().revocation
+    finally:
+        client.close()
+    emit(format, _coverage_data(coverage), _COVERAGE_HEADERS, _coverage_rows(coverage))
 
 
 @app.command("register")

@@ -63,13 +63,17 @@ class ControlClient:
         self._stub = control_pb2_grpc.ControlStub(self._channel)
 
     def list_nodes(self, *, verbose: bool = False) -> list[control_pb2.NodeInfo]:
+        return list(self.list_nodes_and_revocation(verbose=verbose).nodes)
+
+    def list_nodes_and_revocation(self, *, verbose: bool = False) -> control_pb2.ListNodesResponse:
+        """The nodes, and how the link checks revocation per issuer of client certificates."""
         try:
-            response = self._stub.ListNodes(
+            response: control_pb2.ListNodesResponse = self._stub.ListNodes(
                 control_pb2.ListNodesRequest(verbose=verbose), timeout=_CALL_TIMEOUT
             )
         except grpc.RpcError as error:
             raise translate_rpc_error(error, self._ctx) from None
-        return list(response.nodes)
+        return response
 
     def register_keys(self, public_keys: list[bytes]) -> list[control_pb2.RegisteredKey]:
         try:

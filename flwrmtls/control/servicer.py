@@ -15,7 +15,8 @@ user, another user's run  not listed; by run id: NOT_FOUND,    PERMISSION_DENIED
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
+from datetime import datetime
 from typing import Any
 
 import grpc
@@ -23,6 +24,7 @@ import grpc.aio
 
 from flwrmtls.auth.audit import unchanged
 from flwrmtls.auth.authenticator import Principal
+from flwrmtls.auth.crlcoverage import CoverageRow
 from flwrmtls.auth.identity import PrincipalKind
 from flwrmtls.auth.interceptor import current_principal
 from flwrmtls.auth.keys import key_fingerprint, node_id_for_key, parse_node_public_key
@@ -69,7 +71,10 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
         runs: RunManager,
         notifier: Notifier,
         expiry_warning_days: float = 14.0,
+        revocation_coverage: Callable[[datetime], Sequence[CoverageRow]] | None = None,
     ) -> None:
+        """``revocation_coverage``: how the link checks revocation, per issuer (ListNodes)."""
+        self._revocation_coverage = revocation_coverage
         self._state = state
         self._clock = clock
         self._runs = runs
@@ -79,9 +84,12 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
     async def ListNodes(
         self, request: control_pb2.ListNodesRequest, context: _Context
     ) -> control_pb2.ListNodesResponse:
-        now = self._clock.now().timestamp()
+        moment = self._clock.now()
+        now = moment.timestamp()
         records = self._state.list_nodes(now=now, verbose=request.verbose)
+        coverage = self._revocation_coverage(moment) if self._revocation_coverage else ()
         return control_pb2.ListNodesResponse(
+            revocation=[_coverage_message(row) for row in coverage],
             nodes=[
                 control_pb2.NodeInfo(
                     node_id=r.node_id,
@@ -98,7 +106,7 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
                     and r.cert_not_after - now < self._expiry_warning,
                 )
                 for r in records
-            ]
+            ],
         )
 
     async def RegisterNodeKeys(
@@ -270,3 +278,18 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
                 for e in entries
             ]
         )
+
+
+def _coverage_message(row: CoverageRow) -> control_pb2.RevocationCoverage:
+    return control_pb2.RevocationCoverage(
+        issuer=row.issuer,
+        scope=row.scope,
+        kind=row.kind,
+        sources=row.sources,
+        crl_number=row.crl_number or 0,
+        delta_crl_number=row.delta_crl_number or 0,
+        this_update=row.this_update.timestamp() if row.this_update else 0.0,
+        next_update=row.next_update.timestamp() if row.next_update else 0.0,
+        state=row.state.value,
+        detail=row.detail,
+    )

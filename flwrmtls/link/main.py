@@ -12,6 +12,7 @@ from pathlib import Path
 
 from cryptography import x509
 
+from flwrmtls.auth.crlcoverage import CoverageState
 from flwrmtls.auth.identity import IdentitySource, RoleSource
 from flwrmtls.errors import FlwrmtlsError, InputError
 from flwrmtls.link.nodeauth import NodeAuth, requires_client_certificate
@@ -374,6 +375,30 @@ def _describe(link: Link) -> str:
     return "; ".join(parts)
 
 
+def _log_revocation_coverage(link: Link) -> None:
+    """One line per issuer of client certificates: how its certificates are revocation-checked
+    (what ``flwrmtls supernode list`` shows under the nodes)."""
+    for row in link.revocation_coverage(link.clock.now()):
+        if row.state is CoverageState.NOT_CHECKED:
+            log.warning("revocation: issuer %s is NOT revocation-checked (no CRL)", row.issuer)
+            continue
+        numbers = f"#{row.crl_number}" if row.crl_number is not None else "unnumbered"
+        if row.delta_crl_number is not None:
+            numbers += f" + delta #{row.delta_crl_number}"
+        until = f"{row.next_update:%Y-%m-%d %H:%M:%S} UTC" if row.next_update else "no next update"
+        log.info(
+            "revocation: issuer %s (%s): %s CRL %s from %s, until %s: %s%s",
+            row.issuer,
+            row.scope,
+            row.kind,
+            numbers,
+            ", ".join(row.sources) or "-",
+            until,
+            row.state,
+            f" ({row.detail})" if row.detail else "",
+        )
+
+
 async def _run(config: LinkConfig) -> None:
     Path(config.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
     link = Link(config)
@@ -402,6 +427,7 @@ async def _run(config: LinkConfig) -> None:
         _describe(link),
         config.database,
     )
+    _log_revocation_coverage(link)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):

@@ -19,7 +19,7 @@ import contextlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import grpc
@@ -30,12 +30,13 @@ from flwrmtls.appio.serverappio import ServerAppIoServicer
 from flwrmtls.auth.authenticator import Authenticator, OpenAuthenticator
 from flwrmtls.auth.authority import Authorities, PinnedToAuthority
 from flwrmtls.auth.compose import DenyUnregistered
+from flwrmtls.auth.crlcoverage import CoverageRow
 from flwrmtls.auth.eckey import EcKeyAuthenticator, KeyStatus, Registration, ReplayLimits
 from flwrmtls.auth.identity import IdentitySource, RoleSource
 from flwrmtls.auth.interceptor import AuthInterceptor, RefusalLog
 from flwrmtls.auth.mtls import MtlsAuthenticator
 from flwrmtls.auth.ratelimit import FailureBudget, FailureLimiter
-from flwrmtls.auth.revocation import RevocationStore
+from flwrmtls.auth.revocation import RevocationStore, coverage_report
 from flwrmtls.auth.tokens import TokenAuthenticator
 from flwrmtls.clock import Clock, SystemClock
 from flwrmtls.control.servicer import ControlServicer
@@ -179,7 +180,7 @@ class Link:
         self.config = config
         self.clock = clock or SystemClock()
         self.state = LinkState(config.database)
-        self.revocations = RevocationStore(config.crl_path) if config.crl_path else None
+        self.revocations = RevocationStore(config.crl_path, self.clock) if config.crl_path else None
         self.keys = build_key_authenticator(config, self.state) if config.uses_keys else None
         self._trust(config.client_ca_certificates, config.cli_ca_certificates)
         self.tls_watcher: TlsWatcher | None = None
@@ -261,6 +262,18 @@ class Link:
     def _new_trust(self, material: TlsMaterial) -> None:
         """New CA bundles: open connections are judged against them from the next call."""
         self._trust(material.client_ca_certificates, material.cli_ca_certificates)
+
+    def revocation_coverage(self, now: datetime) -> list[CoverageRow]:
+        """Per issuer of client certificates (nodes' and CLI's): its CRLs in force, until
+        when, or unchecked."""
+        material = self.tls_watcher.material if self.tls_watcher is not None else self._material
+        if material is not None:
+            cas = [*material.client_ca_certificates, *material.cli_ca_certificates]
+        else:
+            cas = [*self.config.client_ca_certificates, *self.config.cli_ca_certificates]
+        if not cas and self.revocations is None:
+            return []
+        return coverage_report(self.revocations, cas, now)
 
     def _certificates(self) -> Authenticator:
         assert self.certificates is not None, "certificate modes need --ssl-require-client-auth"
@@ -345,6 +358,7 @@ class Link:
                 runs=self.runs,
                 notifier=self.notifier,
                 expiry_warning_days=self.config.cert_expiry_warning_days,
+                revocation_coverage=self.revocation_coverage,
             ),
             control,
         )

@@ -97,20 +97,87 @@ class NodeInfo(_message.Message):
 Global___NodeInfo: _TypeAlias = NodeInfo  # noqa: Y015
 
 @_typing.final
+class RevocationCoverage(_message.Message):
+    """How the link checks revocation for one issuer (and CRL scope) of client certificates."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ISSUER_FIELD_NUMBER: _builtins.int
+    SCOPE_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    SOURCES_FIELD_NUMBER: _builtins.int
+    CRL_NUMBER_FIELD_NUMBER: _builtins.int
+    DELTA_CRL_NUMBER_FIELD_NUMBER: _builtins.int
+    THIS_UPDATE_FIELD_NUMBER: _builtins.int
+    NEXT_UPDATE_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    DETAIL_FIELD_NUMBER: _builtins.int
+    issuer: _builtins.str
+    """RFC 4514 Subject of the issuing CA"""
+    scope: _builtins.str
+    """"all certificates", or the partition a scoped CRL covers"""
+    kind: _builtins.str
+    """"complete", "complete+delta", "delta without base", "none" """
+    crl_number: _builtins.int
+    """of the complete CRL in force; 0 when none or unnumbered"""
+    delta_crl_number: _builtins.int
+    """of the delta CRL applied on top; 0 when none"""
+    this_update: _builtins.float
+    """seconds since the epoch; 0 when none"""
+    next_update: _builtins.float
+    """seconds since the epoch: in force until then; 0 when none"""
+    state: _builtins.str
+    """"current", "kept" (its file vanished or broke: in force until next_update), "expired"
+    and "failing-closed" (the issuer's certificates are refused), "not-checked" (no CRL)
+    """
+    detail: _builtins.str
+    @_builtins.property
+    def sources(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """the CRL files in force"""
+
+    def __init__(
+        self,
+        *,
+        issuer: _builtins.str = ...,
+        scope: _builtins.str = ...,
+        kind: _builtins.str = ...,
+        sources: _abc.Iterable[_builtins.str] | None = ...,
+        crl_number: _builtins.int = ...,
+        delta_crl_number: _builtins.int = ...,
+        this_update: _builtins.float = ...,
+        next_update: _builtins.float = ...,
+        state: _builtins.str = ...,
+        detail: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["crl_number", b"crl_number", "delta_crl_number", b"delta_crl_number", "detail", b"detail", "issuer", b"issuer", "kind", b"kind", "next_update", b"next_update", "scope", b"scope", "sources", b"sources", "state", b"state", "this_update", b"this_update"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RevocationCoverage: _TypeAlias = RevocationCoverage  # noqa: Y015
+
+@_typing.final
 class ListNodesResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     NODES_FIELD_NUMBER: _builtins.int
+    REVOCATION_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def nodes(self) -> _containers.RepeatedCompositeFieldContainer[Global___NodeInfo]: ...
+    @_builtins.property
+    def revocation(self) -> _containers.RepeatedCompositeFieldContainer[Global___RevocationCoverage]:
+        """empty on a link without client certificates"""
+
     def __init__(
         self,
         *,
         nodes: _abc.Iterable[Global___NodeInfo] | None = ...,
+        revocation: _abc.Iterable[Global___RevocationCoverage] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["nodes", b"nodes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["nodes", b"nodes", "revocation", b"revocation"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -85,7 +85,8 @@ class ControlServicer:
     """Missing associated documentation comment in .proto file."""
 
     def ListNodes(self, request, context):
-        """The nodes the link knows, with their identity and status.
+        """The nodes the link knows, with their identity and status, and how the link checks
+        revocation for each issuer of client certificates.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

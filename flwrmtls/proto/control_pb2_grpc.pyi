@@ -32,7 +32,9 @@ class ControlStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> ControlAsyncStub: ...
     ListNodes: _grpc.UnaryUnaryMultiCallable[_control_pb2.ListNodesRequest, _control_pb2.ListNodesResponse]
-    """The nodes the link knows, with their identity and status."""
+    """The nodes the link knows, with their identity and status, and how the link checks
+    revocation for each issuer of client certificates.
+    """
     RegisterNodeKeys: _grpc.UnaryUnaryMultiCallable[_control_pb2.RegisterNodeKeysRequest, _control_pb2.RegisterNodeKeysResponse]
     """EC-key mode: register node public keys (SubjectPublicKeyInfo DER)."""
     UnregisterNode: _grpc.UnaryUnaryMultiCallable[_control_pb2.UnregisterNodeRequest, _control_pb2.UnregisterNodeResponse]
@@ -54,7 +56,9 @@ class ControlStub:
 class ControlAsyncStub(ControlStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     ListNodes: _aio.UnaryUnaryMultiCallable[_control_pb2.ListNodesRequest, _control_pb2.ListNodesResponse]  # type: ignore[assignment]
-    """The nodes the link knows, with their identity and status."""
+    """The nodes the link knows, with their identity and status, and how the link checks
+    revocation for each issuer of client certificates.
+    """
     RegisterNodeKeys: _aio.UnaryUnaryMultiCallable[_control_pb2.RegisterNodeKeysRequest, _control_pb2.RegisterNodeKeysResponse]  # type: ignore[assignment]
     """EC-key mode: register node public keys (SubjectPublicKeyInfo DER)."""
     UnregisterNode: _aio.UnaryUnaryMultiCallable[_control_pb2.UnregisterNodeRequest, _control_pb2.UnregisterNodeResponse]  # type: ignore[assignment]
@@ -79,7 +83,9 @@ class ControlServicer(metaclass=_abc_1.ABCMeta):
         request: _control_pb2.ListNodesRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_control_pb2.ListNodesResponse, _abc.Awaitable[_control_pb2.ListNodesResponse]]:
-        """The nodes the link knows, with their identity and status."""
+        """The nodes the link knows, with their identity and status, and how the link checks
+        revocation for each issuer of client certificates.
+        """
 
     @_abc_1.abstractmethod
     def RegisterNodeKeys(
