@@ -179,8 +179,9 @@ class Link:
     def __init__(self, config: LinkConfig, clock: Clock | None = None) -> None:
         self.config = config
         self.clock = clock or SystemClock()
-        self.state = LinkState(config.database)
+        # CRLs first: a CRL the link refuses stops it before anything else is opened.
         self.revocations = RevocationStore(config.crl_path, self.clock) if config.crl_path else None
+        self.state = LinkState(config.database)
         self.keys = build_key_authenticator(config, self.state) if config.uses_keys else None
         self._trust(config.client_ca_certificates, config.cli_ca_certificates)
         self.tls_watcher: TlsWatcher | None = None

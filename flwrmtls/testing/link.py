@@ -66,15 +66,23 @@ def running_link(config: LinkConfig, clock: Clock | None = None) -> Iterator[Lin
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, name="link-loop", daemon=True)
     thread.start()
-    link = Link(config, clock)
+    try:
+        link = Link(config, clock)  # may refuse its configuration (InputError)
+    except BaseException:
+        _stop_loop(loop, thread)
+        raise
     try:
         asyncio.run_coroutine_threadsafe(link.start(), loop).result(timeout=30)
         yield link
     finally:
         asyncio.run_coroutine_threadsafe(link.stop(0), loop).result(timeout=30)
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(timeout=10)
-        loop.close()
+        _stop_loop(loop, thread)
+
+
+def _stop_loop(loop: asyncio.AbstractEventLoop, thread: threading.Thread) -> None:
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(timeout=10)
+    loop.close()
 
 
 def node_client(
