@@ -11,6 +11,7 @@ past a CRL's nextUpdate while the TLS handshake (real time) still accepts the ce
 from __future__ import annotations
 
 import itertools
+import json
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -27,6 +28,7 @@ from flwrmtls.link.server import Link
 from flwrmtls.testing.clock import FakeClock
 from flwrmtls.testing.link import mtls_config, node_client, running_link
 from flwrmtls.testing.pki import TestPki
+from flwrmtls.testing.processes import LinkProcess
 from tests.auth.crl_builders import (
     idp,
     issuing_ca,
@@ -36,7 +38,9 @@ from tests.auth.crl_builders import (
     root_ca,
     write_crl,
 )
+from tests.e2e.deployment import Deployment
 from tests.e2e.openssl_crl import OpensslCrlIssuer
+from tests.e2e.test_startup_errors import assert_one_line, link_tls, run
 
 REVOKED = "certificate revoked"
 UNAVAILABLE = "CRL"  # every crl-unavailable refusal names the link's CRL(s)
@@ -441,3 +445,71 @@ def test_openssl_partitioned_crls_each_count(tmp_path: Path, fresh_pki: TestPki)
         assert REVOKED in outcome(link, fresh_pki, *revoked_1[:2])
         assert REVOKED in outcome(link, fresh_pki, *revoked_2[:2])
         assert outcome(link, fresh_pki, *good_2[:2]) == ADMITTED
+
+
+# --- what the operator sees: real link and CLI processes --------------------------------------
+
+
+def test_supernode_list_shows_revocation_coverage(deployment: Deployment, tmp_path: Path) -> None:
+    pki = deployment.pki
+    ca = issuing_ca(pki)
+    crls = tmp_path / "crls"
+    write_crl(crls / "base.crl", make_crl(ca, number=10))
+    write_crl(crls / "delta.crl", make_crl(ca, number=11, base=10))
+    args = deployment.link_args()
+    args[args.index("--ssl-crl-file") + 1] = str(crls)
+    link = deployment.start_link(args)
+    issuing = pki.ca.issuing_certificate.subject.rfc4514_string()
+    root = pki.ca.root_certificate.subject.rfc4514_string()
+    link.wait_for(f"revocation: issuer {issuing} .*complete\\+delta CRL #10 \\+ delta #11")
+    link.wait_for(f"issuer {root} is NOT revocation-checked")
+    deployment.profile(link.control_port)
+    table = deployment.cli("supernode", "list")
+    assert table.returncode == 0, table.stderr
+    assert "Revocation (per issuer of client certificates):" in table.stdout
+    assert "complete+delta #10 + delta #11" in table.stdout
+    assert "not-checked" in table.stdout
+    # Scripts: `supernode list --format json` is still the list of nodes; the coverage has its
+    # own command.
+    assert isinstance(
+        json.loads(deployment.cli("supernode", "list", "--format", "json").stdout), list
+    )
+    coverage = json.loads(deployment.cli("supernode", "revocation", "--format", "json").stdout)
+    by_issuer = {row["issuer"]: row for row in coverage}
+    assert by_issuer[issuing]["kind"] == "complete+delta"
+    assert by_issuer[issuing]["state"] == "current"
+    assert sorted(by_issuer[issuing]["sources"]) == [
+        str(crls / "base.crl"),
+        str(crls / "delta.crl"),
+    ]
+    assert (by_issuer[issuing]["crl_number"], by_issuer[issuing]["delta_crl_number"]) == (10, 11)
+    assert by_issuer[root]["state"] == "not-checked"
+    # The base vanishes: the link keeps it, and says so, until its next update.
+    (crls / "base.crl").unlink()
+    link.wait_for("base.crl vanished; its CRLs stay in force")
+    kept = json.loads(deployment.cli("supernode", "revocation", "--format", "json").stdout)
+    assert {row["issuer"]: row for row in kept}[issuing]["state"] == "kept"
+
+
+def test_the_link_process_refuses_an_unusable_crl_with_one_line(
+    tmp_path: Path, fresh_pki: TestPki
+) -> None:
+    ca = issuing_ca(fresh_pki)
+    unknown = x509.UnrecognizedExtension(x509.ObjectIdentifier("1.3.6.1.4.1.55555.1"), b"\x05\x00")
+    crls = tmp_path / "crls"
+    write_crl(crls / "odd.crl", make_crl(ca, number=1, extensions=[(unknown, True)]))
+    args = [
+        *link_tls(fresh_pki, tmp_path),
+        "--ssl-require-client-auth",
+        "--ssl-crl-file",
+        str(crls),
+    ]
+    assert_one_line(
+        run("flwrmtls.link.main", args, tmp_path),
+        f"{crls / 'odd.crl'}: the CRL of {ca.certificate.subject.rfc4514_string()} has an "
+        "unknown critical extension 1.3.6.1.4.1.55555.1",
+    )
+    write_crl(crls / "odd.crl", make_crl(ca, number=1))  # control: the link starts
+    link = LinkProcess(args, tmp_path / "link.log")
+    link.start_and_wait()
+    assert link.stop() == 0
