@@ -66,9 +66,9 @@ def scope_row(
 ) -> CoverageRow:
     """The row of one issuer and scope. ``failure_seen``: why a certificate of this scope was
     last refused for the CRLs themselves (bad signature, no cRLSign); ``problems``: files whose
-    last good CRLs are kept, and why."""
+    last good CRLs are kept, and why (each naming its file)."""
     in_force = group.in_force
-    kept = [f"{crl.source}: {problems[crl.source]}" for crl in in_force if crl.source in problems]
+    kept = sorted({problems[crl.source] for crl in in_force if crl.source in problems})
     if group.failure is not None:
         state, detail = CoverageState.FAILING_CLOSED, group.failure
     elif failure_seen is not None:

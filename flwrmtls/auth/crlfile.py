@@ -110,11 +110,26 @@ class CrlScope:
             parts.append("user certificates")
         if self.only_ca:
             parts.append("CA certificates")
-        parts += sorted(f"{type(n).__name__}:{n.value}" for n in self.names)
+        parts += sorted(_describe_name(name) for name in self.names)
         return ", ".join(parts) if parts else "all certificates"
 
 
 ALL_CERTIFICATES = CrlScope()
+
+_GENERAL_NAME_PREFIX: dict[type[x509.GeneralName], str] = {
+    x509.UniformResourceIdentifier: "URI",
+    x509.DNSName: "DNS",
+    x509.DirectoryName: "DirName",
+    x509.RFC822Name: "email",
+    x509.IPAddress: "IP",
+}
+"""How ``describe`` names a distribution point (as openssl prints them)."""
+
+
+def _describe_name(name: x509.GeneralName) -> str:
+    value = name.value
+    text = value.rfc4514_string() if isinstance(value, x509.Name) else str(value)
+    return f"{_GENERAL_NAME_PREFIX.get(type(name), type(name).__name__)}:{text}"
 
 
 @dataclass(frozen=True, slots=True, eq=False)

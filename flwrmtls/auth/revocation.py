@@ -234,7 +234,7 @@ class RevocationStore:
             "; ".join(c.describe() for c in record.crls),
         )
         self._files[file] = _FileRecord(
-            record.crls, None, "the file vanished (its last good CRLs are kept)"
+            record.crls, None, f"{file} vanished (its last good CRLs are kept)"
         )
         return False
 
@@ -301,10 +301,12 @@ class RevocationStore:
             if before is row.state:
                 continue
             self._states[key] = row.state
-            what = f"CRL for issuer {row.issuer} ({row.scope}): {row.kind}"
-            if row.state is CoverageState.CURRENT:
+            what = f"CRL for issuer {row.issuer} ({row.scope})"
+            if row.state is CoverageState.NOT_CHECKED:
+                log.warning("issuer %s is NOT revocation-checked (no CRL)", row.issuer)
+            elif row.state is CoverageState.CURRENT:
                 if not initial:
-                    log.info("%s, current until %s", what, _when(row.next_update))
+                    log.info("%s current: %s until %s", what, row.kind, _when(row.next_update))
             elif row.state is CoverageState.KEPT:
                 log.warning("%s kept until %s: %s", what, _when(row.next_update), row.detail)
             else:

@@ -35,7 +35,8 @@ def list_nodes(
     ] = False,
 ) -> None:
     """Nodes: node id, identity (Subject or key fingerprint), organisation, auth method,
-    status, certificate expiry."""
+    status, certificate expiry; then how the link checks revocation per issuer (the table
+    only: JSON stays the list of nodes, see `supernode revocation`)."""
     config = ConfigFile()
     client = ControlClient(config.profile(connection), str(config.path))
     try:
