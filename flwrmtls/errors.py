@@ -5,6 +5,10 @@
     FlwrmtlsError            one line: what went wrong, which file or flag, what to do
      ├── InputError          a file, flag or profile the user gave is wrong
      ├── LinkUnreachable     the link could not be reached (retrying may help)
+     │    └── HandshakeClosed  the link closed the connection during the handshake: it may
+     │                         have refused these credentials, or be restarting; nothing the
+     │                         client sees tells the two apart, so it is retried like an
+     │                         unreachable link (within the node's bounds)
      └── Refused             the link refused these credentials (retrying will not help)
 
 Every command-line entry point prints ``str(error)`` on one line and exits non-zero; nothing
@@ -13,7 +17,7 @@ below it prints a traceback for these.
 
 from __future__ import annotations
 
-__all__ = ["FlwrmtlsError", "InputError", "LinkUnreachable", "Refused"]
+__all__ = ["FlwrmtlsError", "HandshakeClosed", "InputError", "LinkUnreachable", "Refused"]
 
 
 class FlwrmtlsError(Exception):
@@ -26,6 +30,16 @@ class InputError(FlwrmtlsError):
 
 class LinkUnreachable(FlwrmtlsError):
     """The link is not there (yet): connection refused, timed out, name not resolved."""
+
+
+class HandshakeClosed(LinkUnreachable):
+    """The link closed the connection during the handshake, saying nothing.
+
+    A link refusing the client's certificate (or its lack of one, or plaintext) at the TLS
+    handshake and a link that dies mid-connection (OOM kill, host loss, eviction) look the same
+    to the client. Retrying within bounds is right for both: a restarted link answers, a
+    refusal stays a refusal. The message names both possibilities.
+    """
 
 
 class Refused(FlwrmtlsError):

@@ -13,7 +13,7 @@ import typer
 from flwrmtls.app.bundle import build_bundle, bundle_hash, merge_run_config, read_app_config
 from flwrmtls.cli.output import OutputFormat, emit, format_time, printable
 from flwrmtls.control.client import ControlClient
-from flwrmtls.errors import Refused
+from flwrmtls.errors import LinkUnreachable, Refused
 from flwrmtls.keyvalues import parse_key_values
 from flwrmtls.profiles import ConfigFile
 from flwrmtls.proto import control_pb2
@@ -52,11 +52,18 @@ def _follow(
     run_id: int,
     printer: Callable[[control_pb2.LogEntry], None] = _print_entry,
 ) -> None:
-    """Print a run's logs until it ends; raise Refused unless it completed."""
+    """Print a run's logs until it ends; raise Refused unless it completed, LinkUnreachable
+    if the link goes away first (the run's recorded end is on the link once it is back)."""
     status = ""
-    for entry in client.stream_logs(run_id, follow=True):
-        printer(entry)
-        status = entry.run_status or status
+    try:
+        for entry in client.stream_logs(run_id, follow=True):
+            printer(entry)
+            status = entry.run_status or status
+    except LinkUnreachable as error:
+        raise LinkUnreachable(
+            f"{error}; once the link is back, `flwrmtls log {run_id} --stream` follows run "
+            f"{run_id} to its recorded end"
+        ) from None
     if status != "completed":
         [record] = client.list_runs(run_id)
         reason = f": {record.reason}" if record.reason else ""

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator, Mapping
 
 import grpc
+from cryptography import x509
 
 from flwrmtls.clock import SystemClock
 from flwrmtls.errors import InputError
@@ -12,9 +14,11 @@ from flwrmtls.keyvalues import Value, values_to_proto
 from flwrmtls.profiles import Profile
 from flwrmtls.proto import control_pb2, control_pb2_grpc
 from flwrmtls.wire.credentials import (
+    CertificateCheck,
     TlsIdentity,
     channel_credentials,
     check_client_certificate,
+    check_own_certificate,
     load_ca_bundle,
     load_tls_identity,
 )
@@ -32,6 +36,8 @@ class ControlClient:
         cert_flag = f"client-certificate ({where})"
         key_flag = f"client-private-key ({where})"
         identity: TlsIdentity | None = None
+        root_certificates: list[x509.Certificate] | None = None
+        roots_flag = f"root-certificates ({where})"
         if profile.insecure:
             if profile.client_certificate or profile.root_certificates:
                 raise InputError(f"{where}: insecure = true cannot be combined with certificates")
@@ -39,7 +45,7 @@ class ControlClient:
         else:
             roots = None
             if profile.root_certificates is not None:
-                roots, _ = load_ca_bundle(profile.root_certificates, f"root-certificates ({where})")
+                roots, root_certificates = load_ca_bundle(profile.root_certificates, roots_flag)
             if (profile.client_certificate is None) != (profile.client_private_key is None):
                 raise InputError(f"{where}: give both client-certificate and client-private-key")
             if profile.client_certificate is not None and profile.client_private_key is not None:
@@ -53,12 +59,20 @@ class ControlClient:
             self._channel = grpc.secure_channel(
                 profile.address, channel_credentials(roots, identity), options=_OPTIONS
             )
+
+        def check_certificate(presented: TlsIdentity) -> CertificateCheck:
+            return check_own_certificate(
+                presented, SystemClock().now(), cert_flag=cert_flag, roots=root_certificates,
+                roots_flag=roots_flag,
+            )  # fmt: skip
+
         self._ctx = ConnectionContext(
             address=profile.address,
             tls=not profile.insecure,
             has_client_certificate=identity is not None,
             root_certificates=str(profile.root_certificates or ""),
             client_flags=f"client-certificate and client-private-key in {where}",
+            check_certificate=functools.partial(check_certificate, identity) if identity else None,
         )
         self._stub = control_pb2_grpc.ControlStub(self._channel)
 

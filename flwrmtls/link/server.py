@@ -321,6 +321,10 @@ class Link:
         return server, port
 
     async def start(self) -> None:
+        restored = self.state.link_started(now=self.clock.now().timestamp())
+        if restored:
+            log.info("%d node(s) were online when the link last stopped: offline until they "
+                     "call again", restored)  # fmt: skip
         self.runs.recover()
         config = self.config
         fleet_servicer = FleetServicer(

@@ -1,13 +1,27 @@
 """The node's long-running loop: activate, heartbeat, take work, reconnect, stop cleanly.
 
+A node never gives up on a link that may be restarting: only a refusal the link states, or a
+cause the node finds in its own certificate, ends it before its retry bounds run out.
+
 =========================  ===============================================================
 what happens               what the node does
 =========================  ===============================================================
 link unreachable           retry with exponential backoff (1 s doubling to 30 s), within
-                           ``--max-retries`` attempts and ``--max-wait-time`` seconds
+(connection refused, a     ``--max-retries`` attempts and ``--max-wait-time`` seconds
+call cut by a link that    (default: no limit), then give up with the last error
+went away, no answer)
 link restarted             the next call fails as unreachable, then it activates again and
                            gets the same node id (derived from its certificate)
-credentials refused        stop at once with the link's reason (retrying cannot help)
+handshake closed without   :class:`~flwrmtls.errors.HandshakeClosed`: a refusal and a link
+a word                     dying mid-handshake look alike. The node checks its own
+                           certificate (:mod:`flwrmtls.wire.errors` does, through the
+                           connection context): a definite cause (expired, not yet valid,
+                           no clientAuth) ends it at once, naming the cause; otherwise it is
+                           retried like an unreachable link, each line naming both
+                           possibilities and any likely cause (a chain that does not lead
+                           to ``--root-certificates``)
+credentials refused        the link said why (revoked, unregistered, not permitted, TLS
+                           mismatch): stop at once with its reason (retrying cannot help)
 session superseded         stop: another process activated the same identity later
 session unknown            activate again
 work arrives               the long poll returns at once; the message goes to its run's

@@ -1,4 +1,9 @@
-"""``flwrmtls-supernode``: load and check this node's credentials, then run the agent."""
+"""``flwrmtls-supernode``: load and check this node's credentials, then run the agent.
+
+The node's certificate is checked at start-up (a definite cause, such as expiry, is one line and
+exit 1) and again, through the connection context, whenever the link closes a handshake without
+a word (see :mod:`flwrmtls.wire.errors`), against the certificate in use then.
+"""
 
 from __future__ import annotations
 
@@ -13,10 +18,11 @@ from pathlib import Path
 from types import FrameType
 
 import grpc
+from cryptography import x509
 
 from flwrmtls.auth.keys import key_fingerprint, load_node_private_key, node_id_for_key
 from flwrmtls.auth.signing import CallSigner
-from flwrmtls.clock import SystemClock
+from flwrmtls.clock import Clock, SystemClock
 from flwrmtls.errors import FlwrmtlsError, InputError
 from flwrmtls.fleet.client import FleetClient
 from flwrmtls.keyvalues import parse_key_values
@@ -27,9 +33,11 @@ from flwrmtls.node.rotation import CertificateWatcher
 from flwrmtls.node.signer import SigningInterceptor
 from flwrmtls.objects.store import ObjectStore
 from flwrmtls.wire.credentials import (
+    CertificateCheck,
     TlsIdentity,
     channel_credentials,
     check_client_certificate,
+    check_own_certificate,
     load_ca_bundle,
     load_tls_identity,
 )
@@ -85,12 +93,16 @@ def parser() -> argparse.ArgumentParser:
         help="warn when this node's certificate expires within this many days",
     )
     p.add_argument(
-        "--max-retries", type=int, help="reconnect attempts before giving up (default: no limit)"
+        "--max-retries",
+        type=int,
+        help="reconnect attempts before giving up on a link that is down, restarting, or closes "
+        "the TLS handshake without a word (default: no limit); a refusal the link states "
+        "(revoked, unregistered, not permitted) ends the node at once",
     )
     p.add_argument(
         "--max-wait-time",
         type=float,
-        help="seconds without the link before giving up (default: no limit)",
+        help="seconds without the link before giving up, in the same cases (default: no limit)",
     )
     p.add_argument(
         "--no-shared-objects", dest="shared_objects", action="store_false",
@@ -99,6 +111,20 @@ def parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.add_argument("--insecure", action="store_true", help="plaintext: development only")
     return p
+
+
+@dataclass
+class _OwnCertificate:
+    """The certificate this node presents now (rotation replaces it), checked on demand."""
+
+    identity: TlsIdentity
+    roots: list[x509.Certificate] | None
+    clock: Clock
+
+    def check(self) -> CertificateCheck:
+        return check_own_certificate(
+            self.identity, self.clock.now(), cert_flag="--ssl-client-certfile", roots=self.roots
+        )
 
 
 @dataclass
@@ -118,7 +144,7 @@ class _Transport:
 
 def _transport(
     args: argparse.Namespace,
-) -> tuple[_Transport | None, TlsIdentity | None, ConnectionContext]:
+) -> tuple[_Transport | None, _OwnCertificate | None, ConnectionContext]:
     """Check the flags and files; None for the transport means plaintext."""
     tls_flags = [args.root_certificates, args.ssl_client_certfile, args.ssl_client_keyfile]
     if args.insecure:
@@ -133,10 +159,10 @@ def _transport(
         return None, None, ctx
     if (args.ssl_client_certfile is None) != (args.ssl_client_keyfile is None):
         raise InputError("give both --ssl-client-certfile and --ssl-client-keyfile, or neither")
-    roots = None
+    roots = root_certificates = None
     if args.root_certificates is not None:
-        roots, _ = load_ca_bundle(args.root_certificates, "--root-certificates")
-    identity: TlsIdentity | None = None
+        roots, root_certificates = load_ca_bundle(args.root_certificates, "--root-certificates")
+    own: _OwnCertificate | None = None
     if args.ssl_client_certfile is not None:
         identity = load_tls_identity(
             args.ssl_client_certfile,
@@ -145,6 +171,7 @@ def _transport(
             key_flag="--ssl-client-keyfile",
         )
         check_client_certificate(identity, SystemClock().now(), cert_flag="--ssl-client-certfile")
+        own = _OwnCertificate(identity, root_certificates, SystemClock())
     signer = None
     if args.auth_supernode_private_key is not None:
         key = load_node_private_key(args.auth_supernode_private_key, "--auth-supernode-private-key")
@@ -156,17 +183,19 @@ def _transport(
     ctx = ConnectionContext(
         args.superlink,
         tls=True,
-        has_client_certificate=identity is not None,
+        has_client_certificate=own is not None,
         root_certificates=str(args.root_certificates or ""),
+        check_certificate=own.check if own is not None else None,
     )
-    return _Transport(args.superlink, roots, signer), identity, ctx
+    return _Transport(args.superlink, roots, signer), own, ctx
 
 
 def run(args: argparse.Namespace) -> None:
     node_config = parse_key_values(args.node_config, "--node-config")
     if args.max_retries is not None and args.max_retries < 0:
         raise InputError("--max-retries must be 0 or more")
-    transport, identity, ctx = _transport(args)
+    transport, own, ctx = _transport(args)
+    identity = own.identity if own is not None else None
     channel = transport.channel(identity) if transport else grpc.insecure_channel(args.superlink)
     channels = [channel]
     if node_config:
@@ -189,10 +218,12 @@ def run(args: argparse.Namespace) -> None:
         retry=RetryPolicy(max_retries=args.max_retries, max_wait_time=args.max_wait_time),
     )
     watcher = None
-    if transport is not None and identity is not None:
+    if transport is not None and own is not None:
 
         def rotate(new_identity: TlsIdentity) -> None:
             assert transport is not None
+            assert own is not None
+            own.identity = new_identity
             channels.append(transport.channel(new_identity))
             client.replace_channel(channels[-1])
             agent.reconnect.set()
@@ -200,7 +231,7 @@ def run(args: argparse.Namespace) -> None:
                 channels.pop(0).close()
 
         watcher = CertificateWatcher(
-            args.ssl_client_certfile, args.ssl_client_keyfile, identity,
+            args.ssl_client_certfile, args.ssl_client_keyfile, own.identity,
             on_change=rotate, warning_days=args.cert_expiry_warning_days,
         )  # fmt: skip
         watcher.start()

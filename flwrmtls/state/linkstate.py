@@ -10,8 +10,18 @@ ActivateNode          row created or updated; new session_id;     online
 Heartbeat             online_until = now + grace * interval       online
 DeactivateNode        session cleared; online_until = now         offline
 no heartbeat          online_until passes                         offline
-link restart          rows and sessions kept                      unchanged
+link (re)start        rows and sessions kept; online_until        offline
+                      capped at now (:meth:`LinkState.link_started`)
+a call on a session   Heartbeat resumes it (online), or the node  online
+kept over a restart   activates again: same node id, new session
 ====================  ==========================================  ===========
+
+Why offline after a restart, not "online" or a status of its own: the database says when each
+node was last heard of by a process that is gone (after a crash or an OOM kill, the nodes may
+have died with it), and "online" is a promise the ServerApp acts on (GetNodes picks from it).
+Offline is what the link knows: it has not heard from the node since it started. Scripts see
+no new status; a node that is alive calls within one heartbeat interval or one reconnect
+backoff, and is online again.
 
 Two live connections with the same identity: the newest activation wins. Its session id
 replaces the older one, whose next call gets :class:`SessionSuperseded` and stops (a node
@@ -115,6 +125,15 @@ class LinkState:
 
     def close(self) -> None:
         self._db.close()
+
+    def link_started(self, *, now: float) -> int:
+        """Link start-up: every node is offline until it calls again; sessions stay valid.
+        Returns how many nodes the database still showed online."""
+        with self._db:
+            cursor = self._db.execute(
+                "UPDATE nodes SET online_until = ? WHERE online_until > ?", (now, now)
+            )
+        return cursor.rowcount
 
     # --- Fleet servicer -------------------------------------------------------------------
 

@@ -7,27 +7,32 @@ blocking gRPC clients, as a node or the CLI would.
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Protocol
 
 import grpc
+from cryptography import x509
 
 from flwrmtls.auth.identity import IdentitySource
-from flwrmtls.clock import Clock
+from flwrmtls.clock import Clock, SystemClock
 from flwrmtls.fleet.client import FleetClient
 from flwrmtls.link.nodeauth import NodeAuth
 from flwrmtls.link.server import Link, LinkConfig
 from flwrmtls.wire.credentials import (
+    CertificateCheck,
     TlsIdentity,
     channel_credentials,
+    check_own_certificate,
     load_ca_bundle,
     load_tls_identity,
 )
 from flwrmtls.wire.errors import ConnectionContext
 
-__all__ = ["mtls_config", "node_client", "running_link"]
+__all__ = ["FleetListener", "mtls_config", "node_client", "running_link"]
 
 
 def mtls_config(
@@ -85,8 +90,15 @@ def _stop_loop(loop: asyncio.AbstractEventLoop, thread: threading.Thread) -> Non
     loop.close()
 
 
+class FleetListener(Protocol):
+    """Where a link's Fleet API listens: a :class:`Link` here, or a link process."""
+
+    @property
+    def fleet_port(self) -> int: ...
+
+
 def node_client(
-    link: Link,
+    link: FleetListener,
     *,
     root_certificates: Path,
     chain: Path | None = None,
@@ -97,11 +109,15 @@ def node_client(
     """A Fleet client for ``link`` presenting a certificate from files or from PEM bytes.
 
     PEM bytes are passed to grpc as given (no checks), to present certificates a real node
-    would refuse to load; files go through the node's own loader and checks.
+    would refuse to load; files go through the node's own loader, and, as a node does, its own
+    check of its certificate (against ``root_certificates``) when the link closes a handshake.
     """
     identity: TlsIdentity | None = None
+    check: Callable[[], CertificateCheck] | None = None
     if chain is not None and key is not None:
         identity = load_tls_identity(chain, key, cert_flag="chain", key_flag="key")
+        _, roots = load_ca_bundle(root_certificates, "--root-certificates")
+        check = functools.partial(_check_now, identity, roots)
     elif chain_pem is not None and key_pem is not None:
         identity = TlsIdentity(chain_pem=chain_pem, key_pem=key_pem, chain=())
     address = f"127.0.0.1:{link.fleet_port}"
@@ -115,5 +131,12 @@ def node_client(
         tls=True,
         has_client_certificate=identity is not None,
         root_certificates=str(root_certificates),
+        check_certificate=check,
     )
     return FleetClient(channel, ctx), channel
+
+
+def _check_now(identity: TlsIdentity, roots: list[x509.Certificate]) -> CertificateCheck:
+    return check_own_certificate(
+        identity, SystemClock().now(), cert_flag="--ssl-client-certfile", roots=roots
+    )

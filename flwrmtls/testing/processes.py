@@ -15,7 +15,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["CliResult", "LinkProcess", "ManagedProcess", "NodeProcess", "run_cli"]
+__all__ = ["CliProcess", "CliResult", "LinkProcess", "ManagedProcess", "NodeProcess", "run_cli"]
 
 _PORTS = re.compile(r"Fleet API on \S+ \(port (\d+)\), Control API on \S+ \(port (\d+)\)")
 
@@ -105,6 +105,12 @@ class NodeProcess(ManagedProcess):
     def wait_active(self, timeout: float = 30.0) -> int:
         """Wait until the node is active; return its node id."""
         return int(self.wait_for(r"node active: node id (\d+)", timeout).group(1))
+
+
+class CliProcess(ManagedProcess):
+    """``flwrmtls ARGS`` left running (``run --stream``, ``log --stream``), output to a file."""
+
+    module = "flwrmtls.cli.main"
 
 
 class CliResult:

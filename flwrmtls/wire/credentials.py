@@ -4,10 +4,16 @@ Each loader names the flag and the file in its error, says what is wrong and wha
 never echoes key material. Client keys may be PKCS#8, SEC1 (EC) or PKCS#1 (RSA) PEM; a key
 that does not match its certificate, an encrypted key, or a certificate the link would refuse
 for its dates or usage fails here, at startup, instead of as an opaque handshake failure.
+
+:func:`check_own_certificate` is the one home of a client's checks of its own certificate: at
+start-up (:func:`check_client_certificate`, its definite causes) and again whenever the link
+closes a handshake without a word (see :mod:`flwrmtls.wire.errors`), when the certificate may
+have expired since, or may not chain to a CA the link trusts.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -17,13 +23,23 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID
+from cryptography.x509.verification import (
+    Criticality,
+    ExtensionPolicy,
+    PolicyBuilder,
+    Store,
+    VerificationError,
+)
 
 from flwrmtls.errors import InputError
 
 __all__ = [
+    "CertificateCheck",
+    "CertificateProblem",
     "TlsIdentity",
     "channel_credentials",
     "check_client_certificate",
+    "check_own_certificate",
     "load_ca_bundle",
     "load_tls_identity",
     "server_credentials",
@@ -114,40 +130,143 @@ def load_tls_identity(
     return TlsIdentity(chain_pem=chain_pem, key_pem=key_pem, chain=chain)
 
 
-def check_client_certificate(identity: TlsIdentity, now: datetime, *, cert_flag: str) -> None:
-    """Refuse, with the reason, a client certificate that any link would refuse at once.
+@dataclass(frozen=True, slots=True)
+class CertificateProblem:
+    """Something wrong with a client's own certificate, found without asking the link."""
 
-    A link refuses these at the TLS handshake, where the client sees only "socket closed".
-    """
+    message: str
+    """One line, naming the flag: what is wrong and what to do."""
+    definite: bool
+    """True: every link refuses this certificate (its dates, its usage, its key). False: the
+    likely cause of a refusal only (a link may trust a CA the client does not know of)."""
+
+
+@dataclass(frozen=True, slots=True)
+class CertificateCheck:
+    """What a client found about its own certificate: :func:`check_own_certificate`."""
+
+    problems: tuple[CertificateProblem, ...]
+    checked: str
+    """What was checked, for a line saying nothing was found."""
+
+    @property
+    def definite(self) -> CertificateProblem | None:
+        return next((p for p in self.problems if p.definite), None)
+
+
+def _utc(moment: datetime) -> str:
+    return f"{moment:%Y-%m-%d %H:%M:%S} UTC"
+
+
+def _leaf_problems(identity: TlsIdentity, now: datetime, flag: str) -> list[CertificateProblem]:
+    """Causes for which every link refuses the leaf: dates, key usage, EKU, key."""
     leaf = identity.leaf
+    found: list[str] = []
     if now < leaf.not_valid_before_utc:
-        raise InputError(
-            f"{cert_flag}: certificate not valid before "
-            f"{leaf.not_valid_before_utc:%Y-%m-%d %H:%M:%S} UTC (check this machine's clock)"
+        found.append(
+            f"{flag}: certificate not valid before {_utc(leaf.not_valid_before_utc)} "
+            "(check this machine's clock)"
         )
     if now > leaf.not_valid_after_utc:
-        raise InputError(
-            f"{cert_flag}: certificate expired on {leaf.not_valid_after_utc:%Y-%m-%d %H:%M:%S} "
-            "UTC: have it reissued"
+        found.append(
+            f"{flag}: certificate expired on {_utc(leaf.not_valid_after_utc)}: have it reissued"
         )
     try:
         key_usage = leaf.extensions.get_extension_for_class(x509.KeyUsage).value
     except x509.ExtensionNotFound:
         key_usage = None
     if key_usage is not None and not key_usage.digital_signature:
-        raise InputError(
-            f"{cert_flag}: certificate's key usage does not include digitalSignature, which a "
+        found.append(
+            f"{flag}: certificate's key usage does not include digitalSignature, which a "
             "TLS client needs to prove it holds the key: issue one for client use"
         )
     try:
         usages = leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
     except x509.ExtensionNotFound:
-        return
-    if ExtendedKeyUsageOID.CLIENT_AUTH not in usages:
-        raise InputError(
-            f"{cert_flag}: certificate's extended key usage does not include clientAuth, so a "
+        usages = None
+    if usages is not None and ExtendedKeyUsageOID.CLIENT_AUTH not in usages:
+        found.append(
+            f"{flag}: certificate's extended key usage does not include clientAuth, so a "
             "link cannot accept it as a client certificate: issue one for client use"
         )
+    try:
+        key = serialization.load_pem_private_key(identity.key_pem, password=None)
+        matches = _public_der(key) == _public_der(leaf)
+    except (TypeError, ValueError):
+        matches = False
+    if not matches:
+        found.append(f"{flag}: the private key in use does not match the certificate")
+    return [CertificateProblem(message, definite=True) for message in found]
+
+
+def _ee_policy() -> ExtensionPolicy:
+    # WebPKI's default requires a SAN; client certificates are often CN-only.
+    return ExtensionPolicy.webpki_defaults_ee().may_be_present(
+        x509.SubjectAlternativeName, Criticality.AGNOSTIC, None
+    )
+
+
+def _chain_problems(
+    identity: TlsIdentity, now: datetime, flag: str, roots: Sequence[x509.Certificate] | None,
+    roots_flag: str,
+) -> list[CertificateProblem]:  # fmt: skip
+    """Likely causes only: the chain's other certificates, and the chain to ``roots``."""
+    found = [
+        f"{flag}: the chain's certificate {c.subject.rfc4514_string()} is valid only from "
+        f"{_utc(c.not_valid_before_utc)} to {_utc(c.not_valid_after_utc)}"
+        for c in identity.chain[1:]
+        if not c.not_valid_before_utc <= now <= c.not_valid_after_utc
+    ]
+    if roots and not found:
+        verifier = (
+            PolicyBuilder().store(Store(list(roots))).time(now)
+            .extension_policies(
+                ca_policy=ExtensionPolicy.webpki_defaults_ca(), ee_policy=_ee_policy()
+            )
+            .build_client_verifier()
+        )  # fmt: skip
+        try:
+            verifier.verify(identity.leaf, list(identity.chain[1:]))
+        except VerificationError as error:
+            found.append(
+                f"{flag}: certificate does not chain to a CA in {roots_flag} ({error}); a link "
+                "with a separate client CA may trust it all the same"
+            )
+    return [CertificateProblem(message, definite=False) for message in found]
+
+
+def check_own_certificate(
+    identity: TlsIdentity,
+    now: datetime,
+    *,
+    cert_flag: str,
+    roots: Sequence[x509.Certificate] | None = None,
+    roots_flag: str = "--root-certificates",
+) -> CertificateCheck:
+    """Everything a client can find out about its own certificate without the link.
+
+    Definite causes (every link refuses them at the TLS handshake, where the client sees only
+    "Socket closed"): the leaf's dates, a key usage without digitalSignature, an extended key
+    usage without clientAuth, a key that does not match. Likely causes: an intermediate outside
+    its dates, a chain that does not lead to ``roots`` (the CA bundle that verifies the link;
+    a link may trust another CA for clients, so this is not a certainty).
+    """
+    problems = _leaf_problems(identity, now, cert_flag)
+    problems += _chain_problems(identity, now, cert_flag, roots, roots_flag)
+    checked = "dates, key usage, key, " + (
+        f"chain to {roots_flag}" if roots else f"not the chain (no {roots_flag})"
+    )
+    return CertificateCheck(tuple(problems), checked)
+
+
+def check_client_certificate(identity: TlsIdentity, now: datetime, *, cert_flag: str) -> None:
+    """Refuse, with the reason, a client certificate that any link would refuse at once.
+
+    A link refuses these at the TLS handshake, where the client sees only "socket closed".
+    """
+    definite = check_own_certificate(identity, now, cert_flag=cert_flag).definite
+    if definite is not None:
+        raise InputError(definite.message)
 
 
 def server_credentials(

@@ -1,35 +1,56 @@
 """Translate a failed gRPC call into an error the user can act on, in one table.
 
-What a client sees when a TLS handshake fails is only a string inside ``UNAVAILABLE``
-(measured with grpcio 1.85, locked in by tests/wire/test_errors.py):
+Rules:
 
-=====================================  ============================================
-the client sees                        what happened
-=====================================  ============================================
-``Connection refused``                 nothing listens there (link down, wrong port)
-``CERTIFICATE_VERIFY_FAILED``          the client could not verify the link's cert
-``WRONG_VERSION_NUMBER``               the client speaks TLS, the link plaintext
-``Socket closed`` (TLS client)         the link refused the client's certificate,
-                                       or it has none and the link requires one
-``Socket closed`` (plaintext client)   the link speaks TLS
-``Failed to create security            the client's own certificate or key cannot
-handshaker``                           do TLS (e.g. key usage without
-                                       digitalSignature); nothing was sent
-=====================================  ============================================
+* A refusal the link states (``UNAUTHENTICATED``/``PERMISSION_DENIED``: revoked, unregistered,
+  not permitted) is :class:`~flwrmtls.errors.Refused`, with the link's reason from its details
+  (and a :data:`~flwrmtls.wire.metadata.REFUSAL_KEY` trailer): final.
+* A connection the link closes without a word is never read as a refusal on its own: a link
+  that refuses a certificate at the TLS handshake and a link that dies mid-connection (OOM
+  kill, host loss, eviction) look alike. It is :class:`~flwrmtls.errors.HandshakeClosed` (a
+  :class:`~flwrmtls.errors.LinkUnreachable`: retried within bounds), naming both
+  possibilities. With a client certificate, the client's own check
+  (:func:`~flwrmtls.wire.credentials.check_own_certificate`, run here through the context)
+  settles it when it finds a definite cause (expired, not yet valid, no clientAuth): then it is
+  Refused, naming that cause; a likely cause (a chain not leading to the client's CA bundle) is
+  added to the message.
+* A call cut on an established connection (``Stream removed``) is the link going away, never a
+  refusal: no handshake happened.
 
-A refusal after the handshake (``UNAUTHENTICATED``/``PERMISSION_DENIED``) carries the link's
-reason in its details and a :data:`REFUSAL_METADATA_KEY` trailer.
+What a client sees is only a string inside ``UNAVAILABLE`` (measured with grpcio 1.85, locked
+in by tests/wire/test_errors.py):
+
+=========================================  ============================================
+the client sees                            what happened
+=========================================  ============================================
+``Connection refused``                     nothing listens there (link down, wrong port)
+``CERTIFICATE_VERIFY_FAILED``              the client could not verify the link's cert
+``WRONG_VERSION_NUMBER``                   the client speaks TLS, the link plaintext
+``Stream removed (Socket closed)``         an established connection closed during a
+                                           call: the link stopped, crashed or restarted
+``...: Socket closed`` (TLS client)        closed after the client's handshake flight:
+                                           the link refused the client's certificate (or
+                                           its lack of one), or it died right then
+``Handshake read failed (Socket closed)``  closed before the link's TLS hello: a link
+                                           starting or dying, or a proxy without a link
+``Socket closed`` (plaintext client)       the link speaks TLS, or it died right then
+``Failed to create security                the client's own certificate or key cannot
+handshaker``                               do TLS (e.g. key usage without
+                                           digitalSignature); nothing was sent
+=========================================  ============================================
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import grpc
 
-from flwrmtls.errors import FlwrmtlsError, LinkUnreachable, Refused
+from flwrmtls.errors import FlwrmtlsError, HandshakeClosed, LinkUnreachable, Refused
+from flwrmtls.wire.credentials import CertificateCheck
 
-__all__ = ["ConnectionContext", "translate_rpc_error"]
+__all__ = ["ConnectionContext", "explain_handshake_closed", "translate_rpc_error"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,22 +63,54 @@ class ConnectionContext:
     root_certificates: str
     """The file the client verifies the link with, for messages ('' = system roots)."""
     client_flags: str = "--ssl-client-certfile/--ssl-client-keyfile"
+    check_certificate: Callable[[], CertificateCheck] | None = None
+    """The client's own check of the certificate it presents now (it may have been rotated
+    or expired since start-up), run when the link closes a handshake without a word."""
+
+
+def explain_handshake_closed(address: str, check: CertificateCheck) -> FlwrmtlsError:
+    """A handshake the link closed, with what the client found about its own certificate."""
+    definite = check.definite
+    if definite is not None:
+        return Refused(
+            f"the link at {address} closed the connection during the handshake, and this "
+            f"client's own certificate explains why: {definite.message}"
+        )
+    said = (
+        f"the link at {address} closed the connection during the handshake: it may have "
+        "refused this certificate, or be restarting"
+    )
+    if check.problems:
+        likely = "; ".join(problem.message for problem in check.problems)
+        return HandshakeClosed(f"{said}; the likely cause, if it refused: {likely}")
+    return HandshakeClosed(
+        f"{said}; nothing wrong found here with this certificate (checked: {check.checked})"
+    )
 
 
 def _handshake_closed(ctx: ConnectionContext) -> FlwrmtlsError:
     if not ctx.tls:
-        return Refused(
-            f"the link at {ctx.address} closed the connection: it probably requires TLS; "
-            "drop --insecure and give the CA that verifies the link"
+        return HandshakeClosed(
+            f"the link at {ctx.address} closed the connection: it probably requires TLS (drop "
+            "--insecure and give the CA that verifies the link), unless it is restarting"
         )
     if not ctx.has_client_certificate:
-        return Refused(
-            f"the link at {ctx.address} requires a client certificate: give {ctx.client_flags}"
+        return HandshakeClosed(
+            f"the link at {ctx.address} closed the connection during the handshake: either it "
+            f"requires a client certificate (give {ctx.client_flags}) or it is restarting"
         )
-    return Refused(
-        f"the link at {ctx.address} refused this client's certificate at the TLS handshake: "
-        "it is not signed by a CA the link trusts for clients, or not valid for client "
-        "authentication (the link's log has the reason)"
+    if ctx.check_certificate is not None:
+        return explain_handshake_closed(ctx.address, ctx.check_certificate())
+    return HandshakeClosed(
+        f"the link at {ctx.address} closed the connection during the handshake: it may have "
+        "refused this certificate, or be restarting (a refusal is in the link's log)"
+    )
+
+
+def _went_away(ctx: ConnectionContext) -> FlwrmtlsError:
+    return LinkUnreachable(
+        f"the link at {ctx.address} went away: the connection closed during a call (the link "
+        "stopped, crashed or is restarting)"
     )
 
 
@@ -88,10 +141,12 @@ def _unreachable(ctx: ConnectionContext) -> FlwrmtlsError:
     return LinkUnreachable(f"no link is listening at {ctx.address} (connection refused)")
 
 
-# (substring of the error text, translation), first match wins.
+# (substring of the error text, translation), first match wins: "Stream removed" before
+# "Socket closed", which it may contain.
 _UNAVAILABLE_CAUSES = (
     ("CERTIFICATE_VERIFY_FAILED", _server_unverified),
     ("WRONG_VERSION_NUMBER", _not_tls),
+    ("Stream removed", _went_away),
     ("Socket closed", _handshake_closed),
     ("Failed to create security handshaker", _unusable_local_certificate),
     ("Connection refused", _unreachable),

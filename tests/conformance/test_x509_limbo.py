@@ -25,7 +25,7 @@ import pytest
 from cryptography import x509
 from cryptography.utils import CryptographyDeprecationWarning
 
-from flwrmtls.errors import Refused
+from flwrmtls.errors import HandshakeClosed, Refused
 from flwrmtls.testing.link import mtls_config, node_client, running_link
 from flwrmtls.testing.pki import TestPki, make_test_pki
 
@@ -264,7 +264,7 @@ def _case(case_id: str) -> LimboCase:
 def _classify_refusal(message: str) -> Outcome:
     if "could not set up TLS with this client's own certificate" in message:
         return Outcome.NOT_PRESENTABLE
-    if "refused this client's certificate at the TLS handshake" in message:
+    if "closed the connection during the handshake: it may have refused" in message:
         return Outcome.REFUSED_AT_HANDSHAKE
     if "refused this client: " in message:
         return Outcome.REFUSED_BY_LINK
@@ -296,7 +296,7 @@ def present(case: LimboCase, server_pki: TestPki, directory: Path) -> tuple[Outc
         )
         try:
             session = client.activate()
-        except Refused as error:
+        except (Refused, HandshakeClosed) as error:
             return _classify_refusal(str(error)), str(error)
         finally:
             channel.close()

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from flwrmtls.testing.pki import TestPki
-from flwrmtls.testing.processes import CliResult, LinkProcess, NodeProcess, run_cli
+from flwrmtls.testing.processes import CliProcess, CliResult, LinkProcess, NodeProcess, run_cli
 
 __all__ = ["Deployment", "deployment", "free_port"]
 
@@ -32,7 +32,7 @@ class Deployment:
         tmpdir.mkdir(exist_ok=True)
         (tmpdir / "canary").write_text("must survive")
         self.env = {"FLWRMTLS_HOME": str(tmp_path / "home"), "TMPDIR": str(tmpdir)}
-        self.processes: list[LinkProcess | NodeProcess] = []
+        self.processes: list[LinkProcess | NodeProcess | CliProcess] = []
 
     def link_args(self, fleet: str = "127.0.0.1:0", control: str = "127.0.0.1:0") -> list[str]:
         chain, key = self.pki.paths("server")
@@ -112,6 +112,13 @@ class Deployment:
 
     def cli(self, *args: str, timeout: float = 120.0) -> CliResult:
         return run_cli(list(args), env=self.env, timeout=timeout)
+
+    def cli_process(self, *args: str, name: str = "cli") -> CliProcess:
+        """``flwrmtls ARGS`` started and left running; its output goes to ``<name>.log``."""
+        cli = CliProcess(list(args), self.tmp / f"{name}.log", self.env)
+        self.processes.append(cli)
+        cli.start()
+        return cli
 
     def assert_tmp_intact(self) -> None:
         assert (Path(self.env["TMPDIR"]) / "canary").read_text() == "must survive"

@@ -45,6 +45,30 @@ def test_state_survives_reopening(tmp_path: Path) -> None:
     reopened.check_session(node_id, session)  # the session survives too
 
 
+def test_a_link_start_shows_restored_nodes_offline_until_they_call(tmp_path: Path) -> None:
+    # The link crashed at T0 + 1 with two nodes online (heartbeats promised them until T0 + 25);
+    # the nodes may have died with it. Restarted at T0 + 5, it must not offer them to runs.
+    state = LinkState(tmp_path / "link.db")
+    first, first_session = activate(state, node_id=1)
+    second, second_session = activate(state, node_id=2)
+    left, left_session = activate(state, node_id=3)
+    state.deactivate_node(left, left_session, now=T0 + 0.5)  # left cleanly: offline since T0+0.5
+    state.close()
+    restarted = LinkState(tmp_path / "link.db")
+    assert [n.status for n in restarted.list_nodes(now=T0 + 5)] == ["online", "online", "offline"]
+    assert restarted.link_started(now=T0 + 5) == 2
+    assert {n.node_id: n.status for n in restarted.list_nodes(now=T0 + 5)} == {
+        1: "offline", 2: "offline", 3: "offline",
+    }  # fmt: skip
+    assert restarted.online_nodes(now=T0 + 5) == []
+    assert restarted.node_status([3], now=T0 + 5)[3][1] == T0 + 0.5  # "offline since" is kept
+    # Their sessions stay valid: a heartbeat on the old session resumes a node, same node id.
+    restarted.heartbeat(first, first_session, now=T0 + 6, heartbeat_interval=10, peer_address="p")
+    assert restarted.online_nodes(now=T0 + 6) == [(first, "CN=node-1")]
+    restarted.check_session(second, second_session)  # the silent one may still come back
+    assert {n.node_id: n.status for n in restarted.list_nodes(now=T0 + 6)}[second] == "offline"
+
+
 def test_newest_activation_supersedes_the_older_session(tmp_path: Path) -> None:
     state = LinkState(tmp_path / "link.db")
     _, old = activate(state)

@@ -2,18 +2,27 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives import serialization
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from flwrmtls.errors import InputError
-from flwrmtls.pki import KeyEncoding, KeyType
+from flwrmtls.pki import CertificateAuthority, IssuedCertificate, KeyEncoding, KeyType
 from flwrmtls.testing.pki import TestPki
-from flwrmtls.wire.credentials import check_client_certificate, load_ca_bundle, load_tls_identity
+from flwrmtls.wire.credentials import (
+    TlsIdentity,
+    check_client_certificate,
+    check_own_certificate,
+    load_ca_bundle,
+    load_tls_identity,
+)
 
 
 def now() -> datetime:
@@ -150,3 +159,87 @@ def test_certificate_whose_key_usage_cannot_sign_is_refused_at_startup(
         check_client_certificate(identity, now(), cert_flag="--ssl-client-certfile")
     good = load_tls_identity(*fresh_pki.paths("node-1"), cert_flag="c", key_flag="k")
     check_client_certificate(good, now(), cert_flag="--ssl-client-certfile")
+
+
+# --- the client's own check, run again when the link closes a handshake ----------------------
+
+
+def identity_of(issued: IssuedCertificate) -> TlsIdentity:
+    return load_tls_identity(issued.chain_path, issued.key_path, cert_flag="c", key_flag="k")
+
+
+def test_own_check_definite_causes_are_every_links_refusals(fresh_pki: TestPki) -> None:
+    ca = fresh_pki.ca
+    roots = [ca.root_certificate]
+    good = load_tls_identity(*fresh_pki.paths("node-1"), cert_flag="c", key_flag="k")
+    clean = check_own_certificate(good, now(), cert_flag="--cert", roots=roots, roots_flag="ca.crt")
+    assert clean.problems == ()
+    assert clean.definite is None
+    assert clean.checked == "dates, key usage, key, chain to ca.crt"
+    # Each certificate checked at a moment it is bad, beside the good one that passes.
+    expired = ca.issue_node(
+        "expired", not_before=now() - timedelta(days=3), not_after=now() - timedelta(days=1)
+    )
+    server_only = ca.issue_node("srv", extended_key_usages=[ExtendedKeyUsageOID.SERVER_AUTH])
+    other_key = dataclasses.replace(good, key_pem=identity_of(server_only).key_pem)
+    for identity, moment, cause in [
+        (identity_of(expired), now(), "--cert: certificate expired on"),
+        (good, now() + timedelta(days=3650), "--cert: certificate expired on"),  # it expired since
+        (good, good.leaf.not_valid_before_utc - timedelta(hours=1),
+         "--cert: certificate not valid before"),
+        (identity_of(server_only), now(),
+         "--cert: certificate's extended key usage does not include clientAuth"),
+        (other_key, now(), "--cert: the private key in use does not match the certificate"),
+    ]:  # fmt: skip
+        check = check_own_certificate(identity, moment, cert_flag="--cert", roots=roots)
+        assert check.definite is not None, cause
+        assert check.definite.message.startswith(cause)
+
+
+def test_own_check_a_chain_outside_the_roots_is_only_a_likely_cause(
+    fresh_pki: TestPki, tmp_path: Path
+) -> None:
+    stranger_ca = CertificateAuthority.create(tmp_path / "stranger")
+    stranger = identity_of(stranger_ca.issue_node("node-1"))
+    roots = [fresh_pki.ca.root_certificate]
+    check = check_own_certificate(
+        stranger, now(), cert_flag="--cert", roots=roots, roots_flag="ca.crt"
+    )
+    [problem] = check.problems
+    assert not problem.definite  # a link may trust another CA for its clients
+    assert check.definite is None
+    assert problem.message.startswith("--cert: certificate does not chain to a CA in ca.crt")
+    assert problem.message.endswith("a link with a separate client CA may trust it all the same")
+    # Control: against its own CA it chains; without roots the chain is not judged at all.
+    _, stranger_roots = load_ca_bundle(stranger_ca.trust_bundle_path, "--root-certificates")
+    assert (
+        check_own_certificate(stranger, now(), cert_flag="c", roots=stranger_roots).problems == ()
+    )
+    unjudged = check_own_certificate(stranger, now(), cert_flag="c", roots=None)
+    assert unjudged.problems == ()
+    assert unjudged.checked == "dates, key usage, key, not the chain (no --root-certificates)"
+
+
+def test_own_check_an_intermediate_out_of_its_dates_is_a_likely_cause(
+    fresh_pki: TestPki,
+) -> None:
+    # An intermediate that expired while its leaf has not: built by hand, since the CA tool
+    # never issues a leaf that outlives its issuer.
+    good = load_tls_identity(*fresh_pki.paths("node-1"), cert_flag="c", key_flag="k")
+    issuer_key = ec.generate_private_key(ec.SECP256R1())
+    expired_intermediate = (
+        x509.CertificateBuilder()
+        .subject_name(good.chain[1].subject)
+        .issuer_name(good.chain[1].issuer)
+        .public_key(issuer_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now() - timedelta(days=30))
+        .not_valid_after(now() - timedelta(days=1))
+        .sign(issuer_key, hashes.SHA256())
+    )
+    stale = dataclasses.replace(good, chain=(good.leaf, expired_intermediate))
+    [problem] = check_own_certificate(stale, now(), cert_flag="--cert", roots=None).problems
+    assert not problem.definite
+    assert problem.message.startswith("--cert: the chain's certificate CN=")
+    assert "is valid only from" in problem.message
+    assert check_own_certificate(good, now(), cert_flag="--cert", roots=None).problems == ()

@@ -6,19 +6,28 @@ If a grpcio upgrade changes these strings, these tests fail before users see
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import functools
+import signal
+import socket
+import threading
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import grpc
 import pytest
 
-from flwrmtls.errors import LinkUnreachable, Refused
+from flwrmtls.errors import FlwrmtlsError, HandshakeClosed, LinkUnreachable, Refused
 from flwrmtls.fleet.client import FleetClient
 from flwrmtls.link.server import Link
 from flwrmtls.pki import CertificateAuthority
-from flwrmtls.testing.link import node_client
+from flwrmtls.testing.link import FleetListener, node_client
 from flwrmtls.testing.pki import TestPki
-from flwrmtls.wire.errors import ConnectionContext
+from flwrmtls.testing.processes import LinkProcess
+from flwrmtls.wire.credentials import CertificateCheck, CertificateProblem
+from flwrmtls.wire.errors import ConnectionContext, explain_handshake_closed, translate_rpc_error
 
 
 def activate(client: FleetClient, channel: grpc.Channel) -> None:
@@ -34,13 +43,18 @@ def test_good_client_is_admitted(link: Link, pki: TestPki) -> None:
 
 
 def test_no_client_certificate(link: Link, pki: TestPki) -> None:
-    with pytest.raises(Refused, match="requires a client certificate"):
+    # A link that closes the handshake could also be one that died: retried, both named.
+    with pytest.raises(
+        HandshakeClosed, match=r"requires a client certificate .* or it is restarting"
+    ):
         activate(*node_client(link, root_certificates=pki.trust_bundle_path))
 
 
 def test_client_certificate_from_another_ca(link: Link, pki: TestPki, tmp_path: Path) -> None:
     stranger = CertificateAuthority.create(tmp_path / "stranger").issue_node("node-1")
-    with pytest.raises(Refused, match="refused this client's certificate at the TLS handshake"):
+    with pytest.raises(
+        HandshakeClosed, match="may have refused this certificate, or be restarting"
+    ):
         activate(
             *node_client(
                 link,
@@ -64,7 +78,7 @@ def test_plaintext_client_against_tls_link(link: Link) -> None:
     address = f"127.0.0.1:{link.fleet_port}"
     channel = grpc.insecure_channel(address)
     ctx = ConnectionContext(address, tls=False, has_client_certificate=False, root_certificates="")
-    with pytest.raises(Refused, match="probably requires TLS"):
+    with pytest.raises(HandshakeClosed, match=r"probably requires TLS .* unless it is restarting"):
         activate(FleetClient(channel, ctx), channel)
 
 
@@ -104,3 +118,198 @@ def test_a_refused_call_names_its_reason_in_trailing_metadata(link: Link, pki: T
     code, trailer = list_nodes("cli-operator")  # control
     assert code is grpc.StatusCode.OK
     assert REFUSAL_KEY not in trailer
+
+
+# --- a link that goes away is not a link that refuses ----------------------------------------
+
+
+def link_process(pki: TestPki, tmp_path: Path) -> LinkProcess:
+    chain, key = pki.paths("server")
+    link = LinkProcess(
+        [
+            "--fleet-api-address", "127.0.0.1:0", "--control-api-address", "127.0.0.1:0",
+            "--serverappio-api-address", "127.0.0.1:0", "--database", str(tmp_path / "link.db"),
+            "--ssl-require-client-auth", "--ssl-ca-certfile", str(pki.trust_bundle_path),
+            "--ssl-certfile", str(chain), "--ssl-keyfile", str(key),
+        ],
+        tmp_path / "link.log",
+    )  # fmt: skip
+    link.start_and_wait()
+    return link
+
+
+def node_1(link: FleetListener, pki: TestPki) -> tuple[FleetClient, grpc.Channel]:
+    chain, key = pki.paths("node-1")
+    return node_client(link, root_certificates=pki.trust_bundle_path, chain=chain, key=key)
+
+
+def test_a_call_cut_by_a_killed_link_is_the_link_going_away(pki: TestPki, tmp_path: Path) -> None:
+    # The attack is the link's own death: an OOM kill or a lost host closes the connection
+    # under a call, and grpc's words for it ("Stream removed (Socket closed)") contain the words
+    # of a handshake refusal. Read as a refusal, it ended every node for good.
+    link = link_process(pki, tmp_path)
+    client, channel = node_1(link, pki)
+    try:
+        session = client.activate()
+        cut: list[BaseException] = []
+
+        def long_poll() -> None:
+            try:
+                client.pull(session, wait=20.0, active_run_ids=[])
+            except FlwrmtlsError as error:
+                cut.append(error)
+
+        poll = threading.Thread(target=long_poll)
+        poll.start()
+        assert link.process is not None
+        link.process.send_signal(signal.SIGKILL)
+        link.process.wait()
+        poll.join(timeout=30)
+        [error] = cut
+        assert type(error) is LinkUnreachable, error  # retried, never final
+        assert "went away" in str(error)
+        assert "refused this" not in str(error)
+        # Control: the link gone, the next call finds nothing listening; still unreachable.
+        with pytest.raises(LinkUnreachable, match="no link is listening"):
+            client.heartbeat(session)
+    finally:
+        channel.close()
+        link.stop()
+
+
+def test_a_connection_closed_before_the_links_tls_hello_is_not_a_refusal(pki: TestPki) -> None:
+    # What a node meets when a link dies as it connects, or a proxy has no link behind it:
+    # the connection is accepted and closed. Measured: "Handshake read failed (Socket closed)".
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+
+        def accept_and_close() -> None:
+            with contextlib.suppress(OSError):
+                while True:
+                    connection, _ = server.accept()
+                    connection.recv(1 << 16)  # the client's hello: closing unread would reset
+                    connection.close()
+
+        threading.Thread(target=accept_and_close, daemon=True).start()
+        listener = SimpleNamespace(fleet_port=port)
+        client, channel = node_1(listener, pki)
+        with pytest.raises(HandshakeClosed) as closed:
+            activate(client, channel)
+    message = str(closed.value)
+    assert "may have refused this certificate, or be restarting" in message
+    assert "nothing wrong found here" in message  # the node's own check passed
+    assert "chain to --root-certificates" in message
+
+
+# --- the table, value by value -----------------------------------------------------------------
+
+
+class Failure(grpc.RpcError):
+    """A failed call as grpc hands it over: a code and a details string."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        self._code, self._details = code, details
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+    def details(self) -> str:
+        return self._details
+
+
+LAST = "failed to connect to all addresses; last error: UNAVAILABLE: ipv4:127.0.0.1:9092: "
+UNAVAILABLE = grpc.StatusCode.UNAVAILABLE
+WITH_CERT = ConnectionContext(
+    "127.0.0.1:9092", tls=True, has_client_certificate=True, root_certificates="ca.crt"
+)
+NO_CERT = ConnectionContext(
+    "127.0.0.1:9092", tls=True, has_client_certificate=False, root_certificates="ca.crt"
+)
+PLAIN = ConnectionContext(
+    "127.0.0.1:9092", tls=False, has_client_certificate=False, root_certificates=""
+)
+
+
+@pytest.mark.parametrize(
+    ("details", "ctx", "kind", "says"),
+    [
+        ("Stream removed (Socket closed)", WITH_CERT, LinkUnreachable, "went away"),
+        ("Stream removed (Socket closed)", PLAIN, LinkUnreachable, "went away"),
+        (LAST + "Socket closed", WITH_CERT, HandshakeClosed,
+         "may have refused this certificate, or be restarting"),
+        (LAST + "Handshake read failed (Socket closed)", WITH_CERT, HandshakeClosed,
+         "may have refused this certificate, or be restarting"),
+        (LAST + "Socket closed", NO_CERT, HandshakeClosed,
+         "requires a client certificate (give --ssl-client-certfile"),
+        (LAST + "Socket closed", PLAIN, HandshakeClosed, "probably requires TLS"),
+        (LAST + "CERTIFICATE_VERIFY_FAILED", WITH_CERT, Refused, "certificate verify failed"),
+        (LAST + "WRONG_VERSION_NUMBER", WITH_CERT, Refused, "does not speak TLS"),
+        (LAST + "Failed to create security handshaker", WITH_CERT, Refused,
+         "could not set up TLS"),
+        ("failed to connect to all addresses; last error: UNKNOWN: ipv4:127.0.0.1:9092: "
+         "Failed to connect to remote host: Connection refused", WITH_CERT, LinkUnreachable,
+         "no link is listening"),
+        ("Stream removed (recvmsg:Connection reset by peer)", WITH_CERT, LinkUnreachable,
+         "went away"),
+    ],
+)  # fmt: skip
+def test_unavailable_translations(
+    details: str, ctx: ConnectionContext, kind: type[FlwrmtlsError], says: str
+) -> None:
+    error = translate_rpc_error(Failure(UNAVAILABLE, details), ctx)
+    assert type(error) is kind
+    assert says in str(error)
+    if kind is LinkUnreachable:
+        assert "refused this" not in str(error)
+
+
+def test_refusals_the_link_states_stay_final() -> None:
+    for code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+        # Even when the link's reason happens to contain the words of a closed connection.
+        error = translate_rpc_error(Failure(code, "certificate revoked (Socket closed)"), WITH_CERT)
+        assert type(error) is Refused
+        assert str(error) == (
+            "the link at 127.0.0.1:9092 refused this client: certificate revoked (Socket closed)"
+        )
+
+
+def own(*problems: CertificateProblem) -> CertificateCheck:
+    return CertificateCheck(problems, checked="dates, key usage, key, chain to ca.crt")
+
+
+def test_the_clients_own_check_settles_or_informs_a_closed_handshake() -> None:
+    expired = CertificateProblem("--cert: certificate expired on 2020-01-01", definite=True)
+    unchained = CertificateProblem("--cert: certificate does not chain to ca.crt", definite=False)
+    details = LAST + "Socket closed"
+    for check, kind, says in [
+        (own(expired, unchained), Refused, "own certificate explains why: --cert: certificate "
+         "expired on 2020-01-01"),
+        (own(unchained), HandshakeClosed, "the likely cause, if it refused: --cert: certificate "
+         "does not chain to ca.crt"),
+        (own(), HandshakeClosed, "nothing wrong found here with this certificate (checked: "
+         "dates, key usage, key, chain to ca.crt)"),
+    ]:  # fmt: skip
+        ctx = dataclasses.replace(WITH_CERT, check_certificate=functools.partial(same, check))
+        error = translate_rpc_error(Failure(UNAVAILABLE, details), ctx)
+        assert type(error) is kind
+        assert says in str(error)
+        explained = explain_handshake_closed(ctx.address, check)
+        assert (type(explained), str(explained)) == (kind, str(error))
+    # The check runs only for a closed handshake: a call cut mid-way never asks it.
+    asked: list[bool] = []
+
+    def check_and_note() -> CertificateCheck:
+        asked.append(True)
+        return own()
+
+    ctx = dataclasses.replace(WITH_CERT, check_certificate=check_and_note)
+    translate_rpc_error(Failure(UNAVAILABLE, "Stream removed (Socket closed)"), ctx)
+    assert asked == []
+    translate_rpc_error(Failure(UNAVAILABLE, details), ctx)
+    assert asked == [True]
+
+
+def same(check: CertificateCheck) -> CertificateCheck:
+    return check
