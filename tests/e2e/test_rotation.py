@@ -111,13 +111,13 @@ def test_ca_rollover(deployment: Deployment, tmp_path: Path) -> None:
     new_ca = CertificateAuthority.create(tmp_path / "new-ca", name="New CA")
     new_node = new_ca.issue_node("node-9", organization="New Org")
 
-    def start_new_ca_node(name: str) -> NodeProcess:
+    def start_new_ca_node(name: str, *extra: str) -> NodeProcess:
         process = NodeProcess(
             ["--superlink", f"127.0.0.1:{link.fleet_port}",
              "--root-certificates", str(pki.trust_bundle_path),
              "--ssl-client-certfile", str(new_node.chain_path),
              "--ssl-client-keyfile", str(new_node.key_path),
-             "--clientappio-api-address", "127.0.0.1:0"],
+             "--clientappio-api-address", "127.0.0.1:0", *extra],
             tmp_path / f"{name}.log", deployment.env,
         )  # fmt: skip
         deployment.processes.append(process)
@@ -126,13 +126,17 @@ def test_ca_rollover(deployment: Deployment, tmp_path: Path) -> None:
 
     old_node = deployment.node("node-1", link.fleet_port)
     old_node.wait_active()
-    too_early = start_new_ca_node("too-early")
-    assert too_early.wait_exit() == 1  # the new CA is not trusted yet
-    # Rollover period: both CAs in the bundle.
+    # The new CA is not trusted yet: the link closes the handshake, which a node cannot tell
+    # from a link restarting. A bounded node gives up, naming both; an unbounded one waits.
+    too_early = start_new_ca_node("too-early", "--max-retries", "1")
+    welcome = start_new_ca_node("welcome")
+    assert too_early.wait_exit() == 1
+    assert "may have refused this certificate, or be restarting" in too_early.log
+    welcome.wait_for("may have refused this certificate, or be restarting; .* retrying in")
+    # Rollover period: both CAs in the bundle. The waiting node gets in on its next attempt.
     clients.write_bytes(pki.trust_bundle_path.read_bytes() + new_ca.trust_bundle_path.read_bytes())
     link.wait_for(r"client CA bundle: 2 certificate\(s\)")
-    welcome = start_new_ca_node("welcome")
-    welcome.wait_active()
+    welcome.wait_active(timeout=90)
     # The old CA is removed: its node is refused on its next call on its open connection.
     clients.write_bytes(new_ca.trust_bundle_path.read_bytes())
     assert old_node.wait_exit(timeout=20) == 1
