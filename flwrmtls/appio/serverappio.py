@@ -107,6 +107,7 @@ class ServerAppIoServicer(appio_pb2_grpc.ServerAppIoServicer):
         run_id = self._run_id()
         now = self._now()
         destinations = self._state.node_status([m.dst_node_id for m in request.messages], now=now)
+        used = set(self._state.messages.taken(m.message_id for m in request.messages))
         rows = []
         for message in request.messages:
             problem = None
@@ -116,10 +117,13 @@ class ServerAppIoServicer(appio_pb2_grpc.ServerAppIoServicer):
                 problem = f"message {message.message_id} is for unknown node {message.dst_node_id}"
             elif not message.message_id:
                 problem = "a message has no message_id"
+            elif message.message_id in used:
+                problem = f"message id {message.message_id!r} is already used"
             elif missing := self._objects.missing(message.object_ids):
                 problem = f"message {message.message_id} references objects not pushed: {missing}"
             if problem:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
+            used.add(message.message_id)
             stamped = common_pb2.Message()
             stamped.CopyFrom(message)
             stamped.run_id = run_id

@@ -123,11 +123,9 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
         registered = []
         for der, key in parsed:
             node_id = node_id_for_key(key)
-            outcome = self._state.keys.register(
+            outcome = self._state.register_key(
                 der, node_id=node_id, fingerprint=key_fingerprint(key), by=by, now=now
             )
-            if outcome == "registered again":
-                self._state.readmit_node(node_id)
             registered.append(
                 control_pb2.RegisteredKey(
                     node_id=node_id, fingerprint=key_fingerprint(key), outcome=outcome
@@ -151,8 +149,7 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
             await context.abort(
                 grpc.StatusCode.FAILED_PRECONDITION, f"node {node_id} is already unregistered"
             )
-        self._state.keys.unregister(node_id, by=current_principal().identity, now=now)
-        self._state.unregister_node(node_id, now=now)
+        self._state.unregister_node(node_id, by=current_principal().identity, now=now)
         self._notifier.notify(("node", node_id))
         for run in self._state.runs.active():
             self._notifier.notify(("run", run.run_id))

@@ -177,7 +177,8 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
         now = self._now()
         reply_to = [m.reply_to_message_id for m in request.messages]
         originals = self._state.messages.get(reply_to)
-        answered = self._state.messages.replies_to(reply_to)
+        answered = set(self._state.messages.replies_to(reply_to))
+        used = set(self._state.messages.taken(m.message_id for m in request.messages))
         rows = []
         for message in request.messages:
             original = originals.get(message.reply_to_message_id)
@@ -197,6 +198,13 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
             run = self._state.runs.get(original.run_id)
             if run is None or run.ended or original.message_id in answered:
                 continue  # the run ended, or the link already answered for the node (offline)
+            if not message.message_id or message.message_id in used:
+                await context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"reply id {message.message_id!r} is empty or already used",
+                )
+            answered.add(original.message_id)
+            used.add(message.message_id)
             stamped = common_pb2.Message()
             stamped.CopyFrom(message)
             stamped.run_id = original.run_id

@@ -11,6 +11,9 @@ Rules:
   nor a flood of refusals an admission. The database holds at most the sum of the limits
   (1,300,000 entries by default, a few hundred bytes each) plus ``prune_every``.
 * Read newest first, optionally only one identity's entries (indexed).
+* Recording is one statement, committed on its own; a prune (one DELETE per class) is one
+  transaction of its own, deliberately not the new entry's: a prune that fails must not take
+  the new entry with it.
 
 Callers: the link's interceptors (:meth:`AuditTable.record`, passed as their ``audit`` sink),
 the Control servicer (:meth:`AuditTable.entries`, for ``flwrmtls audit``).
@@ -23,6 +26,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from flwrmtls.auth.audit import AuditRecord, Retention
+from flwrmtls.state.transaction import Transactions
 
 __all__ = ["DEFAULT_LIMITS", "DEFAULT_MAX_ENTRIES", "AuditEntry", "AuditTable"]
 
@@ -55,6 +59,7 @@ class AuditTable:
         limits: Mapping[Retention, int] = DEFAULT_LIMITS,
         max_entries: int | None = None,
         prune_every: int | None = None,
+        transactions: Transactions | None = None,
     ) -> None:
         """``max_entries``: the same limit for every class (instead of ``limits``).
         ``prune_every``: records between prunes; by default a tenth of the smallest limit, at
@@ -66,34 +71,35 @@ class AuditTable:
         if set(limits) != set(Retention) or min(limits.values()) < 1 or prune_every < 1:
             raise ValueError("every retention class needs a positive limit; prune_every too")
         self._db = db
+        self._transaction = transactions or Transactions(db)
         self._limits = dict(limits)
         self._prune_every = prune_every
         self._since_prune = 0
 
     def record(self, record: AuditRecord) -> None:
         """Interceptors (the ``audit`` sink): append one entry; now and then prune old ones."""
-        with self._db:
-            self._db.execute(
-                f"INSERT INTO audit ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    record.timestamp,
-                    record.identity,
-                    record.auth_method,
-                    record.method,
-                    record.outcome,
-                    record.detail,
-                    record.peer,
-                    record.retention.value,
-                ),
-            )
+        self._db.execute(
+            f"INSERT INTO audit ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                record.timestamp,
+                record.identity,
+                record.auth_method,
+                record.method,
+                record.outcome,
+                record.detail,
+                record.peer,
+                record.retention.value,
+            ),
+        )
         self._since_prune += 1
         if self._since_prune >= self._prune_every:
             self._since_prune = 0
             self.prune()
 
     def prune(self) -> None:
-        """Delete each class's entries older than its newest ``limits[class]``."""
-        with self._db:
+        """Delete each class's entries older than its newest ``limits[class]`` (one
+        transaction)."""
+        with self._transaction():
             for retention, limit in self._limits.items():
                 self._db.execute(
                     "DELETE FROM audit WHERE retention = ?1 AND seq < (SELECT seq FROM audit "

@@ -8,7 +8,11 @@ Rules:
 * Lookups run on every call of an EC-key node, so the table is mirrored in memory (the link is
   the only writer of its database) and a lookup is a dict access.
 
-Callers: the Control servicer (register, unregister), the EC-key authenticator (status).
+* The mirror changes only once the database has (:meth:`Transactions.after_commit`), so a
+  registration that fails, or that is part of a larger change that fails, changes nothing.
+
+Callers: :class:`~flwrmtls.state.linkstate.LinkState` (register, unregister, each together
+with the node's own row), the EC-key authenticator (status).
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ from __future__ import annotations
 import enum
 import sqlite3
 from dataclasses import dataclass
+
+from flwrmtls.state.transaction import Transactions
 
 __all__ = ["KeyRecord", "KeyRegistration", "NodeKeyTable"]
 
@@ -36,8 +42,9 @@ class KeyRecord:
 
 
 class NodeKeyTable:
-    def __init__(self, db: sqlite3.Connection) -> None:
+    def __init__(self, db: sqlite3.Connection, transactions: Transactions | None = None) -> None:
         self._db = db
+        self._transaction = transactions or Transactions(db)
         self._by_key: dict[bytes, KeyRecord] = {}
         for row in db.execute(
             "SELECT public_key, node_id, fingerprint, status, changed_at, changed_by FROM node_keys"
@@ -90,13 +97,16 @@ class NodeKeyTable:
         return record
 
     def _write(self, record: KeyRecord) -> None:
-        with self._db:
-            self._db.execute(
-                "INSERT INTO node_keys (public_key, node_id, fingerprint, status, changed_at, "
-                "changed_by) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(public_key) DO UPDATE SET "
-                "status = excluded.status, changed_at = excluded.changed_at, "
-                "changed_by = excluded.changed_by",
-                (record.public_key, record.node_id, record.fingerprint, record.status.value,
-                 record.changed_at, record.changed_by),
-            )  # fmt: skip
-        self._by_key[record.public_key] = record
+        self._db.execute(
+            "INSERT INTO node_keys (public_key, node_id, fingerprint, status, changed_at, "
+            "changed_by) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT(public_key) DO UPDATE SET "
+            "status = excluded.status, changed_at = excluded.changed_at, "
+            "changed_by = excluded.changed_by",
+            (record.public_key, record.node_id, record.fingerprint, record.status.value,
+             record.changed_at, record.changed_by),
+        )  # fmt: skip
+
+        def remember() -> None:
+            self._by_key[record.public_key] = record
+
+        self._transaction.after_commit(remember)

@@ -30,6 +30,15 @@ restarted elsewhere, or a copied certificate, cannot run twice under one identit
 Every method says which caller uses it. Times are seconds since the epoch (float). Runs and
 messages live in their own tables (:mod:`~flwrmtls.state.runtable`,
 :mod:`~flwrmtls.state.messagetable`), reached as ``state.runs`` and ``state.messages``.
+
+Every change of more than one statement is one transaction (:mod:`~flwrmtls.state.transaction`,
+shared by every table): unregistering a node ends its key's registration and its row's
+session together, registering a key again readmits its node in the same commit. The in-memory
+mirrors (sessions, unregistered nodes) change only after the commit.
+
+The database file is created private to the link's OS account (0600) before SQLite opens it;
+SQLite gives its ``-wal`` and ``-shm`` files the database file's mode (see
+:mod:`flwrmtls.filemodes`).
 """
 
 from __future__ import annotations
@@ -48,6 +57,7 @@ from flwrmtls.state.messagetable import MessageTable
 from flwrmtls.state.pintable import IdentityPinTable
 from flwrmtls.state.runtable import RunTable
 from flwrmtls.state.schema import migrate
+from flwrmtls.state.transaction import Transactions
 
 __all__ = [
     "HEARTBEAT_GRACE",
@@ -104,10 +114,11 @@ class LinkState:
             raise InputError(
                 f"cannot open database {self.path}: {error}: check --database"
             ) from None
-        self.runs = RunTable(self._db)
-        self.messages = MessageTable(self._db)
-        self.keys = NodeKeyTable(self._db)
-        self.audit = AuditTable(self._db, limits=audit_limits)
+        self._transaction = Transactions(self._db)
+        self.runs = RunTable(self._db, self._transaction)
+        self.messages = MessageTable(self._db, self._transaction)
+        self.keys = NodeKeyTable(self._db, self._transaction)
+        self.audit = AuditTable(self._db, limits=audit_limits, transactions=self._transaction)
         self.pins = IdentityPinTable(self._db)
         # Sessions are checked on nearly every Fleet call: mirrored in memory (the link is the
         # only writer of its database); node id -> (session id, peer at activation).
@@ -153,7 +164,7 @@ class LinkState:
         """Start a session; ``node_id`` None (no client auth) assigns a fresh random one."""
         session_id = secrets.token_hex(16)
         online_until = now + HEARTBEAT_GRACE * heartbeat_interval
-        with self._db:
+        with self._transaction():
             if node_id is None:
                 node_id = self._fresh_node_id()
             self._db.execute(
@@ -310,24 +321,42 @@ class LinkState:
             )  # fmt: skip
         return [r for r in records if verbose or r.status != "unregistered"]
 
-    def unregister_node(self, node_id: int, *, now: float) -> NodeRecord | None:
-        """Control servicer: mark a node unregistered and offline, ending its session."""
-        with self._db:
+    def unregister_node(self, node_id: int, *, by: str, now: float) -> NodeRecord | None:
+        """Control servicer: in one transaction, unregister the node's key (if it has one) and
+        mark the node unregistered and offline, ending its session."""
+        with self._transaction():
+            self.keys.unregister(node_id, by=by, now=now)
             self._db.execute(
                 "UPDATE nodes SET unregistered_at = ?, session_id = NULL, online_until = 0 "
                 "WHERE node_id = ?",
                 (now, node_id),
             )
-        self._unregistered.add(node_id)
-        self._end_session(node_id)
+            self._transaction.after_commit(lambda: self._mark_unregistered(node_id))
         return next(
             (r for r in self.list_nodes(now=now, verbose=True) if r.node_id == node_id), None
         )
 
+    def _mark_unregistered(self, node_id: int) -> None:
+        self._unregistered.add(node_id)
+        self._end_session(node_id)
+
+    def register_key(
+        self, public_key: bytes, *, node_id: int, fingerprint: str, by: str, now: float
+    ) -> str:
+        """Control servicer: register an EC key; a key registered again readmits its node in
+        the same transaction. Returns the key table's outcome."""
+        with self._transaction():
+            outcome = self.keys.register(
+                public_key, node_id=node_id, fingerprint=fingerprint, by=by, now=now
+            )
+            if outcome == "registered again":
+                self.readmit_node(node_id)
+        return outcome
+
     def readmit_node(self, node_id: int) -> None:
         """Control servicer (readmit, or a key registered again): the node may connect again."""
         self._db.execute("UPDATE nodes SET unregistered_at = 0 WHERE node_id = ?", (node_id,))
-        self._unregistered.discard(node_id)
+        self._transaction.after_commit(lambda: self._unregistered.discard(node_id))
 
     def is_unregistered(self, node_id: int) -> bool:
         """Authenticators, on every call: a set lookup."""

@@ -2,6 +2,10 @@
 
 Callers: the ServerAppIo servicer pushes instructions and pulls replies; the Fleet servicer
 delivers instructions to nodes (each at most once) and stores their replies.
+
+A push is stored whole or not at all, and a delivery marks every message it returns or none
+(one transaction each, :mod:`flwrmtls.state.transaction`): a failure halfway can neither
+deliver half a push nor mark as delivered a message the node never received.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from flwrmtls.proto import common_pb2
+from flwrmtls.state.transaction import Transactions
 
 __all__ = ["MessageRow", "MessageTable"]
 
@@ -28,11 +33,12 @@ class MessageRow:
 
 
 class MessageTable:
-    def __init__(self, db: sqlite3.Connection) -> None:
+    def __init__(self, db: sqlite3.Connection, transactions: Transactions | None = None) -> None:
         self._db = db
+        self._transaction = transactions or Transactions(db)
 
     def store(self, rows: Iterable[MessageRow]) -> None:
-        with self._db:
+        with self._transaction():
             self._db.executemany(
                 "INSERT INTO messages (message_id, run_id, src_node_id, dst_node_id, "
                 "reply_to_message_id, created_at, expires_at, proto) "
@@ -43,7 +49,7 @@ class MessageTable:
 
     def deliver(self, node_id: int, *, now: float, limit: int) -> list[bytes]:
         """Undelivered, unexpired messages for ``node_id``, marked delivered."""
-        with self._db:
+        with self._transaction():
             rows = self._db.execute(
                 "SELECT message_id, proto FROM messages WHERE dst_node_id = ? "
                 "AND delivered_at IS NULL AND expires_at > ? ORDER BY created_at LIMIT ?",
@@ -128,6 +134,17 @@ class MessageTable:
             (run_id, node_id),
         ).fetchone()
         return row is not None
+
+    def taken(self, message_ids: Iterable[str]) -> list[str]:
+        """Those of ``message_ids`` that a stored message already has."""
+        ids = list(message_ids)
+        if not ids:
+            return []
+        marks = ",".join("?" * len(ids))
+        rows = self._db.execute(
+            f"SELECT message_id FROM messages WHERE message_id IN ({marks})", ids
+        ).fetchall()
+        return [str(row[0]) for row in rows]
 
     def object_ids(self, run_ids: Iterable[int]) -> set[str]:
         """Every object the messages of ``run_ids`` reference."""

@@ -3,6 +3,11 @@
 Callers: the Control servicer (create, list, stop, logs), the link's run manager (status,
 logs, tokens), the ServerAppIo servicer (result, tokens), the Fleet servicer (ended runs).
 Tokens are stored only as their SHA-256; see :mod:`flwrmtls.auth.tokens`.
+
+Creating a run and moving it are each one transaction (:mod:`flwrmtls.state.transaction`):
+a run exists with its first history entry or not at all, and a run that ends has, in the
+same commit, its new status, its history entry and no token left. The in-memory token
+mirror changes only once that commit is done.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import sqlite3
 from dataclasses import dataclass
 
 from flwrmtls.state.runs import FINAL_STATUSES, RunStatus, check_transition
+from flwrmtls.state.transaction import Transactions
 
 __all__ = ["LogRecord", "RunRecord", "RunTable"]
 
@@ -63,8 +69,9 @@ def _run(row: tuple[object, ...]) -> RunRecord:
 
 
 class RunTable:
-    def __init__(self, db: sqlite3.Connection) -> None:
+    def __init__(self, db: sqlite3.Connection, transactions: Transactions | None = None) -> None:
         self._db = db
+        self._transaction = transactions or Transactions(db)
         # Token hashes are checked on every AppIo call: mirrored in memory (the link is the
         # only writer of its database), so a check is a dict lookup, not a query.
         self._tokens: dict[bytes, tuple[bytes, int, str]] = {
@@ -82,7 +89,7 @@ class RunTable:
         owner: str,
         now: float,
     ) -> int:
-        with self._db:
+        with self._transaction():
             cursor = self._db.execute(
                 "INSERT INTO runs (app_name, app_version, bundle_hash, run_config_json, owner, "
                 "status, created_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -122,14 +129,15 @@ class RunTable:
         return [_run(row) for row in rows]
 
     def transition(self, run_id: int, status: RunStatus, reason: str, now: float) -> RunRecord:
-        """Move a run to ``status`` (IllegalTransition leaves it as it was)."""
-        current = self.get(run_id)
-        if current is None:
-            raise KeyError(run_id)
-        check_transition(run_id, current.status, status)
-        started = now if status is RunStatus.RUNNING else current.started_at
-        finished = now if status in FINAL_STATUSES else 0.0
-        with self._db:
+        """Move a run to ``status`` in one transaction (IllegalTransition, or any failure of
+        the database, leaves it as it was)."""
+        with self._transaction():
+            current = self.get(run_id)
+            if current is None:
+                raise KeyError(run_id)
+            check_transition(run_id, current.status, status)
+            started = now if status is RunStatus.RUNNING else current.started_at
+            finished = now if status in FINAL_STATUSES else 0.0
             self._db.execute(
                 "UPDATE runs SET status = ?, reason = ?, started_at = ?, finished_at = ? "
                 "WHERE run_id = ?",
@@ -141,11 +149,13 @@ class RunTable:
             )
             if status in FINAL_STATUSES:
                 self._db.execute("DELETE FROM run_tokens WHERE run_id = ?", (run_id,))
-        if status in FINAL_STATUSES:
-            self._tokens = {h: t for h, t in self._tokens.items() if t[1] != run_id}
+                self._transaction.after_commit(lambda: self._forget_tokens(run_id))
         updated = self.get(run_id)
         assert updated is not None
         return updated
+
+    def _forget_tokens(self, run_id: int) -> None:
+        self._tokens = {h: t for h, t in self._tokens.items() if t[1] != run_id}
 
     def history(self, run_id: int) -> list[tuple[RunStatus, str, float]]:
         rows = self._db.execute(
@@ -181,7 +191,12 @@ class RunTable:
             "INSERT INTO run_tokens (token_hash, run_id, kind) VALUES (?, ?, ?)",
             (token_hash, run_id, kind),
         )
-        self._tokens[token_hash] = (token_hash, run_id, kind)
+        entry = (token_hash, run_id, kind)
+
+        def remember() -> None:
+            self._tokens[token_hash] = entry
+
+        self._transaction.after_commit(remember)
 
     def token(self, token_hash: bytes) -> tuple[bytes, int, str] | None:
         """(stored hash, run id, kind) of a live run's token (a dict lookup)."""

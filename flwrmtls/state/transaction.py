@@ -1,0 +1,64 @@
+"""Transactions on the link's SQLite connection: a state change is whole or absent.
+
+Rules:
+
+* The connection runs in autocommit mode (``isolation_level=None``): a statement outside a
+  transaction commits on its own, and ``executemany`` commits row by row. Python's ``with
+  connection:`` does not open a transaction in that mode (it only commits or rolls back one
+  that is already open), so it cannot make several statements one change.
+* Every change of more than one statement runs in ``with transactions():``: ``BEGIN
+  IMMEDIATE`` (the write lock is taken at once, so what the block reads cannot change before
+  it writes), ``COMMIT`` when the block ends, ``ROLLBACK`` when it raises.
+* A block inside another joins it: the outermost block commits or rolls back everything, so a
+  change made of two tables' methods is still one change.
+* The in-memory mirrors of tables (token hashes, sessions, keys) follow the database, never
+  lead it: :meth:`Transactions.after_commit` applies a mirror change once the outermost block
+  has committed, and never after a rollback.
+
+One :class:`Transactions` per connection, shared by every table on it (:class:`LinkState`
+hands its own to each table).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+__all__ = ["Transactions"]
+
+
+class Transactions:
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+        self._after_commit: list[Callable[[], None]] | None = None
+        """Set while a transaction is open: what to run once it has committed."""
+
+    @contextmanager
+    def __call__(self) -> Iterator[None]:
+        """One transaction around the block (or the enclosing block's, when nested)."""
+        if self._after_commit is not None:
+            yield
+            return
+        self._after_commit = []
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+                self._db.execute("COMMIT")
+            except BaseException:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
+            committed = self._after_commit
+        finally:
+            self._after_commit = None
+        for change in committed:
+            change()
+
+    def after_commit(self, change: Callable[[], None]) -> None:
+        """Run ``change`` once the open transaction commits (at once when none is open)."""
+        if self._after_commit is None:
+            change()
+        else:
+            self._after_commit.append(change)
