@@ -19,7 +19,7 @@ from flwrmtls.link.nodeauth import NodeAuth, requires_client_certificate
 from flwrmtls.link.reload import TlsFiles
 from flwrmtls.link.server import Link, LinkConfig
 from flwrmtls.wire.credentials import load_ca_bundle, load_tls_identity
-from flwrmtls.wire.listen import ServerLimits, is_loopback
+from flwrmtls.wire.listen import ServerLimits, is_loopback, require_loopback
 
 __all__ = ["check_control_exposure", "config_from_args", "main", "parser"]
 
@@ -44,7 +44,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--serverappio-api-address",
         default="127.0.0.1:9091",
-        help="ServerApp processes connect here (loopback by default)",
+        help="ServerApp processes connect here with their run token, in plaintext: loopback "
+        "only (127.0.0.0/8, ::1 or localhost); any other host is refused",
     )
     p.add_argument(
         "--ssl-ca-certfile",
@@ -175,6 +176,7 @@ def parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace) -> LinkConfig:
     """Check flag combinations and load every file, failing with one line on any problem."""
+    require_loopback(args.serverappio_api_address, "--serverappio-api-address", "ServerAppIo")
     tls_flags = [
         args.ssl_ca_certfile,
         args.ssl_certfile,

@@ -6,7 +6,8 @@ grpc.aio servers in one event loop (no thread per connection):
   :mod:`flwrmtls.link.nodeauth`), and optionally a second Fleet listener for EC-key nodes;
 * the Control API for the CLI, by certificate from the CLI CA bundle (``--ssl-cli-ca-certfile``,
   by default the client CA bundle); anonymous only on loopback or with the loud opt-out;
-* ServerAppIo for the runs' ServerApp processes, on loopback by default, by run token.
+* ServerAppIo for the runs' ServerApp processes, by run token, in plaintext: on loopback
+  only (an address off loopback is refused before anything listens).
 
 All share the policy table and the refusal log. Objects (array bytes, bundles) live in a
 directory beside the database.
@@ -51,7 +52,7 @@ from flwrmtls.proto import appio_pb2_grpc, control_pb2_grpc, fleet_pb2_grpc
 from flwrmtls.state.keytable import KeyRegistration
 from flwrmtls.state.linkstate import LinkState
 from flwrmtls.wire.credentials import TlsIdentity, server_credentials
-from flwrmtls.wire.listen import ServerLimits, check_bindable
+from flwrmtls.wire.listen import ServerLimits, check_bindable, require_loopback
 from flwrmtls.wire.validate import RequestBoundsInterceptor
 
 __all__ = ["Link", "LinkConfig"]
@@ -321,12 +322,13 @@ class Link:
         return server, port
 
     async def start(self) -> None:
+        config = self.config
+        require_loopback(config.serverappio_address, "--serverappio-api-address", "ServerAppIo")
         restored = self.state.link_started(now=self.clock.now().timestamp())
         if restored:
             log.info("%d node(s) were online when the link last stopped: offline until they "
                      "call again", restored)  # fmt: skip
         self.runs.recover()
-        config = self.config
         fleet_servicer = FleetServicer(
             self.state, self.clock, config.heartbeat_interval, notifier=self.notifier,
             objects=self.objects, run_log=self.run_log,
@@ -367,7 +369,7 @@ class Link:
             ),
             control,
         )
-        # App processes reach ServerAppIo on loopback with their token; no TLS there.
+        # App processes reach ServerAppIo on loopback (checked above) with their token; no TLS.
         serverappio, self.serverappio_port = self._server(
             config.serverappio_address, self._app_interceptor, None
         )
@@ -378,9 +380,7 @@ class Link:
             ),
             serverappio,
         )  # fmt: skip
-        host = self.config.serverappio_address.rpartition(":")[0] or "127.0.0.1"
-        if host in ("0.0.0.0", "[::]"):  # noqa: S104 - a comparison, not a bind
-            host = "127.0.0.1"
+        host = config.serverappio_address.rpartition(":")[0]
         self.runs.serverappio_address = f"{host}:{self.serverappio_port}"
         self.runs.schedule_spare()
         self._servers = [*servers, control, serverappio]

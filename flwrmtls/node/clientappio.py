@@ -25,7 +25,7 @@ from flwrmtls.node.apps import AppManager
 from flwrmtls.objects.transfer import answer_missing, answer_pull, answer_push
 from flwrmtls.proto import appio_pb2, appio_pb2_grpc, objects_pb2
 from flwrmtls.wire.bounds import long_poll_seconds
-from flwrmtls.wire.listen import ServerLimits
+from flwrmtls.wire.listen import ServerLimits, require_loopback
 from flwrmtls.wire.validate import RequestBoundsInterceptor
 
 __all__ = ["ClientAppIoServer", "ClientAppIoServicer"]
@@ -113,7 +113,8 @@ class ClientAppIoServicer(appio_pb2_grpc.ClientAppIoServicer):
 
 
 class ClientAppIoServer:
-    """ClientAppIo on ``address`` (loopback by default), served from a background thread."""
+    """ClientAppIo on ``address`` (loopback only: run tokens cross it in plaintext), served
+    from a background thread."""
 
     def __init__(self, apps: AppManager, address: str, clock: Clock | None = None) -> None:
         self._apps = apps
@@ -126,6 +127,7 @@ class ClientAppIoServer:
         self.port = 0
 
     def start(self) -> None:
+        require_loopback(self._address, "--clientappio-api-address", "ClientAppIo")
         self._thread.start()
         asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(timeout=30)
         host = self._address.rpartition(":")[0] or "127.0.0.1"

@@ -42,7 +42,7 @@ from flwrmtls.wire.credentials import (
     load_tls_identity,
 )
 from flwrmtls.wire.errors import ConnectionContext
-from flwrmtls.wire.listen import check_bindable
+from flwrmtls.wire.listen import check_bindable, require_loopback
 
 __all__ = ["main", "parser"]
 
@@ -89,7 +89,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--clientappio-api-address",
         default="127.0.0.1:9094",
-        help="ClientApp processes connect here (loopback; port 0 picks a free one)",
+        help="ClientApp processes connect here with their run token, in plaintext: loopback "
+        "only (127.0.0.0/8, ::1 or localhost; any other host is refused); port 0 picks a "
+        "free one",
     )
     p.add_argument(
         "--cert-expiry-warning-days",
@@ -212,6 +214,7 @@ def run(args: argparse.Namespace) -> None:
     if node_config:
         log.info("node config: %s", ", ".join(f"{k}={v!r}" for k, v in node_config.items()))
     client = FleetClient(channel, ctx)
+    require_loopback(args.clientappio_api_address, "--clientappio-api-address", "ClientAppIo")
     try:
         check_bindable(args.clientappio_api_address)
     except OSError as error:

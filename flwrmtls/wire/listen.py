@@ -1,6 +1,17 @@
 """Listening: check an address before grpc tries (and logs its own error); server options.
 
-Rules (what grpc core enforces for each listener, from :class:`ServerLimits`):
+Rules:
+
+* An address is ``host:port``; a host in brackets is IPv6 (``[::1]:9091``).
+* A host is loopback when every address it names is (127.0.0.0/8, ``::1``; ``localhost``
+  resolves so); ``0.0.0.0``, ``[::]`` and an empty host listen on every interface
+  (:func:`is_loopback`).
+* The app-process APIs (ServerAppIo, ClientAppIo) carry run tokens in plaintext, so they
+  listen on loopback only; any other address is refused (:func:`require_loopback`): app
+  processes are the link's and the node's own children, on the same host, so nothing
+  legitimate ever reaches these APIs from elsewhere.
+
+What grpc core enforces for each listener, from :class:`ServerLimits`:
 
 * connections: at most ``max_connections`` at once per listener (grpc's
   ``max_allowed_incoming_connections``: a connection over it is closed at once); one
@@ -26,7 +37,9 @@ import ipaddress
 import socket
 from dataclasses import dataclass
 
-__all__ = ["SERVER_OPTIONS", "ServerLimits", "check_bindable", "is_loopback"]
+from flwrmtls.errors import InputError
+
+__all__ = ["SERVER_OPTIONS", "ServerLimits", "check_bindable", "is_loopback", "require_loopback"]
 
 SERVER_OPTIONS: tuple[tuple[str, int], ...] = (
     # grpc turns SO_REUSEPORT on by default: two servers could then share one port silently.
@@ -118,3 +131,14 @@ def is_loopback(address: str) -> bool:
     return bool(infos) and all(
         ipaddress.ip_address(str(info[4][0]).split("%", 1)[0]).is_loopback for info in infos
     )
+
+
+def require_loopback(address: str, flag: str, api: str) -> None:
+    """Raise InputError naming ``flag`` unless ``address`` is a loopback address."""
+    if not is_loopback(address):
+        port = address.rpartition(":")[2] or "PORT"
+        raise InputError(
+            f"{flag} {address} is not a loopback address: {api} carries run tokens in "
+            f"plaintext and serves only processes on this host; use 127.0.0.1:{port}, "
+            f"[::1]:{port} or localhost:{port}"
+        )

@@ -57,6 +57,9 @@ def link_tls(pki: TestPki, tmp_path: Path) -> list[str]:
         ("anonymous-control-off-loopback", "give --ssl-cli-ca-certfile"),
         ("insecure-control-off-loopback", "give --ssl-cli-ca-certfile"),
         ("contradicting-opt-out", "--unsafe-anonymous-control-api contradicts"),
+        ("serverappio-on-all-ipv4", "--serverappio-api-address 0.0.0.0:0 is not a loopback"),
+        ("serverappio-on-all-ipv6", "--serverappio-api-address [::]:0 is not a loopback"),
+        ("serverappio-on-a-lan-address", "--serverappio-api-address 192.0.2.2:0 is not a"),
     ],
 )
 def test_link_refuses_bad_startup_input(
@@ -89,7 +92,22 @@ def test_link_refuses_bad_startup_input(
         args = ["--insecure", "--database", str(tmp_path / "link.db")]
     elif change == "contradicting-opt-out":
         args += ["--ssl-require-client-auth", "--unsafe-anonymous-control-api"]
+    elif change.startswith("serverappio-"):
+        args += ["--serverappio-api-address", expected.split()[1]]
     assert_one_line(run("flwrmtls.link.main", args, tmp_path), expected)
+    if change.startswith("serverappio-"):
+        assert not (tmp_path / "link.db").exists()  # refused before anything was created
+
+
+@pytest.mark.parametrize("host", ["localhost", "[::1]", "127.0.0.2"])
+def test_link_serves_serverappio_on_any_loopback_address(
+    pki: TestPki, tmp_path: Path, host: str
+) -> None:
+    """The control for the refusals above: loopback addresses of every form start."""
+    args = [*link_tls(pki, tmp_path), "--serverappio-api-address", f"{host}:0"]
+    link = LinkProcess(args, tmp_path / "link.log")
+    link.start_and_wait()
+    assert link.stop() == 0
 
 
 def test_link_refuses_a_port_in_use_and_starts_with_a_free_one(
@@ -116,6 +134,8 @@ def test_link_refuses_a_port_in_use_and_starts_with_a_free_one(
         ("expired", "certificate expired on"),
         ("bad-node-config", "--node-config: 'oops' is not key=value"),
         ("insecure-and-tls", "--insecure cannot be combined"),
+        ("clientappio-on-all-ipv4", "--clientappio-api-address 0.0.0.0:0 is not a loopback"),
+        ("clientappio-on-all-ipv6", "--clientappio-api-address [::]:0 is not a loopback"),
     ],
 )
 def test_node_refuses_bad_startup_input(
@@ -146,4 +166,6 @@ def test_node_refuses_bad_startup_input(
         args += ["--node-config", "partition-id=0 oops"]
     elif change == "insecure-and-tls":
         args += ["--insecure"]
+    elif change.startswith("clientappio-"):
+        args += ["--clientappio-api-address", expected.split()[1]]
     assert_one_line(run("flwrmtls.node.main", args, tmp_path), expected)
