@@ -4,10 +4,14 @@ Read with tomllib, written with tomli-w. Paths in the file may start with ``~``;
 paths are resolved against the directory of config.toml. ``config add`` stores the paths it is
 given as absolute paths (resolved against the current directory), so they mean what the user
 meant wherever the CLI runs later.
+
+config.toml is written 0600 in a directory created 0700; an existing ``$FLWRMTLS_HOME`` open to
+group or others is left as it is, with one warning line (see :mod:`flwrmtls.filemodes`).
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import tomllib
 from dataclasses import dataclass
@@ -17,8 +21,11 @@ from typing import Any
 import tomli_w
 
 from flwrmtls.errors import InputError
+from flwrmtls.filemodes import PRIVATE_FILE, open_directory_warning, private_directory
 
 __all__ = ["ConfigFile", "Profile", "config_path"]
+
+log = logging.getLogger("flwrmtls.profiles")
 
 _PATH_KEYS = ("root-certificates", "client-certificate", "client-private-key")
 
@@ -129,10 +136,13 @@ class ConfigFile:
         self._write()
 
     def _write(self) -> None:
+        """Write config.toml (0600) atomically, in a directory made 0700 if it was missing."""
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            private_directory(self.path.parent)
         except OSError as error:
             raise InputError(f"cannot create {self.path.parent}: {error.strerror}") from None
+        if warning := open_directory_warning(self.path.parent):
+            log.warning("%s", warning)
         section = self._section()
         ordered: dict[str, Any] = {}
         if "default" in section:
@@ -141,7 +151,10 @@ class ConfigFile:
         self._data["superlink"] = ordered
         tmp = self.path.with_suffix(".toml.tmp")
         try:
-            tmp.write_text(tomli_w.dumps(self._data), encoding="utf-8")
+            tmp.unlink(missing_ok=True)  # a leftover could be open to others: start afresh
+            descriptor = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE)
+            with os.fdopen(descriptor, "w", encoding="utf-8") as stream:
+                stream.write(tomli_w.dumps(self._data))
             tmp.replace(self.path)
         except OSError as error:
             raise InputError(f"cannot write {self.path}: {error.strerror}") from None

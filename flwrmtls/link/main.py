@@ -1,4 +1,7 @@
-"""``flwrmtls-superlink``: parse flags, load and check TLS material, run the link."""
+"""``flwrmtls-superlink``: parse flags, load and check TLS material, run the link.
+
+The process runs with umask 077 and keeps its state private (:mod:`flwrmtls.filemodes`).
+"""
 
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ from cryptography import x509
 from flwrmtls.auth.crlcoverage import CoverageState
 from flwrmtls.auth.identity import IdentitySource, RoleSource
 from flwrmtls.errors import FlwrmtlsError, InputError
+from flwrmtls.filemodes import open_directory_warning, private_directory, restrict_umask
 from flwrmtls.link.nodeauth import NodeAuth, requires_client_certificate
 from flwrmtls.link.reload import TlsFiles
 from flwrmtls.link.server import Link, LinkConfig
@@ -29,9 +33,12 @@ _MAX_WINDOW = 3600.0
 """The widest --auth-timestamp-window: a replay memory spanning more would grow without use."""
 
 
+def _home() -> Path:
+    return Path(os.environ.get("FLWRMTLS_HOME", "~/.flwrmtls")).expanduser()
+
+
 def _default_database() -> str:
-    home = Path(os.environ.get("FLWRMTLS_HOME", "~/.flwrmtls")).expanduser()
-    return str(home / "link.db")
+    return str(_home() / "link.db")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -402,7 +409,15 @@ def _log_revocation_coverage(link: Link) -> None:
 
 
 async def _run(config: LinkConfig) -> None:
-    Path(config.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    directory = Path(config.database).expanduser().parent
+    try:
+        private_directory(directory)
+    except OSError as error:
+        raise InputError(
+            f"cannot create {directory} for the database: {error.strerror}: check --database"
+        ) from None
+    if directory.resolve() == _home().resolve() and (warning := open_directory_warning(directory)):
+        log.warning("%s", warning)
     link = Link(config)
     try:
         await link.start()
@@ -441,6 +456,7 @@ async def _run(config: LinkConfig) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    restrict_umask()  # before anything is created: see flwrmtls.filemodes
     logging.basicConfig(
         level=logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

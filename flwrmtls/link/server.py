@@ -10,7 +10,8 @@ grpc.aio servers in one event loop (no thread per connection):
   only (an address off loopback is refused before anything listens).
 
 All share the policy table and the refusal log. Objects (array bytes, bundles) live in a
-directory beside the database.
+directory beside the database, private to the link's OS account (0700, see
+:mod:`flwrmtls.filemodes`), as the database is (0600).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from flwrmtls.auth.revocation import RevocationStore, coverage_report
 from flwrmtls.auth.tokens import TokenAuthenticator
 from flwrmtls.clock import Clock, SystemClock
 from flwrmtls.control.servicer import ControlServicer
+from flwrmtls.filemodes import private_directory, tighten
 from flwrmtls.fleet.servicer import FleetServicer
 from flwrmtls.link.nodeauth import NodeAuth, build_node_authenticator, requires_client_certificate
 from flwrmtls.link.notify import Notifier
@@ -219,6 +221,9 @@ class Link:
         tokens = TokenAuthenticator(self.state.runs.token)
         self._app_interceptor = AuthInterceptor(lambda: tokens, self.clock, refusals)
         self.notifier = Notifier()
+        private_directory(config.objects_directory)
+        if warning := tighten(config.objects_directory):
+            log.warning("%s", warning)
         self.objects = ObjectStore(config.objects_directory)
         self.run_log = RunLog(self.state.runs, self.notifier, self.clock)
         self.runs = RunManager(

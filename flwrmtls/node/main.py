@@ -3,6 +3,9 @@
 The node's certificate is checked at start-up (a definite cause, such as expiry, is one line and
 exit 1) and again, through the connection context, whenever the link closes a handshake without
 a word (see :mod:`flwrmtls.wire.errors`), against the certificate in use then.
+
+The process runs with umask 077 (:mod:`flwrmtls.filemodes`); its objects live in a work
+directory only its OS account can enter (``tempfile.mkdtemp``, 0700), removed when it stops.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from flwrmtls.auth.keys import key_fingerprint, load_node_private_key, node_id_f
 from flwrmtls.auth.signing import CallSigner
 from flwrmtls.clock import Clock, SystemClock
 from flwrmtls.errors import FlwrmtlsError, InputError
+from flwrmtls.filemodes import restrict_umask
 from flwrmtls.fleet.client import FleetClient
 from flwrmtls.keyvalues import parse_key_values
 from flwrmtls.node.agent import NodeAgent, RetryPolicy
@@ -268,6 +272,7 @@ def run(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    restrict_umask()  # before anything is created: see flwrmtls.filemodes
     logging.basicConfig(
         level=logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -43,6 +43,7 @@ SQLite gives its ``-wal`` and ``-shm`` files the database file's mode (see
 
 from __future__ import annotations
 
+import logging
 import secrets
 import sqlite3
 from collections.abc import Mapping
@@ -51,6 +52,7 @@ from pathlib import Path
 
 from flwrmtls.auth.audit import Retention
 from flwrmtls.errors import InputError
+from flwrmtls.filemodes import private_file, tighten
 from flwrmtls.state.audittable import DEFAULT_LIMITS, AuditTable
 from flwrmtls.state.keytable import NodeKeyTable
 from flwrmtls.state.messagetable import MessageTable
@@ -66,6 +68,8 @@ __all__ = [
     "SessionSuperseded",
     "UnknownSession",
 ]
+
+log = logging.getLogger("flwrmtls.state")
 
 HEARTBEAT_GRACE = 2.5
 """A node is offline after this many heartbeat intervals without a heartbeat."""
@@ -98,6 +102,13 @@ class NodeRecord:
     peer_address: str
 
 
+def _tighten_database_files(path: Path) -> list[str]:
+    """Take group and other access off the database and its -wal and -shm, once SQLite has
+    opened it (a file that is not a database is never touched): an older link left them so."""
+    warnings = [tighten(Path(f"{path}{suffix}")) for suffix in ("", "-wal", "-shm")]
+    return [warning for warning in warnings if warning]
+
+
 class LinkState:
     def __init__(
         self, database: str | Path, *, audit_limits: Mapping[Retention, int] = DEFAULT_LIMITS
@@ -105,14 +116,20 @@ class LinkState:
         """``audit_limits``: entries the audit trail keeps per retention class."""
         self.path = str(database)
         try:
+            on_disk = self.path != ":memory:"
+            if on_disk:  # 0600 before SQLite creates it: its -wal and -shm get the same mode
+                private_file(Path(self.path))
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("PRAGMA foreign_keys=ON")
             migrate(self._db, self.path)
-        except sqlite3.DatabaseError as error:
+            for warning in _tighten_database_files(Path(self.path)) if on_disk else []:
+                log.warning("%s", warning)
+        except (sqlite3.DatabaseError, OSError) as error:
+            reason = error.strerror if isinstance(error, OSError) else error
             raise InputError(
-                f"cannot open database {self.path}: {error}: check --database"
+                f"cannot open database {self.path}: {reason}: check --database"
             ) from None
         self._transaction = Transactions(self._db)
         self.runs = RunTable(self._db, self._transaction)
