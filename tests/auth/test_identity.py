@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ssl
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -17,21 +18,29 @@ from flwrmtls.auth.identity import (
     IdentitySource,
     PrincipalKind,
     RoleSource,
+    _canonical_subject,
     identity_from_certificate,
+    node_id_for,
     validate_spiffe_id,
 )
 from flwrmtls.auth.mtls import MtlsAuthenticator
 from flwrmtls.auth.policy import is_permitted
+from flwrmtls.errors import Refused
+from flwrmtls.link.server import Link
 from flwrmtls.pki import PROFILES, ProfileName
 from flwrmtls.pki.signing import sign_certificate
+from flwrmtls.testing.link import node_client
+from flwrmtls.testing.pki import TestPki
 
 CN, ORG, OU = NameOID.COMMON_NAME, NameOID.ORGANIZATION_NAME, NameOID.ORGANIZATIONAL_UNIT_NAME
 
 
 def _cert(
-    rdns: list[list[tuple[x509.ObjectIdentifier, str]]], uris: tuple[str, ...] = ()
+    rdns: list[list[tuple[x509.ObjectIdentifier, str]]],
+    uris: tuple[str, ...] = (),
+    key: ec.EllipticCurvePrivateKey | None = None,
 ) -> x509.Certificate:
-    key = ec.generate_private_key(ec.SECP256R1())
+    key = key or ec.generate_private_key(ec.SECP256R1())
     name = x509.Name(
         [x509.RelativeDistinguishedName([x509.NameAttribute(o, v) for o, v in r]) for r in rdns]
     )
@@ -79,10 +88,125 @@ def test_escaping_in_cn_cannot_forge_another_subject() -> None:
     assert tricky.value == "CN=node-1\\,O=admins"
 
 
-def test_multi_valued_rdn_order_does_not_change_identity() -> None:
-    a = identity_from_certificate(_cert([[(CN, "node-1"), (OU, "site-a")]]))
-    b = identity_from_certificate(_cert([[(OU, "site-a"), (CN, "node-1")]]))
-    assert a.node_id == b.node_id
+# --- Multi-valued RDNs in another order -------------------------------------------------
+#
+# cryptography (and openssl -multivalue-rdn) DER-sort a SET OF when they encode a Subject,
+# so two certificates built with the attributes of one RDN in two orders have the same bytes:
+# comparing their identities proves nothing. The reordered encoding below is built by hand,
+# and each test checks that its bytes really differ.
+
+
+def _tlv(tag: int, body: bytes) -> bytes:
+    """One DER tag-length-value."""
+    if len(body) < 0x80:
+        return bytes([tag, len(body)]) + body
+    size = len(body).to_bytes((len(body).bit_length() + 7) // 8, "big")
+    return bytes([tag, 0x80 | len(size)]) + size + body
+
+
+def _attribute_der(attribute: x509.NameAttribute[str]) -> bytes:
+    """An AttributeTypeAndValue's DER: a one-attribute Name, its SEQUENCE and SET peeled off."""
+    name = x509.Name([x509.RelativeDistinguishedName([attribute])]).public_bytes()
+    return name[4:]  # 30 len 31 len: short lengths for these short values
+
+
+_ECDSA_WITH_SHA256 = _tlv(0x30, _tlv(0x06, bytes.fromhex("2a8648ce3d040302")))
+
+
+def _reordered(
+    certificate: x509.Certificate, signing_key: ec.EllipticCurvePrivateKey
+) -> tuple[bytes, bytes]:
+    """The DER of ``certificate`` with the attributes of its single multi-valued Subject RDN
+    in the reverse of DER order, re-signed; and the Subject's DER as cryptography wrote it."""
+    [rdn] = certificate.subject.rdns
+    attributes = [_attribute_der(a) for a in rdn]  # type: ignore[arg-type]
+    written = certificate.subject.public_bytes()
+    assert written == _tlv(0x30, _tlv(0x31, b"".join(sorted(attributes))))  # DER: sorted
+    reversed_subject = _tlv(0x30, _tlv(0x31, b"".join(sorted(attributes, reverse=True))))
+    assert reversed_subject != written
+    assert len(reversed_subject) == len(written)
+    tbs = certificate.tbs_certificate_bytes
+    assert tbs.count(written) == 1
+    tbs = tbs.replace(written, reversed_subject)
+    signature = signing_key.sign(tbs, ec.ECDSA(hashes.SHA256()))
+    assert certificate.signature_algorithm_oid.dotted_string == "1.2.840.10045.4.3.2"
+    return _tlv(0x30, tbs + _ECDSA_WITH_SHA256 + _tlv(0x03, b"\x00" + signature)), written
+
+
+def test_a_multi_valued_rdn_in_another_order_cannot_be_parsed_into_another_identity() -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    certificate = _cert([[(OU, "site-a"), (CN, "node-1")]], key=key)
+    reordered, written = _reordered(certificate, key)
+    assert written not in reordered  # the bytes differ, only in the order of the RDN
+    # cryptography refuses the SET OF out of DER order: no identity is ever built from it.
+    with pytest.raises(ValueError, match="InvalidSetOrdering"):
+        x509.load_der_x509_certificate(reordered)
+    # Control: the certificate as written parses and has its identity.
+    assert identity_from_certificate(certificate).value == "CN=node-1+OU=site-a"
+
+
+def test_the_node_id_does_not_depend_on_the_order_of_an_rdns_attributes() -> None:
+    """In memory a Name keeps the order it was given (a Name built in code, not parsed from a
+    certificate): the canonical encoding, and so the node id, sorts each RDN's attributes."""
+    cn, ou = x509.NameAttribute(CN, "node-1"), x509.NameAttribute(OU, "site-a")
+    one = x509.Name([x509.RelativeDistinguishedName([cn, ou])])
+    other = x509.Name([x509.RelativeDistinguishedName([ou, cn])])
+    assert [list(rdn) for rdn in one.rdns] != [list(rdn) for rdn in other.rdns]
+    assert _canonical_subject(one) == _canonical_subject(other)
+    assert node_id_for(IdentitySource.SUBJECT, _canonical_subject(one)) == node_id_for(
+        IdentitySource.SUBJECT, _canonical_subject(other)
+    )
+    # Control: another value in the RDN is another node.
+    third = x509.Name([x509.RelativeDistinguishedName([cn, x509.NameAttribute(OU, "site-b")])])
+    assert _canonical_subject(third) != _canonical_subject(one)
+
+
+def test_the_link_refuses_a_node_certificate_whose_rdn_is_out_of_der_order(
+    link: Link, pki: TestPki
+) -> None:
+    """Through the real link: a CA-signed node certificate whose Subject RDN is reordered
+    passes the TLS handshake (BoringSSL parses it) and is refused by the link's own check;
+    the same certificate as written is admitted under its identity."""
+    issuing_key = serialization.load_pem_private_key(pki.ca.files.issuing_key.read_bytes(), None)
+    assert isinstance(issuing_key, ec.EllipticCurvePrivateKey)
+    leaf_key = ec.generate_private_key(ec.SECP256R1())
+    now = datetime.now(UTC)
+    rdn = x509.RelativeDistinguishedName(
+        [x509.NameAttribute(OU, "site-a"), x509.NameAttribute(CN, "node-9")]
+    )
+    leaf = sign_certificate(
+        PROFILES[ProfileName.NODE],
+        subject=x509.Name([rdn]),
+        public_key=leaf_key.public_key(),
+        signing_key=issuing_key,
+        issuer_certificate=pki.ca.issuing_certificate,
+        not_before=now - timedelta(minutes=5),
+        not_after=now + timedelta(days=1),
+    )
+    reordered, _ = _reordered(leaf, issuing_key)
+    key_pem = leaf_key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    intermediate = pki.ca.issuing_certificate.public_bytes(serialization.Encoding.PEM)
+
+    def activate(leaf_der: bytes) -> int:
+        leaf_pem = ssl.DER_cert_to_PEM_cert(leaf_der).encode()
+        client, channel = node_client(
+            link, root_certificates=pki.trust_bundle_path,
+            chain_pem=leaf_pem + intermediate, key_pem=key_pem,
+        )  # fmt: skip
+        try:
+            return client.activate().node_id
+        finally:
+            channel.close()
+
+    with pytest.raises(Refused, match="certificate cannot be parsed"):
+        activate(reordered)
+    assert link.state.list_nodes(now=now.timestamp(), verbose=True) == []
+    node_id = activate(leaf.public_bytes(serialization.Encoding.DER))  # control
+    assert node_id == identity_from_certificate(leaf).node_id
 
 
 def test_unicode_subject_is_decoded_not_escaped() -> None:
