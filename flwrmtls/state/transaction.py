@@ -16,7 +16,8 @@ Rules:
   has committed, and never after a rollback.
 
 One :class:`Transactions` per connection, shared by every table on it (:class:`LinkState`
-hands its own to each table).
+hands its own to each table), used from one thread (the link's event loop; a block never
+awaits, so no other call runs inside it).
 """
 
 from __future__ import annotations
