@@ -24,6 +24,7 @@ from flwrmtls.proto import appio_pb2, appio_pb2_grpc, common_pb2, control_pb2, c
 from flwrmtls.state.linkstate import LinkState
 from flwrmtls.state.messagetable import MessageRow
 from flwrmtls.state.runs import RunStatus
+from flwrmtls.state.transaction import Transactions
 from flwrmtls.testing.pki import TestPki
 from flwrmtls.wire.credentials import channel_credentials, load_tls_identity
 
@@ -81,6 +82,34 @@ def test_with_connection_opens_no_transaction_in_autocommit_mode(tmp_path: Path)
     with pytest.raises(sqlite3.IntegrityError):
         db.executemany("INSERT INTO u VALUES (?)", [(1,), (2,), (1,)])
     assert db.execute("SELECT x FROM u").fetchall() == [(1,), (2,)]
+
+
+def test_the_helper_commits_whole_rolls_back_whole_and_defers_mirror_changes(
+    tmp_path: Path,
+) -> None:
+    db = sqlite3.connect(tmp_path / "t.db", isolation_level=None)
+    db.execute("CREATE TABLE t (x INTEGER)")
+    transaction = Transactions(db)
+    mirror: list[int] = []
+
+    def nested(*, fail: bool) -> None:
+        with transaction():
+            db.execute("INSERT INTO t VALUES (1)")
+            with transaction():  # a block inside another joins it
+                db.execute("INSERT INTO t VALUES (2)")
+                transaction.after_commit(lambda: mirror.append(2))
+            assert mirror == []  # not before the outermost commit
+            if fail:
+                raise RuntimeError("the outer block fails after the inner one ended")
+
+    with pytest.raises(RuntimeError):
+        nested(fail=True)
+    assert (db.execute("SELECT COUNT(*) FROM t").fetchone(), mirror) == ((0,), [])
+    assert not db.in_transaction
+    nested(fail=False)  # control
+    assert (db.execute("SELECT COUNT(*) FROM t").fetchone(), mirror) == ((2,), [2])
+    transaction.after_commit(lambda: mirror.append(3))  # outside a transaction: at once
+    assert mirror == [2, 3]
 
 
 def _running_run(state: LinkState) -> tuple[int, str]:
