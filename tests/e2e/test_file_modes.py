@@ -117,9 +117,19 @@ def test_what_an_older_link_left_open_is_tightened_and_an_operators_directory_on
         assert f"{objects} was open to group or others (mode 0755); set to 0700" in link.log
     finally:
         assert link.stop() == 0
-    # The CLI's home, made by the operator with an open mode: warned about, not changed.
+    # $FLWRMTLS_HOME, made by the operator with an open mode: warned about, not changed; by
+    # the link when its database is there (the default), and by the CLI.
     home = tmp_path / "home"
     home.mkdir(mode=0o755)
+    default = args[: args.index("--database")] + args[args.index("--database") + 2 :]
+    link = LinkProcess(default, tmp_path / "link-home.log", {"FLWRMTLS_HOME": str(home)})
+    link.start_and_wait()
+    try:
+        assert mode(home / "link.db") == 0o600
+        assert f"{home} is open to group or others (mode 0755)" in link.log
+    finally:
+        assert link.stop() == 0
+    assert mode(home) == 0o755
     added = run_cli(
         ["config", "add", "t", "--address", "127.0.0.1:1", "--insecure"],
         env={"FLWRMTLS_HOME": str(home)},
