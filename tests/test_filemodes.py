@@ -59,7 +59,7 @@ def test_an_embedded_links_object_directory_is_private(pki: TestPki, tmp_path: P
         tmp_path / "link.db", server_chain=chain, server_key=key, client_ca=pki.trust_bundle_path
     )
     with running_link(config) as link:
-        assert mode(link.objects.directory) == 0o700
+        assert mode(link.objects.store.directory) == 0o700
         assert mode(Path(link.config.database)) == 0o600
 
 

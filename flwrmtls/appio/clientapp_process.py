@@ -6,7 +6,8 @@ ended. Array bytes go through the node's object directory when the node shares i
 after ``PrepareObjects``, each verified against its SHA-256; replies written with the
 store's temporary-file-and-rename), otherwise over ClientAppIo's object calls. A handler
 that raises becomes an error reply carrying the traceback (the link logs it with this
-node's identity); the process keeps serving the next message.
+node's identity); the process keeps serving the next message, as it does when the link
+refuses a reply over a storage bound (the node sends an error reply in its place).
 """
 
 from __future__ import annotations
@@ -110,10 +111,15 @@ def run(address: str) -> int:
                     shared.put_hashed(data, object_id)
             else:
                 push_objects(stub, reply_objects, metadata=metadata, timeout=_TRANSFER_TIMEOUT)
-            stub.PushReply(
-                appio_pb2.PushReplyRequest(reply=proto), metadata=metadata,
-                timeout=_TRANSFER_TIMEOUT,
-            )  # fmt: skip
+            try:
+                stub.PushReply(
+                    appio_pb2.PushReplyRequest(reply=proto), metadata=metadata,
+                    timeout=_TRANSFER_TIMEOUT,
+                )  # fmt: skip
+            except grpc.RpcError as error:
+                if error.code() is not grpc.StatusCode.RESOURCE_EXHAUSTED:
+                    raise
+                log.error("reply refused: %s", error.details())  # the next message may fit
     finally:
         unpacked.remove()
         channel.close()

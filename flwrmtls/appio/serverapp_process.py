@@ -82,6 +82,11 @@ def run(address: str) -> int:
             log.error("run failed: %s", error)
             report(True, str(error))
             return 1
+        except grpc.RpcError as error:  # e.g. over --max-run-storage: the link's own line
+            reason = f"the link answered {error.code().name}: {error.details()}"
+            log.error("run failed: %s", reason)
+            report(True, reason)
+            return 1
         except Exception as error:
             traceback.print_exc()
             report(True, f"the ServerApp raised {type(error).__name__}: {error}")

@@ -5,7 +5,9 @@ Rules:
 * The run is the token's run: requests never name it, and a message naming another run is
   refused. A token stops working when its run ends (the run table deletes its hash).
 * A message may only go to a node the link knows, and only once the objects it references
-  are stored (the ServerApp pushes the missing ones first).
+  are the run's (the ServerApp pushes the missing ones first; with a shared object directory,
+  writing them there is enough). The objects a ServerApp reads, pushes and asks about are
+  its run's (see :mod:`flwrmtls.link.objects`); they count against the run's quota.
 * A node that goes offline while a message waits for its reply gets an error reply
   (``NODE_UNAVAILABLE``) once its heartbeat grace has passed, so a ServerApp learns of a dead
   node within a bounded time (2.5 heartbeat intervals; see ``--heartbeat-interval``).
@@ -29,9 +31,10 @@ from flwrmtls.auth.interceptor import current_principal
 from flwrmtls.clock import Clock
 from flwrmtls.keyvalues import values_to_proto
 from flwrmtls.link.notify import Notifier
+from flwrmtls.link.objects import LinkObjects, UnknownObjects
 from flwrmtls.link.runs import RunManager
-from flwrmtls.objects.store import ObjectStore
-from flwrmtls.objects.transfer import answer_missing, answer_pull, answer_push
+from flwrmtls.objects.scope import QuotaExceeded
+from flwrmtls.objects.transfer import answer_missing, answer_pull, answer_push, fixed_scope
 from flwrmtls.proto import appio_pb2, appio_pb2_grpc, common_pb2, objects_pb2
 from flwrmtls.state.linkstate import LinkState
 from flwrmtls.state.messagetable import MessageRow
@@ -53,7 +56,7 @@ class ServerAppIoServicer(appio_pb2_grpc.ServerAppIoServicer):
         clock: Clock,
         *,
         notifier: Notifier,
-        objects: ObjectStore,
+        objects: LinkObjects,
         runs: RunManager,
         share_objects: bool = True,
     ) -> None:
@@ -84,7 +87,7 @@ class ServerAppIoServicer(appio_pb2_grpc.ServerAppIoServicer):
         return appio_pb2.GetAppRunResponse(
             run_id=run.run_id, bundle_hash=run.bundle_hash,
             run_config=values_to_proto(run.run_config),
-            object_directory=str(self._objects.directory) if self._share_objects else "",
+            object_directory=str(self._objects.store.directory) if self._share_objects else "",
         )  # fmt: skip
 
     async def GetNodes(
@@ -119,8 +122,6 @@ class ServerAppIoServicer(appio_pb2_grpc.ServerAppIoServicer):
                 problem = "a message has no message_id"
             elif message.message_id in used:
                 problem = f"message id {message.message_id!r} is already used"
-            elif missing := self._objects.missing(message.object_ids):
-                problem = f"message {message.message_id} references objects not pushed: {missing}"
             if problem:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
             used.add(message.message_id)
@@ -137,6 +138,19 @@ class ServerAppIoServicer(appio_pb2_grpc.ServerAppIoServicer):
                     expires_at=now + stamped.ttl, proto=stamped.SerializeToString(),
                 )
             )  # fmt: skip
+        run = self._state.runs.get(run_id)
+        assert run is not None
+        try:
+            self._objects.accept_run_messages(
+                run_id, [(m.dst_node_id, list(m.object_ids)) for m in request.messages],
+                bundle_hash=run.bundle_hash, shared=self._share_objects,
+            )  # fmt: skip
+        except UnknownObjects as error:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, f"messages reference objects not pushed: {error}"
+            )
+        except QuotaExceeded as error:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(error))
         self._state.messages.store(rows)
         for row in rows:
             self._notifier.notify(("node", row.dst_node_id))
@@ -232,16 +246,19 @@ class ServerAppIoServicer(appio_pb2_grpc.ServerAppIoServicer):
     async def PullObject(
         self, request: objects_pb2.PullObjectRequest, context: _Context
     ) -> AsyncIterator[objects_pb2.ObjectChunk]:
-        async for chunk in answer_pull(self._objects, request.object_id, context):
+        scope = self._objects.run_scope(self._run_id())
+        async for chunk in answer_pull(self._objects.store, scope, request.object_id, context):
             yield chunk
 
     async def PushObject(
         self, request_iterator: AsyncIterator[objects_pb2.ObjectChunk], context: _Context
     ) -> objects_pb2.PushObjectResponse:
-        response, _ = await answer_push(self._objects, request_iterator, context)
+        scope = fixed_scope(self._objects.run_scope(self._run_id()))
+        response, _ = await answer_push(self._objects.store, request_iterator, context, scope)
         return response
 
     async def MissingObjects(
         self, request: objects_pb2.MissingObjectsRequest, context: _Context
     ) -> objects_pb2.MissingObjectsResponse:
-        return await answer_missing(self._objects, request.object_ids, context)
+        scope = self._objects.run_scope(self._run_id())
+        return await answer_missing(self._objects.store, scope, request.object_ids, context)

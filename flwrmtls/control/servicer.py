@@ -33,6 +33,7 @@ from flwrmtls.errors import InputError
 from flwrmtls.keyvalues import values_from_proto
 from flwrmtls.link.notify import Notifier
 from flwrmtls.link.runs import RunManager
+from flwrmtls.objects.scope import QuotaExceeded
 from flwrmtls.proto import control_pb2, control_pb2_grpc
 from flwrmtls.state.audittable import DEFAULT_MAX_ENTRIES
 from flwrmtls.state.linkstate import LinkState
@@ -190,6 +191,9 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
             )
         except (InputError, ValueError) as error:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+            raise AssertionError("unreachable") from None
+        except QuotaExceeded as error:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(error))
             raise AssertionError("unreachable") from None
         return control_pb2.StartRunResponse(run_id=run_id)
 

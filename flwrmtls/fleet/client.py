@@ -15,7 +15,7 @@ from flwrmtls.objects.transfer import pull_object_into, push_stored_objects
 from flwrmtls.proto import common_pb2, fleet_pb2, fleet_pb2_grpc
 from flwrmtls.wire.errors import ConnectionContext, translate_rpc_error
 
-__all__ = ["FleetClient", "Session", "SessionEnded"]
+__all__ = ["FleetClient", "OverQuota", "Session", "SessionEnded"]
 
 _CALL_TIMEOUT = 10.0
 _TRANSFER_TIMEOUT = 600.0
@@ -28,6 +28,10 @@ class SessionEnded(Refused):
     def __init__(self, message: str, *, superseded: bool) -> None:
         super().__init__(message)
         self.superseded = superseded
+
+
+class OverQuota(Refused):
+    """The link would not store what this node sent: a run's or the node's storage bound."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +57,8 @@ class FleetClient:
             return SessionEnded(error.details() or "session superseded", superseded=True)
         if code is grpc.StatusCode.NOT_FOUND:
             return SessionEnded(error.details() or "unknown session", superseded=False)
+        if code is grpc.StatusCode.RESOURCE_EXHAUSTED:
+            return OverQuota(error.details() or "over a storage bound of the link")
         return translate_rpc_error(error, self._ctx)
 
     def activate(self) -> Session:

@@ -9,6 +9,10 @@ Rules for runs:
 * A node may reply only to a message addressed to it, in a run that has not ended; the link
   stamps the reply with the node's certificate identity, so the ServerApp knows who answered.
 * A node may ask for a run's bundle hash and config only for a run that sent it work.
+* Objects: a node reads only the objects named by messages addressed to it (and their runs'
+  bundles, and its own uploads), and a reply may name only those; an upload counts against
+  the node's pending budget until a reply names it, then against the reply's run. What is
+  outside a node's scope is answered as missing (see :mod:`flwrmtls.link.objects`).
 """
 
 from __future__ import annotations
@@ -25,8 +29,9 @@ from flwrmtls.auth.interceptor import current_principal
 from flwrmtls.clock import Clock
 from flwrmtls.keyvalues import values_to_proto
 from flwrmtls.link.notify import Notifier
+from flwrmtls.link.objects import LinkObjects, UnknownObjects
 from flwrmtls.link.runlog import RunLog
-from flwrmtls.objects.store import ObjectStore
+from flwrmtls.objects.scope import ObjectScope, QuotaExceeded
 from flwrmtls.objects.transfer import answer_missing, answer_pull, answer_push
 from flwrmtls.proto import common_pb2, fleet_pb2, fleet_pb2_grpc, objects_pb2
 from flwrmtls.state.linkstate import LinkState, SessionSuperseded, UnknownSession
@@ -51,7 +56,7 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
         heartbeat_interval: float,
         *,
         notifier: Notifier,
-        objects: ObjectStore,
+        objects: LinkObjects,
         run_log: RunLog,
         expiry_warning_days: float = 14.0,
     ) -> None:
@@ -180,6 +185,7 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
         answered = set(self._state.messages.replies_to(reply_to))
         used = set(self._state.messages.taken(m.message_id for m in request.messages))
         rows = []
+        named: list[tuple[int, list[str]]] = []
         for message in request.messages:
             original = originals.get(message.reply_to_message_id)
             if message.src_node_id != node_id:
@@ -210,6 +216,7 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
             stamped.run_id = original.run_id
             stamped.dst_node_id = 0
             stamped.src_identity = principal.identity
+            named.append((stamped.run_id, list(stamped.object_ids)))
             rows.append(
                 MessageRow(
                     message_id=stamped.message_id,
@@ -228,6 +235,15 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
                     f"node {principal.identity}",
                     f"ClientApp on node {node_id} raised:\n{stamped.error.reason}",
                 )
+        try:
+            self._objects.accept_replies(node_id, named)
+        except UnknownObjects as error:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"a reply names objects this node did not push: {error}",
+            )
+        except QuotaExceeded as error:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(error))
         self._state.messages.store(rows)
         for run_id in {row.run_id for row in rows}:
             self._notifier.notify(("run", run_id))
@@ -253,21 +269,24 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
     async def PullObject(
         self, request: objects_pb2.PullObjectRequest, context: _Context
     ) -> AsyncIterator[objects_pb2.ObjectChunk]:
-        await self._session_node(request.session_id, context)
-        async for chunk in answer_pull(self._objects, request.object_id, context):
+        node_id = await self._session_node(request.session_id, context)
+        scope = self._objects.node_scope(node_id)
+        async for chunk in answer_pull(self._objects.store, scope, request.object_id, context):
             yield chunk
 
     async def PushObject(
         self, request_iterator: AsyncIterator[objects_pb2.ObjectChunk], context: _Context
     ) -> objects_pb2.PushObjectResponse:
-        async def admit(first: objects_pb2.ObjectChunk) -> None:
-            await self._session_node(first.session_id, context)
+        async def scope_of(first: objects_pb2.ObjectChunk) -> ObjectScope:
+            node_id = await self._session_node(first.session_id, context)
+            return self._objects.node_scope(node_id)
 
-        response, _ = await answer_push(self._objects, request_iterator, context, admit)
+        response, _ = await answer_push(self._objects.store, request_iterator, context, scope_of)
         return response
 
     async def MissingObjects(
         self, request: objects_pb2.MissingObjectsRequest, context: _Context
     ) -> objects_pb2.MissingObjectsResponse:
-        await self._session_node(request.session_id, context)
-        return await answer_missing(self._objects, request.object_ids, context)
+        node_id = await self._session_node(request.session_id, context)
+        scope = self._objects.node_scope(node_id)
+        return await answer_missing(self._objects.store, scope, request.object_ids, context)

@@ -9,6 +9,7 @@ import argparse
 import asyncio
 import logging
 import os
+import re
 import signal
 import sys
 from pathlib import Path
@@ -20,12 +21,25 @@ from flwrmtls.auth.identity import IdentitySource, RoleSource
 from flwrmtls.errors import FlwrmtlsError, InputError
 from flwrmtls.filemodes import open_directory_warning, private_directory, restrict_umask
 from flwrmtls.link.nodeauth import NodeAuth, requires_client_certificate
+from flwrmtls.link.objects import (
+    DEFAULT_MAX_NODE_PENDING_STORAGE,
+    DEFAULT_MAX_RUN_STORAGE,
+    PENDING_TTL,
+    StorageLimits,
+)
 from flwrmtls.link.reload import TlsFiles
 from flwrmtls.link.server import Link, LinkConfig
 from flwrmtls.wire.credentials import load_ca_bundle, load_tls_identity
 from flwrmtls.wire.listen import ServerLimits, is_loopback, require_loopback
 
-__all__ = ["check_control_exposure", "config_from_args", "main", "parser"]
+__all__ = [
+    "check_control_exposure",
+    "config_from_args",
+    "format_size",
+    "main",
+    "parse_size",
+    "parser",
+]
 
 log = logging.getLogger("flwrmtls.link")
 
@@ -39,6 +53,29 @@ def _home() -> Path:
 
 def _default_database() -> str:
     return str(_home() / "link.db")
+
+
+_SIZE = re.compile(r"^(\d+)\s*([KMGT]?)(?:i?B)?$", re.IGNORECASE)
+_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_size(text: str, flag: str) -> int:
+    """A positive number of bytes: ``1073741824``, ``1024M``, ``1G``, ``1GiB`` (binary units)."""
+    match = _SIZE.match(text.strip())
+    size = int(match[1]) * _UNITS[match[2].upper()] if match else 0
+    if size <= 0:
+        raise InputError(
+            f"{flag} {text!r} is not a size: give a positive number of bytes, or one with K, M, "
+            "G or T (binary: 1G = 1024^3 bytes)"
+        )
+    return size
+
+
+def format_size(size: int) -> str:
+    for unit in ("T", "G", "M", "K"):
+        if size % _UNITS[unit] == 0:
+            return f"{size // _UNITS[unit]} {unit}iB"
+    return f"{size} bytes"
 
 
 def parser() -> argparse.ArgumentParser:
@@ -160,6 +197,20 @@ def parser() -> argparse.ArgumentParser:
         "(default %(default)s; raise it for many nodes behind one NAT address)",
     )  # fmt: skip
     p.add_argument(
+        "--max-run-storage",
+        default=format_size(DEFAULT_MAX_RUN_STORAGE).replace(" ", ""),
+        help="bytes of objects (array bytes, its bundle) one run may hold on the link, e.g. "
+        "500M, 32G (default %(default)s); over it, the push or message is refused "
+        "(RESOURCE_EXHAUSTED); an ended run's objects are deleted",
+    )
+    p.add_argument(
+        "--max-node-pending-storage",
+        default=format_size(DEFAULT_MAX_NODE_PENDING_STORAGE).replace(" ", ""),
+        help="bytes one node may have uploaded that no reply of it names yet (default "
+        f"%(default)s; at least the largest reply); unnamed uploads expire after "
+        f"{PENDING_TTL:.0f} s",
+    )
+    p.add_argument(
         "--max-chain-depth", type=int, help="refuse client chains with more intermediates than this"
     )
     p.add_argument(
@@ -184,6 +235,13 @@ def parser() -> argparse.ArgumentParser:
 def config_from_args(args: argparse.Namespace) -> LinkConfig:
     """Check flag combinations and load every file, failing with one line on any problem."""
     require_loopback(args.serverappio_api_address, "--serverappio-api-address", "ServerAppIo")
+
+    storage = StorageLimits(
+        max_run_bytes=parse_size(args.max_run_storage, "--max-run-storage"),
+        max_node_pending_bytes=parse_size(
+            args.max_node_pending_storage, "--max-node-pending-storage"
+        ),
+    )
     tls_flags = [
         args.ssl_ca_certfile,
         args.ssl_certfile,
@@ -216,6 +274,8 @@ def config_from_args(args: argparse.Namespace) -> LinkConfig:
             node_auth=NodeAuth.NONE,
             heartbeat_interval=args.heartbeat_interval,
             serverappio_address=args.serverappio_api_address,
+            share_objects=args.shared_objects,
+            storage=storage,
         )
     if args.ssl_certfile is None or args.ssl_keyfile is None:
         raise InputError(
@@ -279,6 +339,7 @@ def config_from_args(args: argparse.Namespace) -> LinkConfig:
         node_auth=node_auth,
         key_fleet_address=args.key_fleet_api_address,
         share_objects=args.shared_objects,
+        storage=storage,
         enable_supernode_auth=args.enable_supernode_auth,
         signature_window=args.auth_timestamp_window,
         signature_future_skew=args.auth_timestamp_future_skew,
@@ -445,6 +506,12 @@ async def _run(config: LinkConfig) -> None:
         config.database,
     )
     _log_revocation_coverage(link)
+    log.info(
+        "objects in %s: at most %s per run, %s of uploads no reply names yet per node",
+        link.objects.store.directory,
+        format_size(config.storage.max_run_bytes),
+        format_size(config.storage.max_node_pending_bytes),
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):

@@ -17,8 +17,10 @@ Rules:
   is started once the link has had no active run for ``SPARE_DELAY`` seconds, so that it
   never competes with a run for the CPU, and it is stopped with the link.
 * Processes are always waited for (no zombies).
-* When a run ends, its messages are deleted, and so are the objects they referenced that no
-  active run references (app bundles are kept). Its status, history, logs and result stay.
+* The run's bundle is its first object (it counts against the run's quota). When a run ends,
+  its messages are deleted, and so are its objects that no other run, pending node upload or
+  upload in progress holds (see :mod:`flwrmtls.link.objects`). Its status, history, logs and
+  result stay.
 """
 
 from __future__ import annotations
@@ -36,8 +38,8 @@ from flwrmtls.clock import Clock
 from flwrmtls.errors import InputError
 from flwrmtls.keyvalues import Value
 from flwrmtls.link.notify import Notifier
+from flwrmtls.link.objects import LinkObjects
 from flwrmtls.link.runlog import RunLog
-from flwrmtls.objects.store import ObjectStore
 from flwrmtls.state.linkstate import LinkState
 from flwrmtls.state.runs import IllegalTransition, RunStatus
 
@@ -66,7 +68,7 @@ class RunManager:
         *,
         notifier: Notifier,
         run_log: RunLog,
-        objects: ObjectStore,
+        objects: LinkObjects,
     ) -> None:
         self._state = state
         self._clock = clock
@@ -98,11 +100,13 @@ class RunManager:
         # Only pyproject.toml is read, off the event loop, within size bounds.
         app = await asyncio.to_thread(read_bundle_config, bundle)
         run_config = merge_run_config(app.default_config, overrides)
-        self._objects.put(bundle)
+        self._objects.check_bundle(len(bundle))
+        self._objects.store.put(bundle)
         run_id = self._state.runs.create(
             app_name=app.name, app_version=app.version, bundle_hash=actual,
             run_config_json=json.dumps(run_config, sort_keys=True), owner=owner, now=self._now(),
         )  # fmt: skip
+        self._objects.add_bundle(run_id, actual)
         self._run_log.add(
             run_id, "link", f"run {run_id}: {app.name} {app.version} started by {owner}"
         )
@@ -235,14 +239,9 @@ class RunManager:
             self._notifier.notify(("node", node_id))
 
     def _release(self, run_id: int) -> None:
-        """Drop an ended run's messages and the objects only it used."""
-        messages = self._state.messages
-        active = [run.run_id for run in self._state.runs.active()]
-        still_used = messages.object_ids(active)
-        bundles = {run.bundle_hash for run in self._state.runs.all()}
-        unused = messages.object_ids([run_id]) - still_used - bundles
-        messages.delete_run(run_id)
-        self._objects.delete(unused)
+        """Drop an ended run's messages and the objects nothing else holds."""
+        self._state.messages.delete_run(run_id)
+        self._objects.release_run(run_id)
 
     async def stop_run(self, run_id: int, reason: str) -> RunStatus:
         """Control: stop a run (its process is terminated). Raises KeyError, IllegalTransition."""

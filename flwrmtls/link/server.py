@@ -11,7 +11,8 @@ grpc.aio servers in one event loop (no thread per connection):
 
 All share the policy table and the refusal log. Objects (array bytes, bundles) live in a
 directory beside the database, private to the link's OS account (0700, see
-:mod:`flwrmtls.filemodes`), as the database is (0600).
+:mod:`flwrmtls.filemodes`), as the database is (0600); who may read and store which is
+:mod:`flwrmtls.link.objects`.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ from flwrmtls.filemodes import private_directory, tighten
 from flwrmtls.fleet.servicer import FleetServicer
 from flwrmtls.link.nodeauth import NodeAuth, build_node_authenticator, requires_client_certificate
 from flwrmtls.link.notify import Notifier
+from flwrmtls.link.objects import SWEEP_INTERVAL, LinkObjects, StorageLimits
 from flwrmtls.link.reload import TlsFiles, TlsMaterial, TlsWatcher, Trust
 from flwrmtls.link.runlog import RunLog
 from flwrmtls.link.runs import RunManager
@@ -116,6 +118,10 @@ class LinkConfig:
     ``--unsafe-anonymous-control-api``."""
     anonymous_control: bool = False
     """``--unsafe-anonymous-control-api``: Control without CLI certificates off loopback."""
+
+    storage: StorageLimits = field(default_factory=StorageLimits)
+    """What one run, and one node's pending uploads, may store (``--max-run-storage``,
+    ``--max-node-pending-storage``)."""
 
     def __post_init__(self) -> None:
         if self.require_client_auth and not self.cli_ca_certificates:
@@ -224,7 +230,9 @@ class Link:
         private_directory(config.objects_directory)
         if warning := tighten(config.objects_directory):
             log.warning("%s", warning)
-        self.objects = ObjectStore(config.objects_directory)
+        self.objects = LinkObjects(
+            ObjectStore(config.objects_directory), self.state, self.clock, config.storage
+        )
         self.run_log = RunLog(self.state.runs, self.notifier, self.clock)
         self.runs = RunManager(
             self.state, self.clock, notifier=self.notifier, run_log=self.run_log,
@@ -334,6 +342,8 @@ class Link:
             log.info("%d node(s) were online when the link last stopped: offline until they "
                      "call again", restored)  # fmt: skip
         self.runs.recover()
+        if reclaimed := self.objects.collect_unowned():
+            log.info("deleted %d stored objects that belong to no run", reclaimed)
         fleet_servicer = FleetServicer(
             self.state, self.clock, config.heartbeat_interval, notifier=self.notifier,
             objects=self.objects, run_log=self.run_log,
@@ -392,6 +402,7 @@ class Link:
         for server in self._servers:
             await server.start()
         self._tasks.append(asyncio.create_task(self._watch_files()))
+        self._tasks.append(asyncio.create_task(self._sweep_objects()))
 
     async def _watch_files(self) -> None:
         """Re-read CRLs and TLS files about once a second (see :mod:`flwrmtls.link.reload`)."""
@@ -404,6 +415,15 @@ class Link:
                     self.tls_watcher.poll()
             except Exception:  # never stop watching: a dead watcher would miss revocations
                 log.exception("re-reading CRL or TLS files failed; keeping the last good ones")
+
+    async def _sweep_objects(self) -> None:
+        """Expire node uploads that no reply named in time (see :mod:`flwrmtls.link.objects`)."""
+        while True:
+            await asyncio.sleep(SWEEP_INTERVAL)
+            try:
+                self.objects.expire_pending()
+            except Exception:  # never stop sweeping: the next sweep may succeed
+                log.exception("expiring pending node uploads failed; trying again later")
 
     async def wait(self) -> None:
         await asyncio.gather(*(server.wait_for_termination() for server in self._servers))

@@ -15,7 +15,16 @@ Rules:
   CPU), and stopping the node terminates it.
 * Messages wait in the run's queue until the ClientApp pulls them; its replies go back to the
   link with the objects they reference. A reply may only answer a message this node received
-  for that run.
+  for that run. A reply the link will not store (over a run's or this node's storage bound)
+  is replaced by an error reply (``LINK_ERROR``, with the link's reason), so the ServerApp
+  learns of it at once instead of waiting for a reply that never comes.
+* A run's ClientApp may read only its run's objects: the run's bundle, the objects named by
+  the messages this node received for the run, and those it stored itself (pushed, or named
+  by its replies); any other is "no object", as if it were not stored, and the node does not
+  fetch it from the link (``NodeRun.objects``, seen through a
+  :class:`~flwrmtls.objects.scope.SetScope`).
+  Pushes are not bounded on the node: the ClientApp runs as the node's OS user and could
+  fill its disk without ClientAppIo.
 * Objects (bundles, array bytes) stay in the node's store while any run is active; when the
   last active run ends the store is emptied. The ClientApps this node starts share the
   store's directory (same host, same OS user): they read a message's arrays from it once
@@ -39,9 +48,10 @@ import time
 from dataclasses import dataclass, field
 
 from flwrmtls.auth.tokens import MemoryTokenStore
-from flwrmtls.fleet.client import FleetClient, Session
+from flwrmtls.fleet.client import FleetClient, OverQuota, Session
 from flwrmtls.keyvalues import Value, values_from_proto
-from flwrmtls.objects.store import ObjectStore
+from flwrmtls.objects.scope import SetScope
+from flwrmtls.objects.store import ObjectStore, check_object_id
 from flwrmtls.objects.transfer import in_parallel
 from flwrmtls.proto import common_pb2
 
@@ -56,6 +66,7 @@ _STOP_GRACE = 5.0
 _REAP_INTERVAL = 0.5
 SPARE_DELAY = 1.0
 """Seconds without an active run before a spare ClientApp process is started."""
+_LINK_ERROR = 6  # flwrmtls.app.message.ErrorCode.LINK_ERROR
 
 
 @dataclass
@@ -66,10 +77,29 @@ class NodeRun:
     inbox: queue.Queue[common_pb2.Message | None] = field(default_factory=queue.Queue)
     """Messages for the ClientApp; None wakes a waiting pull when the run ends."""
     received: set[str] = field(default_factory=set)
+    objects: set[str] = field(default_factory=set)
+    """The objects the run's ClientApp may read (its scope; the bundle is added at once)."""
     ended: threading.Event = field(default_factory=threading.Event)
     ended_at: float = 0.0
     process: subprocess.Popen[bytes] | None = None
     terminated_at: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.objects.add(self.bundle_hash)
+
+    @property
+    def scope(self) -> SetScope:
+        return SetScope(self.objects)
+
+
+def _refused(reply: common_pb2.Message, reason: str) -> common_pb2.Message:
+    """An error reply in place of ``reply``, which the link refused to store."""
+    return common_pb2.Message(
+        message_id=reply.message_id, run_id=reply.run_id, src_node_id=reply.src_node_id,
+        message_type=reply.message_type, reply_to_message_id=reply.reply_to_message_id,
+        created_at=reply.created_at, ttl=reply.ttl, group_id=reply.group_id,
+        error=common_pb2.Error(code=_LINK_ERROR, reason=f"the link refused the reply: {reason}"),
+    )  # fmt: skip
 
 
 class AppManager:
@@ -126,8 +156,10 @@ class AppManager:
 
     @staticmethod
     def enqueue(run: NodeRun, message: common_pb2.Message) -> None:
-        """Record ``message`` as received for ``run`` and queue it for the ClientApp."""
+        """Record ``message`` (and its objects) as received for ``run``, and queue it for the
+        ClientApp."""
         run.received.add(message.message_id)
+        run.objects.update(message.object_ids)
         run.inbox.put(message)
 
     def _open(self, run_id: int) -> NodeRun:
@@ -316,23 +348,45 @@ class AppManager:
             raise PermissionError(
                 f"reply {reply.message_id} answers no message this node received for run {run_id}"
             )
+        # Sharing the directory, the ClientApp writes its objects there itself (and could read
+        # every other one anyway); otherwise only what its run may read can be named.
         missing = self.objects.missing(reply.object_ids)
+        if not self.share_objects:
+            missing += [
+                i
+                for i in dict.fromkeys(reply.object_ids)
+                if i not in run.objects and i not in missing
+            ]
         if missing:
             raise PermissionError(
                 f"reply {reply.message_id} references {len(missing)} object(s) its ClientApp "
                 f"did not store, e.g. {missing[0][:16]}"
             )
+        run.objects.update(reply.object_ids)
         session = self._session()
         reply.run_id = run_id
         reply.src_node_id = session.node_id
-        self._client.send_objects(session, self.objects, list(reply.object_ids))
-        self._client.push(session, [reply])
+        try:
+            self._client.send_objects(session, self.objects, list(reply.object_ids))
+            self._client.push(session, [reply])
+        except OverQuota as error:
+            log.warning("run %d: the link refused reply %s (%s); sending an error reply instead",
+                        run_id, reply.message_id, error)  # fmt: skip
+            self._client.push(session, [_refused(reply, str(error))])
+            run.received.discard(reply.reply_to_message_id)
+            raise
         run.received.discard(reply.reply_to_message_id)
 
-    def ensure_object(self, object_id: str) -> None:
-        """Make an object the link holds available to a ClientApp."""
+    def ensure_object(self, run_id: int, object_id: str) -> None:
+        """Make an object of run ``run_id`` available to its ClientApp, fetching it from the
+        link if the node lacks it. ValueError for an object outside the run's scope: the
+        same "no object" whether or not the node stores it."""
+        run = self.run(run_id)
+        if run is None or check_object_id(object_id) not in run.objects:
+            raise ValueError(f"no object {object_id[:80]}")
         self._client.fetch_object(self._session(), object_id, self.objects)
 
-    def ensure_objects(self, object_ids: list[str]) -> None:
+    def ensure_objects(self, run_id: int, object_ids: list[str]) -> None:
         """:meth:`ensure_object` for each, several at a time."""
-        in_parallel(self.ensure_object, dict.fromkeys(object_ids))
+        in_parallel(lambda object_id: self.ensure_object(run_id, object_id),
+                    dict.fromkeys(object_ids))  # fmt: skip

@@ -3,7 +3,9 @@
 It runs as a grpc.aio server on its own event loop thread, behind the same interceptor and
 policy table as the link's APIs, with the run-token authenticator. Blocking work (waiting for
 a message, talking to the link) runs in worker threads so one slow call never stalls another.
-The run is the token's run: a ClientApp can see only its own run's messages and objects.
+The run is the token's run: a ClientApp can see only its own run's messages and objects
+(an object of another run is answered "no object", exactly as one that is not stored; see
+:mod:`flwrmtls.node.apps`).
 """
 
 from __future__ import annotations
@@ -20,9 +22,11 @@ from flwrmtls.auth.interceptor import AuthInterceptor, RefusalLog, current_princ
 from flwrmtls.auth.tokens import TokenAuthenticator
 from flwrmtls.clock import Clock, SystemClock
 from flwrmtls.errors import FlwrmtlsError
+from flwrmtls.fleet.client import OverQuota
 from flwrmtls.keyvalues import values_to_proto
 from flwrmtls.node.apps import AppManager
-from flwrmtls.objects.transfer import answer_missing, answer_pull, answer_push
+from flwrmtls.objects.scope import ObjectScope, SetScope
+from flwrmtls.objects.transfer import answer_missing, answer_pull, answer_push, fixed_scope
 from flwrmtls.proto import appio_pb2, appio_pb2_grpc, objects_pb2
 from flwrmtls.wire.bounds import long_poll_seconds
 from flwrmtls.wire.listen import ServerLimits, require_loopback
@@ -42,6 +46,11 @@ def _run_id() -> int:
 class ClientAppIoServicer(appio_pb2_grpc.ClientAppIoServicer):
     def __init__(self, apps: AppManager) -> None:
         self._apps = apps
+
+    def _scope(self) -> ObjectScope:
+        """The objects of the caller's run (none once the node has forgotten the run)."""
+        run = self._apps.run(_run_id())
+        return run.scope if run is not None else SetScope(set())
 
     async def GetRun(
         self, request: appio_pb2.GetAppRunRequest, context: _Context
@@ -75,6 +84,11 @@ class ClientAppIoServicer(appio_pb2_grpc.ClientAppIoServicer):
             await asyncio.to_thread(self._apps.forward_reply, _run_id(), request.reply)
         except PermissionError as error:
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(error))
+        except OverQuota as error:
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"{error} (the ServerApp gets a LINK_ERROR reply instead)",
+            )
         except ValueError as error:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
         except FlwrmtlsError as error:
@@ -85,17 +99,18 @@ class ClientAppIoServicer(appio_pb2_grpc.ClientAppIoServicer):
         self, request: objects_pb2.PullObjectRequest, context: _Context
     ) -> AsyncIterator[objects_pb2.ObjectChunk]:
         try:
-            await asyncio.to_thread(self._apps.ensure_object, request.object_id)
+            await asyncio.to_thread(self._apps.ensure_object, _run_id(), request.object_id)
         except (ValueError, FlwrmtlsError) as error:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"object unavailable: {error}")
-        async for chunk in answer_pull(self._apps.objects, request.object_id, context):
+        scope = self._scope()
+        async for chunk in answer_pull(self._apps.objects, scope, request.object_id, context):
             yield chunk
 
     async def PrepareObjects(
         self, request: appio_pb2.PrepareObjectsRequest, context: _Context
     ) -> appio_pb2.PrepareObjectsResponse:
         try:
-            await asyncio.to_thread(self._apps.ensure_objects, list(request.object_ids))
+            await asyncio.to_thread(self._apps.ensure_objects, _run_id(), list(request.object_ids))
         except (ValueError, FlwrmtlsError) as error:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"object unavailable: {error}")
         return appio_pb2.PrepareObjectsResponse()
@@ -103,13 +118,14 @@ class ClientAppIoServicer(appio_pb2_grpc.ClientAppIoServicer):
     async def PushObject(
         self, request_iterator: AsyncIterator[objects_pb2.ObjectChunk], context: _Context
     ) -> objects_pb2.PushObjectResponse:
-        response, _ = await answer_push(self._apps.objects, request_iterator, context)
+        scope = fixed_scope(self._scope())
+        response, _ = await answer_push(self._apps.objects, request_iterator, context, scope)
         return response
 
     async def MissingObjects(
         self, request: objects_pb2.MissingObjectsRequest, context: _Context
     ) -> objects_pb2.MissingObjectsResponse:
-        return await answer_missing(self._apps.objects, request.object_ids, context)
+        return await answer_missing(self._apps.objects, self._scope(), request.object_ids, context)
 
 
 class ClientAppIoServer:

@@ -1,9 +1,12 @@
 """Moving objects in chunks over gRPC, the same way on every API that carries them.
 
-Server side (grpc.aio servicers): :func:`serve_object` streams a stored object,
-:func:`receive_object` stores a pushed one after verifying its hash. Client side (blocking
-stubs): :func:`push_objects` sends only what the other side lacks, :func:`pull_objects` and
-:func:`pull_object_into` fetch by id. No message ever carries more than one chunk.
+Server side (grpc.aio servicers): :func:`answer_pull`, :func:`answer_push` and
+:func:`answer_missing` answer the three object endpoints relative to the caller's scope
+(:mod:`flwrmtls.objects.scope`: what it may read, what it may store), so that a caller learns
+nothing about objects outside it; :func:`receive_object` stores a pushed object after
+verifying its hash. Client side (blocking stubs): :func:`push_objects` sends only what the
+other side lacks, :func:`pull_objects` and :func:`pull_object_into` fetch by id. No message
+ever carries more than one chunk.
 """
 
 from __future__ import annotations
@@ -21,10 +24,10 @@ from collections.abc import (
 )
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
-from weakref import WeakKeyDictionary
 
 import grpc
 
+from flwrmtls.objects.scope import ObjectScope, QuotaExceeded, Reservation
 from flwrmtls.objects.store import CHUNK_SIZE, ObjectStore, check_object_id
 from flwrmtls.proto import objects_pb2
 
@@ -33,6 +36,7 @@ __all__ = [
     "answer_missing",
     "answer_pull",
     "answer_push",
+    "fixed_scope",
     "in_parallel",
     "pull_object_bytes",
     "pull_object_into",
@@ -81,58 +85,53 @@ async def serve_object(
         )
 
 
-_receiving: WeakKeyDictionary[ObjectStore, dict[str, asyncio.Event]] = WeakKeyDictionary()
-"""Per store: the objects an upload is writing now (event loop only)."""
+ScopeOf = Callable[[objects_pb2.ObjectChunk], Awaitable[ObjectScope]]
+"""Sees a push's first chunk before anything is written, may abort the call (an unknown
+session), and returns the caller's scope."""
 
 
-async def _claim(store: ObjectStore, object_id: str) -> asyncio.Event | None:
-    """Wait out another upload of the same object: None once the object is stored, else an
-    event that marks this upload as the one writing it (set when it ends, either way)."""
-    uploads = _receiving.setdefault(store, {})
-    while True:
-        if store.has(object_id):
-            return None
-        other = uploads.get(object_id)
-        if other is None:
-            uploads[object_id] = claim = asyncio.Event()
-            return claim
-        await other.wait()  # its bytes are ours: answer from the store once it is there
+def fixed_scope(scope: ObjectScope) -> ScopeOf:
+    """A :data:`ScopeOf` for a caller known before its first chunk (an app process's run)."""
+
+    async def scope_of(_: objects_pb2.ObjectChunk) -> ObjectScope:
+        return scope
+
+    return scope_of
 
 
 async def receive_object(
     store: ObjectStore,
     chunks: AsyncIterator[objects_pb2.ObjectChunk],
-    admit: Callable[[objects_pb2.ObjectChunk], Awaitable[None]] | None = None,
+    scope_of: ScopeOf,
 ) -> tuple[objects_pb2.PushObjectResponse, str]:
-    """Store a pushed object; returns the response and the session id of the first chunk.
+    """Store a pushed object for the caller; returns the response and the first chunk's
+    session id.
 
-    Raises ValueError (bad id, wrong size, hash mismatch); the object is then not stored.
-    Several senders pushing the same object at once (nodes replying with identical arrays)
-    store it once: later pushes wait for the first and are answered without reading their
-    bytes, or take over if it fails.
+    Raises ValueError (bad id, wrong size, hash mismatch; the object then does not join the
+    scope) or QuotaExceeded (before any byte is written). An object the caller may already
+    read, and that is stored, is answered without reading the push; any other push is read
+    and hashed in full, even when the same bytes are stored for someone else, so that a push
+    never tells its caller what the store holds beyond its scope.
     """
     writer = None
+    reservation: Reservation | None = None
     session_id = ""
-    claim: asyncio.Event | None = None
-    claimed = ""
     try:
         async for chunk in chunks:
             if writer is None:
                 session_id = chunk.session_id
-                if admit is not None:
-                    await admit(chunk)  # may abort: nothing is written before it passes
+                scope = await scope_of(chunk)  # may abort: nothing is written before it passes
                 check_object_id(chunk.object_id)
                 if chunk.total_size > MAX_OBJECT_BYTES:
                     raise ValueError(
                         f"object {chunk.object_id[:16]}: {chunk.total_size} bytes is over the "
                         f"limit of {MAX_OBJECT_BYTES}"
                     )
-                claimed = chunk.object_id
-                claim = await _claim(store, claimed)
-                if claim is None:
+                if scope.readable([chunk.object_id]) and store.has(chunk.object_id):
                     return objects_pb2.PushObjectResponse(
                         object_id=chunk.object_id, size=store.size(chunk.object_id)
                     ), session_id
+                reservation = scope.reserve(chunk.object_id, chunk.total_size)
                 writer = store.writer(chunk.object_id, chunk.total_size)
             # writing and hashing release the GIL: off the event loop, other calls go on
             await asyncio.to_thread(writer.write, chunk.offset, chunk.data)
@@ -142,11 +141,11 @@ async def receive_object(
     except BaseException:
         if writer is not None:
             writer.abort()
+        if reservation is not None:
+            reservation.cancel()
         raise
-    finally:
-        if claim is not None:
-            _receiving.get(store, {}).pop(claimed, None)
-            claim.set()
+    assert reservation is not None
+    reservation.commit()
     return objects_pb2.PushObjectResponse(
         object_id=writer.object_id, size=writer.total_size
     ), session_id
@@ -322,12 +321,20 @@ def pull_object_into(
 # --- the three object endpoints, as every servicer that carries objects answers them -------
 
 
+def _visible(store: ObjectStore, scope: ObjectScope, object_ids: Sequence[str]) -> set[str]:
+    """Those of ``object_ids`` the caller may read and the store holds (ids checked first:
+    ValueError for a malformed one)."""
+    unique = [check_object_id(object_id) for object_id in dict.fromkeys(object_ids)]
+    return {object_id for object_id in scope.readable(unique) if store.has(object_id)}
+
+
 async def answer_pull(
-    store: ObjectStore, object_id: str, context: Any
+    store: ObjectStore, scope: ObjectScope, object_id: str, context: Any
 ) -> AsyncIterator[objects_pb2.ObjectChunk]:
-    """PullObject: stream a stored object, or NOT_FOUND."""
+    """PullObject: stream an object the caller may read, or NOT_FOUND (the same answer for
+    an object that is not stored and for one outside the caller's scope)."""
     try:
-        present = store.has(object_id)
+        present = bool(_visible(store, scope, [object_id]))
     except ValueError:
         present = False
     if not present:
@@ -340,24 +347,28 @@ async def answer_push(
     store: ObjectStore,
     chunks: AsyncIterator[objects_pb2.ObjectChunk],
     context: Any,
-    admit: Callable[[objects_pb2.ObjectChunk], Awaitable[None]] | None = None,
+    scope_of: ScopeOf,
 ) -> tuple[objects_pb2.PushObjectResponse, str]:
-    """PushObject: store a verified object, or INVALID_ARGUMENT; also the first session id.
-    ``admit`` sees the first chunk before anything is written (and may abort the call)."""
+    """PushObject: store a verified object for the caller; INVALID_ARGUMENT for bad bytes,
+    RESOURCE_EXHAUSTED over a quota; also the first session id."""
     try:
-        return await receive_object(store, chunks, admit)
+        return await receive_object(store, chunks, scope_of)
     except ValueError as error:
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
-        raise AssertionError("unreachable") from None
+    except QuotaExceeded as error:
+        await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(error))
+    raise AssertionError("unreachable")
 
 
 async def answer_missing(
-    store: ObjectStore, object_ids: Sequence[str], context: Any
+    store: ObjectStore, scope: ObjectScope, object_ids: Sequence[str], context: Any
 ) -> objects_pb2.MissingObjectsResponse:
-    """MissingObjects: which of ``object_ids`` the store lacks, or INVALID_ARGUMENT."""
+    """MissingObjects: which of ``object_ids`` the caller cannot read from the store (an
+    object outside its scope is missing to it, stored or not), or INVALID_ARGUMENT."""
     try:
-        missing = store.missing(object_ids)
+        visible = _visible(store, scope, object_ids)
     except ValueError as error:
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
         raise AssertionError("unreachable") from None
+    missing = [object_id for object_id in dict.fromkeys(object_ids) if object_id not in visible]
     return objects_pb2.MissingObjectsResponse(object_ids=missing)

@@ -29,7 +29,8 @@ restarted elsewhere, or a copied certificate, cannot run twice under one identit
 
 Every method says which caller uses it. Times are seconds since the epoch (float). Runs and
 messages live in their own tables (:mod:`~flwrmtls.state.runtable`,
-:mod:`~flwrmtls.state.messagetable`), reached as ``state.runs`` and ``state.messages``.
+:mod:`~flwrmtls.state.messagetable`), reached as ``state.runs`` and ``state.messages``; which
+run each object belongs to is ``state.objects`` (:mod:`~flwrmtls.state.objecttable`).
 
 Every change of more than one statement is one transaction (:mod:`~flwrmtls.state.transaction`,
 shared by every table): unregistering a node ends its key's registration and its row's
@@ -56,6 +57,7 @@ from flwrmtls.filemodes import private_file, tighten
 from flwrmtls.state.audittable import DEFAULT_LIMITS, AuditTable
 from flwrmtls.state.keytable import NodeKeyTable
 from flwrmtls.state.messagetable import MessageTable
+from flwrmtls.state.objecttable import ObjectTable
 from flwrmtls.state.pintable import IdentityPinTable
 from flwrmtls.state.runtable import RunTable
 from flwrmtls.state.schema import migrate
@@ -134,6 +136,7 @@ class LinkState:
         self._transaction = Transactions(self._db)
         self.runs = RunTable(self._db, self._transaction)
         self.messages = MessageTable(self._db, self._transaction)
+        self.objects = ObjectTable(self._db, self._transaction)
         self.keys = NodeKeyTable(self._db, self._transaction)
         self.audit = AuditTable(self._db, limits=audit_limits, transactions=self._transaction)
         self.pins = IdentityPinTable(self._db)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import threading
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -18,9 +17,11 @@ from flwrmtls.app.records import ArrayRecord, MetricRecord, RecordDict
 from flwrmtls.appio.grid import GrpcGrid
 from flwrmtls.auth.tokens import TOKEN_METADATA_KEY, new_token, token_hash
 from flwrmtls.link.server import Link
+from flwrmtls.objects.scope import SetScope
 from flwrmtls.objects.store import ObjectStore, object_id_of
 from flwrmtls.objects.transfer import (
     MAX_OBJECT_BYTES,
+    fixed_scope,
     pull_object_bytes,
     pull_objects,
     receive_object,
@@ -84,7 +85,7 @@ def test_broadcast_is_stored_once_and_replies_come_back_with_identities(
     for message in messages:
         proto, _ = message_to_proto(message)
         assert set(proto.object_ids) == broadcast_ids  # the same 4 objects for both nodes
-    stored = set(link.objects.object_ids())
+    stored = set(link.objects.store.object_ids())
     assert broadcast_ids <= stored
     # 4 broadcast objects stored once, plus 4 distinct reply objects per node: 12, not 16.
     assert len(stored) == 12
@@ -139,40 +140,49 @@ def _pushed(
     return chunks()
 
 
-def test_simultaneous_pushes_of_one_object_store_it_once(tmp_path: Path) -> None:
+def test_a_push_is_answered_unread_only_when_its_caller_may_already_read_the_object(
+    tmp_path: Path,
+) -> None:
+    """Once stored for one caller, the same bytes pushed by a caller that may not read them
+    are read and hashed in full (so a push cannot tell it that they exist) and bad bytes
+    under the stored id are refused as for a new object; a caller that may read the object
+    is answered at once. Two callers pushing it at the same moment each send it whole."""
     store = ObjectStore(tmp_path / "objects")
     data = b"identical reply arrays" * 500
     object_id = object_id_of(data)
+    chunk_offsets = list(range(0, len(data), 1024))
+    store.put(data)  # stored for someone else
+    stranger: set[str] = set()
+    owner = {object_id}
 
-    async def scenario(first_data: bytes) -> tuple[list[int], list[int]]:
+    async def push(scope: set[str], pushed: bytes, gate: asyncio.Event | None = None) -> list[int]:
+        if gate is None:
+            gate = asyncio.Event()
+            gate.set()
+        sent: list[int] = []
+        await receive_object(
+            store, _pushed(pushed, object_id, gate, sent), fixed_scope(SetScope(scope))
+        )
+        return sent
+
+    assert asyncio.run(push(owner, data)) == [0]  # control: its own object, answered unread
+    with pytest.raises(ValueError, match="do not match their SHA-256"):
+        asyncio.run(push(stranger, b"tampered reply arrays!" * 500))
+    assert object_id not in stranger
+    assert store.read_verified(object_id) == data  # the stored bytes are untouched
+    assert asyncio.run(push(stranger, data)) == chunk_offsets  # read whole, like a new object
+    assert object_id in stranger  # it proved it has the bytes: now it may read them
+
+    async def together() -> tuple[list[int], list[int]]:
         gate = asyncio.Event()
-        first_sent: list[int] = []
-        second_sent: list[int] = []
-        first = asyncio.create_task(
-            receive_object(store, _pushed(first_data, object_id, gate, first_sent))
-        )
-        await asyncio.sleep(0.05)  # the first push holds the object
-        second = asyncio.create_task(
-            receive_object(store, _pushed(data, object_id, gate, second_sent))
-        )
+        first = asyncio.create_task(push(set(), data, gate))
+        second = asyncio.create_task(push(set(), data, gate))
         await asyncio.sleep(0.05)
-        assert len(second_sent) == 1  # waiting for the first, not writing a second copy
         gate.set()
-        with contextlib.suppress(ValueError):
-            await first
-        response, _ = await second
-        assert response.object_id == object_id
-        return first_sent, second_sent
+        return await first, await second
 
-    # Two nodes pushing the same bytes: the second is answered from the store unread.
-    first_sent, second_sent = asyncio.run(scenario(data))
-    assert len(first_sent) == len(range(0, len(data), 1024))
-    assert second_sent == [0]
-    assert store.read_verified(object_id) == data
-    # The first push is bad (bytes that do not match the id): the second takes over.
-    store.clear()
-    first_sent, second_sent = asyncio.run(scenario(b"tampered reply arrays!" * 500))
-    assert len(second_sent) == len(range(0, len(data), 1024))
+    assert asyncio.run(together()) == (chunk_offsets, chunk_offsets)
+    assert store.object_ids() == [object_id]
     assert store.read_verified(object_id) == data
 
 

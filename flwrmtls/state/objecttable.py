@@ -1,0 +1,119 @@
+"""Which run each stored object belongs to, and which node may read it.
+
+Caller: the link's object ledger (:mod:`flwrmtls.link.objects`), which keeps the rules; this
+module only stores them. One file per object stays in the store (content addressing): the
+same bytes in two runs are one file with two rows in ``run_objects``.
+
+* ``run_objects`` (run, object, size): the object belongs to the run; it counts against the
+  run's quota and the run's ServerApp may read it.
+* ``node_objects`` (node, object, run): the node may read the object, for that run.
+
+Both lose a run's rows when the run ends (:meth:`ObjectTable.release_run`).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Collection, Iterable, Iterator, Mapping
+
+from flwrmtls.state.transaction import Transactions
+
+__all__ = ["ObjectTable"]
+
+_BATCH = 500
+"""Ids per ``IN (...)`` query (SQLite's variable limit is 999 on old builds)."""
+
+
+def _batches(items: Collection[str]) -> Iterator[list[str]]:
+    values = list(items)
+    for start in range(0, len(values), _BATCH):
+        yield values[start : start + _BATCH]
+
+
+class ObjectTable:
+    def __init__(self, db: sqlite3.Connection, transactions: Transactions | None = None) -> None:
+        self._db = db
+        self._transaction = transactions or Transactions(db)
+
+    def of_run(self, run_id: int, object_ids: Collection[str]) -> set[str]:
+        """Those of ``object_ids`` that belong to ``run_id``."""
+        found: set[str] = set()
+        for batch in _batches(object_ids):
+            marks = ",".join("?" * len(batch))
+            found.update(
+                row[0]
+                for row in self._db.execute(
+                    "SELECT object_id FROM run_objects "
+                    f"WHERE run_id = ? AND object_id IN ({marks})",
+                    [run_id, *batch],
+                )
+            )
+        return found
+
+    def of_node(self, node_id: int, object_ids: Collection[str]) -> set[str]:
+        """Those of ``object_ids`` that ``node_id`` may read (for any run)."""
+        found: set[str] = set()
+        for batch in _batches(object_ids):
+            marks = ",".join("?" * len(batch))
+            found.update(
+                row[0]
+                for row in self._db.execute(
+                    "SELECT DISTINCT object_id FROM node_objects "
+                    f"WHERE node_id = ? AND object_id IN ({marks})",
+                    [node_id, *batch],
+                )
+            )
+        return found
+
+    def held(self, object_ids: Collection[str]) -> set[str]:
+        """Those of ``object_ids`` that belong to some run."""
+        found: set[str] = set()
+        for batch in _batches(object_ids):
+            marks = ",".join("?" * len(batch))
+            found.update(
+                row[0]
+                for row in self._db.execute(
+                    f"SELECT DISTINCT object_id FROM run_objects WHERE object_id IN ({marks})",
+                    batch,
+                )
+            )
+        return found
+
+    def all_held(self) -> set[str]:
+        """Every object that belongs to some run."""
+        return {row[0] for row in self._db.execute("SELECT DISTINCT object_id FROM run_objects")}
+
+    def run_bytes(self, run_id: int) -> int:
+        """The bytes of the objects that belong to ``run_id`` (each object once)."""
+        row = self._db.execute(
+            "SELECT COALESCE(SUM(size), 0) FROM run_objects WHERE run_id = ?", (run_id,)
+        ).fetchone()
+        return int(row[0])
+
+    def add(
+        self, run_id: int, sizes: Mapping[str, int], grants: Iterable[tuple[int, str]] = ()
+    ) -> None:
+        """Make ``sizes``' objects belong to ``run_id`` and let each (node, object) of
+        ``grants`` be read by its node for the run, in one transaction."""
+        with self._transaction():
+            self._db.executemany(
+                "INSERT OR IGNORE INTO run_objects (run_id, object_id, size) VALUES (?, ?, ?)",
+                [(run_id, object_id, size) for object_id, size in sizes.items()],
+            )
+            self._db.executemany(
+                "INSERT OR IGNORE INTO node_objects (node_id, object_id, run_id) VALUES (?, ?, ?)",
+                [(node_id, object_id, run_id) for node_id, object_id in grants],
+            )
+
+    def release_run(self, run_id: int) -> set[str]:
+        """Forget ``run_id``'s rows; returns its objects that now belong to no run."""
+        with self._transaction():
+            objects = {
+                row[0]
+                for row in self._db.execute(
+                    "SELECT object_id FROM run_objects WHERE run_id = ?", (run_id,)
+                )
+            }
+            self._db.execute("DELETE FROM run_objects WHERE run_id = ?", (run_id,))
+            self._db.execute("DELETE FROM node_objects WHERE run_id = ?", (run_id,))
+        return objects - self.held(objects)
