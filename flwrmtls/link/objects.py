@@ -19,6 +19,9 @@ node N                objects named by messages        N's pending budget       
   uploads) or is named by one of the run's messages (instructions, replies): the table
   ``run_objects`` (:mod:`flwrmtls.state.objecttable`). The same bytes in two runs are one
   file with two rows. A run's quota counts each of its objects once, whoever else holds it.
+* Quotas count an object's size, but at least ``CHARGE_UNIT`` (a file takes a block, an
+  inode and rows however small it is), so a bound in bytes also bounds the number of objects;
+  a node's pending uploads are also at most ``max_node_pending_objects`` (memory).
 * A message may name only objects its sender may read, and that are stored: a ServerApp
   those of its run (with a shared object directory, any object in the directory: it can
   read them all anyway); a node those it may read or has pending. Any other is refused as
@@ -40,6 +43,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 from flwrmtls.clock import Clock
 from flwrmtls.objects.scope import ObjectScope, QuotaExceeded, Reservation
@@ -47,14 +51,19 @@ from flwrmtls.objects.store import ObjectStore, check_object_id
 from flwrmtls.state.linkstate import LinkState
 
 __all__ = [
+    "CHARGE_UNIT",
     "DEFAULT_MAX_NODE_PENDING_STORAGE",
     "DEFAULT_MAX_RUN_STORAGE",
+    "MAX_NODE_PENDING_OBJECTS",
     "PENDING_TTL",
     "SWEEP_INTERVAL",
     "LinkObjects",
     "StorageLimits",
     "UnknownObjects",
+    "charge",
 ]
+
+_K = TypeVar("_K")
 
 DEFAULT_MAX_RUN_STORAGE = 32 << 30
 """Bytes of objects one run may hold on the link (``--max-run-storage``)."""
@@ -64,12 +73,22 @@ PENDING_TTL = 600.0
 """Seconds a node's upload may wait for the reply that names it (a transfer's timeout)."""
 SWEEP_INTERVAL = 10.0
 """Seconds between two sweeps of expired pending uploads."""
+CHARGE_UNIT = 4096
+"""The least bytes an object counts for against a quota, however small it is."""
+MAX_NODE_PENDING_OBJECTS = 10_000
+"""Uploads one node may have that no reply names yet (the link holds them in memory)."""
+
+
+def charge(size: int) -> int:
+    """What an object of ``size`` bytes counts for against a quota."""
+    return max(size, CHARGE_UNIT)
 
 
 @dataclass(frozen=True, slots=True)
 class StorageLimits:
     max_run_bytes: int = DEFAULT_MAX_RUN_STORAGE
     max_node_pending_bytes: int = DEFAULT_MAX_NODE_PENDING_STORAGE
+    max_node_pending_objects: int = MAX_NODE_PENDING_OBJECTS
     pending_ttl: float = PENDING_TTL
 
 
@@ -77,13 +96,14 @@ class UnknownObjects(Exception):
     """A message names objects its sender may not read, or that are not stored."""
 
     def __init__(self, object_ids: Sequence[str]) -> None:
-        super().__init__(", ".join(object_id[:80] for object_id in object_ids[:3]))
+        more = f" and {len(object_ids) - 3} more" if len(object_ids) > 3 else ""
+        super().__init__(", ".join(object_id[:80] for object_id in object_ids[:3]) + more)
         self.object_ids = list(object_ids)
 
 
 @dataclass(slots=True)
 class _Pending:
-    size: int
+    charged_bytes: int
     expires_at: float
 
 
@@ -113,7 +133,11 @@ class LinkObjects:
         self._uploading: Counter[str] = Counter()
         """Object id -> uploads writing it now (they hold it against reclaiming)."""
         self._run_reserved: Counter[int] = Counter()
+        """Run id -> bytes charged for its uploads in progress."""
         self._node_reserved: Counter[int] = Counter()
+        """Node id -> bytes charged for its uploads in progress."""
+        self._node_uploads: Counter[int] = Counter()
+        """Node id -> its uploads in progress."""
         self._run_bytes: dict[int, int] = {}
         """Run id -> bytes of its objects (mirrors ``run_objects``; read once per run)."""
 
@@ -131,13 +155,13 @@ class LinkObjects:
 
     def add_bundle(self, run_id: int, bundle_hash: str) -> None:
         """StartRun: the run's bundle (already stored) is the run's first object."""
-        size = self.store.size(bundle_hash)
-        self._check_run_room(run_id, size)
-        self._add(run_id, {bundle_hash: size}, ())
+        cost = charge(self.store.size(bundle_hash))
+        self._check_run_room(run_id, cost)
+        self._add(run_id, {bundle_hash: cost}, ())
 
     def check_bundle(self, size: int) -> None:
         """StartRun, before the run exists: a bundle must fit in one run's quota."""
-        if size > self.limits.max_run_bytes:
+        if charge(size) > self.limits.max_run_bytes:
             raise QuotaExceeded(
                 f"the app bundle is {size} bytes, over the link's --max-run-storage of "
                 f"{self.limits.max_run_bytes} bytes for everything a run stores"
@@ -164,16 +188,14 @@ class LinkObjects:
         ]
         if unknown:
             raise UnknownObjects(unknown)
-        sizes = {
-            object_id: self.store.size(object_id) for object_id in named if object_id not in own
-        }
-        self._check_run_room(run_id, sum(sizes.values()))
+        charges = {i: charge(self.store.size(i)) for i in named if i not in own}
+        self._check_run_room(run_id, sum(charges.values()))
         grants = {
             (node_id, object_id)
             for node_id, object_ids in messages
             for object_id in (*object_ids, bundle_hash)
         }
-        self._add(run_id, sizes, grants)
+        self._add(run_id, charges, grants)
 
     def accept_replies(self, node_id: int, replies: Sequence[tuple[int, Sequence[str]]]) -> None:
         """Fleet PushMessages: ``replies`` are (run, object ids). Each object must be one
@@ -198,7 +220,7 @@ class LinkObjects:
         for run_id, run_ids in by_run.items():
             own = self._table.of_run(run_id, run_ids)
             additions[run_id] = {
-                i: pending[i].size if i in pending else self.store.size(i)
+                i: pending[i].charged_bytes if i in pending else charge(self.store.size(i))
                 for i in run_ids
                 if i not in own
             }
@@ -240,12 +262,14 @@ class LinkObjects:
         return len(unowned)
 
     def pending_bytes(self, node_id: int) -> int:
-        """Bytes node ``node_id`` uploaded that no reply names yet (or is uploading now)."""
+        """Bytes charged for what node ``node_id`` uploaded and no reply names yet (or is
+        uploading now)."""
         uploads = self._pending.get(node_id, {})
-        return sum(upload.size for upload in uploads.values()) + self._node_reserved[node_id]
+        charged = sum(upload.charged_bytes for upload in uploads.values())
+        return charged + self._node_reserved[node_id]
 
     def run_bytes(self, run_id: int) -> int:
-        """Bytes of run ``run_id``'s objects (or being uploaded for it now)."""
+        """Bytes charged for run ``run_id``'s objects (and its uploads in progress)."""
         return self._stored_bytes(run_id) + self._run_reserved[run_id]
 
     # --- what the scopes do ----------------------------------------------------------------
@@ -259,13 +283,14 @@ class LinkObjects:
         return own | self._table.of_node(node_id, object_ids)
 
     def _reserve_for_run(self, run_id: int, object_id: str, size: int) -> Reservation:
+        size = charge(size)
         self._check_run_room(run_id, size)
         self._uploading[object_id] += 1
         self._run_reserved[run_id] += size
 
         def release() -> None:
             self._done_uploading(object_id)
-            self._run_reserved[run_id] -= size
+            _decrease(self._run_reserved, run_id, size)
 
         def commit() -> None:
             release()
@@ -277,22 +302,33 @@ class LinkObjects:
         return _Upload(commit, release)
 
     def _reserve_for_node(self, node_id: int, object_id: str, size: int) -> Reservation:
+        size = charge(size)
         self.expire_pending()
         used = self.pending_bytes(node_id)
         limit = self.limits.max_node_pending_bytes
+        released = (
+            f"(an upload is released when a reply names it, or after "
+            f"{self.limits.pending_ttl:.0f} s)"
+        )
         if used + size > limit:
             raise QuotaExceeded(
                 f"node {node_id}'s uploads that no reply names yet would take {used + size} "
-                f"bytes, over the link's --max-node-pending-storage of {limit} bytes (an "
-                f"upload is released when a reply names it, or after "
-                f"{self.limits.pending_ttl:.0f} s)"
+                f"bytes, over the link's --max-node-pending-storage of {limit} bytes {released}"
+            )
+        count = len(self._pending.get(node_id, {})) + self._node_uploads[node_id]
+        if count >= self.limits.max_node_pending_objects:
+            raise QuotaExceeded(
+                f"node {node_id} has {count} uploads that no reply names yet, the most the link "
+                f"holds for one node {released}"
             )
         self._uploading[object_id] += 1
         self._node_reserved[node_id] += size
+        self._node_uploads[node_id] += 1
 
         def release() -> None:
             self._done_uploading(object_id)
-            self._node_reserved[node_id] -= size
+            _decrease(self._node_reserved, node_id, size)
+            _decrease(self._node_uploads, node_id, 1)
 
         def commit() -> None:
             release()
@@ -317,12 +353,12 @@ class LinkObjects:
             )
 
     def _add(
-        self, run_id: int, sizes: Mapping[str, int], grants: Collection[tuple[int, str]]
+        self, run_id: int, charges: Mapping[str, int], grants: Collection[tuple[int, str]]
     ) -> None:
-        """Record ``sizes`` (objects not yet the run's) and ``grants`` for ``run_id``."""
+        """Record ``charges`` (objects not yet the run's) and ``grants`` for ``run_id``."""
         stored = self._stored_bytes(run_id)
-        self._table.add(run_id, sizes, grants)
-        self._run_bytes[run_id] = stored + sum(sizes.values())
+        self._table.add(run_id, charges, grants)
+        self._run_bytes[run_id] = stored + sum(charges.values())
 
     def _collect(self, object_ids: Collection[str]) -> None:
         """Delete those of ``object_ids`` that no run, pending upload or upload holds."""
@@ -334,13 +370,19 @@ class LinkObjects:
         self.store.delete(object_id for object_id in loose if object_id not in held)
 
     def _done_uploading(self, object_id: str) -> None:
-        self._uploading[object_id] -= 1
-        if self._uploading[object_id] <= 0:
-            del self._uploading[object_id]
+        _decrease(self._uploading, object_id, 1)
 
     def _run_active(self, run_id: int) -> bool:
         run = self._runs.get(run_id)
         return run is not None and not run.ended
+
+
+def _decrease(counter: Counter[_K], key: _K, amount: int) -> None:
+    """Take ``amount`` off ``counter[key]``, forgetting the key at zero (no entry per run or
+    node ever seen)."""
+    counter[key] -= amount
+    if counter[key] <= 0:
+        del counter[key]
 
 
 class _Upload:

@@ -4,8 +4,8 @@ Caller: the link's object ledger (:mod:`flwrmtls.link.objects`), which keeps the
 module only stores them. One file per object stays in the store (content addressing): the
 same bytes in two runs are one file with two rows in ``run_objects``.
 
-* ``run_objects`` (run, object, size): the object belongs to the run; it counts against the
-  run's quota and the run's ServerApp may read it.
+* ``run_objects`` (run, object, charged bytes): the object belongs to the run; it counts
+  that much against the run's quota, and the run's ServerApp may read it.
 * ``node_objects`` (node, object, run): the node may read the object, for that run.
 
 Both lose a run's rows when the run ends (:meth:`ObjectTable.release_run`).
@@ -84,21 +84,24 @@ class ObjectTable:
         return {row[0] for row in self._db.execute("SELECT DISTINCT object_id FROM run_objects")}
 
     def run_bytes(self, run_id: int) -> int:
-        """The bytes of the objects that belong to ``run_id`` (each object once)."""
+        """The bytes charged for the objects of ``run_id`` (each object once)."""
         row = self._db.execute(
-            "SELECT COALESCE(SUM(size), 0) FROM run_objects WHERE run_id = ?", (run_id,)
+            "SELECT COALESCE(SUM(charged_bytes), 0) FROM run_objects WHERE run_id = ?",
+            (run_id,),
         ).fetchone()
         return int(row[0])
 
     def add(
-        self, run_id: int, sizes: Mapping[str, int], grants: Iterable[tuple[int, str]] = ()
+        self, run_id: int, charges: Mapping[str, int], grants: Iterable[tuple[int, str]] = ()
     ) -> None:
-        """Make ``sizes``' objects belong to ``run_id`` and let each (node, object) of
-        ``grants`` be read by its node for the run, in one transaction."""
+        """Make ``charges``' objects belong to ``run_id`` (each charged its bytes) and let
+        each (node, object) of ``grants`` be read by its node for the run, in one
+        transaction."""
         with self._transaction():
             self._db.executemany(
-                "INSERT OR IGNORE INTO run_objects (run_id, object_id, size) VALUES (?, ?, ?)",
-                [(run_id, object_id, size) for object_id, size in sizes.items()],
+                "INSERT OR IGNORE INTO run_objects (run_id, object_id, charged_bytes) "
+                "VALUES (?, ?, ?)",
+                [(run_id, object_id, charge) for object_id, charge in charges.items()],
             )
             self._db.executemany(
                 "INSERT OR IGNORE INTO node_objects (node_id, object_id, run_id) VALUES (?, ?, ?)",

@@ -147,15 +147,16 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX audit_by_retention ON audit(retention, seq);
     """,
     # 7 -> 8: objects scoped to runs. run_objects: the runs each object belongs to (pushed
-    # for the run or named by its messages) and its size, for the run's quota; node_objects:
+    # for the run or named by its messages) and what it counts for against the run's quota
+    # (its size, at least one charge unit); node_objects:
     # the objects each node may read (named by messages addressed to it, its runs' bundles,
     # its own replies'). Objects stored before this version belong to no run: the link
     # reclaims them at start-up.
     """
     CREATE TABLE run_objects (
-        run_id    INTEGER NOT NULL,
-        object_id TEXT NOT NULL,
-        size      INTEGER NOT NULL,
+        run_id        INTEGER NOT NULL,
+        object_id     TEXT NOT NULL,
+        charged_bytes INTEGER NOT NULL,
         PRIMARY KEY (run_id, object_id)
     ) WITHOUT ROWID;
     CREATE INDEX run_objects_by_object ON run_objects(object_id);

@@ -345,6 +345,9 @@ def test_a_node_stores_no_more_than_its_pending_budget_until_a_reply_names_it(
         run = start_run(link, channel)
         run.send(one.node_id, "m1")
         first = one.push(distinct(60 * KIB))  # control
+        bad = object_id_of(b"not these bytes")
+        assert refusal(lambda: one.probe(bad, 30 * KIB))[0] is grpc.StatusCode.INVALID_ARGUMENT
+        assert link.objects.pending_bytes(one.node_id) == 60 * KIB  # a failed push holds none
         second = distinct(60 * KIB)
         code, details = refusal(lambda: one.push(second))
         assert code is grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -357,38 +360,56 @@ def test_a_node_stores_no_more_than_its_pending_budget_until_a_reply_names_it(
         assert one.push(second) == object_id_of(second)
 
 
-def test_pending_node_uploads_expire_after_their_ttl(tmp_path: Path) -> None:
+@contextmanager
+def ledger(tmp_path: Path, limits: StorageLimits) -> Iterator[tuple[LinkObjects, FakeClock, int]]:
+    """The link's object ledger over a real database and store, with a clock that jumps;
+    and a run in it."""
     clock = FakeClock()
     state = LinkState(tmp_path / "link.db")
-    store = ObjectStore(tmp_path / "objects")
-    limits = StorageLimits(max_node_pending_bytes=100, pending_ttl=60.0)
-    objects = LinkObjects(store, state, clock, limits)
-
-    def upload(node_id: int, data: bytes) -> str:
-        reservation = objects.node_scope(node_id).reserve(object_id_of(data), len(data))
-        store.put(data)
-        reservation.commit()
-        return object_id_of(data)
-
     run_id = state.runs.create(
         app_name="a", app_version="1", bundle_hash="0" * 64, run_config_json="{}", owner="t",
         now=1.0,
     )  # fmt: skip
-    unnamed = upload(7, b"a" * 40)
-    named = upload(7, b"b" * 40)
-    objects.accept_run_messages(run_id, [(7, [named])], bundle_hash="0" * 64, shared=True)
-    with pytest.raises(QuotaExceeded, match="--max-node-pending-storage of 100 bytes"):
-        objects.node_scope(7).reserve(object_id_of(b"c" * 40), 40)
-    clock.advance(59)
-    objects.expire_pending()
-    assert store.has(unnamed)  # not yet
-    clock.advance(2)
-    objects.expire_pending()
-    assert not store.has(unnamed)
-    assert store.has(named)  # a run holds it
-    assert objects.pending_bytes(7) == 0
-    upload(7, b"c" * 40)  # the budget is free again
-    state.close()
+    try:
+        yield LinkObjects(ObjectStore(tmp_path / "objects"), state, clock, limits), clock, run_id
+    finally:
+        state.close()
+
+
+def upload(objects: LinkObjects, node_id: int, data: bytes) -> str:
+    """What a verified Fleet PushObject does: reserve, store, commit."""
+    reservation = objects.node_scope(node_id).reserve(object_id_of(data), len(data))
+    objects.store.put(data)
+    reservation.commit()
+    return object_id_of(data)
+
+
+def test_pending_node_uploads_expire_after_their_ttl(tmp_path: Path) -> None:
+    limits = StorageLimits(max_node_pending_bytes=10 * KIB, pending_ttl=60.0)
+    with ledger(tmp_path, limits) as (objects, clock, run_id):
+        unnamed = upload(objects, 7, b"a" * 40)  # counted as CHARGE_UNIT (4 KiB)
+        named = upload(objects, 7, b"b" * 40)
+        objects.accept_run_messages(run_id, [(7, [named])], bundle_hash="0" * 64, shared=True)
+        with pytest.raises(QuotaExceeded, match=f"--max-node-pending-storage of {10 * KIB} "):
+            upload(objects, 7, b"c" * 40)  # 3 x 4 KiB
+        clock.advance(59)
+        objects.expire_pending()
+        assert objects.store.has(unnamed)  # not yet
+        clock.advance(2)
+        objects.expire_pending()
+        assert not objects.store.has(unnamed)
+        assert objects.store.has(named)  # a run holds it
+        assert objects.pending_bytes(7) == 0
+        upload(objects, 7, b"c" * 40)  # the budget is free again
+
+
+def test_a_node_holds_at_most_so_many_pending_uploads_however_small(tmp_path: Path) -> None:
+    with ledger(tmp_path, StorageLimits(max_node_pending_objects=2)) as (objects, _, _):
+        upload(objects, 7, b"a")
+        upload(objects, 7, b"b")  # control
+        with pytest.raises(QuotaExceeded, match="node 7 has 2 uploads that no reply names yet"):
+            upload(objects, 7, b"c")
+        upload(objects, 8, b"c")  # another node's count is its own
 
 
 def test_objects_that_belong_to_no_run_are_deleted_when_the_link_starts(

@@ -60,6 +60,8 @@ def link_tls(pki: TestPki, tmp_path: Path) -> list[str]:
         ("serverappio-on-all-ipv4", "--serverappio-api-address 0.0.0.0:0 is not a loopback"),
         ("serverappio-on-all-ipv6", "--serverappio-api-address [::]:0 is not a loopback"),
         ("serverappio-on-a-lan-address", "--serverappio-api-address 192.0.2.2:0 is not a"),
+        ("run-storage-not-a-size", "--max-run-storage '12X' is not a size"),
+        ("pending-storage-zero", "--max-node-pending-storage '0' is not a size"),
     ],
 )
 def test_link_refuses_bad_startup_input(
@@ -94,6 +96,11 @@ def test_link_refuses_bad_startup_input(
         args += ["--ssl-require-client-auth", "--unsafe-anonymous-control-api"]
     elif change.startswith("serverappio-"):
         args += ["--serverappio-api-address", expected.split()[1]]
+
+    elif change == "run-storage-not-a-size":
+        args += ["--max-run-storage", "12X"]
+    elif change == "pending-storage-zero":
+        args += ["--max-node-pending-storage", "0"]
     assert_one_line(run("flwrmtls.link.main", args, tmp_path), expected)
     if change.startswith("serverappio-"):
         assert not (tmp_path / "link.db").exists()  # refused before anything was created
