@@ -184,7 +184,7 @@ class LinkObjects:
         unknown = malformed + [
             object_id
             for object_id in named
-            if not self.store.has(object_id) or (object_id not in own and not shared)
+            if (object_id not in own and not shared) or not self.store.has(object_id)
         ]
         if unknown:
             raise UnknownObjects(unknown)

@@ -14,7 +14,6 @@ import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from flwrmtls.proto import common_pb2
 from flwrmtls.state.transaction import Transactions
 
 __all__ = ["MessageRow", "MessageTable"]
@@ -145,19 +144,6 @@ class MessageTable:
             f"SELECT message_id FROM messages WHERE message_id IN ({marks})", ids
         ).fetchall()
         return [str(row[0]) for row in rows]
-
-    def object_ids(self, run_ids: Iterable[int]) -> set[str]:
-        """Every object the messages of ``run_ids`` reference."""
-        ids = list(run_ids)
-        if not ids:
-            return set()
-        marks = ",".join("?" * len(ids))
-        found: set[str] = set()
-        for (proto,) in self._db.execute(
-            f"SELECT proto FROM messages WHERE run_id IN ({marks})", ids
-        ):
-            found.update(common_pb2.Message.FromString(bytes(proto)).object_ids)
-        return found
 
     def delete_run(self, run_id: int) -> None:
         self._db.execute("DELETE FROM messages WHERE run_id = ?", (run_id,))
