@@ -410,6 +410,8 @@ def _link_from_flags(tmp_path: Path, pki: TestPki, *extra: str) -> Link:
         "127.0.0.1:0",
         "--control-api-address",
         "127.0.0.1:0",
+        "--serverappio-api-address",
+        "127.0.0.1:0",
         "--database",
         str(tmp_path / f"link-{next(_databases)}.db"),
         "--ssl-certfile",
