@@ -38,6 +38,7 @@ bench: $(STAMP)
 	$(PY) bench/bench_rounds.py
 	$(PY) bench/bench_limits.py
 	$(PY) bench/bench_compare.py
+	$(PY) bench/bench_revocation.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .demo bench/.venv-flwr

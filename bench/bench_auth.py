@@ -57,12 +57,13 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from flwrmtls.auth.authenticator import CallCredentials
-from flwrmtls.auth.eckey import EcKeyAuthenticator
+from flwrmtls.auth.eckey import Audiences, EcKeyAuthenticator
 from flwrmtls.auth.mtls import MtlsAuthenticator
 from flwrmtls.auth.revocation import RevocationStore
 from flwrmtls.auth.signing import CallSigner, body_digest, key_signature_from_metadata
 from flwrmtls.errors import FlwrmtlsError
 from flwrmtls.fleet.client import FleetClient, Session
+from flwrmtls.node.audience import LinkAudience
 from flwrmtls.node.signer import SigningInterceptor
 from flwrmtls.pki import RevocationReason
 from flwrmtls.proto import fleet_pb2, fleet_pb2_grpc
@@ -106,6 +107,10 @@ class LinkTarget:
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
+    def audience(self) -> LinkAudience:
+        """The link's server key, learned as a node learns it (for EC-key signatures)."""
+        return LinkAudience(self.address, self.root_pem, server_name="localhost")
+
     def credentials(self) -> grpc.ChannelCredentials:
         return channel_credentials(self.root_pem, self.identity)
 
@@ -126,7 +131,8 @@ class LinkTarget:
             root_certificates=str(self.root_path),
         )
         if self.signer is not None:
-            signed = grpc.intercept_channel(channel, SigningInterceptor(self.signer))
+            interceptor = SigningInterceptor(self.signer, self.audience().current)
+            signed = grpc.intercept_channel(channel, interceptor)
             return FleetClient(signed, ctx), channel
         return FleetClient(channel, ctx), channel
 
@@ -399,6 +405,7 @@ class AsyncNode:
         self, target: LinkTarget, identity: TlsIdentity | None, signer: CallSigner | None
     ) -> None:
         self.signer = signer
+        self.audience = target.audience().current() if signer is not None else b""
         self.channel = grpc.aio.secure_channel(
             target.address,
             channel_credentials(target.root_pem, identity),
@@ -415,7 +422,7 @@ class AsyncNode:
         if self.signer is None:
             return None
         digest = body_digest(request.SerializeToString())
-        return self.signer.metadata(method, digest, datetime.now(UTC))
+        return self.signer.metadata(method, digest, datetime.now(UTC), self.audience)
 
     async def activate(self) -> None:
         request = fleet_pb2.ActivateNodeRequest(node_version="bench")
@@ -598,12 +605,14 @@ def bench_key_authenticator(calls: int) -> AuthenticatorRow:
     """``EcKeyAuthenticator.authenticate`` alone: each call freshly signed (not timed)."""
     method = "/flwrmtls.proto.Fleet/Heartbeat"
     signer = CallSigner(ec.generate_private_key(ec.SECP384R1()))
-    authenticator = EcKeyAuthenticator()
+    audience = bytes(32)
+    authenticator = EcKeyAuthenticator(audiences=Audiences(audience))
     digest = body_digest(b"a heartbeat request")
     total = 0
     for _ in range(calls):
         now = datetime.now(UTC)
-        signature = key_signature_from_metadata(signer.metadata(method, digest, now), digest)
+        metadata = signer.metadata(method, digest, now, audience)
+        signature = key_signature_from_metadata(metadata, digest)
         call = CallCredentials(method, "ipv4:127.0.0.1:1", None, None, key_signature=signature)
         start = time.perf_counter_ns()
         authenticator.authenticate(call, now)

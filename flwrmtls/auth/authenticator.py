@@ -5,6 +5,11 @@ time: it returns the :class:`Principal` making the call or raises :class:`Authen
 It never touches gRPC; :mod:`flwrmtls.auth.interceptor` collects the credentials from a gRPC
 call and applies the policy table to the principal.
 
+A call that stays open (a long poll, a followed log stream, an object transfer) is judged
+again while it runs: :meth:`Authenticator.recheck` answers whether credentials admitted earlier
+are still admitted now (a CRL, a CA bundle, an unregister or an expiry may have ended them),
+without repeating what may only happen once per call (an EC-key signature's nonce).
+
 Implementations: :class:`flwrmtls.auth.mtls.MtlsAuthenticator` (certificates verified against a
 CA chain) and :class:`OpenAuthenticator` (a link without client authentication).
 """
@@ -58,6 +63,10 @@ class RefusalReason(enum.StrEnum):
     WRONG_KEY_TYPE = "wrong-key-type"
     UNREGISTERED_KEY = "unregistered-key"
     NODE_UNREGISTERED = "node-unregistered"
+    WRONG_AUDIENCE = "wrong-audience"
+    """An EC-key signature made for another link (another server key)."""
+    KEY_NOT_BOUND = "key-not-bound"
+    """certificate+key: the EC key is not registered to the certificate's node."""
     INVALID_TOKEN = "invalid-token"  # noqa: S105 - a refusal reason
     RATE_LIMITED = "rate-limited"
     """Not an authentication: the peer's address caused too many failed ones lately."""
@@ -74,10 +83,13 @@ class KeySignature:
     """``flwrmtls-timestamp``: milliseconds since the epoch, decimal."""
     nonce: str
     """``flwrmtls-nonce``: 32 lowercase hex digits (128 random bits)."""
+    audience: str
+    """``flwrmtls-audience``: the link the node signed for, 64 lowercase hex digits."""
     signature: str
     """``flwrmtls-signature``: base64 of the DER ECDSA signature over the signed bytes."""
     body_digest: bytes
-    """SHA-256 of the serialized request (empty bytes for client-streaming calls)."""
+    """SHA-256 of the serialized request; for client-streaming calls, of the object the call
+    declares (:func:`flwrmtls.auth.signing.declared_object_digest`), or empty without one."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +154,11 @@ class Authenticator(Protocol):
         """Return the caller, or raise AuthenticationFailed."""
         ...
 
+    def recheck(self, call: CallCredentials, principal: Principal, now: datetime) -> None:
+        """Raise AuthenticationFailed if a call this authenticator admitted as ``principal``
+        is no longer admitted. Cheap (cached verification, dict lookups), no side effects."""
+        ...
+
 
 class OpenAuthenticator:
     """No client authentication: every caller is anonymous, and the policy lets it do anything.
@@ -162,3 +179,6 @@ class OpenAuthenticator:
             not_after=None,
             fingerprint="",
         )
+
+    def recheck(self, call: CallCredentials, principal: Principal, now: datetime) -> None:
+        return None

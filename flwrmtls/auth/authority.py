@@ -197,5 +197,21 @@ class PinnedToAuthority:
         self._pins.put(principal.identity, pin, now)
         return principal
 
+    def recheck(self, call: CallCredentials, principal: Principal, now: datetime) -> None:
+        """An open call: its certificate is still admitted and its identity still belongs to
+        its authority (nothing is pinned anew here)."""
+        self._inner.recheck(call, principal, now)
+        key = principal.anchor_key
+        if not key:
+            return
+        pinned = self._pins.get(principal.identity)
+        if decide_pin(pinned, key, self._authorities) is PinDecision.REFUSE:
+            assert pinned is not None
+            raise AuthenticationFailed(
+                RefusalReason.AMBIGUOUS_IDENTITY,
+                f"identity {principal.identity!r} now belongs to the CA {pinned.name!r}",
+                principal.fingerprint,
+            )
+
     def _name(self, key: str) -> str:
         return self._authorities.names.get(key, f"key sha256:{key[:16]}")

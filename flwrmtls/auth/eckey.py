@@ -1,16 +1,19 @@
 """The EC-key authenticator: the caller is whoever holds the private key of a signed call.
 
 Flower's EC-key mode, made safe against replay. A node signs every call
-(:mod:`flwrmtls.auth.signing`: method, timestamp, nonce, body digest); the link checks, in order:
+(:mod:`flwrmtls.auth.signing`: method, timestamp, nonce, audience, body digest); the link
+checks, in order:
 
 ==========================================================  ====================
 check                                                       refusal reason
 ==========================================================  ====================
-the call carries the four signature entries                 ``no-signature``,
+the call carries the five signature entries                 ``no-signature``,
                                                             ``bad-signature``
 the public key is an EC key on P-256, P-384 or P-521        ``wrong-key-type``
 the timestamp is at most ``window`` behind the link's       ``stale-timestamp``
 clock and at most ``future_skew`` ahead of it
+the audience is this link's server key (or, for a bounded   ``wrong-audience``
+time after a rotation, the previous one): :class:`Audiences`
 the signature verifies over :func:`signed_bytes`            ``bad-signature``
 CLI-managed mode: the key is registered, and was            ``unregistered-key``,
 registered before the call was signed                       ``node-unregistered``,
@@ -43,6 +46,11 @@ Rules kept here:
 * Nonces forgotten because they left the window set a floor for every key (a link clock that
   steps back does not reopen them); that floor is always at least ``window`` behind the
   clock that set it, so no caller can push it into the window.
+* A signature names its audience, the link it was made for: what a node signed for another
+  link (one it also talks to, or trusts by mistake) is refused here as ``wrong-audience``,
+  before the signature is verified or the nonce recorded.
+* An open call is judged again (:meth:`EcKeyAuthenticator.recheck`) by its key's registration
+  only: its timestamp and nonce were checked once, when it started.
 * Time is the ``now`` each call passes in; nothing here reads the wall clock.
 * Refusals after the key parsed carry its fingerprint (``SHA256:...``): the link logs that,
   never the key.
@@ -82,13 +90,22 @@ from flwrmtls.auth.keys import (
 )
 from flwrmtls.auth.signing import (
     SIGNATURE_METADATA_KEYS,
+    audience_text,
     hash_for_curve,
     is_valid_nonce,
+    parse_audience,
     signed_bytes,
     timestamp_ms,
 )
 
-__all__ = ["EcKeyAuthenticator", "KeyRegistry", "KeyStatus", "Registration", "ReplayLimits"]
+__all__ = [
+    "Audiences",
+    "EcKeyAuthenticator",
+    "KeyRegistry",
+    "KeyStatus",
+    "Registration",
+    "ReplayLimits",
+]
 
 
 class KeyStatus(enum.StrEnum):
@@ -163,6 +180,33 @@ class _KeyNonces:
         heapq.heappush(self.expiry, (sent_ms, nonce))
 
 
+@dataclass(frozen=True, slots=True)
+class Audiences:
+    """The audiences a link accepts: its current server key and, for a bounded time after the
+    server certificate was rotated to a new key, the previous one (signatures in flight, and
+    nodes that have not re-learned the key yet)."""
+
+    current: bytes
+    previous: bytes | None = None
+    previous_until: datetime | None = None
+
+    def accepts(self, audience: bytes, now: datetime) -> bool:
+        if audience == self.current:
+            return True
+        return (
+            self.previous is not None
+            and audience == self.previous
+            and self.previous_until is not None
+            and now <= self.previous_until
+        )
+
+    def rotated(self, new: bytes, now: datetime, grace: timedelta) -> Audiences:
+        """After the server key changed to ``new``: the old one stays accepted for ``grace``."""
+        if new == self.current:
+            return self
+        return Audiences(current=new, previous=self.current, previous_until=now + grace)
+
+
 _TIMESTAMP = re.compile(r"0|[1-9][0-9]{0,15}")
 _MAX_ENCODED_KEY = 512
 """A P-521 SubjectPublicKeyInfo is 158 bytes, 212 in base64; longer is not a supported key."""
@@ -204,6 +248,7 @@ class EcKeyAuthenticator:
         self,
         registry: KeyRegistry | None = None,
         *,
+        audiences: Audiences,
         window: timedelta = timedelta(seconds=60),
         future_skew: timedelta = timedelta(seconds=5),
         key_cache_size: int = 10_000,
@@ -218,6 +263,8 @@ class EcKeyAuthenticator:
         if key_cache_size < 1:
             raise ValueError("key_cache_size must be at least 1")
         self._registry = registry
+        self.audiences = audiences
+        """Which link(s) a signature may name; the link replaces it when its key rotates."""
         self._window_ms = window // timedelta(milliseconds=1)
         self._future_ms = future_skew // timedelta(milliseconds=1)
         self._keys: OrderedDict[str, _NodeKey] = OrderedDict()
@@ -263,7 +310,13 @@ class EcKeyAuthenticator:
             name
             for name, value in zip(
                 SIGNATURE_METADATA_KEYS,
-                (signature.public_key, signature.timestamp, signature.nonce, signature.signature),
+                (
+                    signature.public_key,
+                    signature.timestamp,
+                    signature.nonce,
+                    signature.audience,
+                    signature.signature,
+                ),
                 strict=True,
             )
             if not value
@@ -275,7 +328,7 @@ class EcKeyAuthenticator:
             )
         node_key = self._node_key(signature.public_key)
         try:
-            self._check(call.method, signature, node_key, timestamp_ms(now))
+            self._check(call.method, signature, node_key, now)
         except AuthenticationFailed as error:
             error.fingerprint = node_key.fingerprint
             raise
@@ -288,6 +341,24 @@ class EcKeyAuthenticator:
             not_after=None,
             fingerprint=node_key.fingerprint,
         )
+
+    def recheck(self, call: CallCredentials, principal: Principal, now: datetime) -> None:
+        """An admitted call's key is still registered (its signature was checked once)."""
+        if call.key_signature is None:
+            raise AuthenticationFailed(RefusalReason.NO_SIGNATURE, "the call carries no signature")
+        node_key = self._node_key(call.key_signature.public_key)
+        try:
+            self._check_registered(node_key, sent_ms=None)
+        except AuthenticationFailed as error:
+            error.fingerprint = node_key.fingerprint
+            raise
+
+    def key_of(self, call: CallCredentials) -> tuple[int | None, str]:
+        """(node id, fingerprint) of the key an admitted call signed with; (None, "") if none."""
+        if call.key_signature is None:
+            return None, ""
+        node_key = self._node_key(call.key_signature.public_key)
+        return node_key.node_id, node_key.fingerprint
 
     def _node_key(self, encoded: str) -> _NodeKey:
         """The parsed key for a ``flwrmtls-key`` value: a dict lookup after the first call."""
@@ -328,7 +399,10 @@ class EcKeyAuthenticator:
             node_id=node_id_for_key(key),
         )
 
-    def _check(self, method: str, signature: KeySignature, node_key: _NodeKey, now_ms: int) -> None:
+    def _check(
+        self, method: str, signature: KeySignature, node_key: _NodeKey, now: datetime
+    ) -> None:
+        now_ms = timestamp_ms(now)
         if not _TIMESTAMP.fullmatch(signature.timestamp):
             raise AuthenticationFailed(
                 RefusalReason.BAD_SIGNATURE,
@@ -343,7 +417,14 @@ class EcKeyAuthenticator:
             raise AuthenticationFailed(
                 RefusalReason.BAD_SIGNATURE, "malformed nonce (expected 32 lowercase hex digits)"
             )
-        self._verify(method, signature, node_key, sent_ms)
+        audience = self._check_audience(signature.audience, now)
+        if len(signature.body_digest) == 0:
+            raise AuthenticationFailed(
+                RefusalReason.BAD_SIGNATURE,
+                "a client-streaming call must declare its object (flwrmtls-object metadata: "
+                "content hash and size) and sign that declaration",
+            )
+        self._verify(method, signature, node_key, sent_ms, audience)
         self._check_registered(node_key, sent_ms)
         self._remember(node_key, bytes.fromhex(signature.nonce), sent_ms, now_ms)
 
@@ -368,18 +449,39 @@ class EcKeyAuthenticator:
         if sent_ms <= self._expired_through_ms:
             raise _forgotten()
 
+    def _check_audience(self, text: str, now: datetime) -> bytes:
+        try:
+            audience = parse_audience(text)
+        except ValueError as error:
+            raise AuthenticationFailed(RefusalReason.BAD_SIGNATURE, str(error)) from None
+        if not self.audiences.accepts(audience, now):
+            raise AuthenticationFailed(
+                RefusalReason.WRONG_AUDIENCE,
+                f"signature made for another link (server key sha256:{text[:16]}...), not "
+                f"this one (sha256:{audience_text(self.audiences.current)[:16]}...): a node "
+                "learns the link's key from its own TLS connection and signs again",
+            )
+        return audience
+
     def _verify(
-        self, method: str, signature: KeySignature, node_key: _NodeKey, sent_ms: int
+        self,
+        method: str,
+        signature: KeySignature,
+        node_key: _NodeKey,
+        sent_ms: int,
+        audience: bytes,
     ) -> None:
         bad = AuthenticationFailed(
             RefusalReason.BAD_SIGNATURE,
-            "signature does not verify for this call (method, timestamp, nonce and body) "
+            "signature does not verify for this call (method, timestamp, nonce, link and body) "
             "with this key",
         )
         if len(signature.signature) > _MAX_ENCODED_SIGNATURE:
             raise bad
         try:
-            message = signed_bytes(method, sent_ms, signature.nonce, signature.body_digest)
+            message = signed_bytes(
+                method, sent_ms, signature.nonce, audience, signature.body_digest
+            )
             node_key.key.verify(_decode_base64(signature.signature), message, node_key.algorithm)
         except (InvalidSignature, ValueError, UnicodeEncodeError, binascii.Error):
             raise bad from None
@@ -430,7 +532,8 @@ class EcKeyAuthenticator:
         memory = self._memory[key_id] = _KeyNonces()
         return memory
 
-    def _check_registered(self, node_key: _NodeKey, sent_ms: int) -> None:
+    def _check_registered(self, node_key: _NodeKey, sent_ms: int | None) -> None:
+        """The key is registered; with ``sent_ms``, the call was signed after that."""
         if self._registry is None:
             return
         registration = self._registry(node_key.der)
@@ -445,7 +548,7 @@ class EcKeyAuthenticator:
                 f"public key {node_key.fingerprint} is not registered: run "
                 "`flwrmtls supernode register <its .pub file>`",
             )
-        if sent_ms < registration.since * 1000:
+        if sent_ms is not None and sent_ms < registration.since * 1000:
             raise AuthenticationFailed(
                 RefusalReason.STALE_TIMESTAMP,
                 "signature predates the key's registration: a call refused before the key was "

@@ -40,6 +40,7 @@ __all__ = [
     "RoleSource",
     "identity_from_certificate",
     "node_id_for",
+    "node_id_for_identity",
     "validate_spiffe_id",
 ]
 
@@ -135,6 +136,35 @@ def _canonical_subject(name: x509.Name) -> str:
             attributes.append((attribute.oid.dotted_string, text))
         rdns.append(sorted(attributes))
     return json.dumps(rdns, ensure_ascii=False, separators=(",", ":"))
+
+
+def _parsed_subject(text: str) -> x509.Name | None:
+    try:
+        return x509.Name.from_rfc4514_string(text, {"role": ROLE_OID})
+    except ValueError:
+        return None
+
+
+def node_id_for_identity(text: str, source: IdentitySource) -> int:
+    """The node id of an identity written as the link shows it (``CN=node-1,O=Hospital A``,
+    or a SPIFFE ID): what a certificate with that identity gets. Raises ValueError when
+    ``text`` is not such an identity for ``source``."""
+    if source is IdentitySource.SPIFFE:
+        return node_id_for(source, validate_spiffe_id(text))
+    if source is not IdentitySource.SUBJECT:
+        raise ValueError(f"nodes named by {source.value} have no certificate identity")
+    name = _parsed_subject(text)
+    shown = name.rfc4514_string({ROLE_OID: "role"}) if name is not None else ""
+    if name is None and (spaced := _parsed_subject(re.sub(r"\s*([,+])\s*", r"\1", text))):
+        shown = spaced.rfc4514_string({ROLE_OID: "role"})  # for the hint only
+    if name is None or not name.rdns or shown != text:
+        hint = f" (did you mean {shown!r}?)" if shown else ""
+        raise ValueError(
+            f"{text!r} is not a certificate Subject as the link shows it{hint}: RFC 4514, "
+            "most specific first, no spaces after commas, e.g. 'CN=node-1,O=Hospital A' "
+            "(`flwrmtls ca show CERT` prints it)"
+        )
+    return node_id_for(source, _canonical_subject(name))
 
 
 _TRUST_DOMAIN = re.compile(r"^[a-z0-9._-]+$")

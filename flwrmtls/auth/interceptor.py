@@ -17,6 +17,18 @@ bounded. Both answers are UNAVAILABLE with what to do: nodes retry them.
 With an ``audit`` sink, Control calls, node admissions and refusals are also handed to the
 audit trail as :class:`~flwrmtls.auth.audit.AuditRecord` values; :mod:`flwrmtls.auth.audit`
 says which. Other calls pay one None check for it.
+
+With a ``live`` registry (:mod:`flwrmtls.auth.livecalls`), every authorized call is in it
+while it runs, so the link can end an open call whose credentials stop being admitted (a
+revocation, an expiry, an unregister, a CA bundle that dropped its CA): the caller gets the
+refusal exactly as a refused unary call does (UNAUTHENTICATED, the reason in the details and
+the ``flwrmtls-refusal`` trailer). The handler's task is cancelled while it waits inside the
+handler; while grpc is sending a streamed response the refusal is answered as soon as the
+send completes (a caller that stops reading a stream holds that send until it reads again).
+
+A signed client-streaming call (an EC-key node's object upload) declares its object in
+``flwrmtls-object`` metadata and signs that declaration; every chunk of the stream must name
+that object and size, or the call is refused (``bad-signature``) before the chunk is used.
 """
 
 from __future__ import annotations
@@ -58,9 +70,15 @@ from flwrmtls.auth.authenticator import (
     TryLater,
 )
 from flwrmtls.auth.identity import ROLE_OID
+from flwrmtls.auth.livecalls import LiveCall, LiveCalls
 from flwrmtls.auth.policy import is_permitted, refusal_hint, required_kinds
 from flwrmtls.auth.ratelimit import FailureLimiter, peer_host
-from flwrmtls.auth.signing import key_signature_from_metadata
+from flwrmtls.auth.signing import (
+    OBJECT_METADATA_KEY,
+    declared_object_digest,
+    key_signature_from_metadata,
+    parse_object_declaration,
+)
 from flwrmtls.auth.tokens import TOKEN_METADATA_KEY
 from flwrmtls.clock import Clock
 from flwrmtls.wire.metadata import REFUSAL_KEY
@@ -227,6 +245,11 @@ def _outcome(context: _Context, error: BaseException | None) -> tuple[str, str]:
     return OUTCOME_OK, ""
 
 
+_REFUSAL_CODES = {RefusalReason.NOT_PERMITTED: grpc.StatusCode.PERMISSION_DENIED}
+"""The status an open call refused by the registry is answered with: UNAUTHENTICATED unless
+listed (as for refusals when a call starts)."""
+
+
 class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     def __init__(
         self,
@@ -238,12 +261,15 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         audit: AuditSink | None = None,
         failures: FailureLimiter | None = None,
         calls_per_address: int | None = None,
+        live: LiveCalls | None = None,
     ) -> None:
-        """``digest_bodies``: hash each unary request's bytes, for EC-key signatures.
+        """``digest_bodies``: hash each unary request's bytes, and each signed upload's declared
+        object, for EC-key signatures.
         ``audit``: where audit records go (:mod:`flwrmtls.auth.audit` says which calls).
         ``failures``: the failed-authentication budget of each peer address; an address over
         it is refused (UNAVAILABLE, with when to retry) before anything is parsed.
-        ``calls_per_address``: authorized calls one peer address may have in progress."""
+        ``calls_per_address``: authorized calls one peer address may have in progress.
+        ``live``: the registry of open calls, judged again when credentials may have ended."""
         self._authenticator = authenticator
         self._clock = clock
         self._refusals = refusals
@@ -253,6 +279,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         self._calls_per_address = calls_per_address
         self._live: dict[str, int] = {}
         """Peer host -> its authorized calls in progress (only hosts with some)."""
+        self._open_calls = live
 
     async def intercept_service(
         self,
@@ -270,14 +297,18 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             on_end = functools.partial(self._record_call, method)
         return _wrap(
             handler,
-            lambda context, digest: self._authorize(method, context, digest),
+            _Gate(
+                authorize=lambda context, digest: self._authorize(method, context, digest),
+                watch=self._watch,
+                refuse=self._end_refused,
+                on_end=on_end,
+            ),
             digest_bodies=self._digest_bodies,
-            on_end=on_end,
         )
 
     async def _authorize(
         self, method: str, context: _Context, body_digest: bytes
-    ) -> tuple[Principal, Release]:
+    ) -> tuple[Principal, Release, CallCredentials]:
         peer = context.peer()
         auth_context = context.auth_context()
         token, signature = _app_credentials(context, body_digest)
@@ -326,7 +357,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             self._refused(call, refusal, principal)
             context.set_trailing_metadata(((REFUSAL_METADATA_KEY, refusal.reason.value),))
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, refusal.message)
-        return principal, await self._admit(host, context)
+        return principal, await self._admit(host, context), call
 
     async def _admit(self, host: str, context: _Context) -> Release:
         """Count the call against its address's calls in progress, or refuse it (UNAVAILABLE:
@@ -350,6 +381,28 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                 del self._live[host]
 
         return release
+
+    async def _end_refused(
+        self,
+        context: _Context,
+        call: CallCredentials,
+        principal: Principal,
+        refusal: AuthenticationFailed,
+    ) -> None:
+        """Answer an open call with a refusal that came after it started: the registry's (its
+        task may have been cancelled for it) or an upload's chunk that broke its declaration.
+        Logged and audited like any refusal; raises grpc's AbortError."""
+        task = asyncio.current_task()
+        if task is not None:
+            task.uncancel()
+        self._refused(call, refusal, principal)
+        context.set_trailing_metadata(((REFUSAL_METADATA_KEY, refusal.reason.value),))
+        code = _REFUSAL_CODES.get(refusal.reason, grpc.StatusCode.UNAUTHENTICATED)
+        await context.abort(code, refusal.message)
+
+    def _watch(self, call: CallCredentials, principal: Principal) -> _Watching:
+        """Keep the call in the registry while its handler runs."""
+        return _Watching(self._open_calls, call, principal, self._authenticator)
 
     def _refusing_handler(self, method: str) -> Any:
         """The handler of a method the policy table does not list: it refuses at once."""
@@ -436,12 +489,81 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
 
 Release = Callable[[], None] | None
 """Called once when an authorized call ends (frees its place in the calls per address)."""
-Authorize = Callable[[_Context, bytes], Awaitable[tuple[Principal, Release]]]
+Admitted = tuple[Principal, Release, CallCredentials]
+"""An authorized call: who, how to free its place in the calls per address, what it presented."""
+Authorize = Callable[[_Context, bytes], Awaitable[Admitted]]
 OnEnd = Callable[[Principal, _Context, str, BaseException | None], None]
 """``on_end(principal, context, peer, error)``. When a streaming handler's generator is closed
 after its caller went away (``GeneratorExit``, ``CancelledError``) the call is already
 finished: ``context`` must then not be touched (grpc.aio segfaults on ``context.peer()`` of a
 finished call), which is why the peer is taken when the call starts."""
+Refuse = Callable[[_Context, CallCredentials, Principal, AuthenticationFailed], Awaitable[None]]
+Watch = Callable[[CallCredentials, Principal], "_Watching"]
+
+
+class _Ending:
+    """How the registry ends one open call: remember the refusal, and cancel the handler's
+    task if it is waiting inside the handler. While grpc is sending a streamed response
+    (``in_handler`` False) cancelling would leave the call without a status, so the wrapper
+    answers the refusal when the send completes instead."""
+
+    __slots__ = ("_task", "in_handler", "refusal")
+
+    def __init__(self, task: asyncio.Task[Any] | None) -> None:
+        self.refusal: AuthenticationFailed | None = None
+        self.in_handler = True
+        self._task = task
+
+    def end(self, refusal: AuthenticationFailed) -> None:
+        if self.refusal is not None:
+            return
+        self.refusal = refusal
+        if self.in_handler and self._task is not None:
+            self._task.cancel()
+
+
+class _Watching:
+    """While a handler runs, its call is in the registry (if the listener keeps one); the
+    ``_Ending`` (None without a registry) says whether the registry ended it."""
+
+    __slots__ = ("_ending", "_entry", "_live")
+
+    def __init__(
+        self,
+        live: LiveCalls | None,
+        call: CallCredentials,
+        principal: Principal,
+        authenticator: Callable[[], Authenticator],
+    ) -> None:
+        self._live = live
+        self._ending: _Ending | None = None
+        self._entry: LiveCall | None = None
+        if live is not None:
+            self._ending = _Ending(asyncio.current_task())
+            self._entry = LiveCall(call, principal, authenticator, self._ending.end)
+
+    def __enter__(self) -> _Ending | None:
+        if self._live is not None and self._entry is not None:
+            self._live.add(self._entry)
+        return self._ending
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._live is not None and self._entry is not None:
+            self._live.discard(self._entry)
+
+
+def _refusal(ending: _Ending | None) -> AuthenticationFailed | None:
+    return None if ending is None else ending.refusal
+
+
+@dataclass(frozen=True, slots=True)
+class _Gate:
+    """What the wrapped handlers ask of the interceptor."""
+
+    authorize: Authorize
+    watch: Watch
+    refuse: Refuse
+    on_end: OnEnd | None
 
 
 class _Handling:
@@ -487,12 +609,76 @@ def _digesting(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes],
     return deserialize
 
 
-def _wrap(handler: Any, authorize: Authorize, *, digest_bodies: bool, on_end: OnEnd | None) -> Any:
+def _declared_object(context: _Context) -> tuple[bytes, tuple[str, int] | None]:
+    """The digest a signed upload signs (of its ``flwrmtls-object`` declaration) and the
+    declared (object id, size); (b"", None) without one, which the authenticator refuses."""
+    found = [
+        value for key, value in context.invocation_metadata() or () if key == OBJECT_METADATA_KEY
+    ]
+    if len(found) != 1 or not isinstance(found[0], str):
+        return b"", None
+    try:
+        return declared_object_digest(found[0]), parse_object_declaration(found[0])
+    except ValueError:
+        return b"", None
+
+
+async def _held_to(
+    declared: tuple[str, int],
+    requests: AsyncIterator[Any],
+    refuse: Callable[[AuthenticationFailed], Awaitable[None]],
+) -> AsyncIterator[Any]:
+    """The chunks of a signed upload, each checked against the object the signature covers."""
+    object_id, size = declared
+    async for chunk in requests:
+        if chunk.object_id != object_id or chunk.total_size != size:
+            await refuse(
+                AuthenticationFailed(
+                    RefusalReason.BAD_SIGNATURE,
+                    f"the upload's chunks name object {chunk.object_id[:16]}... of "
+                    f"{chunk.total_size} bytes, but its signature covers "
+                    f"{object_id[:16]}... of {size} bytes",
+                )
+            )
+        yield chunk
+
+
+async def _answered(
+    responses: AsyncIterator[Any], ending: _Ending | None
+) -> AsyncIterator[Any | AuthenticationFailed]:
+    """A handler's streamed responses, then the refusal if the registry ended the call."""
+    async with contextlib.aclosing(responses) as opened:  # type: ignore[type-var]
+        while True:
+            try:
+                response = await anext(opened)
+            except StopAsyncIteration:
+                return
+            except asyncio.CancelledError:
+                refusal = _refusal(ending)
+                if refusal is None:
+                    raise
+                yield refusal
+                return
+            if (refusal := _refusal(ending)) is not None:
+                yield refusal
+                return
+            if ending is not None:
+                ending.in_handler = False
+            yield response
+            if ending is not None:
+                ending.in_handler = True
+            if (refusal := _refusal(ending)) is not None:
+                yield refusal
+                return
+
+
+def _wrap(handler: Any, gate: _Gate, *, digest_bodies: bool) -> Any:
     """The same handler, authorizing first. (grpc's stubs type only sync handlers.)
 
     With ``digest_bodies``, unary requests are deserialized together with the digest of their
-    bytes; client-streaming requests are authorized with an empty digest. ``on_end`` hears how
-    each authorized call ended (not refusals: the interceptor records those itself).
+    bytes, and client-streaming requests are authorized with the digest of their declared
+    object and held to it. ``gate.on_end`` hears how each authorized call ended (not
+    refusals: the interceptor records those itself).
     """
     request_deserializer = handler.request_deserializer
     if digest_bodies and (handler.unary_unary or handler.unary_stream):
@@ -504,13 +690,41 @@ def _wrap(handler: Any, authorize: Authorize, *, digest_bodies: bool, on_end: On
             return message, digest
         return request, b""
 
+    async def streamed(
+        responses: AsyncIterator[Any], admitted: Admitted, context: Any
+    ) -> AsyncIterator[Any]:
+        principal, release, call = admitted
+        with (
+            _Handling(principal, release, context, gate.on_end),
+            gate.watch(call, principal) as ending,
+        ):
+            async for item in _answered(responses, ending):
+                if isinstance(item, AuthenticationFailed):
+                    await gate.refuse(context, call, principal, item)
+                    return
+                yield item
+
+    async def unary(run: Callable[[], Awaitable[Any]], admitted: Admitted, context: Any) -> Any:
+        principal, release, call = admitted
+        with (
+            _Handling(principal, release, context, gate.on_end),
+            gate.watch(call, principal) as ending,
+        ):
+            try:
+                return await run()
+            except asyncio.CancelledError:
+                refusal = _refusal(ending)
+                if refusal is None:
+                    raise
+            await gate.refuse(context, call, principal, refusal)
+
     if handler.unary_unary:
         inner_uu = handler.unary_unary
 
         async def unary_unary(request: Any, context: _Context) -> Any:
             message, digest = split(request)
-            with _Handling(*await authorize(context, digest), context, on_end):
-                return await inner_uu(message, context)
+            admitted = await gate.authorize(context, digest)
+            return await unary(lambda: inner_uu(message, context), admitted, context)
 
         return grpc.unary_unary_rpc_method_handler(
             unary_unary, request_deserializer, handler.response_serializer
@@ -520,19 +734,34 @@ def _wrap(handler: Any, authorize: Authorize, *, digest_bodies: bool, on_end: On
 
         async def unary_stream(request: Any, context: _Context) -> AsyncIterator[Any]:
             message, digest = split(request)
-            with _Handling(*await authorize(context, digest), context, on_end):
-                async for response in inner_us(message, context):
-                    yield response
+            admitted = await gate.authorize(context, digest)
+            async for response in streamed(inner_us(message, context), admitted, context):
+                yield response
 
         return grpc.unary_stream_rpc_method_handler(
             unary_stream, request_deserializer, handler.response_serializer
         )
+
+    async def declared_requests(requests: Any, context: _Context) -> tuple[Any, Admitted]:
+        if not digest_bodies:
+            return requests, await gate.authorize(context, b"")
+        digest, declared = _declared_object(context)
+        admitted = await gate.authorize(context, digest)
+        principal, _, call = admitted
+        if declared is not None and call.key_signature is not None:
+            requests = _held_to(
+                declared,
+                requests,
+                lambda refusal: gate.refuse(context, call, principal, refusal),
+            )
+        return requests, admitted
+
     if handler.stream_unary:
         inner_su = handler.stream_unary
 
         async def stream_unary(requests: Any, context: _Context) -> Any:
-            with _Handling(*await authorize(context, b""), context, on_end):
-                return await inner_su(requests, context)
+            held, admitted = await declared_requests(requests, context)
+            return await unary(lambda: inner_su(held, context), admitted, context)
 
         return grpc.stream_unary_rpc_method_handler(
             stream_unary, handler.request_deserializer, handler.response_serializer
@@ -540,9 +769,9 @@ def _wrap(handler: Any, authorize: Authorize, *, digest_bodies: bool, on_end: On
     inner_ss = handler.stream_stream
 
     async def stream_stream(requests: Any, context: _Context) -> AsyncIterator[Any]:
-        with _Handling(*await authorize(context, b""), context, on_end):
-            async for response in inner_ss(requests, context):
-                yield response
+        held, admitted = await declared_requests(requests, context)
+        async for response in streamed(inner_ss(held, context), admitted, context):
+            yield response
 
     return grpc.stream_stream_rpc_method_handler(
         stream_stream, handler.request_deserializer, handler.response_serializer

@@ -148,6 +148,11 @@ class MtlsAuthenticator:
                 raise
         return entry.principal
 
+    def recheck(self, call: CallCredentials, principal: Principal, now: datetime) -> None:
+        """The per-call checks again (the chain's verification is cached): for open calls
+        when a CRL, the CA bundle or the clock may have ended the certificate."""
+        self.authenticate(call, now)
+
     def _verify(
         self, leaf_pem: bytes, chain_pem: bytes | None, now: datetime
     ) -> _Verified | _Failed:

@@ -172,6 +172,17 @@ class RevocationStore:
     def issuers(self) -> list[x509.Name]:
         return list(self._by_issuer)
 
+    @property
+    def next_updates(self) -> list[datetime]:
+        """When the CRLs in force go stale (their next-update): the link judges its open calls
+        again then, as a stale CRL refuses its issuer's certificates."""
+        return [
+            group.next_update
+            for issuer in self._by_issuer.values()
+            for group in issuer.crls.groups
+            if group.next_update is not None
+        ]
+
     def _rebuild(self) -> None:
         everything = [crl for record in self._files.values() for crl in record.crls]
         self._by_issuer = {

@@ -89,6 +89,10 @@ class TokenAuthenticator:
             run_id=run_id,
         )
 
+    def recheck(self, call: CallCredentials, principal: Principal, now: datetime) -> None:
+        """The token is still valid: its run has not ended."""
+        self.authenticate(call, now)
+
 
 class MemoryTokenStore:
     """Token hashes held in memory (a node's ClientApp tokens)."""

@@ -16,6 +16,7 @@ import typer
 from flwrmtls.auth.keys import load_public_key_file, public_key_der
 from flwrmtls.cli.output import OutputFormat, emit, format_time, table
 from flwrmtls.control.client import ControlClient
+from flwrmtls.errors import InputError
 from flwrmtls.profiles import ConfigFile
 from flwrmtls.proto import control_pb2
 
@@ -156,26 +157,44 @@ def register(
             metavar="PUBKEY_FILE... [CONNECTION]",
         ),
     ],
+    identity: Annotated[
+        str | None,
+        typer.Option(
+            "--identity",
+            help="certificate+key links: the node certificate this key belongs to, as the link "
+            "names it ('CN=node-1,O=Hospital A', a SPIFFE ID, or its node id); the link then "
+            "admits the key only with that node's certificate",
+        ),
+    ] = None,
     format: Annotated[OutputFormat, typer.Option("--format")] = OutputFormat.TABLE,
 ) -> None:
     """EC-key mode: register node public keys; prints each file's node id."""
     files, connection = _split_connection(files_and_connection)
+    if identity is not None and len(files) != 1:
+        raise InputError(
+            f"--identity binds one node's key: give exactly one key file (got {len(files)})"
+        )
     keys = [load_public_key_file(Path(file)) for file in files]
     config = ConfigFile()
     client = ControlClient(config.profile(connection), str(config.path))
     try:
-        registered = client.register_keys([public_key_der(key) for key in keys])
+        registered = client.register_keys([public_key_der(key) for key in keys], identity or "")
     finally:
         client.close()
     data = [
-        {"file": file, "node_id": r.node_id, "fingerprint": r.fingerprint, "outcome": r.outcome}
+        {
+            "file": file, "node_id": r.node_id, "fingerprint": r.fingerprint,
+            "outcome": r.outcome, "bound_node_id": r.bound_node_id or None,
+            "identity": identity if r.bound_node_id else None,
+        }
         for file, r in zip(files, registered, strict=True)
-    ]
+    ]  # fmt: skip
     rows = [
-        [file, str(r.node_id), r.fingerprint, r.outcome]
+        [file, str(r.node_id), r.fingerprint, r.outcome,
+         f"{identity} (node id {r.bound_node_id})" if r.bound_node_id else "-"]
         for file, r in zip(files, registered, strict=True)
-    ]
-    emit(format, data, ["FILE", "NODE ID", "KEY", "OUTCOME"], rows)
+    ]  # fmt: skip
+    emit(format, data, ["FILE", "NODE ID", "KEY", "OUTCOME", "BOUND TO"], rows)
 
 
 def _split_connection(arguments: list[str]) -> tuple[list[str], str | None]:

@@ -89,10 +89,14 @@ class ControlClient:
             raise translate_rpc_error(error, self._ctx) from None
         return response
 
-    def register_keys(self, public_keys: list[bytes]) -> list[control_pb2.RegisteredKey]:
+    def register_keys(
+        self, public_keys: list[bytes], identity: str = ""
+    ) -> list[control_pb2.RegisteredKey]:
+        """Register keys; ``identity`` binds them to a certificate node (certificate+key)."""
         try:
             response = self._stub.RegisterNodeKeys(
-                control_pb2.RegisterNodeKeysRequest(public_keys=public_keys), timeout=_CALL_TIMEOUT
+                control_pb2.RegisterNodeKeysRequest(public_keys=public_keys, identity=identity),
+                timeout=_CALL_TIMEOUT,
             )
         except grpc.RpcError as error:
             raise translate_rpc_error(error, self._ctx) from None

@@ -11,10 +11,18 @@ user, own run             listed                               allowed
 user, another user's run  not listed; by run id: NOT_FOUND,    PERMISSION_DENIED "run N belongs
                           as for a missing run                 to another user"
 ========================  ===================================  ==================================
+
+Registering EC keys (``RegisterNodeKeys``) on a link with a ``certificate+key`` listener binds
+each key to the certificate node the request names (:class:`KeyBinding` says when a binding
+is required, optional or refused). Unregistering a node, or binding a key anew, re-judges
+every open call at once (``access_changed``): a node in a long poll is refused now, not at its
+next call.
 """
 
 from __future__ import annotations
 
+import enum
+import re
 from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import datetime
 from typing import Any
@@ -25,7 +33,7 @@ import grpc.aio
 from flwrmtls.auth.audit import unchanged
 from flwrmtls.auth.authenticator import Principal
 from flwrmtls.auth.crlcoverage import CoverageRow
-from flwrmtls.auth.identity import PrincipalKind
+from flwrmtls.auth.identity import IdentitySource, PrincipalKind, node_id_for_identity
 from flwrmtls.auth.interceptor import current_principal
 from flwrmtls.auth.keys import key_fingerprint, node_id_for_key, parse_node_public_key
 from flwrmtls.clock import Clock
@@ -39,12 +47,35 @@ from flwrmtls.state.audittable import DEFAULT_MAX_ENTRIES
 from flwrmtls.state.linkstate import LinkState
 from flwrmtls.state.runtable import RunRecord
 
-__all__ = ["ControlServicer"]
+__all__ = ["ControlServicer", "KeyBinding"]
 
 _Context = grpc.aio.ServicerContext[Any, Any]
 _FOLLOW_WAIT = 30.0
 DEFAULT_AUDIT_LIMIT = 100
 """Entries ``ListAudit`` returns when the request names no limit."""
+
+
+class KeyBinding(enum.StrEnum):
+    """Whether a registered EC key must name the certificate node it belongs to."""
+
+    REQUIRED = "required"
+    """Every EC-key listener is certificate+key: a key without a node could never be used."""
+    OPTIONAL = "optional"
+    """certificate+key and a key-only listener: bound keys for the first, others for the second."""
+    REFUSED = "refused"
+    """No certificate+key listener: a binding could never be used."""
+
+
+_NODE_ID = re.compile(r"[1-9][0-9]{0,18}")
+_MAX_NODE_ID = (1 << 63) - 1
+
+
+def bound_node_of(text: str, source: IdentitySource) -> int:
+    """The node id a registration's ``identity`` names: a decimal node id, or a certificate
+    identity as the link shows it. ValueError says what is wrong."""
+    if _NODE_ID.fullmatch(text) and int(text) <= _MAX_NODE_ID:
+        return int(text)
+    return node_id_for_identity(text, source)
 
 
 def _may_see(principal: Principal, run: RunRecord) -> bool:
@@ -73,9 +104,17 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
         notifier: Notifier,
         expiry_warning_days: float = 14.0,
         revocation_coverage: Callable[[datetime], Sequence[CoverageRow]] | None = None,
+        key_binding: KeyBinding = KeyBinding.REFUSED,
+        identity_source: IdentitySource = IdentitySource.SUBJECT,
+        access_changed: Callable[[], object] = lambda: None,
     ) -> None:
-        """``revocation_coverage``: how the link checks revocation, per issuer (ListNodes)."""
+        """``revocation_coverage``: how the link checks revocation, per issuer (ListNodes).
+        ``access_changed``: called after a change that may end open calls (unregister, a key
+        bound anew), so the link judges them again at once."""
         self._revocation_coverage = revocation_coverage
+        self._key_binding = key_binding
+        self._identity_source = identity_source
+        self._access_changed = access_changed
         self._state = state
         self._clock = clock
         self._runs = runs
@@ -115,6 +154,7 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
     ) -> control_pb2.RegisterNodeKeysResponse:
         by = current_principal().identity
         now = self._clock.now().timestamp()
+        bound_node = await self._bound_node(request.identity, context)
         parsed = []
         for index, der in enumerate(request.public_keys):
             try:
@@ -125,16 +165,45 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
         for der, key in parsed:
             node_id = node_id_for_key(key)
             outcome = self._state.register_key(
-                der, node_id=node_id, fingerprint=key_fingerprint(key), by=by, now=now
-            )
+                der, node_id=node_id, fingerprint=key_fingerprint(key), by=by, now=now,
+                bound_node_id=bound_node, bound_identity=request.identity,
+            )  # fmt: skip
             registered.append(
                 control_pb2.RegisteredKey(
-                    node_id=node_id, fingerprint=key_fingerprint(key), outcome=outcome
+                    node_id=node_id,
+                    fingerprint=key_fingerprint(key),
+                    outcome=outcome,
+                    bound_node_id=bound_node or 0,
                 )
             )
         if all(key.outcome == "already registered" for key in registered):
             unchanged()
+        if any(key.outcome == "rebound" for key in registered):
+            self._access_changed()
         return control_pb2.RegisterNodeKeysResponse(keys=registered)
+
+    async def _bound_node(self, identity: str, context: _Context) -> int | None:
+        """The certificate node a registration binds its keys to, as the link's mode asks."""
+        if not identity:
+            if self._key_binding is KeyBinding.REQUIRED:
+                await context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    "this link runs --node-auth certificate+key: name the certificate node the "
+                    "key belongs to (flwrmtls supernode register KEY.pub --identity "
+                    "'CN=node-1,O=Hospital A', or its node id)",
+                )
+            return None
+        if self._key_binding is KeyBinding.REFUSED:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "--identity binds a key to a certificate node, but no listener of this link "
+                "runs --node-auth certificate+key: register the key without --identity",
+            )
+        try:
+            return bound_node_of(identity, self._identity_source)
+        except ValueError as error:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"--identity: {error}")
+            raise AssertionError("unreachable") from None
 
     async def UnregisterNode(
         self, request: control_pb2.UnregisterNodeRequest, context: _Context
@@ -151,6 +220,7 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
                 grpc.StatusCode.FAILED_PRECONDITION, f"node {node_id} is already unregistered"
             )
         self._state.unregister_node(node_id, by=current_principal().identity, now=now)
+        self._access_changed()
         self._notifier.notify(("node", node_id))
         for run in self._state.runs.active():
             self._notifier.notify(("run", run.run_id))

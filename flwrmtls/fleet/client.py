@@ -1,10 +1,17 @@
-"""The Fleet API from the node's side: one channel, typed calls, errors translated once."""
+"""The Fleet API from the node's side: one channel, typed calls, errors translated once.
+
+An EC-key node signs each call for the link's server key (:mod:`flwrmtls.node.audience`).
+When the link refuses a call as ``wrong-audience`` (its server certificate was rotated to a
+new key), the node learns the key again from a TLS handshake and retries that call once; every
+call here can be retried (a refused call changed nothing on the link).
+"""
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import grpc
 
@@ -14,12 +21,15 @@ from flwrmtls.objects.store import ObjectStore
 from flwrmtls.objects.transfer import pull_object_into, push_stored_objects
 from flwrmtls.proto import common_pb2, fleet_pb2, fleet_pb2_grpc
 from flwrmtls.wire.errors import ConnectionContext, translate_rpc_error
+from flwrmtls.wire.metadata import REFUSAL_KEY
 
 __all__ = ["FleetClient", "OverQuota", "Session", "SessionEnded"]
 
 _CALL_TIMEOUT = 10.0
 _TRANSFER_TIMEOUT = 600.0
 _CANCEL_CHECK = 0.25
+_WRONG_AUDIENCE = "wrong-audience"
+_T = TypeVar("_T")
 
 
 class SessionEnded(Refused):
@@ -42,10 +52,24 @@ class Session:
     heartbeat_interval: float
 
 
+def _refusal_reason(error: grpc.RpcError) -> str:
+    """The ``flwrmtls-refusal`` trailer of a refused call ("" if none)."""
+    trailers = getattr(error, "trailing_metadata", lambda: ())() or ()
+    return next((str(value) for key, value in trailers if key == REFUSAL_KEY), "")
+
+
 class FleetClient:
-    def __init__(self, channel: grpc.Channel, ctx: ConnectionContext) -> None:
+    def __init__(
+        self,
+        channel: grpc.Channel,
+        ctx: ConnectionContext,
+        *,
+        relearn_audience: Callable[[], object] | None = None,
+    ) -> None:
+        """``relearn_audience``: an EC-key node's way to learn the link's server key again."""
         self._stub = fleet_pb2_grpc.FleetStub(channel)
         self._ctx = ctx
+        self._relearn_audience = relearn_audience
 
     def replace_channel(self, channel: grpc.Channel) -> None:
         """Use ``channel`` from the next call on (a rotated client certificate)."""
@@ -61,13 +85,25 @@ class FleetClient:
             return OverQuota(error.details() or "over a storage bound of the link")
         return translate_rpc_error(error, self._ctx)
 
-    def activate(self) -> Session:
+    def _call(self, invoke: Callable[[], _T]) -> _T:
+        """One call, its failure translated; signed for a stale server key, retried once."""
         try:
-            response = self._stub.ActivateNode(
-                fleet_pb2.ActivateNodeRequest(node_version=__version__), timeout=_CALL_TIMEOUT
-            )
+            return invoke()
+        except grpc.RpcError as error:
+            if self._relearn_audience is None or _refusal_reason(error) != _WRONG_AUDIENCE:
+                raise self._fail(error) from None
+        self._relearn_audience()
+        try:
+            return invoke()
         except grpc.RpcError as error:
             raise self._fail(error) from None
+
+    def activate(self) -> Session:
+        response = self._call(
+            lambda: self._stub.ActivateNode(
+                fleet_pb2.ActivateNodeRequest(node_version=__version__), timeout=_CALL_TIMEOUT
+            )
+        )
         return Session(
             node_id=response.node_id,
             session_id=response.session_id,
@@ -76,13 +112,12 @@ class FleetClient:
         )
 
     def heartbeat(self, session: Session) -> float:
-        try:
-            response = self._stub.Heartbeat(
+        response = self._call(
+            lambda: self._stub.Heartbeat(
                 fleet_pb2.HeartbeatRequest(session_id=session.session_id), timeout=_CALL_TIMEOUT
             )
-        except grpc.RpcError as error:
-            raise self._fail(error) from None
-        return response.heartbeat_interval
+        )
+        return float(response.heartbeat_interval)
 
     def pull(
         self,
@@ -94,6 +129,15 @@ class FleetClient:
     ) -> tuple[list[common_pb2.Message], list[int]]:
         """Messages for this node (the link waits up to ``wait`` s for one), and which of
         ``active_run_ids`` ended. Returns empty at once when any ``cancel`` event is set."""
+        return self._call(lambda: self._pull(session, wait, active_run_ids, cancel))
+
+    def _pull(
+        self,
+        session: Session,
+        wait: float,
+        active_run_ids: Sequence[int],
+        cancel: Sequence[threading.Event],
+    ) -> tuple[list[common_pb2.Message], list[int]]:
         future = self._stub.PullMessages.future(
             fleet_pb2.PullMessagesRequest(
                 session_id=session.session_id, wait_seconds=wait,
@@ -107,56 +151,54 @@ class FleetClient:
         while not finished.wait(_CANCEL_CHECK):
             if any(event.is_set() for event in cancel) and future.cancel():  # type: ignore[no-untyped-call]
                 return [], []  # cancelled before an answer came: nothing was delivered
-        try:
-            response = future.result()
-        except grpc.RpcError as error:
-            raise self._fail(error) from None
+        response = future.result()
         return list(response.messages), list(response.ended_run_ids)
 
     def push(self, session: Session, messages: Sequence[common_pb2.Message]) -> None:
-        try:
-            self._stub.PushMessages(
+        self._call(
+            lambda: self._stub.PushMessages(
                 fleet_pb2.PushMessagesRequest(session_id=session.session_id, messages=messages),
                 timeout=_CALL_TIMEOUT,
             )
-        except grpc.RpcError as error:
-            raise self._fail(error) from None
+        )
 
     def get_run(self, session: Session, run_id: int) -> fleet_pb2.GetRunResponse:
-        try:
-            response: fleet_pb2.GetRunResponse = self._stub.GetRun(
+        response: fleet_pb2.GetRunResponse = self._call(
+            lambda: self._stub.GetRun(
                 fleet_pb2.GetRunRequest(session_id=session.session_id, run_id=run_id),
                 timeout=_CALL_TIMEOUT,
             )
-        except grpc.RpcError as error:
-            raise self._fail(error) from None
+        )
         return response
 
     def fetch_object(self, session: Session, object_id: str, store: ObjectStore) -> None:
         """Copy an object from the link into ``store`` (verified), unless it is there."""
-        try:
-            pull_object_into(
-                store, self._stub.PullObject, object_id, session_id=session.session_id,
+        self._call(
+            lambda: pull_object_into(
+                store,
+                self._stub.PullObject,
+                object_id,
+                session_id=session.session_id,
                 timeout=_TRANSFER_TIMEOUT,
-            )  # fmt: skip
-        except grpc.RpcError as error:
-            raise self._fail(error) from None
+            )
+        )
 
     def send_objects(self, session: Session, store: ObjectStore, object_ids: Sequence[str]) -> None:
         """Push the objects of ``store`` the link lacks."""
-        try:
-            push_stored_objects(
-                self._stub, store, object_ids, session_id=session.session_id,
+        self._call(
+            lambda: push_stored_objects(
+                self._stub,
+                store,
+                object_ids,
+                session_id=session.session_id,
                 timeout=_TRANSFER_TIMEOUT,
-            )  # fmt: skip
-        except grpc.RpcError as error:
-            raise self._fail(error) from None
+            )
+        )
 
     def deactivate(self, session: Session) -> None:
-        try:
-            self._stub.DeactivateNode(
+        self._call(
+            lambda: self._stub.DeactivateNode(
                 fleet_pb2.DeactivateNodeRequest(session_id=session.session_id),
                 timeout=_CALL_TIMEOUT,
             )
-        except grpc.RpcError as error:
-            raise self._fail(error) from None
+        )

@@ -6,7 +6,9 @@ mode               TLS handshake                        authenticator
 certificate        client certificate required          MtlsAuthenticator
 key                server TLS only                      EcKeyAuthenticator (registered keys only
                                                         with ``--enable-supernode-auth``)
-certificate+key    client certificate required          AllOf(MtlsAuthenticator, EcKeyAuthenticator)
+certificate+key    client certificate required          CertificateAndBoundKey(MtlsAuthenticator,
+                                                        EcKeyAuthenticator): the key must be
+                                                        registered for the certificate's node
 none               server TLS, or plaintext             OpenAuthenticator (development only)
 =================  ==================================  ===========================================
 
@@ -23,7 +25,8 @@ import enum
 from collections.abc import Callable
 
 from flwrmtls.auth.authenticator import Authenticator, OpenAuthenticator
-from flwrmtls.auth.compose import AllOf
+from flwrmtls.auth.compose import BoundNode, CertificateAndBoundKey
+from flwrmtls.auth.eckey import EcKeyAuthenticator
 
 __all__ = ["NodeAuth", "build_node_authenticator", "requires_client_certificate"]
 
@@ -43,13 +46,17 @@ def build_node_authenticator(
     mode: NodeAuth,
     *,
     certificates: Callable[[], Authenticator],
-    keys: Callable[[], Authenticator],
+    keys: Callable[[], EcKeyAuthenticator],
+    bound_node: BoundNode,
 ) -> Authenticator:
-    """The authenticator for a listener in ``mode`` (builders are called only if needed)."""
+    """The authenticator for a listener in ``mode`` (builders are called only if needed).
+    ``bound_node``: the node an EC key was registered for (certificate+key)."""
     table: dict[NodeAuth, Callable[[], Authenticator]] = {
         NodeAuth.CERTIFICATE: certificates,
         NodeAuth.KEY: keys,
-        NodeAuth.CERTIFICATE_AND_KEY: lambda: AllOf(certificates(), keys()),
+        NodeAuth.CERTIFICATE_AND_KEY: lambda: CertificateAndBoundKey(
+            certificates(), keys(), bound_node
+        ),
         NodeAuth.NONE: OpenAuthenticator,
     }
     return table[mode]()

@@ -11,7 +11,11 @@ Rules:
 * New server material reaches new handshakes through grpc's dynamic credentials fetcher; open
   connections keep theirs and are not dropped. A new client (or CLI) CA bundle also replaces
   the certificate authenticators, so the next call on an open connection is judged against the
-  new bundle: a node whose CA was removed is refused on its next call (CA rollover).
+  new bundle: a node whose CA was removed is refused on its next call (CA rollover), and its
+  open calls are judged again at once.
+* A new server *key* (not a renewed certificate with the same key) is reported too: EC-key
+  signatures name the link's server key (their audience), and the link keeps accepting the
+  previous one for a bounded time.
 """
 
 from __future__ import annotations
@@ -106,11 +110,13 @@ class TlsWatcher:
         material: TlsMaterial,
         *,
         on_trust: Callable[[TlsMaterial], None],
+        on_server_key: Callable[[TlsMaterial], None] = lambda material: None,
     ) -> None:
         """``on_trust``: called with the new material when a client or CLI CA bundle changed."""
         self.files = files
         self.material = material
         self._on_trust = on_trust
+        self._on_server_key = on_server_key
         self._seen = self._fingerprint()
         self._listeners: set[str] = set()
         self._pending: set[str] = set()
@@ -138,6 +144,8 @@ class TlsWatcher:
             return False
         ca_changed = material.client_ca_pem != self.material.client_ca_pem
         cli_changed = material.cli_ca_pem != self.material.cli_ca_pem
+        old_key = self.material.identity.leaf.public_key()
+        key_changed = material.identity.leaf.public_key() != old_key
         self.material = material
         self.generation += 1
         self._pending = set(self._listeners)
@@ -152,6 +160,8 @@ class TlsWatcher:
             log.info("CLI CA bundle: %d certificate(s)", len(material.cli_ca_certificates))
         if ca_changed or cli_changed:
             self._on_trust(material)
+        if key_changed:
+            self._on_server_key(material)
         return True
 
     def fetcher(

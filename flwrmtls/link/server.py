@@ -13,6 +13,12 @@ All share the policy table and the refusal log. Objects (array bytes, bundles) l
 directory beside the database, private to the link's OS account (0700, see
 :mod:`flwrmtls.filemodes`), as the database is (0600); who may read and store which is
 :mod:`flwrmtls.link.objects`.
+
+Open calls on the Fleet and Control listeners are kept in one registry
+(:mod:`flwrmtls.auth.livecalls`) and judged again when credentials may have ended: at once
+after CRLs reload, a CA bundle changes, a node is unregistered or a key bound anew, or a CRL's
+next-update passes; each second for expiries. A refused open call is answered with the
+refusal, so a node idle in a long poll is out within about a second of the file changing.
 """
 
 from __future__ import annotations
@@ -34,15 +40,23 @@ from flwrmtls.auth.authenticator import Authenticator, OpenAuthenticator
 from flwrmtls.auth.authority import Authorities, PinnedToAuthority
 from flwrmtls.auth.compose import DenyUnregistered
 from flwrmtls.auth.crlcoverage import CoverageRow
-from flwrmtls.auth.eckey import EcKeyAuthenticator, KeyStatus, Registration, ReplayLimits
+from flwrmtls.auth.eckey import (
+    Audiences,
+    EcKeyAuthenticator,
+    KeyStatus,
+    Registration,
+    ReplayLimits,
+)
 from flwrmtls.auth.identity import IdentitySource, RoleSource
 from flwrmtls.auth.interceptor import AuthInterceptor, RefusalLog
+from flwrmtls.auth.livecalls import LiveCalls
 from flwrmtls.auth.mtls import MtlsAuthenticator
 from flwrmtls.auth.ratelimit import FailureBudget, FailureLimiter
 from flwrmtls.auth.revocation import RevocationStore, coverage_report
+from flwrmtls.auth.signing import audience_of, audience_text
 from flwrmtls.auth.tokens import TokenAuthenticator
 from flwrmtls.clock import Clock, SystemClock
-from flwrmtls.control.servicer import ControlServicer
+from flwrmtls.control.servicer import ControlServicer, KeyBinding
 from flwrmtls.filemodes import private_directory, tighten
 from flwrmtls.fleet.servicer import FleetServicer
 from flwrmtls.link.nodeauth import NodeAuth, build_node_authenticator, requires_client_certificate
@@ -96,6 +110,9 @@ class LinkConfig:
     """Seconds an EC-key signature's timestamp may be behind the link's clock."""
     signature_future_skew: float = 5.0
     """Seconds an EC-key signature's timestamp may be ahead of the link's clock."""
+    previous_server_key_grace: float = 300.0
+    """Seconds EC-key signatures made for the previous server key are still accepted after the
+    server certificate was rotated to a new key (nodes re-learn the key when refused)."""
     replay_limits: ReplayLimits = field(default_factory=ReplayLimits)
     """Bounds of the EC-key replay memory."""
     auth_failures: FailureBudget = field(default_factory=FailureBudget)
@@ -143,6 +160,13 @@ class LinkConfig:
     def objects_directory(self) -> Path:
         return Path(f"{self.database}.objects")
 
+    @property
+    def key_binding(self) -> KeyBinding:
+        """Whether a registered EC key names the certificate node it belongs to."""
+        if self.node_auth is not NodeAuth.CERTIFICATE_AND_KEY:
+            return KeyBinding.REFUSED
+        return KeyBinding.OPTIONAL if self.key_fleet_address is not None else KeyBinding.REQUIRED
+
 
 def build_certificate_authenticator(
     config: LinkConfig,
@@ -174,8 +198,10 @@ def build_key_authenticator(config: LinkConfig, state: LinkState) -> EcKeyAuthen
                 return Registration(KeyStatus.UNKNOWN)
             return Registration(_KEY_STATUS[record.status], record.changed_at)
 
+    audience = audience_of(config.tls.leaf) if config.tls is not None else b"\x00" * 32
     return EcKeyAuthenticator(
         registry=registry,
+        audiences=Audiences(audience),
         window=timedelta(seconds=config.signature_window),
         future_skew=timedelta(seconds=config.signature_future_skew),
         replay=config.replay_limits,
@@ -192,6 +218,10 @@ class Link:
         self.revocations = RevocationStore(config.crl_path, self.clock) if config.crl_path else None
         self.state = LinkState(config.database)
         self.keys = build_key_authenticator(config, self.state) if config.uses_keys else None
+        self.live_calls = LiveCalls()
+        """Open Fleet and Control calls, judged again when credentials may have ended."""
+        self._access_changed = False
+        self._last_tick: datetime | None = None
         self._trust(config.client_ca_certificates, config.cli_ca_certificates)
         self.tls_watcher: TlsWatcher | None = None
         self._material: TlsMaterial | None = None
@@ -202,8 +232,9 @@ class Link:
             )  # fmt: skip
         if config.tls_files is not None and self._material is not None:
             self.tls_watcher = TlsWatcher(
-                config.tls_files, self._material, on_trust=self._new_trust
-            )
+                config.tls_files, self._material, on_trust=self._new_trust,
+                on_server_key=self._new_server_key,
+            )  # fmt: skip
         refusals = RefusalLog(self.clock)
         digest = config.node_auth in (NodeAuth.KEY, NodeAuth.CERTIFICATE_AND_KEY)
         audit = self.state.audit.record
@@ -214,15 +245,18 @@ class Link:
         self._fleet_interceptor = AuthInterceptor(
             lambda: self.fleet_authenticator, self.clock, refusals, digest_bodies=digest,
             audit=audit, failures=failures(), calls_per_address=config.calls_per_address,
+            live=self.live_calls,
         )  # fmt: skip
         key_fleet = DenyUnregistered(self.keys, self.state.is_unregistered) if self.keys else None
         self._key_fleet_interceptor = AuthInterceptor(
             lambda: key_fleet or self._keys(), self.clock, refusals, digest_bodies=True,
             audit=audit, failures=failures(), calls_per_address=config.calls_per_address,
+            live=self.live_calls,
         )  # fmt: skip
         self._control_interceptor = AuthInterceptor(
             lambda: self.control_authenticator, self.clock, refusals, audit=audit,
             failures=failures(), calls_per_address=config.calls_per_address,
+            live=self.live_calls,
         )  # fmt: skip
         tokens = TokenAuthenticator(self.state.runs.token)
         self._app_interceptor = AuthInterceptor(lambda: tokens, self.clock, refusals)
@@ -261,8 +295,9 @@ class Link:
                 authorities,
             )
         nodes_authenticator = build_node_authenticator(
-            config.node_auth, certificates=self._certificates, keys=self._keys
-        )
+            config.node_auth, certificates=self._certificates, keys=self._keys,
+            bound_node=self.state.keys.bound_node,
+        )  # fmt: skip
         self.fleet_authenticator: Authenticator = DenyUnregistered(
             nodes_authenticator, self.state.is_unregistered
         )
@@ -275,8 +310,29 @@ class Link:
             )
 
     def _new_trust(self, material: TlsMaterial) -> None:
-        """New CA bundles: open connections are judged against them from the next call."""
+        """New CA bundles: open connections are judged against them from the next call, and
+        their open calls at once."""
         self._trust(material.client_ca_certificates, material.cli_ca_certificates)
+        self._access_changed = True
+
+    def _new_server_key(self, material: TlsMaterial) -> None:
+        """A new server key: EC-key signatures for the previous one stay good for a while."""
+        if self.keys is None:
+            return
+        audience = audience_of(material.identity.leaf)
+        grace = timedelta(seconds=self.config.previous_server_key_grace)
+        self.keys.audiences = self.keys.audiences.rotated(audience, self.clock.now(), grace)
+        log.info(
+            "EC-key signatures now name server key sha256:%s; the previous key is accepted "
+            "for %.0f s more", audience_text(audience)[:16], grace.total_seconds(),
+        )  # fmt: skip
+
+    def recheck_open_calls(self) -> int:
+        """Judge every open call again now; refused ones are answered with their refusal."""
+        ended = self.live_calls.recheck(self.clock.now())
+        if ended:
+            log.info("ended %d open call(s) whose credentials are no longer admitted", ended)
+        return ended
 
     def revocation_coverage(self, now: datetime) -> list[CoverageRow]:
         """Per issuer of client certificates (nodes' and CLI's): its CRLs in force, until
@@ -294,7 +350,7 @@ class Link:
         assert self.certificates is not None, "certificate modes need --ssl-require-client-auth"
         return self.certificates
 
-    def _keys(self) -> Authenticator:
+    def _keys(self) -> EcKeyAuthenticator:
         assert self.keys is not None
         return self.keys
 
@@ -381,6 +437,9 @@ class Link:
                 notifier=self.notifier,
                 expiry_warning_days=self.config.cert_expiry_warning_days,
                 revocation_coverage=self.revocation_coverage,
+                key_binding=config.key_binding,
+                identity_source=config.identity_source,
+                access_changed=self.recheck_open_calls,
             ),
             control,
         )
@@ -405,16 +464,37 @@ class Link:
         self._tasks.append(asyncio.create_task(self._sweep_objects()))
 
     async def _watch_files(self) -> None:
-        """Re-read CRLs and TLS files about once a second (see :mod:`flwrmtls.link.reload`)."""
+        """Re-read CRLs and TLS files about once a second (see :mod:`flwrmtls.link.reload`),
+        then judge open calls again: all of them after a change, else the expired ones."""
         while True:
             await asyncio.sleep(_CRL_POLL_SECONDS)
             try:
-                if self.revocations is not None:
-                    self.revocations.refresh()
+                if self.revocations is not None and self.revocations.refresh():
+                    self._access_changed = True
                 if self.tls_watcher is not None:
                     self.tls_watcher.poll()
             except Exception:  # never stop watching: a dead watcher would miss revocations
                 log.exception("re-reading CRL or TLS files failed; keeping the last good ones")
+            try:
+                self._judge_open_calls()
+            except Exception:
+                log.exception("judging open calls failed; trying again in a second")
+
+    def _judge_open_calls(self) -> None:
+        now = self.clock.now()
+        last, self._last_tick = self._last_tick, now
+        # A CRL past its next-update refuses its issuer's certificates: a change by time.
+        if (
+            self.revocations is not None
+            and last is not None
+            and any(last <= moment < now for moment in self.revocations.next_updates)
+        ):
+            self._access_changed = True
+        if self._access_changed:
+            self._access_changed = False
+            self.recheck_open_calls()
+        elif self.live_calls.recheck_expired(now):
+            log.info("ended open call(s) whose certificates expired")
 
     async def _sweep_objects(self) -> None:
         """Expire node uploads that no reply named in time (see :mod:`flwrmtls.link.objects`)."""

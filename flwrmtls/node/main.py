@@ -32,6 +32,7 @@ from flwrmtls.fleet.client import FleetClient
 from flwrmtls.keyvalues import parse_key_values
 from flwrmtls.node.agent import NodeAgent, RetryPolicy
 from flwrmtls.node.apps import AppManager
+from flwrmtls.node.audience import LinkAudience
 from flwrmtls.node.clientappio import ClientAppIoServer
 from flwrmtls.node.rotation import CertificateWatcher
 from flwrmtls.node.signer import SigningInterceptor
@@ -145,13 +146,16 @@ class _Transport:
     address: str
     roots: bytes | None
     signer: CallSigner | None
+    audience: LinkAudience | None
+    """The link's server key an EC-key node signs for, learned from TLS (with ``signer``)."""
 
     def channel(self, identity: TlsIdentity | None) -> grpc.Channel:
         channel = grpc.secure_channel(
             self.address, channel_credentials(self.roots, identity), options=_CHANNEL_OPTIONS
         )
-        if self.signer is not None:
-            channel = grpc.intercept_channel(channel, SigningInterceptor(self.signer))
+        if self.signer is not None and self.audience is not None:
+            interceptor = SigningInterceptor(self.signer, self.audience.current)
+            channel = grpc.intercept_channel(channel, interceptor)
         return channel
 
 
@@ -186,6 +190,7 @@ def _transport(
         check_client_certificate(identity, SystemClock().now(), cert_flag="--ssl-client-certfile")
         own = _OwnCertificate(identity, root_certificates, SystemClock())
     signer = None
+    audience = None
     if args.auth_supernode_private_key is not None:
         key = load_node_private_key(args.auth_supernode_private_key, "--auth-supernode-private-key")
         log.info(
@@ -193,6 +198,12 @@ def _transport(
             key_fingerprint(key), node_id_for_key(key),
         )  # fmt: skip
         signer = CallSigner(key)
+        client_files = None
+        if own is not None:
+            client_files = (args.ssl_client_certfile, args.ssl_client_keyfile)
+        audience = LinkAudience(
+            args.superlink, roots, client_files, roots_name=str(args.root_certificates or "")
+        )
     ctx = ConnectionContext(
         args.superlink,
         tls=True,
@@ -200,7 +211,7 @@ def _transport(
         root_certificates=str(args.root_certificates or ""),
         check_certificate=own.check if own is not None else None,
     )
-    return _Transport(args.superlink, roots, signer), own, ctx
+    return _Transport(args.superlink, roots, signer, audience), own, ctx
 
 
 def run(args: argparse.Namespace) -> None:
@@ -217,7 +228,8 @@ def run(args: argparse.Namespace) -> None:
     channels = [channel]
     if node_config:
         log.info("node config: %s", ", ".join(f"{k}={v!r}" for k, v in node_config.items()))
-    client = FleetClient(channel, ctx)
+    relearn = transport.audience.relearn if transport and transport.audience else None
+    client = FleetClient(channel, ctx, relearn_audience=relearn)
     require_loopback(args.clientappio_api_address, "--clientappio-api-address", "ClientAppIo")
     try:
         check_bindable(args.clientappio_api_address)

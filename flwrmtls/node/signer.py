@@ -1,10 +1,13 @@
-"""The node's side of EC-key authentication: sign every Fleet call.
+"""The node's side of EC-key authentication: sign every Fleet call, for this link.
 
-A client interceptor adds the four signature entries (see :mod:`flwrmtls.auth.signing`) to
-each call's metadata. For calls with one request, the signature covers the SHA-256 of the
-request's serialized bytes, exactly as the link receives them; for client-streaming calls
-(object uploads, whose bytes are verified against their SHA-256 anyway) it covers an empty
-digest. The key is loaded once; signing costs one ECDSA signature per call.
+A client interceptor adds the five signature entries (see :mod:`flwrmtls.auth.signing`) to
+each call's metadata. The audience is the link's server key, learned from the TLS layer
+(:mod:`flwrmtls.node.audience`). For calls with one request the signature covers the SHA-256
+of the request's serialized bytes, exactly as the link receives them; for client-streaming
+calls (object uploads) it covers the object the call declares in ``flwrmtls-object`` metadata
+(its content hash and size, which :mod:`flwrmtls.objects.transfer` adds), and the link holds
+every chunk to that declaration. The key is loaded once; signing costs one ECDSA signature
+per call.
 """
 
 from __future__ import annotations
@@ -14,7 +17,12 @@ from typing import Any
 
 import grpc
 
-from flwrmtls.auth.signing import CallSigner, body_digest
+from flwrmtls.auth.signing import (
+    OBJECT_METADATA_KEY,
+    CallSigner,
+    body_digest,
+    declared_object_digest,
+)
 from flwrmtls.clock import Clock, SystemClock
 
 __all__ = ["SigningInterceptor"]
@@ -35,14 +43,19 @@ class SigningInterceptor(
     grpc.UnaryStreamClientInterceptor,  # type: ignore[type-arg]
     grpc.StreamUnaryClientInterceptor,  # type: ignore[type-arg]
 ):
-    def __init__(self, signer: CallSigner, clock: Clock | None = None) -> None:
+    def __init__(
+        self, signer: CallSigner, audience: Callable[[], bytes], clock: Clock | None = None
+    ) -> None:
+        """``audience``: the link's server key hash, as the node learned it (it may raise
+        LinkUnreachable or Refused, which reach the caller as they are)."""
         self._signer = signer
+        self._audience = audience
         self._clock = clock or SystemClock()
 
     def _signed(self, details: Any, digest: bytes) -> _Details:
         method = details.method if isinstance(details.method, str) else details.method.decode()
         metadata: list[tuple[str, str | bytes]] = list(details.metadata or ())
-        metadata.extend(self._signer.metadata(method, digest, self._clock.now()))
+        metadata.extend(self._signer.metadata(method, digest, self._clock.now(), self._audience()))
         return _Details(details, metadata)
 
     def intercept_unary_unary(
@@ -63,4 +76,14 @@ class SigningInterceptor(
         client_call_details: Any,
         request_iterator: Iterator[Any],
     ) -> Any:
-        return continuation(self._signed(client_call_details, b""), request_iterator)
+        declared = [
+            value
+            for key, value in client_call_details.metadata or ()
+            if key == OBJECT_METADATA_KEY and isinstance(value, str)
+        ]
+        if len(declared) != 1:
+            raise ValueError(
+                "a signed upload must declare its object once (flwrmtls-object metadata)"
+            )
+        digest = declared_object_digest(declared[0])
+        return continuation(self._signed(client_call_details, digest), request_iterator)

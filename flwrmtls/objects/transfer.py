@@ -7,6 +7,9 @@ nothing about objects outside it; :func:`receive_object` stores a pushed object 
 verifying its hash. Client side (blocking stubs): :func:`push_objects` sends only what the
 other side lacks, :func:`pull_objects` and :func:`pull_object_into` fetch by id. No message
 ever carries more than one chunk.
+
+Every upload declares its object (``flwrmtls-object`` metadata: content hash and size), so an
+EC-key node signs what identifies the bytes, and the link holds the stream to it.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import grpc
 from flwrmtls.objects.scope import ObjectScope, QuotaExceeded, Reservation
 from flwrmtls.objects.store import CHUNK_SIZE, ObjectStore, check_object_id
 from flwrmtls.proto import objects_pb2
+from flwrmtls.wire.metadata import OBJECT_KEY, object_declaration
 
 __all__ = [
     "PARALLEL_STREAMS",
@@ -179,6 +183,7 @@ def push_objects(
     """Push the objects the receiver lacks; returns how many were sent."""
     return _push_missing(
         stub, list(objects), lambda object_id: _chunks(object_id, objects[object_id], session_id),
+        lambda object_id: memoryview(objects[object_id]).nbytes,
         metadata=metadata, session_id=session_id, timeout=timeout,
     )  # fmt: skip
 
@@ -202,30 +207,37 @@ def push_stored_objects(
             )  # fmt: skip
 
     return _push_missing(
-        stub, list(object_ids), chunks, metadata=metadata, session_id=session_id, timeout=timeout
-    )
+        stub, list(object_ids), chunks, store.size,
+        metadata=metadata, session_id=session_id, timeout=timeout,
+    )  # fmt: skip
 
 
 def _push_missing(
     stub: Any,
     object_ids: list[str],
     chunks_of: Callable[[str], Iterator[objects_pb2.ObjectChunk]],
+    size_of: Callable[[str], int],
     *,
     metadata: Metadata,
     session_id: str,
     timeout: float | None,
 ) -> int:
-    """Ask which of ``object_ids`` the receiver lacks and push those, several at a time."""
+    """Ask which of ``object_ids`` the receiver lacks and push those, several at a time, each
+    declaring its object (``flwrmtls-object``)."""
     if not object_ids:
         return 0
     response = stub.MissingObjects(
         objects_pb2.MissingObjectsRequest(object_ids=object_ids, session_id=session_id),
         metadata=metadata, timeout=timeout,
     )  # fmt: skip
-    in_parallel(
-        lambda object_id: stub.PushObject(chunks_of(object_id), metadata=metadata, timeout=timeout),
-        response.object_ids,
-    )
+
+    def push(object_id: str) -> Any:
+        declared = (OBJECT_KEY, object_declaration(object_id, size_of(object_id)))
+        return stub.PushObject(
+            chunks_of(object_id), metadata=(*metadata, declared), timeout=timeout
+        )
+
+    in_parallel(push, response.object_ids)
     return len(response.object_ids)
 
 

@@ -188,6 +188,12 @@ class RegisterNodeKeysRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     PUBLIC_KEYS_FIELD_NUMBER: _builtins.int
+    IDENTITY_FIELD_NUMBER: _builtins.int
+    identity: _builtins.str
+    """certificate+key: the certificate identity (as the link shows it) or decimal node id the
+    keys are registered for; a certificate+key link admits each key only with that node's
+    certificate. Empty: no binding (key-only nodes).
+    """
     @_builtins.property
     def public_keys(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
         """SubjectPublicKeyInfo DER, EC P-256/P-384/P-521"""
@@ -196,10 +202,11 @@ class RegisterNodeKeysRequest(_message.Message):
         self,
         *,
         public_keys: _abc.Iterable[_builtins.bytes] | None = ...,
+        identity: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["public_keys", b"public_keys"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["identity", b"identity", "public_keys", b"public_keys"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -212,21 +219,25 @@ class RegisteredKey(_message.Message):
     NODE_ID_FIELD_NUMBER: _builtins.int
     FINGERPRINT_FIELD_NUMBER: _builtins.int
     OUTCOME_FIELD_NUMBER: _builtins.int
+    BOUND_NODE_ID_FIELD_NUMBER: _builtins.int
     node_id: _builtins.int
     fingerprint: _builtins.str
     """SHA256:... as ssh-keygen -l shows it"""
     outcome: _builtins.str
-    """"registered", "registered again", "already registered" """
+    """"registered", "registered again", "rebound" (new binding), "already registered" """
+    bound_node_id: _builtins.int
+    """the certificate node the key is bound to; 0: none"""
     def __init__(
         self,
         *,
         node_id: _builtins.int = ...,
         fingerprint: _builtins.str = ...,
         outcome: _builtins.str = ...,
+        bound_node_id: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["fingerprint", b"fingerprint", "node_id", b"node_id", "outcome", b"outcome"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bound_node_id", b"bound_node_id", "fingerprint", b"fingerprint", "node_id", b"node_id", "outcome", b"outcome"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -361,14 +361,24 @@ class LinkState:
         self._end_session(node_id)
 
     def register_key(
-        self, public_key: bytes, *, node_id: int, fingerprint: str, by: str, now: float
+        self,
+        public_key: bytes,
+        *,
+        node_id: int,
+        fingerprint: str,
+        by: str,
+        now: float,
+        bound_node_id: int | None = None,
+        bound_identity: str = "",
     ) -> str:
-        """Control servicer: register an EC key; a key registered again readmits its node in
-        the same transaction. Returns the key table's outcome."""
+        """Control servicer: register an EC key (bound to a certificate node, or not); a key
+        registered again readmits its node in the same transaction. Returns the key table's
+        outcome."""
         with self._transaction():
             outcome = self.keys.register(
-                public_key, node_id=node_id, fingerprint=fingerprint, by=by, now=now
-            )
+                public_key, node_id=node_id, fingerprint=fingerprint, by=by, now=now,
+                bound_node_id=bound_node_id, bound_identity=bound_identity,
+            )  # fmt: skip
             if outcome == "registered again":
                 self.readmit_node(node_id)
         return outcome

@@ -168,6 +168,11 @@ MIGRATIONS: tuple[str, ...] = (
     ) WITHOUT ROWID;
     CREATE INDEX node_objects_by_run ON node_objects(run_id);
     """,
+    # 8 -> 9: certificate+key: the certificate node an EC key was registered for (NULL: none).
+    """
+    ALTER TABLE node_keys ADD COLUMN bound_node_id INTEGER;
+    ALTER TABLE node_keys ADD COLUMN bound_identity TEXT NOT NULL DEFAULT '';
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -16,12 +16,16 @@ from typing import Protocol
 
 import grpc
 from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from flwrmtls.auth.identity import IdentitySource
+from flwrmtls.auth.signing import CallSigner
 from flwrmtls.clock import Clock, SystemClock
 from flwrmtls.fleet.client import FleetClient
 from flwrmtls.link.nodeauth import NodeAuth
 from flwrmtls.link.server import Link, LinkConfig
+from flwrmtls.node.audience import LinkAudience
+from flwrmtls.node.signer import SigningInterceptor
 from flwrmtls.wire.credentials import (
     CertificateCheck,
     TlsIdentity,
@@ -32,7 +36,7 @@ from flwrmtls.wire.credentials import (
 )
 from flwrmtls.wire.errors import ConnectionContext
 
-__all__ = ["FleetListener", "mtls_config", "node_client", "running_link"]
+__all__ = ["FleetListener", "key_node_client", "mtls_config", "node_client", "running_link"]
 
 
 def mtls_config(
@@ -140,3 +144,41 @@ def _check_now(identity: TlsIdentity, roots: list[x509.Certificate]) -> Certific
     return check_own_certificate(
         identity, SystemClock().now(), cert_flag="--ssl-client-certfile", roots=roots
     )
+
+
+def key_node_client(
+    link: FleetListener,
+    *,
+    root_certificates: Path,
+    key: ec.EllipticCurvePrivateKey,
+    port: int | None = None,
+    chain: Path | None = None,
+    chain_key: Path | None = None,
+) -> tuple[FleetClient, grpc.Channel]:
+    """A Fleet client for ``link`` signing every call with the EC ``key``, as an EC-key node
+    does: for the server key it learns from its own TLS handshake, re-learned when refused as
+    ``wrong-audience``. ``port``: another listener (``link.key_fleet_port``); ``chain`` and
+    ``chain_key``: a client certificate too (certificate+key). The channel returned signs."""
+    address = f"127.0.0.1:{port or link.fleet_port}"
+    roots = root_certificates.read_bytes()
+    identity = None
+    client_files = None
+    if chain is not None and chain_key is not None:
+        identity = load_tls_identity(chain, chain_key, cert_flag="chain", key_flag="key")
+        client_files = (chain, chain_key)
+    audience = LinkAudience(
+        address, roots, client_files, server_name="localhost", roots_name=str(root_certificates)
+    )
+    raw = grpc.secure_channel(
+        address,
+        channel_credentials(roots, identity),
+        options=[("grpc.ssl_target_name_override", "localhost")],
+    )
+    channel = grpc.intercept_channel(raw, SigningInterceptor(CallSigner(key), audience.current))
+    ctx = ConnectionContext(
+        address,
+        tls=True,
+        has_client_certificate=identity is not None,
+        root_certificates=str(root_certificates),
+    )
+    return FleetClient(channel, ctx, relearn_audience=audience.relearn), channel

@@ -7,6 +7,7 @@ passes. The clock is the ``now`` passed in, so tests jump instead of sleeping.
 from __future__ import annotations
 
 import base64
+import hashlib
 import subprocess
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -25,7 +26,7 @@ from flwrmtls.auth.authenticator import (
     RefusalReason,
     TryLater,
 )
-from flwrmtls.auth.eckey import EcKeyAuthenticator, KeyStatus, Registration, ReplayLimits
+from flwrmtls.auth.eckey import Audiences, EcKeyAuthenticator, KeyStatus, Registration, ReplayLimits
 from flwrmtls.auth.identity import PrincipalKind
 from flwrmtls.auth.keys import (
     key_fingerprint,
@@ -37,6 +38,7 @@ from flwrmtls.auth.keys import (
 from flwrmtls.auth.signing import (
     CallSigner,
     body_digest,
+    declared_object_digest,
     key_signature_from_metadata,
     new_nonce,
     signed_bytes,
@@ -44,8 +46,11 @@ from flwrmtls.auth.signing import (
 )
 
 METHOD = "/flwrmtls.proto.Fleet/PullMessages"
+PUSH = "/flwrmtls.proto.Fleet/PushObject"
 NOW = datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
 BODY = body_digest(b"\x08\x2a")
+AUDIENCE = hashlib.sha256(b"this link's server key").digest()
+LINK = Audiences(AUDIENCE)
 PEER = "ipv4:10.0.0.7:40000"
 
 
@@ -96,7 +101,7 @@ def call(
     nonce: str | None = None,
 ) -> CallCredentials:
     """A call as the link sees it after a node signed (method, digest, at)."""
-    metadata = signer.metadata(method, digest, at, nonce)
+    metadata = signer.metadata(method, digest, at, AUDIENCE, nonce)
     return received(metadata, method=method, digest=digest)
 
 
@@ -147,7 +152,7 @@ def test_ssh_keygen_key_is_accepted_in_automatic_mode(
     key_files: dict[str, Path], name: str
 ) -> None:
     key = load_node_private_key(key_files[name], "--auth-supernode-private-key")
-    principal = EcKeyAuthenticator().authenticate(call(CallSigner(key)), NOW)
+    principal = EcKeyAuthenticator(audiences=LINK).authenticate(call(CallSigner(key)), NOW)
     fingerprint = ssh_fingerprint(key_files[name].with_name(key_files[name].name + ".pub"))
     assert principal == Principal(
         kind=PrincipalKind.NODE,
@@ -162,7 +167,7 @@ def test_ssh_keygen_key_is_accepted_in_automatic_mode(
 
 def test_cryptography_key_is_accepted_and_named_by_its_key() -> None:
     key = ec.generate_private_key(ec.SECP256R1())
-    auth = EcKeyAuthenticator()
+    auth = EcKeyAuthenticator(audiences=LINK)
     first = auth.authenticate(call(CallSigner(key)), NOW)
     again = auth.authenticate(call(CallSigner(key)), NOW + timedelta(seconds=5))
     assert first == again  # the same node on every call
@@ -175,7 +180,7 @@ def test_registered_key_is_accepted_and_unknown_key_is_told_how_to_register(
     key_files: dict[str, Path], node_key: ec.EllipticCurvePrivateKey
 ) -> None:
     registry = Registry()
-    auth = EcKeyAuthenticator(registry)
+    auth = EcKeyAuthenticator(registry, audiences=LINK)
     signer = CallSigner(node_key)
     fingerprint = key_fingerprint(node_key)
 
@@ -201,7 +206,7 @@ def test_unregistered_node_is_refused_and_can_be_registered_again(
     registry = Registry()
     der = public_key_der(node_key)
     registry.status[der] = KeyStatus.REGISTERED
-    auth = EcKeyAuthenticator(registry)
+    auth = EcKeyAuthenticator(registry, audiences=LINK)
     signer = CallSigner(node_key)
     auth.authenticate(call(signer), NOW)  # control
 
@@ -226,7 +231,7 @@ def test_registry_is_not_asked_for_a_call_whose_signature_fails(
     node_key: ec.EllipticCurvePrivateKey,
 ) -> None:
     registry = Registry()
-    auth = EcKeyAuthenticator(registry)
+    auth = EcKeyAuthenticator(registry, audiences=LINK)
     forged = with_signature(call(CallSigner(node_key)), body_digest=body_digest(b"forged"))
     assert refused(auth, forged).reason is RefusalReason.BAD_SIGNATURE
     assert registry.lookups == 0
@@ -238,7 +243,7 @@ def test_registry_is_not_asked_for_a_call_whose_signature_fails(
 
 
 def test_no_signature_is_refused_naming_the_flag(node_key: ec.EllipticCurvePrivateKey) -> None:
-    auth = EcKeyAuthenticator()
+    auth = EcKeyAuthenticator(audiences=LINK)
     auth.authenticate(call(CallSigner(node_key)), NOW)  # control
     error = refused(auth, CallCredentials(METHOD, PEER, None, None))
     assert error.reason is RefusalReason.NO_SIGNATURE
@@ -249,7 +254,7 @@ def test_no_signature_is_refused_naming_the_flag(node_key: ec.EllipticCurvePriva
 def test_tampered_signature_is_refused_and_does_not_burn_the_nonce(
     node_key: ec.EllipticCurvePrivateKey,
 ) -> None:
-    auth = EcKeyAuthenticator()
+    auth = EcKeyAuthenticator(audiences=LINK)
     honest = call(CallSigner(node_key))
     assert honest.key_signature is not None
     raw = bytearray(base64.b64decode(honest.key_signature.signature))
@@ -265,8 +270,8 @@ def test_tampered_signature_is_refused_and_does_not_burn_the_nonce(
 
 
 def test_body_changed_after_signing_is_refused(node_key: ec.EllipticCurvePrivateKey) -> None:
-    auth = EcKeyAuthenticator()
-    metadata = CallSigner(node_key).metadata(METHOD, BODY, NOW)
+    auth = EcKeyAuthenticator(audiences=LINK)
+    metadata = CallSigner(node_key).metadata(METHOD, BODY, NOW, AUDIENCE)
     other_body = received(metadata, digest=body_digest(b"\x08\x2b"))
     assert refused(auth, other_body).reason is RefusalReason.BAD_SIGNATURE
     no_body = received(metadata, digest=b"")
@@ -275,8 +280,8 @@ def test_body_changed_after_signing_is_refused(node_key: ec.EllipticCurvePrivate
 
 
 def test_signature_for_another_method_is_refused(node_key: ec.EllipticCurvePrivateKey) -> None:
-    auth = EcKeyAuthenticator()
-    metadata = CallSigner(node_key).metadata(METHOD, BODY, NOW)
+    auth = EcKeyAuthenticator(audiences=LINK)
+    metadata = CallSigner(node_key).metadata(METHOD, BODY, NOW, AUDIENCE)
     elsewhere = received(metadata, method="/flwrmtls.proto.Fleet/PushMessages")
     assert refused(auth, elsewhere).reason is RefusalReason.BAD_SIGNATURE
     auth.authenticate(received(metadata, method=METHOD), NOW)  # control
@@ -284,7 +289,7 @@ def test_signature_for_another_method_is_refused(node_key: ec.EllipticCurvePriva
 
 def test_signature_over_another_encoding_is_refused(node_key: ec.EllipticCurvePrivateKey) -> None:
     """A signer with its own idea of the message (here Flower's: the timestamp alone) fails."""
-    auth = EcKeyAuthenticator()
+    auth = EcKeyAuthenticator(audiences=LINK)
     signer = CallSigner(node_key)
     algorithm = ec.ECDSA(hashes.SHA384())
     nonce = new_nonce()
@@ -298,19 +303,18 @@ def test_signature_over_another_encoding_is_refused(node_key: ec.EllipticCurvePr
             None,
             None,
             key_signature=KeySignature(
-                signer.encoded_public_key, str(timestamp), nonce, signature, BODY
+                signer.encoded_public_key, str(timestamp), nonce, AUDIENCE.hex(), signature, BODY
             ),
         )
 
     flower_style = signed_over(str(timestamp).encode())
     assert refused(auth, flower_style).reason is RefusalReason.BAD_SIGNATURE
-    wrong_hash = base64.b64encode(
-        node_key.sign(signed_bytes(METHOD, timestamp, nonce, BODY), ec.ECDSA(hashes.SHA256()))
-    ).decode()
+    message = signed_bytes(METHOD, timestamp, nonce, AUDIENCE, BODY)
+    wrong_hash = base64.b64encode(node_key.sign(message, ec.ECDSA(hashes.SHA256()))).decode()
     assert refused(auth, with_signature(flower_style, signature=wrong_hash)).reason is (
         RefusalReason.BAD_SIGNATURE
     )
-    auth.authenticate(signed_over(signed_bytes(METHOD, timestamp, nonce, BODY)), NOW)  # control
+    auth.authenticate(signed_over(message), NOW)  # control
 
 
 @pytest.mark.parametrize(
@@ -327,7 +331,7 @@ def test_signature_over_another_encoding_is_refused(node_key: ec.EllipticCurvePr
 def test_malformed_timestamp_or_nonce_is_refused(
     node_key: ec.EllipticCurvePrivateKey, field: str, value: str
 ) -> None:
-    auth = EcKeyAuthenticator()
+    auth = EcKeyAuthenticator(audiences=LINK)
     honest = call(CallSigner(node_key))
     error = refused(auth, with_signature(honest, **{field: value}))
     assert error.reason is RefusalReason.BAD_SIGNATURE
@@ -337,7 +341,7 @@ def test_malformed_timestamp_or_nonce_is_refused(
 
 @pytest.mark.parametrize("field", ["public_key", "timestamp", "nonce", "signature"])
 def test_incomplete_signature_is_refused(node_key: ec.EllipticCurvePrivateKey, field: str) -> None:
-    auth = EcKeyAuthenticator()
+    auth = EcKeyAuthenticator(audiences=LINK)
     honest = call(CallSigner(node_key))
     error = refused(auth, with_signature(honest, **{field: ""}))
     assert error.reason is RefusalReason.BAD_SIGNATURE
@@ -351,7 +355,7 @@ def test_incomplete_signature_is_refused(node_key: ec.EllipticCurvePrivateKey, f
 def test_timestamp_too_old_is_refused_saying_by_how_much(
     node_key: ec.EllipticCurvePrivateKey,
 ) -> None:
-    auth = EcKeyAuthenticator()
+    auth = EcKeyAuthenticator(audiences=LINK)
     signer = CallSigner(node_key)
     auth.authenticate(call(signer, at=NOW - timedelta(seconds=60)), NOW)  # edge: accepted
     old = call(signer, at=NOW - timedelta(seconds=75, milliseconds=300))
@@ -367,7 +371,7 @@ def test_timestamp_too_old_is_refused_saying_by_how_much(
 def test_timestamp_too_far_ahead_is_refused_saying_by_how_much(
     node_key: ec.EllipticCurvePrivateKey,
 ) -> None:
-    auth = EcKeyAuthenticator()
+    auth = EcKeyAuthenticator(audiences=LINK)
     signer = CallSigner(node_key)
     auth.authenticate(call(signer, at=NOW + timedelta(seconds=5)), NOW)  # edge: accepted
     error = refused(auth, call(signer, at=NOW + timedelta(seconds=90)))
@@ -379,7 +383,9 @@ def test_timestamp_too_far_ahead_is_refused_saying_by_how_much(
 
 
 def test_window_is_configurable(node_key: ec.EllipticCurvePrivateKey) -> None:
-    auth = EcKeyAuthenticator(window=timedelta(seconds=5), future_skew=timedelta(seconds=1))
+    auth = EcKeyAuthenticator(
+        audiences=LINK, window=timedelta(seconds=5), future_skew=timedelta(seconds=1)
+    )
     signer = CallSigner(node_key)
     auth.authenticate(call(signer, at=NOW - timedelta(seconds=4)), NOW)  # control
     error = refused(auth, call(signer, at=NOW - timedelta(seconds=10)))
@@ -389,9 +395,9 @@ def test_window_is_configurable(node_key: ec.EllipticCurvePrivateKey) -> None:
         RefusalReason.STALE_TIMESTAMP
     )
     with pytest.raises(ValueError, match="positive"):
-        EcKeyAuthenticator(window=timedelta(0))
+        EcKeyAuthenticator(audiences=LINK, window=timedelta(0))
     with pytest.raises(ValueError, match="negative"):
-        EcKeyAuthenticator(future_skew=timedelta(seconds=-1))
+        EcKeyAuthenticator(audiences=LINK, future_skew=timedelta(seconds=-1))
 
 
 # --- replay ---------------------------------------------------------------------------------
@@ -400,7 +406,7 @@ def test_window_is_configurable(node_key: ec.EllipticCurvePrivateKey) -> None:
 def test_replayed_call_is_refused_inside_the_window_and_a_fresh_nonce_works(
     node_key: ec.EllipticCurvePrivateKey,
 ) -> None:
-    auth = EcKeyAuthenticator()
+    auth = EcKeyAuthenticator(audiences=LINK)
     signer = CallSigner(node_key)
     first = call(signer)
     auth.authenticate(first, NOW)
@@ -414,7 +420,7 @@ def test_replay_with_the_key_reencoded_is_still_a_replay(
     node_key: ec.EllipticCurvePrivateKey,
 ) -> None:
     """The same key sent as a compressed point is the same key: same node, same nonces."""
-    auth = EcKeyAuthenticator()
+    auth = EcKeyAuthenticator(audiences=LINK)
     first = call(CallSigner(node_key))
     principal = auth.authenticate(first, NOW)
     compressed = node_key.public_key().public_bytes(
@@ -439,8 +445,90 @@ def test_replay_with_the_key_reencoded_is_still_a_replay(
     assert auth.authenticate(fresh, NOW).node_id == principal.node_id
 
 
+# --- the link a signature is for ------------------------------------------------------------
+
+
+def test_a_signature_for_another_link_is_refused_before_its_nonce_is_used(
+    node_key: ec.EllipticCurvePrivateKey,
+) -> None:
+    """As a link replaying what a node signed for it: the other link refuses, and nothing of
+    the call is remembered there."""
+    other_link = EcKeyAuthenticator(audiences=Audiences(hashlib.sha256(b"other").digest()))
+    signed_for_us = call(CallSigner(node_key))
+    error = refused(other_link, signed_for_us)
+    assert error.reason is RefusalReason.WRONG_AUDIENCE
+    assert error.fingerprint == key_fingerprint(node_key)
+    assert other_link.remembered_nonces == 0
+    EcKeyAuthenticator(audiences=LINK).authenticate(signed_for_us, NOW)  # control: this link
+
+
+def test_the_audience_entry_is_covered_by_the_signature(
+    node_key: ec.EllipticCurvePrivateKey,
+) -> None:
+    """Relabelling a captured call with the other link's audience does not make it verify."""
+    other = hashlib.sha256(b"other").digest()
+    other_link = EcKeyAuthenticator(audiences=Audiences(other))
+    relabelled = with_signature(call(CallSigner(node_key)), audience=other.hex())
+    assert refused(other_link, relabelled).reason is RefusalReason.BAD_SIGNATURE
+    malformed = with_signature(call(CallSigner(node_key)), audience=AUDIENCE.hex().upper())
+    assert refused(EcKeyAuthenticator(audiences=LINK), malformed).reason is (
+        RefusalReason.BAD_SIGNATURE
+    )
+
+
+def test_after_a_rotation_the_previous_key_is_accepted_for_the_grace_only(
+    node_key: ec.EllipticCurvePrivateKey,
+) -> None:
+    new = hashlib.sha256(b"the link's new server key").digest()
+    rotated = LINK.rotated(new, NOW, timedelta(minutes=5))
+    assert rotated.current == new
+    assert rotated.accepts(new, NOW + timedelta(days=1))
+    assert rotated.accepts(AUDIENCE, NOW + timedelta(minutes=5))
+    assert not rotated.accepts(AUDIENCE, NOW + timedelta(minutes=5, seconds=1))
+    assert rotated.rotated(new, NOW, timedelta(minutes=5)) is rotated  # same key: no change
+    auth = EcKeyAuthenticator(audiences=rotated)
+    signer = CallSigner(node_key)
+    auth.authenticate(call(signer), NOW)  # signed for the previous key, within the grace
+    late = NOW + timedelta(minutes=6)
+    assert refused(auth, call(signer, at=late), late).reason is RefusalReason.WRONG_AUDIENCE
+    fresh = received(signer.metadata(METHOD, BODY, late, new))
+    auth.authenticate(fresh, late)  # control: signed for the new key
+
+
+def test_an_upload_without_a_declared_object_is_refused(
+    node_key: ec.EllipticCurvePrivateKey,
+) -> None:
+    auth = EcKeyAuthenticator(audiences=LINK)
+    declared = declared_object_digest(f"{hashlib.sha256(b'x').hexdigest()}:1")
+    metadata = CallSigner(node_key).metadata(PUSH, declared, NOW, AUDIENCE)
+    undeclared = received(metadata, method=PUSH, digest=b"")
+    error = refused(auth, undeclared)
+    assert error.reason is RefusalReason.BAD_SIGNATURE
+    assert "declare its object" in error.message
+    auth.authenticate(received(metadata, method=PUSH, digest=declared), NOW)  # control
+
+
+def test_an_open_call_is_rechecked_by_its_registration_only(
+    node_key: ec.EllipticCurvePrivateKey,
+) -> None:
+    """Judging an open call again checks the key's registration, not its (used) nonce."""
+    registry = Registry()
+    registry.status[public_key_der(node_key)] = KeyStatus.REGISTERED
+    auth = EcKeyAuthenticator(registry, audiences=LINK)
+    credentials = call(CallSigner(node_key))
+    principal = auth.authenticate(credentials, NOW)
+    later = NOW + timedelta(hours=1)  # long past the signature's window
+    auth.recheck(credentials, principal, later)
+    auth.recheck(credentials, principal, later)  # again: no nonce is spent
+    registry.status[public_key_der(node_key)] = KeyStatus.UNREGISTERED
+    with pytest.raises(AuthenticationFailed) as caught:
+        auth.recheck(credentials, principal, later)
+    assert caught.value.reason is RefusalReason.NODE_UNREGISTERED
+    assert caught.value.fingerprint == key_fingerprint(node_key)
+
+
 def test_nonces_are_per_key(node_key: ec.EllipticCurvePrivateKey) -> None:
-    auth = EcKeyAuthenticator()
+    auth = EcKeyAuthenticator(audiences=LINK)
     nonce = new_nonce()
     auth.authenticate(call(CallSigner(node_key), nonce=nonce), NOW)
     other = CallSigner(ec.generate_private_key(ec.SECP256R1()))
@@ -452,7 +540,7 @@ def test_nonces_are_per_key(node_key: ec.EllipticCurvePrivateKey) -> None:
 def test_replay_after_the_window_is_stale_and_its_nonce_is_forgotten(
     node_key: ec.EllipticCurvePrivateKey,
 ) -> None:
-    auth = EcKeyAuthenticator()
+    auth = EcKeyAuthenticator(audiences=LINK)
     signer = CallSigner(node_key)
     first = call(signer)
     auth.authenticate(first, NOW)
@@ -467,7 +555,7 @@ def test_replay_after_the_window_is_stale_and_its_nonce_is_forgotten(
 def test_nonce_memory_is_capped_and_eviction_never_admits_a_replay(
     node_key: ec.EllipticCurvePrivateKey,
 ) -> None:
-    auth = EcKeyAuthenticator(replay=ReplayLimits(per_key=3))
+    auth = EcKeyAuthenticator(audiences=LINK, replay=ReplayLimits(per_key=3))
     signer = CallSigner(node_key)
     calls = [call(signer, at=NOW + timedelta(milliseconds=i)) for i in range(5)]
     for credentials in calls:
@@ -488,7 +576,7 @@ def test_nonce_memory_is_capped_and_eviction_never_admits_a_replay(
 def test_link_clock_stepping_back_does_not_reopen_forgotten_nonces(
     node_key: ec.EllipticCurvePrivateKey,
 ) -> None:
-    auth = EcKeyAuthenticator()
+    auth = EcKeyAuthenticator(audiences=LINK)
     signer = CallSigner(node_key)
     first = call(signer)
     auth.authenticate(first, NOW)
@@ -505,12 +593,13 @@ def test_link_clock_stepping_back_does_not_reopen_forgotten_nonces(
 
 
 def test_p224_key_is_refused_as_the_wrong_curve() -> None:
-    auth = EcKeyAuthenticator()
+    auth = EcKeyAuthenticator(audiences=LINK)
     auth.authenticate(call(CallSigner(ec.generate_private_key(ec.SECP256R1()))), NOW)  # control
     key = ec.generate_private_key(ec.SECP224R1())
     nonce = new_nonce()
     timestamp = timestamp_ms(NOW)
-    signature = key.sign(signed_bytes(METHOD, timestamp, nonce, BODY), ec.ECDSA(hashes.SHA224()))
+    message = signed_bytes(METHOD, timestamp, nonce, AUDIENCE, BODY)
+    signature = key.sign(message, ec.ECDSA(hashes.SHA224()))
     der = key.public_key().public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
@@ -523,6 +612,7 @@ def test_p224_key_is_refused_as_the_wrong_curve() -> None:
             base64.b64encode(der).decode(),
             str(timestamp),
             nonce,
+            AUDIENCE.hex(),
             base64.b64encode(signature).decode(),
             BODY,
         ),
@@ -537,7 +627,7 @@ def test_p224_key_is_refused_as_the_wrong_curve() -> None:
 def test_other_key_types_are_refused(
     key_files: dict[str, Path], node_key: ec.EllipticCurvePrivateKey, name: str
 ) -> None:
-    auth = EcKeyAuthenticator()
+    auth = EcKeyAuthenticator(audiences=LINK)
     honest = call(CallSigner(node_key))
     auth.authenticate(honest, NOW)  # control
     public_line = key_files[name].with_name(key_files[name].name + ".pub").read_bytes()
@@ -546,7 +636,7 @@ def test_other_key_types_are_refused(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
     private = serialization.load_ssh_private_key(key_files[name].read_bytes(), None)
-    message = signed_bytes(METHOD, timestamp_ms(NOW), new_nonce(), BODY)
+    message = signed_bytes(METHOD, timestamp_ms(NOW), new_nonce(), AUDIENCE, BODY)
     if isinstance(private, rsa.RSAPrivateKey):
         raw = private.sign(message, padding.PKCS1v15(), hashes.SHA256())
     else:
@@ -564,7 +654,7 @@ def test_other_key_types_are_refused(
 
 @pytest.mark.parametrize("encoded", ["not base64!", base64.b64encode(b"\x30\x03junk").decode()])
 def test_garbage_key_is_refused(node_key: ec.EllipticCurvePrivateKey, encoded: str) -> None:
-    auth = EcKeyAuthenticator()
+    auth = EcKeyAuthenticator(audiences=LINK)
     honest = call(CallSigner(node_key))
     assert refused(auth, with_signature(honest, public_key=encoded)).reason is (
         RefusalReason.WRONG_KEY_TYPE
@@ -578,7 +668,7 @@ def test_garbage_key_is_refused(node_key: ec.EllipticCurvePrivateKey, encoded: s
 def test_each_key_is_parsed_once_and_the_cache_is_bounded(
     node_key: ec.EllipticCurvePrivateKey,
 ) -> None:
-    auth = EcKeyAuthenticator(key_cache_size=2)
+    auth = EcKeyAuthenticator(audiences=LINK, key_cache_size=2)
     signer = CallSigner(node_key)
     for _ in range(5):
         auth.authenticate(call(signer), NOW)
@@ -599,7 +689,7 @@ def test_an_unregistered_keys_future_calls_leave_nothing_in_the_replay_memory(
     """As anyone on the network: a key the link does not accept cannot fill its memory."""
     registry = Registry()
     registry.status[public_key_der(node_key)] = KeyStatus.REGISTERED
-    auth = EcKeyAuthenticator(registry)
+    auth = EcKeyAuthenticator(registry, audiences=LINK)
     honest = CallSigner(node_key)
     auth.authenticate(call(honest), NOW)  # control: a registered key's nonce is kept
     attacker = CallSigner(ec.generate_private_key(ec.SECP256R1()))
@@ -615,7 +705,7 @@ def test_one_keys_flood_narrows_only_its_own_window(node_key: ec.EllipticCurvePr
     """Automatic mode, where any key is a node: a key making more calls than the memory keeps
     per key forgets its own oldest nonces, and the floor that keeps replays out rises for it
     alone. (One global memory and floor let such a flood lock every other node out.)"""
-    auth = EcKeyAuthenticator(replay=ReplayLimits(per_key=10, total=1000))
+    auth = EcKeyAuthenticator(audiences=LINK, replay=ReplayLimits(per_key=10, total=1000))
     honest = CallSigner(node_key)
     auth.authenticate(call(honest), NOW)
     attacker = CallSigner(ec.generate_private_key(ec.SECP256R1()))
@@ -635,7 +725,7 @@ def test_one_keys_flood_narrows_only_its_own_window(node_key: ec.EllipticCurvePr
 def test_a_full_memory_keeps_the_keys_it_holds_and_tells_new_keys_to_retry(
     node_key: ec.EllipticCurvePrivateKey,
 ) -> None:
-    auth = EcKeyAuthenticator(replay=ReplayLimits(keys=2))
+    auth = EcKeyAuthenticator(audiences=LINK, replay=ReplayLimits(keys=2))
     honest = CallSigner(node_key)
     auth.authenticate(call(honest), NOW)
     auth.authenticate(call(CallSigner(ec.generate_private_key(ec.SECP256R1()))), NOW)

@@ -20,6 +20,7 @@ from flwrmtls.auth.keys import key_fingerprint, node_id_for_key, public_key_der
 from flwrmtls.auth.signing import CallSigner
 from flwrmtls.clock import SystemClock
 from flwrmtls.link.server import Link
+from flwrmtls.node.audience import LinkAudience
 from flwrmtls.node.signer import SigningInterceptor
 from flwrmtls.proto import fleet_pb2, fleet_pb2_grpc
 from flwrmtls.testing.link import mtls_config, running_link
@@ -56,7 +57,12 @@ def key_stub(
         grpc.ssl_channel_credentials(root_certificates=pki.trust_bundle_path.read_bytes()),
         options=[("grpc.ssl_target_name_override", "localhost")],
     )
-    signed = grpc.intercept_channel(channel, SigningInterceptor(CallSigner(key), clock))
+    audience = LinkAudience(
+        f"127.0.0.1:{link.key_fleet_port}", pki.trust_bundle_path.read_bytes(),
+        server_name="localhost",
+    )  # fmt: skip
+    interceptor = SigningInterceptor(CallSigner(key), audience.current, clock)
+    signed = grpc.intercept_channel(channel, interceptor)
     return fleet_pb2_grpc.FleetStub(signed), channel
 
 

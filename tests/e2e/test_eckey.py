@@ -1,14 +1,22 @@
-"""EC-key nodes end to end, with keys made by ssh-keygen: registration, mixed fleets.
+"""EC-key nodes end to end, with keys made by ssh-keygen: registration, mixed fleets, the
+link a signature is for, the certificate node a key is bound to.
 
 Each refusal sits beside its control: the same key accepted once registered, the same link
-admitting the other kind of node.
+admitting the other kind of node, the same node admitted by the link it signed for.
 """
 
 from __future__ import annotations
 
 import json
 import subprocess
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
+
+import grpc
+
+from flwrmtls.wire.metadata import REFUSAL_KEY
 
 from .deployment import Deployment
 from .probe_app import write_probe_app
@@ -164,7 +172,119 @@ def test_requiring_both_a_certificate_and_a_registered_key(
     unregistered = deployment.node("unregistered", link.fleet_port, cert="node-1", ec_key=key)
     assert unregistered.wait_exit() == 1
     assert "is not registered" in one_error_line(unregistered.log)
-    assert deployment.cli("supernode", "register", f"{key}.pub").returncode == 0
+    registered = deployment.cli(
+        "supernode", "register", f"{key}.pub", "--identity", "CN=node-1,O=Hospital A"
+    )
+    assert registered.returncode == 0, registered.stderr
     both = deployment.node("both", link.fleet_port, cert="node-1", ec_key=key)  # control
     both.wait_active()
     assert "CN=node-1,O=Hospital A" in nodes(deployment)
+
+
+def test_certificate_and_key_mode_binds_each_key_to_its_certificates_node(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    """As node B, holding node A's registered key (stolen, or shared by mistake): refused."""
+    key_a = ssh_keygen(tmp_path / "keys", "node_a")
+    link = deployment.start_link(
+        [*deployment.link_args(), "--node-auth", "certificate+key", "--enable-supernode-auth"]
+    )
+    deployment.profile(link.control_port)
+    # A key without the node it belongs to cannot be used on this link: refused at once.
+    unbound = deployment.cli("supernode", "register", f"{key_a}.pub")
+    assert unbound.returncode == 1
+    assert "--identity" in unbound.stderr
+    assert "Traceback" not in unbound.stderr
+    misspelt = deployment.cli(
+        "supernode", "register", f"{key_a}.pub", "--identity", "CN=node-1, O=Hospital A"
+    )
+    assert misspelt.returncode == 1
+    assert "did you mean 'CN=node-1,O=Hospital A'" in misspelt.stderr
+    bound = deployment.cli(
+        "supernode", "register", f"{key_a}.pub", "--identity", "CN=node-1,O=Hospital A",
+        "--format", "json",
+    )  # fmt: skip
+    assert bound.returncode == 0, bound.stderr
+    [row] = json.loads(bound.stdout)
+    node_a = deployment.node("node-a", link.fleet_port, cert="node-1", ec_key=key_a)
+    assert node_a.wait_active() == row["bound_node_id"]  # control: A's certificate, A's key
+    stolen = deployment.node("node-b", link.fleet_port, cert="node-2", ec_key=key_a)
+    assert stolen.wait_exit() == 1
+    line = one_error_line(stolen.log)
+    assert "is not registered for this certificate's node (CN=node-2,O=Hospital B" in line
+    assert "key-not-bound" in link.wait_for(r"refused .*key-not-bound.*").group(0)
+    assert "CN=node-2,O=Hospital B" not in nodes(deployment)
+    assert node_a.process is not None
+    assert node_a.process.poll() is None
+
+
+class _RecordingLink(grpc.GenericRpcHandler):  # type: ignore[type-arg]
+    """A link the node trusts by mistake (a server certificate from the node's CA): it keeps
+    every call's metadata and request bytes, and answers nothing."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, tuple[tuple[str, Any], ...], bytes]] = []
+        self.called = threading.Event()
+
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> Any:
+        method = handler_call_details.method
+
+        def record(request: bytes, context: grpc.ServicerContext) -> bytes:
+            self.calls.append((method, tuple(context.invocation_metadata()), request))
+            self.called.set()
+            context.abort(grpc.StatusCode.UNAVAILABLE, "restarting")
+            return b""
+
+        return grpc.unary_unary_rpc_method_handler(record)
+
+
+def test_a_signature_made_for_one_link_is_refused_by_another(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    """As a link that a node also talks to: it replays the node's ActivateNode to another
+    link within the window, to take over the node's session there. Refused: wrong-audience.
+    The node itself, signing for that link, is admitted."""
+    key = ssh_keygen(tmp_path / "keys", "node_1")
+    link_b = deployment.start_link([*deployment.link_args(), "--node-auth", "key"])
+    malicious = deployment.pki.ca.issue_server("link-a")
+    recorder = _RecordingLink()
+    server = grpc.server(ThreadPoolExecutor(2), handlers=[recorder])
+    credentials = grpc.ssl_server_credentials(
+        [(malicious.key_path.read_bytes(), malicious.chain_path.read_bytes())]
+    )
+    port_a = server.add_secure_port("127.0.0.1:0", credentials)
+    server.start()
+    try:
+        victim = deployment.node("victim", port_a, cert="", ec_key=key)
+        assert recorder.called.wait(timeout=30), victim.log
+        victim.stop()
+    finally:
+        server.stop(0)
+    method, metadata, request = recorder.calls[0]
+    assert method == "/flwrmtls.proto.Fleet/ActivateNode"
+    signed = tuple((k, v) for k, v in metadata if k.startswith("flwrmtls-"))
+    with grpc.secure_channel(
+        f"127.0.0.1:{link_b.fleet_port}",
+        grpc.ssl_channel_credentials(deployment.pki.trust_bundle_path.read_bytes()),
+    ) as channel:
+        replay = channel.unary_unary(method, None, None)  # bytes as recorded, both ways
+        try:
+            replay(request, metadata=signed, timeout=10)
+        except grpc.RpcError as error:
+            refused: grpc.RpcError | None = error
+        else:
+            refused = None
+    assert refused is not None, "link B admitted a signature made for link A"
+    assert refused.code() is grpc.StatusCode.UNAUTHENTICATED
+    trailers = {m.key: str(m.value) for m in refused.trailing_metadata() or ()}
+    assert trailers[REFUSAL_KEY] == "wrong-audience"
+    assert "signature made for another link" in (refused.details() or "")
+    assert fingerprint(key) not in nodes_of(deployment, link_b.control_port)
+    same_node = deployment.node("same-node", link_b.fleet_port, cert="", ec_key=key)  # control
+    same_node.wait_active()
+    assert fingerprint(key) in nodes_of(deployment, link_b.control_port)
+
+
+def nodes_of(deployment: Deployment, control_port: int) -> dict[str, dict[str, object]]:
+    deployment.profile(control_port)
+    return nodes(deployment)

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import sqlite3
 from pathlib import Path
+from typing import TypedDict
 
 import pytest
 
 from flwrmtls.errors import InputError
+from flwrmtls.state.keytable import KeyRegistration
 from flwrmtls.state.linkstate import LinkState, SessionSuperseded, UnknownSession
 from flwrmtls.state.messagetable import MessageRow
 from flwrmtls.state.runs import IllegalTransition, RunStatus
-from flwrmtls.state.schema import SCHEMA_VERSION
+from flwrmtls.state.schema import MIGRATIONS, SCHEMA_VERSION
 
 T0 = 1_800_000_000.0
 
@@ -191,3 +193,49 @@ def test_a_runs_replies_come_after_a_cursor_and_only_its_own(tmp_path: Path) -> 
     # Expired messages are no longer awaited.
     messages.store([row("m3", 1, 44)])
     assert messages.unanswered(1, now=T0 + 100) == []
+
+
+class _By(TypedDict):
+    by: str
+    now: float
+
+
+def test_a_key_registered_before_bindings_migrates_unbound_and_can_be_bound(
+    tmp_path: Path,
+) -> None:
+    """Schema v9 adds a key's certificate node; keys registered earlier are bound to none
+    (a certificate+key link refuses them until an operator binds them)."""
+    path = tmp_path / "link.db"
+    with sqlite3.connect(path) as db:  # a database as the previous version left it
+        for script in MIGRATIONS[:8]:
+            db.executescript(script)
+        db.execute("PRAGMA user_version = 8")
+        db.execute(
+            "INSERT INTO node_keys VALUES (?, ?, ?, ?, ?, ?)",
+            (b"old-key", 7, "SHA256:old", "registered", T0, "CN=admin"),
+        )
+    db.close()
+    state = LinkState(path)
+    assert state.keys.status(b"old-key") is KeyRegistration.REGISTERED
+    assert state.keys.bound_node(7) is None
+    by = _By(by="CN=admin", now=T0)
+    assert state.keys.register(b"old-key", node_id=7, fingerprint="SHA256:old", **by) == (
+        "already registered"
+    )
+    assert state.keys.register(
+        b"old-key", node_id=7, fingerprint="SHA256:old", bound_node_id=42,
+        bound_identity="CN=node-1", **by,
+    ) == "rebound"  # fmt: skip
+    assert state.keys.bound_node(7) == 42
+    state.keys.unregister(7, **by)
+    assert state.keys.bound_node(7) is None  # an unregistered key vouches for no node
+    state.close()
+    again = LinkState(path)
+    assert again.keys.by_node(7) is not None
+    assert again.keys.by_node(7).bound_identity == "CN=node-1"  # type: ignore[union-attr]
+    assert again.keys.register(
+        b"old-key", node_id=7, fingerprint="SHA256:old", bound_node_id=42,
+        bound_identity="CN=node-1", **by,
+    ) == "registered again"  # fmt: skip
+    assert again.keys.bound_node(7) == 42
+    again.close()
