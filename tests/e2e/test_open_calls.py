@@ -39,6 +39,7 @@ from flwrmtls.link.nodeauth import NodeAuth
 from flwrmtls.link.reload import TlsFiles
 from flwrmtls.link.server import Link
 from flwrmtls.objects.store import CHUNK_SIZE, object_id_of
+from flwrmtls.objects.transfer import push_objects
 from flwrmtls.pki import CertificateAuthority
 from flwrmtls.proto import control_pb2, control_pb2_grpc, fleet_pb2_grpc, objects_pb2
 from flwrmtls.state.runs import RunStatus
@@ -341,7 +342,7 @@ def test_a_revoked_nodes_object_upload_is_ended_before_it_is_stored(
         released.set()
         assert ended.value.code() is grpc.StatusCode.UNAUTHENTICATED
         assert "certificate revoked" in (ended.value.details() or "")
-        assert not link.objects.has(object_id)
+        assert not link.objects.store.has(object_id)
         channel.close()
         honest, honest_channel = node_client(
             link, root_certificates=fresh_pki.trust_bundle_path, chain=fresh_pki.paths("node-1")[0],
@@ -351,7 +352,7 @@ def test_a_revoked_nodes_object_upload_is_ended_before_it_is_stored(
         fleet_pb2_grpc.FleetStub(honest_channel).PushObject(
             chunks(honest_session.session_id, stall=False), timeout=60
         )
-        assert link.objects.has(object_id)
+        assert link.objects.store.has(object_id)
         honest_channel.close()
 
 
@@ -360,8 +361,8 @@ def test_a_revoked_nodes_object_download_is_ended_mid_stream(
 ) -> None:
     """The link is sending when the refusal comes: the stream ends at the next chunk."""
     data = bytes(range(256)) * (24 * CHUNK_SIZE // 256)
+    object_id = object_id_of(data)
     with link_for(tmp_path, fresh_pki) as link:
-        object_id = link.objects.put(data)
         downloads = {}
         for name in ("node-1", "node-2"):
             client, channel = node_client(
@@ -369,7 +370,10 @@ def test_a_revoked_nodes_object_download_is_ended_mid_stream(
                 chain=fresh_pki.paths(name)[0], key=fresh_pki.paths(name)[1],
             )  # fmt: skip
             session = client.activate()
-            downloads[name] = fleet_pb2_grpc.FleetStub(channel).PullObject(
+            stub = fleet_pb2_grpc.FleetStub(channel)
+            # A node may read what it uploaded itself (its pending uploads): the object to fetch.
+            push_objects(stub, {object_id: data}, session_id=session.session_id, timeout=60)
+            downloads[name] = stub.PullObject(
                 objects_pb2.PullObjectRequest(object_id=object_id, session_id=session.session_id),
                 timeout=120,
             )

@@ -152,8 +152,8 @@ def test_a_captured_upload_signature_stores_no_other_bytes(
             data=mixed[-1].data, session_id=session.session_id,
         )  # fmt: skip
         assert replayed(captured(), iter(mixed)) == "bad-signature"
-        assert not link.objects.has(forged_id)
-        assert not link.objects.has(honest_id)
+        assert not link.objects.store.has(forged_id)
+        assert not link.objects.store.has(honest_id)
         # An unsigned or undeclared upload on this listener: refused as well.
         unsigned = [(n, v) for n, v in captured() if n != OBJECT_METADATA_KEY]
         assert replayed(tuple(unsigned), chunks(honest_id, honest, session.session_id)) == (
@@ -163,8 +163,8 @@ def test_a_captured_upload_signature_stores_no_other_bytes(
         store = ObjectStore(tmp_path / "node-objects")
         store.put(honest)
         client.send_objects(session, store, [honest_id])
-        assert link.objects.has(honest_id)
-        assert not link.objects.has(forged_id)
+        assert link.objects.store.has(honest_id)
+        assert not link.objects.store.has(forged_id)
         signed.close()
         plain.close()
 
