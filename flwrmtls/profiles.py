@@ -7,6 +7,12 @@ meant wherever the CLI runs later.
 
 config.toml is written 0600 in a directory created 0700; an existing ``$FLWRMTLS_HOME`` open to
 group or others is left as it is, with one warning line (see :mod:`flwrmtls.filemodes`).
+
+Every key has one type, in one table (:data:`PROFILE_KEYS`): a profile with an unknown key or
+a value of another type (``insecure = "false"``, a string, is not the boolean ``false``) is
+refused with one line naming the file, the profile, the key, what it holds and what it must
+hold. Nothing is guessed or coerced. Only the profile in use (and ``[superlink]`` itself) is
+checked, so one broken profile does not stop the others.
 """
 
 from __future__ import annotations
@@ -23,11 +29,36 @@ import tomli_w
 from flwrmtls.errors import InputError
 from flwrmtls.filemodes import PRIVATE_FILE, open_directory_warning, private_directory
 
-__all__ = ["ConfigFile", "Profile", "config_path"]
+__all__ = ["PROFILE_KEYS", "ConfigFile", "Profile", "config_path"]
 
 log = logging.getLogger("flwrmtls.profiles")
 
 _PATH_KEYS = ("root-certificates", "client-certificate", "client-private-key")
+
+_A_PATH = (str, "a file path (a quoted string)")
+PROFILE_KEYS: dict[str, tuple[type, str]] = {
+    "address": (str, "the link's Control API as a quoted string, host:port"),
+    "root-certificates": _A_PATH,
+    "client-certificate": _A_PATH,
+    "client-private-key": _A_PATH,
+    "insecure": (bool, "true or false (a TOML boolean, without quotes)"),
+}
+"""Each key a profile may hold: its type, and how to write it (for the refusal)."""
+
+_TOML_KINDS = (
+    (bool, "a boolean"), (int, "an integer"), (float, "a float"), (str, "a string"),
+    (dict, "a table"), (list, "an array"),
+)  # fmt: skip
+
+
+def _kind(value: object) -> str:
+    """What a TOML value is, in words (bool before int: a bool is an int in Python)."""
+    return next((name for kind, name in _TOML_KINDS if isinstance(value, kind)), "a date or time")
+
+
+def _shown(value: object) -> str:
+    text = repr(value) if isinstance(value, str) else str(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def config_path() -> Path:
@@ -68,12 +99,23 @@ class ConfigFile:
         section = self._data.setdefault("superlink", {})
         if not isinstance(section, dict):
             raise InputError(f"{self.path}: [superlink] must be a table")
+        for key, value in section.items():
+            if key != "default" and not isinstance(value, dict):
+                raise InputError(
+                    f"{self.path}: [superlink] {key} = {_shown(value)} is {_kind(value)}; "
+                    f"expected a profile, a table [superlink.{key}] (or the key 'default')"
+                )
         return section
 
     @property
     def default(self) -> str | None:
         value = self._section().get("default")
-        return value if isinstance(value, str) else None
+        if value is not None and not isinstance(value, str):
+            raise InputError(
+                f"{self.path}: [superlink] default = {_shown(value)} is {_kind(value)}; "
+                "expected the name of a profile as a quoted string"
+            )
+        return value
 
     def names(self) -> list[str]:
         return sorted(k for k, v in self._section().items() if isinstance(v, dict))
@@ -94,21 +136,37 @@ class ConfigFile:
         if not isinstance(raw, dict):
             known = ", ".join(self.names()) or "none"
             raise InputError(f"no connection profile {chosen!r} in {self.path} (profiles: {known})")
+        self._check(chosen, raw)
         address = raw.get("address")
         if not isinstance(address, str) or not address:
             raise InputError(f"{self.path}: profile {chosen!r} has no address")
-        paths = {
-            key: self._resolve(raw[key]) if isinstance(raw.get(key), str) else None
-            for key in _PATH_KEYS
-        }
+        paths = {key: self._resolve(raw[key]) if key in raw else None for key in _PATH_KEYS}
         return Profile(
             name=chosen,
             address=address,
             root_certificates=paths["root-certificates"],
             client_certificate=paths["client-certificate"],
             client_private_key=paths["client-private-key"],
-            insecure=bool(raw.get("insecure", False)),
+            insecure=raw.get("insecure", False),
         )
+
+    def _check(self, name: str, raw: dict[str, Any]) -> None:
+        """Refuse an unknown key or a value of the wrong type, naming both."""
+        for key, value in raw.items():
+            if key not in PROFILE_KEYS:
+                known = ", ".join(PROFILE_KEYS)
+                raise InputError(
+                    f"{self.path}: profile {name!r}: unknown key {key!r} (a profile holds "
+                    f"{known}): remove it or correct its name"
+                )
+            kind, expected = PROFILE_KEYS[key]
+            if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+                raise InputError(
+                    f"{self.path}: profile {name!r}: {key} = {_shown(value)} is {_kind(value)}; "
+                    f"expected {expected}"
+                )
+            if kind is str and not value:
+                raise InputError(f"{self.path}: profile {name!r}: {key} is empty; give {expected}")
 
     def add(self, profile: Profile, *, make_default: bool) -> None:
         if profile.name == "default":

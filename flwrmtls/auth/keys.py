@@ -4,7 +4,8 @@ Rules kept here:
 
 * A node's private key may be the OpenSSH private key ``ssh-keygen -t ecdsa -b 384 -N ""``
   writes, or PEM (PKCS#8 or SEC1). It must be unencrypted (the node runs unattended; the file's
-  mode, 0600, protects it).
+  mode, 0600, protects it: a key file other users may read is used with a warning,
+  :mod:`flwrmtls.keyfiles`).
 * A public key to register may be the one-line ``.pub`` ssh-keygen writes
   (``ecdsa-sha2-nistp384 AAAA... comment``) or a PEM public key (``ssh-keygen -e -m PKCS8``).
 * Only ECDSA keys on P-256, P-384 or P-521 are accepted; every other key type or curve is
@@ -29,6 +30,7 @@ from cryptography.utils import CryptographyDeprecationWarning
 
 from flwrmtls.auth.identity import IdentitySource, node_id_for
 from flwrmtls.errors import InputError
+from flwrmtls.keyfiles import check_key_file
 
 __all__ = [
     "SUPPORTED_CURVES",
@@ -156,6 +158,7 @@ def load_node_private_key(path: Path, flag: str) -> ec.EllipticCurvePrivateKey:
     if problem is not None:
         raise InputError(f"{where}{path} {problem}")
     assert isinstance(key, ec.EllipticCurvePrivateKey)
+    check_key_file(path, flag)
     return key
 
 

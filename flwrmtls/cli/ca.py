@@ -1,7 +1,10 @@
 """``flwrmtls ca``: the built-in CA tool on the command line.
 
 A thin layer over :mod:`flwrmtls.pki`: every command parses its flags, calls one pki function,
-and prints what it wrote, one path per line on stdout. Errors are InputErrors, which
+and prints what it wrote, one path per line on stdout (a CRL with its next update, the date
+it must be renewed by). Warnings go to stderr, one line each: a new certificate that takes
+the identity of one already issued, a wait for another command holding the CA's lock, a CRL
+rewritten because it lacked a recorded revocation. Errors are InputErrors, which
 ``flwrmtls.cli.main`` prints on one line before exiting 1. No key material is ever printed.
 """
 
@@ -15,8 +18,9 @@ import typer
 from cryptography import x509
 
 from flwrmtls.auth.identity import IdentitySource
-from flwrmtls.cli.output import OutputFormat
+from flwrmtls.cli.output import OutputFormat, printable
 from flwrmtls.pki import (
+    CRL_VALIDITY_DAYS,
     CaFiles,
     CertificateAuthority,
     CertificateDescription,
@@ -26,7 +30,7 @@ from flwrmtls.pki import (
     describe_certificate,
     read_certificate_file,
 )
-from flwrmtls.pki.crl import parse_serial
+from flwrmtls.pki.crl import CRL_MAX_DAYS, parse_serial
 from flwrmtls.pki.files import write_file
 from flwrmtls.pki.signing import pem_bundle
 
@@ -71,8 +75,30 @@ DEFAULT_DIRECTORY = Path("certs")
 
 
 def _print_issued(issued: IssuedCertificate) -> None:
+    for holder in issued.takes_over:
+        replaced = holder.path == issued.chain_path.absolute()
+        where = f"the certificate {'that was ' if replaced else ''}in {holder.path}"
+        typer.echo(
+            printable(
+                f"flwrmtls: warning: {holder.shared} is also that of {where} (serial "
+                f"{holder.serial:#x}, valid until {holder.not_after:%Y-%m-%d}, not revoked): "
+                "to the link both are the same holder (same node id, same runs). A rotation? "
+                f"Revoke the old one once replaced: `flwrmtls ca revoke --serial "
+                f"{holder.serial:#x} --reason superseded`. Meant as a new node? Revoke this "
+                "one and issue it with another --cn/--org"
+            ),
+            err=True,
+        )
     typer.echo(f"wrote {issued.chain_path} (certificate chain, serial {issued.serial:#x})")
     typer.echo(f"wrote {issued.key_path} (private key)")
+
+
+def _crl_written(path: Path) -> str:
+    """``wrote crl.pem (CRL, next update ...)``: when it has to be renewed by."""
+    crl = x509.load_pem_x509_crl(path.read_bytes())
+    next_update = crl.next_update_utc
+    when = f"{next_update:%Y-%m-%d %H:%M} UTC" if next_update else "none"
+    return f"wrote {path} (CRL, next update {when}: renew it before, `flwrmtls ca crl`)"
 
 
 @app.command("init")
@@ -95,7 +121,7 @@ def init_command(
     typer.echo(f"wrote {files.issuing_certificate} (issuing CA certificate)")
     typer.echo(f"wrote {files.issuing_key} (issuing CA private key)")
     typer.echo(f"wrote {files.revocation_record} (revocation record)")
-    typer.echo(f"wrote {files.crl} (CRL)")
+    typer.echo(_crl_written(files.crl))
 
 
 @issue_app.command("server")
@@ -207,7 +233,7 @@ def revoke_command(
     )
     typer.echo(f"revoked serial {revoked_serial:#x} ({reason.value})")
     typer.echo(f"wrote {authority.files.revocation_record} (revocation record)")
-    typer.echo(f"wrote {authority.crl_path} (CRL)")
+    typer.echo(_crl_written(authority.crl_path))
 
 
 @app.command("cross-sign")
@@ -244,11 +270,18 @@ def cross_sign_command(
 @app.command("crl")
 def crl_command(
     directory: DirectoryOption = DEFAULT_DIRECTORY,
-    days: Annotated[int, typer.Option("--days", help="Days until the CRL's next update.")] = 7,
+    days: Annotated[
+        int,
+        typer.Option(
+            "--days",
+            help=f"Days until the CRL's next update, 1 to {CRL_MAX_DAYS}. Links refuse every "
+            "certificate of this CA once it passes: run this daily (cron, a CronJob).",
+        ),
+    ] = CRL_VALIDITY_DAYS,
 ) -> None:
-    """Rewrite the CRL (for example to renew its next-update date)."""
+    """Rewrite the CRL, renewing its next-update date (schedule it: see docs/operations.md)."""
     crl_path = CertificateAuthority.load(directory).write_crl(days=days)
-    typer.echo(f"wrote {crl_path} (CRL)")
+    typer.echo(_crl_written(crl_path))
 
 
 def _issuing_ca_in(directory: Path) -> x509.Certificate | None:

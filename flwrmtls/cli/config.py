@@ -10,6 +10,7 @@ import typer
 from flwrmtls.cli.output import OutputFormat, emit
 from flwrmtls.errors import InputError
 from flwrmtls.profiles import ConfigFile, Profile
+from flwrmtls.wire.credentials import no_root_certificates
 
 __all__ = ["app"]
 
@@ -27,7 +28,11 @@ def add(
     name: Annotated[str, typer.Argument(help="profile name, e.g. my-deployment")],
     address: Annotated[str, typer.Option(help="the link's Control API, host:port")],
     root_certificates: Annotated[
-        Path | None, typer.Option(help="CA bundle (PEM) that verifies the link")
+        Path | None,
+        typer.Option(
+            help="CA bundle (PEM) that verifies the link: required unless --insecure (the CLI "
+            "never falls back to a default set of public CAs)"
+        ),
     ] = None,
     client_certificate: Annotated[
         Path | None, typer.Option(help="the CLI's certificate chain (PEM)")
@@ -45,6 +50,8 @@ def add(
         raise InputError("--insecure cannot be combined with certificate options")
     if (client_certificate is None) != (client_private_key is None):
         raise InputError("give both --client-certificate and --client-private-key, or neither")
+    if not insecure and root_certificates is None:
+        raise no_root_certificates("no --root-certificates", "--root-certificates FILE")
     config = ConfigFile()
     config.add(
         Profile(
@@ -66,6 +73,14 @@ def use(name: Annotated[str, typer.Argument(help="profile to make the default")]
     config = ConfigFile()
     config.use(name)
     typer.echo(f"default profile is now {name!r} ({config.path})")
+
+
+def _security(profile: Profile) -> str:
+    if profile.insecure:
+        return "insecure"
+    if profile.root_certificates is None:
+        return "unusable: no root-certificates"
+    return "mTLS" if profile.client_certificate else "TLS"
 
 
 @app.command("list")
@@ -95,7 +110,7 @@ def list_profiles(
         [
             ("* " if p.name == config.default else "  ") + p.name,
             p.address,
-            "insecure" if p.insecure else ("mTLS" if p.client_certificate else "TLS"),
+            _security(p),
         ]
         for p in profiles
     ]

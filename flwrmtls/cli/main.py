@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 
 import typer
@@ -29,7 +30,16 @@ app.command("stop")(runs.stop)
 app.command("audit")(audit.audit)
 
 
+class _OneLine(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return f"flwrmtls: {record.levelname.lower()}: {record.getMessage()}"
+
+
 def main() -> None:
+    # Warnings from the modules the CLI uses (a key file others may read), one line each.
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_OneLine())
+    logging.basicConfig(level=logging.WARNING, handlers=[handler])
     try:
         app(prog_name="flwrmtls")
     except FlwrmtlsError as error:

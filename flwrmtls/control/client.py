@@ -1,4 +1,8 @@
-"""The Control API from the CLI's side, reached through a connection profile."""
+"""The Control API from the CLI's side, reached through a connection profile.
+
+A TLS profile must name the CA bundle that verifies the link (``root-certificates``); one
+without it is refused before anything connects, never verified against grpc's public CAs.
+"""
 
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ from flwrmtls.wire.credentials import (
     check_own_certificate,
     load_ca_bundle,
     load_tls_identity,
+    no_root_certificates,
 )
 from flwrmtls.wire.errors import ConnectionContext, translate_rpc_error
 
@@ -43,9 +48,13 @@ class ControlClient:
                 raise InputError(f"{where}: insecure = true cannot be combined with certificates")
             self._channel = grpc.insecure_channel(profile.address, options=_OPTIONS)
         else:
-            roots = None
-            if profile.root_certificates is not None:
-                roots, root_certificates = load_ca_bundle(profile.root_certificates, roots_flag)
+            if profile.root_certificates is None:
+                raise no_root_certificates(
+                    f"{where} has no root-certificates",
+                    f"root-certificates (`flwrmtls config add {profile.name} --address "
+                    f"{profile.address} --root-certificates FILE` with its other options)",
+                )
+            roots, root_certificates = load_ca_bundle(profile.root_certificates, roots_flag)
             if (profile.client_certificate is None) != (profile.client_private_key is None):
                 raise InputError(f"{where}: give both client-certificate and client-private-key")
             if profile.client_certificate is not None and profile.client_private_key is not None:

@@ -45,6 +45,7 @@ from flwrmtls.wire.credentials import (
     check_own_certificate,
     load_ca_bundle,
     load_tls_identity,
+    no_root_certificates,
 )
 from flwrmtls.wire.errors import ConnectionContext
 from flwrmtls.wire.listen import check_bindable, require_loopback
@@ -68,7 +69,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--root-certificates",
         type=Path,
-        help="CA bundle (PEM) that verifies the link; default: the system's",
+        help="CA bundle (PEM) that verifies the link: required with TLS (never a default "
+        "set of public CAs)",
     )
     p.add_argument(
         "--ssl-client-certfile",
@@ -144,7 +146,7 @@ class _Transport:
     """How this node reaches the link; builds a channel for a (possibly rotated) certificate."""
 
     address: str
-    roots: bytes | None
+    roots: bytes
     signer: CallSigner | None
     audience: LinkAudience | None
     """The link's server key an EC-key node signs for, learned from TLS (with ``signer``)."""
@@ -176,9 +178,9 @@ def _transport(
         return None, None, ctx
     if (args.ssl_client_certfile is None) != (args.ssl_client_keyfile is None):
         raise InputError("give both --ssl-client-certfile and --ssl-client-keyfile, or neither")
-    roots = root_certificates = None
-    if args.root_certificates is not None:
-        roots, root_certificates = load_ca_bundle(args.root_certificates, "--root-certificates")
+    if args.root_certificates is None:
+        raise no_root_certificates("no --root-certificates", "--root-certificates FILE")
+    roots, root_certificates = load_ca_bundle(args.root_certificates, "--root-certificates")
     own: _OwnCertificate | None = None
     if args.ssl_client_certfile is not None:
         identity = load_tls_identity(
@@ -208,7 +210,7 @@ def _transport(
         args.superlink,
         tls=True,
         has_client_certificate=own is not None,
-        root_certificates=str(args.root_certificates or ""),
+        root_certificates=str(args.root_certificates),
         check_certificate=own.check if own is not None else None,
     )
     return _Transport(args.superlink, roots, signer, audience), own, ctx

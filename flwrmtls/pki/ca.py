@@ -10,11 +10,22 @@ windows in :mod:`~flwrmtls.pki.signing`, file writing in :mod:`~flwrmtls.pki.fil
 * The issuing CA signs every leaf and CRL. A leaf's key type defaults to the CA's; its key file
   is PKCS#8 unless asked otherwise; its chain file ``<name>.pem`` is the leaf then the issuing
   CA. Every output is checked (``force``) before anything is written; the key goes first.
+* ``issue`` reports the unrevoked certificates of this CA whose identity (Subject or SPIFFE
+  ID) the new one takes (:mod:`~flwrmtls.pki.holders`), without refusing: rotation is
+  exactly that. The command line prints each as a warning.
+* ``revoke`` and ``crl`` hold the CA's lock (``ca/.lock``) while they read and rewrite the
+  revocation record, so concurrent commands never lose a revocation. The CRL is staged before
+  the record is saved and moved into place after it; if the move fails the previous record is
+  saved back, so the record never lists a revocation that ``crl.pem`` lacks, and ``revoke``
+  of a recorded serial that ``crl.pem`` lacks rewrites the CRL.
+* The CA's keys are read only if group and others have no permission on them
+  (:func:`~flwrmtls.pki.files.read_ca_key_file`).
 * Time comes only from the injected clock.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -28,13 +39,16 @@ from flwrmtls.errors import InputError
 from flwrmtls.pki.crl import RevocationReason, RevocationRecord, RevokedSerial, build_crl
 from flwrmtls.pki.files import (
     CaFiles,
+    ca_lock,
     check_writable,
     ensure_directory,
+    read_ca_key_file,
     read_ca_material,
     read_certificate_file,
-    read_private_key_file,
+    stage_file,
     write_file,
 )
+from flwrmtls.pki.holders import SameIdentity, certificates_in, same_identity
 from flwrmtls.pki.keys import (
     KeyEncoding,
     KeyType,
@@ -59,9 +73,17 @@ from flwrmtls.pki.signing import (
     validity_window,
 )
 
-__all__ = ["CRL_VALIDITY_DAYS", "CertificateAuthority"]
+__all__ = ["CA_MAX_DAYS", "CRL_VALIDITY_DAYS", "CertificateAuthority"]
+
+log = logging.getLogger("flwrmtls.pki")
 
 CRL_VALIDITY_DAYS = 7
+"""A CRL's default next-update: a week, renewed daily (see docs/operations.md): RFC 5280
+leaves it to the CA; a week is common practice and leaves six days to notice a failed
+renewal before links start refusing (they fail closed when it lapses)."""
+
+CA_MAX_DAYS = 36500
+"""A hundred years: beyond what any X.509 date needs, short of what Python dates hold."""
 
 
 class CertificateAuthority:
@@ -114,8 +136,10 @@ class CertificateAuthority:
         """Create a root and an issuing CA in ``directory``, write an empty CRL, return the CA."""
         clock = clock or SystemClock()
         files = CaFiles(Path(directory))
-        if days < 1:
-            raise InputError(f"CA validity of {days} days is too short; pass --days 1 or more")
+        if not 1 <= days <= CA_MAX_DAYS:
+            raise InputError(
+                f"--days {days}: a CA is valid for 1 to {CA_MAX_DAYS} days (default 3650)"
+            )
         if not force and files.trust_bundle.exists():
             raise InputError(
                 f"{files.directory} already holds a CA ({files.trust_bundle}); pass --force to "
@@ -211,7 +235,7 @@ class CertificateAuthority:
         root = self.root_certificate
         if public_key_bytes(successor.public_key()) == public_key_bytes(root.public_key()):
             raise InputError("the successor has this CA's own root key: nothing to cross-sign")
-        root_key = read_private_key_file(self.files.root_key, "root CA key")
+        root_key = read_ca_key_file(self.files.root_key, "root CA key")
         if public_key_bytes(root_key.public_key()) != public_key_bytes(root.public_key()):
             raise InputError(
                 f"{self.files.root_key} does not belong to {self.files.trust_bundle}; "
@@ -258,6 +282,7 @@ class CertificateAuthority:
             issuer_not_after=self.issuing_certificate.not_valid_after_utc,
         )
         check_writable([chain_path, key_path], force=force)
+        takes_over = self._same_identity(subject, subject_alternative_names, out_dir)
         leaf_key = generate_private_key(leaf_key_type)
         certificate = sign_certificate(
             profile,
@@ -279,6 +304,27 @@ class CertificateAuthority:
             chain_path=chain_path,
             key_path=key_path,
             serial=certificate.serial_number,
+            takes_over=tuple(takes_over),
+        )
+
+    def _same_identity(
+        self,
+        subject: x509.Name,
+        subject_alternative_names: Sequence[x509.GeneralName],
+        out_dir: Path | None,
+    ) -> list[SameIdentity]:
+        try:
+            record = RevocationRecord.load(self.files.revocation_record)
+        except InputError:  # issuing does not need the record: report every holder then
+            record = RevocationRecord.empty()
+        directories = [self.directory] if out_dir is None else [self.directory, out_dir]
+        return same_identity(
+            certificates_in(directories),
+            issuer=self.issuing_certificate,
+            subject=subject,
+            subject_alternative_names=subject_alternative_names,
+            revoked_serials=frozenset(entry.serial for entry in record.revoked),
+            now=self._clock.now(),
         )
 
     def issue_server(
@@ -398,7 +444,9 @@ class CertificateAuthority:
         crl_days: int = CRL_VALIDITY_DAYS,
     ) -> int:
         """Record a revocation (by chain file or serial, exactly one), rewrite the CRL, and
-        return the serial. A serial can be revoked only once."""
+        return the serial. A serial is recorded once: revoking it again is an InputError
+        ("nothing changed"), unless ``crl.pem`` does not list it; then the CRL is rewritten
+        (with a warning) and the serial returned."""
         if (certificate_file is None) == (serial is None):
             raise InputError("pass either a certificate file or --serial (exactly one of them)")
         if certificate_file is not None:
@@ -407,20 +455,57 @@ class CertificateAuthority:
             raise InputError("pass a certificate file or --serial")
         if serial < 1:
             raise InputError(f"--serial {serial} is not a certificate serial (must be positive)")
-        record = RevocationRecord.load(self.files.revocation_record)
-        record = record.with_revoked(
-            RevokedSerial(
-                serial=serial, revoked_at=self._clock.now(), reason=RevocationReason(reason)
+        with ca_lock(self.files):
+            record = RevocationRecord.load(self.files.revocation_record)
+            previous = record.find(serial)
+            if previous is not None and not self._crl_lists(serial):
+                # Recorded, but the CRL does not say so (a CRL write that failed before this
+                # rule existed, or crl.pem replaced by hand): publish it now.
+                log.warning(
+                    "serial %#x was already recorded as revoked on %s (%s) but %s did not list "
+                    "it: rewriting %s",
+                    serial, previous.revoked_at.isoformat(), previous.reason.value,
+                    self.files.crl, self.files.crl,
+                )  # fmt: skip
+                self._publish(record, crl_days)
+                return serial
+            updated = record.with_revoked(
+                RevokedSerial(
+                    serial=serial, revoked_at=self._clock.now(), reason=RevocationReason(reason)
+                )
             )
-        )
-        self._publish(record, crl_days)
+            self._publish(updated, crl_days, previous_record=record)
         return serial
 
     def write_crl(self, *, days: int = CRL_VALIDITY_DAYS) -> Path:
         """(Re)write ``crl.pem`` from the revocation record, valid for ``days`` from now."""
-        return self._publish(RevocationRecord.load(self.files.revocation_record), days)
+        with ca_lock(self.files):
+            return self._publish(RevocationRecord.load(self.files.revocation_record), days)
 
-    def _publish(self, record: RevocationRecord, days: int) -> Path:
+    def _crl_lists(self, serial: int) -> bool:
+        """Whether ``crl.pem`` is this issuing CA's CRL and lists ``serial``."""
+        try:
+            crl = x509.load_pem_x509_crl(self.files.crl.read_bytes())
+            signed = crl.is_signature_valid(self.issuing_certificate.public_key())  # type: ignore[arg-type]
+        except (OSError, ValueError, TypeError):
+            return False
+        return signed and crl.get_revoked_certificate_by_serial_number(serial) is not None
+
+    def _publish(
+        self,
+        record: RevocationRecord,
+        days: int,
+        *,
+        previous_record: RevocationRecord | None = None,
+    ) -> Path:
+        """Write the CRL of ``record`` and save ``record``, as one change.
+
+        The CRL is staged first (a full disk or an unwritable directory fails before anything
+        changed), then the record is saved, then the CRL is moved into place. If that last step
+        fails, ``previous_record`` (the record before this change) is saved back, so the
+        record never lists a revocation that no CRL carries; were that restore to fail too,
+        ``revoke`` of the same serial notices and rewrites the CRL.
+        """
         record = record.with_next_crl_number()
         crl = build_crl(
             issuer_certificate=self.issuing_certificate,
@@ -430,7 +515,25 @@ class CertificateAuthority:
             now=self._clock.now(),
             days=days,
         )
-        record.save(self.files.revocation_record)
-        crl_pem = crl.public_bytes(serialization.Encoding.PEM)
-        write_file(self.files.crl, crl_pem, secret=False, force=True)
+        staged = stage_file(
+            self.files.crl, crl.public_bytes(serialization.Encoding.PEM), secret=False
+        )
+        try:
+            record.save(self.files.revocation_record)
+        except InputError:
+            staged.discard()
+            raise
+        try:
+            staged.commit()
+        except InputError as error:
+            if previous_record is None:
+                raise
+            try:
+                previous_record.save(self.files.revocation_record)
+            except InputError:
+                raise InputError(
+                    f"{error}; the revocation is recorded but not yet in the CRL: run the same "
+                    "`flwrmtls ca revoke` again once the CRL can be written"
+                ) from None
+            raise InputError(f"{error}; nothing was revoked: fix it and run again") from None
         return self.files.crl

@@ -8,8 +8,9 @@ Rules kept here:
 * A missing or damaged record is an InputError, never an empty list: writing a CRL from a lost
   record would silently un-revoke certificates.
 * Every CRL gets the next CRL number (RFC 5280 5.2.3), an AuthorityKeyIdentifier, ``last
-  update`` = now and ``next update`` = now + days. Entries carry their revocation date and a
-  CRLReason extension, left out for ``unspecified`` as RFC 5280 5.3.1 recommends.
+  update`` = now and ``next update`` = now + days, 1 to :data:`CRL_MAX_DAYS` days. Entries
+  carry their revocation date and a CRLReason extension, left out for ``unspecified`` as RFC
+  5280 5.3.1 recommends.
 * A serial is revoked at most once.
 """
 
@@ -30,6 +31,7 @@ from flwrmtls.pki.files import write_file
 from flwrmtls.pki.keys import SIGNATURE_HASH, PrivateKey
 
 __all__ = [
+    "CRL_MAX_DAYS",
     "RevocationReason",
     "RevocationRecord",
     "RevokedSerial",
@@ -38,6 +40,11 @@ __all__ = [
 ]
 
 _RECORD_FORMAT = "flwrmtls-revocations/1"
+
+CRL_MAX_DAYS = 365
+"""The longest next-update a CRL gets: a year (what CA/Browser Forum rules allow for CRLs of
+CA certificates; leaf CRLs there get 10 days). A copy of an older CRL passes for current for
+as long as it is valid, so keep the validity short and renew the CRL often."""
 _HEX_DIGITS = frozenset("0123456789abcdefABCDEF")
 
 
@@ -193,8 +200,11 @@ def build_crl(
     days: int,
 ) -> x509.CertificateRevocationList:
     """A CRL of ``issuer_certificate`` listing ``revoked``, valid from ``now`` for ``days``."""
-    if days < 1:
-        raise InputError(f"CRL validity of {days} days is too short; pass --days 1 or more")
+    if not 1 <= days <= CRL_MAX_DAYS:
+        raise InputError(
+            f"--days {days}: a CRL must be valid for 1 to {CRL_MAX_DAYS} days (default 7): "
+            "links refuse every certificate of the CA once it lapses, so renew it well before"
+        )
     issuer_key_id = issuer_certificate.extensions.get_extension_for_class(
         x509.SubjectKeyIdentifier
     ).value

@@ -4,14 +4,20 @@ Rules kept here:
 
 * The layout of a CA directory is :class:`CaFiles`: ``ca.crt`` (the root, the trust anchor),
   ``crl.pem``, ``ca/root.key``, ``ca/issuing.crt``, ``ca/issuing.key``, ``ca/revoked.json``,
+  ``ca/.lock``,
   and one ``<name>.pem`` (leaf + issuing CA) and ``<name>.key`` per issued certificate.
 * Every file is written to a temporary file in the same directory and moved into place, so a
   reader never sees half a file. Private keys are created with mode 0600 (``mkstemp``), so they
   are never readable by others, not even for an instant; other files get 0644.
 * An existing file is replaced only with ``force``; otherwise InputError names it and says to
   pass ``--force``. Without force the final step is a hard link, which fails if the file
-  appeared meanwhile.
+  appeared meanwhile. A file can also be staged (written and synced beside its place) and
+  committed later, so that two files change in the order their consistency needs.
+* Every read-modify-write of the revocation record holds the CA's lock (``ca/.lock``, flock),
+  so concurrent commands cannot lose each other's changes.
 * Reading a file that is missing, unreadable or not PEM is an InputError naming the file.
+* The CA's own keys are read only through :func:`read_ca_key_file`, which refuses a key file
+  that group or others may use (:func:`flwrmtls.keyfiles.check_ca_key_file`).
 * Key material is never put into a message.
 """
 
@@ -19,10 +25,12 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
+import logging
 import os
 import re
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,19 +39,26 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from flwrmtls.errors import InputError
+from flwrmtls.keyfiles import check_ca_key_file
 from flwrmtls.pki.keys import PrivateKey
 
 __all__ = [
     "CaFiles",
+    "StagedFile",
+    "ca_lock",
     "check_writable",
     "ensure_directory",
+    "read_ca_key_file",
     "read_ca_material",
     "read_certificate_file",
     "read_certificates_file",
     "read_private_key_file",
+    "stage_file",
     "validate_file_name",
     "write_file",
 ]
+
+log = logging.getLogger("flwrmtls.pki")
 
 _FILE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]*$")
 _MAX_FILE_NAME = 200
@@ -80,6 +95,11 @@ class CaFiles:
     @property
     def revocation_record(self) -> Path:
         return self.private_directory / "revoked.json"
+
+    @property
+    def lock(self) -> Path:
+        """``ca/.lock``: held while a command reads and rewrites the revocation record."""
+        return self.private_directory / ".lock"
 
     @property
     def crl(self) -> Path:
@@ -141,22 +161,65 @@ def ensure_directory(directory: Path, *, private: bool) -> None:
         raise InputError(f"{directory} is not a directory; choose another --dir")
 
 
-def write_file(path: Path, content: bytes, *, secret: bool, force: bool) -> None:
-    """Write ``content`` to ``path`` atomically: mode 0600 if ``secret`` else 0644.
+def _cannot_write(path: Path, error: OSError) -> InputError:
+    return InputError(f"cannot write {path}: {error.strerror}; check the directory's permissions")
 
-    Without ``force`` an existing ``path`` is an InputError and is left untouched.
+
+class StagedFile:
+    """New content for ``path``, written and synced beside it but not yet in place.
+
+    :meth:`commit` renames it over ``path`` (atomic: a reader sees the old or the new file);
+    :meth:`discard` removes it. Lets a caller write a file only once everything else that must
+    change with it has changed (the CRL after the revocation record).
     """
+
+    def __init__(self, path: Path, temporary: Path) -> None:
+        self.path = path
+        self._temporary = temporary
+
+    def commit(self, *, replace: bool = True) -> None:
+        """Move the new content into place; InputError (content discarded) if that fails.
+
+        With ``replace`` False an existing file is an InputError and stays untouched: the
+        final step is a hard link, which fails if the file appeared meanwhile.
+        """
+        try:
+            if replace:
+                os.replace(self._temporary, self.path)
+            else:
+                self._link_into_place()
+        except OSError as error:
+            raise _cannot_write(self.path, error) from None
+        finally:
+            self.discard()
+
+    def _link_into_place(self) -> None:
+        try:
+            os.link(self._temporary, self.path)
+        except FileExistsError:
+            raise InputError(f"{self.path} already exists; pass --force to overwrite it") from None
+        except OSError as error:
+            if error.errno not in _LINK_UNSUPPORTED:
+                raise
+            check_writable([self.path], force=False)  # no hard links here: check, then replace
+            os.replace(self._temporary, self.path)
+
+    def discard(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self._temporary.unlink()
+
+
+def stage_file(path: Path, content: bytes, *, secret: bool) -> StagedFile:
+    """Write ``content`` to a temporary file beside ``path`` (0600 if ``secret``, else 0644),
+    synced, to be committed over ``path`` later. InputError (nothing left) if it cannot be."""
     ensure_directory(path.parent, private=False)
-    check_writable([path], force=force)
     try:
         descriptor, temporary_name = tempfile.mkstemp(
             dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"
         )
     except OSError as error:
-        raise InputError(
-            f"cannot write {path}: {error.strerror}; check the directory's permissions"
-        ) from None
-    temporary = Path(temporary_name)
+        raise _cannot_write(path, error) from None
+    staged = StagedFile(path, Path(temporary_name))
     try:
         with os.fdopen(descriptor, "wb") as stream:
             if not secret:
@@ -164,29 +227,49 @@ def write_file(path: Path, content: bytes, *, secret: bool, force: bool) -> None
             stream.write(content)
             stream.flush()
             os.fsync(stream.fileno())
-        _move_into_place(temporary, path, force=force)
+    except OSError as error:
+        staged.discard()
+        raise _cannot_write(path, error) from None
+    return staged
+
+
+def write_file(path: Path, content: bytes, *, secret: bool, force: bool) -> None:
+    """Write ``content`` to ``path`` atomically: mode 0600 if ``secret`` else 0644.
+
+    Without ``force`` an existing ``path`` is an InputError and is left untouched.
+    """
+    ensure_directory(path.parent, private=False)
+    check_writable([path], force=force)
+    stage_file(path, content, secret=secret).commit(replace=force)
+
+
+@contextlib.contextmanager
+def ca_lock(files: CaFiles) -> Iterator[None]:
+    """Hold the CA's lock (``ca/.lock``, flock) for a read-modify-write of its record.
+
+    Concurrent ``flwrmtls ca`` commands on one CA run one after the other; one that has to wait
+    says so (a warning line) instead of hanging silently. The kernel releases the lock when the
+    process ends, however it ends.
+    """
+    ensure_directory(files.private_directory, private=True)
+    try:
+        descriptor = os.open(files.lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     except OSError as error:
         raise InputError(
-            f"cannot write {path}: {error.strerror}; check the directory's permissions"
+            f"cannot open the CA's lock file {files.lock}: {error.strerror}; check the "
+            "directory's permissions"
         ) from None
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            temporary.unlink()
-
-
-def _move_into_place(temporary: Path, path: Path, *, force: bool) -> None:
-    if force:
-        os.replace(temporary, path)
-        return
     try:
-        os.link(temporary, path)
-    except FileExistsError:
-        raise InputError(f"{path} already exists; pass --force to overwrite it") from None
-    except OSError as error:
-        if error.errno not in _LINK_UNSUPPORTED:
-            raise
-        check_writable([path], force=False)  # no hard links here: check, then replace
-        os.replace(temporary, path)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.warning(
+                "waiting for %s: another `flwrmtls ca` command is changing this CA", files.lock
+            )
+            fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(descriptor)  # closing the last descriptor releases the lock
 
 
 def _read_bytes(path: Path, what: str) -> bytes:
@@ -239,6 +322,12 @@ def read_private_key_file(path: Path, what: str = "private key") -> PrivateKey:
     return key
 
 
+def read_ca_key_file(path: Path, what: str) -> PrivateKey:
+    """A CA key (``root.key``, ``issuing.key``): refused if group or others may use the file."""
+    check_ca_key_file(path, what)
+    return read_private_key_file(path, what)
+
+
 def read_ca_material(
     files: CaFiles,
 ) -> tuple[x509.Certificate, x509.Certificate, PrivateKey]:
@@ -261,5 +350,5 @@ def read_ca_material(
     return (
         read_certificate_file(files.trust_bundle, "root CA certificate"),
         read_certificate_file(files.issuing_certificate, "issuing CA certificate"),
-        read_private_key_file(files.issuing_key, "issuing CA key"),
+        read_ca_key_file(files.issuing_key, "issuing CA key"),
     )

@@ -26,6 +26,7 @@ from cryptography.x509.oid import NameOID
 
 from flwrmtls.auth.identity import ROLE_OID, AmbiguousIdentityError, validate_spiffe_id
 from flwrmtls.errors import InputError
+from flwrmtls.pki.holders import SameIdentity
 from flwrmtls.pki.keys import SIGNATURE_HASH, PrivateKey, PublicKey
 from flwrmtls.pki.profiles import CertificateProfile, build_extensions
 
@@ -62,6 +63,9 @@ class IssuedCertificate:
     key_path: Path
     """``<name>.key``: the leaf's private key, mode 0600."""
     serial: int
+    takes_over: tuple[SameIdentity, ...] = ()
+    """Unrevoked certificates of this CA with the same identity, as found before writing
+    (:mod:`~flwrmtls.pki.holders`): to the link, this one is the same holder as they are."""
 
 
 def as_utc(moment: datetime) -> datetime:
@@ -81,6 +85,11 @@ def validity_window(
     overridden; InputError if it ends before it starts or outlives its issuer."""
     if days < 1:
         raise InputError(f"validity of {days} days is too short; pass --days 1 or more")
+    if not_after is None and days > (issuer_not_after - now).days + 1:
+        raise InputError(
+            f"--days {days}: the certificate would outlive the issuing CA, which expires on "
+            f"{issuer_not_after:%Y-%m-%d}; pass a smaller --days or create a new CA"
+        )
     start = now - CLOCK_SKEW_ALLOWANCE if not_before is None else as_utc(not_before)
     end = now + timedelta(days=days) if not_after is None else as_utc(not_after)
     if end <= start:

@@ -9,6 +9,11 @@ for its dates or usage fails here, at startup, instead of as an opaque handshake
 start-up (:func:`check_client_certificate`, its definite causes) and again whenever the link
 closes a handshake without a word (see :mod:`flwrmtls.wire.errors`), when the certificate may
 have expired since, or may not chain to a CA the link trusts.
+
+A key file that other users may read is used with a warning (:mod:`flwrmtls.keyfiles`).
+
+Clients always verify the link with an explicit CA bundle: :func:`channel_credentials` takes
+the bundle's bytes, never None, so grpc never falls back to the public CAs it bundles.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from cryptography.x509.verification import (
 )
 
 from flwrmtls.errors import InputError
+from flwrmtls.keyfiles import check_key_file
 
 __all__ = [
     "CertificateCheck",
@@ -42,6 +48,7 @@ __all__ = [
     "check_own_certificate",
     "load_ca_bundle",
     "load_tls_identity",
+    "no_root_certificates",
     "server_credentials",
 ]
 
@@ -122,6 +129,7 @@ def load_tls_identity(
             f"{key_flag}: the key in {keyfile} does not match the certificate in {certfile} "
             f"({cert_flag}): use the key file issued with that certificate"
         )
+    check_key_file(keyfile, key_flag)
     key_pem = key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
@@ -279,9 +287,22 @@ def server_credentials(
     )
 
 
+def no_root_certificates(missing: str, give: str) -> InputError:
+    """The one refusal of a TLS client without a CA bundle: what is missing, what to give."""
+    return InputError(
+        f"{missing}: give {give}, the CA bundle that signed the link's certificate; without it "
+        "grpc would trust its own bundled public CAs (to trust this machine's CA store, give "
+        "its file, e.g. /etc/ssl/certs/ca-certificates.crt)"
+    )
+
+
 def channel_credentials(
-    root_certificates_pem: bytes | None, identity: TlsIdentity | None
+    root_certificates_pem: bytes, identity: TlsIdentity | None
 ) -> grpc.ChannelCredentials:
+    """TLS to the link, verified with ``root_certificates_pem`` (an explicit CA bundle)."""
+    if not root_certificates_pem:
+        # grpc treats None or b"" as "its bundled public roots": never let that through.
+        raise ValueError("channel_credentials needs the CA bundle that verifies the link")
     if identity is None:
         return grpc.ssl_channel_credentials(root_certificates=root_certificates_pem)
     return grpc.ssl_channel_credentials(

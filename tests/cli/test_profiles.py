@@ -100,3 +100,91 @@ def test_strings_from_the_link_cannot_drive_the_terminal() -> None:
     assert printable("CN=eve\x1b[2J\x07") == "CN=eve\\x1b[2J\\x07"
     assert printable("a traceback\nline two") == "a traceback\nline two"  # control
     assert "\x1b" not in table(["IDENTITY"], [["CN=eve\x1b]0;owned\x07"]])
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ('insecure = "false"', "insecure = 'false' is a string; expected true or false"),
+        ("insecure = 0", "insecure = 0 is an integer; expected true or false"),
+        ("address = 9093", "address = 9093 is an integer; expected the link's Control API"),
+        ("root-certificates = true", "root-certificates = True is a boolean; expected a file"),
+        ('client-certificate = ["a.pem"]', "client-certificate = ['a.pem'] is an array"),
+        ("client-private-key = 2024-01-01", "is a date or time; expected a file path"),
+        ('root-certificate = "ca.crt"', "unknown key 'root-certificate' (a profile holds"),
+        ('root-certificates = ""', "root-certificates is empty"),
+    ],
+)
+def test_every_profile_key_has_one_type(tmp_path: Path, line: str, expected: str) -> None:
+    """A wrong type is one line naming the profile, the key, what it holds and what it must;
+    ``insecure = "false"`` used to count as true. The control: the same profile with the
+    value of the right type."""
+    path = tmp_path / "config.toml"
+    base = '[superlink]\ndefault = "p"\n[superlink.p]\n'
+    key = line.split(" = ")[0]
+    good = {
+        "insecure": "insecure = false",
+        "address": 'address = "h:1"',
+        "root-certificates": 'root-certificates = "ca.crt"',
+        "client-certificate": 'client-certificate = "a.pem"',
+        "client-private-key": 'client-private-key = "a.key"',
+        "root-certificate": "",
+    }[key]
+    address = "" if key == "address" else 'address = "h:1"\n'
+    path.write_text(base + address + line + "\n")
+    with pytest.raises(InputError) as refused:
+        ConfigFile(path).profile(None)
+    message = str(refused.value)
+    assert message.startswith(f"{path}: profile 'p': ")
+    assert expected in message
+    assert "\n" not in message
+    path.write_text(base + address + good + "\n")
+    profile = ConfigFile(path).profile(None)
+    assert profile.insecure is False
+    assert profile.address == "h:1"
+
+
+def test_insecure_true_is_the_only_way_to_plaintext(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text('[superlink.p]\naddress = "h:1"\ninsecure = true\n')
+    assert ConfigFile(path).profile("p").insecure is True
+    path.write_text('[superlink.p]\naddress = "h:1"\ninsecure = "true"\n')
+    with pytest.raises(InputError, match="insecure = 'true' is a string"):
+        ConfigFile(path).profile("p")
+
+
+def test_the_superlink_table_has_types_too(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text('[superlink]\ndefault = 3\n[superlink.p]\naddress = "h:1"\n')
+    with pytest.raises(InputError, match=r"\[superlink\] default = 3 is an integer; expected"):
+        ConfigFile(path).profile(None)
+    path.write_text('[superlink]\nprod = "h:1"\n[superlink.p]\naddress = "h:1"\n')
+    with pytest.raises(InputError, match=r"\[superlink\] prod = 'h:1' is a string; expected a"):
+        ConfigFile(path).profile("p")
+    path.write_text('[superlink]\ndefault = "p"\n[superlink.p]\naddress = "h:1"\n')  # control
+    assert ConfigFile(path).profile(None).name == "p"
+
+
+def test_a_broken_profile_does_not_stop_another(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text(
+        '[superlink.bad]\naddress = "h:1"\ninsecure = "no"\n[superlink.good]\naddress = "h:2"\n'
+    )
+    assert ConfigFile(path).profile("good").address == "h:2"
+    with pytest.raises(InputError, match="profile 'bad'"):
+        ConfigFile(path).profile("bad")
+
+
+def test_config_add_refuses_a_tls_profile_without_root_certificates(tmp_path: Path) -> None:
+    env = {"FLWRMTLS_HOME": str(tmp_path / "home")}
+    refused = run_cli(["config", "add", "x", "--address", "a:1"], env=env)
+    assert refused.returncode == 1
+    assert refused.stderr.strip() == (
+        "flwrmtls: error: no --root-certificates: give --root-certificates FILE, the CA bundle "
+        "that signed the link's certificate; without it grpc would trust its own bundled public "
+        "CAs (to trust this machine's CA store, give its file, e.g. "
+        "/etc/ssl/certs/ca-certificates.crt)"
+    )
+    assert not (tmp_path / "home" / "config.toml").exists()
+    plaintext = run_cli(["config", "add", "x", "--address", "a:1", "--insecure"], env=env)
+    assert plaintext.returncode == 0, plaintext.stderr  # control: plaintext says so itself

@@ -112,7 +112,14 @@ def test_reissued_node_keeps_its_node_id(tmp_path: Path) -> None:
     refused = run_flwrmtls(*issue, cwd=tmp_path)
     assert refused.returncode == 1
     assert "pass --force" in refused.stderr
-    _ok(run_flwrmtls(*issue, "--force", cwd=tmp_path))
+    rotated = run_flwrmtls(*issue, "--force", cwd=tmp_path)
+    assert rotated.returncode == 0, rotated.stderr
+    # a rotation, so a warning (not a refusal) naming the certificate it takes over from
+    (warning,) = rotated.stderr.splitlines()
+    assert warning.startswith("flwrmtls: warning: Subject CN=node-1,O=Hospital A is also")
+    assert f"--serial {int(first['serial'].replace(':', ''), 16):#x} --reason superseded" in (
+        warning
+    )
 
     second = _show(tmp_path, "pki/node-1.pem", "--dir", "pki")
     assert second["serial"] != first["serial"]
