@@ -97,7 +97,8 @@ def test_the_loaders_check_the_mode(
 def test_the_ca_refuses_its_own_exposed_keys(pki_dir: CertificateAuthority, mode: int) -> None:
     issuing_key = pki_dir.files.issuing_key
     issuing_key.chmod(mode)
-    with pytest.raises(InputError, match=rf"issuing CA key: private key file .* \(mode 0{mode:o}\)"):
+    expected = rf"issuing CA key: private key file .* \(mode 0{mode:o}\)"
+    with pytest.raises(InputError, match=expected):
         CertificateAuthority.load(pki_dir.directory)
     with pytest.raises(InputError, match="chmod 600"):
         check_ca_key_file(issuing_key, "issuing CA key")
@@ -110,7 +111,7 @@ def test_the_root_key_is_checked_where_it_is_read(
 ) -> None:
     successor = CertificateAuthority.create(tmp_path / "successor")
     pki_dir.files.root_key.chmod(0o644)
-    with pytest.raises(InputError, match="root CA key: private key file .* open to other users"):
+    with pytest.raises(InputError, match=r"root CA key: private key file .* open to other users"):
         pki_dir.cross_sign(successor.root_certificate)
     pki_dir.files.root_key.chmod(0o600)  # control
     pki_dir.cross_sign(successor.root_certificate)

@@ -31,7 +31,8 @@ def one_error_line(text: str) -> str:
 def implicit_store(deployment: Deployment) -> dict[str, str]:
     """An environment in which grpc's default roots verify the link (stands in for a public
     CA that certified an impostor's name)."""
-    return {**deployment.env, "GRPC_DEFAULT_SSL_ROOTS_FILE_PATH": str(deployment.pki.trust_bundle_path)}
+    roots = str(deployment.pki.trust_bundle_path)
+    return {**deployment.env, "GRPC_DEFAULT_SSL_ROOTS_FILE_PATH": roots}
 
 
 @pytest.mark.parametrize("credential", ["certificate", "ec-key", "none"])
@@ -88,7 +89,8 @@ def test_cli_profile_without_root_certificates_is_refused(deployment: Deployment
     used = run_cli(["supernode", "list", "stale"], env=env)
     assert used.returncode == 1, used.stdout
     line = one_error_line(used.stderr)
-    assert "profile 'stale'" in line and "has no root-certificates" in line
+    assert "profile 'stale'" in line
+    assert "has no root-certificates" in line
     assert "flwrmtls config add stale --address" in line
     listed = run_cli(["config", "list"], env=env)
     assert "unusable: no root-certificates" in listed.stdout
@@ -127,9 +129,9 @@ def test_key_files_others_may_read_are_named_once(deployment: Deployment) -> Non
     with the fix; a 0600 key (control) and a Kubernetes-style ``root:<fsGroup> 0440`` key
     owned by another user are used silently."""
     pki = deployment.pki
-    for name in ("node-3", "node-4", "operator-2"):
-        issue = pki.ca.issue_cli if name.startswith("operator") else pki.ca.issue_node
-        issue(name, **({"role": "operator"} if name.startswith("operator") else {}))
+    pki.ca.issue_node("node-3")
+    pki.ca.issue_node("node-4")
+    pki.ca.issue_cli("operator-2", role="operator")
     os.chmod(pki.paths("node-3")[1], 0o644)
     os.chown(pki.paths("node-4")[1], 65534, 65534)  # owned by another user, group-readable
     os.chmod(pki.paths("node-4")[1], 0o440)

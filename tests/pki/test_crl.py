@@ -177,7 +177,7 @@ def test_a_lost_or_damaged_record_is_never_treated_as_empty(
 
 
 def test_crl_days_must_be_positive(authority: CertificateAuthority) -> None:
-    with pytest.raises(InputError, match="--days 1 or more"):
+    with pytest.raises(InputError, match="a CRL must be valid for 1 to 365 days"):
         authority.write_crl(days=0)
 
 

@@ -60,6 +60,7 @@ def test_ca_directory_layout(authority: CertificateAuthority) -> None:
     assert names == [
         "ca",
         "ca.crt",
+        "ca/.lock",
         "ca/issuing.crt",
         "ca/issuing.key",
         "ca/revoked.json",

@@ -25,7 +25,6 @@ from flwrmtls.testing.clock import FakeClock
 
 from .openssl_tools import run_flwrmtls
 
-
 CRL_MAX_DAYS = 365  # flwrmtls.pki.crl.CRL_MAX_DAYS, as the refusal states it
 
 
@@ -35,7 +34,8 @@ def _crl_serials(authority: CertificateAuthority) -> set[int]:
 
 
 def _recorded(authority: CertificateAuthority) -> set[int]:
-    return {entry.serial for entry in RevocationRecord.load(authority.files.revocation_record).revoked}
+    record = RevocationRecord.load(authority.files.revocation_record)
+    return {entry.serial for entry in record.revoked}
 
 
 class GateClock(FakeClock):
@@ -89,7 +89,7 @@ def test_concurrent_commands_never_lose_a_revocation(tmp_path: Path, first: str)
     first_line = second.stderr.readline()
     clock.release.set()
     thread.join(60)
-    out, rest = second.communicate(timeout=60)
+    _, rest = second.communicate(timeout=60)
     assert not errors, errors
     assert second.returncode == 0, first_line + rest
     expected = {0x2222} | ({0x1111} if first == "revoke" else set())
@@ -137,7 +137,7 @@ def test_a_recorded_serial_missing_from_the_crl_is_published_again(
     assert _crl_serials(authority) == {0x77}
     assert "was already recorded as revoked" in caplog.text
     assert f"but {authority.crl_path} did not list it" in caplog.text
-    with pytest.raises(InputError, match="already revoked .*nothing changed"):
+    with pytest.raises(InputError, match=r"already revoked .*nothing changed"):
         authority.revoke(serial=0x77)
     # a crl.pem of another CA that lists the serial does not count either
     other = CertificateAuthority.create(tmp_path / "other")
