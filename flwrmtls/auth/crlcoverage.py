@@ -55,6 +55,8 @@ class CoverageRow:
     next_update: datetime | None
     state: CoverageState
     detail: str
+    expiry_warning: str = ""
+    """Set when a CRL in force lapses soon (:mod:`flwrmtls.auth.crllapse`), else empty."""
 
 
 def _utc(moment: datetime) -> str:

@@ -2,7 +2,9 @@
 
 ``supernode list`` prints the nodes, then (table format) the link's revocation coverage per
 issuer of client certificates. Its JSON stays the list of nodes scripts read; the coverage in
-JSON is ``supernode revocation --format json``.
+JSON is ``supernode revocation --format json``. Both print one warning line on stderr per CRL
+in force that lapses soon (in every format), since past its next update the link refuses every
+certificate of that issuer.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import Annotated, Any
 import typer
 
 from flwrmtls.auth.keys import load_public_key_file, public_key_der
-from flwrmtls.cli.output import OutputFormat, emit, format_time, table
+from flwrmtls.cli.output import OutputFormat, emit, format_time, printable, table
 from flwrmtls.control.client import ControlClient
 from flwrmtls.errors import InputError
 from flwrmtls.profiles import ConfigFile
@@ -78,6 +80,7 @@ def list_nodes(
         ["NODE ID", "IDENTITY", "ORGANISATION", "AUTH", "STATUS", "CERT EXPIRES", "LAST SEEN"],
         rows,
     )
+    _warn_lapsing(response.revocation)
     if format is OutputFormat.TABLE and response.revocation:
         typer.echo("\nRevocation (per issuer of client certificates):")
         typer.echo(table(_COVERAGE_HEADERS, _coverage_rows(response.revocation)))
@@ -99,6 +102,8 @@ def _coverage_data(coverage: Sequence[control_pb2.RevocationCoverage]) -> list[d
             "next_update": format_time(c.next_update) if c.next_update else None,
             "state": c.state,
             "detail": c.detail,
+            "expires_soon": c.expires_soon,
+            "expiry_warning": c.expiry_warning,
         }
         for c in coverage
     ]
@@ -120,12 +125,23 @@ def _coverage_rows(coverage: Sequence[control_pb2.RevocationCoverage]) -> list[l
             c.scope,
             _crl_column(c),
             ", ".join(c.sources) or "-",
-            format_time(c.next_update),
+            format_time(c.next_update) + (" (expires soon!)" if c.expires_soon else ""),
             c.state,
-            c.detail or "-",
+            "; ".join(text for text in (c.detail, c.expiry_warning) if text) or "-",
         ]
         for c in coverage
     ]
+
+
+def _warn_lapsing(coverage: Sequence[control_pb2.RevocationCoverage]) -> None:
+    """One stderr line per CRL that lapses soon, whatever the output format (scripts too)."""
+    for c in coverage:
+        if c.expires_soon:
+            typer.echo(
+                printable(f"flwrmtls: warning: the link's CRL for issuer {c.issuer} ({c.scope}) "
+                          f"{c.expiry_warning}"),
+                err=True,
+            )  # fmt: skip
 
 
 @app.command("revocation")
@@ -144,6 +160,7 @@ def revocation(
         coverage = client.list_nodes_and_revocation().revocation
     finally:
         client.close()
+    _warn_lapsing(coverage)
     emit(format, _coverage_data(coverage), _COVERAGE_HEADERS, _coverage_rows(coverage))
 
 

@@ -363,4 +363,6 @@ def _coverage_message(row: CoverageRow) -> control_pb2.RevocationCoverage:
         next_update=row.next_update.timestamp() if row.next_update else 0.0,
         state=row.state.value,
         detail=row.detail,
+        expires_soon=bool(row.expiry_warning),
+        expiry_warning=row.expiry_warning,
     )

@@ -12,6 +12,7 @@ import os
 import re
 import signal
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 from cryptography import x509
@@ -170,6 +171,13 @@ def parser() -> argparse.ArgumentParser:
         help="flag and log node certificates that expire within this many days",
     )
     p.add_argument(
+        "--crl-expiry-warning-hours",
+        type=float,
+        default=48.0,
+        help="flag and log a CRL in force whose next update is this close (at most a quarter "
+        "of its lifetime): past it, every certificate of its issuer is refused",
+    )
+    p.add_argument(
         "--identity-source",
         choices=[s.value for s in IdentitySource],
         default=IdentitySource.SUBJECT.value,
@@ -321,6 +329,8 @@ def config_from_args(args: argparse.Namespace) -> LinkConfig:
         raise InputError("--max-chain-depth must be 0 or more")
     if args.max_connections < 1 or args.max_calls_per_address < 1:
         raise InputError("--max-connections and --max-calls-per-address must be at least 1")
+    if not 0 < args.crl_expiry_warning_hours <= 24 * 366:
+        raise InputError("--crl-expiry-warning-hours must be above 0, at most 8784 (a year)")
     if not 0 < args.heartbeat_interval <= 86400:
         raise InputError("--heartbeat-interval must be a number of seconds above 0, at most 86400")
     return LinkConfig(
@@ -346,6 +356,7 @@ def config_from_args(args: argparse.Namespace) -> LinkConfig:
         server_limits=ServerLimits(max_connections=args.max_connections),
         calls_per_address=args.max_calls_per_address,
         cert_expiry_warning_days=args.cert_expiry_warning_days,
+        crl_expiry_warning=timedelta(hours=args.crl_expiry_warning_hours),
         role_source=RoleSource(args.cli_role_source),
         cli_ca_pem=cli_ca_pem,
         cli_ca_certificates=cli_cas,
@@ -512,6 +523,8 @@ async def _run(config: LinkConfig) -> None:
         format_size(config.storage.max_run_bytes),
         format_size(config.storage.max_node_pending_bytes),
     )
+
+    link.log_crl_lapses()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):

@@ -40,6 +40,7 @@ from flwrmtls.auth.authenticator import Authenticator, OpenAuthenticator
 from flwrmtls.auth.authority import Authorities, PinnedToAuthority
 from flwrmtls.auth.compose import DenyUnregistered
 from flwrmtls.auth.crlcoverage import CoverageRow
+from flwrmtls.auth.crllapse import DEFAULT_LAPSE_WARNING, LapseLog, with_lapse_warning
 from flwrmtls.auth.eckey import (
     Audiences,
     EcKeyAuthenticator,
@@ -123,6 +124,9 @@ class LinkConfig:
     """Authorized calls one peer address may have in progress on a Fleet or Control listener."""
     cert_expiry_warning_days: float = 14.0
     """Certificates expiring within this many days are flagged and logged."""
+    crl_expiry_warning: timedelta = DEFAULT_LAPSE_WARNING
+    """CRLs in force lapsing within this (at most a quarter of their lifetime) are flagged
+    and logged (:mod:`flwrmtls.auth.crllapse`)."""
     role_source: RoleSource = RoleSource.ROLE
     """Where a CLI certificate's role comes from: the X.520 role attribute, or the OU."""
     tls_files: TlsFiles | None = None
@@ -216,6 +220,7 @@ class Link:
         self.clock = clock or SystemClock()
         # CRLs first: a CRL the link refuses stops it before anything else is opened.
         self.revocations = RevocationStore(config.crl_path, self.clock) if config.crl_path else None
+        self._lapse_log = LapseLog()
         self.state = LinkState(config.database)
         self.keys = build_key_authenticator(config, self.state) if config.uses_keys else None
         self.live_calls = LiveCalls()
@@ -344,7 +349,16 @@ class Link:
             cas = [*self.config.client_ca_certificates, *self.config.cli_ca_certificates]
         if not cas and self.revocations is None:
             return []
-        return coverage_report(self.revocations, cas, now)
+        warning = self.config.crl_expiry_warning
+        return [with_lapse_warning(row, now, warning) for row in coverage_report(
+            self.revocations, cas, now
+        )]  # fmt: skip
+
+    def log_crl_lapses(self) -> None:
+        """Log CRLs in force that lapse soon (when they enter the window, then hourly)."""
+        if self.revocations is not None:
+            now = self.clock.now()
+            self._lapse_log.log_due(self.revocation_coverage(now), now)
 
     def _certificates(self) -> Authenticator:
         assert self.certificates is not None, "certificate modes need --ssl-require-client-auth"
@@ -469,8 +483,10 @@ class Link:
         while True:
             await asyncio.sleep(_CRL_POLL_SECONDS)
             try:
-                if self.revocations is not None and self.revocations.refresh():
-                    self._access_changed = True
+                if self.revocations is not None:
+                    if self.revocations.refresh():
+                        self._access_changed = True
+                    self.log_crl_lapses()
                 if self.tls_watcher is not None:
                     self.tls_watcher.poll()
             except Exception:  # never stop watching: a dead watcher would miss revocations

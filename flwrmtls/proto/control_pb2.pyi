@@ -112,6 +112,8 @@ class RevocationCoverage(_message.Message):
     NEXT_UPDATE_FIELD_NUMBER: _builtins.int
     STATE_FIELD_NUMBER: _builtins.int
     DETAIL_FIELD_NUMBER: _builtins.int
+    EXPIRES_SOON_FIELD_NUMBER: _builtins.int
+    EXPIRY_WARNING_FIELD_NUMBER: _builtins.int
     issuer: _builtins.str
     """RFC 4514 Subject of the issuing CA"""
     scope: _builtins.str
@@ -131,6 +133,12 @@ class RevocationCoverage(_message.Message):
     and "failing-closed" (the issuer's certificates are refused), "not-checked" (no CRL)
     """
     detail: _builtins.str
+    expires_soon: _builtins.bool
+    """Its CRL is in force but lapses within the link's warning window (--crl-expiry-warning-hours,
+    at most a quarter of the CRL's lifetime): renew it, or the issuer's certificates are refused.
+    """
+    expiry_warning: _builtins.str
+    """"expires in 20 h (next update ...): renew it ..." or "" """
     @_builtins.property
     def sources(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """the CRL files in force"""
@@ -148,10 +156,12 @@ class RevocationCoverage(_message.Message):
         next_update: _builtins.float = ...,
         state: _builtins.str = ...,
         detail: _builtins.str = ...,
+        expires_soon: _builtins.bool = ...,
+        expiry_warning: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["crl_number", b"crl_number", "delta_crl_number", b"delta_crl_number", "detail", b"detail", "issuer", b"issuer", "kind", b"kind", "next_update", b"next_update", "scope", b"scope", "sources", b"sources", "state", b"state", "this_update", b"this_update"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["crl_number", b"crl_number", "delta_crl_number", b"delta_crl_number", "detail", b"detail", "expires_soon", b"expires_soon", "expiry_warning", b"expiry_warning", "issuer", b"issuer", "kind", b"kind", "next_update", b"next_update", "scope", b"scope", "sources", b"sources", "state", b"state", "this_update", b"this_update"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
