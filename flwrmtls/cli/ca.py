@@ -82,8 +82,8 @@ def _print_issued(issued: IssuedCertificate) -> None:
             printable(
                 f"flwrmtls: warning: {holder.shared} is also that of {where} (serial "
                 f"{holder.serial:#x}, valid until {holder.not_after:%Y-%m-%d}, not revoked): "
-                "to the link both are the same holder (same node id, same runs). A rotation? "
-                f"Revoke the old one once replaced: `flwrmtls ca revoke --serial "
+                "to the link both are the same holder (same node id or user, same runs). A "
+                "rotation? Revoke the old one once replaced: `flwrmtls ca revoke --serial "
                 f"{holder.serial:#x} --reason superseded`. Meant as a new node? Revoke this "
                 "one and issue it with another --cn/--org"
             ),

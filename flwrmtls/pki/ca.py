@@ -10,9 +10,9 @@ windows in :mod:`~flwrmtls.pki.signing`, file writing in :mod:`~flwrmtls.pki.fil
 * The issuing CA signs every leaf and CRL. A leaf's key type defaults to the CA's; its key file
   is PKCS#8 unless asked otherwise; its chain file ``<name>.pem`` is the leaf then the issuing
   CA. Every output is checked (``force``) before anything is written; the key goes first.
-* ``issue`` reports the unrevoked certificates of this CA whose identity (Subject or SPIFFE
-  ID) the new one takes (:mod:`~flwrmtls.pki.holders`), without refusing: rotation is
-  exactly that. The command line prints each as a warning.
+* ``issue`` of a node or CLI certificate reports the unrevoked certificates of this CA whose
+  identity (Subject or SPIFFE ID) the new one takes (:mod:`~flwrmtls.pki.holders`), without
+  refusing: rotation is exactly that. The command line prints each as a warning.
 * ``revoke`` and ``crl`` hold the CA's lock (``ca/.lock``) while they read and rewrite the
   revocation record, so concurrent commands never lose a revocation. The CRL is staged before
   the record is saved and moved into place after it; if the move fails the previous record is
@@ -81,6 +81,8 @@ CRL_VALIDITY_DAYS = 7
 """A CRL's default next-update: a week, renewed daily (see docs/operations.md): RFC 5280
 leaves it to the CA; a week is common practice and leaves six days to notice a failed
 renewal before links start refusing (they fail closed when it lapses)."""
+
+_CLIENT_PROFILES = frozenset({ProfileName.NODE, ProfileName.CLI})
 
 CA_MAX_DAYS = 36500
 """A hundred years: beyond what any X.509 date needs, short of what Python dates hold."""
@@ -282,7 +284,11 @@ class CertificateAuthority:
             issuer_not_after=self.issuing_certificate.not_valid_after_utc,
         )
         check_writable([chain_path, key_path], force=force)
-        takes_over = self._same_identity(subject, subject_alternative_names, out_dir)
+        takes_over = (
+            self._same_identity(subject, subject_alternative_names, out_dir)
+            if profile.name in _CLIENT_PROFILES  # a link's own certificate names no client
+            else []
+        )
         leaf_key = generate_private_key(leaf_key_type)
         certificate = sign_certificate(
             profile,

@@ -74,3 +74,13 @@ def test_the_command_line_warns_and_still_issues(tmp_path: Path) -> None:
     fresh = run_flwrmtls("ca", "issue", "node", "node-8", "--org", "A", cwd=tmp_path)
     assert fresh.returncode == 0
     assert fresh.stderr == ""  # the control: a Subject of its own
+
+
+def test_server_certificates_are_not_identities(
+    fake_clock_authority: CertificateAuthority,
+) -> None:
+    ca = fake_clock_authority
+    ca.issue_server("link")
+    assert ca.issue_server("link-2027", dns_names=("localhost",)).takes_over == ()
+    ca.issue_cli("alice", role="user")  # the control: a CLI user's Subject is an identity
+    assert len(ca.issue_cli("alice-laptop", common_name="alice", role="user").takes_over) == 1
