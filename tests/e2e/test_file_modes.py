@@ -136,8 +136,8 @@ def test_what_an_older_link_left_open_is_tightened_and_an_operators_directory_on
     )
     assert added.returncode == 0, added.stderr
     assert added.stderr.strip().splitlines() == [
-        f"{home} is open to group or others (mode 0755) and holds flwrmtls state: "
-        f"run chmod 700 {home}"
+        f"flwrmtls: warning: {home} is open to group or others (mode 0755) and holds "
+        f"flwrmtls state: run chmod 700 {home}"
     ]
     assert (mode(home), mode(home / "config.toml")) == (0o755, 0o600)
     # Control: a private home gets no warning.
