@@ -15,14 +15,16 @@ An app directory holds a ``pyproject.toml`` with::
 
 Rules:
 
+- A bundle holds what :mod:`flwrmtls.app.appfiles` selects: the app's sources and configs,
+  never a private key, data, hidden files or what the app's ignore files leave out.
 - A bundle is deterministic: the same files give the same bytes. Entries are regular files
   only, sorted by path, with mtime 0, uid/gid 0, no owner names, mode 0755 when the owner may
   execute the file and 0644 otherwise; the gzip header has mtime 0 and no file name.
-- Left out: hidden files and directories (``.git``, ``.venv``, ...), ``__pycache__``, ``*.pyc``,
-  ``*.egg-info``, and ``build/`` and ``dist/`` at the top. A symbolic link is refused.
 - A bundle is named by its SHA-256 (:func:`bundle_hash`). :func:`extract_bundle` checks it
   first, then refuses absolute paths, ``..``, links, devices and anything but regular files
   and directories, before it writes a byte.
+- The link accepts a bundle only when every member is one ``flwrmtls run`` would bundle
+  (:func:`check_bundle`: an app file type, not hidden, no private key), whatever built it.
 - The run config of a run is the app's defaults with overrides for known keys only; an
   override must have its default's type (an int may stand for a float).
 """
@@ -43,6 +45,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, TypeVar
 
+from flwrmtls.app.appfiles import AppFiles, member_problem, select_app_files
+from flwrmtls.app.keyscan import private_key_kind, private_key_kind_in_stream
 from flwrmtls.errors import InputError
 from flwrmtls.keyvalues import Value
 
@@ -51,18 +55,16 @@ __all__ = [
     "BundleError",
     "build_bundle",
     "bundle_hash",
+    "check_bundle",
     "extract_bundle",
     "load_component",
     "merge_run_config",
     "read_app_config",
-    "read_bundle_config",
 ]
 
 T = TypeVar("T")
 
 _REFERENCE = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$")
-_SKIPPED_NAMES = {"__pycache__"}
-_SKIPPED_TOP = {"build", "dist"}
 
 
 class BundleError(InputError, ValueError):
@@ -175,39 +177,22 @@ def bundle_hash(bundle: bytes | memoryview) -> str:
     return hashlib.sha256(bundle).hexdigest()
 
 
-def _bundled_files(app_dir: Path) -> list[tuple[str, Path]]:
-    files: list[tuple[str, Path]] = []
-    for path in sorted(app_dir.rglob("*")):
-        relative = path.relative_to(app_dir)
-        parts = relative.parts
-        if (
-            any(part.startswith(".") or part in _SKIPPED_NAMES for part in parts)
-            or any(part.endswith(".egg-info") for part in parts)
-            or parts[0] in _SKIPPED_TOP
-            or path.suffix == ".pyc"
-        ):
-            continue
-        if path.is_symlink():
-            raise InputError(f"{path}: is a symbolic link; an app bundle holds regular files only")
-        if path.is_file():
-            files.append((relative.as_posix(), path))
-    return sorted(files)
-
-
-def build_bundle(app_dir: Path) -> bytes:
-    """The app directory as a deterministic .tar.gz (checked with read_app_config first)."""
+def build_bundle(app_dir: Path, files: AppFiles | None = None) -> bytes:
+    """The app directory as a deterministic .tar.gz (checked with read_app_config first):
+    ``files``, or what :func:`~flwrmtls.app.appfiles.select_app_files` selects."""
     read_app_config(app_dir)
+    if files is None:
+        files = select_app_files(app_dir)
     tar_bytes = io.BytesIO()
     with tarfile.open(fileobj=tar_bytes, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for name, path in _bundled_files(app_dir):
-            data = path.read_bytes()
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            info.mode = 0o755 if path.stat().st_mode & 0o100 else 0o644
+        for file in files.files:
+            info = tarfile.TarInfo(file.name)
+            info.size = len(file.data)
+            info.mode = 0o755 if file.executable else 0o644
             info.mtime = 0
             info.uid = info.gid = 0
             info.uname = info.gname = ""
-            tar.addfile(info, io.BytesIO(data))
+            tar.addfile(info, io.BytesIO(file.data))
     compressed = io.BytesIO()
     with gzip.GzipFile(filename="", mode="wb", fileobj=compressed, mtime=0) as gz:
         gz.write(tar_bytes.getvalue())
@@ -273,23 +258,53 @@ def _bounded(tar: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
         yield member
 
 
-def read_bundle_config(bundle: bytes) -> AppConfig:
-    """The app config of a bundle, reading only its pyproject.toml (the link's check)."""
+_UPGRADE = "build bundles with `flwrmtls run` (an older CLI bundles more: upgrade it)"
+
+
+def check_bundle(bundle: bytes) -> AppConfig:
+    """The link's check of a bundle it receives, whoever built it: every member is a safe
+    path, a file type ``flwrmtls run`` bundles, and holds no private key; returns the app
+    config from its pyproject.toml. ``BundleError`` names the first member refused."""
+    config: AppConfig | None = None
     try:
         with tarfile.open(fileobj=io.BytesIO(bundle), mode="r|gz") as tar:
             for member in _bounded(tar):
-                if member.name.lstrip("./") != "pyproject.toml" or not member.isfile():
+                relative = _safe_member_path(member)
+                if member.isdir():
                     continue
-                if member.size > _MAX_PYPROJECT_BYTES:
-                    raise BundleError("the bundle's pyproject.toml is over 1 MiB")
+                name = relative.as_posix()
+                problem = member_problem(name)
+                if problem is not None:
+                    raise BundleError(f"bundle member {name!r}: {problem}; {_UPGRADE}")
                 source = tar.extractfile(member)
-                assert source is not None
-                with tempfile.TemporaryDirectory(prefix="flwrmtls-pyproject-") as tmp:
-                    (Path(tmp) / "pyproject.toml").write_bytes(source.read())
-                    return read_app_config(Path(tmp))
+                assert source is not None  # a regular file always has content
+                if name == "pyproject.toml":
+                    if member.size > _MAX_PYPROJECT_BYTES:
+                        raise BundleError("the bundle's pyproject.toml is over 1 MiB")
+                    pyproject = source.read()
+                    _refuse_private_key(name, private_key_kind(pyproject))
+                    config = _read_bundled_pyproject(pyproject)
+                else:  # read a window at a time: a member may be large
+                    _refuse_private_key(name, private_key_kind_in_stream(source.read))
     except (tarfile.TarError, EOFError, gzip.BadGzipFile) as error:
         raise BundleError(f"bundle is not a valid .tar.gz: {error}") from error
-    raise BundleError("the bundle has no pyproject.toml at its top")
+    if config is None:
+        raise BundleError("the bundle has no pyproject.toml at its top")
+    return config
+
+
+def _refuse_private_key(name: str, kind: str | None) -> None:
+    if kind is not None:
+        raise BundleError(
+            f"bundle member {name!r} holds {kind}: the link does not accept private keys in "
+            "bundles (they would reach every node)"
+        )
+
+
+def _read_bundled_pyproject(data: bytes) -> AppConfig:
+    with tempfile.TemporaryDirectory(prefix="flwrmtls-pyproject-") as tmp:
+        (Path(tmp) / "pyproject.toml").write_bytes(data)
+        return read_app_config(Path(tmp))
 
 
 # -- loading components ---------------------------------------------------------------------

@@ -9,17 +9,16 @@ exit 1. Everything it prints becomes the run's log on the link.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import traceback
-from dataclasses import asdict, is_dataclass
 from typing import Any
 
 import grpc
 
 from flwrmtls.app.bundle import load_component
 from flwrmtls.app.context import Context
+from flwrmtls.app.runresult import ResultError, check_result, encode_result
 from flwrmtls.app.serverapp import ServerApp
 from flwrmtls.app.strategy import StrategyError
 from flwrmtls.appio.grid import GrpcGrid
@@ -38,15 +37,14 @@ log = logging.getLogger("flwrmtls.serverapp")
 
 
 def _result_json(outcome: Any) -> str:
-    """What main returned, as JSON when it is a strategy Result (metrics per round)."""
-    if outcome is None or not is_dataclass(outcome) or isinstance(outcome, type):
+    """What main returned, as the run result JSON when it is a strategy Result (metrics per
+    round); a result the link would refuse is logged and not sent."""
+    try:
+        text = encode_result(outcome)
+        return check_result(text) if text else ""
+    except (ResultError, TypeError, ValueError) as error:
+        log.warning("the run's result is not kept: %s", error)
         return ""
-    summary = {
-        key: value
-        for key, value in asdict(outcome).items()
-        if key in ("train_metrics", "evaluate_metrics")
-    }
-    return json.dumps(summary, default=lambda value: repr(value), sort_keys=True)
 
 
 def run(address: str) -> int:

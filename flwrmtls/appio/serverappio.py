@@ -16,6 +16,10 @@ Rules:
   is still awaited: a round to N nodes costs the link O(N), not O(N^2). Which awaited nodes
   went offline is checked at most every ``OFFLINE_RECHECK`` seconds per run (sooner when a
   node's heartbeat grace ends).
+* SetRunResult keeps only a result of the shape the app library writes
+  (:mod:`flwrmtls.app.runresult`: bounded, finite, canonical); anything else is refused with
+  INVALID_ARGUMENT and nothing is stored. The reason is kept up to 4,000 characters
+  (``flwrmtls.link.runs.REASON_LIMIT``).
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ from typing import Any
 import grpc
 import grpc.aio
 
+from flwrmtls.app.runresult import ResultError, check_result
 from flwrmtls.auth.interceptor import current_principal
 from flwrmtls.clock import Clock
 from flwrmtls.keyvalues import values_to_proto
@@ -87,7 +92,9 @@ class ServerAppIoServicer(appio_pb2_grpc.ServerAppIoServicer):
         return appio_pb2.GetAppRunResponse(
             run_id=run.run_id, bundle_hash=run.bundle_hash,
             run_config=values_to_proto(run.run_config),
-            object_directory=str(self._objects.store.directory) if self._share_objects else "",
+            object_directory=(  # absolute: the ServerApp works in its own directory
+                str(self._objects.store.directory.resolve()) if self._share_objects else ""
+            ),
         )  # fmt: skip
 
     async def GetNodes(
@@ -240,7 +247,13 @@ class ServerAppIoServicer(appio_pb2_grpc.ServerAppIoServicer):
     async def SetRunResult(
         self, request: appio_pb2.SetRunResultRequest, context: _Context
     ) -> appio_pb2.SetRunResultResponse:
-        self._runs.report(self._run_id(), request.failed, request.reason, request.result_json)
+        result = ""
+        if request.result_json:
+            try:
+                result = check_result(request.result_json)
+            except ResultError as error:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"run result: {error}")
+        self._runs.report(self._run_id(), request.failed, request.reason, result)
         return appio_pb2.SetRunResultResponse()
 
     async def PullObject(

@@ -343,4 +343,4 @@ def show_command(
     if output_format is OutputFormat.JSON:
         typer.echo(json.dumps(description.to_json(), indent=2))
     else:
-        typer.echo("\n".join(_render_text(description, directory)))
+        typer.echo("\n".join(printable(line) for line in _render_text(description, directory)))

@@ -1,4 +1,8 @@
-"""``flwrmtls``: the command line, joined from one module per command group."""
+"""``flwrmtls``: the command line, joined from one module per command group.
+
+A failure is one line on standard error, escaped (:func:`flwrmtls.terminal.printable`): the
+link's error details and a run's reason are someone else's text.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ import typer
 
 from flwrmtls.cli import audit, ca, config, new, runs, supernode
 from flwrmtls.errors import FlwrmtlsError
+from flwrmtls.terminal import printable
 
 __all__ = ["app", "main"]
 
@@ -43,7 +48,7 @@ def main() -> None:
     try:
         app(prog_name="flwrmtls")
     except FlwrmtlsError as error:
-        print(f"flwrmtls: error: {error}", file=sys.stderr)
+        print(f"flwrmtls: error: {printable(str(error))}", file=sys.stderr)
         sys.exit(1)
 
 

@@ -1,4 +1,9 @@
-"""Rendering for the CLI: readable tables for people, JSON for scripts. No colour codes."""
+"""Rendering for the CLI: readable tables for people, JSON for scripts. No colour codes.
+
+Everything printed that came from elsewhere (the link, a certificate, a run) goes through
+:func:`flwrmtls.terminal.printable`; a table cell is one line. JSON is printed with
+``ensure_ascii``, so it carries no control character either.
+"""
 
 from __future__ import annotations
 
@@ -10,15 +15,9 @@ from typing import Any
 
 import typer
 
+from flwrmtls.terminal import printable
+
 __all__ = ["OutputFormat", "emit", "format_time", "printable", "table"]
-
-_CONTROL = {code: f"\\x{code:02x}" for code in [*range(0x20), 0x7F] if code not in (0x0A,)}
-
-
-def printable(text: str) -> str:
-    """``text`` with control characters (but newlines) shown as ``\\xNN``: strings from the
-    link (a certificate Subject, a node's error message) cannot drive the terminal."""
-    return text.translate(_CONTROL)
 
 
 class OutputFormat(StrEnum):

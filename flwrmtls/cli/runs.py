@@ -10,7 +10,9 @@ from typing import Annotated
 
 import typer
 
+from flwrmtls.app.appfiles import AppFiles, select_app_files
 from flwrmtls.app.bundle import build_bundle, bundle_hash, merge_run_config, read_app_config
+from flwrmtls.app.runresult import ResultError, check_result
 from flwrmtls.cli.output import OutputFormat, emit, format_time, printable
 from flwrmtls.control.client import ControlClient
 from flwrmtls.errors import LinkUnreachable, Refused
@@ -35,7 +37,8 @@ def _print_entry(entry: control_pb2.LogEntry) -> None:
     if not entry.text:
         return
     stamp = datetime.fromtimestamp(entry.timestamp, UTC).strftime("%H:%M:%S")
-    typer.echo(f"{stamp} {printable(entry.source)}: {printable(entry.text)}")
+    text = printable(entry.text, keep_newlines=True)  # a ClientApp's traceback is multi-line
+    typer.echo(f"{stamp} {printable(entry.source)}: {text}")
 
 
 def _print_entry_json(entry: control_pb2.LogEntry) -> None:
@@ -70,6 +73,46 @@ def _follow(
         raise Refused(f"run {run_id} {record.status}{reason}")
 
 
+_LEFT_OUT_SHOWN = 20
+"""The most left-out paths ``run --dry-run`` names in a table (JSON lists them all)."""
+
+
+def _summary(files: AppFiles, bundle: bytes) -> str:
+    count = len(files.files)
+    return (
+        f"bundle: {count} file{'s' if count != 1 else ''}, {files.total_bytes:,} bytes "
+        f"({len(bundle):,} compressed), sha256:{bundle_hash(bundle)[:16]}..."
+    )
+
+
+def _print_dry_run(app_dir: Path, files: AppFiles, bundle: bytes, fmt: OutputFormat) -> None:
+    if fmt is OutputFormat.JSON:
+        typer.echo(
+            json.dumps(
+                {
+                    "files": [{"path": f.name, "bytes": len(f.data)} for f in files.files],
+                    "left_out": [{"path": x.name, "reason": x.reason} for x in files.left_out],
+                    "bytes": files.total_bytes,
+                    "compressed_bytes": len(bundle),
+                    "bundle_hash": bundle_hash(bundle),
+                },
+                indent=2,
+            )
+        )
+        return
+    typer.echo(f"would bundle from {printable(str(app_dir))}:")
+    width = max((len(f.name) for f in files.files), default=0)
+    for file in files.files:
+        typer.echo(f"  {printable(file.name).ljust(width)}  {len(file.data):>10,}")
+    if files.left_out:
+        typer.echo("left out:")
+        for left in files.left_out[:_LEFT_OUT_SHOWN]:
+            typer.echo(f"  {printable(left.name)}  ({printable(left.reason)})")
+        if len(files.left_out) > _LEFT_OUT_SHOWN:
+            typer.echo(f"  ... and {len(files.left_out) - _LEFT_OUT_SHOWN} more")
+    typer.echo(f"{_summary(files, bundle)}; nothing was sent (--dry-run)")
+
+
 def run(
     app_dir: Annotated[Path, typer.Argument(help="the app directory")] = Path("."),
     connection: _Connection = None,
@@ -79,22 +122,47 @@ def run(
     run_config: Annotated[
         str, typer.Option("--run-config", help="'key=value ...' overriding the app's config")
     ] = "",
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="list the files the bundle would hold (and those left out) without "
+            "contacting the link",
+        ),
+    ] = False,
     format: _Format = OutputFormat.TABLE,
 ) -> None:
-    """Bundle the app, start a run on the link, print its id."""
+    """Bundle the app (its sources and configs: see docs/apps.md), start a run on the link,
+    print its id. A file holding a private key stops the run before anything is sent."""
     app = read_app_config(app_dir)
     overrides = parse_key_values(run_config, "--run-config")
     merge_run_config(app.default_config, overrides)  # refuse unknown keys before sending
-    bundle = build_bundle(app_dir)
+    files = select_app_files(app_dir)
+    bundle = build_bundle(app_dir, files)
+    if dry_run:
+        _print_dry_run(app_dir, files, bundle, format)
+        return
     digest = bundle_hash(bundle)
+    if format is OutputFormat.TABLE:
+        typer.echo(_summary(files, bundle))
     client = _client(connection)
     try:
         run_id = client.start_run(bundle, digest, overrides)
         if format is OutputFormat.JSON:
-            typer.echo(json.dumps({"run_id": run_id, "bundle_hash": digest}))
+            typer.echo(
+                json.dumps(
+                    {
+                        "run_id": run_id,
+                        "bundle_hash": digest,
+                        "bundle_files": len(files.files),
+                        "bundle_bytes": files.total_bytes,
+                    }
+                )
+            )
         else:
             typer.echo(
-                f"run {run_id} started: {app.name} {app.version} (bundle sha256:{digest[:16]}...)"
+                f"run {run_id} started: {printable(app.name)} {printable(app.version)} "
+                f"(bundle sha256:{digest[:16]}...)"
             )
         if stream:
             _follow(
@@ -102,6 +170,17 @@ def run(
             )
     finally:
         client.close()
+
+
+def _result(stored: str) -> tuple[object, str | None]:
+    """A stored run result for ``ls --format json``: the value, or None and why it is not
+    shown (a result an older link kept unchecked)."""
+    if not stored:
+        return None, None
+    try:
+        return json.loads(check_result(stored)), None
+    except ResultError as error:
+        return None, f"the stored result is not shown: {error}"
 
 
 def ls(
@@ -115,22 +194,37 @@ def ls(
         runs = client.list_runs(run_id)
     finally:
         client.close()
-    data = [
-        {
+    if format is OutputFormat.TABLE:  # the table shows no config or result: parse neither
+        rows = [
+            [str(r.run_id), f"{r.app_name} {r.app_version}", r.status, r.owner,
+             format_time(r.created_at), r.reason[:60]]
+            for r in runs
+        ]  # fmt: skip
+        emit(format, [], ["RUN ID", "APP", "STATUS", "OWNER", "CREATED", "REASON"], rows)
+        return
+    data = []
+    for r in runs:
+        result, result_error = _result(r.result_json)
+        record = {
             "run_id": r.run_id, "app": r.app_name, "version": r.app_version, "status": r.status,
             "reason": r.reason, "owner": r.owner, "created_at": format_time(r.created_at),
             "finished_at": format_time(r.finished_at) if r.finished_at else None,
-            "bundle_hash": r.bundle_hash, "run_config": json.loads(r.run_config_json or "{}"),
-            "result": json.loads(r.result_json) if r.result_json else None,
-        }
-        for r in runs
-    ]  # fmt: skip
-    rows = [
-        [str(r.run_id), f"{r.app_name} {r.app_version}", r.status, r.owner,
-         format_time(r.created_at), r.reason[:60]]
-        for r in runs
-    ]  # fmt: skip
-    emit(format, data, ["RUN ID", "APP", "STATUS", "OWNER", "CREATED", "REASON"], rows)
+            "bundle_hash": r.bundle_hash, "run_config": _run_config(r.run_config_json),
+            "result": result,
+        }  # fmt: skip
+        if result_error is not None:
+            record["result_error"] = result_error
+        data.append(record)
+    emit(format, data, [], [])
+
+
+def _run_config(stored: str) -> object:
+    """A run's config as the link stored it (its own JSON; a TOML nan or inf shown as the
+    string "NaN" or "Infinity", as run results write them); None if it does not parse."""
+    try:
+        return json.loads(stored or "{}", parse_constant=lambda token: token)
+    except (ValueError, RecursionError):
+        return None
 
 
 def log(
@@ -166,4 +260,4 @@ def stop(
     if format is OutputFormat.JSON:
         typer.echo(json.dumps({"run_id": run_id, "status": status}))
     else:
-        typer.echo(f"run {run_id} {status}")
+        typer.echo(f"run {run_id} {printable(status)}")

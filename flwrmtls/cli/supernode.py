@@ -236,7 +236,7 @@ def unregister(
         response = client.unregister_node(node_id)
     finally:
         client.close()
-    typer.echo(f"node {node_id} ({response.identity}) unregistered")
+    typer.echo(f"node {node_id} ({printable(response.identity)}) unregistered")
 
 
 @app.command("readmit")
@@ -253,4 +253,4 @@ def readmit(
         identity = client.readmit_node(node_id)
     finally:
         client.close()
-    typer.echo(f"node {node_id} ({identity}) readmitted")
+    typer.echo(f"node {node_id} ({printable(identity)}) readmitted")

@@ -30,6 +30,7 @@ from flwrmtls.link.objects import (
 )
 from flwrmtls.link.reload import TlsFiles
 from flwrmtls.link.server import Link, LinkConfig
+from flwrmtls.terminal import configure_logging, printable
 from flwrmtls.wire.credentials import load_ca_bundle, load_tls_identity
 from flwrmtls.wire.listen import ServerLimits, is_loopback, require_loopback
 
@@ -537,17 +538,13 @@ async def _run(config: LinkConfig) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     restrict_umask()  # before anything is created: see flwrmtls.filemodes
-    logging.basicConfig(
-        level=logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    configure_logging()  # escaped: identities, reasons and app output are others' text
     args = parser().parse_args(argv)
     try:
         config = config_from_args(args)
         asyncio.run(_run(config))
     except FlwrmtlsError as error:
-        print(f"flwrmtls-superlink: error: {error}", file=sys.stderr)
+        print(f"flwrmtls-superlink: error: {printable(str(error))}", file=sys.stderr)
         sys.exit(1)
 
 

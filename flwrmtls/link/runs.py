@@ -2,11 +2,14 @@
 
 Rules:
 
-* StartRun checks the bundle (its SHA-256 and its pyproject.toml) before anything runs; the
-  run config is the app's defaults with the user's overrides (unknown keys refused).
-* Each run gets one ServerApp process (``python -m flwrmtls.appio.serverapp_process``). Its
-  token goes to it on standard input, never on its command line; the link keeps the token's
-  hash only. Every line the process prints becomes a run log entry.
+* StartRun checks the bundle (its SHA-256, that every member is an app file ``flwrmtls run``
+  would bundle and holds no private key, its pyproject.toml) before anything runs; the run
+  config is the app's defaults with the user's overrides (unknown keys refused).
+* Each run gets one ServerApp process (``python -I -u -m flwrmtls.appio.serverapp_process``,
+  started in ``/``: see :mod:`flwrmtls.appio.process`; nothing in the link's working
+  directory is imported). Its token goes to it on standard input, never on its command
+  line; the link keeps the token's hash only. Every line the process prints becomes a run
+  log entry.
 * How a run ends (see :mod:`flwrmtls.state.runs`): the process exits 0 -> completed; it
   reports a failure or exits non-zero -> failed with its reason; ``stop`` -> stopped (the
   process is terminated); the link stops -> failed ("link stopped"); a run found active when
@@ -16,6 +19,8 @@ Rules:
   the run's token instead of starting a process (a third of a second of CPU here). The spare
   is started once the link has had no active run for ``SPARE_DELAY`` seconds, so that it
   never competes with a run for the CPU, and it is stopped with the link.
+* A ServerApp's result is kept only in the shape :mod:`flwrmtls.app.runresult` defines (the
+  ServerAppIo servicer checks it); its stated reason is cut at ``REASON_LIMIT`` characters.
 * Processes are always waited for (no zombies).
 * The run's bundle is its first object (it counts against the run's quota). When a run ends,
   its messages are deleted, and so are its objects that no other run, pending node upload or
@@ -29,10 +34,10 @@ import asyncio
 import contextlib
 import json
 import logging
-import sys
 from dataclasses import dataclass
 
-from flwrmtls.app.bundle import bundle_hash, merge_run_config, read_bundle_config
+from flwrmtls.app.bundle import bundle_hash, check_bundle, merge_run_config
+from flwrmtls.appio.process import APP_PROCESS_CWD, app_process_command
 from flwrmtls.auth.tokens import new_token, token_hash
 from flwrmtls.clock import Clock
 from flwrmtls.errors import InputError
@@ -52,6 +57,8 @@ SPARE_DELAY = 1.0
 """Seconds without an active run before a spare app process is started."""
 _LINE_LIMIT = 1 << 20
 """The longest ServerApp output line kept whole; longer ones are split."""
+REASON_LIMIT = 4000
+"""The most characters of a ServerApp's stated reason the run keeps."""
 
 
 @dataclass
@@ -97,8 +104,9 @@ class RunManager:
         actual = bundle_hash(bundle)
         if actual != declared_hash:
             raise InputError(f"bundle hash mismatch: declared {declared_hash}, got {actual}")
-        # Only pyproject.toml is read, off the event loop, within size bounds.
-        app = await asyncio.to_thread(read_bundle_config, bundle)
+        # Every member is checked (app file types, no private key), off the event loop,
+        # within size bounds; only pyproject.toml is parsed.
+        app = await asyncio.to_thread(check_bundle, bundle)
         run_config = merge_run_config(app.default_config, overrides)
         self._objects.check_bundle(len(bundle))
         self._objects.store.put(bundle)
@@ -132,9 +140,12 @@ class RunManager:
 
     async def _spawn(self) -> asyncio.subprocess.Process:
         """A ServerApp process: it imports what it needs, then waits for its token."""
-        return await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "flwrmtls.appio.serverapp_process",
+        command = app_process_command(
+            "flwrmtls.appio.serverapp_process",
             "--serverappio-api-address", self.serverappio_address,
+        )  # fmt: skip
+        return await asyncio.create_subprocess_exec(
+            *command, cwd=APP_PROCESS_CWD,
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT, limit=_LINE_LIMIT,
         )  # fmt: skip
@@ -217,9 +228,12 @@ class RunManager:
                 )
 
     def report(self, run_id: int, failed: bool, reason: str, result_json: str) -> None:
-        """ServerAppIo: the ServerApp's own account of how its run went."""
+        """ServerAppIo: the ServerApp's own account of how its run went (``result_json``
+        already checked by :func:`flwrmtls.app.runresult.check_result`)."""
         if result_json:
             self._state.runs.set_result(run_id, result_json)
+        if len(reason) > REASON_LIMIT:
+            reason = reason[:REASON_LIMIT] + "..."
         self._reported[run_id] = _Reported(failed, reason)
 
     def _end(self, run_id: int, status: RunStatus, reason: str) -> None:

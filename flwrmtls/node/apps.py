@@ -6,7 +6,9 @@ Rules:
   bundle by its hash; the object store verifies the SHA-256 before the bundle can be used,
   and the ClientApp process verifies it again when it unpacks it.
 * The ClientApp process gets its run token on standard input (never its command line); the
-  node keeps the token's hash only. The process reaches the node over ClientAppIo.
+  node keeps the token's hash only. The process reaches the node over ClientAppIo. It starts
+  isolated (``python -I -u``, in ``/``: see :mod:`flwrmtls.appio.process`), so nothing in the
+  node's working directory is imported.
 * One spare ClientApp process waits, its imports done, for a run to need it: a new run's
   first message is handed to it instead of waiting for a process to start (half a second of
   CPU per node on this kind of machine). A spare holds no token and no run until it is given
@@ -42,11 +44,11 @@ from __future__ import annotations
 import logging
 import queue
 import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
 
+from flwrmtls.appio.process import APP_PROCESS_CWD, app_process_command
 from flwrmtls.auth.tokens import MemoryTokenStore
 from flwrmtls.fleet.client import FleetClient, OverQuota, Session
 from flwrmtls.keyvalues import Value, values_from_proto
@@ -209,8 +211,11 @@ class AppManager:
     def _spawn(self) -> subprocess.Popen[bytes]:
         """A ClientApp process that imports what it needs, then waits for its token."""
         return subprocess.Popen(
-            [sys.executable, "-m", "flwrmtls.appio.clientapp_process",
-             "--clientappio-api-address", self.clientappio_address],
+            app_process_command(
+                "flwrmtls.appio.clientapp_process",
+                "--clientappio-api-address", self.clientappio_address,
+            ),
+            cwd=APP_PROCESS_CWD,
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         )  # fmt: skip
 

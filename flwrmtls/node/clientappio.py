@@ -65,7 +65,9 @@ class ClientAppIoServicer(appio_pb2_grpc.ClientAppIoServicer):
             run_config=values_to_proto(run.run_config),
             node_config=values_to_proto(self._apps.node_config),
             node_id=self._apps.node_id,
-            object_directory=str(self._apps.objects.directory) if self._apps.share_objects else "",
+            object_directory=str(self._apps.objects.directory.resolve())
+            if self._apps.share_objects
+            else "",
         )
 
     async def PullMessage(

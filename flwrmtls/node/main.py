@@ -37,6 +37,7 @@ from flwrmtls.node.clientappio import ClientAppIoServer
 from flwrmtls.node.rotation import CertificateWatcher
 from flwrmtls.node.signer import SigningInterceptor
 from flwrmtls.objects.store import ObjectStore
+from flwrmtls.terminal import configure_logging, printable
 from flwrmtls.wire.credentials import (
     CertificateCheck,
     TlsIdentity,
@@ -287,15 +288,11 @@ def run(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     restrict_umask()  # before anything is created: see flwrmtls.filemodes
-    logging.basicConfig(
-        level=logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    configure_logging()  # escaped: identities, reasons and app output are others' text
     try:
         run(parser().parse_args(argv))
     except FlwrmtlsError as error:
-        print(f"flwrmtls-supernode: error: {error}", file=sys.stderr)
+        print(f"flwrmtls-supernode: error: {printable(str(error))}", file=sys.stderr)
         sys.exit(1)
 
 

@@ -1,7 +1,9 @@
 """The link, nodes and the CLI as real subprocesses, for end-to-end tests and the demo.
 
 Each process writes its log to a file; helpers wait (bounded) for a line that says it is
-ready, and fail with the log's tail when it exits or times out instead.
+ready, and fail with the log's tail when it exits or times out instead. The link and nodes
+start as their console scripts would (``python -P``: their working directory is not on
+``sys.path``), in the working directory given (default: the caller's).
 """
 
 from __future__ import annotations
@@ -26,9 +28,16 @@ class ManagedProcess:
     module = ""
     ready_pattern = re.compile("")
 
-    def __init__(self, args: Sequence[str], log_path: Path, env: dict[str, str] | None = None):
+    def __init__(
+        self,
+        args: Sequence[str],
+        log_path: Path,
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
+    ):
         self.args = list(args)
         self.log_path = log_path
+        self.cwd = cwd
         self._env = {**os.environ, **(env or {})}
         self._env.setdefault("PYTHONUNBUFFERED", "1")
         self.process: subprocess.Popen[bytes] | None = None
@@ -37,11 +46,12 @@ class ManagedProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", self.module, *self.args],
+                [sys.executable, "-P", "-m", self.module, *self.args],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 env=self._env,
+                cwd=self.cwd,
             )
 
     @property

@@ -170,8 +170,8 @@ def test_bundles_are_deterministic(app_dir: Path, tmp_path: Path) -> None:
 
 
 def test_bundle_members_are_normalised(app_dir: Path) -> None:
-    script = app_dir / "run.sh"
-    script.write_text("#!/bin/sh\n")
+    script = app_dir / "run.py"
+    script.write_text("#!/usr/bin/env python\n")
     script.chmod(0o775)
     (app_dir / "demo_pkg" / "apps.py").chmod(0o600)
     bundle = build_bundle(app_dir)
@@ -179,7 +179,7 @@ def test_bundle_members_are_normalised(app_dir: Path) -> None:
     with tarfile.open(fileobj=io.BytesIO(bundle), mode="r:gz") as tar:
         members = {m.name: m for m in tar.getmembers()}
     assert list(members) == sorted(members)
-    assert members["run.sh"].mode == 0o755
+    assert members["run.py"].mode == 0o755
     assert members["demo_pkg/apps.py"].mode == 0o644
     for member in members.values():
         assert member.isreg()
@@ -203,14 +203,14 @@ def test_bundles_leave_out_caches_and_build_output(app_dir: Path) -> None:
         "dist/demo.whl",
         "demo_app.egg-info/PKG-INFO",
         "demo_pkg/.hidden/notes.txt",
-        "data/train.csv",
+        "venv/pyvenv.cfg",
+        "venv/lib/python3.11/site-packages/numpy/__init__.py",
         "demo_pkg/build/kept.py",
     ]:
         path = app_dir / relative
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("x")
     assert names_in(build_bundle(app_dir)) == [
-        "data/train.csv",
         "demo_pkg/__init__.py",
         "demo_pkg/apps.py",
         "demo_pkg/build/kept.py",
@@ -218,11 +218,20 @@ def test_bundles_leave_out_caches_and_build_output(app_dir: Path) -> None:
     ]
 
 
-def test_a_symlink_in_the_app_is_refused(app_dir: Path, tmp_path: Path) -> None:
-    (tmp_path / "secret").write_text("x")
-    (app_dir / "link").symlink_to(tmp_path / "secret")
-    with pytest.raises(InputError, match="link: is a symbolic link"):
+def test_a_symlink_that_would_be_bundled_is_refused(app_dir: Path, tmp_path: Path) -> None:
+    (tmp_path / "secret.py").write_text("x")
+    (tmp_path / "elsewhere").mkdir()
+    (app_dir / "id_rsa").symlink_to(tmp_path / "secret.py")  # not an app file: left out
+    build_bundle(app_dir)  # control
+    (app_dir / "link.py").symlink_to(tmp_path / "secret.py")
+    with pytest.raises(InputError, match=r"link\.py: is a symbolic link"):
         build_bundle(app_dir)
+    (app_dir / "link.py").unlink()
+    (app_dir / "data").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(InputError, match="data: is a symbolic link to a directory"):
+        build_bundle(app_dir)
+    (app_dir / ".gitignore").write_text("/data\n")  # an ignored link is not looked at
+    assert "data" not in " ".join(names_in(build_bundle(app_dir)))
 
 
 def test_build_bundle_checks_the_config_first(tmp_path: Path) -> None:
@@ -234,8 +243,8 @@ def test_build_bundle_checks_the_config_first(tmp_path: Path) -> None:
 
 
 def test_extract_round_trip(app_dir: Path, tmp_path: Path) -> None:
-    (app_dir / "run.sh").write_text("#!/bin/sh\n")
-    (app_dir / "run.sh").chmod(0o755)
+    (app_dir / "run.py").write_text("#!/usr/bin/env python\n")
+    (app_dir / "run.py").chmod(0o755)
     bundle = build_bundle(app_dir)
     target = extract_bundle(bundle, bundle_hash(bundle), tmp_path / "out")
     assert target == tmp_path / "out"
@@ -243,7 +252,7 @@ def test_extract_round_trip(app_dir: Path, tmp_path: Path) -> None:
     assert (target / "demo_pkg" / "apps.py").read_text() == (
         app_dir / "demo_pkg" / "apps.py"
     ).read_text()
-    assert (target / "run.sh").stat().st_mode & 0o777 == 0o755
+    assert (target / "run.py").stat().st_mode & 0o777 == 0o755
     assert build_bundle(target) == bundle
 
 
@@ -378,18 +387,18 @@ def test_an_app_package_may_not_shadow_an_imported_module(tmp_path: Path) -> Non
     assert sys.modules["json"].__file__ != str(app_dir / "json" / "__init__.py")
 
 
-def test_the_link_reads_only_the_config_of_a_bundle_and_refuses_oversized_ones(
+def test_the_link_checks_a_bundle_and_refuses_oversized_ones(
     app_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import flwrmtls.app.bundle as bundle_module
 
     bundle = bundle_module.build_bundle(app_dir)
-    config = bundle_module.read_bundle_config(bundle)
+    config = bundle_module.check_bundle(bundle)
     assert config == bundle_module.read_app_config(app_dir)  # control
     # A bundle declaring more than the limit is refused before its data is read.
     monkeypatch.setattr(bundle_module, "MAX_UNPACKED_BYTES", 100)
     with pytest.raises(bundle_module.BundleError, match="unpacks to more than"):
-        bundle_module.read_bundle_config(bundle)
+        bundle_module.check_bundle(bundle)
     with pytest.raises(bundle_module.BundleError, match="unpacks to more than"):
         bundle_module.extract_bundle(
             bundle, bundle_module.bundle_hash(bundle), tmp_path / "unpacked"

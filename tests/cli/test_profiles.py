@@ -98,8 +98,13 @@ def test_strings_from_the_link_cannot_drive_the_terminal() -> None:
     from flwrmtls.cli.output import printable, table
 
     assert printable("CN=eve\x1b[2J\x07") == "CN=eve\\x1b[2J\\x07"
-    assert printable("a traceback\nline two") == "a traceback\nline two"  # control
+    assert printable("a traceback\nline two", keep_newlines=True) == "a traceback\nline two"
     assert "\x1b" not in table(["IDENTITY"], [["CN=eve\x1b]0;owned\x07"]])
+    # A table cell is one line: a newline in it cannot forge a row.
+    assert table(["REASON"], [["failed\n3  fake  completed"]]).splitlines() == [
+        "REASON",
+        "failed\\n3  fake  completed",
+    ]
 
 
 @pytest.mark.parametrize(

@@ -45,8 +45,10 @@ class Deployment:
             "--serverappio-api-address", "127.0.0.1:0",
         ]  # fmt: skip
 
-    def start_link(self, args: list[str] | None = None, name: str = "link") -> LinkProcess:
-        link = LinkProcess(args or self.link_args(), self.tmp / f"{name}.log", self.env)
+    def start_link(
+        self, args: list[str] | None = None, name: str = "link", cwd: Path | None = None
+    ) -> LinkProcess:
+        link = LinkProcess(args or self.link_args(), self.tmp / f"{name}.log", self.env, cwd)
         self.processes.append(link)
         link.start_and_wait()
         return link
@@ -58,6 +60,7 @@ class Deployment:
         *extra: str,
         cert: str | None = None,
         ec_key: Path | None = None,
+        cwd: Path | None = None,
     ) -> NodeProcess:
         """A node with the certificate ``cert`` (default: ``name``'s) and, with ``ec_key``,
         that EC private key; ``cert=""`` means no certificate."""
@@ -72,7 +75,7 @@ class Deployment:
             "--root-certificates", str(self.pki.trust_bundle_path), *credentials,
             "--clientappio-api-address", "127.0.0.1:0", *extra,
         ]  # fmt: skip
-        node = NodeProcess(args, self.tmp / f"{name}.log", self.env)
+        node = NodeProcess(args, self.tmp / f"{name}.log", self.env, cwd)
         self.processes.append(node)
         node.start()
         return node
@@ -110,8 +113,8 @@ class Deployment:
         self.profile(link.control_port)
         return link, nodes
 
-    def cli(self, *args: str, timeout: float = 120.0) -> CliResult:
-        return run_cli(list(args), env=self.env, timeout=timeout)
+    def cli(self, *args: str, timeout: float = 120.0, cwd: Path | None = None) -> CliResult:
+        return run_cli(list(args), env=self.env, timeout=timeout, cwd=cwd)
 
     def cli_process(self, *args: str, name: str = "cli") -> CliProcess:
         """``flwrmtls ARGS`` started and left running; its output goes to ``<name>.log``."""
