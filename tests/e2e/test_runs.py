@@ -154,11 +154,15 @@ def test_stopping_a_run_stops_and_reaps_its_app_processes(
     [serverapp] = children(link.process.pid)
     # The token went on stdin: the command line and environment carry none.
     cmdline = Path(f"/proc/{serverapp}/cmdline").read_bytes().split(b"\0")
-    assert cmdline[1:4] == [
+    assert cmdline[1:6] == [
+        b"-I",  # isolated: nothing from the link's working directory on sys.path
+        b"-u",
         b"-m",
         b"flwrmtls.appio.serverapp_process",
         b"--serverappio-api-address",
     ]
+    # It works in its own unpacked bundle, not in the link's working directory.
+    assert Path(f"/proc/{serverapp}/cwd").resolve().name.startswith("flwrmtls-app-")
     assert b"TOKEN" not in Path(f"/proc/{serverapp}/environ").read_bytes().upper()
     # Besides its run's ClientApp, each node keeps one spare process waiting for a run.
     for node, clientapp in zip(nodes, clientapps, strict=True):
