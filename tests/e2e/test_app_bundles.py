@@ -58,20 +58,27 @@ def stored_bundle(deployment: Deployment, bundle_hash: str) -> list[str]:
 
 
 def test_the_bundle_holds_only_the_apps_files(deployment: Deployment, tmp_path: Path) -> None:
-    deployment.federation()
+    _, nodes = deployment.federation()
     app = tmp_path / "federation"
     make_leaky_app(deployment, app)
     (app / "notes.py").write_text("# scratch\n")
     (app / ".gitignore").write_text("notes.py\n")
-    # Run from inside the app directory, as `flwrmtls run` defaults to ".".
-    result = deployment.cli("run", "--stream", "--format", "json", cwd=app)
+    # Run from inside the app directory, as `flwrmtls run` defaults to "."; the ClientApps
+    # sleep, so the run (and the bundle the link keeps for it) stays while it is looked at.
+    result = deployment.cli(
+        "run", "--format", "json", "--run-config", "sleep-on=all sleep-seconds=60 rounds=1",
+        cwd=app,
+    )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
-    started = json.loads(result.stdout.splitlines()[0])
-    assert started["bundle_files"] == len(PROBE_FILES)
+    started = json.loads(result.stdout)
+    for node in nodes:
+        node.wait_for(r"run 1: app bundle \w+ fetched and verified")
     assert stored_bundle(deployment, started["bundle_hash"]) == PROBE_FILES
+    assert started["bundle_files"] == len(PROBE_FILES)
+    assert deployment.cli("stop", "1").returncode == 0
     # The summary line of a table run: what was bundled, before anything is started.
-    again = deployment.cli("run", cwd=app)
-    assert again.returncode == 0, again.stderr
+    again = deployment.cli("run", "--stream", "--run-config", "rounds=1", cwd=app)
+    assert again.returncode == 0, again.stdout + again.stderr
     assert again.stdout.startswith(f"bundle: {len(PROBE_FILES)} files, ")
     assert "run 2 started: probe 0.1.0" in again.stdout
 
