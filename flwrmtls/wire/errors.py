@@ -14,8 +14,9 @@ Rules:
   settles it when it finds a definite cause (expired, not yet valid, no clientAuth): then it is
   Refused, naming that cause; a likely cause (a chain not leading to the client's CA bundle) is
   added to the message.
-* A call cut on an established connection (``Stream removed``) is the link going away, never a
-  refusal: no handshake happened.
+* A call cut on an established connection (``Stream removed``), or cancelled by a link that
+  is stopping (``Cancelling all calls``, or ``CANCELLED`` from the link: a call the client
+  cancels itself never reaches this table), is the link going away, never a refusal: retried.
 
 What a client sees is only a string inside ``UNAVAILABLE`` (measured with grpcio 1.85, locked
 in by tests/wire/test_errors.py):
@@ -28,6 +29,8 @@ the client sees                            what happened
 ``WRONG_VERSION_NUMBER``                   the client speaks TLS, the link plaintext
 ``Stream removed (Socket closed)``         an established connection closed during a
                                            call: the link stopped, crashed or restarted
+``Cancelling all calls``                   the link is stopping (SIGTERM): its calls in
+                                           progress are cancelled
 ``...: Socket closed`` (TLS client)        closed after the client's handshake flight:
                                            the link refused the client's certificate (or
                                            its lack of one), or it died right then
@@ -114,6 +117,13 @@ def _went_away(ctx: ConnectionContext) -> FlwrmtlsError:
     )
 
 
+def _stopping(ctx: ConnectionContext) -> FlwrmtlsError:
+    return LinkUnreachable(
+        f"the link at {ctx.address} is stopping: it cancelled the calls in progress (it may be "
+        "restarting)"
+    )
+
+
 def _server_unverified(ctx: ConnectionContext) -> FlwrmtlsError:
     roots = ctx.root_certificates or "the system's CA store"
     return Refused(
@@ -147,6 +157,7 @@ _UNAVAILABLE_CAUSES = (
     ("CERTIFICATE_VERIFY_FAILED", _server_unverified),
     ("WRONG_VERSION_NUMBER", _not_tls),
     ("Stream removed", _went_away),
+    ("Cancelling all calls", _stopping),
     ("Socket closed", _handshake_closed),
     ("Failed to create security handshaker", _unusable_local_certificate),
     ("Connection refused", _unreachable),
@@ -166,4 +177,8 @@ def translate_rpc_error(error: grpc.RpcError, ctx: ConnectionContext) -> Flwrmtl
         return LinkUnreachable(f"the link at {ctx.address} is unavailable: {details}")
     if code is grpc.StatusCode.DEADLINE_EXCEEDED:
         return LinkUnreachable(f"the link at {ctx.address} did not answer in time")
+    if code is grpc.StatusCode.CANCELLED:  # a call this client cancels never gets here
+        return LinkUnreachable(
+            f"the link at {ctx.address} cancelled the call: it is stopping or restarting"
+        )
     return FlwrmtlsError(f"the link at {ctx.address} answered {code.name}: {details}")

@@ -12,6 +12,7 @@ import functools
 import signal
 import socket
 import threading
+import time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -23,7 +24,7 @@ from flwrmtls.errors import FlwrmtlsError, HandshakeClosed, LinkUnreachable, Ref
 from flwrmtls.fleet.client import FleetClient
 from flwrmtls.link.server import Link
 from flwrmtls.pki import CertificateAuthority
-from flwrmtls.testing.link import FleetListener, node_client
+from flwrmtls.testing.link import FleetListener, mtls_config, node_client, running_link
 from flwrmtls.testing.pki import TestPki
 from flwrmtls.testing.processes import LinkProcess
 from flwrmtls.wire.credentials import CertificateCheck, CertificateProblem
@@ -253,6 +254,7 @@ PLAIN = ConnectionContext(
          "no link is listening"),
         ("Stream removed (recvmsg:Connection reset by peer)", WITH_CERT, LinkUnreachable,
          "went away"),
+        ("Cancelling all calls", WITH_CERT, LinkUnreachable, "is stopping"),
     ],
 )  # fmt: skip
 def test_unavailable_translations(
@@ -263,6 +265,48 @@ def test_unavailable_translations(
     assert says in str(error)
     if kind is LinkUnreachable:
         assert "refused this" not in str(error)
+
+
+def test_a_call_the_link_cancels_is_retried_not_final() -> None:
+    error = translate_rpc_error(Failure(grpc.StatusCode.CANCELLED, "CANCELLED"), WITH_CERT)
+    assert type(error) is LinkUnreachable
+    assert str(error) == (
+        "the link at 127.0.0.1:9092 cancelled the call: it is stopping or restarting"
+    )
+
+
+def test_a_long_poll_of_a_stopping_link_is_the_link_stopping_in_plain_words(
+    pki: TestPki, tmp_path: Path
+) -> None:
+    # A link stopped with SIGTERM cancels the calls in progress: grpc says "Cancelling all
+    # calls", which the node used to log raw. Control: a call before the stop is answered.
+    config = mtls_config(
+        tmp_path / "link.db", server_chain=pki.paths("server")[0],
+        server_key=pki.paths("server")[1], client_ca=pki.trust_bundle_path,
+    )  # fmt: skip
+    cut: list[FlwrmtlsError] = []
+    with running_link(config) as link:
+        client, channel = node_1(link, pki)
+        session = client.activate()
+        assert client.pull(session, wait=0.0, active_run_ids=[]) == ([], [])
+
+        def long_poll() -> None:
+            try:
+                client.pull(session, wait=20.0, active_run_ids=[])
+            except FlwrmtlsError as error:
+                cut.append(error)
+
+        poll = threading.Thread(target=long_poll)
+        poll.start()
+        deadline = time.monotonic() + 20
+        while not len(link.live_calls) and time.monotonic() < deadline:  # the poll is in
+            time.sleep(0.05)
+        assert len(link.live_calls) == 1
+    poll.join(timeout=30)
+    channel.close()
+    [error] = cut
+    assert type(error) is LinkUnreachable, error
+    assert "is stopping" in str(error)
 
 
 def test_refusals_the_link_states_stay_final() -> None:
