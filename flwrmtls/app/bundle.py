@@ -25,6 +25,11 @@ Rules:
   and directories, before it writes a byte.
 - The link accepts a bundle only when every member is one ``flwrmtls run`` would bundle
   (:func:`check_bundle`: an app file type, not hidden, no private key), whatever built it.
+- A bundle is a plain ustar archive: every header is one 512-byte block. Readers refuse PAX
+  extended and global headers, GNU long-name and long-link headers and GNU sparse files
+  before ``tarfile`` reads their data (it would hold all of it in memory: a 100 KB bundle
+  can carry a 100 MB header), and the builder writes none (a path longer than ustar holds
+  is refused with the path named).
 - The run config of a run is the app's defaults with overrides for known keys only; an
   override must have its default's type (an int may stand for a float).
 """
@@ -184,7 +189,7 @@ def build_bundle(app_dir: Path, files: AppFiles | None = None) -> bytes:
     if files is None:
         files = select_app_files(app_dir)
     tar_bytes = io.BytesIO()
-    with tarfile.open(fileobj=tar_bytes, mode="w", format=tarfile.PAX_FORMAT) as tar:
+    with tarfile.open(fileobj=tar_bytes, mode="w", format=tarfile.USTAR_FORMAT) as tar:
         for file in files.files:
             info = tarfile.TarInfo(file.name)
             info.size = len(file.data)
@@ -192,11 +197,48 @@ def build_bundle(app_dir: Path, files: AppFiles | None = None) -> bytes:
             info.mtime = 0
             info.uid = info.gid = 0
             info.uname = info.gname = ""
-            tar.addfile(info, io.BytesIO(file.data))
+            _add_ustar(tar, info, file.data, app_dir)
     compressed = io.BytesIO()
     with gzip.GzipFile(filename="", mode="wb", fileobj=compressed, mtime=0) as gz:
         gz.write(tar_bytes.getvalue())
     return compressed.getvalue()
+
+
+def _add_ustar(tar: tarfile.TarFile, info: tarfile.TarInfo, data: bytes, app_dir: Path) -> None:
+    try:
+        tar.addfile(info, io.BytesIO(data))
+    except ValueError as error:  # tarfile: "name is too long", "linkname is too long"
+        raise InputError(
+            f"{app_dir / info.name}: {error}: a bundle holds paths of at most 100 bytes, or "
+            "255 split at a '/' into at most 155 and 100; shorten the path"
+        ) from None
+
+
+_EXTENDED_HEADERS = {
+    tarfile.XHDTYPE: "a PAX extended header",
+    tarfile.XGLTYPE: "a PAX global header",
+    tarfile.SOLARIS_XHDTYPE: "a Solaris extended header",
+    tarfile.GNUTYPE_LONGNAME: "a GNU long-name header",
+    tarfile.GNUTYPE_LONGLINK: "a GNU long-link header",
+    tarfile.GNUTYPE_SPARSE: "a GNU sparse file",
+}
+"""Header types whose data tarfile reads whole into memory (or, sparse, block after block)
+before any member check could see it."""
+
+
+class _UstarHeader(tarfile.TarInfo):
+    """A header tarfile may process: refuses :data:`_EXTENDED_HEADERS` before their data is
+    read (tarfile calls ``_proc_member`` right after parsing the header's one block)."""
+
+    def _proc_member(self, archive: tarfile.TarFile) -> tarfile.TarInfo:
+        kind = _EXTENDED_HEADERS.get(self.type)
+        if kind is not None:
+            raise BundleError(
+                f"bundle has {kind} ({self.size} bytes): a bundle is a plain ustar archive; "
+                "build it with `flwrmtls run`"
+            )
+        processed: tarfile.TarInfo = super()._proc_member(archive)  # type: ignore[misc]
+        return processed
 
 
 def _safe_member_path(member: tarfile.TarInfo) -> PurePosixPath:
@@ -221,7 +263,7 @@ def extract_bundle(bundle: bytes | memoryview, expected_hash: str, into: Path) -
     if into.exists() and any(into.iterdir()):
         raise BundleError(f"{into}: not empty; a bundle is unpacked into an empty directory")
     try:
-        with tarfile.open(fileobj=io.BytesIO(bundle), mode="r:gz") as tar:
+        with tarfile.open(fileobj=io.BytesIO(bundle), mode="r:gz", tarinfo=_UstarHeader) as tar:
             members = [(member, _safe_member_path(member)) for member in _bounded(tar)]
             into.mkdir(parents=True, exist_ok=True)
             root = into.resolve()
@@ -267,7 +309,7 @@ def check_bundle(bundle: bytes) -> AppConfig:
     config from its pyproject.toml. ``BundleError`` names the first member refused."""
     config: AppConfig | None = None
     try:
-        with tarfile.open(fileobj=io.BytesIO(bundle), mode="r|gz") as tar:
+        with tarfile.open(fileobj=io.BytesIO(bundle), mode="r|gz", tarinfo=_UstarHeader) as tar:
             for member in _bounded(tar):
                 relative = _safe_member_path(member)
                 if member.isdir():

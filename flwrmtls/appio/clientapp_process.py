@@ -8,6 +8,11 @@ store's temporary-file-and-rename), otherwise over ClientAppIo's object calls. A
 that raises becomes an error reply carrying the traceback (the link logs it with this
 node's identity); the process keeps serving the next message, as it does when the link
 refuses a reply over a storage bound (the node sends an error reply in its place).
+
+A message whose arrays cannot be had (over the node's ``--max-object-storage``, not
+available from the link, or corrupt twice) gets an error reply (``LINK_ERROR``, the reason)
+and the process goes on. An array read from the shared directory whose bytes do not match
+its id is deleted there and asked for again (the node fetches it from the link), once.
 """
 
 from __future__ import annotations
@@ -32,9 +37,9 @@ from flwrmtls.appio.process import (
     unpack_app,
 )
 from flwrmtls.keyvalues import values_from_proto
-from flwrmtls.objects.store import ObjectStore
+from flwrmtls.objects.store import CorruptObject, ObjectStore
 from flwrmtls.objects.transfer import pull_objects, push_objects
-from flwrmtls.proto import appio_pb2, appio_pb2_grpc
+from flwrmtls.proto import appio_pb2, appio_pb2_grpc, common_pb2
 
 log = logging.getLogger("flwrmtls.clientapp")
 
@@ -52,20 +57,51 @@ def _handle(client_app: ClientApp, message: Message, context: Context) -> Messag
         )
 
 
+_UNAVAILABLE = (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.RESOURCE_EXHAUSTED)
+"""What the node answers for arrays it cannot provide: not available from the link, or over
+its --max-object-storage. The message gets an error reply; any other failure ends the
+process (the node is gone)."""
+
+
 def _read_shared(
     stub: appio_pb2_grpc.ClientAppIoStub,
     shared: ObjectStore,
     object_ids: list[str],
     metadata: tuple[tuple[str, str], ...],
 ) -> dict[str, bytes]:
-    """Have the node fetch the objects, then read them from its directory (verified)."""
-    unique = list(dict.fromkeys(object_ids))
-    if unique:
+    """Have the node fetch the objects, then read them from its directory (verified). One
+    whose bytes do not match its id (or that went missing) is deleted and prepared again,
+    once; a second mismatch raises :class:`CorruptObject`."""
+
+    def prepare(ids: list[str]) -> None:
         stub.PrepareObjects(
-            appio_pb2.PrepareObjectsRequest(object_ids=unique), metadata=metadata,
+            appio_pb2.PrepareObjectsRequest(object_ids=ids), metadata=metadata,
             timeout=_TRANSFER_TIMEOUT,
         )  # fmt: skip
-    return {object_id: shared.read_verified(object_id) for object_id in unique}
+
+    unique = list(dict.fromkeys(object_ids))
+    if unique:
+        prepare(unique)
+    objects: dict[str, bytes] = {}
+    for object_id in unique:
+        try:
+            objects[object_id] = shared.read_verified(object_id, discard=True)
+        except (CorruptObject, FileNotFoundError) as error:
+            log.warning("%s: asking the node to fetch it again", error)
+            prepare([object_id])
+            objects[object_id] = shared.read_verified(object_id, discard=True)
+    return objects
+
+
+def _undelivered(proto: common_pb2.Message, reason: str) -> Message:
+    """An error reply to ``proto``, whose arrays could not be had."""
+    bare = common_pb2.Message()
+    bare.CopyFrom(proto)
+    bare.ClearField("content")
+    del bare.object_ids[:]
+    return message_from_proto(bare, {}).create_error_reply(
+        Error(ErrorCode.LINK_ERROR, f"node {proto.dst_node_id}: {reason}")
+    )
 
 
 def run(address: str) -> int:
@@ -97,14 +133,26 @@ def run(address: str) -> int:
             if not response.HasField("message"):
                 continue
             object_ids = list(response.message.object_ids)
-            objects = (
-                _read_shared(stub, shared, object_ids, metadata)
-                if shared is not None
-                else pull_objects(stub, object_ids, metadata=metadata, timeout=_TRANSFER_TIMEOUT)
-            )
-            message = message_from_proto(response.message, objects)
-            del objects
-            reply = _handle(client_app, message, context)
+            try:
+                objects = (
+                    _read_shared(stub, shared, object_ids, metadata)
+                    if shared is not None
+                    else pull_objects(
+                        stub, object_ids, metadata=metadata, timeout=_TRANSFER_TIMEOUT
+                    )
+                )
+            except grpc.RpcError as error:
+                if error.code() not in _UNAVAILABLE:
+                    raise
+                log.error("the message's arrays are unavailable: %s", error.details())
+                reply = _undelivered(response.message, error.details() or "arrays unavailable")
+            except ValueError as error:  # corrupt twice, or bad bytes over ClientAppIo
+                log.error("the message's arrays cannot be read: %s", error)
+                reply = _undelivered(response.message, str(error))
+            else:
+                message = message_from_proto(response.message, objects)
+                del objects
+                reply = _handle(client_app, message, context)
             proto, reply_objects = message_to_proto(reply)
             if shared is not None:
                 for object_id, data in reply_objects.items():  # the node pushes them on

@@ -4,32 +4,41 @@ An EC-key node signs each call for the link's server key (:mod:`flwrmtls.node.au
 When the link refuses a call as ``wrong-audience`` (its server certificate was rotated to a
 new key), the node learns the key again from a TLS handshake and retries that call once; every
 call here can be retried (a refused call changed nothing on the link).
+
+Every answer is checked here, in one place, against the node's table of what it accepts
+(:data:`flwrmtls.wire.bounds.RESPONSE_BOUNDS`), before any of it is used: an answer outside it
+raises :class:`BadAnswer` (final for the node: see :mod:`flwrmtls.node.agent`), and an object's
+chunks are bounded as they arrive (:func:`flwrmtls.objects.transfer.pull_object_into`).
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import grpc
+from google.protobuf.message import Message as ProtoMessage
 
 from flwrmtls import __version__
 from flwrmtls.errors import FlwrmtlsError, Refused
 from flwrmtls.objects.store import ObjectStore
-from flwrmtls.objects.transfer import pull_object_into, push_stored_objects
+from flwrmtls.objects.transfer import Reserve, pull_object_into, push_stored_objects
 from flwrmtls.proto import common_pb2, fleet_pb2, fleet_pb2_grpc
+from flwrmtls.proto.objects_pb2 import ObjectChunk, PullObjectRequest
+from flwrmtls.wire.bounds import response_problem
 from flwrmtls.wire.errors import ConnectionContext, translate_rpc_error
 from flwrmtls.wire.metadata import REFUSAL_KEY
 
-__all__ = ["FleetClient", "OverQuota", "Session", "SessionEnded"]
+__all__ = ["BadAnswer", "FleetClient", "OverQuota", "Session", "SessionEnded"]
 
 _CALL_TIMEOUT = 10.0
 _TRANSFER_TIMEOUT = 600.0
 _CANCEL_CHECK = 0.25
 _WRONG_AUDIENCE = "wrong-audience"
 _T = TypeVar("_T")
+_M = TypeVar("_M", bound=ProtoMessage)
 
 
 class SessionEnded(Refused):
@@ -42,6 +51,38 @@ class SessionEnded(Refused):
 
 class OverQuota(Refused):
     """The link would not store what this node sent: a run's or the node's storage bound."""
+
+
+class BadAnswer(FlwrmtlsError):
+    """The link answered with a value outside what the protocol allows: the node cannot use
+    the answer, and does not guess one in its place."""
+
+
+class _CheckedStream:
+    """A PullObject stream whose chunks are checked as they arrive; ``cancel`` goes through."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def __iter__(self) -> Iterator[ObjectChunk]:
+        return self
+
+    def __next__(self) -> ObjectChunk:
+        chunk: ObjectChunk = next(self._stream)
+        return _checked(chunk)
+
+    def cancel(self) -> None:
+        self._stream.cancel()
+
+
+def _checked(response: _M) -> _M:
+    problem = response_problem(response)
+    if problem is not None:
+        raise BadAnswer(
+            f"the link answered outside the protocol: {problem}; this node cannot use that "
+            "answer (is the link a compatible flwrmtls version?)"
+        )
+    return response
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,9 +140,12 @@ class FleetClient:
             raise self._fail(error) from None
 
     def activate(self) -> Session:
-        response = self._call(
-            lambda: self._stub.ActivateNode(
-                fleet_pb2.ActivateNodeRequest(node_version=__version__), timeout=_CALL_TIMEOUT
+        response = _checked(
+            self._call(
+                lambda: self._stub.ActivateNode(
+                    fleet_pb2.ActivateNodeRequest(node_version=__version__),
+                    timeout=_CALL_TIMEOUT,
+                )
             )
         )
         return Session(
@@ -112,9 +156,13 @@ class FleetClient:
         )
 
     def heartbeat(self, session: Session) -> float:
-        response = self._call(
-            lambda: self._stub.Heartbeat(
-                fleet_pb2.HeartbeatRequest(session_id=session.session_id), timeout=_CALL_TIMEOUT
+        """The interval the link expects until the next heartbeat (checked: never 0 or NaN)."""
+        response = _checked(
+            self._call(
+                lambda: self._stub.Heartbeat(
+                    fleet_pb2.HeartbeatRequest(session_id=session.session_id),
+                    timeout=_CALL_TIMEOUT,
+                )
             )
         )
         return float(response.heartbeat_interval)
@@ -151,7 +199,7 @@ class FleetClient:
         while not finished.wait(_CANCEL_CHECK):
             if any(event.is_set() for event in cancel) and future.cancel():  # type: ignore[no-untyped-call]
                 return [], []  # cancelled before an answer came: nothing was delivered
-        response = future.result()
+        response = _checked(future.result())
         return list(response.messages), list(response.ended_run_ids)
 
     def push(self, session: Session, messages: Sequence[common_pb2.Message]) -> None:
@@ -169,17 +217,31 @@ class FleetClient:
                 timeout=_CALL_TIMEOUT,
             )
         )
-        return response
+        return _checked(response)
 
-    def fetch_object(self, session: Session, object_id: str, store: ObjectStore) -> None:
-        """Copy an object from the link into ``store`` (verified), unless it is there."""
+    def fetch_object(
+        self,
+        session: Session,
+        object_id: str,
+        store: ObjectStore,
+        *,
+        reserve: Reserve | None = None,
+    ) -> None:
+        """Copy an object from the link into ``store`` (verified), unless it is there; its
+        chunks checked as they arrive and its announced size reserved with ``reserve``
+        before a byte is written (QuotaExceeded, ValueError)."""
+
+        def checked_chunks(request: PullObjectRequest, **kwargs: Any) -> _CheckedStream:
+            return _CheckedStream(self._stub.PullObject(request, **kwargs))
+
         self._call(
             lambda: pull_object_into(
                 store,
-                self._stub.PullObject,
+                checked_chunks,
                 object_id,
                 session_id=session.session_id,
                 timeout=_TRANSFER_TIMEOUT,
+                reserve=reserve,
             )
         )
 

@@ -9,7 +9,6 @@ import argparse
 import asyncio
 import logging
 import os
-import re
 import signal
 import sys
 from datetime import timedelta
@@ -30,7 +29,9 @@ from flwrmtls.link.objects import (
 )
 from flwrmtls.link.reload import TlsFiles
 from flwrmtls.link.server import Link, LinkConfig
+from flwrmtls.sizes import format_size, parse_size
 from flwrmtls.terminal import configure_logging, printable
+from flwrmtls.wire.bounds import HEARTBEAT_SECONDS
 from flwrmtls.wire.credentials import load_ca_bundle, load_tls_identity
 from flwrmtls.wire.listen import ServerLimits, is_loopback, require_loopback
 
@@ -55,29 +56,6 @@ def _home() -> Path:
 
 def _default_database() -> str:
     return str(_home() / "link.db")
-
-
-_SIZE = re.compile(r"^(\d+)\s*([KMGT]?)(?:i?B)?$", re.IGNORECASE)
-_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-
-
-def parse_size(text: str, flag: str) -> int:
-    """A positive number of bytes: ``1073741824``, ``1024M``, ``1G``, ``1GiB`` (binary units)."""
-    match = _SIZE.match(text.strip())
-    size = int(match[1]) * _UNITS[match[2].upper()] if match else 0
-    if size <= 0:
-        raise InputError(
-            f"{flag} {text!r} is not a size: give a positive number of bytes, or one with K, M, "
-            "G or T (binary: 1G = 1024^3 bytes)"
-        )
-    return size
-
-
-def format_size(size: int) -> str:
-    for unit in ("T", "G", "M", "K"):
-        if size % _UNITS[unit] == 0:
-            return f"{size // _UNITS[unit]} {unit}iB"
-    return f"{size} bytes"
 
 
 def parser() -> argparse.ArgumentParser:
@@ -332,8 +310,9 @@ def config_from_args(args: argparse.Namespace) -> LinkConfig:
         raise InputError("--max-connections and --max-calls-per-address must be at least 1")
     if not 0 < args.crl_expiry_warning_hours <= 24 * 366:
         raise InputError("--crl-expiry-warning-hours must be above 0, at most 8784 (a year)")
-    if not 0 < args.heartbeat_interval <= 86400:
-        raise InputError("--heartbeat-interval must be a number of seconds above 0, at most 86400")
+    if not HEARTBEAT_SECONDS.allows(args.heartbeat_interval):
+        # one range with what nodes accept from the link: it never sends what they refuse
+        raise InputError(f"--heartbeat-interval must be {HEARTBEAT_SECONDS.text}")
     return LinkConfig(
         database=args.database,
         fleet_address=args.fleet_api_address,

@@ -23,9 +23,14 @@ a word                     dying mid-handshake look alike. The node checks its o
 credentials refused        the link said why (revoked, unregistered, not permitted, TLS
                            mismatch): stop at once with its reason (retrying cannot help)
 session superseded         stop: another process activated the same identity later
+an answer outside the      :class:`~flwrmtls.fleet.client.BadAnswer` (a heartbeat interval
+protocol                   of 0, NaN or 1e300, an id past 2^63): stop at once, the line
+                           naming the field, its value and the range (the node never uses
+                           or guesses such a value; :mod:`flwrmtls.wire.bounds`)
 session unknown            activate again
 work arrives               the long poll returns at once; the message goes to its run's
-                           ClientApp (see :mod:`flwrmtls.node.apps`)
+                           ClientApp (see :mod:`flwrmtls.node.apps`); if its run cannot
+                           start (e.g. over ``--max-object-storage``) it gets an error reply
 a run ends                 its ClientApp is told to exit and is reaped
 stop requested             stop ClientApps, deactivate (best effort) and return
 =========================  ===============================================================
@@ -43,6 +48,7 @@ from flwrmtls.clock import Clock, SystemClock
 from flwrmtls.errors import FlwrmtlsError, LinkUnreachable
 from flwrmtls.fleet.client import FleetClient, Session, SessionEnded
 from flwrmtls.node.apps import AppManager
+from flwrmtls.objects.scope import QuotaExceeded
 
 __all__ = ["NodeAgent", "RetryPolicy"]
 
@@ -137,7 +143,7 @@ class NodeAgent:
             interval = session.heartbeat_interval
             while not done.wait(interval) and not self.stop.is_set():
                 try:
-                    interval = self._client.heartbeat(session) or interval
+                    interval = self._client.heartbeat(session)  # checked: 1 s to a day
                 except FlwrmtlsError as error:
                     failure.append(error)
                     done.set()
@@ -171,7 +177,7 @@ class NodeAgent:
                 self._apps.deliver(message)
             except (LinkUnreachable, SessionEnded):
                 raise
-            except (FlwrmtlsError, OSError, ValueError) as error:
+            except (FlwrmtlsError, OSError, ValueError, QuotaExceeded) as error:
                 log.error("run %d: cannot start its ClientApp: %s", message.run_id, error)
 
     def _leave(self) -> None:

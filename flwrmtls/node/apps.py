@@ -4,7 +4,9 @@ Rules:
 
 * The first message of a run makes the node fetch the run (bundle hash, run config) and the
   bundle by its hash; the object store verifies the SHA-256 before the bundle can be used,
-  and the ClientApp process verifies it again when it unpacks it.
+  and the ClientApp process verifies it again when it unpacks it. If the run cannot be
+  started (its bundle is over ``--max-object-storage``, the link cannot give it, no process
+  starts), the message gets an error reply (``LINK_ERROR``, with the reason) at once.
 * The ClientApp process gets its run token on standard input (never its command line); the
   node keeps the token's hash only. The process reaches the node over ClientAppIo. It starts
   isolated (``python -I -u``, in ``/``: see :mod:`flwrmtls.appio.process`), so nothing in the
@@ -24,14 +26,19 @@ Rules:
   the messages this node received for the run, and those it stored itself (pushed, or named
   by its replies); any other is "no object", as if it were not stored, and the node does not
   fetch it from the link (``NodeRun.objects``, seen through a
-  :class:`~flwrmtls.objects.scope.SetScope`).
-  Pushes are not bounded on the node: the ClientApp runs as the node's OS user and could
-  fill its disk without ClientAppIo.
-* Objects (bundles, array bytes) stay in the node's store while any run is active; when the
-  last active run ends the store is emptied. The ClientApps this node starts share the
-  store's directory (same host, same OS user): they read a message's arrays from it once
-  the node has fetched them (verifying each object's SHA-256 as they read) and write their
-  replies' arrays into it, so array bytes cross no socket between node and ClientApp.
+  :class:`~flwrmtls.node.storage.RunScope`).
+* Every object the node receives (fetched from the link, pushed by a ClientApp) is bounded
+  by ``--max-object-storage`` before its first byte is written (:mod:`flwrmtls.node.storage`).
+* A run's objects (its bundle, its messages' arrays, its replies' arrays) are deleted when
+  the run ends, except those another active run holds; when no run is active the store is
+  emptied. The ClientApps this node starts share the store's directory (same host, same OS
+  user): they read a message's arrays from it once the node has fetched them (verifying
+  each object's SHA-256 as they read) and write their replies' arrays into it, so array
+  bytes cross no socket between node and ClientApp.
+* An object whose bytes no longer match its id (a disk fault, a stray writer) is deleted and
+  fetched again from the link, once per read: a ClientApp reading the shared directory
+  deletes it and asks for it again; served over ClientAppIo, the node checks it first
+  (:meth:`AppManager.ensure_object` with ``verify``). Fetched again, it is verified again.
 * When the link says a run ended, its token stops working and the process is told (a waiting
   pull returns "run ended" and it exits). A process still running 5 s later is terminated, and
   killed 5 s after that. A reaper thread waits for every process that exits (no zombies);
@@ -46,14 +53,17 @@ import queue
 import subprocess
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 
 from flwrmtls.appio.process import APP_PROCESS_CWD, app_process_command
 from flwrmtls.auth.tokens import MemoryTokenStore
-from flwrmtls.fleet.client import FleetClient, OverQuota, Session
+from flwrmtls.errors import FlwrmtlsError, LinkUnreachable
+from flwrmtls.fleet.client import FleetClient, OverQuota, Session, SessionEnded
 from flwrmtls.keyvalues import Value, values_from_proto
-from flwrmtls.objects.scope import SetScope
-from flwrmtls.objects.store import ObjectStore, check_object_id
+from flwrmtls.node.storage import DEFAULT_MAX_OBJECT_STORAGE, NodeStorage, RunScope
+from flwrmtls.objects.scope import QuotaExceeded
+from flwrmtls.objects.store import CorruptObject, ObjectStore, check_object_id
 from flwrmtls.objects.transfer import in_parallel
 from flwrmtls.proto import common_pb2
 
@@ -89,9 +99,17 @@ class NodeRun:
     def __post_init__(self) -> None:
         self.objects.add(self.bundle_hash)
 
-    @property
-    def scope(self) -> SetScope:
-        return SetScope(self.objects)
+
+def _undelivered(message: common_pb2.Message, node_id: int, reason: str) -> common_pb2.Message:
+    """An error reply to ``message``, which this node could not hand to a ClientApp."""
+    now = time.time()  # a timestamp in the message, as the ClientApp's replies carry
+    return common_pb2.Message(
+        message_id=uuid.uuid4().hex, run_id=message.run_id, src_node_id=node_id,
+        dst_node_id=message.src_node_id, message_type=message.message_type,
+        reply_to_message_id=message.message_id, group_id=message.group_id, created_at=now,
+        ttl=max(0.0, message.created_at + message.ttl - now),
+        error=common_pb2.Error(code=_LINK_ERROR, reason=f"node {node_id}: {reason}"),
+    )  # fmt: skip
 
 
 def _refused(reply: common_pb2.Message, reason: str) -> common_pb2.Message:
@@ -113,9 +131,11 @@ class AppManager:
         node_config: dict[str, Value],
         tokens: MemoryTokenStore | None = None,
         share_objects: bool = True,
+        max_object_bytes: int = DEFAULT_MAX_OBJECT_STORAGE,
     ) -> None:
         self._client = client
         self.objects = objects
+        self.storage = NodeStorage(objects, max_object_bytes)
         self.node_config = node_config
         self.tokens = tokens or MemoryTokenStore()
         self.share_objects = share_objects
@@ -148,13 +168,35 @@ class AppManager:
         with self._lock:
             return self._runs.get(run_id)
 
+    def scope(self, run_id: int) -> RunScope:
+        """What run ``run_id``'s ClientApp may read and push (nothing, once the node has
+        forgotten the run)."""
+        run = self.run(run_id)
+        return RunScope(run.objects if run is not None else set(), self.storage)
+
     # --- from the agent's pull loop --------------------------------------------------------
 
     def deliver(self, message: common_pb2.Message) -> None:
-        """Queue a message for its run's ClientApp, starting the run's process if needed."""
-        run = self.run(message.run_id) or self._open(message.run_id)
-        self._ensure_process(run)
+        """Queue a message for its run's ClientApp, starting the run's process if needed.
+        If that fails (short of losing the link), the message gets an error reply saying why
+        and the error is raised for the caller to log."""
+        try:
+            run = self.run(message.run_id) or self._open(message.run_id)
+            self._ensure_process(run)
+        except (LinkUnreachable, SessionEnded):
+            raise
+        except (FlwrmtlsError, OSError, ValueError, QuotaExceeded) as error:
+            self._reply_undelivered(message, f"cannot start the run's ClientApp: {error}")
+            raise
         self.enqueue(run, message)
+
+    def _reply_undelivered(self, message: common_pb2.Message, reason: str) -> None:
+        session = self._session()
+        try:
+            self._client.push(session, [_undelivered(message, session.node_id, reason)])
+        except FlwrmtlsError as error:  # best effort: the ServerApp's timeout still applies
+            log.warning("run %d: could not send the error reply to %s: %s",
+                        message.run_id, message.message_id, error)  # fmt: skip
 
     @staticmethod
     def enqueue(run: NodeRun, message: common_pb2.Message) -> None:
@@ -167,7 +209,10 @@ class AppManager:
     def _open(self, run_id: int) -> NodeRun:
         session = self._session()
         info = self._client.get_run(session, run_id)
-        self._client.fetch_object(session, info.bundle_hash, self.objects)
+        check_object_id(info.bundle_hash)
+        self._client.fetch_object(
+            session, info.bundle_hash, self.objects, reserve=self.storage.reserve
+        )
         run = self.adopt(NodeRun(run_id, info.bundle_hash, values_from_proto(info.run_config)))
         log.info("run %d: app bundle %s fetched and verified", run_id, info.bundle_hash[:12])
         return run
@@ -276,9 +321,17 @@ class AppManager:
             run.ended.set()
             run.inbox.put(None)
             self.tokens.end_run(run_id)
-            log.info("run %d ended", run_id)
+            deleted = self.storage.release(run.objects, held=self._held_objects)
+            log.info("run %d ended; %d of its objects deleted", run_id, deleted)
         if run_ids and not self.active_run_ids():
-            self.objects.clear()  # no run needs the models and bundles any more
+            # No run needs anything here: what a ClientApp wrote and no reply named goes too.
+            self.storage.release(self.objects.object_ids(), held=self._held_objects)
+
+    def _held_objects(self) -> set[str]:
+        """The objects of the runs still active (asked while the storage is locked)."""
+        with self._lock:
+            runs = [run for run in self._runs.values() if not run.ended.is_set()]
+        return set().union(*(run.objects for run in runs))
 
     def reap(self) -> None:
         """Wait for exited processes; terminate, then kill, those of ended runs that linger."""
@@ -382,16 +435,29 @@ class AppManager:
             raise
         run.received.discard(reply.reply_to_message_id)
 
-    def ensure_object(self, run_id: int, object_id: str) -> None:
+    def ensure_object(self, run_id: int, object_id: str, *, verify: bool = False) -> None:
         """Make an object of run ``run_id`` available to its ClientApp, fetching it from the
-        link if the node lacks it. ValueError for an object outside the run's scope: the
-        same "no object" whether or not the node stores it."""
+        link if the node lacks it (within ``--max-object-storage``: QuotaExceeded). With
+        ``verify`` (the node is about to serve it), a stored copy whose bytes do not match
+        its id is deleted and fetched again. ValueError for an object outside the run's
+        scope: the same "no object" whether or not the node stores it."""
         run = self.run(run_id)
         if run is None or check_object_id(object_id) not in run.objects:
             raise ValueError(f"no object {object_id[:80]}")
-        self._client.fetch_object(self._session(), object_id, self.objects)
+        if verify and self.objects.has(object_id):
+            try:
+                self.objects.verify(object_id, discard=True)
+            except CorruptObject:
+                log.warning("run %d: object %s on this node's disk does not match its SHA-256: "
+                            "deleted, fetching it again", run_id, object_id)  # fmt: skip
+            except FileNotFoundError:
+                pass  # deleted meanwhile (its run ended, or a reader found it corrupt)
+        self._client.fetch_object(
+            self._session(), object_id, self.objects, reserve=self.storage.reserve
+        )
 
     def ensure_objects(self, run_id: int, object_ids: list[str]) -> None:
-        """:meth:`ensure_object` for each, several at a time."""
+        """:meth:`ensure_object` for each (unverified: the ClientApp reads them from the shared
+        directory and checks them itself), several at a time."""
         in_parallel(lambda object_id: self.ensure_object(run_id, object_id),
                     dict.fromkeys(object_ids))  # fmt: skip

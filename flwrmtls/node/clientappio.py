@@ -5,7 +5,9 @@ policy table as the link's APIs, with the run-token authenticator. Blocking work
 a message, talking to the link) runs in worker threads so one slow call never stalls another.
 The run is the token's run: a ClientApp can see only its own run's messages and objects
 (an object of another run is answered "no object", exactly as one that is not stored; see
-:mod:`flwrmtls.node.apps`).
+:mod:`flwrmtls.node.apps`). What a ClientApp pushes, and what the node fetches from the link
+for it, is bounded by ``--max-object-storage`` (``RESOURCE_EXHAUSTED``, naming the flag;
+:mod:`flwrmtls.node.storage`).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from flwrmtls.errors import FlwrmtlsError
 from flwrmtls.fleet.client import OverQuota
 from flwrmtls.keyvalues import values_to_proto
 from flwrmtls.node.apps import AppManager
-from flwrmtls.objects.scope import ObjectScope, SetScope
+from flwrmtls.objects.scope import ObjectScope, QuotaExceeded
 from flwrmtls.objects.transfer import answer_missing, answer_pull, answer_push, fixed_scope
 from flwrmtls.proto import appio_pb2, appio_pb2_grpc, objects_pb2
 from flwrmtls.wire.bounds import long_poll_seconds
@@ -49,8 +51,7 @@ class ClientAppIoServicer(appio_pb2_grpc.ClientAppIoServicer):
 
     def _scope(self) -> ObjectScope:
         """The objects of the caller's run (none once the node has forgotten the run)."""
-        run = self._apps.run(_run_id())
-        return run.scope if run is not None else SetScope(set())
+        return self._apps.scope(_run_id())
 
     async def GetRun(
         self, request: appio_pb2.GetAppRunRequest, context: _Context
@@ -101,7 +102,11 @@ class ClientAppIoServicer(appio_pb2_grpc.ClientAppIoServicer):
         self, request: objects_pb2.PullObjectRequest, context: _Context
     ) -> AsyncIterator[objects_pb2.ObjectChunk]:
         try:
-            await asyncio.to_thread(self._apps.ensure_object, _run_id(), request.object_id)
+            await asyncio.to_thread(
+                self._apps.ensure_object, _run_id(), request.object_id, verify=True
+            )
+        except QuotaExceeded as error:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(error))
         except (ValueError, FlwrmtlsError) as error:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"object unavailable: {error}")
         scope = self._scope()
@@ -113,6 +118,8 @@ class ClientAppIoServicer(appio_pb2_grpc.ClientAppIoServicer):
     ) -> appio_pb2.PrepareObjectsResponse:
         try:
             await asyncio.to_thread(self._apps.ensure_objects, _run_id(), list(request.object_ids))
+        except QuotaExceeded as error:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(error))
         except (ValueError, FlwrmtlsError) as error:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"object unavailable: {error}")
         return appio_pb2.PrepareObjectsResponse()

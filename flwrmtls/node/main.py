@@ -4,18 +4,18 @@ The node's certificate is checked at start-up (a definite cause, such as expiry,
 exit 1) and again, through the connection context, whenever the link closes a handshake without
 a word (see :mod:`flwrmtls.wire.errors`), against the certificate in use then.
 
-The process runs with umask 077 (:mod:`flwrmtls.filemodes`); its objects live in a work
-directory only its OS account can enter (``tempfile.mkdtemp``, 0700), removed when it stops.
+The process runs with umask 077 (:mod:`flwrmtls.filemodes`); its objects live in its state
+directory (``--state-dir``, 0700, locked to this process, emptied of leftovers at start: see
+:mod:`flwrmtls.node.statedir`), bounded by ``--max-object-storage``
+(:mod:`flwrmtls.node.storage`).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
-import shutil
 import signal
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -36,7 +36,9 @@ from flwrmtls.node.audience import LinkAudience
 from flwrmtls.node.clientappio import ClientAppIoServer
 from flwrmtls.node.rotation import CertificateWatcher
 from flwrmtls.node.signer import SigningInterceptor
-from flwrmtls.objects.store import ObjectStore
+from flwrmtls.node.statedir import default_state_dir, open_state_dir
+from flwrmtls.node.storage import DEFAULT_MAX_OBJECT_STORAGE
+from flwrmtls.sizes import format_size, parse_size
 from flwrmtls.terminal import configure_logging, printable
 from flwrmtls.wire.credentials import (
     CertificateCheck,
@@ -118,6 +120,21 @@ def parser() -> argparse.ArgumentParser:
         "--max-wait-time",
         type=float,
         help="seconds without the link before giving up, in the same cases (default: no limit)",
+    )
+    p.add_argument(
+        "--state-dir",
+        type=Path,
+        help="this node's own directory (its objects, a lock), created 0700; objects left "
+        "there by an earlier run of the node are deleted at start (default: "
+        "$FLWRMTLS_HOME/supernode/<16 hex digits of the --superlink address and the "
+        "credential files' paths>)",
+    )
+    p.add_argument(
+        "--max-object-storage",
+        default=format_size(DEFAULT_MAX_OBJECT_STORAGE).replace(" ", ""),
+        help="bytes of objects (app bundles, array bytes) this node keeps at once, e.g. 500M, "
+        "8G (default %(default)s); a message whose objects would exceed it gets an error reply "
+        "naming the flag, and the node goes on",
     )
     p.add_argument(
         "--no-shared-objects", dest="shared_objects", action="store_false",
@@ -221,6 +238,7 @@ def run(args: argparse.Namespace) -> None:
     node_config = parse_key_values(args.node_config, "--node-config")
     if args.max_retries is not None and args.max_retries < 0:
         raise InputError("--max-retries must be 0 or more")
+    max_object_bytes = parse_size(args.max_object_storage, "--max-object-storage")
     transport, own, ctx = _transport(args)
     identity = own.identity if own is not None else None
     channel = (
@@ -238,10 +256,21 @@ def run(args: argparse.Namespace) -> None:
         check_bindable(args.clientappio_api_address)
     except OSError as error:
         raise InputError(f"{error}: check --clientappio-api-address") from None
-    work_dir = Path(tempfile.mkdtemp(prefix="flwrmtls-node-"))
+    state_dir = args.state_dir or default_state_dir(
+        args.superlink,
+        [args.ssl_client_certfile, args.ssl_client_keyfile, args.auth_supernode_private_key],
+    )
+    state = open_state_dir(state_dir)
+    for warning in state.warnings:
+        log.warning("%s", warning)
+    count, freed = state.leftover
+    log.info(
+        "state in %s; objects at most %s%s", state.path, format_size(max_object_bytes),
+        f" ({count} objects, {freed} bytes, left from before deleted)" if count or freed else "",
+    )  # fmt: skip
     apps = AppManager(
-        client, ObjectStore(work_dir / "objects"), node_config=node_config,
-        share_objects=args.shared_objects,
+        client, state.objects, node_config=node_config, share_objects=args.shared_objects,
+        max_object_bytes=max_object_bytes,
     )  # fmt: skip
     clientappio = ClientAppIoServer(apps, args.clientappio_api_address)
     clientappio.start()
@@ -283,7 +312,7 @@ def run(args: argparse.Namespace) -> None:
         clientappio.stop()
         for open_channel in channels:
             open_channel.close()
-        shutil.rmtree(work_dir, ignore_errors=True)
+        state.close()  # the runs' objects went as they ended
 
 
 def main(argv: list[str] | None = None) -> None:

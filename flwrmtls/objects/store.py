@@ -10,6 +10,10 @@ Rules:
   just computed from them itself; a reader in another process checks them
   (:meth:`ObjectStore.read_verified`).
 * Storing an object that exists is a no-op: a model broadcast to many nodes is one file.
+* A reader that finds bytes that do not hash to their id gets :class:`CorruptObject` (a
+  ValueError). A reader that can have the object fetched again (a node's ClientApp, from the
+  link through its node) deletes the file first (``discard=True``), so that the fetch finds
+  it missing; the link's own objects cannot be fetched again and are left as they are.
 """
 
 from __future__ import annotations
@@ -22,12 +26,28 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-__all__ = ["CHUNK_SIZE", "ObjectStore", "ObjectWriter", "check_object_id", "object_id_of"]
+__all__ = [
+    "CHUNK_SIZE",
+    "CorruptObject",
+    "ObjectStore",
+    "ObjectWriter",
+    "check_object_id",
+    "object_id_of",
+]
 
 CHUNK_SIZE = 1 << 20
 """Bytes per chunk on the wire: far below gRPC's default 4 MiB message limit."""
 
 _OBJECT_ID = re.compile(r"^[0-9a-f]{64}$")
+_PARTIAL_PREFIX = ".incoming-"
+
+
+class CorruptObject(ValueError):
+    """Stored bytes that do not hash to the id they are stored under."""
+
+    def __init__(self, object_id: str) -> None:
+        super().__init__(f"object {object_id}: stored bytes do not match their SHA-256")
+        self.object_id = object_id
 
 
 def check_object_id(object_id: str) -> str:
@@ -49,7 +69,7 @@ class ObjectWriter:
         self.total_size = total_size
         self._hash = hashlib.sha256()
         self._written = 0
-        fd, name = tempfile.mkstemp(dir=store.directory, prefix=".incoming-")
+        fd, name = tempfile.mkstemp(dir=store.directory, prefix=_PARTIAL_PREFIX)
         self._file: BinaryIO = os.fdopen(fd, "wb")
         self._temp = Path(name)
 
@@ -114,7 +134,7 @@ class ObjectStore:
         check_object_id(object_id)
         if self.has(object_id):
             return object_id
-        fd, name = tempfile.mkstemp(dir=self.directory, prefix=".incoming-")
+        fd, name = tempfile.mkstemp(dir=self.directory, prefix=_PARTIAL_PREFIX)
         temp = Path(name)
         try:
             with os.fdopen(fd, "wb") as file:
@@ -132,13 +152,27 @@ class ObjectStore:
     def read(self, object_id: str) -> bytes:
         return self.path(object_id).read_bytes()
 
-    def read_verified(self, object_id: str) -> bytes:
-        """The object's bytes, after checking that they hash to its id (ValueError if not):
-        for readers that share a directory another process writes to."""
+    def read_verified(self, object_id: str, *, discard: bool = False) -> bytes:
+        """The object's bytes, after checking that they hash to its id: for readers that share
+        a directory another process writes to. :class:`CorruptObject` if they do not; with
+        ``discard``, the file is deleted first (the object is missing, to be fetched again)."""
         data = self.read(object_id)
         if object_id_of(data) != object_id:
-            raise ValueError(f"object {object_id}: stored bytes do not match their SHA-256")
+            if discard:
+                self.delete([object_id])
+            raise CorruptObject(object_id)
         return data
+
+    def verify(self, object_id: str, *, discard: bool = False) -> None:
+        """:meth:`read_verified` without keeping the bytes (read a chunk at a time)."""
+        digest = hashlib.sha256()
+        with self.path(object_id).open("rb") as file:
+            while data := file.read(CHUNK_SIZE):
+                digest.update(data)
+        if digest.hexdigest() != object_id:
+            if discard:
+                self.delete([object_id])
+            raise CorruptObject(object_id)
 
     def chunks(self, object_id: str) -> Iterator[tuple[int, int, bytes]]:
         """(offset, total size, data) for each chunk of a stored object."""
@@ -167,6 +201,35 @@ class ObjectStore:
             if _OBJECT_ID.match(path.name) and path.parent.name == path.name[:2]
         ]
 
+    def stored_bytes(self) -> int:
+        """The bytes of every stored object (not partial uploads), as the directory holds
+        them now (whoever wrote them)."""
+        total = 0
+        with os.scandir(self.directory) as fan_out:
+            for sub in fan_out:
+                if len(sub.name) != 2 or not sub.is_dir(follow_symlinks=False):
+                    continue
+                with os.scandir(sub.path) as entries:
+                    for entry in entries:
+                        if _OBJECT_ID.match(entry.name) and entry.name[:2] == sub.name:
+                            total += entry.stat(follow_symlinks=False).st_size
+        return total
+
     def clear(self) -> None:
         """Delete every stored object (and nothing else)."""
         self.delete(self.object_ids())
+
+    def clear_all(self) -> tuple[int, int]:
+        """Delete every stored object and every partial upload left by a process that
+        stopped mid-write: (objects deleted, bytes freed). Only for a store no process is
+        writing to (a node's, before it starts)."""
+        count, freed = 0, 0
+        for object_id in self.object_ids():
+            path = self.path(object_id)
+            freed += path.stat().st_size
+            path.unlink(missing_ok=True)
+            count += 1
+        for partial in self.directory.glob(f"{_PARTIAL_PREFIX}*"):
+            freed += partial.stat().st_size
+            partial.unlink(missing_ok=True)
+        return count, freed

@@ -36,7 +36,9 @@ from flwrmtls.proto import objects_pb2
 from flwrmtls.wire.metadata import OBJECT_KEY, object_declaration
 
 __all__ = [
+    "MAX_OBJECT_BYTES",
     "PARALLEL_STREAMS",
+    "Reserve",
     "answer_missing",
     "answer_pull",
     "answer_push",
@@ -299,6 +301,11 @@ def pull_objects(
     return dict(zip(unique, pulled, strict=True))
 
 
+Reserve = Callable[[str, int], Reservation]
+"""Room for an object of a declared size before its first byte is written (may raise
+:class:`~flwrmtls.objects.scope.QuotaExceeded`)."""
+
+
 def pull_object_into(
     store: ObjectStore,
     stub_call: Callable[..., Any],
@@ -307,27 +314,51 @@ def pull_object_into(
     metadata: Metadata = (),
     session_id: str = "",
     timeout: float | None = None,
+    reserve: Reserve | None = None,
 ) -> None:
-    """Fetch one object into ``store`` (verified on completion) unless it is there already."""
+    """Fetch one object into ``store`` (verified on completion) unless it is there already.
+
+    Bounded before a byte is written: the size the first chunk announces must be at most
+    MAX_OBJECT_BYTES, and ``reserve`` (the receiver's storage bound) must make room for it;
+    the writer then refuses any byte past the announced size. On any failure the call is
+    cancelled, the partial file deleted and the reservation released.
+    """
+    check_object_id(object_id)
     if store.has(object_id):
         return
     writer = None
+    reservation: Reservation | None = None
+    stream = stub_call(
+        objects_pb2.PullObjectRequest(object_id=object_id, session_id=session_id),
+        metadata=metadata,
+        timeout=timeout,
+    )
     try:
-        for chunk in stub_call(
-            objects_pb2.PullObjectRequest(object_id=object_id, session_id=session_id),
-            metadata=metadata,
-            timeout=timeout,
-        ):
+        for chunk in stream:
             if writer is None:
+                if not 0 <= chunk.total_size <= MAX_OBJECT_BYTES:
+                    raise ValueError(
+                        f"object {object_id[:16]}: announced size {chunk.total_size} is over "
+                        f"the limit of {MAX_OBJECT_BYTES} bytes"
+                    )
+                if reserve is not None:
+                    reservation = reserve(object_id, chunk.total_size)
                 writer = store.writer(object_id, chunk.total_size)
             writer.write(chunk.offset, chunk.data)
         if writer is None:
             raise ValueError(f"object {object_id}: nothing received")
         writer.finish()
     except BaseException:
+        cancel = getattr(stream, "cancel", None)
+        if cancel is not None:
+            cancel()  # the sender stops at once, not when the stream is collected
         if writer is not None:
             writer.abort()
+        if reservation is not None:
+            reservation.cancel()
         raise
+    if reservation is not None:
+        reservation.commit()
 
 
 # --- the three object endpoints, as every servicer that carries objects answers them -------

@@ -1,4 +1,5 @@
-"""The allowed range of every numeric field of every request: one table, checked on arrival.
+"""The allowed range of every numeric field of every request and of every answer a node
+receives: two tables, checked on arrival.
 
 Rules:
 
@@ -17,6 +18,17 @@ Rules:
 * Clamped by the servicer, so accepted here whatever they are: counts that ask for "up to N"
   (``max_messages``, ``limit``): asking for more than the link gives returns fewer. And
   ``GetNodes.minimum``, which only says how long to wait (bounded by ``wait_seconds``).
+* What a node receives from the link (every Fleet response, and each chunk of an object it
+  pulls) is checked as strictly, against :data:`RESPONSE_BOUNDS` (:func:`response_problem`,
+  applied in one place: :class:`flwrmtls.fleet.client.FleetClient`). An answer outside its
+  range is never used, clamped or replaced by a default: the node gives up with one line
+  naming the field (a link that sends a NaN heartbeat interval is broken or not a compatible
+  version, and guessing an interval would make it count the node offline, or flood it).
+  ``tests/wire/test_response_bounds.py`` proves every numeric field of every Fleet response
+  has a row.
+* The heartbeat interval is one range for both sides: the link's ``--heartbeat-interval``
+  flag and what a node accepts (:data:`HEARTBEAT_SECONDS`), so a link a flag can configure
+  never sends an interval its nodes refuse.
 * Pure: values in, a message out. :mod:`flwrmtls.wire.validate` applies it to gRPC calls.
 """
 
@@ -31,12 +43,15 @@ from google.protobuf.message import Message as ProtoMessage
 
 __all__ = [
     "FIELD_BOUNDS",
+    "HEARTBEAT_SECONDS",
     "MAX_TTL_SECONDS",
     "MAX_WAIT_SECONDS",
     "NESTED",
+    "RESPONSE_BOUNDS",
     "Range",
     "long_poll_seconds",
     "request_problem",
+    "response_problem",
 ]
 
 MAX_WAIT_SECONDS = 30.0
@@ -71,17 +86,25 @@ _ID = Range(0, _INT64_MAX, f"an id from 0 to {_INT64_MAX}")
 _COUNT = Range(0, (1 << 32) - 1, "a count (the link gives at most its own maximum)")
 _ERROR_CODE = Range(-(1 << 63), _INT64_MAX, "a 64-bit error code")
 _OBJECT_BYTES = Range(0, _MAX_OBJECT_BYTES, f"a size in bytes from 0 to {_MAX_OBJECT_BYTES}")
+HEARTBEAT_SECONDS = Range(1, 86400, "a number of seconds from 1 to 86400")
+"""Seconds between a node's heartbeats: the link's ``--heartbeat-interval``, and what a node
+accepts from the link (more often than once a second is load without use; 0 or NaN would be
+a loop without pause, and a day is the longest the link's flag allows)."""
 
 _P = "flwrmtls.proto."
 
+_MESSAGE: Mapping[str, Range] = {
+    "run_id": _ID, "src_node_id": _ID, "dst_node_id": _ID, "created_at": _TIME, "ttl": _TTL,
+    "error": NESTED,
+}  # fmt: skip
+_ERROR: Mapping[str, Range] = {"code": _ERROR_CODE}
+_CHUNK: Mapping[str, Range] = {"total_size": _OBJECT_BYTES, "offset": _OBJECT_BYTES}
+
 FIELD_BOUNDS: Mapping[str, Mapping[str, Range]] = {
     # Shared by Fleet, ServerAppIo and ClientAppIo.
-    f"{_P}Message": {
-        "run_id": _ID, "src_node_id": _ID, "dst_node_id": _ID, "created_at": _TIME,
-        "ttl": _TTL, "error": NESTED,
-    },
-    f"{_P}Error": {"code": _ERROR_CODE},
-    f"{_P}ObjectChunk": {"total_size": _OBJECT_BYTES, "offset": _OBJECT_BYTES},
+    f"{_P}Message": _MESSAGE,
+    f"{_P}Error": _ERROR,
+    f"{_P}ObjectChunk": _CHUNK,
     # Fleet
     f"{_P}PullMessagesRequest": {
         "max_messages": _COUNT, "wait_seconds": _WAIT, "active_run_ids": _ID,
@@ -104,6 +127,18 @@ FIELD_BOUNDS: Mapping[str, Mapping[str, Range]] = {
     f"{_P}PushReplyRequest": {"reply": NESTED},
 }  # fmt: skip
 
+RESPONSE_BOUNDS: Mapping[str, Mapping[str, Range]] = {
+    # What a node receives from the link's Fleet API.
+    f"{_P}ActivateNodeResponse": {"node_id": _ID, "heartbeat_interval": HEARTBEAT_SECONDS},
+    f"{_P}HeartbeatResponse": {"heartbeat_interval": HEARTBEAT_SECONDS},
+    f"{_P}PullMessagesResponse": {"messages": NESTED, "ended_run_ids": _ID},
+    f"{_P}Message": _MESSAGE,
+    f"{_P}Error": _ERROR,
+    f"{_P}GetRunResponse": {"run_id": _ID},
+    f"{_P}ObjectChunk": _CHUNK,
+    f"{_P}PushObjectResponse": {"size": _OBJECT_BYTES},
+}  # fmt: skip
+
 
 def _values(message: ProtoMessage, name: str) -> Iterator[Any]:
     field = message.DESCRIPTOR.fields_by_name[name]
@@ -114,21 +149,31 @@ def _values(message: ProtoMessage, name: str) -> Iterator[Any]:
         yield value
 
 
-def request_problem(message: ProtoMessage) -> str | None:
-    """None if every checked field of ``message`` is in range, else one line naming the
-    first that is not (``PullMessagesRequest.wait_seconds``), its value and its range."""
-    rows = FIELD_BOUNDS.get(message.DESCRIPTOR.full_name)
+def _problem(message: ProtoMessage, table: Mapping[str, Mapping[str, Range]]) -> str | None:
+    rows = table.get(message.DESCRIPTOR.full_name)
     if rows is None:
         return None
     for name, allowed in rows.items():
         for value in _values(message, name):
             if allowed is NESTED:
-                problem = request_problem(value)
+                problem = _problem(value, table)
                 if problem is not None:
                     return problem
             elif not allowed.allows(value):
                 return f"{message.DESCRIPTOR.name}.{name} must be {allowed.text}; got {value!r}"
     return None
+
+
+def request_problem(message: ProtoMessage) -> str | None:
+    """None if every checked field of ``message`` is in range, else one line naming the
+    first that is not (``PullMessagesRequest.wait_seconds``), its value and its range."""
+    return _problem(message, FIELD_BOUNDS)
+
+
+def response_problem(message: ProtoMessage) -> str | None:
+    """:func:`request_problem` for what a node receives from the link (:data:`RESPONSE_BOUNDS`):
+    ``HeartbeatResponse.heartbeat_interval must be ...; got nan``."""
+    return _problem(message, RESPONSE_BOUNDS)
 
 
 def long_poll_seconds(requested: float) -> float:

@@ -2,7 +2,7 @@
 
 Real processes started under an ordinary umask (022), so nothing here passes by the test's
 own umask: the link's database (and SQLite's -wal and -shm beside it), its object directory
-and everything in it, the directory the database is in, the node's work directory and object
+and everything in it, the directory the database is in, the node's state directory and object
 store, the app processes' unpacked bundles, ``$FLWRMTLS_HOME`` and config.toml. Then what an
 older link left open is tightened, and an operator's directory is only warned about.
 """
@@ -76,10 +76,11 @@ def test_everything_the_link_node_and_cli_create_is_private(
     objects = Path(f"{database}.objects")
     assert any(path.is_file() for path in objects.rglob("*"))
     assert open_paths(state) == []
-    # The node: its work directory, holding its object store (the bundle and the arrays).
-    [work] = tmpdir.glob("flwrmtls-node-*")
-    assert any(path.is_file() for path in work.rglob("*"))
-    assert open_paths(work) == []
+    # The node: its state directory, holding its object store (the bundle and the arrays).
+    [node_state] = (Path(deployment.env["FLWRMTLS_HOME"]) / "supernode").iterdir()
+    assert mode(node_state) == 0o700
+    assert any(path.is_file() for path in (node_state / "objects").rglob("*"))
+    assert open_paths(node_state) == []
     # The app processes: each unpacked bundle is in a directory only they can enter.
     unpacked = list(tmpdir.glob("flwrmtls-app-*"))
     assert len(unpacked) == 2

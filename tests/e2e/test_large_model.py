@@ -25,7 +25,7 @@ def test_a_200_mb_model_round_trips(deployment: Deployment, tmp_path: Path) -> N
     # Once the run has ended, neither the link nor the node keeps any of its objects (its
     # bundle included: no other run holds it).
     assert list((deployment.tmp / "link.db.objects").glob("??/*")) == []
-    node_stores = list(Path(deployment.env["TMPDIR"]).glob("flwrmtls-node-*/objects"))
+    node_stores = list((Path(deployment.env["FLWRMTLS_HOME"]) / "supernode").glob("*/objects"))
     assert len(node_stores) == 1
     deadline = time.monotonic() + 10
     while list(node_stores[0].glob("??/*")) and time.monotonic() < deadline:

@@ -91,7 +91,10 @@ def test_second_connection_with_the_same_identity_supersedes_the_first(
     link = deployment.start_link()
     first = deployment.node("node-1", link.fleet_port)
     node_id = first.wait_active()
-    second = deployment.node("node-1", link.fleet_port, cert="node-1")
+    # Its own state directory: the same flags would name the first node's, which it locks.
+    second = deployment.node(
+        "node-1", link.fleet_port, "--state-dir", str(deployment.tmp / "second"), cert="node-1"
+    )
     assert second.wait_active() == node_id
     assert first.wait_exit() == 1
     assert "session superseded" in one_error_line(first.log)
@@ -113,6 +116,7 @@ def test_plaintext_and_tls_mismatches_are_named(deployment: Deployment) -> None:
     plain = NodeProcess(
         ["--superlink", f"127.0.0.1:{link.fleet_port}", "--insecure", "--max-retries", "1"],
         deployment.tmp / "plain.log",
+        deployment.env,
     )
     deployment.processes.append(plain)
     plain.start()
@@ -140,7 +144,7 @@ def test_node_without_certificate_and_cli_without_one_are_told_so(deployment: De
     bare = NodeProcess(
         ["--superlink", f"127.0.0.1:{link.fleet_port}",
          "--root-certificates", str(deployment.pki.trust_bundle_path), "--max-retries", "1"],
-        deployment.tmp / "bare.log",
+        deployment.tmp / "bare.log", deployment.env,
     )  # fmt: skip
     deployment.processes.append(bare)
     bare.start()

@@ -216,7 +216,7 @@ def test_a_link_whose_server_key_rotates_keeps_its_ec_key_nodes(
              "--root-certificates", str(fresh_pki.trust_bundle_path),
              "--auth-supernode-private-key", str(node_key),
              "--clientappio-api-address", "127.0.0.1:0"],
-            tmp_path / "node.log",
+            tmp_path / "node.log", {"FLWRMTLS_HOME": str(tmp_path / "home")},
         )  # fmt: skip
         node.start()
         try:
