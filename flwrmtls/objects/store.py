@@ -18,6 +18,7 @@ Rules:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -232,4 +233,7 @@ class ObjectStore:
         for partial in self.directory.glob(f"{_PARTIAL_PREFIX}*"):
             freed += partial.stat().st_size
             partial.unlink(missing_ok=True)
+        for fan_out in self.directory.glob("??"):
+            with contextlib.suppress(OSError):  # not empty (not ours), or not a directory
+                fan_out.rmdir()
         return count, freed

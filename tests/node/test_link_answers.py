@@ -1,0 +1,241 @@
+"""A node checks what the link answers as strictly as the link checks what it receives.
+
+Against a link that answers what the test says (a real gRPC server, :mod:`.fake_link`): a
+heartbeat interval of NaN, 0, a fraction of a second or 1e300, at activation or later, ends
+the node with one line naming the field (no loop without pause, no silent end of the
+heartbeat thread), beside an interval of 1 s, which it keeps to; an object announced larger
+than any object may be, or larger than the node's storage bound, is refused before a byte is
+written, beside an object that fits.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
+
+from flwrmtls.fleet.client import BadAnswer, Session
+from flwrmtls.node.agent import NodeAgent, RetryPolicy
+from flwrmtls.node.storage import NodeStorage
+from flwrmtls.objects.scope import QuotaExceeded
+from flwrmtls.objects.store import ObjectStore, object_id_of
+from flwrmtls.objects.transfer import MAX_OBJECT_BYTES, pull_object_into
+from flwrmtls.proto import fleet_pb2, fleet_pb2_grpc, objects_pb2
+from flwrmtls.testing.processes import NodeProcess
+from flwrmtls.wire.bounds import RESPONSE_BOUNDS, response_problem
+
+from ..e2e.test_processes import one_error_line
+from .fake_link import FakeLink, fake_link
+
+_NUMERIC = {
+    FieldDescriptor.TYPE_DOUBLE, FieldDescriptor.TYPE_FLOAT, FieldDescriptor.TYPE_INT32,
+    FieldDescriptor.TYPE_INT64, FieldDescriptor.TYPE_UINT32, FieldDescriptor.TYPE_UINT64,
+    FieldDescriptor.TYPE_SINT32, FieldDescriptor.TYPE_SINT64, FieldDescriptor.TYPE_FIXED32,
+    FieldDescriptor.TYPE_FIXED64, FieldDescriptor.TYPE_SFIXED32, FieldDescriptor.TYPE_SFIXED64,
+}  # fmt: skip
+_APP_DATA_FILE = "flwrmtls/proto/records.proto"
+_BAD_INTERVALS = [math.nan, 0.0, 0.5, 1e300, math.inf, -1.0]
+
+
+def response_types() -> Iterator[Descriptor]:
+    """Every message type a node receives from the Fleet API, and those nested in them."""
+    seen: set[str] = set()
+    pending = [
+        method.output_type
+        for service in fleet_pb2.DESCRIPTOR.services_by_name.values()
+        for method in service.methods
+    ]
+    while pending:
+        descriptor = pending.pop()
+        if descriptor.full_name in seen or descriptor.file.name == _APP_DATA_FILE:
+            continue
+        seen.add(descriptor.full_name)
+        yield descriptor
+        pending.extend(f.message_type for f in descriptor.fields if f.message_type is not None)
+
+
+def test_every_numeric_field_of_every_fleet_answer_has_a_range_and_every_row_a_field() -> None:
+    wanted = {
+        (descriptor.full_name, field.name)
+        for descriptor in response_types()
+        for field in descriptor.fields
+        if field.type in _NUMERIC
+        or (field.message_type is not None and field.message_type.file.name != _APP_DATA_FILE)
+    }
+    listed = {(message, name) for message, rows in RESPONSE_BOUNDS.items() for name in rows}
+    assert wanted - listed == set(), "numeric answer fields without a range"
+    assert listed - wanted == set(), "rows naming no numeric answer field"
+    assert ("flwrmtls.proto.HeartbeatResponse", "heartbeat_interval") in wanted  # the walk works
+
+
+def test_answer_ranges_refuse_what_a_node_cannot_use_beside_their_edges() -> None:
+    for interval in (1.0, 86400.0):  # control: the edges
+        assert response_problem(fleet_pb2.HeartbeatResponse(heartbeat_interval=interval)) is None
+    for interval in _BAD_INTERVALS:
+        problem = response_problem(fleet_pb2.HeartbeatResponse(heartbeat_interval=interval))
+        assert problem == (
+            "HeartbeatResponse.heartbeat_interval must be a number of seconds from 1 to 86400; "
+            f"got {interval!r}"
+        )
+    bad_ttl = fleet_pb2.PullMessagesResponse()
+    bad_ttl.messages.add(message_id="m", ttl=math.nan)
+    assert response_problem(bad_ttl) == (
+        "Message.ttl must be a number of seconds from 0 to 3.1536e+07; got nan"
+    )
+
+
+def serve_until_done(agent: NodeAgent, timeout: float) -> BaseException | None:
+    """Run ``agent`` for up to ``timeout`` s: what it ended with, or None if it never ended
+    (it is stopped then)."""
+    ended: list[BaseException | None] = []
+
+    def serve() -> None:
+        try:
+            agent.run()
+            ended.append(None)
+        except BaseException as error:  # reported to the test
+            ended.append(error)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        agent.stop.set()
+        thread.join(30)
+        return TimeoutError(f"the node did not end within {timeout} s")
+    return ended[0]
+
+
+@pytest.mark.parametrize("interval", _BAD_INTERVALS, ids=repr)
+def test_a_bad_heartbeat_interval_at_activation_ends_the_node_naming_it(interval: float) -> None:
+    link = FakeLink(activate_interval=interval)
+    with fake_link(link) as client:
+        error = serve_until_done(NodeAgent(client, retry=RetryPolicy(max_retries=0)), 10)
+    assert type(error) is BadAnswer, error
+    assert str(error) == (
+        "the link answered outside the protocol: ActivateNodeResponse.heartbeat_interval must "
+        f"be a number of seconds from 1 to 86400; got {interval!r}; this node cannot use that "
+        "answer (is the link a compatible flwrmtls version?)"
+    )
+    assert link.heartbeats == 0  # never a loop without pause
+
+
+@pytest.mark.parametrize("interval", [math.nan, 0.0, 1e300], ids=repr)
+def test_a_bad_heartbeat_interval_later_ends_the_node_naming_it(interval: float) -> None:
+    link = FakeLink(activate_interval=1.0, heartbeat_intervals=[1.0, interval])
+    with fake_link(link) as client:
+        error = serve_until_done(NodeAgent(client, retry=RetryPolicy(max_retries=0)), 15)
+    assert type(error) is BadAnswer, error
+    assert "HeartbeatResponse.heartbeat_interval must be a number of seconds from 1" in str(error)
+    assert link.heartbeats == 2  # the good answer was kept to; the bad one ended it
+
+
+def test_a_good_heartbeat_interval_is_kept_to() -> None:
+    link = FakeLink(activate_interval=1.0)
+    with fake_link(link) as client:
+        agent = NodeAgent(client, retry=RetryPolicy(max_retries=0))
+        thread = threading.Thread(target=agent.run, daemon=True)
+        thread.start()
+        deadline = time.monotonic() + 30
+        while link.heartbeats < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        agent.stop.set()
+        thread.join(30)
+    assert link.heartbeats >= 2
+    assert not thread.is_alive()
+
+
+def test_a_node_process_facing_a_nan_heartbeat_interval_exits_with_one_line(
+    tmp_path: Path,
+) -> None:
+    link = FakeLink(activate_interval=math.nan)
+    with fake_link(link):
+        node = NodeProcess(
+            ["--superlink", f"127.0.0.1:{link.port}", "--insecure",
+             "--state-dir", str(tmp_path / "state"), "--clientappio-api-address", "127.0.0.1:0"],
+            tmp_path / "node.log", {"FLWRMTLS_HOME": str(tmp_path / "home")},
+        )  # fmt: skip
+        node.start()
+        try:
+            code = node.wait_exit(timeout=30)
+        finally:
+            node.stop()
+    assert code == 1
+    assert one_error_line(node.log).endswith(
+        "ActivateNodeResponse.heartbeat_interval must be a number of seconds from 1 to 86400; "
+        "got nan; this node cannot use that answer (is the link a compatible flwrmtls version?)"
+    )
+    assert link.heartbeats == 0
+
+
+# --- an object's announced size --------------------------------------------------------------
+
+
+def chunks(data: bytes, total: int, piece: int = 1 << 20) -> list[objects_pb2.ObjectChunk]:
+    object_id = object_id_of(data)
+    return [
+        objects_pb2.ObjectChunk(
+            object_id=object_id, total_size=total, offset=offset, data=data[offset : offset + piece]
+        )
+        for offset in range(0, len(data), piece)
+    ]
+
+
+def files_in(store: ObjectStore) -> list[Path]:
+    return [path for path in store.directory.rglob("*") if path.is_file()]
+
+
+SESSION = Session(node_id=7, session_id="s", identity="CN=n", heartbeat_interval=1.0)
+
+
+def test_an_object_announced_past_the_largest_is_refused_before_a_byte_is_written(
+    tmp_path: Path,
+) -> None:
+    data = b"w" * (20 << 20)
+    object_id = object_id_of(data)
+    store = ObjectStore(tmp_path / "objects")
+    link = FakeLink(chunks=chunks(data, total=1 << 62))
+    with fake_link(link) as client:
+        with pytest.raises(BadAnswer, match=r"ObjectChunk.total_size must be a size in bytes "
+                           r"from 0 to 8589934592; got 4611686018427387904"):  # fmt: skip
+            client.fetch_object(SESSION, object_id, store)
+        assert files_in(store) == []
+        # Below the node's answer check, the transfer itself refuses the size before writing.
+        with grpc.insecure_channel(f"127.0.0.1:{link.port}") as channel:
+            stub = fleet_pb2_grpc.FleetStub(channel)
+            with pytest.raises(ValueError, match="announced size 4611686018427387904 is over "
+                               f"the limit of {MAX_OBJECT_BYTES} bytes"):  # fmt: skip
+                pull_object_into(store, stub.PullObject, object_id)
+        assert files_in(store) == []
+        link.chunks = chunks(data, total=len(data))  # control: the same bytes, announced right
+        client.fetch_object(SESSION, object_id, store)
+    assert store.read_verified(object_id) == data
+
+
+def test_an_object_over_the_nodes_storage_bound_is_refused_before_a_byte_is_written(
+    tmp_path: Path,
+) -> None:
+    store = ObjectStore(tmp_path / "objects")
+    storage = NodeStorage(store, max_bytes=3 << 20)
+    small, large = b"s" * (2 << 20), b"L" * (2 << 20)
+    with fake_link(FakeLink(chunks=chunks(small, len(small)))) as client:
+        client.fetch_object(SESSION, object_id_of(small), store, reserve=storage.reserve)
+    link = FakeLink(chunks=chunks(large, len(large)))
+    with fake_link(link) as client, pytest.raises(QuotaExceeded) as refused:
+        client.fetch_object(SESSION, object_id_of(large), store, reserve=storage.reserve)
+    assert str(refused.value) == (
+        f"object {object_id_of(large)[:16]} of {2 << 20} bytes would exceed "
+        f"--max-object-storage of 3 MiB on this node ({2 << 20} bytes stored, 0 arriving): "
+        "raise the flag, or run fewer or smaller runs on this node at once"
+    )
+    assert files_in(store) == [store.path(object_id_of(small))]
+    store.delete([object_id_of(small)])  # control: once there is room, it fits
+    with fake_link(FakeLink(chunks=chunks(large, len(large)))) as client:
+        client.fetch_object(SESSION, object_id_of(large), store, reserve=storage.reserve)
+    assert store.read_verified(object_id_of(large)) == large
