@@ -4,9 +4,8 @@ Rules:
 
 * flwrmtls creates the places that hold state private from the moment they exist: directories
   0700, files 0600 (the link's database, its object directory, the database's directory when
-  the link makes it, ``$FLWRMTLS_HOME`` and config.toml; the node's work directory, which
-  holds its objects, is made by ``tempfile.mkdtemp``, 0700 too). Nothing is created open and
-  tightened later.
+  the link makes it, ``$FLWRMTLS_HOME`` and config.toml, the node's state directory and its
+  ``objects``, its lock file). Nothing is created open and tightened later.
 * The link and the node run with umask 077 (:func:`restrict_umask`, first thing in their
   ``main``), and so do the app processes they start: whatever else they create (object
   fan-out directories, temporary files, unpacked bundles, files a later change adds) is
@@ -15,13 +14,14 @@ Rules:
 * SQLite creates the database's ``-wal`` and ``-shm`` files with the database file's own mode,
   so creating the database 0600 first makes all three private whatever the umask (it does not
   depend on the process's umask, which an embedding program may not have set).
-* What is flwrmtls's own by name (the database and its ``-wal``/``-shm``, ``<database>.objects``)
-  and is found open to group or others is tightened (:func:`tighten`), with one warning line
-  naming it and its old mode: these are never meant to be shared.
+* What is flwrmtls's own by name (the database and its ``-wal``/``-shm``, ``<database>.objects``,
+  ``<state-dir>/objects``) and is found open to group or others is tightened (:func:`tighten`),
+  with one warning line naming it and its old mode: these are never meant to be shared.
 * A directory the operator may have made or chosen is never changed. ``$FLWRMTLS_HOME`` found
   open to group or others gets one warning line saying what to run
-  (:func:`open_directory_warning`); a ``--database`` directory that already exists is the
-  operator's business (the files flwrmtls keeps in it are private themselves).
+  (:func:`open_directory_warning`), and so does a node's ``--state-dir`` found open; a
+  ``--database`` directory that already exists is the operator's business (the files flwrmtls
+  keeps in it are private themselves).
 
 Each function returns its warning line (or None) for the caller to log or print.
 """

@@ -57,7 +57,7 @@ class ErrorCode(enum.IntEnum):
     TIMEOUT = 3  # no reply within the timeout the ServerApp gave
     RUN_ENDED = 4  # the run was stopped or finished before the reply
     UNKNOWN_MESSAGE_TYPE = 5  # the ClientApp has no handler for the message type
-    LINK_ERROR = 6  # the link failed to deliver the message or its reply
+    LINK_ERROR = 6  # the link or the node failed to deliver the message or its reply
 
 
 @dataclass(frozen=True)

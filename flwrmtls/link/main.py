@@ -204,7 +204,8 @@ def parser() -> argparse.ArgumentParser:
         "--heartbeat-interval",
         type=float,
         default=10.0,
-        help="seconds between node heartbeats; a node is offline after 2.5 missed",
+        help="seconds between node heartbeats, 1 to 86400 (what nodes accept); a node is "
+        "offline after 2.5 missed",
     )
     p.add_argument(
         "--database",

@@ -61,9 +61,7 @@ class _AddOnCommit:
 
 class SetScope:
     """A scope over a set of readable ids that grows with what the caller pushes; no quota.
-
-    A node keeps one per run for that run's ClientApp (the node's disk is not bounded here:
-    the ClientApp runs as the node's OS user and could fill the disk without the API)."""
+    (A node's run scope adds its storage bound: :class:`flwrmtls.node.storage.RunScope`.)"""
 
     def __init__(self, readable: set[str]) -> None:
         self._readable = readable

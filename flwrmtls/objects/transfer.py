@@ -10,6 +10,10 @@ ever carries more than one chunk.
 
 Every upload declares its object (``flwrmtls-object`` metadata: content hash and size), so an
 EC-key node signs what identifies the bytes, and the link holds the stream to it.
+
+Every receive is bounded before its first byte is written: the announced size is at most
+:data:`MAX_OBJECT_BYTES`, the receiver reserves room for it (a run's or node's quota on the
+link, ``--max-object-storage`` on a node), and no byte past the announced size is accepted.
 """
 
 from __future__ import annotations

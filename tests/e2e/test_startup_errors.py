@@ -62,6 +62,7 @@ def link_tls(pki: TestPki, tmp_path: Path) -> list[str]:
         ("serverappio-on-a-lan-address", "--serverappio-api-address 192.0.2.2:0 is not a"),
         ("run-storage-not-a-size", "--max-run-storage '12X' is not a size"),
         ("pending-storage-zero", "--max-node-pending-storage '0' is not a size"),
+        ("heartbeat-below-a-second", "--heartbeat-interval must be a number of seconds from 1"),
     ],
 )
 def test_link_refuses_bad_startup_input(
@@ -101,6 +102,8 @@ def test_link_refuses_bad_startup_input(
         args += ["--max-run-storage", "12X"]
     elif change == "pending-storage-zero":
         args += ["--max-node-pending-storage", "0"]
+    elif change == "heartbeat-below-a-second":  # nodes would refuse it (wire/bounds.py)
+        args += ["--heartbeat-interval", "0.5"]
     assert_one_line(run("flwrmtls.link.main", args, tmp_path), expected)
     if change.startswith("serverappio-"):
         assert not (tmp_path / "link.db").exists()  # refused before anything was created
@@ -143,6 +146,8 @@ def test_link_refuses_a_port_in_use_and_starts_with_a_free_one(
         ("insecure-and-tls", "--insecure cannot be combined"),
         ("clientappio-on-all-ipv4", "--clientappio-api-address 0.0.0.0:0 is not a loopback"),
         ("clientappio-on-all-ipv6", "--clientappio-api-address [::]:0 is not a loopback"),
+        ("object-storage-not-a-size", "--max-object-storage '8X' is not a size"),
+        ("state-dir-a-file", "is not a directory"),
     ],
 )
 def test_node_refuses_bad_startup_input(
@@ -175,4 +180,9 @@ def test_node_refuses_bad_startup_input(
         args += ["--insecure"]
     elif change.startswith("clientappio-"):
         args += ["--clientappio-api-address", expected.split()[1]]
+    elif change == "object-storage-not-a-size":
+        args += ["--max-object-storage", "8X"]
+    elif change == "state-dir-a-file":
+        (tmp_path / "a-file").write_text("x")
+        args += ["--state-dir", str(tmp_path / "a-file")]
     assert_one_line(run("flwrmtls.node.main", args, tmp_path), expected)
