@@ -10,6 +10,7 @@ on, and what an earlier node left there is deleted at start.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from pathlib import Path
 
@@ -53,6 +54,27 @@ def test_a_message_over_max_object_storage_gets_an_error_reply_and_the_node_goes
     assert node.process is not None
     assert node.process.poll() is None
     assert "Traceback" not in node.log
+
+
+def test_a_run_whose_bundle_is_over_max_object_storage_is_answered_with_an_error(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    start(deployment, tmp_path / "state", "--max-object-storage", "64K")
+    small = write_disk_app(tmp_path / "small")
+    result = deployment.cli("run", str(small), "--stream", "--run-config", "timeout=60")
+    assert "reply 0: ok sum 32.0" in result.stdout, result.stdout[-3000:]  # control: it fits
+    large = write_disk_app(tmp_path / "large")
+    (large / "disk" / "table.py").write_text(f"TABLE = {os.urandom(100_000).hex()!r}\n")
+    result = deployment.cli("run", str(large), "--stream", "--run-config", "timeout=60")
+    [refused] = re.findall(r"reply 0: .*", result.stdout)
+    assert refused.startswith("reply 0: LINK_ERROR: node ")
+    assert ": cannot start the run's ClientApp: object " in refused
+    assert "would exceed --max-object-storage of 64 KiB on this node" in refused
+    [node] = [p for p in deployment.processes if p.module == "flwrmtls.node.main"]
+    assert node.process is not None
+    assert node.process.poll() is None
+    result = deployment.cli("run", str(small), "--stream", "--run-config", "timeout=60")
+    assert "reply 0: ok sum 32.0" in result.stdout  # control: the node goes on
 
 
 @pytest.mark.parametrize("shared", [True, False], ids=["shared-directory", "over-clientappio"])
