@@ -22,8 +22,8 @@ from flwrmtls.app.bundle import (
     BundleError,
     build_bundle,
     bundle_hash,
+    check_bundle,
     extract_bundle,
-    read_bundle_config,
 )
 from flwrmtls.errors import InputError
 
@@ -85,12 +85,12 @@ def plain_bundle() -> bytes:
 @pytest.mark.parametrize("kind", list(KINDS), ids=[k.decode() for k in KINDS])
 def test_an_extended_header_is_refused_before_tarfile_reads_it(kind: bytes, tmp_path: Path) -> None:
     control = plain_bundle()
-    assert read_bundle_config(control).name == "plain"
+    assert check_bundle(control).name == "plain"
     extract_bundle(control, bundle_hash(control), tmp_path / "control")
     bundle = extended_header_bundle(kind, 64 << 10)
     expected = f"bundle has {KINDS[kind]} ({64 << 10} bytes): a bundle is a plain ustar archive"
     with pytest.raises(BundleError, match=re.escape(expected)):
-        read_bundle_config(bundle)  # the link's check, at StartRun
+        check_bundle(bundle)  # the link's check, at StartRun
     target = tmp_path / "out"
     with pytest.raises(BundleError, match=re.escape(expected)):
         extract_bundle(bundle, bundle_hash(bundle), target)  # an app process unpacking it
@@ -116,7 +116,7 @@ def test_the_builder_writes_ustar_that_its_readers_accept(tmp_path: Path) -> Non
         assert tar.pax_headers == {}
     assert [member.pax_headers for member in members] == [{}] * len(members)
     assert {member.name for member in members} >= {"plain/données.py", long_path}
-    assert read_bundle_config(bundle).name == "plain"
+    assert check_bundle(bundle).name == "plain"
     unpacked = extract_bundle(bundle, bundle_hash(bundle), tmp_path / "out")
     assert (unpacked / long_path).read_text() == "x = 1\n"
     assert (unpacked / "plain" / "données.py").is_file()
@@ -132,4 +132,4 @@ def test_a_path_ustar_cannot_hold_is_refused_naming_it(tmp_path: Path) -> None:
         "split at a '/' into at most 155 and 100; shorten the path"
     )
     (app / name).unlink()
-    assert read_bundle_config(build_bundle(app)).name == "plain"  # control
+    assert check_bundle(build_bundle(app)).name == "plain"  # control
