@@ -117,7 +117,8 @@ def test_ca_rollover(deployment: Deployment, tmp_path: Path) -> None:
              "--root-certificates", str(pki.trust_bundle_path),
              "--ssl-client-certfile", str(new_node.chain_path),
              "--ssl-client-keyfile", str(new_node.key_path),
-             "--clientappio-api-address", "127.0.0.1:0", *extra],
+             "--clientappio-api-address", "127.0.0.1:0",
+             "--state-dir", str(tmp_path / f"{name}-state"), *extra],  # one identity, 2 nodes
             tmp_path / f"{name}.log", deployment.env,
         )  # fmt: skip
         deployment.processes.append(process)
