@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from flwrmtls.cli.output import OutputFormat, emit, format_time
+from flwrmtls.cli.params import ConnectionArgument, FormatOption
 from flwrmtls.control.client import ControlClient
 from flwrmtls.profiles import ConfigFile
 
@@ -21,19 +22,27 @@ def _short_method(method: str) -> str:
 
 
 def audit(
-    connection: Annotated[
-        str | None, typer.Argument(help="connection profile (default: the default one)")
-    ] = None,
+    connection: ConnectionArgument = None,
     limit: Annotated[
-        int, typer.Option("--limit", min=1, help="at most this many entries, newest first")
+        int,
+        typer.Option("--limit", metavar="N", min=1, help="At most N entries, newest first."),
     ] = 100,
     identity: Annotated[
-        str, typer.Option("--identity", help="only this identity's entries (exact match)")
+        str,
+        typer.Option(
+            "--identity",
+            metavar="IDENTITY",
+            help="Only this identity's entries (exact match).",
+            show_default=False,
+        ),
     ] = "",
-    format: Annotated[OutputFormat, typer.Option("--format")] = OutputFormat.TABLE,
+    format: FormatOption = OutputFormat.TABLE,
 ) -> None:
-    """The audit trail, newest first: Control calls, node admissions and refusals, each with
-    the identity, the method and the outcome (operators only)."""
+    """The audit trail, newest first.
+
+    Control calls, node admissions and refusals, each with the identity, the method and the
+    outcome (operators only).
+    """
     config = ConfigFile()
     client = ControlClient(config.profile(connection), str(config.path))
     try:

@@ -19,6 +19,7 @@ from cryptography import x509
 
 from flwrmtls.auth.identity import IdentitySource
 from flwrmtls.cli.output import OutputFormat, printable
+from flwrmtls.cli.params import group
 from flwrmtls.pki import (
     CRL_VALIDITY_DAYS,
     CaFiles,
@@ -36,40 +37,49 @@ from flwrmtls.pki.signing import pem_bundle
 
 __all__ = ["app"]
 
-app = typer.Typer(
-    help="The built-in CA: create a CA, issue server, node and CLI certificates, revoke them, "
-    "write the CRL, and show the identity a certificate maps to.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
+app = group(
+    "The built-in CA: create a CA, issue server, node and CLI certificates, revoke them, "
+    "write the CRL, and show the identity a certificate maps to."
 )
-issue_app = typer.Typer(
-    help="Issue a certificate signed by the CA's issuing CA: <name>.pem (chain) and <name>.key.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
+issue_app = group(
+    "Issue a certificate signed by the CA's issuing CA: NAME.pem (chain) and NAME.key."
 )
 app.add_typer(issue_app, name="issue")
 
 
 DirectoryOption = Annotated[
-    Path, typer.Option("--dir", help="The CA directory.", file_okay=False, show_default=True)
+    Path,
+    typer.Option(
+        "--dir", metavar="DIR", help="The CA directory.", file_okay=False, show_default=True
+    ),
 ]
-DaysOption = Annotated[int, typer.Option("--days", help="Validity in days.")]
+DaysOption = Annotated[int, typer.Option("--days", metavar="DAYS", help="Validity in days.")]
 ForceOption = Annotated[bool, typer.Option("--force", help="Overwrite existing files.")]
 KeyTypeOption = Annotated[
     KeyType | None,
-    typer.Option("--key-type", help="Key algorithm (default: the CA's).", case_sensitive=False),
+    typer.Option(
+        "--key-type",
+        metavar="KEY_TYPE",
+        help="ec or rsa (default: the CA's).",
+        case_sensitive=False,
+        show_default=False,
+    ),
 ]
 OrganizationOption = Annotated[
-    str | None, typer.Option("--org", help="Subject organisation (O).", show_default=False)
+    str | None,
+    typer.Option("--org", metavar="ORG", help="Subject organisation (O).", show_default=False),
 ]
 CommonNameOption = Annotated[
     str | None,
-    typer.Option("--cn", help="Subject common name (default: NAME).", show_default=False),
+    typer.Option(
+        "--cn", metavar="CN", help="Subject common name (default: NAME).", show_default=False
+    ),
 ]
 NameArgument = Annotated[
-    str, typer.Argument(help="File name stem: writes NAME.pem and NAME.key.", show_default=False)
+    str,
+    typer.Argument(
+        metavar="NAME", help="File name stem: writes NAME.pem and NAME.key.", show_default=False
+    ),
 ]
 DEFAULT_DIRECTORY = Path("certs")
 
@@ -104,9 +114,12 @@ def _crl_written(path: Path) -> str:
 @app.command("init")
 def init_command(
     directory: DirectoryOption = DEFAULT_DIRECTORY,
-    name: Annotated[str, typer.Option("--name", help="CA name: CN=<name> Root CA.")] = "flwrmtls",
+    name: Annotated[
+        str, typer.Option("--name", metavar="NAME", help="CA name: CN=NAME Root CA.")
+    ] = "flwrmtls",
     key_type: Annotated[
-        KeyType, typer.Option("--key-type", help="Key algorithm.", case_sensitive=False)
+        KeyType,
+        typer.Option("--key-type", metavar="KEY_TYPE", help="ec or rsa.", case_sensitive=False),
     ] = KeyType.EC,
     days: DaysOption = 3650,
     force: ForceOption = False,
@@ -128,17 +141,24 @@ def init_command(
 def issue_server_command(
     name: NameArgument,
     dns: Annotated[
-        list[str] | None, typer.Option("--dns", help="DNS name (repeatable).", show_default=False)
+        list[str] | None,
+        typer.Option("--dns", metavar="NAME", help="DNS name (repeatable).", show_default=False),
     ] = None,
     ip: Annotated[
-        list[str] | None, typer.Option("--ip", help="IP address (repeatable).", show_default=False)
+        list[str] | None,
+        typer.Option(
+            "--ip", metavar="ADDRESS", help="IP address (repeatable).", show_default=False
+        ),
     ] = None,
     directory: DirectoryOption = DEFAULT_DIRECTORY,
     days: DaysOption = 365,
     key_type: KeyTypeOption = None,
     force: ForceOption = False,
 ) -> None:
-    """A link's certificate (EKU serverAuth). Without --dns/--ip: localhost and 127.0.0.1."""
+    """A link's certificate (EKU serverAuth).
+
+    Without --dns and --ip its SANs are localhost and 127.0.0.1.
+    """
     dns_names, ip_addresses = (dns or [], ip or []) if dns or ip else (["localhost"], ["127.0.0.1"])
     issued = CertificateAuthority.load(directory).issue_server(
         name,
@@ -157,18 +177,27 @@ def issue_node_command(
     cn: CommonNameOption = None,
     org: OrganizationOption = None,
     ou: Annotated[
-        str | None, typer.Option("--ou", help="Subject organisational unit.", show_default=False)
+        str | None,
+        typer.Option("--ou", metavar="OU", help="Subject organisational unit.", show_default=False),
     ] = None,
     spiffe_id: Annotated[
         str | None,
-        typer.Option("--spiffe-id", help="SPIFFE ID, written as the URI SAN.", show_default=False),
+        typer.Option(
+            "--spiffe-id",
+            metavar="URI",
+            help="SPIFFE ID, written as the URI SAN.",
+            show_default=False,
+        ),
     ] = None,
     directory: DirectoryOption = DEFAULT_DIRECTORY,
     days: DaysOption = 365,
     key_type: KeyTypeOption = None,
     force: ForceOption = False,
 ) -> None:
-    """A node's certificate (EKU clientAuth); its Subject is its identity."""
+    """A node's certificate (EKU clientAuth).
+
+    Its Subject is the node's identity: the same Subject is the same node (rotation).
+    """
     issued = CertificateAuthority.load(directory).issue_node(
         name,
         common_name=cn,
@@ -185,7 +214,9 @@ def issue_node_command(
 @issue_app.command("cli")
 def issue_cli_command(
     name: NameArgument,
-    role: Annotated[str, typer.Option("--role", help="operator or user.", show_default=False)],
+    role: Annotated[
+        str, typer.Option("--role", metavar="ROLE", help="operator or user.", show_default=False)
+    ],
     cn: CommonNameOption = None,
     org: OrganizationOption = None,
     directory: DirectoryOption = DEFAULT_DIRECTORY,
@@ -193,7 +224,10 @@ def issue_cli_command(
     key_type: KeyTypeOption = None,
     force: ForceOption = False,
 ) -> None:
-    """A CLI user's certificate (EKU clientAuth) with the X.520 role attribute."""
+    """A CLI user's certificate (EKU clientAuth).
+
+    Its Subject carries the X.520 role attribute: operator or user.
+    """
     issued = CertificateAuthority.load(directory).issue_cli(
         name,
         role=role,
@@ -210,21 +244,35 @@ def issue_cli_command(
 def revoke_command(
     certificate_file: Annotated[
         Path | None,
-        typer.Argument(help="The certificate (chain) file to revoke.", show_default=False),
+        typer.Argument(
+            metavar="CERTIFICATE_FILE",
+            help="The certificate (chain) file to revoke.",
+            show_default=False,
+        ),
     ] = None,
     serial: Annotated[
         str | None,
         typer.Option(
-            "--serial", help="Serial to revoke: 0x1f2e, 1F:2E or decimal.", show_default=False
+            "--serial",
+            metavar="SERIAL",
+            help="Serial to revoke: 0x1f2e, 1F:2E or decimal.",
+            show_default=False,
         ),
     ] = None,
-    reason: Annotated[
-        RevocationReason,
-        typer.Option("--reason", help="RFC 5280 revocation reason.", case_sensitive=False),
-    ] = RevocationReason.UNSPECIFIED,
+    reason_name: Annotated[
+        str,
+        typer.Option(
+            "--reason",
+            metavar="REASON",
+            help="The RFC 5280 reason, in any case: "
+            + ", ".join(reason.value for reason in RevocationReason)
+            + ".",
+        ),
+    ] = RevocationReason.UNSPECIFIED.value,
     directory: DirectoryOption = DEFAULT_DIRECTORY,
 ) -> None:
     """Revoke a certificate by file or serial and rewrite the CRL."""
+    reason = RevocationReason.parse(reason_name)
     authority = CertificateAuthority.load(directory)
     revoked_serial = authority.revoke(
         certificate_file=certificate_file,
@@ -240,21 +288,29 @@ def revoke_command(
 def cross_sign_command(
     successor: Annotated[
         Path,
-        typer.Argument(help="The new CA's root certificate (its ca.crt).", show_default=False),
+        typer.Argument(
+            metavar="NEW_ROOT",
+            help="The new CA's root certificate (its ca.crt).",
+            show_default=False,
+        ),
     ],
     directory: DirectoryOption = DEFAULT_DIRECTORY,
     output: Annotated[
         Path | None,
         typer.Option(
-            "--out", help="Where to write it (default: <dir>/cross-signed.pem).", show_default=False
+            "--out",
+            metavar="FILE",
+            help="Where to write it (default: DIR/cross-signed.pem).",
+            show_default=False,
         ),
     ] = None,
     force: ForceOption = False,
 ) -> None:
-    """Sign a new root's key with this CA's root (a CA rollover that keeps node ids).
+    """Cross-sign a new root: a CA rollover that keeps node ids.
 
-    Put the result in the link's client CA bundle beside both roots: certificates the new CA
-    issues then keep the identities and node ids the old CA's had.
+    Signs the new root's key with this CA's root. Put the result in the link's client CA
+    bundle beside both roots: certificates the new CA issues then keep the identities and node
+    ids the old CA's had.
     """
     authority = CertificateAuthority.load(directory)
     cross = authority.cross_sign(read_certificate_file(successor, "successor root certificate"))
@@ -279,7 +335,11 @@ def crl_command(
         ),
     ] = CRL_VALIDITY_DAYS,
 ) -> None:
-    """Rewrite the CRL, renewing its next-update date (schedule it: see docs/operations.md)."""
+    """Rewrite the CRL, renewing its next update.
+
+    Schedule it (see docs/operations.md): past its next update, links refuse every certificate
+    of this CA.
+    """
     crl_path = CertificateAuthority.load(directory).write_crl(days=days)
     typer.echo(_crl_written(crl_path))
 
@@ -302,20 +362,22 @@ def _render_text(description: CertificateDescription, directory: Path) -> list[s
         ("CA", "yes" if description.is_ca else "no"),
         ("EKU", ", ".join(description.extended_key_usages) or "none (any purpose)"),
         ("SANs", ", ".join(description.subject_alternative_names) or "none"),
-        ("sha256", description.sha256_fingerprint),
+        ("fingerprint", description.sha256_fingerprint),
     ]
     if description.issued_by_ca is not None:
         verdict = "yes" if description.issued_by_ca else "no"
         rows.append((f"issued by CA in {directory}", verdict))
     source = description.identity_source.value
     if description.identity_error is None:
-        rows += [
-            (f"identity ({source})", description.identity or ""),
-            ("kind", description.kind or ""),
-            ("node id", str(description.node_id)),
-        ]
+        rows.append(("kind", description.kind or ""))
+        if description.node_id is not None:
+            rows += [
+                (f"identity ({source})", description.identity or ""),
+                ("node id", str(description.node_id)),
+            ]
     else:
         rows.append((f"identity ({source})", f"refused: {description.identity_error}"))
+    rows.append(("use", description.use))
     width = max(len(label) for label, _ in rows) + 1
     return [f"{label + ':':<{width}} {value}" for label, value in rows]
 
@@ -323,20 +385,33 @@ def _render_text(description: CertificateDescription, directory: Path) -> list[s
 @app.command("show")
 def show_command(
     certificate_file: Annotated[
-        Path, typer.Argument(help="A certificate or chain file (the first certificate is shown).")
+        Path,
+        typer.Argument(
+            metavar="CERTIFICATE_FILE",
+            help="A certificate or chain file (the first certificate is shown).",
+        ),
     ],
     spiffe: Annotated[
         bool, typer.Option("--spiffe", help="Map the identity as a link using SPIFFE IDs does.")
     ] = False,
     output_format: Annotated[
-        OutputFormat, typer.Option("--format", help="table or json.", case_sensitive=False)
+        OutputFormat,
+        typer.Option(
+            "--format", metavar="FORMAT", help="table (for people) or json (for scripts)."
+        ),
     ] = OutputFormat.TABLE,
     directory: Annotated[
         Path,
-        typer.Option("--dir", help="Also say whether the CA in this directory issued it."),
+        typer.Option(
+            "--dir", metavar="DIR", help="Also say whether the CA in this directory issued it."
+        ),
     ] = DEFAULT_DIRECTORY,
 ) -> None:
-    """Show a certificate and the identity and node id the link would give its holder."""
+    """Show a certificate and what the link makes of it.
+
+    Its fields, what it is for (CA, server, node or CLI), and the identity and node id the link
+    would give its holder.
+    """
     certificate = read_certificate_file(certificate_file)
     source = IdentitySource.SPIFFE if spiffe else IdentitySource.SUBJECT
     description = describe_certificate(certificate, source, issuing_ca=_issuing_ca_in(directory))

@@ -8,13 +8,14 @@ from typing import Annotated
 import typer
 
 from flwrmtls.cli.output import OutputFormat, emit
+from flwrmtls.cli.params import FormatOption, group
 from flwrmtls.errors import InputError
 from flwrmtls.profiles import ConfigFile, Profile
 from flwrmtls.wire.credentials import no_root_certificates
 
 __all__ = ["app"]
 
-app = typer.Typer(help="Manage connection profiles (config.toml).", no_args_is_help=True)
+app = group("Connection profiles in config.toml: add one, list them, choose the default.")
 
 
 def _existing(path: Path | None, option: str) -> Path | None:
@@ -25,27 +26,43 @@ def _existing(path: Path | None, option: str) -> Path | None:
 
 @app.command("add")
 def add(
-    name: Annotated[str, typer.Argument(help="profile name, e.g. my-deployment")],
-    address: Annotated[str, typer.Option(help="the link's Control API, host:port")],
+    name: Annotated[
+        str, typer.Argument(metavar="NAME", help="The profile's name, e.g. my-deployment.")
+    ],
+    address: Annotated[
+        str, typer.Option(metavar="HOST:PORT", help="The link's Control API (default port 9093).")
+    ],
     root_certificates: Annotated[
         Path | None,
         typer.Option(
+            metavar="FILE",
             help="CA bundle (PEM) that verifies the link: required unless --insecure (the CLI "
-            "never falls back to a default set of public CAs)"
+            "never falls back to a default set of public CAs).",
+            show_default=False,
         ),
     ] = None,
     client_certificate: Annotated[
-        Path | None, typer.Option(help="the CLI's certificate chain (PEM)")
+        Path | None,
+        typer.Option(metavar="FILE", help="The CLI's certificate chain (PEM).", show_default=False),
     ] = None,
     client_private_key: Annotated[
-        Path | None, typer.Option(help="the CLI's private key (PEM); the file path is stored")
+        Path | None,
+        typer.Option(
+            metavar="FILE",
+            help="The CLI's private key (PEM); the profile stores its path.",
+            show_default=False,
+        ),
     ] = None,
     insecure: Annotated[
-        bool, typer.Option("--insecure", help="plaintext: development only")
+        bool, typer.Option("--insecure", help="Plaintext: development only.")
     ] = False,
-    default: Annotated[bool, typer.Option("--default", help="make it the default")] = False,
+    default: Annotated[bool, typer.Option("--default", help="Make it the default.")] = False,
 ) -> None:
-    """Add or replace a connection profile."""
+    """Add or replace a connection profile.
+
+    The files are checked first: a CA bundle where the CA bundle goes, a certificate and the
+    private key that belongs to it.
+    """
     if insecure and (root_certificates or client_certificate or client_private_key):
         raise InputError("--insecure cannot be combined with certificate options")
     if (client_certificate is None) != (client_private_key is None):
@@ -68,7 +85,9 @@ def add(
 
 
 @app.command("use")
-def use(name: Annotated[str, typer.Argument(help="profile to make the default")]) -> None:
+def use(
+    name: Annotated[str, typer.Argument(metavar="NAME", help="The profile to make the default.")],
+) -> None:
     """Make a profile the default."""
     config = ConfigFile()
     config.use(name)
@@ -85,9 +104,12 @@ def _security(profile: Profile) -> str:
 
 @app.command("list")
 def list_profiles(
-    format: Annotated[OutputFormat, typer.Option("--format")] = OutputFormat.TABLE,
+    format: FormatOption = OutputFormat.TABLE,
 ) -> None:
-    """Where config.toml is, and its profiles (the default marked)."""
+    """Where config.toml is, and its profiles.
+
+    The default profile is marked with *.
+    """
     config = ConfigFile()
     profiles = [config.profile(name) for name in config.names()]
     data = {

@@ -14,13 +14,21 @@ __all__ = ["new"]
 
 def new(
     app_dir: Annotated[
-        Path, typer.Argument(metavar="APP_DIR", help="directory to create (absent or empty)")
+        Path, typer.Argument(metavar="APP_DIR", help="The directory to create (absent or empty).")
     ],
     name: Annotated[
-        str | None, typer.Option(help="project name (default: from the directory name)")
+        str | None,
+        typer.Option(
+            metavar="NAME",
+            help="The project's name (default: from the directory name).",
+            show_default=False,
+        ),
     ] = None,
 ) -> None:
-    """Create an app: federated softmax regression on scikit-learn's digits."""
+    """Create an app from the template.
+
+    The template is FedAvg of a softmax regression on scikit-learn's digits.
+    """
     written = write_app(app_dir, name)
     typer.echo(f"created app {written.name!r} (package {written.package}) in {written.app_dir}:")
     for path in written.files:

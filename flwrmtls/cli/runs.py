@@ -12,20 +12,17 @@ import typer
 
 from flwrmtls.app.appfiles import AppFiles, select_app_files
 from flwrmtls.app.bundle import build_bundle, bundle_hash, merge_run_config, read_app_config
+from flwrmtls.app.components import check_component
 from flwrmtls.app.runresult import ResultError, check_result
 from flwrmtls.cli.output import OutputFormat, emit, format_time, printable
+from flwrmtls.cli.params import ConnectionArgument, FormatOption, RunIdArgument
 from flwrmtls.control.client import ControlClient
-from flwrmtls.errors import LinkUnreachable, Refused
+from flwrmtls.errors import InputError, LinkUnreachable, Refused
 from flwrmtls.keyvalues import parse_key_values
 from flwrmtls.profiles import ConfigFile
 from flwrmtls.proto import control_pb2
 
 __all__ = ["log", "ls", "run", "stop"]
-
-_Connection = Annotated[
-    str | None, typer.Argument(help="connection profile (default: the default one)")
-]
-_Format = Annotated[OutputFormat, typer.Option("--format")]
 
 
 def _client(connection: str | None) -> ControlClient:
@@ -113,31 +110,64 @@ def _print_dry_run(app_dir: Path, files: AppFiles, bundle: bytes, fmt: OutputFor
     typer.echo(f"{_summary(files, bundle)}; nothing was sent (--dry-run)")
 
 
+def _app_directory(app_dir: Path) -> Path:
+    """``app_dir`` if it is a directory; else one line saying what to give instead."""
+    if app_dir.is_dir():
+        return app_dir
+    if app_dir.name == "pyproject.toml" and app_dir.is_file():
+        raise InputError(
+            f"give the app's directory, not its pyproject.toml: flwrmtls run {app_dir.parent}"
+        )
+    if app_dir.exists():
+        raise InputError(f"{app_dir} is not a directory: give the app's directory")
+    raise InputError(f"no directory {app_dir}: give the app's directory (flwrmtls new makes one)")
+
+
 def run(
-    app_dir: Annotated[Path, typer.Argument(help="the app directory")] = Path("."),
-    connection: _Connection = None,
+    app_dir: Annotated[
+        Path,
+        typer.Argument(metavar="APP_DIR", help="The app's directory.", show_default=True),
+    ] = Path("."),
+    connection: ConnectionArgument = None,
     stream: Annotated[
-        bool, typer.Option("--stream", help="follow the run's logs to its end")
+        bool, typer.Option("--stream", help="Follow the run's logs to its end.")
     ] = False,
     run_config: Annotated[
-        str, typer.Option("--run-config", help="'key=value ...' overriding the app's config")
-    ] = "",
+        list[str] | None,
+        typer.Option(
+            "--run-config",
+            metavar="'KEY=VALUE ...'",
+            help="Override the app's config; may be given several times, later keys winning.",
+            show_default=False,
+        ),
+    ] = None,
     dry_run: Annotated[
         bool,
         typer.Option(
             "--dry-run",
-            help="list the files the bundle would hold (and those left out) without "
-            "contacting the link",
+            help="List the files the bundle would hold (and those left out) without "
+            "contacting the link.",
         ),
     ] = False,
-    format: _Format = OutputFormat.TABLE,
+    format: FormatOption = OutputFormat.TABLE,
 ) -> None:
-    """Bundle the app (its sources and configs: see docs/apps.md), start a run on the link,
-    print its id. A file holding a private key stops the run before anything is sent."""
+    """Bundle an app and start a run.
+
+    Bundles the app's sources and configs (see docs/apps.md), starts a run on the link and
+    prints its id. A file holding a private key, or a component pyproject.toml names that
+    does not exist, stops the run before anything is sent.
+    """
+    app_dir = _app_directory(app_dir)
     app = read_app_config(app_dir)
-    overrides = parse_key_values(run_config, "--run-config")
+    overrides = {}
+    for text in run_config or ():
+        overrides.update(parse_key_values(text, "--run-config"))
     merge_run_config(app.default_config, overrides)  # refuse unknown keys before sending
     files = select_app_files(app_dir)
+    sources = {file.name: file.data for file in files.files}
+    where = str(app_dir / "pyproject.toml")
+    check_component("serverapp", app.serverapp, sources, where)
+    check_component("clientapp", app.clientapp, sources, where)
     bundle = build_bundle(app_dir, files)
     if dry_run:
         _print_dry_run(app_dir, files, bundle, format)
@@ -184,14 +214,19 @@ def _result(stored: str) -> tuple[object, str | None]:
 
 
 def ls(
-    connection: _Connection = None,
-    run_id: Annotated[int, typer.Option("--run-id", help="only this run")] = 0,
-    format: _Format = OutputFormat.TABLE,
+    connection: ConnectionArgument = None,
+    run_id: Annotated[
+        int | None,
+        typer.Option(
+            "--run-id", metavar="RUN_ID", help="Only this run.", min=1, show_default=False
+        ),
+    ] = None,
+    format: FormatOption = OutputFormat.TABLE,
 ) -> None:
     """Runs and their status."""
     client = _client(connection)
     try:
-        runs = client.list_runs(run_id)
+        runs = client.list_runs(run_id or 0)
     finally:
         client.close()
     if format is OutputFormat.TABLE:  # the table shows no config or result: parse neither
@@ -228,12 +263,15 @@ def _run_config(stored: str) -> object:
 
 
 def log(
-    run_id: Annotated[int, typer.Argument(help="the run")],
-    connection: _Connection = None,
-    stream: Annotated[bool, typer.Option("--stream", help="follow until the run ends")] = False,
-    format: _Format = OutputFormat.TABLE,
+    run_id: RunIdArgument,
+    connection: ConnectionArgument = None,
+    stream: Annotated[bool, typer.Option("--stream", help="Follow until the run ends.")] = False,
+    format: FormatOption = OutputFormat.TABLE,
 ) -> None:
-    """A run's logs (with --format json: one JSON object per entry, per line)."""
+    """A run's logs.
+
+    With --format json: one JSON object per entry, per line.
+    """
     client = _client(connection)
     printer = _print_entry if format is OutputFormat.TABLE else _print_entry_json
     try:
@@ -247,9 +285,9 @@ def log(
 
 
 def stop(
-    run_id: Annotated[int, typer.Argument(help="the run to stop")],
-    connection: _Connection = None,
-    format: _Format = OutputFormat.TABLE,
+    run_id: RunIdArgument,
+    connection: ConnectionArgument = None,
+    format: FormatOption = OutputFormat.TABLE,
 ) -> None:
     """Stop a run: its ServerApp and ClientApps stop, its tokens end."""
     client = _client(connection)

@@ -17,6 +17,7 @@ import typer
 
 from flwrmtls.auth.keys import load_public_key_file, public_key_der
 from flwrmtls.cli.output import OutputFormat, emit, format_time, printable, table
+from flwrmtls.cli.params import ConnectionArgument, FormatOption, NodeIdArgument, group
 from flwrmtls.control.client import ControlClient
 from flwrmtls.errors import InputError
 from flwrmtls.profiles import ConfigFile
@@ -24,22 +25,26 @@ from flwrmtls.proto import control_pb2
 
 __all__ = ["app"]
 
-app = typer.Typer(help="Nodes: list them; register and unregister EC keys.", no_args_is_help=True)
+app = group(
+    "Nodes: list them and how the link checks their revocation; unregister and readmit any "
+    "node; register EC keys."
+)
 
 
 @app.command("list")
 def list_nodes(
-    connection: Annotated[
-        str | None, typer.Argument(help="connection profile (default: the default one)")
-    ] = None,
-    format: Annotated[OutputFormat, typer.Option("--format")] = OutputFormat.TABLE,
+    connection: ConnectionArgument = None,
+    format: FormatOption = OutputFormat.TABLE,
     verbose: Annotated[
-        bool, typer.Option("--verbose", "-v", help="also unregistered nodes")
+        bool, typer.Option("--verbose", "-v", help="Also unregistered nodes.")
     ] = False,
 ) -> None:
-    """Nodes: node id, identity (Subject or key fingerprint), organisation, auth method,
-    status, certificate expiry; then how the link checks revocation per issuer (the table
-    only: JSON stays the list of nodes, see `supernode revocation`)."""
+    """The nodes the link knows.
+
+    For each: node id, identity (Subject or key fingerprint), organisation, auth method,
+    status, certificate expiry; then (table only: the JSON stays the list of nodes) how the
+    link checks revocation per issuer, as `supernode revocation` shows it.
+    """
     config = ConfigFile()
     client = ControlClient(config.profile(connection), str(config.path))
     try:
@@ -55,7 +60,7 @@ def list_nodes(
             "auth_method": n.auth_method,
             "status": n.status,
             "cert_not_after": format_time(n.cert_not_after) if n.cert_not_after else None,
-            "cert_fingerprint": n.cert_fingerprint,
+            "cert_fingerprint": f"sha256:{n.cert_fingerprint}" if n.cert_fingerprint else None,
             "cert_expires_soon": n.cert_expires_soon,
             "last_seen": format_time(n.last_seen),
             "peer_address": n.peer_address,
@@ -146,14 +151,14 @@ def _warn_lapsing(coverage: Sequence[control_pb2.RevocationCoverage]) -> None:
 
 @app.command("revocation")
 def revocation(
-    connection: Annotated[
-        str | None, typer.Argument(help="connection profile (default: the default one)")
-    ] = None,
-    format: Annotated[OutputFormat, typer.Option("--format")] = OutputFormat.TABLE,
+    connection: ConnectionArgument = None,
+    format: FormatOption = OutputFormat.TABLE,
 ) -> None:
-    """How the link checks revocation, per issuer of client certificates: the CRLs in force
-    (complete, +delta, partition), their files, until when, and their state (current, kept,
-    expired, failing-closed, not-checked)."""
+    """How the link checks revocation.
+
+    Per issuer of client certificates: the CRLs in force (complete, +delta, partition), their
+    files, until when, and their state (current, kept, expired, failing-closed, not-checked).
+    """
     config = ConfigFile()
     client = ControlClient(config.profile(connection), str(config.path))
     try:
@@ -169,23 +174,28 @@ def register(
     files_and_connection: Annotated[
         list[str],
         typer.Argument(
-            help="public key files (the .pub ssh-keygen writes, or PEM), then optionally a "
-            "connection profile",
+            help="Public key files (the .pub ssh-keygen writes, or PEM), then optionally a "
+            "connection profile.",
             metavar="PUBKEY_FILE... [CONNECTION]",
+            show_default=False,
         ),
     ],
     identity: Annotated[
         str | None,
         typer.Option(
             "--identity",
+            metavar="IDENTITY",
             help="certificate+key links: the node certificate this key belongs to, as the link "
             "names it ('CN=node-1,O=Hospital A', a SPIFFE ID, or its node id); the link then "
-            "admits the key only with that node's certificate",
+            "admits the key only with that node's certificate.",
         ),
     ] = None,
-    format: Annotated[OutputFormat, typer.Option("--format")] = OutputFormat.TABLE,
+    format: FormatOption = OutputFormat.TABLE,
 ) -> None:
-    """EC-key mode: register node public keys; prints each file's node id."""
+    """Register EC public keys of nodes.
+
+    For links with --enable-supernode-auth; prints each file's node id.
+    """
     files, connection = _split_connection(files_and_connection)
     if identity is not None and len(files) != 1:
         raise InputError(
@@ -223,13 +233,15 @@ def _split_connection(arguments: list[str]) -> tuple[list[str], str | None]:
 
 @app.command("unregister")
 def unregister(
-    node_id: Annotated[int, typer.Argument(help="the node to refuse from now on")],
-    connection: Annotated[
-        str | None, typer.Argument(help="connection profile (default: the default one)")
-    ] = None,
+    node_id: NodeIdArgument,
+    connection: ConnectionArgument = None,
 ) -> None:
-    """Refuse a node from its next call on, without waiting for a CRL (undo: certificate
-    nodes `flwrmtls supernode readmit NODE_ID`; EC-key nodes register the key again)."""
+    """Refuse a node at once, certificate or EC key.
+
+    Without waiting for a CRL: its open calls are answered with the refusal. Undo it with
+    `flwrmtls supernode readmit NODE_ID` (certificate nodes) or by registering the key again
+    (EC-key nodes).
+    """
     config = ConfigFile()
     client = ControlClient(config.profile(connection), str(config.path))
     try:
@@ -241,10 +253,8 @@ def unregister(
 
 @app.command("readmit")
 def readmit(
-    node_id: Annotated[int, typer.Argument(help="an unregistered certificate node")],
-    connection: Annotated[
-        str | None, typer.Argument(help="connection profile (default: the default one)")
-    ] = None,
+    node_id: NodeIdArgument,
+    connection: ConnectionArgument = None,
 ) -> None:
     """Let an unregistered certificate node in again."""
     config = ConfigFile()

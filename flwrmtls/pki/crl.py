@@ -88,6 +88,18 @@ class RevocationReason(enum.StrEnum):
     def reason_flag(self) -> x509.ReasonFlags:
         return _REASON_FLAGS[self]
 
+    @classmethod
+    def parse(cls, text: str, flag: str = "--reason") -> RevocationReason:
+        """The reason RFC 5280 names ``text``, in any case (``keyCompromise``,
+        ``keycompromise``); InputError naming the reasons for anything else."""
+        for reason in cls:
+            if reason.value.casefold() == text.strip().casefold():
+                return reason
+        names = ", ".join(reason.value for reason in cls)
+        raise InputError(
+            f"{flag} {text!r} is not an RFC 5280 revocation reason: give one of {names}"
+        )
+
 
 _REASON_FLAGS = {
     RevocationReason.UNSPECIFIED: x509.ReasonFlags.unspecified,

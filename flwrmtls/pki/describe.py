@@ -59,11 +59,13 @@ class CertificateDescription:
     identity: str | None
     """What the link would call the holder; None when ``identity_error`` says why not."""
     kind: str | None
-    """``node``, ``operator`` or ``user``."""
+    """``ca``, ``server``, ``node``, ``operator`` or ``user``."""
     node_id: int | None
     identity_error: str | None
     issued_by_ca: bool | None
     """Whether the issuing CA passed to :func:`describe_certificate` signed it (None: not asked)."""
+    use: str = ""
+    """What the certificate is for, and what it cannot be used for, in one sentence."""
 
     @property
     def serial_hex(self) -> str:
@@ -88,6 +90,7 @@ class CertificateDescription:
             "node_id": self.node_id,
             "identity_error": self.identity_error,
             "issued_by_ca": self.issued_by_ca,
+            "use": self.use,
         }
 
 
@@ -136,6 +139,32 @@ def _directly_issued_by(certificate: x509.Certificate, issuer: x509.Certificate)
     return True
 
 
+_SERVER = "serverAuth"
+_CLIENT = "clientAuth"
+_ANY = "anyExtendedKeyUsage"
+
+
+def _use(is_ca: bool, usages: tuple[str, ...], kind: str | None) -> tuple[str | None, str]:
+    """(kind, what the certificate is for) from its CA flag, its EKUs and its identity kind."""
+    if is_ca:
+        return "ca", "a CA: it signs certificates; a link, node or CLI cannot present it"
+    server = not usages or _SERVER in usages or _ANY in usages
+    client = not usages or _CLIENT in usages or _ANY in usages
+    if server and not client:
+        return "server", (
+            "the link's certificate (--ssl-certfile); it cannot be a node's or the CLI's "
+            "(no clientAuth)"
+        )
+    target = {
+        "node": "a node's certificate (--ssl-client-certfile)",
+        "operator": "an operator's CLI certificate (client-certificate in config.toml)",
+        "user": "a user's CLI certificate (client-certificate in config.toml)",
+    }.get(kind or "", "a client certificate")
+    if not server:
+        return kind, f"{target}; it cannot be the link's (no serverAuth)"
+    return kind, target
+
+
 def describe_certificate(
     certificate: x509.Certificate,
     source: IdentitySource = IdentitySource.SUBJECT,
@@ -154,6 +183,11 @@ def describe_certificate(
         identity_error = str(error)
     else:
         identity_value, kind, node_id = identity.value, identity.kind.value, identity.node_id
+    is_ca = _is_ca(certificate)
+    usages = _extended_key_usages(certificate)
+    kind, use = _use(is_ca, usages, kind)
+    if kind in ("ca", "server"):
+        node_id = None  # no holder the link would name
     return CertificateDescription(
         subject=certificate.subject.rfc4514_string(_ATTRIBUTE_NAMES),
         issuer=certificate.issuer.rfc4514_string(_ATTRIBUTE_NAMES),
@@ -161,14 +195,15 @@ def describe_certificate(
         not_before=certificate.not_valid_before_utc,
         not_after=certificate.not_valid_after_utc,
         key_type=describe_public_key(certificate.public_key()),
-        is_ca=_is_ca(certificate),
-        extended_key_usages=_extended_key_usages(certificate),
+        is_ca=is_ca,
+        extended_key_usages=usages,
         subject_alternative_names=_subject_alternative_names(certificate),
-        sha256_fingerprint=certificate.fingerprint(hashes.SHA256()).hex(":"),
+        sha256_fingerprint="sha256:" + certificate.fingerprint(hashes.SHA256()).hex(),
         identity_source=source,
         identity=identity_value,
         kind=kind,
         node_id=node_id,
         identity_error=identity_error,
         issued_by_ca=None if issuing_ca is None else _directly_issued_by(certificate, issuing_ca),
+        use=use,
     )
