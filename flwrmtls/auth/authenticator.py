@@ -132,11 +132,20 @@ class Principal:
 class AuthenticationFailed(Exception):
     """The caller is not who the link accepts; ``str()`` is sent to the caller."""
 
-    def __init__(self, reason: RefusalReason, message: str, fingerprint: str = "") -> None:
+    def __init__(
+        self,
+        reason: RefusalReason,
+        message: str,
+        fingerprint: str = "",
+        node_id: int | None = None,
+    ) -> None:
         super().__init__(message)
         self.reason = reason
         self.message = message
         self.fingerprint = fingerprint
+        self.node_id = node_id
+        """The node refused, when the link verified who it is (a revoked or expired node's
+        chain verified): the link then shows the refusal as that node's status."""
 
 
 class TryLater(Exception):

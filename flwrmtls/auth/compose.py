@@ -20,6 +20,7 @@ from datetime import datetime
 from flwrmtls.auth.authenticator import (
     AuthenticationFailed,
     Authenticator,
+    AuthMethod,
     CallCredentials,
     Principal,
     RefusalReason,
@@ -107,9 +108,14 @@ class DenyUnregistered:
 
     def _check(self, principal: Principal) -> None:
         if principal.node_id is not None and self._is_unregistered(principal.node_id):
+            readmit = (
+                "`flwrmtls supernode register <its .pub file>`"
+                if principal.auth_method is AuthMethod.KEY
+                else f"`flwrmtls supernode readmit {principal.node_id}`"
+            )
             raise AuthenticationFailed(
                 RefusalReason.NODE_UNREGISTERED,
                 f"node unregistered ({principal.identity}): an operator can re-admit it with "
-                f"`flwrmtls supernode readmit {principal.node_id}`",
+                + readmit,
                 principal.fingerprint,
             )

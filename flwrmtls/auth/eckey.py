@@ -540,7 +540,8 @@ class EcKeyAuthenticator:
         if registration.status is KeyStatus.UNREGISTERED:
             raise AuthenticationFailed(
                 RefusalReason.NODE_UNREGISTERED,
-                f"node unregistered (key {node_key.fingerprint})",
+                f"node unregistered (key {node_key.fingerprint}): an operator can re-admit it "
+                "with `flwrmtls supernode register <its .pub file>`",
             )
         if registration.status is not KeyStatus.REGISTERED:
             raise AuthenticationFailed(

@@ -71,7 +71,7 @@ from flwrmtls.auth.authenticator import (
 )
 from flwrmtls.auth.identity import ROLE_OID
 from flwrmtls.auth.livecalls import LiveCall, LiveCalls
-from flwrmtls.auth.policy import is_permitted, refusal_hint, required_kinds
+from flwrmtls.auth.policy import is_permitted, refusal_hint, required_kinds, wrong_door
 from flwrmtls.auth.ratelimit import FailureLimiter, peer_host
 from flwrmtls.auth.signing import (
     OBJECT_METADATA_KEY,
@@ -250,6 +250,12 @@ _REFUSAL_CODES = {RefusalReason.NOT_PERMITTED: grpc.StatusCode.PERMISSION_DENIED
 listed (as for refusals when a call starts)."""
 
 
+NodeRefused = Callable[[int, RefusalReason, str], None]
+"""``node_refused(node_id, reason, message)``."""
+_NODE_STATUS_REASONS = frozenset({RefusalReason.REVOKED, RefusalReason.EXPIRED})
+"""Refusals of a verified node that become its status (``supernode list``)."""
+
+
 class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     def __init__(
         self,
@@ -262,6 +268,8 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         failures: FailureLimiter | None = None,
         calls_per_address: int | None = None,
         live: LiveCalls | None = None,
+        node_refused: NodeRefused | None = None,
+        serves: str = "",
     ) -> None:
         """``digest_bodies``: hash each unary request's bytes, and each signed upload's declared
         object, for EC-key signatures.
@@ -269,7 +277,11 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         ``failures``: the failed-authentication budget of each peer address; an address over
         it is refused (UNAVAILABLE, with when to retry) before anything is parsed.
         ``calls_per_address``: authorized calls one peer address may have in progress.
-        ``live``: the registry of open calls, judged again when credentials may have ended."""
+        ``live``: the registry of open calls, judged again when credentials may have ended.
+        ``node_refused``: told when a node the link verified is refused for its certificate
+        (revoked, expired), with the reason and the message, so its status can show it.
+        ``serves``: the service this server serves (``Fleet``, ``Control``, ...): a call of
+        another service is told which door it knocked on (UNIMPLEMENTED)."""
         self._authenticator = authenticator
         self._clock = clock
         self._refusals = refusals
@@ -280,6 +292,8 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         self._live: dict[str, int] = {}
         """Peer host -> its authorized calls in progress (only hosts with some)."""
         self._open_calls = live
+        self._node_refused = node_refused
+        self._serves = serves
 
     async def intercept_service(
         self,
@@ -291,7 +305,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             return self._refusing_handler(method)
         handler = await continuation(handler_call_details)
         if handler is None:
-            return None
+            return self._wrong_door_handler(method) if self._serves else None
         on_end = None
         if self._audit is not None and records_every_call(method):
             on_end = functools.partial(self._record_call, method)
@@ -404,6 +418,16 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         """Keep the call in the registry while its handler runs."""
         return _Watching(self._open_calls, call, principal, self._authenticator)
 
+    def _wrong_door_handler(self, method: str) -> Any:
+        """The handler of another API's method: it says which door this is (no credentials
+        are asked for: the port's API is no secret)."""
+        message = wrong_door(method, self._serves)
+
+        async def wrong_door_answer(request: Any, context: _Context) -> Any:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, message)
+
+        return grpc.unary_unary_rpc_method_handler(wrong_door_answer)
+
     def _refusing_handler(self, method: str) -> Any:
         """The handler of a method the policy table does not list: it refuses at once."""
 
@@ -421,7 +445,15 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     def _refused(
         self, call: CallCredentials, error: AuthenticationFailed, principal: Principal | None
     ) -> None:
-        """Log the refusal (rate-limited) and record it in the audit trail, if it is kept."""
+        """Log the refusal (rate-limited) and record it in the audit trail, if it is kept; a
+        verified node refused for its certificate is also reported to ``node_refused``."""
+        node_id = principal.node_id if principal is not None else error.node_id
+        if (
+            self._node_refused is not None
+            and node_id is not None
+            and error.reason in _NODE_STATUS_REASONS
+        ):
+            self._node_refused(node_id, error.reason, error.message)
         reported = self._refusals.record(call.peer, call.method, error)
         if self._audit is None:
             return

@@ -26,6 +26,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from cryptography.x509.verification import (
+    ClientVerifier,
     Criticality,
     ExtensionPolicy,
     PolicyBuilder,
@@ -44,6 +45,7 @@ from flwrmtls.auth.authority import key_id
 from flwrmtls.auth.identity import (
     AmbiguousIdentityError,
     IdentitySource,
+    PrincipalKind,
     RoleSource,
     identity_from_certificate,
 )
@@ -127,17 +129,20 @@ class MtlsAuthenticator:
         if isinstance(entry, _Failed):
             raise entry.error
         fingerprint = entry.principal.fingerprint
+        node_id = entry.principal.node_id
         if now < entry.not_before:
             raise AuthenticationFailed(
                 RefusalReason.NOT_YET_VALID,
                 f"certificate not valid before {_utc(entry.not_before)}",
                 fingerprint,
+                node_id,
             )
         if now > entry.not_after:
             raise AuthenticationFailed(
                 RefusalReason.EXPIRED,
                 f"certificate expired on {_utc(entry.not_after)}",
                 fingerprint,
+                node_id,
             )
         if self._revocations is not None:
             try:
@@ -145,6 +150,7 @@ class MtlsAuthenticator:
                     self._revocations.check(link, now)
             except AuthenticationFailed as error:
                 error.fingerprint = fingerprint
+                error.node_id = node_id
                 raise
         return entry.principal
 
@@ -160,6 +166,32 @@ class MtlsAuthenticator:
             return self._verify_or_raise(leaf_pem, chain_pem, now)
         except AuthenticationFailed as error:
             return _Failed(error, now + _FAILURE_TTL)
+
+    def _verifier(self, at: datetime) -> ClientVerifier:
+        builder = (
+            PolicyBuilder()
+            .store(self._store)
+            .time(at)
+            .extension_policies(
+                ca_policy=ExtensionPolicy.webpki_defaults_ca(), ee_policy=_ee_policy()
+            )
+        )
+        if self._max_chain_depth is not None:
+            builder = builder.max_chain_depth(self._max_chain_depth)
+        return builder.build_client_verifier()
+
+    def _node_of_expired(
+        self, leaf: x509.Certificate, intermediates: list[x509.Certificate]
+    ) -> int | None:
+        """The node an expired certificate names, if its chain verified when it was last
+        valid: only then may the link show that node as expired (anyone can present an expired
+        certificate carrying someone else's Subject)."""
+        try:
+            self._verifier(leaf.not_valid_after_utc).verify(leaf, intermediates)
+            identity = identity_from_certificate(leaf, self._identity_source, self._role_source)
+        except (VerificationError, AmbiguousIdentityError):
+            return None
+        return identity.node_id if identity.kind is PrincipalKind.NODE else None
 
     def _verify_or_raise(
         self, leaf_pem: bytes, chain_pem: bytes | None, now: datetime
@@ -184,6 +216,7 @@ class MtlsAuthenticator:
                 RefusalReason.EXPIRED,
                 f"certificate expired on {_utc(leaf.not_valid_after_utc)}",
                 fingerprint,
+                self._node_of_expired(leaf, intermediates),
             )
         try:
             usages = set(leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value)
@@ -195,18 +228,8 @@ class MtlsAuthenticator:
                 "certificate's extended key usage does not include clientAuth",
                 fingerprint,
             )
-        builder = (
-            PolicyBuilder()
-            .store(self._store)
-            .time(now)
-            .extension_policies(
-                ca_policy=ExtensionPolicy.webpki_defaults_ca(), ee_policy=_ee_policy()
-            )
-        )
-        if self._max_chain_depth is not None:
-            builder = builder.max_chain_depth(self._max_chain_depth)
         try:
-            verified = builder.build_client_verifier().verify(leaf, intermediates)
+            verified = self._verifier(now).verify(leaf, intermediates)
         except VerificationError as error:
             raise AuthenticationFailed(
                 RefusalReason.UNTRUSTED,

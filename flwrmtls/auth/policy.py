@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from flwrmtls.auth.identity import PrincipalKind
 
-__all__ = ["POLICY", "Rule", "is_permitted", "refusal_hint", "required_kinds"]
+__all__ = ["POLICY", "Rule", "is_permitted", "refusal_hint", "required_kinds", "wrong_door"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,7 +101,32 @@ _HINTS: Mapping[tuple[str, PrincipalKind], str] = {
 """(service, kind of a refused caller) -> what to do instead."""
 
 
+_DOORS: Mapping[str, str] = {
+    "Fleet": "the link's Fleet API, where nodes connect (flwrmtls-supernode --superlink "
+    "HOST:PORT; the link's --fleet-api-address, default port 9092)",
+    "Control": 'the link\'s Control API, where the CLI connects (address = "HOST:PORT" in a '
+    "config.toml profile; the link's --control-api-address, default port 9093)",
+    "ServerAppIo": "the link's ServerAppIo API, where the link's own ServerApp processes "
+    "connect (loopback, --serverappio-api-address)",
+    "ClientAppIo": "a node's ClientAppIo API, where its own ClientApp processes connect "
+    "(loopback, the node's --clientappio-api-address)",
+}
+"""Each API by service name: who connects to it, and where it listens by default."""
+
+
+def _service(method: str) -> str:
+    return method.rpartition("/")[0].rpartition(".")[2]  # /pkg.Service/Method -> Service
+
+
+def wrong_door(method: str, serves: str) -> str:
+    """What a caller of ``method`` is told by a server of the ``serves`` API, which does not
+    serve it: which door this is, and which one the call belongs to."""
+    wanted = _service(method)
+    here = _DOORS.get(serves, f"the {serves} API")
+    there = _DOORS.get(wanted, f"the {wanted} API")
+    return f"this address is {here}; {method.rsplit('/', 1)[-1]} belongs to {there}"
+
+
 def refusal_hint(method: str, kind: PrincipalKind) -> str:
     """What a caller the table refuses should do instead; empty when there is no advice."""
-    service = method.rpartition("/")[0].rpartition(".")[2]  # /pkg.Service/Method -> Service
-    return _HINTS.get((service, kind), "")
+    return _HINTS.get((_service(method), kind), "")

@@ -11,7 +11,7 @@ from flwrmtls.cli.output import OutputFormat, emit
 from flwrmtls.cli.params import FormatOption, group
 from flwrmtls.errors import InputError
 from flwrmtls.profiles import ConfigFile, Profile
-from flwrmtls.wire.credentials import no_root_certificates
+from flwrmtls.wire.credentials import load_ca_bundle, load_tls_identity, no_root_certificates
 
 __all__ = ["app"]
 
@@ -69,6 +69,16 @@ def add(
         raise InputError("give both --client-certificate and --client-private-key, or neither")
     if not insecure and root_certificates is None:
         raise no_root_certificates("no --root-certificates", "--root-certificates FILE")
+    # What each file is, before it is written down: a CA bundle, a certificate and its key.
+    if root_certificates is not None:
+        load_ca_bundle(root_certificates, "--root-certificates")
+    if client_certificate is not None and client_private_key is not None:
+        load_tls_identity(
+            client_certificate,
+            client_private_key,
+            cert_flag="--client-certificate",
+            key_flag="--client-private-key",
+        )
     config = ConfigFile()
     config.add(
         Profile(

@@ -59,6 +59,7 @@ def list_nodes(
             "organisation": n.organisation,
             "auth_method": n.auth_method,
             "status": n.status,
+            "status_detail": n.status_detail or None,
             "cert_not_after": format_time(n.cert_not_after) if n.cert_not_after else None,
             "cert_fingerprint": f"sha256:{n.cert_fingerprint}" if n.cert_fingerprint else None,
             "cert_expires_soon": n.cert_expires_soon,
@@ -67,6 +68,7 @@ def list_nodes(
         }
         for n in nodes
     ]
+    headers = ["NODE ID", "IDENTITY", "ORGANISATION", "AUTH", "STATUS", "CERT EXPIRES", "LAST SEEN"]
     rows = [
         [
             str(n.node_id),
@@ -79,12 +81,11 @@ def list_nodes(
         ]
         for n in nodes
     ]
-    emit(
-        format,
-        data,
-        ["NODE ID", "IDENTITY", "ORGANISATION", "AUTH", "STATUS", "CERT EXPIRES", "LAST SEEN"],
-        rows,
-    )
+    if any(n.status_detail for n in nodes):  # why the link refused a revoked or expired node
+        headers.append("REFUSED")
+        for row, n in zip(rows, nodes, strict=True):
+            row.append(n.status_detail or "-")
+    emit(format, data, headers, rows)
     _warn_lapsing(response.revocation)
     if format is OutputFormat.TABLE and response.revocation:
         typer.echo("\nRevocation (per issuer of client certificates):")

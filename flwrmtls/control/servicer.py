@@ -144,6 +144,7 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
                     cert_fingerprint=r.cert_fingerprint,
                     cert_expires_soon=bool(r.cert_not_after)
                     and r.cert_not_after - now < self._expiry_warning,
+                    status_detail=r.status_detail,
                 )
                 for r in records
             ],
@@ -237,11 +238,13 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
             (r for r in self._state.list_nodes(now=now, verbose=True) if r.node_id == node_id),
             None,
         )
-        if record is None or record.status != "unregistered":
+        if record is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no node {node_id}")
+            raise AssertionError("unreachable")
+        if record.status != "unregistered":
             await context.abort(
                 grpc.StatusCode.FAILED_PRECONDITION, f"node {node_id} is not unregistered"
             )
-            raise AssertionError("unreachable")
         if record.auth_method == "key":
             await context.abort(
                 grpc.StatusCode.FAILED_PRECONDITION,
@@ -314,7 +317,10 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
             run = await self._existing_run(run.run_id, context)
             if run.ended or not request.follow:
                 if not self._state.runs.logs_after(run.run_id, seq):
-                    yield control_pb2.LogEntry(seq=seq, source="link", run_status=run.status.value)
+                    yield control_pb2.LogEntry(
+                        seq=seq, source="link", run_status=run.status.value,
+                        timestamp=run.finished_at or self._clock.now().timestamp(),
+                    )  # fmt: skip
                     return
                 continue
             await self._notifier.wait(("logs", run.run_id), _FOLLOW_WAIT)

@@ -15,9 +15,11 @@ from datetime import timedelta
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from flwrmtls.auth.crlcoverage import CoverageState
 from flwrmtls.auth.identity import IdentitySource, RoleSource
+from flwrmtls.cliargs import finish_parser
 from flwrmtls.errors import FlwrmtlsError, InputError
 from flwrmtls.filemodes import open_directory_warning, private_directory, restrict_umask
 from flwrmtls.link.nodeauth import NodeAuth, requires_client_certificate
@@ -158,7 +160,7 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--identity-source",
-        choices=[s.value for s in IdentitySource],
+        choices=[IdentitySource.SUBJECT.value, IdentitySource.SPIFFE.value],
         default=IdentitySource.SUBJECT.value,
         help="what names a node: its certificate's Subject (default) or its SPIFFE URI SAN",
     )
@@ -217,7 +219,7 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help="plaintext, no authentication: local development only",
     )
-    return p
+    return finish_parser(p)
 
 
 def config_from_args(args: argparse.Namespace) -> LinkConfig:
@@ -273,6 +275,8 @@ def config_from_args(args: argparse.Namespace) -> LinkConfig:
     identity = load_tls_identity(
         args.ssl_certfile, args.ssl_keyfile, cert_flag="--ssl-certfile", key_flag="--ssl-keyfile"
     )
+    if warning := _not_a_server_certificate(identity.leaf, args.ssl_certfile):
+        log.warning("%s", warning)
     client_ca_pem: bytes | None = None
     client_cas: list[x509.Certificate] = []
     if args.ssl_require_client_auth:
@@ -353,6 +357,25 @@ def config_from_args(args: argparse.Namespace) -> LinkConfig:
             else "--ssl-ca-certfile",
             cli_ca=args.ssl_cli_ca_certfile,
         ),
+    )
+
+
+def _not_a_server_certificate(leaf: x509.Certificate, path: Path) -> str | None:
+    """A warning when the link's certificate is not a server certificate: with an extended
+    key usage that lacks serverAuth, every node and CLI refuses it at the handshake."""
+    try:
+        usages = leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        return None
+    if (
+        ExtendedKeyUsageOID.SERVER_AUTH in usages
+        or ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE in usages
+    ):
+        return None
+    return (
+        f"--ssl-certfile: {path} ({leaf.subject.rfc4514_string()}) is not a server certificate: "
+        "its extended key usage lacks serverAuth, so nodes and the CLI will refuse it "
+        "('certificate verify failed'); issue one with `flwrmtls ca issue server NAME --dns HOST`"
     )
 
 

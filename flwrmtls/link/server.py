@@ -36,7 +36,7 @@ import grpc.aio
 from cryptography import x509
 
 from flwrmtls.appio.serverappio import ServerAppIoServicer
-from flwrmtls.auth.authenticator import Authenticator, OpenAuthenticator
+from flwrmtls.auth.authenticator import Authenticator, OpenAuthenticator, RefusalReason
 from flwrmtls.auth.authority import Authorities, PinnedToAuthority
 from flwrmtls.auth.compose import DenyUnregistered
 from flwrmtls.auth.crlcoverage import CoverageRow
@@ -250,21 +250,23 @@ class Link:
         self._fleet_interceptor = AuthInterceptor(
             lambda: self.fleet_authenticator, self.clock, refusals, digest_bodies=digest,
             audit=audit, failures=failures(), calls_per_address=config.calls_per_address,
-            live=self.live_calls,
+            live=self.live_calls, node_refused=self._node_refused, serves="Fleet",
         )  # fmt: skip
         key_fleet = DenyUnregistered(self.keys, self.state.is_unregistered) if self.keys else None
         self._key_fleet_interceptor = AuthInterceptor(
             lambda: key_fleet or self._keys(), self.clock, refusals, digest_bodies=True,
             audit=audit, failures=failures(), calls_per_address=config.calls_per_address,
-            live=self.live_calls,
+            live=self.live_calls, node_refused=self._node_refused, serves="Fleet",
         )  # fmt: skip
         self._control_interceptor = AuthInterceptor(
             lambda: self.control_authenticator, self.clock, refusals, audit=audit,
             failures=failures(), calls_per_address=config.calls_per_address,
-            live=self.live_calls,
+            live=self.live_calls, serves="Control",
         )  # fmt: skip
         tokens = TokenAuthenticator(self.state.runs.token)
-        self._app_interceptor = AuthInterceptor(lambda: tokens, self.clock, refusals)
+        self._app_interceptor = AuthInterceptor(
+            lambda: tokens, self.clock, refusals, serves="ServerAppIo"
+        )
         self.notifier = Notifier()
         private_directory(config.objects_directory)
         if warning := tighten(config.objects_directory):
@@ -359,6 +361,12 @@ class Link:
         if self.revocations is not None:
             now = self.clock.now()
             self._lapse_log.log_due(self.revocation_coverage(now), now)
+
+    def _node_refused(self, node_id: int, reason: RefusalReason, detail: str) -> None:
+        """A node the link verified was refused (revoked, expired): ``supernode list`` shows
+        it so at once, and runs waiting on it learn it is offline."""
+        if self.state.node_refused(node_id, reason.value, detail, now=self.clock.now().timestamp()):
+            self.notifier.notify(("nodes",))
 
     def _certificates(self) -> Authenticator:
         assert self.certificates is not None, "certificate modes need --ssl-require-client-auth"

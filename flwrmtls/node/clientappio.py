@@ -160,7 +160,9 @@ class ClientAppIoServer:
 
     async def _start(self) -> None:
         tokens = TokenAuthenticator(self._apps.tokens.lookup)
-        interceptor = AuthInterceptor(lambda: tokens, self._clock, RefusalLog(self._clock))
+        interceptor = AuthInterceptor(
+            lambda: tokens, self._clock, RefusalLog(self._clock), serves="ClientAppIo"
+        )
         server = grpc.aio.server(
             interceptors=[interceptor, RequestBoundsInterceptor()], options=ServerLimits().options()
         )

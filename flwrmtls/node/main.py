@@ -25,6 +25,7 @@ from cryptography import x509
 
 from flwrmtls.auth.keys import key_fingerprint, load_node_private_key, node_id_for_key
 from flwrmtls.auth.signing import CallSigner
+from flwrmtls.cliargs import finish_parser
 from flwrmtls.clock import Clock, SystemClock
 from flwrmtls.errors import FlwrmtlsError, InputError
 from flwrmtls.filemodes import restrict_umask
@@ -142,7 +143,7 @@ def parser() -> argparse.ArgumentParser:
         "write this node's object directory (the default: same host, same OS user)",
     )  # fmt: skip
     p.add_argument("--insecure", action="store_true", help="plaintext: development only")
-    return p
+    return finish_parser(p)
 
 
 @dataclass

@@ -54,6 +54,7 @@ class NodeInfo(_message.Message):
     PEER_ADDRESS_FIELD_NUMBER: _builtins.int
     CERT_FINGERPRINT_FIELD_NUMBER: _builtins.int
     CERT_EXPIRES_SOON_FIELD_NUMBER: _builtins.int
+    STATUS_DETAIL_FIELD_NUMBER: _builtins.int
     node_id: _builtins.int
     identity: _builtins.str
     """RFC 4514 Subject or SPIFFE ID"""
@@ -62,7 +63,9 @@ class NodeInfo(_message.Message):
     auth_method: _builtins.str
     """"certificate", "key", or "none" on a link without node auth"""
     status: _builtins.str
-    """"registered" (never connected), "online", "offline", "unregistered" """
+    """"registered" (never connected), "online", "offline", "unregistered", or "revoked" /
+    "expired" (refused for its verified certificate, and not admitted since)
+    """
     cert_not_after: _builtins.float
     """seconds since the epoch; 0 when not a certificate"""
     last_seen: _builtins.float
@@ -73,6 +76,8 @@ class NodeInfo(_message.Message):
     """SHA-256 of the last certificate seen, hex"""
     cert_expires_soon: _builtins.bool
     """within the link's --cert-expiry-warning-days"""
+    status_detail: _builtins.str
+    """"revoked", "expired": the refusal the node got"""
     def __init__(
         self,
         *,
@@ -87,10 +92,11 @@ class NodeInfo(_message.Message):
         peer_address: _builtins.str = ...,
         cert_fingerprint: _builtins.str = ...,
         cert_expires_soon: _builtins.bool = ...,
+        status_detail: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["auth_method", b"auth_method", "cert_expires_soon", b"cert_expires_soon", "cert_fingerprint", b"cert_fingerprint", "cert_not_after", b"cert_not_after", "created_at", b"created_at", "identity", b"identity", "last_seen", b"last_seen", "node_id", b"node_id", "organisation", b"organisation", "peer_address", b"peer_address", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["auth_method", b"auth_method", "cert_expires_soon", b"cert_expires_soon", "cert_fingerprint", b"cert_fingerprint", "cert_not_after", b"cert_not_after", "created_at", b"created_at", "identity", b"identity", "last_seen", b"last_seen", "node_id", b"node_id", "organisation", b"organisation", "peer_address", b"peer_address", "status", b"status", "status_detail", b"status_detail"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

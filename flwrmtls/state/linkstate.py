@@ -98,10 +98,14 @@ class NodeRecord:
     cert_fingerprint: str
     cert_not_after: float
     status: str
-    """"online", "offline", "unregistered", or "registered" (a key that never connected)."""
+    """"online", "offline", "unregistered", "registered" (a key that never connected), or
+    "revoked" / "expired": the link refused the node's verified certificate for that reason and
+    has not admitted it since."""
     last_seen: float
     created_at: float
     peer_address: str
+    status_detail: str = ""
+    """For "revoked" and "expired": the refusal the node got (serial, reason, date)."""
 
 
 def _tighten_database_files(path: Path) -> list[str]:
@@ -153,6 +157,13 @@ class LinkState:
             int(row[0])
             for row in self._db.execute("SELECT node_id FROM nodes WHERE unregistered_at > 0")
         }
+        # node id -> why the link last refused it (revoked, expired), until it is admitted.
+        self._refused: dict[int, str] = {
+            int(row[0]): str(row[1])
+            for row in self._db.execute(
+                "SELECT node_id, refused_reason FROM nodes WHERE refused_reason != ''"
+            )
+        }
 
     def close(self) -> None:
         self._db.close()
@@ -198,7 +209,7 @@ class LinkState:
                     cert_fingerprint = excluded.cert_fingerprint,
                     cert_not_after = excluded.cert_not_after, session_id = excluded.session_id,
                     online_until = excluded.online_until, last_seen = excluded.last_seen,
-                    peer_address = excluded.peer_address
+                    peer_address = excluded.peer_address, refused_reason = '', refused_detail = ''
                 """,
                 (
                     node_id,
@@ -219,7 +230,25 @@ class LinkState:
             self._session_nodes.pop(old[0], None)
         self._sessions[node_id] = (session_id, peer_address)
         self._session_nodes[session_id] = node_id
+        self._refused.pop(node_id, None)
         return node_id, session_id
+
+    def node_refused(self, node_id: int, reason: str, detail: str, *, now: float) -> bool:
+        """Fleet interceptor: the link refused a node it verified (its certificate revoked or
+        expired). The node is shown so from now on, offline, until it is admitted again.
+        Written once per node and reason (a refused node retrying costs a dict lookup); True
+        when the node's status changed."""
+        if self._refused.get(node_id) == reason:
+            return False
+        cursor = self._db.execute(
+            "UPDATE nodes SET refused_reason = ?, refused_detail = ?, "
+            "online_until = MIN(online_until, ?) WHERE node_id = ?",
+            (reason, detail[:500], now, node_id),
+        )
+        if not cursor.rowcount:
+            return False  # a node the link never admitted: nothing to show
+        self._refused[node_id] = reason
+        return True
 
     def _end_session(self, node_id: int) -> None:
         old = self._sessions.pop(node_id, None)
@@ -313,7 +342,7 @@ class LinkState:
             """
             SELECT node_id, identity, organisation, auth_method, cert_fingerprint,
                    cert_not_after, online_until > ?, last_seen, created_at, peer_address,
-                   unregistered_at > 0
+                   unregistered_at > 0, refused_reason, refused_detail
             FROM nodes ORDER BY online_until > ? DESC, identity
             """,
             (now, now),
@@ -322,8 +351,11 @@ class LinkState:
             NodeRecord(
                 node_id=row[0], identity=row[1], organisation=row[2], auth_method=row[3],
                 cert_fingerprint=row[4], cert_not_after=row[5],
-                status="unregistered" if row[10] else ("online" if row[6] else "offline"),
+                status="unregistered" if row[10] else (
+                    row[11] or ("online" if row[6] else "offline")
+                ),
                 last_seen=row[7], created_at=row[8], peer_address=row[9],
+                status_detail=row[12] if row[11] and not row[10] else "",
             )
             for row in rows
         ]  # fmt: skip

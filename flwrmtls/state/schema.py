@@ -173,6 +173,12 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE node_keys ADD COLUMN bound_node_id INTEGER;
     ALTER TABLE node_keys ADD COLUMN bound_identity TEXT NOT NULL DEFAULT '';
     """,
+    # 9 -> 10: why the link last refused a node it knows (revoked, expired), until it is
+    # admitted again: its status in `supernode list`.
+    """
+    ALTER TABLE nodes ADD COLUMN refused_reason TEXT NOT NULL DEFAULT '';
+    ALTER TABLE nodes ADD COLUMN refused_detail TEXT NOT NULL DEFAULT '';
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

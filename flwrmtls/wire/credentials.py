@@ -55,6 +55,10 @@ __all__ = [
 _PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
 
 
+_PRIVATE_KEY_MARKER = b"PRIVATE KEY-----"
+"""In every PEM private key's BEGIN line (PKCS#8, SEC1, PKCS#1, encrypted or not)."""
+
+
 def _read(path: Path, flag: str, what: str) -> bytes:
     try:
         data = path.expanduser().read_bytes()
@@ -72,6 +76,8 @@ def _read(path: Path, flag: str, what: str) -> bytes:
 def load_ca_bundle(path: Path, flag: str) -> tuple[bytes, list[x509.Certificate]]:
     """A PEM bundle of CA certificates: the raw bytes (for grpc) and the parsed certificates."""
     data = _read(path, flag, "CA certificate")
+    if _PRIVATE_KEY_MARKER in data:  # never hand a key to grpc as trust anchors
+        raise InputError(f"{flag}: {path} holds a private key; give the CA certificate(s)")
     try:
         certificates = x509.load_pem_x509_certificates(data)
     except ValueError:
@@ -105,11 +111,23 @@ def load_tls_identity(
     certfile: Path, keyfile: Path, *, cert_flag: str, key_flag: str
 ) -> TlsIdentity:
     chain_pem = _read(certfile, cert_flag, "certificate")
+    key_data = _read(keyfile, key_flag, "private key")
+    if _PRIVATE_KEY_MARKER in chain_pem and b"CERTIFICATE-----" in key_data:
+        raise InputError(
+            f"{cert_flag}: {certfile} is a private key and {key_flag}: {keyfile} a certificate: "
+            f"did you swap {cert_flag} and {key_flag}?"
+        )
     try:
         chain = tuple(x509.load_pem_x509_certificates(chain_pem))
     except ValueError:
-        raise InputError(f"{cert_flag}: {certfile} holds no readable PEM certificate") from None
-    key_data = _read(keyfile, key_flag, "private key")
+        what = (
+            "is a private key, not a certificate"
+            if _PRIVATE_KEY_MARKER in chain_pem
+            else ("holds no readable PEM certificate")
+        )
+        raise InputError(f"{cert_flag}: {certfile} {what}") from None
+    if _PRIVATE_KEY_MARKER not in key_data and b"CERTIFICATE-----" in key_data:
+        raise InputError(f"{key_flag}: {keyfile} is a certificate, not a private key")
     try:
         key = serialization.load_pem_private_key(key_data, password=None)
     except TypeError:

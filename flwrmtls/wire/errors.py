@@ -177,6 +177,14 @@ def translate_rpc_error(error: grpc.RpcError, ctx: ConnectionContext) -> Flwrmtl
         return LinkUnreachable(f"the link at {ctx.address} is unavailable: {details}")
     if code is grpc.StatusCode.DEADLINE_EXCEEDED:
         return LinkUnreachable(f"the link at {ctx.address} did not answer in time")
+    if code is grpc.StatusCode.UNIMPLEMENTED:  # a wrong port: final, retrying cannot help
+        if details.startswith("this address is"):  # the link says which door this is
+            return Refused(f"{ctx.address}: {details}")
+        return Refused(
+            f"the server at {ctx.address} does not serve this call ({details}): check the "
+            "address (the link's Fleet API, for nodes, listens on port 9092 by default; its "
+            "Control API, for the CLI, on 9093)"
+        )
     if code is grpc.StatusCode.CANCELLED:  # a call this client cancels never gets here
         return LinkUnreachable(
             f"the link at {ctx.address} cancelled the call: it is stopping or restarting"
