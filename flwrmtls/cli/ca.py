@@ -38,11 +38,11 @@ from flwrmtls.pki.signing import pem_bundle
 __all__ = ["app"]
 
 app = group(
-    "The built-in CA: create a CA, issue server, node and CLI certificates, revoke them, "
+    "The built-in CA. Create a CA, issue server, node and CLI certificates, revoke them, "
     "write the CRL, and show the identity a certificate maps to."
 )
 issue_app = group(
-    "Issue a certificate signed by the CA's issuing CA: NAME.pem (chain) and NAME.key."
+    "Issue a certificate. Signed by the CA's issuing CA: NAME.pem (chain) and NAME.key."
 )
 app.add_typer(issue_app, name="issue")
 

@@ -15,7 +15,7 @@ from flwrmtls.wire.credentials import load_ca_bundle, load_tls_identity, no_root
 
 __all__ = ["app"]
 
-app = group("Connection profiles in config.toml: add one, list them, choose the default.")
+app = group("Connection profiles. In config.toml: add one, list them, choose the default.")
 
 
 def _existing(path: Path | None, option: str) -> Path | None:

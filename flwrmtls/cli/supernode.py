@@ -26,8 +26,8 @@ from flwrmtls.proto import control_pb2
 __all__ = ["app"]
 
 app = group(
-    "Nodes: list them and how the link checks their revocation; unregister and readmit any "
-    "node; register EC keys."
+    "Nodes and their revocation. List the nodes the link knows and how it checks their "
+    "revocation; unregister and readmit any node; register EC keys."
 )
 
 

@@ -214,7 +214,10 @@ def test_unregistered_node_is_refused_and_can_be_registered_again(
     refused_call = call(signer, at=NOW + timedelta(seconds=1))
     error = refused(auth, refused_call, NOW + timedelta(seconds=1))
     assert error.reason is RefusalReason.NODE_UNREGISTERED
-    assert error.message == f"node unregistered (key {key_fingerprint(node_key)})"
+    assert error.message == (
+        f"node unregistered (key {key_fingerprint(node_key)}): an operator can re-admit it "
+        "with `flwrmtls supernode register <its .pub file>`"
+    )
 
     registry.status[der] = KeyStatus.REGISTERED
     registry.since[der] = NOW + timedelta(seconds=2)

@@ -9,6 +9,7 @@ import pytest
 
 from flwrmtls.errors import InputError
 from flwrmtls.keyvalues import parse_key_values
+from flwrmtls.pki import CertificateAuthority
 from flwrmtls.profiles import ConfigFile, Profile
 from flwrmtls.testing.processes import run_cli
 
@@ -55,8 +56,8 @@ def test_no_default_profile(tmp_path: Path) -> None:
 
 def test_cli_config_commands(tmp_path: Path) -> None:
     env = {"FLWRMTLS_HOME": str(tmp_path / "home")}
-    cert = tmp_path / "cli.pem"
-    cert.write_text("x")
+    authority = CertificateAuthority.create(tmp_path / "ca")
+    cert = authority.trust_bundle_path
     added = run_cli(
         ["config", "add", "prod", "--address", "link:9093", "--root-certificates", str(cert),
          "--default"],
@@ -193,3 +194,37 @@ def test_config_add_refuses_a_tls_profile_without_root_certificates(tmp_path: Pa
     assert not (tmp_path / "home" / "config.toml").exists()
     plaintext = run_cli(["config", "add", "x", "--address", "a:1", "--insecure"], env=env)
     assert plaintext.returncode == 0, plaintext.stderr  # control: plaintext says so itself
+
+
+def test_config_add_checks_what_each_file_is_before_writing(tmp_path: Path) -> None:
+    """Swapped certificate and key, a key where the CA bundle goes, a key of another
+    certificate: one line each naming the flag, and no profile written. Control: the right
+    files are written."""
+    env = {"FLWRMTLS_HOME": str(tmp_path / "home")}
+    authority = CertificateAuthority.create(tmp_path / "ca")
+    alice = authority.issue_cli("alice", role="operator")
+    bob = authority.issue_cli("bob", role="user")
+    roots = str(authority.trust_bundle_path)
+
+    def add(*files: str) -> str:
+        result = run_cli(["config", "add", "p", "--address", "link:9093", *files], env=env)
+        assert result.returncode == 1, result.stdout
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1, result.stderr
+        return lines[0]
+
+    swapped = add("--root-certificates", roots, "--client-certificate", str(alice.key_path),
+                  "--client-private-key", str(alice.chain_path))  # fmt: skip
+    assert "did you swap --client-certificate and --client-private-key?" in swapped
+    assert "holds a private key" in add("--root-certificates", str(alice.key_path))
+    mismatch = add("--root-certificates", roots, "--client-certificate", str(alice.chain_path),
+                   "--client-private-key", str(bob.key_path))  # fmt: skip
+    assert "does not match the certificate" in mismatch
+    assert not (tmp_path / "home" / "config.toml").exists()
+    good = run_cli(
+        ["config", "add", "p", "--address", "link:9093", "--root-certificates", roots,
+         "--client-certificate", str(alice.chain_path),
+         "--client-private-key", str(alice.key_path)],
+        env=env,
+    )  # fmt: skip
+    assert good.returncode == 0, good.stderr

@@ -100,7 +100,9 @@ def test_cli_managed_mode_register_unregister_and_register_again(
     dropped = deployment.cli("supernode", "unregister", str(ids["node_1.pub"]))
     assert dropped.returncode == 0, dropped.stderr
     assert node_1.wait_exit() == 1
-    assert "node unregistered" in one_error_line(node_1.log)
+    refusal = one_error_line(node_1.log)
+    assert "node unregistered" in refusal
+    assert "flwrmtls supernode register <its .pub file>" in refusal  # the way back in
     logs = deployment.cli("log", "1", "--stream", timeout=60)
     assert logs.returncode == 0, logs.stdout + logs.stderr
     assert f"node {fingerprint(key_1)} unregistered" in logs.stdout

@@ -17,7 +17,7 @@ def test_make_test_pki_issues_the_documented_certificates(tmp_path: Path) -> Non
     assert pki.directory == tmp_path / "pki"
     assert pki.trust_bundle_path == tmp_path / "pki" / "ca.crt"
     expected = {
-        "server": ("CN=server", "node", "sslserver"),
+        "server": ("CN=server", "server", "sslserver"),
         "node-1": ("CN=node-1,O=Hospital A", "node", "sslclient"),
         "node-2": ("CN=node-2,O=Hospital B", "node", "sslclient"),
         "cli-operator": ("role=operator,CN=cli-operator", "operator", "sslclient"),
