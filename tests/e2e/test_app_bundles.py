@@ -88,24 +88,21 @@ def test_dry_run_lists_the_bundle_without_contacting_the_link(
 ) -> None:
     app = tmp_path / "federation"
     make_leaky_app(deployment, app)
-    (app / ".gitignore").write_text("probe/client_app.py\n")
+    (app / "probe" / "scratch.py").write_text("notes = 1\n")
+    (app / ".gitignore").write_text("probe/scratch.py\n")
     # No link, no profile: --dry-run only reads the app directory.
     listed = deployment.cli("run", str(app), "--dry-run")
     assert listed.returncode == 0, listed.stderr
     lines = listed.stdout.splitlines()
     assert lines[0] == f"would bundle from {app}:"
-    assert [line.split()[0] for line in lines[1:4]] == [
-        "probe/__init__.py", "probe/server_app.py", "pyproject.toml",
-    ]  # fmt: skip
-    assert "  probe/client_app.py  (ignored by .gitignore)" in lines
+    assert [line.split()[0] for line in lines[1:5]] == PROBE_FILES
+    assert "  probe/scratch.py  (ignored by .gitignore)" in lines
     assert "  id_rsa  (not an app file type)" in lines
     assert "  certs/ca/root.key  (not an app file type)" in lines
-    assert lines[-1].startswith("bundle: 3 files, ")
+    assert lines[-1].startswith(f"bundle: {len(PROBE_FILES)} files, ")
     assert lines[-1].endswith("nothing was sent (--dry-run)")
     as_json = json.loads(deployment.cli("run", str(app), "--dry-run", "--format", "json").stdout)
-    assert [f["path"] for f in as_json["files"]] == [
-        "probe/__init__.py", "probe/server_app.py", "pyproject.toml",
-    ]  # fmt: skip
+    assert [f["path"] for f in as_json["files"]] == PROBE_FILES
     assert {"path": "data/train.npy", "reason": "not an app file type"} in as_json["left_out"]
 
 
