@@ -190,7 +190,7 @@ def test_node_certificate_rotation_mid_run_by_symlink_swap(
     logs = deployment.cli("log", "1", "--stream", timeout=60)
     assert logs.returncode == 0, logs.stdout + logs.stderr
     assert "round 2/2: train" in logs.stdout
-    fingerprint = reissued.certificate.fingerprint(hashes.SHA256()).hex()
+    fingerprint = "sha256:" + reissued.certificate.fingerprint(hashes.SHA256()).hex()
     assert listed(deployment)["CN=node-1,O=Hospital A"]["cert_fingerprint"] == fingerprint
 
 
