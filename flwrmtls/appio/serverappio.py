@@ -8,6 +8,8 @@ Rules:
   are the run's (the ServerApp pushes the missing ones first; with a shared object directory,
   writing them there is enough). The objects a ServerApp reads, pushes and asks about are
   its run's (see :mod:`flwrmtls.link.objects`); they count against the run's quota.
+* A push is one transaction: its messages, and the rows that make their objects the run's
+  and readable by their nodes, are stored whole or not at all.
 * A node that goes offline while a message waits for its reply gets an error reply
   (``NODE_UNAVAILABLE``) once its heartbeat grace has passed, so a ServerApp learns of a dead
   node within a bounded time (2.5 heartbeat intervals; see ``--heartbeat-interval``).
@@ -148,17 +150,18 @@ class ServerAppIoServicer(appio_pb2_grpc.ServerAppIoServicer):
         run = self._state.runs.get(run_id)
         assert run is not None
         try:
-            self._objects.accept_run_messages(
-                run_id, [(m.dst_node_id, list(m.object_ids)) for m in request.messages],
-                bundle_hash=run.bundle_hash, shared=self._share_objects,
-            )  # fmt: skip
+            with self._state.transaction():  # the batch and its objects' rows: whole or absent
+                self._objects.accept_run_messages(
+                    run_id, [(m.dst_node_id, list(m.object_ids)) for m in request.messages],
+                    bundle_hash=run.bundle_hash, shared=self._share_objects,
+                )  # fmt: skip
+                self._state.messages.store(rows)
         except UnknownObjects as error:
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT, f"messages reference objects not pushed: {error}"
             )
         except QuotaExceeded as error:
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(error))
-        self._state.messages.store(rows)
         for row in rows:
             self._notifier.notify(("node", row.dst_node_id))
         return appio_pb2.PushAppMessagesResponse(message_ids=[r.message_id for r in rows])

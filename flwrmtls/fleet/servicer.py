@@ -8,6 +8,8 @@ Rules for runs:
   for the node is stored or one of the node's runs ends.
 * A node may reply only to a message addressed to it, in a run that has not ended; the link
   stamps the reply with the node's certificate identity, so the ServerApp knows who answered.
+  A push of replies is one transaction: the replies, their objects' rows and the run log
+  lines of ClientApps that raised are stored whole or not at all.
 * A node may ask for a run's bundle hash and config only for a run that sent it work.
 * Objects: a node reads only the objects named by messages addressed to it (and their runs'
   bundles, and its own uploads), and a reply may name only those; an upload counts against
@@ -186,6 +188,8 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
         used = set(self._state.messages.taken(m.message_id for m in request.messages))
         rows = []
         named: list[tuple[int, list[str]]] = []
+        raised: list[tuple[int, str]] = []
+        """(run, reason) of replies that say the node's ClientApp raised: for the run's log."""
         for message in request.messages:
             original = originals.get(message.reply_to_message_id)
             if message.src_node_id != node_id:
@@ -230,13 +234,17 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
                 )
             )
             if stamped.HasField("error") and stamped.error.code == _CLIENT_APP_RAISED:
-                self._run_log.add(
-                    stamped.run_id,
-                    f"node {principal.identity}",
-                    f"ClientApp on node {node_id} raised:\n{stamped.error.reason}",
-                )
+                raised.append((stamped.run_id, stamped.error.reason))
         try:
-            self._objects.accept_replies(node_id, named)
+            with self._state.transaction():  # the replies and their objects' rows: one commit
+                self._objects.accept_replies(node_id, named)
+                self._state.messages.store(rows)
+                for run_id, reason in raised:
+                    self._run_log.add(
+                        run_id,
+                        f"node {principal.identity}",
+                        f"ClientApp on node {node_id} raised:\n{reason}",
+                    )
         except UnknownObjects as error:
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT,
@@ -244,7 +252,6 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
             )
         except QuotaExceeded as error:
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(error))
-        self._state.messages.store(rows)
         for run_id in {row.run_id for row in rows}:
             self._notifier.notify(("run", run_id))
         return fleet_pb2.PushMessagesResponse(message_ids=[row.message_id for row in rows])

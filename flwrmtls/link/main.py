@@ -10,6 +10,7 @@ import asyncio
 import logging
 import os
 import signal
+import sqlite3
 import sys
 from datetime import timedelta
 from pathlib import Path
@@ -32,6 +33,7 @@ from flwrmtls.link.objects import (
 from flwrmtls.link.reload import TlsFiles
 from flwrmtls.link.server import Link, LinkConfig
 from flwrmtls.sizes import format_size, parse_size
+from flwrmtls.state.faults import FAULT_VARIABLE, parse_crash_point
 from flwrmtls.terminal import configure_logging, printable
 from flwrmtls.wire.bounds import HEARTBEAT_SECONDS
 from flwrmtls.wire.credentials import load_ca_bundle, load_tls_identity
@@ -494,12 +496,27 @@ async def _run(config: LinkConfig) -> None:
         ) from None
     if directory.resolve() == _home().resolve() and (warning := open_directory_warning(directory)):
         log.warning("%s", warning)
+    fault = os.environ.get(FAULT_VARIABLE)
+    crash_point = parse_crash_point(fault) if fault else None
     link = Link(config)
+    if crash_point is not None:
+        log.warning(
+            "!!! %s is set: this link kills itself before statement %d from the first one "
+            "containing %r (a test hook: never set it in production) !!!",
+            FAULT_VARIABLE, crash_point.offset, crash_point.fragment,
+        )  # fmt: skip
+        link.state.crash_at(crash_point)
     try:
         await link.start()
     except (OSError, RuntimeError) as error:
         await link.stop(0)
         raise InputError(f"{error}: check the --*-api-address flags (port in use?)") from None
+    except sqlite3.Error as error:
+        await link.stop(0)
+        raise FlwrmtlsError(
+            f"the link's database {config.database} failed at start-up: {error}: check the "
+            "disk it is on (full? read-only?) and that no other process holds it"
+        ) from None
     if config.insecure or config.node_auth is NodeAuth.NONE:
         log.warning("!!! %s: nodes are NOT authenticated: local development only !!!",
                     _describe(link))  # fmt: skip

@@ -34,6 +34,12 @@ node N                objects named by messages        N's pending budget       
   expire ``PENDING_TTL`` seconds after they arrive (swept when the node uploads again and
   every ``SWEEP_INTERVAL`` seconds). At start-up every stored object that belongs to no run is
   deleted (the runs active when the link stopped have failed by then).
+* Files cannot be in a transaction, so they are ordered around it: a file is written before
+  the rows that name it commit, and deleted only after the rows that held it are gone and
+  committed. A crash in between leaves at worst a file that nothing names (the start-up sweep
+  deletes it), never a row naming a missing file. Rows change in the caller's transaction
+  when there is one (a run's end, a push of messages): they commit or vanish with it, and the
+  link's caches of them (bytes per run, pending uploads) follow the commit.
 * Every method runs on the link's event loop: no two of them interleave, so a check and the
   change it allows see the same state.
 """
@@ -127,6 +133,7 @@ class LinkObjects:
         self.limits = limits
         self._table = state.objects
         self._runs = state.runs
+        self._transaction = state.transaction
         self._clock = clock
         self._pending: dict[int, dict[str, _Pending]] = {}
         """Node id -> its uploads that no reply names yet."""
@@ -227,18 +234,23 @@ class LinkObjects:
             self._check_run_room(run_id, sum(additions[run_id].values()))
         for run_id, run_ids in by_run.items():
             self._add(run_id, additions[run_id], {(node_id, i) for i in run_ids})
-        for object_id in named:
-            pending.pop(object_id, None)
-        if not pending:
-            self._pending.pop(node_id, None)
+
+        def no_longer_pending() -> None:
+            for object_id in named:
+                pending.pop(object_id, None)
+            if not pending:
+                self._pending.pop(node_id, None)
+
+        self._transaction.after_commit(no_longer_pending)
 
     # --- reclaiming ------------------------------------------------------------------------
 
     def release_run(self, run_id: int) -> None:
-        """An ended run: its objects go unless something else holds them."""
+        """An ended run (in the transaction that ends it): its rows go now; once that commits,
+        its objects that nothing else holds are deleted."""
         orphans = self._table.release_run(run_id)
         self._run_bytes.pop(run_id, None)
-        self._collect(orphans)
+        self._transaction.after_commit(lambda: self._collect(orphans))
 
     def expire_pending(self) -> None:
         """Forget node uploads that waited longer than the TTL for a reply; delete them
@@ -358,7 +370,12 @@ class LinkObjects:
         """Record ``charges`` (objects not yet the run's) and ``grants`` for ``run_id``."""
         stored = self._stored_bytes(run_id)
         self._table.add(run_id, charges, grants)
+        # At once, so later checks in the same transaction count it; forgotten on rollback.
         self._run_bytes[run_id] = stored + sum(charges.values())
+        self._transaction.after_rollback(lambda: self._forget_bytes(run_id))
+
+    def _forget_bytes(self, run_id: int) -> None:
+        self._run_bytes.pop(run_id, None)
 
     def _collect(self, object_ids: Collection[str]) -> None:
         """Delete those of ``object_ids`` that no run, pending upload or upload holds."""

@@ -26,6 +26,15 @@ Rules:
   its messages are deleted, and so are its objects that no other run, pending node upload or
   upload in progress holds (see :mod:`flwrmtls.link.objects`). Its status, history, logs and
   result stay.
+* Starting a run is one transaction (the run, its first history entry, its bundle's row, the
+  first line of its log), written after the bundle's file. Ending a run is one transaction:
+  its final status and history entry, its tokens gone, its messages gone, its object rows
+  gone, the line that says how it ended; the files nothing else holds are deleted after the
+  commit. A crash at any statement leaves either the run as it was (a restarted link then
+  fails it) or ended whole, with at worst files that nothing names (the start-up sweep
+  deletes them); never an ended run with a token, a message or an object row.
+* Start-up (:meth:`RunManager.recover`) is one transaction: the runs that were active fail,
+  then whatever a run that is not active still has (left by an older link) is deleted.
 """
 
 from __future__ import annotations
@@ -34,6 +43,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import sqlite3
 from dataclasses import dataclass
 
 from flwrmtls.app.bundle import bundle_hash, check_bundle, merge_run_config
@@ -94,9 +104,16 @@ class RunManager:
         return self._clock.now().timestamp()
 
     def recover(self) -> None:
-        """At start-up: runs that were active when the link last stopped have failed."""
-        for run in self._state.runs.active():
-            self._end(run.run_id, RunStatus.FAILED, "link restarted while the run was active")
+        """At start-up, in one transaction: runs that were active when the link last stopped
+        have failed, and no run that is not active keeps a token, a message or an object
+        row. (The files follow: :meth:`LinkObjects.collect_unowned`.)"""
+        with self._state.transaction():
+            for run in self._state.runs.active():
+                self._end(run.run_id, RunStatus.FAILED, "link restarted while the run was active")
+            left = self._state.forget_inactive_runs()
+        if any(left.values()):
+            found = ", ".join(f"{count} {kind}" for kind, count in left.items() if count)
+            log.warning("deleted what ended runs still had in the database: %s", found)
 
     async def start_run(
         self, bundle: bytes, declared_hash: str, overrides: dict[str, Value], owner: str
@@ -109,15 +126,17 @@ class RunManager:
         app = await asyncio.to_thread(check_bundle, bundle)
         run_config = merge_run_config(app.default_config, overrides)
         self._objects.check_bundle(len(bundle))
-        self._objects.store.put(bundle)
-        run_id = self._state.runs.create(
-            app_name=app.name, app_version=app.version, bundle_hash=actual,
-            run_config_json=json.dumps(run_config, sort_keys=True), owner=owner, now=self._now(),
-        )  # fmt: skip
-        self._objects.add_bundle(run_id, actual)
-        self._run_log.add(
-            run_id, "link", f"run {run_id}: {app.name} {app.version} started by {owner}"
-        )
+        self._objects.store.put(bundle)  # before the rows that name it (see LinkObjects)
+        with self._state.transaction():
+            run_id = self._state.runs.create(
+                app_name=app.name, app_version=app.version, bundle_hash=actual,
+                run_config_json=json.dumps(run_config, sort_keys=True), owner=owner,
+                now=self._now(),
+            )  # fmt: skip
+            self._objects.add_bundle(run_id, actual)
+            self._run_log.add(
+                run_id, "link", f"run {run_id}: {app.name} {app.version} started by {owner}"
+            )
         await self._launch(run_id)
         return run_id
 
@@ -134,8 +153,15 @@ class RunManager:
         except OSError as error:
             self._end(run_id, RunStatus.FAILED, f"the ServerApp process could not start: {error}")
             return
+        try:
+            self._state.runs.transition(run_id, RunStatus.RUNNING, "", self._now())
+        except IllegalTransition:  # stopped while its process started: its token is gone
+            await self._stop_process(process)
+            return
+        except sqlite3.Error:  # nobody would supervise it, and its run stays pending
+            await self._stop_process(process)
+            raise
         self._processes[run_id] = process
-        self._state.runs.transition(run_id, RunStatus.RUNNING, "", self._now())
         self._supervisors[run_id] = asyncio.create_task(self._supervise(run_id, process))
 
     async def _spawn(self) -> asyncio.subprocess.Process:
@@ -201,6 +227,7 @@ class RunManager:
     async def _supervise(self, run_id: int, process: asyncio.subprocess.Process) -> None:
         assert process.stdout is not None
         last_line = ""
+        lost_lines = 0
         try:
             while True:
                 try:
@@ -212,20 +239,35 @@ class RunManager:
                 line = raw.decode("utf-8", "replace").rstrip()
                 if line:
                     last_line = line[:1000]
-                    self._run_log.add(run_id, "serverapp", line)
+                    try:
+                        self._run_log.add(run_id, "serverapp", line)
+                    except sqlite3.Error as error:  # keep reading: a full pipe would stall it
+                        if not lost_lines:
+                            log.error(
+                                "run %d: the link's database failed (%s): its log lines are "
+                                "dropped until it works again", run_id, error,
+                            )  # fmt: skip
+                        lost_lines += 1
         finally:
             code = await process.wait()
             self._processes.pop(run_id, None)
             self._supervisors.pop(run_id, None)
             reported = self._reported.pop(run_id, None)
             if reported is not None and reported.failed:
-                self._end(run_id, RunStatus.FAILED, reported.reason)
+                status, reason = RunStatus.FAILED, reported.reason
             elif code == 0:
-                self._end(run_id, RunStatus.COMPLETED, reported.reason if reported else "")
+                status, reason = RunStatus.COMPLETED, reported.reason if reported else ""
             else:
-                self._end(
-                    run_id, RunStatus.FAILED, f"the ServerApp exited with code {code}: {last_line}"
-                )
+                status = RunStatus.FAILED
+                reason = f"the ServerApp exited with code {code}: {last_line}"
+            try:
+                self._end(run_id, status, reason)
+            except sqlite3.Error as error:
+                log.error(
+                    "run %d ended (%s%s) but the link's database failed to record it (%s): it "
+                    "shows as running until the link restarts, which marks it failed",
+                    run_id, status.value, f": {reason}" if reason else "", error,
+                )  # fmt: skip
 
     def report(self, run_id: int, failed: bool, reason: str, result_json: str) -> None:
         """ServerAppIo: the ServerApp's own account of how its run went (``result_json``
@@ -237,25 +279,28 @@ class RunManager:
         self._reported[run_id] = _Reported(failed, reason)
 
     def _end(self, run_id: int, status: RunStatus, reason: str) -> None:
-        try:
-            self._state.runs.transition(run_id, status, reason, self._now())
-        except IllegalTransition:
-            return  # already ended (e.g. stopped, then the process exited)
+        """End the run in one transaction (see the module's rules); nothing if it has ended
+        already (e.g. stopped, then its process exited)."""
         text = f"run {run_id} {status.value}" + (f": {reason}" if reason else "")
-        self._run_log.add(run_id, "link", text)
+        try:
+            with self._state.transaction():
+                self._state.runs.transition(run_id, status, reason, self._now())  # + tokens
+                self._state.messages.delete_run(run_id)
+                self._objects.release_run(run_id)  # rows now, files after the commit
+                self._run_log.add(run_id, "link", text)
+                self._state.transaction.after_commit(lambda: self._ended(run_id, text))
+        except IllegalTransition:
+            return
+
+    def _ended(self, run_id: int, text: str) -> None:
+        """After a run's end has committed: say so, and wake who waits for it."""
         log.info(text)
-        self._release(run_id)
         if not self._state.runs.active():
             with contextlib.suppress(RuntimeError):  # no running loop: nothing to schedule
                 self.schedule_spare()
         self._notifier.notify(("run", run_id))
         for node_id, _ in self._state.online_nodes(now=self._now()):
             self._notifier.notify(("node", node_id))
-
-    def _release(self, run_id: int) -> None:
-        """Drop an ended run's messages and the objects nothing else holds."""
-        self._state.messages.delete_run(run_id)
-        self._objects.release_run(run_id)
 
     async def stop_run(self, run_id: int, reason: str) -> RunStatus:
         """Control: stop a run (its process is terminated). Raises KeyError, IllegalTransition."""

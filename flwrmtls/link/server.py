@@ -9,7 +9,9 @@ grpc.aio servers in one event loop (no thread per connection):
 * ServerAppIo for the runs' ServerApp processes, by run token, in plaintext: on loopback
   only (an address off loopback is refused before anything listens).
 
-All share the policy table and the refusal log. Objects (array bytes, bundles) live in a
+All share the policy table and the refusal log. A call that meets a failure of the link's
+database (a full disk, an I/O error) ends with one clear status, not UNKNOWN
+(:mod:`flwrmtls.link.dbfailure`). Objects (array bytes, bundles) live in a
 directory beside the database, private to the link's OS account (0700, see
 :mod:`flwrmtls.filemodes`), as the database is (0600); who may read and store which is
 :mod:`flwrmtls.link.objects`.
@@ -60,6 +62,7 @@ from flwrmtls.clock import Clock, SystemClock
 from flwrmtls.control.servicer import ControlServicer, KeyBinding
 from flwrmtls.filemodes import private_directory, tighten
 from flwrmtls.fleet.servicer import FleetServicer
+from flwrmtls.link.dbfailure import DatabaseFailureInterceptor
 from flwrmtls.link.nodeauth import NodeAuth, build_node_authenticator, requires_client_certificate
 from flwrmtls.link.notify import Notifier
 from flwrmtls.link.objects import SWEEP_INTERVAL, LinkObjects, StorageLimits
@@ -400,8 +403,9 @@ class Link:
         limits: ServerLimits | None = None,
     ) -> tuple[grpc.aio.Server, int]:
         check_bindable(address)
+        database = DatabaseFailureInterceptor()  # outside auth (pins) and inside (the audit)
         server = grpc.aio.server(
-            interceptors=[interceptor, RequestBoundsInterceptor()],
+            interceptors=[database, interceptor, RequestBoundsInterceptor(), database],
             options=(limits or self.config.server_limits).options(),
         )
         if credentials is None:

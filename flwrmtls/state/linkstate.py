@@ -33,9 +33,13 @@ messages live in their own tables (:mod:`~flwrmtls.state.runtable`,
 run each object belongs to is ``state.objects`` (:mod:`~flwrmtls.state.objecttable`).
 
 Every change of more than one statement is one transaction (:mod:`~flwrmtls.state.transaction`,
-shared by every table): unregistering a node ends its key's registration and its row's
-session together, registering a key again readmits its node in the same commit. The in-memory
-mirrors (sessions, unregistered nodes) change only after the commit.
+shared by every table, and open to callers as ``state.transaction`` for changes that span
+tables: a run's end, a push of messages with the objects they name): unregistering a node
+ends its key's registration and its row's session together, registering a key again readmits
+its node in the same commit. The in-memory mirrors (sessions, unregistered nodes) change only
+after the commit. What a crash at any statement leaves is what the last commit left; at
+start-up :meth:`LinkState.forget_inactive_runs` deletes whatever of a run that is not active
+an older link may have left (its tokens, messages and object rows).
 
 The database file is created private to the link's OS account (0600) before SQLite opens it;
 SQLite gives its ``-wal`` and ``-shm`` files the database file's mode (see
@@ -55,6 +59,7 @@ from flwrmtls.auth.audit import Retention
 from flwrmtls.errors import InputError
 from flwrmtls.filemodes import private_file, tighten
 from flwrmtls.state.audittable import DEFAULT_LIMITS, AuditTable
+from flwrmtls.state.faults import CrashPoint, install
 from flwrmtls.state.keytable import NodeKeyTable
 from flwrmtls.state.messagetable import MessageTable
 from flwrmtls.state.objecttable import ObjectTable
@@ -138,6 +143,8 @@ class LinkState:
                 f"cannot open database {self.path}: {reason}: check --database"
             ) from None
         self._transaction = Transactions(self._db)
+        self.transaction = self._transaction
+        """``with state.transaction():`` makes a change of several tables one commit."""
         self.runs = RunTable(self._db, self._transaction)
         self.messages = MessageTable(self._db, self._transaction)
         self.objects = ObjectTable(self._db, self._transaction)
@@ -168,14 +175,29 @@ class LinkState:
     def close(self) -> None:
         self._db.close()
 
+    def crash_at(self, point: CrashPoint) -> None:
+        """Tests only (:mod:`flwrmtls.state.faults`): the process dies at ``point``."""
+        install(self._db, point)
+
     def link_started(self, *, now: float) -> int:
         """Link start-up: every node is offline until it calls again; sessions stay valid.
         Returns how many nodes the database still showed online."""
-        with self._db:
-            cursor = self._db.execute(
-                "UPDATE nodes SET online_until = ? WHERE online_until > ?", (now, now)
-            )
+        cursor = self._db.execute(
+            "UPDATE nodes SET online_until = ? WHERE online_until > ?", (now, now)
+        )
         return cursor.rowcount
+
+    def forget_inactive_runs(self) -> dict[str, int]:
+        """Link start-up, once the runs that were active have ended: in one transaction,
+        delete the tokens, messages and object rows of every run that is not active (none
+        should be left; an older link that crashed between a run's end and its cleanup left
+        some). Returns how many rows of each kind went."""
+        with self._transaction():
+            return {
+                "tokens": self.runs.drop_inactive_tokens(),
+                "messages": self.messages.delete_inactive_runs(),
+                "object rows": self.objects.release_inactive_runs(),
+            }
 
     # --- Fleet servicer -------------------------------------------------------------------
 

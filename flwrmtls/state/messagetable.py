@@ -14,6 +14,7 @@ import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from flwrmtls.state.runtable import ACTIVE_RUN_IDS
 from flwrmtls.state.transaction import Transactions
 
 __all__ = ["MessageRow", "MessageTable"]
@@ -146,4 +147,10 @@ class MessageTable:
         return [str(row[0]) for row in rows]
 
     def delete_run(self, run_id: int) -> None:
+        """A run's end (in its transaction): its messages go."""
         self._db.execute("DELETE FROM messages WHERE run_id = ?", (run_id,))
+
+    def delete_inactive_runs(self) -> int:
+        """Link start-up: delete the messages of runs that are not active; returns how many."""
+        cursor = self._db.execute(f"DELETE FROM messages WHERE run_id NOT IN ({ACTIVE_RUN_IDS})")
+        return cursor.rowcount

@@ -8,7 +8,9 @@ same bytes in two runs are one file with two rows in ``run_objects``.
   that much against the run's quota, and the run's ServerApp may read it.
 * ``node_objects`` (node, object, run): the node may read the object, for that run.
 
-Both lose a run's rows when the run ends (:meth:`ObjectTable.release_run`).
+Both lose a run's rows when the run ends (:meth:`ObjectTable.release_run`, in the
+transaction that ends the run), and at start-up every row of a run that is not active goes
+(:meth:`ObjectTable.release_inactive_runs`).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Collection, Iterable, Iterator, Mapping
 
+from flwrmtls.state.runtable import ACTIVE_RUN_IDS
 from flwrmtls.state.transaction import Transactions
 
 __all__ = ["ObjectTable"]
@@ -120,3 +123,14 @@ class ObjectTable:
             self._db.execute("DELETE FROM run_objects WHERE run_id = ?", (run_id,))
             self._db.execute("DELETE FROM node_objects WHERE run_id = ?", (run_id,))
         return objects - self.held(objects)
+
+    def release_inactive_runs(self) -> int:
+        """Link start-up: forget the rows of runs that are not active; returns how many."""
+        with self._transaction():
+            removed = 0
+            for table in ("run_objects", "node_objects"):
+                cursor = self._db.execute(
+                    f"DELETE FROM {table} WHERE run_id NOT IN ({ACTIVE_RUN_IDS})"
+                )
+                removed += cursor.rowcount
+        return removed

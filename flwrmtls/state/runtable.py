@@ -8,6 +8,11 @@ Creating a run and moving it are each one transaction (:mod:`flwrmtls.state.tran
 a run exists with its first history entry or not at all, and a run that ends has, in the
 same commit, its new status, its history entry and no token left. The in-memory token
 mirror changes only once that commit is done.
+
+Only the tokens of active runs (``pending``, ``running``) are ever mirrored: a token whose run
+has ended is never loaded, whatever the database holds (an older link committed a run's end
+and the deletion of its tokens apart, so a crash between the two left the token), and
+:meth:`RunTable.drop_inactive_tokens` deletes such rows at start-up.
 """
 
 from __future__ import annotations
@@ -19,7 +24,13 @@ from dataclasses import dataclass
 from flwrmtls.state.runs import FINAL_STATUSES, RunStatus, check_transition
 from flwrmtls.state.transaction import Transactions
 
-__all__ = ["LogRecord", "RunRecord", "RunTable"]
+__all__ = ["ACTIVE_RUN_IDS", "LogRecord", "RunRecord", "RunTable"]
+
+_ACTIVE = tuple(status.value for status in RunStatus if status not in FINAL_STATUSES)
+ACTIVE_RUN_IDS = (
+    "SELECT run_id FROM runs WHERE status IN (" + ", ".join(f"'{s}'" for s in _ACTIVE) + ")"
+)
+"""SQL: the ids of the runs that have not ended (a sub-query for the other tables)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +87,10 @@ class RunTable:
         # only writer of its database), so a check is a dict lookup, not a query.
         self._tokens: dict[bytes, tuple[bytes, int, str]] = {
             bytes(row[0]): (bytes(row[0]), int(row[1]), str(row[2]))
-            for row in db.execute("SELECT token_hash, run_id, kind FROM run_tokens")
+            for row in db.execute(
+                "SELECT token_hash, run_id, kind FROM run_tokens "
+                f"WHERE run_id IN ({ACTIVE_RUN_IDS})"
+            )
         }
 
     def create(
@@ -197,6 +211,12 @@ class RunTable:
             self._tokens[token_hash] = entry
 
         self._transaction.after_commit(remember)
+
+    def drop_inactive_tokens(self) -> int:
+        """Link start-up: delete the tokens of runs that are not active (none is mirrored);
+        returns how many there were."""
+        cursor = self._db.execute(f"DELETE FROM run_tokens WHERE run_id NOT IN ({ACTIVE_RUN_IDS})")
+        return cursor.rowcount
 
     def token(self, token_hash: bytes) -> tuple[bytes, int, str] | None:
         """(stored hash, run id, kind) of a live run's token (a dict lookup)."""

@@ -14,6 +14,9 @@ Rules:
 * The in-memory mirrors of tables (token hashes, sessions, keys) follow the database, never
   lead it: :meth:`Transactions.after_commit` applies a mirror change once the outermost block
   has committed, and never after a rollback.
+* A cache that must change with the block (so that later statements of the same block see
+  it) changes at once and registers :meth:`Transactions.after_rollback` to forget it if the
+  outermost block rolls back.
 
 One :class:`Transactions` per connection, shared by every table on it (:class:`LinkState`
 hands its own to each table), used from one thread (the link's event loop; a block never
@@ -22,6 +25,7 @@ awaits, so no other call runs inside it).
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -34,6 +38,8 @@ class Transactions:
         self._db = db
         self._after_commit: list[Callable[[], None]] | None = None
         """Set while a transaction is open: what to run once it has committed."""
+        self._after_rollback: list[Callable[[], None]] = []
+        """What to run if the open transaction rolls back."""
 
     @contextmanager
     def __call__(self) -> Iterator[None]:
@@ -42,6 +48,7 @@ class Transactions:
             yield
             return
         self._after_commit = []
+        self._after_rollback = []
         try:
             self._db.execute("BEGIN IMMEDIATE")
             try:
@@ -49,11 +56,15 @@ class Transactions:
                 self._db.execute("COMMIT")
             except BaseException:
                 if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
+                    with contextlib.suppress(sqlite3.Error):  # the block's own error matters
+                        self._db.execute("ROLLBACK")
+                for undo in self._after_rollback:
+                    undo()
                 raise
             committed = self._after_commit
         finally:
             self._after_commit = None
+            self._after_rollback = []
         for change in committed:
             change()
 
@@ -63,3 +74,14 @@ class Transactions:
             change()
         else:
             self._after_commit.append(change)
+
+    def after_rollback(self, undo: Callable[[], None]) -> None:
+        """Run ``undo`` if the open transaction rolls back (never when none is open: a
+        statement outside a transaction has committed or failed by the time this is called)."""
+        if self._after_commit is not None:
+            self._after_rollback.append(undo)
+
+    @property
+    def open(self) -> bool:
+        """Whether a block is open (statements now are part of its transaction)."""
+        return self._after_commit is not None
