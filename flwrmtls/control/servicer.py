@@ -12,9 +12,10 @@ user, another user's run  not listed; by run id: NOT_FOUND,    PERMISSION_DENIED
                           as for a missing run                 to another user"
 ========================  ===================================  ==================================
 
-Registering EC keys (``RegisterNodeKeys``) on a link with a ``certificate+key`` listener binds
-each key to the certificate node the request names (:class:`KeyBinding` says when a binding
-is required, optional or refused). Unregistering a node, or binding a key anew, re-judges
+Registering EC keys (``RegisterNodeKeys``) is one transaction: every key of the request is
+registered, or none. On a link with a ``certificate+key`` listener it binds each key to the
+certificate node the request names (:class:`KeyBinding` says when a binding is required,
+optional or refused). Unregistering a node, or binding a key anew, re-judges
 every open call at once (``access_changed``): a node in a long poll is refused now, not at its
 next call.
 """
@@ -163,20 +164,21 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
             except ValueError as error:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"key {index + 1}: {error}")
         registered = []
-        for der, key in parsed:
-            node_id = node_id_for_key(key)
-            outcome = self._state.register_key(
-                der, node_id=node_id, fingerprint=key_fingerprint(key), by=by, now=now,
-                bound_node_id=bound_node, bound_identity=request.identity,
-            )  # fmt: skip
-            registered.append(
-                control_pb2.RegisteredKey(
-                    node_id=node_id,
-                    fingerprint=key_fingerprint(key),
-                    outcome=outcome,
-                    bound_node_id=bound_node or 0,
+        with self._state.transaction():  # every key of the request, or none
+            for der, key in parsed:
+                node_id = node_id_for_key(key)
+                outcome = self._state.register_key(
+                    der, node_id=node_id, fingerprint=key_fingerprint(key), by=by, now=now,
+                    bound_node_id=bound_node, bound_identity=request.identity,
+                )  # fmt: skip
+                registered.append(
+                    control_pb2.RegisteredKey(
+                        node_id=node_id,
+                        fingerprint=key_fingerprint(key),
+                        outcome=outcome,
+                        bound_node_id=bound_node or 0,
+                    )
                 )
-            )
         if all(key.outcome == "already registered" for key in registered):
             unchanged()
         if any(key.outcome == "rebound" for key in registered):

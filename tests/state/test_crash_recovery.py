@@ -15,14 +15,20 @@ own rules are tested here.
 
 from __future__ import annotations
 
+import asyncio
+import os
 import sqlite3
 from pathlib import Path
 
 import grpc
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
 
+from flwrmtls.app.bundle import build_bundle, bundle_hash
+from flwrmtls.auth.keys import node_id_for_key, public_key_der
 from flwrmtls.auth.tokens import TOKEN_METADATA_KEY, token_hash
 from flwrmtls.errors import InputError
+from flwrmtls.keyvalues import Value
 from flwrmtls.link.server import Link
 from flwrmtls.objects.store import ObjectStore
 from flwrmtls.proto import (
@@ -42,6 +48,7 @@ from flwrmtls.state.transaction import Transactions
 from flwrmtls.testing.link import mtls_config, node_client, running_link
 from flwrmtls.testing.pki import TestPki
 
+from ..e2e.crash_app import write_crash_app
 from .test_transactions import T0, _operator_channel, _running_run, failing, fresh_read
 
 # --- the crash hook ---------------------------------------------------------------------------
@@ -333,3 +340,85 @@ def test_only_active_runs_tokens_are_loaded(tmp_path: Path) -> None:
     )  # fmt: skip
     assert reopened.forget_inactive_runs() == {"tokens": 1, "messages": 0, "object rows": 0}
     assert fresh_read(database, "SELECT run_id FROM run_tokens") == [(active,)]
+
+
+# --- a run stopped while its ServerApp process starts ----------------------------------------
+
+
+def test_a_run_stopped_while_its_process_starts_ends_stopped_and_its_process_with_it(
+    pki: TestPki, tmp_path: Path
+) -> None:
+    """As a CLI user: ``flwrmtls stop`` of a run whose ServerApp process is being started.
+    Before, StartRun failed with an unexplained error (the run could not become running) and
+    the process it had started ran on unsupervised."""
+    chain, key = pki.paths("server")
+    config = mtls_config(
+        tmp_path / "link.db", server_chain=chain, server_key=key, client_ca=pki.trust_bundle_path
+    )
+    bundle = build_bundle(write_crash_app(tmp_path / "app"))
+
+    async def scenario() -> tuple[int, int]:
+        link = Link(config)
+        await link.start()
+        try:
+            runs = link.runs
+            overrides: dict[str, Value] = {"token-file": str(tmp_path / "token")}
+            # Run a holds the spare process (none is started while a run is active), so run b's
+            # process is started from scratch: a window in which b is pending.
+            a = await runs.start_run(bundle, bundle_hash(bundle), overrides, "role=operator")
+            starting = asyncio.ensure_future(
+                runs.start_run(bundle, bundle_hash(bundle), overrides, "role=operator")
+            )
+            while (b := link.state.runs.get(a + 1)) is None:
+                await asyncio.sleep(0)
+            assert b.status is RunStatus.PENDING
+            assert await runs.stop_run(b.run_id, "stopped by the test") is RunStatus.STOPPED
+            assert await starting == b.run_id  # before: IllegalTransition, and its process ran
+            return a, b.run_id
+        finally:
+            await link.stop(0)
+
+    before = _serverapp_children()
+    a, b = asyncio.run(scenario())
+    state = LinkState(config.database)
+    assert [s for s, _, _ in state.runs.history(b)] == [RunStatus.PENDING, RunStatus.STOPPED]
+    assert [s for s, _, _ in state.runs.history(a)] == [  # control: a ran, then the link stopped
+        RunStatus.PENDING, RunStatus.RUNNING, RunStatus.FAILED,
+    ]  # fmt: skip
+    assert _serverapp_children() == before  # b's process did not outlive its run
+
+
+def _serverapp_children() -> set[int]:
+    """This process's children that are ServerApp processes and have not exited."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            command = (entry / "cmdline").read_bytes()
+        except OSError:  # it exited meanwhile
+            continue
+        state, parent = stat.rsplit(")", 1)[1].split()[:2]
+        if int(parent) == os.getpid() and state != "Z" and b"serverapp_process" in command:
+            found.add(int(entry.name))
+    return found
+
+
+def test_registering_several_keys_registers_all_or_none(link: Link, pki: TestPki) -> None:
+    """As the machine: ``flwrmtls supernode register a.pub b.pub`` whose second key's row
+    fails. Before, the first key stayed registered while the CLI was told the call failed."""
+    keys = [ec.generate_private_key(ec.SECP256R1()) for _ in range(2)]
+    second = node_id_for_key(keys[1])
+    register = control_pb2.RegisterNodeKeysRequest(public_keys=[public_key_der(k) for k in keys])
+    with _operator_channel(link, pki) as channel:
+        control = control_pb2_grpc.ControlStub(channel)
+        with (
+            failing(link.config.database, "BEFORE INSERT ON node_keys", f"NEW.node_id = {second}"),
+            pytest.raises(grpc.RpcError),
+        ):
+            control.RegisterNodeKeys(register)
+        assert fresh_read(link.config.database, "SELECT node_id FROM node_keys") == []
+        assert [link.state.keys.status(public_key_der(k)) for k in keys] == [None, None]
+        registered = control.RegisterNodeKeys(register).keys  # control: both
+        assert [key.outcome for key in registered] == ["registered", "registered"]

@@ -1,0 +1,145 @@
+"""A link whose disk refuses its writes answers in one clear line and keeps serving reads.
+
+The link is a real process; its disk fails for real: the test lowers the process's file size
+limit (RLIMIT_FSIZE, with ``prlimit``) below its SQLite write-ahead log, so the kernel refuses
+every write the database makes (SQLite reports "disk I/O error"), as a full or failing disk
+would. The link's output goes through a pipe (a file would be refused too), read here.
+"""
+
+from __future__ import annotations
+
+import re
+import resource
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from flwrmtls.errors import LinkUnreachable
+from flwrmtls.testing.link import node_client
+from flwrmtls.testing.pki import TestPki
+
+from .deployment import Deployment
+from .probe_app import write_probe_app
+
+_PORTS = re.compile(r"Fleet API on \S+ \(port (\d+)\), Control API on \S+ \(port (\d+)\)")
+FAILED = "the link's database failed: disk I/O error; see the link's log"
+
+
+class PipedLink:
+    """A link process whose output is read through a pipe, line by line."""
+
+    def __init__(self, args: list[str], env: dict[str, str]) -> None:
+        self.lines: list[str] = []
+        self._seen = threading.Condition()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "flwrmtls.link.main", *args],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env=env, text=True,
+        )  # fmt: skip
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        match = self.wait_for(_PORTS)
+        self.fleet_port, self.control_port = int(match[1]), int(match[2])
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            with self._seen:
+                self.lines.append(line.rstrip("\n"))
+                self._seen.notify_all()
+        with self._seen:
+            self._seen.notify_all()
+
+    @property
+    def log(self) -> str:
+        with self._seen:
+            return "\n".join(self.lines)
+
+    def wait_for(self, pattern: re.Pattern[str], timeout: float = 60.0) -> re.Match[str]:
+        with self._seen:
+            found = self._seen.wait_for(
+                lambda: pattern.search("\n".join(self.lines)) or self.process.poll() is not None,
+                timeout,
+            )
+            match = pattern.search("\n".join(self.lines))
+        assert found, f"no {pattern.pattern!r}:\n{self.log[-3000:]}"
+        assert match is not None, f"no {pattern.pattern!r}:\n{self.log[-3000:]}"
+        return match
+
+    def limit_file_size(self, size: int) -> None:
+        """From now on the kernel refuses the link's writes past ``size`` bytes of a file."""
+        _, hard = resource.prlimit(self.process.pid, resource.RLIMIT_FSIZE)
+        resource.prlimit(self.process.pid, resource.RLIMIT_FSIZE, (size, hard))
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._reader.join(10)
+
+
+@pytest.fixture
+def piped(pki: TestPki, tmp_path: Path) -> Iterator[tuple[Deployment, PipedLink]]:
+    deployment = Deployment(pki, tmp_path)
+    link = PipedLink(deployment.link_args(), {**deployment.env, "PYTHONUNBUFFERED": "1"})
+    try:
+        deployment.profile(link.control_port)
+        yield deployment, link
+    finally:
+        link.stop()
+
+
+def test_a_link_whose_disk_fails_answers_stop_in_one_line_and_keeps_serving_reads(
+    piped: tuple[Deployment, PipedLink], pki: TestPki, tmp_path: Path
+) -> None:
+    """As the machine: the disk refuses the link's writes while a run is active. Before,
+    ``flwrmtls stop`` printed "answered UNKNOWN: Unexpected <class 'sqlite3.OperationalError'>"
+    and the link logged a traceback."""
+    deployment, link = piped
+    app = write_probe_app(tmp_path / "app")
+    started = deployment.cli(
+        "run", str(app), "--run-config", "min-available=1 min-train=1 wait-timeout=600"
+    )  # the run waits for a node that never comes: it stays running
+    assert started.returncode == 0, started.stderr
+    link.limit_file_size(4096)
+    stop = deployment.cli("stop", "1")
+    assert stop.returncode != 0
+    assert "Traceback" not in stop.stderr
+    [line] = stop.stderr.strip().splitlines()
+    assert (
+        line
+        == f"flwrmtls: error: the link at 127.0.0.1:{link.control_port} is unavailable: {FAILED}"
+    )
+    # The link keeps serving what needs no write: the run is listed, still running.
+    listed = deployment.cli("ls", "--format", "json")
+    assert listed.returncode == 0, listed.stderr
+    assert '"status": "running"' in listed.stdout
+    # A node is told the same, as UNAVAILABLE: it retries.
+    chain, key = pki.paths("node-1")
+    client, channel = node_client(
+        link, root_certificates=pki.trust_bundle_path, chain=chain, key=key
+    )
+    with channel, pytest.raises(LinkUnreachable, match=re.escape(FAILED)):
+        client.activate()
+    # The link said it once per call, with the call and the caller, without a traceback.
+    failures = [line for line in link.log.splitlines() if "database failed during" in line]
+    assert any(
+        "during StopRun by role=operator,CN=cli-operator: disk I/O error (SQLITE_IOERR_WRITE); "
+        "answered UNAVAILABLE" in line
+        for line in failures
+    ), link.log[-3000:]
+    assert sum("during StopRun" in line for line in failures) == 1
+    assert "Traceback" not in link.log
+    # Control: the same stop once the disk takes writes again.
+    link.limit_file_size(resource.RLIM_INFINITY)
+    stopped = deployment.cli("stop", "1")
+    assert stopped.returncode == 0, stopped.stderr
+    assert "run 1 stopped" in stopped.stdout
