@@ -327,3 +327,44 @@ def test_a_crash_at_each_statement_of_a_message_push_stores_the_batch_whole_or_n
     else:
         pytest.fail(f"the push never committed within {MAX_STEPS} statements: {steps}")
     assert len(steps) >= 3, steps  # before each insert, and before the commit
+
+
+def test_a_crash_at_each_statement_of_start_up_recovery_is_recovered_from_by_the_next_start(
+    pki: TestPki, tmp_path: Path, app_dir: Path
+) -> None:
+    """A link killed (SIGKILL) with a run active, then started again and killed before each
+    statement of its recovery in turn: the recovery is one transaction, so each start finds
+    the database as the first crash left it, until one commits it whole."""
+    site = Site(pki, tmp_path / "site", app_dir)
+    steps: list[str] = []
+    try:
+        link = site.start_link()
+        site.activate_node(link)
+        run_id, token = site.start_run(link)
+        wait_until(lambda: site.snapshot(run_id).messages == 2, "the ServerApp's two messages")
+        assert link.process is not None
+        link.process.kill()  # the first crash: the run was active
+        link.wait_exit()
+        for k in range(MAX_STEPS):
+            env = {**site.deployment.env, "FLWRMTLS_FAULT": f"{k}@{RESTARTED}"}
+            starting = LinkProcess(site.args, tmp_path / f"start-{k}.log", env)
+            site.links.append(starting)
+            starting.start()  # it dies before it serves
+            steps.append(site.died_before(starting))
+            crashed = site.snapshot(run_id)
+            no_row_names_a_missing_file(crashed)
+            if crashed.status == "running":
+                assert (crashed.tokens, crashed.messages, len(crashed.run_objects)) == (1, 2, 3)
+                continue
+            assert crashed.status == "failed", steps[-1]
+            assert (crashed.tokens, crashed.messages) == (0, 0), steps[-1]
+            assert (crashed.run_objects, crashed.node_objects) == (set(), set()), steps[-1]
+            break
+        else:
+            pytest.fail(f"recovery never committed within {MAX_STEPS} statements: {steps}")
+        restarted = site.start_link()
+        assert site.status(restarted, run_id) == ("failed", RESTARTED)
+        nothing_is_left(site, restarted, run_id, token)
+    finally:
+        site.stop()
+    assert any(step.startswith("COMMIT") for step in steps), steps
