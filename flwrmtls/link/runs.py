@@ -263,9 +263,11 @@ class RunManager:
             try:
                 self._end(run_id, status, reason)
             except sqlite3.Error as error:
+                self._state.runs.suspend_tokens(run_id)  # its process is gone: so is its token
                 log.error(
-                    "run %d ended (%s%s) but the link's database failed to record it (%s): it "
-                    "shows as running until the link restarts, which marks it failed",
+                    "run %d ended (%s%s) but the link's database failed to record it (%s): its "
+                    "token no longer works; it shows as running until it is stopped or the "
+                    "link restarts, which marks it failed",
                     run_id, status.value, f": {reason}" if reason else "", error,
                 )  # fmt: skip
 

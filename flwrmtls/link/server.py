@@ -10,11 +10,12 @@ grpc.aio servers in one event loop (no thread per connection):
   only (an address off loopback is refused before anything listens).
 
 All share the policy table and the refusal log. A call that meets a failure of the link's
-database (a full disk, an I/O error) ends with one clear status, not UNKNOWN
-(:mod:`flwrmtls.link.dbfailure`). Objects (array bytes, bundles) live in a
-directory beside the database, private to the link's OS account (0700, see
-:mod:`flwrmtls.filemodes`), as the database is (0600); who may read and store which is
-:mod:`flwrmtls.link.objects`.
+storage (a full disk, an I/O error, in its database or its object directory) ends with one
+clear status, not UNKNOWN (:mod:`flwrmtls.link.storagefailure`).
+
+Objects (array bytes, bundles) live in a directory beside the database, private to the link's
+OS account (0700, see :mod:`flwrmtls.filemodes`), as the database is (0600); who may read and
+store which is :mod:`flwrmtls.link.objects`.
 
 Open calls on the Fleet and Control listeners are kept in one registry
 (:mod:`flwrmtls.auth.livecalls`) and judged again when credentials may have ended: at once
@@ -62,13 +63,13 @@ from flwrmtls.clock import Clock, SystemClock
 from flwrmtls.control.servicer import ControlServicer, KeyBinding
 from flwrmtls.filemodes import private_directory, tighten
 from flwrmtls.fleet.servicer import FleetServicer
-from flwrmtls.link.dbfailure import DatabaseFailureInterceptor
 from flwrmtls.link.nodeauth import NodeAuth, build_node_authenticator, requires_client_certificate
 from flwrmtls.link.notify import Notifier
 from flwrmtls.link.objects import SWEEP_INTERVAL, LinkObjects, StorageLimits
 from flwrmtls.link.reload import TlsFiles, TlsMaterial, TlsWatcher, Trust
 from flwrmtls.link.runlog import RunLog
 from flwrmtls.link.runs import RunManager
+from flwrmtls.link.storagefailure import StorageFailureInterceptor
 from flwrmtls.objects.store import ObjectStore
 from flwrmtls.proto import appio_pb2_grpc, control_pb2_grpc, fleet_pb2_grpc
 from flwrmtls.state.keytable import KeyRegistration
@@ -403,9 +404,9 @@ class Link:
         limits: ServerLimits | None = None,
     ) -> tuple[grpc.aio.Server, int]:
         check_bindable(address)
-        database = DatabaseFailureInterceptor()  # outside auth (pins) and inside (the audit)
+        storage = StorageFailureInterceptor()  # outside auth (pins) and inside (the audit)
         server = grpc.aio.server(
-            interceptors=[database, interceptor, RequestBoundsInterceptor(), database],
+            interceptors=[storage, interceptor, RequestBoundsInterceptor(), storage],
             options=(limits or self.config.server_limits).options(),
         )
         if credentials is None:

@@ -168,6 +168,12 @@ class RunTable:
         assert updated is not None
         return updated
 
+    def suspend_tokens(self, run_id: int) -> None:
+        """The run's process is gone but its end could not be recorded (the database
+        failed): its tokens stop working now. The database keeps them until the end is
+        recorded, at the latest when the link restarts and fails the run."""
+        self._forget_tokens(run_id)
+
     def _forget_tokens(self, run_id: int) -> None:
         self._tokens = {h: t for h, t in self._tokens.items() if t[1] != run_id}
 

@@ -2,9 +2,10 @@
 
 The ServerApp writes its own run token to the run config's ``token-file`` (an app can: it
 runs in the process that holds the token; the test needs it to show the token dies with the
-run), waits for one node, sends it ``messages`` messages in one push, each with an array of
-its own (so each names an object of its own), and waits for replies that never come: the
-run stays running until it is stopped or the link goes away.
+run) and its process id beside it (``<token-file>.pid``). It waits for one node, sends it
+``messages`` messages in one push, each with an array of its own (so each names an object of
+its own), and waits for replies that never come: the run stays running until it is stopped
+or the link goes away.
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ app = ServerApp()
 def main(grid, context):
     token = dict(grid._metadata)[TOKEN_METADATA_KEY]
     path = str(context.run_config["token-file"])
+    with open(path + ".pid", "w") as out:
+        out.write(str(os.getpid()))
     with open(path + ".part", "w") as out:
         out.write(token)
     os.replace(path + ".part", path)

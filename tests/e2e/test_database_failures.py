@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from flwrmtls.errors import LinkUnreachable
+from flwrmtls.objects.store import ObjectStore
 from flwrmtls.testing.link import node_client
 from flwrmtls.testing.pki import TestPki
 
@@ -27,6 +28,7 @@ from .probe_app import write_probe_app
 
 _PORTS = re.compile(r"Fleet API on \S+ \(port (\d+)\), Control API on \S+ \(port (\d+)\)")
 FAILED = "the link's database failed: disk I/O error; see the link's log"
+OBJECT_FAILED = "the link's object storage failed: File too large; see the link's log"
 
 
 class PipedLink:
@@ -106,9 +108,16 @@ def test_a_link_whose_disk_fails_answers_stop_in_one_line_and_keeps_serving_read
     deployment, link = piped
     app = write_probe_app(tmp_path / "app")
     started = deployment.cli(
-        "run", str(app), "--run-config", "min-available=1 min-train=1 wait-timeout=600"
-    )  # the run waits for a node that never comes: it stays running
+        "run", str(app), "--run-config", "min-available=2 min-train=2 wait-timeout=600"
+    )  # the run waits for two nodes, and only one comes: it stays running
     assert started.returncode == 0, started.stderr
+    chain, key = pki.paths("node-1")
+    client, channel = node_client(
+        link, root_certificates=pki.trust_bundle_path, chain=chain, key=key
+    )
+    session = client.activate()  # before the disk fails
+    upload = ObjectStore(tmp_path / "node-objects")
+    object_id = upload.put(bytes(range(256)) * 64)  # 16 KiB: more than the disk takes now
     link.limit_file_size(4096)
     stop = deployment.cli("stop", "1")
     assert stop.returncode != 0
@@ -122,24 +131,28 @@ def test_a_link_whose_disk_fails_answers_stop_in_one_line_and_keeps_serving_read
     listed = deployment.cli("ls", "--format", "json")
     assert listed.returncode == 0, listed.stderr
     assert '"status": "running"' in listed.stdout
-    # A node is told the same, as UNAVAILABLE: it retries.
-    chain, key = pki.paths("node-1")
-    client, channel = node_client(
-        link, root_certificates=pki.trust_bundle_path, chain=chain, key=key
-    )
-    with channel, pytest.raises(LinkUnreachable, match=re.escape(FAILED)):
+    # A node is told the same, as UNAVAILABLE: it retries. Its object upload too.
+    with pytest.raises(LinkUnreachable, match=re.escape(FAILED)):
         client.activate()
+    with pytest.raises(LinkUnreachable, match=re.escape(OBJECT_FAILED)):
+        client.send_objects(session, upload, [object_id])
     # The link said it once per call, with the call and the caller, without a traceback.
-    failures = [line for line in link.log.splitlines() if "database failed during" in line]
+    failures = [line for line in link.log.splitlines() if " failed during " in line]
     assert any(
         "during StopRun by role=operator,CN=cli-operator: disk I/O error (SQLITE_IOERR_WRITE); "
         "answered UNAVAILABLE" in line
         for line in failures
     ), link.log[-3000:]
     assert sum("during StopRun" in line for line in failures) == 1
+    assert any(
+        "object storage failed during PushObject by" in line and "(EFBIG)" in line
+        for line in failures
+    ), link.log[-3000:]
     assert "Traceback" not in link.log
-    # Control: the same stop once the disk takes writes again.
+    # Control: the same calls once the disk takes writes again.
     link.limit_file_size(resource.RLIM_INFINITY)
+    with channel:
+        client.send_objects(session, upload, [object_id])
     stopped = deployment.cli("stop", "1")
     assert stopped.returncode == 0, stopped.stderr
     assert "run 1 stopped" in stopped.stdout

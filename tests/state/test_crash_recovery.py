@@ -17,10 +17,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import sqlite3
 from pathlib import Path
 
 import grpc
+import grpc.aio
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -422,3 +424,57 @@ def test_registering_several_keys_registers_all_or_none(link: Link, pki: TestPki
         assert [link.state.keys.status(public_key_der(k)) for k in keys] == [None, None]
         registered = control.RegisterNodeKeys(register).keys  # control: both
         assert [key.outcome for key in registered] == ["registered", "registered"]
+
+
+def test_a_run_whose_end_cannot_be_recorded_loses_its_token_with_its_process(
+    pki: TestPki, tmp_path: Path
+) -> None:
+    """As the machine: the ServerApp process dies while the database refuses the run's end.
+    Before, the supervisor's task died with the error and the run's token kept opening
+    ServerAppIo, with no process of the run left to hold it."""
+    chain, key = pki.paths("server")
+    config = mtls_config(
+        tmp_path / "link.db", server_chain=chain, server_key=key, client_ca=pki.trust_bundle_path
+    )
+    bundle = build_bundle(write_crash_app(tmp_path / "app"))
+    token_file = tmp_path / "token"
+
+    async def token_works(link: Link, token: str) -> bool:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{link.serverappio_port}") as channel:
+            try:
+                await appio_pb2_grpc.ServerAppIoStub(channel).GetRun(
+                    appio_pb2.GetAppRunRequest(), metadata=((TOKEN_METADATA_KEY, token),)
+                )
+            except grpc.aio.AioRpcError as error:
+                refused = error
+            else:
+                return True
+        assert refused.code() is grpc.StatusCode.UNAUTHENTICATED, refused
+        return False
+
+    async def scenario() -> tuple[int, list[RunStatus]]:
+        link = Link(config)
+        await link.start()
+        try:
+            overrides: dict[str, Value] = {"token-file": str(token_file)}
+            run_id = await link.runs.start_run(bundle, bundle_hash(bundle), overrides, "op")
+            while not token_file.exists():
+                await asyncio.sleep(0.05)
+            token = token_file.read_text()
+            assert await token_works(link, token)  # control: the live run's token
+            with failing(config.database, "BEFORE UPDATE ON runs"):
+                os.kill(int(Path(f"{token_file}.pid").read_text()), signal.SIGKILL)
+                for _ in range(600):  # the supervisor sees the exit at once; bounded anyway
+                    if not await token_works(link, token):
+                        break
+                    await asyncio.sleep(0.05)
+                else:
+                    pytest.fail("the token of a run whose process is gone still works")
+                assert link.state.runs.get(run_id).status is RunStatus.RUNNING  # type: ignore[union-attr]
+            assert await link.runs.stop_run(run_id, "the operator") is RunStatus.STOPPED
+            return run_id, [s for s, _, _ in link.state.runs.history(run_id)]
+        finally:
+            await link.stop(0)
+
+    _, history = asyncio.run(scenario())
+    assert history == [RunStatus.PENDING, RunStatus.RUNNING, RunStatus.STOPPED]
