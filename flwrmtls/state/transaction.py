@@ -80,8 +80,3 @@ class Transactions:
         statement outside a transaction has committed or failed by the time this is called)."""
         if self._after_commit is not None:
             self._after_rollback.append(undo)
-
-    @property
-    def open(self) -> bool:
-        """Whether a block is open (statements now are part of its transaction)."""
-        return self._after_commit is not None

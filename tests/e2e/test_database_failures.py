@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import resource
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -20,6 +21,8 @@ import pytest
 
 from flwrmtls.errors import LinkUnreachable
 from flwrmtls.objects.store import ObjectStore
+from flwrmtls.state.linkstate import LinkState
+from flwrmtls.state.runs import RunStatus
 from flwrmtls.testing.link import node_client
 from flwrmtls.testing.pki import TestPki
 
@@ -34,16 +37,24 @@ OBJECT_FAILED = "the link's object storage failed: File too large; see the link'
 class PipedLink:
     """A link process whose output is read through a pipe, line by line."""
 
-    def __init__(self, args: list[str], env: dict[str, str]) -> None:
+    def __init__(self, args: list[str], env: dict[str, str], *, file_size: int = 0) -> None:
+        """``file_size``: the process's file size limit from the start (0: none)."""
+
+        def limit() -> None:
+            if file_size:
+                resource.setrlimit(resource.RLIMIT_FSIZE, (file_size, file_size))
+
         self.lines: list[str] = []
         self._seen = threading.Condition()
         self.process = subprocess.Popen(
             [sys.executable, "-m", "flwrmtls.link.main", *args],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env=env, text=True,
+            env=env, text=True, preexec_fn=limit,
         )  # fmt: skip
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
+
+    def wait_serving(self) -> None:
         match = self.wait_for(_PORTS)
         self.fleet_port, self.control_port = int(match[1]), int(match[2])
 
@@ -93,6 +104,7 @@ def piped(pki: TestPki, tmp_path: Path) -> Iterator[tuple[Deployment, PipedLink]
     deployment = Deployment(pki, tmp_path)
     link = PipedLink(deployment.link_args(), {**deployment.env, "PYTHONUNBUFFERED": "1"})
     try:
+        link.wait_serving()
         deployment.profile(link.control_port)
         yield deployment, link
     finally:
@@ -156,3 +168,39 @@ def test_a_link_whose_disk_fails_answers_stop_in_one_line_and_keeps_serving_read
     stopped = deployment.cli("stop", "1")
     assert stopped.returncode == 0, stopped.stderr
     assert "run 1 stopped" in stopped.stdout
+
+
+def test_a_link_that_cannot_write_at_start_up_exits_in_one_line(
+    pki: TestPki, tmp_path: Path
+) -> None:
+    """As the machine: the disk refuses writes when the link starts with a run to recover.
+    Before, the link exited with a traceback."""
+    deployment = Deployment(pki, tmp_path)
+    database = tmp_path / "link.db"
+    state = LinkState(database)  # a run that was active when the link last went away
+    run_id = state.runs.create(
+        app_name="a", app_version="1", bundle_hash="0" * 64, run_config_json="{}", owner="op",
+        now=1.0,
+    )  # fmt: skip
+    state.runs.transition(run_id, RunStatus.RUNNING, "", 2.0)
+    state.close()
+    env = {**deployment.env, "PYTHONUNBUFFERED": "1"}
+    with sqlite3.connect(database) as reader:  # keeps -shm in place: the link can read
+        reader.execute("SELECT 1 FROM runs").fetchall()
+        link = PipedLink(deployment.link_args(), env, file_size=4096)
+        assert link.process.wait(60) == 1
+        link.stop()
+    assert "Traceback" not in link.log
+    [line] = [line for line in link.log.splitlines() if "error:" in line]
+    assert line == (
+        f"flwrmtls-superlink: error: the link's database {database} failed at start-up: disk "
+        "I/O error: check the disk it is on (full? read-only?) and that no other process "
+        "holds it"
+    )
+    # Control: the same start on a disk that takes writes recovers the run.
+    link = PipedLink(deployment.link_args(), env)
+    try:
+        link.wait_serving()
+    finally:
+        link.stop()
+    assert LinkState(database).runs.get(run_id).status is RunStatus.FAILED  # type: ignore[union-attr]
