@@ -33,7 +33,8 @@ node N                objects named by messages        N's pending budget       
   run, is pending for no node and is not being uploaded is deleted. A node's pending uploads
   expire ``PENDING_TTL`` seconds after they arrive (swept when the node uploads again and
   every ``SWEEP_INTERVAL`` seconds). At start-up every stored object that belongs to no run is
-  deleted (the runs active when the link stopped have failed by then).
+  deleted (the runs active when the link stopped have failed by then), and so is every
+  partial write a link that died left.
 * Files cannot be in a transaction, so they are ordered around it: a file is written before
   the rows that name it commit, and deleted only after the rows that held it are gone and
   committed. A crash in between leaves at worst a file that nothing names (the start-up sweep
@@ -266,12 +267,17 @@ class LinkObjects:
                 del self._pending[node_id]
         self._collect(expired)
 
-    def collect_unowned(self) -> int:
-        """At start-up: delete every stored object that belongs to no run; returns how many."""
+    def collect_unowned(self) -> tuple[int, int]:
+        """At start-up: delete every stored object that belongs to no run, and every partial
+        write (no upload is in progress yet: these are the writes of a link that died);
+        returns how many of each."""
         held = self._table.all_held()
         unowned = [object_id for object_id in self.store.object_ids() if object_id not in held]
         self.store.delete(unowned)
-        return len(unowned)
+        partial = self.store.partial_writes()
+        for path in partial:
+            path.unlink(missing_ok=True)
+        return len(unowned), len(partial)
 
     def pending_bytes(self, node_id: int) -> int:
         """Bytes charged for what node ``node_id`` uploaded and no reply names yet (or is

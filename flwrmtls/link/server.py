@@ -425,8 +425,11 @@ class Link:
             log.info("%d node(s) were online when the link last stopped: offline until they "
                      "call again", restored)  # fmt: skip
         self.runs.recover()
-        if reclaimed := self.objects.collect_unowned():
+        reclaimed, partial = self.objects.collect_unowned()
+        if reclaimed:
             log.info("deleted %d stored objects that belong to no run", reclaimed)
+        if partial:
+            log.info("deleted %d partial object writes a link that stopped left", partial)
         fleet_servicer = FleetServicer(
             self.state, self.clock, config.heartbeat_interval, notifier=self.notifier,
             objects=self.objects, run_log=self.run_log,

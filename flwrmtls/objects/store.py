@@ -14,6 +14,8 @@ Rules:
   ValueError). A reader that can have the object fetched again (a node's ClientApp, from the
   link through its node) deletes the file first (``discard=True``), so that the fetch finds
   it missing; the link's own objects cannot be fetched again and are left as they are.
+* A process that dies while writing leaves its temporary file (``.incoming-*``) behind:
+  :meth:`ObjectStore.partial_writes` lists them, for a start-up to delete.
 """
 
 from __future__ import annotations
@@ -215,6 +217,10 @@ class ObjectStore:
                         if _OBJECT_ID.match(entry.name) and entry.name[:2] == sub.name:
                             total += entry.stat(follow_symlinks=False).st_size
         return total
+
+    def partial_writes(self) -> list[Path]:
+        """The temporary files of writes in progress, or of writers that died."""
+        return [path for path in self.directory.glob(f"{_PARTIAL_PREFIX}*") if path.is_file()]
 
     def clear(self) -> None:
         """Delete every stored object (and nothing else)."""

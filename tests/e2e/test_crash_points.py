@@ -19,7 +19,9 @@ crash.
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -32,8 +34,15 @@ import pytest
 from flwrmtls.app.bundle import build_bundle, bundle_hash
 from flwrmtls.auth.tokens import TOKEN_METADATA_KEY
 from flwrmtls.keyvalues import values_to_proto
-from flwrmtls.objects.store import ObjectStore
-from flwrmtls.proto import appio_pb2, appio_pb2_grpc, control_pb2, control_pb2_grpc
+from flwrmtls.objects.store import CHUNK_SIZE, ObjectStore, object_id_of
+from flwrmtls.proto import (
+    appio_pb2,
+    appio_pb2_grpc,
+    control_pb2,
+    control_pb2_grpc,
+    fleet_pb2_grpc,
+    objects_pb2,
+)
 from flwrmtls.testing.link import node_client
 from flwrmtls.testing.pki import TestPki
 from flwrmtls.testing.processes import LinkProcess
@@ -368,3 +377,62 @@ def test_a_crash_at_each_statement_of_start_up_recovery_is_recovered_from_by_the
     finally:
         site.stop()
     assert any(step.startswith("COMMIT") for step in steps), steps
+
+
+def test_an_upload_cut_by_a_crash_leaves_no_partial_file_after_the_restart(
+    pki: TestPki, tmp_path: Path, app_dir: Path
+) -> None:
+    """A link killed (SIGKILL) while node-1 uploads an object. Before, the upload's partial
+    file stayed in the object directory for good: no start-up looked at it."""
+    site = Site(pki, tmp_path / "site", app_dir)
+    data = os.urandom(3 * CHUNK_SIZE)
+    object_id = object_id_of(data)
+    store = ObjectStore(site.objects)
+    hold = threading.Event()
+
+    def partial_files() -> list[Path]:  # the store writes through ".incoming-*" files
+        return [path for path in site.objects.iterdir() if path.name.startswith(".incoming-")]
+
+    try:
+        link = site.start_link()
+        chain, key = pki.paths("node-1")
+        client, channel = node_client(
+            link, root_certificates=pki.trust_bundle_path, chain=chain, key=key
+        )
+        with channel:
+            session = client.activate()
+
+            def chunks() -> Iterator[objects_pb2.ObjectChunk]:
+                yield objects_pb2.ObjectChunk(
+                    session_id=session.session_id, object_id=object_id, total_size=len(data),
+                    offset=0, data=data[:CHUNK_SIZE],
+                )  # fmt: skip
+                hold.wait(WAIT)  # the upload stays open until the link is gone
+
+            upload = fleet_pb2_grpc.FleetStub(channel).PushObject.future(chunks(), timeout=WAIT)
+            wait_until(
+                lambda: any(path.stat().st_size for path in partial_files()),
+                "the upload's first chunk on disk",
+            )
+            assert link.process is not None
+            link.process.kill()
+            link.wait_exit()
+            hold.set()
+            with pytest.raises(grpc.RpcError):
+                upload.result()
+        assert partial_files()  # what the crash left
+        restarted = site.start_link()
+        assert partial_files() == []
+        assert "deleted 1 partial object writes" in restarted.log
+        # Control: the same upload, whole, on the restarted link.
+        client, channel = node_client(
+            restarted, root_certificates=pki.trust_bundle_path, chain=chain, key=key
+        )
+        node_store = ObjectStore(tmp_path / "node-objects")
+        node_store.put(data)
+        with channel:
+            client.send_objects(client.activate(), node_store, [object_id])
+        assert store.has(object_id)
+    finally:
+        hold.set()
+        site.stop()
