@@ -1,5 +1,17 @@
 """The Fleet API from the node's side: one channel, typed calls, errors translated once.
 
+Rules:
+
+* A refusal the link states with a code (:mod:`flwrmtls.wire.refusals`) becomes this node's
+  exception for it, through one table (:data:`NODE_ERRORS`); the status code alone never
+  decides. Only the session codes end a session (:class:`SessionEnded`): a run that is not
+  active or has no work for this node (:class:`RunUnavailable`) and a missing object
+  (:class:`ObjectMissing`) concern one message or one run, never the session. Anything
+  else goes through :func:`~flwrmtls.wire.errors.translate_rpc_error`.
+* A pull carries the ids of the messages this node has handed to their ClientApps since its
+  last pull (their acknowledgement; see :mod:`flwrmtls.fleet.servicer`): if the pull fails
+  they are sent again with the next one (acknowledging twice changes nothing).
+
 An EC-key node signs each call for the link's server key (:mod:`flwrmtls.node.audience`).
 When the link refuses a call as ``wrong-audience`` (its server certificate was rotated to a
 new key), the node learns the key again from a TLS handshake and retries that call once; every
@@ -9,12 +21,20 @@ Every answer is checked here, in one place, against the node's table of what it 
 (:data:`flwrmtls.wire.bounds.RESPONSE_BOUNDS`), before any of it is used: an answer outside it
 raises :class:`BadAnswer` (final for the node: see :mod:`flwrmtls.node.agent`), and an object's
 chunks are bounded as they arrive (:func:`flwrmtls.objects.transfer.pull_object_into`).
+
+::
+
+    Refused
+     ├── SessionEnded      unknown-session (activate again), session-superseded (stop)
+     ├── RunUnavailable    run-ended / run-not-for-node: drop what this node holds of the run
+     ├── ObjectMissing     no-object
+     └── OverQuota         over-quota
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -30,8 +50,20 @@ from flwrmtls.proto.objects_pb2 import ObjectChunk, PullObjectRequest
 from flwrmtls.wire.bounds import response_problem
 from flwrmtls.wire.errors import ConnectionContext, translate_rpc_error
 from flwrmtls.wire.metadata import REFUSAL_KEY
+from flwrmtls.wire.refusals import REFUSALS, Refusal, refusal_of
 
-__all__ = ["BadAnswer", "FleetClient", "OverQuota", "Session", "SessionEnded"]
+__all__ = [
+    "NODE_ERRORS",
+    "BadAnswer",
+    "FleetClient",
+    "ObjectMissing",
+    "OverQuota",
+    "Pulled",
+    "RunUnavailable",
+    "Session",
+    "SessionEnded",
+    "node_error",
+]
 
 _CALL_TIMEOUT = 10.0
 _TRANSFER_TIMEOUT = 600.0
@@ -85,6 +117,47 @@ def _checked(response: _M) -> _M:
     return response
 
 
+class RunUnavailable(Refused):
+    """The run will give this node no work: it is not active (``run-ended``), or it never
+    sent this node any (``run-not-for-node``)."""
+
+    def __init__(self, message: str, *, ended: bool) -> None:
+        super().__init__(message)
+        self.ended = ended
+
+
+class ObjectMissing(Refused):
+    """The link has no such object for this node (not stored, or not one it may read)."""
+
+
+NODE_ERRORS: Mapping[Refusal, Callable[[str], FlwrmtlsError]] = {
+    Refusal.UNKNOWN_SESSION: lambda text: SessionEnded(text, superseded=False),
+    Refusal.SESSION_SUPERSEDED: lambda text: SessionEnded(text, superseded=True),
+    Refusal.RUN_ENDED: lambda text: RunUnavailable(text, ended=True),
+    Refusal.RUN_NOT_FOR_NODE: lambda text: RunUnavailable(text, ended=False),
+    Refusal.NO_OBJECT: ObjectMissing,
+    Refusal.OVER_QUOTA: OverQuota,
+}
+"""What each refusal code the link states becomes on this node."""
+
+
+def node_error(
+    status: grpc.StatusCode, details: str, trailers: Sequence[tuple[str, Any]]
+) -> FlwrmtlsError | None:
+    """This node's exception for a refusal the link stated (its code, with the status its row
+    names); None when the call carries no such code."""
+    refusal = refusal_of(status, trailers)
+    if refusal is None:
+        return None
+    return NODE_ERRORS[refusal](details or REFUSALS[refusal].meaning)
+
+
+@dataclass(frozen=True, slots=True)
+class Pulled:
+    messages: list[common_pb2.Message]
+    ended_run_ids: list[int]
+
+
 @dataclass(frozen=True, slots=True)
 class Session:
     node_id: int
@@ -93,10 +166,13 @@ class Session:
     heartbeat_interval: float
 
 
+def _trailers(error: grpc.RpcError) -> Sequence[tuple[str, Any]]:
+    return getattr(error, "trailing_metadata", lambda: ())() or ()
+
+
 def _refusal_reason(error: grpc.RpcError) -> str:
     """The ``flwrmtls-refusal`` trailer of a refused call ("" if none)."""
-    trailers = getattr(error, "trailing_metadata", lambda: ())() or ()
-    return next((str(value) for key, value in trailers if key == REFUSAL_KEY), "")
+    return next((str(value) for key, value in _trailers(error) if key == REFUSAL_KEY), "")
 
 
 class FleetClient:
@@ -117,14 +193,8 @@ class FleetClient:
         self._stub = fleet_pb2_grpc.FleetStub(channel)
 
     def _fail(self, error: grpc.RpcError) -> FlwrmtlsError:
-        code = error.code()
-        if code is grpc.StatusCode.FAILED_PRECONDITION:
-            return SessionEnded(error.details() or "session superseded", superseded=True)
-        if code is grpc.StatusCode.NOT_FOUND:
-            return SessionEnded(error.details() or "unknown session", superseded=False)
-        if code is grpc.StatusCode.RESOURCE_EXHAUSTED:
-            return OverQuota(error.details() or "over a storage bound of the link")
-        return translate_rpc_error(error, self._ctx)
+        stated = node_error(error.code(), error.details() or "", _trailers(error))
+        return stated if stated is not None else translate_rpc_error(error, self._ctx)
 
     def _call(self, invoke: Callable[[], _T]) -> _T:
         """One call, its failure translated; signed for a stale server key, retried once."""
@@ -173,23 +243,27 @@ class FleetClient:
         *,
         wait: float,
         active_run_ids: Sequence[int],
+        acked: Sequence[str] = (),
         cancel: Sequence[threading.Event] = (),
-    ) -> tuple[list[common_pb2.Message], list[int]]:
+    ) -> Pulled | None:
         """Messages for this node (the link waits up to ``wait`` s for one), and which of
-        ``active_run_ids`` ended. Returns empty at once when any ``cancel`` event is set."""
-        return self._call(lambda: self._pull(session, wait, active_run_ids, cancel))
+        ``active_run_ids`` ended; ``acked``: the ids of messages handed to their ClientApps.
+        None, at once, when any ``cancel`` event is set before the answer (what the link
+        handed out then is handed out again: it was not acknowledged)."""
+        return self._call(lambda: self._pull(session, wait, active_run_ids, acked, cancel))
 
     def _pull(
         self,
         session: Session,
         wait: float,
         active_run_ids: Sequence[int],
+        acked: Sequence[str],
         cancel: Sequence[threading.Event],
-    ) -> tuple[list[common_pb2.Message], list[int]]:
+    ) -> Pulled | None:
         future = self._stub.PullMessages.future(
             fleet_pb2.PullMessagesRequest(
                 session_id=session.session_id, wait_seconds=wait,
-                active_run_ids=list(active_run_ids),
+                active_run_ids=list(active_run_ids), acked_message_ids=list(acked),
             ),
             timeout=wait + _CALL_TIMEOUT,
         )  # fmt: skip
@@ -198,9 +272,9 @@ class FleetClient:
         # The answer wakes this at once; cancel requests are checked every _CANCEL_CHECK.
         while not finished.wait(_CANCEL_CHECK):
             if any(event.is_set() for event in cancel) and future.cancel():  # type: ignore[no-untyped-call]
-                return [], []  # cancelled before an answer came: nothing was delivered
+                return None
         response = _checked(future.result())
-        return list(response.messages), list(response.ended_run_ids)
+        return Pulled(list(response.messages), list(response.ended_run_ids))
 
     def push(self, session: Session, messages: Sequence[common_pb2.Message]) -> None:
         self._call(

@@ -6,6 +6,16 @@ Rules for runs:
 
 * Work reaches a node without a polling delay: PullMessages waits (long poll) until a message
   for the node is stored or one of the node's runs ends.
+* Delivery is at least once: PullMessages leases what it hands out for ``DELIVERY_LEASE``
+  seconds, and a message counts as delivered only once the node acknowledges it (the
+  ``acked_message_ids`` of a later pull, applied before anything is handed out). What is not
+  acknowledged is handed out again after its lease, or at once when the node activates again;
+  a message with a reply (the node's, or the link's NODE_UNAVAILABLE) never is. A node
+  acknowledges only its own messages (see :mod:`flwrmtls.state.messagetable`), and a
+  second reply to a message is dropped: a duplicate costs work, never a second answer.
+* A refusal the node acts on carries its code (:mod:`flwrmtls.wire.refusals`): an unknown or
+  superseded session, a run that is not active or has no work for the node, a missing object,
+  a storage bound. The status code alone never says which.
 * A node may reply only to a message addressed to it, in a run that has not ended; the link
   stamps the reply with the node's certificate identity, so the ServerApp knows who answered.
   A push of replies is one transaction: the replies, their objects' rows and the run log
@@ -39,14 +49,20 @@ from flwrmtls.proto import common_pb2, fleet_pb2, fleet_pb2_grpc, objects_pb2
 from flwrmtls.state.linkstate import LinkState, SessionSuperseded, UnknownSession
 from flwrmtls.state.messagetable import MessageRow
 from flwrmtls.wire.bounds import long_poll_seconds
+from flwrmtls.wire.refusals import Refusal, refuse
 
-__all__ = ["FleetServicer"]
+__all__ = ["DELIVERY_LEASE", "MAX_ACKS", "FleetServicer"]
 
 log = logging.getLogger("flwrmtls.link")
 
 _Context = grpc.aio.ServicerContext[Any, Any]
 _DEFAULT_PULL_LIMIT = 100
 _MAX_ACTIVE_RUNS = 1000
+MAX_ACKS = 1000
+"""The most message ids one pull may acknowledge."""
+DELIVERY_LEASE = 60.0
+"""Seconds a handed-out message waits for its acknowledgement before it is handed out again:
+more than a node's long poll (20 s) and the pull that carries the acknowledgement."""
 _CLIENT_APP_RAISED = 1  # flwrmtls.app.message.ErrorCode.CLIENT_APP_RAISED
 
 
@@ -82,16 +98,14 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
             self._state.check_session(principal.node_id, session_id)
             return principal.node_id
         except SessionSuperseded as error:
-            await context.abort(
-                grpc.StatusCode.FAILED_PRECONDITION,
+            await refuse(
+                context,
+                Refusal.SESSION_SUPERSEDED,
                 f"session superseded: a newer connection from {error.peer_address} activated "
                 f"the same identity ({principal.identity})",
             )
         except UnknownSession:
-            await context.abort(
-                grpc.StatusCode.NOT_FOUND, "unknown session: activate the node again"
-            )
-        raise AssertionError("unreachable")
+            await refuse(context, Refusal.UNKNOWN_SESSION)
 
     async def ActivateNode(
         self, request: fleet_pb2.ActivateNodeRequest, context: _Context
@@ -159,11 +173,19 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"at most {_MAX_ACTIVE_RUNS} active runs per pull",
             )
+        if len(request.acked_message_ids) > MAX_ACKS:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"at most {MAX_ACKS} acknowledged messages per pull",
+            )
+        self._state.messages.acknowledge(node_id, request.acked_message_ids, now=self._now())
         limit = min(request.max_messages or _DEFAULT_PULL_LIMIT, _DEFAULT_PULL_LIMIT)
         loop_clock = self._clock.monotonic
         deadline = loop_clock() + long_poll_seconds(request.wait_seconds)
         while True:
-            protos = self._state.messages.deliver(node_id, now=self._now(), limit=limit)
+            protos = self._state.messages.deliver(
+                node_id, now=self._now(), limit=limit, lease=DELIVERY_LEASE
+            )
             ended = [
                 run_id
                 for run_id in request.active_run_ids
@@ -251,7 +273,7 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
                 f"a reply names objects this node did not push: {error}",
             )
         except QuotaExceeded as error:
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(error))
+            await refuse(context, Refusal.OVER_QUOTA, str(error))
         for run_id in {row.run_id for row in rows}:
             self._notifier.notify(("run", run_id))
         return fleet_pb2.PushMessagesResponse(message_ids=[row.message_id for row in rows])
@@ -261,11 +283,16 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
     ) -> fleet_pb2.GetRunResponse:
         node_id = await self._session_node(request.session_id, context)
         run = self._state.runs.get(request.run_id)
-        if run is None or not self._state.messages.sent_to(request.run_id, node_id):
-            await context.abort(
-                grpc.StatusCode.NOT_FOUND, f"run {request.run_id} has no work for this node"
+        # Not active: the same answer PullMessages gives in ended_run_ids, so nothing more.
+        if run is None or run.ended:
+            await refuse(
+                context, Refusal.RUN_ENDED,
+                f"run {request.run_id} is not active: it ended, or never existed",
+            )  # fmt: skip
+        if not self._state.messages.sent_to(request.run_id, node_id):
+            await refuse(
+                context, Refusal.RUN_NOT_FOR_NODE, f"run {request.run_id} has no work for this node"
             )
-            raise AssertionError("unreachable")
         return fleet_pb2.GetRunResponse(
             run_id=run.run_id,
             bundle_hash=run.bundle_hash,

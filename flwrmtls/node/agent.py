@@ -35,6 +35,25 @@ a run ends                 its ClientApp is told to exit and is reaped
 stop requested             stop ClientApps, deactivate (best effort) and return
 =========================  ===============================================================
 
+No message this node pulled is dropped. The node keeps each one until it is handed to its
+run's ClientApp (then acknowledged to the link with a later pull), answered, or its run is
+known to have ended, whatever happens to the others of its batch:
+
+=========================  ===============================================================
+handing a message over     what the node does with it
+=========================  ===============================================================
+the run's ClientApp queue  keep nothing: the ClientApp takes it, and the next pull
+takes it                   acknowledges it
+the link says the run is   drop it, and what else it holds of that run (``run-ended``,
+over for this node         ``run-not-for-node``; ended runs of its own too)
+the link is unreachable,   keep it, and the rest of the batch: handed over once active
+or the session ended       again, before anything new (the link hands out again what was
+                           not acknowledged; a repeat is taken once)
+anything else (the         answer it with a ``LINK_ERROR`` error reply naming the cause,
+ClientApp cannot start,    so its ServerApp learns at once (while the link cannot be
+the bundle is unusable)    reached, keep it; if the link refuses the reply, drop it)
+=========================  ===============================================================
+
 Heartbeats run on their own thread, so a long poll or a slow download never delays them.
 """
 
@@ -46,9 +65,10 @@ from dataclasses import dataclass
 
 from flwrmtls.clock import Clock, SystemClock
 from flwrmtls.errors import FlwrmtlsError, LinkUnreachable
-from flwrmtls.fleet.client import FleetClient, Session, SessionEnded
+from flwrmtls.fleet.client import FleetClient, RunUnavailable, Session, SessionEnded
 from flwrmtls.node.apps import AppManager
 from flwrmtls.objects.scope import QuotaExceeded
+from flwrmtls.proto import common_pb2
 
 __all__ = ["NodeAgent", "RetryPolicy"]
 
@@ -93,6 +113,8 @@ class NodeAgent:
         self.session: Session | None = None
         self.reconnect = threading.Event()
         """Set to activate again over a new channel (the certificate was rotated)."""
+        self._held: dict[str, common_pb2.Message] = {}
+        """Messages pulled and not yet handed over, oldest first (kept across sessions)."""
 
     def run(self) -> None:
         """Serve until stopped; raise a FlwrmtlsError when the node must give up."""
@@ -164,21 +186,49 @@ class NodeAgent:
             raise failure[0]
 
     def _take_work(self, session: Session, done: threading.Event) -> None:
-        active = self._apps.active_run_ids() if self._apps is not None else []
-        messages, ended = self._client.pull(
-            session, wait=_PULL_WAIT, active_run_ids=active,
+        apps = self._apps
+        if apps is not None:
+            self._hand_over(apps, session)  # what a failed batch left, before anything new
+        active = apps.active_run_ids() if apps is not None else []
+        acked = apps.pending_acks() if apps is not None else []
+        pulled = self._client.pull(
+            session, wait=_PULL_WAIT, active_run_ids=active, acked=acked,
             cancel=[self.stop, done, self.reconnect],
         )  # fmt: skip
-        if self._apps is None:
+        if apps is None or pulled is None:
             return
-        self._apps.end_runs(ended)
-        for message in messages:
+        apps.acks_sent(acked)
+        apps.end_runs(pulled.ended_run_ids)
+        for message in pulled.messages:
+            self._held.setdefault(message.message_id, message)
+        self._hand_over(apps, session)
+
+    def _hand_over(self, apps: AppManager, session: Session) -> None:
+        """Hand each held message to its run's ClientApp queue (see the module's table).
+        Raises LinkUnreachable or SessionEnded with the rest still held."""
+        for message_id, message in list(self._held.items()):
+            if message_id not in self._held:
+                continue  # dropped with its run below
             try:
-                self._apps.deliver(message)
+                if not apps.deliver(message):
+                    log.info("run %d ended: its message %s is dropped", message.run_id,
+                             message_id)  # fmt: skip
+            except RunUnavailable as error:
+                self._drop_run(message.run_id, str(error), ended=error.ended)
+                continue
             except (LinkUnreachable, SessionEnded):
                 raise
             except (FlwrmtlsError, OSError, ValueError, QuotaExceeded) as error:
+                # deliver sent the message an error reply (LINK_ERROR) naming the cause
                 log.error("run %d: cannot start its ClientApp: %s", message.run_id, error)
+            self._held.pop(message_id, None)
+
+    def _drop_run(self, run_id: int, reason: str, *, ended: bool) -> None:
+        dropped = [i for i, m in self._held.items() if m.run_id == run_id]
+        for message_id in dropped:
+            del self._held[message_id]
+        level = logging.INFO if ended else logging.WARNING
+        log.log(level, "%s: dropping its %d message(s) held here", reason, len(dropped))
 
     def _leave(self) -> None:
         if self.session is None:

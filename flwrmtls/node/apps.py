@@ -6,7 +6,9 @@ Rules:
   bundle by its hash; the object store verifies the SHA-256 before the bundle can be used,
   and the ClientApp process verifies it again when it unpacks it. If the run cannot be
   started (its bundle is over ``--max-object-storage``, the link cannot give it, no process
-  starts), the message gets an error reply (``LINK_ERROR``, with the reason) at once.
+  starts), the message gets an error reply (``LINK_ERROR``, with the reason) at once. When
+  the link says the run is over for this node (``run-ended``, ``run-not-for-node``), there
+  is nothing to answer; when the link cannot be reached, the caller keeps the message.
 * The ClientApp process gets its run token on standard input (never its command line); the
   node keeps the token's hash only. The process reaches the node over ClientAppIo. It starts
   isolated (``python -I -u``, in ``/``: see :mod:`flwrmtls.appio.process`), so nothing in the
@@ -18,10 +20,18 @@ Rules:
   active run for ``SPARE_DELAY`` seconds (so that it never competes with a run for the
   CPU), and stopping the node terminates it.
 * Messages wait in the run's queue until the ClientApp pulls them; its replies go back to the
-  link with the objects they reference. A reply may only answer a message this node received
-  for that run. A reply the link will not store (over a run's or this node's storage bound)
-  is replaced by an error reply (``LINK_ERROR``, with the link's reason), so the ServerApp
-  learns of it at once instead of waiting for a reply that never comes.
+  link with the objects they reference. A message counts as handed off when its ClientApp
+  pulls it: then, and only then, the node acknowledges it to the link (with its next pull,
+  :meth:`AppManager.pending_acks`), so a message the node took but never handed to a
+  ClientApp (the node crashed, or the ClientApp died first) is handed out again by the link.
+* A message is run at most once per node: each run remembers the ids it received (the last
+  ``SEEN_LIMIT``). One delivered again (its acknowledgement was late or lost, or the node
+  activated again) is not queued a second time; if its ClientApp already has it, it is
+  acknowledged again. A message of a run that has ended here is dropped.
+* A reply may only answer a message this node received for that run. A reply the link will
+  not store (over a run's or this node's storage bound) is replaced by an error reply
+  (``LINK_ERROR``, with the link's reason), so the ServerApp learns of it at once instead of
+  waiting for a reply that never comes.
 * A run's ClientApp may read only its run's objects: the run's bundle, the objects named by
   the messages this node received for the run, and those it stored itself (pushed, or named
   by its replies); any other is "no object", as if it were not stored, and the node does not
@@ -54,12 +64,20 @@ import subprocess
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from flwrmtls.appio.process import APP_PROCESS_CWD, app_process_command
 from flwrmtls.auth.tokens import MemoryTokenStore
 from flwrmtls.errors import FlwrmtlsError, LinkUnreachable
-from flwrmtls.fleet.client import FleetClient, OverQuota, Session, SessionEnded
+from flwrmtls.fleet.client import (
+    FleetClient,
+    ObjectMissing,
+    OverQuota,
+    RunUnavailable,
+    Session,
+    SessionEnded,
+)
 from flwrmtls.keyvalues import Value, values_from_proto
 from flwrmtls.node.storage import DEFAULT_MAX_OBJECT_STORAGE, NodeStorage, RunScope
 from flwrmtls.objects.scope import QuotaExceeded
@@ -67,7 +85,7 @@ from flwrmtls.objects.store import CorruptObject, ObjectStore, check_object_id
 from flwrmtls.objects.transfer import in_parallel
 from flwrmtls.proto import common_pb2
 
-__all__ = ["AppManager", "NodeRun"]
+__all__ = ["SEEN_LIMIT", "AppManager", "NodeRun"]
 
 log = logging.getLogger("flwrmtls.node.apps")
 
@@ -79,6 +97,8 @@ _REAP_INTERVAL = 0.5
 SPARE_DELAY = 1.0
 """Seconds without an active run before a spare ClientApp process is started."""
 _LINK_ERROR = 6  # flwrmtls.app.message.ErrorCode.LINK_ERROR
+SEEN_LIMIT = 10_000
+"""Message ids each run remembers, to take a message delivered twice once."""
 
 
 @dataclass
@@ -89,6 +109,9 @@ class NodeRun:
     inbox: queue.Queue[common_pb2.Message | None] = field(default_factory=queue.Queue)
     """Messages for the ClientApp; None wakes a waiting pull when the run ends."""
     received: set[str] = field(default_factory=set)
+    """Messages received that the ClientApp may still answer."""
+    seen: OrderedDict[str, bool] = field(default_factory=OrderedDict)
+    """The last SEEN_LIMIT message ids received -> whether the ClientApp has pulled it."""
     objects: set[str] = field(default_factory=set)
     """The objects the run's ClientApp may read (its scope; the bundle is added at once)."""
     ended: threading.Event = field(default_factory=threading.Event)
@@ -147,6 +170,8 @@ class AppManager:
         self._busy_until = time.monotonic()
         """When the node last had an active run (now, while it has one)."""
         self._lock = threading.Lock()
+        self._acks: dict[str, None] = {}
+        """Messages handed to their ClientApps, not yet acknowledged to the link (in order)."""
         self._stopping = threading.Event()
         self._reaper = threading.Thread(target=self._reap_forever, name="reaper", daemon=True)
         self._reaper.start()
@@ -176,43 +201,91 @@ class AppManager:
 
     # --- from the agent's pull loop --------------------------------------------------------
 
-    def deliver(self, message: common_pb2.Message) -> None:
+    def deliver(self, message: common_pb2.Message) -> bool:
         """Queue a message for its run's ClientApp, starting the run's process if needed.
-        If that fails (short of losing the link), the message gets an error reply saying why
-        and the error is raised for the caller to log."""
+
+        Returns False when the message was dropped because its run has ended here. Raises
+        :class:`~flwrmtls.fleet.client.RunUnavailable` when the link says the run will give
+        this node no work, and LinkUnreachable or SessionEnded when the link was lost (the
+        caller keeps the message). If starting the run fails otherwise, the message gets an
+        error reply saying why and the error is raised for the caller to log.
+        """
+        run = self.run(message.run_id)
+        if run is not None and run.ended.is_set():
+            return False
         try:
-            run = self.run(message.run_id) or self._open(message.run_id)
-            self._ensure_process(run)
-        except (LinkUnreachable, SessionEnded):
+            run = run or self._open(message.run_id)
+            self._ensure_process(run)  # a process that died is started again, even for a repeat
+        except (LinkUnreachable, SessionEnded, RunUnavailable):
             raise
         except (FlwrmtlsError, OSError, ValueError, QuotaExceeded) as error:
             self._reply_undelivered(message, f"cannot start the run's ClientApp: {error}")
             raise
         self.enqueue(run, message)
+        return True
 
     def _reply_undelivered(self, message: common_pb2.Message, reason: str) -> None:
+        """Send ``message`` an error reply; LinkUnreachable or SessionEnded when the link is
+        lost (the caller keeps the message to try again); a refusal of the reply (its run
+        ended meanwhile) is logged."""
         session = self._session()
         try:
             self._client.push(session, [_undelivered(message, session.node_id, reason)])
-        except FlwrmtlsError as error:  # best effort: the ServerApp's timeout still applies
+        except (LinkUnreachable, SessionEnded):
+            raise
+        except FlwrmtlsError as error:
             log.warning("run %d: could not send the error reply to %s: %s",
                         message.run_id, message.message_id, error)  # fmt: skip
 
-    @staticmethod
-    def enqueue(run: NodeRun, message: common_pb2.Message) -> None:
+    def enqueue(self, run: NodeRun, message: common_pb2.Message) -> None:
         """Record ``message`` (and its objects) as received for ``run``, and queue it for the
-        ClientApp."""
+        ClientApp, unless the run has it already (then acknowledge it again, if handed off)."""
+        with self._lock:
+            handed = run.seen.get(message.message_id)
+            if handed is not None:
+                if handed:
+                    self._acks[message.message_id] = None
+                log.info("run %d: message %s delivered again; already %s", run.run_id,
+                         message.message_id, "handed off" if handed else "queued")  # fmt: skip
+                return
+            run.seen[message.message_id] = False
+            while len(run.seen) > SEEN_LIMIT:
+                run.seen.popitem(last=False)
         run.received.add(message.message_id)
         run.objects.update(message.object_ids)
         run.inbox.put(message)
+
+    def _handed_off(self, run: NodeRun, message: common_pb2.Message) -> None:
+        """The ClientApp pulled ``message``: acknowledge it to the link with the next pull."""
+        with self._lock:
+            if message.message_id in run.seen:
+                run.seen[message.message_id] = True
+            self._acks[message.message_id] = None
+
+    def pending_acks(self, limit: int = 1000) -> list[str]:
+        """Up to ``limit`` message ids handed off and not yet acknowledged to the link."""
+        with self._lock:
+            return list(self._acks)[:limit]
+
+    def acks_sent(self, message_ids: list[str]) -> None:
+        """The link has the acknowledgement of ``message_ids`` (a pull carrying them succeeded)."""
+        with self._lock:
+            for message_id in message_ids:
+                self._acks.pop(message_id, None)
 
     def _open(self, run_id: int) -> NodeRun:
         session = self._session()
         info = self._client.get_run(session, run_id)
         check_object_id(info.bundle_hash)
-        self._client.fetch_object(
-            session, info.bundle_hash, self.objects, reserve=self.storage.reserve
-        )
+        try:
+            self._client.fetch_object(
+                session, info.bundle_hash, self.objects, reserve=self.storage.reserve
+            )
+        except ObjectMissing:
+            # The run's bundle is the run's own object: gone means the run ended since the
+            # GetRun; asking again says so (RunUnavailable). Otherwise the link lost it.
+            self._client.get_run(session, run_id)
+            raise
         run = self.adopt(NodeRun(run_id, info.bundle_hash, values_from_proto(info.run_config)))
         log.info("run %d: app bundle %s fetched and verified", run_id, info.bundle_hash[:12])
         return run
@@ -397,6 +470,7 @@ class AppManager:
         if message is None:
             run.inbox.put(None)  # keep waking later pulls too
             return None, True
+        self._handed_off(run, message)
         return message, False
 
     def forward_reply(self, run_id: int, reply: common_pb2.Message) -> None:

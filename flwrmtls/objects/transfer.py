@@ -38,6 +38,7 @@ from flwrmtls.objects.scope import ObjectScope, QuotaExceeded, Reservation
 from flwrmtls.objects.store import CHUNK_SIZE, ObjectStore, check_object_id
 from flwrmtls.proto import objects_pb2
 from flwrmtls.wire.metadata import OBJECT_KEY, object_declaration
+from flwrmtls.wire.refusals import Refusal, refuse
 
 __all__ = [
     "MAX_OBJECT_BYTES",
@@ -378,14 +379,14 @@ def _visible(store: ObjectStore, scope: ObjectScope, object_ids: Sequence[str]) 
 async def answer_pull(
     store: ObjectStore, scope: ObjectScope, object_id: str, context: Any
 ) -> AsyncIterator[objects_pb2.ObjectChunk]:
-    """PullObject: stream an object the caller may read, or NOT_FOUND (the same answer for
-    an object that is not stored and for one outside the caller's scope)."""
+    """PullObject: stream an object the caller may read, or NOT_FOUND ``no-object`` (the same
+    answer for an object that is not stored and for one outside the caller's scope)."""
     try:
         present = bool(_visible(store, scope, [object_id]))
     except ValueError:
         present = False
     if not present:
-        await context.abort(grpc.StatusCode.NOT_FOUND, f"no object {object_id[:80]}")
+        await refuse(context, Refusal.NO_OBJECT, f"no object {object_id[:80]}")
     async for chunk in serve_object(store, object_id):
         yield chunk
 
@@ -397,13 +398,13 @@ async def answer_push(
     scope_of: ScopeOf,
 ) -> tuple[objects_pb2.PushObjectResponse, str]:
     """PushObject: store a verified object for the caller; INVALID_ARGUMENT for bad bytes,
-    RESOURCE_EXHAUSTED over a quota; also the first session id."""
+    RESOURCE_EXHAUSTED ``over-quota`` over a quota; also the first session id."""
     try:
         return await receive_object(store, chunks, scope_of)
     except ValueError as error:
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
     except QuotaExceeded as error:
-        await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(error))
+        await refuse(context, Refusal.OVER_QUOTA, str(error))
     raise AssertionError("unreachable")
 
 

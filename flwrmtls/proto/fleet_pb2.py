@@ -27,7 +27,7 @@ from flwrmtls.proto import objects_pb2 as flwrmtls_dot_proto_dot_objects__pb2
 from flwrmtls.proto import records_pb2 as flwrmtls_dot_proto_dot_records__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x66lwrmtls/proto/fleet.proto\x12\x0e\x66lwrmtls.proto\x1a\x1b\x66lwrmtls/proto/common.proto\x1a\x1c\x66lwrmtls/proto/objects.proto\x1a\x1c\x66lwrmtls/proto/records.proto\"+\n\x13\x41\x63tivateNodeRequest\x12\x14\n\x0cnode_version\x18\x01 \x01(\t\"i\n\x14\x41\x63tivateNodeResponse\x12\x0f\n\x07node_id\x18\x01 \x01(\x04\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\x10\n\x08identity\x18\x03 \x01(\t\x12\x1a\n\x12heartbeat_interval\x18\x04 \x01(\x01\"+\n\x15\x44\x65\x61\x63tivateNodeRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"\x18\n\x16\x44\x65\x61\x63tivateNodeResponse\"&\n\x10HeartbeatRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"/\n\x11HeartbeatResponse\x12\x1a\n\x12heartbeat_interval\x18\x01 \x01(\x01\"m\n\x13PullMessagesRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x14\n\x0cmax_messages\x18\x02 \x01(\r\x12\x14\n\x0cwait_seconds\x18\x03 \x01(\x01\x12\x16\n\x0e\x61\x63tive_run_ids\x18\x04 \x03(\x04\"X\n\x14PullMessagesResponse\x12)\n\x08messages\x18\x01 \x03(\x0b\x32\x17.flwrmtls.proto.Message\x12\x15\n\rended_run_ids\x18\x02 \x03(\x04\"T\n\x13PushMessagesRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12)\n\x08messages\x18\x02 \x03(\x0b\x32\x17.flwrmtls.proto.Message\"+\n\x14PushMessagesResponse\x12\x13\n\x0bmessage_ids\x18\x01 \x03(\t\"3\n\rGetRunRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\x04\"w\n\x0eGetRunResponse\x12\x0e\n\x06run_id\x18\x01 \x01(\x04\x12\x13\n\x0b\x62undle_hash\x18\x02 \x01(\t\x12\x30\n\nrun_config\x18\x03 \x01(\x0b\x32\x1c.flwrmtls.proto.ConfigRecord\x12\x0e\n\x06status\x18\x04 \x01(\t2\x96\x06\n\x05\x46leet\x12Y\n\x0c\x41\x63tivateNode\x12#.flwrmtls.proto.ActivateNodeRequest\x1a$.flwrmtls.proto.ActivateNodeResponse\x12_\n\x0e\x44\x65\x61\x63tivateNode\x12%.flwrmtls.proto.DeactivateNodeRequest\x1a&.flwrmtls.proto.DeactivateNodeResponse\x12P\n\tHeartbeat\x12 .flwrmtls.proto.HeartbeatRequest\x1a!.flwrmtls.proto.HeartbeatResponse\x12Y\n\x0cPullMessages\x12#.flwrmtls.proto.PullMessagesRequest\x1a$.flwrmtls.proto.PullMessagesResponse\x12Y\n\x0cPushMessages\x12#.flwrmtls.proto.PushMessagesRequest\x1a$.flwrmtls.proto.PushMessagesResponse\x12G\n\x06GetRun\x12\x1d.flwrmtls.proto.GetRunRequest\x1a\x1e.flwrmtls.proto.GetRunResponse\x12N\n\nPullObject\x12!.flwrmtls.proto.PullObjectRequest\x1a\x1b.flwrmtls.proto.ObjectChunk0\x01\x12O\n\nPushObject\x12\x1b.flwrmtls.proto.ObjectChunk\x1a\".flwrmtls.proto.PushObjectResponse(\x01\x12_\n\x0eMissingObjects\x12%.flwrmtls.proto.MissingObjectsRequest\x1a&.flwrmtls.proto.MissingObjectsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x66lwrmtls/proto/fleet.proto\x12\x0e\x66lwrmtls.proto\x1a\x1b\x66lwrmtls/proto/common.proto\x1a\x1c\x66lwrmtls/proto/objects.proto\x1a\x1c\x66lwrmtls/proto/records.proto\"+\n\x13\x41\x63tivateNodeRequest\x12\x14\n\x0cnode_version\x18\x01 \x01(\t\"i\n\x14\x41\x63tivateNodeResponse\x12\x0f\n\x07node_id\x18\x01 \x01(\x04\x12\x12\n\nsession_id\x18\x02 \x01(\t\x12\x10\n\x08identity\x18\x03 \x01(\t\x12\x1a\n\x12heartbeat_interval\x18\x04 \x01(\x01\"+\n\x15\x44\x65\x61\x63tivateNodeRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"\x18\n\x16\x44\x65\x61\x63tivateNodeResponse\"&\n\x10HeartbeatRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"/\n\x11HeartbeatResponse\x12\x1a\n\x12heartbeat_interval\x18\x01 \x01(\x01\"\x88\x01\n\x13PullMessagesRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x14\n\x0cmax_messages\x18\x02 \x01(\r\x12\x14\n\x0cwait_seconds\x18\x03 \x01(\x01\x12\x16\n\x0e\x61\x63tive_run_ids\x18\x04 \x03(\x04\x12\x19\n\x11\x61\x63ked_message_ids\x18\x05 \x03(\t\"X\n\x14PullMessagesResponse\x12)\n\x08messages\x18\x01 \x03(\x0b\x32\x17.flwrmtls.proto.Message\x12\x15\n\rended_run_ids\x18\x02 \x03(\x04\"T\n\x13PushMessagesRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12)\n\x08messages\x18\x02 \x03(\x0b\x32\x17.flwrmtls.proto.Message\"+\n\x14PushMessagesResponse\x12\x13\n\x0bmessage_ids\x18\x01 \x03(\t\"3\n\rGetRunRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\x04\"w\n\x0eGetRunResponse\x12\x0e\n\x06run_id\x18\x01 \x01(\x04\x12\x13\n\x0b\x62undle_hash\x18\x02 \x01(\t\x12\x30\n\nrun_config\x18\x03 \x01(\x0b\x32\x1c.flwrmtls.proto.ConfigRecord\x12\x0e\n\x06status\x18\x04 \x01(\t2\x96\x06\n\x05\x46leet\x12Y\n\x0c\x41\x63tivateNode\x12#.flwrmtls.proto.ActivateNodeRequest\x1a$.flwrmtls.proto.ActivateNodeResponse\x12_\n\x0e\x44\x65\x61\x63tivateNode\x12%.flwrmtls.proto.DeactivateNodeRequest\x1a&.flwrmtls.proto.DeactivateNodeResponse\x12P\n\tHeartbeat\x12 .flwrmtls.proto.HeartbeatRequest\x1a!.flwrmtls.proto.HeartbeatResponse\x12Y\n\x0cPullMessages\x12#.flwrmtls.proto.PullMessagesRequest\x1a$.flwrmtls.proto.PullMessagesResponse\x12Y\n\x0cPushMessages\x12#.flwrmtls.proto.PushMessagesRequest\x1a$.flwrmtls.proto.PushMessagesResponse\x12G\n\x06GetRun\x12\x1d.flwrmtls.proto.GetRunRequest\x1a\x1e.flwrmtls.proto.GetRunResponse\x12N\n\nPullObject\x12!.flwrmtls.proto.PullObjectRequest\x1a\x1b.flwrmtls.proto.ObjectChunk0\x01\x12O\n\nPushObject\x12\x1b.flwrmtls.proto.ObjectChunk\x1a\".flwrmtls.proto.PushObjectResponse(\x01\x12_\n\x0eMissingObjects\x12%.flwrmtls.proto.MissingObjectsRequest\x1a&.flwrmtls.proto.MissingObjectsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -46,18 +46,18 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_HEARTBEATREQUEST']._serialized_end=396
   _globals['_HEARTBEATRESPONSE']._serialized_start=398
   _globals['_HEARTBEATRESPONSE']._serialized_end=445
-  _globals['_PULLMESSAGESREQUEST']._serialized_start=447
-  _globals['_PULLMESSAGESREQUEST']._serialized_end=556
-  _globals['_PULLMESSAGESRESPONSE']._serialized_start=558
-  _globals['_PULLMESSAGESRESPONSE']._serialized_end=646
-  _globals['_PUSHMESSAGESREQUEST']._serialized_start=648
-  _globals['_PUSHMESSAGESREQUEST']._serialized_end=732
-  _globals['_PUSHMESSAGESRESPONSE']._serialized_start=734
-  _globals['_PUSHMESSAGESRESPONSE']._serialized_end=777
-  _globals['_GETRUNREQUEST']._serialized_start=779
-  _globals['_GETRUNREQUEST']._serialized_end=830
-  _globals['_GETRUNRESPONSE']._serialized_start=832
-  _globals['_GETRUNRESPONSE']._serialized_end=951
-  _globals['_FLEET']._serialized_start=954
-  _globals['_FLEET']._serialized_end=1744
+  _globals['_PULLMESSAGESREQUEST']._serialized_start=448
+  _globals['_PULLMESSAGESREQUEST']._serialized_end=584
+  _globals['_PULLMESSAGESRESPONSE']._serialized_start=586
+  _globals['_PULLMESSAGESRESPONSE']._serialized_end=674
+  _globals['_PUSHMESSAGESREQUEST']._serialized_start=676
+  _globals['_PUSHMESSAGESREQUEST']._serialized_end=760
+  _globals['_PUSHMESSAGESRESPONSE']._serialized_start=762
+  _globals['_PUSHMESSAGESRESPONSE']._serialized_end=805
+  _globals['_GETRUNREQUEST']._serialized_start=807
+  _globals['_GETRUNREQUEST']._serialized_end=858
+  _globals['_GETRUNRESPONSE']._serialized_start=860
+  _globals['_GETRUNRESPONSE']._serialized_end=979
+  _globals['_FLEET']._serialized_start=982
+  _globals['_FLEET']._serialized_end=1772
 # @@protoc_insertion_point(module_scope)

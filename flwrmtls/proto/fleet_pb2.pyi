@@ -153,6 +153,7 @@ class PullMessagesRequest(_message.Message):
     MAX_MESSAGES_FIELD_NUMBER: _builtins.int
     WAIT_SECONDS_FIELD_NUMBER: _builtins.int
     ACTIVE_RUN_IDS_FIELD_NUMBER: _builtins.int
+    ACKED_MESSAGE_IDS_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     max_messages: _builtins.int
     """0: the link's default"""
@@ -162,6 +163,12 @@ class PullMessagesRequest(_message.Message):
     def active_run_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """runs this node has app processes for"""
 
+    @_builtins.property
+    def acked_message_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Messages this node has handed to their ClientApp since its last pull: never handed out
+        again. Ids of messages not addressed to this node change nothing.
+        """
+
     def __init__(
         self,
         *,
@@ -169,10 +176,11 @@ class PullMessagesRequest(_message.Message):
         max_messages: _builtins.int = ...,
         wait_seconds: _builtins.float = ...,
         active_run_ids: _abc.Iterable[_builtins.int] | None = ...,
+        acked_message_ids: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_run_ids", b"active_run_ids", "max_messages", b"max_messages", "session_id", b"session_id", "wait_seconds", b"wait_seconds"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acked_message_ids", b"acked_message_ids", "active_run_ids", b"active_run_ids", "max_messages", b"max_messages", "session_id", b"session_id", "wait_seconds", b"wait_seconds"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

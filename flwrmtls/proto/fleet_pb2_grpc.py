@@ -108,6 +108,9 @@ class FleetServicer:
 
     def PullMessages(self, request, context):
         """Messages waiting for this node; waits up to wait_seconds for one to arrive (long poll).
+        Each message is leased, not delivered: it counts as delivered once the node acknowledges
+        it (acked_message_ids of a later pull); until then it is handed out again after the lease
+        or when the node activates again, unless it has a reply.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

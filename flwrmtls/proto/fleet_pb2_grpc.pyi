@@ -43,7 +43,11 @@ class FleetStub:
     Heartbeat: _grpc.UnaryUnaryMultiCallable[_fleet_pb2.HeartbeatRequest, _fleet_pb2.HeartbeatResponse]
     """Keep the node online for another heartbeat interval."""
     PullMessages: _grpc.UnaryUnaryMultiCallable[_fleet_pb2.PullMessagesRequest, _fleet_pb2.PullMessagesResponse]
-    """Messages waiting for this node; waits up to wait_seconds for one to arrive (long poll)."""
+    """Messages waiting for this node; waits up to wait_seconds for one to arrive (long poll).
+    Each message is leased, not delivered: it counts as delivered once the node acknowledges
+    it (acked_message_ids of a later pull); until then it is handed out again after the lease
+    or when the node activates again, unless it has a reply.
+    """
     PushMessages: _grpc.UnaryUnaryMultiCallable[_fleet_pb2.PushMessagesRequest, _fleet_pb2.PushMessagesResponse]
     """Replies from this node."""
     GetRun: _grpc.UnaryUnaryMultiCallable[_fleet_pb2.GetRunRequest, _fleet_pb2.GetRunResponse]
@@ -63,7 +67,11 @@ class FleetAsyncStub(FleetStub):
     Heartbeat: _aio.UnaryUnaryMultiCallable[_fleet_pb2.HeartbeatRequest, _fleet_pb2.HeartbeatResponse]  # type: ignore[assignment]
     """Keep the node online for another heartbeat interval."""
     PullMessages: _aio.UnaryUnaryMultiCallable[_fleet_pb2.PullMessagesRequest, _fleet_pb2.PullMessagesResponse]  # type: ignore[assignment]
-    """Messages waiting for this node; waits up to wait_seconds for one to arrive (long poll)."""
+    """Messages waiting for this node; waits up to wait_seconds for one to arrive (long poll).
+    Each message is leased, not delivered: it counts as delivered once the node acknowledges
+    it (acked_message_ids of a later pull); until then it is handed out again after the lease
+    or when the node activates again, unless it has a reply.
+    """
     PushMessages: _aio.UnaryUnaryMultiCallable[_fleet_pb2.PushMessagesRequest, _fleet_pb2.PushMessagesResponse]  # type: ignore[assignment]
     """Replies from this node."""
     GetRun: _aio.UnaryUnaryMultiCallable[_fleet_pb2.GetRunRequest, _fleet_pb2.GetRunResponse]  # type: ignore[assignment]
@@ -104,7 +112,11 @@ class FleetServicer(metaclass=_abc_1.ABCMeta):
         request: _fleet_pb2.PullMessagesRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_fleet_pb2.PullMessagesResponse, _abc.Awaitable[_fleet_pb2.PullMessagesResponse]]:
-        """Messages waiting for this node; waits up to wait_seconds for one to arrive (long poll)."""
+        """Messages waiting for this node; waits up to wait_seconds for one to arrive (long poll).
+        Each message is leased, not delivered: it counts as delivered once the node acknowledges
+        it (acked_message_ids of a later pull); until then it is handed out again after the lease
+        or when the node activates again, unless it has a reply.
+        """
 
     @_abc_1.abstractmethod
     def PushMessages(

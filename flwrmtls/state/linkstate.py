@@ -6,7 +6,8 @@ Node lifecycle (status is derived, never stored):
 event                 effect                                      status
 ====================  ==========================================  ===========
 ActivateNode          row created or updated; new session_id;     online
-                      online_until = now + grace * interval
+                      online_until = now + grace * interval;
+                      the node's message leases end
 Heartbeat             online_until = now + grace * interval       online
 DeactivateNode        session cleared; online_until = now         offline
 no heartbeat          online_until passes                         offline
@@ -34,12 +35,13 @@ run each object belongs to is ``state.objects`` (:mod:`~flwrmtls.state.objecttab
 
 Every change of more than one statement is one transaction (:mod:`~flwrmtls.state.transaction`,
 shared by every table, and open to callers as ``state.transaction`` for changes that span
-tables: a run's end, a push of messages with the objects they name): unregistering a node
-ends its key's registration and its row's session together, registering a key again readmits
-its node in the same commit. The in-memory mirrors (sessions, unregistered nodes) change only
-after the commit. What a crash at any statement leaves is what the last commit left; at
-start-up :meth:`LinkState.forget_inactive_runs` deletes whatever of a run that is not active
-an older link may have left (its tokens, messages and object rows).
+tables: a run's end, a push of messages with the objects they name): activating a node starts
+its session and ends its message leases together, unregistering a node ends its key's
+registration and its row's session together, registering a key again readmits its node in the
+same commit. The in-memory mirrors (sessions, unregistered nodes) change only after the
+commit. What a crash at any statement leaves is what the last commit left; at start-up
+:meth:`LinkState.forget_inactive_runs` deletes whatever of a run that is not active an older
+link may have left (its tokens, messages and object rows).
 
 The database file is created private to the link's OS account (0600) before SQLite opens it;
 SQLite gives its ``-wal`` and ``-shm`` files the database file's mode (see
@@ -247,6 +249,9 @@ class LinkState:
                     peer_address,
                 ),
             )
+            # What an earlier session was handed and did not acknowledge may never have
+            # reached a ClientApp: it is handed out again (see messagetable).
+            self.messages.release_leases(node_id)
         old = self._sessions.get(node_id)
         if old is not None:
             self._session_nodes.pop(old[0], None)

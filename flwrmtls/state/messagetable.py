@@ -1,11 +1,35 @@
 """Messages between the ServerApp side (node 0) and nodes, stored as serialized protos.
 
 Callers: the ServerAppIo servicer pushes instructions and pulls replies; the Fleet servicer
-delivers instructions to nodes (each at most once) and stores their replies.
+hands instructions out to nodes, records their acknowledgements and stores their replies.
 
-A push is stored whole or not at all, and a delivery marks every message it returns or none
-(one transaction each, :mod:`flwrmtls.state.transaction`): a failure halfway can neither
-deliver half a push nor mark as delivered a message the node never received.
+Delivery is at least once, with acknowledgement. A message is *deliverable* to its node while
+it has not expired, has no reply (the node's, or the error reply the link made for a node that
+went offline: a message the link answered is never handed out again), has not been
+acknowledged, and is not under a lease:
+
+================================  ==========================================================
+event                             effect on the message
+================================  ==========================================================
+stored (a ServerApp's push)       deliverable
+handed out (:meth:`deliver`)      leased: delivered_at = now, leased_until = now + lease;
+                                  deliverable again once the lease has passed without an
+                                  acknowledgement
+acknowledged (:meth:`acknowledge` acked_at = now: never handed out again
+by its own node)
+its node activates again          every lease of the node ends (:meth:`release_leases`,
+                                  leased_until = NULL):
+                                  what the old session was handed and did not acknowledge
+                                  is deliverable again
+a reply is stored                 never handed out again
+its run ends                      deleted
+================================  ==========================================================
+
+A node can acknowledge only messages addressed to it that it was handed: an id of another
+node's message (or of none) changes nothing, and nothing tells the caller which ids matched.
+
+A push is stored whole or not at all, and a delivery leases every message it returns or none
+(one transaction each, :mod:`flwrmtls.state.transaction`).
 """
 
 from __future__ import annotations
@@ -47,27 +71,44 @@ class MessageTable:
                   r.created_at, r.expires_at, r.proto) for r in rows],
             )  # fmt: skip
 
-    def deliver(self, node_id: int, *, now: float, limit: int) -> list[bytes]:
-        """Undelivered, unexpired messages for ``node_id``, marked delivered."""
+    def deliver(self, node_id: int, *, now: float, limit: int, lease: float) -> list[bytes]:
+        """Deliverable messages for ``node_id`` (oldest first), leased until ``now + lease``."""
         with self._transaction():
             rows = self._db.execute(
-                "SELECT message_id, proto FROM messages WHERE dst_node_id = ? "
-                "AND delivered_at IS NULL AND expires_at > ? ORDER BY created_at LIMIT ?",
-                (node_id, now, limit),
+                "SELECT message_id, proto FROM messages AS m WHERE dst_node_id = ? "
+                "AND acked_at IS NULL AND (leased_until IS NULL OR leased_until <= ?) "
+                "AND expires_at > ? AND NOT EXISTS "
+                "(SELECT 1 FROM messages AS r WHERE r.reply_to_message_id = m.message_id) "
+                "ORDER BY created_at LIMIT ?",
+                (node_id, now, now, limit),
             ).fetchall()
             self._db.executemany(
-                "UPDATE messages SET delivered_at = ? WHERE message_id = ?",
-                [(now, row[0]) for row in rows],
+                "UPDATE messages SET delivered_at = ?, leased_until = ? WHERE message_id = ?",
+                [(now, now + lease, row[0]) for row in rows],
             )
         return [bytes(row[1]) for row in rows]
 
-    def has_pending(self, node_id: int, now: float) -> bool:
-        row = self._db.execute(
-            "SELECT 1 FROM messages WHERE dst_node_id = ? AND delivered_at IS NULL "
-            "AND expires_at > ? LIMIT 1",
-            (node_id, now),
-        ).fetchone()
-        return row is not None
+    def acknowledge(self, node_id: int, message_ids: Iterable[str], *, now: float) -> int:
+        """Mark as delivered those of ``message_ids`` that were handed out to ``node_id``;
+        returns how many changed (for tests: callers tell the node nothing)."""
+        ids = list(dict.fromkeys(message_ids))
+        if not ids:
+            return 0
+        marks = ",".join("?" * len(ids))
+        cursor = self._db.execute(
+            f"UPDATE messages SET acked_at = ? WHERE message_id IN ({marks}) "
+            "AND dst_node_id = ? AND delivered_at IS NOT NULL AND acked_at IS NULL",
+            [now, *ids, node_id],
+        )
+        return cursor.rowcount
+
+    def release_leases(self, node_id: int) -> None:
+        """End every lease of ``node_id``'s unacknowledged messages (it activated again)."""
+        self._db.execute(
+            "UPDATE messages SET leased_until = NULL WHERE dst_node_id = ? "
+            "AND acked_at IS NULL AND leased_until IS NOT NULL",
+            (node_id,),
+        )
 
     def get(self, message_ids: Iterable[str]) -> dict[str, MessageRow]:
         ids = list(message_ids)

@@ -179,6 +179,15 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE nodes ADD COLUMN refused_reason TEXT NOT NULL DEFAULT '';
     ALTER TABLE nodes ADD COLUMN refused_detail TEXT NOT NULL DEFAULT '';
     """,
+    # 10 -> 11: at-least-once delivery. delivered_at is when a message was last handed out,
+    # leased_until when that lease ends (NULL: not leased), acked_at when its node acknowledged
+    # it. A message handed out before this version counts as acknowledged: that version
+    # handed each message out once.
+    """
+    ALTER TABLE messages ADD COLUMN leased_until REAL;
+    ALTER TABLE messages ADD COLUMN acked_at REAL;
+    UPDATE messages SET acked_at = delivered_at WHERE delivered_at IS NOT NULL;
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

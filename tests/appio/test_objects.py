@@ -61,7 +61,9 @@ def test_broadcast_is_stored_once_and_replies_come_back_with_identities(
     sender.start()
     try:
         for index, (client, channel, session) in enumerate(nodes):
-            [proto], _ = client.pull(session, wait=10, active_run_ids=[])
+            pulled = client.pull(session, wait=10, active_run_ids=[])
+            assert pulled is not None
+            [proto] = pulled.messages
             objects = pull_objects(
                 fleet_pb2_grpc.FleetStub(channel), list(proto.object_ids),
                 session_id=session.session_id,

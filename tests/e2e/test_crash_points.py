@@ -205,8 +205,9 @@ class Site:
         )
         with channel:
             session = client.activate()
-            messages, ended = client.pull(session, wait=0.0, active_run_ids=[run_id])
-        return len(messages), ended
+            pulled = client.pull(session, wait=0.0, active_run_ids=[run_id])
+        assert pulled is not None
+        return len(pulled.messages), pulled.ended_run_ids
 
     def activate_node(self, link: LinkProcess) -> None:
         chain, key = self.pki.paths("node-1")

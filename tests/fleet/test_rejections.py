@@ -114,8 +114,9 @@ def reply(message_id: str, to: str, src: Node | int) -> common_pb2.Message:
 
 
 def pulled(node: Node) -> list[str]:
-    messages, _ = node.client.pull(node.session, wait=1, active_run_ids=[])
-    return [m.message_id for m in messages]
+    pulled = node.client.pull(node.session, wait=1, active_run_ids=[])
+    assert pulled is not None
+    return [m.message_id for m in pulled.messages]
 
 
 def test_a_node_cannot_reply_as_another_node(
@@ -173,11 +174,24 @@ def test_a_node_cannot_get_a_run_that_sent_it_no_work(
     app_2.push(instruction("m2", node_2))
     # Attack: node 1 asks for run 2 (bundle hash, config), which only sent work to node 2.
     code, other_run = refusal(lambda: node_1.get_run(app_2.run_id))
+    assert (code, other_run) == (
+        grpc.StatusCode.NOT_FOUND, f"run {app_2.run_id} has no work for this node"
+    )  # fmt: skip
+    # ... and learns nothing a pull does not tell any node (which runs are active): a run
+    # that does not exist reads as one that ended, as both do in a pull's ended_run_ids.
+    app_3 = start_run(link, serverappio)
+    app_3.push(instruction("m3", node_1))
+    link.state.runs.transition(app_3.run_id, RunStatus.COMPLETED, "", 3.0)
+    code, ended_run = refusal(lambda: node_1.get_run(app_3.run_id))
     assert code is grpc.StatusCode.NOT_FOUND
-    # ... and learns nothing from the refusal: a run that does not exist reads the same.
     code, missing_run = refusal(lambda: node_1.get_run(999))
     assert code is grpc.StatusCode.NOT_FOUND
-    assert other_run.replace(str(app_2.run_id), "N") == missing_run.replace("999", "N")
+    assert ended_run.replace(str(app_3.run_id), "N") == missing_run.replace("999", "N")
+    told = node_1.client.pull(
+        node_1.session, wait=0, active_run_ids=[app_2.run_id, app_3.run_id, 999]
+    )
+    assert told is not None
+    assert told.ended_run_ids == [app_3.run_id, 999]
     # Controls: each node gets the run that sent it work.
     assert node_1.get_run(app_1.run_id).run_id == app_1.run_id
     assert node_2.get_run(app_2.run_id).run_id == app_2.run_id
@@ -199,8 +213,9 @@ def test_a_serverapp_cannot_push_a_message_naming_another_run(
     assert code is grpc.StatusCode.NOT_FOUND
     # Controls: naming its own run, or none (0), is accepted and stamped with its own run.
     app_1.push(instruction("m1", node_1, run_id=app_1.run_id), instruction("m2", node_1))
-    messages, _ = node_1.client.pull(node_1.session, wait=5, active_run_ids=[])
-    assert {(m.message_id, m.run_id) for m in messages} == {
+    both = node_1.client.pull(node_1.session, wait=5, active_run_ids=[])
+    assert both is not None
+    assert {(m.message_id, m.run_id) for m in both.messages} == {
         ("m1", app_1.run_id),
         ("m2", app_1.run_id),
     }

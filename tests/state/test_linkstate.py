@@ -93,21 +93,36 @@ def test_anonymous_nodes_get_fresh_ids_and_are_found_by_session(tmp_path: Path) 
         state.node_of_session("nope")
 
 
-def test_messages_are_delivered_once_and_expire(tmp_path: Path) -> None:
+def test_messages_are_leased_until_acknowledged_and_expire(tmp_path: Path) -> None:
     state = LinkState(tmp_path / "link.db")
+    messages = state.messages
 
-    def message(message_id: str, ttl: float) -> MessageRow:
-        return MessageRow(message_id, 1, 0, 42, "", T0, T0 + ttl, message_id.encode())
+    def message(message_id: str, ttl: float, node_id: int = 42) -> MessageRow:
+        return MessageRow(message_id, 1, 0, node_id, "", T0, T0 + ttl, message_id.encode())
 
-    state.messages.store([message("m1", 60), message("m2", 5)])
-    assert state.messages.has_pending(42, T0 + 10)
-    assert state.messages.deliver(42, now=T0 + 10, limit=10) == [b"m1"]  # m2 expired
-    assert state.messages.deliver(42, now=T0 + 11, limit=10) == []
-    assert state.messages.sent_to(1, 42)
-    assert not state.messages.sent_to(1, 43)
-    reply = MessageRow("r1", 1, 42, 0, "m1", T0 + 12, T0 + 99, b"r1")
-    state.messages.store([reply])
-    assert state.messages.replies_to(["m1", "m2"]) == {"m1": b"r1"}
+    messages.store([message("m1", 600), message("m2", 5), message("m3", 600)])
+    messages.store([message("other", 600, node_id=43)])
+    assert messages.deliver(42, now=T0 + 10, limit=10, lease=60) == [b"m1", b"m3"]  # m2 expired
+    assert messages.deliver(42, now=T0 + 11, limit=10, lease=60) == []  # leased
+    # Acknowledging: only what was handed out to this node counts.
+    assert messages.acknowledge(42, ["m1", "other", "no-such"], now=T0 + 12) == 1
+    assert messages.acknowledge(43, ["m3"], now=T0 + 12) == 0  # another node's message
+    assert messages.acknowledge(43, ["other"], now=T0 + 12) == 0  # never handed out
+    # The lease passes: what was not acknowledged is handed out again (m3), m1 never.
+    assert messages.deliver(42, now=T0 + 71, limit=10, lease=60) == [b"m3"]
+    # Activating again ends the leases at once.
+    state.activate_node(
+        node_id=42, identity="n", organisation="", auth_method="certificate",
+        cert_fingerprint="", cert_not_after=0.0, peer_address="p", now=T0 + 72,
+        heartbeat_interval=10,
+    )  # fmt: skip
+    assert messages.deliver(42, now=T0 + 73, limit=10, lease=60) == [b"m3"]
+    # A message with a reply is never handed out again.
+    messages.store([MessageRow("r3", 1, 42, 0, "m3", T0 + 74, T0 + 99, b"r3")])
+    assert messages.deliver(42, now=T0 + 200, limit=10, lease=60) == []
+    assert messages.sent_to(1, 42)
+    assert not messages.sent_to(1, 44)
+    assert messages.replies_to(["m1", "m3"]) == {"m3": b"r3"}
 
 
 def test_run_lifecycle_follows_its_table_and_illegal_moves_change_nothing(

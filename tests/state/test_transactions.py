@@ -247,11 +247,11 @@ def test_a_delivery_that_fails_halfway_loses_no_message(tmp_path: Path) -> None:
         failing(database, "BEFORE UPDATE ON messages", "NEW.message_id = 'm2'"),
         pytest.raises(sqlite3.IntegrityError),
     ):
-        state.messages.deliver(42, now=T0 + 1, limit=10)
+        state.messages.deliver(42, now=T0 + 1, limit=10, lease=60)
     assert fresh_read(database, "SELECT COUNT(*) FROM messages WHERE delivered_at IS NULL") == [
         (2,)
     ]
-    assert state.messages.deliver(42, now=T0 + 2, limit=10) == [b"m1", b"m2"]  # control
+    assert state.messages.deliver(42, now=T0 + 2, limit=10, lease=60) == [b"m1", b"m2"]  # control
 
 
 def _activate(state: LinkState, node_id: int) -> None:

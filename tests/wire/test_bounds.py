@@ -168,7 +168,9 @@ def test_a_nan_ttl_is_refused_from_a_serverapp_and_from_a_node(link: Link, pki: 
             "Message.ttl must be a number of seconds from 0 to 3.1536e+07; got nan"
         )
         push("good", 60.0)  # control
-        [delivered] = client.pull(session, wait=5, active_run_ids=[])[0]
+        pulled = client.pull(session, wait=5, active_run_ids=[])
+        assert pulled is not None
+        [delivered] = pulled.messages
         assert delivered.message_id == "good"  # the refused one was never stored
         assert delivered.ttl == 60.0
         fleet = fleet_pb2_grpc.FleetStub(channel)

@@ -21,7 +21,7 @@ import grpc
 import pytest
 
 from flwrmtls.errors import FlwrmtlsError, HandshakeClosed, LinkUnreachable, Refused
-from flwrmtls.fleet.client import FleetClient
+from flwrmtls.fleet.client import FleetClient, Pulled
 from flwrmtls.link.server import Link
 from flwrmtls.pki import CertificateAuthority
 from flwrmtls.testing.link import FleetListener, mtls_config, node_client, running_link
@@ -288,7 +288,7 @@ def test_a_long_poll_of_a_stopping_link_is_the_link_stopping_in_plain_words(
     with running_link(config) as link:
         client, channel = node_1(link, pki)
         session = client.activate()
-        assert client.pull(session, wait=0.0, active_run_ids=[]) == ([], [])
+        assert client.pull(session, wait=0.0, active_run_ids=[]) == Pulled([], [])
 
         def long_poll() -> None:
             try:
