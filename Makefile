@@ -3,6 +3,10 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+BENCH_STAMP := $(VENV)/.installed-bench
+# `BENCH_QUICK=1 make bench`: every benchmark in its small version (minutes, not an hour).
+BENCH_FLAGS := $(if $(BENCH_QUICK),--quick,)
+RESULTS := bench/results
 
 PROTO_SRC := $(wildcard protos/flwrmtls/proto/*.proto)
 
@@ -33,12 +37,23 @@ test: $(STAMP) lint typecheck proto-check
 demo: $(STAMP)
 	$(PY) demo/run.py
 
-bench: $(STAMP)
-	$(PY) bench/bench_auth.py
-	$(PY) bench/bench_rounds.py
-	$(PY) bench/bench_limits.py
-	$(PY) bench/bench_compare.py
-	$(PY) bench/bench_revocation.py
+$(BENCH_STAMP): $(STAMP) pyproject.toml
+	$(PY) -m pip install --quiet -e '.[test,bench]'
+	touch $(BENCH_STAMP)
+
+# The side-by-side table first (Flower 1.42, NVIDIA FLARE 2.9 and flwrmtls; their virtualenvs
+# bench/.venv-flwr and bench/.venv-nvflare are made once, before anything is timed), its
+# figure from the saved JSON, then the other benchmarks. Every result is saved in bench/results/.
+bench: $(BENCH_STAMP)
+	mkdir -p $(RESULTS)
+	$(PY) bench/bench_compare.py --setup-only
+	$(PY) bench/bench_compare.py $(BENCH_FLAGS) --save $(RESULTS)/compare.json \
+		--plot $(if $(BENCH_QUICK),$(RESULTS)/compare-quick.png,docs/performance-compare.png)
+	$(PY) bench/bench_rounds.py $(BENCH_FLAGS) --save $(RESULTS)/rounds.json
+	$(PY) bench/bench_limits.py $(BENCH_FLAGS) --save $(RESULTS)/limits.json
+	$(PY) bench/bench_auth.py $(BENCH_FLAGS) --save $(RESULTS)/auth.json
+	$(PY) bench/bench_revocation.py $(BENCH_FLAGS) --save $(RESULTS)/revocation.json
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .demo bench/.venv-flwr
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .demo bench/.venv-flwr bench/.venv-nvflare \
+		$(RESULTS)

@@ -86,6 +86,11 @@ class ManagedProcess:
         assert self.process is not None
         return self.process.wait(timeout=timeout)
 
+    def signal_stop(self) -> None:
+        """SIGTERM, without waiting (several processes can then stop at once)."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+
     def stop(self, timeout: float = 15.0) -> int:
         """SIGTERM, then SIGKILL if it does not exit in ``timeout`` seconds."""
         assert self.process is not None

@@ -1,14 +1,16 @@
-"""A deployment of real processes for end-to-end tests: link, nodes and CLI over mTLS."""
+"""A deployment of real processes for end-to-end tests: link, nodes and CLI over mTLS.
+
+The flags come from ``flwrmtls.testing.federation``, which the benchmarks (bench/) use too."""
 
 from __future__ import annotations
 
-import json
 import socket
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from flwrmtls.testing import federation as shared
 from flwrmtls.testing.pki import TestPki
 from flwrmtls.testing.processes import CliProcess, CliResult, LinkProcess, NodeProcess, run_cli
 
@@ -35,15 +37,9 @@ class Deployment:
         self.processes: list[LinkProcess | NodeProcess | CliProcess] = []
 
     def link_args(self, fleet: str = "127.0.0.1:0", control: str = "127.0.0.1:0") -> list[str]:
-        chain, key = self.pki.paths("server")
-        return [
-            "--fleet-api-address", fleet, "--control-api-address", control,
-            "--database", str(self.tmp / "link.db"),
-            "--ssl-require-client-auth", "--ssl-ca-certfile", str(self.pki.trust_bundle_path),
-            "--ssl-certfile", str(chain), "--ssl-keyfile", str(key),
-            "--ssl-crl-file", str(self.pki.crl_path), "--heartbeat-interval", "1",
-            "--serverappio-api-address", "127.0.0.1:0",
-        ]  # fmt: skip
+        return shared.link_args(
+            self.pki, self.tmp / "link.db", heartbeat_interval=1, fleet=fleet, control=control
+        )
 
     def start_link(
         self, args: list[str] | None = None, name: str = "link", cwd: Path | None = None
@@ -64,39 +60,23 @@ class Deployment:
     ) -> NodeProcess:
         """A node with the certificate ``cert`` (default: ``name``'s) and, with ``ec_key``,
         that EC private key; ``cert=""`` means no certificate."""
-        credentials: list[str] = []
-        if cert != "":
-            chain, key = self.pki.paths(cert or name)
-            credentials += ["--ssl-client-certfile", str(chain), "--ssl-client-keyfile", str(key)]
-        if ec_key is not None:
-            credentials += ["--auth-supernode-private-key", str(ec_key)]
-        args = [
-            "--superlink", f"127.0.0.1:{fleet_port}",
-            "--root-certificates", str(self.pki.trust_bundle_path), *credentials,
-            "--clientappio-api-address", "127.0.0.1:0", *extra,
-        ]  # fmt: skip
+        args = shared.node_args(
+            self.pki,
+            fleet_port,
+            cert=None if cert == "" else cert or name,
+            ec_key=ec_key,
+            extra=extra,
+        )
         node = NodeProcess(args, self.tmp / f"{name}.log", self.env, cwd)
         self.processes.append(node)
         node.start()
         return node
 
     def profile(self, control_port: int, cert: str = "cli-operator", name: str = "test") -> None:
-        chain, key = self.pki.paths(cert)
-        result = run_cli(
-            [
-                "config", "add", name, "--address", f"127.0.0.1:{control_port}",
-                "--root-certificates", str(self.pki.trust_bundle_path),
-                "--client-certificate", str(chain), "--client-private-key", str(key), "--default",
-            ],
-            env=self.env,
-        )  # fmt: skip
-        assert result.returncode == 0, result.stderr
+        shared.add_profile(self.pki, control_port, self.env, cert=cert, name=name)
 
     def list_nodes(self, connection: str = "test") -> list[dict[str, object]]:
-        result = run_cli(["supernode", "list", connection, "--format", "json"], env=self.env)
-        assert result.returncode == 0, result.stderr
-        nodes: list[dict[str, object]] = json.loads(result.stdout)
-        return nodes
+        return shared.list_nodes(self.env, connection)
 
     def federation(
         self, node_configs: dict[str, str] | None = None

@@ -1,0 +1,73 @@
+"""The benchmark harness's pure parts: the workload's arithmetic and its check, round tiling,
+ratios, tables. The check is what keeps a figure honest: a run whose server did not end with
+the model the distinct updates make (for instance because every node sent the same reply)
+is refused, beside the run that did, which passes."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+
+from harness import BenchError
+from harness.stats import percentiles, ratio, spread
+from harness.tables import fmt_spread, markdown_table
+from harness.workload import check_model, expected_shift, step, tile
+
+
+def test_each_node_adds_its_own_step_unless_identical() -> None:
+    assert [step(k, distinct=True) for k in (1, 2, 8)] == [1 + 1 / 1024, 1 + 2 / 1024, 1 + 8 / 1024]
+    assert {step(k, distinct=False) for k in (1, 2, 8)} == {1.0}
+    assert expected_shift(2, 3, distinct=True) == pytest.approx(3 * (1 + 1.5 / 1024))
+    assert expected_shift(8, 3, distinct=False) == 3.0
+
+
+def test_a_model_from_identical_replies_is_refused_where_distinct_ones_were_asked_for() -> None:
+    initial = [0.25, 0.75]
+    identical = {"initial": initial, "final": [x + 3.0 for x in initial]}
+    with pytest.raises(BenchError, match="wrong model after 3 rounds with 8 nodes"):
+        check_model(identical, 8, 3, distinct=True)
+    distinct = {
+        "initial": initial,
+        "final": [x + expected_shift(8, 3, distinct=True) for x in initial],
+    }
+    assert check_model(distinct, 8, 3, distinct=True) == pytest.approx(3 * (1 + 4.5 / 1024))
+    assert check_model(identical, 8, 3, distinct=False) == pytest.approx(3.0)
+
+
+def test_a_server_that_reports_no_model_is_refused() -> None:
+    with pytest.raises(BenchError, match="no model probe"):
+        check_model({"initial": [1.0, 2.0]}, 2, 3, distinct=True)
+    with pytest.raises(BenchError, match="no model probe"):
+        check_model({"initial": [1.0, 2.0], "final": [4.0]}, 2, 3, distinct=True)
+    with pytest.raises(BenchError, match="wrong model"):
+        check_model({"initial": [], "final": []}, 2, 3, distinct=True)
+
+
+def test_rounds_tile_the_strategy_run_and_ratios_use_medians_of_one_run() -> None:
+    assert tile([10.0, 11.5, 12.0, 14.0]) == [1.5, 0.5, 2.0]
+    other, base = spread([20.0, 24.0, 22.0]), spread([2.0, 1.0, 4.0])
+    assert other == {"median": 22.0, "min": 20.0, "max": 24.0}
+    assert ratio(other, base) == 11.0
+    assert ratio(other, None) is None
+    assert ratio(other, {"median": 0.0, "min": 0.0, "max": 0.0}) is None
+    assert percentiles([0.001, 0.002, 0.003])["p50_ms"] == pytest.approx(2.0)
+
+
+def test_tables_are_markdown_with_a_dash_for_a_missing_figure() -> None:
+    lines = markdown_table(
+        ["nodes", "Flower"], [["2", fmt_spread(spread([1.0, 3.0, 2.0]), 1, runs=3)], ["8", "-"]],
+        left=1,
+    )  # fmt: skip
+    assert lines == [
+        "| nodes |        Flower |",
+        "| :---- | ------------: |",
+        "| 2     | 2.0 (1.0-3.0) |",
+        "| 8     |             - |",
+    ]
+    assert fmt_spread(None) == "-"
+    with pytest.raises(ValueError, match="every row needs 2 cells"):
+        markdown_table(["a", "b"], [["1"]])
