@@ -245,7 +245,11 @@ def measure_nvflare_run(
         rss_samples=sampler.peaks.samples,
         idle_after_seconds=idle_at - finished,
         model_shift=check_model(stamps["probe"], fed.size, rounds, distinct=distinct),
-        detail={"job_id": answer["job_id"], "model_bytes": stamps.get("model_bytes")},
+        detail={
+            "job_id": answer["job_id"],
+            "model_bytes": stamps.get("model_bytes"),
+            "final_model_bytes": stamps.get("final_model_bytes"),
+        },
     )
 
 

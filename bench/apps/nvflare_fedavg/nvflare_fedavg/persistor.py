@@ -4,8 +4,9 @@
 the global model after each round into the job's result directory as FLARE's
 ``NPModelPersistor`` does (``save_model``, ``np.savez``), and writes
 ``<stamps_dir>/<job id>.json``: ``round_starts`` (FLARE's ``ROUND_STARTED`` event),
-``round_ends`` (each round's model saved: FedAvg saves at the end of every round) and
-``probe`` (first and last element of the first array, initial and after the last save).
+``round_ends`` (each round's model saved: FedAvg saves at the end of every round),
+``probe`` (first and last element of the first array, initial and after the last save) and
+the model's bytes before and after (float32 stays float32).
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ class BenchPersistor(ModelPersistor):
         np.savez(path, **weights)
         self._stamps["round_ends"].append(time.monotonic())
         self._stamps["probe"]["final"] = _ends(weights["layer-0"])
+        self._stamps["final_model_bytes"] = sum(int(a.nbytes) for a in weights.values())
         self._write(fl_ctx)
 
     def _write(self, fl_ctx: Any) -> None:
