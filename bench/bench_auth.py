@@ -62,6 +62,7 @@ from harness.auth import (
 )
 from harness.cli import Workspace, base_parser, finish, positive, run_main
 from harness.results import envelope
+from harness.tables import markdown_table
 
 from flwrmtls.errors import FlwrmtlsError
 from flwrmtls.wire.credentials import load_tls_identity
@@ -70,11 +71,8 @@ QUICK_HANDSHAKES = 20
 QUICK_CALLS = 200
 
 
-def _row(cells: Sequence[str], widths: Sequence[int]) -> str:
-    first, *rest = cells
-    return "  ".join(
-        [first.ljust(widths[0])] + [c.rjust(w) for c, w in zip(rest, widths[1:], strict=True)]
-    )
+def _us(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.0f} us"
 
 
 def _label(link: str) -> str:
@@ -103,44 +101,38 @@ def render_auth(result: dict[str, Any]) -> str:
         "rounds alternate between the links",
         "",
         "1. Handshakes: new channel (TCP + TLS) + ActivateNode + close",
+        "",
     ]
-    widths = [30, 8, 12, 10, 10, 10]
-    lines.append(_row(["link", "threads", "handshakes/s", "p50 ms", "p99 ms", "max ms"], widths))
-    for row in result["handshakes"]:
-        s = row["summary"]
-        lines.append(
-            _row(
-                [
-                    _label(row["link"]),
-                    str(row["threads"]),
-                    f"{s['per_second']:.1f}",
-                    f"{s['p50_ms']:.2f}",
-                    f"{s['p99_ms']:.2f}",
-                    f"{s['max_ms']:.2f}",
-                ],
-                widths,
-            )
-        )
-    lines += ["", "2. Heartbeat on one long-lived channel (per call)"]
-    widths = [30, 8, 10, 10, 10, 10, 14]
-    lines.append(_row(["link", "calls", "mean", "p50", "p99", "calls/s", "link CPU/call"], widths))
-    for row in result["heartbeat"]:
-        s = row["summary"]
-        cpu = row["link_cpu_us_per_call"]
-        lines.append(
-            _row(
-                [
-                    _label(row["link"]),
-                    str(s["count"]),
-                    f"{s['mean_ms'] * 1000:.0f} us",
-                    f"{s['p50_ms'] * 1000:.0f} us",
-                    f"{s['p99_ms'] * 1000:.0f} us",
-                    f"{s['per_second']:.0f}",
-                    "n/a" if cpu is None else f"{cpu:.0f} us",
-                ],
-                widths,
-            )
-        )
+    rows = [
+        [
+            _label(row["link"]),
+            str(row["threads"]),
+            f"{s['per_second']:.1f}",
+            f"{s['p50_ms']:.2f}",
+            f"{s['p99_ms']:.2f}",
+            f"{s['max_ms']:.2f}",
+        ]
+        for row in result["handshakes"]
+        for s in [row["summary"]]
+    ]
+    header = ["link", "threads", "handshakes/s", "p50 ms", "p99 ms", "max ms"]
+    lines += [*markdown_table(header, rows, left=1), ""]
+    lines += ["2. Heartbeat on one long-lived channel (per call)", ""]
+    rows = [
+        [
+            _label(row["link"]),
+            str(s["count"]),
+            f"{s['mean_ms'] * 1000:.0f} us",
+            f"{s['p50_ms'] * 1000:.0f} us",
+            f"{s['p99_ms'] * 1000:.0f} us",
+            f"{s['per_second']:.0f}",
+            _us(row["link_cpu_us_per_call"]),
+        ]
+        for row in result["heartbeat"]
+        for s in [row["summary"]]
+    ]
+    header = ["link", "calls", "mean", "p50", "p99", "calls/s", "link CPU/call"]
+    lines += [*markdown_table(header, rows, left=1), ""]
     ratio = result["heartbeat_ratio"]
     lines.append(
         f"  mTLS / TLS-only: mean x{ratio['mean']:.3f}, p50 x{ratio['p50']:.3f}, "
@@ -156,13 +148,15 @@ def render_auth(result: dict[str, Any]) -> str:
         f"  EC-key / mTLS (same link): p50 x{ratio['ec_key_over_mtls_p50']:.3f}, "
         f"{ratio['ec_key_p50_difference_us']:+.0f} us per call (the node signs, the link verifies)"
     )
-    lines += ["", "3. The authenticators alone (this process, hot loop)"]
-    widths = [50, 8, 12]
-    lines.append(_row(["case", "calls", "per call"], widths))
-    for row in result["authenticator"]:
-        lines.append(_row([row["case"], str(row["calls"]), f"{row['us_per_call']:.1f} us"], widths))
+    lines += ["", "3. The authenticators alone (this process, hot loop)", ""]
+    rows = [
+        [row["case"], str(row["calls"]), f"{row['us_per_call']:.1f} us"]
+        for row in result["authenticator"]
+    ]
+    lines += markdown_table(["case", "calls", "per call"], rows, left=1)
     lines += ["", render_throughput(result["throughput"], result["throughput_ratio"], 4)]
-    lines += ["", f"total time {result['elapsed_seconds']:.1f} s"]
+    if "elapsed_seconds" in result:
+        lines += ["", f"total time {result['elapsed_seconds']:.1f} s"]
     return "\n".join(lines)
 
 
@@ -170,26 +164,23 @@ def render_throughput(rows: Sequence[dict[str, Any]], ratio: dict[str, Any], num
     first = rows[0]
     lines = [
         f"{number}. Heartbeat throughput: {first['channels']} channels (own connection, own "
-        f"node) x {first['depth']} calls in flight, one grpc.aio loop in this process"
+        f"node) x {first['depth']} calls in flight, one grpc.aio loop in this process",
+        "",
     ]
-    widths = [30, 8, 10, 10, 10, 14]
-    lines.append(_row(["link", "calls", "calls/s", "p50", "p99", "link CPU/call"], widths))
-    for row in rows:
-        s = row["summary"]
-        cpu = row["link_cpu_us_per_call"]
-        lines.append(
-            _row(
-                [
-                    _label(row["link"]),
-                    str(s["count"]),
-                    f"{s['per_second']:.0f}",
-                    f"{s['p50_ms']:.2f} ms",
-                    f"{s['p99_ms']:.2f} ms",
-                    "n/a" if cpu is None else f"{cpu:.0f} us",
-                ],
-                widths,
-            )
-        )
+    cells = [
+        [
+            _label(row["link"]),
+            str(s["count"]),
+            f"{s['per_second']:.0f}",
+            f"{s['p50_ms']:.2f} ms",
+            f"{s['p99_ms']:.2f} ms",
+            _us(row["link_cpu_us_per_call"]),
+        ]
+        for row in rows
+        for s in [row["summary"]]
+    ]
+    header = ["link", "calls", "calls/s", "p50", "p99", "link CPU/call"]
+    lines += [*markdown_table(header, cells, left=1), ""]
     cpu_text = (
         "" if ratio["mtls_link_cpu"] is None else f", link CPU/call x{ratio['mtls_link_cpu']:.3f}"
     )

@@ -60,6 +60,7 @@ from harness.simnodes import (
     fleet_connections,
 )
 from harness.stats import percentiles
+from harness.tables import markdown_table
 
 from flwrmtls.errors import FlwrmtlsError
 from flwrmtls.objects.store import CHUNK_SIZE
@@ -172,13 +173,6 @@ def _label(link: str) -> str:
     }[link]
 
 
-def _row(cells: Sequence[str], widths: Sequence[int]) -> str:
-    first, *rest = cells
-    return "  ".join(
-        [first.ljust(widths[0])] + [c.rjust(w) for c, w in zip(rest, widths[1:], strict=True)]
-    )
-
-
 def _percent(value: float | None) -> str:
     return "n/a" if value is None else f"{value * 100:+.1f} %"
 
@@ -193,30 +187,27 @@ def render_auth(auth: dict[str, Any]) -> list[str]:
         f"{config['depth']} calls in flight, {config['throughput_calls']} calls per link; "
         "rounds alternate between the links",
     ]
-    widths = [28, 10, 10, 10, 12, 10, 10, 10, 12]
     header = ["authenticator", "lat p50", "lat p99", "calls/s", "CPU/call", "load c/s",
               "load p50", "load p99", "CPU/call"]  # fmt: skip
-    lines.append(_row(header, widths))
+    table: list[list[str]] = []
     throughput = {row["link"]: row for row in auth["throughput"]}
     for row in auth["latency"]:
         s, t = row["summary"], throughput[row["link"]]
         ts = t["summary"]
-        lines.append(
-            _row(
-                [
-                    _label(row["link"]),
-                    f"{s['p50_ms'] * 1000:.0f} us",
-                    f"{s['p99_ms'] * 1000:.0f} us",
-                    f"{s['per_second']:.0f}",
-                    _us(row["link_cpu_us_per_call"]),
-                    f"{ts['per_second']:.0f}",
-                    f"{ts['p50_ms']:.1f} ms",
-                    f"{ts['p99_ms']:.1f} ms",
-                    _us(t["link_cpu_us_per_call"]),
-                ],
-                widths,
-            )
+        table.append(
+            [
+                _label(row["link"]),
+                f"{s['p50_ms'] * 1000:.0f} us",
+                f"{s['p99_ms'] * 1000:.0f} us",
+                f"{s['per_second']:.0f}",
+                _us(row["link_cpu_us_per_call"]),
+                f"{ts['per_second']:.0f}",
+                f"{ts['p50_ms']:.1f} ms",
+                f"{ts['p99_ms']:.1f} ms",
+                _us(t["link_cpu_us_per_call"]),
+            ]
         )
+    lines += ["", *markdown_table(header, table, left=1), ""]
     o = auth["mtls_over_none"]
     target = auth["target"] * 100
     lines += [
@@ -360,31 +351,28 @@ def render_large(large: dict[str, Any]) -> list[str]:
         "processes, one grpc.aio server process, mutual TLS, "
         f"{large['chunk_bytes'] // 1024} KiB chunks, N x model bytes down, then up.",
     ]
-    widths = [5, 12, 8, 6, 12, 8, 6, 12, 10, 10, 9, 10]
     header = ["nodes", "broadcast", "raw down", "ratio", "return", "raw up", "ratio",
               "round trip", "link RSS", "ServerApp", "node", "ClientApp"]  # fmt: skip
-    lines.append(_row(header, widths))
+    table: list[list[str]] = []
     for cell in large["cells"]:
         raw = cell["raw"]
-        lines.append(
-            _row(
-                [
-                    str(cell["nodes"]),
-                    f"{cell['broadcast_mb_s']:.0f} MB/s",
-                    f"{raw['download_mb_s']:.0f}",
-                    f"{cell['broadcast_over_raw'] * 100:.0f} %",
-                    f"{cell['return_mb_s']:.0f} MB/s",
-                    f"{raw['upload_mb_s']:.0f}",
-                    f"{cell['return_over_raw'] * 100:.0f} %",
-                    f"{cell['round_trip_mb_s']:.0f} MB/s",
-                    f"{cell['link_peak_rss_mib']:.0f} MiB",
-                    f"{cell['serverapp_peak_rss_mib']:.0f} MiB",
-                    f"{cell['node_peak_rss_mib']:.0f} MiB",
-                    f"{cell['clientapp_peak_rss_mib']:.0f} MiB",
-                ],
-                widths,
-            )
+        table.append(
+            [
+                str(cell["nodes"]),
+                f"{cell['broadcast_mb_s']:.0f} MB/s",
+                f"{raw['download_mb_s']:.0f}",
+                f"{cell['broadcast_over_raw'] * 100:.0f} %",
+                f"{cell['return_mb_s']:.0f} MB/s",
+                f"{raw['upload_mb_s']:.0f}",
+                f"{cell['return_over_raw'] * 100:.0f} %",
+                f"{cell['round_trip_mb_s']:.0f} MB/s",
+                f"{cell['link_peak_rss_mib']:.0f} MiB",
+                f"{cell['serverapp_peak_rss_mib']:.0f} MiB",
+                f"{cell['node_peak_rss_mib']:.0f} MiB",
+                f"{cell['clientapp_peak_rss_mib']:.0f} MiB",
+            ]
         )
+    lines += ["", *markdown_table(header, table, left=1), ""]
     for cell in large["cells"]:
         lines.append(
             f"   N={cell['nodes']}: broadcast {cell['broadcast_seconds']:.1f} s, ClientApps "
