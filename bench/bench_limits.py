@@ -412,6 +412,14 @@ def render_large(large: dict[str, Any]) -> list[str]:
 # --- scale -----------------------------------------------------------------------------------
 
 
+def calls_per_address(nodes: int) -> int:
+    """What the scale section's link allows from 127.0.0.1 (``--max-calls-per-address``): every
+    simulated node's long poll, heartbeat and the calls answering a message (at most 4 object
+    streams), the probe's, and the CLI's. The link's default (1000) is for one real node per
+    address; all simulated nodes share this one."""
+    return 6 * (nodes + 1) + 100
+
+
 def online_count(link: Federation) -> int:
     return sum(1 for node in list_nodes(link.env) if node.get("status") == "online")
 
@@ -425,7 +433,12 @@ def measure_scale(args: argparse.Namespace, work: Path, env: dict[str, str]) -> 
     pki.ca.issue_node(PROBE_NAME, organization="Probe")
     progress(f"scale: {count} node certificates issued in {time.monotonic() - began:.1f} s")
     app_dir = copy_app("scale_round", work / "app")
-    link = Federation(pki, work / "link", env, [], heartbeat_interval=args.heartbeat_interval)
+    # Every simulated node shares 127.0.0.1, as nodes behind one NAT address do: each holds a
+    # long poll and a heartbeat at times, so the link is told to allow that many calls at once.
+    link = Federation(
+        pki, work / "link", env, [], heartbeat_interval=args.heartbeat_interval,
+        link_extra=["--max-calls-per-address", str(calls_per_address(count))],
+    )  # fmt: skip
     workers: Workers | None = None
     probe: HeartbeatProbe | None = None
     try:
