@@ -1,13 +1,10 @@
-"""What the ServerApp and ClientApp processes share: how they start, token, channel, bundle.
+"""What the ServerApp and ClientApp processes share once started: token, channel, bundle.
 
 Rules:
 
-* An app process starts isolated (:func:`app_process_command`): ``python -I`` (no current
-  or script directory on ``sys.path``, no ``PYTHON*`` variables, no user site-packages) and
-  ``-u`` (its output reaches the run's log line by line), in the working directory ``/``
-  (:data:`APP_PROCESS_CWD`). A ``grpc.py`` left in the link's or node's working directory is
-  never imported. Once it has its run, it works in the run's own directory, the unpacked
-  bundle (:func:`unpack_app`), and imports the app from there and nowhere else
+* An app process is started isolated, in ``/`` (:mod:`flwrmtls.runs.supervisor` says how).
+  Once it has its run, it works in the run's own directory, the unpacked bundle
+  (:func:`unpack_app`), and imports the app from there and nowhere else
   (:func:`flwrmtls.app.bundle.load_component` puts exactly that directory on ``sys.path``).
 * The run token comes on standard input, never on the command line or in the environment.
 """
@@ -30,9 +27,7 @@ from flwrmtls.objects.transfer import pull_object_bytes
 from flwrmtls.wire.metadata import RUN_TOKEN_KEY
 
 __all__ = [
-    "APP_PROCESS_CWD",
     "UnpackedApp",
-    "app_process_command",
     "configure_logging",
     "open_channel",
     "read_token",
@@ -40,15 +35,6 @@ __all__ = [
     "token_metadata",
     "unpack_app",
 ]
-
-
-APP_PROCESS_CWD = "/"
-"""Where an app process starts: a directory nobody else can write, before it has a run."""
-
-
-def app_process_command(module: str, *args: str) -> list[str]:
-    """The command line that starts the app process ``module`` isolated (see the rules)."""
-    return [sys.executable, "-I", "-u", "-m", module, *args]
 
 
 def configure_logging() -> None:

@@ -7,7 +7,7 @@ Rules:
 * A message may only go to a node the link knows, and only once the objects it references
   are the run's (the ServerApp pushes the missing ones first; with a shared object directory,
   writing them there is enough). The objects a ServerApp reads, pushes and asks about are
-  its run's (see :mod:`flwrmtls.link.objects`); they count against the run's quota.
+  its run's (see :mod:`flwrmtls.runs.linkobjects`); they count against the run's quota.
 * A push is one transaction: its messages, and the rows that make their objects the run's
   and readable by their nodes, are stored whole or not at all.
 * A node that goes offline while a message waits for its reply gets an error reply
@@ -21,7 +21,7 @@ Rules:
 * SetRunResult keeps only a result of the shape the app library writes
   (:mod:`flwrmtls.app.runresult`: bounded, finite, canonical); anything else is refused with
   INVALID_ARGUMENT and nothing is stored. The reason is kept up to 4,000 characters
-  (``flwrmtls.link.runs.REASON_LIMIT``).
+  (``flwrmtls.runs.serverapps.REASON_LIMIT``).
 """
 
 from __future__ import annotations
@@ -37,12 +37,12 @@ from flwrmtls.app.runresult import ResultError, check_result
 from flwrmtls.auth.interceptor import current_principal
 from flwrmtls.clock import Clock
 from flwrmtls.keyvalues import values_to_proto
-from flwrmtls.link.notify import Notifier
-from flwrmtls.link.objects import LinkObjects, UnknownObjects
-from flwrmtls.link.runs import RunManager
 from flwrmtls.objects.scope import QuotaExceeded
 from flwrmtls.objects.transfer import answer_missing, answer_pull, answer_push, fixed_scope
 from flwrmtls.proto import appio_pb2, appio_pb2_grpc, common_pb2, objects_pb2
+from flwrmtls.runs.linkobjects import LinkObjects, UnknownObjects
+from flwrmtls.runs.notify import Notifier
+from flwrmtls.runs.serverapps import RunManager
 from flwrmtls.state.linkstate import LinkState
 from flwrmtls.state.messagetable import MessageRow
 from flwrmtls.wire.bounds import long_poll_seconds

@@ -40,10 +40,10 @@ from flwrmtls.auth.keys import key_fingerprint, node_id_for_key, parse_node_publ
 from flwrmtls.clock import Clock
 from flwrmtls.errors import InputError
 from flwrmtls.keyvalues import values_from_proto
-from flwrmtls.link.notify import Notifier
-from flwrmtls.link.runs import RunManager
 from flwrmtls.objects.scope import QuotaExceeded
 from flwrmtls.proto import control_pb2, control_pb2_grpc
+from flwrmtls.runs.notify import Notifier
+from flwrmtls.runs.serverapps import RunManager
 from flwrmtls.state.audittable import DEFAULT_MAX_ENTRIES
 from flwrmtls.state.linkstate import LinkState
 from flwrmtls.state.runtable import RunRecord

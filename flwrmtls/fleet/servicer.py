@@ -24,7 +24,7 @@ Rules for runs:
 * Objects: a node reads only the objects named by messages addressed to it (and their runs'
   bundles, and its own uploads), and a reply may name only those; an upload counts against
   the node's pending budget until a reply names it, then against the reply's run. What is
-  outside a node's scope is answered as missing (see :mod:`flwrmtls.link.objects`).
+  outside a node's scope is answered as missing (see :mod:`flwrmtls.runs.linkobjects`).
 """
 
 from __future__ import annotations
@@ -40,12 +40,12 @@ import grpc.aio
 from flwrmtls.auth.interceptor import current_principal
 from flwrmtls.clock import Clock
 from flwrmtls.keyvalues import values_to_proto
-from flwrmtls.link.notify import Notifier
-from flwrmtls.link.objects import LinkObjects, UnknownObjects
-from flwrmtls.link.runlog import RunLog
 from flwrmtls.objects.scope import ObjectScope, QuotaExceeded
 from flwrmtls.objects.transfer import answer_missing, answer_pull, answer_push
 from flwrmtls.proto import common_pb2, fleet_pb2, fleet_pb2_grpc, objects_pb2
+from flwrmtls.runs.linkobjects import LinkObjects, UnknownObjects
+from flwrmtls.runs.notify import Notifier
+from flwrmtls.runs.runlog import RunLog
 from flwrmtls.state.linkstate import LinkState, SessionSuperseded, UnknownSession
 from flwrmtls.state.messagetable import MessageRow
 from flwrmtls.wire.bounds import long_poll_seconds

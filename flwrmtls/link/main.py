@@ -20,18 +20,18 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from flwrmtls.auth.crlcoverage import CoverageState
 from flwrmtls.auth.identity import IdentitySource, RoleSource
+from flwrmtls.auth.nodeauth import NodeAuth, requires_client_certificate
 from flwrmtls.cliargs import finish_parser
 from flwrmtls.errors import FlwrmtlsError, InputError
 from flwrmtls.filemodes import open_directory_warning, private_directory, restrict_umask
-from flwrmtls.link.nodeauth import NodeAuth, requires_client_certificate
-from flwrmtls.link.objects import (
+from flwrmtls.link.reload import TlsFiles
+from flwrmtls.link.server import Link, LinkConfig
+from flwrmtls.runs.linkobjects import (
     DEFAULT_MAX_NODE_PENDING_STORAGE,
     DEFAULT_MAX_RUN_STORAGE,
     PENDING_TTL,
     StorageLimits,
 )
-from flwrmtls.link.reload import TlsFiles
-from flwrmtls.link.server import Link, LinkConfig
 from flwrmtls.sizes import format_size, parse_size
 from flwrmtls.state.faults import FAULT_VARIABLE, parse_crash_point
 from flwrmtls.terminal import configure_logging, printable

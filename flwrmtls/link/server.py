@@ -3,7 +3,7 @@
 grpc.aio servers in one event loop (no thread per connection):
 
 * the Fleet API for nodes, authenticated as ``--node-auth`` says (see
-  :mod:`flwrmtls.link.nodeauth`), and optionally a second Fleet listener for EC-key nodes;
+  :mod:`flwrmtls.auth.nodeauth`), and optionally a second Fleet listener for EC-key nodes;
 * the Control API for the CLI, by certificate from the CLI CA bundle (``--ssl-cli-ca-certfile``,
   by default the client CA bundle); anonymous only on loopback or with the loud opt-out;
 * ServerAppIo for the runs' ServerApp processes, by run token, in plaintext: on loopback
@@ -15,7 +15,7 @@ clear status, not UNKNOWN (:mod:`flwrmtls.link.storagefailure`).
 
 Objects (array bytes, bundles) live in a directory beside the database, private to the link's
 OS account (0700, see :mod:`flwrmtls.filemodes`), as the database is (0600); who may read and
-store which is :mod:`flwrmtls.link.objects`.
+store which is :mod:`flwrmtls.runs.linkobjects`.
 
 Open calls on the Fleet and Control listeners are kept in one registry
 (:mod:`flwrmtls.auth.livecalls`) and judged again when credentials may have ended: at once
@@ -55,6 +55,7 @@ from flwrmtls.auth.identity import IdentitySource, RoleSource
 from flwrmtls.auth.interceptor import AuthInterceptor, RefusalLog
 from flwrmtls.auth.livecalls import LiveCalls
 from flwrmtls.auth.mtls import MtlsAuthenticator
+from flwrmtls.auth.nodeauth import NodeAuth, build_node_authenticator, requires_client_certificate
 from flwrmtls.auth.ratelimit import FailureBudget, FailureLimiter
 from flwrmtls.auth.revocation import RevocationStore, coverage_report
 from flwrmtls.auth.signing import audience_of, audience_text
@@ -63,15 +64,14 @@ from flwrmtls.clock import Clock, SystemClock
 from flwrmtls.control.servicer import ControlServicer, KeyBinding
 from flwrmtls.filemodes import private_directory, tighten
 from flwrmtls.fleet.servicer import FleetServicer
-from flwrmtls.link.nodeauth import NodeAuth, build_node_authenticator, requires_client_certificate
-from flwrmtls.link.notify import Notifier
-from flwrmtls.link.objects import SWEEP_INTERVAL, LinkObjects, StorageLimits
 from flwrmtls.link.reload import TlsFiles, TlsMaterial, TlsWatcher, Trust
-from flwrmtls.link.runlog import RunLog
-from flwrmtls.link.runs import RunManager
 from flwrmtls.link.storagefailure import StorageFailureInterceptor
 from flwrmtls.objects.store import ObjectStore
 from flwrmtls.proto import appio_pb2_grpc, control_pb2_grpc, fleet_pb2_grpc
+from flwrmtls.runs.linkobjects import SWEEP_INTERVAL, LinkObjects, StorageLimits
+from flwrmtls.runs.notify import Notifier
+from flwrmtls.runs.runlog import RunLog
+from flwrmtls.runs.serverapps import RunManager
 from flwrmtls.state.keytable import KeyRegistration
 from flwrmtls.state.linkstate import LinkState
 from flwrmtls.wire.credentials import TlsIdentity, server_credentials
@@ -529,7 +529,7 @@ class Link:
             log.info("ended open call(s) whose certificates expired")
 
     async def _sweep_objects(self) -> None:
-        """Expire node uploads that no reply named in time (see :mod:`flwrmtls.link.objects`)."""
+        """Expire node uploads no reply named in time (see :mod:`flwrmtls.runs.linkobjects`)."""
         while True:
             await asyncio.sleep(SWEEP_INTERVAL)
             try:

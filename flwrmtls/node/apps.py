@@ -11,7 +11,7 @@ Rules:
   is nothing to answer; when the link cannot be reached, the caller keeps the message.
 * The ClientApp process gets its run token on standard input (never its command line); the
   node keeps the token's hash only. The process reaches the node over ClientAppIo. It starts
-  isolated (``python -I -u``, in ``/``: see :mod:`flwrmtls.appio.process`), so nothing in the
+  isolated (``python -I -u``, in ``/``: see :mod:`flwrmtls.runs.supervisor`), so nothing in the
   node's working directory is imported.
 * One spare ClientApp process waits, its imports done, for a run to need it: a new run's
   first message is handed to it instead of waiting for a process to start (half a second of
@@ -67,7 +67,6 @@ import uuid
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
-from flwrmtls.appio.process import APP_PROCESS_CWD, app_process_command
 from flwrmtls.auth.tokens import MemoryTokenStore
 from flwrmtls.errors import FlwrmtlsError, LinkUnreachable
 from flwrmtls.fleet.client import (
@@ -84,6 +83,7 @@ from flwrmtls.objects.scope import QuotaExceeded
 from flwrmtls.objects.store import CorruptObject, ObjectStore, check_object_id
 from flwrmtls.objects.transfer import in_parallel
 from flwrmtls.proto import common_pb2
+from flwrmtls.runs.supervisor import APP_PROCESS_CWD, app_process_command
 
 __all__ = ["SEEN_LIMIT", "AppManager", "NodeRun"]
 

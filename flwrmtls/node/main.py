@@ -32,9 +32,9 @@ from flwrmtls.filemodes import restrict_umask
 from flwrmtls.fleet.client import FleetClient
 from flwrmtls.keyvalues import parse_key_values
 from flwrmtls.node.agent import NodeAgent, RetryPolicy
+from flwrmtls.node.appioserver import ClientAppIoServer
 from flwrmtls.node.apps import AppManager
 from flwrmtls.node.audience import LinkAudience
-from flwrmtls.node.clientappio import ClientAppIoServer
 from flwrmtls.node.rotation import CertificateWatcher
 from flwrmtls.node.signer import SigningInterceptor
 from flwrmtls.node.statedir import default_state_dir, open_state_dir

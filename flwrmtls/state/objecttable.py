@@ -1,6 +1,6 @@
 """Which run each stored object belongs to, and which node may read it.
 
-Caller: the link's object ledger (:mod:`flwrmtls.link.objects`), which keeps the rules; this
+Caller: the link's object ledger (:mod:`flwrmtls.runs.linkobjects`), which keeps the rules; this
 module only stores them. One file per object stays in the store (content addressing): the
 same bytes in two runs are one file with two rows in ``run_objects``.
 

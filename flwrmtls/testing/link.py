@@ -19,10 +19,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from flwrmtls.auth.identity import IdentitySource
+from flwrmtls.auth.nodeauth import NodeAuth
 from flwrmtls.auth.signing import CallSigner
 from flwrmtls.clock import Clock, SystemClock
 from flwrmtls.fleet.client import FleetClient
-from flwrmtls.link.nodeauth import NodeAuth
 from flwrmtls.link.server import Link, LinkConfig
 from flwrmtls.node.audience import LinkAudience
 from flwrmtls.node.signer import SigningInterceptor

@@ -20,10 +20,9 @@ import pytest
 
 from flwrmtls.auth.tokens import TOKEN_METADATA_KEY, new_token, token_hash
 from flwrmtls.fleet.client import FleetClient, Session
-from flwrmtls.link.objects import LinkObjects, StorageLimits
 from flwrmtls.link.server import Link
+from flwrmtls.node.appioserver import ClientAppIoServer
 from flwrmtls.node.apps import AppManager, NodeRun
-from flwrmtls.node.clientappio import ClientAppIoServer
 from flwrmtls.objects.scope import QuotaExceeded
 from flwrmtls.objects.store import ObjectStore, object_id_of
 from flwrmtls.objects.transfer import pull_object_bytes, push_objects
@@ -37,6 +36,7 @@ from flwrmtls.proto import (
     fleet_pb2_grpc,
     objects_pb2,
 )
+from flwrmtls.runs.linkobjects import LinkObjects, StorageLimits
 from flwrmtls.state.linkstate import LinkState
 from flwrmtls.state.runs import RunStatus
 from flwrmtls.testing.clock import FakeClock

@@ -24,11 +24,11 @@ from pathlib import Path
 
 import pytest
 
+from flwrmtls.auth.nodeauth import NodeAuth
 from flwrmtls.control.client import ControlClient
 from flwrmtls.errors import FlwrmtlsError, HandshakeClosed, InputError, Refused
 from flwrmtls.fleet.client import FleetClient
 from flwrmtls.link import main as link_main
-from flwrmtls.link.nodeauth import NodeAuth
 from flwrmtls.link.reload import TlsFiles
 from flwrmtls.link.server import Link, LinkConfig
 from flwrmtls.pki import CertificateAuthority

@@ -33,9 +33,9 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from flwrmtls.auth.keys import public_key_der
+from flwrmtls.auth.nodeauth import NodeAuth
 from flwrmtls.errors import Refused
 from flwrmtls.fleet.client import FleetClient, Session
-from flwrmtls.link.nodeauth import NodeAuth
 from flwrmtls.link.reload import TlsFiles
 from flwrmtls.link.server import Link
 from flwrmtls.objects.store import CHUNK_SIZE, object_id_of

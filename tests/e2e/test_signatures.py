@@ -26,6 +26,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from flwrmtls.auth.nodeauth import NodeAuth
 from flwrmtls.auth.signing import (
     OBJECT_METADATA_KEY,
     CallSigner,
@@ -33,7 +34,6 @@ from flwrmtls.auth.signing import (
     body_digest,
 )
 from flwrmtls.errors import InputError, LinkUnreachable, Refused
-from flwrmtls.link.nodeauth import NodeAuth
 from flwrmtls.link.reload import TlsFiles
 from flwrmtls.link.server import LinkConfig
 from flwrmtls.node.audience import LinkAudience

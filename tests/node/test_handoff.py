@@ -26,8 +26,8 @@ from flwrmtls.auth.tokens import TOKEN_METADATA_KEY
 from flwrmtls.fleet.client import FleetClient, Session
 from flwrmtls.link.server import Link
 from flwrmtls.node.agent import NodeAgent, RetryPolicy
+from flwrmtls.node.appioserver import ClientAppIoServer
 from flwrmtls.node.apps import AppManager, NodeRun
-from flwrmtls.node.clientappio import ClientAppIoServer
 from flwrmtls.objects.store import ObjectStore
 from flwrmtls.proto import appio_pb2, appio_pb2_grpc, common_pb2, fleet_pb2_grpc
 from flwrmtls.state.runs import RunStatus

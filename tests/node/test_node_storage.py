@@ -18,8 +18,8 @@ import pytest
 from flwrmtls.appio.clientapp_process import _read_shared
 from flwrmtls.auth.tokens import TOKEN_METADATA_KEY
 from flwrmtls.fleet.client import FleetClient, Session
+from flwrmtls.node.appioserver import ClientAppIoServer
 from flwrmtls.node.apps import AppManager, NodeRun
-from flwrmtls.node.clientappio import ClientAppIoServer
 from flwrmtls.node.storage import NodeStorage
 from flwrmtls.objects.scope import QuotaExceeded
 from flwrmtls.objects.store import CorruptObject, ObjectStore, object_id_of

@@ -22,8 +22,8 @@ import pytest
 from flwrmtls.auth.tokens import TOKEN_METADATA_KEY, new_token, token_hash
 from flwrmtls.fleet.client import FleetClient, Session
 from flwrmtls.link.server import Link
+from flwrmtls.node.appioserver import ClientAppIoServer
 from flwrmtls.node.apps import AppManager, NodeRun
-from flwrmtls.node.clientappio import ClientAppIoServer
 from flwrmtls.objects.store import ObjectStore
 from flwrmtls.proto import (
     appio_pb2,

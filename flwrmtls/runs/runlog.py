@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from flwrmtls.clock import Clock
-from flwrmtls.link.notify import Notifier
+from flwrmtls.runs.notify import Notifier
 from flwrmtls.state.runtable import RunTable
 
 __all__ = ["RunLog"]

@@ -1,42 +1,75 @@
 """ClientAppIo on the node: what a run's ClientApp process calls, with its run token.
 
-It runs as a grpc.aio server on its own event loop thread, behind the same interceptor and
-policy table as the link's APIs, with the run-token authenticator. Blocking work (waiting for
-a message, talking to the link) runs in worker threads so one slow call never stalls another.
-The run is the token's run: a ClientApp can see only its own run's messages and objects
-(an object of another run is answered "no object", exactly as one that is not stored; see
-:mod:`flwrmtls.node.apps`). What a ClientApp pushes, and what the node fetches from the link
-for it, is bounded by ``--max-object-storage`` (``RESOURCE_EXHAUSTED``, naming the flag;
-:mod:`flwrmtls.node.storage`).
+Rules:
+
+* The run is the token's run: a ClientApp can see only its own run's messages and objects
+  (an object of another run is answered "no object", exactly as one that is not stored; see
+  :mod:`flwrmtls.node.apps`).
+* What a ClientApp pushes, and what the node fetches from the link for it, is bounded by
+  ``--max-object-storage`` (``RESOURCE_EXHAUSTED``, naming the flag;
+  :mod:`flwrmtls.node.storage`).
+* Blocking work (waiting for a message, talking to the link) runs in worker threads, so one
+  slow call never stalls another.
+
+The servicer converts and delegates to the node's runs (:class:`ClientAppRuns`, which
+:class:`flwrmtls.node.apps.AppManager` is); the node serves it (:mod:`flwrmtls.node.appioserver`)
+behind the same interceptor and policy table as the link's APIs, as the link serves
+:mod:`flwrmtls.appio.serverappio`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 import grpc.aio
 
-from flwrmtls.auth.interceptor import AuthInterceptor, RefusalLog, current_principal
-from flwrmtls.auth.tokens import TokenAuthenticator
-from flwrmtls.clock import Clock, SystemClock
+from flwrmtls.auth.interceptor import current_principal
 from flwrmtls.errors import FlwrmtlsError
 from flwrmtls.fleet.client import OverQuota
-from flwrmtls.keyvalues import values_to_proto
-from flwrmtls.node.apps import AppManager
+from flwrmtls.keyvalues import Value, values_to_proto
 from flwrmtls.objects.scope import ObjectScope, QuotaExceeded
+from flwrmtls.objects.store import ObjectStore
 from flwrmtls.objects.transfer import answer_missing, answer_pull, answer_push, fixed_scope
-from flwrmtls.proto import appio_pb2, appio_pb2_grpc, objects_pb2
+from flwrmtls.proto import appio_pb2, appio_pb2_grpc, common_pb2, objects_pb2
 from flwrmtls.wire.bounds import long_poll_seconds
-from flwrmtls.wire.listen import ServerLimits, require_loopback
-from flwrmtls.wire.validate import RequestBoundsInterceptor
 
-__all__ = ["ClientAppIoServer", "ClientAppIoServicer"]
+__all__ = ["AppRun", "ClientAppIoServicer", "ClientAppRuns"]
 
 _Context = grpc.aio.ServicerContext[Any, Any]
+
+
+class AppRun(Protocol):
+    """A run as the node knows it."""
+
+    @property
+    def run_id(self) -> int: ...
+    @property
+    def bundle_hash(self) -> str: ...
+    @property
+    def run_config(self) -> dict[str, Value]: ...
+
+
+class ClientAppRuns(Protocol):
+    """What ClientAppIo needs of the node's runs (:class:`flwrmtls.node.apps.AppManager`)."""
+
+    @property
+    def objects(self) -> ObjectStore: ...
+    @property
+    def share_objects(self) -> bool: ...
+    @property
+    def node_config(self) -> dict[str, Value]: ...
+    @property
+    def node_id(self) -> int: ...
+
+    def run(self, run_id: int) -> AppRun | None: ...
+    def scope(self, run_id: int) -> ObjectScope: ...
+    def next_message(self, run_id: int, wait: float) -> tuple[common_pb2.Message | None, bool]: ...
+    def forward_reply(self, run_id: int, reply: common_pb2.Message) -> None: ...
+    def ensure_object(self, run_id: int, object_id: str, *, verify: bool = False) -> None: ...
+    def ensure_objects(self, run_id: int, object_ids: list[str]) -> None: ...
 
 
 def _run_id() -> int:
@@ -46,7 +79,7 @@ def _run_id() -> int:
 
 
 class ClientAppIoServicer(appio_pb2_grpc.ClientAppIoServicer):
-    def __init__(self, apps: AppManager) -> None:
+    def __init__(self, apps: ClientAppRuns) -> None:
         self._apps = apps
 
     def _scope(self) -> ObjectScope:
@@ -135,46 +168,3 @@ class ClientAppIoServicer(appio_pb2_grpc.ClientAppIoServicer):
         self, request: objects_pb2.MissingObjectsRequest, context: _Context
     ) -> objects_pb2.MissingObjectsResponse:
         return await answer_missing(self._apps.objects, self._scope(), request.object_ids, context)
-
-
-class ClientAppIoServer:
-    """ClientAppIo on ``address`` (loopback only: run tokens cross it in plaintext), served
-    from a background thread."""
-
-    def __init__(self, apps: AppManager, address: str, clock: Clock | None = None) -> None:
-        self._apps = apps
-        self._address = address
-        self._clock = clock or SystemClock()
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="clientappio",
-                                        daemon=True)  # fmt: skip
-        self._server: grpc.aio.Server | None = None
-        self.port = 0
-
-    def start(self) -> None:
-        require_loopback(self._address, "--clientappio-api-address", "ClientAppIo")
-        self._thread.start()
-        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(timeout=30)
-        host = self._address.rpartition(":")[0] or "127.0.0.1"
-        self._apps.clientappio_address = f"{host}:{self.port}"
-
-    async def _start(self) -> None:
-        tokens = TokenAuthenticator(self._apps.tokens.lookup)
-        interceptor = AuthInterceptor(
-            lambda: tokens, self._clock, RefusalLog(self._clock), serves="ClientAppIo"
-        )
-        server = grpc.aio.server(
-            interceptors=[interceptor, RequestBoundsInterceptor()], options=ServerLimits().options()
-        )
-        appio_pb2_grpc.add_ClientAppIoServicer_to_server(ClientAppIoServicer(self._apps), server)
-        self.port = server.add_insecure_port(self._address)
-        if self.port == 0:
-            raise OSError(f"cannot listen on {self._address}")
-        await server.start()
-        self._server = server
-
-    def stop(self) -> None:
-        if self._server is not None:
-            asyncio.run_coroutine_threadsafe(self._server.stop(1.0), self._loop).result(timeout=30)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout=10)

@@ -6,7 +6,7 @@ Rules:
   would bundle and holds no private key, its pyproject.toml) before anything runs; the run
   config is the app's defaults with the user's overrides (unknown keys refused).
 * Each run gets one ServerApp process (``python -I -u -m flwrmtls.appio.serverapp_process``,
-  started in ``/``: see :mod:`flwrmtls.appio.process`; nothing in the link's working
+  started in ``/``: see :mod:`flwrmtls.runs.supervisor`; nothing in the link's working
   directory is imported). Its token goes to it on standard input, never on its command
   line; the link keeps the token's hash only. Every line the process prints becomes a run
   log entry.
@@ -24,7 +24,7 @@ Rules:
 * Processes are always waited for (no zombies).
 * The run's bundle is its first object (it counts against the run's quota). When a run ends,
   its messages are deleted, and so are its objects that no other run, pending node upload or
-  upload in progress holds (see :mod:`flwrmtls.link.objects`). Its status, history, logs and
+  upload in progress holds (see :mod:`flwrmtls.runs.linkobjects`). Its status, history, logs and
   result stay.
 * Starting a run is one transaction (the run, its first history entry, its bundle's row, the
   first line of its log), written after the bundle's file. Ending a run is one transaction:
@@ -47,14 +47,14 @@ import sqlite3
 from dataclasses import dataclass
 
 from flwrmtls.app.bundle import bundle_hash, check_bundle, merge_run_config
-from flwrmtls.appio.process import APP_PROCESS_CWD, app_process_command
 from flwrmtls.auth.tokens import new_token, token_hash
 from flwrmtls.clock import Clock
 from flwrmtls.errors import InputError
 from flwrmtls.keyvalues import Value
-from flwrmtls.link.notify import Notifier
-from flwrmtls.link.objects import LinkObjects
-from flwrmtls.link.runlog import RunLog
+from flwrmtls.runs.linkobjects import LinkObjects
+from flwrmtls.runs.notify import Notifier
+from flwrmtls.runs.runlog import RunLog
+from flwrmtls.runs.supervisor import APP_PROCESS_CWD, app_process_command
 from flwrmtls.state.linkstate import LinkState
 from flwrmtls.state.runs import IllegalTransition, RunStatus
 
