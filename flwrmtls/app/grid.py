@@ -20,13 +20,10 @@ import time
 from collections.abc import Iterable
 from typing import Protocol
 
-from flwrmtls.app.message import Message, Metadata, new_message_id
+from flwrmtls.app.message import DEFAULT_TTL, Message, Metadata, new_message_id
 from flwrmtls.app.records import RecordDict
 
 __all__ = ["DEFAULT_TTL", "Grid", "NotEnoughNodes", "server_message"]
-
-DEFAULT_TTL = 3600.0
-"""Seconds a message lives when ``create_message`` is given no ttl."""
 
 
 def server_message(

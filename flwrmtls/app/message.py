@@ -10,6 +10,9 @@ Rules:
 - Node id 0 is the ServerApp side. ``src_identity`` is set by the link, never by the sender:
   it is the certificate identity of the node that sent the message.
 - Message types are ``"train"``, ``"evaluate"`` and ``"query"`` (:class:`MessageType`).
+- A message names no ttl: it lives :data:`DEFAULT_TTL` seconds (the one definition: the Grid
+  and the link read it).
+- Error codes are the protos' (``common.proto``, ``Error.Code``): :class:`ErrorCode` names them.
 
 Build a reply either way (both are Flower's spelling)::
 
@@ -30,6 +33,7 @@ from flwrmtls.app.records import RecordDict
 from flwrmtls.proto import common_pb2
 
 __all__ = [
+    "DEFAULT_TTL",
     "Error",
     "ErrorCode",
     "Message",
@@ -49,15 +53,25 @@ class MessageType:
     QUERY = "query"
 
 
-class ErrorCode(enum.IntEnum):
-    """Why a message has no real reply."""
+DEFAULT_TTL = 3600.0
+"""Seconds a message lives when it names no ttl."""
 
-    CLIENT_APP_RAISED = 1  # the ClientApp raised; the reason holds the traceback
-    NODE_UNAVAILABLE = 2  # the node went offline, or never was online
-    TIMEOUT = 3  # no reply within the timeout the ServerApp gave
-    RUN_ENDED = 4  # the run was stopped or finished before the reply
-    UNKNOWN_MESSAGE_TYPE = 5  # the ClientApp has no handler for the message type
-    LINK_ERROR = 6  # the link or the node failed to deliver the message or its reply
+
+class ErrorCode(enum.IntEnum):
+    """Why a message has no real reply (the values are ``common.proto``'s ``Error.Code``)."""
+
+    CLIENT_APP_RAISED = common_pb2.Error.CLIENT_APP_RAISED
+    """The ClientApp raised; the reason holds the traceback."""
+    NODE_UNAVAILABLE = common_pb2.Error.NODE_UNAVAILABLE
+    """The node went offline, or never was online."""
+    TIMEOUT = common_pb2.Error.TIMEOUT
+    """No reply within the timeout the ServerApp gave."""
+    RUN_ENDED = common_pb2.Error.RUN_ENDED
+    """The run was stopped or finished before the reply."""
+    UNKNOWN_MESSAGE_TYPE = common_pb2.Error.UNKNOWN_MESSAGE_TYPE
+    """The ClientApp has no handler for the message type."""
+    LINK_ERROR = common_pb2.Error.LINK_ERROR
+    """The link or the node failed to deliver the message or its reply."""
 
 
 @dataclass(frozen=True)

@@ -4,9 +4,10 @@ Rules:
 
 * The run is the token's run: requests never name it, and a message naming another run is
   refused. A token stops working when its run ends (the run table deletes its hash).
-* A message may only go to a node the link knows, and only once the objects it references
-  are the run's (the ServerApp pushes the missing ones first; with a shared object directory,
-  writing them there is enough). The objects a ServerApp reads, pushes and asks about are
+* A message may only go to a node the link knows (the rules of routing and stamping are
+  :mod:`flwrmtls.runs.routing`'s), and only once the objects it references are the run's
+  (the ServerApp pushes the missing ones first; with a shared object directory, writing them
+  there is enough). The objects a ServerApp reads, pushes and asks about are
   its run's (see :mod:`flwrmtls.runs.linkobjects`); they count against the run's quota.
 * A push is one transaction: its messages, and the rows that make their objects the run's
   and readable by their nodes, are stored whole or not at all.
@@ -27,7 +28,6 @@ Rules:
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
 from typing import Any
 
 import grpc
@@ -42,6 +42,7 @@ from flwrmtls.objects.transfer import answer_missing, answer_pull, answer_push, 
 from flwrmtls.proto import appio_pb2, appio_pb2_grpc, common_pb2, objects_pb2
 from flwrmtls.runs.linkobjects import LinkObjects, UnknownObjects
 from flwrmtls.runs.notify import Notifier
+from flwrmtls.runs.routing import route_instructions, unavailable_replies
 from flwrmtls.runs.serverapps import RunManager
 from flwrmtls.state.linkstate import LinkState
 from flwrmtls.state.messagetable import MessageRow
@@ -50,10 +51,8 @@ from flwrmtls.wire.bounds import long_poll_seconds
 __all__ = ["ServerAppIoServicer"]
 
 _Context = grpc.aio.ServicerContext[Any, Any]
-_DEFAULT_TTL = 3600.0
 OFFLINE_RECHECK = 0.5
 """Seconds between two checks of a run's awaited nodes (the check reads every awaited message)."""
-_NODE_UNAVAILABLE = 2  # flwrmtls.app.message.ErrorCode.NODE_UNAVAILABLE
 
 
 class ServerAppIoServicer(appio_pb2_grpc.ServerAppIoServicer):
@@ -118,53 +117,29 @@ class ServerAppIoServicer(appio_pb2_grpc.ServerAppIoServicer):
     ) -> appio_pb2.PushAppMessagesResponse:
         run_id = self._run_id()
         now = self._now()
-        destinations = self._state.node_status([m.dst_node_id for m in request.messages], now=now)
-        used = set(self._state.messages.taken(m.message_id for m in request.messages))
-        rows = []
-        for message in request.messages:
-            problem = None
-            if message.run_id not in (0, run_id):
-                problem = f"message {message.message_id} names run {message.run_id}"
-            elif message.dst_node_id not in destinations:
-                problem = f"message {message.message_id} is for unknown node {message.dst_node_id}"
-            elif not message.message_id:
-                problem = "a message has no message_id"
-            elif message.message_id in used:
-                problem = f"message id {message.message_id!r} is already used"
-            if problem:
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
-            used.add(message.message_id)
-            stamped = common_pb2.Message()
-            stamped.CopyFrom(message)
-            stamped.run_id = run_id
-            stamped.src_node_id = 0
-            stamped.created_at = now
-            stamped.ttl = message.ttl or _DEFAULT_TTL
-            rows.append(
-                MessageRow(
-                    message_id=stamped.message_id, run_id=run_id, src_node_id=0,
-                    dst_node_id=stamped.dst_node_id, reply_to_message_id="", created_at=now,
-                    expires_at=now + stamped.ttl, proto=stamped.SerializeToString(),
-                )
-            )  # fmt: skip
+        routed = route_instructions(
+            run_id, request.messages,
+            known_nodes=self._state.node_status([m.dst_node_id for m in request.messages], now=now),
+            used_ids=self._state.messages.taken(m.message_id for m in request.messages), now=now,
+        )  # fmt: skip
         run = self._state.runs.get(run_id)
         assert run is not None
         try:
             with self._state.transaction():  # the batch and its objects' rows: whole or absent
                 self._objects.accept_run_messages(
-                    run_id, [(m.dst_node_id, list(m.object_ids)) for m in request.messages],
-                    bundle_hash=run.bundle_hash, shared=self._share_objects,
+                    run_id, routed.named_objects, bundle_hash=run.bundle_hash,
+                    shared=self._share_objects,
                 )  # fmt: skip
-                self._state.messages.store(rows)
+                self._state.messages.store(routed.rows)
         except UnknownObjects as error:
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT, f"messages reference objects not pushed: {error}"
             )
         except QuotaExceeded as error:
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(error))
-        for row in rows:
+        for row in routed.rows:
             self._notifier.notify(("node", row.dst_node_id))
-        return appio_pb2.PushAppMessagesResponse(message_ids=[r.message_id for r in rows])
+        return appio_pb2.PushAppMessagesResponse(message_ids=[r.message_id for r in routed.rows])
 
     async def PullReplies(
         self, request: appio_pb2.PullRepliesRequest, context: _Context
@@ -201,51 +176,17 @@ class ServerAppIoServicer(appio_pb2_grpc.ServerAppIoServicer):
         return stored
 
     def _fail_offline(self, run_id: int, waiting: list[MessageRow]) -> tuple[bool, float | None]:
-        """Store NODE_UNAVAILABLE replies for messages whose node is offline.
+        """Store NODE_UNAVAILABLE replies for messages whose node cannot answer.
 
         Returns whether it stored any, and the seconds until the next waited-for node could
         time out (None: no node to watch).
         """
         now = self._now()
         status = self._state.node_status([row.dst_node_id for row in waiting], now=now)
-        failed = []
-        soonest: float | None = None
-        for row in waiting:
-            identity, online_until, unregistered = status.get(row.dst_node_id, ("", 0.0, False))
-            if online_until > now and not unregistered:
-                soonest = min(soonest or 1e9, online_until - now)
-                continue
-            since = datetime.fromtimestamp(online_until, UTC).strftime("%H:%M:%S UTC")
-            error = common_pb2.Message(
-                message_id=f"{row.message_id}-unavailable",
-                run_id=run_id,
-                src_node_id=row.dst_node_id,
-                dst_node_id=0,
-                reply_to_message_id=row.message_id,
-                created_at=now,
-                ttl=_DEFAULT_TTL,
-                src_identity=identity,
-                error=common_pb2.Error(
-                    code=_NODE_UNAVAILABLE,
-                    reason=(
-                        f"node {identity} unregistered"
-                        if unregistered
-                        else f"node {identity} went offline (no heartbeat since {since})"
-                        if identity
-                        else f"node {row.dst_node_id} is not known to the link"
-                    ),
-                ),
-            )
-            failed.append(
-                MessageRow(
-                    message_id=error.message_id, run_id=run_id, src_node_id=row.dst_node_id,
-                    dst_node_id=0, reply_to_message_id=row.message_id, created_at=now,
-                    expires_at=now + _DEFAULT_TTL, proto=error.SerializeToString(),
-                )
-            )  # fmt: skip
+        failed, next_check = unavailable_replies(run_id, waiting, status, now=now)
         if failed:
             self._state.messages.store(failed)
-        return bool(failed), None if soonest is None else soonest + 0.05
+        return bool(failed), next_check
 
     async def SetRunResult(
         self, request: appio_pb2.SetRunResultRequest, context: _Context

@@ -28,7 +28,9 @@ chunks are bounded as they arrive (:func:`flwrmtls.objects.transfer.pull_object_
      ├── SessionEnded      unknown-session (activate again), session-superseded (stop)
      ├── RunUnavailable    run-ended / run-not-for-node: drop what this node holds of the run
      ├── ObjectMissing     no-object
-     └── OverQuota         over-quota
+     ├── OverQuota         over-quota
+     └── RequestRefused    invalid-message, foreign-message: what this node sent is not the
+                           link's to take (a bug here, never its credentials): final for it
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ __all__ = [
     "ObjectMissing",
     "OverQuota",
     "Pulled",
+    "RequestRefused",
     "RunUnavailable",
     "Session",
     "SessionEnded",
@@ -130,6 +133,11 @@ class ObjectMissing(Refused):
     """The link has no such object for this node (not stored, or not one it may read)."""
 
 
+class RequestRefused(Refused):
+    """The link refused what this node sent (a reply not its to send, an id used before): a
+    bug in the node or its ClientApp, which retrying will not mend."""
+
+
 NODE_ERRORS: Mapping[Refusal, Callable[[str], FlwrmtlsError]] = {
     Refusal.UNKNOWN_SESSION: lambda text: SessionEnded(text, superseded=False),
     Refusal.SESSION_SUPERSEDED: lambda text: SessionEnded(text, superseded=True),
@@ -137,6 +145,8 @@ NODE_ERRORS: Mapping[Refusal, Callable[[str], FlwrmtlsError]] = {
     Refusal.RUN_NOT_FOR_NODE: lambda text: RunUnavailable(text, ended=False),
     Refusal.NO_OBJECT: ObjectMissing,
     Refusal.OVER_QUOTA: OverQuota,
+    Refusal.INVALID_MESSAGE: RequestRefused,
+    Refusal.FOREIGN_MESSAGE: RequestRefused,
 }
 """What each refusal code the link states becomes on this node."""
 

@@ -17,9 +17,10 @@ Rules for runs:
   superseded session, a run that is not active or has no work for the node, a missing object,
   a storage bound. The status code alone never says which.
 * A node may reply only to a message addressed to it, in a run that has not ended; the link
-  stamps the reply with the node's certificate identity, so the ServerApp knows who answered.
-  A push of replies is one transaction: the replies, their objects' rows and the run log
-  lines of ClientApps that raised are stored whole or not at all.
+  stamps the reply with the node's certificate identity, so the ServerApp knows who answered
+  (the rules are :mod:`flwrmtls.runs.routing`'s). A push of replies is one transaction: the
+  replies, their objects' rows and the run log lines of ClientApps that raised are stored
+  whole or not at all.
 * A node may ask for a run's bundle hash and config only for a run that sent it work.
 * Objects: a node reads only the objects named by messages addressed to it (and their runs'
   bundles, and its own uploads), and a reply may name only those; an upload counts against
@@ -45,9 +46,9 @@ from flwrmtls.objects.transfer import answer_missing, answer_pull, answer_push
 from flwrmtls.proto import common_pb2, fleet_pb2, fleet_pb2_grpc, objects_pb2
 from flwrmtls.runs.linkobjects import LinkObjects, UnknownObjects
 from flwrmtls.runs.notify import Notifier
+from flwrmtls.runs.routing import route_replies
 from flwrmtls.runs.runlog import RunLog
 from flwrmtls.state.linkstate import LinkState, SessionSuperseded, UnknownSession
-from flwrmtls.state.messagetable import MessageRow
 from flwrmtls.wire.bounds import long_poll_seconds
 from flwrmtls.wire.refusals import Refusal, refuse
 
@@ -63,7 +64,6 @@ MAX_ACKS = 1000
 DELIVERY_LEASE = 60.0
 """Seconds a handed-out message waits for its acknowledgement before it is handed out again:
 more than a node's long poll (20 s) and the pull that carries the acknowledgement."""
-_CLIENT_APP_RAISED = 1  # flwrmtls.app.message.ErrorCode.CLIENT_APP_RAISED
 
 
 class FleetServicer(fleet_pb2_grpc.FleetServicer):
@@ -203,65 +203,20 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
     ) -> fleet_pb2.PushMessagesResponse:
         node_id = await self._session_node(request.session_id, context)
         principal = current_principal()
-        now = self._now()
         reply_to = [m.reply_to_message_id for m in request.messages]
         originals = self._state.messages.get(reply_to)
-        answered = set(self._state.messages.replies_to(reply_to))
-        used = set(self._state.messages.taken(m.message_id for m in request.messages))
-        rows = []
-        named: list[tuple[int, list[str]]] = []
-        raised: list[tuple[int, str]] = []
-        """(run, reason) of replies that say the node's ClientApp raised: for the run's log."""
-        for message in request.messages:
-            original = originals.get(message.reply_to_message_id)
-            if message.src_node_id != node_id:
-                await context.abort(
-                    grpc.StatusCode.PERMISSION_DENIED,
-                    f"message {message.message_id} claims source node {message.src_node_id}, "
-                    f"but this connection is node {node_id}",
-                )
-            if original is None or original.dst_node_id != node_id:
-                await context.abort(
-                    grpc.StatusCode.PERMISSION_DENIED,
-                    f"message {message.message_id} replies to {message.reply_to_message_id!r}, "
-                    "which was not sent to this node",
-                )
-                raise AssertionError("unreachable")
-            run = self._state.runs.get(original.run_id)
-            if run is None or run.ended or original.message_id in answered:
-                continue  # the run ended, or the link already answered for the node (offline)
-            if not message.message_id or message.message_id in used:
-                await context.abort(
-                    grpc.StatusCode.INVALID_ARGUMENT,
-                    f"reply id {message.message_id!r} is empty or already used",
-                )
-            answered.add(original.message_id)
-            used.add(message.message_id)
-            stamped = common_pb2.Message()
-            stamped.CopyFrom(message)
-            stamped.run_id = original.run_id
-            stamped.dst_node_id = 0
-            stamped.src_identity = principal.identity
-            named.append((stamped.run_id, list(stamped.object_ids)))
-            rows.append(
-                MessageRow(
-                    message_id=stamped.message_id,
-                    run_id=stamped.run_id,
-                    src_node_id=node_id,
-                    dst_node_id=0,
-                    reply_to_message_id=stamped.reply_to_message_id,
-                    created_at=now,
-                    expires_at=now + max(stamped.ttl, 3600.0),
-                    proto=stamped.SerializeToString(),
-                )
-            )
-            if stamped.HasField("error") and stamped.error.code == _CLIENT_APP_RAISED:
-                raised.append((stamped.run_id, stamped.error.reason))
+        routed = route_replies(
+            request.messages, node_id=node_id, identity=principal.identity,
+            originals=originals, answered=self._state.messages.replies_to(reply_to),
+            used_ids=self._state.messages.taken(m.message_id for m in request.messages),
+            active_runs=self._active_runs({original.run_id for original in originals.values()}),
+            now=self._now(),
+        )  # fmt: skip
         try:
             with self._state.transaction():  # the replies and their objects' rows: one commit
-                self._objects.accept_replies(node_id, named)
-                self._state.messages.store(rows)
-                for run_id, reason in raised:
+                self._objects.accept_replies(node_id, routed.named_objects)
+                self._state.messages.store(routed.rows)
+                for run_id, reason in routed.raised:
                     self._run_log.add(
                         run_id,
                         f"node {principal.identity}",
@@ -274,9 +229,16 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
             )
         except QuotaExceeded as error:
             await refuse(context, Refusal.OVER_QUOTA, str(error))
-        for run_id in {row.run_id for row in rows}:
+        for run_id in {row.run_id for row in routed.rows}:
             self._notifier.notify(("run", run_id))
-        return fleet_pb2.PushMessagesResponse(message_ids=[row.message_id for row in rows])
+        return fleet_pb2.PushMessagesResponse(message_ids=[row.message_id for row in routed.rows])
+
+    def _active_runs(self, run_ids: set[int]) -> set[int]:
+        return {
+            run_id
+            for run_id in run_ids
+            if (run := self._state.runs.get(run_id)) is not None and not run.ended
+        }
 
     async def GetRun(
         self, request: fleet_pb2.GetRunRequest, context: _Context

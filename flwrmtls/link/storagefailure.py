@@ -26,6 +26,9 @@ a constraint, a closed database                              operator must look 
 writing an object
 ==============================================  ===========  ==================================
 
+The same wrapper answers a :class:`~flwrmtls.wire.refusals.CallRefused` a handler raises, as
+the refusal catalogue's row says (:mod:`flwrmtls.wire.refusals`).
+
 Installed twice on each server: inside the authentication interceptor (so the audit trail
 records the call's real status) and outside it (authentication writes too: identity pins).
 """
@@ -42,6 +45,7 @@ import grpc
 import grpc.aio
 
 from flwrmtls.auth.interceptor import current_principal
+from flwrmtls.wire.refusals import CallRefused, answer_refused
 
 __all__ = ["FAILURES", "STORAGE_ERRNOS", "StorageFailureInterceptor", "storage_failure"]
 
@@ -120,6 +124,8 @@ def _guarded(handler: Any, method: str) -> Any:
         async def unary(request: Any, context: _Context) -> Any:
             try:
                 return await inner(request, context)
+            except CallRefused as refused:
+                await answer_refused(context, refused)
             except (sqlite3.Error, OSError) as error:
                 await _answer(method, error, context)
 
@@ -135,6 +141,8 @@ def _guarded(handler: Any, method: str) -> Any:
         try:
             async for response in inner_stream(request, context):
                 yield response
+        except CallRefused as refused:
+            await answer_refused(context, refused)
         except (sqlite3.Error, OSError) as error:
             await _answer(method, error, context)
 

@@ -96,9 +96,10 @@ _STOP_GRACE = 5.0
 _REAP_INTERVAL = 0.5
 SPARE_DELAY = 1.0
 """Seconds without an active run before a spare ClientApp process is started."""
-_LINK_ERROR = 6  # flwrmtls.app.message.ErrorCode.LINK_ERROR
+
 SEEN_LIMIT = 10_000
 """Message ids each run remembers, to take a message delivered twice once."""
+_LINK_ERROR = common_pb2.Error.LINK_ERROR
 
 
 @dataclass

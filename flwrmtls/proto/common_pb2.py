@@ -24,15 +24,17 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x66lwrmtls/proto/common.proto\x12\x0e\x66lwrmtls.proto\"%\n\x05\x45rror\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x12\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x9e\x02\n\x07Message\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\x04\x12\x13\n\x0bsrc_node_id\x18\x03 \x01(\x04\x12\x13\n\x0b\x64st_node_id\x18\x04 \x01(\x04\x12\x14\n\x0cmessage_type\x18\x05 \x01(\t\x12\x1b\n\x13reply_to_message_id\x18\x06 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x07 \x01(\x0c\x12\x12\n\ncreated_at\x18\x08 \x01(\x01\x12\x0b\n\x03ttl\x18\t \x01(\x01\x12\x10\n\x08group_id\x18\n \x01(\t\x12\x12\n\nobject_ids\x18\x0b \x03(\t\x12$\n\x05\x65rror\x18\x0c \x01(\x0b\x32\x15.flwrmtls.proto.Error\x12\x14\n\x0csrc_identity\x18\r \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x66lwrmtls/proto/common.proto\x12\x0e\x66lwrmtls.proto\"\xb7\x01\n\x05\x45rror\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x12\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x8f\x01\n\x04\x43ode\x12\x14\n\x10\x43ODE_UNSPECIFIED\x10\x00\x12\x15\n\x11\x43LIENT_APP_RAISED\x10\x01\x12\x14\n\x10NODE_UNAVAILABLE\x10\x02\x12\x0b\n\x07TIMEOUT\x10\x03\x12\r\n\tRUN_ENDED\x10\x04\x12\x18\n\x14UNKNOWN_MESSAGE_TYPE\x10\x05\x12\x0e\n\nLINK_ERROR\x10\x06\"\x9e\x02\n\x07Message\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\x04\x12\x13\n\x0bsrc_node_id\x18\x03 \x01(\x04\x12\x13\n\x0b\x64st_node_id\x18\x04 \x01(\x04\x12\x14\n\x0cmessage_type\x18\x05 \x01(\t\x12\x1b\n\x13reply_to_message_id\x18\x06 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x07 \x01(\x0c\x12\x12\n\ncreated_at\x18\x08 \x01(\x01\x12\x0b\n\x03ttl\x18\t \x01(\x01\x12\x10\n\x08group_id\x18\n \x01(\t\x12\x12\n\nobject_ids\x18\x0b \x03(\t\x12$\n\x05\x65rror\x18\x0c \x01(\x0b\x32\x15.flwrmtls.proto.Error\x12\x14\n\x0csrc_identity\x18\r \x01(\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'flwrmtls.proto.common_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ERROR']._serialized_start=47
-  _globals['_ERROR']._serialized_end=84
-  _globals['_MESSAGE']._serialized_start=87
-  _globals['_MESSAGE']._serialized_end=373
+  _globals['_ERROR']._serialized_start=48
+  _globals['_ERROR']._serialized_end=231
+  _globals['_ERROR_CODE']._serialized_start=88
+  _globals['_ERROR_CODE']._serialized_end=231
+  _globals['_MESSAGE']._serialized_start=234
+  _globals['_MESSAGE']._serialized_end=520
 # @@protoc_insertion_point(module_scope)

@@ -7,6 +7,7 @@ from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -24,10 +25,50 @@ class Error(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    class _Code:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _CodeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[Error._Code.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        CODE_UNSPECIFIED: Error._Code.ValueType  # 0
+        CLIENT_APP_RAISED: Error._Code.ValueType  # 1
+        """the ClientApp raised; the reason holds the traceback"""
+        NODE_UNAVAILABLE: Error._Code.ValueType  # 2
+        """the node went offline, or never was online"""
+        TIMEOUT: Error._Code.ValueType  # 3
+        """no reply within the timeout the ServerApp gave"""
+        RUN_ENDED: Error._Code.ValueType  # 4
+        """the run was stopped or finished before the reply"""
+        UNKNOWN_MESSAGE_TYPE: Error._Code.ValueType  # 5
+        """the ClientApp has no handler for the message type"""
+        LINK_ERROR: Error._Code.ValueType  # 6
+        """the link or the node failed to deliver the message or reply"""
+
+    class Code(_Code, metaclass=_CodeEnumTypeWrapper):
+        """The one definition of the error codes: the link, the nodes, the app processes and app
+        authors (flwrmtls.app.ErrorCode) all read these. `code` stays an integer on the wire so
+        that a code from a newer peer passes through unchanged.
+        """
+
+    CODE_UNSPECIFIED: Error.Code.ValueType  # 0
+    CLIENT_APP_RAISED: Error.Code.ValueType  # 1
+    """the ClientApp raised; the reason holds the traceback"""
+    NODE_UNAVAILABLE: Error.Code.ValueType  # 2
+    """the node went offline, or never was online"""
+    TIMEOUT: Error.Code.ValueType  # 3
+    """no reply within the timeout the ServerApp gave"""
+    RUN_ENDED: Error.Code.ValueType  # 4
+    """the run was stopped or finished before the reply"""
+    UNKNOWN_MESSAGE_TYPE: Error.Code.ValueType  # 5
+    """the ClientApp has no handler for the message type"""
+    LINK_ERROR: Error.Code.ValueType  # 6
+    """the link or the node failed to deliver the message or reply"""
+
     CODE_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     code: _builtins.int
-    """see flwrmtls.app.message.ErrorCode"""
+    """a Code"""
     reason: _builtins.str
     """for people: what happened (a ClientApp's traceback, "node offline", ...)"""
     def __init__(

@@ -2,10 +2,12 @@
 
 Rules:
 
-* A refusal a node acts on carries a :class:`Refusal` code in the ``flwrmtls-refusal``
-  trailer (:data:`~flwrmtls.wire.metadata.REFUSAL_KEY`, the trailer that also names why
-  credentials were refused), beside its gRPC status and a sentence for people. The link
-  refuses through :func:`refuse` only, so a code always comes with the status its row names.
+* A refusal carries a :class:`Refusal` code in the ``flwrmtls-refusal`` trailer
+  (:data:`~flwrmtls.wire.metadata.REFUSAL_KEY`, the trailer that also names why credentials
+  were refused), beside its gRPC status and a sentence for people. A servicer refuses by
+  raising :class:`CallRefused`; one place answers it (the link's interceptor,
+  :mod:`flwrmtls.link.storagefailure`), or :func:`refuse` where a handler answers itself, so a
+  code always comes with the status its row names.
 * A client reads the cause from the code, never from the status alone (:func:`refusal_of`):
   a NOT_FOUND may mean an unknown session, a run that has ended or a missing object, and a
   RESOURCE_EXHAUSTED from grpc itself (a message over its size limit) is not a storage quota.
@@ -29,7 +31,15 @@ import grpc
 
 from flwrmtls.wire.metadata import REFUSAL_KEY
 
-__all__ = ["REFUSALS", "Refusal", "RefusalRow", "refusal_of", "refuse"]
+__all__ = [
+    "REFUSALS",
+    "CallRefused",
+    "Refusal",
+    "RefusalRow",
+    "answer_refused",
+    "refusal_of",
+    "refuse",
+]
 
 
 class Refusal(enum.StrEnum):
@@ -39,6 +49,8 @@ class Refusal(enum.StrEnum):
     RUN_NOT_FOR_NODE = "run-not-for-node"
     NO_OBJECT = "no-object"
     OVER_QUOTA = "over-quota"
+    INVALID_MESSAGE = "invalid-message"
+    FOREIGN_MESSAGE = "foreign-message"
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +80,28 @@ REFUSALS: Mapping[Refusal, RefusalRow] = {
     Refusal.OVER_QUOTA: RefusalRow(
         grpc.StatusCode.RESOURCE_EXHAUSTED, "over a storage bound of the link"
     ),
+    Refusal.INVALID_MESSAGE: RefusalRow(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "a message the link does not route (another run's, an unknown node, an id empty or "
+        "used before)",
+    ),
+    Refusal.FOREIGN_MESSAGE: RefusalRow(
+        grpc.StatusCode.PERMISSION_DENIED,
+        "a reply that is not this node's to send (another source node, or an answer to a "
+        "message not sent to it)",
+    ),
 }
+
+
+class CallRefused(Exception):
+    """A call the link refuses, raised by the code handling it: answered with the row of
+    ``refusal`` (its status, its code in the trailer) and ``details`` for people (default:
+    the row's meaning)."""
+
+    def __init__(self, refusal: Refusal, details: str = "") -> None:
+        self.refusal = refusal
+        self.details = details or REFUSALS[refusal].meaning
+        super().__init__(self.details)
 
 
 async def refuse(context: Any, refusal: Refusal, details: str = "") -> NoReturn:
@@ -78,6 +111,11 @@ async def refuse(context: Any, refusal: Refusal, details: str = "") -> NoReturn:
     context.set_trailing_metadata(((REFUSAL_KEY, refusal.value),))
     await context.abort(row.status, details or row.meaning)
     raise AssertionError("abort raises")
+
+
+async def answer_refused(context: Any, refused: CallRefused) -> NoReturn:
+    """End the call with what a :class:`CallRefused` says."""
+    await refuse(context, refused.refusal, refused.details)
 
 
 def refusal_of(status: grpc.StatusCode, trailers: Sequence[tuple[str, Any]]) -> Refusal | None:

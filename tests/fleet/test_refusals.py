@@ -15,6 +15,7 @@ from flwrmtls.fleet.client import (
     NODE_ERRORS,
     ObjectMissing,
     OverQuota,
+    RequestRefused,
     RunUnavailable,
     SessionEnded,
     node_error,
@@ -38,6 +39,8 @@ def stated(code: str) -> list[tuple[str, str]]:
         (Refusal.RUN_NOT_FOR_NODE, RunUnavailable, False),
         (Refusal.NO_OBJECT, ObjectMissing, False),
         (Refusal.OVER_QUOTA, OverQuota, False),
+        (Refusal.INVALID_MESSAGE, RequestRefused, False),
+        (Refusal.FOREIGN_MESSAGE, RequestRefused, False),
     ],
 )
 def test_each_code_becomes_its_own_error_and_only_session_codes_end_a_session(
