@@ -40,6 +40,7 @@ from flwrmtls.keyvalues import values_from_proto
 from flwrmtls.objects.store import CorruptObject, ObjectStore
 from flwrmtls.objects.transfer import pull_objects, push_objects
 from flwrmtls.proto import appio_pb2, appio_pb2_grpc, common_pb2
+from flwrmtls.wire.refusals import Refusal, refusal_in
 
 log = logging.getLogger("flwrmtls.clientapp")
 
@@ -57,10 +58,19 @@ def _handle(client_app: ClientApp, message: Message, context: Context) -> Messag
         )
 
 
-_UNAVAILABLE = (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.RESOURCE_EXHAUSTED)
+_UNAVAILABLE = (Refusal.NO_OBJECT, Refusal.OVER_QUOTA)
 """What the node answers for arrays it cannot provide: not available from the link, or over
 its --max-object-storage. The message gets an error reply; any other failure ends the
 process (the node is gone)."""
+
+
+def _over_a_limit(error: grpc.RpcError) -> bool:
+    """The node refused a reply as over its storage (``over-quota``), or grpc as over its
+    message size (RESOURCE_EXHAUSTED from grpc itself, with no code): the next may fit."""
+    refusal = refusal_in(error)
+    return refusal is Refusal.OVER_QUOTA or (
+        refusal is None and error.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+    )
 
 
 def _read_shared(
@@ -142,7 +152,7 @@ def run(address: str) -> int:
                     )
                 )
             except grpc.RpcError as error:
-                if error.code() not in _UNAVAILABLE:
+                if refusal_in(error) not in _UNAVAILABLE:
                     raise
                 log.error("the message's arrays are unavailable: %s", error.details())
                 reply = _undelivered(response.message, error.details() or "arrays unavailable")
@@ -165,7 +175,7 @@ def run(address: str) -> int:
                     timeout=_TRANSFER_TIMEOUT,
                 )  # fmt: skip
             except grpc.RpcError as error:
-                if error.code() is not grpc.StatusCode.RESOURCE_EXHAUSTED:
+                if not _over_a_limit(error):
                     raise
                 log.error("reply refused: %s", error.details())  # the next message may fit
     finally:

@@ -10,6 +10,10 @@ Rules:
   :mod:`flwrmtls.node.storage`).
 * Blocking work (waiting for a message, talking to the link) runs in worker threads, so one
   slow call never stalls another.
+* Refusals are the error catalogue's (:mod:`flwrmtls.wire.refusals`): ``no-object`` for
+  arrays the node cannot provide, ``over-quota`` over its storage, ``foreign-message`` for a
+  reply that answers nothing this node received, ``link-unreachable`` when the node cannot
+  pass a reply on; the node's server answers them in one place.
 
 The servicer converts and delegates to the node's runs (:class:`ClientAppRuns`, which
 :class:`flwrmtls.node.apps.AppManager` is); the node serves it (:mod:`flwrmtls.node.appioserver`)
@@ -35,6 +39,7 @@ from flwrmtls.objects.store import ObjectStore
 from flwrmtls.objects.transfer import answer_missing, answer_pull, answer_push, fixed_scope
 from flwrmtls.proto import appio_pb2, appio_pb2_grpc, common_pb2, objects_pb2
 from flwrmtls.wire.bounds import long_poll_seconds
+from flwrmtls.wire.refusals import CallRefused, Refusal
 
 __all__ = ["AppRun", "ClientAppIoServicer", "ClientAppRuns"]
 
@@ -91,8 +96,7 @@ class ClientAppIoServicer(appio_pb2_grpc.ClientAppIoServicer):
     ) -> appio_pb2.GetAppRunResponse:
         run = self._apps.run(_run_id())
         if run is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND, "run unknown to this node")
-            raise AssertionError("unreachable")
+            raise CallRefused(Refusal.RUN_ENDED, "run unknown to this node")
         return appio_pb2.GetAppRunResponse(
             run_id=run.run_id,
             bundle_hash=run.bundle_hash,
@@ -119,16 +123,17 @@ class ClientAppIoServicer(appio_pb2_grpc.ClientAppIoServicer):
         try:
             await asyncio.to_thread(self._apps.forward_reply, _run_id(), request.reply)
         except PermissionError as error:
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(error))
+            raise CallRefused(Refusal.FOREIGN_MESSAGE, str(error)) from None
         except OverQuota as error:
-            await context.abort(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"{error} (the ServerApp gets a LINK_ERROR reply instead)",
-            )
+            raise CallRefused(
+                Refusal.OVER_QUOTA, f"{error} (the ServerApp gets a LINK_ERROR reply instead)"
+            ) from None
         except ValueError as error:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+            raise CallRefused(Refusal.INVALID_MESSAGE, str(error)) from None
         except FlwrmtlsError as error:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, f"could not reach the link: {error}")
+            raise CallRefused(
+                Refusal.LINK_UNREACHABLE, f"could not reach the link: {error}"
+            ) from None
         return appio_pb2.PushReplyResponse()
 
     async def PullObject(
@@ -139,11 +144,11 @@ class ClientAppIoServicer(appio_pb2_grpc.ClientAppIoServicer):
                 self._apps.ensure_object, _run_id(), request.object_id, verify=True
             )
         except QuotaExceeded as error:
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(error))
+            raise CallRefused(Refusal.OVER_QUOTA, str(error)) from None
         except (ValueError, FlwrmtlsError) as error:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"object unavailable: {error}")
+            raise CallRefused(Refusal.NO_OBJECT, f"object unavailable: {error}") from None
         scope = self._scope()
-        async for chunk in answer_pull(self._apps.objects, scope, request.object_id, context):
+        async for chunk in answer_pull(self._apps.objects, scope, request.object_id):
             yield chunk
 
     async def PrepareObjects(
@@ -152,19 +157,19 @@ class ClientAppIoServicer(appio_pb2_grpc.ClientAppIoServicer):
         try:
             await asyncio.to_thread(self._apps.ensure_objects, _run_id(), list(request.object_ids))
         except QuotaExceeded as error:
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(error))
+            raise CallRefused(Refusal.OVER_QUOTA, str(error)) from None
         except (ValueError, FlwrmtlsError) as error:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"object unavailable: {error}")
+            raise CallRefused(Refusal.NO_OBJECT, f"object unavailable: {error}") from None
         return appio_pb2.PrepareObjectsResponse()
 
     async def PushObject(
         self, request_iterator: AsyncIterator[objects_pb2.ObjectChunk], context: _Context
     ) -> objects_pb2.PushObjectResponse:
         scope = fixed_scope(self._scope())
-        response, _ = await answer_push(self._apps.objects, request_iterator, context, scope)
+        response, _ = await answer_push(self._apps.objects, request_iterator, scope)
         return response
 
     async def MissingObjects(
         self, request: objects_pb2.MissingObjectsRequest, context: _Context
     ) -> objects_pb2.MissingObjectsResponse:
-        return await answer_missing(self._apps.objects, self._scope(), request.object_ids, context)
+        return await answer_missing(self._apps.objects, self._scope(), request.object_ids)

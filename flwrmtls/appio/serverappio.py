@@ -20,9 +20,11 @@ Rules:
   went offline is checked at most every ``OFFLINE_RECHECK`` seconds per run (sooner when a
   node's heartbeat grace ends).
 * SetRunResult keeps only a result of the shape the app library writes
-  (:mod:`flwrmtls.app.runresult`: bounded, finite, canonical); anything else is refused with
-  INVALID_ARGUMENT and nothing is stored. The reason is kept up to 4,000 characters
-  (``flwrmtls.runs.serverapps.REASON_LIMIT``).
+  (:mod:`flwrmtls.app.runresult`: bounded, finite, canonical); anything else is refused
+  (``invalid-request``, INVALID_ARGUMENT) and nothing is stored. The reason is kept up to
+  4,000 characters (``flwrmtls.runs.serverapps.REASON_LIMIT``).
+* Refusals are raised as the error catalogue's (:mod:`flwrmtls.wire.refusals`), which answers
+  them in one place.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ from flwrmtls.runs.serverapps import RunManager
 from flwrmtls.state.linkstate import LinkState
 from flwrmtls.state.messagetable import MessageRow
 from flwrmtls.wire.bounds import long_poll_seconds
+from flwrmtls.wire.refusals import CallRefused, Refusal
 
 __all__ = ["ServerAppIoServicer"]
 
@@ -132,11 +135,11 @@ class ServerAppIoServicer(appio_pb2_grpc.ServerAppIoServicer):
                 )  # fmt: skip
                 self._state.messages.store(routed.rows)
         except UnknownObjects as error:
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT, f"messages reference objects not pushed: {error}"
-            )
+            raise CallRefused(
+                Refusal.OBJECTS_NOT_PUSHED, f"messages reference objects not pushed: {error}"
+            ) from None
         except QuotaExceeded as error:
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(error))
+            raise CallRefused(Refusal.OVER_QUOTA, str(error)) from None
         for row in routed.rows:
             self._notifier.notify(("node", row.dst_node_id))
         return appio_pb2.PushAppMessagesResponse(message_ids=[r.message_id for r in routed.rows])
@@ -196,7 +199,7 @@ class ServerAppIoServicer(appio_pb2_grpc.ServerAppIoServicer):
             try:
                 result = check_result(request.result_json)
             except ResultError as error:
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"run result: {error}")
+                raise CallRefused(Refusal.INVALID_REQUEST, f"run result: {error}") from None
         self._runs.report(self._run_id(), request.failed, request.reason, result)
         return appio_pb2.SetRunResultResponse()
 
@@ -204,18 +207,18 @@ class ServerAppIoServicer(appio_pb2_grpc.ServerAppIoServicer):
         self, request: objects_pb2.PullObjectRequest, context: _Context
     ) -> AsyncIterator[objects_pb2.ObjectChunk]:
         scope = self._objects.run_scope(self._run_id())
-        async for chunk in answer_pull(self._objects.store, scope, request.object_id, context):
+        async for chunk in answer_pull(self._objects.store, scope, request.object_id):
             yield chunk
 
     async def PushObject(
         self, request_iterator: AsyncIterator[objects_pb2.ObjectChunk], context: _Context
     ) -> objects_pb2.PushObjectResponse:
         scope = fixed_scope(self._objects.run_scope(self._run_id()))
-        response, _ = await answer_push(self._objects.store, request_iterator, context, scope)
+        response, _ = await answer_push(self._objects.store, request_iterator, scope)
         return response
 
     async def MissingObjects(
         self, request: objects_pb2.MissingObjectsRequest, context: _Context
     ) -> objects_pb2.MissingObjectsResponse:
         scope = self._objects.run_scope(self._run_id())
-        return await answer_missing(self._objects.store, scope, request.object_ids, context)
+        return await answer_missing(self._objects.store, scope, request.object_ids)

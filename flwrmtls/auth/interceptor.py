@@ -83,7 +83,14 @@ from flwrmtls.auth.tokens import TOKEN_METADATA_KEY
 from flwrmtls.clock import Clock
 from flwrmtls.wire.metadata import REFUSAL_KEY
 
-__all__ = ["REFUSAL_METADATA_KEY", "AuthInterceptor", "RefusalLog", "Reported", "current_principal"]
+__all__ = [
+    "REFUSAL_METADATA_KEY",
+    "AuthInterceptor",
+    "RefusalLog",
+    "Reported",
+    "caller_name",
+    "current_principal",
+]
 
 log = logging.getLogger("flwrmtls.link.auth")
 
@@ -105,6 +112,16 @@ def _reset(token: contextvars.Token[Principal]) -> None:
 def current_principal() -> Principal:
     """The authenticated caller of the call being handled (set by the interceptor)."""
     return _principal.get()
+
+
+def caller_name() -> str:
+    """Who makes the call being handled, for a log line: its identity (or its kind); "" while
+    it is not known yet (failed while authenticating)."""
+    try:
+        principal = current_principal()
+    except LookupError:
+        return ""
+    return principal.identity or principal.kind.value
 
 
 @dataclass(frozen=True, slots=True)

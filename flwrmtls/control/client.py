@@ -7,7 +7,8 @@ without it is refused before anything connects, never verified against grpc's pu
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from typing import TypeVar
 
 import grpc
 from cryptography import x509
@@ -31,6 +32,7 @@ from flwrmtls.wire.errors import ConnectionContext, translate_rpc_error
 
 __all__ = ["ControlClient"]
 
+_T = TypeVar("_T")
 _CALL_TIMEOUT = 15.0
 _OPTIONS = [("grpc.max_send_message_length", 64 << 20)]
 
@@ -88,96 +90,71 @@ class ControlClient:
     def list_nodes(self, *, verbose: bool = False) -> list[control_pb2.NodeInfo]:
         return list(self.list_nodes_and_revocation(verbose=verbose).nodes)
 
-    def list_nodes_and_revocation(self, *, verbose: bool = False) -> control_pb2.ListNodesResponse:
-        """The nodes, and how the link checks revocation per issuer of client certificates."""
+    def _call(self, invoke: Callable[[], _T]) -> _T:
+        """One call; its failure translated (:func:`flwrmtls.wire.errors.translate_rpc_error`)."""
         try:
-            response: control_pb2.ListNodesResponse = self._stub.ListNodes(
-                control_pb2.ListNodesRequest(verbose=verbose), timeout=_CALL_TIMEOUT
-            )
+            return invoke()
         except grpc.RpcError as error:
             raise translate_rpc_error(error, self._ctx) from None
+
+    def list_nodes_and_revocation(self, *, verbose: bool = False) -> control_pb2.ListNodesResponse:
+        """The nodes, and how the link checks revocation per issuer of client certificates."""
+        request = control_pb2.ListNodesRequest(verbose=verbose)
+        response: control_pb2.ListNodesResponse = self._call(
+            lambda: self._stub.ListNodes(request, timeout=_CALL_TIMEOUT)
+        )
         return response
 
     def register_keys(
         self, public_keys: list[bytes], identity: str = ""
     ) -> list[control_pb2.RegisteredKey]:
         """Register keys; ``identity`` binds them to a certificate node (certificate+key)."""
-        try:
-            response = self._stub.RegisterNodeKeys(
-                control_pb2.RegisterNodeKeysRequest(public_keys=public_keys, identity=identity),
-                timeout=_CALL_TIMEOUT,
-            )
-        except grpc.RpcError as error:
-            raise translate_rpc_error(error, self._ctx) from None
+        request = control_pb2.RegisterNodeKeysRequest(public_keys=public_keys, identity=identity)
+        response = self._call(lambda: self._stub.RegisterNodeKeys(request, timeout=_CALL_TIMEOUT))
         return list(response.keys)
 
     def unregister_node(self, node_id: int) -> control_pb2.UnregisterNodeResponse:
-        try:
-            response: control_pb2.UnregisterNodeResponse = self._stub.UnregisterNode(
-                control_pb2.UnregisterNodeRequest(node_id=node_id), timeout=_CALL_TIMEOUT
-            )
-        except grpc.RpcError as error:
-            raise translate_rpc_error(error, self._ctx) from None
+        request = control_pb2.UnregisterNodeRequest(node_id=node_id)
+        response: control_pb2.UnregisterNodeResponse = self._call(
+            lambda: self._stub.UnregisterNode(request, timeout=_CALL_TIMEOUT)
+        )
         return response
 
     def readmit_node(self, node_id: int) -> str:
-        try:
-            response = self._stub.ReadmitNode(
-                control_pb2.ReadmitNodeRequest(node_id=node_id), timeout=_CALL_TIMEOUT
-            )
-        except grpc.RpcError as error:
-            raise translate_rpc_error(error, self._ctx) from None
+        request = control_pb2.ReadmitNodeRequest(node_id=node_id)
+        response = self._call(lambda: self._stub.ReadmitNode(request, timeout=_CALL_TIMEOUT))
         return str(response.identity)
 
     def start_run(self, bundle: bytes, bundle_hash: str, overrides: Mapping[str, Value]) -> int:
         request = control_pb2.StartRunRequest(
             bundle=bundle, bundle_hash=bundle_hash, run_config=values_to_proto(overrides)
         )
-        try:
-            response = self._stub.StartRun(request, timeout=_CALL_TIMEOUT * 4)
-        except grpc.RpcError as error:
-            raise translate_rpc_error(error, self._ctx) from None
+        response = self._call(lambda: self._stub.StartRun(request, timeout=_CALL_TIMEOUT * 4))
         return int(response.run_id)
 
     def list_runs(self, run_id: int = 0) -> list[control_pb2.Run]:
-        try:
-            response = self._stub.ListRuns(
-                control_pb2.ListRunsRequest(run_id=run_id), timeout=_CALL_TIMEOUT
-            )
-        except grpc.RpcError as error:
-            raise translate_rpc_error(error, self._ctx) from None
+        request = control_pb2.ListRunsRequest(run_id=run_id)
+        response = self._call(lambda: self._stub.ListRuns(request, timeout=_CALL_TIMEOUT))
         return list(response.runs)
 
     def stream_logs(self, run_id: int, *, follow: bool) -> Iterator[control_pb2.LogEntry]:
         """Log entries; the last one carries the run's status (``run_status``)."""
-        try:
-            for entry in self._stub.StreamLogs(
-                control_pb2.StreamLogsRequest(run_id=run_id, follow=follow)
-            ):
-                yield entry
-                if entry.run_status:
-                    return
-        except grpc.RpcError as error:
-            raise translate_rpc_error(error, self._ctx) from None
+        request = control_pb2.StreamLogsRequest(run_id=run_id, follow=follow)
+        entries = self._call(lambda: iter(self._stub.StreamLogs(request)))
+        while (entry := self._call(lambda: next(entries, None))) is not None:
+            yield entry
+            if entry.run_status:
+                return
 
     def stop_run(self, run_id: int) -> str:
-        try:
-            response = self._stub.StopRun(
-                control_pb2.StopRunRequest(run_id=run_id), timeout=_CALL_TIMEOUT
-            )
-        except grpc.RpcError as error:
-            raise translate_rpc_error(error, self._ctx) from None
+        request = control_pb2.StopRunRequest(run_id=run_id)
+        response = self._call(lambda: self._stub.StopRun(request, timeout=_CALL_TIMEOUT))
         return str(response.status)
 
     def list_audit(self, *, limit: int = 0, identity: str = "") -> list[control_pb2.AuditEntry]:
         """The audit trail, newest first (``limit`` 0: the link's default, 100)."""
-        try:
-            response = self._stub.ListAudit(
-                control_pb2.ListAuditRequest(limit=limit, identity=identity),
-                timeout=_CALL_TIMEOUT,
-            )
-        except grpc.RpcError as error:
-            raise translate_rpc_error(error, self._ctx) from None
+        request = control_pb2.ListAuditRequest(limit=limit, identity=identity)
+        response = self._call(lambda: self._stub.ListAudit(request, timeout=_CALL_TIMEOUT))
         return list(response.entries)
 
     def close(self) -> None:

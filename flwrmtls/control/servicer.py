@@ -45,8 +45,9 @@ from flwrmtls.proto import control_pb2, control_pb2_grpc
 from flwrmtls.runs.notify import Notifier
 from flwrmtls.runs.serverapps import RunManager
 from flwrmtls.state.audittable import DEFAULT_MAX_ENTRIES
-from flwrmtls.state.linkstate import LinkState
+from flwrmtls.state.linkstate import LinkState, NodeRecord
 from flwrmtls.state.runtable import RunRecord
+from flwrmtls.wire.refusals import CallRefused, Refusal
 
 __all__ = ["ControlServicer", "KeyBinding"]
 
@@ -156,13 +157,13 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
     ) -> control_pb2.RegisterNodeKeysResponse:
         by = current_principal().identity
         now = self._clock.now().timestamp()
-        bound_node = await self._bound_node(request.identity, context)
+        bound_node = self._bound_node(request.identity)
         parsed = []
         for index, der in enumerate(request.public_keys):
             try:
                 parsed.append((der, parse_node_public_key(der)))
             except ValueError as error:
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"key {index + 1}: {error}")
+                raise CallRefused(Refusal.INVALID_REQUEST, f"key {index + 1}: {error}") from None
         registered = []
         with self._state.transaction():  # every key of the request, or none
             for der, key in parsed:
@@ -185,43 +186,36 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
             self._access_changed()
         return control_pb2.RegisterNodeKeysResponse(keys=registered)
 
-    async def _bound_node(self, identity: str, context: _Context) -> int | None:
+    def _bound_node(self, identity: str) -> int | None:
         """The certificate node a registration binds its keys to, as the link's mode asks."""
         if not identity:
             if self._key_binding is KeyBinding.REQUIRED:
-                await context.abort(
-                    grpc.StatusCode.INVALID_ARGUMENT,
+                raise CallRefused(
+                    Refusal.INVALID_REQUEST,
                     "this link runs --node-auth certificate+key: name the certificate node the "
                     "key belongs to (flwrmtls supernode register KEY.pub --identity "
                     "'CN=node-1,O=Hospital A', or its node id)",
                 )
             return None
         if self._key_binding is KeyBinding.REFUSED:
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT,
+            raise CallRefused(
+                Refusal.INVALID_REQUEST,
                 "--identity binds a key to a certificate node, but no listener of this link "
                 "runs --node-auth certificate+key: register the key without --identity",
             )
         try:
             return bound_node_of(identity, self._identity_source)
         except ValueError as error:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"--identity: {error}")
-            raise AssertionError("unreachable") from None
+            raise CallRefused(Refusal.INVALID_REQUEST, f"--identity: {error}") from None
 
     async def UnregisterNode(
         self, request: control_pb2.UnregisterNodeRequest, context: _Context
     ) -> control_pb2.UnregisterNodeResponse:
         node_id = request.node_id
         now = self._clock.now().timestamp()
-        known = {r.node_id: r for r in self._state.list_nodes(now=now, verbose=True)}
-        record = known.get(node_id)
-        if record is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"no node {node_id}")
-            raise AssertionError("unreachable")
+        record = self._existing_node(node_id, now)
         if record.status == "unregistered":
-            await context.abort(
-                grpc.StatusCode.FAILED_PRECONDITION, f"node {node_id} is already unregistered"
-            )
+            raise CallRefused(Refusal.NODE_STATE, f"node {node_id} is already unregistered")
         self._state.unregister_node(node_id, by=current_principal().identity, now=now)
         self._access_changed()
         self._notifier.notify(("node", node_id))
@@ -231,25 +225,26 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
             identity=record.identity, auth_method=record.auth_method
         )
 
-    async def ReadmitNode(
-        self, request: control_pb2.ReadmitNodeRequest, context: _Context
-    ) -> control_pb2.ReadmitNodeResponse:
-        node_id = request.node_id
-        now = self._clock.now().timestamp()
+    def _existing_node(self, node_id: int, now: float) -> NodeRecord:
         record = next(
             (r for r in self._state.list_nodes(now=now, verbose=True) if r.node_id == node_id),
             None,
         )
         if record is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"no node {node_id}")
-            raise AssertionError("unreachable")
+            raise CallRefused(Refusal.NO_NODE, f"no node {node_id}")
+        return record
+
+    async def ReadmitNode(
+        self, request: control_pb2.ReadmitNodeRequest, context: _Context
+    ) -> control_pb2.ReadmitNodeResponse:
+        node_id = request.node_id
+        now = self._clock.now().timestamp()
+        record = self._existing_node(node_id, now)
         if record.status != "unregistered":
-            await context.abort(
-                grpc.StatusCode.FAILED_PRECONDITION, f"node {node_id} is not unregistered"
-            )
+            raise CallRefused(Refusal.NODE_STATE, f"node {node_id} is not unregistered")
         if record.auth_method == "key":
-            await context.abort(
-                grpc.StatusCode.FAILED_PRECONDITION,
+            raise CallRefused(
+                Refusal.NODE_STATE,
                 f"node {node_id} authenticates by EC key: register its key again "
                 "(flwrmtls supernode register KEY.pub)",
             )
@@ -265,11 +260,9 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
                 request.bundle, request.bundle_hash, values_from_proto(request.run_config), owner
             )
         except (InputError, ValueError) as error:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
-            raise AssertionError("unreachable") from None
+            raise CallRefused(Refusal.INVALID_REQUEST, str(error)) from None
         except QuotaExceeded as error:
-            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(error))
-            raise AssertionError("unreachable") from None
+            raise CallRefused(Refusal.OVER_QUOTA, str(error)) from None
         return control_pb2.StartRunResponse(run_id=run_id)
 
     async def ListRuns(
@@ -277,35 +270,32 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
     ) -> control_pb2.ListRunsResponse:
         principal = current_principal()
         if request.run_id:
-            run = await self._existing_run(request.run_id, context)
+            run = self._existing_run(request.run_id)
             if not _may_see(principal, run):
-                await context.abort(grpc.StatusCode.NOT_FOUND, f"no run {request.run_id}")
+                raise CallRefused(Refusal.NO_RUN, f"no run {request.run_id}")
             return control_pb2.ListRunsResponse(runs=[run_to_proto(run)])
         return control_pb2.ListRunsResponse(
             runs=[run_to_proto(r) for r in self._state.runs.all() if _may_see(principal, r)]
         )
 
-    async def _existing_run(self, run_id: int, context: _Context) -> RunRecord:
+    def _existing_run(self, run_id: int) -> RunRecord:
         run = self._state.runs.get(run_id)
         if run is None:
-            await context.abort(grpc.StatusCode.NOT_FOUND, f"no run {run_id}")
-            raise AssertionError("unreachable")
+            raise CallRefused(Refusal.NO_RUN, f"no run {run_id}")
         return run
 
-    async def _own_run(self, run_id: int, context: _Context) -> RunRecord:
-        """The run, if the caller may see it: a missing run is NOT_FOUND, another user's run
-        PERMISSION_DENIED."""
-        run = await self._existing_run(run_id, context)
+    def _own_run(self, run_id: int) -> RunRecord:
+        """The run, if the caller may see it: a missing run is ``no-run`` (NOT_FOUND), another
+        user's run ``not-owner`` (PERMISSION_DENIED)."""
+        run = self._existing_run(run_id)
         if not _may_see(current_principal(), run):
-            await context.abort(
-                grpc.StatusCode.PERMISSION_DENIED, f"run {run_id} belongs to another user"
-            )
+            raise CallRefused(Refusal.NOT_OWNER, f"run {run_id} belongs to another user")
         return run
 
     async def StreamLogs(
         self, request: control_pb2.StreamLogsRequest, context: _Context
     ) -> AsyncIterator[control_pb2.LogEntry]:
-        run = await self._own_run(request.run_id, context)
+        run = self._own_run(request.run_id)
         seq = request.after_seq
         while True:
             entries = self._state.runs.logs_after(run.run_id, seq)
@@ -316,7 +306,7 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
                 )
             if entries:
                 continue
-            run = await self._existing_run(run.run_id, context)
+            run = self._existing_run(run.run_id)
             if run.ended or not request.follow:
                 if not self._state.runs.logs_after(run.run_id, seq):
                     yield control_pb2.LogEntry(
@@ -330,7 +320,7 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
     async def StopRun(
         self, request: control_pb2.StopRunRequest, context: _Context
     ) -> control_pb2.StopRunResponse:
-        run = await self._own_run(request.run_id, context)
+        run = self._own_run(request.run_id)
         if run.ended:
             unchanged()  # audited with the calls that changed nothing
         who = current_principal().identity

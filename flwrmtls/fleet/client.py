@@ -29,8 +29,9 @@ chunks are bounded as they arrive (:func:`flwrmtls.objects.transfer.pull_object_
      ├── RunUnavailable    run-ended / run-not-for-node: drop what this node holds of the run
      ├── ObjectMissing     no-object
      ├── OverQuota         over-quota
-     └── RequestRefused    invalid-message, foreign-message: what this node sent is not the
-                           link's to take (a bug here, never its credentials): final for it
+     └── RequestRefused    invalid-message, foreign-message, objects-not-pushed,
+                           invalid-request: what this node sent is not the link's to take
+                           (a bug here, never its credentials): final for it
 """
 
 from __future__ import annotations
@@ -147,8 +148,11 @@ NODE_ERRORS: Mapping[Refusal, Callable[[str], FlwrmtlsError]] = {
     Refusal.OVER_QUOTA: OverQuota,
     Refusal.INVALID_MESSAGE: RequestRefused,
     Refusal.FOREIGN_MESSAGE: RequestRefused,
+    Refusal.OBJECTS_NOT_PUSHED: RequestRefused,
+    Refusal.INVALID_REQUEST: RequestRefused,
 }
-"""What each refusal code the link states becomes on this node."""
+"""What each refusal code the Fleet API states becomes on this node (every one: the catalogue's
+rows say which those are)."""
 
 
 def node_error(
@@ -157,9 +161,10 @@ def node_error(
     """This node's exception for a refusal the link stated (its code, with the status its row
     names); None when the call carries no such code."""
     refusal = refusal_of(status, trailers)
-    if refusal is None:
+    make = NODE_ERRORS.get(refusal) if refusal is not None else None
+    if refusal is None or make is None:
         return None
-    return NODE_ERRORS[refusal](details or REFUSALS[refusal].meaning)
+    return make(details or REFUSALS[refusal].meaning)
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,9 +13,10 @@ Rules for runs:
   a message with a reply (the node's, or the link's NODE_UNAVAILABLE) never is. A node
   acknowledges only its own messages (see :mod:`flwrmtls.state.messagetable`), and a
   second reply to a message is dropped: a duplicate costs work, never a second answer.
-* A refusal the node acts on carries its code (:mod:`flwrmtls.wire.refusals`): an unknown or
-  superseded session, a run that is not active or has no work for the node, a missing object,
-  a storage bound. The status code alone never says which.
+* A refusal carries its code (:mod:`flwrmtls.wire.refusals`, the error catalogue): an unknown
+  or superseded session, a run that is not active or has no work for the node, a missing
+  object, a storage bound, a message the link does not route. The status code alone never
+  says which. Handlers raise it; the catalogue's interceptor answers it.
 * A node may reply only to a message addressed to it, in a run that has not ended; the link
   stamps the reply with the node's certificate identity, so the ServerApp knows who answered
   (the rules are :mod:`flwrmtls.runs.routing`'s). A push of replies is one transaction: the
@@ -50,7 +51,7 @@ from flwrmtls.runs.routing import route_replies
 from flwrmtls.runs.runlog import RunLog
 from flwrmtls.state.linkstate import LinkState, SessionSuperseded, UnknownSession
 from flwrmtls.wire.bounds import long_poll_seconds
-from flwrmtls.wire.refusals import Refusal, refuse
+from flwrmtls.wire.refusals import CallRefused, Refusal
 
 __all__ = ["DELIVERY_LEASE", "MAX_ACKS", "FleetServicer"]
 
@@ -89,7 +90,7 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
     def _now(self) -> float:
         return self._clock.now().timestamp()
 
-    async def _session_node(self, session_id: str, context: _Context) -> int:
+    def _session_node(self, session_id: str) -> int:
         """The caller's node id, checked against its newest session."""
         principal = current_principal()
         try:
@@ -98,14 +99,13 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
             self._state.check_session(principal.node_id, session_id)
             return principal.node_id
         except SessionSuperseded as error:
-            await refuse(
-                context,
+            raise CallRefused(
                 Refusal.SESSION_SUPERSEDED,
                 f"session superseded: a newer connection from {error.peer_address} activated "
                 f"the same identity ({principal.identity})",
-            )
+            ) from None
         except UnknownSession:
-            await refuse(context, Refusal.UNKNOWN_SESSION)
+            raise CallRefused(Refusal.UNKNOWN_SESSION) from None
 
     async def ActivateNode(
         self, request: fleet_pb2.ActivateNodeRequest, context: _Context
@@ -144,7 +144,7 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
     async def DeactivateNode(
         self, request: fleet_pb2.DeactivateNodeRequest, context: _Context
     ) -> fleet_pb2.DeactivateNodeResponse:
-        node_id = await self._session_node(request.session_id, context)
+        node_id = self._session_node(request.session_id)
         self._state.deactivate_node(node_id, request.session_id, now=self._now())
         return fleet_pb2.DeactivateNodeResponse()
 
@@ -161,22 +161,20 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
                 heartbeat_interval=self._interval, peer_address=context.peer(),
             )  # fmt: skip
         except (SessionSuperseded, UnknownSession):
-            await self._session_node(request.session_id, context)  # aborts with the reason
+            self._session_node(request.session_id)  # raises the reason
         return fleet_pb2.HeartbeatResponse(heartbeat_interval=self._interval)
 
     async def PullMessages(
         self, request: fleet_pb2.PullMessagesRequest, context: _Context
     ) -> fleet_pb2.PullMessagesResponse:
-        node_id = await self._session_node(request.session_id, context)
+        node_id = self._session_node(request.session_id)
         if len(request.active_run_ids) > _MAX_ACTIVE_RUNS:
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"at most {_MAX_ACTIVE_RUNS} active runs per pull",
+            raise CallRefused(
+                Refusal.INVALID_REQUEST, f"at most {_MAX_ACTIVE_RUNS} active runs per pull"
             )
         if len(request.acked_message_ids) > MAX_ACKS:
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"at most {MAX_ACKS} acknowledged messages per pull",
+            raise CallRefused(
+                Refusal.INVALID_REQUEST, f"at most {MAX_ACKS} acknowledged messages per pull"
             )
         self._state.messages.acknowledge(node_id, request.acked_message_ids, now=self._now())
         limit = min(request.max_messages or _DEFAULT_PULL_LIMIT, _DEFAULT_PULL_LIMIT)
@@ -201,7 +199,7 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
     async def PushMessages(
         self, request: fleet_pb2.PushMessagesRequest, context: _Context
     ) -> fleet_pb2.PushMessagesResponse:
-        node_id = await self._session_node(request.session_id, context)
+        node_id = self._session_node(request.session_id)
         principal = current_principal()
         reply_to = [m.reply_to_message_id for m in request.messages]
         originals = self._state.messages.get(reply_to)
@@ -223,12 +221,11 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
                         f"ClientApp on node {node_id} raised:\n{reason}",
                     )
         except UnknownObjects as error:
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"a reply names objects this node did not push: {error}",
-            )
+            raise CallRefused(
+                Refusal.OBJECTS_NOT_PUSHED, f"a reply names objects this node did not push: {error}"
+            ) from None
         except QuotaExceeded as error:
-            await refuse(context, Refusal.OVER_QUOTA, str(error))
+            raise CallRefused(Refusal.OVER_QUOTA, str(error)) from None
         for run_id in {row.run_id for row in routed.rows}:
             self._notifier.notify(("run", run_id))
         return fleet_pb2.PushMessagesResponse(message_ids=[row.message_id for row in routed.rows])
@@ -243,17 +240,16 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
     async def GetRun(
         self, request: fleet_pb2.GetRunRequest, context: _Context
     ) -> fleet_pb2.GetRunResponse:
-        node_id = await self._session_node(request.session_id, context)
+        node_id = self._session_node(request.session_id)
         run = self._state.runs.get(request.run_id)
         # Not active: the same answer PullMessages gives in ended_run_ids, so nothing more.
         if run is None or run.ended:
-            await refuse(
-                context, Refusal.RUN_ENDED,
-                f"run {request.run_id} is not active: it ended, or never existed",
-            )  # fmt: skip
+            raise CallRefused(
+                Refusal.RUN_ENDED, f"run {request.run_id} is not active: it ended, or never existed"
+            )
         if not self._state.messages.sent_to(request.run_id, node_id):
-            await refuse(
-                context, Refusal.RUN_NOT_FOR_NODE, f"run {request.run_id} has no work for this node"
+            raise CallRefused(
+                Refusal.RUN_NOT_FOR_NODE, f"run {request.run_id} has no work for this node"
             )
         return fleet_pb2.GetRunResponse(
             run_id=run.run_id,
@@ -265,24 +261,24 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
     async def PullObject(
         self, request: objects_pb2.PullObjectRequest, context: _Context
     ) -> AsyncIterator[objects_pb2.ObjectChunk]:
-        node_id = await self._session_node(request.session_id, context)
+        node_id = self._session_node(request.session_id)
         scope = self._objects.node_scope(node_id)
-        async for chunk in answer_pull(self._objects.store, scope, request.object_id, context):
+        async for chunk in answer_pull(self._objects.store, scope, request.object_id):
             yield chunk
 
     async def PushObject(
         self, request_iterator: AsyncIterator[objects_pb2.ObjectChunk], context: _Context
     ) -> objects_pb2.PushObjectResponse:
         async def scope_of(first: objects_pb2.ObjectChunk) -> ObjectScope:
-            node_id = await self._session_node(first.session_id, context)
+            node_id = self._session_node(first.session_id)
             return self._objects.node_scope(node_id)
 
-        response, _ = await answer_push(self._objects.store, request_iterator, context, scope_of)
+        response, _ = await answer_push(self._objects.store, request_iterator, scope_of)
         return response
 
     async def MissingObjects(
         self, request: objects_pb2.MissingObjectsRequest, context: _Context
     ) -> objects_pb2.MissingObjectsResponse:
-        node_id = await self._session_node(request.session_id, context)
+        node_id = self._session_node(request.session_id)
         scope = self._objects.node_scope(node_id)
-        return await answer_missing(self._objects.store, scope, request.object_ids, context)
+        return await answer_missing(self._objects.store, scope, request.object_ids)

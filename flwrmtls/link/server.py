@@ -9,9 +9,10 @@ grpc.aio servers in one event loop (no thread per connection):
 * ServerAppIo for the runs' ServerApp processes, by run token, in plaintext: on loopback
   only (an address off loopback is refused before anything listens).
 
-All share the policy table and the refusal log. A call that meets a failure of the link's
-storage (a full disk, an I/O error, in its database or its object directory) ends with one
-clear status, not UNKNOWN (:mod:`flwrmtls.link.storagefailure`).
+All share the policy table and the refusal log. What a servicer refuses, and a call that meets
+a failure of the link's storage (a full disk, an I/O error, in its database or its object
+directory), is answered in one place, as the error catalogue says (:mod:`flwrmtls.wire.refusals`):
+one clear status, never UNKNOWN.
 
 Objects (array bytes, bundles) live in a directory beside the database, private to the link's
 OS account (0700, see :mod:`flwrmtls.filemodes`), as the database is (0600); who may read and
@@ -52,7 +53,7 @@ from flwrmtls.auth.eckey import (
     ReplayLimits,
 )
 from flwrmtls.auth.identity import IdentitySource, RoleSource
-from flwrmtls.auth.interceptor import AuthInterceptor, RefusalLog
+from flwrmtls.auth.interceptor import AuthInterceptor, RefusalLog, caller_name
 from flwrmtls.auth.livecalls import LiveCalls
 from flwrmtls.auth.mtls import MtlsAuthenticator
 from flwrmtls.auth.nodeauth import NodeAuth, build_node_authenticator, requires_client_certificate
@@ -65,7 +66,6 @@ from flwrmtls.control.servicer import ControlServicer, KeyBinding
 from flwrmtls.filemodes import private_directory, tighten
 from flwrmtls.fleet.servicer import FleetServicer
 from flwrmtls.link.reload import TlsFiles, TlsMaterial, TlsWatcher, Trust
-from flwrmtls.link.storagefailure import StorageFailureInterceptor
 from flwrmtls.objects.store import ObjectStore
 from flwrmtls.proto import appio_pb2_grpc, control_pb2_grpc, fleet_pb2_grpc
 from flwrmtls.runs.linkobjects import SWEEP_INTERVAL, LinkObjects, StorageLimits
@@ -76,6 +76,7 @@ from flwrmtls.state.keytable import KeyRegistration
 from flwrmtls.state.linkstate import LinkState
 from flwrmtls.wire.credentials import TlsIdentity, server_credentials
 from flwrmtls.wire.listen import ServerLimits, check_bindable, require_loopback
+from flwrmtls.wire.refusals import RefusalInterceptor
 from flwrmtls.wire.validate import RequestBoundsInterceptor
 
 __all__ = ["Link", "LinkConfig"]
@@ -404,9 +405,10 @@ class Link:
         limits: ServerLimits | None = None,
     ) -> tuple[grpc.aio.Server, int]:
         check_bindable(address)
-        storage = StorageFailureInterceptor()  # outside auth (pins) and inside (the audit)
+        # outside auth (its storage: pins) and inside (so the audit has the real status)
+        answers = RefusalInterceptor(storage_owner="link", caller=caller_name)
         server = grpc.aio.server(
-            interceptors=[storage, interceptor, RequestBoundsInterceptor(), storage],
+            interceptors=[answers, interceptor, RequestBoundsInterceptor(), answers],
             options=(limits or self.config.server_limits).options(),
         )
         if credentials is None:

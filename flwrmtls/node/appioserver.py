@@ -5,7 +5,8 @@ Rules:
 * On loopback only: run tokens cross it in plaintext (an address off loopback is refused
   before anything listens).
 * Behind the same interceptor and policy table as the link's APIs, with the run-token
-  authenticator, and the same request bounds.
+  authenticator, the same request bounds, and the error catalogue's answers
+  (:mod:`flwrmtls.wire.refusals`).
 * It runs as a grpc.aio server on an event loop thread of its own.
 """
 
@@ -24,6 +25,7 @@ from flwrmtls.clock import Clock, SystemClock
 from flwrmtls.node.apps import AppManager
 from flwrmtls.proto import appio_pb2_grpc
 from flwrmtls.wire.listen import ServerLimits, require_loopback
+from flwrmtls.wire.refusals import RefusalInterceptor
 from flwrmtls.wire.validate import RequestBoundsInterceptor
 
 __all__ = ["ClientAppIoServer"]
@@ -56,7 +58,8 @@ class ClientAppIoServer:
             lambda: tokens, self._clock, RefusalLog(self._clock), serves="ClientAppIo"
         )
         server = grpc.aio.server(
-            interceptors=[interceptor, RequestBoundsInterceptor()], options=ServerLimits().options()
+            interceptors=[interceptor, RequestBoundsInterceptor(), RefusalInterceptor()],
+            options=ServerLimits().options(),
         )
         appio_pb2_grpc.add_ClientAppIoServicer_to_server(ClientAppIoServicer(self._apps), server)
         self.port = server.add_insecure_port(self._address)

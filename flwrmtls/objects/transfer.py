@@ -32,13 +32,11 @@ from collections.abc import (
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-import grpc
-
 from flwrmtls.objects.scope import ObjectScope, QuotaExceeded, Reservation
 from flwrmtls.objects.store import CHUNK_SIZE, ObjectStore, check_object_id
 from flwrmtls.proto import objects_pb2
 from flwrmtls.wire.metadata import OBJECT_KEY, object_declaration
-from flwrmtls.wire.refusals import Refusal, refuse
+from flwrmtls.wire.refusals import CallRefused, Refusal
 
 __all__ = [
     "MAX_OBJECT_BYTES",
@@ -377,16 +375,16 @@ def _visible(store: ObjectStore, scope: ObjectScope, object_ids: Sequence[str]) 
 
 
 async def answer_pull(
-    store: ObjectStore, scope: ObjectScope, object_id: str, context: Any
+    store: ObjectStore, scope: ObjectScope, object_id: str
 ) -> AsyncIterator[objects_pb2.ObjectChunk]:
-    """PullObject: stream an object the caller may read, or NOT_FOUND ``no-object`` (the same
-    answer for an object that is not stored and for one outside the caller's scope)."""
+    """PullObject: stream an object the caller may read, or refuse it as ``no-object`` (the
+    same answer for an object that is not stored and for one outside the caller's scope)."""
     try:
         present = bool(_visible(store, scope, [object_id]))
     except ValueError:
         present = False
     if not present:
-        await refuse(context, Refusal.NO_OBJECT, f"no object {object_id[:80]}")
+        raise CallRefused(Refusal.NO_OBJECT, f"no object {object_id[:80]}")
     async for chunk in serve_object(store, object_id):
         yield chunk
 
@@ -394,29 +392,26 @@ async def answer_pull(
 async def answer_push(
     store: ObjectStore,
     chunks: AsyncIterator[objects_pb2.ObjectChunk],
-    context: Any,
     scope_of: ScopeOf,
 ) -> tuple[objects_pb2.PushObjectResponse, str]:
-    """PushObject: store a verified object for the caller; INVALID_ARGUMENT for bad bytes,
-    RESOURCE_EXHAUSTED ``over-quota`` over a quota; also the first session id."""
+    """PushObject: store a verified object for the caller; refused as ``invalid-request`` for
+    bad bytes, ``over-quota`` over a quota; also the first session id."""
     try:
         return await receive_object(store, chunks, scope_of)
     except ValueError as error:
-        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+        raise CallRefused(Refusal.INVALID_REQUEST, str(error)) from None
     except QuotaExceeded as error:
-        await refuse(context, Refusal.OVER_QUOTA, str(error))
-    raise AssertionError("unreachable")
+        raise CallRefused(Refusal.OVER_QUOTA, str(error)) from None
 
 
 async def answer_missing(
-    store: ObjectStore, scope: ObjectScope, object_ids: Sequence[str], context: Any
+    store: ObjectStore, scope: ObjectScope, object_ids: Sequence[str]
 ) -> objects_pb2.MissingObjectsResponse:
     """MissingObjects: which of ``object_ids`` the caller cannot read from the store (an
-    object outside its scope is missing to it, stored or not), or INVALID_ARGUMENT."""
+    object outside its scope is missing to it, stored or not), or ``invalid-request``."""
     try:
         visible = _visible(store, scope, object_ids)
     except ValueError as error:
-        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
-        raise AssertionError("unreachable") from None
+        raise CallRefused(Refusal.INVALID_REQUEST, str(error)) from None
     missing = [object_id for object_id in dict.fromkeys(object_ids) if object_id not in visible]
     return objects_pb2.MissingObjectsResponse(object_ids=missing)

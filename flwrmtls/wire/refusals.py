@@ -1,45 +1,81 @@
-"""Why the link refused a node's request, as a code both sides read: one table.
+"""The error catalogue: why a call was refused, or failed, as every side reads it. One table.
 
 Rules:
 
-* A refusal carries a :class:`Refusal` code in the ``flwrmtls-refusal`` trailer
-  (:data:`~flwrmtls.wire.metadata.REFUSAL_KEY`, the trailer that also names why credentials
-  were refused), beside its gRPC status and a sentence for people. A servicer refuses by
-  raising :class:`CallRefused`; one place answers it (the link's interceptor,
-  :mod:`flwrmtls.link.storagefailure`), or :func:`refuse` where a handler answers itself, so a
-  code always comes with the status its row names.
-* A client reads the cause from the code, never from the status alone (:func:`refusal_of`):
-  a NOT_FOUND may mean an unknown session, a run that has ended or a missing object, and a
-  RESOURCE_EXHAUSTED from grpc itself (a message over its size limit) is not a storage quota.
-  A code whose status does not match its row, or a status without a code, is no
-  :class:`Refusal`: the client treats it as an error it cannot act on.
-* Only the two session codes end a node's session; what each code makes the node do is the
-  node's table (:data:`flwrmtls.fleet.client.NODE_ERRORS`).
+* A servicer refuses by raising :class:`CallRefused` with a :class:`Refusal` code (never by
+  aborting the call itself). One place answers it, :class:`RefusalInterceptor`, installed on
+  every server of the link and of the node: the code's row (:data:`REFUSALS`) gives the gRPC
+  status, the code goes in the ``flwrmtls-refusal`` trailer
+  (:data:`~flwrmtls.wire.metadata.REFUSAL_KEY`), and the details (default: the row's meaning)
+  are the sentence for people. A code therefore always comes with the status its row names.
+* A failure of the link's storage is no refusal: the same interceptor answers it with the
+  status and the one line :data:`FAILURES` gives (UNAVAILABLE, which clients retry, for the
+  machine's trouble; INTERNAL for the rest), logs it once with the method and the caller, and
+  lets any other error through (a bug must not pass for the machine's trouble). It carries no
+  code: the status says what a client does (retry, or not).
+* A client reads the cause from the code, never from the status alone (:func:`refusal_of`,
+  :func:`refusal_in`): a NOT_FOUND may mean an unknown session, a run that has ended or a
+  missing object, and a RESOURCE_EXHAUSTED from grpc itself (a message over its size limit)
+  is not a storage quota. A code whose status does not match its row, or a status without a
+  code, is no :class:`Refusal`: the client treats it as an error it cannot act on. What each
+  code makes a node do is the node's table (:data:`flwrmtls.fleet.client.NODE_ERRORS`, which
+  covers every code the Fleet API states); the ClientApp process reads ``no-object`` and
+  ``over-quota``; the CLI prints the line (:mod:`flwrmtls.wire.errors`).
 * Codes are stable strings: a new one is added, none is renamed. Credential refusals
-  (:class:`~flwrmtls.auth.authenticator.RefusalReason`) use the same trailer with codes of
-  their own; the two sets never share a value.
+  (:class:`~flwrmtls.auth.authenticator.RefusalReason`, answered by the auth interceptor
+  before any handler runs) use the same trailer with codes of their own; the two sets never
+  share a value.
+
+==============================================  ===========  ==================================
+storage failure (:data:`FAILURES`)              status       why
+==============================================  ===========  ==================================
+``sqlite3.OperationalError``: disk full, I/O    UNAVAILABLE  the machine's trouble: the same
+error, database locked, read-only database                   call may pass later (nodes retry)
+any other ``sqlite3.Error``: a corrupt file,    INTERNAL     retrying will not help: the
+a constraint, a closed database                              operator must look at the link
+``OSError`` ENOSPC, EDQUOT, EIO, EROFS, EFBIG   UNAVAILABLE  the machine's trouble, as above
+writing an object
+==============================================  ===========  ==================================
 """
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping, Sequence
+import errno
+import logging
+import sqlite3
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
 import grpc
+import grpc.aio
 
 from flwrmtls.wire.metadata import REFUSAL_KEY
 
 __all__ = [
+    "FAILURES",
     "REFUSALS",
+    "STORAGE_ERRNOS",
+    "Api",
     "CallRefused",
     "Refusal",
+    "RefusalInterceptor",
     "RefusalRow",
-    "answer_refused",
+    "refusal_in",
     "refusal_of",
     "refuse",
+    "storage_failure",
 ]
+
+_Context = Any  # grpc.aio.ServicerContext; grpc's stubs type only the sync one
+
+
+class Api(enum.StrEnum):
+    FLEET = "Fleet"
+    CONTROL = "Control"
+    SERVERAPPIO = "ServerAppIo"
+    CLIENTAPPIO = "ClientAppIo"
 
 
 class Refusal(enum.StrEnum):
@@ -51,6 +87,13 @@ class Refusal(enum.StrEnum):
     OVER_QUOTA = "over-quota"
     INVALID_MESSAGE = "invalid-message"
     FOREIGN_MESSAGE = "foreign-message"
+    OBJECTS_NOT_PUSHED = "objects-not-pushed"
+    INVALID_REQUEST = "invalid-request"
+    NO_NODE = "no-node"
+    NO_RUN = "no-run"
+    NODE_STATE = "node-state"
+    NOT_OWNER = "not-owner"
+    LINK_UNREACHABLE = "link-unreachable"
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,43 +101,90 @@ class RefusalRow:
     status: grpc.StatusCode
     meaning: str
     """What happened, for people (and the default message)."""
+    apis: frozenset[Api]
+    """The APIs whose calls may be refused so."""
+
+
+def _row(status: grpc.StatusCode, meaning: str, *apis: Api) -> RefusalRow:
+    return RefusalRow(status, meaning, frozenset(apis))
 
 
 REFUSALS: Mapping[Refusal, RefusalRow] = {
-    Refusal.UNKNOWN_SESSION: RefusalRow(
-        grpc.StatusCode.NOT_FOUND, "unknown session: activate the node again"
+    # A node's session and work: the node acts on each (flwrmtls.fleet.client.NODE_ERRORS).
+    Refusal.UNKNOWN_SESSION: _row(
+        grpc.StatusCode.NOT_FOUND, "unknown session: activate the node again", Api.FLEET
     ),
-    Refusal.SESSION_SUPERSEDED: RefusalRow(
+    Refusal.SESSION_SUPERSEDED: _row(
         grpc.StatusCode.FAILED_PRECONDITION,
         "session superseded: a newer connection activated the same identity",
+        Api.FLEET,
     ),
-    Refusal.RUN_ENDED: RefusalRow(
-        grpc.StatusCode.NOT_FOUND, "the run is not active: it ended, or never existed"
+    Refusal.RUN_ENDED: _row(
+        grpc.StatusCode.NOT_FOUND,
+        "the run is not active: it ended, or never existed",
+        Api.FLEET,
+        Api.CLIENTAPPIO,
     ),
-    Refusal.RUN_NOT_FOR_NODE: RefusalRow(
-        grpc.StatusCode.NOT_FOUND, "the run has no work for this node"
+    Refusal.RUN_NOT_FOR_NODE: _row(
+        grpc.StatusCode.NOT_FOUND, "the run has no work for this node", Api.FLEET
     ),
-    Refusal.NO_OBJECT: RefusalRow(
-        grpc.StatusCode.NOT_FOUND, "no such object (or not one this caller may read)"
+    Refusal.NO_OBJECT: _row(
+        grpc.StatusCode.NOT_FOUND,
+        "no such object (or not one this caller may read)",
+        Api.FLEET,
+        Api.SERVERAPPIO,
+        Api.CLIENTAPPIO,
     ),
-    Refusal.OVER_QUOTA: RefusalRow(
-        grpc.StatusCode.RESOURCE_EXHAUSTED, "over a storage bound of the link"
+    Refusal.OVER_QUOTA: _row(
+        grpc.StatusCode.RESOURCE_EXHAUSTED, "over a storage bound of the link or the node", *Api
     ),
-    Refusal.INVALID_MESSAGE: RefusalRow(
+    # What a caller sent that the link (or the node) does not take.
+    Refusal.INVALID_MESSAGE: _row(
         grpc.StatusCode.INVALID_ARGUMENT,
         "a message the link does not route (another run's, an unknown node, an id empty or "
         "used before)",
+        Api.FLEET,
+        Api.SERVERAPPIO,
+        Api.CLIENTAPPIO,
     ),
-    Refusal.FOREIGN_MESSAGE: RefusalRow(
+    Refusal.FOREIGN_MESSAGE: _row(
         grpc.StatusCode.PERMISSION_DENIED,
-        "a reply that is not this node's to send (another source node, or an answer to a "
-        "message not sent to it)",
+        "a reply that is not this caller's to send (another source node, an answer to a "
+        "message not sent to it, objects it did not store)",
+        Api.FLEET,
+        Api.CLIENTAPPIO,
+    ),
+    Refusal.OBJECTS_NOT_PUSHED: _row(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "a message names objects its sender did not push",
+        Api.FLEET,
+        Api.SERVERAPPIO,
+    ),
+    Refusal.INVALID_REQUEST: _row(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "a request the server does not accept: the details name the field and why",
+        *Api,
+    ),
+    # The CLI's: nodes and runs (Control).
+    Refusal.NO_NODE: _row(grpc.StatusCode.NOT_FOUND, "no such node", Api.CONTROL),
+    Refusal.NO_RUN: _row(grpc.StatusCode.NOT_FOUND, "no such run", Api.CONTROL),
+    Refusal.NODE_STATE: _row(
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "the node is not in a state that allows this",
+        Api.CONTROL,
+    ),
+    Refusal.NOT_OWNER: _row(
+        grpc.StatusCode.PERMISSION_DENIED, "the run belongs to another user", Api.CONTROL
+    ),
+    # The node, for its ClientApps (ClientAppIo).
+    Refusal.LINK_UNREACHABLE: _row(
+        grpc.StatusCode.UNAVAILABLE, "the node could not reach the link", Api.CLIENTAPPIO
     ),
 }
 
 
 class CallRefused(Exception):
-    """A call the link refuses, raised by the code handling it: answered with the row of
+    """A call the server refuses, raised by the code handling it: answered with the row of
     ``refusal`` (its status, its code in the trailer) and ``details`` for people (default:
     the row's meaning)."""
 
@@ -104,18 +194,14 @@ class CallRefused(Exception):
         super().__init__(self.details)
 
 
-async def refuse(context: Any, refusal: Refusal, details: str = "") -> NoReturn:
+async def refuse(context: _Context, refusal: Refusal, details: str = "") -> NoReturn:
     """End the call (a grpc.aio servicer context) with ``refusal``: its code in the trailer,
-    its row's status, and ``details`` (default: the row's meaning) for people."""
+    its row's status, and ``details`` (default: the row's meaning) for people. For an
+    interceptor; a handler raises :class:`CallRefused` instead."""
     row = REFUSALS[refusal]
     context.set_trailing_metadata(((REFUSAL_KEY, refusal.value),))
     await context.abort(row.status, details or row.meaning)
     raise AssertionError("abort raises")
-
-
-async def answer_refused(context: Any, refused: CallRefused) -> NoReturn:
-    """End the call with what a :class:`CallRefused` says."""
-    await refuse(context, refused.refusal, refused.details)
 
 
 def refusal_of(status: grpc.StatusCode, trailers: Sequence[tuple[str, Any]]) -> Refusal | None:
@@ -126,3 +212,121 @@ def refusal_of(status: grpc.StatusCode, trailers: Sequence[tuple[str, Any]]) -> 
     except ValueError:
         return None
     return refusal if REFUSALS[refusal].status is status else None
+
+
+def refusal_in(error: grpc.RpcError) -> Refusal | None:
+    """:func:`refusal_of` a failed call of a grpc client."""
+    trailers = getattr(error, "trailing_metadata", lambda: ())() or ()
+    return refusal_of(error.code(), trailers)
+
+
+# --- failures of the link's storage --------------------------------------------------------
+
+STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.EFBIG})
+"""What a failing, full or read-only disk makes a write raise."""
+
+FAILURES: tuple[tuple[type[Exception], grpc.StatusCode, str], ...] = (
+    (sqlite3.OperationalError, grpc.StatusCode.UNAVAILABLE, "database"),
+    (sqlite3.Error, grpc.StatusCode.INTERNAL, "database"),
+    (OSError, grpc.StatusCode.UNAVAILABLE, "object storage"),
+)
+"""(error class, status, what failed), first match wins; OSErrors only of STORAGE_ERRNOS."""
+
+
+def storage_failure(error: Exception, owner: str = "link") -> tuple[grpc.StatusCode, str] | None:
+    """The status and the one line a call that met ``error`` ends with; None if ``error`` is
+    not a failure of ``owner``'s storage."""
+    if isinstance(error, OSError) and error.errno not in STORAGE_ERRNOS:
+        return None
+    for kind, code, what in FAILURES:
+        if isinstance(error, kind):
+            reason = error.strerror if isinstance(error, OSError) else str(error)
+            reason = " ".join(str(reason or "").split()) or type(error).__name__
+            return code, f"the {owner}'s {what} failed: {reason}; see the {owner}'s log"
+    return None
+
+
+# --- the one place that answers them -------------------------------------------------------
+
+
+class RefusalInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
+    """Answers what a handler raises, as the catalogue says: a :class:`CallRefused` by its
+    row; with ``storage_owner``, a failure of that process's storage by :data:`FAILURES`
+    (logged once, with ``caller()`` naming who called). Anything else goes through.
+
+    The link installs it twice on each server: inside the authentication interceptor (so the
+    audit trail records the call's real status) and outside it (authentication writes too:
+    identity pins)."""
+
+    def __init__(
+        self, *, storage_owner: str | None = None, caller: Callable[[], str] = lambda: ""
+    ) -> None:
+        self._owner = storage_owner
+        self._caller = caller
+        self._log = logging.getLogger(f"flwrmtls.{storage_owner or 'wire'}")
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[Any]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> Any:
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None
+        return self._guarded(handler, handler_call_details.method)
+
+    async def _answer(self, method: str, error: Exception, context: _Context) -> NoReturn:
+        """End the call as the catalogue says, or raise ``error`` again when it lists none."""
+        if isinstance(error, CallRefused):
+            await refuse(context, error.refusal, error.details)
+        failure = storage_failure(error, self._owner) if self._owner else None
+        if failure is None:
+            raise error
+        code, line = failure
+        if isinstance(error, OSError):
+            name = errno.errorcode.get(error.errno or 0, "OSError")
+        else:
+            name = getattr(error, "sqlite_errorname", "") or type(error).__name__
+        caller = self._caller()
+        self._log.error(
+            "%s during %s%s: %s (%s); answered %s",
+            line.split(":", 1)[0], method.rsplit("/", 1)[-1], f" by {caller}" if caller else "",
+            error.strerror if isinstance(error, OSError) else error, name, code.name,
+        )  # fmt: skip
+        await context.abort(code, line)
+        raise AssertionError("abort raises")
+
+    def _guarded(self, handler: Any, method: str) -> Any:
+        """The same handler, its refusals and storage failures answered as the table says."""
+        deserialize, serialize = handler.request_deserializer, handler.response_serializer
+        caught = (CallRefused, sqlite3.Error, OSError)
+        if handler.unary_unary or handler.stream_unary:
+            inner = handler.unary_unary or handler.stream_unary
+
+            async def unary(request: Any, context: _Context) -> Any:
+                try:
+                    return await inner(request, context)
+                except caught as error:
+                    await self._answer(method, error, context)
+
+            make = (
+                grpc.unary_unary_rpc_method_handler
+                if handler.unary_unary
+                else grpc.stream_unary_rpc_method_handler
+            )
+            return make(unary, deserialize, serialize)
+        inner_stream = handler.unary_stream or handler.stream_stream
+
+        async def streamed(request: Any, context: _Context) -> AsyncIterator[Any]:
+            try:
+                async for response in inner_stream(request, context):
+                    yield response
+            except caught as error:
+                await self._answer(method, error, context)
+
+        make_stream = (
+            grpc.unary_stream_rpc_method_handler
+            if handler.unary_stream
+            else grpc.stream_stream_rpc_method_handler
+        )
+        return make_stream(streamed, deserialize, serialize)

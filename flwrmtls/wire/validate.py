@@ -3,8 +3,9 @@
 Rules:
 
 * Every request of every method passes :func:`flwrmtls.wire.bounds.request_problem`; each
-  message of a client stream is checked as it arrives. A refused request ends the call with
-  ``INVALID_ARGUMENT`` and the one line naming the field: the handler never sees the value.
+  message of a client stream is checked as it arrives. A refused request ends the call as the
+  error catalogue's ``invalid-request`` (``INVALID_ARGUMENT``) with the one line naming the
+  field: the handler never sees the value.
 * Installed after the auth interceptor, so an unauthenticated caller is refused for who it is
   before anything about its request is said.
 """
@@ -18,6 +19,7 @@ import grpc
 import grpc.aio
 
 from flwrmtls.wire.bounds import request_problem
+from flwrmtls.wire.refusals import Refusal, refuse
 
 __all__ = ["RequestBoundsInterceptor"]
 
@@ -27,7 +29,7 @@ _Context = Any  # grpc.aio.ServicerContext
 async def _check(request: Any, context: _Context) -> None:
     problem = request_problem(request)
     if problem is not None:
-        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
+        await refuse(context, Refusal.INVALID_REQUEST, problem)
 
 
 async def _checked_stream(requests: AsyncIterator[Any], context: _Context) -> AsyncIterator[Any]:

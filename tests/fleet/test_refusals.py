@@ -21,7 +21,7 @@ from flwrmtls.fleet.client import (
     node_error,
 )
 from flwrmtls.wire.metadata import REFUSAL_KEY
-from flwrmtls.wire.refusals import REFUSALS, Refusal, refusal_of
+from flwrmtls.wire.refusals import REFUSALS, Api, Refusal, refusal_of
 
 NOT_FOUND = grpc.StatusCode.NOT_FOUND
 
@@ -41,6 +41,8 @@ def stated(code: str) -> list[tuple[str, str]]:
         (Refusal.OVER_QUOTA, OverQuota, False),
         (Refusal.INVALID_MESSAGE, RequestRefused, False),
         (Refusal.FOREIGN_MESSAGE, RequestRefused, False),
+        (Refusal.OBJECTS_NOT_PUSHED, RequestRefused, False),
+        (Refusal.INVALID_REQUEST, RequestRefused, False),
     ],
 )
 def test_each_code_becomes_its_own_error_and_only_session_codes_end_a_session(
@@ -92,5 +94,12 @@ def test_a_code_with_another_status_or_an_unknown_code_is_no_refusal() -> None:
 
 
 def test_the_tables_cover_every_code_and_share_none_with_credential_refusals() -> None:
-    assert set(REFUSALS) == set(Refusal) == set(NODE_ERRORS)
+    assert set(REFUSALS) == set(Refusal)
+    # The node has its error for every code a Fleet call may carry, and for no other.
+    assert set(NODE_ERRORS) == {r for r, row in REFUSALS.items() if Api.FLEET in row.apis}
     assert not {r.value for r in Refusal} & {r.value for r in RefusalReason}
+
+
+def test_a_code_the_fleet_api_never_states_is_no_node_error() -> None:
+    """A Control code reaching a node (a misdirected call) is translated by its status."""
+    assert node_error(NOT_FOUND, "no run 3", stated("no-run")) is None
