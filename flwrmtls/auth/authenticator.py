@@ -17,6 +17,7 @@ CA chain) and :class:`OpenAuthenticator` (a link without client authentication).
 from __future__ import annotations
 
 import enum
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
@@ -28,6 +29,7 @@ __all__ = [
     "AuthenticationFailed",
     "Authenticator",
     "CallCredentials",
+    "DecisionPending",
     "KeySignature",
     "OpenAuthenticator",
     "Principal",
@@ -52,6 +54,9 @@ class RefusalReason(enum.StrEnum):
     EXPIRED = "expired"
     REVOKED = "revoked"
     CRL_UNAVAILABLE = "crl-unavailable"
+    OCSP_UNAVAILABLE = "ocsp-unavailable"
+    """The link has no usable OCSP answer for a certificate of the chain (the responder cannot
+    be reached, answered badly or does not know it): answered UNAVAILABLE, so nodes retry."""
     WRONG_USAGE = "wrong-usage"
     AMBIGUOUS_IDENTITY = "ambiguous-identity"
     NOT_PERMITTED = "not-permitted"
@@ -151,6 +156,21 @@ class AuthenticationFailed(Exception):
 class TryLater(Exception):
     """The link cannot decide about this call now (a bound is reached); the caller should
     retry later. ``str()`` is sent to the caller, who is told UNAVAILABLE (nodes retry)."""
+
+
+class DecisionPending(TryLater):
+    """The link is finding out what it needs to decide (an OCSP answer for a certificate it
+    sees for the first time) and will know shortly. The interceptor awaits :meth:`wait`
+    (bounded, off nothing: the event loop goes on) and judges the call once more; still
+    undecided, the call is answered as :class:`TryLater`."""
+
+    def __init__(self, message: str, ready: Callable[[], Awaitable[None]]) -> None:
+        super().__init__(message)
+        self._ready = ready
+
+    async def wait(self) -> None:
+        """Return once the answer is in, or its bound passed."""
+        await self._ready()
 
 
 class Authenticator(Protocol):

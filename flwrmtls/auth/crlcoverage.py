@@ -3,7 +3,9 @@
 Rules kept here:
 
 * One row per issuer and CRL scope, with one state from :class:`CoverageState` (one table,
-  :data:`STATE_MEANING`, says what each state means for that issuer's certificates).
+  :data:`STATE_MEANING`, says what each state means for that issuer's certificates); and one
+  row of kind :data:`OCSP_KIND` per issuer whose certificates the link asked OCSP responders
+  about (:mod:`flwrmtls.auth.ocspstore` makes those).
 * Every CA of the client CA bundle, and every issuer the link has seen in a verified chain,
   without a CRL gets a ``not-checked`` row: an unchecked issuer is always named, never implied.
 * Rows are plain values; the Control API and the start-up log render them.
@@ -21,7 +23,17 @@ from cryptography import x509
 
 from flwrmtls.auth.crlset import ScopeCrls
 
-__all__ = ["STATE_MEANING", "CoverageRow", "CoverageState", "not_checked_rows", "scope_row"]
+__all__ = [
+    "OCSP_KIND",
+    "STATE_MEANING",
+    "CoverageRow",
+    "CoverageState",
+    "not_checked_rows",
+    "scope_row",
+]
+
+OCSP_KIND = "ocsp"
+"""The kind of a row that says how an issuer's certificates are checked by OCSP."""
 
 
 class CoverageState(enum.StrEnum):
@@ -33,12 +45,16 @@ class CoverageState(enum.StrEnum):
 
 
 STATE_MEANING = {
-    CoverageState.CURRENT: "checked against CRLs read from their files",
+    CoverageState.CURRENT: "checked against CRLs read from their files (OCSP: against answers "
+    "refreshed as planned)",
     CoverageState.KEPT: "checked against the last good CRLs of a file that vanished or broke, "
-    "until their next update",
+    "until their next update (OCSP: some answers are kept past a failed refresh, until their "
+    "next update, by --ocsp-unreachable keep-last-good)",
     CoverageState.EXPIRED: "refused: the CRL's next update passed (fail closed)",
-    CoverageState.FAILING_CLOSED: "refused: the CRLs cannot be used (fail closed)",
-    CoverageState.NOT_CHECKED: "not revocation-checked: no CRL for this issuer",
+    CoverageState.FAILING_CLOSED: "refused: the CRLs cannot be used (fail closed; OCSP: some "
+    "certificates have no usable answer and are refused)",
+    CoverageState.NOT_CHECKED: "not revocation-checked: no CRL for this issuer, and no OCSP "
+    "answer asked for",
 }
 
 
@@ -47,7 +63,7 @@ class CoverageRow:
     issuer: str
     scope: str
     kind: str
-    """complete, complete+delta, delta without base, or none."""
+    """complete, complete+delta, delta without base, none, or ocsp (:data:`OCSP_KIND`)."""
     sources: tuple[str, ...]
     crl_number: int | None
     delta_crl_number: int | None

@@ -27,7 +27,7 @@ import logging
 from collections.abc import Iterable
 from datetime import datetime, timedelta
 
-from flwrmtls.auth.crlcoverage import CoverageRow, CoverageState
+from flwrmtls.auth.crlcoverage import OCSP_KIND, CoverageRow, CoverageState
 
 __all__ = [
     "DEFAULT_LAPSE_WARNING",
@@ -64,7 +64,10 @@ def _duration(left: timedelta) -> str:
 
 
 def lapse_warning(row: CoverageRow, now: datetime, warning: timedelta) -> str | None:
-    """The warning for ``row`` if its CRL is in force and lapses within its window."""
+    """The warning for ``row`` if its CRL is in force and lapses within its window (never for
+    an OCSP row: the link asks for a new answer itself)."""
+    if row.kind == OCSP_KIND:
+        return None
     if row.state not in _IN_FORCE or row.next_update is None or now >= row.next_update:
         return None
     left = row.next_update - now

@@ -64,6 +64,7 @@ from flwrmtls.auth.authenticator import (
     Authenticator,
     AuthMethod,
     CallCredentials,
+    DecisionPending,
     KeySignature,
     Principal,
     RefusalReason,
@@ -262,9 +263,19 @@ def _outcome(context: _Context, error: BaseException | None) -> tuple[str, str]:
     return OUTCOME_OK, ""
 
 
-_REFUSAL_CODES = {RefusalReason.NOT_PERMITTED: grpc.StatusCode.PERMISSION_DENIED}
-"""The status an open call refused by the registry is answered with: UNAUTHENTICATED unless
-listed (as for refusals when a call starts)."""
+_REFUSAL_CODES = {
+    RefusalReason.NOT_PERMITTED: grpc.StatusCode.PERMISSION_DENIED,
+    RefusalReason.OCSP_UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
+}
+"""The status a refused call is answered with, when it starts or while it is open:
+UNAUTHENTICATED unless listed. ``ocsp-unavailable`` is the link's own state (it has no usable
+OCSP answer), which may pass: UNAVAILABLE, which nodes retry with backoff."""
+_THE_LINKS_OWN = frozenset({RefusalReason.OCSP_UNAVAILABLE})
+"""Refusals that say nothing about the caller: not counted as its failed authentications."""
+
+
+def _status_of(refusal: AuthenticationFailed) -> grpc.StatusCode:
+    return _REFUSAL_CODES.get(refusal.reason, grpc.StatusCode.UNAUTHENTICATED)
 
 
 NodeRefused = Callable[[int, RefusalReason, str], None]
@@ -364,13 +375,13 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
                 context.set_trailing_metadata(((REFUSAL_METADATA_KEY, limited.reason.value),))
                 await context.abort(grpc.StatusCode.UNAVAILABLE, limited.message)
         try:
-            principal = self._authenticator().authenticate(call, self._clock.now())
+            principal = await self._authenticate(call)
         except AuthenticationFailed as error:
-            if self._failures is not None:
+            if self._failures is not None and error.reason not in _THE_LINKS_OWN:
                 self._failures.failed(host, presented)
             self._refused(call, error, None)
             context.set_trailing_metadata(((REFUSAL_METADATA_KEY, error.reason.value),))
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, error.message)
+            await context.abort(_status_of(error), error.message)
             raise  # abort raises; this keeps type checkers aware
         except TryLater as busy:  # a bound is reached: nodes retry UNAVAILABLE with backoff
             await context.abort(grpc.StatusCode.UNAVAILABLE, str(busy))
@@ -389,6 +400,16 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             context.set_trailing_metadata(((REFUSAL_METADATA_KEY, refusal.reason.value),))
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, refusal.message)
         return principal, await self._admit(host, context), call
+
+    async def _authenticate(self, call: CallCredentials) -> Principal:
+        """The authenticator's principal; a decision it is still finding out about (an OCSP
+        answer for a certificate seen for the first time) is awaited, bounded, then asked for
+        once more: still pending, it is TryLater (UNAVAILABLE: nodes retry)."""
+        try:
+            return self._authenticator().authenticate(call, self._clock.now())
+        except DecisionPending as pending:
+            await pending.wait()
+        return self._authenticator().authenticate(call, self._clock.now())
 
     async def _admit(self, host: str, context: _Context) -> Release:
         """Count the call against its address's calls in progress, or refuse it (UNAVAILABLE:
@@ -428,8 +449,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             task.uncancel()
         self._refused(call, refusal, principal)
         context.set_trailing_metadata(((REFUSAL_METADATA_KEY, refusal.reason.value),))
-        code = _REFUSAL_CODES.get(refusal.reason, grpc.StatusCode.UNAUTHENTICATED)
-        await context.abort(code, refusal.message)
+        await context.abort(_status_of(refusal), refusal.message)
 
     def _watch(self, call: CallCredentials, principal: Principal) -> _Watching:
         """Keep the call in the registry while its handler runs."""

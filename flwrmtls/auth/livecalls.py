@@ -13,7 +13,9 @@ unregister by as long as it stays open. Rules kept here:
 * :func:`refused_calls` is the decision: which calls are refused now, and why. It has no side
   effect; :class:`LiveCalls` applies it by calling each refused call's ``end``.
 * When: every call after an event that may end credentials (CRLs reloaded, the client CA
-  bundle replaced, a node unregistered, a key bound anew) and once a CRL's next-update passes;
+  bundle replaced, a node unregistered, a key bound anew, an OCSP answer that revokes a
+  certificate or can no longer be used) and once a CRL's or an OCSP answer's next-update
+  passes;
   each second only the calls whose credentials have expired (:func:`expired_calls`, one
   comparison per call).
 * How a call ends is the interceptor's business (it answers the caller with the refusal, as
@@ -32,6 +34,7 @@ from flwrmtls.auth.authenticator import (
     Authenticator,
     CallCredentials,
     Principal,
+    TryLater,
 )
 
 __all__ = ["LiveCall", "LiveCalls", "expired_calls", "refused_calls"]
@@ -56,8 +59,10 @@ def refused_calls(
 ) -> list[tuple[LiveCall, AuthenticationFailed]]:
     """The calls whose credentials are no longer admitted at ``now``, each with its refusal.
 
-    An authenticator that fails otherwise (a bug, an unreadable database) refuses nothing: its
-    error is logged, and the call's next unary call will meet the same error.
+    An authenticator that cannot decide yet (:class:`TryLater`: an OCSP answer being fetched
+    again for a certificate whose entry was dropped) refuses nothing; one that fails otherwise
+    (a bug, an unreadable database) refuses nothing either: its error is logged, and the call's
+    next unary call will meet the same error.
     """
     refused = []
     for call in calls:
@@ -65,6 +70,8 @@ def refused_calls(
             call.authenticator().recheck(call.credentials, call.principal, now)
         except AuthenticationFailed as refusal:
             refused.append((call, refusal))
+        except TryLater:
+            continue
         except Exception:
             log.exception("re-judging an open call of %s failed", call.principal.identity)
     return refused

@@ -7,9 +7,13 @@ basicConstraints, unknown critical extensions, chain depth) and knows nothing of
 * once per connection (cached by the exact PEM the connection presented): the chain is
   re-verified with cryptography's client verifier against the client CA bundle, the leaf's
   extended key usage must allow clientAuth, and the identity is derived;
-* on every call: the validity window of the whole verified chain against the clock, and the
-  CRL of every issuer in the chain. A revocation or an expiry takes effect on the next call,
-  not at the next reconnect.
+* on every call: the validity window of the whole verified chain against the clock, the
+  CRL of every issuer in the chain, then the OCSP answers the link holds for its certificates
+  (:mod:`flwrmtls.auth.ocspstore`; a revocation by either refuses). A revocation or an expiry
+  takes effect on the next call, not at the next reconnect.
+* the first verification of a chain is a node's admission: it is when the link starts asking
+  OCSP responders about the chain's certificates (only of a verified chain, so only responder
+  URLs a trusted CA wrote); a call that arrives before the first answer waits for it.
 
 Failed verifications are cached briefly too, so a peer repeating a bad certificate costs a
 dictionary lookup, not a verification.
@@ -49,6 +53,8 @@ from flwrmtls.auth.identity import (
     RoleSource,
     identity_from_certificate,
 )
+from flwrmtls.auth.ocspcheck import OcspSubject
+from flwrmtls.auth.ocspstore import OcspStore
 from flwrmtls.auth.revocation import IssuedBy, RevocationStore
 
 __all__ = ["MtlsAuthenticator", "certificate_fingerprint"]
@@ -69,6 +75,8 @@ class _Verified:
     """Each certificate of the verified chain with its issuer, for the per-call CRL check."""
     not_before: datetime
     not_after: datetime
+    ocsp: tuple[OcspSubject, ...] = ()
+    """The chain's certificates the link asks OCSP responders about."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +106,7 @@ class MtlsAuthenticator:
         trust_anchors: list[x509.Certificate],
         *,
         revocations: RevocationStore | None = None,
+        ocsp: OcspStore | None = None,
         identity_source: IdentitySource = IdentitySource.SUBJECT,
         role_source: RoleSource = RoleSource.ROLE,
         max_chain_depth: int | None = None,
@@ -108,6 +117,7 @@ class MtlsAuthenticator:
             raise ValueError("the mTLS authenticator needs at least one trusted CA certificate")
         self._store = Store(trust_anchors)
         self._revocations = revocations
+        self._ocsp = ocsp
         self._identity_source = identity_source
         self._role_source = role_source
         self._max_chain_depth = max_chain_depth
@@ -144,14 +154,16 @@ class MtlsAuthenticator:
                 fingerprint,
                 node_id,
             )
-        if self._revocations is not None:
-            try:
+        try:
+            if self._revocations is not None:
                 for link in entry.links:
                     self._revocations.check(link, now)
-            except AuthenticationFailed as error:
-                error.fingerprint = fingerprint
-                error.node_id = node_id
-                raise
+            if self._ocsp is not None and entry.ocsp:
+                self._ocsp.check(entry.ocsp, now)
+        except AuthenticationFailed as error:
+            error.fingerprint = fingerprint
+            error.node_id = node_id
+            raise
         return entry.principal
 
     def recheck(self, call: CallCredentials, principal: Principal, now: datetime) -> None:
@@ -245,6 +257,10 @@ class MtlsAuthenticator:
                 fingerprint,
             ) from None
         chain = tuple(verified.chain)
+        ocsp: tuple[OcspSubject, ...] = ()
+        if self._ocsp is not None:
+            ocsp = self._ocsp.subjects(chain)
+            self._ocsp.admit(ocsp, now)
         return _Verified(
             principal=Principal(
                 kind=identity.kind,
@@ -259,4 +275,5 @@ class MtlsAuthenticator:
             links=tuple(IssuedBy.of(c, i) for c, i in itertools.pairwise(chain)),
             not_before=max(c.not_valid_before_utc for c in chain),
             not_after=min(c.not_valid_after_utc for c in chain),
+            ocsp=ocsp,
         )

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -367,10 +367,14 @@ def _judge_groups(groups: tuple[ScopeCrls, ...], link: IssuedBy) -> _Verdict:
 
 
 def coverage_report(
-    store: RevocationStore | None, client_cas: Iterable[x509.Certificate], now: datetime
+    store: RevocationStore | None,
+    client_cas: Iterable[x509.Certificate],
+    now: datetime,
+    ocsp_rows: Sequence[CoverageRow] = (),
 ) -> list[CoverageRow]:
-    """What ``supernode list`` shows: the store's rows, and a ``not-checked`` row for each CA
-    of the client CA bundle that has no CRL."""
-    rows = store.coverage(now) if store is not None else []
+    """What ``supernode list`` shows: the store's rows, the OCSP rows (issuers whose
+    certificates the link asked OCSP responders about), and a ``not-checked`` row for each CA
+    of the client CA bundle that has neither."""
+    rows = [*(store.coverage(now) if store is not None else []), *ocsp_rows]
     covered = {row.issuer for row in rows}
     return rows + not_checked_rows((ca.subject for ca in client_cas), covered)

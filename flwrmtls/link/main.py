@@ -21,6 +21,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from flwrmtls.auth.crlcoverage import CoverageState
 from flwrmtls.auth.identity import IdentitySource, RoleSource
 from flwrmtls.auth.nodeauth import NodeAuth, requires_client_certificate
+from flwrmtls.auth.ocspcheck import OcspMode, responder_url
+from flwrmtls.auth.ocspstore import OcspPolicy, Unreachable
 from flwrmtls.cliargs import finish_parser
 from flwrmtls.errors import FlwrmtlsError, InputError
 from flwrmtls.filemodes import open_directory_warning, private_directory, restrict_umask
@@ -116,6 +118,39 @@ def parser() -> argparse.ArgumentParser:
         "--ssl-crl-file",
         type=Path,
         help="CRL(s), PEM or DER: one file or a directory; re-read when it changes",
+    )
+    p.add_argument(
+        "--ocsp",
+        default=OcspMode.OFF.value,
+        metavar="off|aia|URL",
+        help="also check client certificates with OCSP: aia asks the responder each "
+        "certificate names (AuthorityInformationAccess); an http(s) URL asks that responder "
+        "about node and CLI certificates (CA certificates: the one they name); off (default). "
+        "A revoked answer refuses, as a CRL does",
+    )
+    p.add_argument(
+        "--ocsp-unreachable",
+        choices=[choice.value for choice in Unreachable],
+        default=Unreachable.FAIL_CLOSED.value,
+        help="when an answer cannot be refreshed: refuse the certificate until an answer "
+        "comes (fail-closed, default), or keep the last good answer until its next update "
+        "(keep-last-good); a certificate never answered is refused either way",
+    )
+    p.add_argument(
+        "--ocsp-timeout",
+        type=float,
+        default=OcspPolicy().timeout,
+        metavar="SECONDS",
+        help="seconds one question to an OCSP responder may take (default %(default)s; at "
+        "most 60); a node's first call waits for the first answer that long",
+    )
+    p.add_argument(
+        "--ocsp-refresh-interval",
+        type=float,
+        default=OcspPolicy().refresh_interval,
+        metavar="SECONDS",
+        help="seconds after which an OCSP answer is asked for again (default %(default)s, 1 "
+        "to 86400), and always before its next update: how soon a revocation reaches the link",
     )
     p.add_argument(
         "--node-auth",
@@ -242,6 +277,9 @@ def config_from_args(args: argparse.Namespace) -> LinkConfig:
         args.ssl_crl_file,
         args.ssl_cli_ca_certfile,
     ]
+    ocsp = _ocsp_policy(args)
+    if ocsp.enabled and not args.ssl_require_client_auth:
+        raise InputError("--ocsp applies to client certificates: add --ssl-require-client-auth")
     if args.insecure:
         if any(tls_flags) or args.ssl_require_client_auth:
             raise InputError("--insecure cannot be combined with --ssl-* flags: choose one")
@@ -329,6 +367,7 @@ def config_from_args(args: argparse.Namespace) -> LinkConfig:
         client_ca_certificates=client_cas,
         require_client_auth=args.ssl_require_client_auth,
         crl_path=args.ssl_crl_file,
+        ocsp=ocsp,
         identity_source=IdentitySource(args.identity_source),
         max_chain_depth=args.max_chain_depth,
         heartbeat_interval=args.heartbeat_interval,
@@ -359,6 +398,34 @@ def config_from_args(args: argparse.Namespace) -> LinkConfig:
             else "--ssl-ca-certfile",
             cli_ca=args.ssl_cli_ca_certfile,
         ),
+    )
+
+
+def _ocsp_policy(args: argparse.Namespace) -> OcspPolicy:
+    """The ``--ocsp*`` flags, checked (one line naming the flag otherwise)."""
+    text = args.ocsp.strip()
+    url = None
+    if text.lower() in (OcspMode.OFF.value, OcspMode.AIA.value):
+        mode = OcspMode(text.lower())
+    else:
+        try:
+            url = responder_url(text)
+        except ValueError as error:
+            raise InputError(
+                f"--ocsp {text!r}: {error}; give off, aia or the http:// or https:// URL of an "
+                "OCSP responder"
+            ) from None
+        mode = OcspMode.URL
+    if not 0 < args.ocsp_timeout <= 60:
+        raise InputError("--ocsp-timeout must be above 0 and at most 60 seconds")
+    if not 1 <= args.ocsp_refresh_interval <= 86400:
+        raise InputError("--ocsp-refresh-interval must be 1 to 86400 seconds")
+    return OcspPolicy(
+        mode=mode,
+        url=url,
+        unreachable=Unreachable(args.ocsp_unreachable),
+        timeout=args.ocsp_timeout,
+        refresh_interval=args.ocsp_refresh_interval,
     )
 
 
@@ -459,6 +526,8 @@ def _describe(link: Link) -> str:
         parts.append("Control API WITHOUT client authentication")
     if link.revocations is not None:
         parts.append(f"CRLs from {config.crl_path} for {len(link.revocations.issuers)} issuer(s)")
+    if config.ocsp.enabled:
+        parts.append(config.ocsp.describe())
     return "; ".join(parts)
 
 

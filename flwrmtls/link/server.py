@@ -20,9 +20,11 @@ store which is :mod:`flwrmtls.runs.linkobjects`.
 
 Open calls on the Fleet and Control listeners are kept in one registry
 (:mod:`flwrmtls.auth.livecalls`) and judged again when credentials may have ended: at once
-after CRLs reload, a CA bundle changes, a node is unregistered or a key bound anew, or a CRL's
+after CRLs reload, a CA bundle changes, a node is unregistered or a key bound anew, an OCSP
+answer revokes a certificate or can no longer be used, or a CRL's or an OCSP answer's
 next-update passes; each second for expiries. A refused open call is answered with the
-refusal, so a node idle in a long poll is out within about a second of the file changing.
+refusal, so a node idle in a long poll is out within about a second of the file changing (or
+of the OCSP answer arriving: :mod:`flwrmtls.link.ocsprefresh` asks responders off the loop).
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ from flwrmtls.auth.interceptor import AuthInterceptor, RefusalLog, caller_name
 from flwrmtls.auth.livecalls import LiveCalls
 from flwrmtls.auth.mtls import MtlsAuthenticator
 from flwrmtls.auth.nodeauth import NodeAuth, build_node_authenticator, requires_client_certificate
+from flwrmtls.auth.ocspstore import OcspPolicy, OcspStore
 from flwrmtls.auth.ratelimit import FailureBudget, FailureLimiter
 from flwrmtls.auth.revocation import RevocationStore, coverage_report
 from flwrmtls.auth.signing import audience_of, audience_text
@@ -65,6 +68,7 @@ from flwrmtls.clock import Clock, SystemClock
 from flwrmtls.control.servicer import ControlServicer, KeyBinding
 from flwrmtls.filemodes import private_directory, tighten
 from flwrmtls.fleet.servicer import FleetServicer
+from flwrmtls.link.ocsprefresh import OcspRefresher
 from flwrmtls.link.reload import TlsFiles, TlsMaterial, TlsWatcher, Trust
 from flwrmtls.objects.store import ObjectStore
 from flwrmtls.proto import appio_pb2_grpc, control_pb2_grpc, fleet_pb2_grpc
@@ -99,6 +103,8 @@ class LinkConfig:
     client_ca_certificates: list[x509.Certificate] = field(default_factory=list)
     require_client_auth: bool = False
     crl_path: Path | None = None
+    ocsp: OcspPolicy = field(default_factory=OcspPolicy)
+    """Whether and how client certificates are checked with OCSP responders (``--ocsp``)."""
     identity_source: IdentitySource = IdentitySource.SUBJECT
     max_chain_depth: int | None = None
     heartbeat_interval: float = 10.0
@@ -181,10 +187,12 @@ def build_certificate_authenticator(
     config: LinkConfig,
     revocations: RevocationStore | None,
     anchors: Sequence[x509.Certificate] | None = None,
+    ocsp: OcspStore | None = None,
 ) -> MtlsAuthenticator:
     return MtlsAuthenticator(
         list(anchors if anchors is not None else config.client_ca_certificates),
         revocations=revocations,
+        ocsp=ocsp,
         identity_source=config.identity_source,
         max_chain_depth=config.max_chain_depth,
         role_source=config.role_source,
@@ -225,6 +233,8 @@ class Link:
         self.clock = clock or SystemClock()
         # CRLs first: a CRL the link refuses stops it before anything else is opened.
         self.revocations = RevocationStore(config.crl_path, self.clock) if config.crl_path else None
+        self.ocsp = OcspStore(config.ocsp, self.clock) if config.ocsp.enabled else None
+        self._ocsp_refresher: OcspRefresher | None = None
         self._lapse_log = LapseLog()
         self.state = LinkState(config.database)
         self.keys = build_key_authenticator(config, self.state) if config.uses_keys else None
@@ -302,7 +312,7 @@ class Link:
         self.certificates: Authenticator | None = None
         if config.require_client_auth:
             self.certificates = PinnedToAuthority(
-                build_certificate_authenticator(config, self.revocations, nodes),
+                build_certificate_authenticator(config, self.revocations, nodes, self.ocsp),
                 self.state.pins,
                 authorities,
             )
@@ -316,7 +326,7 @@ class Link:
         self.control_authenticator: Authenticator = OpenAuthenticator()
         if cli:
             self.control_authenticator = PinnedToAuthority(
-                build_certificate_authenticator(config, self.revocations, cli),
+                build_certificate_authenticator(config, self.revocations, cli, self.ocsp),
                 self.state.pins,
                 authorities,
             )
@@ -348,7 +358,7 @@ class Link:
 
     def revocation_coverage(self, now: datetime) -> list[CoverageRow]:
         """Per issuer of client certificates (nodes' and CLI's): its CRLs in force, until
-        when, or unchecked."""
+        when, or unchecked; then the issuers whose certificates the link asked OCSP about."""
         material = self.tls_watcher.material if self.tls_watcher is not None else self._material
         if material is not None:
             cas = [*material.client_ca_certificates, *material.cli_ca_certificates]
@@ -357,8 +367,9 @@ class Link:
         if not cas and self.revocations is None:
             return []
         warning = self.config.crl_expiry_warning
+        ocsp = self.ocsp.coverage(now) if self.ocsp is not None else []
         return [with_lapse_warning(row, now, warning) for row in coverage_report(
-            self.revocations, cas, now
+            self.revocations, cas, now, ocsp
         )]  # fmt: skip
 
     def log_crl_lapses(self) -> None:
@@ -494,6 +505,9 @@ class Link:
             await server.start()
         self._tasks.append(asyncio.create_task(self._watch_files()))
         self._tasks.append(asyncio.create_task(self._sweep_objects()))
+        if self.ocsp is not None:
+            self._ocsp_refresher = OcspRefresher(self.ocsp, self.clock, self.recheck_open_calls)
+            self._tasks.append(asyncio.create_task(self._ocsp_refresher.run()))
 
     async def _watch_files(self) -> None:
         """Re-read CRLs and TLS files about once a second (see :mod:`flwrmtls.link.reload`),
@@ -517,11 +531,14 @@ class Link:
     def _judge_open_calls(self) -> None:
         now = self.clock.now()
         last, self._last_tick = self._last_tick, now
-        # A CRL past its next-update refuses its issuer's certificates: a change by time.
-        if (
-            self.revocations is not None
-            and last is not None
-            and any(last <= moment < now for moment in self.revocations.next_updates)
+        # A CRL or an OCSP answer past its next-update refuses its certificates: a change by
+        # time.
+        if last is not None and (
+            (
+                self.revocations is not None
+                and any(last <= moment < now for moment in self.revocations.next_updates)
+            )
+            or (self.ocsp is not None and self.ocsp.lapsed_between(last, now))
         ):
             self._access_changed = True
         if self._access_changed:
@@ -548,5 +565,7 @@ class Link:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if self._ocsp_refresher is not None:
+            await self._ocsp_refresher.close()
         await asyncio.gather(*(server.stop(grace) for server in self._servers))
         self.state.close()
