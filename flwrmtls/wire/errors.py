@@ -17,6 +17,10 @@ Rules:
 * A call cut on an established connection (``Stream removed``), or cancelled by a link that
   is stopping (``Cancelling all calls``, or ``CANCELLED`` from the link: a call the client
   cancels itself never reaches this table), is the link going away, never a refusal: retried.
+* An ``UNAVAILABLE`` that carries a :data:`~flwrmtls.wire.metadata.REFUSAL_KEY` trailer is the
+  link speaking (it has no usable OCSP answer for the client's certificate yet): retried, and
+  its details are the link's sentence, never read for the transport's words below (the
+  sentence may quote a responder's "Connection refused").
 
 What a client sees is only a string inside ``UNAVAILABLE`` (measured with grpcio 1.85, locked
 in by tests/wire/test_errors.py):
@@ -52,6 +56,7 @@ import grpc
 
 from flwrmtls.errors import FlwrmtlsError, HandshakeClosed, LinkUnreachable, Refused
 from flwrmtls.wire.credentials import CertificateCheck
+from flwrmtls.wire.metadata import REFUSAL_KEY
 
 __all__ = ["ConnectionContext", "explain_handshake_closed", "translate_rpc_error"]
 
@@ -164,6 +169,11 @@ _UNAVAILABLE_CAUSES = (
 )
 
 
+def _stated_by_the_link(error: grpc.RpcError) -> bool:
+    trailers = getattr(error, "trailing_metadata", lambda: ())() or ()
+    return any(key == REFUSAL_KEY for key, _ in trailers)
+
+
 def translate_rpc_error(error: grpc.RpcError, ctx: ConnectionContext) -> FlwrmtlsError:
     """The one place a gRPC failure becomes a user-facing error."""
     code = error.code()
@@ -171,6 +181,8 @@ def translate_rpc_error(error: grpc.RpcError, ctx: ConnectionContext) -> Flwrmtl
     if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
         return Refused(f"the link at {ctx.address} refused this client: {details}")
     if code is grpc.StatusCode.UNAVAILABLE:
+        if _stated_by_the_link(error):
+            return LinkUnreachable(f"the link at {ctx.address} is unavailable: {details}")
         for marker, translate in _UNAVAILABLE_CAUSES:
             if marker in details:
                 return translate(ctx)
