@@ -70,6 +70,7 @@ def _opener() -> urllib.request.OpenerDirector:
         _NoRedirects(),
         urllib.request.HTTPDefaultErrorHandler(),
         urllib.request.HTTPErrorProcessor(),
+        urllib.request.UnknownHandler(),  # any other scheme: "unknown url type"
     ):
         opener.add_handler(handler)
     return opener

@@ -7,7 +7,8 @@ Rules kept here:
 * :func:`make_crl` writes exactly the extensions asked for: CRL number, delta indicator,
   IssuingDistributionPoint, extra (possibly critical, unknown) extensions, entry reasons.
 * Leaves made here carry a CRLDistributionPoints extension when asked, so partition tests have
-  certificates in named partitions; they are written as chain + key files a node loads.
+  certificates in named partitions, and an AuthorityInformationAccess naming OCSP responders
+  when asked; they are written as chain + key files a node loads.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID, NameOID
 
 from flwrmtls.testing.pki import TestPki
 
@@ -128,10 +129,12 @@ def make_leaf(
     name: str,
     *,
     distribution_points: Sequence[str] = (),
+    ocsp: Sequence[str] = (),
     now: datetime | None = None,
 ) -> tuple[Path, Path, x509.Certificate]:
     """A node certificate ``CN=<name>, O=Hospital P`` signed by ``ca``, with a
-    CRLDistributionPoints of ``distribution_points`` (URIs) if any: (chain, key, leaf)."""
+    CRLDistributionPoints of ``distribution_points`` (URIs) if any, and an
+    AuthorityInformationAccess naming ``ocsp`` responders (URIs) if any: (chain, key, leaf)."""
     now = now or datetime.now(UTC)
     key = ec.generate_private_key(ec.SECP256R1())
     builder = (
@@ -168,6 +171,13 @@ def make_leaf(
                     )
                     for point in distribution_points
                 ]
+            ),
+            critical=False,
+        )
+    if ocsp:
+        builder = builder.add_extension(
+            x509.AuthorityInformationAccess(
+                [x509.AccessDescription(AuthorityInformationAccessOID.OCSP, uri(u)) for u in ocsp]
             ),
             critical=False,
         )
