@@ -412,20 +412,22 @@ class OcspStore:
         before, entry.logged = entry.logged, standing
         if before is standing:
             return
-        what = f"OCSP ({url}): certificate {entry.subject.describe()}"
+        subject = entry.subject
         if standing is Standing.GOOD:
             answer = entry.answer
             assert answer is not None
             assert entry.valid_until is not None
-            line = f"{what}: good (signed by {answer.signer}, until {_utc(entry.valid_until)})"
-            if before is None or before is Standing.PENDING:
-                log.debug("%s", line)
-            else:
-                log.info("%s", line)
-        elif standing in (Standing.REVOKED, Standing.KEPT):
-            log.warning("%s: %s", what, sentence)
+            level = logging.DEBUG if before in (None, Standing.PENDING) else logging.INFO
+            log.log(
+                level, "OCSP (%s): certificate %s: good (signed by %s, until %s)",
+                url, subject.describe(), answer.signer, _utc(entry.valid_until),
+            )  # fmt: skip
+        elif standing is Standing.REVOKED:
+            log.warning("OCSP (%s): %s (issuer %s)", url, sentence, subject.issuer_display)
+        elif standing is Standing.KEPT:
+            log.warning("OCSP (%s): %s", url, sentence)
         elif standing is Standing.UNAVAILABLE:
-            log.error("%s: refused until an answer comes: %s", what, sentence)
+            log.error("OCSP (%s): %s: refused until an answer comes", url, sentence)
 
     # --- what the link tells operators, and when time changes a verdict -----------------------
 

@@ -92,7 +92,7 @@ def list_nodes(
         typer.echo(table(_COVERAGE_HEADERS, _coverage_rows(response.revocation)))
 
 
-_COVERAGE_HEADERS = ["ISSUER", "SCOPE", "CRL", "FROM", "UNTIL", "STATE", "DETAIL"]
+_COVERAGE_HEADERS = ["ISSUER", "SCOPE", "CHECKED BY", "FROM", "UNTIL", "STATE", "DETAIL"]
 
 
 def _coverage_data(coverage: Sequence[control_pb2.RevocationCoverage]) -> list[dict[str, Any]]:
@@ -158,7 +158,9 @@ def revocation(
     """How the link checks revocation.
 
     Per issuer of client certificates: the CRLs in force (complete, +delta, partition), their
-    files, until when, and their state (current, kept, expired, failing-closed, not-checked).
+    files, until when, and their state (current, kept, expired, failing-closed, not-checked);
+    with --ocsp on the link, the OCSP responders its certificates were checked at, and how
+    many answers are good, revoked or missing.
     """
     config = ConfigFile()
     client = ControlClient(config.profile(connection), str(config.path))

@@ -15,6 +15,7 @@ do not depend on the machine's speed.
 from __future__ import annotations
 
 import dataclasses
+import json
 import subprocess
 import threading
 import time
@@ -37,6 +38,7 @@ from flwrmtls.pki import CertificateAuthority
 from flwrmtls.testing.link import mtls_config, node_client, running_link
 from flwrmtls.testing.pki import TestPki, make_test_pki
 
+from .deployment import Deployment
 from .ocsp_responder import OpensslResponder
 
 PROMPT = 10.0
@@ -569,3 +571,47 @@ def test_with_aia_the_link_asks_the_responder_each_certificate_names(
             responder.stop()
             with named(link, pki, "node-1") as client:  # names no responder
                 assert client.activate().identity == "CN=node-1,O=Hospital A"
+
+
+# --- the real programs ------------------------------------------------------------------------
+
+
+def test_real_link_nodes_and_cli_follow_their_ocsp_responder(deployment: Deployment) -> None:
+    """flwrmtls-superlink --ocsp URL with real nodes and the real CLI: a node that starts
+    while the responder is down waits (it retries; the link fails closed) and joins once the
+    responder answers; the operator sees the responder in ``supernode revocation``; a node
+    revoked at its responder exits with one line while the other goes on."""
+    pki = deployment.pki
+    with responder_for(pki, deployment.tmp / "responder", start=False) as responder:
+        responder.start()
+        responder.stop()
+        link = deployment.start_link(
+            [
+                *deployment.link_args(), "--ocsp", responder.url,
+                "--ocsp-refresh-interval", "1", "--ocsp-timeout", "2",
+            ]
+        )  # fmt: skip
+        assert f"OCSP: node and CLI certificates at {responder.url}" in link.log
+        waiting = deployment.node("node-1", link.fleet_port)
+        waiting.wait_for(r"has no OCSP answer for certificate .*; retrying in")
+        responder.start()
+        waiting.wait_active()
+        revoked = deployment.node("node-2", link.fleet_port)
+        revoked.wait_active()
+        deployment.profile(link.control_port)
+        listing = deployment.cli("supernode", "revocation", "--format", "json")
+        assert listing.returncode == 0, listing.stderr
+        (row,) = [row for row in json.loads(listing.stdout) if row["kind"] == "ocsp"]
+        assert row["sources"] == [responder.url]
+        assert row["state"] == "current"
+        assert "3 certificate(s) asked about, 3 good" in row["detail"]  # 2 nodes, the CLI
+        table = deployment.cli("supernode", "revocation")
+        assert "CHECKED BY" in table.stdout
+        assert responder.url in table.stdout
+        responder.revoke(leaf(pki, "node-2"))
+        assert revoked.wait_exit() == 1
+        assert "certificate revoked according to its OCSP responder" in revoked.log
+        assert waiting.process is not None
+        assert waiting.process.poll() is None
+        statuses = {n["identity"]: n["status"] for n in deployment.list_nodes()}
+        assert statuses["CN=node-2,O=Hospital B"] == "revoked"

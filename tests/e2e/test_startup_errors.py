@@ -63,6 +63,12 @@ def link_tls(pki: TestPki, tmp_path: Path) -> list[str]:
         ("run-storage-not-a-size", "--max-run-storage '12X' is not a size"),
         ("pending-storage-zero", "--max-node-pending-storage '0' is not a size"),
         ("heartbeat-below-a-second", "--heartbeat-interval must be a number of seconds from 1"),
+        ("ocsp-file-url", "--ocsp 'file:///etc/passwd': the scheme 'file' is not used"),
+        ("ocsp-ldap-url", "--ocsp 'ldap://ca.example/': the scheme 'ldap' is not used"),
+        ("ocsp-not-a-mode", "--ocsp 'on': the scheme '(none)' is not used"),
+        ("ocsp-without-client-auth", "--ocsp applies to client certificates: add --ssl-require"),
+        ("ocsp-timeout-zero", "--ocsp-timeout must be above 0 and at most 60 seconds"),
+        ("ocsp-refresh-too-often", "--ocsp-refresh-interval must be 1 to 86400 seconds"),
     ],
 )
 def test_link_refuses_bad_startup_input(
@@ -104,6 +110,17 @@ def test_link_refuses_bad_startup_input(
         args += ["--max-node-pending-storage", "0"]
     elif change == "heartbeat-below-a-second":  # nodes would refuse it (wire/bounds.py)
         args += ["--heartbeat-interval", "0.5"]
+    elif change.startswith("ocsp-"):
+        ocsp = {
+            "ocsp-file-url": ["--ocsp", "file:///etc/passwd"],
+            "ocsp-ldap-url": ["--ocsp", "ldap://ca.example/"],
+            "ocsp-not-a-mode": ["--ocsp", "on"],
+            "ocsp-without-client-auth": ["--ocsp", "aia"],
+            "ocsp-timeout-zero": ["--ocsp", "aia", "--ocsp-timeout", "0"],
+            "ocsp-refresh-too-often": ["--ocsp", "aia", "--ocsp-refresh-interval", "0.5"],
+        }[change]
+        client_auth = [] if change == "ocsp-without-client-auth" else ["--ssl-require-client-auth"]
+        args += [*client_auth, *ocsp]
     assert_one_line(run("flwrmtls.link.main", args, tmp_path), expected)
     if change.startswith("serverappio-"):
         assert not (tmp_path / "link.db").exists()  # refused before anything was created
