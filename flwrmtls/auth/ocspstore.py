@@ -262,6 +262,7 @@ class OcspStore:
         self._entries: dict[tuple[bytes, int], _Entry] = {}
         self._nonce_responders: set[str] = set()
         """Responder URLs that echoed a nonce: their answers must carry the link's."""
+        self._next_due: datetime | None = None
         self.wake: Callable[[], None] = lambda: None
         """Called when a certificate is wanted at once (the refresher sets it)."""
 
@@ -312,6 +313,7 @@ class OcspStore:
         entry = _Entry(subject, last_used=now, due=now)
         self._entries[subject.key] = entry
         if subject.url is not None:
+            self._due_at(now)
             self.wake()
         return entry
 
@@ -334,6 +336,7 @@ class OcspStore:
         dropped first."""
         idle = max(IDLE, 3 * self._interval)
         queries = []
+        self._next_due = None
         for key, entry in list(self._entries.items()):
             if entry.in_flight:
                 continue
@@ -342,7 +345,10 @@ class OcspStore:
                     del self._entries[key]
                 continue
             url = entry.subject.url
-            if url is None or entry.due > now or _final(entry.answer):
+            if url is None or _final(entry.answer):
+                continue
+            if entry.due > now:
+                self._due_at(entry.due)
                 continue
             entry.in_flight = True
             queries.append(
@@ -354,6 +360,14 @@ class OcspStore:
                 )
             )
         return queries
+
+    def next_due(self) -> datetime | None:
+        """When the next question is due, as far as the store knows (None: nothing to ask)."""
+        return self._next_due
+
+    def _due_at(self, moment: datetime) -> None:
+        if self._next_due is None or moment < self._next_due:
+            self._next_due = moment
 
     def apply(self, query: OcspQuery, outcome: OcspAnswer | str, now: datetime) -> bool:
         """Take a verified answer (or the failure of an attempt, one line) for ``query``.
@@ -370,6 +384,8 @@ class OcspStore:
             entry.failures += 1
             retry = min(_FIRST_RETRY * 2 ** (entry.failures - 1), _LAST_RETRY, self._interval)
             entry.due = now + max(retry, _SOONEST)
+        if not _final(entry.answer):
+            self._due_at(entry.due)
         entry.attempted = True
         if entry.ready is not None:
             entry.ready.set()

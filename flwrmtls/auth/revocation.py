@@ -375,6 +375,10 @@ def coverage_report(
     """What ``supernode list`` shows: the store's rows, the OCSP rows (issuers whose
     certificates the link asked OCSP responders about), and a ``not-checked`` row for each CA
     of the client CA bundle that has neither."""
-    rows = [*(store.coverage(now) if store is not None else []), *ocsp_rows]
+    crl_rows = store.coverage(now) if store is not None else []
+    rows = [row for row in crl_rows if row.state is not CoverageState.NOT_CHECKED]
+    rows += ocsp_rows
     covered = {row.issuer for row in rows}
-    return rows + not_checked_rows((ca.subject for ca in client_cas), covered)
+    unchecked = [row for row in crl_rows if row.issuer not in covered]
+    covered |= {row.issuer for row in unchecked}
+    return rows + unchecked + not_checked_rows((ca.subject for ca in client_cas), covered)

@@ -4,7 +4,8 @@ Rules kept here:
 
 * What to ask and when is the store's (:meth:`~flwrmtls.auth.ocspstore.OcspStore.due`): a
   certificate just admitted, an answer due for refresh, a failed attempt due for a retry. The
-  refresher looks at least once a second, and at once when the store wants a new certificate.
+  refresher looks when the next question is due (at least once a second), and at once when
+  the store wants a new certificate.
 * Each question runs in a worker thread, never on the event loop, at most
   :data:`MAX_CONCURRENT` at once (more wait their turn): an HTTP POST of the DER request
   (RFC 6960 A.1) with urllib, through an opener that holds only the http and https handlers
@@ -49,6 +50,7 @@ log = logging.getLogger("flwrmtls.link")
 MAX_CONCURRENT = 8
 MAX_ANSWER_BYTES = 64 << 10
 _TICK = 1.0
+_SOONEST = 0.05
 _READ = 16 << 10
 
 
@@ -157,7 +159,16 @@ class OcspRefresher:
             except Exception:  # never stop refreshing: a dead refresher would miss revocations
                 log.exception("OCSP: choosing what to ask failed; trying again in a second")
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), _TICK)
+                await asyncio.wait_for(self._wake.wait(), self._pause())
+
+    def _pause(self) -> float:
+        """Seconds until the next question is due, at most a second (a new certificate wakes
+        the refresher at once)."""
+        due = self._store.next_due()
+        if due is None:
+            return _TICK
+        wait = (due - self._clock.now()).total_seconds()
+        return min(_TICK, max(_SOONEST, wait))
 
     async def _ask(self, query: OcspQuery) -> None:
         loop = asyncio.get_running_loop()
