@@ -9,6 +9,7 @@ refusal sits beside the answer that is taken. The same checks against a real res
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -152,6 +153,29 @@ def test_an_answer_about_another_certificate_is_refused(pki: TestPki) -> None:
     message = refused(subject, answer(subject, issuing_ca(pki), about=other.certificate))
     assert "about another certificate" in message
     assert verify(subject, answer(subject, issuing_ca(pki))).status is CertStatus.GOOD
+
+
+def test_an_answer_about_the_same_serial_of_another_issuer_is_refused(
+    pki: TestPki, tmp_path: Path
+) -> None:
+    """The CertID names the issuer too (its name and key hashes), not only the serial."""
+    subject = subject_of(pki, "node-1")
+    twin = make_test_pki(tmp_path / "twin")  # another CA with the same name
+    other_issuer = twin.ca.issuing_certificate
+    key = ec.generate_private_key(ec.SECP256R1())
+    same_serial = (
+        x509.CertificateBuilder()
+        .subject_name(subject.certificate.subject)
+        .issuer_name(other_issuer.subject)
+        .public_key(key.public_key())
+        .serial_number(subject.serial)
+        .not_valid_before(NOW - timedelta(days=1))
+        .not_valid_after(NOW + timedelta(days=1))
+        .sign(issuing_ca(twin).key, hashes.SHA256())
+    )
+    about_twin = dataclasses.replace(subject, certificate=same_serial, issuer=other_issuer)
+    der = answer(about_twin, issuing_ca(pki), by_name=True)  # signed by the right issuer
+    assert "about another certificate" in refused(subject, der)
 
 
 def test_an_answer_whose_signature_is_not_the_issuers_is_refused(
@@ -422,15 +446,18 @@ def test_a_revocation_stands_and_an_older_answer_never_replaces_a_newer_one(
 
 def test_a_released_hold_is_good_again_but_a_key_compromise_is_not(pki: TestPki) -> None:
     subject = subject_of(pki, "node-1")
-    for reason, after in (("certificateHold", None), ("keyCompromise", RefusalReason.REVOKED)):
-        store, clock, query = store_with(subject)
-        store.apply(query, good(CertStatus.REVOKED, reason=reason, this_update=NOW), NOW)
-        clock.advance(1)
-        store._entries[subject.key].due = clock.now()  # ask again at once
-        queries = store.due(clock.now())
-        for again in queries:
-            store.apply(again, good(this_update=clock.now()), clock.now())
-        assert reason_of(store, subject, clock.now()) is after
+    store, clock, query = store_with(subject)
+    store.apply(query, good(CertStatus.REVOKED, reason="certificateHold", this_update=NOW), NOW)
+    clock.advance(400)
+    (again,) = store.due(clock.now())  # a hold is asked about again
+    store.apply(again, good(this_update=clock.now()), clock.now())
+    assert reason_of(store, subject, clock.now()) is None
+    store, clock, query = store_with(subject)
+    store.apply(query, good(CertStatus.REVOKED, this_update=NOW), NOW)
+    clock.advance(400)
+    assert store.due(clock.now()) == []  # a key compromise is not asked about again
+    store.apply(query, good(this_update=clock.now()), clock.now())  # nor undone by a stray answer
+    assert reason_of(store, subject, clock.now()) is RefusalReason.REVOKED
 
 
 def test_unknown_and_a_missing_responder_refuse(pki: TestPki, tmp_path: Path) -> None:

@@ -47,11 +47,15 @@ def serving(answer: Handler) -> Iterator[tuple[str, list[str]]]:
         server.server_close()
 
 
-def plain(body: bytes) -> Handler:
+def plain(body: bytes, *, length: bool = True) -> Handler:
+    """Answer ``body``, announced with a Content-Length or (``length=False``) not: then the
+    answer ends when the server closes the connection."""
+
     def answer(handler: http.server.BaseHTTPRequestHandler) -> None:
         handler.send_response(200)
         handler.send_header("Content-Type", "application/ocsp-response")
-        handler.send_header("Content-Length", str(len(body)))
+        if length:
+            handler.send_header("Content-Length", str(len(body)))
         handler.end_headers()
         handler.wfile.write(body)
 
@@ -94,13 +98,14 @@ def test_only_http_and_https_can_be_fetched_at_all() -> None:
         fetch("file:///etc/passwd", b"request", timeout=5)
 
 
-def test_an_answer_over_the_bound_is_not_read() -> None:
+@pytest.mark.parametrize("length", [True, False], ids=["announced", "unannounced"])
+def test_an_answer_over_the_bound_is_not_read(length: bool) -> None:
     with (
-        serving(plain(b"x" * (MAX_ANSWER_BYTES + 1))) as (url, _),
+        serving(plain(b"x" * (MAX_ANSWER_BYTES + 1), length=length)) as (url, _),
         pytest.raises(FetchFailed, match="over the"),
     ):
         fetch(url, b"request", timeout=5)
-    with serving(plain(b"x" * MAX_ANSWER_BYTES)) as (url, _):
+    with serving(plain(b"x" * MAX_ANSWER_BYTES, length=length)) as (url, _):
         assert len(fetch(url, b"request", timeout=5)) == MAX_ANSWER_BYTES
 
 
