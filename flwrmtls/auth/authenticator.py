@@ -161,8 +161,8 @@ class TryLater(Exception):
 class DecisionPending(TryLater):
     """The link is finding out what it needs to decide (an OCSP answer for a certificate it
     sees for the first time) and will know shortly. The interceptor awaits :meth:`wait`
-    (bounded, off nothing: the event loop goes on) and judges the call once more; still
-    undecided, the call is answered as :class:`TryLater`."""
+    (bounded; the event loop serves other calls meanwhile) and judges the call once more;
+    still undecided, the call is answered as :class:`TryLater`."""
 
     def __init__(self, message: str, ready: Callable[[], Awaitable[None]]) -> None:
         super().__init__(message)

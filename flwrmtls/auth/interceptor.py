@@ -14,6 +14,13 @@ Before authenticating, a call from a peer address over its failed-authentication
 refused (:mod:`flwrmtls.auth.ratelimit`); after, the calls in progress per peer address are
 bounded. Both answers are UNAVAILABLE with what to do: nodes retry them.
 
+A call whose authenticator is still finding out what it needs
+(:class:`~flwrmtls.auth.authenticator.DecisionPending`: the first OCSP answer for a chain)
+awaits it, bounded, and is judged once more; the event loop serves others meanwhile. A refusal
+is UNAUTHENTICATED unless :data:`_REFUSAL_CODES` says otherwise: ``ocsp-unavailable`` (the
+link's own state, which may pass) is UNAVAILABLE, which nodes retry, and is not counted against
+the caller's failed-authentication budget.
+
 With an ``audit`` sink, Control calls, node admissions and refusals are also handed to the
 audit trail as :class:`~flwrmtls.auth.audit.AuditRecord` values; :mod:`flwrmtls.auth.audit`
 says which. Other calls pay one None check for it.

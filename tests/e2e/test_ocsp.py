@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import subprocess
 import threading
 import time
@@ -504,6 +505,7 @@ def test_a_revocation_by_either_crl_or_ocsp_refuses(tmp_path: Path, fresh_pki: T
 
 # --- the responder a certificate names (AIA) ------------------------------------------------
 
+OPENSSL = shutil.which("openssl")
 _AIA_EXTENSIONS = """\
 basicConstraints       = critical, CA:FALSE
 keyUsage               = critical, digitalSignature
@@ -517,6 +519,8 @@ authorityInfoAccess    = OCSP;URI:{url}
 def openssl_node(pki: TestPki, directory: Path, name: str, aia_url: str) -> tuple[Path, Path]:
     """A node certificate made by the openssl CLI, signed by ``pki``'s issuing CA, naming
     ``aia_url`` as its OCSP responder: (chain file, key file)."""
+    if OPENSSL is None:
+        raise RuntimeError("the openssl CLI is not on PATH: install OpenSSL 3 to run this")
     directory.mkdir(parents=True, exist_ok=True)
     key, request, leaf_file = (directory / f"{name}.{ext}" for ext in ("key", "csr", "crt"))
     extensions = directory / f"{name}.cnf"
@@ -532,7 +536,7 @@ def openssl_node(pki: TestPki, directory: Path, name: str, aia_url: str) -> tupl
         ],
     ):  # fmt: skip
         result = subprocess.run(
-            ["openssl", *map(str, command)], capture_output=True, text=True, check=False
+            [OPENSSL, *map(str, command)], capture_output=True, text=True, check=False
         )
         assert result.returncode == 0, result.stderr
     key.chmod(0o600)
