@@ -23,6 +23,7 @@ from datetime import datetime
 from typing import Protocol
 
 from flwrmtls.auth.identity import PrincipalKind
+from flwrmtls.wire.refusals import Refusal
 
 __all__ = [
     "AuthMethod",
@@ -54,9 +55,6 @@ class RefusalReason(enum.StrEnum):
     EXPIRED = "expired"
     REVOKED = "revoked"
     CRL_UNAVAILABLE = "crl-unavailable"
-    OCSP_UNAVAILABLE = "ocsp-unavailable"
-    """The link has no usable OCSP answer for a certificate of the chain (the responder cannot
-    be reached, answered badly or does not know it): answered UNAVAILABLE, so nodes retry."""
     WRONG_USAGE = "wrong-usage"
     AMBIGUOUS_IDENTITY = "ambiguous-identity"
     NOT_PERMITTED = "not-permitted"
@@ -135,11 +133,17 @@ class Principal:
 
 
 class AuthenticationFailed(Exception):
-    """The caller is not who the link accepts; ``str()`` is sent to the caller."""
+    """The caller is not who the link accepts; ``str()`` is sent to the caller.
+
+    ``reason`` is a :class:`RefusalReason` (a verdict on the credentials: UNAUTHENTICATED
+    unless the interceptor's table says otherwise), or a code of the error catalogue
+    (:class:`~flwrmtls.wire.refusals.Refusal`) when the link cannot judge for its own reasons
+    (``ocsp-unavailable``): answered with that code's row (UNAVAILABLE: clients retry), and not
+    counted against the caller's failed-authentication budget."""
 
     def __init__(
         self,
-        reason: RefusalReason,
+        reason: RefusalReason | Refusal,
         message: str,
         fingerprint: str = "",
         node_id: int | None = None,

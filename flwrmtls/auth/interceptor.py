@@ -16,10 +16,12 @@ bounded. Both answers are UNAVAILABLE with what to do: nodes retry them.
 
 A call whose authenticator is still finding out what it needs
 (:class:`~flwrmtls.auth.authenticator.DecisionPending`: the first OCSP answer for a chain)
-awaits it, bounded, and is judged once more; the event loop serves others meanwhile. A refusal
-is UNAUTHENTICATED unless :data:`_REFUSAL_CODES` says otherwise: ``ocsp-unavailable`` (the
-link's own state, which may pass) is UNAVAILABLE, which nodes retry, and is not counted against
-the caller's failed-authentication budget.
+awaits it, bounded, and is judged once more; the event loop serves others meanwhile. A
+credential refusal is UNAUTHENTICATED unless :data:`_REFUSAL_CODES` says otherwise. What the
+link cannot judge for its own reasons (``ocsp-unavailable``: no usable OCSP answer, which may
+pass) carries a code of the error catalogue and is answered through it
+(:func:`flwrmtls.wire.refusals.refuse`: UNAVAILABLE, which nodes retry), and is not counted
+against the caller's failed-authentication budget.
 
 With an ``audit`` sink, Control calls, node admissions and refusals are also handed to the
 audit trail as :class:`~flwrmtls.auth.audit.AuditRecord` values; :mod:`flwrmtls.auth.audit`
@@ -90,6 +92,7 @@ from flwrmtls.auth.signing import (
 from flwrmtls.auth.tokens import TOKEN_METADATA_KEY
 from flwrmtls.clock import Clock
 from flwrmtls.wire.metadata import REFUSAL_KEY
+from flwrmtls.wire.refusals import Refusal, refuse
 
 __all__ = [
     "REFUSAL_METADATA_KEY",
@@ -270,19 +273,21 @@ def _outcome(context: _Context, error: BaseException | None) -> tuple[str, str]:
     return OUTCOME_OK, ""
 
 
-_REFUSAL_CODES = {
-    RefusalReason.NOT_PERMITTED: grpc.StatusCode.PERMISSION_DENIED,
-    RefusalReason.OCSP_UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
-}
-"""The status a refused call is answered with, when it starts or while it is open:
-UNAUTHENTICATED unless listed. ``ocsp-unavailable`` is the link's own state (it has no usable
-OCSP answer), which may pass: UNAVAILABLE, which nodes retry with backoff."""
-_THE_LINKS_OWN = frozenset({RefusalReason.OCSP_UNAVAILABLE})
-"""Refusals that say nothing about the caller: not counted as its failed authentications."""
+_REFUSAL_CODES = {RefusalReason.NOT_PERMITTED: grpc.StatusCode.PERMISSION_DENIED}
+"""The status a credential refusal is answered with, when the call starts or while it is
+open: UNAUTHENTICATED unless listed. A code of the error catalogue is answered by its row."""
 
 
-def _status_of(refusal: AuthenticationFailed) -> grpc.StatusCode:
-    return _REFUSAL_CODES.get(refusal.reason, grpc.StatusCode.UNAUTHENTICATED)
+async def _answer(context: _Context, refusal: AuthenticationFailed) -> None:
+    """End the call with ``refusal``: its code in the trailer; the catalogue's row for a code
+    of the catalogue (the link's own state), else :data:`_REFUSAL_CODES`. Raises grpc's
+    AbortError."""
+    if isinstance(refusal.reason, Refusal):
+        await refuse(context, refusal.reason, refusal.message)
+    context.set_trailing_metadata(((REFUSAL_METADATA_KEY, refusal.reason.value),))
+    await context.abort(
+        _REFUSAL_CODES.get(refusal.reason, grpc.StatusCode.UNAUTHENTICATED), refusal.message
+    )
 
 
 NodeRefused = Callable[[int, RefusalReason, str], None]
@@ -384,11 +389,10 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         try:
             principal = await self._authenticate(call)
         except AuthenticationFailed as error:
-            if self._failures is not None and error.reason not in _THE_LINKS_OWN:
-                self._failures.failed(host, presented)
+            if self._failures is not None and not isinstance(error.reason, Refusal):
+                self._failures.failed(host, presented)  # the caller's, not the link's state
             self._refused(call, error, None)
-            context.set_trailing_metadata(((REFUSAL_METADATA_KEY, error.reason.value),))
-            await context.abort(_status_of(error), error.message)
+            await _answer(context, error)
             raise  # abort raises; this keeps type checkers aware
         except TryLater as busy:  # a bound is reached: nodes retry UNAVAILABLE with backoff
             await context.abort(grpc.StatusCode.UNAVAILABLE, str(busy))
@@ -455,8 +459,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         if task is not None:
             task.uncancel()
         self._refused(call, refusal, principal)
-        context.set_trailing_metadata(((REFUSAL_METADATA_KEY, refusal.reason.value),))
-        await context.abort(_status_of(refusal), refusal.message)
+        await _answer(context, refusal)
 
     def _watch(self, call: CallCredentials, principal: Principal) -> _Watching:
         """Keep the call in the registry while its handler runs."""
@@ -475,7 +478,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     def _refusing_handler(self, method: str) -> Any:
         """The handler of a method the policy table does not list: it refuses at once."""
 
-        async def refuse(request: Any, context: _Context) -> Any:
+        async def refuse_unlisted(request: Any, context: _Context) -> Any:
             error = AuthenticationFailed(
                 RefusalReason.NOT_PERMITTED, f"method {method} is not permitted"
             )
@@ -484,7 +487,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             self._refused(call, error, None)
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, error.message)
 
-        return grpc.unary_unary_rpc_method_handler(refuse)
+        return grpc.unary_unary_rpc_method_handler(refuse_unlisted)
 
     def _refused(
         self, call: CallCredentials, error: AuthenticationFailed, principal: Principal | None
@@ -492,12 +495,14 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         """Log the refusal (rate-limited) and record it in the audit trail, if it is kept; a
         verified node refused for its certificate is also reported to ``node_refused``."""
         node_id = principal.node_id if principal is not None else error.node_id
+        reason = error.reason
         if (
             self._node_refused is not None
             and node_id is not None
-            and error.reason in _NODE_STATUS_REASONS
+            and isinstance(reason, RefusalReason)
+            and reason in _NODE_STATUS_REASONS
         ):
-            self._node_refused(node_id, error.reason, error.message)
+            self._node_refused(node_id, reason, error.message)
         reported = self._refusals.record(call.peer, call.method, error)
         if self._audit is None:
             return

@@ -6,7 +6,7 @@ Rules kept here:
   keyed by its issuer's key and its serial), made when the link first sees it in a verified
   chain: a node's admission. The per-call check (:meth:`OcspStore.check`) is dictionary
   lookups and comparisons. Asking responders is the link's refresher
-  (:mod:`flwrmtls.link.ocsprefresh`): it takes what is due (:meth:`OcspStore.due`) and hands
+  (:mod:`flwrmtls.auth.ocsprefresh`): it takes what is due (:meth:`OcspStore.due`) and hands
   back each verified answer or failure (:meth:`OcspStore.apply`), on the event loop.
 * What an entry makes of its certificate is one table (:func:`standing_of`, then
   :data:`STANDING_REFUSAL`); over a chain the strongest counts (:data:`_STRENGTH`):
@@ -27,6 +27,10 @@ Rules kept here:
                                                    ``keep-last-good``: admitted (kept)
   a good answer, refreshed as planned              admitted
   ==============================================  ==================================
+
+  ``revoked`` is a credential refusal (:class:`~flwrmtls.auth.authenticator.RefusalReason`:
+  final); ``ocsp-unavailable`` is the link's own state, a code of the error catalogue
+  (:data:`flwrmtls.wire.refusals.REFUSALS`: UNAVAILABLE, which clients retry).
 
 * A revocation for any reason but certificateHold is final: a later ``good`` answer does not
   undo it (as a CRL's removeFromCRL releases only a hold).
@@ -68,6 +72,7 @@ from flwrmtls.auth.ocspcheck import (
     ocsp_subjects,
 )
 from flwrmtls.clock import Clock
+from flwrmtls.wire.refusals import Refusal
 
 __all__ = [
     "IDLE",
@@ -142,11 +147,11 @@ class Standing(enum.StrEnum):
     REVOKED = "revoked"
 
 
-STANDING_REFUSAL: dict[Standing, RefusalReason | None] = {
+STANDING_REFUSAL: dict[Standing, RefusalReason | Refusal | None] = {
     Standing.GOOD: None,
     Standing.KEPT: None,
     Standing.PENDING: None,  # the call waits for the first answer (DecisionPending)
-    Standing.UNAVAILABLE: RefusalReason.OCSP_UNAVAILABLE,
+    Standing.UNAVAILABLE: Refusal.OCSP_UNAVAILABLE,  # the link's own state: the catalogue's
     Standing.REVOKED: RefusalReason.REVOKED,
 }
 """How a call is refused for each standing."""

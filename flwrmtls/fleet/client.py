@@ -32,6 +32,8 @@ chunks are bounded as they arrive (:func:`flwrmtls.objects.transfer.pull_object_
      └── RequestRefused    invalid-message, foreign-message, objects-not-pushed,
                            invalid-request: what this node sent is not the link's to take
                            (a bug here, never its credentials): final for it
+    LinkUnreachable        ocsp-unavailable: the link has no usable OCSP answer for this
+                           node's certificate yet: retried, as a link that is down
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ import grpc
 from google.protobuf.message import Message as ProtoMessage
 
 from flwrmtls import __version__
-from flwrmtls.errors import FlwrmtlsError, Refused
+from flwrmtls.errors import FlwrmtlsError, LinkUnreachable, Refused
 from flwrmtls.objects.store import ObjectStore
 from flwrmtls.objects.transfer import Reserve, pull_object_into, push_stored_objects
 from flwrmtls.proto import common_pb2, fleet_pb2, fleet_pb2_grpc
@@ -150,6 +152,7 @@ NODE_ERRORS: Mapping[Refusal, Callable[[str], FlwrmtlsError]] = {
     Refusal.FOREIGN_MESSAGE: RequestRefused,
     Refusal.OBJECTS_NOT_PUSHED: RequestRefused,
     Refusal.INVALID_REQUEST: RequestRefused,
+    Refusal.OCSP_UNAVAILABLE: LinkUnreachable,  # the link's own state: retried with backoff
 }
 """What each refusal code the Fleet API states becomes on this node (every one: the catalogue's
 rows say which those are)."""

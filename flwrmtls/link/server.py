@@ -24,7 +24,7 @@ after CRLs reload, a CA bundle changes, a node is unregistered or a key bound an
 answer revokes a certificate or can no longer be used, or a CRL's or an OCSP answer's
 next-update passes; each second for expiries. A refused open call is answered with the
 refusal, so a node idle in a long poll is out within about a second of the file changing (or
-of the OCSP answer arriving: :mod:`flwrmtls.link.ocsprefresh` asks responders off the loop).
+of the OCSP answer arriving: :mod:`flwrmtls.auth.ocsprefresh` asks responders off the loop).
 """
 
 from __future__ import annotations
@@ -59,6 +59,7 @@ from flwrmtls.auth.interceptor import AuthInterceptor, RefusalLog, caller_name
 from flwrmtls.auth.livecalls import LiveCalls
 from flwrmtls.auth.mtls import MtlsAuthenticator
 from flwrmtls.auth.nodeauth import NodeAuth, build_node_authenticator, requires_client_certificate
+from flwrmtls.auth.ocsprefresh import OcspRefresher
 from flwrmtls.auth.ocspstore import OcspPolicy, OcspStore
 from flwrmtls.auth.ratelimit import FailureBudget, FailureLimiter
 from flwrmtls.auth.revocation import RevocationStore, coverage_report
@@ -68,7 +69,6 @@ from flwrmtls.clock import Clock, SystemClock
 from flwrmtls.control.servicer import ControlServicer, KeyBinding
 from flwrmtls.filemodes import private_directory, tighten
 from flwrmtls.fleet.servicer import FleetServicer
-from flwrmtls.link.ocsprefresh import OcspRefresher
 from flwrmtls.link.reload import TlsFiles, TlsMaterial, TlsWatcher, Trust
 from flwrmtls.objects.store import ObjectStore
 from flwrmtls.proto import appio_pb2_grpc, control_pb2_grpc, fleet_pb2_grpc

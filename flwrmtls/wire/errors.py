@@ -18,7 +18,8 @@ Rules:
   is stopping (``Cancelling all calls``, or ``CANCELLED`` from the link: a call the client
   cancels itself never reaches this table), is the link going away, never a refusal: retried.
 * An ``UNAVAILABLE`` that carries a :data:`~flwrmtls.wire.metadata.REFUSAL_KEY` trailer is the
-  link speaking (it has no usable OCSP answer for the client's certificate yet): retried, and
+  link speaking (the catalogue's ``ocsp-unavailable``, :mod:`flwrmtls.wire.refusals`: it has
+  no usable OCSP answer for the client's certificate yet; or ``rate-limited``): retried, and
   its details are the link's sentence, never read for the transport's words below (the
   sentence may quote a responder's "Connection refused").
 

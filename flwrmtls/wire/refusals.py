@@ -24,7 +24,10 @@ Rules:
 * Codes are stable strings: a new one is added, none is renamed. Credential refusals
   (:class:`~flwrmtls.auth.authenticator.RefusalReason`, answered by the auth interceptor
   before any handler runs) use the same trailer with codes of their own; the two sets never
-  share a value.
+  share a value. What the link cannot judge for its own reasons while it authenticates is no
+  credential refusal but a row here, answered by the auth interceptor through :func:`refuse`:
+  ``ocsp-unavailable`` (no usable OCSP answer for a certificate of the caller's chain), which
+  clients retry, on a new call or an open one.
 
 ==============================================  ===========  ==================================
 storage failure (:data:`FAILURES`)              status       why
@@ -94,6 +97,7 @@ class Refusal(enum.StrEnum):
     NODE_STATE = "node-state"
     NOT_OWNER = "not-owner"
     LINK_UNREACHABLE = "link-unreachable"
+    OCSP_UNAVAILABLE = "ocsp-unavailable"
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,6 +179,14 @@ REFUSALS: Mapping[Refusal, RefusalRow] = {
     ),
     Refusal.NOT_OWNER: _row(
         grpc.StatusCode.PERMISSION_DENIED, "the run belongs to another user", Api.CONTROL
+    ),
+    # The link's own state while it judges a caller's certificate (the auth interceptor's).
+    Refusal.OCSP_UNAVAILABLE: _row(
+        grpc.StatusCode.UNAVAILABLE,
+        "the link has no usable OCSP answer for a certificate of this caller's chain (its "
+        "responder cannot be reached, answered badly or does not know it): retry later",
+        Api.FLEET,
+        Api.CONTROL,
     ),
     # The node, for its ClientApps (ClientAppIo).
     Refusal.LINK_UNREACHABLE: _row(

@@ -48,6 +48,7 @@ def authenticator(pki: TestPki, **kwargs: object) -> MtlsAuthenticator:
 def refusal(auth: MtlsAuthenticator, call: CallCredentials, now: datetime) -> RefusalReason:
     with pytest.raises(AuthenticationFailed) as caught:
         auth.authenticate(call, now)
+    assert isinstance(caught.value.reason, RefusalReason)
     return caught.value.reason
 
 

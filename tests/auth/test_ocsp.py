@@ -40,6 +40,7 @@ from flwrmtls.auth.ocspcheck import (
 from flwrmtls.auth.ocspstore import OcspPolicy, OcspQuery, OcspStore, Unreachable
 from flwrmtls.testing.clock import FakeClock
 from flwrmtls.testing.pki import TestPki, make_test_pki
+from flwrmtls.wire.refusals import Refusal
 
 from .crl_builders import Ca, issuing_ca, make_ca, make_leaf
 
@@ -374,7 +375,9 @@ def store_with(
     return store, clock, query
 
 
-def reason_of(store: OcspStore, subject: OcspSubject, now: datetime) -> RefusalReason | None:
+def reason_of(
+    store: OcspStore, subject: OcspSubject, now: datetime
+) -> RefusalReason | Refusal | None:
     try:
         store.check([subject], now)
     except AuthenticationFailed as refusal:
@@ -386,7 +389,7 @@ def test_a_certificate_waits_for_its_first_answer_then_is_judged(pki: TestPki) -
     subject = subject_of(pki, "node-1")
     store, _, query = store_with(subject)
 
-    async def first_call() -> RefusalReason | None:
+    async def first_call() -> RefusalReason | Refusal | None:
         with pytest.raises(DecisionPending) as pending:
             store.check([subject], NOW)
         asyncio.get_running_loop().call_later(0.05, store.apply, query, good(), NOW)
@@ -402,7 +405,38 @@ def test_no_answer_at_all_refuses_whatever_the_policy(pki: TestPki) -> None:
     for unreachable in Unreachable:
         store, _, query = store_with(subject, unreachable)
         store.apply(query, "it cannot be reached (connection refused)", NOW)
-        assert reason_of(store, subject, NOW) is RefusalReason.OCSP_UNAVAILABLE
+        assert reason_of(store, subject, NOW) is Refusal.OCSP_UNAVAILABLE
+
+
+@pytest.mark.parametrize(
+    ("next_update", "asked_again_after"),
+    [
+        # a short-lived answer (4 minutes): again at three quarters of its life, well before
+        # its nextUpdate, never past it
+        (NOW + timedelta(minutes=3), timedelta(minutes=2)),
+        # a long-lived answer (a day): again after the refresh interval (300 s)
+        (NOW + timedelta(days=1), timedelta(seconds=300)),
+        # no nextUpdate (the responder always has news): after the refresh interval
+        (None, timedelta(seconds=300)),
+    ],
+)
+def test_an_answer_is_asked_for_again_before_its_next_update(
+    pki: TestPki, next_update: datetime | None, asked_again_after: timedelta
+) -> None:
+    subject = subject_of(pki, "node-1")
+    store, _, query = store_with(subject)
+    store.apply(query, good(this_update=NOW - timedelta(minutes=1), next_update=next_update), NOW)
+    assert store.next_due() == NOW + asked_again_after  # when the refresher wakes for it
+    assert store.due(NOW + asked_again_after - timedelta(seconds=1)) == []
+    (again,) = store.due(NOW + asked_again_after)
+    assert again.subject is subject
+    assert again.nonce != query.nonce  # a fresh nonce for each question
+    if next_update is not None:
+        assert NOW + asked_again_after < next_update
+        # in force until its nextUpdate, and not a moment after
+        assert reason_of(store, subject, next_update) is None
+        after = next_update + timedelta(seconds=1)
+        assert reason_of(store, subject, after) is Refusal.OCSP_UNAVAILABLE
 
 
 def test_a_failed_refresh_refuses_under_fail_closed_and_keeps_under_keep_last_good(
@@ -410,7 +444,7 @@ def test_a_failed_refresh_refuses_under_fail_closed_and_keeps_under_keep_last_go
 ) -> None:
     subject = subject_of(pki, "node-1")
     for unreachable, expected in (
-        (Unreachable.FAIL_CLOSED, RefusalReason.OCSP_UNAVAILABLE),
+        (Unreachable.FAIL_CLOSED, Refusal.OCSP_UNAVAILABLE),
         (Unreachable.KEEP_LAST_GOOD, None),
     ):
         store, clock, query = store_with(subject, unreachable)
@@ -424,7 +458,7 @@ def test_a_failed_refresh_refuses_under_fail_closed_and_keeps_under_keep_last_go
         # past the answer's nextUpdate nothing is kept
         later = NOW + timedelta(minutes=11)
         assert store.lapsed_between(clock.now(), later)
-        assert reason_of(store, subject, later) is RefusalReason.OCSP_UNAVAILABLE
+        assert reason_of(store, subject, later) is Refusal.OCSP_UNAVAILABLE
 
 
 def test_a_revocation_stands_and_an_older_answer_never_replaces_a_newer_one(
@@ -436,7 +470,7 @@ def test_a_revocation_stands_and_an_older_answer_never_replaces_a_newer_one(
     clock.advance(400)
     (again,) = store.due(clock.now())
     store.apply(again, good(this_update=NOW - timedelta(minutes=5)), clock.now())
-    assert reason_of(store, subject, clock.now()) is RefusalReason.OCSP_UNAVAILABLE  # a replay
+    assert reason_of(store, subject, clock.now()) is Refusal.OCSP_UNAVAILABLE  # a replay
     clock.advance(5)
     (again,) = store.due(clock.now())
     assert store.apply(again, good(CertStatus.REVOKED, this_update=clock.now()), clock.now())
@@ -464,11 +498,11 @@ def test_unknown_and_a_missing_responder_refuse(pki: TestPki, tmp_path: Path) ->
     subject = subject_of(pki, "node-1")
     store, _, query = store_with(subject)
     store.apply(query, good(CertStatus.UNKNOWN), NOW)
-    assert reason_of(store, subject, NOW) is RefusalReason.OCSP_UNAVAILABLE
+    assert reason_of(store, subject, NOW) is Refusal.OCSP_UNAVAILABLE
     by_file, _, _ = make_leaf(issuing_ca(pki), tmp_path, "by-file", ocsp=["file:///etc/passwd"])
     chain = [*_certificates(by_file), pki.ca.root_certificate]
     (unusable,) = ocsp_subjects(chain, OcspMode.AIA)
-    assert reason_of(store, unusable, NOW) is RefusalReason.OCSP_UNAVAILABLE
+    assert reason_of(store, unusable, NOW) is Refusal.OCSP_UNAVAILABLE
     assert [q.subject for q in store.due(NOW)] == []  # nothing fetched for it
 
 

@@ -26,6 +26,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import grpc
 import pytest
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
@@ -36,8 +37,11 @@ from flwrmtls.errors import LinkUnreachable, Refused
 from flwrmtls.fleet.client import FleetClient, Session
 from flwrmtls.link.server import Link
 from flwrmtls.pki import CertificateAuthority
+from flwrmtls.proto import fleet_pb2, fleet_pb2_grpc
 from flwrmtls.testing.link import mtls_config, node_client, running_link
 from flwrmtls.testing.pki import TestPki, make_test_pki
+from flwrmtls.wire.credentials import channel_credentials, load_tls_identity
+from flwrmtls.wire.refusals import Refusal, refusal_in
 
 from .deployment import Deployment
 from .ocsp_responder import OpensslResponder
@@ -155,6 +159,20 @@ def unavailable(client: FleetClient) -> str:
         client.activate()
     assert not isinstance(answer.value, Refused)
     return str(answer.value)
+
+
+def stated_on_the_wire(link: Link, pki: TestPki, name: str) -> tuple[grpc.StatusCode, object]:
+    """What a raw ActivateNode of ``name`` is answered: its status and the catalogue's code."""
+    identity = load_tls_identity(*pki.paths(name), cert_flag="c", key_flag="k")
+    credentials = channel_credentials(pki.trust_bundle_path.read_bytes(), identity)
+    with grpc.secure_channel(f"127.0.0.1:{link.fleet_port}", credentials) as channel:
+        try:
+            fleet_pb2_grpc.FleetStub(channel).ActivateNode(
+                fleet_pb2.ActivateNodeRequest(), timeout=PROMPT
+            )
+        except grpc.RpcError as error:
+            return error.code(), refusal_in(error)
+    return grpc.StatusCode.OK, None
 
 
 def refused(client: FleetClient) -> str:
@@ -288,6 +306,11 @@ def test_a_responder_that_is_down_keeps_new_nodes_out_until_it_answers(
             assert "has no OCSP answer" in message
             assert "cannot be reached" in message
             assert "Connection refused" in message
+            # The error catalogue's row: UNAVAILABLE (retried) with its code, for every client.
+            assert stated_on_the_wire(link, pki, "node-1") == (
+                grpc.StatusCode.UNAVAILABLE,
+                Refusal.OCSP_UNAVAILABLE,
+            )
             responder.start()
             assert admitted_within(client).identity == "CN=node-1,O=Hospital A"
 
@@ -462,9 +485,10 @@ def _signer(pki: TestPki, tmp_path: Path, kind: str) -> tuple[Path, Path]:
 def test_only_the_issuer_or_its_delegated_responder_may_sign_answers(
     tmp_path: Path, pki: TestPki, signer: str, refusal: str | None
 ) -> None:
-    """As whoever holds some other key and answers in the responder's place: a revoked
-    node's answer 'good', signed by a key that may not sign for its issuer, is not taken;
-    the node is refused. The issuer and its delegated responder are believed."""
+    """As whoever holds some other key and answers in the responder's place: an answer
+    'good', signed by a key that may not sign for the certificate's issuer, is not taken, so
+    the node is not admitted (fail closed), whatever the answer says. The issuer and its
+    delegated responder are believed."""
     with responder_for(pki, tmp_path / "responder") as responder:
         responder.sign_with(*_signer(pki, tmp_path, signer))
         with (

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 
 import pytest
 
-from flwrmtls.link.ocsprefresh import MAX_ANSWER_BYTES, FetchFailed, fetch
+from flwrmtls.auth.ocsprefresh import MAX_ANSWER_BYTES, FetchFailed, fetch
 
 Handler = Callable[[http.server.BaseHTTPRequestHandler], None]
 
