@@ -25,7 +25,8 @@ against the caller's failed-authentication budget.
 
 With an ``audit`` sink, Control calls, node admissions and refusals are also handed to the
 audit trail as :class:`~flwrmtls.auth.audit.AuditRecord` values; :mod:`flwrmtls.auth.audit`
-says which. Other calls pay one None check for it.
+says which. Other calls pay one None check for it. With ``metrics`` (off by default), each
+refusal is counted by reason and each certificate's time left observed (one None check off).
 
 With a ``live`` registry (:mod:`flwrmtls.auth.livecalls`), every authorized call is in it
 while it runs, so the link can end an open call whose credentials stop being admitted (a
@@ -52,7 +53,7 @@ from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 import grpc.aio
@@ -97,6 +98,7 @@ from flwrmtls.wire.refusals import Refusal, refuse
 __all__ = [
     "REFUSAL_METADATA_KEY",
     "AuthInterceptor",
+    "AuthMetrics",
     "RefusalLog",
     "Reported",
     "caller_name",
@@ -290,6 +292,16 @@ async def _answer(context: _Context, refusal: AuthenticationFailed) -> None:
     )
 
 
+class AuthMetrics(Protocol):
+    """What the interceptor tells metrics (:mod:`flwrmtls.ops.metrics`), when they are on."""
+
+    def refused(self, api: str, reason: str) -> None: ...
+
+    def admitted(self, kind: str, seconds_left: float) -> None:
+        """A call authenticated by a certificate with ``seconds_left`` until it expires."""
+        ...
+
+
 NodeRefused = Callable[[int, RefusalReason, str], None]
 """``node_refused(node_id, reason, message)``."""
 _NODE_STATUS_REASONS = frozenset({RefusalReason.REVOKED, RefusalReason.EXPIRED})
@@ -310,6 +322,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         live: LiveCalls | None = None,
         node_refused: NodeRefused | None = None,
         serves: str = "",
+        metrics: AuthMetrics | None = None,
     ) -> None:
         """``digest_bodies``: hash each unary request's bytes, and each signed upload's declared
         object, for EC-key signatures.
@@ -321,7 +334,8 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         ``node_refused``: told when a node the link verified is refused for its certificate
         (revoked, expired), with the reason and the message, so its status can show it.
         ``serves``: the service this server serves (``Fleet``, ``Control``, ...): a call of
-        another service is told which door it knocked on (UNIMPLEMENTED)."""
+        another service is told which door it knocked on (UNIMPLEMENTED).
+        ``metrics``: told of each refusal and of each certificate's time left (off: None)."""
         self._authenticator = authenticator
         self._clock = clock
         self._refusals = refusals
@@ -334,6 +348,12 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         self._open_calls = live
         self._node_refused = node_refused
         self._serves = serves
+        self._metrics = metrics
+
+    @property
+    def serves(self) -> str:
+        """The service this interceptor's server serves (``Fleet``, ``Control``, ...)."""
+        return self._serves
 
     async def intercept_service(
         self,
@@ -399,6 +419,8 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             raise
         if self._failures is not None:
             self._failures.succeeded(host, presented)
+        if self._metrics is not None:
+            self._observe_expiry(self._metrics, principal)
         if not is_permitted(method, principal.kind):
             hint = refusal_hint(method, principal.kind)
             refusal = AuthenticationFailed(
@@ -421,6 +443,12 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         except DecisionPending as pending:
             await pending.wait()
         return self._authenticator().authenticate(call, self._clock.now())
+
+    def _observe_expiry(self, metrics: AuthMetrics, principal: Principal) -> None:
+        """A certificate's time left (the chain's earliest expiry), as kube-apiserver does."""
+        if principal.auth_method is AuthMethod.CERTIFICATE and principal.not_after is not None:
+            left = (principal.not_after - self._clock.now()).total_seconds()
+            metrics.admitted(principal.kind.value, left)
 
     async def _admit(self, host: str, context: _Context) -> Release:
         """Count the call against its address's calls in progress, or refuse it (UNAVAILABLE:
@@ -503,6 +531,8 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             and reason in _NODE_STATUS_REASONS
         ):
             self._node_refused(node_id, reason, error.message)
+        if self._metrics is not None:
+            self._metrics.refused(self._serves, reason.value)
         reported = self._refusals.record(call.peer, call.method, error)
         if self._audit is None:
             return

@@ -32,7 +32,7 @@ Rules for runs:
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import datetime
 from typing import Any
 
@@ -78,7 +78,11 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
         objects: LinkObjects,
         run_log: RunLog,
         expiry_warning_days: float = 14.0,
+        on_round_trip: Callable[[float], None] | None = None,
     ) -> None:
+        """``on_round_trip``: told, for each reply stored, the seconds since the message it
+        answers was stored (metrics; None when they are off)."""
+        self._on_round_trip = on_round_trip
         self._expiry_warning = expiry_warning_days * 86400
         self._state = state
         self._clock = clock
@@ -203,12 +207,13 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
         principal = current_principal()
         reply_to = [m.reply_to_message_id for m in request.messages]
         originals = self._state.messages.get(reply_to)
+        now = self._now()
         routed = route_replies(
             request.messages, node_id=node_id, identity=principal.identity,
             originals=originals, answered=self._state.messages.replies_to(reply_to),
             used_ids=self._state.messages.taken(m.message_id for m in request.messages),
             active_runs=self._active_runs({original.run_id for original in originals.values()}),
-            now=self._now(),
+            now=now,
         )  # fmt: skip
         try:
             with self._state.transaction():  # the replies and their objects' rows: one commit
@@ -228,6 +233,9 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
             raise CallRefused(Refusal.OVER_QUOTA, str(error)) from None
         for run_id in {row.run_id for row in routed.rows}:
             self._notifier.notify(("run", run_id))
+        if self._on_round_trip is not None:
+            for row in routed.rows:
+                self._on_round_trip(now - originals[row.reply_to_message_id].created_at)
         return fleet_pb2.PushMessagesResponse(message_ids=[row.message_id for row in routed.rows])
 
     def _active_runs(self, run_ids: set[int]) -> set[int]:

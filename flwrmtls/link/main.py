@@ -247,6 +247,18 @@ def parser() -> argparse.ArgumentParser:
         "offline after 2.5 missed",
     )
     p.add_argument(
+        "--health-api-address",
+        help="serve gRPC health checking (grpc.health.v1.Health: services '' and 'readiness' "
+        "SERVING when certificates are loaded, the database answers and the APIs serve; "
+        "'liveness' while the process serves) in plaintext here, e.g. 0.0.0.0:9095, for "
+        "Kubernetes grpc probes (default: off)",
+    )
+    p.add_argument(
+        "--metrics-address",
+        help="serve Prometheus metrics over plain HTTP at http://HOST:PORT/metrics, e.g. "
+        "0.0.0.0:9100 (default: off, and nothing is counted)",
+    )
+    p.add_argument(
         "--database",
         default=_default_database(),
         help="SQLite file for the link's state (default: $FLWRMTLS_HOME/link.db)",
@@ -306,6 +318,8 @@ def config_from_args(args: argparse.Namespace) -> LinkConfig:
             serverappio_address=args.serverappio_api_address,
             share_objects=args.shared_objects,
             storage=storage,
+            health_address=args.health_api_address,
+            metrics_address=args.metrics_address,
         )
     if args.ssl_certfile is None or args.ssl_keyfile is None:
         raise InputError(
@@ -387,6 +401,8 @@ def config_from_args(args: argparse.Namespace) -> LinkConfig:
         cli_ca_pem=cli_ca_pem,
         cli_ca_certificates=cli_cas,
         anonymous_control=args.unsafe_anonymous_control_api,
+        health_address=args.health_api_address,
+        metrics_address=args.metrics_address,
         tls_files=TlsFiles(
             certfile=args.ssl_certfile,
             keyfile=args.ssl_keyfile,
@@ -577,6 +593,9 @@ async def _run(config: LinkConfig) -> None:
         link.state.crash_at(crash_point)
     try:
         await link.start()
+    except InputError:
+        await link.stop(0)
+        raise
     except (OSError, RuntimeError) as error:
         await link.stop(0)
         raise InputError(f"{error}: check the --*-api-address flags (port in use?)") from None
@@ -606,6 +625,12 @@ async def _run(config: LinkConfig) -> None:
         _describe(link),
         config.database,
     )
+    if link.health is not None:
+        log.info("health (grpc.health.v1) on %s (port %d)", config.health_address,
+                 link.health_port)  # fmt: skip
+    if link.metrics_server is not None:
+        log.info("metrics on http://%s/metrics (port %d)", config.metrics_address,
+                 link.metrics_port)  # fmt: skip
     _log_revocation_coverage(link)
     log.info(
         "objects in %s: at most %s per run, %s of uploads no reply names yet per node",

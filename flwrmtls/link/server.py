@@ -71,6 +71,9 @@ from flwrmtls.filemodes import private_directory, tighten
 from flwrmtls.fleet.servicer import FleetServicer
 from flwrmtls.link.reload import TlsFiles, TlsMaterial, TlsWatcher, Trust
 from flwrmtls.objects.store import ObjectStore
+from flwrmtls.ops.callmetrics import CallMetricsInterceptor
+from flwrmtls.ops.health import HealthListener
+from flwrmtls.ops.metrics import LinkMetrics, LinkSnapshot, MetricsServer, counts
 from flwrmtls.proto import appio_pb2_grpc, control_pb2_grpc, fleet_pb2_grpc
 from flwrmtls.runs.linkobjects import SWEEP_INTERVAL, LinkObjects, StorageLimits
 from flwrmtls.runs.notify import Notifier
@@ -154,6 +157,10 @@ class LinkConfig:
     storage: StorageLimits = field(default_factory=StorageLimits)
     """What one run, and one node's pending uploads, may store (``--max-run-storage``,
     ``--max-node-pending-storage``)."""
+    health_address: str | None = None
+    """``--health-api-address``: the plaintext gRPC health listener (None: none)."""
+    metrics_address: str | None = None
+    """``--metrics-address``: Prometheus metrics over HTTP (None: off, nothing counted)."""
 
     def __post_init__(self) -> None:
         if self.require_client_auth and not self.cli_ca_certificates:
@@ -255,6 +262,11 @@ class Link:
                 config.tls_files, self._material, on_trust=self._new_trust,
                 on_server_key=self._new_server_key,
             )  # fmt: skip
+        self.metrics = LinkMetrics() if config.metrics_address is not None else None
+        """Off (None) unless ``--metrics-address``: then nothing is counted anywhere."""
+        self.metrics_server: MetricsServer | None = None
+        self.health: HealthListener | None = None
+        self._serving = False
         refusals = RefusalLog(self.clock)
         digest = config.node_auth in (NodeAuth.KEY, NodeAuth.CERTIFICATE_AND_KEY)
         audit = self.state.audit.record
@@ -266,21 +278,23 @@ class Link:
             lambda: self.fleet_authenticator, self.clock, refusals, digest_bodies=digest,
             audit=audit, failures=failures(), calls_per_address=config.calls_per_address,
             live=self.live_calls, node_refused=self._node_refused, serves="Fleet",
+            metrics=self.metrics,
         )  # fmt: skip
         key_fleet = DenyUnregistered(self.keys, self.state.is_unregistered) if self.keys else None
         self._key_fleet_interceptor = AuthInterceptor(
             lambda: key_fleet or self._keys(), self.clock, refusals, digest_bodies=True,
             audit=audit, failures=failures(), calls_per_address=config.calls_per_address,
             live=self.live_calls, node_refused=self._node_refused, serves="Fleet",
+            metrics=self.metrics,
         )  # fmt: skip
         self._control_interceptor = AuthInterceptor(
             lambda: self.control_authenticator, self.clock, refusals, audit=audit,
             failures=failures(), calls_per_address=config.calls_per_address,
-            live=self.live_calls, serves="Control",
+            live=self.live_calls, serves="Control", metrics=self.metrics,
         )  # fmt: skip
         tokens = TokenAuthenticator(self.state.runs.token)
         self._app_interceptor = AuthInterceptor(
-            lambda: tokens, self.clock, refusals, serves="ServerAppIo"
+            lambda: tokens, self.clock, refusals, serves="ServerAppIo", metrics=self.metrics
         )
         self.notifier = Notifier()
         private_directory(config.objects_directory)
@@ -418,8 +432,13 @@ class Link:
         check_bindable(address)
         # outside auth (its storage: pins) and inside (so the audit has the real status)
         answers = RefusalInterceptor(storage_owner="link", caller=caller_name)
+        interceptors: list[grpc.aio.ServerInterceptor] = []  # type: ignore[type-arg]
+        if self.metrics is not None:  # outermost: a call's time includes its authentication
+            interceptors.append(
+                CallMetricsInterceptor(self.metrics, interceptor.serves, self.clock)
+            )
         server = grpc.aio.server(
-            interceptors=[answers, interceptor, RequestBoundsInterceptor(), answers],
+            interceptors=[*interceptors, answers, interceptor, RequestBoundsInterceptor(), answers],
             options=(limits or self.config.server_limits).options(),
         )
         if credentials is None:
@@ -447,6 +466,7 @@ class Link:
             self.state, self.clock, config.heartbeat_interval, notifier=self.notifier,
             objects=self.objects, run_log=self.run_log,
             expiry_warning_days=config.cert_expiry_warning_days,
+            on_round_trip=self.metrics.round_trip if self.metrics is not None else None,
         )  # fmt: skip
         fleet, self.fleet_port = self._server(
             config.fleet_address,
@@ -503,11 +523,72 @@ class Link:
         self._servers = [*servers, control, serverappio]
         for server in self._servers:
             await server.start()
+        self._serving = True
+        await self._start_operations()
         self._tasks.append(asyncio.create_task(self._watch_files()))
         self._tasks.append(asyncio.create_task(self._sweep_objects()))
         if self.ocsp is not None:
             self._ocsp_refresher = OcspRefresher(self.ocsp, self.clock, self.recheck_open_calls)
             self._tasks.append(asyncio.create_task(self._ocsp_refresher.run()))
+
+    async def _start_operations(self) -> None:
+        """The health listener and the metrics endpoint, where the operator asked for them."""
+        config = self.config
+        if config.health_address is not None:
+            self.health = HealthListener(
+                config.health_address,
+                {"certificates": self._certificates_ready, "state": self._state_ready,
+                 "serving": self._serving_ready},
+            )  # fmt: skip
+            await self.health.start()
+        if self.metrics is not None and config.metrics_address is not None:
+            self.metrics.watch_state(
+                self._snapshot, asyncio.get_running_loop(),
+                lambda: len(self.objects.store.object_ids()), self.objects.store.stored_bytes,
+            )  # fmt: skip
+            self.metrics_server = MetricsServer(
+                self.metrics.registry, config.metrics_address, "--metrics-address"
+            )
+
+    @property
+    def health_port(self) -> int:
+        return self.health.port if self.health is not None else 0
+
+    @property
+    def metrics_port(self) -> int:
+        return self.metrics_server.port if self.metrics_server is not None else 0
+
+    def _tls_leaf(self) -> x509.Certificate | None:
+        material = self.tls_watcher.material if self.tls_watcher is not None else self._material
+        return material.identity.leaf if material is not None else None
+
+    def _certificates_ready(self) -> str | None:
+        leaf = self._tls_leaf()
+        if leaf is None:
+            return None if self.config.insecure else "no server certificate loaded"
+        now = self.clock.now()
+        if not leaf.not_valid_before_utc <= now <= leaf.not_valid_after_utc:
+            return (
+                f"the server certificate is valid from {leaf.not_valid_before_utc:%Y-%m-%d %H:%M} "
+                f"to {leaf.not_valid_after_utc:%Y-%m-%d %H:%M} UTC, not now"
+            )
+        return None
+
+    def _state_ready(self) -> str | None:
+        self.state.runs.active()  # raises when the database cannot be read
+        return None
+
+    def _serving_ready(self) -> str | None:
+        return None if self._serving else "the listeners are not serving"
+
+    def _snapshot(self) -> LinkSnapshot:
+        now = self.clock.now().timestamp()
+        leaf = self._tls_leaf()
+        return LinkSnapshot(
+            nodes_by_status=counts(node.status for node in self.state.list_nodes(now=now)),
+            runs_by_status=counts(run.status.value for run in self.state.runs.all()),
+            server_certificate_not_after=leaf.not_valid_after_utc if leaf is not None else None,
+        )
 
     async def _watch_files(self) -> None:
         """Re-read CRLs and TLS files about once a second (see :mod:`flwrmtls.link.reload`),
@@ -560,6 +641,11 @@ class Link:
         await asyncio.gather(*(server.wait_for_termination() for server in self._servers))
 
     async def stop(self, grace: float = 2.0) -> None:
+        self._serving = False
+        if self.health is not None:  # not ready first, so no new work is sent here
+            await self.health.stop()
+        if self.metrics_server is not None:
+            self.metrics_server.stop()
         await self.runs.shutdown()
         for task in self._tasks:
             task.cancel()

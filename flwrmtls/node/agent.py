@@ -111,6 +111,8 @@ class NodeAgent:
         self.stop = stop or threading.Event()
         self._clock = clock or SystemClock()
         self.session: Session | None = None
+        self.connected = False
+        """True while a session with the link is active (readiness, metrics)."""
         self.reconnect = threading.Event()
         """Set to activate again over a new channel (the certificate was rotated)."""
         self._held: dict[str, common_pb2.Message] = {}
@@ -172,6 +174,7 @@ class NodeAgent:
 
         beat = threading.Thread(target=heartbeat, name="heartbeat", daemon=True)
         beat.start()
+        self.connected = True
         try:
             while not self.stop.is_set() and not done.is_set():
                 if self.reconnect.is_set():
@@ -180,6 +183,7 @@ class NodeAgent:
                     break
                 self._take_work(session, done)
         finally:
+            self.connected = False
             done.set()
             beat.join(timeout=5)
         if failure:

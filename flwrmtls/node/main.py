@@ -37,8 +37,11 @@ from flwrmtls.node.apps import AppManager
 from flwrmtls.node.audience import LinkAudience
 from flwrmtls.node.rotation import CertificateWatcher
 from flwrmtls.node.signer import SigningInterceptor
-from flwrmtls.node.statedir import default_state_dir, open_state_dir
+from flwrmtls.node.statedir import StateDir, default_state_dir, open_state_dir
 from flwrmtls.node.storage import DEFAULT_MAX_OBJECT_STORAGE
+from flwrmtls.ops.callmetrics import NodeCallMetrics
+from flwrmtls.ops.health import NodeHealthListener
+from flwrmtls.ops.metrics import MetricsServer, NodeMetrics, NodeSnapshot
 from flwrmtls.sizes import format_size, parse_size
 from flwrmtls.terminal import configure_logging, printable
 from flwrmtls.wire.credentials import (
@@ -142,6 +145,18 @@ def parser() -> argparse.ArgumentParser:
         help="send array bytes to ClientApps over ClientAppIo instead of letting them read and "
         "write this node's object directory (the default: same host, same OS user)",
     )  # fmt: skip
+    p.add_argument(
+        "--health-api-address",
+        help="serve gRPC health checking (grpc.health.v1.Health: services '' and 'readiness' "
+        "SERVING when the certificate is loaded and valid, the state directory is open and a "
+        "session with the link is active; 'liveness' while the process serves) in plaintext "
+        "here, e.g. 0.0.0.0:9095, for Kubernetes grpc probes (default: off)",
+    )
+    p.add_argument(
+        "--metrics-address",
+        help="serve Prometheus metrics over plain HTTP at http://HOST:PORT/metrics, e.g. "
+        "0.0.0.0:9100 (default: off, and nothing is counted)",
+    )
     p.add_argument("--insecure", action="store_true", help="plaintext: development only")
     return finish_parser(p)
 
@@ -235,6 +250,77 @@ def _transport(
     return _Transport(args.superlink, roots, signer, audience), own, ctx
 
 
+class _Operations:
+    """The node's health listener and metrics endpoint, where the operator asked for them."""
+
+    def __init__(
+        self,
+        args: argparse.Namespace,
+        agent: NodeAgent,
+        own: _OwnCertificate | None,
+        state: StateDir,
+        metrics: NodeMetrics | None,
+    ) -> None:
+        self._args = args
+        self._agent = agent
+        self._own = own
+        self._state = state
+        self._metrics = metrics
+        self.health: NodeHealthListener | None = None
+        self.metrics_server: MetricsServer | None = None
+
+    def start(self) -> None:
+        args = self._args
+        if args.health_api_address is not None:
+            try:
+                self.health = NodeHealthListener(
+                    args.health_api_address,
+                    {"certificates": self._certificate_ready, "state": self._state_ready,
+                     "serving": self._serving_ready},
+                )  # fmt: skip
+            except OSError as error:
+                raise InputError(f"{error}: check --health-api-address") from None
+            self.health.start()
+            log.info("health (grpc.health.v1) on %s (port %d)", args.health_api_address,
+                     self.health.port)  # fmt: skip
+        if self._metrics is not None:
+            store = self._state.objects
+            self._metrics.watch_state(
+                self._snapshot, lambda: len(store.object_ids()), store.stored_bytes
+            )
+            self.metrics_server = MetricsServer(
+                self._metrics.registry, args.metrics_address, "--metrics-address"
+            )
+            log.info("metrics on http://%s/metrics (port %d)", args.metrics_address,
+                     self.metrics_server.port)  # fmt: skip
+
+    def stop(self) -> None:
+        if self.health is not None:
+            self.health.stop()
+        if self.metrics_server is not None:
+            self.metrics_server.stop()
+
+    def _certificate_ready(self) -> str | None:
+        if self._own is None:
+            return None  # an EC key, or plaintext: nothing that expires
+        definite = self._own.check().definite
+        return definite.message if definite is not None else None
+
+    def _state_ready(self) -> str | None:
+        path = self._state.objects.directory
+        return None if path.is_dir() else f"the state directory's {path} is gone"
+
+    def _serving_ready(self) -> str | None:
+        return None if self._agent.connected else "no active session with the link"
+
+    def _snapshot(self) -> NodeSnapshot:
+        leaf = self._own.identity.leaf if self._own is not None else None
+        return NodeSnapshot(
+            connected=self._agent.connected,
+            certificate_not_after=leaf.not_valid_after_utc if leaf is not None else None,
+        )
+
+
 def run(args: argparse.Namespace) -> None:
     node_config = parse_key_values(args.node_config, "--node-config")
     if args.max_retries is not None and args.max_retries < 0:
@@ -242,7 +328,14 @@ def run(args: argparse.Namespace) -> None:
     max_object_bytes = parse_size(args.max_object_storage, "--max-object-storage")
     transport, own, ctx = _transport(args)
     identity = own.identity if own is not None else None
-    channel = (
+    metrics = NodeMetrics() if args.metrics_address is not None else None
+
+    def instrumented(channel: grpc.Channel) -> grpc.Channel:
+        if metrics is None:
+            return channel
+        return grpc.intercept_channel(channel, NodeCallMetrics(metrics, SystemClock()))
+
+    channel = instrumented(
         transport.channel(identity)
         if transport
         else grpc.insecure_channel(args.superlink, options=_CHANNEL_OPTIONS)
@@ -287,7 +380,7 @@ def run(args: argparse.Namespace) -> None:
             assert transport is not None
             assert own is not None
             own.identity = new_identity
-            channels.append(transport.channel(new_identity))
+            channels.append(instrumented(transport.channel(new_identity)))
             client.replace_channel(channels[-1])
             agent.reconnect.set()
             while len(channels) > 2:  # keep the new one and the one calls may still be on
@@ -299,6 +392,8 @@ def run(args: argparse.Namespace) -> None:
         )  # fmt: skip
         watcher.start()
 
+    operations = _Operations(args, agent, own, state, metrics)
+
     def on_signal(signum: int, frame: FrameType | None) -> None:
         log.info("stopping (signal %d)", signum)
         agent.stop.set()
@@ -306,8 +401,10 @@ def run(args: argparse.Namespace) -> None:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     try:
+        operations.start()
         agent.run()
     finally:
+        operations.stop()
         if watcher is not None:
             watcher.stop()
         clientappio.stop()

@@ -1,0 +1,1 @@
+"""Running flwrmtls where operators run it: health checking and metrics."""

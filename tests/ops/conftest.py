@@ -1,0 +1,5 @@
+"""Fixtures for the operations tests: real link and node processes (see tests/e2e)."""
+
+from tests.e2e.deployment import deployment
+
+__all__ = ["deployment"]
