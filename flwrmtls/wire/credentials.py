@@ -12,6 +12,11 @@ have expired since, or may not chain to a CA the link trusts.
 
 A key file that other users may read is used with a warning (:mod:`flwrmtls.keyfiles`).
 
+A key gRPC's TLS (BoringSSL) cannot sign a handshake with is refused here, naming the key
+(:func:`tls_key_problem`, one table): ECDSA P-521 and Ed25519 keys load, match their
+certificate, and then fail every handshake with "no common signature algorithms" (a node would
+retry for ever). cert-manager writes both when a Certificate asks for them.
+
 Clients always verify the link with an explicit CA bundle: :func:`channel_credentials` takes
 the bundle's bytes, never None, so grpc never falls back to the public CAs it bundles.
 """
@@ -50,6 +55,7 @@ __all__ = [
     "load_tls_identity",
     "no_root_certificates",
     "server_credentials",
+    "tls_key_problem",
 ]
 
 _PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey
@@ -57,6 +63,23 @@ _PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey | ed25519.Ed25519Pr
 
 _PRIVATE_KEY_MARKER = b"PRIVATE KEY-----"
 """In every PEM private key's BEGIN line (PKCS#8, SEC1, PKCS#1, encrypted or not)."""
+
+
+_TLS_CURVES = {"secp256r1": "P-256", "secp384r1": "P-384"}
+"""The ECDSA curves gRPC's TLS signs and verifies handshakes with."""
+
+
+def tls_key_problem(key: object) -> str | None:
+    """Why gRPC's TLS cannot use ``key`` for a handshake, or None (RSA, ECDSA P-256/P-384)."""
+    if isinstance(key, rsa.RSAPrivateKey):
+        return None if key.key_size >= 2048 else f"an RSA key of {key.key_size} bits (under 2048)"
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        if key.curve.name in _TLS_CURVES:
+            return None
+        return f"an ECDSA key on curve {key.curve.name}"
+    if isinstance(key, ed25519.Ed25519PrivateKey):
+        return "an Ed25519 key"
+    return f"a {type(key).__name__}"
 
 
 def _read(path: Path, flag: str, what: str) -> bytes:
@@ -142,6 +165,12 @@ def load_tls_identity(
         ) from None
     if not isinstance(key, _PrivateKey):
         raise InputError(f"{key_flag}: {keyfile}: unsupported key type {type(key).__name__}")
+    if problem := tls_key_problem(key):
+        raise InputError(
+            f"{key_flag}: {keyfile} holds {problem}, which gRPC's TLS cannot sign a handshake "
+            "with: issue the certificate with an RSA (2048 bits or more) or ECDSA P-256/P-384 "
+            "key (cert-manager: spec.privateKey.algorithm RSA, or ECDSA with size 256 or 384)"
+        )
     if _public_der(key) != _public_der(chain[0]):
         raise InputError(
             f"{key_flag}: the key in {keyfile} does not match the certificate in {certfile} "
