@@ -10,7 +10,7 @@ RESULTS := bench/results
 
 PROTO_SRC := $(wildcard protos/flwrmtls/proto/*.proto)
 
-.PHONY: test demo proto proto-check lint typecheck bench clean
+.PHONY: test test-containers container-tools image demo proto proto-check lint typecheck bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,27 @@ proto-check: $(STAMP)
 
 test: $(STAMP) lint typecheck proto-check
 	$(PY) -m pytest -q
+
+# The container image and the tests that run it (tests/containers, marked podman): not part of
+# `make test`. Installs podman, buildah, mmdebstrap and runc with apt-get when they are missing.
+CONTAINER_TOOLS := podman buildah mmdebstrap runc
+IMAGE ?= localhost/flwrmtls:dev
+
+container-tools:
+	@missing=""; for tool in $(CONTAINER_TOOLS); do command -v $$tool >/dev/null || missing="$$missing $$tool"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing$$missing"; apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(CONTAINER_TOOLS) uidmap >/dev/null; \
+	  else echo "make: missing$$missing: install them (Debian: apt-get install $(CONTAINER_TOOLS))"; exit 1; fi; \
+	fi
+
+image: $(STAMP) container-tools
+	IMAGE=$(IMAGE) PYTHON=$(PY) deploy/container/build.sh
+
+test-containers: $(STAMP) container-tools
+	EXTRAS=apps IMAGE=localhost/flwrmtls:apps PYTHON=$(PY) deploy/container/build.sh
+	FLWRMTLS_IMAGE=localhost/flwrmtls:apps $(PY) -m pytest -q -m podman tests/containers
 
 demo: $(STAMP)
 	$(PY) demo/run.py
