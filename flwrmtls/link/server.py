@@ -25,6 +25,12 @@ answer revokes a certificate or can no longer be used, or a CRL's or an OCSP ans
 next-update passes; each second for expiries. A refused open call is answered with the
 refusal, so a node idle in a long poll is out within about a second of the file changing (or
 of the OCSP answer arriving: :mod:`flwrmtls.auth.ocsprefresh` asks responders off the loop).
+
+Operations (:mod:`flwrmtls.ops`), each only when its address is configured: the gRPC health
+listener (readiness: certificates loaded and in date, the database answers, the listeners
+serve) and Prometheus metrics (the call interceptor outermost on each listener, the
+interceptors' and the Fleet servicer's hooks, the state read on this loop at each scrape).
+Without them, no port is opened and each hook is one None check.
 """
 
 from __future__ import annotations

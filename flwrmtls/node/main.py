@@ -8,6 +8,10 @@ The process runs with umask 077 (:mod:`flwrmtls.filemodes`); its objects live in
 directory (``--state-dir``, 0700, locked to this process, emptied of leftovers at start: see
 :mod:`flwrmtls.node.statedir`), bounded by ``--max-object-storage``
 (:mod:`flwrmtls.node.storage`).
+
+With ``--health-api-address`` and ``--metrics-address`` (:mod:`flwrmtls.ops`; off by default)
+the node serves gRPC health (ready: certificate loaded and in date, state directory there, a
+session with the link) and Prometheus metrics; without them neither port nor interceptor exists.
 """
 
 from __future__ import annotations
