@@ -37,6 +37,10 @@ Rules:
   by its replies); any other is "no object", as if it were not stored, and the node does not
   fetch it from the link (``NodeRun.objects``, seen through a
   :class:`~flwrmtls.node.storage.RunScope`).
+* A run outlives the node's session: when the node activates again (its certificate was
+  rotated, the link restarted), a call of the run that the link answers with the old
+  session's end (superseded, unknown) is made again on the new session
+  (:meth:`AppManager._on_session`), so a rotation mid-run costs the run nothing.
 * Every object the node receives (fetched from the link, pushed by a ClientApp) is bounded
   by ``--max-object-storage`` before its first byte is written (:mod:`flwrmtls.node.storage`).
 * A run's objects (its bundle, its messages' arrays, its replies' arrays) are deleted when
@@ -65,7 +69,9 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from flwrmtls.auth.tokens import MemoryTokenStore
 from flwrmtls.errors import FlwrmtlsError, LinkUnreachable
@@ -100,6 +106,11 @@ SPARE_DELAY = 1.0
 SEEN_LIMIT = 10_000
 """Message ids each run remembers, to take a message delivered twice once."""
 _LINK_ERROR = common_pb2.Error.LINK_ERROR
+SESSION_WAIT = 30.0
+"""Seconds a run's call whose session the link ended waits for the node's next session (it
+activates again at once after a certificate rotation, within its backoff after a link
+restart)."""
+_T = TypeVar("_T")
 
 
 @dataclass
@@ -165,7 +176,8 @@ class AppManager:
         self.share_objects = share_objects
         """Tell ClientApps the object directory, so array bytes skip the ClientAppIo hop."""
         self.clientappio_address = ""
-        self.session: Session | None = None
+        self._session_changed = threading.Condition()
+        self._current_session: Session | None = None
         self._runs: dict[int, NodeRun] = {}
         self._spare: subprocess.Popen[bytes] | None = None
         self._busy_until = time.monotonic()
@@ -178,6 +190,17 @@ class AppManager:
         self._reaper.start()
 
     @property
+    def session(self) -> Session | None:
+        """The node's session with the link, set by the agent each time it activates."""
+        return self._current_session
+
+    @session.setter
+    def session(self, session: Session | None) -> None:
+        with self._session_changed:
+            self._current_session = session
+            self._session_changed.notify_all()
+
+    @property
     def node_id(self) -> int:
         return self.session.node_id if self.session else 0
 
@@ -185,6 +208,29 @@ class AppManager:
         if self.session is None:
             raise RuntimeError("the node has no session with the link")
         return self.session
+
+    def _on_session(self, call: Callable[[Session], _T]) -> _T:
+        """``call`` on the node's session; once more on its next one if the link ended it.
+
+        A run's call on the link (an object its ClientApp needs, its reply) can outlast the
+        session it started on: the node activates again when its certificate is rotated or the
+        link restarted, and the link then answers the old session "superseded" or "unknown".
+        The run goes on over the new session (waited for up to :data:`SESSION_WAIT` seconds);
+        with none, the error stands (another process took the identity: the node stops).
+        """
+        session = self._session()
+        try:
+            return call(session)
+        except SessionEnded:
+            with self._session_changed:
+                if not self._session_changed.wait_for(
+                    lambda: self._current_session not in (None, session), SESSION_WAIT
+                ):
+                    raise
+                current = self._current_session
+            assert current is not None
+            log.info("the session a call of this node's run was on ended; again on the new one")
+            return call(current)
 
     def active_run_ids(self) -> list[int]:
         with self._lock:
@@ -275,17 +321,18 @@ class AppManager:
                 self._acks.pop(message_id, None)
 
     def _open(self, run_id: int) -> NodeRun:
-        session = self._session()
-        info = self._client.get_run(session, run_id)
+        info = self._on_session(lambda session: self._client.get_run(session, run_id))
         check_object_id(info.bundle_hash)
         try:
-            self._client.fetch_object(
-                session, info.bundle_hash, self.objects, reserve=self.storage.reserve
+            self._on_session(
+                lambda session: self._client.fetch_object(
+                    session, info.bundle_hash, self.objects, reserve=self.storage.reserve
+                )
             )
         except ObjectMissing:
             # The run's bundle is the run's own object: gone means the run ended since the
             # GetRun; asking again says so (RunUnavailable). Otherwise the link lost it.
-            self._client.get_run(session, run_id)
+            self._on_session(lambda session: self._client.get_run(session, run_id))
             raise
         run = self.adopt(NodeRun(run_id, info.bundle_hash, values_from_proto(info.run_config)))
         log.info("run %d: app bundle %s fetched and verified", run_id, info.bundle_hash[:12])
@@ -496,18 +543,21 @@ class AppManager:
                 f"did not store, e.g. {missing[0][:16]}"
             )
         run.objects.update(reply.object_ids)
-        session = self._session()
         reply.run_id = run_id
-        reply.src_node_id = session.node_id
-        try:
-            self._client.send_objects(session, self.objects, list(reply.object_ids))
-            self._client.push(session, [reply])
-        except OverQuota as error:
-            log.warning("run %d: the link refused reply %s (%s); sending an error reply instead",
-                        run_id, reply.message_id, error)  # fmt: skip
-            self._client.push(session, [_refused(reply, str(error))])
-            run.received.discard(reply.reply_to_message_id)
-            raise
+
+        def send(session: Session) -> None:
+            reply.src_node_id = session.node_id
+            try:
+                self._client.send_objects(session, self.objects, list(reply.object_ids))
+                self._client.push(session, [reply])
+            except OverQuota as error:
+                log.warning("run %d: the link refused reply %s (%s); sending an error reply "
+                            "instead", run_id, reply.message_id, error)  # fmt: skip
+                self._client.push(session, [_refused(reply, str(error))])
+                run.received.discard(reply.reply_to_message_id)
+                raise
+
+        self._on_session(send)
         run.received.discard(reply.reply_to_message_id)
 
     def ensure_object(self, run_id: int, object_id: str, *, verify: bool = False) -> None:
@@ -527,8 +577,10 @@ class AppManager:
                             "deleted, fetching it again", run_id, object_id)  # fmt: skip
             except FileNotFoundError:
                 pass  # deleted meanwhile (its run ended, or a reader found it corrupt)
-        self._client.fetch_object(
-            self._session(), object_id, self.objects, reserve=self.storage.reserve
+        self._on_session(
+            lambda session: self._client.fetch_object(
+                session, object_id, self.objects, reserve=self.storage.reserve
+            )
         )
 
     def ensure_objects(self, run_id: int, object_ids: list[str]) -> None:

@@ -11,6 +11,7 @@ real mTLS. cert-manager itself cannot run here: its output is reproduced with th
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ from flwrmtls.errors import InputError
 from flwrmtls.link.main import config_from_args, parser
 from flwrmtls.testing.link import node_client, running_link
 from tests.e2e.deployment import Deployment
+from tests.e2e.relay import relay_to
 
 from .certmanager import CertManagerPki, KeySpec, swap_secret, write_secret
 
@@ -201,3 +203,117 @@ class _Roots:
 
     def __getattr__(self, name: str) -> object:
         return getattr(self._pki, name)
+
+
+_WAIT_APP = {
+    "pyproject.toml": """\
+[project]
+name = "waitapp"
+version = "0.1.0"
+
+[tool.flwrmtls.app.components]
+serverapp = "waitapp.server_app:app"
+clientapp = "waitapp.client_app:app"
+
+[tool.flwrmtls.app.config]
+release-file = ""
+arrays = 64
+""",
+    "waitapp/__init__.py": "",
+    "waitapp/server_app.py": """\
+from flwrmtls.app import ConfigRecord, MessageType, RecordDict, ServerApp
+
+app = ServerApp()
+
+
+@app.main()
+def main(grid, context):
+    node = grid.wait_for_nodes(1, 60.0)[0]
+    message = grid.create_message(
+        RecordDict({"config": ConfigRecord({"n": 1})}), MessageType.QUERY, node, "wait"
+    )
+    (reply,) = grid.send_and_receive([message], timeout=120.0)
+    if reply.has_error():
+        raise SystemExit(f"error reply: {reply.error.reason}")
+    print(f"reply with {len(reply.content['arrays'])} arrays", flush=True)
+""",
+    "waitapp/client_app.py": """\
+import time
+from pathlib import Path
+
+import numpy as np
+
+from flwrmtls.app import ArrayRecord, ClientApp, RecordDict
+
+app = ClientApp()
+
+
+@app.query()
+def query(msg, context):
+    release = Path(str(context.run_config["release-file"]))
+    while not release.exists():
+        time.sleep(0.05)
+    print("replying", flush=True)
+    count = int(context.run_config["arrays"])
+    arrays = {f"a{i}": np.full(4, float(i), dtype=np.float32) for i in range(count)}
+    return msg.create_reply(RecordDict({"arrays": ArrayRecord(arrays)}))
+""",
+}
+"""A ClientApp that replies once the test writes its release file, with ``arrays`` arrays (so
+its reply's first call on the link, MissingObjects, carries that many object ids)."""
+
+
+def test_a_renewal_while_a_reply_is_on_its_way_costs_the_run_nothing(
+    issuer: CertManagerPki, deployment: Deployment, tmp_path: Path
+) -> None:
+    """The attack on availability is the platform's own: cert-manager renews a node's Secret
+    at a moment nobody picks. Here the moment is the worst one, picked rather than raced for:
+    the ClientApp's reply is on its way to the link over the node's old connection (held in a
+    relay) when the node takes the renewed certificate and activates again on a new one. The
+    reply then reaches the link on a session the node itself superseded. Before: the node
+    passed "session superseded" to the ClientApp (which died with it) and the run failed; now
+    the node sends the reply again on its new session and the run completes."""
+    link_secret = write_secret(
+        tmp_path / "link-tls",
+        issuer.issue("/CN=flwrmtls-link", KeySpec("ECDSA", 256, "PKCS8"), server=True).files,
+    )
+    # Heartbeats every 300 s: none falls inside the seconds the old connection is held.
+    args = [*_link_args(link_secret, tmp_path / "link.db"), "--heartbeat-interval", "300"]
+    link = deployment.start_link(args)
+    spec = KeySpec("ECDSA", 256, "PKCS1")
+    secret = write_secret(tmp_path / "node-tls", issuer.issue(NODE_SUBJECT, spec).files)
+    deployment.pki = _Roots(deployment.pki, secret / "ca.crt")  # type: ignore[assignment]
+    cli = write_secret(tmp_path / "cli-tls", issuer.issue("/role=operator/CN=alice", spec).files)
+    added = deployment.cli(
+        "config", "add", "cm", "--address", f"127.0.0.1:{link.control_port}",
+        "--root-certificates", str(cli / "ca.crt"), "--client-certificate", str(cli / "tls.crt"),
+        "--client-private-key", str(cli / "tls.key"), "--default",
+    )  # fmt: skip
+    assert added.returncode == 0, added.stderr
+    app = tmp_path / "app"
+    for name, text in _WAIT_APP.items():
+        (app / name).parent.mkdir(parents=True, exist_ok=True)
+        (app / name).write_text(text)
+    release = tmp_path / "release"
+    with relay_to(link.fleet_port) as relay:
+        node = _secret_node(deployment, "node-1", relay.port, secret, tmp_path)
+        first = node.wait_active()
+        run = deployment.cli_process(
+            "run", str(app), "--stream", "--run-config", f'release-file="{release}"'
+        )
+        node.wait_for(r"run 1: ClientApp process \d+ started", timeout=60)
+        old = relay.hold_open("up")  # the node's connection now: its old certificate's
+        release.touch()
+        node.wait_for("run 1 ClientApp: replying", timeout=60)
+        # The reply's MissingObjects (64 object ids) is in the relay, not at the link yet.
+        deadline = time.monotonic() + 60
+        while old.received < 64 * 64:
+            assert time.monotonic() < deadline, f"{old.received} bytes of the reply held"
+            time.sleep(0.05)
+        swap_secret(secret, issuer.issue(NODE_SUBJECT, spec).files)
+        node.wait_for(r"node active: node id \d+(.|\n)*node active: node id \d+", timeout=60)
+        assert node.log.count(f"node active: node id {first},") == 2
+        old.release()  # the reply reaches the link on the superseded session
+        assert run.wait_exit(timeout=120) == 0, run.log[-3000:]
+    assert "reply with 64 arrays" in run.log
+    assert "Traceback" not in node.log
