@@ -437,12 +437,14 @@ class Link:
     ) -> tuple[grpc.aio.Server, int]:
         check_bindable(address)
         # outside auth (its storage: pins) and inside (so the audit has the real status)
-        answers = RefusalInterceptor(storage_owner="link", caller=caller_name)
+        metrics, api = self.metrics, interceptor.serves
+        answers = RefusalInterceptor(
+            storage_owner="link", caller=caller_name,
+            refused=(lambda code: metrics.refused(api, code.value)) if metrics else None,
+        )  # fmt: skip
         interceptors: list[grpc.aio.ServerInterceptor] = []  # type: ignore[type-arg]
-        if self.metrics is not None:  # outermost: a call's time includes its authentication
-            interceptors.append(
-                CallMetricsInterceptor(self.metrics, interceptor.serves, self.clock)
-            )
+        if metrics is not None:  # outermost: a call's time includes its authentication
+            interceptors.append(CallMetricsInterceptor(metrics, api, self.clock))
         server = grpc.aio.server(
             interceptors=[*interceptors, answers, interceptor, RequestBoundsInterceptor(), answers],
             options=(limits or self.config.server_limits).options(),

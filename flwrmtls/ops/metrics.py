@@ -57,8 +57,9 @@ LINK_METRICS: Mapping[str, str] = {
     "kube-apiserver's apiserver_client_certificate_expiration_seconds",
     "flwrmtls_server_certificate_expiry_timestamp_seconds": "when the link's own server "
     "certificate expires (Unix time)",
-    "flwrmtls_refusals_total": "calls refused, by API and reason (untrusted, expired, revoked, "
-    "not-permitted, rate-limited, ...)",
+    "flwrmtls_refusals_total": "calls refused, by API and reason: the credentials' (untrusted, "
+    "expired, revoked, not-permitted, ...) and the error catalogue's codes (no-run, over-quota, "
+    "session-superseded, ...)",
     "flwrmtls_runs": "runs, by status",
     "flwrmtls_call_duration_seconds": "time to answer a call, by API, method and status code",
     "flwrmtls_message_round_trip_seconds": "from a ServerApp's message stored to its node's "

@@ -271,10 +271,16 @@ class RefusalInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     identity pins)."""
 
     def __init__(
-        self, *, storage_owner: str | None = None, caller: Callable[[], str] = lambda: ""
+        self,
+        *,
+        storage_owner: str | None = None,
+        caller: Callable[[], str] = lambda: "",
+        refused: Callable[[Refusal], None] | None = None,
     ) -> None:
+        """``refused``: told the code of each refusal answered (metrics; None when off)."""
         self._owner = storage_owner
         self._caller = caller
+        self._refused = refused
         self._log = logging.getLogger(f"flwrmtls.{storage_owner or 'wire'}")
 
     async def intercept_service(
@@ -290,6 +296,8 @@ class RefusalInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     async def _answer(self, method: str, error: Exception, context: _Context) -> NoReturn:
         """End the call as the catalogue says, or raise ``error`` again when it lists none."""
         if isinstance(error, CallRefused):
+            if self._refused is not None:
+                self._refused(error.refusal)
             await refuse(context, error.refusal, error.details)
         failure = storage_failure(error, self._owner) if self._owner else None
         if failure is None:

@@ -64,6 +64,10 @@ def test_metrics_follow_a_run(deployment: Deployment, tmp_path: Path) -> None:
                  reason="not-permitted") == 1  # fmt: skip
     assert value(after_refusal, "flwrmtls_call_duration_seconds_count", api="Control",
                  method="ListRuns", code="PERMISSION_DENIED") == 1  # fmt: skip
+    # A refusal of the error catalogue (a run that does not exist), counted by its code.
+    assert deployment.cli("log", "99", "test").returncode == 1
+    assert value(scrape(metrics), "flwrmtls_refusals_total", api="Control",
+                 reason="no-run") == 1  # fmt: skip
 
     # A run of two rounds on two nodes: four replies, each with its round trip.
     app = write_probe_app(tmp_path / "app")
