@@ -41,6 +41,7 @@ import grpc.aio
 
 from flwrmtls.auth.interceptor import current_principal
 from flwrmtls.clock import Clock
+from flwrmtls.expiry import ExpiryWarning
 from flwrmtls.keyvalues import values_to_proto
 from flwrmtls.objects.scope import ObjectScope, QuotaExceeded
 from flwrmtls.objects.transfer import answer_missing, answer_pull, answer_push
@@ -79,7 +80,7 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
         run_log: RunLog,
         expiry_warning_days: float = 14.0,
     ) -> None:
-        self._expiry_warning = expiry_warning_days * 86400
+        self._expiry_warning = ExpiryWarning(expiry_warning_days)
         self._state = state
         self._clock = clock
         self._interval = heartbeat_interval
@@ -134,12 +135,11 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
     def _warn_if_expiring(self, identity: str, not_after: datetime | None) -> None:
         if not_after is None:
             return
-        left = not_after.timestamp() - self._now()
-        if left < self._expiry_warning:
-            log.warning(
-                "node %s: its certificate expires on %s UTC (in %.1f days): reissue it",
-                identity, f"{not_after:%Y-%m-%d %H:%M}", left / 86400,
-            )  # fmt: skip
+        line = self._expiry_warning.line(
+            f"node {identity}: its certificate", not_after, self._clock.now()
+        )
+        if line is not None:
+            log.warning("%s", line)
 
     async def DeactivateNode(
         self, request: fleet_pb2.DeactivateNodeRequest, context: _Context
