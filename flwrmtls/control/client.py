@@ -17,7 +17,7 @@ from flwrmtls.profiles import Profile
 from flwrmtls.proto import control_pb2, control_pb2_grpc
 from flwrmtls.wire.clienttls import ClientNames, load_client_tls
 from flwrmtls.wire.credentials import no_root_certificates
-from flwrmtls.wire.errors import ConnectionContext, translate_rpc_error
+from flwrmtls.wire.errors import ConnectionContext, call
 
 __all__ = ["ControlClient"]
 
@@ -62,11 +62,8 @@ class ControlClient:
         return list(self.list_nodes_and_revocation(verbose=verbose).nodes)
 
     def _call(self, invoke: Callable[[], _T]) -> _T:
-        """One call; its failure translated (:func:`flwrmtls.wire.errors.translate_rpc_error`)."""
-        try:
-            return invoke()
-        except grpc.RpcError as error:
-            raise translate_rpc_error(error, self._ctx) from None
+        """One call; its failure translated (:func:`flwrmtls.wire.errors.call`)."""
+        return call(invoke, self._ctx)
 
     def list_nodes_and_revocation(self, *, verbose: bool = False) -> control_pb2.ListNodesResponse:
         """The nodes, and how the link checks revocation per issuer of client certificates."""

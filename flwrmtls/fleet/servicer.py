@@ -65,7 +65,8 @@ MAX_ACKS = 1000
 """The most message ids one pull may acknowledge."""
 DELIVERY_LEASE = 60.0
 """Seconds a handed-out message waits for its acknowledgement before it is handed out again:
-more than a node's long poll (20 s) and the pull that carries the acknowledgement."""
+more than a node's long poll (:data:`~flwrmtls.wire.bounds.LONG_POLL_SECONDS`) and the pull
+that carries the acknowledgement."""
 
 
 class FleetServicer(fleet_pb2_grpc.FleetServicer):
@@ -178,9 +179,8 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
             )
         self._state.messages.acknowledge(node_id, request.acked_message_ids, now=self._now())
         limit = min(request.max_messages or _DEFAULT_PULL_LIMIT, _DEFAULT_PULL_LIMIT)
-        loop_clock = self._clock.monotonic
-        deadline = loop_clock() + long_poll_seconds(request.wait_seconds)
-        while True:
+
+        def look() -> tuple[list[bytes], list[int]]:
             protos = self._state.messages.deliver(
                 node_id, now=self._now(), limit=limit, lease=DELIVERY_LEASE
             )
@@ -189,10 +189,12 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
                 for run_id in request.active_run_ids
                 if (run := self._state.runs.get(run_id)) is None or run.ended
             ]
-            remaining = deadline - loop_clock()
-            if protos or ended or remaining <= 0:
-                break
-            await self._notifier.wait(("node", node_id), remaining)
+            return protos, ended
+
+        protos, ended = await self._notifier.long_poll(
+            ("node", node_id), long_poll_seconds(request.wait_seconds), look, clock=self._clock,
+            ready=lambda found: bool(found[0] or found[1]),
+        )  # fmt: skip
         messages = [common_pb2.Message.FromString(p) for p in protos]
         return fleet_pb2.PullMessagesResponse(messages=messages, ended_run_ids=ended)
 
