@@ -40,11 +40,11 @@ from flwrmtls.keyvalues import values_from_proto
 from flwrmtls.objects.store import CorruptObject, ObjectStore
 from flwrmtls.objects.transfer import pull_objects, push_objects
 from flwrmtls.proto import appio_pb2, appio_pb2_grpc, common_pb2
+from flwrmtls.wire.bounds import LONG_POLL_SECONDS
 from flwrmtls.wire.refusals import Refusal, refusal_in
 
 log = logging.getLogger("flwrmtls.clientapp")
 
-_LONG_POLL = 20.0
 _TRANSFER_TIMEOUT = 600.0
 
 
@@ -135,8 +135,8 @@ def run(address: str) -> int:
         )  # fmt: skip
         while True:
             response = stub.PullMessage(
-                appio_pb2.PullAppMessageRequest(wait_seconds=_LONG_POLL),
-                metadata=metadata, timeout=_LONG_POLL + 30,
+                appio_pb2.PullAppMessageRequest(wait_seconds=LONG_POLL_SECONDS),
+                metadata=metadata, timeout=LONG_POLL_SECONDS + 30,
             )  # fmt: skip
             if response.run_ended:
                 return 0

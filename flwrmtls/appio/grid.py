@@ -39,10 +39,10 @@ from flwrmtls.objects.transfer import (
     push_objects,
 )
 from flwrmtls.proto import appio_pb2, appio_pb2_grpc, common_pb2
+from flwrmtls.wire.bounds import LONG_POLL_SECONDS
 
 __all__ = ["GrpcGrid"]
 
-_LONG_POLL = 20.0
 _TRANSFER_TIMEOUT = 600.0
 
 
@@ -85,7 +85,7 @@ class GrpcGrid:
         start = time.monotonic()
         while True:
             remaining = timeout - (time.monotonic() - start)
-            nodes = self._nodes(minimum, max(0.0, min(remaining, _LONG_POLL)))
+            nodes = self._nodes(minimum, max(0.0, min(remaining, LONG_POLL_SECONDS)))
             if len(nodes) >= minimum:
                 return nodes
             if remaining <= 0:
@@ -136,7 +136,7 @@ class GrpcGrid:
                 remaining = None if timeout is None else timeout - (time.monotonic() - start)
                 if remaining is not None and remaining <= 0:
                     break
-                wait = _LONG_POLL if remaining is None else min(remaining, _LONG_POLL)
+                wait = LONG_POLL_SECONDS if remaining is None else min(remaining, LONG_POLL_SECONDS)
                 response = self._stub.PullReplies(
                     appio_pb2.PullRepliesRequest(wait_seconds=wait, after=self._cursor),
                     metadata=self._metadata, timeout=wait + 30,

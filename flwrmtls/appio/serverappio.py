@@ -104,13 +104,11 @@ class ServerAppIoServicer(appio_pb2_grpc.ServerAppIoServicer):
     async def GetNodes(
         self, request: appio_pb2.GetNodesRequest, context: _Context
     ) -> appio_pb2.GetNodesResponse:
-        deadline = self._clock.monotonic() + long_poll_seconds(request.wait_seconds)
-        while True:
-            nodes = self._state.online_nodes(now=self._now())
-            remaining = deadline - self._clock.monotonic()
-            if len(nodes) >= request.minimum or remaining <= 0:
-                break
-            await self._notifier.wait(("nodes",), remaining)
+        nodes = await self._notifier.long_poll(
+            ("nodes",), long_poll_seconds(request.wait_seconds),
+            lambda: self._state.online_nodes(now=self._now()),
+            ready=lambda nodes: len(nodes) >= request.minimum, clock=self._clock,
+        )  # fmt: skip
         return appio_pb2.GetNodesResponse(
             nodes=[appio_pb2.NodeRef(node_id=n, identity=identity) for n, identity in nodes]
         )
@@ -148,16 +146,17 @@ class ServerAppIoServicer(appio_pb2_grpc.ServerAppIoServicer):
         self, request: appio_pb2.PullRepliesRequest, context: _Context
     ) -> appio_pb2.PullRepliesResponse:
         run_id = self._run_id()
-        deadline = self._clock.monotonic() + long_poll_seconds(request.wait_seconds)
-        while True:
+
+        def look() -> list[tuple[int, bytes]]:
             replies = self._state.messages.replies_after(run_id, request.after)
-            if not replies and self._check_offline(run_id):
-                continue  # it stored error replies: return them
-            remaining = deadline - self._clock.monotonic()
-            if replies or remaining <= 0:
-                break
-            next_check = self._offline_check_at[run_id] - self._clock.monotonic()
-            await self._notifier.wait(("run", run_id), max(0.0, min(remaining, next_check)))
+            if not replies and self._check_offline(run_id):  # it stored error replies
+                replies = self._state.messages.replies_after(run_id, request.after)
+            return replies
+
+        replies = await self._notifier.long_poll(
+            ("run", run_id), long_poll_seconds(request.wait_seconds), look, clock=self._clock,
+            recheck_in=lambda: self._offline_check_at[run_id] - self._clock.monotonic(),
+        )  # fmt: skip
         return appio_pb2.PullRepliesResponse(
             replies=[common_pb2.Message.FromString(proto) for _, proto in replies],
             cursor=replies[-1][0] if replies else request.after,

@@ -27,6 +27,7 @@ from flwrmtls.pki import (
     CertificateDescription,
     IssuedCertificate,
     KeyType,
+    LeafOptions,
     RevocationReason,
     describe_certificate,
     read_certificate_file,
@@ -164,9 +165,7 @@ def issue_server_command(
         name,
         dns_names=dns_names,
         ip_addresses=ip_addresses,
-        days=days,
-        key_type=key_type,
-        force=force,
+        options=LeafOptions(days=days, key_type=key_type, force=force),
     )
     _print_issued(issued)
 
@@ -204,9 +203,7 @@ def issue_node_command(
         organization=org,
         organizational_unit=ou,
         spiffe_id=spiffe_id,
-        days=days,
-        key_type=key_type,
-        force=force,
+        options=LeafOptions(days=days, key_type=key_type, force=force),
     )
     _print_issued(issued)
 
@@ -233,9 +230,7 @@ def issue_cli_command(
         role=role,
         common_name=cn,
         organization=org,
-        days=days,
-        key_type=key_type,
-        force=force,
+        options=LeafOptions(days=days, key_type=key_type, force=force),
     )
     _print_issued(issued)
 

@@ -6,29 +6,18 @@ without it is refused before anything connects, never verified against grpc's pu
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Iterator, Mapping
 from typing import TypeVar
 
 import grpc
-from cryptography import x509
 
-from flwrmtls.clock import SystemClock
 from flwrmtls.errors import InputError
 from flwrmtls.keyvalues import Value, values_to_proto
 from flwrmtls.profiles import Profile
 from flwrmtls.proto import control_pb2, control_pb2_grpc
-from flwrmtls.wire.credentials import (
-    CertificateCheck,
-    TlsIdentity,
-    channel_credentials,
-    check_client_certificate,
-    check_own_certificate,
-    load_ca_bundle,
-    load_tls_identity,
-    no_root_certificates,
-)
-from flwrmtls.wire.errors import ConnectionContext, translate_rpc_error
+from flwrmtls.wire.clienttls import ClientNames, load_client_tls
+from flwrmtls.wire.credentials import no_root_certificates
+from flwrmtls.wire.errors import ConnectionContext, call
 
 __all__ = ["ControlClient"]
 
@@ -40,62 +29,41 @@ _OPTIONS = [("grpc.max_send_message_length", 64 << 20)]
 class ControlClient:
     def __init__(self, profile: Profile, config_file: str) -> None:
         where = f"profile {profile.name!r} of {config_file}"
-        cert_flag = f"client-certificate ({where})"
-        key_flag = f"client-private-key ({where})"
-        identity: TlsIdentity | None = None
-        root_certificates: list[x509.Certificate] | None = None
-        roots_flag = f"root-certificates ({where})"
         if profile.insecure:
             if profile.client_certificate or profile.root_certificates:
                 raise InputError(f"{where}: insecure = true cannot be combined with certificates")
             self._channel = grpc.insecure_channel(profile.address, options=_OPTIONS)
+            self._ctx = ConnectionContext(
+                profile.address, tls=False, has_client_certificate=False, root_certificates=""
+            )
         else:
-            if profile.root_certificates is None:
-                raise no_root_certificates(
+            tls = load_client_tls(
+                profile.address,
+                roots=profile.root_certificates,
+                certfile=profile.client_certificate,
+                keyfile=profile.client_private_key,
+                names=ClientNames(
+                    roots=f"root-certificates ({where})",
+                    cert=f"client-certificate ({where})",
+                    key=f"client-private-key ({where})",
+                    pair=f"client-certificate and client-private-key in {where}",
+                ),
+                no_roots=no_root_certificates(
                     f"{where} has no root-certificates",
                     f"root-certificates (`flwrmtls config add {profile.name} --address "
                     f"{profile.address} --root-certificates FILE` with its other options)",
-                )
-            roots, root_certificates = load_ca_bundle(profile.root_certificates, roots_flag)
-            if (profile.client_certificate is None) != (profile.client_private_key is None):
-                raise InputError(f"{where}: give both client-certificate and client-private-key")
-            if profile.client_certificate is not None and profile.client_private_key is not None:
-                identity = load_tls_identity(
-                    profile.client_certificate,
-                    profile.client_private_key,
-                    cert_flag=cert_flag,
-                    key_flag=key_flag,
-                )
-                check_client_certificate(identity, SystemClock().now(), cert_flag=cert_flag)
-            self._channel = grpc.secure_channel(
-                profile.address, channel_credentials(roots, identity), options=_OPTIONS
+                ),
             )
-
-        def check_certificate(presented: TlsIdentity) -> CertificateCheck:
-            return check_own_certificate(
-                presented, SystemClock().now(), cert_flag=cert_flag, roots=root_certificates,
-                roots_flag=roots_flag,
-            )  # fmt: skip
-
-        self._ctx = ConnectionContext(
-            address=profile.address,
-            tls=not profile.insecure,
-            has_client_certificate=identity is not None,
-            root_certificates=str(profile.root_certificates or ""),
-            client_flags=f"client-certificate and client-private-key in {where}",
-            check_certificate=functools.partial(check_certificate, identity) if identity else None,
-        )
+            self._channel = tls.channel(_OPTIONS)
+            self._ctx = tls.context()
         self._stub = control_pb2_grpc.ControlStub(self._channel)
 
     def list_nodes(self, *, verbose: bool = False) -> list[control_pb2.NodeInfo]:
         return list(self.list_nodes_and_revocation(verbose=verbose).nodes)
 
     def _call(self, invoke: Callable[[], _T]) -> _T:
-        """One call; its failure translated (:func:`flwrmtls.wire.errors.translate_rpc_error`)."""
-        try:
-            return invoke()
-        except grpc.RpcError as error:
-            raise translate_rpc_error(error, self._ctx) from None
+        """One call; its failure translated (:func:`flwrmtls.wire.errors.call`)."""
+        return call(invoke, self._ctx)
 
     def list_nodes_and_revocation(self, *, verbose: bool = False) -> control_pb2.ListNodesResponse:
         """The nodes, and how the link checks revocation per issuer of client certificates."""

@@ -25,7 +25,7 @@ from __future__ import annotations
 import enum
 import re
 from collections.abc import AsyncIterator, Callable, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import grpc
@@ -39,6 +39,7 @@ from flwrmtls.auth.interceptor import current_principal
 from flwrmtls.auth.keys import key_fingerprint, node_id_for_key, parse_node_public_key
 from flwrmtls.clock import Clock
 from flwrmtls.errors import InputError
+from flwrmtls.expiry import ExpiryWarning
 from flwrmtls.keyvalues import values_from_proto
 from flwrmtls.objects.scope import QuotaExceeded
 from flwrmtls.proto import control_pb2, control_pb2_grpc
@@ -121,7 +122,7 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
         self._clock = clock
         self._runs = runs
         self._notifier = notifier
-        self._expiry_warning = expiry_warning_days * 86400
+        self._expiry_warning = ExpiryWarning(expiry_warning_days)
 
     async def ListNodes(
         self, request: control_pb2.ListNodesRequest, context: _Context
@@ -144,13 +145,18 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
                     created_at=r.created_at,
                     peer_address=r.peer_address,
                     cert_fingerprint=r.cert_fingerprint,
-                    cert_expires_soon=bool(r.cert_not_after)
-                    and r.cert_not_after - now < self._expiry_warning,
+                    cert_expires_soon=self._expires_soon(r.cert_not_after, moment),
                     status_detail=r.status_detail,
                 )
                 for r in records
             ],
         )
+
+    def _expires_soon(self, not_after: float, now: datetime) -> bool:
+        """Whether a recorded notAfter (0: none, an EC-key node) is within the warning."""
+        if not not_after:
+            return False
+        return self._expiry_warning.soon(datetime.fromtimestamp(not_after, UTC), now)
 
     async def RegisterNodeKeys(
         self, request: control_pb2.RegisterNodeKeysRequest, context: _Context

@@ -53,7 +53,7 @@ from flwrmtls.objects.transfer import Reserve, pull_object_into, push_stored_obj
 from flwrmtls.proto import common_pb2, fleet_pb2, fleet_pb2_grpc
 from flwrmtls.proto.objects_pb2 import ObjectChunk, PullObjectRequest
 from flwrmtls.wire.bounds import response_problem
-from flwrmtls.wire.errors import ConnectionContext, translate_rpc_error
+from flwrmtls.wire.errors import ConnectionContext, call, rpc_failure
 from flwrmtls.wire.metadata import REFUSAL_KEY
 from flwrmtls.wire.refusals import REFUSALS, Refusal, refusal_of
 
@@ -188,6 +188,11 @@ def _trailers(error: grpc.RpcError) -> Sequence[tuple[str, Any]]:
     return getattr(error, "trailing_metadata", lambda: ())() or ()
 
 
+def _stated(error: grpc.RpcError) -> FlwrmtlsError | None:
+    """:func:`node_error` of a failed call: the node's table for :mod:`flwrmtls.wire.errors`."""
+    return node_error(error.code(), error.details() or "", _trailers(error))
+
+
 def _refusal_reason(error: grpc.RpcError) -> str:
     """The ``flwrmtls-refusal`` trailer of a refused call ("" if none)."""
     return next((str(value) for key, value in _trailers(error) if key == REFUSAL_KEY), "")
@@ -210,22 +215,16 @@ class FleetClient:
         """Use ``channel`` from the next call on (a rotated client certificate)."""
         self._stub = fleet_pb2_grpc.FleetStub(channel)
 
-    def _fail(self, error: grpc.RpcError) -> FlwrmtlsError:
-        stated = node_error(error.code(), error.details() or "", _trailers(error))
-        return stated if stated is not None else translate_rpc_error(error, self._ctx)
-
     def _call(self, invoke: Callable[[], _T]) -> _T:
-        """One call, its failure translated; signed for a stale server key, retried once."""
+        """One call, its failure translated (:func:`~flwrmtls.wire.errors.call`, with the
+        node's table); signed for a stale server key, retried once."""
         try:
             return invoke()
         except grpc.RpcError as error:
             if self._relearn_audience is None or _refusal_reason(error) != _WRONG_AUDIENCE:
-                raise self._fail(error) from None
+                raise rpc_failure(error, self._ctx, _stated) from None
         self._relearn_audience()
-        try:
-            return invoke()
-        except grpc.RpcError as error:
-            raise self._fail(error) from None
+        return call(invoke, self._ctx, _stated)
 
     def activate(self) -> Session:
         response = _checked(

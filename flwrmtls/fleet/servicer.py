@@ -41,6 +41,7 @@ import grpc.aio
 
 from flwrmtls.auth.interceptor import current_principal
 from flwrmtls.clock import Clock
+from flwrmtls.expiry import ExpiryWarning
 from flwrmtls.keyvalues import values_to_proto
 from flwrmtls.objects.scope import ObjectScope, QuotaExceeded
 from flwrmtls.objects.transfer import answer_missing, answer_pull, answer_push
@@ -64,7 +65,8 @@ MAX_ACKS = 1000
 """The most message ids one pull may acknowledge."""
 DELIVERY_LEASE = 60.0
 """Seconds a handed-out message waits for its acknowledgement before it is handed out again:
-more than a node's long poll (20 s) and the pull that carries the acknowledgement."""
+more than a node's long poll (:data:`~flwrmtls.wire.bounds.LONG_POLL_SECONDS`) and the pull
+that carries the acknowledgement."""
 
 
 class FleetServicer(fleet_pb2_grpc.FleetServicer):
@@ -83,7 +85,7 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
         """``on_round_trip``: told, for each reply stored, the seconds since the message it
         answers was stored (metrics; None when they are off)."""
         self._on_round_trip = on_round_trip
-        self._expiry_warning = expiry_warning_days * 86400
+        self._expiry_warning = ExpiryWarning(expiry_warning_days)
         self._state = state
         self._clock = clock
         self._interval = heartbeat_interval
@@ -138,12 +140,11 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
     def _warn_if_expiring(self, identity: str, not_after: datetime | None) -> None:
         if not_after is None:
             return
-        left = not_after.timestamp() - self._now()
-        if left < self._expiry_warning:
-            log.warning(
-                "node %s: its certificate expires on %s UTC (in %.1f days): reissue it",
-                identity, f"{not_after:%Y-%m-%d %H:%M}", left / 86400,
-            )  # fmt: skip
+        line = self._expiry_warning.line(
+            f"node {identity}: its certificate", not_after, self._clock.now()
+        )
+        if line is not None:
+            log.warning("%s", line)
 
     async def DeactivateNode(
         self, request: fleet_pb2.DeactivateNodeRequest, context: _Context
@@ -182,9 +183,8 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
             )
         self._state.messages.acknowledge(node_id, request.acked_message_ids, now=self._now())
         limit = min(request.max_messages or _DEFAULT_PULL_LIMIT, _DEFAULT_PULL_LIMIT)
-        loop_clock = self._clock.monotonic
-        deadline = loop_clock() + long_poll_seconds(request.wait_seconds)
-        while True:
+
+        def look() -> tuple[list[bytes], list[int]]:
             protos = self._state.messages.deliver(
                 node_id, now=self._now(), limit=limit, lease=DELIVERY_LEASE
             )
@@ -193,10 +193,12 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
                 for run_id in request.active_run_ids
                 if (run := self._state.runs.get(run_id)) is None or run.ended
             ]
-            remaining = deadline - loop_clock()
-            if protos or ended or remaining <= 0:
-                break
-            await self._notifier.wait(("node", node_id), remaining)
+            return protos, ended
+
+        protos, ended = await self._notifier.long_poll(
+            ("node", node_id), long_poll_seconds(request.wait_seconds), look, clock=self._clock,
+            ready=lambda found: bool(found[0] or found[1]),
+        )  # fmt: skip
         messages = [common_pb2.Message.FromString(p) for p in protos]
         return fleet_pb2.PullMessagesResponse(messages=messages, ended_run_ids=ended)
 

@@ -3,8 +3,9 @@
 Rules:
 
 * The server certificate chain and key, the CA bundle(s) and the CRL files are watched by
-  content (read and hashed about once a second), so replacing a file, rewriting it, or swapping
-  the ``..data`` symlink Kubernetes uses for mounted secrets are all noticed.
+  content (read and hashed about once a second: :mod:`flwrmtls.filewatch`), so replacing a
+  file, rewriting it, or swapping the ``..data`` symlink Kubernetes uses for mounted secrets
+  are all noticed.
 * New material is checked before use (PEM parses, key matches certificate, CA bundle holds a
   certificate). A broken new file is reported once and the last good material stays in use;
   fixing the file is picked up on the next poll.
@@ -21,7 +22,6 @@ Rules:
 from __future__ import annotations
 
 import enum
-import hashlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,6 +31,7 @@ import grpc
 from cryptography import x509
 
 from flwrmtls.errors import InputError
+from flwrmtls.filewatch import FileWatch
 from flwrmtls.wire.credentials import TlsIdentity, load_ca_bundle, load_tls_identity
 
 __all__ = ["TlsFiles", "TlsMaterial", "TlsWatcher", "Trust"]
@@ -79,13 +80,6 @@ class TlsMaterial:
         )
 
 
-def _digest(path: Path) -> str:
-    try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()
-    except OSError as error:
-        return f"unreadable: {error.strerror}"
-
-
 def load_material(files: TlsFiles) -> TlsMaterial:
     identity = load_tls_identity(
         files.certfile, files.keyfile, cert_flag="--ssl-certfile", key_flag="--ssl-keyfile"
@@ -117,7 +111,7 @@ class TlsWatcher:
         self.material = material
         self._on_trust = on_trust
         self._on_server_key = on_server_key
-        self._seen = self._fingerprint()
+        self._files = FileWatch(self._paths())
         self._listeners: set[str] = set()
         self._pending: set[str] = set()
         """Listeners that have not fetched the newest material yet."""
@@ -128,15 +122,10 @@ class TlsWatcher:
         paths += [path for path in (self.files.client_ca, self.files.cli_ca) if path is not None]
         return paths
 
-    def _fingerprint(self) -> tuple[str, ...]:
-        return tuple(_digest(path) for path in self._paths())
-
     def poll(self) -> bool:
         """Re-read the files if their content changed; True when new material is in use."""
-        seen = self._fingerprint()
-        if seen == self._seen:
+        if not self._files.changed():
             return False
-        self._seen = seen
         try:
             material = load_material(self.files)
         except InputError as error:

@@ -69,12 +69,11 @@ from flwrmtls.fleet.client import FleetClient, RunUnavailable, Session, SessionE
 from flwrmtls.node.apps import AppManager
 from flwrmtls.objects.scope import QuotaExceeded
 from flwrmtls.proto import common_pb2
+from flwrmtls.wire.bounds import LONG_POLL_SECONDS
 
 __all__ = ["NodeAgent", "RetryPolicy"]
 
 log = logging.getLogger("flwrmtls.node")
-
-_PULL_WAIT = 20.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,7 +195,7 @@ class NodeAgent:
         active = apps.active_run_ids() if apps is not None else []
         acked = apps.pending_acks() if apps is not None else []
         pulled = self._client.pull(
-            session, wait=_PULL_WAIT, active_run_ids=active, acked=acked,
+            session, wait=LONG_POLL_SECONDS, active_run_ids=active, acked=acked,
             cancel=[self.stop, done, self.reconnect],
         )  # fmt: skip
         if apps is None or pulled is None:

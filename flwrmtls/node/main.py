@@ -25,12 +25,11 @@ from pathlib import Path
 from types import FrameType
 
 import grpc
-from cryptography import x509
 
 from flwrmtls.auth.keys import key_fingerprint, load_node_private_key, node_id_for_key
 from flwrmtls.auth.signing import CallSigner
 from flwrmtls.cliargs import finish_parser
-from flwrmtls.clock import Clock, SystemClock
+from flwrmtls.clock import SystemClock
 from flwrmtls.errors import FlwrmtlsError, InputError
 from flwrmtls.filemodes import restrict_umask
 from flwrmtls.fleet.client import FleetClient
@@ -48,14 +47,9 @@ from flwrmtls.ops.health import NodeHealthListener
 from flwrmtls.ops.metrics import MetricsServer, NodeMetrics, NodeSnapshot
 from flwrmtls.sizes import format_size, parse_size
 from flwrmtls.terminal import configure_logging, printable
+from flwrmtls.wire.clienttls import NODE_NAMES, ClientTls, load_client_tls
 from flwrmtls.wire.credentials import (
-    CertificateCheck,
     TlsIdentity,
-    channel_credentials,
-    check_client_certificate,
-    check_own_certificate,
-    load_ca_bundle,
-    load_tls_identity,
     no_root_certificates,
 )
 from flwrmtls.wire.errors import ConnectionContext
@@ -166,33 +160,17 @@ def parser() -> argparse.ArgumentParser:
 
 
 @dataclass
-class _OwnCertificate:
-    """The certificate this node presents now (rotation replaces it), checked on demand."""
-
-    identity: TlsIdentity
-    roots: list[x509.Certificate] | None
-    clock: Clock
-
-    def check(self) -> CertificateCheck:
-        return check_own_certificate(
-            self.identity, self.clock.now(), cert_flag="--ssl-client-certfile", roots=self.roots
-        )
-
-
-@dataclass
 class _Transport:
-    """How this node reaches the link; builds a channel for a (possibly rotated) certificate."""
+    """How this node reaches the link; builds a channel for the certificate in use (a rotation
+    replaces ``tls.identity``)."""
 
-    address: str
-    roots: bytes
+    tls: ClientTls
     signer: CallSigner | None
     audience: LinkAudience | None
     """The link's server key an EC-key node signs for, learned from TLS (with ``signer``)."""
 
-    def channel(self, identity: TlsIdentity | None) -> grpc.Channel:
-        channel = grpc.secure_channel(
-            self.address, channel_credentials(self.roots, identity), options=_CHANNEL_OPTIONS
-        )
+    def channel(self) -> grpc.Channel:
+        channel = self.tls.channel(_CHANNEL_OPTIONS)
         if self.signer is not None and self.audience is not None:
             interceptor = SigningInterceptor(self.signer, self.audience.current)
             channel = grpc.intercept_channel(channel, interceptor)
@@ -201,8 +179,9 @@ class _Transport:
 
 def _transport(
     args: argparse.Namespace,
-) -> tuple[_Transport | None, _OwnCertificate | None, ConnectionContext]:
-    """Check the flags and files; None for the transport means plaintext."""
+) -> tuple[_Transport | None, ClientTls | None, ConnectionContext]:
+    """Check the flags and files; None for the transport means plaintext, None for the
+    second: no client certificate (plaintext, or an EC key alone)."""
     tls_flags = [args.root_certificates, args.ssl_client_certfile, args.ssl_client_keyfile]
     if args.insecure:
         if any(tls_flags) or args.auth_supernode_private_key:
@@ -214,21 +193,12 @@ def _transport(
             args.superlink, tls=False, has_client_certificate=False, root_certificates=""
         )
         return None, None, ctx
-    if (args.ssl_client_certfile is None) != (args.ssl_client_keyfile is None):
-        raise InputError("give both --ssl-client-certfile and --ssl-client-keyfile, or neither")
-    if args.root_certificates is None:
-        raise no_root_certificates("no --root-certificates", "--root-certificates FILE")
-    roots, root_certificates = load_ca_bundle(args.root_certificates, "--root-certificates")
-    own: _OwnCertificate | None = None
-    if args.ssl_client_certfile is not None:
-        identity = load_tls_identity(
-            args.ssl_client_certfile,
-            args.ssl_client_keyfile,
-            cert_flag="--ssl-client-certfile",
-            key_flag="--ssl-client-keyfile",
-        )
-        check_client_certificate(identity, SystemClock().now(), cert_flag="--ssl-client-certfile")
-        own = _OwnCertificate(identity, root_certificates, SystemClock())
+    tls = load_client_tls(
+        args.superlink, roots=args.root_certificates, certfile=args.ssl_client_certfile,
+        keyfile=args.ssl_client_keyfile, names=NODE_NAMES,
+        no_roots=no_root_certificates("no --root-certificates", "--root-certificates FILE"),
+    )  # fmt: skip
+    own = tls if tls.identity is not None else None
     signer = None
     audience = None
     if args.auth_supernode_private_key is not None:
@@ -242,16 +212,9 @@ def _transport(
         if own is not None:
             client_files = (args.ssl_client_certfile, args.ssl_client_keyfile)
         audience = LinkAudience(
-            args.superlink, roots, client_files, roots_name=str(args.root_certificates or "")
+            args.superlink, tls.roots_pem, client_files, roots_name=tls.roots_file
         )
-    ctx = ConnectionContext(
-        args.superlink,
-        tls=True,
-        has_client_certificate=own is not None,
-        root_certificates=str(args.root_certificates),
-        check_certificate=own.check if own is not None else None,
-    )
-    return _Transport(args.superlink, roots, signer, audience), own, ctx
+    return _Transport(tls, signer, audience), own, tls.context()
 
 
 class _Operations:
@@ -261,7 +224,7 @@ class _Operations:
         self,
         args: argparse.Namespace,
         agent: NodeAgent,
-        own: _OwnCertificate | None,
+        own: ClientTls | None,
         state: StateDir,
         metrics: NodeMetrics | None,
     ) -> None:
@@ -318,7 +281,8 @@ class _Operations:
         return None if self._agent.connected else "no active session with the link"
 
     def _snapshot(self) -> NodeSnapshot:
-        leaf = self._own.identity.leaf if self._own is not None else None
+        identity = self._own.identity if self._own is not None else None
+        leaf = identity.leaf if identity is not None else None
         return NodeSnapshot(
             connected=self._agent.connected,
             certificate_not_after=leaf.not_valid_after_utc if leaf is not None else None,
@@ -331,7 +295,6 @@ def run(args: argparse.Namespace) -> None:
         raise InputError("--max-retries must be 0 or more")
     max_object_bytes = parse_size(args.max_object_storage, "--max-object-storage")
     transport, own, ctx = _transport(args)
-    identity = own.identity if own is not None else None
     metrics = NodeMetrics() if args.metrics_address is not None else None
 
     def instrumented(channel: grpc.Channel) -> grpc.Channel:
@@ -340,7 +303,7 @@ def run(args: argparse.Namespace) -> None:
         return grpc.intercept_channel(channel, NodeCallMetrics(metrics, SystemClock()))
 
     channel = instrumented(
-        transport.channel(identity)
+        transport.channel()
         if transport
         else grpc.insecure_channel(args.superlink, options=_CHANNEL_OPTIONS)
     )
@@ -378,13 +341,13 @@ def run(args: argparse.Namespace) -> None:
         retry=RetryPolicy(max_retries=args.max_retries, max_wait_time=args.max_wait_time),
     )
     watcher = None
-    if transport is not None and own is not None:
+    if transport is not None and own is not None and own.identity is not None:
 
         def rotate(new_identity: TlsIdentity) -> None:
             assert transport is not None
             assert own is not None
             own.identity = new_identity
-            channels.append(instrumented(transport.channel(new_identity)))
+            channels.append(instrumented(transport.channel()))
             client.replace_channel(channels[-1])
             agent.reconnect.set()
             while len(channels) > 2:  # keep the new one and the one calls may still be on

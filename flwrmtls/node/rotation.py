@@ -2,20 +2,20 @@
 
 Rules:
 
-* The certificate and key files are polled by content every few seconds, so a rewrite, a
-  replacement or Kubernetes' atomic ``..data`` symlink swap is noticed.
+* The certificate and key files are polled by content every few seconds
+  (:mod:`flwrmtls.filewatch`), so a rewrite, a replacement or Kubernetes' atomic ``..data``
+  symlink swap is noticed.
 * A new pair is checked first (PEM, key matches, dates, usage). A broken or half-written pair
   is reported once and the node keeps the certificate it has; the next poll tries again.
 * A good new pair gets a new channel; the agent then activates again over it. The node id
   derives from the Subject, so a reissued certificate is the same node, and runs in progress go
   on (their ClientApps are untouched).
-* The node warns when its certificate expires within ``--cert-expiry-warning-days``, at start
-  and then once a day.
+* The node warns when its certificate expires within ``--cert-expiry-warning-days``
+  (:mod:`flwrmtls.expiry`), at start and then once a day.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 from collections.abc import Callable
@@ -24,6 +24,8 @@ from pathlib import Path
 
 from flwrmtls.clock import Clock, SystemClock
 from flwrmtls.errors import InputError
+from flwrmtls.expiry import ExpiryWarning
+from flwrmtls.filewatch import FileWatch
 from flwrmtls.wire.credentials import TlsIdentity, check_client_certificate, load_tls_identity
 
 __all__ = ["CertificateWatcher", "expiry_warning"]
@@ -36,21 +38,9 @@ _WARN_EVERY = 86400.0
 
 def expiry_warning(identity: TlsIdentity, now: datetime, warning_days: float) -> str | None:
     """A warning line if the certificate expires within ``warning_days``, else None."""
-    not_after = identity.leaf.not_valid_after_utc
-    left = (not_after - now).total_seconds()
-    if left >= warning_days * 86400:
-        return None
-    return (
-        f"this node's certificate expires on {not_after:%Y-%m-%d %H:%M} UTC "
-        f"(in {max(left, 0) / 86400:.1f} days): have it reissued"
+    return ExpiryWarning(warning_days).line(
+        "this node's certificate", identity.leaf.not_valid_after_utc, now
     )
-
-
-def _digest(path: Path) -> str:
-    try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()
-    except OSError as error:
-        return f"unreadable: {error.strerror}"
 
 
 class CertificateWatcher:
@@ -70,13 +60,10 @@ class CertificateWatcher:
         self._on_change = on_change
         self._warning_days = warning_days
         self._clock = clock or SystemClock()
-        self._seen = self._fingerprint()
+        self._files = FileWatch((certfile, keyfile))
         self._warned_at: float | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="cert-watcher", daemon=True)
-
-    def _fingerprint(self) -> tuple[str, str]:
-        return _digest(self._certfile), _digest(self._keyfile)
 
     def start(self) -> None:
         self.warn_if_expiring()
@@ -101,10 +88,8 @@ class CertificateWatcher:
 
     def poll(self) -> bool:
         """Check the files; True when a new, valid certificate was taken into use."""
-        seen = self._fingerprint()
-        if seen == self._seen:
+        if not self._files.changed():
             return False
-        self._seen = seen
         try:
             identity = load_tls_identity(
                 self._certfile, self._keyfile,

@@ -3,7 +3,8 @@ certificates, CRL and key files a deployment needs.
 
 Submodules, each with the rules it keeps in its docstring:
 
-* :mod:`~flwrmtls.pki.ca`: :class:`CertificateAuthority` (create, load, issue, revoke, CRL)
+* :mod:`~flwrmtls.pki.ca`: :class:`CertificateAuthority` (create, load, issue, revoke,
+  CRL), :class:`LeafOptions` (how a leaf is issued)
 * :mod:`~flwrmtls.pki.profiles`: the extensions each kind of certificate carries (one table)
 * :mod:`~flwrmtls.pki.signing`: Subjects, SANs, validity windows and signing
 * :mod:`~flwrmtls.pki.keys`: key types and key file encodings
@@ -12,7 +13,7 @@ Submodules, each with the rules it keeps in its docstring:
 * :mod:`~flwrmtls.pki.describe`: what a certificate says and the identity the link gives it
 """
 
-from flwrmtls.pki.ca import CRL_VALIDITY_DAYS, CertificateAuthority
+from flwrmtls.pki.ca import CRL_VALIDITY_DAYS, CertificateAuthority, LeafOptions
 from flwrmtls.pki.crl import RevocationReason
 from flwrmtls.pki.describe import CertificateDescription, describe_certificate
 from flwrmtls.pki.files import CaFiles, read_certificate_file, read_private_key_file
@@ -32,6 +33,7 @@ __all__ = [
     "IssuedCertificate",
     "KeyEncoding",
     "KeyType",
+    "LeafOptions",
     "ProfileName",
     "RevocationReason",
     "describe_certificate",

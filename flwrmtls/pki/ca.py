@@ -10,6 +10,8 @@ windows in :mod:`~flwrmtls.pki.signing`, file writing in :mod:`~flwrmtls.pki.fil
 * The issuing CA signs every leaf and CRL. A leaf's key type defaults to the CA's; its key file
   is PKCS#8 unless asked otherwise; its chain file ``<name>.pem`` is the leaf then the issuing
   CA. Every output is checked (``force``) before anything is written; the key goes first.
+  What a leaf's issuing may choose beyond its Subject and SANs (validity, key type and
+  encoding, where it goes, overwriting) is one record, :class:`LeafOptions`.
 * ``issue`` of a node or CLI certificate reports the unrevoked certificates of this CA whose
   identity (Subject or SPIFFE ID) the new one takes (:mod:`~flwrmtls.pki.holders`), without
   refusing: rotation is exactly that. The command line prints each as a warning.
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -73,7 +76,13 @@ from flwrmtls.pki.signing import (
     validity_window,
 )
 
-__all__ = ["CA_MAX_DAYS", "CRL_VALIDITY_DAYS", "CertificateAuthority"]
+__all__ = [
+    "CA_MAX_DAYS",
+    "CRL_VALIDITY_DAYS",
+    "DEFAULT_LEAF_OPTIONS",
+    "CertificateAuthority",
+    "LeafOptions",
+]
 
 log = logging.getLogger("flwrmtls.pki")
 
@@ -86,6 +95,30 @@ _CLIENT_PROFILES = frozenset({ProfileName.NODE, ProfileName.CLI})
 
 CA_MAX_DAYS = 36500
 """A hundred years: beyond what any X.509 date needs, short of what Python dates hold."""
+
+
+@dataclass(frozen=True, slots=True)
+class LeafOptions:
+    """How a leaf is issued, whatever its profile (server, node, CLI): the one record of the
+    choices ``issue_server``, ``issue_node`` and ``issue_cli`` share."""
+
+    days: int = 365
+    """Validity from now (or from ``not_before``), within the issuing CA's."""
+    key_type: KeyType | None = None
+    """The leaf key's type; None: the CA's."""
+    out_dir: Path | None = None
+    """Where the chain and key files go; None: the CA directory."""
+    force: bool = False
+    """Overwrite existing files."""
+    not_before: datetime | None = None
+    not_after: datetime | None = None
+    """An explicit validity window (tests, and reissuing to a date)."""
+    key_encoding: KeyEncoding = KeyEncoding.PKCS8
+    extended_key_usages: Sequence[x509.ObjectIdentifier] | None = None
+    """In place of the profile's EKU (tests of certificates a link must refuse)."""
+
+
+DEFAULT_LEAF_OPTIONS = LeafOptions()
 
 
 class CertificateAuthority:
@@ -262,30 +295,23 @@ class CertificateAuthority:
         profile: CertificateProfile,
         name: str,
         subject: x509.Name,
-        *,
+        options: LeafOptions,
         subject_alternative_names: Sequence[x509.GeneralName] = (),
-        days: int,
-        key_type: KeyType | None,
-        out_dir: Path | None,
-        force: bool,
-        not_before: datetime | None,
-        not_after: datetime | None,
-        key_encoding: KeyEncoding,
-        extended_key_usages: Sequence[x509.ObjectIdentifier] | None,
     ) -> IssuedCertificate:
-        chain_path, key_path = self.files.leaf_paths(name, out_dir)
-        leaf_key_type = self.key_type if key_type is None else KeyType(key_type)
-        check_key_encoding(leaf_key_type, key_encoding)
+        chain_path, key_path = self.files.leaf_paths(name, options.out_dir)
+        leaf_key_type = self.key_type if options.key_type is None else KeyType(options.key_type)
+        check_key_encoding(leaf_key_type, options.key_encoding)
         start, end = validity_window(
             self._clock.now(),
-            days=days,
-            not_before=not_before,
-            not_after=not_after,
+            days=options.days,
+            not_before=options.not_before,
+            not_after=options.not_after,
             issuer_not_after=self.issuing_certificate.not_valid_after_utc,
         )
+        force = options.force
         check_writable([chain_path, key_path], force=force)
         takes_over = (
-            self._same_identity(subject, subject_alternative_names, out_dir)
+            self._same_identity(subject, subject_alternative_names, options.out_dir)
             if profile.name in _CLIENT_PROFILES  # a link's own certificate names no client
             else []
         )
@@ -299,9 +325,11 @@ class CertificateAuthority:
             not_before=start,
             not_after=end,
             subject_alternative_names=subject_alternative_names,
-            extended_key_usages=extended_key_usages,
+            extended_key_usages=options.extended_key_usages,
         )
-        write_file(key_path, encode_private_key(leaf_key, key_encoding), secret=True, force=force)
+        write_file(
+            key_path, encode_private_key(leaf_key, options.key_encoding), secret=True, force=force
+        )
         write_file(
             chain_path, pem_bundle(certificate, self.issuing_certificate), secret=False, force=force
         )
@@ -339,29 +367,15 @@ class CertificateAuthority:
         *,
         dns_names: Sequence[str] = ("localhost",),
         ip_addresses: Sequence[str] = ("127.0.0.1",),
-        days: int = 365,
-        key_type: KeyType | None = None,
-        out_dir: Path | None = None,
-        force: bool = False,
-        not_before: datetime | None = None,
-        not_after: datetime | None = None,
-        key_encoding: KeyEncoding = KeyEncoding.PKCS8,
-        extended_key_usages: Sequence[x509.ObjectIdentifier] | None = None,
+        options: LeafOptions = DEFAULT_LEAF_OPTIONS,
     ) -> IssuedCertificate:
         """A link's certificate: ``CN=<name>``, EKU serverAuth, SAN of the DNS names and IPs."""
         return self._issue(
             PROFILES[ProfileName.SERVER],
             name,
             common_name_subject(name),
-            subject_alternative_names=server_subject_alternative_names(dns_names, ip_addresses),
-            days=days,
-            key_type=key_type,
-            out_dir=out_dir,
-            force=force,
-            not_before=not_before,
-            not_after=not_after,
-            key_encoding=key_encoding,
-            extended_key_usages=extended_key_usages,
+            options,
+            server_subject_alternative_names(dns_names, ip_addresses),
         )
 
     def issue_node(
@@ -372,14 +386,7 @@ class CertificateAuthority:
         organization: str | None = None,
         organizational_unit: str | None = None,
         spiffe_id: str | None = None,
-        days: int = 365,
-        key_type: KeyType | None = None,
-        out_dir: Path | None = None,
-        force: bool = False,
-        not_before: datetime | None = None,
-        not_after: datetime | None = None,
-        key_encoding: KeyEncoding = KeyEncoding.PKCS8,
-        extended_key_usages: Sequence[x509.ObjectIdentifier] | None = None,
+        options: LeafOptions = DEFAULT_LEAF_OPTIONS,
     ) -> IssuedCertificate:
         """A node's certificate: Subject ``O, OU, CN`` (CN defaults to ``name``), EKU
         clientAuth, and a single URI SAN only when ``spiffe_id`` is given."""
@@ -387,15 +394,8 @@ class CertificateAuthority:
             PROFILES[ProfileName.NODE],
             name,
             node_subject(common_name or name, organization, organizational_unit),
-            subject_alternative_names=spiffe_subject_alternative_names(spiffe_id),
-            days=days,
-            key_type=key_type,
-            out_dir=out_dir,
-            force=force,
-            not_before=not_before,
-            not_after=not_after,
-            key_encoding=key_encoding,
-            extended_key_usages=extended_key_usages,
+            options,
+            spiffe_subject_alternative_names(spiffe_id),
         )
 
     def issue_cli(
@@ -405,30 +405,14 @@ class CertificateAuthority:
         role: str,
         common_name: str | None = None,
         organization: str | None = None,
-        days: int = 365,
-        key_type: KeyType | None = None,
-        out_dir: Path | None = None,
-        force: bool = False,
-        not_before: datetime | None = None,
-        not_after: datetime | None = None,
-        key_encoding: KeyEncoding = KeyEncoding.PKCS8,
-        extended_key_usages: Sequence[x509.ObjectIdentifier] | None = None,
+        options: LeafOptions = DEFAULT_LEAF_OPTIONS,
     ) -> IssuedCertificate:
         """A CLI user's certificate: Subject ``O, CN, role`` with role ``operator`` or ``user``
         (the X.520 role attribute, UTF8String), EKU clientAuth, no SAN."""
         return self._issue(
-            PROFILES[ProfileName.CLI],
-            name,
-            cli_subject(common_name or name, role, organization),
-            days=days,
-            key_type=key_type,
-            out_dir=out_dir,
-            force=force,
-            not_before=not_before,
-            not_after=not_after,
-            key_encoding=key_encoding,
-            extended_key_usages=extended_key_usages,
-        )
+            PROFILES[ProfileName.CLI], name, cli_subject(common_name or name, role, organization),
+            options,
+        )  # fmt: skip
 
     def _serial_of_issued_file(self, certificate_file: Path) -> int:
         certificate = read_certificate_file(certificate_file)

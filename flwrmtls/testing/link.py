@@ -7,34 +7,30 @@ blocking gRPC clients, as a node or the CLI would.
 from __future__ import annotations
 
 import asyncio
-import functools
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Protocol
 
 import grpc
-from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from flwrmtls.auth.identity import IdentitySource
 from flwrmtls.auth.nodeauth import NodeAuth
 from flwrmtls.auth.signing import CallSigner
-from flwrmtls.clock import Clock, SystemClock
+from flwrmtls.clock import Clock
+from flwrmtls.errors import InputError
 from flwrmtls.fleet.client import FleetClient
 from flwrmtls.link.server import Link, LinkConfig
 from flwrmtls.node.audience import LinkAudience
 from flwrmtls.node.signer import SigningInterceptor
+from flwrmtls.wire.clienttls import NODE_NAMES, load_client_tls
 from flwrmtls.wire.credentials import (
-    CertificateCheck,
     TlsIdentity,
-    channel_credentials,
-    check_own_certificate,
     load_ca_bundle,
     load_tls_identity,
 )
-from flwrmtls.wire.errors import ConnectionContext
 
 __all__ = ["FleetListener", "key_node_client", "mtls_config", "node_client", "running_link"]
 
@@ -94,6 +90,10 @@ def _stop_loop(loop: asyncio.AbstractEventLoop, thread: threading.Thread) -> Non
     loop.close()
 
 
+_LOCALHOST = [("grpc.ssl_target_name_override", "localhost")]
+"""The test PKI's server certificate names localhost; the tests connect to 127.0.0.1."""
+
+
 class FleetListener(Protocol):
     """Where a link's Fleet API listens: a :class:`Link` here, or a link process."""
 
@@ -116,34 +116,15 @@ def node_client(
     would refuse to load; files go through the node's own loader, and, as a node does, its own
     check of its certificate (against ``root_certificates``) when the link closes a handshake.
     """
-    identity: TlsIdentity | None = None
-    check: Callable[[], CertificateCheck] | None = None
-    if chain is not None and key is not None:
-        identity = load_tls_identity(chain, key, cert_flag="chain", key_flag="key")
-        _, roots = load_ca_bundle(root_certificates, "--root-certificates")
-        check = functools.partial(_check_now, identity, roots)
-    elif chain_pem is not None and key_pem is not None:
-        identity = TlsIdentity(chain_pem=chain_pem, key_pem=key_pem, chain=())
-    address = f"127.0.0.1:{link.fleet_port}"
-    channel = grpc.secure_channel(
-        address,
-        channel_credentials(root_certificates.read_bytes(), identity),
-        options=[("grpc.ssl_target_name_override", "localhost")],
-    )
-    ctx = ConnectionContext(
-        address,
-        tls=True,
-        has_client_certificate=identity is not None,
-        root_certificates=str(root_certificates),
-        check_certificate=check,
-    )
-    return FleetClient(channel, ctx), channel
-
-
-def _check_now(identity: TlsIdentity, roots: list[x509.Certificate]) -> CertificateCheck:
-    return check_own_certificate(
-        identity, SystemClock().now(), cert_flag="--ssl-client-certfile", roots=roots
-    )
+    tls = load_client_tls(
+        f"127.0.0.1:{link.fleet_port}", roots=root_certificates, certfile=chain, keyfile=key,
+        names=NODE_NAMES, no_roots=InputError("no root certificates"), check_at_start=False,
+    )  # fmt: skip
+    if chain_pem is not None and key_pem is not None:
+        tls.identity = TlsIdentity(chain_pem=chain_pem, key_pem=key_pem, chain=())
+        tls.self_check = False
+    channel = tls.channel(_LOCALHOST)
+    return FleetClient(channel, tls.context()), channel
 
 
 def key_node_client(
@@ -159,26 +140,18 @@ def key_node_client(
     does: for the server key it learns from its own TLS handshake, re-learned when refused as
     ``wrong-audience``. ``port``: another listener (``link.key_fleet_port``); ``chain`` and
     ``chain_key``: a client certificate too (certificate+key). The channel returned signs."""
-    address = f"127.0.0.1:{port or link.fleet_port}"
-    roots = root_certificates.read_bytes()
-    identity = None
-    client_files = None
-    if chain is not None and chain_key is not None:
-        identity = load_tls_identity(chain, chain_key, cert_flag="chain", key_flag="key")
-        client_files = (chain, chain_key)
+    tls = load_client_tls(
+        f"127.0.0.1:{port or link.fleet_port}", roots=root_certificates, certfile=chain,
+        keyfile=chain_key, names=NODE_NAMES, no_roots=InputError("no root certificates"),
+        check_at_start=False,
+    )  # fmt: skip
+    tls.self_check = False
+    client_files = (chain, chain_key) if chain is not None and chain_key is not None else None
     audience = LinkAudience(
-        address, roots, client_files, server_name="localhost", roots_name=str(root_certificates)
+        tls.address, tls.roots_pem, client_files, server_name="localhost",
+        roots_name=tls.roots_file,
+    )  # fmt: skip
+    channel = grpc.intercept_channel(
+        tls.channel(_LOCALHOST), SigningInterceptor(CallSigner(key), audience.current)
     )
-    raw = grpc.secure_channel(
-        address,
-        channel_credentials(roots, identity),
-        options=[("grpc.ssl_target_name_override", "localhost")],
-    )
-    channel = grpc.intercept_channel(raw, SigningInterceptor(CallSigner(key), audience.current))
-    ctx = ConnectionContext(
-        address,
-        tls=True,
-        has_client_certificate=identity is not None,
-        root_certificates=str(root_certificates),
-    )
-    return FleetClient(channel, ctx, relearn_audience=audience.relearn), channel
+    return FleetClient(channel, tls.context(), relearn_audience=audience.relearn), channel

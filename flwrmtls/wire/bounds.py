@@ -44,6 +44,7 @@ from google.protobuf.message import Message as ProtoMessage
 __all__ = [
     "FIELD_BOUNDS",
     "HEARTBEAT_SECONDS",
+    "LONG_POLL_SECONDS",
     "MAX_TTL_SECONDS",
     "MAX_WAIT_SECONDS",
     "NESTED",
@@ -56,6 +57,11 @@ __all__ = [
 
 MAX_WAIT_SECONDS = 30.0
 """The longest a long poll (PullMessages, PullReplies, GetNodes, PullMessage) may wait."""
+LONG_POLL_SECONDS = 20.0
+"""How long flwrmtls's own clients ask each long poll to wait (the node's PullMessages, the
+ServerApp's PullReplies and GetNodes, the ClientApp's PullMessage): under
+:data:`MAX_WAIT_SECONDS`, and under the link's delivery lease
+(:data:`flwrmtls.fleet.servicer.DELIVERY_LEASE`)."""
 MAX_TTL_SECONDS = 365 * 86400.0
 """The longest a message may live."""
 _MAX_OBJECT_BYTES = 8 << 30

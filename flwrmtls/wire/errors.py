@@ -14,6 +14,8 @@ Rules:
   settles it when it finds a definite cause (expired, not yet valid, no clientAuth): then it is
   Refused, naming that cause; a likely cause (a chain not leading to the client's CA bundle) is
   added to the message.
+* Every call of the CLI's and the node's clients goes through :func:`call`: a failure is
+  translated there, once (with the client's table of stated refusals first, if it has one).
 * A call cut on an established connection (``Stream removed``), or cancelled by a link that
   is stopping (``Cancelling all calls``, or ``CANCELLED`` from the link: a call the client
   cancels itself never reaches this table), is the link going away, never a refusal: retried.
@@ -52,6 +54,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import grpc
 
@@ -59,7 +62,20 @@ from flwrmtls.errors import FlwrmtlsError, HandshakeClosed, LinkUnreachable, Ref
 from flwrmtls.wire.credentials import CertificateCheck
 from flwrmtls.wire.metadata import REFUSAL_KEY
 
-__all__ = ["ConnectionContext", "explain_handshake_closed", "translate_rpc_error"]
+__all__ = [
+    "ConnectionContext",
+    "StatedError",
+    "call",
+    "explain_handshake_closed",
+    "rpc_failure",
+    "translate_rpc_error",
+]
+
+_T = TypeVar("_T")
+
+StatedError = Callable[[grpc.RpcError], FlwrmtlsError | None]
+"""A client's own table of what the link states with a refusal code
+(:mod:`flwrmtls.wire.refusals`): its error for the call, or None when the call states none."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,3 +219,21 @@ def translate_rpc_error(error: grpc.RpcError, ctx: ConnectionContext) -> Flwrmtl
             f"the link at {ctx.address} cancelled the call: it is stopping or restarting"
         )
     return FlwrmtlsError(f"the link at {ctx.address} answered {code.name}: {details}")
+
+
+def rpc_failure(
+    error: grpc.RpcError, ctx: ConnectionContext, stated: StatedError | None = None
+) -> FlwrmtlsError:
+    """A failed call's error for the user: what the link stated, through the client's own
+    table (``stated``), else :func:`translate_rpc_error`."""
+    found = stated(error) if stated is not None else None
+    return found if found is not None else translate_rpc_error(error, ctx)
+
+
+def call(invoke: Callable[[], _T], ctx: ConnectionContext, stated: StatedError | None = None) -> _T:
+    """Make one call (``invoke``); its failure raised as :func:`rpc_failure` names it: the one
+    try/except around every call of the CLI's and the node's clients."""
+    try:
+        return invoke()
+    except grpc.RpcError as error:
+        raise rpc_failure(error, ctx, stated) from None

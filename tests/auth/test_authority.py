@@ -24,7 +24,7 @@ from flwrmtls.auth.authority import (
     key_id,
 )
 from flwrmtls.auth.mtls import MtlsAuthenticator
-from flwrmtls.pki import CertificateAuthority
+from flwrmtls.pki import CertificateAuthority, LeafOptions
 from flwrmtls.pki.files import read_certificates_file
 
 NOW = datetime.now(UTC)
@@ -108,7 +108,9 @@ def test_another_ca_issuing_a_pinned_subject_is_refused(tmp_path: Path) -> None:
     owner = CertificateAuthority.create(tmp_path / "owner")
     other = CertificateAuthority.create(tmp_path / "other")
     genuine = owner.issue_node("node-1", organization="Hospital A")
-    alias = other.issue_node("node-1", organization="Hospital A", out_dir=tmp_path / "alias")
+    alias = other.issue_node(
+        "node-1", organization="Hospital A", options=LeafOptions(out_dir=tmp_path / "alias")
+    )
     pins = MemoryPins()
     auth = pinned(roots(owner, other), pins)
     first = auth.authenticate(call(genuine.chain_path), NOW)
@@ -120,7 +122,9 @@ def test_another_ca_issuing_a_pinned_subject_is_refused(tmp_path: Path) -> None:
     assert "belongs to the CA" in refused.value.message
 
     # Control: the owner reissues (new key, new serial): the same node, admitted.
-    reissued = owner.issue_node("node-1", organization="Hospital A", force=True)
+    reissued = owner.issue_node(
+        "node-1", organization="Hospital A", options=LeafOptions(force=True)
+    )
     assert auth.authenticate(call(reissued.chain_path), NOW).node_id == first.node_id
 
 

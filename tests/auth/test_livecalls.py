@@ -20,6 +20,7 @@ from flwrmtls.auth.compose import DenyUnregistered
 from flwrmtls.auth.livecalls import LiveCall, LiveCalls, expired_calls, refused_calls
 from flwrmtls.auth.mtls import MtlsAuthenticator
 from flwrmtls.auth.revocation import RevocationStore
+from flwrmtls.pki import LeafOptions
 from flwrmtls.testing.pki import TestPki, make_test_pki
 
 
@@ -81,7 +82,10 @@ def test_expiry_is_found_by_comparison_and_refused_by_the_authenticator(tmp_path
     pki = make_test_pki(tmp_path)
     now = datetime.now(UTC)
     short = pki.ca.issue_node(
-        "short", not_before=now - timedelta(hours=1), not_after=now + timedelta(minutes=5)
+        "short",
+        options=LeafOptions(
+            not_before=now - timedelta(hours=1), not_after=now + timedelta(minutes=5)
+        ),
     )
     auth = MtlsAuthenticator([pki.ca.root_certificate])
     kept = live(auth, presented(pki, "node-1"), now)

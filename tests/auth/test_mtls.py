@@ -23,7 +23,7 @@ from flwrmtls.auth.authenticator import (
 from flwrmtls.auth.identity import IdentitySource, PrincipalKind
 from flwrmtls.auth.mtls import MtlsAuthenticator
 from flwrmtls.auth.revocation import RevocationStore
-from flwrmtls.pki import CertificateAuthority, RevocationReason
+from flwrmtls.pki import CertificateAuthority, LeafOptions, RevocationReason
 from flwrmtls.testing.pki import TestPki
 
 METHOD = "/flwrmtls.proto.Fleet/Heartbeat"
@@ -93,7 +93,7 @@ def test_chain_missing_its_intermediate_is_refused(pki: TestPki) -> None:
 
 def test_server_auth_only_certificate_is_refused(fresh_pki: TestPki) -> None:
     wrong = fresh_pki.ca.issue_node(
-        "server-usage", extended_key_usages=[ExtendedKeyUsageOID.SERVER_AUTH]
+        "server-usage", options=LeafOptions(extended_key_usages=[ExtendedKeyUsageOID.SERVER_AUTH])
     )
     auth = authenticator(fresh_pki)
     assert refusal(auth, call_for(wrong.chain_path), NOW) is RefusalReason.WRONG_USAGE
@@ -102,10 +102,12 @@ def test_server_auth_only_certificate_is_refused(fresh_pki: TestPki) -> None:
 
 def test_expired_and_not_yet_valid_are_refused(fresh_pki: TestPki) -> None:
     expired = fresh_pki.ca.issue_node(
-        "expired", not_before=NOW - timedelta(days=10), not_after=NOW - timedelta(days=1)
+        "expired",
+        options=LeafOptions(not_before=NOW - timedelta(days=10), not_after=NOW - timedelta(days=1)),
     )
     future = fresh_pki.ca.issue_node(
-        "future", not_before=NOW + timedelta(days=1), not_after=NOW + timedelta(days=10)
+        "future",
+        options=LeafOptions(not_before=NOW + timedelta(days=1), not_after=NOW + timedelta(days=10)),
     )
     auth = authenticator(fresh_pki)
     assert refusal(auth, call_for(expired.chain_path), NOW) is RefusalReason.EXPIRED
@@ -116,7 +118,9 @@ def test_expired_and_not_yet_valid_are_refused(fresh_pki: TestPki) -> None:
 
 
 def test_expiry_during_a_connection_refuses_the_next_call(fresh_pki: TestPki) -> None:
-    short = fresh_pki.ca.issue_node("short", not_before=NOW, not_after=NOW + timedelta(hours=1))
+    short = fresh_pki.ca.issue_node(
+        "short", options=LeafOptions(not_before=NOW, not_after=NOW + timedelta(hours=1))
+    )
     auth = authenticator(fresh_pki)
     call = call_for(short.chain_path)
     auth.authenticate(call, NOW + timedelta(minutes=30))  # verified and cached
@@ -194,7 +198,7 @@ def test_spiffe_identity_source(fresh_pki: TestPki) -> None:
 def test_reissued_certificate_is_the_same_node(fresh_pki: TestPki) -> None:
     auth = authenticator(fresh_pki)
     before = auth.authenticate(call_for(fresh_pki.paths("node-1")[0]), NOW)
-    fresh_pki.ca.issue_node("node-1", organization="Hospital A", force=True)
+    fresh_pki.ca.issue_node("node-1", organization="Hospital A", options=LeafOptions(force=True))
     after = auth.authenticate(call_for(fresh_pki.paths("node-1")[0]), NOW)
     assert before.fingerprint != after.fingerprint
     assert before.node_id == after.node_id

@@ -38,6 +38,7 @@ from flwrmtls.auth.ocspcheck import (
     verify_response,
 )
 from flwrmtls.auth.ocspstore import OcspPolicy, OcspQuery, OcspStore, Unreachable
+from flwrmtls.pki import LeafOptions
 from flwrmtls.testing.clock import FakeClock
 from flwrmtls.testing.pki import TestPki, make_test_pki
 from flwrmtls.wire.refusals import Refusal
@@ -120,9 +121,12 @@ def delegated(
     directory.mkdir(parents=True, exist_ok=True)
     issued = pki.ca.issue_server(
         "responder",
-        out_dir=directory,
-        extended_key_usages=list(usages),
-        **window,  # type: ignore[arg-type]
+        options=LeafOptions(
+            out_dir=directory,
+            extended_key_usages=list(usages),
+            not_before=window.get("not_before"),
+            not_after=window.get("not_after"),
+        ),
     )
     key = serialization.load_pem_private_key(issued.key_path.read_bytes(), password=None)
     assert isinstance(key, ec.EllipticCurvePrivateKey)

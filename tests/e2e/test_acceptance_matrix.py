@@ -38,7 +38,7 @@ from flwrmtls.errors import HandshakeClosed, InputError, Refused
 from flwrmtls.fleet.client import FleetClient, Session
 from flwrmtls.link.main import config_from_args, parser
 from flwrmtls.link.server import Link
-from flwrmtls.pki import CertificateAuthority, IssuedCertificate, KeyEncoding, KeyType
+from flwrmtls.pki import CertificateAuthority, IssuedCertificate, KeyEncoding, KeyType, LeafOptions
 from flwrmtls.testing.link import mtls_config, node_client, running_link
 from flwrmtls.testing.pki import TestPki
 from flwrmtls.wire.credentials import check_client_certificate, load_tls_identity
@@ -149,8 +149,7 @@ def issue_expired(ca: CertificateAuthority) -> IssuedCertificate:
     return ca.issue_node(
         "expired",
         organization="Hospital A",
-        not_before=now - timedelta(days=30),
-        not_after=now - timedelta(days=1),
+        options=LeafOptions(not_before=now - timedelta(days=30), not_after=now - timedelta(days=1)),
     )
 
 
@@ -159,8 +158,7 @@ def issue_not_yet_valid(ca: CertificateAuthority) -> IssuedCertificate:
     return ca.issue_node(
         "not-yet-valid",
         organization="Hospital A",
-        not_before=now + timedelta(days=1),
-        not_after=now + timedelta(days=30),
+        options=LeafOptions(not_before=now + timedelta(days=1), not_after=now + timedelta(days=30)),
     )
 
 
@@ -168,7 +166,7 @@ def issue_server_auth_only(ca: CertificateAuthority) -> IssuedCertificate:
     return ca.issue_node(
         "server-auth-only",
         organization="Hospital A",
-        extended_key_usages=[ExtendedKeyUsageOID.SERVER_AUTH],
+        options=LeafOptions(extended_key_usages=[ExtendedKeyUsageOID.SERVER_AUTH]),
     )
 
 
@@ -245,8 +243,7 @@ def test_ca_tool_certificate_is_admitted(
     issued = fresh_pki.ca.issue_node(
         f"node-{key_type.value}-{key_encoding.value}",
         organization="Hospital C",
-        key_type=key_type,
-        key_encoding=key_encoding,
+        options=LeafOptions(key_type=key_type, key_encoding=key_encoding),
     )
     assert key_algorithm_of(issued.certificate) == key_type.value
     assert issued.key_path.read_bytes().startswith(KEY_PEM_HEADERS[KeyFormat(key_encoding.value)])
@@ -313,7 +310,9 @@ def test_reissued_certificate_keeps_its_node_id(tmp_path: Path, fresh_pki: TestP
     with started_link(tmp_path, fresh_pki) as link:
         before = admitted(link, fresh_pki, *node_1)
         reissued = fresh_pki.ca.issue_node(
-            "node-1", organization="Hospital A", key_type=KeyType.RSA, force=True
+            "node-1",
+            organization="Hospital A",
+            options=LeafOptions(key_type=KeyType.RSA, force=True),
         )
         after = admitted(link, fresh_pki, reissued.chain_path, reissued.key_path)
         other = admitted(link, fresh_pki, *node_2)

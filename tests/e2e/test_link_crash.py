@@ -16,7 +16,7 @@ import signal
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from flwrmtls.pki import CertificateAuthority
+from flwrmtls.pki import CertificateAuthority, LeafOptions
 from flwrmtls.testing.processes import LinkProcess, ManagedProcess, NodeProcess
 
 from .deployment import Deployment, free_port
@@ -151,8 +151,8 @@ def test_real_refusals_still_end_a_node_beside_one_that_keeps_serving(
 ) -> None:
     ca = deployment.pki.ca
     now = datetime.now(UTC)
-    ca.issue_node("expired", organization="Hospital A", not_before=now - timedelta(days=30),
-                  not_after=now - timedelta(days=1))  # fmt: skip
+    ca.issue_node("expired", organization="Hospital A", options=LeafOptions(
+        not_before=now - timedelta(days=30), not_after=now - timedelta(days=1)))  # fmt: skip
     ca.issue_node("node-3", organization="Clinic C")
     ca.revoke(certificate_file=deployment.pki.paths("node-3")[0])
     stranger = CertificateAuthority.create(tmp_path / "stranger").issue_node("node-4")

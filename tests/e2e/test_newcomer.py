@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from flwrmtls.pki import RevocationReason
+from flwrmtls.pki import LeafOptions, RevocationReason
 from flwrmtls.testing.processes import CliResult, run_cli
 
 from .deployment import Deployment
@@ -92,7 +92,7 @@ def test_a_revoked_node_and_an_expired_one_show_as_such_at_once(
 ) -> None:
     ca = deployment.pki.ca
     soon = datetime.now(UTC) + timedelta(seconds=6)
-    ca.issue_node("node-3", organization="Hospital C", not_after=soon)
+    ca.issue_node("node-3", organization="Hospital C", options=LeafOptions(not_after=soon))
     deployment.federation({"node-1": "", "node-2": "", "node-3": ""})
     revoked_serial = ca.revoke(
         certificate_file=deployment.pki.paths("node-1")[0],

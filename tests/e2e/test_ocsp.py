@@ -36,7 +36,7 @@ from flwrmtls.auth.ocspstore import OcspPolicy, Unreachable
 from flwrmtls.errors import LinkUnreachable, Refused
 from flwrmtls.fleet.client import FleetClient, Session
 from flwrmtls.link.server import Link
-from flwrmtls.pki import CertificateAuthority
+from flwrmtls.pki import CertificateAuthority, LeafOptions
 from flwrmtls.proto import fleet_pb2, fleet_pb2_grpc
 from flwrmtls.testing.link import mtls_config, node_client, running_link
 from flwrmtls.testing.pki import TestPki, make_test_pki
@@ -455,7 +455,10 @@ def _signer(pki: TestPki, tmp_path: Path, kind: str) -> tuple[Path, Path]:
         return files.issuing_certificate, files.issuing_key
     if kind == "a delegated responder with OCSPSigning":
         issued = pki.ca.issue_server(
-            "ocsp-signer", out_dir=tmp_path, extended_key_usages=[ExtendedKeyUsageOID.OCSP_SIGNING]
+            "ocsp-signer",
+            options=LeafOptions(
+                out_dir=tmp_path, extended_key_usages=[ExtendedKeyUsageOID.OCSP_SIGNING]
+            ),
         )
         return issued.chain_path, issued.key_path
     if kind == "a certificate of the CA without OCSPSigning":
@@ -463,7 +466,10 @@ def _signer(pki: TestPki, tmp_path: Path, kind: str) -> tuple[Path, Path]:
     if kind == "another CA's responder with OCSPSigning":
         other = CertificateAuthority.create(tmp_path / "other-ca", name="Other")
         issued = other.issue_server(
-            "ocsp-signer", out_dir=tmp_path, extended_key_usages=[ExtendedKeyUsageOID.OCSP_SIGNING]
+            "ocsp-signer",
+            options=LeafOptions(
+                out_dir=tmp_path, extended_key_usages=[ExtendedKeyUsageOID.OCSP_SIGNING]
+            ),
         )
         return issued.chain_path, issued.key_path
     if kind == "another CA of the same name":

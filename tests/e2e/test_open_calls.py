@@ -40,7 +40,7 @@ from flwrmtls.link.reload import TlsFiles
 from flwrmtls.link.server import Link
 from flwrmtls.objects.store import CHUNK_SIZE, object_id_of
 from flwrmtls.objects.transfer import push_objects
-from flwrmtls.pki import CertificateAuthority
+from flwrmtls.pki import CertificateAuthority, LeafOptions
 from flwrmtls.proto import control_pb2, control_pb2_grpc, fleet_pb2_grpc, objects_pb2
 from flwrmtls.state.runs import RunStatus
 from flwrmtls.testing.link import key_node_client, mtls_config, node_client, running_link
@@ -245,7 +245,10 @@ def test_a_certificate_that_expires_during_a_long_poll_is_refused_when_it_expire
 ) -> None:
     now = datetime.now(UTC)
     expiring = fresh_pki.ca.issue_node(
-        "short-lived", not_before=now - timedelta(minutes=1), not_after=now + timedelta(seconds=6)
+        "short-lived",
+        options=LeafOptions(
+            not_before=now - timedelta(minutes=1), not_after=now + timedelta(seconds=6)
+        ),
     )
     with (
         link_for(tmp_path, fresh_pki) as link,

@@ -18,7 +18,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
-from flwrmtls.pki import CertificateAuthority
+from flwrmtls.pki import CertificateAuthority, LeafOptions
 from flwrmtls.testing.processes import NodeProcess
 
 from .deployment import Deployment
@@ -178,7 +178,9 @@ def test_node_certificate_rotation_mid_run_by_symlink_swap(
     assert started.returncode == 0, started.stderr
     rotating.wait_for("ClientApp process")
     # Mid-round: the certificate is reissued (same Subject, new key) and the secret swapped.
-    reissued = pki.ca.issue_node("node-1", organization="Hospital A", force=True)
+    reissued = pki.ca.issue_node(
+        "node-1", organization="Hospital A", options=LeafOptions(force=True)
+    )
     second = secret / "..2026_11_22_b"
     second.mkdir()
     shutil.copyfile(reissued.chain_path, second / "tls.crt")
@@ -197,8 +199,8 @@ def test_node_certificate_rotation_mid_run_by_symlink_swap(
 def test_revocation_and_expiry_on_live_connections(deployment: Deployment, tmp_path: Path) -> None:
     pki = deployment.pki
     now = datetime.now(UTC)
-    pki.ca.issue_node("short-lived", not_before=now - timedelta(minutes=1),
-                              not_after=now + timedelta(seconds=12))  # fmt: skip
+    pki.ca.issue_node("short-lived", options=LeafOptions(
+        not_before=now - timedelta(minutes=1), not_after=now + timedelta(seconds=12)))  # fmt: skip
     link = deployment.start_link()
     deployment.profile(link.control_port)
     steady = deployment.node("node-2", link.fleet_port)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from flwrmtls.pki import LeafOptions
 from flwrmtls.testing.pki import TestPki
 from flwrmtls.testing.processes import LinkProcess
 
@@ -187,7 +188,10 @@ def test_node_refuses_bad_startup_input(
     elif change == "expired":
         now = datetime.now(UTC)
         old = fresh_pki.ca.issue_node(
-            "old", not_before=now - timedelta(days=9), not_after=now - timedelta(days=1)
+            "old",
+            options=LeafOptions(
+                not_before=now - timedelta(days=9), not_after=now - timedelta(days=1)
+            ),
         )
         args[args.index("--ssl-client-certfile") + 1] = str(old.chain_path)
         args[args.index("--ssl-client-keyfile") + 1] = str(old.key_path)

@@ -20,7 +20,7 @@ import pytest
 from flwrmtls.errors import LinkUnreachable, Refused
 from flwrmtls.link.server import Link
 from flwrmtls.node.agent import NodeAgent, RetryPolicy
-from flwrmtls.pki import CertificateAuthority
+from flwrmtls.pki import CertificateAuthority, LeafOptions
 from flwrmtls.testing.link import mtls_config, node_client, running_link
 from flwrmtls.testing.pki import TestPki
 
@@ -107,7 +107,7 @@ def test_a_certificate_that_expired_since_start_up_ends_the_node_at_once_naming_
     now = datetime.now(UTC)
     expired = fresh_pki.ca.issue_node(
         "expired", organization="Hospital A",
-        not_before=now - timedelta(days=30), not_after=now - timedelta(days=1),
+        options=LeafOptions(not_before=now - timedelta(days=30), not_after=now - timedelta(days=1)),
     )  # fmt: skip
     caplog.set_level(logging.WARNING, logger="flwrmtls.node")
     with started_link(tmp_path, fresh_pki) as link:

@@ -18,6 +18,7 @@ from flwrmtls.pki import (
     CertificateAuthority,
     KeyEncoding,
     KeyType,
+    LeafOptions,
     read_certificate_file,
     read_private_key_file,
 )
@@ -83,7 +84,7 @@ def test_existing_leaf_files_are_kept_without_force(authority: CertificateAuthor
     assert first.chain_path.read_bytes() == chain_before
     assert first.key_path.read_bytes() == key_before
 
-    second = authority.issue_node("node-1", force=True)
+    second = authority.issue_node("node-1", options=LeafOptions(force=True))
     assert second.serial != first.serial
     assert second.key_path.read_bytes() != key_before
     assert _mode(second.key_path) == 0o600
@@ -190,7 +191,9 @@ def test_key_encodings_load_and_match_the_certificate(
     key_encoding: KeyEncoding,
     pem_label: bytes,
 ) -> None:
-    issued = authority.issue_node("node", key_type=key_type, key_encoding=key_encoding)
+    issued = authority.issue_node(
+        "node", options=LeafOptions(key_type=key_type, key_encoding=key_encoding)
+    )
     key_pem = issued.key_path.read_bytes()
     assert key_pem.startswith(pem_label)
     key = serialization.load_pem_private_key(key_pem, password=None)
@@ -211,7 +214,9 @@ def test_mismatched_key_encoding_is_refused(
     authority: CertificateAuthority, key_type: KeyType, key_encoding: KeyEncoding
 ) -> None:
     with pytest.raises(InputError, match=f"key encoding {key_encoding.value} holds only"):
-        authority.issue_node("node", key_type=key_type, key_encoding=key_encoding)
+        authority.issue_node(
+            "node", options=LeafOptions(key_type=key_type, key_encoding=key_encoding)
+        )
     assert not (authority.directory / "node.key").exists()
     assert not (authority.directory / "node.pem").exists()
 
@@ -238,12 +243,14 @@ def test_unusable_certificate_names_are_refused(authority: CertificateAuthority,
 
 def test_a_leaf_may_not_overwrite_the_crl(authority: CertificateAuthority) -> None:
     with pytest.raises(InputError, match="would overwrite the CA's"):
-        authority.issue_node("crl", force=True)
+        authority.issue_node("crl", options=LeafOptions(force=True))
     assert authority.crl_path.read_bytes().startswith(b"-----BEGIN X509 CRL-----")
 
 
 def test_out_dir_writes_elsewhere(authority: CertificateAuthority, tmp_path: Path) -> None:
-    issued = authority.issue_node("node-1", out_dir=tmp_path / "elsewhere" / "deep")
+    issued = authority.issue_node(
+        "node-1", options=LeafOptions(out_dir=tmp_path / "elsewhere" / "deep")
+    )
     assert issued.chain_path == tmp_path / "elsewhere" / "deep" / "node-1.pem"
     assert issued.key_path.is_file()
     assert not (authority.directory / "node-1.pem").exists()

@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import timedelta
 from pathlib import Path
 
-from flwrmtls.pki import CertificateAuthority
+from flwrmtls.pki import CertificateAuthority, LeafOptions
 from flwrmtls.testing.clock import FakeClock
 
 from .openssl_tools import run_flwrmtls
@@ -37,9 +37,11 @@ def test_revoked_expired_and_foreign_certificates_are_not_reported(
     ca = fake_clock_authority
     revoked = ca.issue_node("old", common_name="node-1")
     ca.revoke(certificate_file=revoked.chain_path)
-    expiring = ca.issue_node("short", common_name="node-2", days=1)
+    expiring = ca.issue_node("short", common_name="node-2", options=LeafOptions(days=1))
     foreign = CertificateAuthority.create(tmp_path / "foreign", clock=fake_clock)
-    foreign.issue_node("node-3", out_dir=ca.directory)  # another CA's file in this directory
+    foreign.issue_node(
+        "node-3", options=LeafOptions(out_dir=ca.directory)
+    )  # another CA's file in this directory
     (ca.directory / "notes.pem").write_text("not a certificate")
     assert ca.issue_node("new-1", common_name="node-1").takes_over == ()
     fake_clock.advance(timedelta(days=2).total_seconds())

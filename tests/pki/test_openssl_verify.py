@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from flwrmtls.pki import CertificateAuthority, IssuedCertificate, KeyType
+from flwrmtls.pki import CertificateAuthority, IssuedCertificate, KeyType, LeafOptions
 
 from .openssl_tools import openssl_verify
 
@@ -66,7 +66,9 @@ def test_certificates_fail_against_a_different_ca(
 def test_server_auth_only_node_certificate_fails_as_a_client(
     authority: CertificateAuthority,
 ) -> None:
-    wrong = authority.issue_node("wrong-eku", extended_key_usages=[ExtendedKeyUsageOID.SERVER_AUTH])
+    wrong = authority.issue_node(
+        "wrong-eku", options=LeafOptions(extended_key_usages=[ExtendedKeyUsageOID.SERVER_AUTH])
+    )
     ok, output = _verify(authority, wrong, "sslclient")
     assert not ok
     assert "unsuitable certificate purpose" in output
@@ -75,12 +77,13 @@ def test_server_auth_only_node_certificate_fails_as_a_client(
 def test_expired_and_not_yet_valid_certificates_fail(authority: CertificateAuthority) -> None:
     now = datetime.now(UTC)
     expired = authority.issue_node(
-        "expired", not_before=now - timedelta(days=30), not_after=now - timedelta(days=1)
+        "expired",
+        options=LeafOptions(not_before=now - timedelta(days=30), not_after=now - timedelta(days=1)),
     )
     ok, output = _verify(authority, expired, "sslclient")
     assert not ok
     assert "certificate has expired" in output
-    future = authority.issue_node("future", not_before=now + timedelta(days=1))
+    future = authority.issue_node("future", options=LeafOptions(not_before=now + timedelta(days=1)))
     ok, output = _verify(authority, future, "sslclient")
     assert not ok
     assert "certificate is not yet valid" in output

@@ -20,6 +20,7 @@ from flwrmtls.pki import (
     PROFILES,
     CertificateAuthority,
     KeyType,
+    LeafOptions,
     ProfileName,
     read_certificate_file,
 )
@@ -215,12 +216,12 @@ def test_extended_key_usage_override_builds_bad_certificates(
     authority: CertificateAuthority,
 ) -> None:
     server_only = authority.issue_node(
-        "wrong-eku", extended_key_usages=[ExtendedKeyUsageOID.SERVER_AUTH]
+        "wrong-eku", options=LeafOptions(extended_key_usages=[ExtendedKeyUsageOID.SERVER_AUTH])
     ).certificate
     assert list(_extension(server_only, x509.ExtendedKeyUsage).value) == [
         ExtendedKeyUsageOID.SERVER_AUTH
     ]
-    no_eku = authority.issue_node("no-eku", extended_key_usages=[]).certificate
+    no_eku = authority.issue_node("no-eku", options=LeafOptions(extended_key_usages=[])).certificate
     with pytest.raises(x509.ExtensionNotFound):
         _extension(no_eku, x509.ExtendedKeyUsage)
 
@@ -232,7 +233,9 @@ def test_rsa_leaves_also_allow_key_encipherment(tmp_path: Path) -> None:
     usage = _extension(server, x509.KeyUsage).value
     assert usage.digital_signature
     assert usage.key_encipherment
-    ec_leaf = rsa_authority.issue_node("node-ec", key_type=KeyType.EC).certificate
+    ec_leaf = rsa_authority.issue_node(
+        "node-ec", options=LeafOptions(key_type=KeyType.EC)
+    ).certificate
     assert isinstance(ec_leaf.public_key(), ec.EllipticCurvePublicKey)
     assert not _extension(ec_leaf, x509.KeyUsage).value.key_encipherment
 
@@ -257,7 +260,9 @@ def test_validity_window_follows_the_clock(
     created_at = fake_clock.now()
     fake_clock.advance(3600)
     now = created_at + timedelta(hours=1)
-    certificate = fake_clock_authority.issue_node("node-1", days=30).certificate
+    certificate = fake_clock_authority.issue_node(
+        "node-1", options=LeafOptions(days=30)
+    ).certificate
     assert certificate.not_valid_before_utc == now - CLOCK_SKEW_ALLOWANCE
     assert certificate.not_valid_after_utc == now + timedelta(days=30)
     root = fake_clock_authority.root_certificate
@@ -271,12 +276,13 @@ def test_validity_overrides_build_expired_and_future_certificates(
     now = fake_clock.now()
     expired = fake_clock_authority.issue_node(
         "expired",
-        not_before=now - timedelta(days=10),
-        not_after=now - timedelta(days=1),
+        options=LeafOptions(not_before=now - timedelta(days=10), not_after=now - timedelta(days=1)),
     ).certificate
     assert expired.not_valid_after_utc == now - timedelta(days=1)
     naive_future = (now + timedelta(days=100)).replace(tzinfo=None)  # naive: taken as UTC
-    future = fake_clock_authority.issue_node("future", not_before=naive_future).certificate
+    future = fake_clock_authority.issue_node(
+        "future", options=LeafOptions(not_before=naive_future)
+    ).certificate
     assert future.not_valid_before_utc == now + timedelta(days=100)
     assert future.not_valid_after_utc == now + timedelta(days=365)
 
@@ -286,11 +292,13 @@ def test_impossible_validity_windows_are_refused(
 ) -> None:
     now = fake_clock.now()
     with pytest.raises(InputError, match="before it is valid"):
-        fake_clock_authority.issue_node("node", not_before=now + timedelta(days=400))
+        fake_clock_authority.issue_node(
+            "node", options=LeafOptions(not_before=now + timedelta(days=400))
+        )
     with pytest.raises(InputError, match="outlive the issuing CA"):
-        fake_clock_authority.issue_node("node", days=4000)
+        fake_clock_authority.issue_node("node", options=LeafOptions(days=4000))
     with pytest.raises(InputError, match="--days 1 or more"):
-        fake_clock_authority.issue_node("node", days=0)
+        fake_clock_authority.issue_node("node", options=LeafOptions(days=0))
     assert not (fake_clock_authority.directory / "node.pem").exists()
 
 

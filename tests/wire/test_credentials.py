@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from flwrmtls.errors import InputError
-from flwrmtls.pki import CertificateAuthority, IssuedCertificate, KeyEncoding, KeyType
+from flwrmtls.pki import CertificateAuthority, IssuedCertificate, KeyEncoding, KeyType, LeafOptions
 from flwrmtls.testing.pki import TestPki
 from flwrmtls.wire.credentials import (
     TlsIdentity,
@@ -56,7 +56,9 @@ def test_good_pair_loads_and_is_checked(pki: TestPki) -> None:
 def test_key_formats_are_accepted(
     fresh_pki: TestPki, key_type: KeyType, encoding: KeyEncoding, marker: bytes
 ) -> None:
-    issued = fresh_pki.ca.issue_node("fmt", key_type=key_type, key_encoding=encoding)
+    issued = fresh_pki.ca.issue_node(
+        "fmt", options=LeafOptions(key_type=key_type, key_encoding=encoding)
+    )
     assert marker in issued.key_path.read_bytes()
     load(issued.chain_path, issued.key_path)
 
@@ -129,12 +131,20 @@ def test_ca_bundle_errors(pki: TestPki, tmp_path: Path) -> None:
 def test_client_self_check_names_the_cause(fresh_pki: TestPki) -> None:
     ca = fresh_pki.ca
     expired = ca.issue_node(
-        "expired", not_before=now() - timedelta(days=3), not_after=now() - timedelta(days=1)
+        "expired",
+        options=LeafOptions(
+            not_before=now() - timedelta(days=3), not_after=now() - timedelta(days=1)
+        ),
     )
     future = ca.issue_node(
-        "future", not_before=now() + timedelta(days=1), not_after=now() + timedelta(days=3)
+        "future",
+        options=LeafOptions(
+            not_before=now() + timedelta(days=1), not_after=now() + timedelta(days=3)
+        ),
     )
-    server_only = ca.issue_node("srv", extended_key_usages=[ExtendedKeyUsageOID.SERVER_AUTH])
+    server_only = ca.issue_node(
+        "srv", options=LeafOptions(extended_key_usages=[ExtendedKeyUsageOID.SERVER_AUTH])
+    )
     for issued, cause in ((expired, "expired on"), (future, "not valid before"),
                           (server_only, "does not include clientAuth")):  # fmt: skip
         identity = load_tls_identity(
@@ -178,9 +188,14 @@ def test_own_check_definite_causes_are_every_links_refusals(fresh_pki: TestPki) 
     assert clean.checked == "dates, key usage, key, chain to ca.crt"
     # Each certificate checked at a moment it is bad, beside the good one that passes.
     expired = ca.issue_node(
-        "expired", not_before=now() - timedelta(days=3), not_after=now() - timedelta(days=1)
+        "expired",
+        options=LeafOptions(
+            not_before=now() - timedelta(days=3), not_after=now() - timedelta(days=1)
+        ),
     )
-    server_only = ca.issue_node("srv", extended_key_usages=[ExtendedKeyUsageOID.SERVER_AUTH])
+    server_only = ca.issue_node(
+        "srv", options=LeafOptions(extended_key_usages=[ExtendedKeyUsageOID.SERVER_AUTH])
+    )
     other_key = dataclasses.replace(good, key_pem=identity_of(server_only).key_pem)
     for identity, moment, cause in [
         (identity_of(expired), now(), "--cert: certificate expired on"),

@@ -28,7 +28,13 @@ from flwrmtls.testing.link import FleetListener, mtls_config, node_client, runni
 from flwrmtls.testing.pki import TestPki
 from flwrmtls.testing.processes import LinkProcess
 from flwrmtls.wire.credentials import CertificateCheck, CertificateProblem
-from flwrmtls.wire.errors import ConnectionContext, explain_handshake_closed, translate_rpc_error
+from flwrmtls.wire.errors import (
+    ConnectionContext,
+    call,
+    explain_handshake_closed,
+    rpc_failure,
+    translate_rpc_error,
+)
 
 
 def activate(client: FleetClient, channel: grpc.Channel) -> None:
@@ -357,3 +363,30 @@ def test_the_clients_own_check_settles_or_informs_a_closed_handshake() -> None:
 
 def same(check: CertificateCheck) -> CertificateCheck:
     return check
+
+
+def test_every_call_is_translated_in_one_place_the_clients_own_table_first() -> None:
+    def failing(error: grpc.RpcError) -> Any:
+        def invoke() -> None:
+            raise error
+
+        return invoke
+
+    assert call(lambda: 42, NO_CERT) == 42  # the control: an answer passes through
+    refused = Failure(grpc.StatusCode.PERMISSION_DENIED, "revoked")
+    with pytest.raises(
+        Refused, match=r"the link at 127\.0\.0\.1:9092 refused this client: revoked"
+    ):
+        call(failing(refused), NO_CERT)
+    # A client's table of stated refusals is read first; what it does not state falls through.
+    mine = FlwrmtlsError("the node's own error for it")
+    stated = {id(refused): mine}
+    with pytest.raises(FlwrmtlsError) as raised:
+        call(failing(refused), NO_CERT, lambda error: stated.get(id(error)))
+    assert raised.value is mine
+    cut = Failure(UNAVAILABLE, "Stream removed (Socket closed)")
+    with pytest.raises(LinkUnreachable, match="went away"):
+        call(failing(cut), NO_CERT, lambda error: stated.get(id(error)))
+    assert type(rpc_failure(cut, NO_CERT)) is LinkUnreachable
+    with pytest.raises(ValueError, match="not a gRPC failure"):  # anything else is not ours
+        call(failing(ValueError("not a gRPC failure")), NO_CERT)  # type: ignore[arg-type]
