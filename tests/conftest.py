@@ -10,6 +10,7 @@ import pytest
 from flwrmtls.link.server import Link
 from flwrmtls.testing.link import mtls_config, running_link
 from flwrmtls.testing.pki import TestPki, make_test_pki
+from flwrmtls.testing.postgres import PostgresServer, PostgresUnavailable
 
 
 @pytest.fixture(scope="session")
@@ -33,3 +34,32 @@ def link(pki: TestPki, tmp_path: Path) -> Iterator[Link]:
     )
     with running_link(config) as running:
         yield running
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """One real PostgreSQL server for the session (see :mod:`flwrmtls.testing.postgres`): a
+    test that needs it fails with one line when it cannot start, never skips."""
+    try:
+        server = PostgresServer()
+    except PostgresUnavailable as error:
+        pytest.fail(f"PostgreSQL: {error}", pytrace=False)
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer) -> Iterator[str]:
+    """A database of its own on the session's server, dropped after the test."""
+    url = postgres_server.create_database()
+    yield url
+    postgres_server.drop_database(url)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The state contract's engines: a SQLite file, and a PostgreSQL database of its own."""
+    if request.param == "sqlite":
+        return str(tmp_path / "link.db")
+    url: str = request.getfixturevalue("postgres_url")
+    return url

@@ -10,7 +10,6 @@ import asyncio
 import logging
 import os
 import signal
-import sqlite3
 import sys
 from datetime import timedelta
 from pathlib import Path
@@ -35,6 +34,7 @@ from flwrmtls.runs.linkobjects import (
     StorageLimits,
 )
 from flwrmtls.sizes import format_size, parse_size
+from flwrmtls.state.database import DatabaseError, error_reason, parse_location
 from flwrmtls.state.faults import FAULT_VARIABLE, parse_crash_point
 from flwrmtls.terminal import configure_logging, printable
 from flwrmtls.wire.bounds import HEARTBEAT_SECONDS
@@ -261,7 +261,17 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--database",
         default=_default_database(),
-        help="SQLite file for the link's state (default: $FLWRMTLS_HOME/link.db)",
+        help="the link's state: a SQLite file (default: $FLWRMTLS_HOME/link.db; one link), or "
+        "a postgresql://USER@HOST:PORT/DB URL several links share (give the password in "
+        "PGPASSFILE, not the URL: a command line is visible to every user of the host)",
+    )
+    p.add_argument(
+        "--objects-dir",
+        type=Path,
+        default=None,
+        help="where the link stores objects (array bytes, bundles); default: beside a SQLite "
+        "--database (DATABASE.objects); required with a postgresql:// --database, and then "
+        "one directory every link of the database mounts",
     )
     p.add_argument(
         "--insecure",
@@ -269,6 +279,17 @@ def parser() -> argparse.ArgumentParser:
         help="plaintext, no authentication: local development only",
     )
     return finish_parser(p)
+
+
+def _objects_dir(args: argparse.Namespace) -> Path | None:
+    """``--objects-dir``, checked against ``--database`` (one line when it is missing)."""
+    url = parse_location(args.database)
+    if url.drivername != "sqlite" and args.objects_dir is None:
+        raise InputError(
+            "a postgresql:// --database needs --objects-dir: the directory of objects every "
+            "link of that database mounts (e.g. a ReadWriteMany volume)"
+        )
+    return Path(args.objects_dir).expanduser() if args.objects_dir is not None else None
 
 
 def config_from_args(args: argparse.Namespace) -> LinkConfig:
@@ -309,6 +330,7 @@ def config_from_args(args: argparse.Namespace) -> LinkConfig:
         )
         return LinkConfig(
             database=args.database,
+            objects_dir=_objects_dir(args),
             fleet_address=args.fleet_api_address,
             control_address=args.control_api_address,
             insecure=True,
@@ -374,6 +396,7 @@ def config_from_args(args: argparse.Namespace) -> LinkConfig:
         raise InputError(f"--heartbeat-interval must be {HEARTBEAT_SECONDS.text}")
     return LinkConfig(
         database=args.database,
+        objects_dir=_objects_dir(args),
         fleet_address=args.fleet_api_address,
         control_address=args.control_api_address,
         tls=identity,
@@ -572,15 +595,18 @@ def _log_revocation_coverage(link: Link) -> None:
 
 
 async def _run(config: LinkConfig) -> None:
-    directory = Path(config.database).expanduser().parent
-    try:
-        private_directory(directory)
-    except OSError as error:
-        raise InputError(
-            f"cannot create {directory} for the database: {error.strerror}: check --database"
-        ) from None
-    if directory.resolve() == _home().resolve() and (warning := open_directory_warning(directory)):
-        log.warning("%s", warning)
+    if "://" not in str(config.database):
+        directory = Path(config.database).expanduser().parent
+        try:
+            private_directory(directory)
+        except OSError as error:
+            raise InputError(
+                f"cannot create {directory} for the database: {error.strerror}: check --database"
+            ) from None
+        if directory.resolve() == _home().resolve() and (
+            warning := open_directory_warning(directory)
+        ):
+            log.warning("%s", warning)
     fault = os.environ.get(FAULT_VARIABLE)
     crash_point = parse_crash_point(fault) if fault else None
     link = Link(config)
@@ -599,11 +625,16 @@ async def _run(config: LinkConfig) -> None:
     except (OSError, RuntimeError) as error:
         await link.stop(0)
         raise InputError(f"{error}: check the --*-api-address flags (port in use?)") from None
-    except sqlite3.Error as error:
+    except DatabaseError as error:
         await link.stop(0)
+        check = (
+            "check the PostgreSQL server (reachable? its disk full?) and --database"
+            if link.state.shared
+            else "check the disk it is on (full? read-only?) and that no other process holds it"
+        )
         raise FlwrmtlsError(
-            f"the link's database {config.database} failed at start-up: {error}: check the "
-            "disk it is on (full? read-only?) and that no other process holds it"
+            f"the link's database {link.state.path} failed at start-up: {error_reason(error)}: "
+            f"{check}"
         ) from None
     if config.insecure or config.node_auth is NodeAuth.NONE:
         log.warning("!!! %s: nodes are NOT authenticated: local development only !!!",
@@ -623,7 +654,7 @@ async def _run(config: LinkConfig) -> None:
         config.control_address,
         link.control_port,
         _describe(link),
-        config.database,
+        link.state.path,
     )
     if link.health is not None:
         log.info("health (grpc.health.v1) on %s (port %d)", config.health_address,

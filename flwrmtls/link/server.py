@@ -104,6 +104,9 @@ MAX_BUNDLE_BYTES = 64 << 20
 @dataclass
 class LinkConfig:
     database: Path | str
+    """A SQLite file, or a postgresql:// URL several links share."""
+    objects_dir: Path | None = None
+    """Where objects are stored; None: beside a SQLite database (``<database>.objects``)."""
     fleet_address: str = "0.0.0.0:9092"
     control_address: str = "0.0.0.0:9093"
     tls: TlsIdentity | None = None
@@ -186,6 +189,8 @@ class LinkConfig:
 
     @property
     def objects_directory(self) -> Path:
+        if self.objects_dir is not None:
+            return self.objects_dir
         return Path(f"{self.database}.objects")
 
     @property

@@ -43,7 +43,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import sqlite3
 from dataclasses import dataclass
 
 from flwrmtls.app.bundle import bundle_hash, check_bundle, merge_run_config
@@ -55,6 +54,7 @@ from flwrmtls.runs.linkobjects import LinkObjects
 from flwrmtls.runs.notify import Notifier
 from flwrmtls.runs.runlog import RunLog
 from flwrmtls.runs.supervisor import APP_PROCESS_CWD, app_process_command
+from flwrmtls.state.database import DatabaseError
 from flwrmtls.state.linkstate import LinkState
 from flwrmtls.state.runs import IllegalTransition, RunStatus
 
@@ -158,7 +158,7 @@ class RunManager:
         except IllegalTransition:  # stopped while its process started: its token is gone
             await self._stop_process(process)
             return
-        except sqlite3.Error:  # nobody would supervise it, and its run stays pending
+        except DatabaseError:  # nobody would supervise it, and its run stays pending
             await self._stop_process(process)
             raise
         self._processes[run_id] = process
@@ -241,7 +241,7 @@ class RunManager:
                     last_line = line[:1000]
                     try:
                         self._run_log.add(run_id, "serverapp", line)
-                    except sqlite3.Error as error:  # keep reading: a full pipe would stall it
+                    except DatabaseError as error:  # keep reading: a full pipe would stall it
                         if not lost_lines:
                             log.error(
                                 "run %d: the link's database failed (%s): its log lines are "
@@ -262,7 +262,7 @@ class RunManager:
                 reason = f"the ServerApp exited with code {code}: {last_line}"
             try:
                 self._end(run_id, status, reason)
-            except sqlite3.Error as error:
+            except DatabaseError as error:
                 self._state.runs.suspend_tokens(run_id)  # its process is gone: so is its token
                 log.error(
                     "run %d ended (%s%s) but the link's database failed to record it (%s): its "

@@ -21,11 +21,11 @@ the Control servicer (:meth:`AuditTable.entries`, for ``flwrmtls audit``).
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 from flwrmtls.auth.audit import AuditRecord, Retention
+from flwrmtls.state.database import Database
 from flwrmtls.state.transaction import Transactions
 
 __all__ = ["DEFAULT_LIMITS", "DEFAULT_MAX_ENTRIES", "AuditEntry", "AuditTable"]
@@ -54,7 +54,7 @@ class AuditEntry:
 class AuditTable:
     def __init__(
         self,
-        db: sqlite3.Connection,
+        db: Database,
         *,
         limits: Mapping[Retention, int] = DEFAULT_LIMITS,
         max_entries: int | None = None,
@@ -79,17 +79,18 @@ class AuditTable:
     def record(self, record: AuditRecord) -> None:
         """Interceptors (the ``audit`` sink): append one entry; now and then prune old ones."""
         self._db.execute(
-            f"INSERT INTO audit ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                record.timestamp,
-                record.identity,
-                record.auth_method,
-                record.method,
-                record.outcome,
-                record.detail,
-                record.peer,
-                record.retention.value,
-            ),
+            f"INSERT INTO audit ({_COLUMNS}) VALUES (:timestamp, :identity, :auth_method, "
+            ":method, :outcome, :detail, :peer, :retention)",
+            {
+                "timestamp": record.timestamp,
+                "identity": record.identity,
+                "auth_method": record.auth_method,
+                "method": record.method,
+                "outcome": record.outcome,
+                "detail": record.detail,
+                "peer": record.peer,
+                "retention": record.retention.value,
+            },
         )
         self._since_prune += 1
         if self._since_prune >= self._prune_every:
@@ -102,18 +103,19 @@ class AuditTable:
         with self._transaction():
             for retention, limit in self._limits.items():
                 self._db.execute(
-                    "DELETE FROM audit WHERE retention = ?1 AND seq < (SELECT seq FROM audit "
-                    "WHERE retention = ?1 ORDER BY seq DESC LIMIT 1 OFFSET ?2)",
-                    (retention.value, limit - 1),
+                    "DELETE FROM audit WHERE retention = :retention AND seq < (SELECT seq "
+                    "FROM audit WHERE retention = :retention ORDER BY seq DESC LIMIT 1 "
+                    "OFFSET :keep)",
+                    {"retention": retention.value, "keep": limit - 1},
                 )
 
     def entries(self, limit: int = 100, identity: str = "") -> list[AuditEntry]:
         """Control servicer: the newest ``limit`` entries, newest first; with ``identity``
         only that identity's."""
-        where, parameters = ("WHERE identity = ? ", (identity,)) if identity else ("", ())
+        where = "WHERE identity = :identity " if identity else ""
         rows = self._db.execute(
-            f"SELECT seq, {_COLUMNS} FROM audit {where}ORDER BY seq DESC LIMIT ?",
-            (*parameters, limit),
+            f"SELECT seq, {_COLUMNS} FROM audit {where}ORDER BY seq DESC LIMIT :limit",
+            {"identity": identity, "limit": limit},
         ).fetchall()
         return [
             AuditEntry(

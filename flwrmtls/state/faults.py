@@ -9,6 +9,11 @@ Rules:
   parameters bound, contains ``<fragment>``; counting every statement from there (``BEGIN``
   and ``COMMIT`` included), the link dies right before statement ``k`` runs: the statements
   before it ran, it did not. ``0@<fragment>`` dies before the fragment's own statement.
+* SQLite: SQLite's trace callback sees each statement as it starts, with its parameters bound
+  (``BEGIN IMMEDIATE`` and ``COMMIT`` included). PostgreSQL: SQLAlchemy's
+  ``before_cursor_execute`` event sees each statement before it is sent, its text followed by
+  `` -- `` and its parameters' values (``BEGIN``, the lock and ``COMMIT`` included); the
+  server rolls back the open transaction when the connection drops, as a crash does.
 * The death is a real crash: the process sends itself SIGKILL (no ``finally`` block, no
   rollback, no flush, no exit handler: what an OOM kill or a lost host does to it), after one
   line on standard error that names the statement, so a test knows where it died.
@@ -24,8 +29,12 @@ import signal
 import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy
 
 from flwrmtls.errors import InputError
+from flwrmtls.state.database import Database
 
 __all__ = ["FAULT_VARIABLE", "CrashPoint", "install", "parse_crash_point"]
 
@@ -79,7 +88,17 @@ def _kill_self(statement: str) -> None:
 
 
 def install(
-    db: sqlite3.Connection, point: CrashPoint, die: Callable[[str], None] = _kill_self
+    db: Database | sqlite3.Connection, point: CrashPoint, die: Callable[[str], None] = _kill_self
 ) -> None:
     """Make ``db``'s process die at ``point`` (``die`` is for this module's own tests)."""
-    db.set_trace_callback(_Countdown(point, die))
+    countdown = _Countdown(point, die)
+    if isinstance(db, sqlite3.Connection):
+        db.set_trace_callback(countdown)
+    elif db.dialect == "sqlite":
+        db.raw_sqlite().set_trace_callback(countdown)
+    else:
+
+        def before(_conn: Any, _cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
+            countdown(f"{statement} -- {parameters!r}")
+
+        sqlalchemy.event.listen(db.engine, "before_cursor_execute", before)

@@ -9,8 +9,10 @@ Rules:
   certificate identity it was registered for. A certificate+key link admits a key only with
   the certificate of that node. Registering a registered key with another binding changes the
   binding ("rebound"); with the same one it changes nothing ("already registered").
-* Lookups run on every call of an EC-key node, so the table is mirrored in memory (the link is
-  the only writer of its database) and a lookup is a dict access.
+* Lookups run on every call of an EC-key node, so the table is mirrored in memory and a lookup
+  is a dict access. Several link processes on one database: a write is announced to the others
+  (they read the key again), and a key this process does not know is looked up in the
+  database before it is called unknown.
 
 * The mirror changes only once the database has (:meth:`Transactions.after_commit`), so a
   registration that fails, or that is part of a larger change that fails, changes nothing.
@@ -23,9 +25,10 @@ authenticator (binding).
 from __future__ import annotations
 
 import enum
-import sqlite3
 from dataclasses import dataclass
+from typing import Any
 
+from flwrmtls.state.database import Database
 from flwrmtls.state.transaction import Transactions
 
 __all__ = ["KeyRecord", "KeyRegistration", "NodeKeyTable"]
@@ -51,28 +54,56 @@ class KeyRecord:
     """That node's identity as the operator gave it (for listings and messages)."""
 
 
+_COLUMNS = (
+    "public_key, node_id, fingerprint, status, changed_at, changed_by, bound_node_id, "
+    "bound_identity"
+)
+
+
+def _record(row: Any) -> KeyRecord:
+    bound = row[6]
+    return KeyRecord(
+        bytes(row[0]), int(row[1]), str(row[2]), KeyRegistration(row[3]), float(row[4]),
+        str(row[5]), None if bound is None else int(bound), str(row[7]),
+    )  # fmt: skip
+
+
 class NodeKeyTable:
-    def __init__(self, db: sqlite3.Connection, transactions: Transactions | None = None) -> None:
+    def __init__(self, db: Database, transactions: Transactions | None = None) -> None:
         self._db = db
         self._transaction = transactions or Transactions(db)
         self._by_key: dict[bytes, KeyRecord] = {}
         self._by_node: dict[int, KeyRecord] = {}
-        for row in db.execute(
-            "SELECT public_key, node_id, fingerprint, status, changed_at, changed_by, "
-            "bound_node_id, bound_identity FROM node_keys"
-        ):
-            self._remember(
-                KeyRecord(
-                    bytes(row[0]),
-                    row[1],
-                    row[2],
-                    KeyRegistration(row[3]),
-                    row[4],
-                    row[5],
-                    row[6],
-                    row[7],
-                )
-            )
+        for row in db.execute(f"SELECT {_COLUMNS} FROM node_keys"):
+            self._remember(_record(row))
+
+    def reload_all(self) -> None:
+        """Read every key again (another link process may have changed any)."""
+        self._by_key.clear()
+        self._by_node.clear()
+        for row in self._db.execute(f"SELECT {_COLUMNS} FROM node_keys"):
+            self._remember(_record(row))
+
+    def reload(self, node_id: int) -> None:
+        """Another link process changed the key of ``node_id``: read it again."""
+        row = self._db.execute(
+            f"SELECT {_COLUMNS} FROM node_keys WHERE node_id = :node", {"node": node_id}
+        ).first()
+        if row is not None:
+            self._remember(_record(row))
+
+    def _read_through(self, public_key: bytes) -> KeyRecord | None:
+        """A key this process has not seen: another link process may have registered it."""
+        if not self._db.shared:
+            return None
+        row = self._db.execute(
+            f"SELECT {_COLUMNS} FROM node_keys WHERE public_key = :key", {"key": public_key}
+        ).first()
+        if row is None:
+            return None
+        record = _record(row)
+        self._remember(record)
+        return record
 
     def _remember(self, record: KeyRecord) -> None:
         self._by_key[record.public_key] = record
@@ -80,12 +111,13 @@ class NodeKeyTable:
 
     def status(self, public_key: bytes) -> KeyRegistration | None:
         """The key's registration, None if it was never registered (a dict lookup)."""
-        record = self._by_key.get(public_key)
+        record = self.get(public_key)
         return None if record is None else record.status
 
     def get(self, public_key: bytes) -> KeyRecord | None:
         """The key's record (status and when it changed), None if never registered."""
-        return self._by_key.get(public_key)
+        record = self._by_key.get(public_key)
+        return record if record is not None else self._read_through(public_key)
 
     def by_node(self, node_id: int) -> KeyRecord | None:
         """The key whose own node id is ``node_id`` (a dict lookup)."""
@@ -114,7 +146,7 @@ class NodeKeyTable:
     ) -> str:
         """Register a key (bound to a certificate node, or not); returns "registered",
         "registered again", "rebound" (a registered key bound anew) or "already registered"."""
-        current = self._by_key.get(public_key)
+        current = self.get(public_key)
         if current is not None and current.status is KeyRegistration.REGISTERED:
             if current.bound_node_id == bound_node_id:
                 return "already registered"
@@ -149,12 +181,14 @@ class NodeKeyTable:
 
     def _write(self, record: KeyRecord) -> None:
         self._db.execute(
-            "INSERT INTO node_keys (public_key, node_id, fingerprint, status, changed_at, "
-            "changed_by, bound_node_id, bound_identity) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+            f"INSERT INTO node_keys ({_COLUMNS}) VALUES (:key, :node, :fingerprint, :status, "
+            ":at, :by, :bound_node, :bound_identity) "
             "ON CONFLICT(public_key) DO UPDATE SET status = excluded.status, "
             "changed_at = excluded.changed_at, changed_by = excluded.changed_by, "
             "bound_node_id = excluded.bound_node_id, bound_identity = excluded.bound_identity",
-            (record.public_key, record.node_id, record.fingerprint, record.status.value,
-             record.changed_at, record.changed_by, record.bound_node_id, record.bound_identity),
+            {"key": record.public_key, "node": record.node_id, "fingerprint": record.fingerprint,
+             "status": record.status.value, "at": record.changed_at, "by": record.changed_by,
+             "bound_node": record.bound_node_id, "bound_identity": record.bound_identity},
         )  # fmt: skip
+        self._db.publish("key", record.node_id)
         self._transaction.after_commit(lambda: self._remember(record))

@@ -43,16 +43,28 @@ commit. What a crash at any statement leaves is what the last commit left; at st
 :meth:`LinkState.forget_inactive_runs` deletes whatever of a run that is not active an older
 link may have left (its tokens, messages and object rows).
 
-The database file is created private to the link's OS account (0600) before SQLite opens it;
-SQLite gives its ``-wal`` and ``-shm`` files the database file's mode (see
-:mod:`flwrmtls.filemodes`).
+The database is a SQLite file (one link) or a PostgreSQL database several link processes
+share (:mod:`flwrmtls.state.database`). A SQLite file is created private to the link's OS
+account (0600) before SQLite opens it; SQLite gives its ``-wal`` and ``-shm`` files the
+database file's mode (see :mod:`flwrmtls.filemodes`).
+
+Several link processes on one database (each a *replica*, :mod:`flwrmtls.state.replicas`):
+
+* The database is the truth; each process's mirrors (sessions, unregistered and refused
+  nodes, keys, pins, run tokens) follow it. A change is announced to the others in the
+  transaction that makes it (:meth:`Database.publish`: PostgreSQL's NOTIFY, delivered at
+  commit), and each process reads the changed rows again when the announcement arrives
+  (:meth:`LinkState.apply`), or everything when it may have missed one (:meth:`reload`).
+* A mirror that does not know a session, key or pin it is asked for reads the database
+  before it refuses (a node's next call may reach another process before the announcement
+  does); a positive answer is at most one announcement old.
+* Start-up marks every node offline only when no other process is alive (they serve them).
 """
 
 from __future__ import annotations
 
 import logging
 import secrets
-import sqlite3
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,11 +73,13 @@ from flwrmtls.auth.audit import Retention
 from flwrmtls.errors import InputError
 from flwrmtls.filemodes import private_file, tighten
 from flwrmtls.state.audittable import DEFAULT_LIMITS, AuditTable
+from flwrmtls.state.database import Database, DatabaseError, error_reason
 from flwrmtls.state.faults import CrashPoint, install
 from flwrmtls.state.keytable import NodeKeyTable
 from flwrmtls.state.messagetable import MessageTable
 from flwrmtls.state.objecttable import ObjectTable
 from flwrmtls.state.pintable import IdentityPinTable
+from flwrmtls.state.replicas import ReplicaTable
 from flwrmtls.state.runtable import RunTable
 from flwrmtls.state.schema import migrate
 from flwrmtls.state.transaction import Transactions
@@ -127,35 +141,62 @@ class LinkState:
         self, database: str | Path, *, audit_limits: Mapping[Retention, int] = DEFAULT_LIMITS
     ) -> None:
         """``audit_limits``: entries the audit trail keeps per retention class."""
+        self.replica_id = secrets.token_hex(8)
+        """This link process, among those sharing the database."""
         self.path = str(database)
+        db: Database | None = None
         try:
-            on_disk = self.path != ":memory:"
+            on_disk = "://" not in self.path and self.path != ":memory:"
             if on_disk:  # 0600 before SQLite creates it: its -wal and -shm get the same mode
                 private_file(Path(self.path))
-            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.execute("PRAGMA foreign_keys=ON")
-            migrate(self._db, self.path)
+            db = Database(self.path)
+            self.path = db.display
+            migrate(db)
             for warning in _tighten_database_files(Path(self.path)) if on_disk else []:
                 log.warning("%s", warning)
-        except (sqlite3.DatabaseError, OSError) as error:
-            reason = error.strerror if isinstance(error, OSError) else error
+        except (DatabaseError, OSError) as error:
+            if db is not None:
+                db.close()
+            reason = error.strerror if isinstance(error, OSError) else error_reason(error)
             raise InputError(
-                f"cannot open database {self.path}: {reason}: check --database"
+                f"cannot open database {db.display if db else self.path}: {reason}: "
+                "check --database"
             ) from None
+        except InputError:
+            if db is not None:
+                db.close()
+            raise
+        db.origin = self.replica_id
+        self._db = db
+        self.db = db
+        """The connection every table uses."""
         self._transaction = Transactions(self._db)
         self.transaction = self._transaction
         """``with state.transaction():`` makes a change of several tables one commit."""
         self.runs = RunTable(self._db, self._transaction)
+        self.runs.replica_id = self.replica_id
+        self.replicas = ReplicaTable(self._db, self._transaction)
         self.messages = MessageTable(self._db, self._transaction)
         self.objects = ObjectTable(self._db, self._transaction)
         self.keys = NodeKeyTable(self._db, self._transaction)
         self.audit = AuditTable(self._db, limits=audit_limits, transactions=self._transaction)
         self.pins = IdentityPinTable(self._db)
-        # Sessions are checked on nearly every Fleet call: mirrored in memory (the link is the
-        # only writer of its database); node id -> (session id, peer at activation).
-        self._sessions: dict[int, tuple[str, str]] = {
+        # Sessions are checked on nearly every Fleet call: mirrored in memory; node id ->
+        # (session id, peer at activation).
+        self._sessions: dict[int, tuple[str, str]] = {}
+        self._session_nodes: dict[str, int] = {}
+        self._unregistered: set[int] = set()
+        # node id -> why the link last refused it (revoked, expired), until it is admitted.
+        self._refused: dict[int, str] = {}
+        self._load_nodes()
+
+    @property
+    def shared(self) -> bool:
+        """Whether other link processes may share this database (PostgreSQL)."""
+        return self._db.shared
+
+    def _load_nodes(self) -> None:
+        self._sessions = {
             int(row[0]): (str(row[1]), str(row[2]))
             for row in self._db.execute(
                 "SELECT node_id, session_id, peer_address FROM nodes WHERE session_id IS NOT NULL"
@@ -166,13 +207,56 @@ class LinkState:
             int(row[0])
             for row in self._db.execute("SELECT node_id FROM nodes WHERE unregistered_at > 0")
         }
-        # node id -> why the link last refused it (revoked, expired), until it is admitted.
-        self._refused: dict[int, str] = {
+        self._refused = {
             int(row[0]): str(row[1])
             for row in self._db.execute(
                 "SELECT node_id, refused_reason FROM nodes WHERE refused_reason != ''"
             )
         }
+
+    def reload(self) -> None:
+        """Several links: read every mirror again (announcements may have been missed)."""
+        self._load_nodes()
+        self.keys.reload_all()
+        self.pins.reload_all()
+
+    def apply(self, topic: str, value: object) -> None:
+        """Several links: another process announced a change (see the module's rules)."""
+        if topic == "node" and isinstance(value, int):
+            self._reload_node(value)
+        elif topic == "key" and isinstance(value, int):
+            self.keys.reload(value)
+        elif topic == "pin" and isinstance(value, str):
+            self.pins.reload(value)
+        elif topic == "run-ended" and isinstance(value, int):
+            self.runs.forget_ended(value)
+
+    def _reload_node(self, node_id: int) -> None:
+        """Read one node's session, unregistration and refusal into the mirrors."""
+        row = self._db.execute(
+            "SELECT session_id, peer_address, unregistered_at > 0, refused_reason FROM nodes "
+            "WHERE node_id = :node",
+            {"node": node_id},
+        ).first()
+        self._end_session(node_id)
+        if row is None:
+            self._unregistered.discard(node_id)
+            self._refused.pop(node_id, None)
+            return
+        if row[0] is not None:
+            stale = self._session_nodes.get(str(row[0]))
+            if stale is not None:
+                self._sessions.pop(stale, None)
+            self._sessions[node_id] = (str(row[0]), str(row[1]))
+            self._session_nodes[str(row[0])] = node_id
+        if row[2]:
+            self._unregistered.add(node_id)
+        else:
+            self._unregistered.discard(node_id)
+        if row[3]:
+            self._refused[node_id] = str(row[3])
+        else:
+            self._refused.pop(node_id, None)
 
     def close(self) -> None:
         self._db.close()
@@ -183,11 +267,14 @@ class LinkState:
 
     def link_started(self, *, now: float) -> int:
         """Link start-up: every node is offline until it calls again; sessions stay valid.
-        Returns how many nodes the database still showed online."""
-        cursor = self._db.execute(
-            "UPDATE nodes SET online_until = ? WHERE online_until > ?", (now, now)
+        Returns how many nodes the database still showed online. With other link processes
+        alive on the database, nothing changes (they serve those nodes)."""
+        if self.replicas.others_alive(self.replica_id, now=now):
+            return 0
+        result = self._db.execute(
+            "UPDATE nodes SET online_until = :now WHERE online_until > :now", {"now": now}
         )
-        return cursor.rowcount
+        return result.rowcount
 
     def forget_inactive_runs(self) -> dict[str, int]:
         """Link start-up, once the runs that were active have ended: in one transaction,
@@ -226,7 +313,8 @@ class LinkState:
                 """
                 INSERT INTO nodes (node_id, identity, organisation, auth_method, cert_fingerprint,
                     cert_not_after, session_id, online_until, last_seen, created_at, peer_address)
-                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                VALUES (:node_id, :identity, :organisation, :auth_method, :fingerprint,
+                    :not_after, :session_id, :online_until, :now, :now, :peer)
                 ON CONFLICT(node_id) DO UPDATE SET
                     identity = excluded.identity, organisation = excluded.organisation,
                     auth_method = excluded.auth_method,
@@ -235,23 +323,23 @@ class LinkState:
                     online_until = excluded.online_until, last_seen = excluded.last_seen,
                     peer_address = excluded.peer_address, refused_reason = '', refused_detail = ''
                 """,
-                (
-                    node_id,
-                    identity,
-                    organisation,
-                    auth_method,
-                    cert_fingerprint,
-                    cert_not_after,
-                    session_id,
-                    online_until,
-                    now,
-                    now,
-                    peer_address,
-                ),
+                {
+                    "node_id": node_id,
+                    "identity": identity,
+                    "organisation": organisation,
+                    "auth_method": auth_method,
+                    "fingerprint": cert_fingerprint,
+                    "not_after": cert_not_after,
+                    "session_id": session_id,
+                    "online_until": online_until,
+                    "now": now,
+                    "peer": peer_address,
+                },
             )
             # What an earlier session was handed and did not acknowledge may never have
             # reached a ClientApp: it is handed out again (see messagetable).
             self.messages.release_leases(node_id)
+            self._db.publish("node", node_id)
         old = self._sessions.get(node_id)
         if old is not None:
             self._session_nodes.pop(old[0], None)
@@ -267,12 +355,16 @@ class LinkState:
         when the node's status changed."""
         if self._refused.get(node_id) == reason:
             return False
-        cursor = self._db.execute(
-            "UPDATE nodes SET refused_reason = ?, refused_detail = ?, "
-            "online_until = MIN(online_until, ?) WHERE node_id = ?",
-            (reason, detail[:500], now, node_id),
-        )
-        if not cursor.rowcount:
+        with self._transaction():
+            result = self._db.execute(
+                "UPDATE nodes SET refused_reason = :reason, refused_detail = :detail, "
+                "online_until = CASE WHEN online_until < :now THEN online_until ELSE :now END "
+                "WHERE node_id = :node",
+                {"reason": reason, "detail": detail[:500], "now": now, "node": node_id},
+            )
+            if result.rowcount:
+                self._db.publish("node", node_id)
+        if not result.rowcount:
             return False  # a node the link never admitted: nothing to show
         self._refused[node_id] = reason
         return True
@@ -285,13 +377,22 @@ class LinkState:
     def _fresh_node_id(self) -> int:
         while True:
             candidate = secrets.randbits(63) or 1
-            row = self._db.execute("SELECT 1 FROM nodes WHERE node_id = ?", (candidate,))
-            if row.fetchone() is None:
+            row = self._db.execute(
+                "SELECT 1 FROM nodes WHERE node_id = :node", {"node": candidate}
+            ).first()
+            if row is None:
                 return candidate
 
     def node_of_session(self, session_id: str) -> int:
         """Fleet servicer, callers without a derived node id: whose session is this."""
         node_id = self._session_nodes.get(session_id)
+        if node_id is None and self._db.shared:  # activated through another link process?
+            row = self._db.execute(
+                "SELECT node_id FROM nodes WHERE session_id = :session", {"session": session_id}
+            ).first()
+            if row is not None:
+                self._reload_node(int(row[0]))
+                node_id = self._session_nodes.get(session_id)
         if node_id is None:
             raise UnknownSession(session_id)
         return node_id
@@ -300,6 +401,9 @@ class LinkState:
         """Fleet servicer: raise unless ``session_id`` is the node's newest session (a dict
         lookup)."""
         current = self._sessions.get(node_id)
+        if (current is None or current[0] != session_id) and self._db.shared:
+            self._reload_node(node_id)  # another link process may have started it
+            current = self._sessions.get(node_id)
         if current is None:
             raise UnknownSession(session_id)
         if current[0] != session_id:
@@ -315,30 +419,34 @@ class LinkState:
         peer_address: str,
     ) -> None:
         """Fleet servicer: keep the node online (one statement when the session is current)."""
-        cursor = self._db.execute(
-            "UPDATE nodes SET online_until = ?, last_seen = ?, peer_address = ? "
-            "WHERE node_id = ? AND session_id = ?",
-            (now + HEARTBEAT_GRACE * heartbeat_interval, now, peer_address, node_id, session_id),
-        )
-        if cursor.rowcount == 0:
+        result = self._db.execute(
+            "UPDATE nodes SET online_until = :until, last_seen = :now, peer_address = :peer "
+            "WHERE node_id = :node AND session_id = :session",
+            {"until": now + HEARTBEAT_GRACE * heartbeat_interval, "now": now,
+             "peer": peer_address, "node": node_id, "session": session_id},
+        )  # fmt: skip
+        if result.rowcount == 0:
             self.check_session(node_id, session_id)  # raises the precise reason
             raise UnknownSession(session_id)
 
     def deactivate_node(self, node_id: int, session_id: str, *, now: float) -> None:
         """Fleet servicer: the node is leaving."""
         self.check_session(node_id, session_id)
-        self._db.execute(
-            "UPDATE nodes SET session_id = NULL, online_until = ?, last_seen = ? WHERE node_id = ?",
-            (now, now, node_id),
-        )
+        with self._transaction():
+            self._db.execute(
+                "UPDATE nodes SET session_id = NULL, online_until = :now, last_seen = :now "
+                "WHERE node_id = :node",
+                {"now": now, "node": node_id},
+            )
+            self._db.publish("node", node_id)
         self._end_session(node_id)
 
     def online_nodes(self, *, now: float) -> list[tuple[int, str]]:
         """ServerAppIo servicer: (node id, identity) of nodes online now."""
         rows = self._db.execute(
-            "SELECT node_id, identity FROM nodes WHERE online_until > ? AND unregistered_at = 0 "
-            "ORDER BY node_id",
-            (now,),
+            "SELECT node_id, identity FROM nodes WHERE online_until > :now "
+            "AND unregistered_at = 0 ORDER BY node_id",
+            {"now": now},
         ).fetchall()
         return [(int(row[0]), str(row[1])) for row in rows]
 
@@ -346,18 +454,17 @@ class LinkState:
         """ServerAppIo servicer: identity, online-until and unregistered-or-not of each node."""
         if not node_ids:
             return {}
-        marks = ",".join("?" * len(node_ids))
         rows = self._db.execute(
             "SELECT node_id, identity, online_until, unregistered_at > 0 FROM nodes "
-            f"WHERE node_id IN ({marks})",
-            node_ids,
+            "WHERE node_id IN :nodes",
+            {"nodes": list(node_ids)},
         ).fetchall()
         return {int(r[0]): (str(r[1]), float(r[2]), bool(r[3])) for r in rows}
 
     def identity_of(self, node_id: int) -> str:
         row = self._db.execute(
-            "SELECT identity FROM nodes WHERE node_id = ?", (node_id,)
-        ).fetchone()
+            "SELECT identity FROM nodes WHERE node_id = :node", {"node": node_id}
+        ).first()
         return "" if row is None else str(row[0])
 
     # --- Control servicer -----------------------------------------------------------------
@@ -368,11 +475,11 @@ class LinkState:
         rows = self._db.execute(
             """
             SELECT node_id, identity, organisation, auth_method, cert_fingerprint,
-                   cert_not_after, online_until > ?, last_seen, created_at, peer_address,
+                   cert_not_after, online_until > :now, last_seen, created_at, peer_address,
                    unregistered_at > 0, refused_reason, refused_detail
-            FROM nodes ORDER BY online_until > ? DESC, identity
+            FROM nodes ORDER BY online_until > :now DESC, identity
             """,
-            (now, now),
+            {"now": now},
         ).fetchall()
         records = [
             NodeRecord(
@@ -380,7 +487,7 @@ class LinkState:
                 cert_fingerprint=row[4], cert_not_after=row[5],
                 status="unregistered" if row[10] else (
                     row[11] or ("online" if row[6] else "offline")
-                ),
+                ),  # PostgreSQL answers the comparisons as booleans, SQLite as 0 and 1
                 last_seen=row[7], created_at=row[8], peer_address=row[9],
                 status_detail=row[12] if row[11] and not row[10] else "",
             )
@@ -406,10 +513,11 @@ class LinkState:
         with self._transaction():
             self.keys.unregister(node_id, by=by, now=now)
             self._db.execute(
-                "UPDATE nodes SET unregistered_at = ?, session_id = NULL, online_until = 0 "
-                "WHERE node_id = ?",
-                (now, node_id),
+                "UPDATE nodes SET unregistered_at = :now, session_id = NULL, online_until = 0 "
+                "WHERE node_id = :node",
+                {"now": now, "node": node_id},
             )
+            self._db.publish("node", node_id)
             self._transaction.after_commit(lambda: self._mark_unregistered(node_id))
         return next(
             (r for r in self.list_nodes(now=now, verbose=True) if r.node_id == node_id), None
@@ -444,7 +552,10 @@ class LinkState:
 
     def readmit_node(self, node_id: int) -> None:
         """Control servicer (readmit, or a key registered again): the node may connect again."""
-        self._db.execute("UPDATE nodes SET unregistered_at = 0 WHERE node_id = ?", (node_id,))
+        self._db.execute(
+            "UPDATE nodes SET unregistered_at = 0 WHERE node_id = :node", {"node": node_id}
+        )
+        self._db.publish("node", node_id)
         self._transaction.after_commit(lambda: self._unregistered.discard(node_id))
 
     def is_unregistered(self, node_id: int) -> bool:

@@ -34,10 +34,10 @@ A push is stored whole or not at all, and a delivery leases every message it ret
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from flwrmtls.state.database import Database
 from flwrmtls.state.runtable import ACTIVE_RUN_IDS
 from flwrmtls.state.transaction import Transactions
 
@@ -57,35 +57,40 @@ class MessageRow:
 
 
 class MessageTable:
-    def __init__(self, db: sqlite3.Connection, transactions: Transactions | None = None) -> None:
+    def __init__(self, db: Database, transactions: Transactions | None = None) -> None:
         self._db = db
         self._transaction = transactions or Transactions(db)
 
     def store(self, rows: Iterable[MessageRow]) -> None:
         with self._transaction():
-            self._db.executemany(
+            self._db.execute(
                 "INSERT INTO messages (message_id, run_id, src_node_id, dst_node_id, "
-                "reply_to_message_id, created_at, expires_at, proto) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                [(r.message_id, r.run_id, r.src_node_id, r.dst_node_id, r.reply_to_message_id,
-                  r.created_at, r.expires_at, r.proto) for r in rows],
+                "reply_to_message_id, created_at, expires_at, proto, seq) VALUES (:id, :run, "
+                ":src, :dst, :reply_to, :created, :expires, :proto, "
+                "(SELECT COALESCE(MAX(seq), 0) + 1 FROM messages))",
+                [{"id": r.message_id, "run": r.run_id, "src": r.src_node_id,
+                  "dst": r.dst_node_id, "reply_to": r.reply_to_message_id,
+                  "created": r.created_at, "expires": r.expires_at, "proto": r.proto}
+                 for r in rows],
             )  # fmt: skip
 
     def deliver(self, node_id: int, *, now: float, limit: int, lease: float) -> list[bytes]:
         """Deliverable messages for ``node_id`` (oldest first), leased until ``now + lease``."""
         with self._transaction():
             rows = self._db.execute(
-                "SELECT message_id, proto FROM messages AS m WHERE dst_node_id = ? "
-                "AND acked_at IS NULL AND (leased_until IS NULL OR leased_until <= ?) "
-                "AND expires_at > ? AND NOT EXISTS "
+                "SELECT message_id, proto FROM messages AS m WHERE dst_node_id = :node "
+                "AND acked_at IS NULL AND (leased_until IS NULL OR leased_until <= :now) "
+                "AND expires_at > :now AND NOT EXISTS "
                 "(SELECT 1 FROM messages AS r WHERE r.reply_to_message_id = m.message_id) "
-                "ORDER BY created_at LIMIT ?",
-                (node_id, now, now, limit),
+                "ORDER BY created_at, seq LIMIT :limit",
+                {"node": node_id, "now": now, "limit": limit},
             ).fetchall()
-            self._db.executemany(
-                "UPDATE messages SET delivered_at = ?, leased_until = ? WHERE message_id = ?",
-                [(now, now + lease, row[0]) for row in rows],
-            )
+            if rows:
+                self._db.execute(
+                    "UPDATE messages SET delivered_at = :now, leased_until = :until "
+                    "WHERE message_id IN :ids",
+                    {"now": now, "until": now + lease, "ids": [row[0] for row in rows]},
+                )
         return [bytes(row[1]) for row in rows]
 
     def acknowledge(self, node_id: int, message_ids: Iterable[str], *, now: float) -> int:
@@ -94,31 +99,29 @@ class MessageTable:
         ids = list(dict.fromkeys(message_ids))
         if not ids:
             return 0
-        marks = ",".join("?" * len(ids))
-        cursor = self._db.execute(
-            f"UPDATE messages SET acked_at = ? WHERE message_id IN ({marks}) "
-            "AND dst_node_id = ? AND delivered_at IS NOT NULL AND acked_at IS NULL",
-            [now, *ids, node_id],
+        result = self._db.execute(
+            "UPDATE messages SET acked_at = :now WHERE message_id IN :ids "
+            "AND dst_node_id = :node AND delivered_at IS NOT NULL AND acked_at IS NULL",
+            {"now": now, "ids": ids, "node": node_id},
         )
-        return cursor.rowcount
+        return result.rowcount
 
     def release_leases(self, node_id: int) -> None:
         """End every lease of ``node_id``'s unacknowledged messages (it activated again)."""
         self._db.execute(
-            "UPDATE messages SET leased_until = NULL WHERE dst_node_id = ? "
+            "UPDATE messages SET leased_until = NULL WHERE dst_node_id = :node "
             "AND acked_at IS NULL AND leased_until IS NOT NULL",
-            (node_id,),
+            {"node": node_id},
         )
 
     def get(self, message_ids: Iterable[str]) -> dict[str, MessageRow]:
         ids = list(message_ids)
         if not ids:
             return {}
-        marks = ",".join("?" * len(ids))
         rows = self._db.execute(
             "SELECT message_id, run_id, src_node_id, dst_node_id, reply_to_message_id, "
-            f"created_at, expires_at, proto FROM messages WHERE message_id IN ({marks})",
-            ids,
+            "created_at, expires_at, proto FROM messages WHERE message_id IN :ids",
+            {"ids": ids},
         ).fetchall()
         return {
             row[0]: MessageRow(
@@ -132,24 +135,23 @@ class MessageTable:
         ids = list(message_ids)
         if not ids:
             return {}
-        marks = ",".join("?" * len(ids))
         rows = self._db.execute(
-            "SELECT reply_to_message_id, proto FROM messages "
-            f"WHERE reply_to_message_id IN ({marks})",
-            ids,
+            "SELECT reply_to_message_id, proto FROM messages WHERE reply_to_message_id IN :ids",
+            {"ids": ids},
         ).fetchall()
         return {row[0]: bytes(row[1]) for row in rows}
 
     def replies_after(self, run_id: int, after: int) -> list[tuple[int, bytes]]:
         """(position, proto) of the run's replies stored after position ``after``, in order.
 
-        The position is the row's rowid: it only grows while the run's earlier rows exist (a
-        new row gets the largest rowid + 1), so a cursor never skips or repeats a reply.
+        The position is the row's ``seq``: it only grows while the run's earlier rows exist (a
+        new row gets the largest + 1, in the transaction that stores it, which on a shared
+        database holds the one lock), so a cursor never skips or repeats a reply.
         """
         rows = self._db.execute(
-            "SELECT rowid, proto FROM messages WHERE run_id = ? AND rowid > ? "
-            "AND reply_to_message_id != '' ORDER BY rowid",
-            (run_id, after),
+            "SELECT seq, proto FROM messages WHERE run_id = :run AND seq > :after "
+            "AND reply_to_message_id != '' ORDER BY seq",
+            {"run": run_id, "after": after},
         ).fetchall()
         return [(int(row[0]), bytes(row[1])) for row in rows]
 
@@ -158,10 +160,10 @@ class MessageTable:
         rows = self._db.execute(
             "SELECT message_id, run_id, src_node_id, dst_node_id, reply_to_message_id, "
             "created_at, expires_at, proto FROM messages AS m "
-            "WHERE run_id = ? AND reply_to_message_id = '' AND dst_node_id != 0 "
-            "AND expires_at > ? AND NOT EXISTS "
+            "WHERE run_id = :run AND reply_to_message_id = '' AND dst_node_id != 0 "
+            "AND expires_at > :now AND NOT EXISTS "
             "(SELECT 1 FROM messages AS r WHERE r.reply_to_message_id = m.message_id)",
-            (run_id, now),
+            {"run": run_id, "now": now},
         ).fetchall()
         return [
             MessageRow(row[0], row[1], row[2], row[3], row[4], row[5], row[6], bytes(row[7]))
@@ -171,9 +173,9 @@ class MessageTable:
     def sent_to(self, run_id: int, node_id: int) -> bool:
         """Whether ``run_id`` has sent any message to ``node_id``."""
         row = self._db.execute(
-            "SELECT 1 FROM messages WHERE run_id = ? AND dst_node_id = ? LIMIT 1",
-            (run_id, node_id),
-        ).fetchone()
+            "SELECT 1 FROM messages WHERE run_id = :run AND dst_node_id = :node LIMIT 1",
+            {"run": run_id, "node": node_id},
+        ).first()
         return row is not None
 
     def taken(self, message_ids: Iterable[str]) -> list[str]:
@@ -181,17 +183,16 @@ class MessageTable:
         ids = list(message_ids)
         if not ids:
             return []
-        marks = ",".join("?" * len(ids))
         rows = self._db.execute(
-            f"SELECT message_id FROM messages WHERE message_id IN ({marks})", ids
+            "SELECT message_id FROM messages WHERE message_id IN :ids", {"ids": ids}
         ).fetchall()
         return [str(row[0]) for row in rows]
 
     def delete_run(self, run_id: int) -> None:
         """A run's end (in its transaction): its messages go."""
-        self._db.execute("DELETE FROM messages WHERE run_id = ?", (run_id,))
+        self._db.execute("DELETE FROM messages WHERE run_id = :run", {"run": run_id})
 
     def delete_inactive_runs(self) -> int:
         """Link start-up: delete the messages of runs that are not active; returns how many."""
-        cursor = self._db.execute(f"DELETE FROM messages WHERE run_id NOT IN ({ACTIVE_RUN_IDS})")
-        return cursor.rowcount
+        result = self._db.execute(f"DELETE FROM messages WHERE run_id NOT IN ({ACTIVE_RUN_IDS})")
+        return result.rowcount

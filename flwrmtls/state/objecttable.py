@@ -15,9 +15,9 @@ transaction that ends the run), and at start-up every row of a run that is not a
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Collection, Iterable, Iterator, Mapping
 
+from flwrmtls.state.database import Database
 from flwrmtls.state.runtable import ACTIVE_RUN_IDS
 from flwrmtls.state.transaction import Transactions
 
@@ -34,7 +34,7 @@ def _batches(items: Collection[str]) -> Iterator[list[str]]:
 
 
 class ObjectTable:
-    def __init__(self, db: sqlite3.Connection, transactions: Transactions | None = None) -> None:
+    def __init__(self, db: Database, transactions: Transactions | None = None) -> None:
         self._db = db
         self._transaction = transactions or Transactions(db)
 
@@ -42,13 +42,11 @@ class ObjectTable:
         """Those of ``object_ids`` that belong to ``run_id``."""
         found: set[str] = set()
         for batch in _batches(object_ids):
-            marks = ",".join("?" * len(batch))
             found.update(
                 row[0]
                 for row in self._db.execute(
-                    "SELECT object_id FROM run_objects "
-                    f"WHERE run_id = ? AND object_id IN ({marks})",
-                    [run_id, *batch],
+                    "SELECT object_id FROM run_objects WHERE run_id = :run AND object_id IN :ids",
+                    {"run": run_id, "ids": batch},
                 )
             )
         return found
@@ -57,13 +55,12 @@ class ObjectTable:
         """Those of ``object_ids`` that ``node_id`` may read (for any run)."""
         found: set[str] = set()
         for batch in _batches(object_ids):
-            marks = ",".join("?" * len(batch))
             found.update(
                 row[0]
                 for row in self._db.execute(
                     "SELECT DISTINCT object_id FROM node_objects "
-                    f"WHERE node_id = ? AND object_id IN ({marks})",
-                    [node_id, *batch],
+                    "WHERE node_id = :node AND object_id IN :ids",
+                    {"node": node_id, "ids": batch},
                 )
             )
         return found
@@ -72,12 +69,11 @@ class ObjectTable:
         """Those of ``object_ids`` that belong to some run."""
         found: set[str] = set()
         for batch in _batches(object_ids):
-            marks = ",".join("?" * len(batch))
             found.update(
                 row[0]
                 for row in self._db.execute(
-                    f"SELECT DISTINCT object_id FROM run_objects WHERE object_id IN ({marks})",
-                    batch,
+                    "SELECT DISTINCT object_id FROM run_objects WHERE object_id IN :ids",
+                    {"ids": batch},
                 )
             )
         return found
@@ -89,9 +85,9 @@ class ObjectTable:
     def run_bytes(self, run_id: int) -> int:
         """The bytes charged for the objects of ``run_id`` (each object once)."""
         row = self._db.execute(
-            "SELECT COALESCE(SUM(charged_bytes), 0) FROM run_objects WHERE run_id = ?",
-            (run_id,),
-        ).fetchone()
+            "SELECT COALESCE(SUM(charged_bytes), 0) FROM run_objects WHERE run_id = :run",
+            {"run": run_id},
+        ).one()
         return int(row[0])
 
     def add(
@@ -101,14 +97,15 @@ class ObjectTable:
         each (node, object) of ``grants`` be read by its node for the run, in one
         transaction."""
         with self._transaction():
-            self._db.executemany(
-                "INSERT OR IGNORE INTO run_objects (run_id, object_id, charged_bytes) "
-                "VALUES (?, ?, ?)",
-                [(run_id, object_id, charge) for object_id, charge in charges.items()],
+            self._db.execute(
+                "INSERT INTO run_objects (run_id, object_id, charged_bytes) "
+                "VALUES (:run, :object, :charge) ON CONFLICT DO NOTHING",
+                [{"run": run_id, "object": i, "charge": c} for i, c in charges.items()],
             )
-            self._db.executemany(
-                "INSERT OR IGNORE INTO node_objects (node_id, object_id, run_id) VALUES (?, ?, ?)",
-                [(node_id, object_id, run_id) for node_id, object_id in grants],
+            self._db.execute(
+                "INSERT INTO node_objects (node_id, object_id, run_id) "
+                "VALUES (:node, :object, :run) ON CONFLICT DO NOTHING",
+                [{"node": node_id, "object": i, "run": run_id} for node_id, i in grants],
             )
 
     def release_run(self, run_id: int) -> set[str]:
@@ -117,11 +114,11 @@ class ObjectTable:
             objects = {
                 row[0]
                 for row in self._db.execute(
-                    "SELECT object_id FROM run_objects WHERE run_id = ?", (run_id,)
+                    "SELECT object_id FROM run_objects WHERE run_id = :run", {"run": run_id}
                 )
             }
-            self._db.execute("DELETE FROM run_objects WHERE run_id = ?", (run_id,))
-            self._db.execute("DELETE FROM node_objects WHERE run_id = ?", (run_id,))
+            self._db.execute("DELETE FROM run_objects WHERE run_id = :run", {"run": run_id})
+            self._db.execute("DELETE FROM node_objects WHERE run_id = :run", {"run": run_id})
         return objects - self.held(objects)
 
     def release_inactive_runs(self) -> int:
@@ -129,8 +126,8 @@ class ObjectTable:
         with self._transaction():
             removed = 0
             for table in ("run_objects", "node_objects"):
-                cursor = self._db.execute(
+                result = self._db.execute(
                     f"DELETE FROM {table} WHERE run_id NOT IN ({ACTIVE_RUN_IDS})"
                 )
-                removed += cursor.rowcount
+                removed += result.rowcount
         return removed

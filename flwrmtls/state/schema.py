@@ -1,207 +1,120 @@
-"""The link's SQLite schema, versioned.
+"""The link's schema, versioned: Alembic revisions that run on SQLite and on PostgreSQL.
 
-Each entry of MIGRATIONS moves the schema from version i to i + 1; :func:`migrate` applies the
-ones a database lacks, in one transaction each, and refuses a database newer than this code.
+Rules:
+
+* The schema is what the revisions in :mod:`flwrmtls.state.migrations` build, one revision per
+  version (``0001`` ... ``SCHEMA_VERSION``); there is no second description of it.
+* :func:`migrate` applies the revisions a database lacks, in order, each in one transaction
+  with its new version number (a crash leaves the database at the last version completed);
+  on PostgreSQL under the link's lock (:data:`flwrmtls.state.transaction.LOCK_KEY`), so two
+  links starting at once migrate it once.
+* The version is stored in Alembic's ``alembic_version`` table (so the ``alembic`` tool reads
+  it) and, on SQLite, also in ``PRAGMA user_version``, which is where versions 1 to 11 kept it
+  (a database of such a version has no ``alembic_version``: its user_version says where it
+  stands, and an older flwrmtls reading a newer file refuses it).
+* A database newer than this code (a version it has no revision for) is refused in one line,
+  before anything is written to it.
 """
 
 from __future__ import annotations
 
-import sqlite3
+import logging
+from pathlib import Path
+
+from alembic.operations import Operations
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 
 from flwrmtls.errors import InputError
+from flwrmtls.state.database import Database
+from flwrmtls.state.transaction import LOCK_KEY
 
-__all__ = ["MIGRATIONS", "SCHEMA_VERSION", "migrate"]
+__all__ = ["SCHEMA_VERSION", "migrate", "schema_version"]
 
-MIGRATIONS: tuple[str, ...] = (
-    # 0 -> 1: nodes and their sessions; messages between the ServerApp side and nodes.
-    """
-    CREATE TABLE nodes (
-        node_id          INTEGER PRIMARY KEY,
-        identity         TEXT NOT NULL,
-        organisation     TEXT NOT NULL DEFAULT '',
-        auth_method      TEXT NOT NULL,
-        cert_fingerprint TEXT NOT NULL DEFAULT '',
-        cert_not_after   REAL NOT NULL DEFAULT 0,
-        session_id       TEXT,
-        online_until     REAL NOT NULL DEFAULT 0,
-        last_seen        REAL NOT NULL DEFAULT 0,
-        created_at       REAL NOT NULL,
-        peer_address     TEXT NOT NULL DEFAULT ''
-    );
-    CREATE UNIQUE INDEX nodes_by_session ON nodes(session_id);
-    CREATE TABLE messages (
-        message_id          TEXT PRIMARY KEY,
-        run_id              INTEGER NOT NULL,
-        src_node_id         INTEGER NOT NULL,
-        dst_node_id         INTEGER NOT NULL,
-        message_type        TEXT NOT NULL,
-        reply_to_message_id TEXT NOT NULL DEFAULT '',
-        content             BLOB NOT NULL,
-        created_at          REAL NOT NULL,
-        ttl                 REAL NOT NULL,
-        delivered_at        REAL
-    );
-    CREATE INDEX messages_pending ON messages(dst_node_id, delivered_at);
-    """,
-    # 1 -> 2: runs, their status history, logs and app-process token hashes. Messages are
-    # stored as their serialized proto (no run could exist before this version, so the old
-    # messages table is empty and is replaced).
-    """
-    CREATE TABLE runs (
-        run_id          INTEGER PRIMARY KEY AUTOINCREMENT,
-        app_name        TEXT NOT NULL,
-        app_version     TEXT NOT NULL,
-        bundle_hash     TEXT NOT NULL,
-        run_config_json TEXT NOT NULL,
-        owner           TEXT NOT NULL,
-        status          TEXT NOT NULL,
-        reason          TEXT NOT NULL DEFAULT '',
-        created_at      REAL NOT NULL,
-        started_at      REAL NOT NULL DEFAULT 0,
-        finished_at     REAL NOT NULL DEFAULT 0,
-        result_json     TEXT NOT NULL DEFAULT ''
-    );
-    CREATE TABLE run_status_history (
-        run_id INTEGER NOT NULL REFERENCES runs(run_id),
-        status TEXT NOT NULL,
-        reason TEXT NOT NULL,
-        at     REAL NOT NULL
-    );
-    CREATE TABLE run_logs (
-        seq       INTEGER PRIMARY KEY AUTOINCREMENT,
-        run_id    INTEGER NOT NULL REFERENCES runs(run_id),
-        timestamp REAL NOT NULL,
-        source    TEXT NOT NULL,
-        text      TEXT NOT NULL
-    );
-    CREATE INDEX run_logs_by_run ON run_logs(run_id, seq);
-    CREATE TABLE run_tokens (
-        token_hash BLOB PRIMARY KEY,
-        run_id     INTEGER NOT NULL REFERENCES runs(run_id),
-        kind       TEXT NOT NULL
-    );
-    DROP TABLE messages;
-    CREATE TABLE messages (
-        message_id          TEXT PRIMARY KEY,
-        run_id              INTEGER NOT NULL,
-        src_node_id         INTEGER NOT NULL,
-        dst_node_id         INTEGER NOT NULL,
-        reply_to_message_id TEXT NOT NULL DEFAULT '',
-        created_at          REAL NOT NULL,
-        expires_at          REAL NOT NULL,
-        delivered_at        REAL,
-        proto               BLOB NOT NULL
-    );
-    CREATE INDEX messages_pending ON messages(dst_node_id, delivered_at);
-    CREATE INDEX messages_replies ON messages(reply_to_message_id);
-    """,
-    # 2 -> 3: EC-key registration (CLI-managed mode) and unregistered nodes.
-    """
-    CREATE TABLE node_keys (
-        public_key  BLOB PRIMARY KEY,
-        node_id     INTEGER NOT NULL UNIQUE,
-        fingerprint TEXT NOT NULL,
-        status      TEXT NOT NULL,
-        changed_at  REAL NOT NULL,
-        changed_by  TEXT NOT NULL
-    );
-    ALTER TABLE nodes ADD COLUMN unregistered_at REAL NOT NULL DEFAULT 0;
-    """,
-    # 3 -> 4: the audit trail (Control calls, node admissions, refusals).
-    """
-    CREATE TABLE audit (
-        seq         INTEGER PRIMARY KEY AUTOINCREMENT,
-        timestamp   REAL NOT NULL,
-        identity    TEXT NOT NULL,
-        auth_method TEXT NOT NULL,
-        method      TEXT NOT NULL,
-        outcome     TEXT NOT NULL,
-        detail      TEXT NOT NULL DEFAULT '',
-        peer        TEXT NOT NULL DEFAULT ''
-    );
-    CREATE INDEX audit_by_identity ON audit(identity, seq);
-    """,
-    # 4 -> 5: a run's replies in the order stored (PullReplies' cursor is the rowid).
-    """
-    CREATE INDEX messages_by_run ON messages(run_id);
-    """,
-    # 5 -> 6: the CA key each certificate identity was last admitted under.
-    """
-    CREATE TABLE identity_pins (
-        identity    TEXT PRIMARY KEY,
-        anchor_key  TEXT NOT NULL,
-        anchor_name TEXT NOT NULL,
-        pinned_at   REAL NOT NULL
-    );
-    """,
-    # 6 -> 7: audit entries in retention classes, each bounded on its own.
-    """
-    ALTER TABLE audit ADD COLUMN retention TEXT NOT NULL DEFAULT 'refusal';
-    UPDATE audit SET retention = CASE
-        WHEN method IN ('/flwrmtls.proto.Control/ListNodes', '/flwrmtls.proto.Control/ListRuns',
-                        '/flwrmtls.proto.Control/StreamLogs', '/flwrmtls.proto.Control/ListAudit')
-            THEN 'read'
-        WHEN method = '/flwrmtls.proto.Fleet/ActivateNode' THEN 'admission'
-        WHEN outcome = 'ok' AND method LIKE '/flwrmtls.proto.Control/%' THEN 'change'
-        ELSE 'refusal' END;
-    CREATE INDEX audit_by_retention ON audit(retention, seq);
-    """,
-    # 7 -> 8: objects scoped to runs. run_objects: the runs each object belongs to (pushed
-    # for the run or named by its messages) and what it counts for against the run's quota
-    # (its size, at least one charge unit); node_objects:
-    # the objects each node may read (named by messages addressed to it, its runs' bundles,
-    # its own replies'). Objects stored before this version belong to no run: the link
-    # reclaims them at start-up.
-    """
-    CREATE TABLE run_objects (
-        run_id        INTEGER NOT NULL,
-        object_id     TEXT NOT NULL,
-        charged_bytes INTEGER NOT NULL,
-        PRIMARY KEY (run_id, object_id)
-    ) WITHOUT ROWID;
-    CREATE INDEX run_objects_by_object ON run_objects(object_id);
-    CREATE TABLE node_objects (
-        node_id   INTEGER NOT NULL,
-        object_id TEXT NOT NULL,
-        run_id    INTEGER NOT NULL,
-        PRIMARY KEY (node_id, object_id, run_id)
-    ) WITHOUT ROWID;
-    CREATE INDEX node_objects_by_run ON node_objects(run_id);
-    """,
-    # 8 -> 9: certificate+key: the certificate node an EC key was registered for (NULL: none).
-    """
-    ALTER TABLE node_keys ADD COLUMN bound_node_id INTEGER;
-    ALTER TABLE node_keys ADD COLUMN bound_identity TEXT NOT NULL DEFAULT '';
-    """,
-    # 9 -> 10: why the link last refused a node it knows (revoked, expired), until it is
-    # admitted again: its status in `supernode list`.
-    """
-    ALTER TABLE nodes ADD COLUMN refused_reason TEXT NOT NULL DEFAULT '';
-    ALTER TABLE nodes ADD COLUMN refused_detail TEXT NOT NULL DEFAULT '';
-    """,
-    # 10 -> 11: at-least-once delivery. delivered_at is when a message was last handed out,
-    # leased_until when that lease ends (NULL: not leased), acked_at when its node acknowledged
-    # it. A message handed out before this version counts as acknowledged: that version
-    # handed each message out once.
-    """
-    ALTER TABLE messages ADD COLUMN leased_until REAL;
-    ALTER TABLE messages ADD COLUMN acked_at REAL;
-    UPDATE messages SET acked_at = delivered_at WHERE delivered_at IS NOT NULL;
-    """,
-)
+SCHEMA_VERSION = 12
+"""The newest version this code knows (its last revision's number)."""
 
-SCHEMA_VERSION = len(MIGRATIONS)
+_SCRIPTS = Path(__file__).parent / "migrations"
+log = logging.getLogger("flwrmtls.state")
+logging.getLogger("alembic").setLevel(logging.WARNING)  # its INFO lines say nothing to users
 
 
-def migrate(connection: sqlite3.Connection, path: str) -> None:
-    version = connection.execute("PRAGMA user_version").fetchone()[0]
+def schema_version(db: Database) -> int:
+    """The database's version: 0 for an empty one."""
+    if db.dialect == "sqlite":
+        has_table = db.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'alembic_version'"
+        ).first()
+    else:
+        has_table = db.execute(
+            "SELECT 1 FROM information_schema.tables "
+            "WHERE table_schema = current_schema() AND table_name = 'alembic_version'"
+        ).first()
+    version = 0
+    if has_table:
+        row = db.execute("SELECT version_num FROM alembic_version").first()
+        if row is not None:
+            text = str(row[0])
+            if not text.isdigit():
+                raise InputError(
+                    f"database {db.display} is at schema revision {text!r}, which this "
+                    f"flwrmtls does not know: upgrade flwrmtls or use another --database"
+                )
+            version = int(text)
+    if db.dialect == "sqlite":  # the larger of the two: either may be the newer writer's
+        version = max(version, int(db.execute("PRAGMA user_version").scalar_one()))
+    return version
+
+
+def migrate(db: Database) -> None:
+    """Bring ``db`` to :data:`SCHEMA_VERSION`, or refuse a newer one (InputError)."""
+    version = found = schema_version(db)
+    _refuse_newer(db, version)
+    if version == SCHEMA_VERSION:
+        return
+    revisions = {
+        int(script.revision): script for script in ScriptDirectory(str(_SCRIPTS)).walk_revisions()
+    }
+    assert max(revisions) == SCHEMA_VERSION, "SCHEMA_VERSION must be the last revision"
+    context = MigrationContext.configure(db.connection)
+    while True:
+        db.execute("BEGIN IMMEDIATE" if db.dialect == "sqlite" else "BEGIN")
+        try:
+            if db.dialect == "postgresql":
+                db.execute("SELECT pg_advisory_xact_lock(:key)", {"key": LOCK_KEY})
+            version = schema_version(db)  # another link may have moved it meanwhile
+            _refuse_newer(db, version)
+            if version == SCHEMA_VERSION:
+                db.execute("COMMIT")
+                return
+            target = version + 1
+            with Operations.context(context):
+                revisions[target].module.upgrade()
+            _record(db, target)
+            db.execute("COMMIT")
+            if found and target == SCHEMA_VERSION:
+                log.info("database %s migrated from schema version %d to %d", db.display,
+                         found, target)  # fmt: skip
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+
+def _refuse_newer(db: Database, version: int) -> None:
     if version > SCHEMA_VERSION:
         raise InputError(
-            f"database {path} has schema version {version}, newer than this flwrmtls "
+            f"database {db.display} has schema version {version}, newer than this flwrmtls "
             f"understands ({SCHEMA_VERSION}): upgrade flwrmtls or use another --database"
         )
-    for target in range(version + 1, SCHEMA_VERSION + 1):
-        with connection:
-            connection.executescript(
-                "BEGIN;" + MIGRATIONS[target - 1] + f"; PRAGMA user_version = {target};"
-            )
+
+
+def _record(db: Database, version: int) -> None:
+    db.execute(
+        "CREATE TABLE IF NOT EXISTS alembic_version ("
+        "version_num VARCHAR(32) NOT NULL, "
+        "CONSTRAINT alembic_version_pkc PRIMARY KEY (version_num))"
+    )
+    db.execute("DELETE FROM alembic_version")
+    db.execute("INSERT INTO alembic_version (version_num) VALUES (:v)", {"v": f"{version:04d}"})
+    if db.dialect == "sqlite":
+        db.execute(f"PRAGMA user_version = {int(version)}")

@@ -1,14 +1,17 @@
-"""Transactions on the link's SQLite connection: a state change is whole or absent.
+"""Transactions on the link's database connection: a state change is whole or absent.
 
 Rules:
 
-* The connection runs in autocommit mode (``isolation_level=None``): a statement outside a
-  transaction commits on its own, and ``executemany`` commits row by row. Python's ``with
-  connection:`` does not open a transaction in that mode (it only commits or rolls back one
-  that is already open), so it cannot make several statements one change.
-* Every change of more than one statement runs in ``with transactions():``: ``BEGIN
-  IMMEDIATE`` (the write lock is taken at once, so what the block reads cannot change before
-  it writes), ``COMMIT`` when the block ends, ``ROLLBACK`` when it raises.
+* The connection runs in autocommit mode (:mod:`flwrmtls.state.database`): a statement
+  outside a transaction commits on its own, and a statement run with several parameter sets
+  commits set by set.
+* Every change of more than one statement runs in ``with transactions():``, which takes the
+  one write lock at once, so what the block reads cannot change before it writes: SQLite's
+  ``BEGIN IMMEDIATE``; on PostgreSQL ``BEGIN`` then the transaction-scoped advisory lock
+  :data:`LOCK_KEY`, which every link process sharing the database
+  takes the same way (their changes of more than one statement follow one another as one
+  SQLite link's do; single statements do not wait for it). ``COMMIT`` when the block ends,
+  ``ROLLBACK`` when it raises.
 * A block inside another joins it: the outermost block commits or rolls back everything, so a
   change made of two tables' methods is still one change.
 * The in-memory mirrors of tables (token hashes, sessions, keys) follow the database, never
@@ -26,16 +29,21 @@ awaits, so no other call runs inside it).
 from __future__ import annotations
 
 import contextlib
-import sqlite3
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-__all__ = ["Transactions"]
+from flwrmtls.state.database import Database, DatabaseError
+
+__all__ = ["LOCK_KEY", "Transactions"]
+
+LOCK_KEY = 0x666C77726D746C73
+"""PostgreSQL: the advisory lock every change of more than one statement takes ("flwrmtls")."""
 
 
 class Transactions:
-    def __init__(self, db: sqlite3.Connection) -> None:
+    def __init__(self, db: Database) -> None:
         self._db = db
+        self._begin = "BEGIN IMMEDIATE" if db.dialect == "sqlite" else "BEGIN"
         self._after_commit: list[Callable[[], None]] | None = None
         """Set while a transaction is open: what to run once it has committed."""
         self._after_rollback: list[Callable[[], None]] = []
@@ -50,14 +58,15 @@ class Transactions:
         self._after_commit = []
         self._after_rollback = []
         try:
-            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute(self._begin)
             try:
+                if self._db.shared:
+                    self._db.execute("SELECT pg_advisory_xact_lock(:key)", {"key": LOCK_KEY})
                 yield
                 self._db.execute("COMMIT")
             except BaseException:
-                if self._db.in_transaction:
-                    with contextlib.suppress(sqlite3.Error):  # the block's own error matters
-                        self._db.execute("ROLLBACK")
+                with contextlib.suppress(DatabaseError):  # the block's own error matters
+                    self._db.execute("ROLLBACK")
                 for undo in self._after_rollback:
                     undo()
                 raise
@@ -67,6 +76,11 @@ class Transactions:
             self._after_rollback = []
         for change in committed:
             change()
+
+    @property
+    def open(self) -> bool:
+        """Whether a transaction is open (statements now join it)."""
+        return self._after_commit is not None
 
     def after_commit(self, change: Callable[[], None]) -> None:
         """Run ``change`` once the open transaction commits (at once when none is open)."""

@@ -12,7 +12,10 @@ Rules:
   status and the one line :data:`FAILURES` gives (UNAVAILABLE, which clients retry, for the
   machine's trouble; INTERNAL for the rest), logs it once with the method and the caller, and
   lets any other error through (a bug must not pass for the machine's trouble). It carries no
-  code: the status says what a client does (retry, or not).
+  code: the status says what a client does (retry, or not). A database failure is SQLite's or
+  PostgreSQL's, as SQLAlchemy wraps it (:mod:`flwrmtls.dberrors`): the line and the log give
+  what the engine said and its name for it (SQLite's error name, PostgreSQL's SQLSTATE), never
+  the statement.
 * A client reads the cause from the code, never from the status alone (:func:`refusal_of`,
   :func:`refusal_in`): a NOT_FOUND may mean an unknown session, a run that has ended or a
   missing object, and a RESOURCE_EXHAUSTED from grpc itself (a message over its size limit)
@@ -32,9 +35,10 @@ Rules:
 ==============================================  ===========  ==================================
 storage failure (:data:`FAILURES`)              status       why
 ==============================================  ===========  ==================================
-``sqlite3.OperationalError``: disk full, I/O    UNAVAILABLE  the machine's trouble: the same
-error, database locked, read-only database                   call may pass later (nodes retry)
-any other ``sqlite3.Error``: a corrupt file,    INTERNAL     retrying will not help: the
+``OperationalError``: disk full, I/O error,     UNAVAILABLE  the machine's trouble: the same
+database locked, read-only database; a lost                  call may pass later (nodes retry)
+PostgreSQL server, a lock wait over its limit
+any other ``DatabaseError``: a corrupt file,    INTERNAL     retrying will not help: the
 a constraint, a closed database                              operator must look at the link
 ``OSError`` ENOSPC, EDQUOT, EIO, EROFS, EFBIG   UNAVAILABLE  the machine's trouble, as above
 writing an object
@@ -46,7 +50,6 @@ from __future__ import annotations
 import enum
 import errno
 import logging
-import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
@@ -54,6 +57,7 @@ from typing import Any, NoReturn
 import grpc
 import grpc.aio
 
+from flwrmtls.dberrors import DatabaseError, OperationalError, error_name, error_reason
 from flwrmtls.wire.metadata import REFUSAL_KEY
 
 __all__ = [
@@ -238,8 +242,8 @@ STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, 
 """What a failing, full or read-only disk makes a write raise."""
 
 FAILURES: tuple[tuple[type[Exception], grpc.StatusCode, str], ...] = (
-    (sqlite3.OperationalError, grpc.StatusCode.UNAVAILABLE, "database"),
-    (sqlite3.Error, grpc.StatusCode.INTERNAL, "database"),
+    (OperationalError, grpc.StatusCode.UNAVAILABLE, "database"),
+    (DatabaseError, grpc.StatusCode.INTERNAL, "database"),
     (OSError, grpc.StatusCode.UNAVAILABLE, "object storage"),
 )
 """(error class, status, what failed), first match wins; OSErrors only of STORAGE_ERRNOS."""
@@ -252,7 +256,7 @@ def storage_failure(error: Exception, owner: str = "link") -> tuple[grpc.StatusC
         return None
     for kind, code, what in FAILURES:
         if isinstance(error, kind):
-            reason = error.strerror if isinstance(error, OSError) else str(error)
+            reason = error.strerror if isinstance(error, OSError) else error_reason(error)
             reason = " ".join(str(reason or "").split()) or type(error).__name__
             return code, f"the {owner}'s {what} failed: {reason}; see the {owner}'s log"
     return None
@@ -306,12 +310,13 @@ class RefusalInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         if isinstance(error, OSError):
             name = errno.errorcode.get(error.errno or 0, "OSError")
         else:
-            name = getattr(error, "sqlite_errorname", "") or type(error).__name__
+            name = error_name(error)
         caller = self._caller()
         self._log.error(
             "%s during %s%s: %s (%s); answered %s",
             line.split(":", 1)[0], method.rsplit("/", 1)[-1], f" by {caller}" if caller else "",
-            error.strerror if isinstance(error, OSError) else error, name, code.name,
+            error.strerror if isinstance(error, OSError) else error_reason(error), name,
+            code.name,
         )  # fmt: skip
         await context.abort(code, line)
         raise AssertionError("abort raises")
@@ -319,7 +324,7 @@ class RefusalInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     def _guarded(self, handler: Any, method: str) -> Any:
         """The same handler, its refusals and storage failures answered as the table says."""
         deserialize, serialize = handler.request_deserializer, handler.response_serializer
-        caught = (CallRefused, sqlite3.Error, OSError)
+        caught = (CallRefused, DatabaseError, OSError)
         if handler.unary_unary or handler.stream_unary:
             inner = handler.unary_unary or handler.stream_unary
 

@@ -10,8 +10,10 @@ import pytest
 
 from flwrmtls.auth.audit import AuditRecord, Retention
 from flwrmtls.state.audittable import AuditTable
+from flwrmtls.state.database import Database
 from flwrmtls.state.linkstate import LinkState
-from flwrmtls.state.schema import MIGRATIONS, SCHEMA_VERSION, migrate
+from flwrmtls.state.schema import SCHEMA_VERSION, migrate
+from tests.state.legacy_schema import MIGRATIONS
 
 T0 = 1_800_000_000.0
 OPERATOR = "role=operator,CN=cli-operator"
@@ -26,8 +28,14 @@ def record(n: int, identity: str = OPERATOR, outcome: str = "ok") -> AuditRecord
     )  # fmt: skip
 
 
-def test_entries_newest_first_limited_and_by_identity(tmp_path: Path) -> None:
-    state = LinkState(tmp_path / "link.db")
+def migrated(location: str) -> Database:
+    db = Database(location)
+    migrate(db)
+    return db
+
+
+def test_entries_newest_first_limited_and_by_identity(database: str) -> None:
+    state = LinkState(database)
     for n in range(6):
         state.audit.record(record(n, USER if n % 2 else OPERATOR))
     newest = state.audit.entries(3)
@@ -38,13 +46,13 @@ def test_entries_newest_first_limited_and_by_identity(tmp_path: Path) -> None:
     assert state.audit.entries(10, "CN=nobody") == []
     state.close()
     # The trail survives a restart of the link.
-    reopened = LinkState(tmp_path / "link.db")
+    reopened = LinkState(database)
     assert len(reopened.audit.entries(100)) == 6
+    reopened.close()
 
 
-def test_the_trail_stays_bounded_and_keeps_the_newest(tmp_path: Path) -> None:
-    db = sqlite3.connect(tmp_path / "link.db", isolation_level=None)
-    migrate(db, "link.db")
+def test_the_trail_stays_bounded_and_keeps_the_newest(database: str) -> None:
+    db = migrated(database)
     table = AuditTable(db, max_entries=5, prune_every=3)
     for n in range(20):
         table.record(record(n))
@@ -58,10 +66,11 @@ def test_the_trail_stays_bounded_and_keeps_the_newest(tmp_path: Path) -> None:
     roomy = AuditTable(db, max_entries=1000, prune_every=1)
     roomy.record(record(20))
     assert len(roomy.entries(100)) == 6
+    db.close()
 
 
 def test_bounds_must_be_positive(tmp_path: Path) -> None:
-    db = sqlite3.connect(tmp_path / "link.db", isolation_level=None)
+    db = Database(tmp_path / "link.db")
     with pytest.raises(ValueError, match="positive"):
         AuditTable(db, max_entries=0)
 
@@ -83,10 +92,9 @@ def test_migration_from_version_3_adds_the_table_and_keeps_the_rest(tmp_path: Pa
     assert len(state.audit.entries(10)) == 1
 
 
-def test_each_retention_class_is_bounded_on_its_own(tmp_path: Path) -> None:
+def test_each_retention_class_is_bounded_on_its_own(database: str) -> None:
     """A flood of reads (or refusals) deletes older reads (refusals), never a change."""
-    db = sqlite3.connect(tmp_path / "link.db", isolation_level=None)
-    migrate(db, "link.db")
+    db = migrated(database)
     limits = dict.fromkeys(Retention, 5)
     table = AuditTable(db, limits=limits)
     change = replace(record(0), method="/flwrmtls.proto.Control/StartRun",
@@ -103,6 +111,7 @@ def test_each_retention_class_is_bounded_on_its_own(tmp_path: Path) -> None:
     assert sum(e.record.retention is Retention.REFUSAL for e in kept) == 5
     with pytest.raises(ValueError, match="every retention class"):
         AuditTable(db, limits={Retention.READ: 5})
+    db.close()
 
 
 def test_migration_from_version_5_sorts_the_existing_trail_into_classes(tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ own rules are tested here.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import sqlite3
@@ -42,6 +43,7 @@ from flwrmtls.proto import (
     fleet_pb2,
     fleet_pb2_grpc,
 )
+from flwrmtls.state.database import Database
 from flwrmtls.state.faults import CrashPoint, install, parse_crash_point
 from flwrmtls.state.linkstate import LinkState
 from flwrmtls.state.messagetable import MessageRow
@@ -51,7 +53,8 @@ from flwrmtls.testing.link import mtls_config, node_client, running_link
 from flwrmtls.testing.pki import TestPki
 
 from ..e2e.crash_app import write_crash_app
-from .test_transactions import T0, _operator_channel, _running_run, failing, fresh_read
+from .engines import failing, fresh_read, raw_execute
+from .test_transactions import T0, _operator_channel, _running_run
 
 # --- the crash hook ---------------------------------------------------------------------------
 
@@ -90,10 +93,33 @@ def test_the_hook_dies_before_the_kth_statement_from_the_first_with_the_fragment
     assert len(died) == 2
 
 
+def test_the_hook_counts_postgresql_statements_with_their_parameters(postgres_url: str) -> None:
+    """On PostgreSQL the hook sees each statement before it is sent, then its parameters."""
+    db = Database(postgres_url)
+    db.execute("CREATE TABLE t (x INTEGER)")
+    died: list[str] = []
+
+    class Died(Exception):
+        pass
+
+    def die(statement: str) -> None:
+        died.append(statement)
+        raise Died
+
+    install(db, CrashPoint("'x': 2", 2), die)
+    for x in range(1, 6):
+        with contextlib.suppress(Died):
+            db.execute("INSERT INTO t VALUES (:x)", {"x": x})
+    assert len(died) == 1
+    assert "'x': 4" in died[0]  # statement 0 is x=2, statement 2 is x=4
+    assert db.execute("SELECT x FROM t ORDER BY x").scalars().all() == [1, 2, 3, 5]
+    db.close()
+
+
 def test_a_cache_changed_in_a_block_is_forgotten_when_the_block_rolls_back(
-    tmp_path: Path,
+    database: str,
 ) -> None:
-    db = sqlite3.connect(tmp_path / "t.db", isolation_level=None)
+    db = Database(database)
     db.execute("CREATE TABLE t (x INTEGER)")
     transaction = Transactions(db)
     cache: dict[str, int] = {}
@@ -327,14 +353,12 @@ def test_a_restarted_link_leaves_an_ended_run_nothing_an_older_link_left_it(
     ]
 
 
-def test_only_active_runs_tokens_are_loaded(tmp_path: Path) -> None:
-    database = tmp_path / "link.db"
+def test_only_active_runs_tokens_are_loaded(database: str) -> None:
     state = LinkState(database)
     ended, ended_token = _running_run(state)
     active, active_token = _running_run(state)
     state.close()
-    with sqlite3.connect(database, isolation_level=None) as db:
-        db.execute("UPDATE runs SET status = 'failed' WHERE run_id = ?", (ended,))
+    raw_execute(database, "UPDATE runs SET status = 'failed' WHERE run_id = ?", ended)
     reopened = LinkState(database)
     assert reopened.runs.token(token_hash(ended_token)) is None
     assert reopened.runs.token(token_hash(active_token)) == (

@@ -1,4 +1,4 @@
-"""The link's SQLite state: node lifecycle, sessions, messages, schema versioning."""
+"""The link's state on both engines: node lifecycle, sessions, messages, schema versioning."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from flwrmtls.state.keytable import KeyRegistration
 from flwrmtls.state.linkstate import LinkState, SessionSuperseded, UnknownSession
 from flwrmtls.state.messagetable import MessageRow
 from flwrmtls.state.runs import IllegalTransition, RunStatus
-from flwrmtls.state.schema import MIGRATIONS, SCHEMA_VERSION
+from flwrmtls.state.schema import SCHEMA_VERSION
+from tests.state.legacy_schema import MIGRATIONS
 
 T0 = 1_800_000_000.0
 
@@ -26,8 +27,8 @@ def activate(state: LinkState, node_id: int | None = 42, now: float = T0) -> tup
     )  # fmt: skip
 
 
-def test_online_follows_heartbeats(tmp_path: Path) -> None:
-    state = LinkState(tmp_path / "link.db")
+def test_online_follows_heartbeats(database: str) -> None:
+    state = LinkState(database)
     node_id, session = activate(state)
     assert [n.status for n in state.list_nodes(now=T0 + 1)] == ["online"]
     assert [n.status for n in state.list_nodes(now=T0 + 26)] == ["offline"]  # 2.5 intervals
@@ -37,26 +38,26 @@ def test_online_follows_heartbeats(tmp_path: Path) -> None:
     assert [n.status for n in state.list_nodes(now=T0 + 28)] == ["offline"]
 
 
-def test_state_survives_reopening(tmp_path: Path) -> None:
-    state = LinkState(tmp_path / "link.db")
+def test_state_survives_reopening(database: str) -> None:
+    state = LinkState(database)
     node_id, session = activate(state)
     state.close()
-    reopened = LinkState(tmp_path / "link.db")
+    reopened = LinkState(database)
     [node] = reopened.list_nodes(now=T0 + 1)
     assert (node.node_id, node.identity, node.organisation) == (42, "CN=node-1", "Hospital A")
     reopened.check_session(node_id, session)  # the session survives too
 
 
-def test_a_link_start_shows_restored_nodes_offline_until_they_call(tmp_path: Path) -> None:
+def test_a_link_start_shows_restored_nodes_offline_until_they_call(database: str) -> None:
     # The link crashed at T0 + 1 with two nodes online (heartbeats promised them until T0 + 25);
     # the nodes may have died with it. Restarted at T0 + 5, it must not offer them to runs.
-    state = LinkState(tmp_path / "link.db")
+    state = LinkState(database)
     first, first_session = activate(state, node_id=1)
     second, second_session = activate(state, node_id=2)
     left, left_session = activate(state, node_id=3)
     state.deactivate_node(left, left_session, now=T0 + 0.5)  # left cleanly: offline since T0+0.5
     state.close()
-    restarted = LinkState(tmp_path / "link.db")
+    restarted = LinkState(database)
     assert [n.status for n in restarted.list_nodes(now=T0 + 5)] == ["online", "online", "offline"]
     assert restarted.link_started(now=T0 + 5) == 2
     assert {n.node_id: n.status for n in restarted.list_nodes(now=T0 + 5)} == {
@@ -71,8 +72,8 @@ def test_a_link_start_shows_restored_nodes_offline_until_they_call(tmp_path: Pat
     assert {n.node_id: n.status for n in restarted.list_nodes(now=T0 + 6)}[second] == "offline"
 
 
-def test_newest_activation_supersedes_the_older_session(tmp_path: Path) -> None:
-    state = LinkState(tmp_path / "link.db")
+def test_newest_activation_supersedes_the_older_session(database: str) -> None:
+    state = LinkState(database)
     _, old = activate(state)
     _, new = activate(state, now=T0 + 1)
     state.check_session(42, new)
@@ -82,8 +83,8 @@ def test_newest_activation_supersedes_the_older_session(tmp_path: Path) -> None:
         state.check_session(7, new)
 
 
-def test_anonymous_nodes_get_fresh_ids_and_are_found_by_session(tmp_path: Path) -> None:
-    state = LinkState(tmp_path / "link.db")
+def test_anonymous_nodes_get_fresh_ids_and_are_found_by_session(database: str) -> None:
+    state = LinkState(database)
     first, session_1 = activate(state, node_id=None)
     second, session_2 = activate(state, node_id=None)
     assert first != second
@@ -93,8 +94,8 @@ def test_anonymous_nodes_get_fresh_ids_and_are_found_by_session(tmp_path: Path) 
         state.node_of_session("nope")
 
 
-def test_messages_are_leased_until_acknowledged_and_expire(tmp_path: Path) -> None:
-    state = LinkState(tmp_path / "link.db")
+def test_messages_are_leased_until_acknowledged_and_expire(database: str) -> None:
+    state = LinkState(database)
     messages = state.messages
 
     def message(message_id: str, ttl: float, node_id: int = 42) -> MessageRow:
@@ -126,9 +127,9 @@ def test_messages_are_leased_until_acknowledged_and_expire(tmp_path: Path) -> No
 
 
 def test_run_lifecycle_follows_its_table_and_illegal_moves_change_nothing(
-    tmp_path: Path,
+    database: str,
 ) -> None:
-    runs = LinkState(tmp_path / "link.db").runs
+    runs = LinkState(database).runs
     run_id = runs.create(
         app_name="a", app_version="1", bundle_hash="h", run_config_json='{"x": 1}', owner="o",
         now=T0,
@@ -170,24 +171,24 @@ def test_not_a_database_is_one_clear_error(tmp_path: Path) -> None:
         LinkState(path)
 
 
-def test_token_hashes_survive_reopening_and_end_with_their_run(tmp_path: Path) -> None:
-    state = LinkState(tmp_path / "link.db")
+def test_token_hashes_survive_reopening_and_end_with_their_run(database: str) -> None:
+    state = LinkState(database)
     run_id = state.runs.create(
         app_name="a", app_version="1", bundle_hash="h", run_config_json="{}", owner="o", now=T0
     )
     state.runs.add_token(b"\x02" * 32, run_id, "serverapp")
     state.close()
-    reopened = LinkState(tmp_path / "link.db")
+    reopened = LinkState(database)
     assert reopened.runs.token(b"\x02" * 32) == (b"\x02" * 32, run_id, "serverapp")
     assert reopened.runs.token(b"\x03" * 32) is None  # control: an unknown hash
     reopened.runs.transition(run_id, RunStatus.STOPPED, "stopped", T0 + 1)
     assert reopened.runs.token(b"\x02" * 32) is None
     reopened.close()
-    assert LinkState(tmp_path / "link.db").runs.token(b"\x02" * 32) is None
+    assert LinkState(database).runs.token(b"\x02" * 32) is None
 
 
-def test_a_runs_replies_come_after_a_cursor_and_only_its_own(tmp_path: Path) -> None:
-    state = LinkState(tmp_path / "link.db")
+def test_a_runs_replies_come_after_a_cursor_and_only_its_own(database: str) -> None:
+    state = LinkState(database)
     messages = state.messages
 
     def row(message_id: str, run_id: int, dst: int, reply_to: str = "") -> MessageRow:

@@ -1,16 +1,14 @@
 """A state change is whole or absent: a failure halfway leaves nothing of its first half.
 
 Each test makes one statement of a multi-statement change fail, the way a full disk or an I/O
-error would, with a SQLite trigger installed from a second connection on the same file (the
-link's own connection sees it at once), then checks what a fresh reader of the file sees, and
-drops the trigger to show the same change succeeds whole (the control).
+error would, with a trigger installed from a second connection (the link's own connection sees
+it at once), then checks what a fresh reader of the database sees, and drops the trigger to
+show the same change succeeds whole (the control). The state-level tests run on both engines.
 """
 
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import grpc
@@ -21,39 +19,16 @@ from flwrmtls.auth.keys import node_id_for_key, public_key_der
 from flwrmtls.auth.tokens import TOKEN_METADATA_KEY, new_token, token_hash
 from flwrmtls.link.server import Link
 from flwrmtls.proto import appio_pb2, appio_pb2_grpc, common_pb2, control_pb2, control_pb2_grpc
+from flwrmtls.state.database import Database, IntegrityError
 from flwrmtls.state.linkstate import LinkState
 from flwrmtls.state.messagetable import MessageRow
 from flwrmtls.state.runs import RunStatus
 from flwrmtls.state.transaction import Transactions
 from flwrmtls.testing.pki import TestPki
 from flwrmtls.wire.credentials import channel_credentials, load_tls_identity
+from tests.state.engines import failing, fresh_read
 
 T0 = 1_800_000_000.0
-
-
-@contextmanager
-def failing(database: Path | str, event: str, when: str = "1") -> Iterator[None]:
-    """While inside: the statement ``event`` (e.g. ``DELETE ON run_tokens``) fails."""
-    timing, _, table_event = event.partition(" ")
-    with sqlite3.connect(database, isolation_level=None) as db:
-        db.execute(
-            f"CREATE TRIGGER fail_here {timing} {table_event} WHEN {when} "
-            "BEGIN SELECT RAISE(ABORT, 'the disk gave way'); END"
-        )
-    try:
-        yield
-    finally:
-        with sqlite3.connect(database, isolation_level=None) as db:
-            db.execute("DROP TRIGGER fail_here")
-
-
-def fresh_read(database: Path | str, query: str, *args: object) -> list[tuple[object, ...]]:
-    """What another reader of the database file sees (only committed changes)."""
-    db = sqlite3.connect(database)
-    try:
-        return db.execute(query, args).fetchall()
-    finally:
-        db.close()
 
 
 def test_with_connection_opens_no_transaction_in_autocommit_mode(tmp_path: Path) -> None:
@@ -85,9 +60,9 @@ def test_with_connection_opens_no_transaction_in_autocommit_mode(tmp_path: Path)
 
 
 def test_the_helper_commits_whole_rolls_back_whole_and_defers_mirror_changes(
-    tmp_path: Path,
+    database: str,
 ) -> None:
-    db = sqlite3.connect(tmp_path / "t.db", isolation_level=None)
+    db = Database(database)
     db.execute("CREATE TABLE t (x INTEGER)")
     transaction = Transactions(db)
     mirror: list[int] = []
@@ -104,10 +79,10 @@ def test_the_helper_commits_whole_rolls_back_whole_and_defers_mirror_changes(
 
     with pytest.raises(RuntimeError):
         nested(fail=True)
-    assert (db.execute("SELECT COUNT(*) FROM t").fetchone(), mirror) == ((0,), [])
-    assert not db.in_transaction
+    assert (db.execute("SELECT COUNT(*) FROM t").scalar_one(), mirror) == (0, [])
+    assert not transaction.open
     nested(fail=False)  # control
-    assert (db.execute("SELECT COUNT(*) FROM t").fetchone(), mirror) == ((2,), [2])
+    assert (db.execute("SELECT COUNT(*) FROM t").scalar_one(), mirror) == (2, [2])
     transaction.after_commit(lambda: mirror.append(3))  # outside a transaction: at once
     assert mirror == [2, 3]
 
@@ -187,11 +162,10 @@ def test_a_stop_that_fails_halfway_leaves_the_run_running_and_no_ended_run_has_a
         "BEFORE DELETE ON run_tokens",
     ],
 )
-def test_a_transition_is_whole_or_absent(tmp_path: Path, event: str) -> None:
-    database = tmp_path / "link.db"
+def test_a_transition_is_whole_or_absent(database: str, event: str) -> None:
     state = LinkState(database)
     run_id, token = _running_run(state)
-    with failing(database, event), pytest.raises(sqlite3.IntegrityError):
+    with failing(database, event), pytest.raises(IntegrityError):
         state.runs.transition(run_id, RunStatus.COMPLETED, "", T0 + 2)
     assert fresh_read(database, "SELECT status, finished_at FROM runs") == [("running", 0.0)]
     assert len(fresh_read(database, "SELECT * FROM run_status_history")) == 2
@@ -203,12 +177,11 @@ def test_a_transition_is_whole_or_absent(tmp_path: Path, event: str) -> None:
     assert fresh_read(database, "SELECT * FROM run_tokens") == []
 
 
-def test_a_run_is_created_whole_or_not_at_all(tmp_path: Path) -> None:
-    database = tmp_path / "link.db"
+def test_a_run_is_created_whole_or_not_at_all(database: str) -> None:
     state = LinkState(database)
     with (
         failing(database, "BEFORE INSERT ON run_status_history"),
-        pytest.raises(sqlite3.IntegrityError),
+        pytest.raises(IntegrityError),
     ):
         state.runs.create(
             app_name="a", app_version="1", bundle_hash="h", run_config_json="{}", owner="o",
@@ -226,26 +199,24 @@ def _message(message_id: str, dst: int = 42) -> MessageRow:
     return MessageRow(message_id, 1, 0, dst, "", T0, T0 + 99, message_id.encode())
 
 
-def test_messages_are_stored_all_or_none(tmp_path: Path) -> None:
-    database = tmp_path / "link.db"
+def test_messages_are_stored_all_or_none(database: str) -> None:
     state = LinkState(database)
     state.messages.store([_message("m0")])
-    with pytest.raises(sqlite3.IntegrityError):
+    with pytest.raises(IntegrityError):
         state.messages.store([_message("m1"), _message("m0")])  # the second id is taken
     assert fresh_read(database, "SELECT message_id FROM messages") == [("m0",)]
     state.messages.store([_message("m1"), _message("m2")])  # control
     assert len(fresh_read(database, "SELECT message_id FROM messages")) == 3
 
 
-def test_a_delivery_that_fails_halfway_loses_no_message(tmp_path: Path) -> None:
+def test_a_delivery_that_fails_halfway_loses_no_message(database: str) -> None:
     """As the machine: marking the second message delivered fails. Before, the first was
     marked delivered, the pull failed, and the node never received it."""
-    database = tmp_path / "link.db"
     state = LinkState(database)
     state.messages.store([_message("m1"), _message("m2")])
     with (
         failing(database, "BEFORE UPDATE ON messages", "NEW.message_id = 'm2'"),
-        pytest.raises(sqlite3.IntegrityError),
+        pytest.raises(IntegrityError),
     ):
         state.messages.deliver(42, now=T0 + 1, limit=10, lease=60)
     assert fresh_read(database, "SELECT COUNT(*) FROM messages WHERE delivered_at IS NULL") == [

@@ -1,0 +1,1 @@
+"""The revisions (see :mod:`flwrmtls.state.migrations`)."""
