@@ -43,6 +43,10 @@ Rules kept here:
   full, a key already held makes room from its own nonces, and a key not held yet is told to
   retry (:class:`~flwrmtls.auth.authenticator.TryLater`) until nonces expire. Nobody's flood
   can make the link refuse another key's fresh calls as stale.
+* Several link processes on one database: a nonce this process accepts is also claimed in the
+  database (``shared_nonces``, one row per key and nonce until its window closes), and a
+  claim another process made first refuses the call as ``replayed``: a signed call replayed
+  to another link of the federation is refused as it is to the same one.
 * Nonces forgotten because they left the window set a floor for every key (a link clock that
   steps back does not reopen them); that floor is always at least ``window`` behind the
   clock that set it, so no caller can push it into the window.
@@ -253,9 +257,11 @@ class EcKeyAuthenticator:
         future_skew: timedelta = timedelta(seconds=5),
         key_cache_size: int = 10_000,
         replay: ReplayLimits = ReplayLimits(),
+        shared_nonces: Callable[[bytes, bytes, float], bool] | None = None,
     ) -> None:
         """``window``: how far behind the link's clock a signed timestamp may be;
-        ``future_skew``: how far ahead of it (a node's clock running fast)."""
+        ``future_skew``: how far ahead of it (a node's clock running fast); ``shared_nonces``
+        (several links): claim (key id, nonce) until a time, False if already claimed."""
         if window <= timedelta(0):
             raise ValueError("the timestamp window must be positive")
         if future_skew < timedelta(0):
@@ -270,6 +276,7 @@ class EcKeyAuthenticator:
         self._keys: OrderedDict[str, _NodeKey] = OrderedDict()
         self._key_cache_size = key_cache_size
         self._replay = replay
+        self._shared_nonces = shared_nonces
         self._memory: dict[bytes, _KeyNonces] = {}
         """key_id -> that key's nonces."""
         self._nonces = 0
@@ -505,6 +512,15 @@ class EcKeyAuthenticator:
                 self._nonces -= 1
         else:
             memory = self._new_memory(node_key.key_id, now_ms)
+        until = (sent_ms + self._window_ms) / 1000
+        if self._shared_nonces is not None and not self._shared_nonces(
+            node_key.key_id, nonce, until
+        ):
+            raise AuthenticationFailed(
+                RefusalReason.REPLAYED,
+                "replayed call: this nonce was already used with this key (on another link "
+                "of this federation); a node signs every call with a fresh nonce",
+            )
         memory.add(nonce, sent_ms)
         self._nonces += 1
 

@@ -13,6 +13,10 @@ Rules:
 * Bounded memory: at most ``addresses`` buckets and ``addresses`` proven credentials, the
   least recently used forgotten first (a forgotten bucket is a full one again: an attacker
   would need that many addresses of its own to reset its budget this way).
+* Several link processes behind one balancer: each failure is also told to ``observer`` (the
+  link announces it to the others), and :meth:`FailureLimiter.failed_elsewhere` takes what
+  another process counted, so an address's budget is one for the federation, not one per
+  process. A proven credential is named to the others only by its digest with the host.
 * Time is the injected clock's monotonic reading; nothing here touches gRPC.
 """
 
@@ -46,9 +50,17 @@ class FailureBudget:
 
 
 class FailureLimiter:
-    def __init__(self, monotonic: Callable[[], float], budget: FailureBudget) -> None:
+    def __init__(
+        self,
+        monotonic: Callable[[], float],
+        budget: FailureBudget,
+        observer: Callable[[str, bytes], None] | None = None,
+    ) -> None:
+        """``observer(host, pair)``: told of each failure (``pair``: the digest of host and
+        credential, empty for none)."""
         self._monotonic = monotonic
         self._budget = budget
+        self.observer = observer
         self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
         """Host -> (tokens, when they were counted)."""
         self._proven: OrderedDict[bytes, None] = OrderedDict()
@@ -75,12 +87,20 @@ class FailureLimiter:
         return (1 - tokens) / self._budget.per_second
 
     def failed(self, host: str, credential: bytes) -> None:
+        pair = self._pair(host, credential) if credential else b""
+        self.failed_elsewhere(host, pair)
+        if self.observer is not None:
+            self.observer(host, pair)
+
+    def failed_elsewhere(self, host: str, pair: bytes) -> None:
+        """A failure from ``host`` (with the credential whose digest is ``pair``, if any),
+        counted here or by another link process of the federation."""
         self._buckets[host] = (max(0.0, self._tokens(host) - 1), self._monotonic())
         self._buckets.move_to_end(host)
         if len(self._buckets) > self._budget.addresses:
             self._buckets.popitem(last=False)
-        if credential:
-            self._proven.pop(self._pair(host, credential), None)
+        if pair:
+            self._proven.pop(pair, None)
 
     def succeeded(self, host: str, credential: bytes) -> None:
         if not credential:

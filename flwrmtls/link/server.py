@@ -18,6 +18,10 @@ Objects (array bytes, bundles) live in a directory beside the database, private 
 OS account (0700, see :mod:`flwrmtls.filemodes`), as the database is (0600); who may read and
 store which is :mod:`flwrmtls.runs.linkobjects`.
 
+Several link processes may share one PostgreSQL database and one object directory, behind a
+TCP load balancer that passes TLS through: each is a replica, and together they act as one
+link (:mod:`flwrmtls.link.replication`).
+
 Open calls on the Fleet and Control listeners are kept in one registry
 (:mod:`flwrmtls.auth.livecalls`) and judged again when credentials may have ended: at once
 after CRLs reload, a CA bundle changes, a node is unregistered or a key bound anew, an OCSP
@@ -76,6 +80,7 @@ from flwrmtls.control.servicer import ControlServicer, KeyBinding
 from flwrmtls.filemodes import private_directory, tighten
 from flwrmtls.fleet.servicer import FleetServicer
 from flwrmtls.link.reload import TlsFiles, TlsMaterial, TlsWatcher, Trust
+from flwrmtls.link.replication import Replication
 from flwrmtls.objects.store import ObjectStore
 from flwrmtls.ops.callmetrics import CallMetricsInterceptor
 from flwrmtls.ops.health import HealthListener
@@ -240,6 +245,7 @@ def build_key_authenticator(config: LinkConfig, state: LinkState) -> EcKeyAuthen
         window=timedelta(seconds=config.signature_window),
         future_skew=timedelta(seconds=config.signature_future_skew),
         replay=config.replay_limits,
+        shared_nonces=state.nonces.claim if state.shared else None,
     )
 
 
@@ -282,25 +288,30 @@ class Link:
         digest = config.node_auth in (NodeAuth.KEY, NodeAuth.CERTIFICATE_AND_KEY)
         audit = self.state.audit.record
 
-        def failures() -> FailureLimiter:
-            return FailureLimiter(self.clock.monotonic, config.auth_failures)
+        self._limiters: dict[str, FailureLimiter] = {}
+
+        def failures(name: str) -> FailureLimiter:
+            limiter = self._limiters[name] = FailureLimiter(
+                self.clock.monotonic, config.auth_failures
+            )
+            return limiter
 
         self._fleet_interceptor = AuthInterceptor(
             lambda: self.fleet_authenticator, self.clock, refusals, digest_bodies=digest,
-            audit=audit, failures=failures(), calls_per_address=config.calls_per_address,
+            audit=audit, failures=failures("fleet"), calls_per_address=config.calls_per_address,
             live=self.live_calls, node_refused=self._node_refused, serves="Fleet",
             metrics=self.metrics,
         )  # fmt: skip
         key_fleet = DenyUnregistered(self.keys, self.state.is_unregistered) if self.keys else None
         self._key_fleet_interceptor = AuthInterceptor(
             lambda: key_fleet or self._keys(), self.clock, refusals, digest_bodies=True,
-            audit=audit, failures=failures(), calls_per_address=config.calls_per_address,
-            live=self.live_calls, node_refused=self._node_refused, serves="Fleet",
-            metrics=self.metrics,
+            audit=audit, failures=failures("key-fleet"),
+            calls_per_address=config.calls_per_address, live=self.live_calls,
+            node_refused=self._node_refused, serves="Fleet", metrics=self.metrics,
         )  # fmt: skip
         self._control_interceptor = AuthInterceptor(
             lambda: self.control_authenticator, self.clock, refusals, audit=audit,
-            failures=failures(), calls_per_address=config.calls_per_address,
+            failures=failures("control"), calls_per_address=config.calls_per_address,
             live=self.live_calls, serves="Control", metrics=self.metrics,
         )  # fmt: skip
         tokens = TokenAuthenticator(self.state.runs.token)
@@ -318,6 +329,11 @@ class Link:
         self.runs = RunManager(
             self.state, self.clock, notifier=self.notifier, run_log=self.run_log,
             objects=self.objects,
+        )  # fmt: skip
+        self.replication = Replication(
+            self.state, self.clock, notifier=self.notifier, runs=self.runs,
+            limiters=self._limiters, access_changed=self.recheck_open_calls,
+            description=f"fleet {config.fleet_address}, control {config.control_address}",
         )  # fmt: skip
         self._servers: list[grpc.aio.Server] = []
         self._tasks: list[asyncio.Task[None]] = []
@@ -464,13 +480,17 @@ class Link:
 
     async def start(self) -> None:
         config = self.config
+        self.loop = asyncio.get_running_loop()
+        """The event loop the link runs in (tests call into it from other threads)."""
         require_loopback(config.serverappio_address, "--serverappio-api-address", "ServerAppIo")
+        others_alive = self.replication.others_alive()
+        self.replication.join()
         restored = self.state.link_started(now=self.clock.now().timestamp())
         if restored:
             log.info("%d node(s) were online when the link last stopped: offline until they "
                      "call again", restored)  # fmt: skip
         self.runs.recover()
-        reclaimed, partial = self.objects.collect_unowned()
+        reclaimed, partial = self.objects.collect_unowned(others_alive=others_alive)
         if reclaimed:
             log.info("deleted %d stored objects that belong to no run", reclaimed)
         if partial:
@@ -543,6 +563,7 @@ class Link:
         if self.ocsp is not None:
             self._ocsp_refresher = OcspRefresher(self.ocsp, self.clock, self.recheck_open_calls)
             self._tasks.append(asyncio.create_task(self._ocsp_refresher.run()))
+        self.replication.start()
 
     async def _start_operations(self) -> None:
         """The health listener and the metrics endpoint, where the operator asked for them."""
@@ -660,6 +681,7 @@ class Link:
         if self.metrics_server is not None:
             self.metrics_server.stop()
         await self.runs.shutdown()
+        await self.replication.stop()
         for task in self._tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

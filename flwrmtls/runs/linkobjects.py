@@ -21,7 +21,11 @@ node N                objects named by messages        N's pending budget       
   file with two rows. A run's quota counts each of its objects once, whoever else holds it.
 * Quotas count an object's size, but at least ``CHARGE_UNIT`` (a file takes a block, an
   inode and rows however small it is), so a bound in bytes also bounds the number of objects;
-  a node's pending uploads are also at most ``max_node_pending_objects`` (memory).
+  a node's pending uploads are also at most ``max_node_pending_objects`` (rows).
+* A node's pending uploads are rows (``pending_objects``), not this process's memory: with
+  several link processes on one database, the reply that names an upload may reach another
+  one. A run's stored bytes are cached per run on one link (SQLite), read from the database
+  on each check with several (another process may have added some).
 * A message may name only objects its sender may read, and that are stored: a ServerApp
   those of its run (with a shared object directory, any object in the directory: it can
   read them all anyway); a node those it may read or has pending. Any other is refused as
@@ -32,9 +36,11 @@ node N                objects named by messages        N's pending budget       
 * Reclaiming: when a run ends its rows go, and each of its objects that then belongs to no
   run, is pending for no node and is not being uploaded is deleted. A node's pending uploads
   expire ``PENDING_TTL`` seconds after they arrive (swept when the node uploads again and
-  every ``SWEEP_INTERVAL`` seconds). At start-up every stored object that belongs to no run is
-  deleted (the runs active when the link stopped have failed by then), and so is every
-  partial write a link that died left.
+  every ``SWEEP_INTERVAL`` seconds). At start-up every stored object that belongs to no run
+  and is pending for no node is deleted (the runs active when the link stopped have failed by
+  then), and so is every partial write a link that died left; with other link processes
+  alive on the database, only those older than ``PENDING_TTL`` (the others may be writing
+  theirs now).
 * Files cannot be in a transaction, so they are ordered around it: a file is written before
   the rows that name it commit, and deleted only after the rows that held it are gone and
   committed. A crash in between leaves at worst a file that nothing names (the start-up sweep
@@ -50,6 +56,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TypeVar
 
 from flwrmtls.clock import Clock
@@ -108,12 +115,6 @@ class UnknownObjects(Exception):
         self.object_ids = list(object_ids)
 
 
-@dataclass(slots=True)
-class _Pending:
-    charged_bytes: int
-    expires_at: float
-
-
 def _well_formed(object_ids: Iterable[str]) -> tuple[list[str], list[str]]:
     """(unique well-formed ids, malformed ones)."""
     good: list[str] = []
@@ -135,9 +136,8 @@ class LinkObjects:
         self._table = state.objects
         self._runs = state.runs
         self._transaction = state.transaction
+        self._shared = state.shared
         self._clock = clock
-        self._pending: dict[int, dict[str, _Pending]] = {}
-        """Node id -> its uploads that no reply names yet."""
         self._uploading: Counter[str] = Counter()
         """Object id -> uploads writing it now (they hold it against reclaiming)."""
         self._run_reserved: Counter[int] = Counter()
@@ -211,7 +211,7 @@ class LinkObjects:
         quota), stay readable by the node, and leave its pending uploads. Raises
         UnknownObjects or QuotaExceeded, and then changes nothing."""
         named, malformed = _well_formed(i for _, ids in replies for i in ids)
-        pending = self._pending.get(node_id, {})
+        pending = self._table.pending_of(node_id, named)
         readable = self._table.of_node(node_id, named)
         unknown = malformed + [
             object_id
@@ -228,21 +228,14 @@ class LinkObjects:
         for run_id, run_ids in by_run.items():
             own = self._table.of_run(run_id, run_ids)
             additions[run_id] = {
-                i: pending[i].charged_bytes if i in pending else charge(self.store.size(i))
+                i: pending[i] if i in pending else charge(self.store.size(i))
                 for i in run_ids
                 if i not in own
             }
             self._check_run_room(run_id, sum(additions[run_id].values()))
         for run_id, run_ids in by_run.items():
             self._add(run_id, additions[run_id], {(node_id, i) for i in run_ids})
-
-        def no_longer_pending() -> None:
-            for object_id in named:
-                pending.pop(object_id, None)
-            if not pending:
-                self._pending.pop(node_id, None)
-
-        self._transaction.after_commit(no_longer_pending)
+        self._table.release_pending(node_id, list(pending))  # in the caller's transaction
 
     # --- reclaiming ------------------------------------------------------------------------
 
@@ -256,25 +249,32 @@ class LinkObjects:
     def expire_pending(self) -> None:
         """Forget node uploads that waited longer than the TTL for a reply; delete them
         unless something else holds them."""
-        now = self._clock.monotonic()
-        expired: set[str] = set()
-        for node_id, uploads in list(self._pending.items()):
-            for object_id, upload in list(uploads.items()):
-                if upload.expires_at <= now:
-                    del uploads[object_id]
-                    expired.add(object_id)
-            if not uploads:
-                del self._pending[node_id]
-        self._collect(expired)
+        self._collect(self._table.expire_pending(self._clock.now().timestamp()))
 
-    def collect_unowned(self) -> tuple[int, int]:
-        """At start-up: delete every stored object that belongs to no run, and every partial
-        write (no upload is in progress yet: these are the writes of a link that died);
-        returns how many of each."""
-        held = self._table.all_held()
-        unowned = [object_id for object_id in self.store.object_ids() if object_id not in held]
+    def collect_unowned(self, *, others_alive: bool = False) -> tuple[int, int]:
+        """At start-up: delete every stored object that belongs to no run and is pending for
+        no node, and every partial write (no upload of this process is in progress yet: these
+        are the writes of a link that died); with ``others_alive`` (other link processes on
+        the database, which may be writing theirs), only those older than the pending TTL.
+        Returns how many of each."""
+        held = self._table.all_held() | self._table.all_pending()
+        old_enough = self._clock.now().timestamp() - self.limits.pending_ttl
+
+        def collectable(path: Path) -> bool:
+            if not others_alive:
+                return True
+            try:
+                return path.stat().st_mtime < old_enough
+            except FileNotFoundError:
+                return False
+
+        unowned = [
+            object_id
+            for object_id in self.store.object_ids()
+            if object_id not in held and collectable(self.store.path(object_id))
+        ]
         self.store.delete(unowned)
-        partial = self.store.partial_writes()
+        partial = [path for path in self.store.partial_writes() if collectable(path)]
         for path in partial:
             path.unlink(missing_ok=True)
         return len(unowned), len(partial)
@@ -282,8 +282,7 @@ class LinkObjects:
     def pending_bytes(self, node_id: int) -> int:
         """Bytes charged for what node ``node_id`` uploaded and no reply names yet (or is
         uploading now)."""
-        uploads = self._pending.get(node_id, {})
-        charged = sum(upload.charged_bytes for upload in uploads.values())
+        _, charged = self._table.pending_total(node_id)
         return charged + self._node_reserved[node_id]
 
     def run_bytes(self, run_id: int) -> int:
@@ -296,8 +295,7 @@ class LinkObjects:
         return self._table.of_run(run_id, object_ids)
 
     def _node_readable(self, node_id: int, object_ids: Collection[str]) -> set[str]:
-        pending = self._pending.get(node_id, {})
-        own = {object_id for object_id in object_ids if object_id in pending}
+        own = set(self._table.pending_of(node_id, object_ids))
         return own | self._table.of_node(node_id, object_ids)
 
     def _reserve_for_run(self, run_id: int, object_id: str, size: int) -> Reservation:
@@ -333,7 +331,7 @@ class LinkObjects:
                 f"node {node_id}'s uploads that no reply names yet would take {used + size} "
                 f"bytes, over the link's --max-node-pending-storage of {limit} bytes {released}"
             )
-        count = len(self._pending.get(node_id, {})) + self._node_uploads[node_id]
+        count = self._table.pending_total(node_id)[0] + self._node_uploads[node_id]
         if count >= self.limits.max_node_pending_objects:
             raise QuotaExceeded(
                 f"node {node_id} has {count} uploads that no reply names yet, the most the link "
@@ -350,14 +348,16 @@ class LinkObjects:
 
         def commit() -> None:
             release()
-            expires_at = self._clock.monotonic() + self.limits.pending_ttl
-            self._pending.setdefault(node_id, {})[object_id] = _Pending(size, expires_at)
+            expires_at = self._clock.now().timestamp() + self.limits.pending_ttl
+            self._table.add_pending(node_id, object_id, size, expires_at)
 
         return _Upload(commit, release)
 
     # --- internals -------------------------------------------------------------------------
 
     def _stored_bytes(self, run_id: int) -> int:
+        if self._shared:  # other link processes add to runs too: the database's count
+            return self._table.run_bytes(run_id)
         if run_id not in self._run_bytes:
             self._run_bytes[run_id] = self._table.run_bytes(run_id)
         return self._run_bytes[run_id]
@@ -387,8 +387,9 @@ class LinkObjects:
         """Delete those of ``object_ids`` that no run, pending upload or upload holds."""
         if not object_ids:
             return
-        pending = {object_id for uploads in self._pending.values() for object_id in uploads}
-        loose = [i for i in object_ids if i not in pending and not self._uploading[i]]
+        loose = [i for i in object_ids if not self._uploading[i]]
+        pending = self._table.pending_any(loose)
+        loose = [i for i in loose if i not in pending]
         held = self._table.held(loose)
         self.store.delete(object_id for object_id in loose if object_id not in held)
 

@@ -9,6 +9,10 @@ Rules:
 * A long poll looks at once, then again each time its key is notified (or its own recheck is
   due), and answers as soon as what it found is ready, or with what it found last when its
   time is up. Its deadline is on the injected clock; it never sleeps to poll.
+* Several link processes on one database: every key notified here is also handed to
+  ``publish`` (the link announces it to the others, :mod:`flwrmtls.link.replication`), and a
+  key another process announced wakes the waiters here through :meth:`Notifier.wake`, so a
+  node's long poll on one process wakes for a message a ServerApp pushed through another.
 """
 
 from __future__ import annotations
@@ -25,10 +29,18 @@ _T = TypeVar("_T")
 
 
 class Notifier:
-    def __init__(self) -> None:
+    def __init__(self, publish: Callable[[Hashable], None] | None = None) -> None:
         self._events: dict[Hashable, asyncio.Event] = {}
+        self.publish = publish
+        """Several links: hands each notified key to the other link processes."""
 
     def notify(self, key: Hashable) -> None:
+        self.wake(key)
+        if self.publish is not None:
+            self.publish(key)
+
+    def wake(self, key: Hashable) -> None:
+        """Wake the waiters for ``key`` in this process only."""
         event = self._events.pop(key, None)
         if event is not None:
             event.set()

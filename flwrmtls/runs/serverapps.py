@@ -35,6 +35,12 @@ Rules:
   deletes them); never an ended run with a token, a message or an object row.
 * Start-up (:meth:`RunManager.recover`) is one transaction: the runs that were active fail,
   then whatever a run that is not active still has (left by an older link) is deleted.
+* Several link processes on one database (:mod:`flwrmtls.state.replicas`): a run's ServerApp
+  runs beside the process that accepted StartRun. At start-up only the runs of processes that
+  are not alive fail ("link replica lost"), and every few seconds each process ends those of
+  processes lost since (:meth:`RunManager.end_lost_runs`). A run ended through another
+  process (``flwrmtls stop`` reaching it) has its ServerApp stopped here when the
+  announcement arrives (:meth:`RunManager.ended_elsewhere`).
 """
 
 from __future__ import annotations
@@ -56,6 +62,7 @@ from flwrmtls.runs.runlog import RunLog
 from flwrmtls.runs.supervisor import APP_PROCESS_CWD, app_process_command
 from flwrmtls.state.database import DatabaseError
 from flwrmtls.state.linkstate import LinkState
+from flwrmtls.state.replicas import LOST_REASON
 from flwrmtls.state.runs import IllegalTransition, RunStatus
 
 __all__ = ["RunManager"]
@@ -108,8 +115,14 @@ class RunManager:
         have failed, and no run that is not active keeps a token, a message or an object
         row. (The files follow: :meth:`LinkObjects.collect_unowned`.)"""
         with self._state.transaction():
-            for run in self._state.runs.active():
-                self._end(run.run_id, RunStatus.FAILED, "link restarted while the run was active")
+            if self._state.shared:  # only the runs of link processes that are gone
+                for run_id in self._state.replicas.orphaned_runs(now=self._now()):
+                    self._end(run_id, RunStatus.FAILED, LOST_REASON)
+            else:
+                for run in self._state.runs.active():
+                    self._end(
+                        run.run_id, RunStatus.FAILED, "link restarted while the run was active"
+                    )
             left = self._state.forget_inactive_runs()
         if any(left.values()):
             found = ", ".join(f"{count} {kind}" for kind, count in left.items() if count)
@@ -303,6 +316,31 @@ class RunManager:
         self._notifier.notify(("run", run_id))
         for node_id, _ in self._state.online_nodes(now=self._now()):
             self._notifier.notify(("node", node_id))
+
+    def end_lost_runs(self) -> None:
+        """Several links: in one transaction, the active runs of link processes whose lease
+        passed end failed ("link replica lost"), and those processes are forgotten."""
+        now = self._now()
+        with self._state.transaction():
+            lost = self._state.replicas.lost(now=now)
+            for run_id in self._state.replicas.orphaned_runs(now=now):
+                log.warning("run %d: the link process running its ServerApp is lost", run_id)
+                self._end(run_id, RunStatus.FAILED, LOST_REASON)
+            self._state.replicas.forget(lost)
+
+    def ended_elsewhere(self, run_id: int) -> None:
+        """Several links: another link process ended the run; its ServerApp stops here."""
+        if run_id in self._processes:
+            asyncio.get_running_loop().create_task(self._terminate(run_id))
+
+    def check_ended(self) -> None:
+        """Several links, after announcements may have been missed: stop the ServerApps of
+        runs that ended elsewhere."""
+        for run_id in list(self._processes):
+            run = self._state.runs.get(run_id)
+            if run is None or run.ended:
+                self._state.runs.forget_ended(run_id)
+                self.ended_elsewhere(run_id)
 
     async def stop_run(self, run_id: int, reason: str) -> RunStatus:
         """Control: stop a run (its process is terminated). Raises KeyError, IllegalTransition."""

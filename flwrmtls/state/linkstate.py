@@ -77,6 +77,7 @@ from flwrmtls.state.database import Database, DatabaseError, error_reason
 from flwrmtls.state.faults import CrashPoint, install
 from flwrmtls.state.keytable import NodeKeyTable
 from flwrmtls.state.messagetable import MessageTable
+from flwrmtls.state.noncetable import NonceTable
 from flwrmtls.state.objecttable import ObjectTable
 from flwrmtls.state.pintable import IdentityPinTable
 from flwrmtls.state.replicas import ReplicaTable
@@ -181,6 +182,7 @@ class LinkState:
         self.keys = NodeKeyTable(self._db, self._transaction)
         self.audit = AuditTable(self._db, limits=audit_limits, transactions=self._transaction)
         self.pins = IdentityPinTable(self._db)
+        self.nonces = NonceTable(self._db)
         # Sessions are checked on nearly every Fleet call: mirrored in memory; node id ->
         # (session id, peer at activation).
         self._sessions: dict[int, tuple[str, str]] = {}
@@ -220,16 +222,22 @@ class LinkState:
         self.keys.reload_all()
         self.pins.reload_all()
 
-    def apply(self, topic: str, value: object) -> None:
-        """Several links: another process announced a change (see the module's rules)."""
+    def apply(self, topic: str, value: object) -> bool:
+        """Several links: another process announced a change (see the module's rules).
+        True when who may call changed (a node unregistered or admitted again, a key's
+        registration): open calls must be judged again."""
         if topic == "node" and isinstance(value, int):
+            was = value in self._unregistered
             self._reload_node(value)
-        elif topic == "key" and isinstance(value, int):
+            return was != (value in self._unregistered)
+        if topic == "key" and isinstance(value, int):
             self.keys.reload(value)
-        elif topic == "pin" and isinstance(value, str):
+            return True
+        if topic == "pin" and isinstance(value, str):
             self.pins.reload(value)
         elif topic == "run-ended" and isinstance(value, int):
             self.runs.forget_ended(value)
+        return False
 
     def _reload_node(self, node_id: int) -> None:
         """Read one node's session, unregistration and refusal into the mirrors."""

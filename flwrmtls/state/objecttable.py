@@ -7,6 +7,9 @@ same bytes in two runs are one file with two rows in ``run_objects``.
 * ``run_objects`` (run, object, charged bytes): the object belongs to the run; it counts
   that much against the run's quota, and the run's ServerApp may read it.
 * ``node_objects`` (node, object, run): the node may read the object, for that run.
+* ``pending_objects`` (node, object, charged bytes, expires at): the node uploaded the object
+  and no reply of it names it yet. In the database, not in one link process's memory: the
+  reply that names it may reach another link process of the same database.
 
 Both lose a run's rows when the run ends (:meth:`ObjectTable.release_run`, in the
 transaction that ends the run), and at start-up every row of a run that is not active goes
@@ -120,6 +123,84 @@ class ObjectTable:
             self._db.execute("DELETE FROM run_objects WHERE run_id = :run", {"run": run_id})
             self._db.execute("DELETE FROM node_objects WHERE run_id = :run", {"run": run_id})
         return objects - self.held(objects)
+
+    # --- a node's uploads that no reply names yet ----------------------------------------------
+
+    def add_pending(self, node_id: int, object_id: str, charged: int, expires_at: float) -> None:
+        """Node ``node_id`` uploaded ``object_id`` (again: its charge and expiry renewed)."""
+        self._db.execute(
+            "INSERT INTO pending_objects (node_id, object_id, charged_bytes, expires_at) "
+            "VALUES (:node, :object, :charged, :expires) ON CONFLICT (node_id, object_id) "
+            "DO UPDATE SET charged_bytes = excluded.charged_bytes, "
+            "expires_at = excluded.expires_at",
+            {"node": node_id, "object": object_id, "charged": charged, "expires": expires_at},
+        )
+
+    def pending_of(self, node_id: int, object_ids: Collection[str]) -> dict[str, int]:
+        """Those of ``object_ids`` node ``node_id`` has pending, with their charges."""
+        found: dict[str, int] = {}
+        for batch in _batches(object_ids):
+            found.update(
+                (str(row[0]), int(row[1]))
+                for row in self._db.execute(
+                    "SELECT object_id, charged_bytes FROM pending_objects "
+                    "WHERE node_id = :node AND object_id IN :ids",
+                    {"node": node_id, "ids": batch},
+                )
+            )
+        return found
+
+    def pending_total(self, node_id: int) -> tuple[int, int]:
+        """(uploads, bytes charged) node ``node_id`` has pending."""
+        row = self._db.execute(
+            "SELECT COUNT(*), COALESCE(SUM(charged_bytes), 0) FROM pending_objects "
+            "WHERE node_id = :node",
+            {"node": node_id},
+        ).one()
+        return int(row[0]), int(row[1])
+
+    def release_pending(self, node_id: int, object_ids: Collection[str]) -> None:
+        """A reply of node ``node_id`` named ``object_ids``: no longer pending."""
+        for batch in _batches(object_ids):
+            self._db.execute(
+                "DELETE FROM pending_objects WHERE node_id = :node AND object_id IN :ids",
+                {"node": node_id, "ids": batch},
+            )
+
+    def expire_pending(self, now: float) -> set[str]:
+        """Forget the uploads whose time ran out; returns their objects."""
+        with self._transaction():
+            expired = {
+                str(row[0])
+                for row in self._db.execute(
+                    "SELECT object_id FROM pending_objects WHERE expires_at <= :now", {"now": now}
+                )
+            }
+            if expired:
+                self._db.execute(
+                    "DELETE FROM pending_objects WHERE expires_at <= :now", {"now": now}
+                )
+        return expired
+
+    def pending_any(self, object_ids: Collection[str]) -> set[str]:
+        """Those of ``object_ids`` some node has pending."""
+        found: set[str] = set()
+        for batch in _batches(object_ids):
+            found.update(
+                str(row[0])
+                for row in self._db.execute(
+                    "SELECT DISTINCT object_id FROM pending_objects WHERE object_id IN :ids",
+                    {"ids": batch},
+                )
+            )
+        return found
+
+    def all_pending(self) -> set[str]:
+        """Every object some node has pending."""
+        return {
+            str(row[0])
+            for row in self._db.execute("SELECT DISTINCT object_id FROM pending_objects")
+        }
 
     def release_inactive_runs(self) -> int:
         """Link start-up: forget the rows of runs that are not active; returns how many."""
