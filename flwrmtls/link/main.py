@@ -662,6 +662,13 @@ async def _run(config: LinkConfig) -> None:
     if link.metrics_server is not None:
         log.info("metrics on http://%s/metrics (port %d)", config.metrics_address,
                  link.metrics_port)  # fmt: skip
+    if link.state.shared:
+        alive = link.state.replicas.alive(now=link.clock.now().timestamp())
+        log.info(
+            "link replica %s: %d link(s) of this database alive, this one included; objects "
+            "in %s must be the directory every one of them mounts",
+            link.state.replica_id, len(alive), link.objects.store.directory,
+        )  # fmt: skip
     _log_revocation_coverage(link)
     log.info(
         "objects in %s: at most %s per run, %s of uploads no reply names yet per node",

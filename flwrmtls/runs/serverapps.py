@@ -150,6 +150,9 @@ class RunManager:
             self._run_log.add(
                 run_id, "link", f"run {run_id}: {app.name} {app.version} started by {owner}"
             )
+        if self._state.shared:
+            log.info("run %d: its ServerApp runs beside this link (replica %s)", run_id,
+                     self._state.replica_id)  # fmt: skip
         await self._launch(run_id)
         return run_id
 

