@@ -89,6 +89,7 @@ bench: $(BENCH_STAMP)
 	$(PY) bench/bench_limits.py $(BENCH_FLAGS) --save $(RESULTS)/limits.json
 	$(PY) bench/bench_auth.py $(BENCH_FLAGS) --save $(RESULTS)/auth.json
 	$(PY) bench/bench_revocation.py $(BENCH_FLAGS) --save $(RESULTS)/revocation.json
+	$(PY) bench/bench_several_links.py $(BENCH_FLAGS) --save $(RESULTS)/several-links.json
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .demo bench/.venv-flwr bench/.venv-nvflare \

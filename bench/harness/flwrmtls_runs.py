@@ -81,8 +81,11 @@ def federation(
     mode: str = "mtls",
     stagger: float = 0.2,
     heartbeat_interval: float = HEARTBEAT_INTERVAL,
+    database: str | None = None,
+    replicas: int = 1,
 ) -> Federation:
-    """A federation (not started: use it as a context manager) of numbered nodes."""
+    """A federation (not started: use it as a context manager) of numbered nodes; with
+    ``database`` (a postgresql:// URL) and ``replicas``, several links behind haproxy."""
     specs = numbered_nodes(nodes) if isinstance(nodes, int) else list(nodes)
     return Federation(
         pki,
@@ -92,6 +95,8 @@ def federation(
         node_auth=MODES[mode],
         heartbeat_interval=heartbeat_interval,
         stagger=stagger,
+        database=database,
+        replicas=replicas,
     )
 
 
@@ -153,8 +158,9 @@ def client_stamps(
 
 
 def app_processes(fed: Federation) -> tuple[list[int], list[int]]:
-    """(the link's and the nodes' children now, their parents)."""
-    parents = [fed.link_pid(), *fed.node_pids()]
+    """(the link's and the nodes' children now, their parents). With several links, the
+    nodes' only: the spare ServerApp of a link that did not run this one stays."""
+    parents = [*(fed.link_pids() if fed.replicas == 1 else []), *fed.node_pids()]
     return [child for parent in parents for child in children(parent)], parents
 
 
@@ -165,7 +171,7 @@ def settle(fed: Federation, timeout: float = 15.0) -> list[int] | None:
     these spares: the next spares start only once the run has ended."""
     deadline = time.monotonic() + timeout
     while True:
-        parents = [fed.link_pid(), *fed.node_pids()]
+        parents = [*(fed.link_pids() if fed.replicas == 1 else []), *fed.node_pids()]
         spares = {parent: children(parent) for parent in parents}
         if all(spares.values()):
             return [pid for found in spares.values() for pid in found]
@@ -184,13 +190,15 @@ class CpuMeter:
     """CPU seconds by role: the link and the nodes (their own), the app processes (their
     reaped children), the CLI (this process's reaped children)."""
 
-    def __init__(self, link_pid: int, node_pids: Sequence[int]) -> None:
-        self._link = link_pid
+    def __init__(self, link_pids: Sequence[int], node_pids: Sequence[int]) -> None:
+        self._links = list(link_pids)
         self._nodes = list(node_pids)
         self._start = self._read()
 
     def _read(self) -> list[float]:
-        link_own, link_children = cpu_seconds(self._link)
+        links = [cpu_seconds(pid) for pid in self._links]
+        link_own = sum(own for own, _ in links)
+        link_children = sum(reaped for _, reaped in links)
         nodes = [cpu_seconds(pid) for pid in self._nodes]
         usage = resource.getrusage(resource.RUSAGE_CHILDREN)
         return [
@@ -265,7 +273,7 @@ def measure_fedavg_run(
     """One ``flwrmtls run`` of bench/apps/flwrmtls_fedavg on ``fed``, checked and timed."""
     link_pid, node_pid = fed.link_pid(), fed.node_pids()[0]
     spares = settle(fed)
-    cpu = CpuMeter(link_pid, fed.node_pids())
+    cpu = CpuMeter(fed.link_pids(), fed.node_pids())
     with RssSampler({"link": link_pid, "node": node_pid}) as sampler:
         command = run_app(
             fed.env,
@@ -322,10 +330,16 @@ def measure_fedavg_cell(
     repetitions: int,
     distinct: bool,
     stagger: float = 0.2,
+    database: str | None = None,
+    replicas: int = 1,
 ) -> dict[str, Any]:
-    """A new federation for the cell, then ``repetitions`` checked runs on it."""
+    """A new federation for the cell, then ``repetitions`` checked runs on it (``database``,
+    ``replicas``: see :func:`federation`)."""
     label = f"{mode}{'' if distinct else ' (identical replies)'}"
-    fed = federation(pki, directory, env, nodes, mode=mode, stagger=stagger)
+    fed = federation(
+        pki, directory, env, nodes, mode=mode, stagger=stagger, database=database,
+        replicas=replicas,
+    )  # fmt: skip
     begun = time.monotonic()
     try:
         with fed:

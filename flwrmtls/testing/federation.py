@@ -13,6 +13,9 @@ Rules this module keeps:
   Control API lists all of them online, or raises :class:`FederationError` with the logs' tails.
 * A federation stops what it started, and only that: nodes first, all at once (so that each
   deactivates), then the link.
+* Several links: with ``database`` a ``postgresql://`` URL and ``replicas`` N > 1, N link
+  processes share that database and one object directory, haproxy in TCP mode stands in front
+  (:mod:`flwrmtls.testing.balancer`), and the nodes and the CLI profile go through it.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from flwrmtls.testing.balancer import BalancerUnavailable, Haproxy
 from flwrmtls.testing.pki import TestPki
 from flwrmtls.testing.processes import LinkProcess, NodeProcess, run_cli
 
@@ -79,7 +83,7 @@ def numbered_nodes(count: int) -> list[NodeSpec]:
 
 def link_args(
     pki: TestPki,
-    database: Path,
+    database: Path | str,
     *,
     heartbeat_interval: float,
     fleet: str = LOOPBACK_ANY_PORT,
@@ -195,7 +199,11 @@ class Federation:
         stagger: float = 0.0,
         link_extra: Sequence[str] = (),
         start_timeout: float = 180.0,
+        database: str | None = None,
+        replicas: int = 1,
     ) -> None:
+        """``database``: a ``postgresql://`` URL (default: a SQLite file in ``directory``);
+        ``replicas``: link processes on it, behind haproxy when more than one."""
         self.pki = pki
         self.directory = directory
         self.env = dict(env)
@@ -205,7 +213,12 @@ class Federation:
         self.stagger = stagger
         self.link_extra = list(link_extra)
         self.start_timeout = start_timeout
+        self.database = database
+        self.replicas = replicas
         self.link: LinkProcess | None = None
+        """The first link process (the only one unless ``replicas`` > 1)."""
+        self.links: list[LinkProcess] = []
+        self.balancer: Haproxy | None = None
         self.nodes: list[NodeProcess] = []
 
     @property
@@ -216,13 +229,15 @@ class Federation:
         return self.directory / "keys" / spec.name
 
     def link_args(self) -> list[str]:
+        shared = ["--objects-dir", str(self.directory / "objects")] if self.database else []
         return [
             *link_args(
                 self.pki,
-                self.directory / "link.db",
+                self.database or self.directory / "link.db",
                 heartbeat_interval=self.heartbeat_interval,
                 node_auth=self.node_auth,
             ),
+            *shared,
             *self.link_extra,
         ]
 
@@ -237,17 +252,30 @@ class Federation:
         """Start the link, the profile and the nodes; return once all are online."""
         self.directory.mkdir(parents=True, exist_ok=True)
         deadline = time.monotonic() + self.start_timeout
-        link = LinkProcess(self.link_args(), self.directory / "link.log", self.env)
-        self.link = link
         try:
-            link.start_and_wait(timeout=60.0)
-            add_profile(self.pki, link.control_port, self.env)
+            for index in range(self.replicas):
+                name = "link.log" if index == 0 else f"link-{index}.log"
+                link = LinkProcess(self.link_args(), self.directory / name, self.env)
+                self.links.append(link)
+                self.link = self.link or link
+                link.start_and_wait(timeout=60.0)
+            fleet_port, control_port = self.links[0].fleet_port, self.links[0].control_port
+            if self.replicas > 1:
+                self.balancer = Haproxy(
+                    {"fleet": [link.fleet_port for link in self.links],
+                     "control": [link.control_port for link in self.links]},
+                    self.directory / "haproxy",
+                )  # fmt: skip
+                fleet_port = self.balancer.ports["fleet"]
+                control_port = self.balancer.ports["control"]
+            self.fleet_port = fleet_port
+            add_profile(self.pki, control_port, self.env)
             if self.node_auth is NodeAuth.KEY:
                 keys = [ssh_keygen(self.key_path(s).parent, s.name) for s in self.specs]
                 register_keys(self.env, [key.with_name(key.name + ".pub") for key in keys])
             for number, spec in enumerate(self.specs, start=1):
                 node = NodeProcess(
-                    self.node_args(spec, link.fleet_port),
+                    self.node_args(spec, fleet_port),
                     self.directory / f"{spec.name}.log",
                     self.env,
                 )
@@ -258,7 +286,12 @@ class Federation:
             for node in self.nodes:
                 node.wait_active(timeout=max(1.0, deadline - time.monotonic()))
             self.wait_online(deadline)
-        except (RuntimeError, TimeoutError, subprocess.SubprocessError) as error:
+        except (
+            RuntimeError,
+            TimeoutError,
+            subprocess.SubprocessError,
+            BalancerUnavailable,
+        ) as error:
             raise FederationError(f"{error}\n{self.log_tails()}") from None
 
     def online(self) -> int:
@@ -275,6 +308,10 @@ class Federation:
             raise FederationError("the link has not started")
         return self.link.process.pid
 
+    def link_pids(self) -> list[int]:
+        """Every link process (replicas included)."""
+        return [link.process.pid for link in self.links if link.process is not None]
+
     def node_pids(self) -> list[int]:
         return [node.process.pid for node in self.nodes if node.process is not None]
 
@@ -286,8 +323,11 @@ class Federation:
         if started:
             with ThreadPoolExecutor(max_workers=8, thread_name_prefix="stop") as pool:
                 list(pool.map(lambda node: node.stop(timeout=20.0), started))
-        if self.link is not None and self.link.process is not None:
-            self.link.stop()
+        if self.balancer is not None:
+            self.balancer.stop()
+        for link in self.links:
+            if link.process is not None:
+                link.stop()
 
     def log_tails(self, nodes: int = 2) -> str:
         parts = []
