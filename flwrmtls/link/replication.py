@@ -213,6 +213,7 @@ class Replication:
                         "runs have ended; it serves on"
                     )
                     self.join()
+                    self._runs.check_ended()  # their announcements may not have come
                 self._runs.end_lost_runs()
                 self._state.nonces.expire(now)
             except DatabaseError as error:

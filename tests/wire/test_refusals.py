@@ -19,7 +19,9 @@ from typing import Any
 
 import grpc
 import grpc.aio
+import psycopg
 import pytest
+import sqlalchemy.exc
 
 from flwrmtls.wire.metadata import REFUSAL_KEY
 from flwrmtls.wire.refusals import (
@@ -113,15 +115,31 @@ def test_every_row_is_a_refusal_status_and_every_code_distinct() -> None:
 @pytest.mark.parametrize(
     ("failure", "status", "line"),
     [
-        (
-            sqlite3.OperationalError("disk I/O error"),
+        (  # SQLite's failure as the state meets it (SQLAlchemy's wrapping): never the SQL
+            sqlalchemy.exc.OperationalError(
+                "UPDATE nodes SET secret = ?",
+                ("s3cr3t",),
+                sqlite3.OperationalError("disk I/O error"),
+            ),
             grpc.StatusCode.UNAVAILABLE,
             "the link's database failed: disk I/O error; see the link's log",
         ),
         (
-            sqlite3.IntegrityError("UNIQUE constraint failed"),
+            sqlalchemy.exc.IntegrityError(
+                "INSERT INTO runs", {}, sqlite3.IntegrityError("UNIQUE constraint failed")
+            ),
             grpc.StatusCode.INTERNAL,
             "the link's database failed: UNIQUE constraint failed; see the link's log",
+        ),
+        (  # PostgreSQL's: a lock held by another link past the lock timeout
+            sqlalchemy.exc.OperationalError(
+                "SELECT pg_advisory_xact_lock(:key)",
+                {},
+                psycopg.errors.LockNotAvailable("canceling statement due to lock timeout"),
+            ),
+            grpc.StatusCode.UNAVAILABLE,
+            "the link's database failed: canceling statement due to lock timeout; see the "
+            "link's log",
         ),
         (
             OSError(errno.ENOSPC, "No space left on device"),
@@ -143,6 +161,9 @@ def test_a_failure_of_the_links_storage_is_one_line_logged_once_and_carries_no_c
     assert refusal_in(error) is None  # the status says what to do: retry, or not
     [logged] = [r.getMessage() for r in caplog.records if " failed during " in r.getMessage()]
     assert re.search(r"failed during Unary by CN=node-1: .*; answered " + status.name, logged)
+    for statement in ("s3cr3t", "UPDATE", "INSERT", "SELECT"):  # nor in the answer's line
+        assert statement not in logged
+        assert statement not in (error.details() or "")
 
 
 def _unknown(raised: BaseException, interceptor: RefusalInterceptor) -> grpc.aio.AioRpcError:
