@@ -17,7 +17,10 @@ Rules:
   starting it again would run the app twice.
 * A replica that finds itself declared lost (its row is gone when it renews) registers again;
   its runs have ended by then, and it stops their processes when the announcement arrives.
-* On SQLite (one link) the same rows exist; there are never others.
+* On SQLite (one link) the same rows exist; there are never others: a row another process
+  left is that of a link that died (SIGKILL, a lost host) and is never taken for a live one,
+  whatever its ``alive_until`` says, so a link restarted at once still marks the nodes
+  offline and deletes the files no run holds.
 """
 
 from __future__ import annotations
@@ -63,7 +66,10 @@ class ReplicaTable:
         self._db.execute("DELETE FROM link_replicas WHERE replica_id = :id", {"id": replica_id})
 
     def others_alive(self, replica_id: str, *, now: float) -> int:
-        """How many other replicas are alive now."""
+        """How many other replicas are alive now: none on SQLite, where a row that is not
+        this process's was left by a link that died (it never left), however recently."""
+        if not self._db.shared:
+            return 0
         return int(
             self._db.execute(
                 "SELECT COUNT(*) FROM link_replicas WHERE replica_id != :id AND alive_until > :now",

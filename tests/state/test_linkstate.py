@@ -14,6 +14,7 @@ from flwrmtls.state.linkstate import LinkState, SessionSuperseded, UnknownSessio
 from flwrmtls.state.messagetable import MessageRow
 from flwrmtls.state.runs import IllegalTransition, RunStatus
 from flwrmtls.state.schema import SCHEMA_VERSION
+from tests.state.engines import is_postgres
 from tests.state.legacy_schema import MIGRATIONS
 
 T0 = 1_800_000_000.0
@@ -70,6 +71,32 @@ def test_a_link_start_shows_restored_nodes_offline_until_they_call(database: str
     assert restarted.online_nodes(now=T0 + 6) == [(first, "CN=node-1")]
     restarted.check_session(second, second_session)  # the silent one may still come back
     assert {n.node_id: n.status for n in restarted.list_nodes(now=T0 + 6)}[second] == "offline"
+
+
+def test_a_link_that_died_is_taken_for_a_live_other_link_only_on_postgresql(
+    database: str,
+) -> None:
+    """Every link joins as a replica; one SIGKILLed never leaves, and its row says it is alive
+    until its lease passes. On SQLite no other link can exist: the link restarted at once
+    must still treat the nodes as possibly dead with it (before: it took the dead link's row
+    for a live link and left them online, and kept the files no run holds). On PostgreSQL that
+    row may be a live replica serving those nodes (the control)."""
+    state = LinkState(database)
+    state.replicas.join(state.replica_id, "the link that dies", now=T0)
+    activate(state, node_id=1)
+    state.close()  # SIGKILL: no leave
+    restarted = LinkState(database)
+    restarted.replicas.join(restarted.replica_id, "restarted", now=T0 + 5)
+    others = restarted.replicas.others_alive(restarted.replica_id, now=T0 + 5)
+    if is_postgres(database):
+        assert others == 1
+        assert restarted.link_started(now=T0 + 5) == 0
+        assert [n.status for n in restarted.list_nodes(now=T0 + 5)] == ["online"]
+        assert restarted.replicas.others_alive(restarted.replica_id, now=T0 + 11) == 0
+    else:
+        assert others == 0
+        assert restarted.link_started(now=T0 + 5) == 1
+        assert [n.status for n in restarted.list_nodes(now=T0 + 5)] == ["offline"]
 
 
 def test_newest_activation_supersedes_the_older_session(database: str) -> None:
