@@ -79,13 +79,17 @@ def test_a_federation_behind_haproxy_survives_losing_the_replica_that_runs_its_s
 def test_unregistering_and_revoking_reach_nodes_on_either_replica(
     deployment: Deployment, postgres_url: str
 ) -> None:
-    """node-1 talks to replica 0 and node-2 to replica 1 (each directly, to know which); the
-    CLI goes through the balancer. Unregistering node-1 and revoking node-2's certificate end
-    each node, whichever replica the CLI reached; node-3 (control) works on."""
+    """node-1 talks to replica 0 and node-2 to replica 1 (each directly, to know which).
+    node-1 is unregistered through replica 1's Control API (the replica it does not talk
+    to), node-2's certificate is revoked (the CRL file each replica re-reads); each node ends
+    within the bound the one-link tests give (30 s), as on one link. node-3 (the control,
+    through the balancer) works on, and the CLI's listing through the balancer reaches both
+    replicas."""
     deployment.pki.ca.issue_node("node-3", organization="Clinic C")
     several = SeveralLinks(deployment, postgres_url)
     try:
         first, second = several.links
+        deployment.profile(second.control_port, name="replica-1")
         node_1 = deployment.node("node-1", first.fleet_port)
         node_2 = deployment.node("node-2", second.fleet_port)
         node_3 = deployment.node("node-3", several.fleet_port)
@@ -94,10 +98,11 @@ def test_unregistering_and_revoking_reach_nodes_on_either_replica(
         node_3.wait_active()
         for _ in range(2):  # the CLI's calls land on both replicas in turn
             assert len(deployment.list_nodes()) == 3
-        unregistered = deployment.cli("supernode", "unregister", str(node_id))
+        unregistered = deployment.cli("supernode", "unregister", str(node_id), "replica-1")
         assert unregistered.returncode == 0, unregistered.stderr
         assert node_1.wait_exit(30) == 1
         assert re.search("unregistered", one_error_line(node_1.log))
+        first.wait_for("refused .*node-unregistered")  # by replica 0, which node-1 talked to
         deployment.pki.ca.revoke(
             certificate_file=deployment.pki.paths("node-2")[0],
             reason=RevocationReason.KEY_COMPROMISE,
