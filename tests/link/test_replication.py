@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -41,6 +42,7 @@ from flwrmtls.proto import (
 from flwrmtls.state.messagetable import MessageRow
 from flwrmtls.state.replicas import LOST_REASON, RENEW_EVERY, REPLICA_TTL
 from flwrmtls.state.runs import RunStatus
+from flwrmtls.state.runtable import RunRecord
 from flwrmtls.testing.link import key_node_client, mtls_config, node_client, running_link
 from flwrmtls.testing.pki import TestPki
 from flwrmtls.wire.credentials import channel_credentials, load_tls_identity
@@ -99,7 +101,8 @@ def test_a_session_started_on_one_replica_is_served_by_the_other(
             session = fleet_a.activate()
             fleet_b.heartbeat(session)  # B had never heard of this session
             assert fleet_b.pull(session, wait=0, active_run_ids=[]) is not None
-            assert [n.status for n in b.state.list_nodes(now=time.time())] == ["online"]
+            listed = on_loop(b, lambda: b.state.list_nodes(now=time.time()))
+            assert [n.status for n in listed] == ["online"]
             # The node activates again through B: A refuses the old session as superseded
             # and serves the new one.
             newer = fleet_b.activate()
@@ -196,8 +199,9 @@ def test_many_nodes_activating_heartbeating_and_replying_through_both_replicas_a
     activates through one replica, heartbeats alternating between both, long-polls the other
     for its message (stored through A while the polls wait) and pushes its reply through the
     first: every call is answered (none lost, none waits forever: no deadlock between the
-    replicas' locks), every node is online on both, and the run's ServerApp, pulling through
-    A, receives every reply exactly once. Several rounds, all at once in each."""
+    replicas' locks; no poll sleeps through the wake-up A announced), every node is online
+    on both, and the run's ServerApp, pulling through A, receives every reply exactly once.
+    Several rounds, all at once in each."""
     with replicas(pki, tmp_path, postgres_url, client_auth=False) as links:
         a = links[0]
         run_id, token = _run_with_token(a)
@@ -233,15 +237,7 @@ def test_many_nodes_activating_heartbeating_and_replying_through_both_replicas_a
                         timeout=60,
                     )  # fmt: skip
                     polling.wait()
-                    messages = list(poll.result().messages)
-                    while not messages:  # the poll began after its message was stored
-                        messages = list(stubs[1].PullMessages(
-                            fleet_pb2.PullMessagesRequest(
-                                session_id=active.session_id, wait_seconds=30,
-                                active_run_ids=[run_id],
-                            ),
-                            timeout=60,
-                        ).messages)  # fmt: skip
+                    messages = list(poll.result().messages)  # woken, not timed out
                     [message] = messages
                     reply = common_pb2.Message(
                         message_id=f"reply-{message.message_id}", run_id=run_id,
@@ -291,8 +287,8 @@ def test_many_nodes_activating_heartbeating_and_replying_through_both_replicas_a
         assert len(ids) == total
         assert len(set(ids)) == total
         for link in links:
-            online = {n.node_id for n in link.state.list_nodes(now=time.time())
-                      if n.status == "online"}  # fmt: skip
+            listed = on_loop(link, partial(link.state.list_nodes, now=time.time()))
+            online = {n.node_id for n in listed if n.status == "online"}
             assert online == set(ids)
         replies: list[common_pb2.Message] = []
         with grpc.insecure_channel(f"127.0.0.1:{a.serverappio_port}") as channel:
@@ -433,37 +429,50 @@ def test_a_run_stopped_through_one_replica_loses_its_token_on_the_replica_runnin
             )
         wait_until(lambda: not _serverapp_may_call(a, stopped_token))
         assert _serverapp_may_call(a, running_token)  # control: the other run's token works
-        assert b.state.runs.get(running) is not None
+        other = on_loop(b, lambda: b.state.runs.get(running))
+        assert other is not None
+        assert other.status is RunStatus.RUNNING
 
 
 def test_a_replica_whose_lease_passes_has_its_runs_failed_and_serves_on(
     pki: TestPki, tmp_path: Path, postgres_url: str
 ) -> None:
-    """A replica cut from the database for longer than its lease (here: its row made stale,
-    as its missed renewals would) is declared lost by the other: its runs end failed, "link
-    replica lost", their tokens stop working on it, and it joins again and serves on. The
-    other replica's run (the control) runs on."""
+    """A replica cut from the database for longer than its lease (here: its renewals stopped
+    and its row made stale, as a cut would) is declared lost by the other: its runs end
+    failed, "link replica lost", and their tokens stop working on it; when its renewals come
+    back it finds itself declared lost, joins again and serves on. The other replica's run
+    (the control) runs on."""
     with replicas(pki, tmp_path, postgres_url) as (a, b):
         lost, lost_token = _run_with_token(a)
         kept, kept_token = _run_with_token(b)
+        renewing = a.replication._tasks[1]
+        on_loop(a, renewing.cancel)
+        wait_until(renewing.done)
         raw_execute(
             postgres_url, "UPDATE link_replicas SET alive_until = 0 WHERE replica_id = ?",
             a.state.replica_id,
         )  # fmt: skip
         bound = REPLICA_TTL + 2 * RENEW_EVERY + 10
-        wait_until(lambda: (run := b.state.runs.get(lost)) is not None and run.ended, bound)
-        run = b.state.runs.get(lost)
-        assert run is not None
-        assert (run.status, run.reason) == (RunStatus.FAILED, LOST_REASON)
+
+        def run_of(link: Link, run_id: int) -> RunRecord:
+            run = on_loop(link, lambda: link.state.runs.get(run_id))
+            assert run is not None
+            return run
+
+        wait_until(lambda: run_of(b, lost).ended, bound)
+        assert (run_of(b, lost).status, run_of(b, lost).reason) == (RunStatus.FAILED, LOST_REASON)
         wait_until(lambda: not _serverapp_may_call(a, lost_token))
-        kept_run = b.state.runs.get(kept)
-        assert kept_run is not None
-        assert kept_run.status is RunStatus.RUNNING
+        assert run_of(b, kept).status is RunStatus.RUNNING  # the control
         assert _serverapp_may_call(b, kept_token)
-        wait_until(  # A found itself declared lost, and is alive again
-            lambda: a.state.replica_id in [r[0] for r in b.state.replicas.alive(now=time.time())],
-            bound,
-        )
+
+        def alive() -> list[str]:
+            return [r[0] for r in on_loop(b, lambda: b.state.replicas.alive(now=time.time()))]
+
+        assert a.state.replica_id not in alive()
+        on_loop(a, lambda: a.replication._tasks.append(
+            asyncio.get_running_loop().create_task(a.replication._renew())
+        ))  # fmt: skip
+        wait_until(lambda: a.state.replica_id in alive(), bound)  # A joined again
         fleet_a, channel_a = client(a, pki)
         with channel_a:
             fleet_a.heartbeat(fleet_a.activate())
