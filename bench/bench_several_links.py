@@ -21,7 +21,11 @@ Sections:
   delivery query, per engine.
 * ``heartbeat``: N simulated nodes (default 1,000: bench/harness/simnodes.py, each its own
   connection and certificate) heartbeating at the link's interval, idle, on one PostgreSQL link
-  and spread over two replicas: heartbeat latency p50/p99 and failures, and a probe node's.
+  and spread over two replicas, and N/1.8 on one link (the issue's goal: two replicas hold
+  1.8x the nodes one holds at the same p99, i.e. p99 at N over two <= p99 at N/1.8 on one):
+  heartbeat latency p50/p99 and failures, a probe node's, and the CPU the links, PostgreSQL
+  and the simulated nodes used meanwhile (percent of one core; the machine's cores are shared
+  by all of them).
 
 It only prints figures; nothing here asserts on timings. docs/several-links.md has them.
 """
@@ -29,6 +33,7 @@ It only prints figures; nothing here asserts on timings. docs/several-links.md h
 from __future__ import annotations
 
 import argparse
+import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -38,6 +43,7 @@ from typing import Any
 from harness import BenchError, progress
 from harness.cli import Workspace, base_parser, finish, positive, positive_float, run_main
 from harness.flwrmtls_runs import copy_app, issue_nodes, measure_fedavg_cell
+from harness.procs import cpu_seconds, descendants
 from harness.results import envelope
 from harness.simnodes import PROBE_NAME, SIM_NODE_PREFIX, HeartbeatProbe, Workers
 from harness.stats import percentiles
@@ -61,6 +67,8 @@ DEFAULT_SIM_NODES = 1000
 QUICK_SIM_NODES = 100
 HEARTBEAT_INTERVAL = 10.0
 QUICK_HEARTBEAT_INTERVAL = 2.0
+GOAL = 1.8
+"""Two replicas should hold this many times the nodes one link holds at the same p99."""
 
 
 class _Engines:
@@ -79,8 +87,16 @@ class _Engines:
         url = self.server.create_database("bench")
         return {"database": url, "replicas": 2 if setup == "2 replicas" else 1}
 
+    def pids(self) -> list[int]:
+        """The server and its backends now."""
+        return [self.server.pid, *descendants(self.server.pid)]
+
     def stop(self) -> None:
         self.server.stop()
+
+
+def _cpu(pids: Sequence[int]) -> float:
+    return sum(cpu_seconds(pid)[0] for pid in pids)
 
 
 def calls_per_address(nodes: int) -> int:
@@ -103,7 +119,7 @@ def measure_rounds(
     app = copy_app("flwrmtls_fedavg", work / "app")
     found = []
     for nodes, model_mb in cells:  # the small cells first
-        for setup in SETUPS:
+        for setup in args.setups:
             progress(f"rounds: {setup}, {nodes} nodes x {model_mb:g} MiB")
             options = engines.options(setup)
             cell = measure_fedavg_cell(
@@ -186,6 +202,11 @@ def _simulated(pki: TestPki, port: int, args: argparse.Namespace) -> Iterator[Wo
         workers.stop()
 
 
+def heartbeat_cells(nodes: int) -> list[tuple[str, int]]:
+    """(set-up, simulated nodes): one link at N / GOAL and at N, two replicas at N."""
+    return [("postgresql", math.ceil(nodes / GOAL)), ("postgresql", nodes), ("2 replicas", nodes)]
+
+
 def measure_heartbeat(
     args: argparse.Namespace, work: Path, env: dict[str, str], engines: _Engines
 ) -> list[dict[str, Any]]:
@@ -194,15 +215,17 @@ def measure_heartbeat(
         pki.ca.issue_node(f"{SIM_NODE_PREFIX}{index}", organization=f"Sim {index}")
     pki.ca.issue_node(PROBE_NAME, organization="Probe")
     found = []
-    for setup in ("postgresql", "2 replicas"):
-        progress(f"heartbeat: {args.sim_nodes} simulated nodes, {setup}")
+    for setup, nodes in heartbeat_cells(args.sim_nodes):
+        progress(f"heartbeat: {nodes} simulated nodes, {setup}")
         fed = Federation(
-            pki, work / setup.replace(" ", "-"), env, [], heartbeat_interval=args.interval,
-            link_extra=["--max-calls-per-address", str(calls_per_address(args.sim_nodes))],
+            pki, work / f"{setup.replace(' ', '-')}-{nodes}", env, [],
+            heartbeat_interval=args.interval,
+            link_extra=["--max-calls-per-address", str(calls_per_address(nodes))],
             **engines.options(setup),
         )  # fmt: skip
+        cell_args = argparse.Namespace(**{**vars(args), "sim_nodes": nodes})
         try:
-            with fed, _simulated(pki, fed.fleet_port, args) as workers:
+            with fed, _simulated(pki, fed.fleet_port, cell_args) as workers:
                 began = time.monotonic()
                 connected = workers.ask("connect", timeout=900)
                 activated = [t for answer in connected for t in answer["activated"]]
@@ -211,18 +234,25 @@ def measure_heartbeat(
                     f"idle {args.idle_seconds:g} s"
                 )
                 probe = HeartbeatProbe(f"127.0.0.1:{fed.fleet_port}", pki)
+                links, database, simulated = fed.link_pids(), engines.pids(), workers.pids()
+                cpu_before = [_cpu(links), _cpu(database), _cpu(simulated)]
                 start = time.monotonic()
                 time.sleep(args.idle_seconds)
                 end = time.monotonic()
+                cpu_after = [_cpu(links), _cpu(database), _cpu(simulated)]
                 probe.stop()
                 reports = workers.ask("report", timeout=120)
         except FederationError as error:
             raise BenchError(f"heartbeat, {setup}: {error}") from None
         beats = [h for report in reports for h in report["heartbeats"] if start <= h[0] < end]
+        links_cpu, database_cpu, simulated_cpu = (
+            100 * (after - before) / (end - start)
+            for before, after in zip(cpu_before, cpu_after, strict=True)
+        )
         found.append(
             {
                 "setup": setup,
-                "nodes": args.sim_nodes,
+                "nodes": nodes,
                 "activated": len(activated),
                 "connect_seconds": max(activated) - began if activated else None,
                 "heartbeats": {
@@ -230,9 +260,33 @@ def measure_heartbeat(
                     "failed": sum(1 for h in beats if not h[2]),
                 },
                 "probe": percentiles([s[1] for s in probe.samples if start <= s[0] < end]),
+                "cpu_percent": {
+                    "links": links_cpu,
+                    "postgresql": database_cpu,
+                    "simulated": simulated_cpu,
+                },
             }
         )
     return found
+
+
+def goal_line(cells: Sequence[dict[str, Any]]) -> str | None:
+    """Whether two replicas at N answered at a p99 no worse than one link at N / GOAL."""
+    one = [c for c in cells if c["setup"] == "postgresql"]
+    two = [c for c in cells if c["setup"] == "2 replicas"]
+    if not one or not two:
+        return None
+    fewer, replicas = min(one, key=lambda c: c["nodes"]), max(two, key=lambda c: c["nodes"])
+    if replicas["nodes"] < GOAL * fewer["nodes"] * 0.99:
+        return None
+    a, b = fewer["heartbeats"]["p99_ms"], replicas["heartbeats"]["p99_ms"]
+    if a is None or b is None:
+        return None
+    verdict = "met" if b <= a else "NOT met"
+    return (
+        f"  goal ({GOAL:g}x the nodes at the same p99): two replicas at {replicas['nodes']} "
+        f"nodes p99 {b:.2f} ms vs one link at {fewer['nodes']} p99 {a:.2f} ms: {verdict}"
+    )
 
 
 # --- output ---------------------------------------------------------------------------------
@@ -281,16 +335,20 @@ def render(result: dict[str, Any]) -> str:
     if "heartbeat" in result:
         lines += ["", "3. Simulated nodes heartbeating, idle (milliseconds)", ""]
         header = ["set-up", "nodes", "active", "connect s", "p50", "p99", "failed",
-                  "probe p50", "probe p99"]  # fmt: skip
+                  "probe p50", "probe p99", "CPU % links", "PostgreSQL", "sim. nodes"]  # fmt: skip
         rows = [
             [h["setup"], str(h["nodes"]), str(h["activated"]),
              "-" if h["connect_seconds"] is None else f"{h['connect_seconds']:.1f}",
              _ms(h["heartbeats"]["p50_ms"]), _ms(h["heartbeats"]["p99_ms"]),
              str(h["heartbeats"]["failed"]), _ms(h["probe"]["p50_ms"]),
-             _ms(h["probe"]["p99_ms"])]
+             _ms(h["probe"]["p99_ms"]), f"{h['cpu_percent']['links']:.0f}",
+             f"{h['cpu_percent']['postgresql']:.0f}", f"{h['cpu_percent']['simulated']:.0f}"]
             for h in result["heartbeat"]
         ]  # fmt: skip
         lines += markdown_table(header, rows, left=1)
+        goal = goal_line(result["heartbeat"])
+        if goal:
+            lines += ["", goal]
     if "elapsed_seconds" in result:
         lines.append(f"  total time {result['elapsed_seconds']:.0f} s")
     return "\n".join(lines)
@@ -301,6 +359,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--only", choices=SECTIONS, nargs="+", help="sections (default: all)")
     p.add_argument("--repetitions", type=positive, help="runs per cell (default 2; quick 1)")
     p.add_argument("--rounds", type=positive, default=DEFAULT_ROUNDS, help="FedAvg rounds")
+    p.add_argument("--setups", choices=SETUPS, nargs="+", default=list(SETUPS),
+                   help="rounds: the set-ups (default: all three)")  # fmt: skip
     p.add_argument("--nodes", type=positive, nargs="+", help="rounds: node counts")
     p.add_argument("--model-mb", type=positive_float, nargs="+", help="rounds: model MiB")
     p.add_argument("--calls", type=positive, help=f"calls: of each (default {DEFAULT_CALLS})")

@@ -163,6 +163,11 @@ class PostgresServer:
                     ) from None
                 time.sleep(0.1)
 
+    @property
+    def pid(self) -> int:
+        """The server's main process (its backends are its children)."""
+        return self._process.pid
+
     def url(self, database: str) -> str:
         return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
 
