@@ -104,7 +104,8 @@ def test_a_quoted_false_is_not_insecure(deployment: Deployment) -> None:
     listened (here a plaintext link) although the file said false."""
     plain = deployment.start_link(
         ["--insecure", "--fleet-api-address", "127.0.0.1:0", "--control-api-address",
-         "127.0.0.1:0", "--database", str(deployment.tmp / "plain.db")],
+         "127.0.0.1:0", "--serverappio-api-address", "127.0.0.1:0",
+         "--database", str(deployment.tmp / "plain.db")],
         name="plain-link",
     )  # fmt: skip
     home = Path(deployment.env["FLWRMTLS_HOME"])

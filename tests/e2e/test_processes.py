@@ -127,7 +127,8 @@ def test_plaintext_and_tls_mismatches_are_named(deployment: Deployment) -> None:
 
     insecure_link = deployment.start_link(
         ["--insecure", "--fleet-api-address", "127.0.0.1:0", "--control-api-address",
-         "127.0.0.1:0", "--database", str(deployment.tmp / "plain.db")],
+         "127.0.0.1:0", "--serverappio-api-address", "127.0.0.1:0",
+         "--database", str(deployment.tmp / "plain.db")],
         name="plain-link",
     )  # fmt: skip
     assert "INSECURE" in insecure_link.log
