@@ -10,6 +10,10 @@ ActivateNode          row created or updated; new session_id;     online
                       the node's message leases end
 Heartbeat             online_until = now + grace * interval       online
 DeactivateNode        session cleared; online_until = now         offline
+connection closed     online_until = now (session kept; see       offline
+                      :mod:`flwrmtls.runs.presence`)
+a call on that        as Heartbeat (the Fleet servicer resumes    online
+session since         it at once)
 no heartbeat          online_until passes                         offline
 link (re)start        rows and sessions kept; online_until        offline
                       capped at now (:meth:`LinkState.link_started`)
@@ -312,17 +316,30 @@ class LinkState:
         *,
         now: float,
         heartbeat_interval: float,
-        peer_address: str,
+        peer_address: str | None,
     ) -> None:
-        """Fleet servicer: keep the node online (one statement when the session is current)."""
+        """Fleet servicer: keep the node online (one statement when the session is current);
+        ``peer_address`` None keeps the one recorded."""
         cursor = self._db.execute(
-            "UPDATE nodes SET online_until = ?, last_seen = ?, peer_address = ? "
-            "WHERE node_id = ? AND session_id = ?",
+            "UPDATE nodes SET online_until = ?, last_seen = ?, "
+            "peer_address = COALESCE(?, peer_address) WHERE node_id = ? AND session_id = ?",
             (now + HEARTBEAT_GRACE * heartbeat_interval, now, peer_address, node_id, session_id),
         )
         if cursor.rowcount == 0:
             self.check_session(node_id, session_id)  # raises the precise reason
             raise UnknownSession(session_id)
+
+    def connection_closed(self, node_id: int, session_id: str, *, now: float) -> bool:
+        """Fleet servicer (:mod:`flwrmtls.runs.presence`): the node's connection closed and it
+        has not called since. Offline from ``now`` if ``session_id`` is still its session and
+        it was online; returns whether it was. The session stays: a node that was only cut
+        off resumes it with its next call."""
+        cursor = self._db.execute(
+            "UPDATE nodes SET online_until = ? WHERE node_id = ? AND session_id = ? "
+            "AND online_until > ?",
+            (now, node_id, session_id, now),
+        )
+        return cursor.rowcount > 0
 
     def deactivate_node(self, node_id: int, session_id: str, *, now: float) -> None:
         """Fleet servicer: the node is leaving."""
