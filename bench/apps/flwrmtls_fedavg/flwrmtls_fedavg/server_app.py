@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from collections.abc import Iterable
 
@@ -18,6 +19,7 @@ import numpy as np
 from flwrmtls.app import ArrayRecord, Context, FedAvg, Grid, Message, RecordDict, Result, ServerApp
 
 app = ServerApp()
+_ROUND_LINE = re.compile(r"round \d+/\d+: ")
 
 
 class RoundEnds(logging.Handler):
@@ -28,7 +30,7 @@ class RoundEnds(logging.Handler):
         self.ends: list[float] = []
 
     def emit(self, record: logging.LogRecord) -> None:
-        if record.getMessage().startswith("round "):
+        if _ROUND_LINE.match(record.getMessage()):  # "round 2/3: train ...", not warnings
             self.ends.append(time.monotonic())
 
 
