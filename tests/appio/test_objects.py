@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
+import weakref
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -248,3 +250,74 @@ def test_a_pulled_object_is_refused_unless_its_chunks_add_up_to_its_id() -> None
                     pull_object_bytes(stub, object_id)
     finally:
         server.stop(None)
+
+
+def test_send_and_stream_yields_each_reply_as_it_arrives_and_keeps_none(
+    link: Link, pki: TestPki
+) -> None:
+    """Node 1's reply comes out of the stream while node 2 has not answered yet; once the
+    caller drops a reply, nothing in the Grid keeps it (its arrays are gone)."""
+    run_id = link.state.runs.create(
+        app_name="a", app_version="1", bundle_hash="0" * 64, run_config_json="{}", owner="t",
+        now=1.0,
+    )  # fmt: skip
+    link.state.runs.transition(run_id, RunStatus.RUNNING, "", 2.0)
+    token = new_token()
+    link.state.runs.add_token(token_hash(token), run_id, "serverapp")
+    nodes = []
+    for name in ("node-1", "node-2"):
+        chain, key = pki.paths(name)
+        client, channel = node_client(
+            link, root_certificates=pki.trust_bundle_path, chain=chain, key=key
+        )
+        nodes.append((client, channel, client.activate()))
+    model = ArrayRecord({"w": np.zeros(1 << 16, dtype=np.float32)})
+    serverappio = grpc.insecure_channel(f"127.0.0.1:{link.serverappio_port}")
+    grid = GrpcGrid(serverappio, ((TOKEN_METADATA_KEY, token),), run_id)
+    messages = [
+        grid.create_message(RecordDict({"arrays": model}), "train", session.node_id, "1")
+        for _, _, session in nodes
+    ]
+    stream = grid.send_and_stream(messages)  # sent now, before anything is read
+
+    def answer(index: int) -> None:
+        client, channel, session = nodes[index]
+        pulled = client.pull(session, wait=10, active_run_ids=[])
+        assert pulled is not None
+        [proto] = pulled.messages
+        objects = pull_objects(
+            fleet_pb2_grpc.FleetStub(channel), list(proto.object_ids),
+            session_id=session.session_id,
+        )  # fmt: skip
+        message = message_from_proto(proto, objects)
+        arrays = message.content.array_records["arrays"]
+        reply = message.create_reply(
+            RecordDict(
+                {"arrays": ArrayRecord({"w": arrays["w"] + index + 1}),
+                 "metrics": MetricRecord({"num-examples": 1})}
+            )
+        )  # fmt: skip
+        reply_proto, reply_objects = message_to_proto(reply)
+        store = ObjectStore(Path(link.config.database).parent / f"node-{session.node_id}")
+        for data in reply_objects.values():
+            store.put(data)
+        client.send_objects(session, store, list(reply_objects))
+        client.push(session, [reply_proto])
+
+    answer(0)
+    first = next(stream)  # node 2 has not answered: node 1's reply comes alone
+    assert first.metadata.src_identity == "CN=node-1,O=Hospital A"
+    np.testing.assert_array_equal(first.content.array_records["arrays"]["w"], 1.0)
+    first_arrays = weakref.ref(first.content.array_records["arrays"]["w"])
+    del first
+    gc.collect()
+    assert first_arrays() is None  # the Grid kept nothing of the reply it handed over
+    answer(1)
+    second = next(stream)
+    assert second.metadata.src_identity == "CN=node-2,O=Hospital B"
+    np.testing.assert_array_equal(second.content.array_records["arrays"]["w"], 2.0)
+    with pytest.raises(StopIteration):
+        next(stream)
+    serverappio.close()
+    for _, channel, _ in nodes:
+        channel.close()

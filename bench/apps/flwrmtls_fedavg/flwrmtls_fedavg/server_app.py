@@ -12,7 +12,7 @@ import json
 import logging
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 
@@ -66,10 +66,16 @@ class TimedGrid:
     def send_and_receive(
         self, messages: Iterable[Message], *, timeout: float | None = None
     ) -> list[Message]:
+        return list(self.send_and_stream(messages, timeout=timeout))
+
+    def send_and_stream(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterator[Message]:
+        """FedAvg folds each reply in as it comes: the exchange ends with the last one."""
         start = time.monotonic()
-        replies = self._grid.send_and_receive(messages, timeout=timeout)
+        replies = self._grid.send_and_stream(messages, timeout=timeout)
+        yield from replies
         self.exchanges.append([start, time.monotonic()])
-        return replies
 
 
 def _ends(array: np.ndarray) -> list[float]:
