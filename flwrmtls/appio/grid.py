@@ -5,8 +5,10 @@ Rules:
 * Array bytes go as objects, stored once by the link before the messages that reference them
   are sent (a model broadcast to N nodes is hashed once and stored once). When the link
   shares its object directory (its own ServerApp, same host and OS user), they are written
-  there and replies' objects read from there, each checked against its SHA-256; otherwise
-  the link is asked which objects it lacks and only those are pushed over ServerAppIo.
+  there and replies' objects mapped from there without hashing them again: the link checked
+  each against its SHA-256 as it received it, and each object is hashed once per host (see
+  :mod:`flwrmtls.objects.store`); otherwise the link is asked which objects it lacks and only
+  those are pushed over ServerAppIo, and replies' objects are fetched and checked.
 * ``send_and_receive`` returns one reply per message: the node's reply, an error reply the
   link made (the node went offline), or a TIMEOUT error reply made here when ``timeout``
   passes. Waiting is a long poll on the link, not a sleep loop.
@@ -195,8 +197,8 @@ class GrpcGrid:
         ]
 
     def _fetch(self, object_id: str) -> bytes | memoryview:
-        if self._shared is not None:
-            return self._shared.read_verified(object_id)
+        if self._shared is not None:  # the link hashed what it received: mapped, not hashed
+            return self._shared.map(object_id)
         return pull_object_bytes(
             self._stub, object_id, metadata=self._metadata, timeout=_TRANSFER_TIMEOUT
         )

@@ -318,8 +318,10 @@ def pull_object_into(
     session_id: str = "",
     timeout: float | None = None,
     reserve: Reserve | None = None,
+    verify: bool = True,
 ) -> None:
-    """Fetch one object into ``store`` (verified on completion) unless it is there already.
+    """Fetch one object into ``store`` (verified on completion; with ``verify=False`` its size
+    only, for a receiver whose readers hash it) unless it is there already.
 
     Bounded before a byte is written: the size the first chunk announces must be at most
     MAX_OBJECT_BYTES, and ``reserve`` (the receiver's storage bound) must make room for it;
@@ -346,7 +348,7 @@ def pull_object_into(
                     )
                 if reserve is not None:
                     reservation = reserve(object_id, chunk.total_size)
-                writer = store.writer(object_id, chunk.total_size)
+                writer = store.writer(object_id, chunk.total_size, verify=verify)
             writer.write(chunk.offset, chunk.data)
         if writer is None:
             raise ValueError(f"object {object_id}: nothing received")

@@ -252,36 +252,40 @@ def test_a_pulled_object_is_refused_unless_its_chunks_add_up_to_its_id() -> None
         server.stop(None)
 
 
-def test_send_and_stream_yields_each_reply_as_it_arrives_and_keeps_none(
-    link: Link, pki: TestPki
-) -> None:
-    """Node 1's reply comes out of the stream while node 2 has not answered yet; once the
-    caller drops a reply, nothing in the Grid keeps it (its arrays are gone)."""
-    run_id = link.state.runs.create(
-        app_name="a", app_version="1", bundle_hash="0" * 64, run_config_json="{}", owner="t",
-        now=1.0,
-    )  # fmt: skip
-    link.state.runs.transition(run_id, RunStatus.RUNNING, "", 2.0)
-    token = new_token()
-    link.state.runs.add_token(token_hash(token), run_id, "serverapp")
-    nodes = []
-    for name in ("node-1", "node-2"):
-        chain, key = pki.paths(name)
-        client, channel = node_client(
-            link, root_certificates=pki.trust_bundle_path, chain=chain, key=key
-        )
-        nodes.append((client, channel, client.activate()))
-    model = ArrayRecord({"w": np.zeros(1 << 16, dtype=np.float32)})
-    serverappio = grpc.insecure_channel(f"127.0.0.1:{link.serverappio_port}")
-    grid = GrpcGrid(serverappio, ((TOKEN_METADATA_KEY, token),), run_id)
-    messages = [
-        grid.create_message(RecordDict({"arrays": model}), "train", session.node_id, "1")
-        for _, _, session in nodes
-    ]
-    stream = grid.send_and_stream(messages)  # sent now, before anything is read
+class StreamSetup:
+    """A running run with its token, two nodes (node-1, node-2) and the ServerApp's Grid."""
 
-    def answer(index: int) -> None:
-        client, channel, session = nodes[index]
+    def __init__(self, link: Link, pki: TestPki, *, shared: bool) -> None:
+        self.link = link
+        run_id = link.state.runs.create(
+            app_name="a", app_version="1", bundle_hash="0" * 64, run_config_json="{}",
+            owner="t", now=1.0,
+        )  # fmt: skip
+        link.state.runs.transition(run_id, RunStatus.RUNNING, "", 2.0)
+        token = new_token()
+        link.state.runs.add_token(token_hash(token), run_id, "serverapp")
+        self.nodes = []
+        for name in ("node-1", "node-2"):
+            chain, key = pki.paths(name)
+            client, channel = node_client(
+                link, root_certificates=pki.trust_bundle_path, chain=chain, key=key
+            )
+            self.nodes.append((client, channel, client.activate()))
+        self.serverappio = grpc.insecure_channel(f"127.0.0.1:{link.serverappio_port}")
+        self.grid = GrpcGrid(
+            self.serverappio, ((TOKEN_METADATA_KEY, token),), run_id,
+            shared=link.objects.store if shared else None,
+        )  # fmt: skip
+
+    def messages(self, model: ArrayRecord) -> list[Message]:
+        return [
+            self.grid.create_message(RecordDict({"arrays": model}), "train", session.node_id, "1")
+            for _, _, session in self.nodes
+        ]
+
+    def answer(self, index: int) -> None:
+        """Node ``index`` takes its message and replies with the model + index + 1."""
+        client, channel, session = self.nodes[index]
         pulled = client.pull(session, wait=10, active_run_ids=[])
         assert pulled is not None
         [proto] = pulled.messages
@@ -298,13 +302,27 @@ def test_send_and_stream_yields_each_reply_as_it_arrives_and_keeps_none(
             )
         )  # fmt: skip
         reply_proto, reply_objects = message_to_proto(reply)
-        store = ObjectStore(Path(link.config.database).parent / f"node-{session.node_id}")
+        store = ObjectStore(Path(self.link.config.database).parent / f"node-{session.node_id}")
         for data in reply_objects.values():
             store.put(data)
         client.send_objects(session, store, list(reply_objects))
         client.push(session, [reply_proto])
 
-    answer(0)
+    def close(self) -> None:
+        self.serverappio.close()
+        for _, channel, _ in self.nodes:
+            channel.close()
+
+
+def test_send_and_stream_yields_each_reply_as_it_arrives_and_keeps_none(
+    link: Link, pki: TestPki
+) -> None:
+    """Node 1's reply comes out of the stream while node 2 has not answered yet; once the
+    caller drops a reply, nothing in the Grid keeps it (its arrays are gone)."""
+    setup = StreamSetup(link, pki, shared=False)
+    model = ArrayRecord({"w": np.zeros(1 << 16, dtype=np.float32)})
+    stream = setup.grid.send_and_stream(setup.messages(model))  # sent now, before any read
+    setup.answer(0)
     first = next(stream)  # node 2 has not answered: node 1's reply comes alone
     assert first.metadata.src_identity == "CN=node-1,O=Hospital A"
     np.testing.assert_array_equal(first.content.array_records["arrays"]["w"], 1.0)
@@ -312,12 +330,33 @@ def test_send_and_stream_yields_each_reply_as_it_arrives_and_keeps_none(
     del first
     gc.collect()
     assert first_arrays() is None  # the Grid kept nothing of the reply it handed over
-    answer(1)
+    setup.answer(1)
     second = next(stream)
     assert second.metadata.src_identity == "CN=node-2,O=Hospital B"
     np.testing.assert_array_equal(second.content.array_records["arrays"]["w"], 2.0)
     with pytest.raises(StopIteration):
         next(stream)
-    serverappio.close()
-    for _, channel, _ in nodes:
-        channel.close()
+    setup.close()
+
+
+def test_the_serverapp_maps_what_the_link_verified_without_hashing_it_again(
+    link: Link, pki: TestPki, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each object is hashed once on the link's host: the link checks a node's upload as it
+    receives it, and its ServerApp maps the stored bytes (no copy, no second SHA-256)."""
+    setup = StreamSetup(link, pki, shared=True)
+    model = ArrayRecord({"w": np.zeros(1 << 16, dtype=np.float32)})
+    stream = setup.grid.send_and_stream(setup.messages(model))
+    setup.answer(0)
+    setup.answer(1)  # the link hashed both uploads as they arrived
+
+    def no_second_hash(data: object) -> str:
+        raise AssertionError("the ServerApp hashed an object the link had verified")
+
+    monkeypatch.setattr("flwrmtls.objects.store.object_id_of", no_second_hash)
+    replies = sorted(stream, key=lambda reply: reply.metadata.src_identity)
+    for index, reply in enumerate(replies):
+        w = reply.content.array_records["arrays"]["w"]
+        np.testing.assert_array_equal(w, index + 1.0)
+        assert not w.flags.writeable  # a view over the mapped file, not a copy
+    setup.close()
