@@ -17,6 +17,10 @@ node's reply differs from every other's; the ServerApp's model is checked). Figu
 * peak RSS of the link's and node 1's process trees;
 * CPU seconds by role (CLI, link, ServerApp, nodes, ClientApps) from the command's start until
   the run's app processes have exited;
+* the wire's bound for cells of ``WIRE_MIB`` MiB or more: the same bytes as a round (N x M
+  down, then up) over a plain gRPC stream with mutual TLS between N client processes and one
+  server process (``harness.rawstream``, as bench_limits), and the round as a fraction of it
+  (wire seconds / round seconds);
 * "node killed mid-round": 3 nodes x 1 MiB (``--kill-nodes``/``--kill-model-mb``), the last
   node's ClientApp holds its reply in round 2 and the node is killed (SIGKILL) once the others
   have answered; the stall is the time from the kill to the end of the round (the link marks a
@@ -41,6 +45,7 @@ from harness.flwrmtls_runs import (
     measure_fedavg_cell,
     measure_node_killed,
 )
+from harness.rawstream import measure_raw
 from harness.results import envelope
 from harness.stats import spread
 from harness.tables import fmt_spread, markdown_table
@@ -51,6 +56,8 @@ from flwrmtls.testing.pki import make_test_pki
 FULL_CELLS = ((2, 1.0), (8, 1.0), (32, 1.0), (2, 50.0), (8, 50.0))
 QUICK_CELLS = ((2, 1.0), (8, 1.0))
 DEFAULT_REPETITIONS = 3
+WIRE_MIB = 10.0
+"""Cells of at least this many MiB also measure the wire's bound (a plain TLS stream)."""
 
 
 def cells_of(args: argparse.Namespace) -> list[tuple[int, float]]:
@@ -108,6 +115,8 @@ def measure_rounds(args: argparse.Namespace, space: Workspace) -> dict[str, Any]
                 stagger=args.stagger,
             )  # fmt: skip
             cell["detail_summary"] = summarize_detail(cell["runs"])
+            if distinct and model_mb >= WIRE_MIB:
+                cell["wire"] = measure_raw(pki, nodes, int(model_mb * (1 << 20)))
             result["cells"].append(
                 {"nodes": nodes, "model_mb": model_mb, "distinct": distinct, **cell}
             )
@@ -199,11 +208,37 @@ def render_rounds(result: dict[str, Any]) -> str:
         )
     lines += markdown_table(header, rows, left=3)
     lines.append(f"  cores busy: CPU seconds / wall (this machine has {machine['cpus_usable']})")
+    wired = [cell for cell in result["cells"] if "wire" in cell]
+    if wired:
+        lines += [
+            "",
+            "4. A round against the wire: the same bytes (N x M down, then up) over a plain gRPC "
+            "stream with mutual TLS, N client processes and one server process",
+            "",
+        ]
+        rows = []
+        for cell in wired:
+            wire, round_mean = cell["wire"], cell["summary"]["round_mean_seconds"]["median"]
+            bound = wire["download_seconds"] + wire["upload_seconds"]
+            rows.append(
+                [
+                    *_label(cell),
+                    f"{wire['download_mb_s']:.0f}",
+                    f"{wire['upload_mb_s']:.0f}",
+                    f"{bound:.2f}",
+                    f"{round_mean:.2f}",
+                    f"{100 * bound / round_mean:.0f} %",
+                ]
+            )
+        header = ["nodes", "MiB", "replies", "wire down MB/s", "wire up MB/s", "wire s",
+                  "round s", "round at"]  # fmt: skip
+        lines += markdown_table(header, rows, left=3)
+        lines.append("  round at: wire seconds / the round's seconds (median of the rounds' mean)")
     killed = result.get("node_killed")
     if killed:
         lines += [
             "",
-            "4. Node killed mid-round (SIGKILL once the others answered; seconds from the kill "
+            "5. Node killed mid-round (SIGKILL once the others answered; seconds from the kill "
             "to the end of the round)",
             "",
         ]

@@ -217,14 +217,18 @@ class ServerAppIoServicer(appio_pb2_grpc.ServerAppIoServicer):
         self, request: objects_pb2.PullObjectRequest, context: _Context
     ) -> AsyncIterator[objects_pb2.ObjectChunk]:
         scope = self._objects.run_scope(self._run_id())
-        async for chunk in answer_pull(self._objects.store, scope, request.object_id):
+        async for chunk in answer_pull(
+            self._objects.store, scope, request.object_id, self._objects.transfers
+        ):
             yield chunk
 
     async def PushObject(
         self, request_iterator: AsyncIterator[objects_pb2.ObjectChunk], context: _Context
     ) -> objects_pb2.PushObjectResponse:
         scope = fixed_scope(self._objects.run_scope(self._run_id()))
-        response, _ = await answer_push(self._objects.store, request_iterator, scope)
+        response, _ = await answer_push(
+            self._objects.store, request_iterator, scope, self._objects.transfers
+        )
         return response
 
     async def MissingObjects(

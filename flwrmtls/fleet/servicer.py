@@ -303,7 +303,9 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
     ) -> AsyncIterator[objects_pb2.ObjectChunk]:
         node_id = self._session_node(request.session_id)
         scope = self._objects.node_scope(node_id)
-        async for chunk in answer_pull(self._objects.store, scope, request.object_id):
+        async for chunk in answer_pull(
+            self._objects.store, scope, request.object_id, self._objects.transfers
+        ):
             yield chunk
 
     async def PushObject(
@@ -313,7 +315,9 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
             node_id = self._session_node(first.session_id)
             return self._objects.node_scope(node_id)
 
-        response, _ = await answer_push(self._objects.store, request_iterator, scope_of)
+        response, _ = await answer_push(
+            self._objects.store, request_iterator, scope_of, self._objects.transfers
+        )
         return response
 
     async def MissingObjects(

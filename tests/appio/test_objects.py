@@ -23,6 +23,7 @@ from flwrmtls.objects.scope import SetScope
 from flwrmtls.objects.store import ObjectStore, object_id_of
 from flwrmtls.objects.transfer import (
     MAX_OBJECT_BYTES,
+    TransferGate,
     fixed_scope,
     pull_object_bytes,
     pull_objects,
@@ -359,4 +360,71 @@ def test_the_serverapp_maps_what_the_link_verified_without_hashing_it_again(
         w = reply.content.array_records["arrays"]["w"]
         np.testing.assert_array_equal(w, index + 1.0)
         assert not w.flags.writeable  # a view over the mapped file, not a copy
+    setup.close()
+
+
+def test_the_link_moves_bytes_for_at_most_its_gates_transfers_at_once(
+    link: Link, pki: TestPki
+) -> None:
+    """What the link buffers for transfers is bounded by its gate, not by its callers: with a
+    gate of one, a second download waits for its turn, unread, while a first one is held
+    open by a slow reader, and gets its bytes, whole, once the first is done."""
+    link.objects.transfers = TransferGate(1, patience=600)
+    setup = StreamSetup(link, pki, shared=True)
+    model = ArrayRecord(
+        {"a": np.full(1 << 21, 1.0, dtype=np.float32), "b": np.full(1 << 21, 2.0, np.float32)}
+    )  # 8 MiB each: 8 chunks each
+    stream = setup.grid.send_and_stream(setup.messages(model))
+    client, channel, session = setup.nodes[0]
+    pulled = client.pull(session, wait=10, active_run_ids=[])
+    assert pulled is not None
+    [message] = pulled.messages
+    second_id = object_id_of(model["b"].tobytes())
+    [first_id] = [object_id for object_id in message.object_ids if object_id != second_id]
+    stub = fleet_pb2_grpc.FleetStub(channel)
+    request = objects_pb2.PullObjectRequest
+    first = iter(stub.PullObject(request(object_id=first_id, session_id=session.session_id)))
+    next(first)  # the first download has its turn, and its reader stalls
+    with ThreadPoolExecutor(1) as pool:
+        second = pool.submit(
+            pull_object_bytes, stub, second_id, session_id=session.session_id, timeout=60
+        )
+        for _ in range(600):  # until the second download waits for its turn
+            if link.objects.transfers.waiting == 1:
+                break
+            threading.Event().wait(0.05)
+        assert link.objects.transfers.waiting == 1
+        assert not second.done()
+        rest = b"".join(chunk.data for chunk in first)  # the first reader goes on, to the end
+        assert len(rest) == (8 << 20) - (1 << 20)
+        assert bytes(second.result(timeout=60)) == model["b"].tobytes()  # then the second
+    assert link.objects.transfers.waiting == 0
+    del stream  # never iterated: the replies are not awaited
+    setup.close()
+
+
+def test_a_transfer_stalled_in_its_turn_never_stops_the_others(link: Link, pki: TestPki) -> None:
+    """A node that opens a download and never reads it holds its turn: once no turn has ended
+    for the gate's patience, the next transfer goes ahead without one."""
+    link.objects.transfers = TransferGate(1, patience=0.5)
+    setup = StreamSetup(link, pki, shared=True)
+    model = ArrayRecord(
+        {"a": np.full(1 << 21, 1.0, dtype=np.float32), "b": np.full(1 << 21, 2.0, np.float32)}
+    )
+    stream = setup.grid.send_and_stream(setup.messages(model))
+    client, channel, session = setup.nodes[0]
+    pulled = client.pull(session, wait=10, active_run_ids=[])
+    assert pulled is not None
+    second_id = object_id_of(model["b"].tobytes())
+    [first_id] = [i for i in pulled.messages[0].object_ids if i != second_id]
+    stub = fleet_pb2_grpc.FleetStub(channel)
+    call = stub.PullObject(
+        objects_pb2.PullObjectRequest(object_id=first_id, session_id=session.session_id)
+    )
+    next(iter(call))  # holds the only turn, and reads no more
+    data = pull_object_bytes(stub, second_id, session_id=session.session_id, timeout=60)
+    assert bytes(data) == model["b"].tobytes()  # while the stalled one is still open
+    assert link.objects.transfers.impatient == 1
+    call.cancel()  # type: ignore[no-untyped-call]
+    del stream  # never iterated: the replies are not awaited
     setup.close()
