@@ -16,7 +16,16 @@ node's reply differs from every other's; the ServerApp's model is checked). Figu
   from clients (-> the replies are decoded in the ServerApp), aggregate (-> FedAvg's line);
 * peak RSS of the link's and node 1's process trees;
 * CPU seconds by role (CLI, link, ServerApp, nodes, ClientApps) from the command's start until
-  the run's app processes have exited.
+  the run's app processes have exited;
+* the wire's bound for cells of ``WIRE_MIB`` MiB or more: the same bytes as a round (N x M
+  down, then up) over a plain gRPC stream with mutual TLS between N client processes and one
+  server process (``harness.rawstream``, as bench_limits), and the round as a fraction of it
+  (wire seconds / round seconds);
+* "node killed mid-round": 3 nodes x 1 MiB (``--kill-nodes``/``--kill-model-mb``), the last
+  node's ClientApp holds its reply in round 2 and the node is killed (SIGKILL) once the others
+  have answered; the stall is the time from the kill to the end of the round (the link marks a
+  node whose connection closed offline at once; a heartbeat lapse would take 12.5 s here).
+  ``--kill-nodes 0`` leaves it out.
 
 It only prints figures; nothing here asserts on timings. See docs/performance.md, "Rounds".
 """
@@ -28,7 +37,15 @@ from collections.abc import Sequence
 from typing import Any
 
 from harness.cli import Workspace, base_parser, finish, positive, positive_float, run_main
-from harness.flwrmtls_runs import CPU_ROLES, PHASES, copy_app, issue_nodes, measure_fedavg_cell
+from harness.flwrmtls_runs import (
+    CPU_ROLES,
+    PHASES,
+    copy_app,
+    issue_nodes,
+    measure_fedavg_cell,
+    measure_node_killed,
+)
+from harness.rawstream import measure_raw
 from harness.results import envelope
 from harness.stats import spread
 from harness.tables import fmt_spread, markdown_table
@@ -39,6 +56,8 @@ from flwrmtls.testing.pki import make_test_pki
 FULL_CELLS = ((2, 1.0), (8, 1.0), (32, 1.0), (2, 50.0), (8, 50.0))
 QUICK_CELLS = ((2, 1.0), (8, 1.0))
 DEFAULT_REPETITIONS = 3
+WIRE_MIB = 10.0
+"""Cells of at least this many MiB also measure the wire's bound (a plain TLS stream)."""
 
 
 def cells_of(args: argparse.Namespace) -> list[tuple[int, float]]:
@@ -74,7 +93,7 @@ def summarize_detail(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
 def measure_rounds(args: argparse.Namespace, space: Workspace) -> dict[str, Any]:
     cells = cells_of(args)
     pki = make_test_pki(space.path / "pki")
-    issue_nodes(pki, max(n for n, _ in cells))
+    issue_nodes(pki, max(max(n for n, _ in cells), args.kill_nodes))
     app = copy_app("flwrmtls_fedavg", space.path / "app")
     variants = [True, False] if args.identical_updates else [True]
     config = {
@@ -83,6 +102,8 @@ def measure_rounds(args: argparse.Namespace, space: Workspace) -> dict[str, Any]
         "stagger_seconds": args.stagger,
         "identical_updates_too": args.identical_updates,
         "quick": args.quick,
+        "kill_nodes": args.kill_nodes,
+        "kill_model_mb": args.kill_model_mb,
     }
     result = {**envelope("bench_rounds", config), "cells": []}
     for nodes, model_mb in cells:
@@ -94,9 +115,16 @@ def measure_rounds(args: argparse.Namespace, space: Workspace) -> dict[str, Any]
                 stagger=args.stagger,
             )  # fmt: skip
             cell["detail_summary"] = summarize_detail(cell["runs"])
+            if distinct and model_mb >= WIRE_MIB:
+                cell["wire"] = measure_raw(pki, nodes, int(model_mb * (1 << 20)))
             result["cells"].append(
                 {"nodes": nodes, "model_mb": model_mb, "distinct": distinct, **cell}
             )
+    if args.kill_nodes:
+        result["node_killed"] = measure_node_killed(
+            pki, space.path / "killed", space.env, app, nodes=args.kill_nodes,
+            model_mb=args.kill_model_mb, repetitions=args.repetitions, stagger=args.stagger,
+        )  # fmt: skip
     return result
 
 
@@ -180,6 +208,47 @@ def render_rounds(result: dict[str, Any]) -> str:
         )
     lines += markdown_table(header, rows, left=3)
     lines.append(f"  cores busy: CPU seconds / wall (this machine has {machine['cpus_usable']})")
+    wired = [cell for cell in result["cells"] if "wire" in cell]
+    if wired:
+        lines += [
+            "",
+            "4. A round against the wire: the same bytes (N x M down, then up) over a plain gRPC "
+            "stream with mutual TLS, N client processes and one server process",
+            "",
+        ]
+        rows = []
+        for cell in wired:
+            wire, round_mean = cell["wire"], cell["summary"]["round_mean_seconds"]["median"]
+            bound = wire["download_seconds"] + wire["upload_seconds"]
+            rows.append(
+                [
+                    *_label(cell),
+                    f"{wire['download_mb_s']:.0f}",
+                    f"{wire['upload_mb_s']:.0f}",
+                    f"{bound:.2f}",
+                    f"{round_mean:.2f}",
+                    f"{100 * bound / round_mean:.0f} %",
+                ]
+            )
+        header = ["nodes", "MiB", "replies", "wire down MB/s", "wire up MB/s", "wire s",
+                  "round s", "round at"]  # fmt: skip
+        lines += markdown_table(header, rows, left=3)
+        lines.append("  round at: wire seconds / the round's seconds (median of the rounds' mean)")
+    killed = result.get("node_killed")
+    if killed:
+        lines += [
+            "",
+            "5. Node killed mid-round (SIGKILL once the others answered; seconds from the kill "
+            "to the end of the round)",
+            "",
+        ]
+        lines += markdown_table(
+            ["case", "nodes", "MiB", "stall"],
+            [["node killed mid-round", str(killed["nodes"]), f"{killed['model_mb']:g}",
+              fmt_spread(killed["summary"], 2, runs=len(killed["stall_seconds"]))]],
+            left=1,
+        )  # fmt: skip
+        lines.append(f"  the dead node's error reply: {killed['reason']}")
     if "elapsed_seconds" in result:
         lines.append(f"  total time {result['elapsed_seconds']:.0f} s")
     return "\n".join(lines)
@@ -200,6 +269,18 @@ def parser() -> argparse.ArgumentParser:
         "--identical-updates",
         action="store_true",
         help="also run each cell with identical replies (every node adds 1), as extra rows",
+    )
+    p.add_argument(
+        "--kill-nodes",
+        type=int,
+        default=3,
+        help="nodes of the 'node killed mid-round' case (default 3; 0 leaves it out)",
+    )
+    p.add_argument(
+        "--kill-model-mb",
+        type=positive_float,
+        default=1.0,
+        help="model size of the 'node killed mid-round' case (MiB, default 1)",
     )
     return p
 

@@ -1,5 +1,6 @@
 """The rounds benchmark keeps working: one tiny cell end to end, distinct replies by default
-and the identical-replies variant as its own, named rows (figures shown, never asserted)."""
+and the identical-replies variant as its own, named rows, and the "node killed mid-round" case
+(figures shown, never asserted)."""
 
 from __future__ import annotations
 
@@ -33,3 +34,8 @@ def test_rounds_benchmark_runs_one_tiny_cell_both_ways() -> None:
         assert run["link_peak_rss_mib"] > 0
         assert run["node_peak_rss_mib"] > 0
         assert abs(run["model_shift"] - shift) < 1e-3
+    killed = figures["node_killed"]
+    assert (killed["nodes"], killed["model_mb"]) == (3, 1)
+    [stall] = killed["stall_seconds"]
+    assert stall > 0
+    assert "went offline (its connection closed at " in killed["reason"]

@@ -10,12 +10,16 @@ node keep a spare app process ready, which is not the run's).
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
 import resource
 import shutil
+import signal
 import time
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +35,7 @@ from flwrmtls.testing.pki import TestPki
 from flwrmtls.testing.processes import ManagedProcess, run_cli
 from harness import BenchError, progress
 from harness.procs import RssSampler, children, cpu_seconds, mib, rss_bytes, wait_gone
+from harness.stats import spread
 from harness.venvs import BENCH_DIR
 from harness.workload import Run, check_model, runs_json, tile
 
@@ -41,6 +46,7 @@ __all__ = [
     "federation",
     "issue_nodes",
     "measure_fedavg_cell",
+    "measure_node_killed",
     "run_app",
 ]
 
@@ -53,6 +59,8 @@ IDLE_TIMEOUT = 60.0
 
 _RUN_ID = re.compile(r"run (\d+) started:")
 _SERVER = re.compile(r"BENCH-SERVER (\{.*\})")
+_RUN_ID_IN_LOG = re.compile(r"run (\d+) ClientApp: BENCH-HOLD")
+_CLOSED = re.compile(r"NODE_UNAVAILABLE: node .+? went offline \(its connection closed at [^)]*\)")
 
 
 def copy_app(name: str, destination: Path) -> Path:
@@ -364,3 +372,74 @@ def measure_fedavg_cell(
             f"{label}, {nodes} nodes x {model_mb:g} MiB: {error}\n{fed.log_tails()}"
         ) from None
     return {"startup_seconds": startup, "idle_rss_mib": idle, **runs_json(runs)}
+
+
+# --- a node killed mid-round ---------------------------------------------------------------
+
+KILL_ROUND = 2
+
+
+def measure_node_killed(
+    pki: TestPki,
+    directory: Path,
+    env: Mapping[str, str],
+    app_dir: Path,
+    *,
+    nodes: int,
+    model_mb: float,
+    repetitions: int,
+    stagger: float = 0.2,
+) -> dict[str, Any]:
+    """ "node killed mid-round": per repetition a new federation of ``nodes`` (heartbeat 5 s,
+    so a lapse would take 12.5 s), a run of 2 FedAvg rounds needing ``nodes - 1`` replies,
+    in which the last node's ClientApp holds its reply in round 2; once the others have
+    answered, that node is killed (SIGKILL, no goodbye). The stall is the time from the kill
+    to the end of round 2 (FedAvg's line, the ServerApp's stamp); the link's error reply for
+    the dead node is checked to name the closed connection."""
+    stalls: list[float] = []
+    reasons: list[str] = []
+    for index in range(repetitions):
+        fed = federation(pki, directory / f"killed-{index}", env, nodes, stagger=stagger)
+        with fed:
+            stall, reason = _kill_mid_round(fed, app_dir, model_mb)
+        stalls.append(stall)
+        reasons.append(reason)
+    return {
+        "nodes": nodes, "model_mb": model_mb, "stall_seconds": stalls,
+        "summary": spread(stalls), "reason": reasons[0] if reasons else "",
+    }  # fmt: skip
+
+
+def _kill_mid_round(fed: Federation, app_dir: Path, model_mb: float) -> tuple[float, str]:
+    """One run on ``fed`` whose last node is killed mid-round: (stall, the error reply)."""
+    victim, others = fed.nodes[-1], fed.nodes[:-1]
+    assert victim.process is not None
+    config = {
+        "rounds": KILL_ROUND, "min-nodes": fed.size - 1, "model-mb": float(model_mb),
+        "hold-node": fed.size, "hold-round": KILL_ROUND,
+    }  # fmt: skip
+    with ThreadPoolExecutor(1, "run") as pool:
+        command = pool.submit(run_app, fed.env, app_dir, config, RUN_TIMEOUT)
+        run_id = int(victim.wait_for(_RUN_ID_IN_LOG, timeout=RUN_TIMEOUT).group(1))
+        answers = KILL_ROUND * len(others)
+        if len(client_stamps(others, run_id, "BENCH-CLIENT", answers)) < answers:
+            raise BenchError(f"the other nodes never answered round {KILL_ROUND}")
+        orphans = children(victim.process.pid)
+        killed = time.monotonic()
+        victim.process.kill()
+        try:
+            result = command.result(RUN_TIMEOUT)
+        finally:
+            for pid in orphans:  # the ClientApp that held its reply, asleep
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+    ends = result.server["round_ends"]
+    if len(ends) != KILL_ROUND:
+        raise BenchError(f"the run ended {len(ends)} rounds\n{result.output[-2000:]}")
+    reason = _CLOSED.search(result.output)
+    if reason is None:
+        raise BenchError(
+            "the dead node's error reply does not name its closed connection\n"
+            + result.output[-3000:]
+        )
+    return float(ends[-1]) - killed, reason.group(0)

@@ -12,12 +12,16 @@ runs a ClientApp in this process for tests. Both keep these rules:
   ``timeout`` seconds passed, ``CLIENT_APP_RAISED`` with the traceback). Each reply's metadata
   names the node (``src_node_id``) and its certificate identity (``src_identity``); match a
   reply to its message by ``reply_to_message_id``.
+- ``send_and_stream`` sends at once and yields the same replies one by one, each as soon as
+  it has arrived (its arrays read), so that the caller can fold it into a result and let it
+  go: the Grid keeps no reply it has yielded, and reads at most one ahead. Stop iterating
+  early and the replies not yet yielded are dropped.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Protocol
 
 from flwrmtls.app.message import DEFAULT_TTL, Message, Metadata, new_message_id
@@ -85,4 +89,10 @@ class Grid(Protocol):
         self, messages: Iterable[Message], *, timeout: float | None = None
     ) -> list[Message]:
         """Send, then wait for one reply (or error reply) per message."""
+        ...
+
+    def send_and_stream(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterator[Message]:
+        """Send now; yield one reply (or error reply) per message, each as it arrives."""
         ...

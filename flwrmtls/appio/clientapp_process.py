@@ -38,7 +38,7 @@ from flwrmtls.appio.process import (
 )
 from flwrmtls.keyvalues import values_from_proto
 from flwrmtls.objects.store import CorruptObject, ObjectStore
-from flwrmtls.objects.transfer import pull_objects, push_objects
+from flwrmtls.objects.transfer import in_parallel, pull_objects, push_objects
 from flwrmtls.proto import appio_pb2, appio_pb2_grpc, common_pb2
 from flwrmtls.wire.bounds import LONG_POLL_SECONDS
 from flwrmtls.wire.refusals import Refusal, refusal_in
@@ -78,10 +78,11 @@ def _read_shared(
     shared: ObjectStore,
     object_ids: list[str],
     metadata: tuple[tuple[str, str], ...],
-) -> dict[str, bytes]:
-    """Have the node fetch the objects, then read them from its directory (verified). One
-    whose bytes do not match its id (or that went missing) is deleted and prepared again,
-    once; a second mismatch raises :class:`CorruptObject`."""
+) -> dict[str, memoryview]:
+    """Have the node fetch the objects, then read them from its directory, each checked
+    against its SHA-256 here (the node wrote them unhashed: one hash on this host). One whose
+    bytes do not match its id (or that went missing) is deleted and prepared again, once; a
+    second mismatch raises :class:`CorruptObject`."""
 
     def prepare(ids: list[str]) -> None:
         stub.PrepareObjects(
@@ -89,18 +90,19 @@ def _read_shared(
             timeout=_TRANSFER_TIMEOUT,
         )  # fmt: skip
 
-    unique = list(dict.fromkeys(object_ids))
-    if unique:
-        prepare(unique)
-    objects: dict[str, bytes] = {}
-    for object_id in unique:
+    def read(object_id: str) -> memoryview:
         try:
-            objects[object_id] = shared.read_verified(object_id, discard=True)
+            return shared.read_verified(object_id, discard=True)
         except (CorruptObject, FileNotFoundError) as error:
             log.warning("%s: asking the node to fetch it again", error)
             prepare([object_id])
-            objects[object_id] = shared.read_verified(object_id, discard=True)
-    return objects
+            return shared.read_verified(object_id, discard=True)
+
+    unique = list(dict.fromkeys(object_ids))
+    if unique:
+        prepare(unique)
+    # Mapped, not copied; hashed several at a time (hashing releases the GIL).
+    return dict(zip(unique, in_parallel(read, unique), strict=True))
 
 
 def _undelivered(proto: common_pb2.Message, reason: str) -> Message:
@@ -163,12 +165,15 @@ def run(address: str) -> int:
                 message = message_from_proto(response.message, objects)
                 del objects
                 reply = _handle(client_app, message, context)
+                del message
             proto, reply_objects = message_to_proto(reply)
+            del reply  # its arrays live on in reply_objects until they are stored
             if shared is not None:
                 for object_id, data in reply_objects.items():  # the node pushes them on
                     shared.put_hashed(data, object_id)
             else:
                 push_objects(stub, reply_objects, metadata=metadata, timeout=_TRANSFER_TIMEOUT)
+            del reply_objects  # nothing of this message is kept while the next one is read
             try:
                 stub.PushReply(
                     appio_pb2.PushReplyRequest(reply=proto), metadata=metadata,

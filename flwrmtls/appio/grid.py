@@ -5,18 +5,26 @@ Rules:
 * Array bytes go as objects, stored once by the link before the messages that reference them
   are sent (a model broadcast to N nodes is hashed once and stored once). When the link
   shares its object directory (its own ServerApp, same host and OS user), they are written
-  there and replies' objects read from there, each checked against its SHA-256; otherwise
-  the link is asked which objects it lacks and only those are pushed over ServerAppIo.
+  there and replies' objects mapped from there without hashing them again: the link checked
+  each against its SHA-256 as it received it, and each object is hashed once per host (see
+  :mod:`flwrmtls.objects.store`); otherwise the link is asked which objects it lacks and only
+  those are pushed over ServerAppIo, and replies' objects are fetched and checked.
 * ``send_and_receive`` returns one reply per message: the node's reply, an error reply the
   link made (the node went offline), or a TIMEOUT error reply made here when ``timeout``
   passes. Waiting is a long poll on the link, not a sleep loop.
-* Reply objects identical across nodes are fetched once, each as soon as its reply arrives.
+* ``send_and_stream`` yields those replies one at a time, as they arrive: a reply's objects
+  are read (or fetched) while the one before it is with the caller, at most ``READ_AHEAD``
+  replies ahead, and nothing here keeps a reply once it is yielded. So a strategy that folds
+  each reply in and lets it go holds the model, its accumulator and a reply or two, never N.
+  An object that two replies waiting here share is read once.
 """
 
 from __future__ import annotations
 
+import itertools
 import time
-from collections.abc import Iterable, Sequence
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import grpc
@@ -41,9 +49,11 @@ from flwrmtls.objects.transfer import (
 from flwrmtls.proto import appio_pb2, appio_pb2_grpc, common_pb2
 from flwrmtls.wire.bounds import LONG_POLL_SECONDS
 
-__all__ = ["GrpcGrid"]
+__all__ = ["READ_AHEAD", "GrpcGrid"]
 
 _TRANSFER_TIMEOUT = 600.0
+READ_AHEAD = 1
+"""Replies whose objects are read while the caller has the one before them."""
 
 
 class GrpcGrid:
@@ -104,6 +114,16 @@ class GrpcGrid:
     def send_and_receive(
         self, messages: Iterable[Message], *, timeout: float | None = None
     ) -> list[Message]:
+        return list(self.send_and_stream(messages, timeout=timeout))
+
+    def send_and_stream(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterator[Message]:
+        sent = self._send(messages)
+        return self._replies({m.metadata.message_id: m for m in sent}, timeout)
+
+    def _send(self, messages: Iterable[Message]) -> list[Message]:
+        """Store the messages' objects on the link, then push the messages."""
         sent = list(messages)
         protos = []
         objects: dict[str, memoryview] = {}
@@ -121,47 +141,64 @@ class GrpcGrid:
             appio_pb2.PushAppMessagesRequest(messages=protos), metadata=self._metadata,
             timeout=_TRANSFER_TIMEOUT,
         )  # fmt: skip
-        replies = self._collect({m.metadata.message_id: m for m in sent}, timeout)
-        return replies
+        return sent
 
-    def _collect(self, pending: dict[str, Message], timeout: float | None) -> list[Message]:
-        """Long-poll for the replies; each reply's objects are fetched as soon as it arrives
-        (in the background, several at a time, each distinct object once), so the transfers
-        overlap the wait for slower nodes instead of all starting after the last reply."""
+    def _replies(self, pending: dict[str, Message], timeout: float | None) -> Iterator[Message]:
+        """Long-poll for the replies and yield each once its objects are read; the next
+        READ_AHEAD replies' objects are read in the background meanwhile."""
         start = time.monotonic()
-        received: list[common_pb2.Message] = []
-        fetches: dict[str, Future[bytes | memoryview]] = {}
+        arrived: deque[common_pb2.Message] = deque()
+        reads: dict[str, Future[bytes | memoryview]] = {}
         with ThreadPoolExecutor(PARALLEL_STREAMS, "replies") as pool:
-            while pending:
+            while pending or arrived:
                 remaining = None if timeout is None else timeout - (time.monotonic() - start)
-                if remaining is not None and remaining <= 0:
-                    break
-                wait = LONG_POLL_SECONDS if remaining is None else min(remaining, LONG_POLL_SECONDS)
-                response = self._stub.PullReplies(
-                    appio_pb2.PullRepliesRequest(wait_seconds=wait, after=self._cursor),
-                    metadata=self._metadata, timeout=wait + 30,
-                )  # fmt: skip
-                self._cursor = max(self._cursor, response.cursor)
-                for reply in response.replies:  # late replies to earlier rounds are dropped
-                    if pending.pop(reply.reply_to_message_id, None) is None:
-                        continue
-                    received.append(reply)
-                    for object_id in reply.object_ids:
-                        if object_id not in fetches:
-                            fetches[object_id] = pool.submit(self._fetch, object_id)
-            objects = {object_id: fetch.result() for object_id, fetch in fetches.items()}
-        replies = [self._decode(proto, objects) for proto in received]
+                if pending and (remaining is None or remaining > 0):
+                    # Wait for replies only when none is ready to hand over.
+                    wait = 0.0 if arrived else LONG_POLL_SECONDS
+                    if remaining is not None:
+                        wait = min(wait, remaining)
+                    arrived.extend(self._pull_replies(pending, wait))
+                elif not arrived:
+                    break  # time is up: the rest get TIMEOUT below
+                for proto in itertools.islice(arrived, READ_AHEAD + 1):
+                    for object_id in proto.object_ids:
+                        if object_id not in reads:
+                            reads[object_id] = pool.submit(self._fetch, object_id)
+                if not arrived:
+                    continue
+                proto = arrived.popleft()
+                objects = {object_id: reads[object_id].result() for object_id in proto.object_ids}
+                still_needed = {oid for later in arrived for oid in later.object_ids}
+                for object_id in proto.object_ids:
+                    if object_id not in still_needed:
+                        reads.pop(object_id, None)
+                handed = [self._decode(proto, objects)]
+                del objects, proto
+                yield handed.pop()  # the caller's now: no name here keeps it while it waits
         for original in pending.values():
             late = original.create_error_reply(
                 Error(ErrorCode.TIMEOUT, f"no reply within {timeout or 0:.0f}s")
             )
             late.metadata.src_identity = self.identities.get(original.metadata.dst_node_id, "")
-            replies.append(late)
-        return replies
+            yield late
+
+    def _pull_replies(self, pending: dict[str, Message], wait: float) -> list[common_pb2.Message]:
+        """The replies to ``pending`` stored after the cursor (taken out of ``pending``); late
+        replies to earlier rounds are dropped."""
+        response = self._stub.PullReplies(
+            appio_pb2.PullRepliesRequest(wait_seconds=wait, after=self._cursor),
+            metadata=self._metadata, timeout=wait + 30,
+        )  # fmt: skip
+        self._cursor = max(self._cursor, response.cursor)
+        return [
+            reply
+            for reply in response.replies
+            if pending.pop(reply.reply_to_message_id, None) is not None
+        ]
 
     def _fetch(self, object_id: str) -> bytes | memoryview:
-        if self._shared is not None:
-            return self._shared.read_verified(object_id)
+        if self._shared is not None:  # the link hashed what it received: mapped, not hashed
+            return self._shared.map(object_id)
         return pull_object_bytes(
             self._stub, object_id, metadata=self._metadata, timeout=_TRANSFER_TIMEOUT
         )

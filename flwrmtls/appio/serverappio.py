@@ -12,13 +12,15 @@ Rules:
 * A push is one transaction: its messages, and the rows that make their objects the run's
   and readable by their nodes, are stored whole or not at all.
 * A node that goes offline while a message waits for its reply gets an error reply
-  (``NODE_UNAVAILABLE``) once its heartbeat grace has passed, so a ServerApp learns of a dead
-  node within a bounded time (2.5 heartbeat intervals; see ``--heartbeat-interval``).
+  (``NODE_UNAVAILABLE``): within a second when its connection closes (a dead process's
+  connections close at once; :mod:`flwrmtls.runs.presence`), else once its heartbeat grace
+  has passed, so a ServerApp learns of a node lost without a word within a bounded time (2.5
+  heartbeat intervals; see ``--heartbeat-interval``).
 * PullReplies waits (long poll) until a reply or an error exists, never by a fixed delay. It
   returns the run's replies after the caller's cursor, so a call costs what is new, not what
   is still awaited: a round to N nodes costs the link O(N), not O(N^2). Which awaited nodes
   went offline is checked at most every ``OFFLINE_RECHECK`` seconds per run (sooner when a
-  node's heartbeat grace ends).
+  node's heartbeat grace ends, at once when a node's connection closed).
 * SetRunResult keeps only a result of the shape the app library writes
   (:mod:`flwrmtls.app.runresult`: bounded, finite, canonical); anything else is refused
   (``invalid-request``, INVALID_ARGUMENT) and nothing is stored. The reason is kept up to
@@ -44,6 +46,7 @@ from flwrmtls.objects.transfer import answer_missing, answer_pull, answer_push, 
 from flwrmtls.proto import appio_pb2, appio_pb2_grpc, common_pb2, objects_pb2
 from flwrmtls.runs.linkobjects import LinkObjects, UnknownObjects
 from flwrmtls.runs.notify import Notifier
+from flwrmtls.runs.presence import Presence
 from flwrmtls.runs.routing import route_instructions, unavailable_replies
 from flwrmtls.runs.serverapps import RunManager
 from flwrmtls.state.linkstate import LinkState
@@ -67,6 +70,7 @@ class ServerAppIoServicer(appio_pb2_grpc.ServerAppIoServicer):
         notifier: Notifier,
         objects: LinkObjects,
         runs: RunManager,
+        presence: Presence | None = None,
         share_objects: bool = True,
     ) -> None:
         self._state = state
@@ -78,6 +82,9 @@ class ServerAppIoServicer(appio_pb2_grpc.ServerAppIoServicer):
         """Tell ServerApps the object directory, so array bytes skip the ServerAppIo hop."""
         self._offline_check_at: dict[int, float] = {}
         """Run id -> monotonic time of its next check for awaited nodes that went offline."""
+        self._presence = presence
+        self._drops_seen: dict[int, int] = {}
+        """Run id -> the presence generation of its last check (a newer one: check now)."""
 
     def _now(self) -> float:
         return self._clock.now().timestamp()
@@ -166,14 +173,17 @@ class ServerAppIoServicer(appio_pb2_grpc.ServerAppIoServicer):
         """When due, store error replies for the run's awaited nodes that went offline;
         returns whether it stored any."""
         now = self._clock.monotonic()
-        if now < self._offline_check_at.get(run_id, 0.0):
+        drops = self._presence.generation if self._presence is not None else 0
+        if now < self._offline_check_at.get(run_id, 0.0) and self._drops_seen.get(run_id) == drops:
             return False
+        self._drops_seen[run_id] = drops
         waiting = self._state.messages.unanswered(run_id, now=self._now())
         stored, next_check = self._fail_offline(run_id, waiting)
         if len(self._offline_check_at) > 256:  # forget runs that ended
             active = {run.run_id for run in self._state.runs.active()}
             for ended in [r for r in self._offline_check_at if r not in active]:
                 del self._offline_check_at[ended]
+                self._drops_seen.pop(ended, None)
         self._offline_check_at[run_id] = now + min(OFFLINE_RECHECK, next_check or OFFLINE_RECHECK)
         return stored
 
@@ -185,7 +195,8 @@ class ServerAppIoServicer(appio_pb2_grpc.ServerAppIoServicer):
         """
         now = self._now()
         status = self._state.node_status([row.dst_node_id for row in waiting], now=now)
-        failed, next_check = unavailable_replies(run_id, waiting, status, now=now)
+        closed = self._presence.closed_at if self._presence is not None else {}
+        failed, next_check = unavailable_replies(run_id, waiting, status, now=now, closed=closed)
         if failed:
             self._state.messages.store(failed)
         return bool(failed), next_check
@@ -206,14 +217,18 @@ class ServerAppIoServicer(appio_pb2_grpc.ServerAppIoServicer):
         self, request: objects_pb2.PullObjectRequest, context: _Context
     ) -> AsyncIterator[objects_pb2.ObjectChunk]:
         scope = self._objects.run_scope(self._run_id())
-        async for chunk in answer_pull(self._objects.store, scope, request.object_id):
+        async for chunk in answer_pull(
+            self._objects.store, scope, request.object_id, self._objects.transfers
+        ):
             yield chunk
 
     async def PushObject(
         self, request_iterator: AsyncIterator[objects_pb2.ObjectChunk], context: _Context
     ) -> objects_pb2.PushObjectResponse:
         scope = fixed_scope(self._objects.run_scope(self._run_id()))
-        response, _ = await answer_push(self._objects.store, request_iterator, scope)
+        response, _ = await answer_push(
+            self._objects.store, request_iterator, scope, self._objects.transfers
+        )
         return response
 
     async def MissingObjects(

@@ -317,8 +317,10 @@ class FleetClient:
         store: ObjectStore,
         *,
         reserve: Reserve | None = None,
+        verify: bool = True,
     ) -> None:
-        """Copy an object from the link into ``store`` (verified), unless it is there; its
+        """Copy an object from the link into ``store`` (verified; with ``verify=False`` its
+        size only, when whoever reads it on this host hashes it), unless it is there; its
         chunks checked as they arrive and its announced size reserved with ``reserve``
         before a byte is written (QuotaExceeded, ValueError)."""
 
@@ -333,6 +335,7 @@ class FleetClient:
                 session_id=session.session_id,
                 timeout=_TRANSFER_TIMEOUT,
                 reserve=reserve,
+                verify=verify,
             )
         )
 

@@ -5,7 +5,9 @@ request; only a link without client authentication falls back to the session's n
 Rules for runs:
 
 * Work reaches a node without a polling delay: PullMessages waits (long poll) until a message
-  for the node is stored or one of the node's runs ends.
+  for the node is stored or one of the node's runs ends. A long poll cancelled by a closed
+  connection tells :mod:`flwrmtls.runs.presence`, which marks the node offline within a
+  second unless it calls again; a node so marked that calls again is online again at once.
 * Delivery is at least once: PullMessages leases what it hands out for ``DELIVERY_LEASE``
   seconds, and a message counts as delivered only once the node acknowledges it (the
   ``acked_message_ids`` of a later pull, applied before anything is handed out). What is not
@@ -31,6 +33,7 @@ Rules for runs:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime
@@ -48,6 +51,7 @@ from flwrmtls.objects.transfer import answer_missing, answer_pull, answer_push
 from flwrmtls.proto import common_pb2, fleet_pb2, fleet_pb2_grpc, objects_pb2
 from flwrmtls.runs.linkobjects import LinkObjects, UnknownObjects
 from flwrmtls.runs.notify import Notifier
+from flwrmtls.runs.presence import Presence
 from flwrmtls.runs.routing import route_replies
 from flwrmtls.runs.runlog import RunLog
 from flwrmtls.state.linkstate import LinkState, SessionSuperseded, UnknownSession
@@ -79,6 +83,7 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
         notifier: Notifier,
         objects: LinkObjects,
         run_log: RunLog,
+        presence: Presence | None = None,
         expiry_warning_days: float = 14.0,
         on_round_trip: Callable[[float], None] | None = None,
     ) -> None:
@@ -86,6 +91,9 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
         answers was stored (metrics; None when they are off)."""
         self._on_round_trip = on_round_trip
         self._expiry_warning = ExpiryWarning(expiry_warning_days)
+        self._presence = presence or Presence(
+            clock, mark_offline=lambda *_: False, on_offline=lambda _: None
+        )
         self._state = state
         self._clock = clock
         self._interval = heartbeat_interval
@@ -101,9 +109,10 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
         principal = current_principal()
         try:
             if principal.node_id is None:
-                return self._state.node_of_session(session_id)
-            self._state.check_session(principal.node_id, session_id)
-            return principal.node_id
+                node_id = self._state.node_of_session(session_id)
+            else:
+                self._state.check_session(principal.node_id, session_id)
+                node_id = principal.node_id
         except SessionSuperseded as error:
             raise CallRefused(
                 Refusal.SESSION_SUPERSEDED,
@@ -112,6 +121,16 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
             ) from None
         except UnknownSession:
             raise CallRefused(Refusal.UNKNOWN_SESSION) from None
+        if self._presence.call(node_id):  # marked offline when its connection closed: back
+            self._resume(node_id, session_id)
+        return node_id
+
+    def _resume(self, node_id: int, session_id: str) -> None:
+        self._state.heartbeat(
+            node_id, session_id, now=self._now(), heartbeat_interval=self._interval,
+            peer_address=None,
+        )  # fmt: skip
+        self._notifier.notify(("nodes",))
 
     async def ActivateNode(
         self, request: fleet_pb2.ActivateNodeRequest, context: _Context
@@ -167,6 +186,9 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
             )  # fmt: skip
         except (SessionSuperseded, UnknownSession):
             self._session_node(request.session_id)  # raises the reason
+            raise
+        if self._presence.call(node_id):
+            self._notifier.notify(("nodes",))  # online again (the heartbeat did it)
         return fleet_pb2.HeartbeatResponse(heartbeat_interval=self._interval)
 
     async def PullMessages(
@@ -195,10 +217,18 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
             ]
             return protos, ended
 
-        protos, ended = await self._notifier.long_poll(
-            ("node", node_id), long_poll_seconds(request.wait_seconds), look, clock=self._clock,
-            ready=lambda found: bool(found[0] or found[1]),
-        )  # fmt: skip
+        self._presence.poll_started(node_id)
+        dropped = False
+        try:
+            protos, ended = await self._notifier.long_poll(
+                ("node", node_id), long_poll_seconds(request.wait_seconds), look,
+                clock=self._clock, ready=lambda found: bool(found[0] or found[1]),
+            )  # fmt: skip
+        except asyncio.CancelledError:
+            dropped = True  # the connection closed (or the link ended the call)
+            raise
+        finally:
+            self._presence.poll_ended(node_id, request.session_id, dropped=dropped)
         messages = [common_pb2.Message.FromString(p) for p in protos]
         return fleet_pb2.PullMessagesResponse(messages=messages, ended_run_ids=ended)
 
@@ -273,7 +303,9 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
     ) -> AsyncIterator[objects_pb2.ObjectChunk]:
         node_id = self._session_node(request.session_id)
         scope = self._objects.node_scope(node_id)
-        async for chunk in answer_pull(self._objects.store, scope, request.object_id):
+        async for chunk in answer_pull(
+            self._objects.store, scope, request.object_id, self._objects.transfers
+        ):
             yield chunk
 
     async def PushObject(
@@ -283,7 +315,9 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
             node_id = self._session_node(first.session_id)
             return self._objects.node_scope(node_id)
 
-        response, _ = await answer_push(self._objects.store, request_iterator, scope_of)
+        response, _ = await answer_push(
+            self._objects.store, request_iterator, scope_of, self._objects.transfers
+        )
         return response
 
     async def MissingObjects(

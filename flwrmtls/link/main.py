@@ -25,6 +25,7 @@ from flwrmtls.auth.ocspstore import OcspPolicy, Unreachable
 from flwrmtls.cliargs import finish_parser
 from flwrmtls.errors import FlwrmtlsError, InputError
 from flwrmtls.filemodes import open_directory_warning, private_directory, restrict_umask
+from flwrmtls.heap import limit_malloc_arenas
 from flwrmtls.link.reload import TlsFiles
 from flwrmtls.link.server import Link, LinkConfig
 from flwrmtls.runs.linkobjects import (
@@ -689,6 +690,7 @@ async def _run(config: LinkConfig) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    limit_malloc_arenas()  # before any thread: see flwrmtls.heap
     restrict_umask()  # before anything is created: see flwrmtls.filemodes
     configure_logging()  # escaped: identities, reasons and app output are others' text
     args = parser().parse_args(argv)

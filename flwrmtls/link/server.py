@@ -88,6 +88,7 @@ from flwrmtls.ops.metrics import LinkMetrics, LinkSnapshot, MetricsServer, count
 from flwrmtls.proto import appio_pb2_grpc, control_pb2_grpc, fleet_pb2_grpc
 from flwrmtls.runs.linkobjects import SWEEP_INTERVAL, LinkObjects, StorageLimits
 from flwrmtls.runs.notify import Notifier
+from flwrmtls.runs.presence import Presence
 from flwrmtls.runs.runlog import RunLog
 from flwrmtls.runs.serverapps import RunManager
 from flwrmtls.state.keytable import KeyRegistration
@@ -335,12 +336,35 @@ class Link:
             limiters=self._limiters, access_changed=self.recheck_open_calls,
             description=f"fleet {config.fleet_address}, control {config.control_address}",
         )  # fmt: skip
+        self.presence = Presence(
+            self.clock,
+            mark_offline=self._connection_closed,
+            on_offline=self._node_went_offline,
+        )
+        """Nodes whose connection closed: offline within a second (flwrmtls.runs.presence)."""
         self._servers: list[grpc.aio.Server] = []
         self._tasks: list[asyncio.Task[None]] = []
         self.fleet_port = 0
         self.key_fleet_port = 0
         self.control_port = 0
         self.serverappio_port = 0
+
+    def _connection_closed(self, node_id: int, session_id: str, now: float) -> bool:
+        """Mark ``node_id`` offline after its connection closed (:mod:`flwrmtls.runs.presence`).
+
+        Only a link that is the federation's one link does: with several replicas the node may
+        go on through another one (a balancer that restarts closes every connection, and the
+        node's next call reaches any replica), which this process cannot see. There the
+        heartbeat bound is the one that holds (docs/several-links.md, "Limits")."""
+        if self.state.shared:
+            return False
+        return self.state.connection_closed(node_id, session_id, now=now)
+
+    def _node_went_offline(self, node_id: int) -> None:
+        """Wake the ServerApps' long polls: the replies they await from ``node_id`` are due."""
+        self.notifier.notify(("nodes",))
+        for run in self.state.runs.active():
+            self.notifier.notify(("run", run.run_id))
 
     def _trust(self, nodes: Sequence[x509.Certificate], cli: Sequence[x509.Certificate]) -> None:
         """(Re)build the certificate authenticators from the client and CLI CA bundles.
@@ -497,7 +521,7 @@ class Link:
             log.info("deleted %d partial object writes a link that stopped left", partial)
         fleet_servicer = FleetServicer(
             self.state, self.clock, config.heartbeat_interval, notifier=self.notifier,
-            objects=self.objects, run_log=self.run_log,
+            objects=self.objects, run_log=self.run_log, presence=self.presence,
             expiry_warning_days=config.cert_expiry_warning_days,
             on_round_trip=self.metrics.round_trip if self.metrics is not None else None,
         )  # fmt: skip
@@ -546,7 +570,7 @@ class Link:
         appio_pb2_grpc.add_ServerAppIoServicer_to_server(
             ServerAppIoServicer(
                 self.state, self.clock, notifier=self.notifier, objects=self.objects,
-                runs=self.runs, share_objects=config.share_objects,
+                runs=self.runs, presence=self.presence, share_objects=config.share_objects,
             ),
             serverappio,
         )  # fmt: skip
@@ -680,6 +704,7 @@ class Link:
             await self.health.stop()
         if self.metrics_server is not None:
             self.metrics_server.stop()
+        self.presence.close()  # every connection closes now: none of that is a node lost
         await self.runs.shutdown()
         await self.replication.stop()
         for task in self._tasks:

@@ -3,8 +3,10 @@
 Rules:
 
 * The first message of a run makes the node fetch the run (bundle hash, run config) and the
-  bundle by its hash; the object store verifies the SHA-256 before the bundle can be used,
-  and the ClientApp process verifies it again when it unpacks it. If the run cannot be
+  bundle by its hash; the ClientApp process verifies its SHA-256 when it unpacks it. What the
+  node fetches from the link is written with its size checked and hashed once on this host,
+  by the process that reads it (the ClientApp, or the node before it serves an object over
+  ClientAppIo), so a byte is hashed once per host, not once per process. If the run cannot be
   started (its bundle is over ``--max-object-storage``, the link cannot give it, no process
   starts), the message gets an error reply (``LINK_ERROR``, with the reason) at once. When
   the link says the run is over for this node (``run-ended``, ``run-not-for-node``), there
@@ -326,7 +328,11 @@ class AppManager:
         try:
             self._on_session(
                 lambda session: self._client.fetch_object(
-                    session, info.bundle_hash, self.objects, reserve=self.storage.reserve
+                    session,
+                    info.bundle_hash,
+                    self.objects,
+                    reserve=self.storage.reserve,
+                    verify=False,  # the ClientApp checks it as it unpacks it
                 )
             )
         except ObjectMissing:
@@ -335,7 +341,7 @@ class AppManager:
             self._on_session(lambda session: self._client.get_run(session, run_id))
             raise
         run = self.adopt(NodeRun(run_id, info.bundle_hash, values_from_proto(info.run_config)))
-        log.info("run %d: app bundle %s fetched and verified", run_id, info.bundle_hash[:12])
+        log.info("run %d: app bundle %s fetched", run_id, info.bundle_hash[:12])
         return run
 
     def adopt(self, run: NodeRun) -> NodeRun:
@@ -579,7 +585,11 @@ class AppManager:
                 pass  # deleted meanwhile (its run ended, or a reader found it corrupt)
         self._on_session(
             lambda session: self._client.fetch_object(
-                session, object_id, self.objects, reserve=self.storage.reserve
+                session,
+                object_id,
+                self.objects,
+                reserve=self.storage.reserve,
+                verify=False,  # its reader hashes it: the ClientApp, or this node when serving
             )
         )
 

@@ -33,6 +33,7 @@ from flwrmtls.clock import SystemClock
 from flwrmtls.errors import FlwrmtlsError, InputError
 from flwrmtls.filemodes import restrict_umask
 from flwrmtls.fleet.client import FleetClient
+from flwrmtls.heap import limit_malloc_arenas
 from flwrmtls.keyvalues import parse_key_values
 from flwrmtls.node.agent import NodeAgent, RetryPolicy
 from flwrmtls.node.appioserver import ClientAppIoServer
@@ -381,6 +382,7 @@ def run(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    limit_malloc_arenas()  # before any thread: see flwrmtls.heap
     restrict_umask()  # before anything is created: see flwrmtls.filemodes
     configure_logging()  # escaped: identities, reasons and app output are others' text
     try:

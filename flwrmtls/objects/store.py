@@ -5,10 +5,16 @@ Rules:
 * An object id is exactly 64 lowercase hex digits; anything else is refused (so an id can
   never name a path outside the store).
 * Writes go to a temporary file and are renamed into place only once the bytes hash to the
-  id and have the announced size: a reader never sees a partial or wrong object. The one
-  exception, :meth:`ObjectStore.put_hashed`, stores bytes whose id the writing process has
-  just computed from them itself; a reader in another process checks them
-  (:meth:`ObjectStore.read_verified`).
+  id and have the announced size: a reader never sees a partial or wrong object. Two
+  exceptions, each checked once on its host by the reader that uses the bytes:
+  :meth:`ObjectStore.put_hashed` stores bytes whose id the writing process has just
+  computed from them itself, and an unverified writer (``verify=False``: a node's fetches
+  from the link) checks the size only; their readers check the hash
+  (:meth:`ObjectStore.read_verified`: a node's ClientApp, or the node before it serves one).
+* Each object is hashed once per host: by its receiver from another host (the link, for a
+  node's upload; a node's ClientApp for what the node fetched) or by the process that made
+  it. A reader whose bytes were verified on this host (the link's ServerApp reading replies
+  the link checked) maps them without hashing again (:meth:`ObjectStore.map`).
 * Storing an object that exists is a no-op: a model broadcast to many nodes is one file.
 * A reader that finds bytes that do not hash to their id gets :class:`CorruptObject` (a
   ValueError). A reader that can have the object fetched again (a node's ClientApp, from the
@@ -22,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import mmap
 import os
 import re
 import tempfile
@@ -66,11 +73,13 @@ def object_id_of(data: bytes | memoryview) -> str:
 class ObjectWriter:
     """Receives one object's chunks in order; :meth:`finish` verifies and publishes it."""
 
-    def __init__(self, store: ObjectStore, object_id: str, total_size: int) -> None:
+    def __init__(
+        self, store: ObjectStore, object_id: str, total_size: int, *, verify: bool = True
+    ) -> None:
         self._store = store
         self.object_id = check_object_id(object_id)
         self.total_size = total_size
-        self._hash = hashlib.sha256()
+        self._hash = hashlib.sha256() if verify else None
         self._written = 0
         fd, name = tempfile.mkstemp(dir=store.directory, prefix=_PARTIAL_PREFIX)
         self._file: BinaryIO = os.fdopen(fd, "wb")
@@ -84,7 +93,8 @@ class ObjectWriter:
         if self._written + len(data) > self.total_size:
             raise ValueError(f"object {self.object_id}: more bytes than announced")
         self._file.write(data)
-        self._hash.update(data)
+        if self._hash is not None:
+            self._hash.update(data)
         self._written += len(data)
 
     def finish(self) -> None:
@@ -94,7 +104,7 @@ class ObjectWriter:
                 raise ValueError(
                     f"object {self.object_id}: {self._written} of {self.total_size} bytes arrived"
                 )
-            if self._hash.hexdigest() != self.object_id:
+            if self._hash is not None and self._hash.hexdigest() != self.object_id:
                 raise ValueError(f"object {self.object_id}: bytes do not match their SHA-256")
             target = self._store.path(self.object_id)
             target.parent.mkdir(exist_ok=True)
@@ -149,18 +159,30 @@ class ObjectStore:
             temp.unlink(missing_ok=True)
         return object_id
 
-    def writer(self, object_id: str, total_size: int) -> ObjectWriter:
-        return ObjectWriter(self, object_id, total_size)
+    def writer(self, object_id: str, total_size: int, *, verify: bool = True) -> ObjectWriter:
+        """A writer for one object; ``verify=False`` checks its size only (its reader hashes)."""
+        return ObjectWriter(self, object_id, total_size, verify=verify)
 
     def read(self, object_id: str) -> bytes:
         return self.path(object_id).read_bytes()
 
-    def read_verified(self, object_id: str, *, discard: bool = False) -> bytes:
-        """The object's bytes, after checking that they hash to its id: for readers that share
-        a directory another process writes to. :class:`CorruptObject` if they do not; with
-        ``discard``, the file is deleted first (the object is missing, to be fetched again)."""
-        data = self.read(object_id)
+    def map(self, object_id: str) -> memoryview:
+        """The object's bytes, read-only and not copied (the file mapped into memory), not
+        checked: for a reader on the host that verified them. The mapping lives as long as
+        the view (and arrays over it); deleting the file meanwhile does not disturb it."""
+        with self.path(object_id).open("rb") as file:
+            if os.fstat(file.fileno()).st_size == 0:
+                return memoryview(b"")
+            return memoryview(mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ))
+
+    def read_verified(self, object_id: str, *, discard: bool = False) -> memoryview:
+        """The object's bytes (mapped, not copied), after checking that they hash to its id:
+        for the reader that checks them on this host. :class:`CorruptObject` if they do not;
+        with ``discard``, the file is deleted first (the object is missing, to be fetched
+        again)."""
+        data = self.map(object_id)
         if object_id_of(data) != object_id:
+            data.release()
             if discard:
                 self.delete([object_id])
             raise CorruptObject(object_id)

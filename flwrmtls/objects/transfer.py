@@ -14,11 +14,21 @@ EC-key node signs what identifies the bytes, and the link holds the stream to it
 Every receive is bounded before its first byte is written: the announced size is at most
 :data:`MAX_OBJECT_BYTES`, the receiver reserves room for it (a run's or node's quota on the
 link, ``--max-object-storage`` on a node), and no byte past the announced size is accepted.
+
+A server may pass a :class:`TransferGate`: then at most its ``limit`` transfers move bytes at
+once, and the others wait their turn before their first chunk, so what the server buffers for
+transfers (grpc's stream buffers, chunks on their way) is bounded by the gate, not by the
+number of callers. A waiting upload is not read, so its sender stops at the stream's flow
+control window. When no turn has ended for the gate's ``patience`` seconds (every turn is
+held by a caller that stalls: a slow or hostile reader), a waiting transfer goes ahead
+without one: stalled callers cost memory, as they did without a gate, but never stop the
+others' transfers. While turns keep ending, waiting is only queueing.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 from collections.abc import (
     AsyncIterator,
@@ -41,7 +51,10 @@ from flwrmtls.wire.refusals import CallRefused, Refusal
 __all__ = [
     "MAX_OBJECT_BYTES",
     "PARALLEL_STREAMS",
+    "TRANSFERS_AT_ONCE",
+    "TURN_PATIENCE",
     "Reserve",
+    "TransferGate",
     "answer_missing",
     "answer_pull",
     "answer_push",
@@ -64,8 +77,58 @@ MAX_OBJECT_BYTES = 8 << 30
 PARALLEL_STREAMS = 4
 """Objects moved at once by one sender or receiver (each on its own stream of one channel)."""
 
+TRANSFERS_AT_ONCE = 16
+"""Transfers a link moves bytes for at once (its :class:`TransferGate`): enough to keep two
+cores busy with TLS and hashing, few enough that 32 nodes' transfers buffer what 4 do."""
+TURN_PATIENCE = 5.0
+"""Seconds without any turn ending after which a waiting transfer goes ahead without one."""
+
 _T = TypeVar("_T")
 _R = TypeVar("_R")
+
+
+class TransferGate:
+    """At most ``limit`` object transfers move bytes at once (event loop only)."""
+
+    def __init__(self, limit: int = TRANSFERS_AT_ONCE, patience: float = TURN_PATIENCE) -> None:
+        self.limit = limit
+        self.patience = patience
+        self._semaphore = asyncio.Semaphore(limit)
+        self.waiting = 0
+        """Transfers waiting for their turn now."""
+        self.impatient = 0
+        """Transfers that went ahead without a turn, since the start."""
+        self._last_end = float("-inf")
+        """When (the event loop's clock) a turn last ended."""
+
+    @contextlib.asynccontextmanager
+    async def turn(self) -> AsyncIterator[None]:
+        """Wait for a turn (unless no turn ends for ``patience`` seconds); it ends with the
+        block."""
+        loop = asyncio.get_running_loop()
+        self.waiting += 1
+        granted = False
+        try:
+            while not granted:
+                try:
+                    await asyncio.wait_for(self._semaphore.acquire(), self.patience)
+                    granted = True
+                except TimeoutError:
+                    if loop.time() - self._last_end >= self.patience:
+                        self.impatient += 1  # every turn is stalled: go ahead
+                        break
+        finally:
+            self.waiting -= 1
+        try:
+            yield
+        finally:
+            if granted:
+                self._last_end = loop.time()
+                self._semaphore.release()
+
+
+def _turn(gate: TransferGate | None) -> contextlib.AbstractAsyncContextManager[None]:
+    return gate.turn() if gate is not None else contextlib.nullcontext()
 
 
 def in_parallel(function: Callable[[_T], _R], items: Iterable[_T]) -> list[_R]:
@@ -83,15 +146,17 @@ def in_parallel(function: Callable[[_T], _R], items: Iterable[_T]) -> list[_R]:
 
 
 async def serve_object(
-    store: ObjectStore, object_id: str
+    store: ObjectStore, object_id: str, gate: TransferGate | None = None
 ) -> AsyncIterator[objects_pb2.ObjectChunk]:
-    """Stream a stored object; file reads run in a worker thread, off the event loop."""
-    chunks = store.chunks(object_id)
-    while (item := await asyncio.to_thread(next, chunks, None)) is not None:
-        offset, total, data = item
-        yield objects_pb2.ObjectChunk(
-            object_id=object_id, total_size=total, offset=offset, data=data
-        )
+    """Stream a stored object, in its turn; file reads run in a worker thread, off the event
+    loop."""
+    async with _turn(gate):
+        chunks = store.chunks(object_id)
+        while (item := await asyncio.to_thread(next, chunks, None)) is not None:
+            offset, total, data = item
+            yield objects_pb2.ObjectChunk(
+                object_id=object_id, total_size=total, offset=offset, data=data
+            )
 
 
 ScopeOf = Callable[[objects_pb2.ObjectChunk], Awaitable[ObjectScope]]
@@ -112,6 +177,7 @@ async def receive_object(
     store: ObjectStore,
     chunks: AsyncIterator[objects_pb2.ObjectChunk],
     scope_of: ScopeOf,
+    gate: TransferGate | None = None,
 ) -> tuple[objects_pb2.PushObjectResponse, str]:
     """Store a pushed object for the caller; returns the response and the first chunk's
     session id.
@@ -120,8 +186,18 @@ async def receive_object(
     scope) or QuotaExceeded (before any byte is written). An object the caller may already
     read, and that is stored, is answered without reading the push; any other push is read
     and hashed in full, even when the same bytes are stored for someone else, so that a push
-    never tells its caller what the store holds beyond its scope.
+    never tells its caller what the store holds beyond its scope. Nothing is read before the
+    push's turn (``gate``).
     """
+    async with _turn(gate):
+        return await _receive_object(store, chunks, scope_of)
+
+
+async def _receive_object(
+    store: ObjectStore,
+    chunks: AsyncIterator[objects_pb2.ObjectChunk],
+    scope_of: ScopeOf,
+) -> tuple[objects_pb2.PushObjectResponse, str]:
     writer = None
     reservation: Reservation | None = None
     session_id = ""
@@ -318,8 +394,10 @@ def pull_object_into(
     session_id: str = "",
     timeout: float | None = None,
     reserve: Reserve | None = None,
+    verify: bool = True,
 ) -> None:
-    """Fetch one object into ``store`` (verified on completion) unless it is there already.
+    """Fetch one object into ``store`` (verified on completion; with ``verify=False`` its size
+    only, for a receiver whose readers hash it) unless it is there already.
 
     Bounded before a byte is written: the size the first chunk announces must be at most
     MAX_OBJECT_BYTES, and ``reserve`` (the receiver's storage bound) must make room for it;
@@ -346,7 +424,7 @@ def pull_object_into(
                     )
                 if reserve is not None:
                     reservation = reserve(object_id, chunk.total_size)
-                writer = store.writer(object_id, chunk.total_size)
+                writer = store.writer(object_id, chunk.total_size, verify=verify)
             writer.write(chunk.offset, chunk.data)
         if writer is None:
             raise ValueError(f"object {object_id}: nothing received")
@@ -375,7 +453,7 @@ def _visible(store: ObjectStore, scope: ObjectScope, object_ids: Sequence[str]) 
 
 
 async def answer_pull(
-    store: ObjectStore, scope: ObjectScope, object_id: str
+    store: ObjectStore, scope: ObjectScope, object_id: str, gate: TransferGate | None = None
 ) -> AsyncIterator[objects_pb2.ObjectChunk]:
     """PullObject: stream an object the caller may read, or refuse it as ``no-object`` (the
     same answer for an object that is not stored and for one outside the caller's scope)."""
@@ -385,7 +463,7 @@ async def answer_pull(
         present = False
     if not present:
         raise CallRefused(Refusal.NO_OBJECT, f"no object {object_id[:80]}")
-    async for chunk in serve_object(store, object_id):
+    async for chunk in serve_object(store, object_id, gate):
         yield chunk
 
 
@@ -393,11 +471,12 @@ async def answer_push(
     store: ObjectStore,
     chunks: AsyncIterator[objects_pb2.ObjectChunk],
     scope_of: ScopeOf,
+    gate: TransferGate | None = None,
 ) -> tuple[objects_pb2.PushObjectResponse, str]:
     """PushObject: store a verified object for the caller; refused as ``invalid-request`` for
     bad bytes, ``over-quota`` over a quota; also the first session id."""
     try:
-        return await receive_object(store, chunks, scope_of)
+        return await receive_object(store, chunks, scope_of, gate)
     except ValueError as error:
         raise CallRefused(Refusal.INVALID_REQUEST, str(error)) from None
     except QuotaExceeded as error:

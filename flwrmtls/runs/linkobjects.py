@@ -62,6 +62,7 @@ from typing import TypeVar
 from flwrmtls.clock import Clock
 from flwrmtls.objects.scope import ObjectScope, QuotaExceeded, Reservation
 from flwrmtls.objects.store import ObjectStore, check_object_id
+from flwrmtls.objects.transfer import TransferGate
 from flwrmtls.state.linkstate import LinkState
 
 __all__ = [
@@ -133,6 +134,8 @@ class LinkObjects:
     ) -> None:
         self.store = store
         self.limits = limits
+        self.transfers = TransferGate()
+        """Object transfers the link moves bytes for at once, whoever asks (its memory)."""
         self._table = state.objects
         self._runs = state.runs
         self._transaction = state.transaction

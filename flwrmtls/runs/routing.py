@@ -22,9 +22,9 @@ Rules:
   (what the ServerApp trusts, whatever the node wrote there). It is kept at least
   ``DEFAULT_TTL`` seconds, so a ServerApp reads it even when the original's time was nearly
   up. A reply saying its ClientApp raised (``CLIENT_APP_RAISED``) is a line of its run's log.
-* A node that cannot answer (offline past its heartbeat grace, unregistered, unknown to the
-  link) gets, for each message that awaits its reply, an error reply ``NODE_UNAVAILABLE``
-  naming why (:func:`unavailable_replies`).
+* A node that cannot answer (offline: its connection closed, or past its heartbeat grace;
+  unregistered; unknown to the link) gets, for each message that awaits its reply, an error
+  reply ``NODE_UNAVAILABLE`` naming why (:func:`unavailable_replies`).
 * Error codes are the protos' (``common.proto``, ``Error.Code``): one definition for the
   link, the nodes and the apps.
 """
@@ -178,11 +178,13 @@ def unavailable_replies(
     status: Mapping[int, NodeStatus],
     *,
     now: float,
+    closed: Mapping[int, float] | None = None,
 ) -> tuple[list[MessageRow], float | None]:
     """``NODE_UNAVAILABLE`` error replies for the messages of ``waiting`` (awaiting their
     replies) whose node cannot answer: offline (``online_until`` passed), unregistered, or
-    not in ``status`` at all. Returns them, and the seconds until the next node still
-    online could time out (None: no node to watch)."""
+    not in ``status`` at all. ``closed``: node id -> when its connection closed, for nodes
+    marked offline for that (the reason says so). Returns them, and the seconds until the
+    next node still online could time out (None: no node to watch)."""
     failed = []
     soonest: float | None = None
     for row in waiting:
@@ -190,7 +192,8 @@ def unavailable_replies(
         if online_until > now and not unregistered:
             soonest = min(soonest or 1e9, online_until - now)
             continue
-        since = datetime.fromtimestamp(online_until, UTC).strftime("%H:%M:%S UTC")
+        since = _clock_time(online_until)
+        closed_at = (closed or {}).get(row.dst_node_id)
         error = common_pb2.Message(
             message_id=f"{row.message_id}-unavailable",
             run_id=run_id,
@@ -205,9 +208,12 @@ def unavailable_replies(
                 reason=(
                     f"node {identity} unregistered"
                     if unregistered
-                    else f"node {identity} went offline (no heartbeat since {since})"
-                    if identity
                     else f"node {row.dst_node_id} is not known to the link"
+                    if not identity
+                    else f"node {identity} went offline (no heartbeat since {since})"
+                    if closed_at is None
+                    else f"node {identity} went offline (its connection closed at "
+                    f"{_clock_time(closed_at)})"
                 ),
             ),
         )
@@ -219,3 +225,7 @@ def unavailable_replies(
             )
         )  # fmt: skip
     return failed, None if soonest is None else soonest + 0.05
+
+
+def _clock_time(moment: float) -> str:
+    return datetime.fromtimestamp(moment, UTC).strftime("%H:%M:%S UTC")

@@ -10,6 +10,10 @@ ActivateNode          row created or updated; new session_id;     online
                       the node's message leases end
 Heartbeat             online_until = now + grace * interval       online
 DeactivateNode        session cleared; online_until = now         offline
+connection closed     online_until = now (session kept; see       offline
+                      :mod:`flwrmtls.runs.presence`)
+a call on that        as Heartbeat (the Fleet servicer resumes    online
+session since         it at once)
 no heartbeat          online_until passes                         offline
 link (re)start        rows and sessions kept; online_until        offline
                       capped at now (:meth:`LinkState.link_started`)
@@ -424,11 +428,13 @@ class LinkState:
         *,
         now: float,
         heartbeat_interval: float,
-        peer_address: str,
+        peer_address: str | None,
     ) -> None:
-        """Fleet servicer: keep the node online (one statement when the session is current)."""
+        """Fleet servicer: keep the node online (one statement when the session is current);
+        ``peer_address`` None keeps the one recorded."""
         result = self._db.execute(
-            "UPDATE nodes SET online_until = :until, last_seen = :now, peer_address = :peer "
+            "UPDATE nodes SET online_until = :until, last_seen = :now, "
+            "peer_address = COALESCE(:peer, peer_address) "
             "WHERE node_id = :node AND session_id = :session",
             {"until": now + HEARTBEAT_GRACE * heartbeat_interval, "now": now,
              "peer": peer_address, "node": node_id, "session": session_id},
@@ -436,6 +442,18 @@ class LinkState:
         if result.rowcount == 0:
             self.check_session(node_id, session_id)  # raises the precise reason
             raise UnknownSession(session_id)
+
+    def connection_closed(self, node_id: int, session_id: str, *, now: float) -> bool:
+        """Fleet servicer (:mod:`flwrmtls.runs.presence`): the node's connection closed and it
+        has not called since. Offline from ``now`` if ``session_id`` is still its session and
+        it was online; returns whether it was. The session stays: a node that was only cut
+        off resumes it with its next call."""
+        result = self._db.execute(
+            "UPDATE nodes SET online_until = :now WHERE node_id = :node "
+            "AND session_id = :session AND online_until > :now",
+            {"now": now, "node": node_id, "session": session_id},
+        )
+        return result.rowcount > 0
 
     def deactivate_node(self, node_id: int, session_id: str, *, now: float) -> None:
         """Fleet servicer: the node is leaving."""

@@ -23,14 +23,15 @@ Rules (those of :class:`flwrmtls.app.grid.Grid`, plus what a double needs):
   :class:`NotEnoughNodes` at once, reporting ``timeout`` as the time waited (no node would
   have come).
 - Replies come back in the reverse order of the messages: code that assumes the order of
-  replies fails here, as it would one day against a real link.
+  replies fails here, as it would one day against a real link. ``send_and_stream`` runs each
+  ClientApp only when its reply is asked for.
 """
 
 from __future__ import annotations
 
 import enum
 import traceback
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 from flwrmtls.app.clientapp import ClientApp
 from flwrmtls.app.context import Context, UserConfigValue
@@ -119,8 +120,21 @@ class InProcessGrid:
     def send_and_receive(
         self, messages: Iterable[Message], *, timeout: float | None = None
     ) -> list[Message]:
-        replies = [self._deliver(message, timeout) for message in messages]
-        return replies[::-1]
+        return list(self.send_and_stream(messages, timeout=timeout))
+
+    def send_and_stream(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterator[Message]:
+        """Each message goes through the wire format now; its ClientApp runs when its reply is
+        asked for (last message first), so a caller holds one reply at a time."""
+        received = [self._receive(message) for message in messages]
+        return self._replies(received, timeout)
+
+    def _replies(
+        self, received: list[tuple[Message, NodeFailure | None]], timeout: float | None
+    ) -> Iterator[Message]:
+        while received:  # last message first; each is dropped once answered
+            yield self._handle(*received.pop(), timeout)
 
     def run_server_app(self, server_app: ServerApp) -> Context:
         """Run ``server_app`` against this grid with the run config; return its context."""
@@ -128,12 +142,21 @@ class InProcessGrid:
         server_app(self, context)
         return context
 
-    def _deliver(self, message: Message, timeout: float | None) -> Message:
+    def _receive(self, message: Message) -> tuple[Message, NodeFailure | None]:
+        """The message as its node receives it, and how that node fails (as of now)."""
         if message.metadata.run_id != self._run_id:
             raise ValueError(f"message for run {message.metadata.run_id}, not {self._run_id}")
-        node_id = message.metadata.dst_node_id
         received = round_trip(message)
+        node_id = received.metadata.dst_node_id
         failure = self.failing.get(node_id)
+        if node_id in self.contexts and failure in (None, NodeFailure.RAISES):
+            self.delivered.append(received)
+        return received, failure
+
+    def _handle(
+        self, received: Message, failure: NodeFailure | None, timeout: float | None
+    ) -> Message:
+        node_id = received.metadata.dst_node_id
         if node_id not in self.contexts or failure is NodeFailure.OFFLINE:
             reply = received.create_error_reply(
                 Error(ErrorCode.NODE_UNAVAILABLE, f"node {node_id} is offline")
@@ -144,7 +167,6 @@ class InProcessGrid:
                 Error(ErrorCode.TIMEOUT, f"node {node_id} did not reply within {waited}")
             )
         else:
-            self.delivered.append(received)
             try:
                 if failure is NodeFailure.RAISES:
                     raise RuntimeError(f"injected failure on node {node_id}")

@@ -130,6 +130,12 @@ def adder_app() -> ClientApp:
             del metrics["num-examples"]
         elif bad == "negative-weight":
             metrics["num-examples"] = -n
+        elif bad == "zero-weight":
+            metrics["num-examples"] = 0
+        elif bad == "huge-weight":
+            metrics["num-examples"] = 2**62
+        elif bad == "inf":
+            arrays["w"] = np.array([1.0, np.inf, 2.0], dtype=np.float32)
         elif bad == "no-arrays":
             return Message(RecordDict({"metrics": metrics}), reply_to=msg)
         return Message(RecordDict({"arrays": arrays, "metrics": metrics}), reply_to=msg)
@@ -306,7 +312,19 @@ def test_a_failing_evaluation_also_ends_the_run() -> None:
         ("names", "the reply's arrays do not match the model: missing 'count'; unexpected 'other'"),
         ("nan", "the reply's array 'w' holds NaN or infinite values"),
         ("no-weight", "the reply's metrics have no 'num-examples' (its weight)"),
-        ("negative-weight", "the reply's 'num-examples' must be a non-negative number, not -3"),
+        ("inf", "the reply's array 'w' holds NaN or infinite values"),
+        (
+            "negative-weight",
+            "the reply's 'num-examples' must be a number above 0 and at most 2^53, not -3",
+        ),
+        (
+            "zero-weight",
+            "the reply's 'num-examples' must be a number above 0 and at most 2^53, not 0",
+        ),
+        (
+            "huge-weight",
+            f"the reply's 'num-examples' must be a number above 0 and at most 2^53, not {2**62}",
+        ),
         ("no-arrays", "the reply has no ArrayRecord 'arrays'"),
     ],
 )
@@ -336,9 +354,9 @@ def test_not_enough_nodes_ends_the_run() -> None:
         FedAvg(min_train_nodes=3, min_available_nodes=1).start(grid, start_arrays())
 
 
-def test_zero_total_weight_ends_the_run() -> None:
+def test_replies_that_trained_on_nothing_end_the_run() -> None:
     grid = InProcessGrid(adder_app(), [{"value": 1.0, "n": 0}] * 2, {})
-    with pytest.raises(StrategyError, match="add up to 0"):
+    with pytest.raises(StrategyError, match=r"0 of 2 nodes replied to train.*above 0"):
         FedAvg().start(grid, start_arrays())
 
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
+import weakref
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -21,6 +23,7 @@ from flwrmtls.objects.scope import SetScope
 from flwrmtls.objects.store import ObjectStore, object_id_of
 from flwrmtls.objects.transfer import (
     MAX_OBJECT_BYTES,
+    TransferGate,
     fixed_scope,
     pull_object_bytes,
     pull_objects,
@@ -248,3 +251,180 @@ def test_a_pulled_object_is_refused_unless_its_chunks_add_up_to_its_id() -> None
                     pull_object_bytes(stub, object_id)
     finally:
         server.stop(None)
+
+
+class StreamSetup:
+    """A running run with its token, two nodes (node-1, node-2) and the ServerApp's Grid."""
+
+    def __init__(self, link: Link, pki: TestPki, *, shared: bool) -> None:
+        self.link = link
+        run_id = link.state.runs.create(
+            app_name="a", app_version="1", bundle_hash="0" * 64, run_config_json="{}",
+            owner="t", now=1.0,
+        )  # fmt: skip
+        link.state.runs.transition(run_id, RunStatus.RUNNING, "", 2.0)
+        token = new_token()
+        link.state.runs.add_token(token_hash(token), run_id, "serverapp")
+        self.nodes = []
+        for name in ("node-1", "node-2"):
+            chain, key = pki.paths(name)
+            client, channel = node_client(
+                link, root_certificates=pki.trust_bundle_path, chain=chain, key=key
+            )
+            self.nodes.append((client, channel, client.activate()))
+        self.serverappio = grpc.insecure_channel(f"127.0.0.1:{link.serverappio_port}")
+        self.grid = GrpcGrid(
+            self.serverappio, ((TOKEN_METADATA_KEY, token),), run_id,
+            shared=link.objects.store if shared else None,
+        )  # fmt: skip
+
+    def messages(self, model: ArrayRecord) -> list[Message]:
+        return [
+            self.grid.create_message(RecordDict({"arrays": model}), "train", session.node_id, "1")
+            for _, _, session in self.nodes
+        ]
+
+    def answer(self, index: int) -> None:
+        """Node ``index`` takes its message and replies with the model + index + 1."""
+        client, channel, session = self.nodes[index]
+        pulled = client.pull(session, wait=10, active_run_ids=[])
+        assert pulled is not None
+        [proto] = pulled.messages
+        objects = pull_objects(
+            fleet_pb2_grpc.FleetStub(channel), list(proto.object_ids),
+            session_id=session.session_id,
+        )  # fmt: skip
+        message = message_from_proto(proto, objects)
+        arrays = message.content.array_records["arrays"]
+        reply = message.create_reply(
+            RecordDict(
+                {"arrays": ArrayRecord({"w": arrays["w"] + index + 1}),
+                 "metrics": MetricRecord({"num-examples": 1})}
+            )
+        )  # fmt: skip
+        reply_proto, reply_objects = message_to_proto(reply)
+        store = ObjectStore(Path(self.link.config.database).parent / f"node-{session.node_id}")
+        for data in reply_objects.values():
+            store.put(data)
+        client.send_objects(session, store, list(reply_objects))
+        client.push(session, [reply_proto])
+
+    def close(self) -> None:
+        self.serverappio.close()
+        for _, channel, _ in self.nodes:
+            channel.close()
+
+
+def test_send_and_stream_yields_each_reply_as_it_arrives_and_keeps_none(
+    link: Link, pki: TestPki
+) -> None:
+    """Node 1's reply comes out of the stream while node 2 has not answered yet; once the
+    caller drops a reply, nothing in the Grid keeps it (its arrays are gone)."""
+    setup = StreamSetup(link, pki, shared=False)
+    model = ArrayRecord({"w": np.zeros(1 << 16, dtype=np.float32)})
+    stream = setup.grid.send_and_stream(setup.messages(model))  # sent now, before any read
+    setup.answer(0)
+    first = next(stream)  # node 2 has not answered: node 1's reply comes alone
+    assert first.metadata.src_identity == "CN=node-1,O=Hospital A"
+    np.testing.assert_array_equal(first.content.array_records["arrays"]["w"], 1.0)
+    first_arrays = weakref.ref(first.content.array_records["arrays"]["w"])
+    del first
+    gc.collect()
+    assert first_arrays() is None  # the Grid kept nothing of the reply it handed over
+    setup.answer(1)
+    second = next(stream)
+    assert second.metadata.src_identity == "CN=node-2,O=Hospital B"
+    np.testing.assert_array_equal(second.content.array_records["arrays"]["w"], 2.0)
+    with pytest.raises(StopIteration):
+        next(stream)
+    setup.close()
+
+
+def test_the_serverapp_maps_what_the_link_verified_without_hashing_it_again(
+    link: Link, pki: TestPki, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each object is hashed once on the link's host: the link checks a node's upload as it
+    receives it, and its ServerApp maps the stored bytes (no copy, no second SHA-256)."""
+    setup = StreamSetup(link, pki, shared=True)
+    model = ArrayRecord({"w": np.zeros(1 << 16, dtype=np.float32)})
+    stream = setup.grid.send_and_stream(setup.messages(model))
+    setup.answer(0)
+    setup.answer(1)  # the link hashed both uploads as they arrived
+
+    def no_second_hash(data: object) -> str:
+        raise AssertionError("the ServerApp hashed an object the link had verified")
+
+    monkeypatch.setattr("flwrmtls.objects.store.object_id_of", no_second_hash)
+    replies = sorted(stream, key=lambda reply: reply.metadata.src_identity)
+    for index, reply in enumerate(replies):
+        w = reply.content.array_records["arrays"]["w"]
+        np.testing.assert_array_equal(w, index + 1.0)
+        assert not w.flags.writeable  # a view over the mapped file, not a copy
+    setup.close()
+
+
+def test_the_link_moves_bytes_for_at_most_its_gates_transfers_at_once(
+    link: Link, pki: TestPki
+) -> None:
+    """What the link buffers for transfers is bounded by its gate, not by its callers: with a
+    gate of one, a second download waits for its turn, unread, while a first one is held
+    open by a slow reader, and gets its bytes, whole, once the first is done."""
+    link.objects.transfers = TransferGate(1, patience=600)
+    setup = StreamSetup(link, pki, shared=True)
+    model = ArrayRecord(
+        {"a": np.full(1 << 21, 1.0, dtype=np.float32), "b": np.full(1 << 21, 2.0, np.float32)}
+    )  # 8 MiB each: 8 chunks each
+    stream = setup.grid.send_and_stream(setup.messages(model))
+    client, channel, session = setup.nodes[0]
+    pulled = client.pull(session, wait=10, active_run_ids=[])
+    assert pulled is not None
+    [message] = pulled.messages
+    second_id = object_id_of(model["b"].tobytes())
+    [first_id] = [object_id for object_id in message.object_ids if object_id != second_id]
+    stub = fleet_pb2_grpc.FleetStub(channel)
+    request = objects_pb2.PullObjectRequest
+    first = iter(stub.PullObject(request(object_id=first_id, session_id=session.session_id)))
+    next(first)  # the first download has its turn, and its reader stalls
+    with ThreadPoolExecutor(1) as pool:
+        second = pool.submit(
+            pull_object_bytes, stub, second_id, session_id=session.session_id, timeout=60
+        )
+        for _ in range(600):  # until the second download waits for its turn
+            if link.objects.transfers.waiting == 1:
+                break
+            threading.Event().wait(0.05)
+        assert link.objects.transfers.waiting == 1
+        assert not second.done()
+        rest = b"".join(chunk.data for chunk in first)  # the first reader goes on, to the end
+        assert len(rest) == (8 << 20) - (1 << 20)
+        assert bytes(second.result(timeout=60)) == model["b"].tobytes()  # then the second
+    assert link.objects.transfers.waiting == 0
+    del stream  # never iterated: the replies are not awaited
+    setup.close()
+
+
+def test_a_transfer_stalled_in_its_turn_never_stops_the_others(link: Link, pki: TestPki) -> None:
+    """A node that opens a download and never reads it holds its turn: once no turn has ended
+    for the gate's patience, the next transfer goes ahead without one."""
+    link.objects.transfers = TransferGate(1, patience=0.5)
+    setup = StreamSetup(link, pki, shared=True)
+    model = ArrayRecord(
+        {"a": np.full(1 << 21, 1.0, dtype=np.float32), "b": np.full(1 << 21, 2.0, np.float32)}
+    )
+    stream = setup.grid.send_and_stream(setup.messages(model))
+    client, channel, session = setup.nodes[0]
+    pulled = client.pull(session, wait=10, active_run_ids=[])
+    assert pulled is not None
+    second_id = object_id_of(model["b"].tobytes())
+    [first_id] = [i for i in pulled.messages[0].object_ids if i != second_id]
+    stub = fleet_pb2_grpc.FleetStub(channel)
+    call = stub.PullObject(
+        objects_pb2.PullObjectRequest(object_id=first_id, session_id=session.session_id)
+    )
+    next(iter(call))  # holds the only turn, and reads no more
+    data = pull_object_bytes(stub, second_id, session_id=session.session_id, timeout=60)
+    assert bytes(data) == model["b"].tobytes()  # while the stalled one is still open
+    assert link.objects.transfers.impatient == 1
+    call.cancel()  # type: ignore[no-untyped-call]
+    del stream  # never iterated: the replies are not awaited
+    setup.close()

@@ -3,7 +3,8 @@
 Run config keys: ``rounds``, ``min-train`` / ``min-available`` (FedAvg), ``wait-timeout``,
 ``round-timeout`` (0 = none), ``array-mb`` (size of the model, in 4 float32 arrays),
 ``raise-on`` / ``sleep-on`` (a node's ``name`` node-config value, or ``all``: its ClientApp
-raises ZeroDivisionError / sleeps ``sleep-seconds``).
+raises ZeroDivisionError / sleeps ``sleep-seconds``, after printing ``ClientApp of NAME
+sleeps``).
 """
 
 from __future__ import annotations
@@ -75,6 +76,7 @@ def train(msg, context):
     if context.run_config["raise-on"] in (name, "all"):
         1 / 0
     if context.run_config["sleep-on"] in (name, "all"):
+        print(f"ClientApp of {name} sleeps", flush=True)
         time.sleep(float(context.run_config["sleep-seconds"]))
     arrays = ArrayRecord({key: value + 1 for key, value in msg.content["arrays"].items()})
     metrics = MetricRecord({"num-examples": 10, "loss": 1.0 / (1 + context.node_id % 5)})

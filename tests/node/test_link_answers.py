@@ -24,7 +24,7 @@ from flwrmtls.fleet.client import BadAnswer, Session
 from flwrmtls.node.agent import NodeAgent, RetryPolicy
 from flwrmtls.node.storage import NodeStorage
 from flwrmtls.objects.scope import QuotaExceeded
-from flwrmtls.objects.store import ObjectStore, object_id_of
+from flwrmtls.objects.store import CorruptObject, ObjectStore, object_id_of
 from flwrmtls.objects.transfer import MAX_OBJECT_BYTES, pull_object_into
 from flwrmtls.proto import fleet_pb2, fleet_pb2_grpc, objects_pb2
 from flwrmtls.testing.processes import NodeProcess
@@ -239,3 +239,33 @@ def test_an_object_over_the_nodes_storage_bound_is_refused_before_a_byte_is_writ
     with fake_link(FakeLink(chunks=chunks(large, len(large)))) as client:
         client.fetch_object(SESSION, object_id_of(large), store, reserve=storage.reserve)
     assert store.read_verified(object_id_of(large)) == large
+
+
+def test_bytes_a_link_sends_under_another_id_never_reach_an_app(tmp_path: Path) -> None:
+    """A node writes what it fetches with the size checked and leaves the hash to the one
+    reader on its host (the ClientApp, or the node before serving over ClientAppIo): bytes
+    that do not match their id are refused there and deleted, to be fetched again."""
+    store = ObjectStore(tmp_path / "objects")
+    honest = b"model" * 50_000
+    forged = b"FORGE" * 50_000  # the same size, other bytes
+    object_id = object_id_of(honest)
+    forged_chunks = chunks(forged, len(forged))
+    for chunk in forged_chunks:
+        chunk.object_id = object_id
+    with fake_link(FakeLink(chunks=forged_chunks)) as client:
+        client.fetch_object(SESSION, object_id, store, verify=False)
+    with pytest.raises(CorruptObject):
+        store.read_verified(object_id, discard=True)  # what a ClientApp reads
+    assert files_in(store) == []  # deleted: the next read has it fetched again
+    # Control: the honest bytes are written the same way and read.
+    with fake_link(FakeLink(chunks=chunks(honest, len(honest)))) as client:
+        client.fetch_object(SESSION, object_id, store, verify=False)
+    assert store.read_verified(object_id, discard=True) == honest
+    # A receiver that keeps the hash (the default) refuses the forged bytes at once.
+    store.delete([object_id])
+    with (
+        fake_link(FakeLink(chunks=forged_chunks)) as client,
+        pytest.raises(ValueError, match="do not match"),
+    ):
+        client.fetch_object(SESSION, object_id, store)
+    assert files_in(store) == []

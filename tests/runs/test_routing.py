@@ -181,6 +181,24 @@ def test_a_node_that_cannot_answer_gets_an_error_reply_naming_why() -> None:
     assert unavailable_replies(RUN, [], status, now=NOW) == ([], None)
 
 
+def test_a_node_whose_connection_closed_gets_an_error_reply_saying_so() -> None:
+    """The link marked the node offline when its connection closed (flwrmtls.runs.presence):
+    the reason says so, not that a heartbeat lapsed; a node still online is never answered,
+    whatever ``closed`` says of it."""
+    waiting = [stored("m1", 3), stored("m2", 4)]
+    status = {3: ("CN=dead", NOW, False), 4: ("CN=alive", NOW + 20, False)}
+    closed = {3: NOW - 0.5, 4: NOW - 0.5}
+    failed, _ = unavailable_replies(RUN, waiting, status, now=NOW, closed=closed)
+    [answer] = [common_pb2.Message.FromString(row.proto) for row in failed]
+    assert answer.reply_to_message_id == "m1"
+    assert answer.error.code == ErrorCode.NODE_UNAVAILABLE
+    assert answer.error.reason.startswith("node CN=dead went offline (its connection closed at ")
+    # Control: without ``closed`` the same node went offline for want of a heartbeat.
+    failed, _ = unavailable_replies(RUN, waiting[:1], status, now=NOW)
+    [answer] = [common_pb2.Message.FromString(row.proto) for row in failed]
+    assert "went offline (no heartbeat since" in answer.error.reason
+
+
 def test_one_definition_of_the_error_codes_and_of_the_default_ttl() -> None:
     """The protos define the codes; the app library names exactly those."""
     assert {code.name: code.value for code in ErrorCode} == {

@@ -7,14 +7,19 @@ Each round:
    ``min_train_nodes``. Each gets ``{arrayrecord_key: arrays, configrecord_key:
    train_config + {"server-round": r}}`` as a ``train`` message, group id ``str(r)``.
 2. A train reply must carry ``{arrayrecord_key: ArrayRecord, "metrics": MetricRecord}``: the
-   same array names and shapes as sent, finite values, and a non-negative number under
-   ``weighted_by_key``. A reply that does not, and every error reply, is logged (warning:
-   node id, certificate identity, reason) and dropped. Fewer than ``min_train_nodes`` good
-   replies end the run with :class:`StrategyError`, naming why the others failed.
-3. **Aggregate.** Arrays: the average weighted by ``weighted_by_key``, computed in float64
-   (complex128 for complex arrays) and cast back to each array's dtype (integers rounded).
-   Metrics: each scalar metric averaged with the same weights over the replies that have it;
-   ``weighted_by_key`` itself is summed; list metrics are not aggregated.
+   same array names and shapes as sent, finite values, and under ``weighted_by_key`` a number
+   above 0 and at most 2^53. A reply that does not, and every error reply, is logged
+   (warning: node id, certificate identity, reason) and left out. Fewer than
+   ``min_train_nodes`` good replies end the run with :class:`StrategyError`, naming why the
+   others failed.
+3. **Aggregate as replies arrive** (:mod:`flwrmtls.app.strategy.aggregate`): each good reply
+   is folded into a running weighted sum as soon as the Grid yields it
+   (``send_and_stream``) and then dropped, so the ServerApp holds the model and one
+   accumulator, never N replies. Arrays: the average weighted by ``weighted_by_key``,
+   accumulated in float64 (complex128 for complex arrays) and cast back to each array's
+   dtype (integers rounded). Metrics: each scalar metric averaged with the same weights over
+   the replies that have it; ``weighted_by_key`` itself is summed; list metrics are not
+   aggregated.
 4. **Evaluate** the new arrays likewise with ``evaluate`` messages and
    ``fraction_evaluate`` / ``min_evaluate_nodes`` (replies need only the metrics); skipped
    when ``fraction_evaluate`` is 0.
@@ -26,7 +31,6 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -34,7 +38,8 @@ import numpy as np
 
 from flwrmtls.app.grid import Grid, NotEnoughNodes
 from flwrmtls.app.message import Message, MessageType
-from flwrmtls.app.records import ArrayRecord, ConfigRecord, MetricRecord, NDArray, RecordDict
+from flwrmtls.app.records import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+from flwrmtls.app.strategy.aggregate import WeightedArrays, WeightedMetrics, weight_problem
 
 __all__ = ["METRICS_KEY", "FedAvg", "Result", "StrategyError"]
 
@@ -60,12 +65,15 @@ class Result:
     """Aggregated evaluate metrics, by round (empty when evaluation is off)."""
 
 
-@dataclass(frozen=True)
-class _GoodReply:
-    node_id: int
-    weight: float
-    metrics: MetricRecord
-    arrays: ArrayRecord | None
+@dataclass
+class _Folded:
+    """One phase of one round, folded in reply by reply."""
+
+    arrays: WeightedArrays | None
+    """The running weighted sum of the train replies' arrays (None: evaluate)."""
+    metrics: WeightedMetrics
+    count: int = 0
+    """Good replies folded in."""
 
 
 def _node_label(node_id: int, identity: str) -> str:
@@ -154,18 +162,19 @@ class FedAvg:
         result = Result(arrays=initial_arrays)
         for server_round in range(1, num_rounds + 1):
             trained = self._ask(grid, "train", server_round, result.arrays, train_config)
-            result.arrays = self._average_arrays(server_round, result.arrays, trained)
-            result.train_metrics[server_round] = self._average_metrics(trained)
+            assert trained.arrays is not None
+            result.arrays = trained.arrays.result()
+            result.train_metrics[server_round] = trained.metrics.result()
             line = f"round {server_round}/{num_rounds}: train " + self._describe(
-                result.train_metrics[server_round], len(trained)
+                result.train_metrics[server_round], trained.count
             )
             if self.fraction_evaluate > 0:
                 evaluated = self._ask(
                     grid, "evaluate", server_round, result.arrays, evaluate_config
                 )
-                result.evaluate_metrics[server_round] = self._average_metrics(evaluated)
+                result.evaluate_metrics[server_round] = evaluated.metrics.result()
                 line += " | evaluate " + self._describe(
-                    result.evaluate_metrics[server_round], len(evaluated)
+                    result.evaluate_metrics[server_round], evaluated.count
                 )
             log.info(line)
         return result
@@ -195,7 +204,9 @@ class FedAvg:
         server_round: int,
         arrays: ArrayRecord,
         config: ConfigRecord | None,
-    ) -> list[_GoodReply]:
+    ) -> _Folded:
+        """Send the phase's messages and fold each good reply in as it arrives, then let it
+        go: the arrays' running weighted sum (train) and the metrics'."""
         minimum = self.min_train_nodes if phase == "train" else self.min_evaluate_nodes
         message_type = MessageType.TRAIN if phase == "train" else MessageType.EVALUATE
         messages: list[Message] = []
@@ -209,144 +220,83 @@ class FedAvg:
                 grid.create_message(content, message_type, node_id, group_id=str(server_round))
             )
         destinations = {m.metadata.message_id: m.metadata.dst_node_id for m in messages}
-        good: list[_GoodReply] = []
+        folded = _Folded(
+            WeightedArrays(arrays) if phase == "train" else None,
+            WeightedMetrics(self.weighted_by_key),
+        )
         failures: dict[int, str] = {}
-        for reply in grid.send_and_receive(messages, timeout=self.round_timeout):
-            reply_to = reply.metadata.reply_to_message_id
-            if reply_to not in destinations:
-                log.warning("round %d %s: ignoring an unexpected reply", server_round, phase)
-                continue
-            node_id = destinations.pop(reply_to)
-            label = _node_label(node_id, reply.metadata.src_identity)
-            if reply.error is not None:
-                reason = f"{reply.error.code_name}: {_last_line(reply.error.reason)}"
-                log.warning(
-                    "round %d %s: %s failed: %s: %s",
-                    server_round,
-                    phase,
-                    label,
-                    reply.error.code_name,
-                    reply.error.reason,
-                )
-            else:
-                checked = self._check_reply(phase, node_id, reply, arrays)
-                if isinstance(checked, _GoodReply):
-                    good.append(checked)
-                    continue
-                reason = checked
-                log.warning("round %d %s: %s: %s", server_round, phase, label, reason)
-            failures[node_id] = f"{label}: {reason}"
+        sent = len(messages)
+        for reply in grid.send_and_stream(messages, timeout=self.round_timeout):
+            self._take(reply, phase, server_round, destinations, folded, failures)
+            del reply  # folded in (or refused): the next one never meets it here
         for node_id in destinations.values():
             failures[node_id] = f"node {node_id}: no reply"
             log.warning("round %d %s: node %d sent no reply", server_round, phase, node_id)
-        if len(good) < minimum:
+        if folded.count < minimum:
             raise StrategyError(
-                f"round {server_round}: {len(good)} of {len(messages)} nodes replied to "
+                f"round {server_round}: {folded.count} of {sent} nodes replied to "
                 f"{phase} and at least {minimum} are needed; "
                 + "; ".join(failures[n] for n in sorted(failures))
             )
-        return good
+        return folded
 
-    def _check_reply(
-        self, phase: Phase, node_id: int, reply: Message, sent: ArrayRecord
-    ) -> _GoodReply | str:
-        """The reply's useful parts, or why it cannot be used."""
+    def _take(
+        self,
+        reply: Message,
+        phase: Phase,
+        server_round: int,
+        destinations: dict[str, int],
+        folded: _Folded,
+        failures: dict[int, str],
+    ) -> None:
+        """Fold one reply in, or note (and log) why it fails."""
+        reply_to = reply.metadata.reply_to_message_id
+        if reply_to not in destinations:
+            log.warning("round %d %s: ignoring an unexpected reply", server_round, phase)
+            return
+        node_id = destinations.pop(reply_to)
+        label = _node_label(node_id, reply.metadata.src_identity)
+        if reply.error is not None:
+            reason = f"{reply.error.code_name}: {_last_line(reply.error.reason)}"
+            log.warning(
+                "round %d %s: %s failed: %s: %s",
+                server_round,
+                phase,
+                label,
+                reply.error.code_name,
+                reply.error.reason,
+            )
+        else:
+            reason = self._fold(reply, folded)
+            if not reason:
+                return
+            log.warning("round %d %s: %s: %s", server_round, phase, label, reason)
+        failures[node_id] = f"{label}: {reason}"
+
+    def _fold(self, reply: Message, folded: _Folded) -> str:
+        """Fold the reply's useful parts in; returns why it cannot be used, or ""."""
         metrics = reply.content.metric_records.get(METRICS_KEY)
         if metrics is None:
             return f"the reply has no MetricRecord {METRICS_KEY!r}"
         weight = metrics.get(self.weighted_by_key)
         if weight is None:
             return f"the reply's metrics have no {self.weighted_by_key!r} (its weight)"
-        if not isinstance(weight, int | float) or not math.isfinite(weight) or weight < 0:
-            return (
-                f"the reply's {self.weighted_by_key!r} must be a non-negative number, "
-                f"not {weight!r}"
-            )
-        if phase == "evaluate":
-            return _GoodReply(node_id, float(weight), metrics, None)
-        arrays = reply.content.array_records.get(self.arrayrecord_key)
-        if arrays is None:
-            return f"the reply has no ArrayRecord {self.arrayrecord_key!r}"
-        problem = _compare_arrays(sent, arrays)
+        problem = weight_problem(self.weighted_by_key, weight)
         if problem:
             return problem
-        return _GoodReply(node_id, float(weight), metrics, arrays)
-
-    # -- aggregation -----------------------------------------------------------------------
-
-    def _average_arrays(
-        self, server_round: int, current: ArrayRecord, replies: list[_GoodReply]
-    ) -> ArrayRecord:
-        total = sum(reply.weight for reply in replies)
-        if total <= 0:
-            raise StrategyError(
-                f"round {server_round}: the train replies' {self.weighted_by_key!r} add up "
-                "to 0, so there is nothing to average"
-            )
-        averaged = ArrayRecord()
-        for name, reference in current.items():
-            accumulator: NDArray = np.zeros(
-                reference.shape, dtype=np.result_type(reference.dtype, np.float64)
-            )
-            scaled = np.empty_like(accumulator)  # one temporary per array, not per reply
-            for reply in replies:
-                assert reply.arrays is not None
-                np.multiply(reply.arrays[name], reply.weight, out=scaled)
-                accumulator += scaled
-            accumulator /= total
-            if reference.dtype.kind in "biu":
-                accumulator = np.rint(accumulator)
-            averaged[name] = accumulator.astype(reference.dtype)
-        return averaged
-
-    def _average_metrics(self, replies: list[_GoodReply]) -> MetricRecord:
-        weights = [reply.metrics[self.weighted_by_key] for reply in replies]
-        int_weights = [weight for weight in weights if isinstance(weight, int)]
-        total: int | float = (
-            sum(int_weights)
-            if len(int_weights) == len(weights)
-            else sum(reply.weight for reply in replies)
-        )
-        averaged = MetricRecord({self.weighted_by_key: total})
-        keys = dict.fromkeys(key for reply in replies for key in reply.metrics)
-        for key in keys:
-            if key == self.weighted_by_key:
-                continue
-            pairs = [
-                (reply.weight, float(value))
-                for reply in replies
-                if isinstance(value := reply.metrics.get(key), int | float)
-            ]
-            if not pairs:
-                continue
-            weight_sum = sum(weight for weight, _ in pairs)
-            if weight_sum > 0:
-                averaged[key] = sum(weight * value for weight, value in pairs) / weight_sum
-            else:
-                averaged[key] = sum(value for _, value in pairs) / len(pairs)
-        return averaged
+        assert isinstance(weight, int | float)
+        if folded.arrays is not None:
+            arrays = reply.content.array_records.get(self.arrayrecord_key)
+            if arrays is None:
+                return f"the reply has no ArrayRecord {self.arrayrecord_key!r}"
+            problem = folded.arrays.add(arrays, float(weight))
+            if problem:
+                return problem
+        folded.metrics.add(metrics, float(weight))
+        folded.count += 1
+        return ""
 
     def _describe(self, metrics: MetricRecord, nodes: int) -> str:
         text = _format_metrics(metrics, skip=self.weighted_by_key)
         counted = f"{nodes} node{'s' if nodes != 1 else ''}"
         return f"{text} ({counted})" if text else f"({counted})"
-
-
-def _compare_arrays(sent: Mapping[str, NDArray], received: Mapping[str, NDArray]) -> str:
-    """Why ``received`` cannot be averaged with ``sent``, or "" when it can."""
-    missing = [name for name in sent if name not in received]
-    unexpected = [name for name in received if name not in sent]
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"missing {', '.join(map(repr, missing[:5]))}")
-        if unexpected:
-            parts.append(f"unexpected {', '.join(map(repr, unexpected[:5]))}")
-        return "the reply's arrays do not match the model: " + "; ".join(parts)
-    for name, reference in sent.items():
-        array = received[name]
-        if array.shape != reference.shape:
-            return f"the reply's array {name!r} has shape {array.shape}, expected {reference.shape}"
-        if array.dtype.kind in "fc" and not np.isfinite(array).all():
-            return f"the reply's array {name!r} holds NaN or infinite values"
-    return ""

@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 
 from flwrmtls.app import ArrayRecord, Context, FedAvg, Grid, Message, RecordDict, Result, ServerApp
 
 app = ServerApp()
+_ROUND_LINE = re.compile(r"round \d+/\d+: ")
 
 
 class RoundEnds(logging.Handler):
@@ -28,7 +30,7 @@ class RoundEnds(logging.Handler):
         self.ends: list[float] = []
 
     def emit(self, record: logging.LogRecord) -> None:
-        if record.getMessage().startswith("round "):
+        if _ROUND_LINE.match(record.getMessage()):  # "round 2/3: train ...", not warnings
             self.ends.append(time.monotonic())
 
 
@@ -64,10 +66,16 @@ class TimedGrid:
     def send_and_receive(
         self, messages: Iterable[Message], *, timeout: float | None = None
     ) -> list[Message]:
+        return list(self.send_and_stream(messages, timeout=timeout))
+
+    def send_and_stream(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterator[Message]:
+        """FedAvg folds each reply in as it comes: the exchange ends with the last one."""
         start = time.monotonic()
-        replies = self._grid.send_and_receive(messages, timeout=timeout)
+        replies = self._grid.send_and_stream(messages, timeout=timeout)
+        yield from replies
         self.exchanges.append([start, time.monotonic()])
-        return replies
 
 
 def _ends(array: np.ndarray) -> list[float]:
