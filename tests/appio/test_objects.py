@@ -408,8 +408,11 @@ def test_a_transfer_stalled_in_its_turn_never_stops_the_others(link: Link, pki: 
     for the gate's patience, the next transfer goes ahead without one."""
     link.objects.transfers = TransferGate(1, patience=0.5)
     setup = StreamSetup(link, pki, shared=True)
+    # The stalled object (64 MiB) is far more than gRPC's flow-control windows let the link
+    # write ahead unread (they grow with a loaded machine's delay: 8 MiB fitted once), so its
+    # turn stays held; the other is small.
     model = ArrayRecord(
-        {"a": np.full(1 << 21, 1.0, dtype=np.float32), "b": np.full(1 << 21, 2.0, np.float32)}
+        {"a": np.full(1 << 24, 1.0, dtype=np.float32), "b": np.full(1 << 18, 2.0, np.float32)}
     )
     stream = setup.grid.send_and_stream(setup.messages(model))
     client, channel, session = setup.nodes[0]
