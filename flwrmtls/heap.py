@@ -1,4 +1,4 @@
-"""How the long-running processes use the C heap: two malloc arenas, not one per thread.
+"""How flwrmtls's processes use the C heap: two malloc arenas, not one per thread.
 
 Rules:
 
@@ -9,8 +9,10 @@ Rules:
   peak RSS 242-312 MiB and a node's 135 MiB with glibc's default, 199 and 103 MiB with two
   arenas, at the same CPU time.
 * :func:`limit_malloc_arenas` asks for two (``mallopt(M_ARENA_MAX, 2)``), first thing in the
-  process, before any thread starts. A ``MALLOC_ARENA_MAX`` set in the environment wins
-  (glibc reads it itself); with any other C library it does nothing.
+  link, the nodes and the app processes they start (in an app process numpy's import may
+  have started threads already; arenas are limited from then on). A ``MALLOC_ARENA_MAX``
+  set in the environment wins (glibc reads it itself); with any other C library it does
+  nothing.
 """
 
 from __future__ import annotations

@@ -36,6 +36,7 @@ from flwrmtls.appio.process import (
     token_metadata,
     unpack_app,
 )
+from flwrmtls.heap import limit_malloc_arenas
 from flwrmtls.keyvalues import values_from_proto
 from flwrmtls.objects.store import CorruptObject, ObjectStore
 from flwrmtls.objects.transfer import in_parallel, pull_objects, push_objects
@@ -189,6 +190,7 @@ def run(address: str) -> int:
 
 
 def main() -> None:
+    limit_malloc_arenas()  # see flwrmtls.heap
     configure_logging()
     parser = argparse.ArgumentParser(prog="flwrmtls.appio.clientapp_process")
     parser.add_argument("--clientappio-api-address", required=True)

@@ -119,8 +119,12 @@ class GrpcGrid:
     def send_and_stream(
         self, messages: Iterable[Message], *, timeout: float | None = None
     ) -> Iterator[Message]:
-        sent = self._send(messages)
-        return self._replies({m.metadata.message_id: m for m in sent}, timeout)
+        # What waits for its reply is each message's metadata (for a TIMEOUT reply), not its
+        # content: once sent, the arrays are the caller's to keep or let go.
+        pending = {
+            m.metadata.message_id: Message(metadata=m.metadata) for m in self._send(messages)
+        }
+        return self._replies(pending, timeout)
 
     def _send(self, messages: Iterable[Message]) -> list[Message]:
         """Store the messages' objects on the link, then push the messages."""

@@ -30,6 +30,7 @@ from flwrmtls.appio.process import (
     token_metadata,
     unpack_app,
 )
+from flwrmtls.heap import limit_malloc_arenas
 from flwrmtls.keyvalues import values_from_proto
 from flwrmtls.proto import appio_pb2, appio_pb2_grpc
 
@@ -97,6 +98,7 @@ def run(address: str) -> int:
 
 
 def main() -> None:
+    limit_malloc_arenas()  # see flwrmtls.heap
     configure_logging()
     parser = argparse.ArgumentParser(prog="flwrmtls.appio.serverapp_process")
     parser.add_argument("--serverappio-api-address", required=True)

@@ -181,14 +181,24 @@ class WatchedGrid(InProcessGrid):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.alive_at_yield: list[int] = []
+        self.model_alive_at_yield: list[bool] = []
+        """Per reply: whether the model sent with its message was still held by anyone."""
 
     def send_and_stream(
         self, messages: Iterable[Message], *, timeout: float | None = None
     ) -> Iterator[Message]:
+        sent = list(messages)
+        model = weakref.ref(sent[0].content.array_records["arrays"]["w"])
+        replies = super().send_and_stream(sent, timeout=timeout)
+        del sent
+        return self._watch(replies, model)
+
+    def _watch(self, replies: Iterator[Message], model: weakref.ref[NDArray]) -> Iterator[Message]:
         yielded: list[weakref.ref[NDArray]] = []
-        for reply in super().send_and_stream(messages, timeout=timeout):
+        for reply in replies:
             gc.collect()
             self.alive_at_yield.append(sum(ref() is not None for ref in yielded))
+            self.model_alive_at_yield.append(model() is not None)
             yielded.append(weakref.ref(reply.content.array_records["arrays"]["w"]))
             yield reply
             del reply
@@ -214,6 +224,8 @@ def test_fedavg_folds_each_reply_in_and_lets_it_go() -> None:
     result = strategy.start(grid, ArrayRecord({"w": np.zeros(8, dtype=np.float32)}), 2)
     np.testing.assert_array_equal(result.arrays["w"], np.full(8, 7.0, dtype=np.float32))
     assert grid.alive_at_yield == [0] * 12  # no earlier reply was alive when the next came
+    # Round 1's model is the caller's; from round 2 on FedAvg holds no model while it folds.
+    assert grid.model_alive_at_yield == [True] * 6 + [False] * 6
 
 
 def fixed_reply_app() -> ClientApp:

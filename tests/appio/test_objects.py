@@ -323,6 +323,10 @@ def test_send_and_stream_yields_each_reply_as_it_arrives_and_keeps_none(
     setup = StreamSetup(link, pki, shared=False)
     model = ArrayRecord({"w": np.zeros(1 << 16, dtype=np.float32)})
     stream = setup.grid.send_and_stream(setup.messages(model))  # sent now, before any read
+    sent_model = weakref.ref(model["w"])
+    del model
+    gc.collect()
+    assert sent_model() is None  # once sent, the Grid keeps the messages' metadata, not arrays
     setup.answer(0)
     first = next(stream)  # node 2 has not answered: node 1's reply comes alone
     assert first.metadata.src_identity == "CN=node-1,O=Hospital A"

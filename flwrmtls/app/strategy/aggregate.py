@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -86,11 +87,18 @@ def _largest_magnitude(array: NDArray) -> float:
     return max(abs(float(array.max())), abs(float(array.min())))
 
 
+@dataclass(frozen=True)
+class _Spec:
+    shape: tuple[int, ...]
+    dtype: np.dtype[Any]
+
+
 class WeightedArrays:
-    """The running weighted sum of the replies' arrays, shaped like ``model``."""
+    """The running weighted sum of the replies' arrays, shaped like ``model``: only its names,
+    shapes and dtypes are kept, not its arrays (a caller may let the model go)."""
 
     def __init__(self, model: Mapping[str, NDArray]) -> None:
-        self._model = dict(model)
+        self._model = {name: _Spec(array.shape, array.dtype) for name, array in model.items()}
         self._sums: dict[str, NDArray] | None = None
         self._scratch: dict[np.dtype[Any], NDArray] = {}
         self.total_weight = 0.0

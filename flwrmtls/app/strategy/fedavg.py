@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -63,6 +64,20 @@ class Result:
     """Aggregated train metrics, by round."""
     evaluate_metrics: dict[int, MetricRecord] = field(default_factory=dict)
     """Aggregated evaluate metrics, by round (empty when evaluation is off)."""
+
+
+@dataclass
+class _Sent:
+    """One phase of one round, sent: what its replies are folded into, and the replies."""
+
+    phase: Phase
+    server_round: int
+    count: int
+    """Messages sent."""
+    destinations: dict[str, int]
+    """Message id -> node id, for those not answered yet."""
+    folded: _Folded
+    replies: Iterator[Message]
 
 
 @dataclass
@@ -161,7 +176,12 @@ class FedAvg:
         )
         result = Result(arrays=initial_arrays)
         for server_round in range(1, num_rounds + 1):
-            trained = self._ask(grid, "train", server_round, result.arrays, train_config)
+            sent = self._send(grid, "train", server_round, result.arrays, train_config)
+            # Sent: the Grid has stored the arrays. FedAvg lets its model go while the replies
+            # are folded in (the caller may still hold the first one), so the ServerApp holds
+            # the accumulator and a reply, and the new model only once the old is gone.
+            result.arrays = ArrayRecord()
+            trained = self._gather(sent)
             assert trained.arrays is not None
             result.arrays = trained.arrays.result()
             result.train_metrics[server_round] = trained.metrics.result()
@@ -169,8 +189,8 @@ class FedAvg:
                 result.train_metrics[server_round], trained.count
             )
             if self.fraction_evaluate > 0:
-                evaluated = self._ask(
-                    grid, "evaluate", server_round, result.arrays, evaluate_config
+                evaluated = self._gather(
+                    self._send(grid, "evaluate", server_round, result.arrays, evaluate_config)
                 )
                 result.evaluate_metrics[server_round] = evaluated.metrics.result()
                 line += " | evaluate " + self._describe(
@@ -197,17 +217,16 @@ class FedAvg:
         chosen = self._rng.choice(np.array(sorted(online)), size=size, replace=False)
         return sorted(int(node_id) for node_id in chosen)
 
-    def _ask(
+    def _send(
         self,
         grid: Grid,
         phase: Phase,
         server_round: int,
         arrays: ArrayRecord,
         config: ConfigRecord | None,
-    ) -> _Folded:
-        """Send the phase's messages and fold each good reply in as it arrives, then let it
-        go: the arrays' running weighted sum (train) and the metrics'."""
-        minimum = self.min_train_nodes if phase == "train" else self.min_evaluate_nodes
+    ) -> _Sent:
+        """Send the phase's messages; what comes back is :meth:`_gather`'s. Nothing returned
+        here holds ``arrays``."""
         message_type = MessageType.TRAIN if phase == "train" else MessageType.EVALUATE
         messages: list[Message] = []
         for node_id in self._sample(grid, phase, server_round):
@@ -224,9 +243,18 @@ class FedAvg:
             WeightedArrays(arrays) if phase == "train" else None,
             WeightedMetrics(self.weighted_by_key),
         )
+        replies = grid.send_and_stream(messages, timeout=self.round_timeout)
+        return _Sent(phase, server_round, len(messages), destinations, folded, replies)
+
+    def _gather(self, sent: _Sent) -> _Folded:
+        """Fold each good reply in as it arrives, then let it go: the arrays' running weighted
+        sum (train) and the metrics'."""
+        phase, server_round, destinations, folded = (
+            sent.phase, sent.server_round, sent.destinations, sent.folded
+        )  # fmt: skip
+        minimum = self.min_train_nodes if phase == "train" else self.min_evaluate_nodes
         failures: dict[int, str] = {}
-        sent = len(messages)
-        for reply in grid.send_and_stream(messages, timeout=self.round_timeout):
+        for reply in sent.replies:
             self._take(reply, phase, server_round, destinations, folded, failures)
             del reply  # folded in (or refused): the next one never meets it here
         for node_id in destinations.values():
@@ -234,7 +262,7 @@ class FedAvg:
             log.warning("round %d %s: node %d sent no reply", server_round, phase, node_id)
         if folded.count < minimum:
             raise StrategyError(
-                f"round {server_round}: {folded.count} of {sent} nodes replied to "
+                f"round {server_round}: {folded.count} of {sent.count} nodes replied to "
                 f"{phase} and at least {minimum} are needed; "
                 + "; ".join(failures[n] for n in sorted(failures))
             )
