@@ -551,8 +551,7 @@ class Link:
             serverappio,
         )  # fmt: skip
         host = config.serverappio_address.rpartition(":")[0]
-        self.runs.serverappio_address = f"{host}:{self.serverappio_port}"
-        self.runs.schedule_spare()
+        self.runs.listen(f"{host}:{self.serverappio_port}")
         self._servers = [*servers, control, serverappio]
         for server in self._servers:
             await server.start()
