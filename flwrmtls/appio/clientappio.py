@@ -4,7 +4,7 @@ Rules:
 
 * The run is the token's run: a ClientApp can see only its own run's messages and objects
   (an object of another run is answered "no object", exactly as one that is not stored; see
-  :mod:`flwrmtls.node.apps`).
+  :mod:`flwrmtls.node.clientapps`).
 * What a ClientApp pushes, and what the node fetches from the link for it, is bounded by
   ``--max-object-storage`` (``RESOURCE_EXHAUSTED``, naming the flag;
   :mod:`flwrmtls.node.storage`).
@@ -16,9 +16,9 @@ Rules:
   pass a reply on; the node's server answers them in one place.
 
 The servicer converts and delegates to the node's runs (:class:`ClientAppRuns`, which
-:class:`flwrmtls.node.apps.AppManager` is); the node serves it (:mod:`flwrmtls.node.appioserver`)
-behind the same interceptor and policy table as the link's APIs, as the link serves
-:mod:`flwrmtls.appio.serverappio`.
+:class:`flwrmtls.node.clientapps.ClientApps` is); the node serves it
+(:mod:`flwrmtls.node.appioserver`) behind the same interceptor and policy table as the link's
+APIs, as the link serves :mod:`flwrmtls.appio.serverappio`.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ class AppRun(Protocol):
 
 
 class ClientAppRuns(Protocol):
-    """What ClientAppIo needs of the node's runs (:class:`flwrmtls.node.apps.AppManager`)."""
+    """What ClientAppIo needs of the node's runs (:class:`flwrmtls.node.clientapps.ClientApps`)."""
 
     @property
     def objects(self) -> ObjectStore: ...

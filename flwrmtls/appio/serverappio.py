@@ -45,7 +45,7 @@ from flwrmtls.proto import appio_pb2, appio_pb2_grpc, common_pb2, objects_pb2
 from flwrmtls.runs.linkobjects import LinkObjects, UnknownObjects
 from flwrmtls.runs.notify import Notifier
 from flwrmtls.runs.routing import route_instructions, unavailable_replies
-from flwrmtls.runs.serverapps import RunManager
+from flwrmtls.runs.serverapps import ServerApps
 from flwrmtls.state.linkstate import LinkState
 from flwrmtls.state.messagetable import MessageRow
 from flwrmtls.wire.bounds import long_poll_seconds
@@ -66,7 +66,7 @@ class ServerAppIoServicer(appio_pb2_grpc.ServerAppIoServicer):
         *,
         notifier: Notifier,
         objects: LinkObjects,
-        runs: RunManager,
+        runs: ServerApps,
         share_objects: bool = True,
     ) -> None:
         self._state = state

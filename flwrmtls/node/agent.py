@@ -29,7 +29,7 @@ protocol                   of 0, NaN or 1e300, an id past 2^63): stop at once, t
                            or guesses such a value; :mod:`flwrmtls.wire.bounds`)
 session unknown            activate again
 work arrives               the long poll returns at once; the message goes to its run's
-                           ClientApp (see :mod:`flwrmtls.node.apps`); if its run cannot
+                           ClientApp (see :mod:`flwrmtls.node.clientapps`); if its run cannot
                            start (e.g. over ``--max-object-storage``) it gets an error reply
 a run ends                 its ClientApp is told to exit and is reaped
 stop requested             stop ClientApps, deactivate (best effort) and return
@@ -66,7 +66,7 @@ from dataclasses import dataclass
 from flwrmtls.clock import Clock, SystemClock
 from flwrmtls.errors import FlwrmtlsError, LinkUnreachable
 from flwrmtls.fleet.client import FleetClient, RunUnavailable, Session, SessionEnded
-from flwrmtls.node.apps import AppManager
+from flwrmtls.node.clientapps import ClientApps
 from flwrmtls.objects.scope import QuotaExceeded
 from flwrmtls.proto import common_pb2
 from flwrmtls.wire.bounds import LONG_POLL_SECONDS
@@ -99,7 +99,7 @@ class NodeAgent:
         self,
         client: FleetClient,
         *,
-        apps: AppManager | None = None,
+        apps: ClientApps | None = None,
         retry: RetryPolicy | None = None,
         stop: threading.Event | None = None,
         clock: Clock | None = None,
@@ -206,7 +206,7 @@ class NodeAgent:
             self._held.setdefault(message.message_id, message)
         self._hand_over(apps, session)
 
-    def _hand_over(self, apps: AppManager, session: Session) -> None:
+    def _hand_over(self, apps: ClientApps, session: Session) -> None:
         """Hand each held message to its run's ClientApp queue (see the module's table).
         Raises LinkUnreachable or SessionEnded with the rest still held."""
         for message_id, message in list(self._held.items()):

@@ -22,7 +22,7 @@ from flwrmtls.appio.clientappio import ClientAppIoServicer
 from flwrmtls.auth.interceptor import AuthInterceptor, RefusalLog
 from flwrmtls.auth.tokens import TokenAuthenticator
 from flwrmtls.clock import Clock, SystemClock
-from flwrmtls.node.apps import AppManager
+from flwrmtls.node.clientapps import ClientApps
 from flwrmtls.proto import appio_pb2_grpc
 from flwrmtls.wire.listen import ServerLimits, require_loopback
 from flwrmtls.wire.refusals import RefusalInterceptor
@@ -35,7 +35,7 @@ class ClientAppIoServer:
     """ClientAppIo on ``address`` (loopback only: run tokens cross it in plaintext), served
     from a background thread."""
 
-    def __init__(self, apps: AppManager, address: str, clock: Clock | None = None) -> None:
+    def __init__(self, apps: ClientApps, address: str, clock: Clock | None = None) -> None:
         self._apps = apps
         self._address = address
         self._clock = clock or SystemClock()

@@ -26,8 +26,8 @@ from types import FrameType
 
 import grpc
 
-from flwrmtls.auth.keys import key_fingerprint, load_node_private_key, node_id_for_key
-from flwrmtls.auth.signing import CallSigner
+from flwrmtls.auth.callsigning import CallSigner
+from flwrmtls.auth.keyformats import key_fingerprint, load_node_private_key, node_id_for_key
 from flwrmtls.cliargs import finish_parser
 from flwrmtls.clock import SystemClock
 from flwrmtls.errors import FlwrmtlsError, InputError
@@ -36,8 +36,8 @@ from flwrmtls.fleet.client import FleetClient
 from flwrmtls.keyvalues import parse_key_values
 from flwrmtls.node.agent import NodeAgent, RetryPolicy
 from flwrmtls.node.appioserver import ClientAppIoServer
-from flwrmtls.node.apps import AppManager
 from flwrmtls.node.audience import LinkAudience
+from flwrmtls.node.clientapps import ClientApps
 from flwrmtls.node.rotation import CertificateWatcher
 from flwrmtls.node.signer import SigningInterceptor
 from flwrmtls.node.statedir import StateDir, default_state_dir, open_state_dir
@@ -329,7 +329,7 @@ def run(args: argparse.Namespace) -> None:
         "state in %s; objects at most %s%s", state.path, format_size(max_object_bytes),
         f" ({count} objects, {freed} bytes, left from before deleted)" if count or freed else "",
     )  # fmt: skip
-    apps = AppManager(
+    apps = ClientApps(
         client, state.objects, node_config=node_config, share_objects=args.shared_objects,
         max_object_bytes=max_object_bytes,
     )  # fmt: skip

@@ -10,7 +10,7 @@ Rules:
   zombies; nothing in the link's working directory is imported). Its token goes to it on
   standard input, never on its command line; the link keeps the token's hash only. Every
   line the process prints becomes a run log entry.
-* How a run ends (see :mod:`flwrmtls.state.runs`): the process exits 0 -> completed; it
+* How a run ends (see :mod:`flwrmtls.state.runlifecycle`): the process exits 0 -> completed; it
   reports a failure or exits non-zero -> failed with its reason; ``stop`` -> stopped (the
   process is terminated); the link stops -> failed ("link stopped"); a run found active when
   the link starts -> failed ("link restarted"). Ending a run ends its token, and nodes learn
@@ -33,14 +33,14 @@ Rules:
   commit. A crash at any statement leaves either the run as it was (a restarted link then
   fails it) or ended whole, with at worst files that nothing names (the start-up sweep
   deletes them); never an ended run with a token, a message or an object row.
-* Start-up (:meth:`RunManager.recover`) is one transaction: the runs that were active fail,
+* Start-up (:meth:`ServerApps.recover`) is one transaction: the runs that were active fail,
   then whatever a run that is not active still has (left by an older link) is deleted.
 * Several link processes on one database (:mod:`flwrmtls.state.replicas`): a run's ServerApp
   runs beside the process that accepted StartRun. At start-up only the runs of processes that
   are not alive fail ("link replica lost"), and every few seconds each process ends those of
-  processes lost since (:meth:`RunManager.end_lost_runs`). A run ended through another
+  processes lost since (:meth:`ServerApps.end_lost_runs`). A run ended through another
   process (``flwrmtls stop`` reaching it) has its ServerApp stopped here when the
-  announcement arrives (:meth:`RunManager.ended_elsewhere`).
+  announcement arrives (:meth:`ServerApps.ended_elsewhere`).
 """
 
 from __future__ import annotations
@@ -63,11 +63,11 @@ from flwrmtls.runs.supervisor import AppSupervisor, Spawn, spawn_process
 from flwrmtls.state.database import DatabaseError
 from flwrmtls.state.linkstate import LinkState
 from flwrmtls.state.replicas import LOST_REASON
-from flwrmtls.state.runs import IllegalTransition, RunStatus
+from flwrmtls.state.runlifecycle import IllegalTransition, RunStatus
 
-__all__ = ["RunManager"]
+__all__ = ["ServerApps"]
 
-log = logging.getLogger("flwrmtls.link.runs")
+log = logging.getLogger("flwrmtls.runs.serverapps")
 
 REASON_LIMIT = 4000
 """The most characters of a ServerApp's stated reason the run keeps."""
@@ -101,7 +101,7 @@ class _Output:
             self.lost_lines += 1
 
 
-class RunManager:
+class ServerApps:
     def __init__(
         self,
         state: LinkState,

@@ -22,7 +22,7 @@ from flwrmtls.auth.tokens import TOKEN_METADATA_KEY, new_token, token_hash
 from flwrmtls.fleet.client import FleetClient, Session
 from flwrmtls.link.server import Link
 from flwrmtls.node.appioserver import ClientAppIoServer
-from flwrmtls.node.apps import AppManager, NodeRun
+from flwrmtls.node.clientapps import ClientApps, NodeRun
 from flwrmtls.objects.scope import QuotaExceeded
 from flwrmtls.objects.store import ObjectStore, object_id_of
 from flwrmtls.objects.transfer import pull_object_bytes, push_objects
@@ -38,7 +38,7 @@ from flwrmtls.proto import (
 )
 from flwrmtls.runs.linkobjects import LinkObjects, StorageLimits
 from flwrmtls.state.linkstate import LinkState
-from flwrmtls.state.runs import RunStatus
+from flwrmtls.state.runlifecycle import RunStatus
 from flwrmtls.testing.clock import FakeClock
 from flwrmtls.testing.link import mtls_config, node_client, running_link
 from flwrmtls.testing.pki import TestPki
@@ -426,7 +426,7 @@ def test_a_clientapp_reads_only_its_own_runs_objects_on_the_node(tmp_path: Path)
     channel = grpc.insecure_channel("127.0.0.1:1")  # the link: never reached here
     client = FleetClient(channel, ConnectionContext("127.0.0.1:1", False, False, ""))
     store = ObjectStore(tmp_path / "objects")
-    apps = AppManager(client, store, node_config={}, share_objects=False)
+    apps = ClientApps(client, store, node_config={}, share_objects=False)
     apps.session = Session(node_id=5, session_id="s", identity="CN=n", heartbeat_interval=1)
     run_1 = apps.adopt(NodeRun(1, "0" * 64, {}))
     run_2 = apps.adopt(NodeRun(2, "1" * 64, {}))

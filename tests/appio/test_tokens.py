@@ -16,11 +16,11 @@ from flwrmtls.auth.tokens import TOKEN_METADATA_KEY, new_token, token_hash
 from flwrmtls.fleet.client import FleetClient, Session
 from flwrmtls.link.server import Link
 from flwrmtls.node.appioserver import ClientAppIoServer
-from flwrmtls.node.apps import AppManager, NodeRun
+from flwrmtls.node.clientapps import ClientApps, NodeRun
 from flwrmtls.objects.store import ObjectStore
 from flwrmtls.proto import appio_pb2, appio_pb2_grpc, common_pb2
 from flwrmtls.state.messagetable import MessageRow
-from flwrmtls.state.runs import RunStatus
+from flwrmtls.state.runlifecycle import RunStatus
 from flwrmtls.wire.errors import ConnectionContext
 
 
@@ -93,7 +93,7 @@ def test_serverappio_tokens(link: Link, tmp_path: Path) -> None:
 def test_clientappio_tokens(tmp_path: Path) -> None:
     channel = grpc.insecure_channel("127.0.0.1:1")  # the link is never called here
     client = FleetClient(channel, ConnectionContext("127.0.0.1:1", False, False, ""))
-    apps = AppManager(client, ObjectStore(tmp_path / "objects"), node_config={"name": "a"})
+    apps = ClientApps(client, ObjectStore(tmp_path / "objects"), node_config={"name": "a"})
     apps.session = Session(node_id=5, session_id="s", identity="CN=n", heartbeat_interval=1)
     apps.adopt(NodeRun(1, "0" * 64, {"lr": 0.1}))
     run_2 = apps.adopt(NodeRun(2, "1" * 64, {}))
@@ -142,7 +142,7 @@ def test_clientappio_refuses_replies_and_object_requests_it_cannot_honour(tmp_pa
     channel = grpc.insecure_channel("127.0.0.1:1")
     client = FleetClient(channel, ConnectionContext("127.0.0.1:1", False, False, ""))
     store = ObjectStore(tmp_path / "objects")
-    apps = AppManager(client, store, node_config={})
+    apps = ClientApps(client, store, node_config={})
     apps.session = Session(node_id=5, session_id="s", identity="CN=n", heartbeat_interval=1)
     run = apps.adopt(NodeRun(1, "0" * 64, {}))
     token = apps.tokens.issue(1, "clientapp")

@@ -27,10 +27,10 @@ from flwrmtls.fleet.client import FleetClient, Session
 from flwrmtls.link.server import Link
 from flwrmtls.node.agent import NodeAgent, RetryPolicy
 from flwrmtls.node.appioserver import ClientAppIoServer
-from flwrmtls.node.apps import AppManager, NodeRun
+from flwrmtls.node.clientapps import ClientApps, NodeRun
 from flwrmtls.objects.store import ObjectStore
 from flwrmtls.proto import appio_pb2, appio_pb2_grpc, common_pb2, fleet_pb2_grpc
-from flwrmtls.state.runs import RunStatus
+from flwrmtls.state.runlifecycle import RunStatus
 from flwrmtls.testing.link import node_client
 from flwrmtls.testing.pki import TestPki
 from flwrmtls.wire.errors import ConnectionContext
@@ -39,10 +39,10 @@ from ..fleet.test_rejections import Node, instruction, start_run
 
 
 @pytest.fixture
-def apps(tmp_path: Path) -> Iterator[AppManager]:
+def apps(tmp_path: Path) -> Iterator[ClientApps]:
     channel = grpc.insecure_channel("127.0.0.1:1")  # the link is never called here
     client = FleetClient(channel, ConnectionContext("127.0.0.1:1", False, False, ""))
-    manager = AppManager(client, ObjectStore(tmp_path / "objects"), node_config={})
+    manager = ClientApps(client, ObjectStore(tmp_path / "objects"), node_config={})
     manager.session = Session(node_id=5, session_id="s", identity="CN=n", heartbeat_interval=1)
     server = ClientAppIoServer(manager, "127.0.0.1:0")
     server.start()
@@ -54,7 +54,7 @@ def apps(tmp_path: Path) -> Iterator[AppManager]:
         channel.close()
 
 
-def test_a_message_delivered_twice_reaches_its_clientapp_once(apps: AppManager) -> None:
+def test_a_message_delivered_twice_reaches_its_clientapp_once(apps: ClientApps) -> None:
     run = apps.adopt(NodeRun(1, "0" * 64, {}))
     token = apps.tokens.issue(1, "clientapp")
     first = common_pb2.Message(message_id="m1", run_id=1)
@@ -104,7 +104,7 @@ def test_a_batch_led_by_an_ended_runs_message_loses_no_other_message(
         ended.push(instruction("m1", node))
         active.push(instruction("m2", node))
         link.state.runs.transition(ended.run_id, RunStatus.COMPLETED, "", 3.0)
-        apps = AppManager(client, ObjectStore(tmp_path / "objects"), node_config={})
+        apps = ClientApps(client, ObjectStore(tmp_path / "objects"), node_config={})
         agent = NodeAgent(client, apps=apps, retry=RetryPolicy(max_retries=0))
         failed: list[BaseException] = []
 

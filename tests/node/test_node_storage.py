@@ -19,7 +19,7 @@ from flwrmtls.appio.clientapp_process import _read_shared
 from flwrmtls.auth.tokens import TOKEN_METADATA_KEY
 from flwrmtls.fleet.client import FleetClient, Session
 from flwrmtls.node.appioserver import ClientAppIoServer
-from flwrmtls.node.apps import AppManager, NodeRun
+from flwrmtls.node.clientapps import ClientApps, NodeRun
 from flwrmtls.node.storage import NodeStorage
 from flwrmtls.objects.scope import QuotaExceeded
 from flwrmtls.objects.store import CorruptObject, ObjectStore, object_id_of
@@ -33,12 +33,12 @@ KIB = 1024
 @contextmanager
 def clientappio(
     tmp_path: Path, max_object_bytes: int
-) -> Iterator[tuple[AppManager, appio_pb2_grpc.ClientAppIoStub, tuple[tuple[str, str], ...]]]:
-    """A node's AppManager and ClientAppIo (the link unreachable: never asked here), run 1
+) -> Iterator[tuple[ClientApps, appio_pb2_grpc.ClientAppIoStub, tuple[tuple[str, str], ...]]]:
+    """A node's ClientApps and ClientAppIo (the link unreachable: never asked here), run 1
     adopted, and its ClientApp's token."""
     channel = grpc.insecure_channel("127.0.0.1:1")
     client = FleetClient(channel, ConnectionContext("127.0.0.1:1", False, False, ""))
-    apps = AppManager(
+    apps = ClientApps(
         client, ObjectStore(tmp_path / "objects"), node_config={}, share_objects=False,
         max_object_bytes=max_object_bytes,
     )  # fmt: skip

@@ -22,7 +22,7 @@ Rules:
 * Messages wait in the run's queue until the ClientApp pulls them; its replies go back to the
   link with the objects they reference. A message counts as handed off when its ClientApp
   pulls it: then, and only then, the node acknowledges it to the link (with its next pull,
-  :meth:`AppManager.pending_acks`), so a message the node took but never handed to a
+  :meth:`ClientApps.pending_acks`), so a message the node took but never handed to a
   ClientApp (the node crashed, or the ClientApp died first) is handed out again by the link.
 * A message is run at most once per node: each run remembers the ids it received (the last
   ``SEEN_LIMIT``). One delivered again (its acknowledgement was late or lost, or the node
@@ -40,7 +40,7 @@ Rules:
 * A run outlives the node's session: when the node activates again (its certificate was
   rotated, the link restarted), a call of the run that the link answers with the old
   session's end (superseded, unknown) is made again on the new session
-  (:meth:`AppManager._on_session`), so a rotation mid-run costs the run nothing.
+  (:meth:`ClientApps._on_session`), so a rotation mid-run costs the run nothing.
 * Every object the node receives (fetched from the link, pushed by a ClientApp) is bounded
   by ``--max-object-storage`` before its first byte is written (:mod:`flwrmtls.node.storage`).
 * A run's objects (its bundle, its messages' arrays, its replies' arrays) are deleted when
@@ -52,7 +52,7 @@ Rules:
 * An object whose bytes no longer match its id (a disk fault, a stray writer) is deleted and
   fetched again from the link, once per read: a ClientApp reading the shared directory
   deletes it and asks for it again; served over ClientAppIo, the node checks it first
-  (:meth:`AppManager.ensure_object` with ``verify``). Fetched again, it is verified again.
+  (:meth:`ClientApps.ensure_object` with ``verify``). Fetched again, it is verified again.
 * When the link says a run ended, its token stops working and the process is told (a waiting
   pull returns "run ended" and it exits). A process still running 5 s later is terminated, and
   killed 5 s after that. A reaper thread waits for every process that exits (no zombies);
@@ -91,9 +91,9 @@ from flwrmtls.objects.transfer import in_parallel
 from flwrmtls.proto import common_pb2
 from flwrmtls.runs.supervisor import APP_PROCESS_CWD, app_process_command
 
-__all__ = ["SEEN_LIMIT", "AppManager", "NodeRun"]
+__all__ = ["SEEN_LIMIT", "ClientApps", "NodeRun"]
 
-log = logging.getLogger("flwrmtls.node.apps")
+log = logging.getLogger("flwrmtls.node.clientapps")
 
 _END_GRACE = 5.0
 """Seconds a ClientApp of an ended run may take to exit before it is terminated."""
@@ -157,7 +157,7 @@ def _refused(reply: common_pb2.Message, reason: str) -> common_pb2.Message:
     )  # fmt: skip
 
 
-class AppManager:
+class ClientApps:
     def __init__(
         self,
         client: FleetClient,
