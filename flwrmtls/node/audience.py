@@ -50,7 +50,8 @@ def split_address(address: str) -> tuple[str, int]:
 class LinkAudience:
     """The audience of the link at ``address``: learned once, re-learned on request.
 
-    Thread-safe: the heartbeat thread, the work loop and transfers sign concurrently.
+    Thread-safe: the node's calls to the link (heartbeats, pulls, transfers) run in worker
+    threads and sign concurrently.
     """
 
     def __init__(
