@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from flwrmtls.auth.keys import load_node_private_key
+from flwrmtls.auth.keyformats import load_node_private_key
 from flwrmtls.errors import InputError
 from flwrmtls.keyfiles import check_ca_key_file, check_key_file, key_file_exposure
 from flwrmtls.pki import CertificateAuthority

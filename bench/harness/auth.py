@@ -25,10 +25,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from flwrmtls.auth.authenticator import CallCredentials
+from flwrmtls.auth.callsigning import CallSigner, body_digest, key_signature_from_metadata
 from flwrmtls.auth.eckey import Audiences, EcKeyAuthenticator
 from flwrmtls.auth.mtls import MtlsAuthenticator
 from flwrmtls.auth.revocation import RevocationStore
-from flwrmtls.auth.signing import CallSigner, body_digest, key_signature_from_metadata
 from flwrmtls.fleet.client import FleetClient, Session
 from flwrmtls.node.audience import LinkAudience
 from flwrmtls.node.signer import SigningInterceptor

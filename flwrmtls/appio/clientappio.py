@@ -4,26 +4,26 @@ Rules:
 
 * The run is the token's run: a ClientApp can see only its own run's messages and objects
   (an object of another run is answered "no object", exactly as one that is not stored; see
-  :mod:`flwrmtls.node.apps`).
+  :mod:`flwrmtls.node.clientapps`).
 * What a ClientApp pushes, and what the node fetches from the link for it, is bounded by
   ``--max-object-storage`` (``RESOURCE_EXHAUSTED``, naming the flag;
   :mod:`flwrmtls.node.storage`).
-* Blocking work (waiting for a message, talking to the link) runs in worker threads, so one
-  slow call never stalls another.
+* The node's runs answer on the node's event loop (waiting for a message is a long poll, no
+  thread); what blocks (talking to the link, hashing) they run in worker threads, so one slow
+  call never stalls another.
 * Refusals are the error catalogue's (:mod:`flwrmtls.wire.refusals`): ``no-object`` for
   arrays the node cannot provide, ``over-quota`` over its storage, ``foreign-message`` for a
   reply that answers nothing this node received, ``link-unreachable`` when the node cannot
   pass a reply on; the node's server answers them in one place.
 
 The servicer converts and delegates to the node's runs (:class:`ClientAppRuns`, which
-:class:`flwrmtls.node.apps.AppManager` is); the node serves it (:mod:`flwrmtls.node.appioserver`)
-behind the same interceptor and policy table as the link's APIs, as the link serves
-:mod:`flwrmtls.appio.serverappio`.
+:class:`flwrmtls.node.clientapps.ClientApps` is); the node serves it
+(:mod:`flwrmtls.node.appioserver`) behind the same interceptor and policy table as the link's
+APIs, as the link serves :mod:`flwrmtls.appio.serverappio`.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
@@ -58,7 +58,7 @@ class AppRun(Protocol):
 
 
 class ClientAppRuns(Protocol):
-    """What ClientAppIo needs of the node's runs (:class:`flwrmtls.node.apps.AppManager`)."""
+    """What ClientAppIo needs of the node's runs (:class:`flwrmtls.node.clientapps.ClientApps`)."""
 
     @property
     def objects(self) -> ObjectStore: ...
@@ -71,10 +71,12 @@ class ClientAppRuns(Protocol):
 
     def run(self, run_id: int) -> AppRun | None: ...
     def scope(self, run_id: int) -> ObjectScope: ...
-    def next_message(self, run_id: int, wait: float) -> tuple[common_pb2.Message | None, bool]: ...
-    def forward_reply(self, run_id: int, reply: common_pb2.Message) -> None: ...
-    def ensure_object(self, run_id: int, object_id: str, *, verify: bool = False) -> None: ...
-    def ensure_objects(self, run_id: int, object_ids: list[str]) -> None: ...
+    async def next_message(
+        self, run_id: int, wait: float
+    ) -> tuple[common_pb2.Message | None, bool]: ...
+    async def forward_reply(self, run_id: int, reply: common_pb2.Message) -> None: ...
+    async def ensure_object(self, run_id: int, object_id: str, *, verify: bool = False) -> None: ...
+    async def ensure_objects(self, run_id: int, object_ids: list[str]) -> None: ...
 
 
 def _run_id() -> int:
@@ -112,7 +114,7 @@ class ClientAppIoServicer(appio_pb2_grpc.ClientAppIoServicer):
         self, request: appio_pb2.PullAppMessageRequest, context: _Context
     ) -> appio_pb2.PullAppMessageResponse:
         wait = long_poll_seconds(request.wait_seconds)
-        message, ended = await asyncio.to_thread(self._apps.next_message, _run_id(), wait)
+        message, ended = await self._apps.next_message(_run_id(), wait)
         if message is None:
             return appio_pb2.PullAppMessageResponse(run_ended=ended)
         return appio_pb2.PullAppMessageResponse(message=message)
@@ -121,7 +123,7 @@ class ClientAppIoServicer(appio_pb2_grpc.ClientAppIoServicer):
         self, request: appio_pb2.PushReplyRequest, context: _Context
     ) -> appio_pb2.PushReplyResponse:
         try:
-            await asyncio.to_thread(self._apps.forward_reply, _run_id(), request.reply)
+            await self._apps.forward_reply(_run_id(), request.reply)
         except PermissionError as error:
             raise CallRefused(Refusal.FOREIGN_MESSAGE, str(error)) from None
         except OverQuota as error:
@@ -140,9 +142,7 @@ class ClientAppIoServicer(appio_pb2_grpc.ClientAppIoServicer):
         self, request: objects_pb2.PullObjectRequest, context: _Context
     ) -> AsyncIterator[objects_pb2.ObjectChunk]:
         try:
-            await asyncio.to_thread(
-                self._apps.ensure_object, _run_id(), request.object_id, verify=True
-            )
+            await self._apps.ensure_object(_run_id(), request.object_id, verify=True)
         except QuotaExceeded as error:
             raise CallRefused(Refusal.OVER_QUOTA, str(error)) from None
         except (ValueError, FlwrmtlsError) as error:
@@ -155,7 +155,7 @@ class ClientAppIoServicer(appio_pb2_grpc.ClientAppIoServicer):
         self, request: appio_pb2.PrepareObjectsRequest, context: _Context
     ) -> appio_pb2.PrepareObjectsResponse:
         try:
-            await asyncio.to_thread(self._apps.ensure_objects, _run_id(), list(request.object_ids))
+            await self._apps.ensure_objects(_run_id(), list(request.object_ids))
         except QuotaExceeded as error:
             raise CallRefused(Refusal.OVER_QUOTA, str(error)) from None
         except (ValueError, FlwrmtlsError) as error:

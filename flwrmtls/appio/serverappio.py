@@ -48,7 +48,7 @@ from flwrmtls.runs.linkobjects import LinkObjects, UnknownObjects
 from flwrmtls.runs.notify import Notifier
 from flwrmtls.runs.presence import Presence
 from flwrmtls.runs.routing import route_instructions, unavailable_replies
-from flwrmtls.runs.serverapps import RunManager
+from flwrmtls.runs.serverapps import ServerApps
 from flwrmtls.state.linkstate import LinkState
 from flwrmtls.state.messagetable import MessageRow
 from flwrmtls.wire.bounds import long_poll_seconds
@@ -69,7 +69,7 @@ class ServerAppIoServicer(appio_pb2_grpc.ServerAppIoServicer):
         *,
         notifier: Notifier,
         objects: LinkObjects,
-        runs: RunManager,
+        runs: ServerApps,
         presence: Presence | None = None,
         share_objects: bool = True,
     ) -> None:

@@ -78,7 +78,7 @@ class RefusalReason(enum.StrEnum):
 @dataclass(frozen=True, slots=True)
 class KeySignature:
     """What an EC-key node attaches to a call (metadata), plus the digest of the request body
-    the link computed from the bytes it received. See :mod:`flwrmtls.auth.signing`."""
+    the link computed from the bytes it received. See :mod:`flwrmtls.auth.callsigning`."""
 
     public_key: str
     """``flwrmtls-key``: base64 of the key's SubjectPublicKeyInfo (DER)."""
@@ -92,7 +92,7 @@ class KeySignature:
     """``flwrmtls-signature``: base64 of the DER ECDSA signature over the signed bytes."""
     body_digest: bytes
     """SHA-256 of the serialized request; for client-streaming calls, of the object the call
-    declares (:func:`flwrmtls.auth.signing.declared_object_digest`), or empty without one."""
+    declares (:func:`flwrmtls.auth.callsigning.declared_object_digest`), or empty without one."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,7 +1,7 @@
 """The EC-key authenticator: the caller is whoever holds the private key of a signed call.
 
 Flower's EC-key mode, made safe against replay. A node signs every call
-(:mod:`flwrmtls.auth.signing`: method, timestamp, nonce, audience, body digest); the link
+(:mod:`flwrmtls.auth.callsigning`: method, timestamp, nonce, audience, body digest); the link
 checks, in order:
 
 ==========================================================  ====================
@@ -85,14 +85,7 @@ from flwrmtls.auth.authenticator import (
     RefusalReason,
     TryLater,
 )
-from flwrmtls.auth.identity import PrincipalKind
-from flwrmtls.auth.keys import (
-    key_fingerprint,
-    node_id_for_key,
-    parse_node_public_key,
-    public_key_der,
-)
-from flwrmtls.auth.signing import (
+from flwrmtls.auth.callsigning import (
     SIGNATURE_METADATA_KEYS,
     audience_text,
     hash_for_curve,
@@ -100,6 +93,13 @@ from flwrmtls.auth.signing import (
     parse_audience,
     signed_bytes,
     timestamp_ms,
+)
+from flwrmtls.auth.identity import PrincipalKind
+from flwrmtls.auth.keyformats import (
+    key_fingerprint,
+    node_id_for_key,
+    parse_node_public_key,
+    public_key_der,
 )
 
 __all__ = [

@@ -50,7 +50,7 @@ import functools
 import hashlib
 import logging
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Protocol
@@ -80,16 +80,16 @@ from flwrmtls.auth.authenticator import (
     RefusalReason,
     TryLater,
 )
-from flwrmtls.auth.identity import ROLE_OID
-from flwrmtls.auth.livecalls import LiveCall, LiveCalls
-from flwrmtls.auth.policy import is_permitted, refusal_hint, required_kinds, wrong_door
-from flwrmtls.auth.ratelimit import FailureLimiter, peer_host
-from flwrmtls.auth.signing import (
+from flwrmtls.auth.callsigning import (
     OBJECT_METADATA_KEY,
     declared_object_digest,
     key_signature_from_metadata,
     parse_object_declaration,
 )
+from flwrmtls.auth.identity import ROLE_OID
+from flwrmtls.auth.livecalls import LiveCall, LiveCalls
+from flwrmtls.auth.policy import is_permitted, refusal_hint, required_kinds, wrong_door
+from flwrmtls.auth.ratelimit import FailureLimiter, peer_host
 from flwrmtls.auth.tokens import TOKEN_METADATA_KEY
 from flwrmtls.clock import Clock
 from flwrmtls.wire.metadata import REFUSAL_KEY
@@ -101,6 +101,7 @@ __all__ = [
     "AuthMetrics",
     "RefusalLog",
     "Reported",
+    "acting_as",
     "caller_name",
     "current_principal",
 ]
@@ -125,6 +126,17 @@ def _reset(token: contextvars.Token[Principal]) -> None:
 def current_principal() -> Principal:
     """The authenticated caller of the call being handled (set by the interceptor)."""
     return _principal.get()
+
+
+@contextlib.contextmanager
+def acting_as(principal: Principal) -> Iterator[None]:
+    """Handle calls as ``principal`` without the interceptor: a servicer called in-process
+    (its unit tests). Nothing on the network reaches a servicer this way."""
+    token = _principal.set(principal)
+    try:
+        yield
+    finally:
+        _reset(token)
 
 
 def caller_name() -> str:

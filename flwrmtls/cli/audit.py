@@ -8,8 +8,8 @@ import typer
 
 from flwrmtls.cli.output import OutputFormat, emit, format_time
 from flwrmtls.cli.params import ConnectionArgument, FormatOption
+from flwrmtls.connectionprofiles import ConfigFile
 from flwrmtls.control.client import ControlClient
-from flwrmtls.profiles import ConfigFile
 
 __all__ = ["audit"]
 

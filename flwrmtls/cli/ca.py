@@ -32,9 +32,9 @@ from flwrmtls.pki import (
     describe_certificate,
     read_certificate_file,
 )
+from flwrmtls.pki.certsigning import pem_bundle
 from flwrmtls.pki.crl import CRL_MAX_DAYS, parse_serial
 from flwrmtls.pki.files import write_file
-from flwrmtls.pki.signing import pem_bundle
 
 __all__ = ["app"]
 

@@ -9,8 +9,8 @@ import typer
 
 from flwrmtls.cli.output import OutputFormat, emit
 from flwrmtls.cli.params import FormatOption, group
+from flwrmtls.connectionprofiles import ConfigFile, Profile
 from flwrmtls.errors import InputError
-from flwrmtls.profiles import ConfigFile, Profile
 from flwrmtls.wire.credentials import load_ca_bundle, load_tls_identity, no_root_certificates
 
 __all__ = ["app"]

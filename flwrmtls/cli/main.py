@@ -13,7 +13,7 @@ from typing import Annotated, Any, NoReturn
 import typer
 
 from flwrmtls import __version__
-from flwrmtls.cli import audit, ca, config, new, runs, supernode
+from flwrmtls.cli import audit, ca, config, new, runcommands, supernode
 from flwrmtls.cli.params import group
 from flwrmtls.errors import FlwrmtlsError
 from flwrmtls.terminal import printable
@@ -50,10 +50,10 @@ app.add_typer(ca.app, name="ca")
 app.add_typer(config.app, name="config")
 app.add_typer(supernode.app, name="supernode")
 app.command("new")(new.new)
-app.command("run")(runs.run)
-app.command("ls")(runs.ls)
-app.command("log")(runs.log)
-app.command("stop")(runs.stop)
+app.command("run")(runcommands.run)
+app.command("ls")(runcommands.ls)
+app.command("log")(runcommands.log)
+app.command("stop")(runcommands.stop)
 app.command("audit")(audit.audit)
 
 

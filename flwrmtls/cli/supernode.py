@@ -15,12 +15,12 @@ from typing import Annotated, Any
 
 import typer
 
-from flwrmtls.auth.keys import load_public_key_file, public_key_der
+from flwrmtls.auth.keyformats import load_public_key_file, public_key_der
 from flwrmtls.cli.output import OutputFormat, emit, format_time, printable, table
 from flwrmtls.cli.params import ConnectionArgument, FormatOption, NodeIdArgument, group
+from flwrmtls.connectionprofiles import ConfigFile
 from flwrmtls.control.client import ControlClient
 from flwrmtls.errors import InputError
-from flwrmtls.profiles import ConfigFile
 from flwrmtls.proto import control_pb2
 
 __all__ = ["app"]

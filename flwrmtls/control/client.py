@@ -11,9 +11,9 @@ from typing import TypeVar
 
 import grpc
 
+from flwrmtls.connectionprofiles import Profile
 from flwrmtls.errors import InputError
 from flwrmtls.keyvalues import Value, values_to_proto
-from flwrmtls.profiles import Profile
 from flwrmtls.proto import control_pb2, control_pb2_grpc
 from flwrmtls.wire.clienttls import ClientNames, load_client_tls
 from flwrmtls.wire.credentials import no_root_certificates

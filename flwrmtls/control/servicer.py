@@ -36,7 +36,7 @@ from flwrmtls.auth.authenticator import Principal
 from flwrmtls.auth.crlcoverage import CoverageRow
 from flwrmtls.auth.identity import IdentitySource, PrincipalKind, node_id_for_identity
 from flwrmtls.auth.interceptor import current_principal
-from flwrmtls.auth.keys import key_fingerprint, node_id_for_key, parse_node_public_key
+from flwrmtls.auth.keyformats import key_fingerprint, node_id_for_key, parse_node_public_key
 from flwrmtls.clock import Clock
 from flwrmtls.errors import InputError
 from flwrmtls.expiry import ExpiryWarning
@@ -44,7 +44,7 @@ from flwrmtls.keyvalues import values_from_proto
 from flwrmtls.objects.scope import QuotaExceeded
 from flwrmtls.proto import control_pb2, control_pb2_grpc
 from flwrmtls.runs.notify import Notifier
-from flwrmtls.runs.serverapps import RunManager
+from flwrmtls.runs.serverapps import ServerApps
 from flwrmtls.state.audittable import DEFAULT_MAX_ENTRIES
 from flwrmtls.state.linkstate import LinkState, NodeRecord
 from flwrmtls.state.runtable import RunRecord
@@ -103,7 +103,7 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
         state: LinkState,
         clock: Clock,
         *,
-        runs: RunManager,
+        runs: ServerApps,
         notifier: Notifier,
         expiry_warning_days: float = 14.0,
         revocation_coverage: Callable[[datetime], Sequence[CoverageRow]] | None = None,

@@ -50,7 +50,7 @@ from flwrmtls.state.linkstate import LinkState
 from flwrmtls.state.replicas import RENEW_EVERY
 
 if TYPE_CHECKING:
-    from flwrmtls.runs.serverapps import RunManager
+    from flwrmtls.runs.serverapps import ServerApps
 
 __all__ = ["Replication"]
 
@@ -66,7 +66,7 @@ class Replication:
         clock: Clock,
         *,
         notifier: Notifier,
-        runs: RunManager,
+        runs: ServerApps,
         limiters: dict[str, FailureLimiter],
         access_changed: Callable[[], object],
         description: str,

@@ -54,6 +54,7 @@ from cryptography import x509
 from flwrmtls.appio.serverappio import ServerAppIoServicer
 from flwrmtls.auth.authenticator import Authenticator, OpenAuthenticator, RefusalReason
 from flwrmtls.auth.authority import Authorities, PinnedToAuthority
+from flwrmtls.auth.callsigning import audience_of, audience_text
 from flwrmtls.auth.compose import DenyUnregistered
 from flwrmtls.auth.crlcoverage import CoverageRow
 from flwrmtls.auth.crllapse import DEFAULT_LAPSE_WARNING, LapseLog, with_lapse_warning
@@ -73,7 +74,6 @@ from flwrmtls.auth.ocsprefresh import OcspRefresher
 from flwrmtls.auth.ocspstore import OcspPolicy, OcspStore
 from flwrmtls.auth.ratelimit import FailureBudget, FailureLimiter
 from flwrmtls.auth.revocation import RevocationStore, coverage_report
-from flwrmtls.auth.signing import audience_of, audience_text
 from flwrmtls.auth.tokens import TokenAuthenticator
 from flwrmtls.clock import Clock, SystemClock
 from flwrmtls.control.servicer import ControlServicer, KeyBinding
@@ -90,7 +90,7 @@ from flwrmtls.runs.linkobjects import SWEEP_INTERVAL, LinkObjects, StorageLimits
 from flwrmtls.runs.notify import Notifier
 from flwrmtls.runs.presence import Presence
 from flwrmtls.runs.runlog import RunLog
-from flwrmtls.runs.serverapps import RunManager
+from flwrmtls.runs.serverapps import ServerApps
 from flwrmtls.state.keytable import KeyRegistration
 from flwrmtls.state.linkstate import LinkState
 from flwrmtls.wire.credentials import TlsIdentity, server_credentials
@@ -327,7 +327,7 @@ class Link:
             ObjectStore(config.objects_directory), self.state, self.clock, config.storage
         )
         self.run_log = RunLog(self.state.runs, self.notifier, self.clock)
-        self.runs = RunManager(
+        self.runs = ServerApps(
             self.state, self.clock, notifier=self.notifier, run_log=self.run_log,
             objects=self.objects,
         )  # fmt: skip
@@ -575,8 +575,7 @@ class Link:
             serverappio,
         )  # fmt: skip
         host = config.serverappio_address.rpartition(":")[0]
-        self.runs.serverappio_address = f"{host}:{self.serverappio_port}"
-        self.runs.schedule_spare()
+        self.runs.listen(f"{host}:{self.serverappio_port}")
         self._servers = [*servers, control, serverappio]
         for server in self._servers:
             await server.start()

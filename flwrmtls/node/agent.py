@@ -29,7 +29,7 @@ protocol                   of 0, NaN or 1e300, an id past 2^63): stop at once, t
                            or guesses such a value; :mod:`flwrmtls.wire.bounds`)
 session unknown            activate again
 work arrives               the long poll returns at once; the message goes to its run's
-                           ClientApp (see :mod:`flwrmtls.node.apps`); if its run cannot
+                           ClientApp (see :mod:`flwrmtls.node.clientapps`); if its run cannot
                            start (e.g. over ``--max-object-storage``) it gets an error reply
 a run ends                 its ClientApp is told to exit and is reaped
 stop requested             stop ClientApps, deactivate (best effort) and return
@@ -54,26 +54,66 @@ ClientApp cannot start,    so its ServerApp learns at once (while the link canno
 the bundle is unusable)    reached, keep it; if the link refuses the reply, drop it)
 =========================  ===============================================================
 
-Heartbeats run on their own thread, so a long poll or a slow download never delays them.
+The agent is a coroutine on the node's event loop, beside ClientAppIo and the ClientApp
+processes (:mod:`flwrmtls.node.clientapps`). Heartbeats are a task of their own, so a long poll
+or a slow download never delays them. Calls to the link block (blocking gRPC, the same client
+as the tests' and the CLI's), so each runs in a worker thread and hands back its answer; a long
+poll in progress is cancelled within a quarter of a second when the node stops, its
+certificate is rotated or its heartbeat fails.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from flwrmtls.clock import Clock, SystemClock
 from flwrmtls.errors import FlwrmtlsError, LinkUnreachable
-from flwrmtls.fleet.client import FleetClient, RunUnavailable, Session, SessionEnded
-from flwrmtls.node.apps import AppManager
+from flwrmtls.fleet.client import Pulled, RunUnavailable, Session, SessionEnded
 from flwrmtls.objects.scope import QuotaExceeded
 from flwrmtls.proto import common_pb2
 from flwrmtls.wire.bounds import LONG_POLL_SECONDS
 
-__all__ = ["NodeAgent", "RetryPolicy"]
+__all__ = ["FleetCalls", "NodeAgent", "NodeRuns", "RetryPolicy"]
 
 log = logging.getLogger("flwrmtls.node")
+
+
+class FleetCalls(Protocol):
+    """What the agent asks of the link (:class:`~flwrmtls.fleet.client.FleetClient`: blocking
+    calls, made in worker threads; a fake in the agent's unit tests)."""
+
+    def activate(self) -> Session: ...
+    def heartbeat(self, session: Session) -> float: ...
+    def pull(
+        self,
+        session: Session,
+        *,
+        wait: float,
+        active_run_ids: Sequence[int],
+        acked: Sequence[str] = (),
+        cancel: Sequence[threading.Event] = (),
+    ) -> Pulled | None: ...
+    def deactivate(self, session: Session) -> None: ...
+
+
+class NodeRuns(Protocol):
+    """What the agent hands work to (:class:`~flwrmtls.node.clientapps.ClientApps`; a fake in
+    the agent's unit tests)."""
+
+    session: Session | None
+
+    def active_run_ids(self) -> list[int]: ...
+    def pending_acks(self, limit: int = 1000) -> list[str]: ...
+    def acks_sent(self, message_ids: list[str]) -> None: ...
+    def end_runs(self, run_ids: list[int]) -> None: ...
+    async def deliver(self, message: common_pb2.Message) -> bool: ...
+    async def shutdown(self) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,34 +137,70 @@ class RetryPolicy:
 class NodeAgent:
     def __init__(
         self,
-        client: FleetClient,
+        client: FleetCalls,
         *,
-        apps: AppManager | None = None,
+        apps: NodeRuns | None = None,
         retry: RetryPolicy | None = None,
-        stop: threading.Event | None = None,
         clock: Clock | None = None,
     ) -> None:
         self._client = client
         self._apps = apps
         self._retry = retry or RetryPolicy()
-        self.stop = stop or threading.Event()
         self._clock = clock or SystemClock()
         self.session: Session | None = None
         self.connected = False
         """True while a session with the link is active (readiness, metrics)."""
-        self.reconnect = threading.Event()
-        """Set to activate again over a new channel (the certificate was rotated)."""
+        self._stop_requested = threading.Event()
+        """Set by :meth:`request_stop`, from any thread."""
+        self._cancel_pull = threading.Event()
+        """Ends a long poll in progress (stop, rotation, a failed heartbeat)."""
+        self._wake = asyncio.Event()
+        """Wakes the agent's waits on its loop (stop, rotation)."""
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._reconnect = False
         self._held: dict[str, common_pb2.Message] = {}
         """Messages pulled and not yet handed over, oldest first (kept across sessions)."""
 
-    def run(self) -> None:
+    @property
+    def stopping(self) -> bool:
+        return self._stop_requested.is_set()
+
+    def request_stop(self) -> None:
+        """Stop serving (from any thread, or a signal handler): a long poll is cancelled,
+        ClientApps are stopped, the node deactivates."""
+        self._stop_requested.set()
+        self._cancel_pull.set()
+        self._wake_up()
+
+    def request_reconnect(self) -> None:
+        """Activate again over a new channel (the certificate was rotated): on the loop."""
+        self._reconnect = True
+        self._cancel_pull.set()
+        self._wake_up()
+
+    def _wake_up(self) -> None:
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self._wake.set)
+
+    async def _pause(self, seconds: float) -> None:
+        """Wait ``seconds``, or less if the agent is asked to stop."""
+        self._wake.clear()
+        if self.stopping:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), seconds)
+
+    async def run(self) -> None:
         """Serve until stopped; raise a FlwrmtlsError when the node must give up."""
+        self._loop = asyncio.get_running_loop()
         failures = 0
         lost_at: float | None = None
         try:
-            while not self.stop.is_set():
+            while not self.stopping:
                 try:
-                    session = self._client.activate()
+                    session = await asyncio.to_thread(self._client.activate)
+                    self._reconnect = False  # this session is on the newest channel
                     self.session = session
                     if self._apps is not None:
                         self._apps.session = session
@@ -135,7 +211,7 @@ class NodeAgent:
                         "node active: node id %d, identity %s, heartbeat every %.1fs",
                         session.node_id, session.identity, session.heartbeat_interval,
                     )  # fmt: skip
-                    self._serve(session)
+                    await self._serve(session)
                 except LinkUnreachable as error:
                     failures += 1
                     now = self._clock.monotonic()
@@ -147,56 +223,67 @@ class NodeAgent:
                         ) from None
                     delay = self._retry.delay(failures)
                     log.warning("%s; retrying in %.0fs (attempt %d)", error, delay, failures)
-                    self.stop.wait(delay)
+                    await self._pause(delay)
                 except SessionEnded as error:
                     if error.superseded:
                         raise
                     log.warning("%s; activating again", error)
         finally:
             if self._apps is not None:
-                self._apps.shutdown()
-        self._leave()
+                await self._apps.shutdown()
+        await self._leave()
 
-    def _serve(self, session: Session) -> None:
-        """Heartbeat on a thread and take work here, until stopped or either fails."""
-        done = threading.Event()
+    async def _serve(self, session: Session) -> None:
+        """Heartbeat in a task and take work here, until stopped or either fails."""
+        self._cancel_pull.clear()
+        if self.stopping:
+            self._cancel_pull.set()
+        done = asyncio.Event()
         failure: list[FlwrmtlsError] = []
 
-        def heartbeat() -> None:
+        async def heartbeat() -> None:
             interval = session.heartbeat_interval
-            while not done.wait(interval) and not self.stop.is_set():
-                try:
-                    interval = self._client.heartbeat(session)  # checked: 1 s to a day
+            while True:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(done.wait(), interval)
+                if done.is_set() or self.stopping:
+                    return
+                try:  # checked: 1 s to a day
+                    interval = await asyncio.to_thread(self._client.heartbeat, session)
                 except FlwrmtlsError as error:
                     failure.append(error)
                     done.set()
+                    self._cancel_pull.set()
+                    return
 
-        beat = threading.Thread(target=heartbeat, name="heartbeat", daemon=True)
-        beat.start()
+        beat = asyncio.create_task(heartbeat())
         self.connected = True
         try:
-            while not self.stop.is_set() and not done.is_set():
-                if self.reconnect.is_set():
-                    self.reconnect.clear()
+            while not self.stopping and not done.is_set():
+                if self._reconnect:
+                    self._reconnect = False
                     log.info("activating again with the new certificate")
                     break
-                self._take_work(session, done)
+                await self._take_work(session)
         finally:
             self.connected = False
             done.set()
-            beat.join(timeout=5)
+            beat.cancel()
+            await asyncio.gather(beat, return_exceptions=True)
         if failure:
             raise failure[0]
 
-    def _take_work(self, session: Session, done: threading.Event) -> None:
+    async def _take_work(self, session: Session) -> None:
         apps = self._apps
         if apps is not None:
-            self._hand_over(apps, session)  # what a failed batch left, before anything new
+            await self._hand_over(apps)  # what a failed batch left, before anything new
         active = apps.active_run_ids() if apps is not None else []
         acked = apps.pending_acks() if apps is not None else []
-        pulled = self._client.pull(
-            session, wait=LONG_POLL_SECONDS, active_run_ids=active, acked=acked,
-            cancel=[self.stop, done, self.reconnect],
+        pulled = await asyncio.to_thread(
+            lambda: self._client.pull(
+                session, wait=LONG_POLL_SECONDS, active_run_ids=active, acked=acked,
+                cancel=[self._cancel_pull],
+            )
         )  # fmt: skip
         if apps is None or pulled is None:
             return
@@ -204,16 +291,16 @@ class NodeAgent:
         apps.end_runs(pulled.ended_run_ids)
         for message in pulled.messages:
             self._held.setdefault(message.message_id, message)
-        self._hand_over(apps, session)
+        await self._hand_over(apps)
 
-    def _hand_over(self, apps: AppManager, session: Session) -> None:
+    async def _hand_over(self, apps: NodeRuns) -> None:
         """Hand each held message to its run's ClientApp queue (see the module's table).
         Raises LinkUnreachable or SessionEnded with the rest still held."""
         for message_id, message in list(self._held.items()):
             if message_id not in self._held:
                 continue  # dropped with its run below
             try:
-                if not apps.deliver(message):
+                if not await apps.deliver(message):
                     log.info("run %d ended: its message %s is dropped", message.run_id,
                              message_id)  # fmt: skip
             except RunUnavailable as error:
@@ -233,11 +320,11 @@ class NodeAgent:
         level = logging.INFO if ended else logging.WARNING
         log.log(level, "%s: dropping its %d message(s) held here", reason, len(dropped))
 
-    def _leave(self) -> None:
+    async def _leave(self) -> None:
         if self.session is None:
             return
         try:
-            self._client.deactivate(self.session)
+            await asyncio.to_thread(self._client.deactivate, self.session)
             log.info("node deactivated")
         except FlwrmtlsError as error:  # leaving is best effort
             log.info("could not deactivate cleanly: %s", error)

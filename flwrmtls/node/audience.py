@@ -3,7 +3,7 @@
 Rules kept here:
 
 * The audience is the SHA-256 of the SubjectPublicKeyInfo of the certificate the link presents
-  (:func:`flwrmtls.auth.signing.audience_of`), read from a TLS handshake of the node's own to
+  (:func:`flwrmtls.auth.callsigning.audience_of`), read from a TLS handshake of the node's own to
   the same address, verified as grpc verifies the link: against ``--root-certificates`` (the
   system's CA store without it), with the host of ``--superlink`` as the name, offering ALPN
   ``h2`` (grpc servers require it), and presenting the node's client certificate when it has
@@ -28,7 +28,7 @@ from pathlib import Path
 
 from cryptography import x509
 
-from flwrmtls.auth.signing import audience_of, audience_text
+from flwrmtls.auth.callsigning import audience_of, audience_text
 from flwrmtls.errors import InputError, LinkUnreachable, Refused
 
 __all__ = ["LinkAudience", "split_address"]
@@ -50,7 +50,8 @@ def split_address(address: str) -> tuple[str, int]:
 class LinkAudience:
     """The audience of the link at ``address``: learned once, re-learned on request.
 
-    Thread-safe: the heartbeat thread, the work loop and transfers sign concurrently.
+    Thread-safe: the node's calls to the link (heartbeats, pulls, transfers) run in worker
+    threads and sign concurrently.
     """
 
     def __init__(

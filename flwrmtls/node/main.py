@@ -9,6 +9,11 @@ directory (``--state-dir``, 0700, locked to this process, emptied of leftovers a
 :mod:`flwrmtls.node.statedir`), bounded by ``--max-object-storage``
 (:mod:`flwrmtls.node.storage`).
 
+The node is one asyncio program (:func:`_serve`): ClientAppIo and the ClientApp processes
+(:mod:`flwrmtls.node.clientapps`), the certificate watcher (:mod:`flwrmtls.node.rotation`) and
+the agent (:mod:`flwrmtls.node.agent`) are tasks on one event loop, which alone holds the
+node's state; calls to the link, which block, run in worker threads.
+
 With ``--health-api-address`` and ``--metrics-address`` (:mod:`flwrmtls.ops`; off by default)
 the node serves gRPC health (ready: certificate loaded and in date, state directory there, a
 session with the link) and Prometheus metrics; without them neither port nor interceptor exists.
@@ -17,17 +22,17 @@ session with the link) and Prometheus metrics; without them neither port nor int
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 
 import grpc
 
-from flwrmtls.auth.keys import key_fingerprint, load_node_private_key, node_id_for_key
-from flwrmtls.auth.signing import CallSigner
+from flwrmtls.auth.callsigning import CallSigner
+from flwrmtls.auth.keyformats import key_fingerprint, load_node_private_key, node_id_for_key
 from flwrmtls.cliargs import finish_parser
 from flwrmtls.clock import SystemClock
 from flwrmtls.errors import FlwrmtlsError, InputError
@@ -37,14 +42,14 @@ from flwrmtls.heap import limit_malloc_arenas
 from flwrmtls.keyvalues import parse_key_values
 from flwrmtls.node.agent import NodeAgent, RetryPolicy
 from flwrmtls.node.appioserver import ClientAppIoServer
-from flwrmtls.node.apps import AppManager
 from flwrmtls.node.audience import LinkAudience
+from flwrmtls.node.clientapps import ClientApps
 from flwrmtls.node.rotation import CertificateWatcher
 from flwrmtls.node.signer import SigningInterceptor
 from flwrmtls.node.statedir import StateDir, default_state_dir, open_state_dir
 from flwrmtls.node.storage import DEFAULT_MAX_OBJECT_STORAGE
 from flwrmtls.ops.callmetrics import NodeCallMetrics
-from flwrmtls.ops.health import NodeHealthListener
+from flwrmtls.ops.health import HealthListener
 from flwrmtls.ops.metrics import MetricsServer, NodeMetrics, NodeSnapshot
 from flwrmtls.sizes import format_size, parse_size
 from flwrmtls.terminal import configure_logging, printable
@@ -234,21 +239,24 @@ class _Operations:
         self._own = own
         self._state = state
         self._metrics = metrics
-        self.health: NodeHealthListener | None = None
+        self.health: HealthListener | None = None
         self.metrics_server: MetricsServer | None = None
 
-    def start(self) -> None:
+    async def start(self) -> None:
+        """On the node's event loop: its health listener is a grpc.aio server there (its
+        liveness answer proves the loop alive)."""
         args = self._args
         if args.health_api_address is not None:
             try:
-                self.health = NodeHealthListener(
+                self.health = HealthListener(
                     args.health_api_address,
                     {"certificates": self._certificate_ready, "state": self._state_ready,
                      "serving": self._serving_ready},
+                    what="node",
                 )  # fmt: skip
             except OSError as error:
                 raise InputError(f"{error}: check --health-api-address") from None
-            self.health.start()
+            await self.health.start()
             log.info("health (grpc.health.v1) on %s (port %d)", args.health_api_address,
                      self.health.port)  # fmt: skip
         if self._metrics is not None:
@@ -262,9 +270,9 @@ class _Operations:
             log.info("metrics on http://%s/metrics (port %d)", args.metrics_address,
                      self.metrics_server.port)  # fmt: skip
 
-    def stop(self) -> None:
+    async def stop(self) -> None:
         if self.health is not None:
-            self.health.stop()
+            await self.health.stop()
         if self.metrics_server is not None:
             self.metrics_server.stop()
 
@@ -330,12 +338,10 @@ def run(args: argparse.Namespace) -> None:
         "state in %s; objects at most %s%s", state.path, format_size(max_object_bytes),
         f" ({count} objects, {freed} bytes, left from before deleted)" if count or freed else "",
     )  # fmt: skip
-    apps = AppManager(
+    apps = ClientApps(
         client, state.objects, node_config=node_config, share_objects=args.shared_objects,
         max_object_bytes=max_object_bytes,
     )  # fmt: skip
-    clientappio = ClientAppIoServer(apps, args.clientappio_api_address)
-    clientappio.start()
     agent = NodeAgent(
         client,
         apps=apps,
@@ -350,7 +356,7 @@ def run(args: argparse.Namespace) -> None:
             own.identity = new_identity
             channels.append(instrumented(transport.channel()))
             client.replace_channel(channels[-1])
-            agent.reconnect.set()
+            agent.request_reconnect()
             while len(channels) > 2:  # keep the new one and the one calls may still be on
                 channels.pop(0).close()
 
@@ -358,27 +364,46 @@ def run(args: argparse.Namespace) -> None:
             args.ssl_client_certfile, args.ssl_client_keyfile, own.identity,
             on_change=rotate, warning_days=args.cert_expiry_warning_days,
         )  # fmt: skip
-        watcher.start()
-
     operations = _Operations(args, agent, own, state, metrics)
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        log.info("stopping (signal %d)", signum)
-        agent.stop.set()
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
     try:
-        operations.start()
-        agent.run()
+        asyncio.run(
+            _serve(
+                agent, ClientAppIoServer(apps, args.clientappio_api_address), watcher, operations
+            )
+        )
     finally:
-        operations.stop()
-        if watcher is not None:
-            watcher.stop()
-        clientappio.stop()
         for open_channel in channels:
             open_channel.close()
         state.close()  # the runs' objects went as they ended
+
+
+async def _serve(
+    agent: NodeAgent,
+    clientappio: ClientAppIoServer,
+    watcher: CertificateWatcher | None,
+    operations: _Operations,
+) -> None:
+    """The node, one event loop: ClientAppIo and the ClientApps it serves, the certificate
+    watcher, health and metrics, the agent; stopped by SIGINT or SIGTERM."""
+    loop = asyncio.get_running_loop()
+    await clientappio.start()
+    watching = asyncio.create_task(watcher.run()) if watcher is not None else None
+
+    def on_signal(signum: int) -> None:
+        log.info("stopping (signal %d)", signum)
+        agent.request_stop()
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, on_signal, signum)
+    try:
+        await operations.start()
+        await agent.run()
+    finally:
+        await operations.stop()
+        if watching is not None:
+            watching.cancel()
+            await asyncio.gather(watching, return_exceptions=True)
+        await clientappio.stop()
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -11,13 +11,15 @@ Rules:
   derives from the Subject, so a reissued certificate is the same node, and runs in progress go
   on (their ClientApps are untouched).
 * The node warns when its certificate expires within ``--cert-expiry-warning-days``
-  (:mod:`flwrmtls.expiry`), at start and then once a day.
+  (:mod:`flwrmtls.expiry`), at start and then once a day (on the injected clock).
+* The watcher is a task on the node's event loop (:meth:`CertificateWatcher.run`); reading
+  two small files every few seconds does not hold the loop up.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-import threading
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -62,18 +64,13 @@ class CertificateWatcher:
         self._clock = clock or SystemClock()
         self._files = FileWatch((certfile, keyfile))
         self._warned_at: float | None = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="cert-watcher", daemon=True)
 
-    def start(self) -> None:
+    async def run(self) -> None:
+        """Warn now if the certificate expires soon; then look at the files every few
+        seconds, until cancelled."""
         self.warn_if_expiring()
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    def _run(self) -> None:
-        while not self._stop.wait(_POLL_SECONDS):
+        while True:
+            await asyncio.sleep(_POLL_SECONDS)
             self.poll()
             self.warn_if_expiring()
 

@@ -1,6 +1,6 @@
 """The node's side of EC-key authentication: sign every Fleet call, for this link.
 
-A client interceptor adds the five signature entries (see :mod:`flwrmtls.auth.signing`) to
+A client interceptor adds the five signature entries (see :mod:`flwrmtls.auth.callsigning`) to
 each call's metadata. The audience is the link's server key, learned from the TLS layer
 (:mod:`flwrmtls.node.audience`). For calls with one request the signature covers the SHA-256
 of the request's serialized bytes, exactly as the link receives them; for client-streaming
@@ -17,7 +17,7 @@ from typing import Any
 
 import grpc
 
-from flwrmtls.auth.signing import (
+from flwrmtls.auth.callsigning import (
     OBJECT_METADATA_KEY,
     CallSigner,
     body_digest,

@@ -5,7 +5,7 @@ Rules:
 * Every endpoint that carries objects (PullObject, PushObject, MissingObjects on Fleet,
   ServerAppIo and ClientAppIo) answers relative to its caller's scope, never relative to the
   whole store: whose scope is which is decided by the servicer (the link's
-  :mod:`flwrmtls.runs.linkobjects`, the node's :mod:`flwrmtls.node.apps`).
+  :mod:`flwrmtls.runs.linkobjects`, the node's :mod:`flwrmtls.node.clientapps`).
 * A caller never learns whether an object it may not read is stored: PullObject answers
   NOT_FOUND exactly as for a missing object, MissingObjects lists it as missing, and a push
   of it is read and hashed in full, exactly as a new object, before it joins the scope.

@@ -23,13 +23,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
 import grpc.aio
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer as AsyncHealthServicer
 
 from flwrmtls.wire.listen import ServerLimits, check_bindable
@@ -40,7 +39,6 @@ __all__ = [
     "SERVICES",
     "Check",
     "HealthListener",
-    "NodeHealthListener",
     "Verdict",
     "judge",
 ]
@@ -121,7 +119,8 @@ class _AsyncServicer(AsyncHealthServicer):  # type: ignore[misc]
 
 
 class HealthListener:
-    """The link's health listener: a grpc.aio server in the link's event loop."""
+    """The health listener of the link or a node: a grpc.aio server in the process's event
+    loop (both are one asyncio program)."""
 
     def __init__(self, address: str, checks: Mapping[str, Check], what: str = "link") -> None:
         check_bindable(address)
@@ -141,45 +140,3 @@ class HealthListener:
         await self._servicer.refresh()
         await self._servicer.enter_graceful_shutdown()
         await self._server.stop(grace)
-
-
-class _SyncServicer(health.HealthServicer):
-    def __init__(self, judge_: _Judge) -> None:
-        super().__init__()
-        self._judge = judge_
-        self.alive = True
-
-    def refresh(self) -> None:
-        for service, status in self._judge.statuses(self.alive).items():
-            self.set(service, status)
-
-    def Check(self, request: health_pb2.HealthCheckRequest, context: Any) -> Any:
-        self.refresh()
-        return super().Check(request, context)
-
-
-class NodeHealthListener:
-    """A node's health listener: a small threaded grpc server (the node is threaded)."""
-
-    def __init__(self, address: str, checks: Mapping[str, Check], what: str = "node") -> None:
-        check_bindable(address)
-        self._servicer = _SyncServicer(_Judge(checks, what))
-        self._server = grpc.server(
-            ThreadPoolExecutor(max_workers=4, thread_name_prefix="health"),
-            options=_LIMITS.options(),
-            maximum_concurrent_rpcs=16,
-        )
-        health_pb2_grpc.add_HealthServicer_to_server(self._servicer, self._server)
-        self.port = self._server.add_insecure_port(address)
-        if self.port == 0:
-            raise OSError(f"cannot listen on {address}")
-
-    def start(self) -> None:
-        self._servicer.refresh()
-        self._server.start()
-
-    def stop(self, grace: float = 1.0) -> None:
-        self._servicer.alive = False
-        self._servicer.refresh()
-        self._servicer.enter_graceful_shutdown()
-        self._server.stop(grace).wait()

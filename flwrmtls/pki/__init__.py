@@ -5,21 +5,21 @@ Submodules, each with the rules it keeps in its docstring:
 
 * :mod:`~flwrmtls.pki.ca`: :class:`CertificateAuthority` (create, load, issue, revoke,
   CRL), :class:`LeafOptions` (how a leaf is issued)
-* :mod:`~flwrmtls.pki.profiles`: the extensions each kind of certificate carries (one table)
-* :mod:`~flwrmtls.pki.signing`: Subjects, SANs, validity windows and signing
-* :mod:`~flwrmtls.pki.keys`: key types and key file encodings
+* :mod:`~flwrmtls.pki.certprofiles`: the extensions each kind of certificate carries (one table)
+* :mod:`~flwrmtls.pki.certsigning`: Subjects, SANs, validity windows and signing
+* :mod:`~flwrmtls.pki.privatekeys`: key types and key file encodings
 * :mod:`~flwrmtls.pki.crl`: the revocation record and the CRL built from it
 * :mod:`~flwrmtls.pki.files`: the directory layout; atomic, 0600-for-keys file writing
 * :mod:`~flwrmtls.pki.describe`: what a certificate says and the identity the link gives it
 """
 
 from flwrmtls.pki.ca import CRL_VALIDITY_DAYS, CertificateAuthority, LeafOptions
+from flwrmtls.pki.certprofiles import PROFILES, CertificateProfile, ProfileName
+from flwrmtls.pki.certsigning import CLI_ROLES, CLOCK_SKEW_ALLOWANCE, IssuedCertificate
 from flwrmtls.pki.crl import RevocationReason
 from flwrmtls.pki.describe import CertificateDescription, describe_certificate
 from flwrmtls.pki.files import CaFiles, read_certificate_file, read_private_key_file
-from flwrmtls.pki.keys import KeyEncoding, KeyType
-from flwrmtls.pki.profiles import PROFILES, CertificateProfile, ProfileName
-from flwrmtls.pki.signing import CLI_ROLES, CLOCK_SKEW_ALLOWANCE, IssuedCertificate
+from flwrmtls.pki.privatekeys import KeyEncoding, KeyType
 
 __all__ = [
     "CLI_ROLES",

@@ -1,7 +1,7 @@
 """The built-in CA: a root, an issuing CA under it, and the leaves it signs.
 
-Rules kept here (extensions are in :mod:`~flwrmtls.pki.profiles`, Subjects, SANs and validity
-windows in :mod:`~flwrmtls.pki.signing`, file writing in :mod:`~flwrmtls.pki.files`):
+Rules kept here (extensions are in :mod:`~flwrmtls.pki.certprofiles`, Subjects, SANs and validity
+windows in :mod:`~flwrmtls.pki.certsigning`, file writing in :mod:`~flwrmtls.pki.files`):
 
 * ``create`` makes a self-signed root ``CN=<name> Root CA`` and an issuing CA ``CN=<name>
   Issuing CA`` signed by it, both valid for ``days``; the root key is written, and read again
@@ -39,6 +39,20 @@ from cryptography.hazmat.primitives import serialization
 
 from flwrmtls.clock import Clock, SystemClock
 from flwrmtls.errors import InputError
+from flwrmtls.pki.certprofiles import PROFILES, CertificateProfile, ProfileName
+from flwrmtls.pki.certsigning import (
+    CLOCK_SKEW_ALLOWANCE,
+    IssuedCertificate,
+    cli_subject,
+    common_name_subject,
+    node_subject,
+    pem_bundle,
+    public_key_bytes,
+    server_subject_alternative_names,
+    sign_certificate,
+    spiffe_subject_alternative_names,
+    validity_window,
+)
 from flwrmtls.pki.crl import RevocationReason, RevocationRecord, RevokedSerial, build_crl
 from flwrmtls.pki.files import (
     CaFiles,
@@ -52,7 +66,7 @@ from flwrmtls.pki.files import (
     write_file,
 )
 from flwrmtls.pki.holders import SameIdentity, certificates_in, same_identity
-from flwrmtls.pki.keys import (
+from flwrmtls.pki.privatekeys import (
     KeyEncoding,
     KeyType,
     PrivateKey,
@@ -60,20 +74,6 @@ from flwrmtls.pki.keys import (
     encode_private_key,
     generate_private_key,
     key_type_of,
-)
-from flwrmtls.pki.profiles import PROFILES, CertificateProfile, ProfileName
-from flwrmtls.pki.signing import (
-    CLOCK_SKEW_ALLOWANCE,
-    IssuedCertificate,
-    cli_subject,
-    common_name_subject,
-    node_subject,
-    pem_bundle,
-    public_key_bytes,
-    server_subject_alternative_names,
-    sign_certificate,
-    spiffe_subject_alternative_names,
-    validity_window,
 )
 
 __all__ = [

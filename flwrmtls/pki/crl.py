@@ -28,7 +28,7 @@ from cryptography import x509
 
 from flwrmtls.errors import InputError
 from flwrmtls.pki.files import write_file
-from flwrmtls.pki.keys import SIGNATURE_HASH, PrivateKey
+from flwrmtls.pki.privatekeys import SIGNATURE_HASH, PrivateKey
 
 __all__ = [
     "CRL_MAX_DAYS",

@@ -23,7 +23,7 @@ from flwrmtls.auth.identity import (
     IdentitySource,
     identity_from_certificate,
 )
-from flwrmtls.pki.keys import describe_public_key
+from flwrmtls.pki.privatekeys import describe_public_key
 
 __all__ = ["CertificateDescription", "describe_certificate"]
 

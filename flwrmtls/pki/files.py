@@ -40,7 +40,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from flwrmtls.errors import InputError
 from flwrmtls.keyfiles import check_ca_key_file
-from flwrmtls.pki.keys import PrivateKey
+from flwrmtls.pki.privatekeys import PrivateKey
 
 __all__ = [
     "CaFiles",

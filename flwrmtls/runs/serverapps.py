@@ -6,22 +6,22 @@ Rules:
   would bundle and holds no private key, its pyproject.toml) before anything runs; the run
   config is the app's defaults with the user's overrides (unknown keys refused).
 * Each run gets one ServerApp process (``python -I -u -m flwrmtls.appio.serverapp_process``,
-  started in ``/``: see :mod:`flwrmtls.runs.supervisor`; nothing in the link's working
-  directory is imported). Its token goes to it on standard input, never on its command
-  line; the link keeps the token's hash only. Every line the process prints becomes a run
-  log entry.
-* How a run ends (see :mod:`flwrmtls.state.runs`): the process exits 0 -> completed; it
+  started in ``/``, supervised by :mod:`flwrmtls.runs.supervisor`: spare, stop, kill, no
+  zombies; nothing in the link's working directory is imported). Its token goes to it on
+  standard input, never on its command line; the link keeps the token's hash only. Every
+  line the process prints becomes a run log entry.
+* How a run ends (see :mod:`flwrmtls.state.runlifecycle`): the process exits 0 -> completed; it
   reports a failure or exits non-zero -> failed with its reason; ``stop`` -> stopped (the
   process is terminated); the link stops -> failed ("link stopped"); a run found active when
   the link starts -> failed ("link restarted"). Ending a run ends its token, and nodes learn
   of it on their next pull.
 * One spare ServerApp process waits, its imports done, for the next run: StartRun hands it
   the run's token instead of starting a process (a third of a second of CPU here). The spare
-  is started once the link has had no active run for ``SPARE_DELAY`` seconds, so that it
-  never competes with a run for the CPU, and it is stopped with the link.
+  is started once the link has had no active run for ``SPARE_DELAY`` seconds
+  (:mod:`flwrmtls.runs.supervisor`), so that it never competes with a run for the CPU, and
+  it is stopped with the link.
 * A ServerApp's result is kept only in the shape :mod:`flwrmtls.app.runresult` defines (the
   ServerAppIo servicer checks it); its stated reason is cut at ``REASON_LIMIT`` characters.
-* Processes are always waited for (no zombies).
 * The run's bundle is its first object (it counts against the run's quota). When a run ends,
   its messages are deleted, and so are its objects that no other run, pending node upload or
   upload in progress holds (see :mod:`flwrmtls.runs.linkobjects`). Its status, history, logs and
@@ -33,14 +33,14 @@ Rules:
   commit. A crash at any statement leaves either the run as it was (a restarted link then
   fails it) or ended whole, with at worst files that nothing names (the start-up sweep
   deletes them); never an ended run with a token, a message or an object row.
-* Start-up (:meth:`RunManager.recover`) is one transaction: the runs that were active fail,
+* Start-up (:meth:`ServerApps.recover`) is one transaction: the runs that were active fail,
   then whatever a run that is not active still has (left by an older link) is deleted.
 * Several link processes on one database (:mod:`flwrmtls.state.replicas`): a run's ServerApp
   runs beside the process that accepted StartRun. At start-up only the runs of processes that
   are not alive fail ("link replica lost"), and every few seconds each process ends those of
-  processes lost since (:meth:`RunManager.end_lost_runs`). A run ended through another
+  processes lost since (:meth:`ServerApps.end_lost_runs`). A run ended through another
   process (``flwrmtls stop`` reaching it) has its ServerApp stopped here when the
-  announcement arrives (:meth:`RunManager.ended_elsewhere`).
+  announcement arrives (:meth:`ServerApps.ended_elsewhere`).
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from flwrmtls.app.bundle import bundle_hash, check_bundle, merge_run_config
 from flwrmtls.auth.tokens import new_token, token_hash
@@ -59,21 +59,16 @@ from flwrmtls.keyvalues import Value
 from flwrmtls.runs.linkobjects import LinkObjects
 from flwrmtls.runs.notify import Notifier
 from flwrmtls.runs.runlog import RunLog
-from flwrmtls.runs.supervisor import APP_PROCESS_CWD, app_process_command
+from flwrmtls.runs.supervisor import AppSupervisor, Spawn, spawn_process
 from flwrmtls.state.database import DatabaseError
 from flwrmtls.state.linkstate import LinkState
 from flwrmtls.state.replicas import LOST_REASON
-from flwrmtls.state.runs import IllegalTransition, RunStatus
+from flwrmtls.state.runlifecycle import IllegalTransition, RunStatus
 
-__all__ = ["RunManager"]
+__all__ = ["ServerApps"]
 
-log = logging.getLogger("flwrmtls.link.runs")
+log = logging.getLogger("flwrmtls.runs.serverapps")
 
-_STOP_GRACE = 5.0
-SPARE_DELAY = 1.0
-"""Seconds without an active run before a spare app process is started."""
-_LINE_LIMIT = 1 << 20
-"""The longest ServerApp output line kept whole; longer ones are split."""
 REASON_LIMIT = 4000
 """The most characters of a ServerApp's stated reason the run keeps."""
 
@@ -84,7 +79,29 @@ class _Reported:
     reason: str
 
 
-class RunManager:
+@dataclass
+class _Output:
+    """What a run's ServerApp printed, as its run log keeps it."""
+
+    run_id: int
+    run_log: RunLog
+    last_line: str = ""
+    lost_lines: int = field(default=0)
+
+    def add(self, line: str) -> None:
+        self.last_line = line[:1000]
+        try:
+            self.run_log.add(self.run_id, "serverapp", line)
+        except DatabaseError as error:  # keep reading: a full pipe would stall it
+            if not self.lost_lines:
+                log.error(
+                    "run %d: the link's database failed (%s): its log lines are dropped "
+                    "until it works again", self.run_id, error,
+                )  # fmt: skip
+            self.lost_lines += 1
+
+
+class ServerApps:
     def __init__(
         self,
         state: LinkState,
@@ -93,19 +110,24 @@ class RunManager:
         notifier: Notifier,
         run_log: RunLog,
         objects: LinkObjects,
+        spawn: Spawn = spawn_process,
     ) -> None:
         self._state = state
         self._clock = clock
         self._notifier = notifier
         self._run_log = run_log
         self._objects = objects
-        self.serverappio_address = ""
-        self._processes: dict[int, asyncio.subprocess.Process] = {}
-        self._supervisors: dict[int, asyncio.Task[None]] = {}
         self._reported: dict[int, _Reported] = {}
-        self._spare: asyncio.subprocess.Process | None = None
-        self._spare_timer: asyncio.TimerHandle | None = None
-        self._stopping = False
+        self.processes = AppSupervisor(
+            "flwrmtls.appio.serverapp_process", "--serverappio-api-address", clock,
+            busy=lambda: bool(self._state.runs.active()), spawn=spawn, what="ServerApp",
+        )  # fmt: skip
+        self._ticking: asyncio.Task[None] | None = None
+
+    def listen(self, serverappio_address: str) -> None:
+        """ServerAppIo listens at ``serverappio_address``: runs may start, and a spare."""
+        self.processes.listen(serverappio_address)
+        self._ticking = asyncio.get_running_loop().create_task(self.processes.run())
 
     def _now(self) -> float:
         return self._clock.now().timestamp()
@@ -159,133 +181,45 @@ class RunManager:
     async def _launch(self, run_id: int) -> None:
         token = new_token()
         self._state.runs.add_token(token_hash(token), run_id, "serverapp")
-        self._cancel_spare_timer()
         try:
-            process = self._take_spare() or await self._spawn()
-            assert process.stdin is not None
-            process.stdin.write(token.encode() + b"\n")
-            await process.stdin.drain()
-            process.stdin.close()
+            process = await self.processes.launch(token)
         except OSError as error:
             self._end(run_id, RunStatus.FAILED, f"the ServerApp process could not start: {error}")
             return
         try:
             self._state.runs.transition(run_id, RunStatus.RUNNING, "", self._now())
         except IllegalTransition:  # stopped while its process started: its token is gone
-            await self._stop_process(process)
+            await self.processes.stop_process(process)
             return
         except DatabaseError:  # nobody would supervise it, and its run stays pending
-            await self._stop_process(process)
+            await self.processes.stop_process(process)
             raise
-        self._processes[run_id] = process
-        self._supervisors[run_id] = asyncio.create_task(self._supervise(run_id, process))
-
-    async def _spawn(self) -> asyncio.subprocess.Process:
-        """A ServerApp process: it imports what it needs, then waits for its token."""
-        command = app_process_command(
-            "flwrmtls.appio.serverapp_process",
-            "--serverappio-api-address", self.serverappio_address,
-        )  # fmt: skip
-        return await asyncio.create_subprocess_exec(
-            *command, cwd=APP_PROCESS_CWD,
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT, limit=_LINE_LIMIT,
+        output = _Output(run_id, self._run_log)
+        self.processes.supervise(
+            run_id, process, on_line=output.add,
+            on_exit=lambda code: self._exited(run_id, code, output.last_line),
         )  # fmt: skip
 
-    def _take_spare(self) -> asyncio.subprocess.Process | None:
-        spare, self._spare = self._spare, None
-        if spare is not None and spare.returncode is not None:
-            log.warning("the spare ServerApp process had exited with %s", spare.returncode)
-            return None
-        return spare
-
-    def schedule_spare(self) -> None:
-        """Start a spare ServerApp once no run has been active for SPARE_DELAY seconds."""
-        if self._stopping or not self.serverappio_address:
-            return
-        self._cancel_spare_timer()
-        loop = asyncio.get_running_loop()
-        self._spare_timer = loop.call_later(
-            SPARE_DELAY, lambda: loop.create_task(self._start_spare())
-        )
-
-    def _cancel_spare_timer(self) -> None:
-        if self._spare_timer is not None:
-            self._spare_timer.cancel()
-            self._spare_timer = None
-
-    async def _start_spare(self) -> None:
-        self._spare_timer = None
-        if self._stopping or self._processes or self._state.runs.active():
-            return
-        if self._spare is not None and self._spare.returncode is None:
-            return
+    def _exited(self, run_id: int, code: int, last_line: str) -> None:
+        """Run ``run_id``'s ServerApp exited with ``code``: end the run as the rules say."""
+        reported = self._reported.pop(run_id, None)
+        if reported is not None and reported.failed:
+            status, reason = RunStatus.FAILED, reported.reason
+        elif code == 0:
+            status, reason = RunStatus.COMPLETED, reported.reason if reported else ""
+        else:
+            status = RunStatus.FAILED
+            reason = f"the ServerApp exited with code {code}: {last_line}"
         try:
-            spare = await self._spawn()
-        except OSError as error:
-            log.warning("could not start a spare ServerApp process: %s", error)
-            return
-        if self._stopping or self._spare is not None or self._processes:
-            await self._stop_process(spare)  # a run started meanwhile (or the link stops)
-            return
-        self._spare = spare
-
-    @staticmethod
-    async def _stop_process(process: asyncio.subprocess.Process) -> None:
-        if process.returncode is None:
-            process.terminate()
-            try:
-                await asyncio.wait_for(process.wait(), _STOP_GRACE)
-            except TimeoutError:
-                process.kill()
-                await process.wait()
-
-    async def _supervise(self, run_id: int, process: asyncio.subprocess.Process) -> None:
-        assert process.stdout is not None
-        last_line = ""
-        lost_lines = 0
-        try:
-            while True:
-                try:
-                    raw = await process.stdout.readline()
-                except ValueError:  # a line longer than the limit: keep its start
-                    raw = await process.stdout.read(_LINE_LIMIT)
-                if not raw:
-                    break
-                line = raw.decode("utf-8", "replace").rstrip()
-                if line:
-                    last_line = line[:1000]
-                    try:
-                        self._run_log.add(run_id, "serverapp", line)
-                    except DatabaseError as error:  # keep reading: a full pipe would stall it
-                        if not lost_lines:
-                            log.error(
-                                "run %d: the link's database failed (%s): its log lines are "
-                                "dropped until it works again", run_id, error,
-                            )  # fmt: skip
-                        lost_lines += 1
-        finally:
-            code = await process.wait()
-            self._processes.pop(run_id, None)
-            self._supervisors.pop(run_id, None)
-            reported = self._reported.pop(run_id, None)
-            if reported is not None and reported.failed:
-                status, reason = RunStatus.FAILED, reported.reason
-            elif code == 0:
-                status, reason = RunStatus.COMPLETED, reported.reason if reported else ""
-            else:
-                status = RunStatus.FAILED
-                reason = f"the ServerApp exited with code {code}: {last_line}"
-            try:
-                self._end(run_id, status, reason)
-            except DatabaseError as error:
-                self._state.runs.suspend_tokens(run_id)  # its process is gone: so is its token
-                log.error(
-                    "run %d ended (%s%s) but the link's database failed to record it (%s): its "
-                    "token no longer works; it shows as running until it is stopped or the "
-                    "link restarts, which marks it failed",
-                    run_id, status.value, f": {reason}" if reason else "", error,
-                )  # fmt: skip
+            self._end(run_id, status, reason)
+        except DatabaseError as error:
+            self._state.runs.suspend_tokens(run_id)  # its process is gone: so is its token
+            log.error(
+                "run %d ended (%s%s) but the link's database failed to record it (%s): its "
+                "token no longer works; it shows as running until it is stopped or the "
+                "link restarts, which marks it failed",
+                run_id, status.value, f": {reason}" if reason else "", error,
+            )  # fmt: skip
 
     def report(self, run_id: int, failed: bool, reason: str, result_json: str) -> None:
         """ServerAppIo: the ServerApp's own account of how its run went (``result_json``
@@ -313,9 +247,6 @@ class RunManager:
     def _ended(self, run_id: int, text: str) -> None:
         """After a run's end has committed: say so, and wake who waits for it."""
         log.info(text)
-        if not self._state.runs.active():
-            with contextlib.suppress(RuntimeError):  # no running loop: nothing to schedule
-                self.schedule_spare()
         self._notifier.notify(("run", run_id))
         for node_id, _ in self._state.online_nodes(now=self._now()):
             self._notifier.notify(("node", node_id))
@@ -333,13 +264,13 @@ class RunManager:
 
     def ended_elsewhere(self, run_id: int) -> None:
         """Several links: another link process ended the run; its ServerApp stops here."""
-        if run_id in self._processes:
-            asyncio.get_running_loop().create_task(self._terminate(run_id))
+        if self.processes.get(run_id) is not None:
+            asyncio.get_running_loop().create_task(self.processes.stop(run_id))
 
     def check_ended(self) -> None:
         """Several links, after announcements may have been missed: stop the ServerApps of
         runs that ended elsewhere."""
-        for run_id in list(self._processes):
+        for run_id in self.processes.running():
             run = self._state.runs.get(run_id)
             if run is None or run.ended:
                 self._state.runs.forget_ended(run_id)
@@ -353,29 +284,15 @@ class RunManager:
         if run.ended:
             return run.status
         self._end(run_id, RunStatus.STOPPED, reason)
-        await self._terminate(run_id)
+        await self.processes.stop(run_id)
         return RunStatus.STOPPED
 
-    async def _terminate(self, run_id: int) -> None:
-        process = self._processes.get(run_id)
-        if process is not None and process.returncode is None:
-            process.terminate()
-            try:
-                await asyncio.wait_for(process.wait(), _STOP_GRACE)
-            except TimeoutError:
-                process.kill()
-        supervisor = self._supervisors.get(run_id)
-        if supervisor is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await supervisor
-
     async def shutdown(self) -> None:
-        """The link is stopping: its runs fail and their processes stop."""
-        self._stopping = True
-        self._cancel_spare_timer()
-        spare, self._spare = self._spare, None
-        if spare is not None:
-            await self._stop_process(spare)
-        for run_id in list(self._processes):
-            self._end(run_id, RunStatus.FAILED, "link stopped")
-            await self._terminate(run_id)
+        """The link is stopping: its runs fail and their processes stop (the spare too)."""
+        await self.processes.shutdown(
+            before_each=lambda run_id: self._end(run_id, RunStatus.FAILED, "link stopped")
+        )
+        if self._ticking is not None:
+            self._ticking.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._ticking

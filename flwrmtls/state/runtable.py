@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from flwrmtls.state.database import Database
-from flwrmtls.state.runs import FINAL_STATUSES, RunStatus, check_transition
+from flwrmtls.state.runlifecycle import FINAL_STATUSES, RunStatus, check_transition
 from flwrmtls.state.transaction import Transactions
 
 __all__ = ["ACTIVE_RUN_IDS", "LogRecord", "RunRecord", "RunTable"]

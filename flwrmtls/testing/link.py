@@ -16,9 +16,9 @@ from typing import Protocol
 import grpc
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from flwrmtls.auth.callsigning import CallSigner
 from flwrmtls.auth.identity import IdentitySource
 from flwrmtls.auth.nodeauth import NodeAuth
-from flwrmtls.auth.signing import CallSigner
 from flwrmtls.clock import Clock
 from flwrmtls.errors import InputError
 from flwrmtls.fleet.client import FleetClient

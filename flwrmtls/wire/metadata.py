@@ -11,7 +11,7 @@ REFUSAL_KEY = "flwrmtls-refusal"
 
 OBJECT_KEY = "flwrmtls-object"
 """An object upload's declaration, ``<sha256 hex>:<size>``: what an EC-key node signs for a
-client-streaming call (see :mod:`flwrmtls.auth.signing`)."""
+client-streaming call (see :mod:`flwrmtls.auth.callsigning`)."""
 
 
 def object_declaration(object_id: str, size: int) -> str:

@@ -21,8 +21,7 @@ import pytest
 from flwrmtls.auth.tokens import TOKEN_METADATA_KEY, new_token, token_hash
 from flwrmtls.fleet.client import FleetClient, Session
 from flwrmtls.link.server import Link
-from flwrmtls.node.appioserver import ClientAppIoServer
-from flwrmtls.node.apps import AppManager, NodeRun
+from flwrmtls.node.clientapps import ClientApps, NodeRun
 from flwrmtls.objects.scope import QuotaExceeded
 from flwrmtls.objects.store import ObjectStore, object_id_of
 from flwrmtls.objects.transfer import pull_object_bytes, push_objects
@@ -38,9 +37,10 @@ from flwrmtls.proto import (
 )
 from flwrmtls.runs.linkobjects import LinkObjects, StorageLimits
 from flwrmtls.state.linkstate import LinkState
-from flwrmtls.state.runs import RunStatus
+from flwrmtls.state.runlifecycle import RunStatus
 from flwrmtls.testing.clock import FakeClock
 from flwrmtls.testing.link import mtls_config, node_client, running_link
+from flwrmtls.testing.node import serving_clientapps
 from flwrmtls.testing.pki import TestPki
 from flwrmtls.wire.credentials import channel_credentials, load_tls_identity
 from flwrmtls.wire.errors import ConnectionContext
@@ -426,7 +426,7 @@ def test_a_clientapp_reads_only_its_own_runs_objects_on_the_node(tmp_path: Path)
     channel = grpc.insecure_channel("127.0.0.1:1")  # the link: never reached here
     client = FleetClient(channel, ConnectionContext("127.0.0.1:1", False, False, ""))
     store = ObjectStore(tmp_path / "objects")
-    apps = AppManager(client, store, node_config={}, share_objects=False)
+    apps = ClientApps(client, store, node_config={}, share_objects=False)
     apps.session = Session(node_id=5, session_id="s", identity="CN=n", heartbeat_interval=1)
     run_1 = apps.adopt(NodeRun(1, "0" * 64, {}))
     run_2 = apps.adopt(NodeRun(2, "1" * 64, {}))
@@ -435,10 +435,11 @@ def test_a_clientapp_reads_only_its_own_runs_objects_on_the_node(tmp_path: Path)
     apps.enqueue(run_1, common_pb2.Message(message_id="m1", run_id=1))
     token_1 = ((TOKEN_METADATA_KEY, apps.tokens.issue(1, "clientapp")),)
     token_2 = ((TOKEN_METADATA_KEY, apps.tokens.issue(2, "clientapp")),)
-    server = ClientAppIoServer(apps, "127.0.0.1:0")
-    server.start()
     try:
-        with grpc.insecure_channel(apps.clientappio_address) as io:
+        with (
+            serving_clientapps(apps),
+            grpc.insecure_channel(apps.clientappio_address) as io,
+        ):
             stub = appio_pb2_grpc.ClientAppIoStub(io)
             assert bytes(pull_object_bytes(stub, theirs, metadata=token_2)) == b"run 2's model"
             never_stored = hashlib.sha256(b"never stored").hexdigest()
@@ -471,6 +472,4 @@ def test_a_clientapp_reads_only_its_own_runs_objects_on_the_node(tmp_path: Path)
             )
             assert object_id_of(own) in run_1.objects
     finally:
-        server.stop()
-        apps.shutdown()
         channel.close()

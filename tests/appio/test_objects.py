@@ -30,7 +30,7 @@ from flwrmtls.objects.transfer import (
     receive_object,
 )
 from flwrmtls.proto import appio_pb2_grpc, fleet_pb2_grpc, objects_pb2
-from flwrmtls.state.runs import RunStatus
+from flwrmtls.state.runlifecycle import RunStatus
 from flwrmtls.testing.link import node_client
 from flwrmtls.testing.pki import TestPki
 

@@ -15,12 +15,12 @@ import pytest
 from flwrmtls.auth.tokens import TOKEN_METADATA_KEY, new_token, token_hash
 from flwrmtls.fleet.client import FleetClient, Session
 from flwrmtls.link.server import Link
-from flwrmtls.node.appioserver import ClientAppIoServer
-from flwrmtls.node.apps import AppManager, NodeRun
+from flwrmtls.node.clientapps import ClientApps, NodeRun
 from flwrmtls.objects.store import ObjectStore
 from flwrmtls.proto import appio_pb2, appio_pb2_grpc, common_pb2
 from flwrmtls.state.messagetable import MessageRow
-from flwrmtls.state.runs import RunStatus
+from flwrmtls.state.runlifecycle import RunStatus
+from flwrmtls.testing.node import serving_clientapps
 from flwrmtls.wire.errors import ConnectionContext
 
 
@@ -93,16 +93,17 @@ def test_serverappio_tokens(link: Link, tmp_path: Path) -> None:
 def test_clientappio_tokens(tmp_path: Path) -> None:
     channel = grpc.insecure_channel("127.0.0.1:1")  # the link is never called here
     client = FleetClient(channel, ConnectionContext("127.0.0.1:1", False, False, ""))
-    apps = AppManager(client, ObjectStore(tmp_path / "objects"), node_config={"name": "a"})
+    apps = ClientApps(client, ObjectStore(tmp_path / "objects"), node_config={"name": "a"})
     apps.session = Session(node_id=5, session_id="s", identity="CN=n", heartbeat_interval=1)
     apps.adopt(NodeRun(1, "0" * 64, {"lr": 0.1}))
     run_2 = apps.adopt(NodeRun(2, "1" * 64, {}))
     token_1 = apps.tokens.issue(1, "clientapp")
     token_2 = apps.tokens.issue(2, "clientapp")
-    server = ClientAppIoServer(apps, "127.0.0.1:0")
-    server.start()
     try:
-        with grpc.insecure_channel(apps.clientappio_address) as io:
+        with (
+            serving_clientapps(apps) as node,
+            grpc.insecure_channel(apps.clientappio_address) as io,
+        ):
             stub = appio_pb2_grpc.ClientAppIoStub(io)
             get_run = appio_pb2.GetAppRunRequest()
             info = stub.GetRun(get_run, metadata=md(token_1))
@@ -113,7 +114,7 @@ def test_clientappio_tokens(tmp_path: Path) -> None:
                 grpc.StatusCode.UNAUTHENTICATED
             )
             # Run 1's token cannot answer a message of run 2.
-            apps.enqueue(run_2, common_pb2.Message(message_id="m2", run_id=2))
+            node.call(apps.enqueue, run_2, common_pb2.Message(message_id="m2", run_id=2))
             reply = common_pb2.Message(message_id="r", reply_to_message_id="m2")
             assert (
                 code_of(
@@ -124,14 +125,12 @@ def test_clientappio_tokens(tmp_path: Path) -> None:
                 is grpc.StatusCode.PERMISSION_DENIED
             )
             # Ended run: its token stops working; the other run's still works (control).
-            apps.end_runs([1])
+            node.call(apps.end_runs, [1])
             assert code_of(lambda: stub.GetRun(get_run, metadata=md(token_1))) is (
                 grpc.StatusCode.UNAUTHENTICATED
             )
             assert stub.GetRun(get_run, metadata=md(token_2)).run_id == 2
     finally:
-        server.stop()
-        apps.shutdown()
         channel.close()
 
 
@@ -142,16 +141,17 @@ def test_clientappio_refuses_replies_and_object_requests_it_cannot_honour(tmp_pa
     channel = grpc.insecure_channel("127.0.0.1:1")
     client = FleetClient(channel, ConnectionContext("127.0.0.1:1", False, False, ""))
     store = ObjectStore(tmp_path / "objects")
-    apps = AppManager(client, store, node_config={})
+    apps = ClientApps(client, store, node_config={})
     apps.session = Session(node_id=5, session_id="s", identity="CN=n", heartbeat_interval=1)
     run = apps.adopt(NodeRun(1, "0" * 64, {}))
     token = apps.tokens.issue(1, "clientapp")
-    server = ClientAppIoServer(apps, "127.0.0.1:0")
-    server.start()
     try:
-        with grpc.insecure_channel(apps.clientappio_address) as io:
+        with (
+            serving_clientapps(apps) as node,
+            grpc.insecure_channel(apps.clientappio_address) as io,
+        ):
             stub = appio_pb2_grpc.ClientAppIoStub(io)
-            apps.enqueue(run, common_pb2.Message(message_id="m1", run_id=1))
+            node.call(apps.enqueue, run, common_pb2.Message(message_id="m1", run_id=1))
             stored = store.put(b"reply weights")
             absent = hashlib.sha256(b"never written").hexdigest()
 
@@ -175,6 +175,4 @@ def test_clientappio_refuses_replies_and_object_requests_it_cannot_honour(tmp_pa
             assert code_of(lambda: prepare("not-an-id")) is grpc.StatusCode.NOT_FOUND
             assert code_of(lambda: prepare(absent)) is grpc.StatusCode.NOT_FOUND  # link down
     finally:
-        server.stop()
-        apps.shutdown()
         channel.close()

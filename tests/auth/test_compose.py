@@ -14,6 +14,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from flwrmtls.auth.authenticator import AuthenticationFailed, CallCredentials, RefusalReason
+from flwrmtls.auth.callsigning import CallSigner, body_digest, key_signature_from_metadata
 from flwrmtls.auth.compose import CertificateAndBoundKey
 from flwrmtls.auth.eckey import Audiences, EcKeyAuthenticator, KeyStatus, Registration
 from flwrmtls.auth.identity import (
@@ -21,9 +22,8 @@ from flwrmtls.auth.identity import (
     identity_from_certificate,
     node_id_for_identity,
 )
-from flwrmtls.auth.keys import node_id_for_key, public_key_der
+from flwrmtls.auth.keyformats import node_id_for_key, public_key_der
 from flwrmtls.auth.mtls import MtlsAuthenticator
-from flwrmtls.auth.signing import CallSigner, body_digest, key_signature_from_metadata
 from flwrmtls.testing.pki import TestPki, make_test_pki
 
 METHOD = "/flwrmtls.proto.Fleet/ActivateNode"

@@ -26,16 +26,7 @@ from flwrmtls.auth.authenticator import (
     RefusalReason,
     TryLater,
 )
-from flwrmtls.auth.eckey import Audiences, EcKeyAuthenticator, KeyStatus, Registration, ReplayLimits
-from flwrmtls.auth.identity import PrincipalKind
-from flwrmtls.auth.keys import (
-    key_fingerprint,
-    load_node_private_key,
-    load_public_key_file,
-    node_id_for_key,
-    public_key_der,
-)
-from flwrmtls.auth.signing import (
+from flwrmtls.auth.callsigning import (
     CallSigner,
     body_digest,
     declared_object_digest,
@@ -43,6 +34,15 @@ from flwrmtls.auth.signing import (
     new_nonce,
     signed_bytes,
     timestamp_ms,
+)
+from flwrmtls.auth.eckey import Audiences, EcKeyAuthenticator, KeyStatus, Registration, ReplayLimits
+from flwrmtls.auth.identity import PrincipalKind
+from flwrmtls.auth.keyformats import (
+    key_fingerprint,
+    load_node_private_key,
+    load_public_key_file,
+    node_id_for_key,
+    public_key_der,
 )
 
 METHOD = "/flwrmtls.proto.Fleet/PullMessages"

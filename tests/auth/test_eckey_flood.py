@@ -16,8 +16,8 @@ import grpc
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from flwrmtls.auth.keys import key_fingerprint, node_id_for_key, public_key_der
-from flwrmtls.auth.signing import CallSigner
+from flwrmtls.auth.callsigning import CallSigner
+from flwrmtls.auth.keyformats import key_fingerprint, node_id_for_key, public_key_der
 from flwrmtls.clock import SystemClock
 from flwrmtls.link.server import Link
 from flwrmtls.node.audience import LinkAudience

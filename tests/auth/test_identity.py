@@ -28,7 +28,7 @@ from flwrmtls.auth.policy import is_permitted
 from flwrmtls.errors import Refused
 from flwrmtls.link.server import Link
 from flwrmtls.pki import PROFILES, ProfileName
-from flwrmtls.pki.signing import sign_certificate
+from flwrmtls.pki.certsigning import sign_certificate
 from flwrmtls.testing.link import node_client
 from flwrmtls.testing.pki import TestPki
 

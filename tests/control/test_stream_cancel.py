@@ -13,7 +13,7 @@ import grpc
 
 from flwrmtls.link.server import Link
 from flwrmtls.proto import control_pb2, control_pb2_grpc
-from flwrmtls.state.runs import RunStatus
+from flwrmtls.state.runlifecycle import RunStatus
 from flwrmtls.testing.pki import TestPki
 from flwrmtls.wire.credentials import channel_credentials, load_tls_identity
 

@@ -20,9 +20,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from flwrmtls.app.appfiles import select_app_files
 from flwrmtls.app.bundle import bundle_hash
+from flwrmtls.connectionprofiles import ConfigFile
 from flwrmtls.control.client import ControlClient
 from flwrmtls.errors import FlwrmtlsError
-from flwrmtls.profiles import ConfigFile
 
 from .deployment import Deployment
 from .probe_app import write_probe_app

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from flwrmtls.app.bundle import build_bundle, bundle_hash
+from flwrmtls.connectionprofiles import ConfigFile
 from flwrmtls.control.client import ControlClient
 from flwrmtls.errors import FlwrmtlsError
-from flwrmtls.profiles import ConfigFile
 
 from ..app.test_bundle_headers import extended_header_bundle
 from .deployment import Deployment

@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 
 from flwrmtls.auth.nodeauth import NodeAuth
+from flwrmtls.connectionprofiles import Profile
 from flwrmtls.control.client import ControlClient
 from flwrmtls.errors import FlwrmtlsError, HandshakeClosed, InputError, Refused
 from flwrmtls.fleet.client import FleetClient
@@ -32,8 +33,7 @@ from flwrmtls.link import main as link_main
 from flwrmtls.link.reload import TlsFiles
 from flwrmtls.link.server import Link, LinkConfig
 from flwrmtls.pki import CertificateAuthority
-from flwrmtls.pki.signing import pem_bundle
-from flwrmtls.profiles import Profile
+from flwrmtls.pki.certsigning import pem_bundle
 from flwrmtls.testing.link import node_client, running_link
 from flwrmtls.testing.pki import TestPki
 from flwrmtls.wire.credentials import load_ca_bundle, load_tls_identity

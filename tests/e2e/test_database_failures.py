@@ -22,7 +22,7 @@ import pytest
 from flwrmtls.errors import LinkUnreachable
 from flwrmtls.objects.store import ObjectStore
 from flwrmtls.state.linkstate import LinkState
-from flwrmtls.state.runs import RunStatus
+from flwrmtls.state.runlifecycle import RunStatus
 from flwrmtls.testing.link import node_client
 from flwrmtls.testing.pki import TestPki
 

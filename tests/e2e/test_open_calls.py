@@ -32,7 +32,7 @@ import grpc
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from flwrmtls.auth.keys import public_key_der
+from flwrmtls.auth.keyformats import public_key_der
 from flwrmtls.auth.nodeauth import NodeAuth
 from flwrmtls.errors import Refused
 from flwrmtls.fleet.client import FleetClient, Session
@@ -42,7 +42,7 @@ from flwrmtls.objects.store import CHUNK_SIZE, object_id_of
 from flwrmtls.objects.transfer import push_objects
 from flwrmtls.pki import CertificateAuthority, LeafOptions
 from flwrmtls.proto import control_pb2, control_pb2_grpc, fleet_pb2_grpc, objects_pb2
-from flwrmtls.state.runs import RunStatus
+from flwrmtls.state.runlifecycle import RunStatus
 from flwrmtls.testing.link import key_node_client, mtls_config, node_client, running_link
 from flwrmtls.testing.pki import TestPki
 from flwrmtls.wire.credentials import channel_credentials, load_tls_identity

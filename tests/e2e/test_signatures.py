@@ -26,13 +26,13 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from flwrmtls.auth.nodeauth import NodeAuth
-from flwrmtls.auth.signing import (
+from flwrmtls.auth.callsigning import (
     OBJECT_METADATA_KEY,
     CallSigner,
     audience_of,
     body_digest,
 )
+from flwrmtls.auth.nodeauth import NodeAuth
 from flwrmtls.errors import InputError, LinkUnreachable, Refused
 from flwrmtls.link.reload import TlsFiles
 from flwrmtls.link.server import LinkConfig

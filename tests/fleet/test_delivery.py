@@ -26,7 +26,7 @@ from flwrmtls.link.server import Link
 from flwrmtls.objects.store import ObjectStore
 from flwrmtls.proto import appio_pb2_grpc, fleet_pb2, fleet_pb2_grpc
 from flwrmtls.state.linkstate import HEARTBEAT_GRACE
-from flwrmtls.state.runs import RunStatus
+from flwrmtls.state.runlifecycle import RunStatus
 from flwrmtls.testing.clock import FakeClock
 from flwrmtls.testing.link import mtls_config, node_client, running_link
 from flwrmtls.testing.pki import TestPki

@@ -17,7 +17,7 @@ from flwrmtls.auth.tokens import TOKEN_METADATA_KEY, new_token, token_hash
 from flwrmtls.fleet.client import FleetClient, Session
 from flwrmtls.link.server import Link
 from flwrmtls.proto import appio_pb2, appio_pb2_grpc, common_pb2, fleet_pb2, fleet_pb2_grpc
-from flwrmtls.state.runs import RunStatus
+from flwrmtls.state.runlifecycle import RunStatus
 from flwrmtls.testing.link import node_client
 from flwrmtls.testing.pki import TestPki
 

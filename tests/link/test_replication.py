@@ -22,9 +22,9 @@ import grpc
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from flwrmtls.auth.callsigning import CallSigner
 from flwrmtls.auth.nodeauth import NodeAuth
 from flwrmtls.auth.ratelimit import FailureBudget
-from flwrmtls.auth.signing import CallSigner
 from flwrmtls.auth.tokens import TOKEN_METADATA_KEY, new_token, token_hash
 from flwrmtls.fleet.client import FleetClient, SessionEnded
 from flwrmtls.link.server import Link
@@ -41,7 +41,7 @@ from flwrmtls.proto import (
 )
 from flwrmtls.state.messagetable import MessageRow
 from flwrmtls.state.replicas import LOST_REASON, RENEW_EVERY, REPLICA_TTL
-from flwrmtls.state.runs import RunStatus
+from flwrmtls.state.runlifecycle import RunStatus
 from flwrmtls.state.runtable import RunRecord
 from flwrmtls.testing.link import key_node_client, mtls_config, node_client, running_link
 from flwrmtls.testing.pki import TestPki

@@ -7,6 +7,7 @@ the node finds in its own certificate, or a refusal the link states, ends it at 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -44,7 +45,7 @@ def give_up(link: Link, pki: TestPki, chain: Path, key: Path) -> Exception:
                                   key=key)  # fmt: skip
     try:
         with pytest.raises((Refused, LinkUnreachable)) as ended:
-            NodeAgent(client, retry=QUICK).run()
+            asyncio.run(NodeAgent(client, retry=QUICK).run())
     finally:
         channel.close()
     return ended.value
@@ -59,7 +60,7 @@ def assert_serves(link: Link, pki: TestPki, name: str) -> None:
 
     def serve() -> None:
         try:
-            agent.run()
+            asyncio.run(agent.run())
         except Exception as error:  # reported below
             failed.append(error)
 
@@ -68,7 +69,7 @@ def assert_serves(link: Link, pki: TestPki, name: str) -> None:
     deadline = time.monotonic() + 30
     while agent.session is None and not failed and time.monotonic() < deadline:
         time.sleep(0.05)
-    agent.stop.set()
+    agent.request_stop()
     thread.join(timeout=30)
     channel.close()
     assert not failed, failed

@@ -12,6 +12,7 @@ with its run: through a real link, the node's real ClientAppIo, and the node's a
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
@@ -26,12 +27,12 @@ from flwrmtls.auth.tokens import TOKEN_METADATA_KEY
 from flwrmtls.fleet.client import FleetClient, Session
 from flwrmtls.link.server import Link
 from flwrmtls.node.agent import NodeAgent, RetryPolicy
-from flwrmtls.node.appioserver import ClientAppIoServer
-from flwrmtls.node.apps import AppManager, NodeRun
+from flwrmtls.node.clientapps import ClientApps, NodeRun
 from flwrmtls.objects.store import ObjectStore
 from flwrmtls.proto import appio_pb2, appio_pb2_grpc, common_pb2, fleet_pb2_grpc
-from flwrmtls.state.runs import RunStatus
+from flwrmtls.state.runlifecycle import RunStatus
 from flwrmtls.testing.link import node_client
+from flwrmtls.testing.node import NodeLoop, serving_clientapps
 from flwrmtls.testing.pki import TestPki
 from flwrmtls.wire.errors import ConnectionContext
 
@@ -39,23 +40,24 @@ from ..fleet.test_rejections import Node, instruction, start_run
 
 
 @pytest.fixture
-def apps(tmp_path: Path) -> Iterator[AppManager]:
+def served(tmp_path: Path) -> Iterator[tuple[ClientApps, NodeLoop]]:
+    """A node's ClientApps served over ClientAppIo on their event loop."""
     channel = grpc.insecure_channel("127.0.0.1:1")  # the link is never called here
     client = FleetClient(channel, ConnectionContext("127.0.0.1:1", False, False, ""))
-    manager = AppManager(client, ObjectStore(tmp_path / "objects"), node_config={})
+    manager = ClientApps(client, ObjectStore(tmp_path / "objects"), node_config={})
     manager.session = Session(node_id=5, session_id="s", identity="CN=n", heartbeat_interval=1)
-    server = ClientAppIoServer(manager, "127.0.0.1:0")
-    server.start()
     try:
-        yield manager
+        with serving_clientapps(manager) as node:
+            yield manager, node
     finally:
-        server.stop()
-        manager.shutdown()
         channel.close()
 
 
-def test_a_message_delivered_twice_reaches_its_clientapp_once(apps: AppManager) -> None:
-    run = apps.adopt(NodeRun(1, "0" * 64, {}))
+def test_a_message_delivered_twice_reaches_its_clientapp_once(
+    served: tuple[ClientApps, NodeLoop],
+) -> None:
+    apps, node = served
+    run = node.call(apps.adopt, NodeRun(1, "0" * 64, {}))
     token = apps.tokens.issue(1, "clientapp")
     first = common_pb2.Message(message_id="m1", run_id=1)
     with grpc.insecure_channel(apps.clientappio_address) as io:
@@ -68,25 +70,25 @@ def test_a_message_delivered_twice_reaches_its_clientapp_once(apps: AppManager) 
             )
             return str(response.message.message_id)
 
-        apps.enqueue(run, first)
-        apps.enqueue(run, first)  # the link handed it out again before it was taken
-        assert apps.pending_acks() == []  # queued is not handed off
+        node.call(apps.enqueue, run, first)
+        node.call(apps.enqueue, run, first)  # the link handed it out again before it was taken
+        assert node.call(apps.pending_acks) == []  # queued is not handed off
         assert take() == "m1"
         assert take() == ""  # once
-        assert apps.pending_acks() == ["m1"]  # the next pull acknowledges it
-        apps.acks_sent(["m1"])
-        assert apps.pending_acks() == []
-        apps.enqueue(run, first)  # handed out again after it was taken (an ack was lost)
+        assert node.call(apps.pending_acks) == ["m1"]  # the next pull acknowledges it
+        node.call(apps.acks_sent, ["m1"])
+        assert node.call(apps.pending_acks) == []
+        node.call(apps.enqueue, run, first)  # handed out again after it was taken (ack lost)
         assert take() == ""  # not run again ...
-        assert apps.pending_acks() == ["m1"]  # ... but acknowledged again
+        assert node.call(apps.pending_acks) == ["m1"]  # ... but acknowledged again
         # Control: another message is queued and taken.
-        apps.enqueue(run, common_pb2.Message(message_id="m2", run_id=1))
+        node.call(apps.enqueue, run, common_pb2.Message(message_id="m2", run_id=1))
         assert take() == "m2"
-        assert apps.pending_acks() == ["m1", "m2"]
+        assert node.call(apps.pending_acks) == ["m1", "m2"]
     # A message of a run that ended here is dropped, and starts no process.
-    apps.end_runs([1])
-    assert not apps.deliver(common_pb2.Message(message_id="m3", run_id=1))
-    assert run.process is None
+    node.call(apps.end_runs, [1])
+    assert not node.run(apps.deliver(common_pb2.Message(message_id="m3", run_id=1)))
+    assert node.call(apps.processes.get, 1) is None
 
 
 def test_a_batch_led_by_an_ended_runs_message_loses_no_other_message(
@@ -104,13 +106,13 @@ def test_a_batch_led_by_an_ended_runs_message_loses_no_other_message(
         ended.push(instruction("m1", node))
         active.push(instruction("m2", node))
         link.state.runs.transition(ended.run_id, RunStatus.COMPLETED, "", 3.0)
-        apps = AppManager(client, ObjectStore(tmp_path / "objects"), node_config={})
+        apps = ClientApps(client, ObjectStore(tmp_path / "objects"), node_config={})
         agent = NodeAgent(client, apps=apps, retry=RetryPolicy(max_retries=0))
         failed: list[BaseException] = []
 
         def serve() -> None:
             try:
-                agent.run()
+                asyncio.run(agent.run())
             except Exception as error:  # reported below
                 failed.append(error)
 
@@ -122,7 +124,7 @@ def test_a_batch_led_by_an_ended_runs_message_loses_no_other_message(
             while not active.replies() and not failed and time.monotonic() < deadline:
                 time.sleep(0.05)
         finally:
-            agent.stop.set()
+            agent.request_stop()
             thread.join(timeout=30)
             channel.close()
         answers = active.replies()

@@ -10,6 +10,7 @@ written, beside an object that fits.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import threading
 import time
@@ -97,7 +98,7 @@ def serve_until_done(agent: NodeAgent, timeout: float) -> BaseException | None:
 
     def serve() -> None:
         try:
-            agent.run()
+            asyncio.run(agent.run())
             ended.append(None)
         except BaseException as error:  # reported to the test
             ended.append(error)
@@ -106,7 +107,7 @@ def serve_until_done(agent: NodeAgent, timeout: float) -> BaseException | None:
     thread.start()
     thread.join(timeout)
     if thread.is_alive():
-        agent.stop.set()
+        agent.request_stop()
         thread.join(30)
         return TimeoutError(f"the node did not end within {timeout} s")
     return ended[0]
@@ -140,12 +141,12 @@ def test_a_good_heartbeat_interval_is_kept_to() -> None:
     link = FakeLink(activate_interval=1.0)
     with fake_link(link) as client:
         agent = NodeAgent(client, retry=RetryPolicy(max_retries=0))
-        thread = threading.Thread(target=agent.run, daemon=True)
+        thread = threading.Thread(target=lambda: asyncio.run(agent.run()), daemon=True)
         thread.start()
         deadline = time.monotonic() + 30
         while link.heartbeats < 2 and time.monotonic() < deadline:
             time.sleep(0.05)
-        agent.stop.set()
+        agent.request_stop()
         thread.join(30)
     assert link.heartbeats >= 2
     assert not thread.is_alive()

@@ -18,13 +18,13 @@ import pytest
 from flwrmtls.appio.clientapp_process import _read_shared
 from flwrmtls.auth.tokens import TOKEN_METADATA_KEY
 from flwrmtls.fleet.client import FleetClient, Session
-from flwrmtls.node.appioserver import ClientAppIoServer
-from flwrmtls.node.apps import AppManager, NodeRun
+from flwrmtls.node.clientapps import ClientApps, NodeRun
 from flwrmtls.node.storage import NodeStorage
 from flwrmtls.objects.scope import QuotaExceeded
 from flwrmtls.objects.store import CorruptObject, ObjectStore, object_id_of
 from flwrmtls.objects.transfer import push_objects
 from flwrmtls.proto import appio_pb2, appio_pb2_grpc
+from flwrmtls.testing.node import NodeLoop, serving_clientapps
 from flwrmtls.wire.errors import ConnectionContext
 
 KIB = 1024
@@ -33,33 +33,34 @@ KIB = 1024
 @contextmanager
 def clientappio(
     tmp_path: Path, max_object_bytes: int
-) -> Iterator[tuple[AppManager, appio_pb2_grpc.ClientAppIoStub, tuple[tuple[str, str], ...]]]:
-    """A node's AppManager and ClientAppIo (the link unreachable: never asked here), run 1
-    adopted, and its ClientApp's token."""
+) -> Iterator[
+    tuple[ClientApps, appio_pb2_grpc.ClientAppIoStub, tuple[tuple[str, str], ...], NodeLoop]
+]:
+    """A node's ClientApps and ClientAppIo (the link unreachable: never asked here), run 1
+    adopted, its ClientApp's token, and the node's event loop."""
     channel = grpc.insecure_channel("127.0.0.1:1")
     client = FleetClient(channel, ConnectionContext("127.0.0.1:1", False, False, ""))
-    apps = AppManager(
+    apps = ClientApps(
         client, ObjectStore(tmp_path / "objects"), node_config={}, share_objects=False,
         max_object_bytes=max_object_bytes,
     )  # fmt: skip
     apps.session = Session(node_id=5, session_id="s", identity="CN=n", heartbeat_interval=1)
     apps.adopt(NodeRun(1, "0" * 64, {}))
     token = ((TOKEN_METADATA_KEY, apps.tokens.issue(1, "clientapp")),)
-    server = ClientAppIoServer(apps, "127.0.0.1:0")
-    server.start()
     try:
-        with grpc.insecure_channel(apps.clientappio_address) as io:
-            yield apps, appio_pb2_grpc.ClientAppIoStub(io), token
+        with (
+            serving_clientapps(apps) as node,
+            grpc.insecure_channel(apps.clientappio_address) as io,
+        ):
+            yield apps, appio_pb2_grpc.ClientAppIoStub(io), token, node
     finally:
-        server.stop()
-        apps.shutdown()
         channel.close()
 
 
 def test_a_clientapp_push_past_max_object_storage_is_refused_before_a_byte_is_written(
     tmp_path: Path,
 ) -> None:
-    with clientappio(tmp_path, max_object_bytes=64 * KIB) as (apps, stub, token):
+    with clientappio(tmp_path, max_object_bytes=64 * KIB) as (apps, stub, token, _):
         fits = b"f" * (40 * KIB)
         push_objects(stub, {object_id_of(fits): fits}, metadata=token)  # control
         assert apps.objects.read_verified(object_id_of(fits)) == fits
@@ -82,22 +83,22 @@ def test_a_clientapp_push_past_max_object_storage_is_refused_before_a_byte_is_wr
 def test_an_ended_runs_objects_go_unless_another_run_or_a_receive_holds_them(
     tmp_path: Path,
 ) -> None:
-    with clientappio(tmp_path, max_object_bytes=1 << 20) as (apps, _, _):
+    with clientappio(tmp_path, max_object_bytes=1 << 20) as (apps, _, _, node):
         store = apps.objects
-        run_1 = apps.run(1)
-        run_2 = apps.adopt(NodeRun(2, "1" * 64, {}))
+        run_1 = node.call(apps.run, 1)
+        run_2 = node.call(apps.adopt, NodeRun(2, "1" * 64, {}))
         assert run_1 is not None
         own, shared, arriving = (store.put(b"run 1 only"), store.put(b"both"), "a" * 64)
         run_1.objects.update({own, shared, arriving})
         run_2.objects.add(shared)
         receive = apps.storage.reserve(arriving, 10)  # run 1's ClientApp is pushing it
-        apps.end_runs([1])
+        node.call(apps.end_runs, [1])
         assert not store.has(own)
         assert store.has(shared)  # run 2 holds it
         store.put_hashed(b"arrived", arriving)  # what the receive then stores...
         receive.commit()
         assert store.has(arriving)  # ...was not deleted under it
-        apps.end_runs([2])  # control: no run left, the store is emptied
+        node.call(apps.end_runs, [2])  # control: no run left, the store is emptied
         assert store.object_ids() == []
 
 

@@ -22,9 +22,9 @@ from flwrmtls.pki import (
     read_certificate_file,
     read_private_key_file,
 )
+from flwrmtls.pki.certsigning import public_key_bytes
 from flwrmtls.pki.files import write_file
-from flwrmtls.pki.keys import key_type_of
-from flwrmtls.pki.signing import public_key_bytes
+from flwrmtls.pki.privatekeys import key_type_of
 
 
 def _mode(path: Path) -> int:

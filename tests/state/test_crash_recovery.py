@@ -28,7 +28,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from flwrmtls.app.bundle import build_bundle, bundle_hash
-from flwrmtls.auth.keys import node_id_for_key, public_key_der
+from flwrmtls.auth.keyformats import node_id_for_key, public_key_der
 from flwrmtls.auth.tokens import TOKEN_METADATA_KEY, token_hash
 from flwrmtls.errors import InputError
 from flwrmtls.keyvalues import Value
@@ -47,7 +47,7 @@ from flwrmtls.state.database import Database
 from flwrmtls.state.faults import CrashPoint, install, parse_crash_point
 from flwrmtls.state.linkstate import LinkState
 from flwrmtls.state.messagetable import MessageRow
-from flwrmtls.state.runs import RunStatus
+from flwrmtls.state.runlifecycle import RunStatus
 from flwrmtls.state.transaction import Transactions
 from flwrmtls.testing.link import mtls_config, node_client, running_link
 from flwrmtls.testing.pki import TestPki

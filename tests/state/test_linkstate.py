@@ -12,7 +12,7 @@ from flwrmtls.errors import InputError
 from flwrmtls.state.keytable import KeyRegistration
 from flwrmtls.state.linkstate import LinkState, SessionSuperseded, UnknownSession
 from flwrmtls.state.messagetable import MessageRow
-from flwrmtls.state.runs import IllegalTransition, RunStatus
+from flwrmtls.state.runlifecycle import IllegalTransition, RunStatus
 from flwrmtls.state.schema import SCHEMA_VERSION
 from tests.state.engines import is_postgres
 from tests.state.legacy_schema import MIGRATIONS

@@ -15,14 +15,14 @@ import grpc
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from flwrmtls.auth.keys import node_id_for_key, public_key_der
+from flwrmtls.auth.keyformats import node_id_for_key, public_key_der
 from flwrmtls.auth.tokens import TOKEN_METADATA_KEY, new_token, token_hash
 from flwrmtls.link.server import Link
 from flwrmtls.proto import appio_pb2, appio_pb2_grpc, common_pb2, control_pb2, control_pb2_grpc
 from flwrmtls.state.database import Database, IntegrityError
 from flwrmtls.state.linkstate import LinkState
 from flwrmtls.state.messagetable import MessageRow
-from flwrmtls.state.runs import RunStatus
+from flwrmtls.state.runlifecycle import RunStatus
 from flwrmtls.state.transaction import Transactions
 from flwrmtls.testing.pki import TestPki
 from flwrmtls.wire.credentials import channel_credentials, load_tls_identity

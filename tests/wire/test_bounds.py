@@ -28,7 +28,7 @@ from flwrmtls.proto import (
     fleet_pb2_grpc,
     objects_pb2,
 )
-from flwrmtls.state.runs import RunStatus
+from flwrmtls.state.runlifecycle import RunStatus
 from flwrmtls.testing.link import node_client
 from flwrmtls.testing.pki import TestPki
 from flwrmtls.wire.bounds import FIELD_BOUNDS, NESTED, Range, long_poll_seconds, request_problem

@@ -58,4 +58,4 @@ def test_a_link_refuses_serverappio_off_loopback_before_listening(
     for host in ("localhost", "[::1]"):  # controls
         with running_link(dataclasses.replace(config, serverappio_address=f"{host}:0")) as link:
             assert link.serverappio_port > 0
-            assert link.runs.serverappio_address == f"{host}:{link.serverappio_port}"
+            assert link.runs.processes.address == f"{host}:{link.serverappio_port}"

@@ -22,8 +22,7 @@ import pytest
 from flwrmtls.auth.tokens import TOKEN_METADATA_KEY, new_token, token_hash
 from flwrmtls.fleet.client import FleetClient, Session
 from flwrmtls.link.server import Link
-from flwrmtls.node.appioserver import ClientAppIoServer
-from flwrmtls.node.apps import AppManager, NodeRun
+from flwrmtls.node.clientapps import ClientApps, NodeRun
 from flwrmtls.objects.store import ObjectStore
 from flwrmtls.proto import (
     appio_pb2,
@@ -33,8 +32,9 @@ from flwrmtls.proto import (
     fleet_pb2,
     fleet_pb2_grpc,
 )
-from flwrmtls.state.runs import RunStatus
+from flwrmtls.state.runlifecycle import RunStatus
 from flwrmtls.testing.link import mtls_config, node_client, running_link
+from flwrmtls.testing.node import serving_clientapps
 from flwrmtls.testing.pki import TestPki
 from flwrmtls.wire.credentials import channel_credentials, load_tls_identity
 from flwrmtls.wire.errors import ConnectionContext
@@ -171,16 +171,17 @@ def test_clientappio_pull_message(tmp_path: Path, wait: float) -> None:
     """The node's ClientAppIo: a bad wait is refused while another run's ClientApp is served."""
     channel = grpc.insecure_channel("127.0.0.1:1")  # the link is never called here
     client = FleetClient(channel, ConnectionContext("127.0.0.1:1", False, False, ""))
-    apps = AppManager(client, ObjectStore(tmp_path / "objects"), node_config={})
+    apps = ClientApps(client, ObjectStore(tmp_path / "objects"), node_config={})
     apps.session = Session(node_id=5, session_id="s", identity="CN=n", heartbeat_interval=1)
     apps.adopt(NodeRun(1, "0" * 64, {}))
     apps.adopt(NodeRun(2, "1" * 64, {}))
     token_1 = apps.tokens.issue(1, "clientapp")
     token_2 = apps.tokens.issue(2, "clientapp")
-    server = ClientAppIoServer(apps, "127.0.0.1:0")
-    server.start()
     try:
-        with grpc.insecure_channel(apps.clientappio_address) as io:
+        with (
+            serving_clientapps(apps),
+            grpc.insecure_channel(apps.clientappio_address) as io,
+        ):
             stub = appio_pb2_grpc.ClientAppIoStub(io)
 
             def pull(seconds: float) -> Any:
@@ -199,6 +200,4 @@ def test_clientappio_pull_message(tmp_path: Path, wait: float) -> None:
             assert "PullAppMessageRequest.wait_seconds must be a number of seconds" in details
             assert not pull(0.2).result().HasField("message")  # control: waited, nothing came
     finally:
-        server.stop()
-        apps.shutdown()
         channel.close()

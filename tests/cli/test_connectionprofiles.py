@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from flwrmtls.connectionprofiles import ConfigFile, Profile
 from flwrmtls.errors import InputError
 from flwrmtls.keyvalues import parse_key_values
 from flwrmtls.pki import CertificateAuthority
-from flwrmtls.profiles import ConfigFile, Profile
 from flwrmtls.testing.processes import run_cli
 
 

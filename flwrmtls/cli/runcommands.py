@@ -16,10 +16,10 @@ from flwrmtls.app.components import check_component
 from flwrmtls.app.runresult import ResultError, check_result
 from flwrmtls.cli.output import OutputFormat, emit, format_time, printable
 from flwrmtls.cli.params import ConnectionArgument, FormatOption, RunIdArgument
+from flwrmtls.connectionprofiles import ConfigFile
 from flwrmtls.control.client import ControlClient
 from flwrmtls.errors import InputError, LinkUnreachable, Refused
 from flwrmtls.keyvalues import parse_key_values
-from flwrmtls.profiles import ConfigFile
 from flwrmtls.proto import control_pb2
 
 __all__ = ["log", "ls", "run", "stop"]

@@ -31,7 +31,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
-from flwrmtls.pki.keys import PublicKey
+from flwrmtls.pki.privatekeys import PublicKey
 
 __all__ = [
     "PROFILES",

@@ -26,9 +26,9 @@ from cryptography.x509.oid import NameOID
 
 from flwrmtls.auth.identity import ROLE_OID, AmbiguousIdentityError, validate_spiffe_id
 from flwrmtls.errors import InputError
+from flwrmtls.pki.certprofiles import CertificateProfile, build_extensions
 from flwrmtls.pki.holders import SameIdentity
-from flwrmtls.pki.keys import SIGNATURE_HASH, PrivateKey, PublicKey
-from flwrmtls.pki.profiles import CertificateProfile, build_extensions
+from flwrmtls.pki.privatekeys import SIGNATURE_HASH, PrivateKey, PublicKey
 
 __all__ = [
     "CLI_ROLES",

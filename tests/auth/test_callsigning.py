@@ -18,8 +18,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from flwrmtls.auth.keys import load_node_private_key, public_key_der
-from flwrmtls.auth.signing import (
+from flwrmtls.auth.callsigning import (
     AUDIENCE_METADATA_KEY,
     NONCE_METADATA_KEY,
     PUBLIC_KEY_METADATA_KEY,
@@ -42,6 +41,7 @@ from flwrmtls.auth.signing import (
     signed_bytes,
     timestamp_ms,
 )
+from flwrmtls.auth.keyformats import load_node_private_key, public_key_der
 from flwrmtls.testing.pki import make_test_pki
 from flwrmtls.wire.metadata import object_declaration
 

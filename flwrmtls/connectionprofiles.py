@@ -31,7 +31,7 @@ from flwrmtls.filemodes import PRIVATE_FILE, open_directory_warning, private_dir
 
 __all__ = ["PROFILE_KEYS", "ConfigFile", "Profile", "config_path"]
 
-log = logging.getLogger("flwrmtls.profiles")
+log = logging.getLogger("flwrmtls.connectionprofiles")
 
 _PATH_KEYS = ("root-certificates", "client-certificate", "client-private-key")
 

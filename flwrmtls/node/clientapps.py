@@ -18,13 +18,13 @@ Rules:
 * One spare ClientApp process waits, its imports done, for a run to need it: a new run's
   first message is handed to it instead of waiting for a process to start (half a second of
   CPU per node on this kind of machine). A spare holds no token and no run until it is given
-  one on standard input. The reaper thread starts the next spare once the node has had no
-  active run for ``SPARE_DELAY`` seconds (so that it never competes with a run for the
-  CPU), and stopping the node terminates it.
+  one on standard input. The supervisor (:mod:`flwrmtls.runs.supervisor`, the link's too)
+  starts the next spare once the node has had no active run for ``SPARE_DELAY`` seconds (so
+  that it never competes with a run for the CPU), and stopping the node terminates it.
 * Messages wait in the run's queue until the ClientApp pulls them; its replies go back to the
   link with the objects they reference. A message counts as handed off when its ClientApp
   pulls it: then, and only then, the node acknowledges it to the link (with its next pull,
-  :meth:`AppManager.pending_acks`), so a message the node took but never handed to a
+  :meth:`ClientApps.pending_acks`), so a message the node took but never handed to a
   ClientApp (the node crashed, or the ClientApp died first) is handed out again by the link.
 * A message is run at most once per node: each run remembers the ids it received (the last
   ``SEEN_LIMIT``). One delivered again (its acknowledgement was late or lost, or the node
@@ -42,7 +42,7 @@ Rules:
 * A run outlives the node's session: when the node activates again (its certificate was
   rotated, the link restarted), a call of the run that the link answers with the old
   session's end (superseded, unknown) is made again on the new session
-  (:meth:`AppManager._on_session`), so a rotation mid-run costs the run nothing.
+  (:meth:`ClientApps._on_session`), so a rotation mid-run costs the run nothing.
 * Every object the node receives (fetched from the link, pushed by a ClientApp) is bounded
   by ``--max-object-storage`` before its first byte is written (:mod:`flwrmtls.node.storage`).
 * A run's objects (its bundle, its messages' arrays, its replies' arrays) are deleted when
@@ -54,28 +54,33 @@ Rules:
 * An object whose bytes no longer match its id (a disk fault, a stray writer) is deleted and
   fetched again from the link, once per read: a ClientApp reading the shared directory
   deletes it and asks for it again; served over ClientAppIo, the node checks it first
-  (:meth:`AppManager.ensure_object` with ``verify``). Fetched again, it is verified again.
+  (:meth:`ClientApps.ensure_object` with ``verify``). Fetched again, it is verified again.
 * When the link says a run ended, its token stops working and the process is told (a waiting
-  pull returns "run ended" and it exits). A process still running 5 s later is terminated, and
-  killed 5 s after that. A reaper thread waits for every process that exits (no zombies);
-  stopping the node stops every ClientApp process. A process that dies while its run goes
-  on is started again for the run's next message.
+  pull returns "run ended" and it exits). A process still running ``END_GRACE`` (5 s) later
+  is terminated, and killed 5 s after that, on the injected clock (the supervisor's rule).
+  Every process that exits is waited for (no zombies); stopping the node stops every
+  ClientApp process. A process that dies while its run goes on is started again for the
+  run's next message.
+* Everything here runs on the node's event loop (:mod:`flwrmtls.node.main`), which alone
+  reads and changes the runs: the agent's deliveries, ClientAppIo's calls and the
+  supervisor's decisions take turns on it, so no lock is needed. What blocks (a call to the
+  link, hashing an object) runs in a worker thread (``asyncio.to_thread``) and hands back a
+  value; it touches no run.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
-import queue
-import subprocess
-import threading
-import time
 import uuid
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
 from flwrmtls.auth.tokens import MemoryTokenStore
+from flwrmtls.clock import Clock, SystemClock
 from flwrmtls.errors import FlwrmtlsError, LinkUnreachable
 from flwrmtls.fleet.client import (
     FleetClient,
@@ -89,22 +94,17 @@ from flwrmtls.keyvalues import Value, values_from_proto
 from flwrmtls.node.storage import DEFAULT_MAX_OBJECT_STORAGE, NodeStorage, RunScope
 from flwrmtls.objects.scope import QuotaExceeded
 from flwrmtls.objects.store import CorruptObject, ObjectStore, check_object_id
-from flwrmtls.objects.transfer import in_parallel
+from flwrmtls.objects.transfer import PARALLEL_STREAMS
 from flwrmtls.proto import common_pb2
-from flwrmtls.runs.supervisor import APP_PROCESS_CWD, app_process_command
+from flwrmtls.runs.notify import Notifier
+from flwrmtls.runs.supervisor import AppSupervisor, Spawn, spawn_process
 
-__all__ = ["SEEN_LIMIT", "AppManager", "NodeRun"]
+__all__ = ["END_GRACE", "SEEN_LIMIT", "ClientApps", "NodeRun"]
 
-log = logging.getLogger("flwrmtls.node.apps")
+log = logging.getLogger("flwrmtls.node.clientapps")
 
-_END_GRACE = 5.0
+END_GRACE = 5.0
 """Seconds a ClientApp of an ended run may take to exit before it is terminated."""
-_STOP_GRACE = 5.0
-"""Seconds between terminate and kill."""
-_REAP_INTERVAL = 0.5
-SPARE_DELAY = 1.0
-"""Seconds without an active run before a spare ClientApp process is started."""
-
 SEEN_LIMIT = 10_000
 """Message ids each run remembers, to take a message delivered twice once."""
 _LINK_ERROR = common_pb2.Error.LINK_ERROR
@@ -120,26 +120,24 @@ class NodeRun:
     run_id: int
     bundle_hash: str
     run_config: dict[str, Value]
-    inbox: queue.Queue[common_pb2.Message | None] = field(default_factory=queue.Queue)
-    """Messages for the ClientApp; None wakes a waiting pull when the run ends."""
+    inbox: deque[common_pb2.Message] = field(default_factory=deque)
+    """Messages for the ClientApp, oldest first."""
     received: set[str] = field(default_factory=set)
     """Messages received that the ClientApp may still answer."""
     seen: OrderedDict[str, bool] = field(default_factory=OrderedDict)
     """The last SEEN_LIMIT message ids received -> whether the ClientApp has pulled it."""
     objects: set[str] = field(default_factory=set)
     """The objects the run's ClientApp may read (its scope; the bundle is added at once)."""
-    ended: threading.Event = field(default_factory=threading.Event)
-    ended_at: float = 0.0
-    process: subprocess.Popen[bytes] | None = None
-    terminated_at: float = 0.0
+    ended: bool = False
 
     def __post_init__(self) -> None:
         self.objects.add(self.bundle_hash)
 
 
-def _undelivered(message: common_pb2.Message, node_id: int, reason: str) -> common_pb2.Message:
+def _undelivered(
+    message: common_pb2.Message, node_id: int, reason: str, now: float
+) -> common_pb2.Message:
     """An error reply to ``message``, which this node could not hand to a ClientApp."""
-    now = time.time()  # a timestamp in the message, as the ClientApp's replies carry
     return common_pb2.Message(
         message_id=uuid.uuid4().hex, run_id=message.run_id, src_node_id=node_id,
         dst_node_id=message.src_node_id, message_type=message.message_type,
@@ -159,7 +157,9 @@ def _refused(reply: common_pb2.Message, reason: str) -> common_pb2.Message:
     )  # fmt: skip
 
 
-class AppManager:
+class ClientApps:
+    """The node's runs and their ClientApp processes, on the node's event loop."""
+
     def __init__(
         self,
         client: FleetClient,
@@ -169,6 +169,8 @@ class AppManager:
         tokens: MemoryTokenStore | None = None,
         share_objects: bool = True,
         max_object_bytes: int = DEFAULT_MAX_OBJECT_STORAGE,
+        clock: Clock | None = None,
+        spawn: Spawn = spawn_process,
     ) -> None:
         self._client = client
         self.objects = objects
@@ -177,19 +179,31 @@ class AppManager:
         self.tokens = tokens or MemoryTokenStore()
         self.share_objects = share_objects
         """Tell ClientApps the object directory, so array bytes skip the ClientAppIo hop."""
-        self.clientappio_address = ""
-        self._session_changed = threading.Condition()
         self._current_session: Session | None = None
+        self._session_changed = asyncio.Event()
+        """Set (and replaced) each time the session changes."""
+        self._clock = clock or SystemClock()
         self._runs: dict[int, NodeRun] = {}
-        self._spare: subprocess.Popen[bytes] | None = None
-        self._busy_until = time.monotonic()
-        """When the node last had an active run (now, while it has one)."""
-        self._lock = threading.Lock()
         self._acks: dict[str, None] = {}
         """Messages handed to their ClientApps, not yet acknowledged to the link (in order)."""
-        self._stopping = threading.Event()
-        self._reaper = threading.Thread(target=self._reap_forever, name="reaper", daemon=True)
-        self._reaper.start()
+        self._inboxes = Notifier()
+        """Wakes a ClientApp's waiting pull: ("run", run_id)."""
+        self.processes = AppSupervisor(
+            "flwrmtls.appio.clientapp_process", "--clientappio-api-address", self._clock,
+            busy=lambda: bool(self.active_run_ids()), spawn=spawn, exit_grace=END_GRACE,
+            what="ClientApp",
+        )  # fmt: skip
+        self._ticking: asyncio.Task[None] | None = None
+
+    @property
+    def clientappio_address(self) -> str:
+        return self.processes.address
+
+    def listen(self, clientappio_address: str) -> None:
+        """ClientAppIo listens at ``clientappio_address``: ClientApps may start (on the
+        running loop: the supervisor's ticks start here)."""
+        self.processes.listen(clientappio_address)
+        self._ticking = asyncio.get_running_loop().create_task(self.processes.run())
 
     @property
     def session(self) -> Session | None:
@@ -198,9 +212,9 @@ class AppManager:
 
     @session.setter
     def session(self, session: Session | None) -> None:
-        with self._session_changed:
-            self._current_session = session
-            self._session_changed.notify_all()
+        self._current_session = session
+        changed, self._session_changed = self._session_changed, asyncio.Event()
+        changed.set()
 
     @property
     def node_id(self) -> int:
@@ -211,8 +225,13 @@ class AppManager:
             raise RuntimeError("the node has no session with the link")
         return self.session
 
-    def _on_session(self, call: Callable[[Session], _T]) -> _T:
-        """``call`` on the node's session; once more on its next one if the link ended it.
+    async def _on_link(self, call: Callable[[Session], _T]) -> _T:
+        """``call`` on the node's session, in a worker thread (it blocks on the link)."""
+        session = self._session()
+        return await asyncio.to_thread(call, session)
+
+    async def _on_session(self, call: Callable[[Session], _T]) -> _T:
+        """:meth:`_on_link`; once more on the node's next session if the link ended it.
 
         A run's call on the link (an object its ClientApp needs, its reply) can outlast the
         session it started on: the node activates again when its certificate is rotated or the
@@ -222,25 +241,31 @@ class AppManager:
         """
         session = self._session()
         try:
-            return call(session)
+            return await asyncio.to_thread(call, session)
         except SessionEnded:
-            with self._session_changed:
-                if not self._session_changed.wait_for(
-                    lambda: self._current_session not in (None, session), SESSION_WAIT
-                ):
-                    raise
-                current = self._current_session
-            assert current is not None
-            log.info("the session a call of this node's run was on ended; again on the new one")
-            return call(current)
+            current = await self._next_session(session)
+            if current is None:
+                raise
+        log.info("the session a call of this node's run was on ended; again on the new one")
+        return await asyncio.to_thread(call, current)
+
+    async def _next_session(self, ended: Session) -> Session | None:
+        """The session after ``ended``, once the agent has it (None after SESSION_WAIT)."""
+        deadline = self._clock.monotonic() + SESSION_WAIT
+        while self._current_session in (None, ended):
+            remaining = deadline - self._clock.monotonic()
+            if remaining <= 0:
+                return None
+            changed = self._session_changed
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(changed.wait(), remaining)
+        return self._current_session
 
     def active_run_ids(self) -> list[int]:
-        with self._lock:
-            return [run_id for run_id, run in self._runs.items() if not run.ended.is_set()]
+        return [run_id for run_id, run in self._runs.items() if not run.ended]
 
     def run(self, run_id: int) -> NodeRun | None:
-        with self._lock:
-            return self._runs.get(run_id)
+        return self._runs.get(run_id)
 
     def scope(self, run_id: int) -> RunScope:
         """What run ``run_id``'s ClientApp may read and push (nothing, once the node has
@@ -248,9 +273,9 @@ class AppManager:
         run = self.run(run_id)
         return RunScope(run.objects if run is not None else set(), self.storage)
 
-    # --- from the agent's pull loop --------------------------------------------------------
+    # --- from the agent ----------------------------------------------------------------------
 
-    def deliver(self, message: common_pb2.Message) -> bool:
+    async def deliver(self, message: common_pb2.Message) -> bool:
         """Queue a message for its run's ClientApp, starting the run's process if needed.
 
         Returns False when the message was dropped because its run has ended here. Raises
@@ -260,26 +285,30 @@ class AppManager:
         error reply saying why and the error is raised for the caller to log.
         """
         run = self.run(message.run_id)
-        if run is not None and run.ended.is_set():
+        if run is not None and run.ended:
             return False
         try:
-            run = run or self._open(message.run_id)
-            self._ensure_process(run)  # a process that died is started again, even for a repeat
+            run = run or await self._open(message.run_id)
+            await self._ensure_process(run)  # one that died is started again, even for a repeat
         except (LinkUnreachable, SessionEnded, RunUnavailable):
             raise
         except (FlwrmtlsError, OSError, ValueError, QuotaExceeded) as error:
-            self._reply_undelivered(message, f"cannot start the run's ClientApp: {error}")
+            await self._reply_undelivered(message, f"cannot start the run's ClientApp: {error}")
             raise
         self.enqueue(run, message)
         return True
 
-    def _reply_undelivered(self, message: common_pb2.Message, reason: str) -> None:
+    async def _reply_undelivered(self, message: common_pb2.Message, reason: str) -> None:
         """Send ``message`` an error reply; LinkUnreachable or SessionEnded when the link is
         lost (the caller keeps the message to try again); a refusal of the reply (its run
         ended meanwhile) is logged."""
-        session = self._session()
+        now = self._clock.now().timestamp()  # a timestamp in the message, as replies carry
         try:
-            self._client.push(session, [_undelivered(message, session.node_id, reason)])
+            await self._on_link(
+                lambda session: self._client.push(
+                    session, [_undelivered(message, session.node_id, reason, now)]
+                )
+            )
         except (LinkUnreachable, SessionEnded):
             raise
         except FlwrmtlsError as error:
@@ -289,44 +318,41 @@ class AppManager:
     def enqueue(self, run: NodeRun, message: common_pb2.Message) -> None:
         """Record ``message`` (and its objects) as received for ``run``, and queue it for the
         ClientApp, unless the run has it already (then acknowledge it again, if handed off)."""
-        with self._lock:
-            handed = run.seen.get(message.message_id)
-            if handed is not None:
-                if handed:
-                    self._acks[message.message_id] = None
-                log.info("run %d: message %s delivered again; already %s", run.run_id,
-                         message.message_id, "handed off" if handed else "queued")  # fmt: skip
-                return
-            run.seen[message.message_id] = False
-            while len(run.seen) > SEEN_LIMIT:
-                run.seen.popitem(last=False)
+        handed = run.seen.get(message.message_id)
+        if handed is not None:
+            if handed:
+                self._acks[message.message_id] = None
+            log.info("run %d: message %s delivered again; already %s", run.run_id,
+                     message.message_id, "handed off" if handed else "queued")  # fmt: skip
+            return
+        run.seen[message.message_id] = False
+        while len(run.seen) > SEEN_LIMIT:
+            run.seen.popitem(last=False)
         run.received.add(message.message_id)
         run.objects.update(message.object_ids)
-        run.inbox.put(message)
+        run.inbox.append(message)
+        self._inboxes.notify(("run", run.run_id))
 
     def _handed_off(self, run: NodeRun, message: common_pb2.Message) -> None:
         """The ClientApp pulled ``message``: acknowledge it to the link with the next pull."""
-        with self._lock:
-            if message.message_id in run.seen:
-                run.seen[message.message_id] = True
-            self._acks[message.message_id] = None
+        if message.message_id in run.seen:
+            run.seen[message.message_id] = True
+        self._acks[message.message_id] = None
 
     def pending_acks(self, limit: int = 1000) -> list[str]:
         """Up to ``limit`` message ids handed off and not yet acknowledged to the link."""
-        with self._lock:
-            return list(self._acks)[:limit]
+        return list(self._acks)[:limit]
 
     def acks_sent(self, message_ids: list[str]) -> None:
         """The link has the acknowledgement of ``message_ids`` (a pull carrying them succeeded)."""
-        with self._lock:
-            for message_id in message_ids:
-                self._acks.pop(message_id, None)
+        for message_id in message_ids:
+            self._acks.pop(message_id, None)
 
-    def _open(self, run_id: int) -> NodeRun:
-        info = self._on_session(lambda session: self._client.get_run(session, run_id))
+    async def _open(self, run_id: int) -> NodeRun:
+        info = await self._on_session(lambda session: self._client.get_run(session, run_id))
         check_object_id(info.bundle_hash)
         try:
-            self._on_session(
+            await self._on_session(
                 lambda session: self._client.fetch_object(
                     session,
                     info.bundle_hash,
@@ -338,116 +364,51 @@ class AppManager:
         except ObjectMissing:
             # The run's bundle is the run's own object: gone means the run ended since the
             # GetRun; asking again says so (RunUnavailable). Otherwise the link lost it.
-            self._on_session(lambda session: self._client.get_run(session, run_id))
+            await self._on_session(lambda session: self._client.get_run(session, run_id))
             raise
-        run = self.adopt(NodeRun(run_id, info.bundle_hash, values_from_proto(info.run_config)))
-        log.info("run %d: app bundle %s fetched", run_id, info.bundle_hash[:12])
+        run = self.run(run_id)  # another message of the run may have opened it meanwhile
+        if run is None:
+            run = self.adopt(NodeRun(run_id, info.bundle_hash, values_from_proto(info.run_config)))
+            log.info("run %d: app bundle %s fetched", run_id, info.bundle_hash[:12])
         return run
 
     def adopt(self, run: NodeRun) -> NodeRun:
         """Track ``run`` (its bundle already in the object store)."""
-        with self._lock:
-            self._runs[run.run_id] = run
+        self._runs[run.run_id] = run
         return run
 
-    def _ensure_process(self, run: NodeRun) -> None:
-        if run.process is not None and run.process.poll() is None:
+    async def _ensure_process(self, run: NodeRun) -> None:
+        if self.processes.alive(run.run_id):
             return
-        if run.process is not None:
+        exited = self.processes.get(run.run_id)
+        if exited is not None:
             log.warning("run %d: ClientApp exited with %s; starting it again",
-                        run.run_id, run.process.returncode)  # fmt: skip
+                        run.run_id, exited.process.returncode)  # fmt: skip
         token = self.tokens.issue(run.run_id, "clientapp")
-        process = self._take_spare()
-        if process is None or not self._give_token(process, token):
-            process = self._spawn()  # no spare, or it died after the check
-            if not self._give_token(process, token):
-                raise OSError(f"run {run.run_id}: the ClientApp process exited at once")
-        run.process = process
-        threading.Thread(
-            target=self._relay_output, args=(run.run_id, process), daemon=True,
-            name=f"clientapp-{run.run_id}-output",
-        ).start()  # fmt: skip
-        log.info("run %d: ClientApp process %d started", run.run_id, process.pid)
-
-    @staticmethod
-    def _give_token(process: subprocess.Popen[bytes], token: str) -> bool:
-        """Write the run token to the process's standard input; False if it has gone."""
-        assert process.stdin is not None
-        try:
-            process.stdin.write(token.encode() + b"\n")
-            process.stdin.close()
-        except OSError:
-            return False
-        return True
-
-    def _spawn(self) -> subprocess.Popen[bytes]:
-        """A ClientApp process that imports what it needs, then waits for its token."""
-        return subprocess.Popen(
-            app_process_command(
-                "flwrmtls.appio.clientapp_process",
-                "--clientappio-api-address", self.clientappio_address,
-            ),
-            cwd=APP_PROCESS_CWD,
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        process = await self.processes.launch(token)
+        run_id = run.run_id
+        self.processes.supervise(
+            run_id, process,
+            on_line=lambda line: log.info("run %d ClientApp: %s", run_id, line),
+            on_exit=lambda code: self._exited(run_id),
         )  # fmt: skip
+        log.info("run %d: ClientApp process %d started", run_id, process.pid)
 
-    def _take_spare(self) -> subprocess.Popen[bytes] | None:
-        with self._lock:
-            spare, self._spare = self._spare, None
-        if spare is not None and spare.poll() is not None:
-            return None  # it died while waiting (the reaper notices too)
-        return spare
-
-    def keep_spare(self) -> None:
-        """Start a spare ClientApp process unless one is waiting (or the node is stopping)."""
-        if not self.clientappio_address or self._stopping.is_set():
-            return
-        now = time.monotonic()
-        if self.active_run_ids():
-            self._busy_until = now
-            return
-        if now - self._busy_until < SPARE_DELAY:
-            return
-        with self._lock:
-            spare = self._spare
-        if spare is not None:
-            if spare.poll() is None:
-                return
-            log.warning("the spare ClientApp process exited with %s", spare.returncode)
-        process = self._spawn()
-        with self._lock:
-            if not self._stopping.is_set():
-                self._spare = process
-                return
-        process.terminate()  # shutdown began while it started
-        process.wait()
-
-    def _stop_spare(self) -> None:
-        with self._lock:
-            spare, self._spare = self._spare, None
-        if spare is not None and spare.poll() is None:
-            spare.terminate()
-            try:
-                spare.wait(timeout=_STOP_GRACE)
-            except subprocess.TimeoutExpired:
-                spare.kill()
-                spare.wait()
-
-    @staticmethod
-    def _relay_output(run_id: int, process: subprocess.Popen[bytes]) -> None:
-        assert process.stdout is not None
-        for raw in process.stdout:
-            log.info("run %d ClientApp: %s", run_id, raw.decode("utf-8", "replace").rstrip())
+    def _exited(self, run_id: int) -> None:
+        """A run's ClientApp exited: an ended run is forgotten with it."""
+        run = self._runs.get(run_id)
+        if run is not None and run.ended and not self.processes.alive(run_id):
+            del self._runs[run_id]
 
     def end_runs(self, run_ids: list[int]) -> None:
         for run_id in run_ids:
             run = self.run(run_id)
-            if run is None or run.ended.is_set():
+            if run is None or run.ended:
                 continue
-            run.ended_at = time.monotonic()
-            run.ended.set()
-            run.inbox.put(None)
+            run.ended = True
+            self._inboxes.notify(("run", run_id))  # a waiting pull learns it at once
             self.tokens.end_run(run_id)
+            self.processes.end(run_id)  # END_GRACE to exit, then terminated, then killed
             deleted = self.storage.release(run.objects, held=self._held_objects)
             log.info("run %d ended; %d of its objects deleted", run_id, deleted)
         if run_ids and not self.active_run_ids():
@@ -455,79 +416,41 @@ class AppManager:
             self.storage.release(self.objects.object_ids(), held=self._held_objects)
 
     def _held_objects(self) -> set[str]:
-        """The objects of the runs still active (asked while the storage is locked)."""
-        with self._lock:
-            runs = [run for run in self._runs.values() if not run.ended.is_set()]
+        """The objects of the runs still active."""
+        runs = [run for run in self._runs.values() if not run.ended]
         return set().union(*(run.objects for run in runs))
 
-    def reap(self) -> None:
-        """Wait for exited processes; terminate, then kill, those of ended runs that linger."""
-        now = time.monotonic()
-        with self._lock:
-            runs = list(self._runs.values())
-        for run in runs:
-            process = run.process
-            if process is None:
-                continue
-            code = process.poll()
-            if code is not None:
-                if run.ended.is_set():
-                    run.process = None
-                    with self._lock:
-                        self._runs.pop(run.run_id, None)  # ended and reaped: forget it
-                continue
-            if not run.ended.is_set() or now - run.ended_at < _END_GRACE:
-                continue
-            if not run.terminated_at:
-                log.info("run %d: terminating its ClientApp %d", run.run_id, process.pid)
-                process.terminate()
-                run.terminated_at = now
-            elif now - run.terminated_at > _STOP_GRACE:
-                process.kill()
-
-    def _reap_forever(self) -> None:
-        while not self._stopping.wait(_REAP_INTERVAL):
-            self.reap()
-            self.keep_spare()
-
-    def shutdown(self) -> None:
+    async def shutdown(self) -> None:
         """Stop every ClientApp (they are told, then terminated, then killed) and wait."""
-        self._stopping.set()  # no new spare from here on
-        self._stop_spare()
         self.end_runs(self.active_run_ids())
-        deadline = time.monotonic() + _END_GRACE + _STOP_GRACE + 1
-        while time.monotonic() < deadline:
-            self.reap()
-            with self._lock:
-                if all(run.process is None for run in self._runs.values()):
-                    break
-            for run in self.live_runs():
-                run.ended_at = min(run.ended_at, time.monotonic() - _END_GRACE)
-            time.sleep(0.05)
-        self._stopping.set()
+        await self.processes.shutdown()
+        if self._ticking is not None:
+            self._ticking.cancel()
+            await asyncio.gather(self._ticking, return_exceptions=True)
 
-    def live_runs(self) -> list[NodeRun]:
-        with self._lock:
-            return [r for r in self._runs.values() if r.process and r.process.poll() is None]
+    # --- from ClientAppIo --------------------------------------------------------------------
 
-    # --- from the ClientAppIo servicer -----------------------------------------------------
-
-    def next_message(self, run_id: int, wait: float) -> tuple[common_pb2.Message | None, bool]:
+    async def next_message(
+        self, run_id: int, wait: float
+    ) -> tuple[common_pb2.Message | None, bool]:
         """The run's next message (waiting up to ``wait`` s) and whether the run has ended."""
-        run = self.run(run_id)
-        if run is None:
-            return None, True
-        try:
-            message = run.inbox.get(timeout=wait) if wait > 0 else run.inbox.get_nowait()
-        except queue.Empty:
-            return None, run.ended.is_set()
-        if message is None:
-            run.inbox.put(None)  # keep waking later pulls too
-            return None, True
-        self._handed_off(run, message)
-        return message, False
 
-    def forward_reply(self, run_id: int, reply: common_pb2.Message) -> None:
+        def look() -> tuple[common_pb2.Message | None, bool]:
+            run = self.run(run_id)
+            if run is None:
+                return None, True
+            if run.inbox:
+                message = run.inbox.popleft()
+                self._handed_off(run, message)
+                return message, False
+            return None, run.ended
+
+        return await self._inboxes.long_poll(
+            ("run", run_id), wait, look, clock=self._clock,
+            ready=lambda found: found[0] is not None or found[1],
+        )  # fmt: skip
+
+    async def forward_reply(self, run_id: int, reply: common_pb2.Message) -> None:
         """Send a ClientApp's reply (and the objects it references) to the link."""
         run = self.run(run_id)
         if run is None or reply.reply_to_message_id not in run.received:
@@ -550,23 +473,27 @@ class AppManager:
             )
         run.objects.update(reply.object_ids)
         reply.run_id = run_id
+        object_ids = list(reply.object_ids)
 
-        def send(session: Session) -> None:
+        def send(session: Session) -> None:  # in a worker thread: touches no run
             reply.src_node_id = session.node_id
             try:
-                self._client.send_objects(session, self.objects, list(reply.object_ids))
+                self._client.send_objects(session, self.objects, object_ids)
                 self._client.push(session, [reply])
             except OverQuota as error:
                 log.warning("run %d: the link refused reply %s (%s); sending an error reply "
                             "instead", run_id, reply.message_id, error)  # fmt: skip
                 self._client.push(session, [_refused(reply, str(error))])
-                run.received.discard(reply.reply_to_message_id)
                 raise
 
-        self._on_session(send)
+        try:
+            await self._on_session(send)
+        except OverQuota:
+            run.received.discard(reply.reply_to_message_id)
+            raise
         run.received.discard(reply.reply_to_message_id)
 
-    def ensure_object(self, run_id: int, object_id: str, *, verify: bool = False) -> None:
+    async def ensure_object(self, run_id: int, object_id: str, *, verify: bool = False) -> None:
         """Make an object of run ``run_id`` available to its ClientApp, fetching it from the
         link if the node lacks it (within ``--max-object-storage``: QuotaExceeded). With
         ``verify`` (the node is about to serve it), a stored copy whose bytes do not match
@@ -577,13 +504,13 @@ class AppManager:
             raise ValueError(f"no object {object_id[:80]}")
         if verify and self.objects.has(object_id):
             try:
-                self.objects.verify(object_id, discard=True)
+                await asyncio.to_thread(self.objects.verify, object_id, discard=True)
             except CorruptObject:
                 log.warning("run %d: object %s on this node's disk does not match its SHA-256: "
                             "deleted, fetching it again", run_id, object_id)  # fmt: skip
             except FileNotFoundError:
                 pass  # deleted meanwhile (its run ended, or a reader found it corrupt)
-        self._on_session(
+        await self._on_session(
             lambda session: self._client.fetch_object(
                 session,
                 object_id,
@@ -593,8 +520,19 @@ class AppManager:
             )
         )
 
-    def ensure_objects(self, run_id: int, object_ids: list[str]) -> None:
+    async def ensure_objects(self, run_id: int, object_ids: list[str]) -> None:
         """:meth:`ensure_object` for each (unverified: the ClientApp reads them from the shared
-        directory and checks them itself), several at a time."""
-        in_parallel(lambda object_id: self.ensure_object(run_id, object_id),
-                    dict.fromkeys(object_ids))  # fmt: skip
+        directory and checks them itself), several at a time; the first error is raised once
+        every fetch has ended."""
+        slots = asyncio.Semaphore(PARALLEL_STREAMS)
+
+        async def one(object_id: str) -> None:
+            async with slots:
+                await self.ensure_object(run_id, object_id)
+
+        results = await asyncio.gather(
+            *(one(object_id) for object_id in dict.fromkeys(object_ids)), return_exceptions=True
+        )
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import dsa, ec
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes, PublicKeyTypes
 
 from flwrmtls.auth.identity import IdentitySource, node_id_for
-from flwrmtls.auth.keys import (
+from flwrmtls.auth.keyformats import (
     SUPPORTED_CURVES,
     key_fingerprint,
     load_node_private_key,
