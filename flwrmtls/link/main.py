@@ -27,6 +27,7 @@ from flwrmtls.errors import FlwrmtlsError, InputError
 from flwrmtls.filemodes import open_directory_warning, private_directory, restrict_umask
 from flwrmtls.link.reload import TlsFiles
 from flwrmtls.link.server import Link, LinkConfig
+from flwrmtls.runs.appenvs import DISABLE_FLAG
 from flwrmtls.runs.linkobjects import (
     DEFAULT_MAX_NODE_PENDING_STORAGE,
     DEFAULT_MAX_RUN_STORAGE,
@@ -259,6 +260,13 @@ def parser() -> argparse.ArgumentParser:
         "0.0.0.0:9100 (default: off, and nothing is counted)",
     )
     p.add_argument(
+        DISABLE_FLAG, dest="install_app_dependencies", action="store_false",
+        help="never install an app's [project] dependencies here: a run whose ServerApp "
+        "needs a package this link's environment lacks is refused at once, naming it "
+        "(default: install them with this environment's pip and its configuration, wheels "
+        "only, into a virtualenv per set of requirements next to the database, reused)",
+    )  # fmt: skip
+    p.add_argument(
         "--database",
         default=_default_database(),
         help="the link's state: a SQLite file (default: $FLWRMTLS_HOME/link.db; one link), or "
@@ -342,6 +350,7 @@ def config_from_args(args: argparse.Namespace) -> LinkConfig:
             storage=storage,
             health_address=args.health_api_address,
             metrics_address=args.metrics_address,
+            install_app_dependencies=args.install_app_dependencies,
         )
     if args.ssl_certfile is None or args.ssl_keyfile is None:
         raise InputError(
@@ -426,6 +435,7 @@ def config_from_args(args: argparse.Namespace) -> LinkConfig:
         anonymous_control=args.unsafe_anonymous_control_api,
         health_address=args.health_api_address,
         metrics_address=args.metrics_address,
+        install_app_dependencies=args.install_app_dependencies,
         tls_files=TlsFiles(
             certfile=args.ssl_certfile,
             keyfile=args.ssl_keyfile,

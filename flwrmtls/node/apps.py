@@ -37,6 +37,17 @@ Rules:
   by its replies); any other is "no object", as if it were not stored, and the node does not
   fetch it from the link (``NodeRun.objects``, seen through a
   :class:`~flwrmtls.node.storage.RunScope`).
+* A run's app may need packages (its bundle's ``[project] dependencies``): they are judged
+  when the run is opened (:class:`~flwrmtls.runs.appenvs.AppEnvs`). Met here, the ClientApp
+  runs with the node's interpreter (and its spare process). Otherwise its environment is
+  prepared on a thread of the run's own (installed once per set of requirements, reused
+  after), while its messages wait in its queue; the ClientApp starts with that environment's
+  interpreter. Each line of progress goes to the node's log and to the run's log on the link
+  (``PushLogs``: ``flwrmtls log`` shows it under the node's identity). When the requirements
+  cannot be met here (installing disabled and one is missing, a requirement refused, the
+  install failed), the run is unusable on this node: every message of it, queued or to come,
+  gets an error reply (``LINK_ERROR``) naming the node and the cause, so its ServerApp
+  learns it at once. An install in progress is cancelled when its run ends or the node stops.
 * A run outlives the node's session: when the node activates again (its certificate was
   rotated, the link restarted), a call of the run that the link answers with the old
   session's end (superseded, unknown) is made again on the new session
@@ -65,6 +76,7 @@ from __future__ import annotations
 import logging
 import queue
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -73,6 +85,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from flwrmtls.app.bundle import bundle_app_config
 from flwrmtls.auth.tokens import MemoryTokenStore
 from flwrmtls.errors import FlwrmtlsError, LinkUnreachable
 from flwrmtls.fleet.client import (
@@ -89,6 +102,7 @@ from flwrmtls.objects.scope import QuotaExceeded
 from flwrmtls.objects.store import CorruptObject, ObjectStore, check_object_id
 from flwrmtls.objects.transfer import in_parallel
 from flwrmtls.proto import common_pb2
+from flwrmtls.runs.appenvs import AppEnvs, EnvError, EnvPlan
 from flwrmtls.runs.supervisor import APP_PROCESS_CWD, app_process_command
 
 __all__ = ["SEEN_LIMIT", "AppManager", "NodeRun"]
@@ -130,9 +144,21 @@ class NodeRun:
     ended_at: float = 0.0
     process: subprocess.Popen[bytes] | None = None
     terminated_at: float = 0.0
+    python: str | None = ""
+    """The interpreter its ClientApp runs with ("": the node's own); None while its app
+    environment is being prepared."""
+    unusable: str = ""
+    """Why its ClientApp cannot run on this node (every message gets it as an error reply)."""
+    starting: threading.Lock = field(default_factory=threading.Lock)
+    logs_refused: bool = False
+    """The link refused this run's log lines from this node: none are sent any more."""
 
     def __post_init__(self) -> None:
         self.objects.add(self.bundle_hash)
+
+
+class AppUnusable(FlwrmtlsError):
+    """The run's ClientApp cannot run on this node (the message is its reason, in full)."""
 
 
 def _undelivered(message: common_pb2.Message, node_id: int, reason: str) -> common_pb2.Message:
@@ -167,8 +193,12 @@ class AppManager:
         tokens: MemoryTokenStore | None = None,
         share_objects: bool = True,
         max_object_bytes: int = DEFAULT_MAX_OBJECT_STORAGE,
+        envs: AppEnvs | None = None,
     ) -> None:
+        """``envs``: where the runs' app environments are judged and built (None: apps run
+        with the node's interpreter, their requirements not looked at)."""
         self._client = client
+        self.envs = envs
         self.objects = objects
         self.storage = NodeStorage(objects, max_object_bytes)
         self.node_config = node_config
@@ -262,8 +292,14 @@ class AppManager:
             return False
         try:
             run = run or self._open(message.run_id)
-            self._ensure_process(run)  # a process that died is started again, even for a repeat
+            if run.unusable:
+                raise AppUnusable(run.unusable)
+            if run.python is not None:  # else it starts once its environment is ready
+                self._ensure_process(run)  # one that died is started again, even for a repeat
         except (LinkUnreachable, SessionEnded, RunUnavailable):
+            raise
+        except AppUnusable as error:
+            self._reply_undelivered(message, str(error))
             raise
         except (FlwrmtlsError, OSError, ValueError, QuotaExceeded) as error:
             self._reply_undelivered(message, f"cannot start the run's ClientApp: {error}")
@@ -334,9 +370,96 @@ class AppManager:
             # GetRun; asking again says so (RunUnavailable). Otherwise the link lost it.
             self._on_session(lambda session: self._client.get_run(session, run_id))
             raise
-        run = self.adopt(NodeRun(run_id, info.bundle_hash, values_from_proto(info.run_config)))
+        run = NodeRun(run_id, info.bundle_hash, values_from_proto(info.run_config))
         log.info("run %d: app bundle %s fetched and verified", run_id, info.bundle_hash[:12])
+        plan = self._plan(run)
+        self.adopt(run)
+        if plan is not None:
+            threading.Thread(
+                target=self._prepare, args=(run, plan), daemon=True, name=f"appenv-{run_id}"
+            ).start()
         return run
+
+    def _plan(self, run: NodeRun) -> EnvPlan | None:
+        """Judge the run's requirements here: None when its ClientApp can start at once (with
+        ``run.python``), the plan of the environment to prepare otherwise (``run.python``
+        None); a run that cannot run here is marked ``unusable``, with the reason."""
+        if self.envs is None:
+            return None
+        try:
+            dependencies = bundle_app_config(self.objects.read(run.bundle_hash)).dependencies
+            plan = self.envs.plan(dependencies, "the bundle's pyproject.toml")
+        except (FlwrmtlsError, OSError) as error:
+            run.unusable = f"cannot run the app: {error}"
+            log.error("run %d: %s", run.run_id, run.unusable)
+            self._push_log(run, run.unusable)
+            return None
+        if self.envs.ready(plan):
+            run.python = self.envs.python(plan)
+            if plan.needs_env:
+                line = f"app dependencies: reusing environment {plan.label}"
+                log.info("run %d: %s", run.run_id, line)
+                self._push_log(run, line)
+            return None
+        run.python = None
+        return plan
+
+    def _prepare(self, run: NodeRun, plan: EnvPlan) -> None:
+        """The run's app environment built (on this thread), then its ClientApp started; if
+        either fails, the run is unusable here and its queued messages get error replies."""
+        assert self.envs is not None
+
+        def progress(line: str) -> None:
+            log.info("run %d: %s", run.run_id, line)
+            self._push_log(run, line)
+
+        try:
+            python = self.envs.prepare(plan, progress, cancel=run.ended)
+        except (EnvError, OSError) as error:
+            if run.ended.is_set():
+                return
+            run.unusable = f"installing the app's dependencies failed: {error}"
+            progress(run.unusable)
+            self._answer_queued(run)
+            return
+        run.python = python
+        if run.ended.is_set() or run.inbox.empty():
+            return  # nothing to start for: the next message starts it
+        try:
+            self._ensure_process(run)
+        except (FlwrmtlsError, OSError) as error:
+            run.unusable = f"cannot start the run's ClientApp: {error}"
+            log.error("run %d: %s", run.run_id, run.unusable)
+            self._answer_queued(run)
+
+    def _answer_queued(self, run: NodeRun) -> None:
+        """An error reply (``run.unusable``) to each message waiting in the run's queue; one the
+        link cannot take now is handed out again by the link, and answered then."""
+        while True:
+            try:
+                message = run.inbox.get_nowait()
+            except queue.Empty:
+                return
+            if message is None:
+                run.inbox.put(None)
+                return
+            try:
+                self._reply_undelivered(message, run.unusable)
+            except (LinkUnreachable, SessionEnded) as error:
+                log.warning("run %d: the error reply to %s waits for the link: %s",
+                            run.run_id, message.message_id, error)  # fmt: skip
+
+    def _push_log(self, run: NodeRun, line: str) -> None:
+        """``line`` to the run's log on the link (best effort: the node's log has it)."""
+        if run.logs_refused or self.session is None:
+            return
+        try:
+            self._on_session(lambda session: self._client.push_logs(session, run.run_id, [line]))
+        except (LinkUnreachable, SessionEnded):
+            pass
+        except FlwrmtlsError as error:
+            run.logs_refused = True
+            log.warning("run %d: the link refused this node's log lines: %s", run.run_id, error)
 
     def adopt(self, run: NodeRun) -> NodeRun:
         """Track ``run`` (its bundle already in the object store)."""
@@ -345,15 +468,20 @@ class AppManager:
         return run
 
     def _ensure_process(self, run: NodeRun) -> None:
+        with run.starting:  # the agent's thread and the run's environment thread
+            self._start_process(run)
+
+    def _start_process(self, run: NodeRun) -> None:
         if run.process is not None and run.process.poll() is None:
             return
         if run.process is not None:
             log.warning("run %d: ClientApp exited with %s; starting it again",
                         run.run_id, run.process.returncode)  # fmt: skip
         token = self.tokens.issue(run.run_id, "clientapp")
-        process = self._take_spare()
+        python = run.python or sys.executable
+        process = self._take_spare() if python == sys.executable else None
         if process is None or not self._give_token(process, token):
-            process = self._spawn()  # no spare, or it died after the check
+            process = self._spawn(python)  # no spare, or it died after the check
             if not self._give_token(process, token):
                 raise OSError(f"run {run.run_id}: the ClientApp process exited at once")
         run.process = process
@@ -374,12 +502,13 @@ class AppManager:
             return False
         return True
 
-    def _spawn(self) -> subprocess.Popen[bytes]:
-        """A ClientApp process that imports what it needs, then waits for its token."""
+    def _spawn(self, python: str = "") -> subprocess.Popen[bytes]:
+        """A ClientApp process (of ``python``, by default the node's own interpreter) that
+        imports what it needs, then waits for its token."""
         return subprocess.Popen(
             app_process_command(
                 "flwrmtls.appio.clientapp_process",
-                "--clientappio-api-address", self.clientappio_address,
+                "--clientappio-api-address", self.clientappio_address, python=python,
             ),
             cwd=APP_PROCESS_CWD,
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
