@@ -305,6 +305,8 @@ class AppManager:
             self._reply_undelivered(message, f"cannot start the run's ClientApp: {error}")
             raise
         self.enqueue(run, message)
+        if run.unusable:  # found unusable while this was being queued: answer it too
+            self._answer_queued(run)
         return True
 
     def _reply_undelivered(self, message: common_pb2.Message, reason: str) -> None:
@@ -423,10 +425,10 @@ class AppManager:
             self._answer_queued(run)
             return
         run.python = python
-        if run.ended.is_set() or run.inbox.empty():
-            return  # nothing to start for: the next message starts it
+        if run.ended.is_set():
+            return
         try:
-            self._ensure_process(run)
+            self._ensure_process(run)  # for the messages queued meanwhile, and those to come
         except (FlwrmtlsError, OSError) as error:
             run.unusable = f"cannot start the run's ClientApp: {error}"
             log.error("run %d: %s", run.run_id, run.unusable)

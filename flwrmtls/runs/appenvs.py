@@ -348,8 +348,10 @@ class AppEnvs:
             marker.write_text(json.dumps({"requirements": list(plan.requirements),
                                           "flwrmtls": __version__}) + "\n")  # fmt: skip
             os.replace(marker, env / _READY)
-        except BaseException:
+        except BaseException as error:
             shutil.rmtree(env, ignore_errors=True)
+            if isinstance(error, OSError | subprocess.SubprocessError):
+                raise EnvError(f"environment {plan.label} could not be made: {error}") from None
             raise
         seconds = self._clock.monotonic() - started
         progress(f"app dependencies: environment {plan.label} ready in {seconds:.0f} s")

@@ -161,6 +161,33 @@ def test_a_node_that_does_not_install_fails_the_run_at_once_naming_what_it_lacks
     assert not list(Path(deployment.env["FLWRMTLS_HOME"]).glob("supernode/*/app-envs"))
 
 
+def test_a_failed_install_on_a_node_fails_the_run_with_pips_line_in_the_runs_log(
+    deployment: Deployment, wheelhouse: Path, tmp_path: Path
+) -> None:
+    """The node's pip finds no wheel (its operator's index lacks the package): the run fails
+    at once with the node's line, and ``flwrmtls log`` has the node's progress and failure
+    under its identity. The control is the first test: the same app, the wheel there."""
+    link = deployment.start_link()
+    empty = tmp_path / "empty-index"
+    empty.mkdir()
+    deployment.env.update(pip_environment(empty))  # the node's pip: an index without it
+    node = deployment.node("node-1", link.fleet_port)
+    node_id = node.wait_active()
+    deployment.profile(link.control_port)
+    app = write_dep_app(tmp_path / "one", "one", f"{DEP}==1.0")
+    result = deployment.cli("run", str(app), "--stream", timeout=300)
+    assert result.returncode == 1
+    failed = (
+        f"error reply: node {node_id}: installing the app's dependencies failed: pip could not "
+        f"install {DEP}==1.0: ERROR: "
+    )
+    assert failed in result.stdout + result.stderr
+    said = _lines(_log(deployment, 1), _node_source(deployment))
+    assert said[0].startswith(f"app dependencies: installing {DEP}==1.0 into environment ")
+    assert said[-1].startswith("installing the app's dependencies failed: pip could not install")
+    assert "Traceback" not in node.log
+
+
 def test_a_link_that_does_not_install_refuses_the_run_in_one_line(
     deployment: Deployment, wheelhouse: Path, tmp_path: Path
 ) -> None:
