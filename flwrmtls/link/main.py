@@ -646,6 +646,11 @@ async def _run(config: LinkConfig) -> None:
             f"the link's database {link.state.path} failed at start-up: {error_reason(error)}: "
             f"{check}"
         ) from None
+    # Before "link serving" is said: a SIGTERM sent on reading it stops the link cleanly.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
     if config.insecure or config.node_auth is NodeAuth.NONE:
         log.warning("!!! %s: nodes are NOT authenticated: local development only !!!",
                     _describe(link))  # fmt: skip
@@ -688,10 +693,6 @@ async def _run(config: LinkConfig) -> None:
     )
 
     link.log_crl_lapses()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
     await stop.wait()
     log.info("link stopping")
     await link.stop()
