@@ -256,3 +256,20 @@ def test_an_install_is_cancelled_when_its_run_ends(pip_env: None, tmp_path: Path
     with pytest.raises(EnvError, match="cancelled"):
         envs.prepare(plan, lambda line: None, cancel)
     assert not envs.ready(plan)
+
+
+def test_each_link_builds_environments_on_its_own_host(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Beside a SQLite database; with a PostgreSQL database (several links), in the link's
+    own home, never in the objects directory every replica mounts."""
+    from flwrmtls.link.server import LinkConfig
+
+    monkeypatch.setenv("FLWRMTLS_HOME", str(tmp_path / "home"))
+    sqlite = LinkConfig(database=tmp_path / "link.db", insecure=True)
+    assert sqlite.app_envs_directory == tmp_path / "link.db.app-envs"
+    shared = LinkConfig(
+        database="postgresql://flwrmtls@db:5432/federation", objects_dir=tmp_path / "shared",
+        insecure=True,
+    )  # fmt: skip
+    assert shared.app_envs_directory == tmp_path / "home" / "link.app-envs"
