@@ -5,6 +5,7 @@ An app directory holds a ``pyproject.toml`` with::
     [project]
     name = "my-app"
     version = "1.0.0"
+    dependencies = ["scikit-learn>=1.3"]   # installed where the app runs
 
     [tool.flwrmtls.app.components]
     serverapp = "my_app.server_app:app"
@@ -32,6 +33,9 @@ Rules:
   is refused with the path named).
 - The run config of a run is the app's defaults with overrides for known keys only; an
   override must have its default's type (an int may stand for a float).
+- ``[project] dependencies`` are checked as :mod:`flwrmtls.app.requirements` says (PEP 508,
+  no URL, no pip option) wherever a pyproject.toml is read: bundling, the link's check, the
+  app's runs.
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ from typing import Any, TypeVar
 
 from flwrmtls.app.appfiles import AppFiles, member_problem, select_app_files
 from flwrmtls.app.keyscan import private_key_kind, private_key_kind_in_stream
+from flwrmtls.app.requirements import parse_requirements
 from flwrmtls.errors import InputError
 from flwrmtls.keyvalues import Value
 
@@ -59,6 +64,7 @@ __all__ = [
     "AppConfig",
     "BundleError",
     "build_bundle",
+    "bundle_app_config",
     "bundle_hash",
     "check_bundle",
     "extract_bundle",
@@ -85,6 +91,8 @@ class AppConfig:
     clientapp: str
     """``"module:attribute"`` of the ClientApp."""
     default_config: dict[str, Value]
+    dependencies: tuple[str, ...] = ()
+    """``[project] dependencies``, checked, as ``packaging`` writes them back."""
 
 
 def _table(data: Mapping[str, Any], path: str, where: Path) -> Mapping[str, Any]:
@@ -144,12 +152,14 @@ def read_app_config(app_dir: Path) -> AppConfig:
     config = data.get("tool", {}).get("flwrmtls", {}).get("app", {}).get("config", {})
     if not isinstance(config, Mapping):
         raise InputError(f"{path}: tool.flwrmtls.app.config must be a table")
+    requirements = parse_requirements(project.get("dependencies"), f"{path}: [project]")
     return AppConfig(
         name=strings["name"],
         version=strings["version"],
         serverapp=strings["serverapp"],
         clientapp=strings["clientapp"],
         default_config=_flatten(config, path),
+        dependencies=tuple(str(requirement) for requirement in requirements),
     )
 
 
@@ -346,7 +356,29 @@ def _refuse_private_key(name: str, kind: str | None) -> None:
 def _read_bundled_pyproject(data: bytes) -> AppConfig:
     with tempfile.TemporaryDirectory(prefix="flwrmtls-pyproject-") as tmp:
         (Path(tmp) / "pyproject.toml").write_bytes(data)
-        return read_app_config(Path(tmp))
+        try:
+            return read_app_config(Path(tmp))
+        except InputError as error:  # named as the bundle's, not by the scratch file's path
+            where = str(Path(tmp) / "pyproject.toml")
+            raise BundleError(str(error).replace(where, "the bundle's pyproject.toml")) from None
+
+
+def bundle_app_config(bundle: bytes | memoryview) -> AppConfig:
+    """The app config of a bundle already checked (its hash verified, e.g. from an object
+    store), read from its pyproject.toml alone; BundleError if it has none or it is bad."""
+    try:
+        with tarfile.open(fileobj=io.BytesIO(bundle), mode="r|gz", tarinfo=_UstarHeader) as tar:
+            for member in _bounded(tar):
+                if _safe_member_path(member).as_posix() != "pyproject.toml" or member.isdir():
+                    continue
+                if member.size > _MAX_PYPROJECT_BYTES:
+                    raise BundleError("the bundle's pyproject.toml is over 1 MiB")
+                source = tar.extractfile(member)
+                assert source is not None  # a regular file always has content
+                return _read_bundled_pyproject(source.read())
+    except (tarfile.TarError, EOFError, gzip.BadGzipFile) as error:
+        raise BundleError(f"bundle is not a valid .tar.gz: {error}") from error
+    raise BundleError("the bundle has no pyproject.toml at its top")
 
 
 # -- loading components ---------------------------------------------------------------------

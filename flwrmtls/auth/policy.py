@@ -46,7 +46,7 @@ POLICY: Mapping[str, Rule] = {
     **_rows(
         "Fleet", _NODES,
         "ActivateNode", "DeactivateNode", "Heartbeat", "PullMessages", "PushMessages", "GetRun",
-        "PullObject", "PushObject", "MissingObjects",
+        "PullObject", "PushObject", "MissingObjects", "PushLogs",
     ),
     **_rows(
         "Control", _OPERATORS,

@@ -36,8 +36,7 @@ def new(
     shown = app_dir.as_posix()
     typer.echo(
         "\nnext steps:\n"
-        f"  pip install -e {shown}        # numpy and scikit-learn, where the nodes run\n"
         "  start each node with its partition, e.g.\n"
         "    flwrmtls-supernode ... --node-config 'partition-id=0 num-partitions=2'\n"
-        f"  flwrmtls run {shown} --stream"
+        f"  flwrmtls run {shown} --stream   # the link and nodes install scikit-learn"
     )

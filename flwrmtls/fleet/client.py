@@ -351,6 +351,17 @@ class FleetClient:
             )
         )
 
+    def push_logs(self, session: Session, run_id: int, lines: Sequence[str]) -> None:
+        """Lines for run ``run_id``'s log on the link (one line each)."""
+        self._call(
+            lambda: self._stub.PushLogs(
+                fleet_pb2.PushLogsRequest(
+                    session_id=session.session_id, run_id=run_id, lines=list(lines)
+                ),
+                timeout=_CALL_TIMEOUT,
+            )
+        )
+
     def deactivate(self, session: Session) -> None:
         self._call(
             lambda: self._stub.DeactivateNode(

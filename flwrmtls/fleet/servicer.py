@@ -24,7 +24,12 @@ Rules for runs:
   (the rules are :mod:`flwrmtls.runs.routing`'s). A push of replies is one transaction: the
   replies, their objects' rows and the run log lines of ClientApps that raised are stored
   whole or not at all.
-* A node may ask for a run's bundle hash and config only for a run that sent it work.
+* A node may ask for a run's bundle hash and config only for a run that sent it work, and
+  write lines to its log (PushLogs: what installing the run's app dependencies does there)
+  only for such a run while it is active: at most ``MAX_LOG_LINES_PER_CALL`` lines a call,
+  ``MAX_NODE_LOG_LINES`` per run and node (then OVER_QUOTA), each one line (a line break
+  would let it forge the lines of others: refused) cut at ``MAX_LOG_LINE_CHARS``. They are
+  logged under ``node <its certificate identity>``, never a name the node gives.
 * Objects: a node reads only the objects named by messages addressed to it (and their runs'
   bundles, and its own uploads), and a reply may name only those; an upload counts against
   the node's pending budget until a reply names it, then against the reply's run. What is
@@ -58,7 +63,14 @@ from flwrmtls.state.linkstate import LinkState, SessionSuperseded, UnknownSessio
 from flwrmtls.wire.bounds import long_poll_seconds
 from flwrmtls.wire.refusals import CallRefused, Refusal
 
-__all__ = ["DELIVERY_LEASE", "MAX_ACKS", "FleetServicer"]
+__all__ = [
+    "DELIVERY_LEASE",
+    "MAX_ACKS",
+    "MAX_LOG_LINES_PER_CALL",
+    "MAX_LOG_LINE_CHARS",
+    "MAX_NODE_LOG_LINES",
+    "FleetServicer",
+]
 
 log = logging.getLogger("flwrmtls.link")
 
@@ -67,6 +79,10 @@ _DEFAULT_PULL_LIMIT = 100
 _MAX_ACTIVE_RUNS = 1000
 MAX_ACKS = 1000
 """The most message ids one pull may acknowledge."""
+MAX_LOG_LINES_PER_CALL = 20
+MAX_NODE_LOG_LINES = 200
+"""The most log lines one node may write into one run's log."""
+MAX_LOG_LINE_CHARS = 1000
 DELIVERY_LEASE = 60.0
 """Seconds a handed-out message waits for its acknowledgement before it is handed out again:
 more than a node's long poll (:data:`~flwrmtls.wire.bounds.LONG_POLL_SECONDS`) and the pull
@@ -100,6 +116,8 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
         self._notifier = notifier
         self._objects = objects
         self._run_log = run_log
+        self._log_lines: dict[tuple[int, int], int] = {}
+        """(run id, node id) -> the log lines that node wrote into that run's log."""
 
     def _now(self) -> float:
         return self._clock.now().timestamp()
@@ -297,6 +315,51 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
             run_config=values_to_proto(run.run_config),
             status=run.status.value,
         )
+
+    async def PushLogs(
+        self, request: fleet_pb2.PushLogsRequest, context: _Context
+    ) -> fleet_pb2.PushLogsResponse:
+        node_id = self._session_node(request.session_id)
+        run_id = request.run_id
+        run = self._state.runs.get(run_id)
+        if run is None or run.ended:
+            raise CallRefused(
+                Refusal.RUN_ENDED, f"run {run_id} is not active: it ended, or never existed"
+            )
+        if not self._state.messages.sent_to(run_id, node_id):
+            raise CallRefused(Refusal.RUN_NOT_FOR_NODE, f"run {run_id} has no work for this node")
+        lines = list(request.lines)
+        if len(lines) > MAX_LOG_LINES_PER_CALL:
+            raise CallRefused(
+                Refusal.INVALID_REQUEST,
+                f"{len(lines)} log lines in one call; at most {MAX_LOG_LINES_PER_CALL}",
+            )
+        if any("\n" in line or "\r" in line for line in lines):
+            raise CallRefused(Refusal.INVALID_REQUEST, "a log line holds a line break")
+        written = self._log_lines.get((run_id, node_id), 0)
+        if written + len(lines) > MAX_NODE_LOG_LINES:
+            raise CallRefused(
+                Refusal.OVER_QUOTA,
+                f"this node wrote {written} lines into run {run_id}'s log; at most "
+                f"{MAX_NODE_LOG_LINES} per run",
+            )
+        self._forget_ended_logs()
+        self._log_lines[(run_id, node_id)] = written + len(lines)
+        source = f"node {current_principal().identity}"
+        with self._state.transaction():
+            for line in lines:
+                cut = line[:MAX_LOG_LINE_CHARS] + ("..." if len(line) > MAX_LOG_LINE_CHARS else "")
+                self._run_log.add(run_id, source, cut)
+        return fleet_pb2.PushLogsResponse()
+
+    def _forget_ended_logs(self) -> None:
+        """Keep the line counts bounded: those of runs that ended go once there are many."""
+        if len(self._log_lines) < 10_000:
+            return
+        for key in list(self._log_lines):
+            run = self._state.runs.get(key[0])
+            if run is None or run.ended:
+                del self._log_lines[key]
 
     async def PullObject(
         self, request: objects_pb2.PullObjectRequest, context: _Context

@@ -28,6 +28,7 @@ from flwrmtls.filemodes import open_directory_warning, private_directory, restri
 from flwrmtls.heap import limit_malloc_arenas
 from flwrmtls.link.reload import TlsFiles
 from flwrmtls.link.server import Link, LinkConfig
+from flwrmtls.runs.appenvs import DISABLE_FLAG
 from flwrmtls.runs.linkobjects import (
     DEFAULT_MAX_NODE_PENDING_STORAGE,
     DEFAULT_MAX_RUN_STORAGE,
@@ -260,6 +261,13 @@ def parser() -> argparse.ArgumentParser:
         "0.0.0.0:9100 (default: off, and nothing is counted)",
     )
     p.add_argument(
+        DISABLE_FLAG, dest="install_app_dependencies", action="store_false",
+        help="never install an app's [project] dependencies here: a run whose ServerApp "
+        "needs a package this link's environment lacks is refused at once, naming it "
+        "(default: install them with this environment's pip and its configuration, wheels "
+        "only, into a virtualenv per set of requirements next to the database, reused)",
+    )  # fmt: skip
+    p.add_argument(
         "--database",
         default=_default_database(),
         help="the link's state: a SQLite file (default: $FLWRMTLS_HOME/link.db; one link), or "
@@ -343,6 +351,7 @@ def config_from_args(args: argparse.Namespace) -> LinkConfig:
             storage=storage,
             health_address=args.health_api_address,
             metrics_address=args.metrics_address,
+            install_app_dependencies=args.install_app_dependencies,
         )
     if args.ssl_certfile is None or args.ssl_keyfile is None:
         raise InputError(
@@ -427,6 +436,7 @@ def config_from_args(args: argparse.Namespace) -> LinkConfig:
         anonymous_control=args.unsafe_anonymous_control_api,
         health_address=args.health_api_address,
         metrics_address=args.metrics_address,
+        install_app_dependencies=args.install_app_dependencies,
         tls_files=TlsFiles(
             certfile=args.ssl_certfile,
             keyfile=args.ssl_keyfile,
@@ -637,6 +647,11 @@ async def _run(config: LinkConfig) -> None:
             f"the link's database {link.state.path} failed at start-up: {error_reason(error)}: "
             f"{check}"
         ) from None
+    # Before "link serving" is said: a SIGTERM sent on reading it stops the link cleanly.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
     if config.insecure or config.node_auth is NodeAuth.NONE:
         log.warning("!!! %s: nodes are NOT authenticated: local development only !!!",
                     _describe(link))  # fmt: skip
@@ -679,10 +694,6 @@ async def _run(config: LinkConfig) -> None:
     )
 
     link.log_crl_lapses()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
     await stop.wait()
     log.info("link stopping")
     await link.stop()

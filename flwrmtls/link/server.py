@@ -42,6 +42,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -86,6 +87,7 @@ from flwrmtls.ops.callmetrics import CallMetricsInterceptor
 from flwrmtls.ops.health import HealthListener
 from flwrmtls.ops.metrics import LinkMetrics, LinkSnapshot, MetricsServer, counts
 from flwrmtls.proto import appio_pb2_grpc, control_pb2_grpc, fleet_pb2_grpc
+from flwrmtls.runs.appenvs import AppEnvs
 from flwrmtls.runs.linkobjects import SWEEP_INTERVAL, LinkObjects, StorageLimits
 from flwrmtls.runs.notify import Notifier
 from flwrmtls.runs.presence import Presence
@@ -176,6 +178,9 @@ class LinkConfig:
     """``--health-api-address``: the plaintext gRPC health listener (None: none)."""
     metrics_address: str | None = None
     """``--metrics-address``: Prometheus metrics over HTTP (None: off, nothing counted)."""
+    install_app_dependencies: bool = True
+    """Install what a run's ServerApp needs (``--disable-runtime-dependency-installation``:
+    never)."""
 
     def __post_init__(self) -> None:
         if self.require_client_auth and not self.cli_ca_certificates:
@@ -198,6 +203,15 @@ class LinkConfig:
         if self.objects_dir is not None:
             return self.objects_dir
         return Path(f"{self.database}.objects")
+
+    @property
+    def app_envs_directory(self) -> Path:
+        """Where the runs' app environments are built: beside a SQLite database; with a
+        shared (PostgreSQL) database, on this link's own host (each link builds its own)."""
+        if "://" in str(self.database):
+            home = Path(os.environ.get("FLWRMTLS_HOME", "~/.flwrmtls")).expanduser()
+            return home / "link.app-envs"
+        return Path(f"{self.database}.app-envs")
 
     @property
     def key_binding(self) -> KeyBinding:
@@ -330,6 +344,10 @@ class Link:
         self.runs = ServerApps(
             self.state, self.clock, notifier=self.notifier, run_log=self.run_log,
             objects=self.objects,
+            envs=AppEnvs(
+                config.app_envs_directory, host="the link",
+                install=config.install_app_dependencies, clock=self.clock,
+            ),
         )  # fmt: skip
         self.replication = Replication(
             self.state, self.clock, notifier=self.notifier, runs=self.runs,

@@ -39,6 +39,17 @@ Rules:
   by its replies); any other is "no object", as if it were not stored, and the node does not
   fetch it from the link (``NodeRun.objects``, seen through a
   :class:`~flwrmtls.node.storage.RunScope`).
+* A run's app may need packages (its bundle's ``[project] dependencies``): they are judged
+  when the run is opened (:class:`~flwrmtls.runs.appenvs.AppEnvs`). Met here, the ClientApp
+  runs with the node's interpreter (and its spare process). Otherwise its environment is
+  prepared in a worker thread (installed once per set of requirements, reused after), while
+  its messages wait in its queue; the ClientApp starts with that environment's
+  interpreter. Each line of progress goes to the node's log and to the run's log on the link
+  (``PushLogs``: ``flwrmtls log`` shows it under the node's identity). When the requirements
+  cannot be met here (installing disabled and one is missing, a requirement refused, the
+  install failed), the run is unusable on this node: every message of it, queued or to come,
+  gets an error reply (``LINK_ERROR``) naming the node and the cause, so its ServerApp
+  learns it at once. An install in progress is cancelled when its run ends or the node stops.
 * A run outlives the node's session: when the node activates again (its certificate was
   rotated, the link restarted), a call of the run that the link answers with the old
   session's end (superseded, unknown) is made again on the new session
@@ -73,12 +84,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import uuid
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from flwrmtls.app.bundle import bundle_app_config
 from flwrmtls.auth.tokens import MemoryTokenStore
 from flwrmtls.clock import Clock, SystemClock
 from flwrmtls.errors import FlwrmtlsError, LinkUnreachable
@@ -96,6 +109,7 @@ from flwrmtls.objects.scope import QuotaExceeded
 from flwrmtls.objects.store import CorruptObject, ObjectStore, check_object_id
 from flwrmtls.objects.transfer import PARALLEL_STREAMS
 from flwrmtls.proto import common_pb2
+from flwrmtls.runs.appenvs import AppEnvs, EnvError, EnvPlan
 from flwrmtls.runs.notify import Notifier
 from flwrmtls.runs.supervisor import AppSupervisor, Spawn, spawn_process
 
@@ -129,9 +143,22 @@ class NodeRun:
     objects: set[str] = field(default_factory=set)
     """The objects the run's ClientApp may read (its scope; the bundle is added at once)."""
     ended: bool = False
+    python: str | None = ""
+    """The interpreter its ClientApp runs with ("": the node's own); None while its app
+    environment is being prepared."""
+    unusable: str = ""
+    """Why its ClientApp cannot run on this node (every message gets it as an error reply)."""
+    cancel: threading.Event = field(default_factory=threading.Event)
+    """Set when the run ends: an install of its app environment in progress stops."""
+    logs_refused: bool = False
+    """The link refused this run's log lines from this node: none are sent any more."""
 
     def __post_init__(self) -> None:
         self.objects.add(self.bundle_hash)
+
+
+class AppUnusable(FlwrmtlsError):
+    """The run's ClientApp cannot run on this node (the message is its reason, in full)."""
 
 
 def _undelivered(
@@ -171,8 +198,12 @@ class ClientApps:
         max_object_bytes: int = DEFAULT_MAX_OBJECT_STORAGE,
         clock: Clock | None = None,
         spawn: Spawn = spawn_process,
+        envs: AppEnvs | None = None,
     ) -> None:
+        """``envs``: where the runs' app environments are judged and built (None: apps run
+        with the node's interpreter, their requirements not looked at)."""
         self._client = client
+        self.envs = envs
         self.objects = objects
         self.storage = NodeStorage(objects, max_object_bytes)
         self.node_config = node_config
@@ -194,6 +225,8 @@ class ClientApps:
             what="ClientApp",
         )  # fmt: skip
         self._ticking: asyncio.Task[None] | None = None
+        self._installs: set[asyncio.Task[None]] = set()
+        """The app environments being prepared (their runs' installs)."""
 
     @property
     def clientappio_address(self) -> str:
@@ -289,13 +322,21 @@ class ClientApps:
             return False
         try:
             run = run or await self._open(message.run_id)
-            await self._ensure_process(run)  # one that died is started again, even for a repeat
+            if run.unusable:
+                raise AppUnusable(run.unusable)
+            if run.python is not None:  # else it starts once its environment is ready
+                await self._ensure_process(run)  # one that died starts again, even for a repeat
         except (LinkUnreachable, SessionEnded, RunUnavailable):
+            raise
+        except AppUnusable as error:
+            await self._reply_undelivered(message, str(error))
             raise
         except (FlwrmtlsError, OSError, ValueError, QuotaExceeded) as error:
             await self._reply_undelivered(message, f"cannot start the run's ClientApp: {error}")
             raise
         self.enqueue(run, message)
+        if run.unusable:  # found unusable while this was being queued: answer it too
+            await self._answer_queued(run)
         return True
 
     async def _reply_undelivered(self, message: common_pb2.Message, reason: str) -> None:
@@ -366,11 +407,115 @@ class ClientApps:
             # GetRun; asking again says so (RunUnavailable). Otherwise the link lost it.
             await self._on_session(lambda session: self._client.get_run(session, run_id))
             raise
-        run = self.run(run_id)  # another message of the run may have opened it meanwhile
-        if run is None:
-            run = self.adopt(NodeRun(run_id, info.bundle_hash, values_from_proto(info.run_config)))
-            log.info("run %d: app bundle %s fetched", run_id, info.bundle_hash[:12])
+        opened = self.run(run_id)  # another message of the run may have opened it meanwhile
+        if opened is not None:
+            return opened
+        run = NodeRun(run_id, info.bundle_hash, values_from_proto(info.run_config))
+        log.info("run %d: app bundle %s fetched", run_id, info.bundle_hash[:12])
+        plan = await self._plan(run)
+        opened = self.run(run_id)  # again: judging it awaited
+        if opened is not None:
+            return opened
+        self.adopt(run)
+        if plan is not None:
+            task = asyncio.get_running_loop().create_task(self._prepare(run, plan))
+            self._installs.add(task)
+            task.add_done_callback(self._installs.discard)
         return run
+
+    async def _plan(self, run: NodeRun) -> EnvPlan | None:
+        """Judge the run's requirements here: None when its ClientApp can start at once (with
+        ``run.python``), the plan of the environment to prepare otherwise (``run.python``
+        None); a run that cannot run here is marked ``unusable``, with the reason."""
+        envs = self.envs
+        if envs is None:
+            return None
+
+        def judge() -> EnvPlan:  # reads the bundle, and what is installed here: blocks
+            dependencies = bundle_app_config(self.objects.read(run.bundle_hash)).dependencies
+            return envs.plan(dependencies, "the bundle's pyproject.toml")
+
+        try:
+            plan = await asyncio.to_thread(judge)
+        except (FlwrmtlsError, OSError) as error:
+            run.unusable = f"cannot run the app: {error}"
+            log.error("run %d: %s", run.run_id, run.unusable)
+            await self._push_log(run, run.unusable)
+            return None
+        if envs.ready(plan):
+            run.python = envs.python(plan)
+            if plan.needs_env:
+                line = f"app dependencies: reusing environment {plan.label}"
+                log.info("run %d: %s", run.run_id, line)
+                await self._push_log(run, line)
+            return None
+        run.python = None
+        return plan
+
+    async def _prepare(self, run: NodeRun, plan: EnvPlan) -> None:
+        """The run's app environment built (in a worker thread), then its ClientApp started;
+        if either fails, the run is unusable here and its queued messages get error replies."""
+        assert self.envs is not None
+        session = self.session
+        refused = [run.logs_refused]
+
+        def progress(line: str) -> None:  # on pip's thread: the run is the loop's, not touched
+            log.info("run %d: %s", run.run_id, line)
+            if session is not None and not refused[0]:
+                refused[0] = not self._send_log(session, run.run_id, line)
+
+        try:
+            python = await asyncio.to_thread(self.envs.prepare, plan, progress, run.cancel)
+        except (EnvError, OSError) as error:
+            run.logs_refused = refused[0]
+            if run.ended:
+                return
+            run.unusable = f"installing the app's dependencies failed: {error}"
+            log.error("run %d: %s", run.run_id, run.unusable)
+            await self._push_log(run, run.unusable)
+            await self._answer_queued(run)
+            return
+        run.logs_refused = refused[0]
+        run.python = python
+        if run.ended:
+            return
+        try:
+            await self._ensure_process(run)  # for the messages queued meanwhile, and those to come
+        except (FlwrmtlsError, OSError) as error:
+            run.unusable = f"cannot start the run's ClientApp: {error}"
+            log.error("run %d: %s", run.run_id, run.unusable)
+            await self._answer_queued(run)
+
+    async def _answer_queued(self, run: NodeRun) -> None:
+        """An error reply (``run.unusable``) to each message waiting in the run's queue; one the
+        link cannot take now is handed out again by the link, and answered then."""
+        while run.inbox:
+            message = run.inbox.popleft()
+            try:
+                await self._reply_undelivered(message, run.unusable)
+            except (LinkUnreachable, SessionEnded) as error:
+                log.warning("run %d: the error reply to %s waits for the link: %s",
+                            run.run_id, message.message_id, error)  # fmt: skip
+
+    async def _push_log(self, run: NodeRun, line: str) -> None:
+        """``line`` to the run's log on the link (best effort: the node's log has it)."""
+        session = self.session
+        if run.logs_refused or session is None:
+            return
+        sent = await asyncio.to_thread(self._send_log, session, run.run_id, line)
+        run.logs_refused = run.logs_refused or not sent
+
+    def _send_log(self, session: Session, run_id: int, line: str) -> bool:
+        """Send ``line`` to run ``run_id``'s log on the link (blocks); False when the link
+        refused it (then no more are sent), True when sent or the link is unreachable."""
+        try:
+            self._client.push_logs(session, run_id, [line])
+        except (LinkUnreachable, SessionEnded):
+            return True
+        except FlwrmtlsError as error:
+            log.warning("run %d: the link refused this node's log lines: %s", run_id, error)
+            return False
+        return True
 
     def adopt(self, run: NodeRun) -> NodeRun:
         """Track ``run`` (its bundle already in the object store)."""
@@ -385,7 +530,7 @@ class ClientApps:
             log.warning("run %d: ClientApp exited with %s; starting it again",
                         run.run_id, exited.process.returncode)  # fmt: skip
         token = self.tokens.issue(run.run_id, "clientapp")
-        process = await self.processes.launch(token)
+        process = await self.processes.launch(token, run.python or "")
         run_id = run.run_id
         self.processes.supervise(
             run_id, process,
@@ -406,6 +551,7 @@ class ClientApps:
             if run is None or run.ended:
                 continue
             run.ended = True
+            run.cancel.set()  # an install of its environment in progress stops
             self._inboxes.notify(("run", run_id))  # a waiting pull learns it at once
             self.tokens.end_run(run_id)
             self.processes.end(run_id)  # END_GRACE to exit, then terminated, then killed
@@ -423,6 +569,8 @@ class ClientApps:
     async def shutdown(self) -> None:
         """Stop every ClientApp (they are told, then terminated, then killed) and wait."""
         self.end_runs(self.active_run_ids())
+        if self._installs:
+            await asyncio.gather(*self._installs, return_exceptions=True)
         await self.processes.shutdown()
         if self._ticking is not None:
             self._ticking.cancel()

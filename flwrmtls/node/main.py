@@ -51,6 +51,7 @@ from flwrmtls.node.storage import DEFAULT_MAX_OBJECT_STORAGE
 from flwrmtls.ops.callmetrics import NodeCallMetrics
 from flwrmtls.ops.health import HealthListener
 from flwrmtls.ops.metrics import MetricsServer, NodeMetrics, NodeSnapshot
+from flwrmtls.runs.appenvs import DISABLE_FLAG, AppEnvs
 from flwrmtls.sizes import format_size, parse_size
 from flwrmtls.terminal import configure_logging, printable
 from flwrmtls.wire.clienttls import NODE_NAMES, ClientTls, load_client_tls
@@ -144,6 +145,13 @@ def parser() -> argparse.ArgumentParser:
         "8G (default %(default)s); a message whose objects would exceed it gets an error reply "
         "naming the flag, and the node goes on",
     )
+    p.add_argument(
+        DISABLE_FLAG, dest="install_app_dependencies", action="store_false",
+        help="never install an app's [project] dependencies here: a message of a run whose "
+        "ClientApp needs a package this node's environment lacks gets an error reply at once, "
+        "naming it (default: install them with this environment's pip and its configuration, "
+        "wheels only, into a virtualenv per set of requirements under --state-dir, reused)",
+    )  # fmt: skip
     p.add_argument(
         "--no-shared-objects", dest="shared_objects", action="store_false",
         help="send array bytes to ClientApps over ClientAppIo instead of letting them read and "
@@ -338,9 +346,12 @@ def run(args: argparse.Namespace) -> None:
         "state in %s; objects at most %s%s", state.path, format_size(max_object_bytes),
         f" ({count} objects, {freed} bytes, left from before deleted)" if count or freed else "",
     )  # fmt: skip
+    envs = AppEnvs(state.path / "app-envs", host="this node", install=args.install_app_dependencies)
+    if not envs.install:
+        log.info("app dependencies are not installed here (%s)", DISABLE_FLAG)
     apps = ClientApps(
         client, state.objects, node_config=node_config, share_objects=args.shared_objects,
-        max_object_bytes=max_object_bytes,
+        max_object_bytes=max_object_bytes, envs=envs,
     )  # fmt: skip
     agent = NodeAgent(
         client,

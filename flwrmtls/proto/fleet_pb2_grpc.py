@@ -80,6 +80,11 @@ class FleetStub:
                 request_serializer=flwrmtls_dot_proto_dot_objects__pb2.MissingObjectsRequest.SerializeToString,
                 response_deserializer=flwrmtls_dot_proto_dot_objects__pb2.MissingObjectsResponse.FromString,
                 _registered_method=True)
+        self.PushLogs = channel.unary_unary(
+                '/flwrmtls.proto.Fleet/PushLogs',
+                request_serializer=flwrmtls_dot_proto_dot_fleet__pb2.PushLogsRequest.SerializeToString,
+                response_deserializer=flwrmtls_dot_proto_dot_fleet__pb2.PushLogsResponse.FromString,
+                _registered_method=True)
 
 
 class FleetServicer:
@@ -149,6 +154,14 @@ class FleetServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PushLogs(self, request, context):
+        """Lines for the log of a run this node has work of (installing the run's app dependencies
+        here), shown by `flwrmtls log` under this node's identity. Bounded per call and per run.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FleetServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -196,6 +209,11 @@ def add_FleetServicer_to_server(servicer, server):
                     servicer.MissingObjects,
                     request_deserializer=flwrmtls_dot_proto_dot_objects__pb2.MissingObjectsRequest.FromString,
                     response_serializer=flwrmtls_dot_proto_dot_objects__pb2.MissingObjectsResponse.SerializeToString,
+            ),
+            'PushLogs': grpc.unary_unary_rpc_method_handler(
+                    servicer.PushLogs,
+                    request_deserializer=flwrmtls_dot_proto_dot_fleet__pb2.PushLogsRequest.FromString,
+                    response_serializer=flwrmtls_dot_proto_dot_fleet__pb2.PushLogsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -441,6 +459,33 @@ class Fleet:
             '/flwrmtls.proto.Fleet/MissingObjects',
             flwrmtls_dot_proto_dot_objects__pb2.MissingObjectsRequest.SerializeToString,
             flwrmtls_dot_proto_dot_objects__pb2.MissingObjectsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PushLogs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flwrmtls.proto.Fleet/PushLogs',
+            flwrmtls_dot_proto_dot_fleet__pb2.PushLogsRequest.SerializeToString,
+            flwrmtls_dot_proto_dot_fleet__pb2.PushLogsResponse.FromString,
             options,
             channel_credentials,
             insecure,

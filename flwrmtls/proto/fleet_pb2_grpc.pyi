@@ -56,6 +56,10 @@ class FleetStub:
     """Objects (array bytes, app bundles), by SHA-256, in chunks."""
     PushObject: _grpc.StreamUnaryMultiCallable[_objects_pb2.ObjectChunk, _objects_pb2.PushObjectResponse]
     MissingObjects: _grpc.UnaryUnaryMultiCallable[_objects_pb2.MissingObjectsRequest, _objects_pb2.MissingObjectsResponse]
+    PushLogs: _grpc.UnaryUnaryMultiCallable[_fleet_pb2.PushLogsRequest, _fleet_pb2.PushLogsResponse]
+    """Lines for the log of a run this node has work of (installing the run's app dependencies
+    here), shown by `flwrmtls log` under this node's identity. Bounded per call and per run.
+    """
 
 @_typing.type_check_only
 class FleetAsyncStub(FleetStub):
@@ -80,6 +84,10 @@ class FleetAsyncStub(FleetStub):
     """Objects (array bytes, app bundles), by SHA-256, in chunks."""
     PushObject: _aio.StreamUnaryMultiCallable[_objects_pb2.ObjectChunk, _objects_pb2.PushObjectResponse]  # type: ignore[assignment]
     MissingObjects: _aio.UnaryUnaryMultiCallable[_objects_pb2.MissingObjectsRequest, _objects_pb2.MissingObjectsResponse]  # type: ignore[assignment]
+    PushLogs: _aio.UnaryUnaryMultiCallable[_fleet_pb2.PushLogsRequest, _fleet_pb2.PushLogsResponse]  # type: ignore[assignment]
+    """Lines for the log of a run this node has work of (installing the run's app dependencies
+    here), shown by `flwrmtls log` under this node's identity. Bounded per call and per run.
+    """
 
 class FleetServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -155,5 +163,15 @@ class FleetServicer(metaclass=_abc_1.ABCMeta):
         request: _objects_pb2.MissingObjectsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_objects_pb2.MissingObjectsResponse, _abc.Awaitable[_objects_pb2.MissingObjectsResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def PushLogs(
+        self,
+        request: _fleet_pb2.PushLogsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_fleet_pb2.PushLogsResponse, _abc.Awaitable[_fleet_pb2.PushLogsResponse]]:
+        """Lines for the log of a run this node has work of (installing the run's app dependencies
+        here), shown by `flwrmtls log` under this node's identity. Bounded per call and per run.
+        """
 
 def add_FleetServicer_to_server(servicer: FleetServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

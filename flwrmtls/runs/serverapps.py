@@ -15,6 +15,15 @@ Rules:
   process is terminated); the link stops -> failed ("link stopped"); a run found active when
   the link starts -> failed ("link restarted"). Ending a run ends its token, and nodes learn
   of it on their next pull.
+* A run's app may need packages (its bundle's ``[project] dependencies``), judged at
+  StartRun (:class:`~flwrmtls.runs.appenvs.AppEnvs`): a requirement refused, or (installing
+  disabled) one the link lacks, refuses the StartRun in one line. Met by the link's own
+  environment, the ServerApp runs with the link's interpreter. Otherwise StartRun answers at
+  once and the run stays pending while its environment is prepared (off the event loop;
+  installed once per set of requirements, reused by later runs), each line of progress in
+  the run's log under ``link``; then its ServerApp starts with that environment's
+  interpreter. An install that fails fails the run with pip's line; stopping the run, or the
+  link, cancels it.
 * One spare ServerApp process waits, its imports done, for the next run: StartRun hands it
   the run's token instead of starting a process (a third of a second of CPU here). The spare
   is started once the link has had no active run for ``SPARE_DELAY`` seconds
@@ -49,6 +58,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import threading
 from dataclasses import dataclass, field
 
 from flwrmtls.app.bundle import bundle_hash, check_bundle, merge_run_config
@@ -56,6 +66,7 @@ from flwrmtls.auth.tokens import new_token, token_hash
 from flwrmtls.clock import Clock
 from flwrmtls.errors import InputError
 from flwrmtls.keyvalues import Value
+from flwrmtls.runs.appenvs import AppEnvs, EnvError, EnvPlan
 from flwrmtls.runs.linkobjects import LinkObjects
 from flwrmtls.runs.notify import Notifier
 from flwrmtls.runs.runlog import RunLog
@@ -111,7 +122,13 @@ class ServerApps:
         run_log: RunLog,
         objects: LinkObjects,
         spawn: Spawn = spawn_process,
+        envs: AppEnvs | None = None,
     ) -> None:
+        """``envs``: where the runs' app environments are judged and built (None: ServerApps
+        run with the link's interpreter, their requirements not looked at)."""
+        self._envs = envs
+        self._installs: dict[int, tuple[asyncio.Task[None], threading.Event]] = {}
+        """Runs whose app environment is being prepared: the task, and its cancel event."""
         self._state = state
         self._clock = clock
         self._notifier = notifier
@@ -160,6 +177,10 @@ class ServerApps:
         # within size bounds; only pyproject.toml is parsed.
         app = await asyncio.to_thread(check_bundle, bundle)
         run_config = merge_run_config(app.default_config, overrides)
+        plan = None  # InputError: refused (a requirement refused, missing, flwrmtls's own)
+        if self._envs is not None:
+            where = "the bundle's pyproject.toml"
+            plan = await asyncio.to_thread(self._envs.plan, app.dependencies, where)
         self._objects.check_bundle(len(bundle))
         self._objects.store.put(bundle)  # before the rows that name it (see LinkObjects)
         with self._state.transaction():
@@ -175,14 +196,61 @@ class ServerApps:
         if self._state.shared:
             log.info("run %d: its ServerApp runs beside this link (replica %s)", run_id,
                      self._state.replica_id)  # fmt: skip
-        await self._launch(run_id)
+        if plan is None or self._envs is None or self._envs.ready(plan):
+            python = self._envs.python(plan) if plan is not None and self._envs else ""
+            if plan is not None and plan.needs_env:
+                self._run_log.add(run_id, "link", f"app dependencies: reusing environment "
+                                                  f"{plan.label}")  # fmt: skip
+            await self._launch(run_id, python)
+        else:
+            cancel = threading.Event()
+            task = asyncio.create_task(self._install_then_launch(run_id, plan, cancel))
+            self._installs[run_id] = (task, cancel)
         return run_id
 
-    async def _launch(self, run_id: int) -> None:
+    async def _install_then_launch(
+        self, run_id: int, plan: EnvPlan, cancel: threading.Event
+    ) -> None:
+        """Prepare the run's app environment off the loop (its lines into the run's log),
+        then start its ServerApp with it; a failure fails the run."""
+        assert self._envs is not None
+        loop = asyncio.get_running_loop()
+
+        def progress(line: str) -> None:  # on pip's thread: the state is the loop's
+            loop.call_soon_threadsafe(self._log_line, run_id, line)
+
+        try:
+            python = await asyncio.to_thread(self._envs.prepare, plan, progress, cancel)
+        except (EnvError, OSError) as error:
+            if not cancel.is_set():
+                reason = f"installing the app's dependencies on the link failed: {error}"
+                self._end(run_id, RunStatus.FAILED, reason)
+            return
+        finally:
+            self._installs.pop(run_id, None)
+        if cancel.is_set():
+            return  # stopped, or the link stops, meanwhile
+        await self._launch(run_id, python)
+
+    def _log_line(self, run_id: int, line: str) -> None:
+        try:
+            self._run_log.add(run_id, "link", line)
+        except DatabaseError as error:
+            log.error("run %d: the link's database failed (%s): %s", run_id, error, line)
+
+    def _cancel_install(self, run_id: int) -> asyncio.Task[None] | None:
+        install = self._installs.get(run_id)
+        if install is None:
+            return None
+        install[1].set()
+        return install[0]
+
+    async def _launch(self, run_id: int, python: str = "") -> None:
+        """Start the run's ServerApp (with ``python``, by default the link's interpreter)."""
         token = new_token()
         self._state.runs.add_token(token_hash(token), run_id, "serverapp")
         try:
-            process = await self.processes.launch(token)
+            process = await self.processes.launch(token, python)
         except OSError as error:
             self._end(run_id, RunStatus.FAILED, f"the ServerApp process could not start: {error}")
             return
@@ -284,11 +352,20 @@ class ServerApps:
         if run.ended:
             return run.status
         self._end(run_id, RunStatus.STOPPED, reason)
+        install = self._cancel_install(run_id)
+        if install is not None:
+            await install
         await self.processes.stop(run_id)
         return RunStatus.STOPPED
 
     async def shutdown(self) -> None:
-        """The link is stopping: its runs fail and their processes stop (the spare too)."""
+        """The link is stopping: its runs fail and their processes stop (the spare too);
+        the app environments being prepared are cancelled."""
+        for run_id in list(self._installs):
+            self._end(run_id, RunStatus.FAILED, "link stopped")
+            install = self._cancel_install(run_id)
+            if install is not None:
+                await install
         await self.processes.shutdown(
             before_each=lambda run_id: self._end(run_id, RunStatus.FAILED, "link stopped")
         )

@@ -7,6 +7,8 @@ Rules:
   ``-u`` (its output reaches its owner line by line), in the working directory ``/``
   (:data:`APP_PROCESS_CWD`). A ``grpc.py`` left in the link's or node's working directory is
   never imported. What it does once it has its run is :mod:`flwrmtls.appio.process`.
+* It runs with the interpreter of its run's app environment when its app's requirements
+  needed one (:mod:`flwrmtls.runs.appenvs`), else with the link's or node's own.
 * The run token goes to it on standard input, never on its command line or in its
   environment (:meth:`AppSupervisor.launch`).
 * One spare process waits, its imports done, for the next run: ``launch`` hands it the token
@@ -72,9 +74,11 @@ LINE_LIMIT = 1 << 20
 """The longest output line handed on whole; longer ones are split."""
 
 
-def app_process_command(module: str, *args: str) -> list[str]:
-    """The command line that starts the app process ``module`` isolated (see the rules)."""
-    return [sys.executable, "-I", "-u", "-m", module, *args]
+def app_process_command(module: str, *args: str, python: str = "") -> list[str]:
+    """The command line that starts the app process ``module`` isolated (see the rules), with
+    ``python``: the interpreter of the run's app environment (:mod:`flwrmtls.runs.appenvs`),
+    by default the one running here."""
+    return [python or sys.executable, "-I", "-u", "-m", module, *args]
 
 
 class TokenPipe(Protocol):
@@ -199,24 +203,27 @@ class AppSupervisor:
         self.address = address
         self._idle_since = self._clock.monotonic()
 
-    def _command(self) -> list[str]:
+    def _command(self, python: str = "") -> list[str]:
         if not self.address:
             raise OSError(f"no {self._what} process can start: its API is not listening yet")
-        return app_process_command(self._module, self._address_flag, self.address)
+        return app_process_command(self._module, self._address_flag, self.address, python=python)
 
     # --- a run's process ---------------------------------------------------------------------
 
-    async def launch(self, token: str) -> AppProcess:
-        """A process holding ``token``: the spare, or a new one if there is none (or it died).
-        OSError when no process could be started or it exited at once."""
+    async def launch(self, token: str, python: str = "") -> AppProcess:
+        """A process holding ``token``, of ``python`` (the run's app environment's interpreter;
+        by default this process's own): the spare, which is of this process's interpreter, or a
+        new one if there is none (or it died, or the run needs another interpreter). OSError
+        when no process could be started or it exited at once."""
         self._idle_since = None
-        spare, self._spare = self._spare, None
+        own = python in ("", sys.executable)
+        spare, self._spare = (self._spare, None) if own else (None, self._spare)
         if spare is not None:
             if await self._give(spare, token):
                 return spare
             log.warning("the spare %s process had exited with %s", self._what, spare.returncode)
             self._reap(spare)
-        process = await self._spawn(self._command())
+        process = await self._spawn(self._command(python))
         if not await self._give(process, token):
             self._reap(process)
             raise OSError(f"the {self._what} process exited at once")

@@ -117,6 +117,7 @@ FIELD_BOUNDS: Mapping[str, Mapping[str, Range]] = {
     },
     f"{_P}PushMessagesRequest": {"messages": NESTED},
     f"{_P}GetRunRequest": {"run_id": _ID},
+    f"{_P}PushLogsRequest": {"run_id": _ID},
     # Control
     f"{_P}UnregisterNodeRequest": {"node_id": _ID},
     f"{_P}ReadmitNodeRequest": {"node_id": _ID},

@@ -5,9 +5,13 @@ non-root user, with a read-only root filesystem (podman's --read-only, a tmpfs /
 writable volume each for their state; their certificates are cert-manager Secrets mounted as
 the kubelet mounts them (``tls.crt``, ``tls.key``, ``ca.crt`` through the ``..data`` symlink,
 mode 0440, group 10001 as an ``fsGroup`` gives). The CLI runs on the host, as an operator's
-would. The template app (``flwrmtls new``) runs to completion; then, while a second run is in
-progress, node-1's Secret is renewed with a new key (``rotationPolicy: Always``) by swapping
-``..data``: the node takes the new certificate, keeps its node id, and the run completes.
+would. The template app (``flwrmtls new``) runs to completion on an image without
+scikit-learn: the link and both nodes install it (their pip pointed at a directory of wheels
+``make test-containers`` downloads, as an operator points it at a mirror) into environments
+on their state volumes, and say so in the run's log. Then, while a second run is in progress
+(which installs nothing: it reuses them), node-1's Secret is renewed with a new key
+(``rotationPolicy: Always``) by swapping ``..data``: the node takes the new certificate,
+keeps its node id, and the run completes.
 """
 
 from __future__ import annotations
@@ -32,7 +36,9 @@ from tests.ops.probes import probe
 
 pytestmark = pytest.mark.podman
 
-IMAGE = os.environ.get("FLWRMTLS_IMAGE", "localhost/flwrmtls:apps")
+IMAGE = os.environ.get("FLWRMTLS_IMAGE", "localhost/flwrmtls:dev")
+WHEELHOUSE = Path(os.environ.get("FLWRMTLS_WHEELHOUSE", "build/wheelhouse")).resolve()
+"""Wheels of scikit-learn and what it needs, for the containers' pip (no index)."""
 UID = 10001
 PODMAN = ["podman", "--runtime", "runc"]
 """crun fails on this kernel; runc works (and the default ulimits do not: see _run)."""
@@ -48,12 +54,15 @@ class Container:
     def __init__(self, name: str) -> None:
         self.name = name
 
-    def start(self, volumes: dict[Path, str], command: list[str]) -> None:
+    def start(
+        self, volumes: dict[Path, str], command: list[str], env: dict[str, str] | None = None
+    ) -> None:
         mounts = [arg for host, target in volumes.items() for arg in ("-v", f"{host}:{target}")]
+        variables = [arg for item in (env or {}).items() for arg in ("-e", "=".join(item))]
         started = _podman(
             "run", "-d", "--name", self.name, "--read-only", "--network", "host",
             "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=4096:4096",
-            *mounts, IMAGE, *command,
+            *mounts, *variables, IMAGE, *command,
         )  # fmt: skip
         assert started.returncode == 0, started.stderr
 
@@ -105,9 +114,20 @@ def test_image_is_non_root_and_holds_no_key() -> None:
     assert scan.stdout.strip() == "", f"keys or state in the image:\n{scan.stdout}"
 
 
+PIP = {"PIP_NO_INDEX": "1", "PIP_FIND_LINKS": "/wheelhouse"}
+"""The operator's pip configuration: the mounted wheels only."""
+
+
 def test_link_and_two_nodes_in_containers_run_the_template_and_survive_a_rotation(
     tmp_path: Path, containers: list[Container]
 ) -> None:
+    assert any(WHEELHOUSE.glob("scikit_learn-*.whl")), (
+        f"no scikit-learn wheel in {WHEELHOUSE}: run `make test-containers`"
+    )
+    assert _podman("run", "--rm", "--network", "none", "--ulimit", "nofile=1024:1024",
+                   "--ulimit", "nproc=4096:4096", IMAGE, "python", "-c",
+                   "import sklearn").returncode != 0  # the image has no scikit-learn  # fmt: skip
+    wheels = {WHEELHOUSE: "/wheelhouse:ro"}
     issuer = CertManagerPki(tmp_path / "ca")
     spec = KeySpec("ECDSA", 256, "PKCS1")
     secrets = {
@@ -133,7 +153,8 @@ def test_link_and_two_nodes_in_containers_run_the_template_and_survive_a_rotatio
     link = Container(f"flwrmtls-test-link-{fleet}")
     containers.append(link)
     link.start(
-        {secrets["link"]: f"{tls}:ro", _state_volume(tmp_path / "link-state"): "/var/lib/flwrmtls"},
+        {secrets["link"]: f"{tls}:ro", _state_volume(tmp_path / "link-state"): "/var/lib/flwrmtls",
+         **wheels},
         [
             "flwrmtls-superlink", f"--fleet-api-address=127.0.0.1:{fleet}",
             f"--control-api-address=127.0.0.1:{control}",
@@ -143,6 +164,7 @@ def test_link_and_two_nodes_in_containers_run_the_template_and_survive_a_rotatio
             "--database=/var/lib/flwrmtls/link.db", f"--health-api-address=127.0.0.1:{health}",
             "--heartbeat-interval=2",
         ],
+        PIP,
     )  # fmt: skip
     link.wait_for("link serving")
     assert probe(health) == "SERVING"
@@ -152,12 +174,13 @@ def test_link_and_two_nodes_in_containers_run_the_template_and_survive_a_rotatio
         containers.append(node)
         node.start(
             {secrets[name]: f"{tls}:ro",
-             _state_volume(tmp_path / f"{name}-state"): "/var/lib/flwrmtls"},
+             _state_volume(tmp_path / f"{name}-state"): "/var/lib/flwrmtls", **wheels},
             ["flwrmtls-supernode", f"--superlink=127.0.0.1:{fleet}",
              f"--root-certificates={tls}/ca.crt", f"--ssl-client-certfile={tls}/tls.crt",
              f"--ssl-client-keyfile={tls}/tls.key", "--state-dir=/var/lib/flwrmtls/node",
              "--clientappio-api-address=127.0.0.1:0",
              f"--node-config=partition-id={partition} num-partitions=2"],
+            PIP,
         )  # fmt: skip
         nodes[name] = node
     ids = {name: int(node.wait_for(r"node active: node id (\d+)").group(1))
@@ -173,9 +196,15 @@ def test_link_and_two_nodes_in_containers_run_the_template_and_survive_a_rotatio
     assert added.returncode == 0, added.stderr
     app = tmp_path / "app"
     assert run_cli(["new", str(app)], env=env).returncode == 0
-    first = run_cli(["run", str(app), "--stream"], env=env, timeout=600)
+    first = run_cli(["run", str(app), "--stream"], env=env, timeout=900)
     assert first.returncode == 0, first.stdout + first.stderr
     assert _status(env, 1) == "completed"
+    # scikit-learn, installed by the link and each node, each line under who did it.
+    installing = r"app dependencies: installing scikit-learn>=1\.3 into environment \w{12}"
+    for source in ("link", "node CN=node-1,O=Hospital A", "node CN=node-2,O=Hospital B"):
+        assert re.search(rf"\d\d:\d\d:\d\d {source}: {installing}", first.stdout), source
+        assert re.search(rf"{source}: pip: Successfully installed .*scikit-learn-", first.stdout)
+    assert list((tmp_path / "node-1-state" / "node" / "app-envs").glob("*/flwrmtls-env.json"))
 
     # A second run; node-1's Secret renewed with a new key while it is in progress. node-1 is
     # paused (as a node that stalls) while the Secret is swapped: the run cannot end without
@@ -205,6 +234,8 @@ def test_link_and_two_nodes_in_containers_run_the_template_and_survive_a_rotatio
         second.stop()
     assert _status(env, 2) == "completed"
     assert f"round {rounds}/{rounds}" in second.log
+    assert "app dependencies: installing" not in second.log  # the same set: reused
+    assert second.log.count("app dependencies: reusing environment") == 3
     new_leaf = x509.load_pem_x509_certificate((secrets["node-1"] / "tls.crt").read_bytes())
     listed = run_cli(["supernode", "list", "--format", "json"], env=env)
     assert listed.returncode == 0, listed.stderr

@@ -89,6 +89,12 @@ class FakeLink(fleet_pb2_grpc.FleetServicer):
         context.abort(grpc.StatusCode.UNIMPLEMENTED, "not in this fake")
         raise AssertionError("unreachable")
 
+    def PushLogs(
+        self, request: fleet_pb2.PushLogsRequest, context: grpc.ServicerContext
+    ) -> fleet_pb2.PushLogsResponse:
+        context.abort(grpc.StatusCode.UNIMPLEMENTED, "not in this fake")
+        raise AssertionError("unreachable")
+
     def PullObject(
         self, request: objects_pb2.PullObjectRequest, context: grpc.ServicerContext
     ) -> Iterator[objects_pb2.ObjectChunk]:
