@@ -125,7 +125,8 @@ def measure_rounds(
             cell = measure_fedavg_cell(
                 pki, work / f"{setup.replace(' ', '-')}-{nodes}-{model_mb:g}", env, app,
                 nodes=nodes, model_mb=model_mb, mode="mtls", rounds=args.rounds,
-                repetitions=args.repetitions, distinct=True, **options,
+                repetitions=args.repetitions, distinct=True, heartbeat_interval=args.round_interval,
+                **options,
             )  # fmt: skip
             found.append({"setup": setup, "nodes": nodes, "model_mb": model_mb, **cell})
     return found
@@ -366,7 +367,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--calls", type=positive, help=f"calls: of each (default {DEFAULT_CALLS})")
     p.add_argument("--sim-nodes", type=positive, help=f"heartbeat: default {DEFAULT_SIM_NODES}")
     p.add_argument("--workers", type=positive, default=4, help="heartbeat: worker processes")
-    p.add_argument("--interval", type=float, help="heartbeat: the links' --heartbeat-interval")
+    p.add_argument(
+        "--interval", type=float,
+        help=f"the links' --heartbeat-interval (default {HEARTBEAT_INTERVAL:g}, the link's own "
+        f"default; the heartbeat section's when --quick: {QUICK_HEARTBEAT_INTERVAL:g})",
+    )  # fmt: skip
     p.add_argument("--idle-seconds", type=float, help="heartbeat: seconds measured")
     return p
 
@@ -378,6 +383,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.calls = args.calls or (QUICK_CALLS if quick else DEFAULT_CALLS)
     args.sim_nodes = args.sim_nodes or (QUICK_SIM_NODES if quick else DEFAULT_SIM_NODES)
     args.workers = min(args.workers, args.sim_nodes)
+    args.round_interval = args.interval or HEARTBEAT_INTERVAL  # quick or not: nodes must not
+    # be taken for offline because a loaded machine delayed their heartbeats mid-round
     args.interval = args.interval or (QUICK_HEARTBEAT_INTERVAL if quick else HEARTBEAT_INTERVAL)
     args.idle_seconds = args.idle_seconds or 3 * args.interval
 

@@ -340,13 +340,14 @@ def measure_fedavg_cell(
     stagger: float = 0.2,
     database: str | None = None,
     replicas: int = 1,
+    heartbeat_interval: float = HEARTBEAT_INTERVAL,
 ) -> dict[str, Any]:
     """A new federation for the cell, then ``repetitions`` checked runs on it (``database``,
-    ``replicas``: see :func:`federation`)."""
+    ``replicas``, ``heartbeat_interval``: see :func:`federation`)."""
     label = f"{mode}{'' if distinct else ' (identical replies)'}"
     fed = federation(
         pki, directory, env, nodes, mode=mode, stagger=stagger, database=database,
-        replicas=replicas,
+        replicas=replicas, heartbeat_interval=heartbeat_interval,
     )  # fmt: skip
     begun = time.monotonic()
     try:
