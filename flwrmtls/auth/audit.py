@@ -25,7 +25,7 @@ Rules kept here (applied by :class:`flwrmtls.auth.interceptor.AuthInterceptor`):
                 an operator's action)
   ``admission`` node admissions (Fleet ``ActivateNode``)                            100,000
   ``read``      read-only Control calls: ListNodes, ListRuns, StreamLogs,           100,000
-                ListAudit, whatever their outcome
+                ListAudit, ListEnrollTokens, whatever their outcome
   ``refusal``   refusals by the interceptor, and Control calls that failed or       100,000
                 changed nothing (a StopRun of a run that had ended)
   ============  ==================================================================  ==========
@@ -61,7 +61,8 @@ OUTCOME_OK = "ok"
 _CONTROL_PREFIX = "/flwrmtls.proto.Control/"
 _ADMISSION = "/flwrmtls.proto.Fleet/ActivateNode"
 _READ_ONLY = frozenset(
-    f"{_CONTROL_PREFIX}{name}" for name in ("ListNodes", "ListRuns", "StreamLogs", "ListAudit")
+    f"{_CONTROL_PREFIX}{name}"
+    for name in ("ListNodes", "ListRuns", "StreamLogs", "ListAudit", "ListEnrollTokens")
 )
 
 

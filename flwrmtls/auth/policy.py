@@ -51,6 +51,7 @@ POLICY: Mapping[str, Rule] = {
     **_rows(
         "Control", _OPERATORS,
         "ListNodes", "RegisterNodeKeys", "UnregisterNode", "ReadmitNode", "ListAudit",
+        "CreateEnrollToken", "ListEnrollTokens", "RevokeEnrollToken",
     ),
     **_rows("Control", _CLI_USERS, "StartRun", "ListRuns", "StreamLogs", "StopRun"),
     **_rows(

@@ -38,6 +38,8 @@ from flwrmtls.auth.identity import IdentitySource, PrincipalKind, node_id_for_id
 from flwrmtls.auth.interceptor import current_principal
 from flwrmtls.auth.keyformats import key_fingerprint, node_id_for_key, parse_node_public_key
 from flwrmtls.clock import Clock
+from flwrmtls.control.enrolltokens import binding_of, token_message, ttl_of
+from flwrmtls.enroll.tokens import TokenState, new_token, state_of
 from flwrmtls.errors import InputError
 from flwrmtls.expiry import ExpiryWarning
 from flwrmtls.keyvalues import values_from_proto
@@ -353,6 +355,49 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
                 for e in entries
             ]
         )
+
+    # --- join tokens (docs/enrollment.md) ----------------------------------------------------
+
+    async def CreateEnrollToken(
+        self, request: control_pb2.CreateEnrollTokenRequest, context: _Context
+    ) -> control_pb2.CreateEnrollTokenResponse:
+        binding = binding_of(request.identity)
+        now = self._clock.now()
+        by = current_principal().identity
+        for _ in range(3):  # the id is 32 random bits: a collision is rare, and retried
+            issued = new_token(binding, now, ttl_of(request.ttl_seconds), created_by=by)
+            if self._state.enroll.add(issued.record):
+                return control_pb2.CreateEnrollTokenResponse(
+                    token=issued.text, info=token_message(issued.record, now)
+                )
+        raise AssertionError("three token ids in a row were taken")
+
+    async def ListEnrollTokens(
+        self, request: control_pb2.ListEnrollTokensRequest, context: _Context
+    ) -> control_pb2.ListEnrollTokensResponse:
+        now = self._clock.now()
+        tokens = [token_message(record, now) for record in self._state.enroll.all()]
+        if not request.all:
+            tokens = [token for token in tokens if token.state == TokenState.ACTIVE.value]
+        return control_pb2.ListEnrollTokensResponse(tokens=tokens)
+
+    async def RevokeEnrollToken(
+        self, request: control_pb2.RevokeEnrollTokenRequest, context: _Context
+    ) -> control_pb2.RevokeEnrollTokenResponse:
+        now = self._clock.now()
+        record = self._state.enroll.get(request.token_id)
+        if record is None:
+            raise CallRefused(Refusal.NO_ENROLL_TOKEN, f"no join token {request.token_id!r}")
+        if not self._state.enroll.revoke(record.token_id, now):
+            state = state_of(record, now)
+            raise CallRefused(
+                Refusal.ENROLL_TOKEN_STATE,
+                f"join token {record.token_id} is {state.value} already: only a token still "
+                "usable can be revoked (a certificate it brought is revoked with your CA)",
+            )
+        revoked = self._state.enroll.get(record.token_id)
+        assert revoked is not None
+        return control_pb2.RevokeEnrollTokenResponse(token=token_message(revoked, now))
 
 
 def _coverage_message(row: CoverageRow) -> control_pb2.RevocationCoverage:

@@ -102,6 +102,8 @@ class Refusal(enum.StrEnum):
     NOT_OWNER = "not-owner"
     LINK_UNREACHABLE = "link-unreachable"
     OCSP_UNAVAILABLE = "ocsp-unavailable"
+    NO_ENROLL_TOKEN = "no-enroll-token"  # noqa: S105 - a refusal code
+    ENROLL_TOKEN_STATE = "enroll-token-state"  # noqa: S105 - a refusal code
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,6 +185,13 @@ REFUSALS: Mapping[Refusal, RefusalRow] = {
     ),
     Refusal.NOT_OWNER: _row(
         grpc.StatusCode.PERMISSION_DENIED, "the run belongs to another user", Api.CONTROL
+    ),
+    # Join tokens (the CLI's: Control).
+    Refusal.NO_ENROLL_TOKEN: _row(grpc.StatusCode.NOT_FOUND, "no such join token", Api.CONTROL),
+    Refusal.ENROLL_TOKEN_STATE: _row(
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "the join token was used or revoked already",
+        Api.CONTROL,
     ),
     # The link's own state while it judges a caller's certificate (the auth interceptor's).
     Refusal.OCSP_UNAVAILABLE: _row(
