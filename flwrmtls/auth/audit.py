@@ -17,18 +17,20 @@ Rules kept here (applied by :class:`flwrmtls.auth.interceptor.AuthInterceptor`):
   bounded on its own (:mod:`flwrmtls.state.audittable`), so no volume of one kind of call can
   push another kind out of the trail:
 
-  ============  ==================================================================  ==========
-  class         what                                                                kept
-  ============  ==================================================================  ==========
-  ``change``    Control calls that changed state: a run started or stopped, keys    1,000,000
-                registered, a node unregistered or readmitted (each needs a run or
-                an operator's action)
-  ``admission`` node admissions (Fleet ``ActivateNode``)                            100,000
-  ``read``      read-only Control calls: ListNodes, ListRuns, StreamLogs,           100,000
-                ListAudit, ListEnrollTokens, whatever their outcome
-  ``refusal``   refusals by the interceptor, and Control calls that failed or       100,000
-                changed nothing (a StopRun of a run that had ended)
-  ============  ==================================================================  ==========
+  ==============  ================================================================  ==========
+  class           what                                                              kept
+  ==============  ================================================================  ==========
+  ``change``      Control calls that changed state: a run started or stopped, keys  1,000,000
+                  registered, a node unregistered or readmitted, a join token made
+                  or revoked (each needs a run or an operator's action)
+  ``admission``   node admissions (Fleet ``ActivateNode``)                          100,000
+  ``read``        read-only Control calls: ListNodes, ListRuns, StreamLogs,         100,000
+                  ListAudit, ListEnrollTokens, whatever their outcome
+  ``refusal``     refusals by the interceptor, and Control calls that failed or     100,000
+                  changed nothing (a StopRun of a run that had ended)
+  ``enrollment``  certificate requests with a join token, and refused token         100,000
+                  descriptions (recorded by :mod:`flwrmtls.enroll.servicer`)
+  ==============  ================================================================  ==========
 
   A handler says its call changed nothing with :func:`unchanged`.
 
@@ -73,6 +75,7 @@ class Retention(enum.StrEnum):
     ADMISSION = "admission"
     READ = "read"
     REFUSAL = "refusal"
+    ENROLLMENT = "enrollment"
 
 
 _changed: contextvars.ContextVar[bool] = contextvars.ContextVar("flwrmtls_changed", default=True)

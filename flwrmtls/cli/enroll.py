@@ -13,10 +13,12 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from cryptography import x509
 
 from flwrmtls.cli.output import OutputFormat, emit, format_time, printable
 from flwrmtls.cli.params import ConnectionArgument, FormatOption, group
 from flwrmtls.control.client import ControlClient
+from flwrmtls.enroll.client import spki_sha256
 from flwrmtls.enroll.tokens import MAX_TTL, parse_duration
 from flwrmtls.errors import InputError
 from flwrmtls.pki.files import write_file
@@ -26,10 +28,12 @@ from flwrmtls.proto import control_pb2
 __all__ = ["app"]
 
 app = group(
-    "Enrollment: a new site joins with a one-time token and makes its own key (docs/enrollment.md)."
+    "Enrollment of new sites. A new site joins with a one-time join token and makes its own "
+    "key; see docs/enrollment.md."
 )
 token_app = group(
-    "Join tokens: single use, short-lived, bound to the identity the site's certificate will carry."
+    "Join tokens. Each is single use, short-lived and bound to the identity the site's "
+    "certificate will carry."
 )
 app.add_typer(token_app, name="token")
 
@@ -136,11 +140,14 @@ def create(
     identity = control_pb2.EnrollIdentity(
         common_name=common_name, organization=org, organizational_unit=ou, spiffe_id=spiffe_id
     )
-    client = _client(connection)
+    config = ConfigFile()
+    profile = config.profile(connection)
+    client = ControlClient(profile, str(config.path))
     try:
         created = client.create_enroll_token(identity, lifetime.total_seconds())
     finally:
         client.close()
+    _print_ca_hashes(profile.root_certificates)
     info = created.info
     about = (
         f"join token {info.token_id} for {_identity(info)}, single use, valid until "
@@ -159,6 +166,24 @@ def create(
                   "by a channel you trust"),
         err=True,
     )  # fmt: skip
+
+
+def _print_ca_hashes(roots: Path | None) -> None:
+    """What a site that is given no CA file pins instead (``--ca-cert-hash``): the public
+    key hash of each CA in this profile's root-certificates, which verify the link."""
+    if roots is None:
+        return
+    try:
+        certificates = x509.load_pem_x509_certificates(roots.read_bytes())
+    except (OSError, ValueError):
+        return
+    for certificate in certificates:
+        typer.echo(
+            printable(f"flwrmtls: the site verifies the link with --root-certificates (a copy "
+                      f"of {roots}) or --ca-cert-hash {spki_sha256(certificate)} "
+                      f"({certificate.subject.rfc4514_string()})"),
+            err=True,
+        )  # fmt: skip
 
 
 @token_app.command("ls")
@@ -186,7 +211,10 @@ def ls(
 
 @token_app.command("revoke")
 def revoke(token_id: TokenIdArgument, connection: ConnectionArgument = None) -> None:
-    """Revoke a join token not used yet: the site can no longer enroll with it."""
+    """Revoke a join token not used yet.
+
+    The site can no longer enroll with it.
+    """
     client = _client(connection)
     try:
         token = client.revoke_enroll_token(token_id)

@@ -13,15 +13,15 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from flwrmtls.enroll.tokens import DEFAULT_TTL, Binding, TokenRecord, state_of
+from flwrmtls.enroll.tokens import DEFAULT_TTL, Binding, TokenRecord, binding_of, state_of
 from flwrmtls.errors import InputError
 from flwrmtls.proto import control_pb2
 from flwrmtls.wire.refusals import CallRefused, Refusal
 
-__all__ = ["binding_of", "token_message", "ttl_of"]
+__all__ = ["requested_binding", "token_message", "ttl_of"]
 
 
-def binding_of(identity: control_pb2.EnrollIdentity) -> Binding:
+def requested_binding(identity: control_pb2.EnrollIdentity) -> Binding:
     """The binding a request names; ``invalid-request`` when the CA would not issue it."""
     try:
         return Binding(
@@ -53,8 +53,8 @@ def token_message(record: TokenRecord, now: datetime) -> control_pb2.EnrollToken
     """A token as listings show it: no secret."""
     return control_pb2.EnrollToken(
         token_id=record.token_id,
-        identity=_identity(record.binding),
-        subject=record.binding.subject().rfc4514_string(),
+        identity=_identity(binding_of(record)),
+        subject=binding_of(record).subject().rfc4514_string(),
         created_at=record.created_at.timestamp(),
         expires_at=record.expires_at.timestamp(),
         created_by=record.created_by,

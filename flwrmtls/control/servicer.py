@@ -38,7 +38,7 @@ from flwrmtls.auth.identity import IdentitySource, PrincipalKind, node_id_for_id
 from flwrmtls.auth.interceptor import current_principal
 from flwrmtls.auth.keyformats import key_fingerprint, node_id_for_key, parse_node_public_key
 from flwrmtls.clock import Clock
-from flwrmtls.control.enrolltokens import binding_of, token_message, ttl_of
+from flwrmtls.control.enrolltokens import requested_binding, token_message, ttl_of
 from flwrmtls.enroll.tokens import TokenState, new_token, state_of
 from flwrmtls.errors import InputError
 from flwrmtls.expiry import ExpiryWarning
@@ -361,7 +361,7 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
     async def CreateEnrollToken(
         self, request: control_pb2.CreateEnrollTokenRequest, context: _Context
     ) -> control_pb2.CreateEnrollTokenResponse:
-        binding = binding_of(request.identity)
+        binding = requested_binding(request.identity)
         now = self._clock.now()
         by = current_principal().identity
         for _ in range(3):  # the id is 32 random bits: a collision is rare, and retried

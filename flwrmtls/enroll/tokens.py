@@ -36,6 +36,7 @@ from cryptography import x509
 from flwrmtls.auth.identity import AmbiguousIdentityError, validate_spiffe_id
 from flwrmtls.errors import InputError
 from flwrmtls.pki.certsigning import node_subject
+from flwrmtls.state.enrolltable import TokenRecord
 
 __all__ = [
     "DEFAULT_TTL",
@@ -116,20 +117,6 @@ class Binding:
 
 
 @dataclass(frozen=True, slots=True)
-class TokenRecord:
-    """A token as the link keeps it (never its secret)."""
-
-    token_id: str
-    secret_hash: bytes
-    binding: Binding
-    created_at: datetime
-    expires_at: datetime
-    created_by: str
-    used_at: datetime | None = None
-    revoked_at: datetime | None = None
-
-
-@dataclass(frozen=True, slots=True)
 class IssuedToken:
     """A new token: the text answered once, and the record kept."""
 
@@ -146,12 +133,25 @@ def new_token(binding: Binding, now: datetime, ttl: timedelta, created_by: str) 
     record = TokenRecord(
         token_id=token_id,
         secret_hash=_hash(secret),
-        binding=binding,
+        common_name=binding.common_name,
+        organization=binding.organization,
+        organizational_unit=binding.organizational_unit,
+        spiffe_id=binding.spiffe_id,
         created_at=now,
         expires_at=now + ttl,
         created_by=created_by,
     )
     return IssuedToken(f"{token_id}.{secret}", record)
+
+
+def binding_of(record: TokenRecord) -> Binding:
+    """The identity ``record`` binds."""
+    return Binding(
+        common_name=record.common_name,
+        organization=record.organization,
+        organizational_unit=record.organizational_unit,
+        spiffe_id=record.spiffe_id,
+    )
 
 
 def _hash(secret: str) -> bytes:

@@ -26,8 +26,10 @@ import asyncio
 import logging
 import signal
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 
 import grpc
 
@@ -44,6 +46,7 @@ from flwrmtls.node.agent import NodeAgent, RetryPolicy
 from flwrmtls.node.appioserver import ClientAppIoServer
 from flwrmtls.node.audience import LinkAudience
 from flwrmtls.node.clientapps import ClientApps
+from flwrmtls.node.enrollment import DEFAULT_ENROLLMENT_PORT, TOKEN_VARIABLE, enroll
 from flwrmtls.node.rotation import CertificateWatcher
 from flwrmtls.node.signer import SigningInterceptor
 from flwrmtls.node.statedir import StateDir, default_state_dir, open_state_dir
@@ -93,6 +96,26 @@ def parser() -> argparse.ArgumentParser:
         "--ssl-client-keyfile",
         type=Path,
         help="this node's private key (PEM: PKCS#8, SEC1 or PKCS#1)",
+    )
+    p.add_argument(
+        "--enroll-token-file",
+        type=Path,
+        help="enroll with this join token (a file holding what `flwrmtls enroll token "
+        f"create` printed; or the {TOKEN_VARIABLE} variable) while --ssl-client-certfile does "
+        "not exist: the node makes its key in --ssl-client-keyfile (0600, never sent), gets "
+        "its certificate from the link and writes it to --ssl-client-certfile (docs/enrollment.md)",
+    )
+    p.add_argument(
+        "--enrollment-address",
+        help="the link's Enrollment API, host:port (default: --superlink's host, port "
+        f"{DEFAULT_ENROLLMENT_PORT})",
+    )
+    p.add_argument(
+        "--ca-cert-hash",
+        metavar="sha256:HEX",
+        help="instead of a CA file: the SHA-256 of the public key of the CA that verifies the "
+        "link (as the operator gives it); the node finds that CA at the link's Enrollment "
+        "API and writes it to --root-certificates",
     )
     p.add_argument(
         "--auth-supernode-private-key",
@@ -307,10 +330,21 @@ class _Operations:
 
 
 def run(args: argparse.Namespace) -> None:
+    stopping = threading.Event()
+    """Set by SIGINT/SIGTERM: the node stops (enrolling, or running)."""
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        log.info("stopping (signal %d)", signum)
+        stopping.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
     node_config = parse_key_values(args.node_config, "--node-config")
     if args.max_retries is not None and args.max_retries < 0:
         raise InputError("--max-retries must be 0 or more")
     max_object_bytes = parse_size(args.max_object_storage, "--max-object-storage")
+    retry = RetryPolicy(max_retries=args.max_retries, max_wait_time=args.max_wait_time)
+    enroll(args, retry, stopping)
     transport, own, ctx = _transport(args)
     metrics = NodeMetrics() if args.metrics_address is not None else None
 
@@ -353,11 +387,7 @@ def run(args: argparse.Namespace) -> None:
         client, state.objects, node_config=node_config, share_objects=args.shared_objects,
         max_object_bytes=max_object_bytes, envs=envs,
     )  # fmt: skip
-    agent = NodeAgent(
-        client,
-        apps=apps,
-        retry=RetryPolicy(max_retries=args.max_retries, max_wait_time=args.max_wait_time),
-    )
+    agent = NodeAgent(client, apps=apps, retry=retry)
     watcher = None
     if transport is not None and own is not None and own.identity is not None:
 
@@ -377,6 +407,8 @@ def run(args: argparse.Namespace) -> None:
         )  # fmt: skip
     operations = _Operations(args, agent, own, state, metrics)
     try:
+        if stopping.is_set():  # a signal while enrolling or starting: stop before serving
+            return
         asyncio.run(
             _serve(
                 agent, ClientAppIoServer(apps, args.clientappio_api_address), watcher, operations

@@ -38,6 +38,7 @@ DEFAULT_LIMITS: Mapping[Retention, int] = {
     Retention.ADMISSION: 100_000,
     Retention.READ: 100_000,
     Retention.REFUSAL: 100_000,
+    Retention.ENROLLMENT: 100_000,
 }
 """Entries kept per retention class; older ones are deleted as new ones arrive."""
 

@@ -1,4 +1,5 @@
-"""Join tokens, as the link keeps them (:mod:`flwrmtls.enroll.tokens` says what they are).
+"""Join tokens, as the link keeps them (:mod:`flwrmtls.enroll.tokens` says what they are and
+builds them; this module only keeps them).
 
 Rules:
 
@@ -20,13 +21,33 @@ Callers: the Control servicer (create, list, revoke), the Enrollment servicer (f
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from flwrmtls.enroll.tokens import Binding, TokenRecord
 from flwrmtls.state.database import Database
 
-__all__ = ["EnrollTable"]
+__all__ = ["EnrollTable", "TokenRecord"]
+
+
+@dataclass(frozen=True, slots=True)
+class TokenRecord:
+    """A token as the link keeps it: never its secret."""
+
+    token_id: str
+    secret_hash: bytes
+    """SHA-256 of the secret."""
+    common_name: str
+    organization: str
+    organizational_unit: str
+    spiffe_id: str
+    """The identity the token binds (empty: none)."""
+    created_at: datetime
+    expires_at: datetime
+    created_by: str
+    used_at: datetime | None = None
+    revoked_at: datetime | None = None
+
 
 _COLUMNS = (
     "token_id, secret_hash, common_name, organization, organizational_unit, spiffe_id, "
@@ -45,12 +66,10 @@ def _record(row: Sequence[Any]) -> TokenRecord:
     return TokenRecord(
         token_id=str(row[0]),
         secret_hash=bytes(row[1]),
-        binding=Binding(
-            common_name=str(row[2]),
-            organization=str(row[3]),
-            organizational_unit=str(row[4]),
-            spiffe_id=str(row[5]),
-        ),
+        common_name=str(row[2]),
+        organization=str(row[3]),
+        organizational_unit=str(row[4]),
+        spiffe_id=str(row[5]),
         created_at=created_at,
         expires_at=expires_at,
         created_by=str(row[8]),
@@ -65,7 +84,6 @@ class EnrollTable:
 
     def add(self, record: TokenRecord) -> bool:
         """Keep a new token; False (nothing kept) if its id is taken."""
-        binding = record.binding
         cursor = self._db.execute(
             f"INSERT INTO enroll_tokens ({_COLUMNS}) VALUES (:token_id, :secret_hash, "
             ":common_name, :organization, :organizational_unit, :spiffe_id, :created_at, "
@@ -73,10 +91,10 @@ class EnrollTable:
             {
                 "token_id": record.token_id,
                 "secret_hash": record.secret_hash,
-                "common_name": binding.common_name,
-                "organization": binding.organization,
-                "organizational_unit": binding.organizational_unit,
-                "spiffe_id": binding.spiffe_id,
+                "common_name": record.common_name,
+                "organization": record.organization,
+                "organizational_unit": record.organizational_unit,
+                "spiffe_id": record.spiffe_id,
                 "created_at": record.created_at.timestamp(),
                 "expires_at": record.expires_at.timestamp(),
                 "created_by": record.created_by,

@@ -83,6 +83,7 @@ class Api(enum.StrEnum):
     CONTROL = "Control"
     SERVERAPPIO = "ServerAppIo"
     CLIENTAPPIO = "ClientAppIo"
+    ENROLLMENT = "Enrollment"
 
 
 class Refusal(enum.StrEnum):
@@ -104,6 +105,9 @@ class Refusal(enum.StrEnum):
     OCSP_UNAVAILABLE = "ocsp-unavailable"
     NO_ENROLL_TOKEN = "no-enroll-token"  # noqa: S105 - a refusal code
     ENROLL_TOKEN_STATE = "enroll-token-state"  # noqa: S105 - a refusal code
+    TOKEN_REFUSED = "token-refused"  # noqa: S105 - a refusal code
+    CSR_REFUSED = "csr-refused"
+    ENROLL_RATE_LIMITED = "enroll-rate-limited"
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,6 +196,23 @@ REFUSALS: Mapping[Refusal, RefusalRow] = {
         grpc.StatusCode.FAILED_PRECONDITION,
         "the join token was used or revoked already",
         Api.CONTROL,
+    ),
+    # A new site asking for its certificate (Enrollment).
+    Refusal.TOKEN_REFUSED: _row(
+        grpc.StatusCode.PERMISSION_DENIED,
+        "the join token is not good: unknown, used, expired or revoked (the details say "
+        "which, to the holder of its secret): ask the operator for a new one",
+        Api.ENROLLMENT,
+    ),
+    Refusal.CSR_REFUSED: _row(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "the certificate request is not one the link signs: the details say why",
+        Api.ENROLLMENT,
+    ),
+    Refusal.ENROLL_RATE_LIMITED: _row(
+        grpc.StatusCode.UNAVAILABLE,
+        "too many enrollment requests from this address: retry later",
+        Api.ENROLLMENT,
     ),
     # The link's own state while it judges a caller's certificate (the auth interceptor's).
     Refusal.OCSP_UNAVAILABLE: _row(

@@ -12,6 +12,13 @@ import json
 import re
 import stat
 import time
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from flwrmtls.enroll.client import spki_sha256
+from flwrmtls.testing.processes import LinkProcess, NodeProcess
 
 from .deployment import Deployment
 
@@ -135,3 +142,133 @@ def test_a_token_for_an_identity_the_ca_would_not_issue_is_refused(
     (token,) = tokens(deployment)
     assert token["subject"] == "CN=site-1,OU=radiology"
     assert token["spiffe_id"] == "spiffe://td/a"
+
+
+# --- a site enrolls: the real link, node and CLI ------------------------------------------------
+
+
+def enrolling_link(deployment: Deployment) -> tuple[LinkProcess, int]:
+    files = deployment.pki.ca.files
+    link = deployment.start_link(
+        [
+            *deployment.link_args(), "--enroll-mode", "sign",
+            "--enroll-ca-certfile", str(files.issuing_certificate),
+            "--enroll-ca-keyfile", str(files.issuing_key),
+            "--enrollment-api-address", "127.0.0.1:0",
+        ]
+    )  # fmt: skip
+    port = int(link.wait_for(r"enrollment \(sign\) on port (\d+)").group(1))
+    deployment.profile(link.control_port)
+    return link, port
+
+
+def new_token_file(deployment: Deployment, name: str, *flags: str) -> Path:
+    path = deployment.tmp / f"{name}.token"
+    created = deployment.cli("enroll", "token", "create", name, *flags, "--output", str(path))
+    assert created.returncode == 0, created.stderr
+    return path
+
+
+def site(deployment: Deployment, name: str) -> tuple[Path, Path]:
+    """Where a site's node keeps its certificate and key (neither exists yet)."""
+    directory = deployment.tmp / "sites" / name
+    directory.mkdir(parents=True)
+    return directory / "node.pem", directory / "node.key"
+
+
+def enrolling_node(
+    deployment: Deployment, name: str, fleet_port: int, enroll_port: int, token: Path,
+    *extra: str,
+) -> tuple[NodeProcess, Path, Path]:  # fmt: skip
+    chain, key = site(deployment, name)
+    node = deployment.node(
+        name, fleet_port, "--enroll-token-file", str(token),
+        "--enrollment-address", f"127.0.0.1:{enroll_port}",
+        "--ssl-client-certfile", str(chain), "--ssl-client-keyfile", str(key), *extra, cert="",
+    )  # fmt: skip
+    return node, chain, key
+
+
+def test_a_site_enrolls_with_its_token_and_its_own_key_and_joins_as_any_node(
+    deployment: Deployment,
+) -> None:
+    link, enroll_port = enrolling_link(deployment)
+    token = new_token_file(deployment, "site-3", "--org", "Hospital C")
+    node, chain, key = enrolling_node(deployment, "site-3", link.fleet_port, enroll_port, token)
+    node.wait_active()
+    # Its key: made on the site, 0600, never sent (the link has only its public half).
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    key_pem = key.read_bytes()
+    secret = token.read_text().strip().split(".")[1]
+    kept = b"".join(p.read_bytes() for p in deployment.tmp.glob("link.db*") if p.is_file())
+    for text in (key_pem.split(b"\n")[1], secret.encode()):
+        assert text not in kept
+        assert text.decode() not in link.log + node.log
+    leaf = x509.load_pem_x509_certificate(chain.read_bytes())
+    assert leaf.subject.rfc4514_string() == "CN=site-3,O=Hospital C"
+    assert leaf.issuer == deployment.pki.ca.issuing_certificate.subject
+    statuses = {n["identity"]: n["status"] for n in deployment.list_nodes()}
+    assert statuses["CN=site-3,O=Hospital C"] == "online"
+    states = {t["token_id"]: t["state"] for t in tokens(deployment, "--all")}
+    assert set(states.values()) == {"used"}
+    assert "enrolled CN=site-3,O=Hospital C with join token" in link.log
+    # Restarted with the same flags: it is enrolled, and needs no second token.
+    node.stop()
+    again = deployment.node(
+        "site-3-again", link.fleet_port, "--enroll-token-file", str(token),
+        "--ssl-client-certfile", str(chain), "--ssl-client-keyfile", str(key), cert="",
+    )  # fmt: skip
+    again.wait_active()
+    assert "this node enrolled before" in again.log
+    # Another node with the used token: refused, one line, exit 1.
+    thief, thief_chain, _ = enrolling_node(deployment, "thief", link.fleet_port, enroll_port, token)
+    assert thief.wait_exit() == 1
+    assert "refused enrollment: join token" in thief.log
+    assert "used already" in thief.log
+    assert not thief_chain.exists()
+    audit = json.loads(deployment.cli("audit", "--format", "json").stdout)
+    attempts = [
+        (e["method"].rsplit("/", 1)[1], e["outcome"])
+        for e in audit
+        if e["method"].startswith("/flwrmtls.proto.Enrollment/")
+    ]
+    assert attempts == [("DescribeToken", "token-refused"), ("RequestCertificate", "ok")]
+
+
+def test_a_site_given_only_the_cas_hash_finds_it_and_a_wrong_hash_sends_nothing(
+    deployment: Deployment,
+) -> None:
+    """kubeadm's --discovery-token-ca-cert-hash: the site pins the CA by its key's hash. A
+    link (or anyone in the middle) offering no CA with that hash gets nothing: the token is
+    not sent, and stays usable."""
+    link, enroll_port = enrolling_link(deployment)
+    ca_hash = next(
+        line.split("--ca-cert-hash ")[1].split()[0]
+        for line in deployment.cli(
+            "enroll", "token", "create", "probe", "--output", str(deployment.tmp / "probe.token")
+        ).stderr.splitlines()
+        if "--ca-cert-hash" in line
+    )
+    assert ca_hash == spki_sha256(deployment.pki.ca.root_certificate)
+    wrong = "sha256:" + "0" * 64
+    token = new_token_file(deployment, "site-4")
+    roots = deployment.tmp / "sites-ca" / "ca.pem"
+    roots.parent.mkdir()
+    fooled, _, _ = enrolling_node(
+        deployment, "fooled", link.fleet_port, enroll_port, token,
+        "--ca-cert-hash", wrong, "--root-certificates", str(roots),
+    )  # fmt: skip
+    assert fooled.wait_exit() == 1
+    assert f"offers no CA with the public key hash {wrong}" in fooled.log
+    assert "nothing was sent to it" in fooled.log
+    assert not roots.exists()
+    states = {t["subject"]: t["state"] for t in tokens(deployment)}
+    assert states["CN=site-4"] == "active"  # the token never left the site
+    node, _, _ = enrolling_node(
+        deployment, "site-4", link.fleet_port, enroll_port, token,
+        "--ca-cert-hash", ca_hash, "--root-certificates", str(roots),
+    )  # fmt: skip
+    node.wait_active()
+    assert roots.read_bytes() == deployment.pki.ca.root_certificate.public_bytes(
+        serialization.Encoding.PEM
+    )

@@ -12,6 +12,7 @@ from flwrmtls.enroll.tokens import (
     MAX_TOKEN_TEXT,
     Binding,
     TokenState,
+    binding_of,
     new_token,
     parse_duration,
     parse_token,
@@ -95,7 +96,7 @@ def test_a_token_is_used_once_and_a_revoked_or_expired_one_never(database: str) 
         kept = state.enroll.get(first.token_id)
         assert kept is not None
         assert kept.used_at == NOW
-        assert kept.binding == SITE
+        assert binding_of(kept) == SITE
         revoked = new_token(SITE, NOW, timedelta(hours=1), "operator").record
         state.enroll.add(revoked)
         assert state.enroll.revoke(revoked.token_id, NOW)

@@ -1,0 +1,206 @@
+"""A node that starts with a join token: its own key, its certificate from the link, then on
+as any node (docs/enrollment.md).
+
+Rules:
+
+* The token comes from ``--enroll-token-file`` (whitespace around it ignored) or the
+  ``FLWRMTLS_ENROLL_TOKEN`` variable, never from the command line; both at once are refused.
+  The node logs the token's id only, never its secret.
+* Enrollment runs only while ``--ssl-client-certfile`` does not exist: a node enrolled
+  before starts as any node and leaves its token unused, so a restart never needs a second
+  token.
+* The key: ``--ssl-client-keyfile`` if it exists (this site's own, say from an enrollment
+  cut short), else a new EC P-256 key written there first, 0600, PKCS#8. It is never sent:
+  the CSR carries its public key and is signed with it.
+* The CA: ``--root-certificates``; with ``--ca-cert-hash``, that flag names where the CA
+  found by its hash (:func:`~flwrmtls.enroll.client.discover_ca`) is written, once: a file
+  already there must hold a CA with that hash, and is then used as it is.
+* The chain answered is checked (:func:`~flwrmtls.enroll.client.check_chain`) and written to
+  ``--ssl-client-certfile`` atomically; the node then joins over mTLS with it, as any node.
+* A link that is down or busy is retried within ``--max-retries``/``--max-wait-time``; a
+  refusal (the token, the request) ends the node with one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from flwrmtls.clock import SystemClock
+from flwrmtls.enroll.client import (
+    EnrollmentClient,
+    build_csr,
+    check_chain,
+    discover_ca,
+    parse_ca_hash,
+    spki_sha256,
+)
+from flwrmtls.enroll.csrcheck import key_fingerprint
+from flwrmtls.enroll.tokens import MAX_TOKEN_TEXT, parse_token
+from flwrmtls.errors import InputError, LinkUnreachable
+from flwrmtls.node.agent import RetryPolicy
+from flwrmtls.pki.files import read_private_key_file, write_file
+from flwrmtls.pki.privatekeys import KeyEncoding, PrivateKey, encode_private_key
+from flwrmtls.wire.credentials import load_ca_bundle
+
+__all__ = ["DEFAULT_ENROLLMENT_PORT", "TOKEN_VARIABLE", "enroll", "enrollment_address"]
+
+log = logging.getLogger("flwrmtls.node")
+
+TOKEN_VARIABLE = "FLWRMTLS_ENROLL_TOKEN"  # noqa: S105 - the variable's name
+DEFAULT_ENROLLMENT_PORT = 9095
+_T = TypeVar("_T")
+
+
+def enrollment_address(args: argparse.Namespace) -> str:
+    """``--enrollment-address``, or ``--superlink``'s host on port 9095."""
+    if args.enrollment_address:
+        return str(args.enrollment_address)
+    host = str(args.superlink).rpartition(":")[0] or "127.0.0.1"
+    return f"{host}:{DEFAULT_ENROLLMENT_PORT}"
+
+
+def _token(args: argparse.Namespace, environ: dict[str, str]) -> str | None:
+    from_env = environ.get(TOKEN_VARIABLE)
+    if args.enroll_token_file is not None and from_env is not None:
+        raise InputError(
+            f"give the join token once: --enroll-token-file or {TOKEN_VARIABLE}, not both"
+        )
+    if args.enroll_token_file is not None:
+        path = Path(args.enroll_token_file)
+        try:
+            with path.open("rb") as stream:
+                text = stream.read(MAX_TOKEN_TEXT + 1).decode("ascii", errors="replace")
+        except OSError as error:
+            raise InputError(f"--enroll-token-file {path}: {error.strerror}") from None
+        where = f"--enroll-token-file {path}"
+    elif from_env is not None:
+        text, where = from_env, TOKEN_VARIABLE
+    else:
+        return None
+    if parse_token(text) is None:
+        raise InputError(
+            f"{where} holds no join token (it reads <8 hex digits>.<43 characters>, as "
+            "`flwrmtls enroll token create` prints it)"
+        )
+    return text.strip()
+
+
+def _retrying(retry: RetryPolicy, stop: threading.Event, call: Callable[[], _T]) -> _T:
+    clock = SystemClock()
+    failures, started = 0, clock.monotonic()
+    while True:
+        try:
+            return call()
+        except LinkUnreachable as error:
+            failures += 1
+            waited = clock.monotonic() - started
+            if retry.exhausted(failures, waited):
+                raise LinkUnreachable(
+                    f"gave up enrolling after {failures} attempt(s) over {waited:.0f}s: {error}"
+                ) from None
+            delay = retry.delay(failures)
+            log.warning("%s; retrying in %.0fs", error, delay)
+            if stop.wait(delay):
+                raise LinkUnreachable("stopped while enrolling") from None
+
+
+def _ca(args: argparse.Namespace, address: str, retry: RetryPolicy, stop: threading.Event) -> None:
+    """With ``--ca-cert-hash``: the CA at ``--root-certificates``, found and written if absent."""
+    if args.ca_cert_hash is None:
+        return
+    expected = parse_ca_hash(args.ca_cert_hash)
+    if args.root_certificates is None:
+        raise InputError(
+            "--ca-cert-hash needs --root-certificates FILE: where the node keeps the CA it "
+            "verifies by that hash"
+        )
+    path = Path(args.root_certificates)
+    if path.exists():
+        _, certificates = load_ca_bundle(path, "--root-certificates")
+        if not any(spki_sha256(certificate) == expected for certificate in certificates):
+            raise InputError(
+                f"--root-certificates {path} holds no CA with the public key hash {expected} "
+                "(--ca-cert-hash): remove the file to find the CA again, or fix the hash"
+            )
+        return
+    log.info("finding the link's CA with public key hash %s at %s", expected, address)
+    pem = _retrying(retry, stop, lambda: discover_ca(address, expected))
+    write_file(path, pem, secret=False, force=False)
+    subject = x509.load_pem_x509_certificate(pem).subject.rfc4514_string()
+    log.info("verified the link's CA %s by its hash; wrote it to %s", subject, path)
+
+
+def _key(path: Path) -> PrivateKey:
+    if path.exists():
+        key = read_private_key_file(path, "--ssl-client-keyfile")
+        log.info("using this site's key in %s (%s)", path, key_fingerprint(key.public_key()))
+        return key
+    key = ec.generate_private_key(ec.SECP256R1())
+    write_file(path, encode_private_key(key, KeyEncoding.PKCS8), secret=True, force=False)
+    log.info("made this site's key in %s (%s): it never leaves this machine", path,
+             key_fingerprint(key.public_key()))  # fmt: skip
+    return key
+
+
+def enroll(
+    args: argparse.Namespace,
+    retry: RetryPolicy,
+    stop: threading.Event,
+    environ: dict[str, str] | None = None,
+) -> None:
+    """Enroll this node if it was given a join token and has no certificate yet (see the
+    module); then ``--ssl-client-certfile``/``--ssl-client-keyfile`` and
+    ``--root-certificates`` hold what the node joins with."""
+    token = _token(args, dict(os.environ) if environ is None else environ)
+    address = enrollment_address(args)
+    if token is None and args.ca_cert_hash is None:
+        return
+    if args.insecure:
+        raise InputError("enrollment needs TLS: drop --insecure")
+    _ca(args, address, retry, stop)
+    if token is None:
+        return
+    certfile, keyfile = args.ssl_client_certfile, args.ssl_client_keyfile
+    if certfile is None or keyfile is None:
+        raise InputError(
+            "a join token needs --ssl-client-certfile and --ssl-client-keyfile: where the node "
+            "writes the certificate it gets and the key it makes"
+        )
+    token_id = token.split(".")[0]
+    if Path(certfile).exists():
+        log.info("%s exists: this node enrolled before; join token %s is not used", certfile,
+                 token_id)  # fmt: skip
+        return
+    if args.root_certificates is None:
+        raise InputError(
+            "enrollment needs the CA that verifies the link: --root-certificates FILE, or "
+            "--ca-cert-hash sha256:... with --root-certificates naming where to keep it"
+        )
+    roots, _ = load_ca_bundle(Path(args.root_certificates), "--root-certificates")
+    key = _key(Path(keyfile))
+    client = EnrollmentClient(address, roots)
+    try:
+        described = _retrying(retry, stop, lambda: client.describe(token))
+        binding = described.binding
+        log.info("join token %s allows %s; asking %s for a certificate", token_id,
+                 binding.describe(), address)  # fmt: skip
+        csr = build_csr(key, binding)
+        chain = _retrying(retry, stop, lambda: client.request(token, csr))
+    finally:
+        client.close()
+    leaf = check_chain(chain, key, binding)
+    write_file(Path(certfile), chain, secret=False, force=False)
+    log.info(
+        "enrolled as %s: certificate serial %x, valid until %s UTC, written to %s",
+        leaf.subject.rfc4514_string(), leaf.serial_number,
+        f"{leaf.not_valid_after_utc:%Y-%m-%d %H:%M}", certfile,
+    )  # fmt: skip

@@ -1,0 +1,361 @@
+"""The Enrollment API of a real link on loopback, as anyone on the network may call it.
+
+Each attack beside its control, through the same link and listener: a garbage CSR, a CSR
+whose signature is not its key's, oversize fields, a replayed token, a token for another
+identity, a CSR asking for more than the token allows (a CA, another usage, another SAN, a
+weak key, a longer life), an expired or revoked token, a flood from one address; beside each,
+the request that passes. What passes is a node certificate the link then admits over mTLS.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from flwrmtls.enroll.config import EnrollmentConfig, EnrollMode
+from flwrmtls.enroll.issuer import EnrollmentIssuer
+from flwrmtls.enroll.tokens import Binding, new_token
+from flwrmtls.link.server import Link
+from flwrmtls.proto import enrollment_pb2, enrollment_pb2_grpc
+from flwrmtls.testing.link import mtls_config, node_client, running_link
+from flwrmtls.testing.pki import TestPki
+from flwrmtls.wire.refusals import Refusal, refusal_in
+
+SITE = Binding("site-1", organization="Hospital C")
+MAX_DAYS = 30
+
+
+class ShiftedClock:
+    """The real clock, moved ahead when a test says so (to let a token expire)."""
+
+    def __init__(self) -> None:
+        self.shift = timedelta()
+
+    def now(self) -> datetime:
+        return datetime.now(UTC) + self.shift
+
+    def monotonic(self) -> float:
+        return time.monotonic() + self.shift.total_seconds()
+
+
+@contextmanager
+def enrolling_link(
+    tmp_path: Path, pki: TestPki, *, per_minute: int = 1000, address: str = "127.0.0.1:0",
+    clock: ShiftedClock | None = None,
+) -> Iterator[Link]:  # fmt: skip
+    chain, key = pki.paths("server")
+    config = mtls_config(
+        tmp_path / "link.db", server_chain=chain, server_key=key, client_ca=pki.trust_bundle_path
+    )
+    issuer = EnrollmentIssuer.load(
+        pki.ca.files.issuing_certificate, pki.ca.files.issuing_key,
+        client_cas=config.client_ca_certificates, now=datetime.now(UTC),
+    )  # fmt: skip
+    enroll = EnrollmentConfig(
+        EnrollMode.SIGN, issuer, address=address, certificate_days=MAX_DAYS, per_minute=per_minute
+    )
+    with running_link(dataclasses.replace(config, enroll=enroll), clock) as link:
+        yield link
+
+
+def token_for(link: Link, binding: Binding = SITE, ttl: timedelta = timedelta(hours=1)) -> str:
+    """A token as `enroll token create` makes one (the Control path is tested through the CLI)."""
+    issued = new_token(binding, link.clock.now(), ttl, "operator")
+    assert link.state.enroll.add(issued.record)
+    return issued.text
+
+
+@contextmanager
+def enrollment(link: Link, pki: TestPki, host: str = "127.0.0.1") -> Iterator[Any]:
+    credentials = grpc.ssl_channel_credentials(pki.trust_bundle_path.read_bytes())
+    options = [("grpc.ssl_target_name_override", "localhost")]
+    target = f"{host}:{link.enrollment_port}"
+    with grpc.secure_channel(target, credentials, options=options) as channel:
+        yield enrollment_pb2_grpc.EnrollmentStub(channel)
+
+
+def csr(
+    key: Any = None,
+    subject: x509.Name | None = None,
+    extensions: tuple[tuple[x509.ExtensionType, bool], ...] = (),
+) -> tuple[bytes, Any]:
+    key = key or ec.generate_private_key(ec.SECP256R1())
+    builder = x509.CertificateSigningRequestBuilder().subject_name(subject or SITE.subject())
+    for extension, critical in extensions:
+        builder = builder.add_extension(extension, critical=critical)
+    algorithm = None if isinstance(key, ed25519.Ed25519PrivateKey) else hashes.SHA256()
+    request = builder.sign(key, algorithm)
+    return request.public_bytes(serialization.Encoding.DER), key
+
+
+def ask(
+    stub: Any, token: str, der: bytes, days: int = 0
+) -> enrollment_pb2.RequestCertificateResponse:
+    request = enrollment_pb2.RequestCertificateRequest(token=token, csr_der=der, days=days)
+    answer: enrollment_pb2.RequestCertificateResponse = stub.RequestCertificate(request, timeout=20)
+    return answer
+
+
+def refused(stub: Any, token: str, der: bytes, days: int = 0) -> tuple[Refusal | None, str]:
+    with pytest.raises(grpc.RpcError) as error:
+        ask(stub, token, der, days)
+    return refusal_in(error.value), str(error.value.details())
+
+
+def admitted(link: Link, pki: TestPki, chain_pem: bytes, key: Any, tmp_path: Path) -> str:
+    """The issued certificate joins as a node over mTLS: its identity."""
+    chain, key_file = tmp_path / "enrolled.pem", tmp_path / "enrolled.key"
+    chain.write_bytes(chain_pem)
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )  # fmt: skip
+    client, channel = node_client(
+        link, root_certificates=pki.trust_bundle_path, chain=chain, key=key_file
+    )
+    try:
+        return client.activate().identity
+    finally:
+        channel.close()
+
+
+def test_a_valid_token_and_csr_get_a_node_certificate_the_link_admits(
+    tmp_path: Path, pki: TestPki
+) -> None:
+    with enrolling_link(tmp_path, pki) as link, enrollment(link, pki) as stub:
+        token = token_for(link)
+        described = stub.DescribeToken(enrollment_pb2.DescribeTokenRequest(token=token))
+        assert described.subject == "CN=site-1,O=Hospital C"
+        assert described.max_days == MAX_DAYS
+        der, key = csr()
+        answer = ask(stub, token, der)
+        chain = x509.load_pem_x509_certificates(answer.certificate_chain_pem)
+        leaf = chain[0]
+        assert leaf.subject == SITE.subject()
+        assert leaf.issuer == pki.ca.issuing_certificate.subject
+        assert chain[1] == pki.ca.issuing_certificate
+        constraints = leaf.extensions.get_extension_for_class(x509.BasicConstraints).value
+        assert not constraints.ca
+        usages = leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+        assert list(usages) == [ExtendedKeyUsageOID.CLIENT_AUTH]
+        assert leaf.not_valid_after_utc - leaf.not_valid_before_utc <= timedelta(
+            days=MAX_DAYS, minutes=5
+        )
+        assert admitted(link, pki, answer.certificate_chain_pem, key, tmp_path) == (
+            "CN=site-1,O=Hospital C"
+        )
+        # The trail has the attempt: who, what was issued to which key.
+        (entry,) = [
+            e for e in link.state.audit.entries(50, "")
+            if e.record.method.endswith("/RequestCertificate")
+        ]  # fmt: skip
+        assert entry.record.outcome == "ok"
+        assert entry.record.identity == f"join token {token.split('.')[0]}"
+        assert answer.key_fingerprint in entry.record.detail
+
+
+def test_a_token_is_used_once_and_another_identity_is_never_signed(
+    tmp_path: Path, pki: TestPki
+) -> None:
+    with enrolling_link(tmp_path, pki) as link, enrollment(link, pki) as stub:
+        token = token_for(link)
+        # As a token holder asking for another site's Subject: refused, the token kept.
+        other = Binding("site-2", organization="Hospital C").subject()
+        code, why = refused(stub, token, csr(subject=other)[0])
+        assert code is Refusal.CSR_REFUSED
+        assert "this token allows 'CN=site-1,O=Hospital C' only" in why
+        ask(stub, token, csr()[0])  # the control: its own Subject, once
+        # Replayed: the same token again, even with a fresh key.
+        code, why = refused(stub, token, csr()[0])
+        assert code is Refusal.TOKEN_REFUSED
+        assert "used already" in why
+        outcomes = [
+            e.record.outcome for e in link.state.audit.entries(50, "")
+            if e.record.method.endswith("/RequestCertificate")
+        ]  # fmt: skip
+        assert outcomes == ["token-refused", "ok", "csr-refused"]  # newest first
+
+
+def _rsa(bits: int) -> Any:
+    return rsa.generate_private_key(public_exponent=65537, key_size=bits)
+
+
+def _with(*extensions: x509.ExtensionType, critical: bool = False) -> tuple[bytes, Any]:
+    return csr(extensions=tuple((extension, critical) for extension in extensions))
+
+
+_CERT_SIGN = x509.KeyUsage(True, False, False, False, False, True, False, False, False)
+_CLIENT, _SERVER = ExtendedKeyUsageOID.CLIENT_AUTH, ExtendedKeyUsageOID.SERVER_AUTH
+_SECOND_CN = x509.NameAttribute(NameOID.COMMON_NAME, "admin")
+_MORE_THAN_ALLOWED: list[tuple[str, Any, str]] = [
+    ("a CA", lambda: _with(x509.BasicConstraints(ca=True, path_length=None), critical=True),
+     "CA:TRUE"),
+    ("server auth", lambda: _with(x509.ExtendedKeyUsage([_SERVER])), "serverAuth"),
+    ("code signing too",
+     lambda: _with(x509.ExtendedKeyUsage([_CLIENT, ExtendedKeyUsageOID.CODE_SIGNING])),
+     "codeSigning"),
+    ("a DNS name", lambda: _with(x509.SubjectAlternativeName([x509.DNSName("a.example")])),
+     "subject alternative names"),
+    ("a SPIFFE ID the token lacks",
+     lambda: _with(x509.SubjectAlternativeName([x509.UniformResourceIdentifier("spiffe://td/x")])),
+     "allows none"),
+    ("certificate signing", lambda: _with(_CERT_SIGN, critical=True), "key_cert_sign"),
+    ("another extension", lambda: _with(x509.OCSPNoCheck()), "extension"),
+    ("RSA 1024", lambda: csr(key=_rsa(1024)), "RSA 1024"),
+    ("P-521", lambda: csr(key=ec.generate_private_key(ec.SECP521R1())), "P-521"),
+    ("secp256k1", lambda: csr(key=ec.generate_private_key(ec.SECP256K1())), "secp256k1"),
+    ("Ed25519", lambda: csr(key=ed25519.Ed25519PrivateKey.generate()), "Ed25519"),
+    ("a second CN", lambda: csr(subject=x509.Name([*SITE.subject(), _SECOND_CN])),
+     "this token allows"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("what", "build", "why"), _MORE_THAN_ALLOWED)
+def test_a_csr_asking_for_more_than_the_token_allows_is_refused_and_the_token_kept(
+    tmp_path: Path, pki: TestPki, what: str, build: Any, why: str
+) -> None:
+    with enrolling_link(tmp_path, pki) as link, enrollment(link, pki) as stub:
+        token = token_for(link)
+        code, details = refused(stub, token, build()[0])
+        assert code is Refusal.CSR_REFUSED, details
+        assert why in details
+        # The control, with the same token: what a node certificate carries, RSA 2048 and
+        # P-384 included, and a lifetime up to the link's.
+        der, _ = csr(
+            key=_rsa(2048) if "RSA" in what else ec.generate_private_key(ec.SECP384R1()),
+            extensions=(
+                (x509.BasicConstraints(ca=False, path_length=None), True),
+                (x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), False),
+            ),
+        )
+        assert ask(stub, token, der, days=MAX_DAYS).certificate_chain_pem
+
+
+def test_a_longer_life_than_the_link_allows_is_refused(tmp_path: Path, pki: TestPki) -> None:
+    with enrolling_link(tmp_path, pki) as link, enrollment(link, pki) as stub:
+        token = token_for(link)
+        code, why = refused(stub, token, csr()[0], days=MAX_DAYS + 1)
+        assert code is Refusal.CSR_REFUSED
+        assert f"at most {MAX_DAYS} days" in why
+        leaf = x509.load_pem_x509_certificate(
+            ask(stub, token, csr()[0], days=7).certificate_chain_pem
+        )
+        assert leaf.not_valid_after_utc - leaf.not_valid_before_utc <= timedelta(days=7, minutes=5)
+
+
+def test_garbage_a_forged_signature_and_oversize_fields_are_refused(
+    tmp_path: Path, pki: TestPki
+) -> None:
+    with enrolling_link(tmp_path, pki) as link, enrollment(link, pki) as stub:
+        token = token_for(link)
+        code, why = refused(stub, token, b"\x30\x82garbage")
+        assert code is Refusal.CSR_REFUSED
+        assert "cannot be read" in why
+        # A CSR whose signature is not its key's: its last byte changed.
+        der, _ = csr()
+        code, why = refused(stub, token, der[:-1] + bytes([der[-1] ^ 1]))
+        assert code is Refusal.CSR_REFUSED
+        assert "does not verify with the key it carries" in why
+        # Oversize: a CSR field over what the link reads, a token field over its bound, and a
+        # message over the listener's limit (grpc refuses it before the servicer runs).
+        code, why = refused(stub, token, b"\x30" * 9000)
+        assert code is Refusal.CSR_REFUSED
+        assert "over the 8192 the link reads" in why
+        code, _ = refused(stub, "a" * 5000, csr()[0])
+        assert code is Refusal.TOKEN_REFUSED
+        with pytest.raises(grpc.RpcError) as too_big:
+            ask(stub, token, b"\x30" * (32 << 10))
+        assert too_big.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+        # The control: the same token still works (none of the above used it).
+        assert ask(stub, token, csr()[0]).certificate_chain_pem
+
+
+def test_unknown_expired_and_revoked_tokens_are_refused_with_a_reason(
+    tmp_path: Path, pki: TestPki
+) -> None:
+    clock = ShiftedClock()
+    with enrolling_link(tmp_path, pki, clock=clock) as link, enrollment(link, pki) as stub:
+        good, expiring, revoking = token_for(link), token_for(link), token_for(link)
+        token_id, secret = good.split(".")
+        wrong_secret = f"{token_id}.{'A' * 43}"
+        unknown = f"0badc0de.{secret}"
+        for text in (wrong_secret, unknown):  # the same answer: nothing learned about ids
+            code, why = refused(stub, text, csr()[0])
+            assert code is Refusal.TOKEN_REFUSED
+            assert why.startswith("unknown join token (or a wrong secret)")
+        assert link.state.enroll.revoke(revoking.split(".")[0], link.clock.now())
+        code, why = refused(stub, revoking, csr()[0])
+        assert code is Refusal.TOKEN_REFUSED
+        assert "revoked by an operator" in why
+        assert ask(stub, good, csr()[0]).certificate_chain_pem  # the control
+        clock.shift = timedelta(hours=2)
+        code, why = refused(stub, expiring, csr()[0])
+        assert code is Refusal.TOKEN_REFUSED
+        assert "has expired" in why
+
+
+def test_a_flood_from_one_address_is_refused_and_other_addresses_and_nodes_are_served(
+    tmp_path: Path, pki: TestPki
+) -> None:
+    """As anyone on the network hammering the only unauthenticated listener: after its
+    budget its calls are refused before any parsing; another address, and the Fleet API,
+    are served all along."""
+    with (
+        enrolling_link(tmp_path, pki, per_minute=5, address="[::]:0") as link,
+        enrollment(link, pki, "127.0.0.1") as flooder,
+        enrollment(link, pki, "[::1]") as neighbour,
+    ):
+        token = token_for(link)
+        codes = []
+        for _ in range(20):
+            try:
+                ask(flooder, token, b"garbage")
+            except grpc.RpcError as error:
+                codes.append(refusal_in(error))
+        assert codes[:5] == [Refusal.CSR_REFUSED] * 5
+        assert codes[5:] == [Refusal.ENROLL_RATE_LIMITED] * 15
+        with pytest.raises(grpc.RpcError) as limited:
+            ask(flooder, token, csr()[0])
+        assert limited.value.code() is grpc.StatusCode.UNAVAILABLE
+        assert "retry in" in str(limited.value.details())
+        assert ask(neighbour, token, csr()[0]).certificate_chain_pem
+        chain, key = pki.paths("node-1")
+        client, channel = node_client(
+            link, root_certificates=pki.trust_bundle_path, chain=chain, key=key
+        )
+        try:
+            assert client.activate().identity == "CN=node-1,O=Hospital A"
+        finally:
+            channel.close()
+        # Calls refused for the rate are not written to the trail: a flood costs a counter.
+        attempts = [e for e in link.state.audit.entries(100, "")
+                    if e.record.method.startswith("/flwrmtls.proto.Enrollment/")]  # fmt: skip
+        assert len(attempts) == 6
+
+
+def test_only_the_enrollment_methods_are_served_there(tmp_path: Path, pki: TestPki) -> None:
+    """The enrollment listener serves no Fleet or Control method: a node's call there is told
+    which door it knocked on; and the Fleet listener serves no enrollment."""
+    from flwrmtls.proto import fleet_pb2, fleet_pb2_grpc
+
+    with enrolling_link(tmp_path, pki) as link:
+        credentials = grpc.ssl_channel_credentials(pki.trust_bundle_path.read_bytes())
+        with grpc.secure_channel(f"127.0.0.1:{link.enrollment_port}", credentials) as channel:
+            with pytest.raises(grpc.RpcError) as wrong:
+                fleet_pb2_grpc.FleetStub(channel).ActivateNode(fleet_pb2.ActivateNodeRequest())
+            assert wrong.value.code() is grpc.StatusCode.UNIMPLEMENTED
+            assert "Enrollment API" in str(wrong.value.details())
