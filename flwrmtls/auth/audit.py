@@ -22,10 +22,12 @@ Rules kept here (applied by :class:`flwrmtls.auth.interceptor.AuthInterceptor`):
   ==============  ================================================================  ==========
   ``change``      Control calls that changed state: a run started or stopped, keys  1,000,000
                   registered, a node unregistered or readmitted, a join token made
-                  or revoked (each needs a run or an operator's action)
+                  or revoked, a certificate request decided (each needs a run or an
+                  operator's action)
   ``admission``   node admissions (Fleet ``ActivateNode``)                          100,000
   ``read``        read-only Control calls: ListNodes, ListRuns, StreamLogs,         100,000
-                  ListAudit, ListEnrollTokens, whatever their outcome
+                  ListAudit, ListEnrollTokens, ListEnrollRequests, whatever their
+                  outcome
   ``refusal``     refusals by the interceptor, and Control calls that failed or     100,000
                   changed nothing (a StopRun of a run that had ended)
   ``enrollment``  certificate requests with a join token, and refused token         100,000
@@ -64,7 +66,14 @@ _CONTROL_PREFIX = "/flwrmtls.proto.Control/"
 _ADMISSION = "/flwrmtls.proto.Fleet/ActivateNode"
 _READ_ONLY = frozenset(
     f"{_CONTROL_PREFIX}{name}"
-    for name in ("ListNodes", "ListRuns", "StreamLogs", "ListAudit", "ListEnrollTokens")
+    for name in (
+        "ListNodes",
+        "ListRuns",
+        "StreamLogs",
+        "ListAudit",
+        "ListEnrollTokens",
+        "ListEnrollRequests",
+    )
 )
 
 

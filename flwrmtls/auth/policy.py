@@ -56,11 +56,13 @@ POLICY: Mapping[str, Rule] = {
     **_rows(
         "Control", _OPERATORS,
         "ListNodes", "RegisterNodeKeys", "UnregisterNode", "ReadmitNode", "ListAudit",
-        "CreateEnrollToken", "ListEnrollTokens", "RevokeEnrollToken",
+        "CreateEnrollToken", "ListEnrollTokens", "RevokeEnrollToken", "ListEnrollRequests",
+        "DecideEnrollRequest",
     ),
     **_rows("Control", _CLI_USERS, "StartRun", "ListRuns", "StreamLogs", "StopRun"),
     **_rows(
-        "Enrollment", _ENROLLING, "GetCaCertificates", "DescribeToken", "RequestCertificate"
+        "Enrollment", _ENROLLING,
+        "GetCaCertificates", "DescribeToken", "RequestCertificate", "CollectCertificate",
     ),
     **_rows(
         "ServerAppIo", _SERVERAPP,

@@ -3,7 +3,10 @@
 ``enroll token create`` prints the token once, on standard output alone (or writes it to
 ``--output FILE``, mode 0600), and what it allows on standard error: the link keeps only the
 hash of its secret and never shows it again. ``enroll token ls`` and ``revoke`` name tokens by
-their id, the part before the dot, which is no secret. See docs/enrollment.md.
+their id, the part before the dot, which is no secret. ``enroll ls``, ``approve`` and ``deny``
+handle the certificate requests sites made with their tokens (``--enroll-mode approve``
+waits for them): each shows the identity the certificate will carry and the SHA-256 of the
+site's public key, to compare with what the site's node printed. See docs/enrollment.md.
 """
 
 from __future__ import annotations
@@ -221,3 +224,110 @@ def revoke(token_id: TokenIdArgument, connection: ConnectionArgument = None) -> 
     finally:
         client.close()
     typer.echo(printable(f"join token {token.token_id} ({_identity(token)}) revoked"))
+
+
+# --- certificate requests ------------------------------------------------------------------
+
+RequestIdArgument = Annotated[
+    int,
+    typer.Argument(
+        metavar="REQUEST_ID", help="The certificate request (see enroll ls).", show_default=False
+    ),
+]
+
+
+def _request_data(r: control_pb2.EnrollRequest) -> dict[str, Any]:
+    return {
+        "request_id": r.request_id,
+        "token_id": r.token_id,
+        "subject": r.subject,
+        "spiffe_id": r.identity.spiffe_id or None,
+        "key_fingerprint": r.key_fingerprint,
+        "key_type": r.key_type,
+        "peer": r.peer,
+        "state": r.state,
+        "created_at": format_time(r.created_at),
+        "decided_at": format_time(r.decided_at) if r.decided_at else None,
+        "decided_by": r.decided_by or None,
+        "reason": r.reason or None,
+        "serial": r.serial or None,
+        "days": r.days,
+    }
+
+
+def _request_identity(r: control_pb2.EnrollRequest) -> str:
+    spiffe = r.identity.spiffe_id
+    return f"{r.subject} ({spiffe})" if spiffe else r.subject
+
+
+@app.command("ls")
+def list_requests(
+    connection: ConnectionArgument = None,
+    all: Annotated[
+        bool, typer.Option("--all", "-a", help="Also issued and denied requests.")
+    ] = False,
+    format: FormatOption = OutputFormat.TABLE,
+) -> None:
+    """Certificate requests waiting for an operator.
+
+    Each with the identity its certificate will carry, the SHA-256 of the site's public key
+    (ask the site for the one its node printed, and compare before you approve), the key
+    type, where it came from and when.
+    """
+    client = _client(connection)
+    try:
+        requests = client.list_enroll_requests(all=all)
+    finally:
+        client.close()
+    rows = [
+        [str(r.request_id), _request_identity(r), r.key_fingerprint, r.key_type, r.state,
+         r.peer, format_time(r.created_at), r.token_id]
+        for r in requests
+    ]  # fmt: skip
+    headers = ["REQUEST", "IDENTITY", "KEY SHA-256", "KEY", "STATE", "FROM", "AT", "TOKEN"]
+    emit(format, [_request_data(r) for r in requests], headers, rows)
+
+
+@app.command("approve")
+def approve(request_id: RequestIdArgument, connection: ConnectionArgument = None) -> None:
+    """Approve a certificate request: the link signs it.
+
+    The site's node, waiting, collects its certificate and joins.
+    """
+    client = _client(connection)
+    try:
+        decided = client.decide_enroll_request(request_id, approve=True)
+    finally:
+        client.close()
+    typer.echo(
+        printable(f"certificate request {decided.request_id} approved: {_request_identity(decided)}"
+                  f", key {decided.key_fingerprint}, serial {decided.serial}")
+    )  # fmt: skip
+
+
+@app.command("deny")
+def deny(
+    request_id: RequestIdArgument,
+    connection: ConnectionArgument = None,
+    reason: Annotated[
+        str,
+        typer.Option(
+            "--reason",
+            metavar="TEXT",
+            help="Why, shown to the site (at most 200 characters).",
+            show_default=False,
+        ),
+    ] = "",
+) -> None:
+    """Deny a certificate request.
+
+    The site's node stops with the reason; its token stays used.
+    """
+    client = _client(connection)
+    try:
+        decided = client.decide_enroll_request(request_id, approve=False, reason=reason)
+    finally:
+        client.close()
+    typer.echo(
+        printable(f"certificate request {decided.request_id} denied: {_request_identity(decided)}")
+    )

@@ -146,5 +146,22 @@ class ControlClient:
         token: control_pb2.EnrollToken = response.token
         return token
 
+    def list_enroll_requests(self, *, all: bool = False) -> list[control_pb2.EnrollRequest]:
+        request = control_pb2.ListEnrollRequestsRequest(all=all)
+        response = self._call(lambda: self._stub.ListEnrollRequests(request, timeout=_CALL_TIMEOUT))
+        return list(response.requests)
+
+    def decide_enroll_request(
+        self, request_id: int, *, approve: bool, reason: str = ""
+    ) -> control_pb2.EnrollRequest:
+        request = control_pb2.DecideEnrollRequestRequest(
+            request_id=request_id, approve=approve, reason=reason
+        )
+        response = self._call(
+            lambda: self._stub.DecideEnrollRequest(request, timeout=_CALL_TIMEOUT)
+        )
+        decided: control_pb2.EnrollRequest = response.request
+        return decided
+
     def close(self) -> None:
         self._channel.close()

@@ -1,4 +1,4 @@
-"""Join tokens on the Control API: proto messages to and from the token values.
+"""Join tokens and certificate requests on the Control API: proto messages to and from them.
 
 Rules:
 
@@ -13,12 +13,20 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from flwrmtls.enroll.tokens import DEFAULT_TTL, Binding, TokenRecord, binding_of, state_of
+from cryptography import x509
+
+from flwrmtls.enroll.tokens import DEFAULT_TTL, Binding, binding_of, state_of
 from flwrmtls.errors import InputError
+from flwrmtls.pki.privatekeys import describe_public_key
 from flwrmtls.proto import control_pb2
+from flwrmtls.state.enrolltable import RequestRecord, TokenRecord
 from flwrmtls.wire.refusals import CallRefused, Refusal
 
-__all__ = ["requested_binding", "token_message", "ttl_of"]
+__all__ = ["MAX_REASON", "denial_reason", "request_message", "requested_binding", "token_message",
+           "ttl_of"]  # fmt: skip
+
+MAX_REASON = 200
+"""Characters of a denial's reason kept (it is shown to the site)."""
 
 
 def requested_binding(identity: control_pb2.EnrollIdentity) -> Binding:
@@ -61,4 +69,42 @@ def token_message(record: TokenRecord, now: datetime) -> control_pb2.EnrollToken
         state=state_of(record, now).value,
         used_at=record.used_at.timestamp() if record.used_at else 0.0,
         revoked_at=record.revoked_at.timestamp() if record.revoked_at else 0.0,
+    )
+
+
+def denial_reason(text: str) -> str:
+    """A denial's reason as kept: one line, at most :data:`MAX_REASON` characters."""
+    line = " ".join(text.split())
+    if len(line) > MAX_REASON:
+        raise CallRefused(
+            Refusal.INVALID_REQUEST, f"a denial's reason is at most {MAX_REASON} characters"
+        )
+    return line
+
+
+def _key_type(csr_der: bytes) -> str:
+    try:
+        return describe_public_key(x509.load_der_x509_csr(csr_der).public_key())
+    except ValueError:
+        return "unreadable"
+
+
+def request_message(record: RequestRecord, token: TokenRecord | None) -> control_pb2.EnrollRequest:
+    """A request as ``flwrmtls enroll ls`` shows it: the identity its token allows, the key."""
+    binding = binding_of(token) if token is not None else None
+    return control_pb2.EnrollRequest(
+        request_id=record.request_id,
+        token_id=record.token_id,
+        identity=_identity(binding) if binding is not None else None,
+        subject=binding.subject().rfc4514_string() if binding is not None else "",
+        key_fingerprint=record.key_fingerprint,
+        key_type=_key_type(record.csr_der),
+        peer=record.peer,
+        state=record.state.value,
+        created_at=record.created_at.timestamp(),
+        decided_at=record.decided_at.timestamp() if record.decided_at else 0.0,
+        decided_by=record.decided_by,
+        reason=record.reason,
+        serial=record.serial,
+        days=record.days,
     )

@@ -45,6 +45,7 @@ from flwrmtls.wire.errors import ConnectionContext, translate_rpc_error
 from flwrmtls.wire.refusals import REFUSALS, Refusal, refusal_in
 
 __all__ = [
+    "Answer",
     "Described",
     "EnrollmentClient",
     "EnrollmentRefused",
@@ -71,6 +72,28 @@ class Described:
     binding: Binding
     expires_at: float
     max_days: int
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """The link's answer to a certificate request."""
+
+    request_id: int
+    chain_pem: bytes | None
+    """The certificate chain, once issued; None while pending."""
+    key_fingerprint: str
+
+
+def _answer(answer: enrollment_pb2.RequestCertificateResponse) -> Answer:
+    if answer.state == "issued":
+        return Answer(
+            answer.request_id, bytes(answer.certificate_chain_pem), answer.key_fingerprint
+        )
+    if answer.state == "pending":
+        return Answer(answer.request_id, None, answer.key_fingerprint)
+    raise EnrollmentRefused(
+        f"the link answered a request state this node does not know: {answer.state!r}"
+    )
 
 
 def spki_sha256(certificate: x509.Certificate) -> str:
@@ -212,15 +235,25 @@ class EnrollmentClient:
             raise EnrollmentRefused(f"the link described an unusable identity: {error}") from None
         return Described(binding, answer.expires_at, answer.max_days)
 
-    def request(self, token: str, csr_der: bytes) -> bytes:
-        """The certificate chain (PEM) the link issued for ``csr_der``."""
+    def request(self, token: str, csr_der: bytes) -> Answer:
+        """What the link did with ``csr_der``: issued it, or keeps it pending."""
         answer = self._call(
             lambda: self._stub.RequestCertificate(
                 enrollment_pb2.RequestCertificateRequest(token=token, csr_der=csr_der),
                 timeout=_CALL_TIMEOUT,
             )
         )
-        return bytes(answer.certificate_chain_pem)
+        return _answer(answer)
+
+    def collect(self, token: str, request_id: int) -> Answer:
+        """What became of a pending request (a denial is :class:`EnrollmentRefused`)."""
+        answer = self._call(
+            lambda: self._stub.CollectCertificate(
+                enrollment_pb2.CollectCertificateRequest(token=token, request_id=request_id),
+                timeout=_CALL_TIMEOUT,
+            )
+        )
+        return _answer(answer)
 
     def close(self) -> None:
         self._channel.close()

@@ -1,8 +1,9 @@
 """How the link enrolls new sites: the operator's choices, checked at start-up.
 
-``--enroll-mode sign`` serves the Enrollment API (:mod:`flwrmtls.enroll.servicer`) on its own
-listener and signs, with the sub-CA of ``--enroll-ca-certfile``/``--enroll-ca-keyfile``
-(:mod:`flwrmtls.enroll.issuer`), what a valid join token allows.
+``--enroll-mode sign|approve`` serves the Enrollment API (:mod:`flwrmtls.enroll.servicer`) on
+its own listener and signs, with the sub-CA of ``--enroll-ca-certfile``/``--enroll-ca-keyfile``
+(:mod:`flwrmtls.enroll.issuer`), what a valid join token allows: at once (``sign``), or once an
+operator approved the request (``approve``).
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ MAX_RECEIVE_BYTES = 16 << 10
 class EnrollMode(enum.StrEnum):
     SIGN = "sign"
     """The link signs what a valid token allows, at once."""
+    APPROVE = "approve"
+    """A request waits for an operator's ``flwrmtls enroll approve`` (or ``deny``)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -35,8 +35,10 @@ import grpc.aio
 from flwrmtls.auth.audit import OUTCOME_OK, AuditRecord, AuditSink, Retention
 from flwrmtls.auth.ratelimit import FailureBudget, FailureLimiter, peer_host
 from flwrmtls.clock import Clock
+from flwrmtls.enroll.config import EnrollMode
 from flwrmtls.enroll.csrcheck import CsrRefused, check_request
 from flwrmtls.enroll.issuer import EnrollmentIssuer
+from flwrmtls.enroll.requests import LINK_DECIDES, RequestStore, issue
 from flwrmtls.enroll.tokens import (
     TOKEN_REFUSALS,
     TokenRecord,
@@ -46,6 +48,7 @@ from flwrmtls.enroll.tokens import (
     state_of,
 )
 from flwrmtls.proto import enrollment_pb2, enrollment_pb2_grpc
+from flwrmtls.state.enrolltable import RequestRecord, RequestState
 from flwrmtls.wire.refusals import CallRefused, Refusal
 
 __all__ = ["EnrollmentServicer", "TokenStore", "rate_budget"]
@@ -56,12 +59,21 @@ _UNKNOWN = "unknown join token (or a wrong secret): check the token file, or ask
 _LOGGED_HOSTS = 10_000
 
 
-class TokenStore(Protocol):
-    """Where the link keeps its join tokens (:class:`flwrmtls.state.enrolltable.EnrollTable`)."""
+class TokenStore(RequestStore, Protocol):
+    """Where the link keeps tokens and requests (:mod:`flwrmtls.state.enrolltable`)."""
 
-    def get(self, token_id: str) -> TokenRecord | None: ...
+    def submit(
+        self,
+        token_id: str,
+        now: datetime,
+        *,
+        csr_der: bytes,
+        key_fingerprint: str,
+        days: int,
+        peer: str,
+    ) -> int | None: ...
 
-    def use(self, token_id: str, now: datetime) -> bool: ...
+    def request(self, request_id: int) -> RequestRecord | None: ...
 
 
 def rate_budget(per_minute: int) -> FailureBudget:
@@ -83,6 +95,7 @@ class EnrollmentServicer(enrollment_pb2_grpc.EnrollmentServicer):
         issuer: EnrollmentIssuer,
         clock: Clock,
         *,
+        mode: EnrollMode = EnrollMode.SIGN,
         ca_certificates_pem: bytes,
         certificate_days: int,
         per_minute: int,
@@ -91,6 +104,7 @@ class EnrollmentServicer(enrollment_pb2_grpc.EnrollmentServicer):
     ) -> None:
         self._tokens = tokens
         self._issuer = issuer
+        self._mode = mode
         self._clock = clock
         self._ca_pem = ca_certificates_pem
         self._max_days = certificate_days
@@ -136,28 +150,48 @@ class EnrollmentServicer(enrollment_pb2_grpc.EnrollmentServicer):
         try:
             record = self._judge_token(request.token)
             token_id = record.token_id
+            binding = binding_of(record)
             try:
                 signing = check_request(
-                    request.csr_der, binding_of(record), days=request.days, max_days=self._max_days
+                    request.csr_der, binding, days=request.days, max_days=self._max_days
                 )
             except CsrRefused as error:
                 raise CallRefused(Refusal.CSR_REFUSED, str(error)) from None
             now = self._clock.now()
-            if not self._tokens.use(record.token_id, now):  # another request won the race
+            request_id = self._tokens.submit(
+                record.token_id, now, csr_der=request.csr_der,
+                key_fingerprint=signing.key_fingerprint, days=signing.days, peer=attempt.peer,
+            )  # fmt: skip
+            if request_id is None:  # another request won the race for the token
                 current = self._tokens.get(record.token_id) or record
                 reason = TOKEN_REFUSALS[state_of(current, now)] or "this join token was used"
-                raise CallRefused(Refusal.TOKEN_REFUSED, reason)
-            issued = self._issuer.sign(signing, now)
+                raise CallRefused(Refusal.TOKEN_REFUSED, f"join token {token_id}: {reason}")
         except CallRefused as refused:
             self._record(attempt, refused.refusal.value, refused.details, token_id=token_id)
             raise
+        what = f"{binding.describe()} to key {signing.key_fingerprint}"
+        if self._mode is EnrollMode.APPROVE:
+            self._record(attempt, OUTCOME_OK, f"request {request_id} pending: {what}",
+                         token_id=token_id)  # fmt: skip
+            self._log(
+                f"certificate request {request_id} for {what} (join token {token_id}, from "
+                f"{attempt.peer}) waits for an operator: flwrmtls enroll approve {request_id}"
+            )
+            return enrollment_pb2.RequestCertificateResponse(
+                state=RequestState.PENDING.value, key_fingerprint=signing.key_fingerprint,
+                request_id=request_id,
+            )  # fmt: skip
+        stored = self._tokens.request(request_id)
+        assert stored is not None
+        issued = issue(self._tokens, self._issuer, stored, now, by=LINK_DECIDES,
+                       max_days=self._max_days)  # fmt: skip
+        assert issued is not None, "a request the link just stored is pending"
         certificate = issued.certificate
         self._record(
             attempt,
             OUTCOME_OK,
-            f"issued {certificate.subject.rfc4514_string()} serial {certificate.serial_number:x} "
-            f"until {certificate.not_valid_after_utc:%Y-%m-%d %H:%M} UTC to key "
-            f"{signing.key_fingerprint}",
+            f"request {request_id} issued: serial {certificate.serial_number:x} until "
+            f"{certificate.not_valid_after_utc:%Y-%m-%d %H:%M} UTC for {what}",
             token_id=token_id,
         )
         self._log(
@@ -166,10 +200,35 @@ class EnrollmentServicer(enrollment_pb2_grpc.EnrollmentServicer):
             f"{attempt.peer})"
         )
         return enrollment_pb2.RequestCertificateResponse(
-            state="issued",
-            certificate_chain_pem=issued.chain_pem,
-            key_fingerprint=signing.key_fingerprint,
-        )
+            state=RequestState.ISSUED.value, certificate_chain_pem=issued.chain_pem,
+            key_fingerprint=signing.key_fingerprint, request_id=request_id,
+        )  # fmt: skip
+
+    async def CollectCertificate(
+        self, request: enrollment_pb2.CollectCertificateRequest, context: _Context
+    ) -> enrollment_pb2.RequestCertificateResponse:
+        attempt = self._pay(context, "CollectCertificate")
+        try:
+            record = self._token_of(request.token)
+            stored = self._tokens.request(request.request_id)
+            if stored is None or stored.token_id != record.token_id:
+                raise CallRefused(
+                    Refusal.TOKEN_REFUSED,
+                    f"join token {record.token_id} made no request {request.request_id}",
+                )
+            if stored.state is RequestState.DENIED:
+                raise CallRefused(
+                    Refusal.REQUEST_DENIED,
+                    f"certificate request {stored.request_id} was denied by "
+                    f"{stored.decided_by}: {stored.reason or 'no reason given'}",
+                )
+        except CallRefused as refused:
+            self._record(attempt, refused.refusal.value, refused.details, token_id="")
+            raise
+        return enrollment_pb2.RequestCertificateResponse(
+            state=stored.state.value, certificate_chain_pem=stored.chain_pem,
+            key_fingerprint=stored.key_fingerprint, request_id=stored.request_id,
+        )  # fmt: skip
 
     # --- what every call goes through -------------------------------------------------------
 
@@ -194,7 +253,8 @@ class EnrollmentServicer(enrollment_pb2_grpc.EnrollmentServicer):
         self._limiter.failed(host, b"")  # every call costs, whatever comes of it
         return _Attempt(_PREFIX + method, peer, host)
 
-    def _judge_token(self, text: str) -> TokenRecord:
+    def _token_of(self, text: str) -> TokenRecord:
+        """The token ``text`` names, if its secret is right (whatever its state)."""
         parsed = parse_token(text)
         if parsed is None:
             raise CallRefused(
@@ -205,6 +265,12 @@ class EnrollmentServicer(enrollment_pb2_grpc.EnrollmentServicer):
         record = self._tokens.get(token_id)
         if record is None or not secret_matches(record, secret):
             raise CallRefused(Refusal.TOKEN_REFUSED, _UNKNOWN)
+        return record
+
+    def _judge_token(self, text: str) -> TokenRecord:
+        """The token ``text`` names, if it is right and still usable."""
+        record = self._token_of(text)
+        token_id = record.token_id
         refusal = TOKEN_REFUSALS[state_of(record, self._clock.now())]
         if refusal is not None:
             raise CallRefused(Refusal.TOKEN_REFUSED, f"join token {token_id}: {refusal}")

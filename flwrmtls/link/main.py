@@ -167,8 +167,10 @@ def parser() -> argparse.ArgumentParser:
         "--enroll-mode",
         choices=[mode.value for mode in EnrollMode],
         help="serve the Enrollment API, where new sites ask for their certificate with a join "
-        "token (flwrmtls enroll token create): sign signs what a valid token allows with "
-        "--enroll-ca-certfile's sub-CA. Off by default (docs/enrollment.md)",
+        "token (flwrmtls enroll token create), and sign what a valid token allows with "
+        "--enroll-ca-certfile's sub-CA: at once (sign), or once an operator approved the "
+        "request (approve: flwrmtls enroll ls, approve, deny). Off by default "
+        "(docs/enrollment.md)",
     )
     p.add_argument(
         "--enrollment-api-address",

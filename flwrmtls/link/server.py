@@ -595,6 +595,7 @@ class Link:
                 key_binding=config.key_binding,
                 identity_source=config.identity_source,
                 access_changed=self.recheck_open_calls,
+                enrollment=config.enroll,
             ),
             control,
         )
@@ -701,7 +702,7 @@ class Link:
         )
         enrollment_pb2_grpc.add_EnrollmentServicer_to_server(
             EnrollmentServicer(
-                self.state.enroll, enroll.issuer, self.clock,
+                self.state.enroll, enroll.issuer, self.clock, mode=enroll.mode,
                 ca_certificates_pem=self.config.client_ca_pem or b"",
                 certificate_days=enroll.certificate_days, per_minute=enroll.per_minute,
                 audit=self.state.audit.record, log=log.info,

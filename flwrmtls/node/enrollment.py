@@ -17,8 +17,12 @@ Rules:
   already there must hold a CA with that hash, and is then used as it is.
 * The chain answered is checked (:func:`~flwrmtls.enroll.client.check_chain`) and written to
   ``--ssl-client-certfile`` atomically; the node then joins over mTLS with it, as any node.
+* With ``--enroll-mode approve`` on the link the request waits for an operator: the node says
+  so with the request's id and its key's SHA-256 (to compare with ``flwrmtls enroll ls``),
+  asks again every 10 seconds, repeats the line every minute, and goes on once approved; a
+  denial ends it with the operator's reason.
 * A link that is down or busy is retried within ``--max-retries``/``--max-wait-time``; a
-  refusal (the token, the request) ends the node with one line.
+  refusal (the token, the request, a denial) ends the node with one line.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from flwrmtls.clock import SystemClock
 from flwrmtls.enroll.client import (
+    Answer,
     EnrollmentClient,
     build_csr,
     check_chain,
@@ -57,6 +62,10 @@ log = logging.getLogger("flwrmtls.node")
 
 TOKEN_VARIABLE = "FLWRMTLS_ENROLL_TOKEN"  # noqa: S105 - the variable's name
 DEFAULT_ENROLLMENT_PORT = 9095
+_POLL_SECONDS = 10.0
+"""How often a pending request is asked about (within the link's default rate of 10 a
+minute per address)."""
+_PROGRESS_EVERY = 60.0
 _T = TypeVar("_T")
 
 
@@ -151,6 +160,40 @@ def _key(path: Path) -> PrivateKey:
     return key
 
 
+def _wait_for_approval(
+    client: EnrollmentClient,
+    token: str,
+    answer: Answer,
+    identity: str,
+    retry: RetryPolicy,
+    stop: threading.Event,
+) -> bytes:
+    """Poll a pending request until an operator decides it, with a progress line now and
+    every :data:`_PROGRESS_EVERY` seconds; a denial is EnrollmentRefused."""
+    clock = SystemClock()
+    started = last = clock.monotonic()
+    request_id = answer.request_id
+    log.info(
+        "waiting for an operator to approve certificate request %d for %s, key %s (on the "
+        "link: flwrmtls enroll approve %d)", request_id, identity, answer.key_fingerprint,
+        request_id,
+    )  # fmt: skip
+    while True:
+        if stop.wait(_POLL_SECONDS):
+            raise LinkUnreachable("stopped while waiting for approval") from None
+        current = _retrying(retry, stop, lambda: client.collect(token, request_id))
+        if current.chain_pem is not None:
+            log.info("certificate request %d approved", request_id)
+            return current.chain_pem
+        now = clock.monotonic()
+        if now - last >= _PROGRESS_EVERY:
+            last = now
+            log.info(
+                "still waiting for an operator to approve certificate request %d (%.0f min): "
+                "key %s", request_id, (now - started) / 60, answer.key_fingerprint,
+            )  # fmt: skip
+
+
 def enroll(
     args: argparse.Namespace,
     retry: RetryPolicy,
@@ -194,7 +237,10 @@ def enroll(
         log.info("join token %s allows %s; asking %s for a certificate", token_id,
                  binding.describe(), address)  # fmt: skip
         csr = build_csr(key, binding)
-        chain = _retrying(retry, stop, lambda: client.request(token, csr))
+        answer = _retrying(retry, stop, lambda: client.request(token, csr))
+        chain = answer.chain_pem
+        if chain is None:
+            chain = _wait_for_approval(client, token, answer, binding.describe(), retry, stop)
     finally:
         client.close()
     leaf = check_chain(chain, key, binding)

@@ -898,3 +898,164 @@ class RevokeEnrollTokenResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RevokeEnrollTokenResponse: _TypeAlias = RevokeEnrollTokenResponse  # noqa: Y015
+
+@_typing.final
+class EnrollRequest(_message.Message):
+    """A certificate request made with a join token, and what became of it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    TOKEN_ID_FIELD_NUMBER: _builtins.int
+    IDENTITY_FIELD_NUMBER: _builtins.int
+    SUBJECT_FIELD_NUMBER: _builtins.int
+    KEY_FINGERPRINT_FIELD_NUMBER: _builtins.int
+    KEY_TYPE_FIELD_NUMBER: _builtins.int
+    PEER_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    DECIDED_AT_FIELD_NUMBER: _builtins.int
+    DECIDED_BY_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    SERIAL_FIELD_NUMBER: _builtins.int
+    DAYS_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.int
+    token_id: _builtins.str
+    subject: _builtins.str
+    """RFC 4514"""
+    key_fingerprint: _builtins.str
+    """sha256:<hex> of the CSR's public key (the site prints it)"""
+    key_type: _builtins.str
+    """"EC P-256 (secp256r1)", "RSA 3072" """
+    peer: _builtins.str
+    """the address the request came from"""
+    state: _builtins.str
+    """"pending", "issued", "denied" """
+    created_at: _builtins.float
+    decided_at: _builtins.float
+    """0: pending"""
+    decided_by: _builtins.str
+    reason: _builtins.str
+    """why it was denied"""
+    serial: _builtins.str
+    """the issued certificate's serial, hex"""
+    days: _builtins.int
+    """the certificate's lifetime asked for"""
+    @_builtins.property
+    def identity(self) -> Global___EnrollIdentity:
+        """what the token allows: the certificate's identity"""
+
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.int = ...,
+        token_id: _builtins.str = ...,
+        identity: Global___EnrollIdentity | None = ...,
+        subject: _builtins.str = ...,
+        key_fingerprint: _builtins.str = ...,
+        key_type: _builtins.str = ...,
+        peer: _builtins.str = ...,
+        state: _builtins.str = ...,
+        created_at: _builtins.float = ...,
+        decided_at: _builtins.float = ...,
+        decided_by: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        serial: _builtins.str = ...,
+        days: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["identity", b"identity"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "days", b"days", "decided_at", b"decided_at", "decided_by", b"decided_by", "identity", b"identity", "key_fingerprint", b"key_fingerprint", "key_type", b"key_type", "peer", b"peer", "reason", b"reason", "request_id", b"request_id", "serial", b"serial", "state", b"state", "subject", b"subject", "token_id", b"token_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EnrollRequest: _TypeAlias = EnrollRequest  # noqa: Y015
+
+@_typing.final
+class ListEnrollRequestsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ALL_FIELD_NUMBER: _builtins.int
+    all: _builtins.bool
+    """also issued and denied requests"""
+    def __init__(
+        self,
+        *,
+        all: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["all", b"all"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListEnrollRequestsRequest: _TypeAlias = ListEnrollRequestsRequest  # noqa: Y015
+
+@_typing.final
+class ListEnrollRequestsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUESTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def requests(self) -> _containers.RepeatedCompositeFieldContainer[Global___EnrollRequest]:
+        """newest first"""
+
+    def __init__(
+        self,
+        *,
+        requests: _abc.Iterable[Global___EnrollRequest] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["requests", b"requests"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListEnrollRequestsResponse: _TypeAlias = ListEnrollRequestsResponse  # noqa: Y015
+
+@_typing.final
+class DecideEnrollRequestRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    APPROVE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.int
+    approve: _builtins.bool
+    """false: deny"""
+    reason: _builtins.str
+    """a denial's reason, shown to the site (at most 200 characters)"""
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.int = ...,
+        approve: _builtins.bool = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["approve", b"approve", "reason", b"reason", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DecideEnrollRequestRequest: _TypeAlias = DecideEnrollRequestRequest  # noqa: Y015
+
+@_typing.final
+class DecideEnrollRequestResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def request(self) -> Global___EnrollRequest: ...
+    def __init__(
+        self,
+        *,
+        request: Global___EnrollRequest | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DecideEnrollRequestResponse: _TypeAlias = DecideEnrollRequestResponse  # noqa: Y015

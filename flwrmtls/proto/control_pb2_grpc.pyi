@@ -59,6 +59,10 @@ class ControlStub:
     """The join tokens, without their secrets."""
     RevokeEnrollToken: _grpc.UnaryUnaryMultiCallable[_control_pb2.RevokeEnrollTokenRequest, _control_pb2.RevokeEnrollTokenResponse]
     """Revoke a join token that has not been used."""
+    ListEnrollRequests: _grpc.UnaryUnaryMultiCallable[_control_pb2.ListEnrollRequestsRequest, _control_pb2.ListEnrollRequestsResponse]
+    """Certificate requests made with join tokens: pending ones (--enroll-mode approve), or all."""
+    DecideEnrollRequest: _grpc.UnaryUnaryMultiCallable[_control_pb2.DecideEnrollRequestRequest, _control_pb2.DecideEnrollRequestResponse]
+    """Approve (the link signs it) or deny a pending certificate request."""
 
 @_typing.type_check_only
 class ControlAsyncStub(ControlStub):
@@ -91,6 +95,10 @@ class ControlAsyncStub(ControlStub):
     """The join tokens, without their secrets."""
     RevokeEnrollToken: _aio.UnaryUnaryMultiCallable[_control_pb2.RevokeEnrollTokenRequest, _control_pb2.RevokeEnrollTokenResponse]  # type: ignore[assignment]
     """Revoke a join token that has not been used."""
+    ListEnrollRequests: _aio.UnaryUnaryMultiCallable[_control_pb2.ListEnrollRequestsRequest, _control_pb2.ListEnrollRequestsResponse]  # type: ignore[assignment]
+    """Certificate requests made with join tokens: pending ones (--enroll-mode approve), or all."""
+    DecideEnrollRequest: _aio.UnaryUnaryMultiCallable[_control_pb2.DecideEnrollRequestRequest, _control_pb2.DecideEnrollRequestResponse]  # type: ignore[assignment]
+    """Approve (the link signs it) or deny a pending certificate request."""
 
 class ControlServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -192,5 +200,21 @@ class ControlServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_control_pb2.RevokeEnrollTokenResponse, _abc.Awaitable[_control_pb2.RevokeEnrollTokenResponse]]:
         """Revoke a join token that has not been used."""
+
+    @_abc_1.abstractmethod
+    def ListEnrollRequests(
+        self,
+        request: _control_pb2.ListEnrollRequestsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.ListEnrollRequestsResponse, _abc.Awaitable[_control_pb2.ListEnrollRequestsResponse]]:
+        """Certificate requests made with join tokens: pending ones (--enroll-mode approve), or all."""
+
+    @_abc_1.abstractmethod
+    def DecideEnrollRequest(
+        self,
+        request: _control_pb2.DecideEnrollRequestRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.DecideEnrollRequestResponse, _abc.Awaitable[_control_pb2.DecideEnrollRequestResponse]]:
+        """Approve (the link signs it) or deny a pending certificate request."""
 
 def add_ControlServicer_to_server(servicer: ControlServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x66lwrmtls/proto/enrollment.proto\x12\x0e\x66lwrmtls.proto\"\x1a\n\x18GetCaCertificatesRequest\"8\n\x19GetCaCertificatesResponse\x12\x1b\n\x13\x63\x61_certificates_pem\x18\x01 \x01(\x0c\"%\n\x14\x44\x65scribeTokenRequest\x12\r\n\x05token\x18\x01 \x01(\t\"\xa9\x01\n\x15\x44\x65scribeTokenResponse\x12\x13\n\x0b\x63ommon_name\x18\x01 \x01(\t\x12\x14\n\x0corganization\x18\x02 \x01(\t\x12\x1b\n\x13organizational_unit\x18\x03 \x01(\t\x12\x11\n\tspiffe_id\x18\x04 \x01(\t\x12\x0f\n\x07subject\x18\x05 \x01(\t\x12\x12\n\nexpires_at\x18\x06 \x01(\x01\x12\x10\n\x08max_days\x18\x07 \x01(\r\"I\n\x19RequestCertificateRequest\x12\r\n\x05token\x18\x01 \x01(\t\x12\x0f\n\x07\x63sr_der\x18\x02 \x01(\x0c\x12\x0c\n\x04\x64\x61ys\x18\x03 \x01(\r\"c\n\x1aRequestCertificateResponse\x12\r\n\x05state\x18\x01 \x01(\t\x12\x1d\n\x15\x63\x65rtificate_chain_pem\x18\x02 \x01(\x0c\x12\x17\n\x0fkey_fingerprint\x18\x03 \x01(\t2\xc1\x02\n\nEnrollment\x12h\n\x11GetCaCertificates\x12(.flwrmtls.proto.GetCaCertificatesRequest\x1a).flwrmtls.proto.GetCaCertificatesResponse\x12\\\n\rDescribeToken\x12$.flwrmtls.proto.DescribeTokenRequest\x1a%.flwrmtls.proto.DescribeTokenResponse\x12k\n\x12RequestCertificate\x12).flwrmtls.proto.RequestCertificateRequest\x1a*.flwrmtls.proto.RequestCertificateResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x66lwrmtls/proto/enrollment.proto\x12\x0e\x66lwrmtls.proto\"\x1a\n\x18GetCaCertificatesRequest\"8\n\x19GetCaCertificatesResponse\x12\x1b\n\x13\x63\x61_certificates_pem\x18\x01 \x01(\x0c\"%\n\x14\x44\x65scribeTokenRequest\x12\r\n\x05token\x18\x01 \x01(\t\"\xa9\x01\n\x15\x44\x65scribeTokenResponse\x12\x13\n\x0b\x63ommon_name\x18\x01 \x01(\t\x12\x14\n\x0corganization\x18\x02 \x01(\t\x12\x1b\n\x13organizational_unit\x18\x03 \x01(\t\x12\x11\n\tspiffe_id\x18\x04 \x01(\t\x12\x0f\n\x07subject\x18\x05 \x01(\t\x12\x12\n\nexpires_at\x18\x06 \x01(\x01\x12\x10\n\x08max_days\x18\x07 \x01(\r\"I\n\x19RequestCertificateRequest\x12\r\n\x05token\x18\x01 \x01(\t\x12\x0f\n\x07\x63sr_der\x18\x02 \x01(\x0c\x12\x0c\n\x04\x64\x61ys\x18\x03 \x01(\r\"w\n\x1aRequestCertificateResponse\x12\r\n\x05state\x18\x01 \x01(\t\x12\x1d\n\x15\x63\x65rtificate_chain_pem\x18\x02 \x01(\x0c\x12\x17\n\x0fkey_fingerprint\x18\x03 \x01(\t\x12\x12\n\nrequest_id\x18\x04 \x01(\x04\">\n\x19\x43ollectCertificateRequest\x12\r\n\x05token\x18\x01 \x01(\t\x12\x12\n\nrequest_id\x18\x02 \x01(\x04\x32\xae\x03\n\nEnrollment\x12h\n\x11GetCaCertificates\x12(.flwrmtls.proto.GetCaCertificatesRequest\x1a).flwrmtls.proto.GetCaCertificatesResponse\x12\\\n\rDescribeToken\x12$.flwrmtls.proto.DescribeTokenRequest\x1a%.flwrmtls.proto.DescribeTokenResponse\x12k\n\x12RequestCertificate\x12).flwrmtls.proto.RequestCertificateRequest\x1a*.flwrmtls.proto.RequestCertificateResponse\x12k\n\x12\x43ollectCertificate\x12).flwrmtls.proto.CollectCertificateRequest\x1a*.flwrmtls.proto.RequestCertificateResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -42,7 +42,9 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REQUESTCERTIFICATEREQUEST']._serialized_start=348
   _globals['_REQUESTCERTIFICATEREQUEST']._serialized_end=421
   _globals['_REQUESTCERTIFICATERESPONSE']._serialized_start=423
-  _globals['_REQUESTCERTIFICATERESPONSE']._serialized_end=522
-  _globals['_ENROLLMENT']._serialized_start=525
-  _globals['_ENROLLMENT']._serialized_end=846
+  _globals['_REQUESTCERTIFICATERESPONSE']._serialized_end=542
+  _globals['_COLLECTCERTIFICATEREQUEST']._serialized_start=544
+  _globals['_COLLECTCERTIFICATEREQUEST']._serialized_end=606
+  _globals['_ENROLLMENT']._serialized_start=609
+  _globals['_ENROLLMENT']._serialized_end=1039
 # @@protoc_insertion_point(module_scope)

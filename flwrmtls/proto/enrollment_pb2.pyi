@@ -149,23 +149,50 @@ class RequestCertificateResponse(_message.Message):
     STATE_FIELD_NUMBER: _builtins.int
     CERTIFICATE_CHAIN_PEM_FIELD_NUMBER: _builtins.int
     KEY_FINGERPRINT_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     state: _builtins.str
-    """"issued" """
+    """"issued" or "pending" (a denial is a refusal)"""
     certificate_chain_pem: _builtins.bytes
-    """the new certificate, then its issuing CA(s)"""
+    """issued: the new certificate, then its issuing CA(s)"""
     key_fingerprint: _builtins.str
     """sha256:<hex> of the CSR's key, as the node prints it"""
+    request_id: _builtins.int
+    """what the operator approves or denies"""
     def __init__(
         self,
         *,
         state: _builtins.str = ...,
         certificate_chain_pem: _builtins.bytes = ...,
         key_fingerprint: _builtins.str = ...,
+        request_id: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["certificate_chain_pem", b"certificate_chain_pem", "key_fingerprint", b"key_fingerprint", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["certificate_chain_pem", b"certificate_chain_pem", "key_fingerprint", b"key_fingerprint", "request_id", b"request_id", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RequestCertificateResponse: _TypeAlias = RequestCertificateResponse  # noqa: Y015
+
+@_typing.final
+class CollectCertificateRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOKEN_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    token: _builtins.str
+    """the token the request was made with"""
+    request_id: _builtins.int
+    def __init__(
+        self,
+        *,
+        token: _builtins.str = ...,
+        request_id: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["request_id", b"request_id", "token", b"token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CollectCertificateRequest: _TypeAlias = CollectCertificateRequest  # noqa: Y015

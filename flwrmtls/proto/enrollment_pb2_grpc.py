@@ -49,6 +49,11 @@ class EnrollmentStub:
                 request_serializer=flwrmtls_dot_proto_dot_enrollment__pb2.RequestCertificateRequest.SerializeToString,
                 response_deserializer=flwrmtls_dot_proto_dot_enrollment__pb2.RequestCertificateResponse.FromString,
                 _registered_method=True)
+        self.CollectCertificate = channel.unary_unary(
+                '/flwrmtls.proto.Enrollment/CollectCertificate',
+                request_serializer=flwrmtls_dot_proto_dot_enrollment__pb2.CollectCertificateRequest.SerializeToString,
+                response_deserializer=flwrmtls_dot_proto_dot_enrollment__pb2.RequestCertificateResponse.FromString,
+                _registered_method=True)
 
 
 class EnrollmentServicer:
@@ -70,7 +75,15 @@ class EnrollmentServicer:
         raise NotImplementedError('Method not implemented!')
 
     def RequestCertificate(self, request, context):
-        """A certificate signing request with the token: answered with the certificate chain.
+        """A certificate signing request with the token: answered with the certificate chain
+        (--enroll-mode sign), or pending an operator's decision (--enroll-mode approve).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CollectCertificate(self, request, context):
+        """What became of a pending request, asked with the token that made it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -92,6 +105,11 @@ def add_EnrollmentServicer_to_server(servicer, server):
             'RequestCertificate': grpc.unary_unary_rpc_method_handler(
                     servicer.RequestCertificate,
                     request_deserializer=flwrmtls_dot_proto_dot_enrollment__pb2.RequestCertificateRequest.FromString,
+                    response_serializer=flwrmtls_dot_proto_dot_enrollment__pb2.RequestCertificateResponse.SerializeToString,
+            ),
+            'CollectCertificate': grpc.unary_unary_rpc_method_handler(
+                    servicer.CollectCertificate,
+                    request_deserializer=flwrmtls_dot_proto_dot_enrollment__pb2.CollectCertificateRequest.FromString,
                     response_serializer=flwrmtls_dot_proto_dot_enrollment__pb2.RequestCertificateResponse.SerializeToString,
             ),
     }
@@ -175,6 +193,33 @@ class Enrollment:
             target,
             '/flwrmtls.proto.Enrollment/RequestCertificate',
             flwrmtls_dot_proto_dot_enrollment__pb2.RequestCertificateRequest.SerializeToString,
+            flwrmtls_dot_proto_dot_enrollment__pb2.RequestCertificateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CollectCertificate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flwrmtls.proto.Enrollment/CollectCertificate',
+            flwrmtls_dot_proto_dot_enrollment__pb2.CollectCertificateRequest.SerializeToString,
             flwrmtls_dot_proto_dot_enrollment__pb2.RequestCertificateResponse.FromString,
             options,
             channel_credentials,

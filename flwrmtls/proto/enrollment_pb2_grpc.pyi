@@ -43,7 +43,11 @@ class EnrollmentStub:
     DescribeToken: _grpc.UnaryUnaryMultiCallable[_enrollment_pb2.DescribeTokenRequest, _enrollment_pb2.DescribeTokenResponse]
     """What a join token allows: the identity the certificate will carry. Uses nothing up."""
     RequestCertificate: _grpc.UnaryUnaryMultiCallable[_enrollment_pb2.RequestCertificateRequest, _enrollment_pb2.RequestCertificateResponse]
-    """A certificate signing request with the token: answered with the certificate chain."""
+    """A certificate signing request with the token: answered with the certificate chain
+    (--enroll-mode sign), or pending an operator's decision (--enroll-mode approve).
+    """
+    CollectCertificate: _grpc.UnaryUnaryMultiCallable[_enrollment_pb2.CollectCertificateRequest, _enrollment_pb2.RequestCertificateResponse]
+    """What became of a pending request, asked with the token that made it."""
 
 @_typing.type_check_only
 class EnrollmentAsyncStub(EnrollmentStub):
@@ -55,7 +59,11 @@ class EnrollmentAsyncStub(EnrollmentStub):
     DescribeToken: _aio.UnaryUnaryMultiCallable[_enrollment_pb2.DescribeTokenRequest, _enrollment_pb2.DescribeTokenResponse]  # type: ignore[assignment]
     """What a join token allows: the identity the certificate will carry. Uses nothing up."""
     RequestCertificate: _aio.UnaryUnaryMultiCallable[_enrollment_pb2.RequestCertificateRequest, _enrollment_pb2.RequestCertificateResponse]  # type: ignore[assignment]
-    """A certificate signing request with the token: answered with the certificate chain."""
+    """A certificate signing request with the token: answered with the certificate chain
+    (--enroll-mode sign), or pending an operator's decision (--enroll-mode approve).
+    """
+    CollectCertificate: _aio.UnaryUnaryMultiCallable[_enrollment_pb2.CollectCertificateRequest, _enrollment_pb2.RequestCertificateResponse]  # type: ignore[assignment]
+    """What became of a pending request, asked with the token that made it."""
 
 class EnrollmentServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -82,6 +90,16 @@ class EnrollmentServicer(metaclass=_abc_1.ABCMeta):
         request: _enrollment_pb2.RequestCertificateRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_enrollment_pb2.RequestCertificateResponse, _abc.Awaitable[_enrollment_pb2.RequestCertificateResponse]]:
-        """A certificate signing request with the token: answered with the certificate chain."""
+        """A certificate signing request with the token: answered with the certificate chain
+        (--enroll-mode sign), or pending an operator's decision (--enroll-mode approve).
+        """
+
+    @_abc_1.abstractmethod
+    def CollectCertificate(
+        self,
+        request: _enrollment_pb2.CollectCertificateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_enrollment_pb2.RequestCertificateResponse, _abc.Awaitable[_enrollment_pb2.RequestCertificateResponse]]:
+        """What became of a pending request, asked with the token that made it."""
 
 def add_EnrollmentServicer_to_server(servicer: EnrollmentServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -14,20 +14,37 @@ Rules:
 * Revoking is the same: only a token still usable (neither used, revoked nor expired) can be,
   so a revoke that comes after the use says so instead of pretending.
 * Tokens are few (each is an operator's action) and read once per request: no mirror.
+* A certificate request that passed its checks is one row of ``enroll_requests``, made in
+  the same transaction that uses its token (:meth:`EnrollTable.submit`): a request is never
+  stored without its token used, nor a token used without its request. So there is at most
+  one request per token, and requests are as few as tokens.
+* A request is ``pending`` (waiting for an operator), ``issued`` (its certificate chain kept
+  for the node to collect) or ``denied`` (with the operator's reason). Only a pending one can
+  be decided, once (:meth:`EnrollTable.decide`, one conditional UPDATE): two operators
+  deciding at once cannot both win.
 
-Callers: the Control servicer (create, list, revoke), the Enrollment servicer (find, use).
+Callers: the Control servicer (create, list, revoke tokens; list and decide requests), the
+Enrollment servicer (find and use tokens, submit and read requests).
 """
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from flwrmtls.state.database import Database
+from flwrmtls.state.transaction import Transactions
 
-__all__ = ["EnrollTable", "TokenRecord"]
+__all__ = ["EnrollTable", "RequestRecord", "RequestState", "TokenRecord"]
+
+
+class RequestState(enum.StrEnum):
+    PENDING = "pending"
+    ISSUED = "issued"
+    DENIED = "denied"
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +72,52 @@ _COLUMNS = (
 )
 
 
+@dataclass(frozen=True, slots=True)
+class RequestRecord:
+    """A certificate request that passed its checks, and what became of it."""
+
+    request_id: int
+    token_id: str
+    csr_der: bytes
+    key_fingerprint: str
+    days: int
+    peer: str
+    state: RequestState
+    created_at: datetime
+    decided_at: datetime | None = None
+    decided_by: str = ""
+    reason: str = ""
+    chain_pem: bytes = b""
+    serial: str = ""
+    """The issued certificate's serial, hex (empty until issued)."""
+
+
+_REQUEST_COLUMNS = (
+    "request_id, token_id, csr_der, key_fingerprint, days, peer, state, created_at, "
+    "decided_at, decided_by, reason, chain_pem, serial"
+)
+
+
+def _request(row: Sequence[Any]) -> RequestRecord:
+    created_at = _moment(row[7])
+    assert created_at is not None
+    return RequestRecord(
+        request_id=int(str(row[0])),
+        token_id=str(row[1]),
+        csr_der=bytes(row[2]),
+        key_fingerprint=str(row[3]),
+        days=int(str(row[4])),
+        peer=str(row[5]),
+        state=RequestState(str(row[6])),
+        created_at=created_at,
+        decided_at=_moment(row[8]),
+        decided_by=str(row[9]),
+        reason=str(row[10]),
+        chain_pem=bytes(row[11] or b""),
+        serial=str(row[12]),
+    )
+
+
 def _moment(value: object) -> datetime | None:
     return None if value is None else datetime.fromtimestamp(float(str(value)), UTC)
 
@@ -79,8 +142,9 @@ def _record(row: Sequence[Any]) -> TokenRecord:
 
 
 class EnrollTable:
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, transactions: Transactions | None = None) -> None:
         self._db = db
+        self._transaction = transactions or Transactions(db)
 
     def add(self, record: TokenRecord) -> bool:
         """Keep a new token; False (nothing kept) if its id is taken."""
@@ -133,4 +197,71 @@ class EnrollTable:
             "AND used_at IS NULL AND revoked_at IS NULL AND expires_at > :now",
             {"token_id": token_id, "now": now.timestamp()},
         )
+        return cursor.rowcount == 1
+
+    # --- certificate requests ----------------------------------------------------------------
+
+    def submit(
+        self,
+        token_id: str,
+        now: datetime,
+        *,
+        csr_der: bytes,
+        key_fingerprint: str,
+        days: int,
+        peer: str,
+    ) -> int | None:
+        """Use the token and keep its request (pending), in one transaction: the request's
+        id, or None when the token was not usable a moment ago (nothing kept)."""
+        with self._transaction():
+            if not self.use(token_id, now):
+                return None
+            cursor = self._db.execute(
+                "INSERT INTO enroll_requests (token_id, csr_der, key_fingerprint, days, peer, "
+                "state, created_at, decided_by, reason, serial) VALUES (:token_id, :csr_der, "
+                ":key_fingerprint, :days, :peer, :state, :now, '', '', '') RETURNING request_id",
+                {
+                    "token_id": token_id, "csr_der": csr_der, "key_fingerprint": key_fingerprint,
+                    "days": days, "peer": peer, "state": RequestState.PENDING.value,
+                    "now": now.timestamp(),
+                },
+            )  # fmt: skip
+            return int(cursor.scalar_one())
+
+    def request(self, request_id: int) -> RequestRecord | None:
+        row = self._db.execute(
+            f"SELECT {_REQUEST_COLUMNS} FROM enroll_requests WHERE request_id = :request_id",
+            {"request_id": request_id},
+        ).first()
+        return None if row is None else _request(row)
+
+    def requests(self) -> list[RequestRecord]:
+        """Every request, newest first."""
+        rows = self._db.execute(
+            f"SELECT {_REQUEST_COLUMNS} FROM enroll_requests ORDER BY request_id DESC"
+        )
+        return [_request(row) for row in rows]
+
+    def decide(
+        self,
+        request_id: int,
+        state: RequestState,
+        now: datetime,
+        *,
+        by: str,
+        reason: str = "",
+        chain_pem: bytes = b"",
+        serial: str = "",
+    ) -> bool:
+        """Issue or deny a pending request; False if it is not pending (decided already)."""
+        cursor = self._db.execute(
+            "UPDATE enroll_requests SET state = :state, decided_at = :now, decided_by = :by, "
+            "reason = :reason, chain_pem = :chain_pem, serial = :serial "
+            "WHERE request_id = :request_id AND state = :pending",
+            {
+                "state": state.value, "now": now.timestamp(), "by": by, "reason": reason,
+                "chain_pem": chain_pem, "serial": serial, "request_id": request_id,
+                "pending": RequestState.PENDING.value,
+            },
+        )  # fmt: skip
         return cursor.rowcount == 1

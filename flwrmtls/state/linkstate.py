@@ -188,7 +188,7 @@ class LinkState:
         self.audit = AuditTable(self._db, limits=audit_limits, transactions=self._transaction)
         self.pins = IdentityPinTable(self._db)
         self.nonces = NonceTable(self._db)
-        self.enroll = EnrollTable(self._db)
+        self.enroll = EnrollTable(self._db, self._transaction)
         # Sessions are checked on nearly every Fleet call: mirrored in memory; node id ->
         # (session id, peer at activation).
         self._sessions: dict[int, tuple[str, str]] = {}

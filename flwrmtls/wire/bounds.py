@@ -129,8 +129,10 @@ FIELD_BOUNDS: Mapping[str, Mapping[str, Range]] = {
     f"{_P}StopRunRequest": {"run_id": _ID},
     f"{_P}CreateEnrollTokenRequest": {"ttl_seconds": _TOKEN_TTL, "identity": NESTED},
     f"{_P}EnrollIdentity": {},
+    f"{_P}DecideEnrollRequestRequest": {"request_id": _ID},
     # Enrollment
     f"{_P}RequestCertificateRequest": {"days": _CERTIFICATE_DAYS},
+    f"{_P}CollectCertificateRequest": {"request_id": _ID},
     # ServerAppIo
     f"{_P}GetNodesRequest": {"minimum": _COUNT, "wait_seconds": _WAIT},
     f"{_P}PushAppMessagesRequest": {"messages": NESTED},

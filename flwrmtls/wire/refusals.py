@@ -108,6 +108,10 @@ class Refusal(enum.StrEnum):
     TOKEN_REFUSED = "token-refused"  # noqa: S105 - a refusal code
     CSR_REFUSED = "csr-refused"
     ENROLL_RATE_LIMITED = "enroll-rate-limited"
+    REQUEST_DENIED = "request-denied"
+    NO_ENROLL_REQUEST = "no-enroll-request"
+    ENROLL_REQUEST_STATE = "enroll-request-state"
+    NOT_ENROLLING = "not-enrolling"
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,6 +217,25 @@ REFUSALS: Mapping[Refusal, RefusalRow] = {
         grpc.StatusCode.UNAVAILABLE,
         "too many enrollment requests from this address: retry later",
         Api.ENROLLMENT,
+    ),
+    Refusal.REQUEST_DENIED: _row(
+        grpc.StatusCode.PERMISSION_DENIED,
+        "an operator denied this certificate request",
+        Api.ENROLLMENT,
+    ),
+    # Certificate requests (the CLI's: Control).
+    Refusal.NO_ENROLL_REQUEST: _row(
+        grpc.StatusCode.NOT_FOUND, "no such certificate request", Api.CONTROL
+    ),
+    Refusal.ENROLL_REQUEST_STATE: _row(
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "the certificate request was decided already",
+        Api.CONTROL,
+    ),
+    Refusal.NOT_ENROLLING: _row(
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "this link does not enroll (it was started without --enroll-mode)",
+        Api.CONTROL,
     ),
     # The link's own state while it judges a caller's certificate (the auth interceptor's).
     Refusal.OCSP_UNAVAILABLE: _row(

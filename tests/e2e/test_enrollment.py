@@ -16,8 +16,11 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
 from flwrmtls.enroll.client import spki_sha256
+from flwrmtls.enroll.csrcheck import key_fingerprint
 from flwrmtls.testing.processes import LinkProcess, NodeProcess
 
 from .deployment import Deployment
@@ -272,3 +275,90 @@ def test_a_site_given_only_the_cas_hash_finds_it_and_a_wrong_hash_sends_nothing(
     assert roots.read_bytes() == deployment.pki.ca.root_certificate.public_bytes(
         serialization.Encoding.PEM
     )
+
+
+# --- the operator approves or denies --------------------------------------------------------------
+
+
+def approving_link(deployment: Deployment) -> tuple[LinkProcess, int]:
+    files = deployment.pki.ca.files
+    link = deployment.start_link(
+        [
+            *deployment.link_args(), "--enroll-mode", "approve",
+            "--enroll-ca-certfile", str(files.issuing_certificate),
+            "--enroll-ca-keyfile", str(files.issuing_key),
+            "--enrollment-api-address", "127.0.0.1:0",
+        ]
+    )  # fmt: skip
+    port = int(link.wait_for(r"enrollment \(approve\) on port (\d+)").group(1))
+    deployment.profile(link.control_port)
+    return link, port
+
+
+def requests(deployment: Deployment, *extra: str) -> list[dict[str, object]]:
+    listing = deployment.cli("enroll", "ls", "--format", "json", *extra)
+    assert listing.returncode == 0, listing.stderr
+    result: list[dict[str, object]] = json.loads(listing.stdout)
+    return result
+
+
+def test_a_request_waits_for_the_operator_who_sees_its_key_and_approves_or_denies_it(
+    deployment: Deployment,
+) -> None:
+    """--enroll-mode approve: the site's node says which request and key wait; the operator
+    compares the key's hash with it and approves (the node joins), or denies (the node stops
+    with the reason). A request is decided once; a user's certificate cannot decide."""
+    deployment.pki.ca.issue_cli("cli-user", role="user")
+    link, enroll_port = approving_link(deployment)
+    deployment.profile(link.control_port, cert="cli-user", name="user")
+    deployment.profile(link.control_port)  # the operator's again the default
+    token = new_token_file(deployment, "site-5", "--org", "Hospital E")
+    node, chain, key = enrolling_node(deployment, "site-5", link.fleet_port, enroll_port, token)
+    waiting = node.wait_for(
+        r"waiting for an operator to approve certificate request (\d+) for (.*), key "
+        r"(sha256:[0-9a-f]{64})"
+    )
+    request_id, identity, fingerprint = waiting.groups()
+    assert identity == "CN=site-5,O=Hospital E"
+    assert not chain.exists()
+    own = load_pem_private_key(key.read_bytes(), None)
+    assert isinstance(own, ec.EllipticCurvePrivateKey)
+    assert fingerprint == key_fingerprint(own.public_key())  # what the site reads off its own key
+    (pending,) = requests(deployment)
+    assert pending["request_id"] == int(request_id)
+    assert pending["subject"] == "CN=site-5,O=Hospital E"
+    assert pending["key_fingerprint"] == fingerprint
+    assert pending["state"] == "pending"
+    table = deployment.cli("enroll", "ls")
+    assert fingerprint in table.stdout
+    # A user's certificate cannot decide; the operator's can, once.
+    one_line_error(deployment.cli("enroll", "approve", request_id, "user"), "operator")
+    approved = deployment.cli("enroll", "approve", request_id)
+    assert approved.returncode == 0, approved.stderr
+    assert f"certificate request {request_id} approved: CN=site-5,O=Hospital E" in approved.stdout
+    node.wait_active(timeout=60)
+    assert chain.exists()
+    one_line_error(deployment.cli("enroll", "deny", request_id), "issued already")
+    assert requests(deployment) == []
+    (issued,) = requests(deployment, "--all")
+    assert issued["state"] == "issued"
+    assert issued["decided_by"] == "role=operator,CN=cli-operator"
+    # Denied: the node stops with the operator's reason, one line.
+    token = new_token_file(deployment, "site-6")
+    denied_node, denied_chain, _ = enrolling_node(
+        deployment, "site-6", link.fleet_port, enroll_port, token
+    )
+    request_id = denied_node.wait_for(r"certificate request (\d+) for").group(1)
+    denied = deployment.cli("enroll", "deny", request_id, "--reason", "not a site we know")
+    assert denied.returncode == 0, denied.stderr
+    assert denied_node.wait_exit(timeout=60) == 1
+    assert (
+        f"certificate request {request_id} was denied by role=operator,CN=cli-operator: "
+        "not a site we know" in denied_node.log
+    )
+    assert not denied_chain.exists()
+    one_line_error(deployment.cli("enroll", "approve", request_id), "denied already")
+    one_line_error(deployment.cli("enroll", "approve", "99"), "no certificate request 99")
+    audit = json.loads(deployment.cli("audit", "--format", "json").stdout)
+    decided = [e["outcome"] for e in audit if e["method"].endswith("/DecideEnrollRequest")]
+    assert decided.count("ok") == 2

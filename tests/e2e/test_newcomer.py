@@ -258,6 +258,7 @@ COMMANDS = [
     ["ca", "issue", "server"], ["ca", "issue", "node"], ["ca", "issue", "cli"], ["ca", "revoke"],
     ["ca", "cross-sign"], ["ca", "crl"], ["ca", "show"], ["enroll"], ["enroll", "token"],
     ["enroll", "token", "create"], ["enroll", "token", "ls"], ["enroll", "token", "revoke"],
+    ["enroll", "ls"], ["enroll", "approve"], ["enroll", "deny"],
 ]  # fmt: skip
 
 

@@ -28,9 +28,10 @@ from flwrmtls.enroll.config import EnrollmentConfig, EnrollMode
 from flwrmtls.enroll.issuer import EnrollmentIssuer
 from flwrmtls.enroll.tokens import Binding, new_token
 from flwrmtls.link.server import Link
-from flwrmtls.proto import enrollment_pb2, enrollment_pb2_grpc
+from flwrmtls.proto import control_pb2, control_pb2_grpc, enrollment_pb2, enrollment_pb2_grpc
 from flwrmtls.testing.link import mtls_config, node_client, running_link
 from flwrmtls.testing.pki import TestPki
+from flwrmtls.wire.credentials import channel_credentials, load_tls_identity
 from flwrmtls.wire.refusals import Refusal, refusal_in
 
 SITE = Binding("site-1", organization="Hospital C")
@@ -53,7 +54,7 @@ class ShiftedClock:
 @contextmanager
 def enrolling_link(
     tmp_path: Path, pki: TestPki, *, per_minute: int = 1000, address: str = "127.0.0.1:0",
-    clock: ShiftedClock | None = None,
+    clock: ShiftedClock | None = None, mode: EnrollMode = EnrollMode.SIGN,
 ) -> Iterator[Link]:  # fmt: skip
     chain, key = pki.paths("server")
     config = mtls_config(
@@ -64,7 +65,7 @@ def enrolling_link(
         client_cas=config.client_ca_certificates, now=datetime.now(UTC),
     )  # fmt: skip
     enroll = EnrollmentConfig(
-        EnrollMode.SIGN, issuer, address=address, certificate_days=MAX_DAYS, per_minute=per_minute
+        mode, issuer, address=address, certificate_days=MAX_DAYS, per_minute=per_minute
     )
     with running_link(dataclasses.replace(config, enroll=enroll), clock) as link:
         yield link
@@ -359,3 +360,59 @@ def test_only_the_enrollment_methods_are_served_there(tmp_path: Path, pki: TestP
                 fleet_pb2_grpc.FleetStub(channel).ActivateNode(fleet_pb2.ActivateNodeRequest())
             assert wrong.value.code() is grpc.StatusCode.UNIMPLEMENTED
             assert "Enrollment API" in str(wrong.value.details())
+
+
+def collect(stub: Any, token: str, request_id: int) -> enrollment_pb2.RequestCertificateResponse:
+    request = enrollment_pb2.CollectCertificateRequest(token=token, request_id=request_id)
+    answer: enrollment_pb2.RequestCertificateResponse = stub.CollectCertificate(request)
+    return answer
+
+
+def test_a_pending_request_is_collected_with_its_own_token_only_once_approved(
+    tmp_path: Path, pki: TestPki
+) -> None:
+    """--enroll-mode approve: a request waits; another token holder cannot collect it, nor
+    can a wrong secret; once an operator approves it (the Control API, as `flwrmtls enroll
+    approve` calls it) its own token collects the certificate for its own key."""
+    with (
+        enrolling_link(tmp_path, pki, mode=EnrollMode.APPROVE) as link,
+        enrollment(link, pki) as stub,
+    ):
+        mine, other = token_for(link), token_for(link, Binding("site-2"))
+        der, key = csr()
+        pending = ask(stub, mine, der)
+        assert pending.state == "pending"
+        assert not pending.certificate_chain_pem
+        theirs = ask(stub, other, csr(subject=Binding("site-2").subject())[0])
+        assert theirs.request_id != pending.request_id
+        for token in (other, f"{mine.split('.')[0]}.{'A' * 43}"):
+            with pytest.raises(grpc.RpcError) as refused_collect:
+                collect(stub, token, pending.request_id)
+            assert refusal_in(refused_collect.value) is Refusal.TOKEN_REFUSED
+        assert collect(stub, mine, pending.request_id).state == "pending"
+        code, why = refused(stub, mine, csr()[0])  # the token made its one request
+        assert code is Refusal.TOKEN_REFUSED
+        assert "used already" in why
+        operator = pki.paths("cli-operator")
+        identity = load_tls_identity(*operator, cert_flag="c", key_flag="k")
+        credentials = channel_credentials(pki.trust_bundle_path.read_bytes(), identity)
+        with grpc.secure_channel(f"127.0.0.1:{link.control_port}", credentials) as channel:
+            control = control_pb2_grpc.ControlStub(channel)
+            decided = control.DecideEnrollRequest(
+                control_pb2.DecideEnrollRequestRequest(request_id=pending.request_id, approve=True)
+            ).request
+            assert decided.state == "issued"
+            assert decided.key_fingerprint == pending.key_fingerprint
+            control.DecideEnrollRequest(
+                control_pb2.DecideEnrollRequestRequest(request_id=theirs.request_id, reason="no")
+            )
+        issued = collect(stub, mine, pending.request_id)
+        assert issued.state == "issued"
+        assert (
+            admitted(link, pki, issued.certificate_chain_pem, key, tmp_path)
+            == "CN=site-1,O=Hospital C"
+        )
+        with pytest.raises(grpc.RpcError) as denial:
+            collect(stub, other, theirs.request_id)
+        assert refusal_in(denial.value) is Refusal.REQUEST_DENIED
+        assert "was denied by role=operator,CN=cli-operator: no" in str(denial.value.details())

@@ -20,6 +20,8 @@ from flwrmtls.enroll.tokens import (
     state_of,
 )
 from flwrmtls.errors import InputError
+from flwrmtls.state.database import DatabaseError
+from flwrmtls.state.enrolltable import RequestState
 from flwrmtls.state.linkstate import LinkState
 
 NOW = datetime(2026, 5, 1, 12, tzinfo=UTC)
@@ -141,6 +143,48 @@ def test_two_link_replicas_racing_with_every_token_use_each_once(database: str) 
         assert not any(thread.is_alive() for thread in threads)
         assert sorted(won[0] + won[1]) == sorted(record.token_id for record in tokens)
         assert not set(won[0]) & set(won[1])
+    finally:
+        for replica in replicas:
+            replica.close()
+
+
+def test_a_request_uses_its_token_in_one_transaction_and_is_decided_once(database: str) -> None:
+    """On both engines: a request is kept only with its token used (a second request with the
+    token keeps nothing), and is decided once, by the first of two link replicas; a request
+    whose INSERT fails leaves its token usable (one transaction)."""
+    replicas = [LinkState(database), LinkState(database)]
+    try:
+        record = new_token(SITE, NOW, timedelta(hours=1), "operator").record
+        assert replicas[0].enroll.add(record)
+
+        def submit(replica: LinkState, token_id: str, csr_der: bytes = b"csr") -> int | None:
+            return replica.enroll.submit(
+                token_id, NOW, csr_der=csr_der, key_fingerprint="ab" * 32, days=30, peer="ipv4:x"
+            )
+
+        request_id = submit(replicas[0], record.token_id)
+        assert request_id is not None
+        assert submit(replicas[1], record.token_id) is None
+        assert [r.request_id for r in replicas[1].enroll.requests()] == [request_id]
+        assert replicas[1].enroll.decide(
+            request_id, RequestState.DENIED, NOW, by="operator-b", reason="not ours"
+        )
+        assert not replicas[0].enroll.decide(
+            request_id, RequestState.ISSUED, NOW, by="operator-a", chain_pem=b"chain", serial="1"
+        )
+        kept = replicas[0].enroll.request(request_id)
+        assert kept is not None
+        assert (kept.state, kept.decided_by, kept.reason, kept.chain_pem) == (
+            RequestState.DENIED, "operator-b", "not ours", b"",
+        )  # fmt: skip
+        second = new_token(SITE, NOW, timedelta(hours=1), "operator").record
+        assert replicas[0].enroll.add(second)
+        with pytest.raises(DatabaseError):  # a NOT NULL column left out: the INSERT fails
+            submit(replicas[0], second.token_id, csr_der=None)  # type: ignore[arg-type]
+        usable = replicas[1].enroll.get(second.token_id)
+        assert usable is not None
+        assert usable.used_at is None
+        assert submit(replicas[1], second.token_id) is not None
     finally:
         for replica in replicas:
             replica.close()
