@@ -5,7 +5,8 @@ Rules kept here (applied by :class:`flwrmtls.auth.interceptor.AuthInterceptor`):
 * Every Control call is recorded once it ends: who (the principal's identity and auth
   method), the method, the outcome (``ok`` or the gRPC status code's name, e.g.
   ``PERMISSION_DENIED``, with the status details) and the peer address.
-* Every node admission is recorded: a Fleet ``ActivateNode`` call, with its outcome.
+* Every node admission is recorded: a Fleet ``ActivateNode`` call, with its outcome; so is
+  every renewal of an enrolled certificate (``RenewCertificate``).
 * Every refusal by the interceptor (authentication or policy) is recorded with the refusal
   reason as the outcome (``revoked``, ``not-permitted``, ...), once per (certificate or peer,
   reason) and interval, and at most 10 per peer address and interval, as the refusal log logs
@@ -30,8 +31,9 @@ Rules kept here (applied by :class:`flwrmtls.auth.interceptor.AuthInterceptor`):
                   outcome
   ``refusal``     refusals by the interceptor, and Control calls that failed or     100,000
                   changed nothing (a StopRun of a run that had ended)
-  ``enrollment``  certificate requests with a join token, and refused token         100,000
-                  descriptions (recorded by :mod:`flwrmtls.enroll.servicer`)
+  ``enrollment``  certificate requests with a join token, refused token            100,000
+                  descriptions and collections (recorded by
+                  :mod:`flwrmtls.enroll.servicer`), renewals (Fleet RenewCertificate)
   ==============  ================================================================  ==========
 
   A handler says its call changed nothing with :func:`unchanged`.
@@ -64,6 +66,7 @@ OUTCOME_OK = "ok"
 
 _CONTROL_PREFIX = "/flwrmtls.proto.Control/"
 _ADMISSION = "/flwrmtls.proto.Fleet/ActivateNode"
+_RENEWAL = "/flwrmtls.proto.Fleet/RenewCertificate"
 _READ_ONLY = frozenset(
     f"{_CONTROL_PREFIX}{name}"
     for name in (
@@ -108,6 +111,8 @@ def retention_of(method: str, outcome: str, *, refused: bool = False) -> Retenti
         return Retention.READ
     if method == _ADMISSION:
         return Retention.ADMISSION
+    if method == _RENEWAL:
+        return Retention.ENROLLMENT
     if outcome != OUTCOME_OK or not _changed.get():
         return Retention.REFUSAL
     return Retention.CHANGE
@@ -140,8 +145,9 @@ AuditSink = Callable[[AuditRecord], None]
 
 
 def records_every_call(method: str) -> bool:
-    """Control calls and node admissions: each is recorded, whatever its outcome."""
-    return method.startswith(_CONTROL_PREFIX) or method == _ADMISSION
+    """Control calls, node admissions and certificate renewals: each is recorded, whatever
+    its outcome."""
+    return method.startswith(_CONTROL_PREFIX) or method in (_ADMISSION, _RENEWAL)
 
 
 def records_every_refusal(method: str) -> bool:

@@ -51,7 +51,7 @@ POLICY: Mapping[str, Rule] = {
     **_rows(
         "Fleet", _NODES,
         "ActivateNode", "DeactivateNode", "Heartbeat", "PullMessages", "PushMessages", "GetRun",
-        "PullObject", "PushObject", "MissingObjects", "PushLogs",
+        "PullObject", "PushObject", "MissingObjects", "PushLogs", "RenewCertificate",
     ),
     **_rows(
         "Control", _OPERATORS,

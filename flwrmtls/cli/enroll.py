@@ -20,12 +20,12 @@ from cryptography import x509
 
 from flwrmtls.cli.output import OutputFormat, emit, format_time, printable
 from flwrmtls.cli.params import ConnectionArgument, FormatOption, group
+from flwrmtls.connectionprofiles import ConfigFile
 from flwrmtls.control.client import ControlClient
 from flwrmtls.enroll.client import spki_sha256
 from flwrmtls.enroll.tokens import MAX_TTL, parse_duration
 from flwrmtls.errors import InputError
 from flwrmtls.pki.files import write_file
-from flwrmtls.connectionprofiles import ConfigFile
 from flwrmtls.proto import control_pb2
 
 __all__ = ["app"]

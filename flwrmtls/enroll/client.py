@@ -38,8 +38,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from flwrmtls.enroll.tokens import Binding
 from flwrmtls.errors import InputError, LinkUnreachable, Refused
-from flwrmtls.pki.privatekeys import PrivateKey
 from flwrmtls.pki.certsigning import public_key_bytes
+from flwrmtls.pki.privatekeys import PrivateKey
 from flwrmtls.proto import enrollment_pb2, enrollment_pb2_grpc
 from flwrmtls.wire.errors import ConnectionContext, translate_rpc_error
 from flwrmtls.wire.refusals import REFUSALS, Refusal, refusal_in

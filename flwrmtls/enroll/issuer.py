@@ -32,8 +32,6 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 
 from flwrmtls.enroll.csrcheck import SigningRequest
 from flwrmtls.errors import InputError
-from flwrmtls.pki.files import read_ca_key_file, read_certificates_file
-from flwrmtls.pki.privatekeys import PrivateKey
 from flwrmtls.pki.certprofiles import PROFILES, ProfileName
 from flwrmtls.pki.certsigning import (
     CLOCK_SKEW_ALLOWANCE,
@@ -41,6 +39,8 @@ from flwrmtls.pki.certsigning import (
     public_key_bytes,
     sign_certificate,
 )
+from flwrmtls.pki.files import read_ca_key_file, read_certificates_file
+from flwrmtls.pki.privatekeys import PrivateKey
 
 __all__ = ["EnrollmentIssuer", "Issued"]
 

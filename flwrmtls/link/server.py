@@ -80,6 +80,7 @@ from flwrmtls.clock import Clock, SystemClock
 from flwrmtls.control.servicer import ControlServicer, KeyBinding
 from flwrmtls.enroll.config import MAX_RECEIVE_BYTES as ENROLL_MAX_RECEIVE_BYTES
 from flwrmtls.enroll.config import EnrollmentConfig
+from flwrmtls.enroll.renewal import Renewals
 from flwrmtls.enroll.servicer import EnrollmentServicer
 from flwrmtls.filemodes import private_directory, tighten
 from flwrmtls.fleet.servicer import FleetServicer
@@ -559,6 +560,9 @@ class Link:
             objects=self.objects, run_log=self.run_log, presence=self.presence,
             expiry_warning_days=config.cert_expiry_warning_days,
             on_round_trip=self.metrics.round_trip if self.metrics is not None else None,
+            renewals=Renewals(
+                self.state.enroll, config.enroll.issuer, max_days=config.enroll.certificate_days
+            ) if config.enroll is not None else None,
         )  # fmt: skip
         fleet, self.fleet_port = self._server(
             config.fleet_address,

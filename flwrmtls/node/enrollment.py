@@ -199,19 +199,20 @@ def enroll(
     retry: RetryPolicy,
     stop: threading.Event,
     environ: dict[str, str] | None = None,
-) -> None:
+) -> bool:
     """Enroll this node if it was given a join token and has no certificate yet (see the
     module); then ``--ssl-client-certfile``/``--ssl-client-keyfile`` and
-    ``--root-certificates`` hold what the node joins with."""
+    ``--root-certificates`` hold what the node joins with. True for a node given a token
+    (enrolled now or before): it renews its certificate itself."""
     token = _token(args, dict(os.environ) if environ is None else environ)
     address = enrollment_address(args)
     if token is None and args.ca_cert_hash is None:
-        return
+        return False
     if args.insecure:
         raise InputError("enrollment needs TLS: drop --insecure")
     _ca(args, address, retry, stop)
     if token is None:
-        return
+        return False
     certfile, keyfile = args.ssl_client_certfile, args.ssl_client_keyfile
     if certfile is None or keyfile is None:
         raise InputError(
@@ -222,7 +223,7 @@ def enroll(
     if Path(certfile).exists():
         log.info("%s exists: this node enrolled before; join token %s is not used", certfile,
                  token_id)  # fmt: skip
-        return
+        return True
     if args.root_certificates is None:
         raise InputError(
             "enrollment needs the CA that verifies the link: --root-certificates FILE, or "
@@ -250,3 +251,4 @@ def enroll(
         leaf.subject.rfc4514_string(), leaf.serial_number,
         f"{leaf.not_valid_after_utc:%Y-%m-%d %H:%M}", certfile,
     )  # fmt: skip
+    return True

@@ -18,6 +18,10 @@ Rules:
   the same transaction that uses its token (:meth:`EnrollTable.submit`): a request is never
   stored without its token used, nor a token used without its request. So there is at most
   one request per token, and requests are as few as tokens.
+* Renewals of enrolled certificates are kept too, one row each (identity, old and new
+  serial, the new key): :mod:`flwrmtls.enroll.renewal` reads the latest to bound how often,
+  and keeps a new one only if no other was kept meanwhile (:meth:`EnrollTable.renewed`: the
+  check and the INSERT in one transaction under the write lock every link replica takes).
 * A request is ``pending`` (waiting for an operator), ``issued`` (its certificate chain kept
   for the node to collect) or ``denied`` (with the operator's reason). Only a pending one can
   be decided, once (:meth:`EnrollTable.decide`, one conditional UPDATE): two operators
@@ -265,3 +269,43 @@ class EnrollTable:
             },
         )  # fmt: skip
         return cursor.rowcount == 1
+
+    # --- renewals ----------------------------------------------------------------------------
+
+    def renewed(
+        self,
+        identity: str,
+        now: datetime,
+        *,
+        since: datetime,
+        old_serial: str,
+        new_serial: str,
+        key_fingerprint: str,
+        peer: str,
+    ) -> datetime | None:
+        """Keep a renewal of an enrolled certificate unless ``identity`` renewed after
+        ``since``: None when kept, else when it last renewed (nothing kept). One transaction
+        under the write lock, so two renewals racing, at one link or at two replicas, cannot
+        both be kept."""
+        with self._transaction():
+            last = self.last_renewal(identity)
+            if last is not None and last > since:
+                return last
+            self._db.execute(
+                "INSERT INTO enroll_renewals (identity, old_serial, new_serial, "
+                "key_fingerprint, renewed_at, peer) VALUES (:identity, :old, :new, :key, "
+                ":now, :peer)",
+                {
+                    "identity": identity, "old": old_serial, "new": new_serial,
+                    "key": key_fingerprint, "now": now.timestamp(), "peer": peer,
+                },
+            )  # fmt: skip
+        return None
+
+    def last_renewal(self, identity: str) -> datetime | None:
+        """When ``identity`` last renewed its certificate, if ever."""
+        row = self._db.execute(
+            "SELECT MAX(renewed_at) FROM enroll_renewals WHERE identity = :identity",
+            {"identity": identity},
+        ).first()
+        return _moment(row[0]) if row is not None else None

@@ -120,6 +120,7 @@ FIELD_BOUNDS: Mapping[str, Mapping[str, Range]] = {
     f"{_P}PushMessagesRequest": {"messages": NESTED},
     f"{_P}GetRunRequest": {"run_id": _ID},
     f"{_P}PushLogsRequest": {"run_id": _ID},
+    f"{_P}RenewCertificateRequest": {"days": _CERTIFICATE_DAYS},
     # Control
     f"{_P}UnregisterNodeRequest": {"node_id": _ID},
     f"{_P}ReadmitNodeRequest": {"node_id": _ID},

@@ -112,6 +112,7 @@ class Refusal(enum.StrEnum):
     NO_ENROLL_REQUEST = "no-enroll-request"
     ENROLL_REQUEST_STATE = "enroll-request-state"
     NOT_ENROLLING = "not-enrolling"
+    RENEWAL_REFUSED = "renewal-refused"
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,6 +237,13 @@ REFUSALS: Mapping[Refusal, RefusalRow] = {
         grpc.StatusCode.FAILED_PRECONDITION,
         "this link does not enroll (it was started without --enroll-mode)",
         Api.CONTROL,
+        Api.FLEET,
+    ),
+    # A node renewing its enrolled certificate (Fleet).
+    Refusal.RENEWAL_REFUSED: _row(
+        grpc.StatusCode.PERMISSION_DENIED,
+        "the link does not renew this certificate: the details say why",
+        Api.FLEET,
     ),
     # The link's own state while it judges a caller's certificate (the auth interceptor's).
     Refusal.OCSP_UNAVAILABLE: _row(

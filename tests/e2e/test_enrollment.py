@@ -12,6 +12,7 @@ import json
 import re
 import stat
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from cryptography import x509
@@ -150,14 +151,14 @@ def test_a_token_for_an_identity_the_ca_would_not_issue_is_refused(
 # --- a site enrolls: the real link, node and CLI ------------------------------------------------
 
 
-def enrolling_link(deployment: Deployment) -> tuple[LinkProcess, int]:
+def enrolling_link(deployment: Deployment, *extra: str) -> tuple[LinkProcess, int]:
     files = deployment.pki.ca.files
     link = deployment.start_link(
         [
             *deployment.link_args(), "--enroll-mode", "sign",
             "--enroll-ca-certfile", str(files.issuing_certificate),
             "--enroll-ca-keyfile", str(files.issuing_key),
-            "--enrollment-api-address", "127.0.0.1:0",
+            "--enrollment-api-address", "127.0.0.1:0", *extra,
         ]
     )  # fmt: skip
     port = int(link.wait_for(r"enrollment \(sign\) on port (\d+)").group(1))
@@ -362,3 +363,44 @@ def test_a_request_waits_for_the_operator_who_sees_its_key_and_approves_or_denie
     audit = json.loads(deployment.cli("audit", "--format", "json").stdout)
     decided = [e["outcome"] for e in audit if e["method"].endswith("/DecideEnrollRequest")]
     assert decided.count("ok") == 2
+
+
+# --- renewal ------------------------------------------------------------------------------------
+
+
+def test_an_enrolled_node_renews_its_certificate_itself_and_keeps_serving(
+    deployment: Deployment,
+) -> None:
+    """The node renews over its own mTLS connection, with a new key, and goes on with the new
+    certificate (rotated in as any reissue); renewing again at once is refused by the link,
+    and the node keeps serving with the certificate it has."""
+    link, enroll_port = enrolling_link(deployment, "--enroll-certificate-days", "1")
+    token = new_token_file(deployment, "site-7", "--org", "Hospital G")
+    node, chain, key = enrolling_node(
+        deployment, "site-7", link.fleet_port, enroll_port, token, "--renew-before", "2d"
+    )  # a day's certificate, renewed two days ahead: at once
+    node.wait_active()
+    first = node.wait_for(r"enrolled as .*: certificate serial ([0-9a-f]+)").group(1)
+    renewed = node.wait_for(r"renewed this node's certificate: serial ([0-9a-f]+), .*was serial "
+                            r"([0-9a-f]+)", timeout=60)  # fmt: skip
+    assert renewed.group(2) == first
+    wait_until(lambda: x509.load_pem_x509_certificate(chain.read_bytes()).serial_number
+               == int(renewed.group(1), 16))  # fmt: skip
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    node.wait_for(r"node active: .*[\s\S]*node active:", timeout=60)  # rotated, active again
+    refused_again = node.wait_for(r"renewing this node's certificate failed .*", timeout=60)
+    assert "once per 10 minutes" in refused_again.group(0)
+    assert node.process is not None
+    assert node.process.poll() is None
+    statuses = {n["identity"]: n["status"] for n in deployment.list_nodes()}
+    assert statuses["CN=site-7,O=Hospital G"] == "online"
+    audit = json.loads(deployment.cli("audit", "--format", "json").stdout)
+    renewals = [e["outcome"] for e in audit if e["method"].endswith("/RenewCertificate")]
+    assert "ok" in renewals
+
+
+def wait_until(condition: Callable[[], bool], bound: float = 30.0) -> None:
+    deadline = time.monotonic() + bound
+    while not condition():
+        assert time.monotonic() < deadline, "the condition did not hold in time"
+        time.sleep(0.2)

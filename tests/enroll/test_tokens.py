@@ -188,3 +188,52 @@ def test_a_request_uses_its_token_in_one_transaction_and_is_decided_once(databas
     finally:
         for replica in replicas:
             replica.close()
+
+
+def test_two_link_replicas_keep_one_renewal_of_an_identity_per_interval(database: str) -> None:
+    """Renewals racing for one identity at two link processes on one database: exactly one
+    is kept per interval (the other learns when); another identity is not held up, and after
+    the interval the identity renews again."""
+    replicas = [LinkState(database), LinkState(database)]
+    interval = timedelta(minutes=10)
+    try:
+        start = threading.Barrier(len(replicas))
+        outcomes: list[list[datetime | None]] = [[] for _ in replicas]
+
+        def race(index: int) -> None:
+            start.wait(timeout=30)
+            for attempt in range(20):
+                outcomes[index].append(
+                    replicas[index].enroll.renewed(
+                        "CN=site-1,O=Hospital C",
+                        NOW,
+                        since=NOW - interval,
+                        old_serial="1",
+                        new_serial=f"{index}-{attempt}",
+                        key_fingerprint="ab",
+                        peer="ipv4:127.0.0.1:1",
+                    )
+                )
+
+        threads = [threading.Thread(target=race, args=(i,)) for i in range(len(replicas))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=120)
+        assert not any(thread.is_alive() for thread in threads)
+        kept = [outcome for both in outcomes for outcome in both if outcome is None]
+        assert len(kept) == 1
+        assert {outcome for both in outcomes for outcome in both if outcome is not None} == {NOW}
+        assert replicas[1].enroll.renewed(
+            "CN=site-2,O=Hospital C", NOW, since=NOW - interval, old_serial="2",
+            new_serial="3", key_fingerprint="cd", peer="ipv4:127.0.0.1:2",
+        ) is None  # fmt: skip
+        later = NOW + interval + timedelta(seconds=1)
+        assert replicas[0].enroll.renewed(
+            "CN=site-1,O=Hospital C", later, since=later - interval, old_serial="1",
+            new_serial="4", key_fingerprint="ef", peer="ipv4:127.0.0.1:1",
+        ) is None  # fmt: skip
+        assert replicas[1].enroll.last_renewal("CN=site-1,O=Hospital C") == later
+    finally:
+        for replica in replicas:
+            replica.close()

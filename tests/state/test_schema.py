@@ -46,7 +46,7 @@ def test_a_new_database_gets_every_revision_on_both_engines(database: str) -> No
     assert {"link_replicas", "ec_nonces", "pending_objects", "alembic_version"} <= set(found)
 
 
-ENROLLMENT_TABLES = {"enroll_tokens", "enroll_requests"}
+ENROLLMENT_TABLES = {"enroll_tokens", "enroll_requests", "enroll_renewals"}
 """What the revisions after 12 (several links) add: enrollment."""
 
 
