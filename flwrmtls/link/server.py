@@ -344,7 +344,7 @@ class Link:
         )  # fmt: skip
         self._enroll_interceptor = AuthInterceptor(
             lambda: _ANONYMOUS, self.clock, refusals, calls_per_address=_ENROLL_CALLS,
-            serves="Enrollment",
+            serves="Enrollment", metrics=self.metrics,
         )  # fmt: skip
         tokens = TokenAuthenticator(self.state.runs.token)
         self._app_interceptor = AuthInterceptor(
