@@ -24,6 +24,7 @@ Rules kept here:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 import ssl
@@ -37,11 +38,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from flwrmtls.enroll.tokens import Binding
-from flwrmtls.errors import InputError, LinkUnreachable, Refused
+from flwrmtls.errors import FlwrmtlsError, InputError, LinkUnreachable, Refused
 from flwrmtls.pki.certsigning import public_key_bytes
 from flwrmtls.pki.privatekeys import PrivateKey
 from flwrmtls.proto import enrollment_pb2, enrollment_pb2_grpc
-from flwrmtls.wire.errors import ConnectionContext, translate_rpc_error
+from flwrmtls.wire.errors import ConnectionContext, call
 from flwrmtls.wire.refusals import REFUSALS, Refusal, refusal_in
 
 __all__ = [
@@ -131,12 +132,13 @@ def discover_ca(address: str, expected: str, timeout: float = _CALL_TIMEOUT) -> 
     credentials = grpc.ssl_channel_credentials(root_certificates=presented.encode("ascii"))
     with grpc.secure_channel(address, credentials) as pinned:
         stub = enrollment_pb2_grpc.EnrollmentStub(pinned)
-        try:
-            answer = stub.GetCaCertificates(
+        answer = call(
+            lambda: stub.GetCaCertificates(
                 enrollment_pb2.GetCaCertificatesRequest(), timeout=timeout
-            )
-        except grpc.RpcError as error:
-            raise _translated(error, address) from None
+            ),
+            _context(address),
+            functools.partial(_stated, address=address),
+        )
     try:
         offered = x509.load_pem_x509_certificates(answer.ca_certificates_pem)
     except ValueError:
@@ -191,15 +193,20 @@ def check_chain(chain_pem: bytes, key: PrivateKey, binding: Binding) -> x509.Cer
     return leaf
 
 
-def _translated(error: grpc.RpcError, address: str) -> Exception:
+def _stated(error: grpc.RpcError, *, address: str) -> FlwrmtlsError | None:
+    """What the link stated (a code of the catalogue), as this client acts on it; None for
+    anything else (:func:`~flwrmtls.wire.errors.call` translates that)."""
     refusal = refusal_in(error)
-    details = error.details() or (REFUSALS[refusal].meaning if refusal else "")
+    if refusal is None:
+        return None
+    details = error.details() or REFUSALS[refusal].meaning
     if refusal is Refusal.ENROLL_RATE_LIMITED:
         return LinkUnreachable(f"the link at {address} is busy: {details}")
-    if refusal is not None:
-        return EnrollmentRefused(f"the link at {address} refused enrollment: {details}")
-    ctx = ConnectionContext(address, tls=True, has_client_certificate=False, root_certificates="")
-    return translate_rpc_error(error, ctx)
+    return EnrollmentRefused(f"the link at {address} refused enrollment: {details}")
+
+
+def _context(address: str) -> ConnectionContext:
+    return ConnectionContext(address, tls=True, has_client_certificate=False, root_certificates="")
 
 
 class EnrollmentClient:
@@ -213,10 +220,9 @@ class EnrollmentClient:
         self._stub = enrollment_pb2_grpc.EnrollmentStub(self._channel)
 
     def _call(self, invoke: Callable[[], _T]) -> _T:
-        try:
-            return invoke()
-        except grpc.RpcError as error:
-            raise _translated(error, self.address) from None
+        return call(
+            invoke, _context(self.address), functools.partial(_stated, address=self.address)
+        )
 
     def describe(self, token: str) -> Described:
         answer = self._call(
