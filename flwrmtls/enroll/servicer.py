@@ -5,8 +5,11 @@ Rules kept here:
 * This is the only API a caller reaches without credentials, so every call first pays the
   rate of its peer address (a token bucket per host, ``--enroll-rate`` calls a minute, the
   same burst): over it, the call is refused (``enroll-rate-limited``, UNAVAILABLE) before
-  anything is parsed, and the link logs the address once a minute at most. The listener's
-  own limits (:mod:`flwrmtls.link.server`: a 16 KiB message, few streams) come first.
+  anything is parsed, and the link logs the address once a minute at most. Link replicas
+  sharing a database share the budget: each call paid is announced to the others
+  (:mod:`flwrmtls.link.replication`), so an address gets one budget for the federation.
+  The listener's own limits (:mod:`flwrmtls.link.server`: a 16 KiB message, few streams)
+  come first.
 * A token is judged in one order (:func:`_judge_token`): its text (bounded, then parsed), its
   id, its secret (constant time), its state. An unknown id and a wrong secret get the same
   answer; used, expired and revoked are said only to the holder of the secret.
@@ -101,14 +104,17 @@ class EnrollmentServicer(enrollment_pb2_grpc.EnrollmentServicer):
         per_minute: int,
         audit: AuditSink | None = None,
         log: Callable[[str], None] = lambda line: None,
+        limiter: FailureLimiter | None = None,
     ) -> None:
+        """``limiter``: the rate per address (the link's, which its replicas share; a new
+        one of ``per_minute`` when None)."""
         self._tokens = tokens
         self._issuer = issuer
         self._mode = mode
         self._clock = clock
         self._ca_pem = ca_certificates_pem
         self._max_days = certificate_days
-        self._limiter = FailureLimiter(clock.monotonic, rate_budget(per_minute))
+        self._limiter = limiter or FailureLimiter(clock.monotonic, rate_budget(per_minute))
         self._audit = audit
         self._log = log
         self._logged: OrderedDict[str, float] = OrderedDict()

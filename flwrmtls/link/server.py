@@ -81,7 +81,7 @@ from flwrmtls.control.servicer import ControlServicer, KeyBinding
 from flwrmtls.enroll.config import MAX_RECEIVE_BYTES as ENROLL_MAX_RECEIVE_BYTES
 from flwrmtls.enroll.config import EnrollmentConfig
 from flwrmtls.enroll.renewal import Renewals
-from flwrmtls.enroll.servicer import EnrollmentServicer
+from flwrmtls.enroll.servicer import EnrollmentServicer, rate_budget
 from flwrmtls.filemodes import private_directory, tighten
 from flwrmtls.fleet.servicer import FleetServicer
 from flwrmtls.link.reload import TlsFiles, TlsMaterial, TlsWatcher, Trust
@@ -342,6 +342,10 @@ class Link:
             failures=failures("control"), calls_per_address=config.calls_per_address,
             live=self.live_calls, serves="Control", metrics=self.metrics,
         )  # fmt: skip
+        if config.enroll is not None:  # its rate per address: one budget across replicas
+            self._limiters["enrollment"] = FailureLimiter(
+                self.clock.monotonic, rate_budget(config.enroll.per_minute)
+            )
         self._enroll_interceptor = AuthInterceptor(
             lambda: _ANONYMOUS, self.clock, refusals, calls_per_address=_ENROLL_CALLS,
             serves="Enrollment", metrics=self.metrics,
@@ -710,6 +714,7 @@ class Link:
                 ca_certificates_pem=self.config.client_ca_pem or b"",
                 certificate_days=enroll.certificate_days, per_minute=enroll.per_minute,
                 audit=self.state.audit.record, log=log.info,
+                limiter=self._limiters["enrollment"],
             ),
             server,
         )  # fmt: skip
