@@ -70,7 +70,7 @@ def _check_ca(certificate: x509.Certificate, path: Path) -> None:
         raise InputError(
             f"{where}: {name} is a self-signed root CA: the link never holds a root's key. "
             "Give it an issuing sub-CA signed by your root (`flwrmtls ca init` makes one: "
-            "ca/issuing.pem and ca/issuing.key), and keep the root offline"
+            "ca/issuing.crt and ca/issuing.key), and keep the root offline"
         )
     try:
         constraints = certificate.extensions.get_extension_for_class(x509.BasicConstraints).value

@@ -202,7 +202,7 @@ def parser() -> argparse.ArgumentParser:
         default=DEFAULT_PER_MINUTE,
         metavar="N",
         help="Enrollment API calls one address may make per minute, and at once (default "
-        "%(default)s)",
+        "%(default)s; one budget across links sharing a PostgreSQL database)",
     )
     p.add_argument(
         "--node-auth",
@@ -520,7 +520,7 @@ def _enrollment(
     if not all(files):
         raise InputError(
             f"--enroll-mode {args.enroll_mode} signs with a sub-CA: give --enroll-ca-certfile "
-            "and --enroll-ca-keyfile (`flwrmtls ca init` writes ca/issuing.pem and "
+            "and --enroll-ca-keyfile (`flwrmtls ca init` writes ca/issuing.crt and "
             "ca/issuing.key)"
         )
     if not 1 <= args.enroll_certificate_days <= 825:
