@@ -151,15 +151,24 @@ def test_a_token_for_an_identity_the_ca_would_not_issue_is_refused(
 # --- a site enrolls: the real link, node and CLI ------------------------------------------------
 
 
-def enrolling_link(deployment: Deployment, *extra: str) -> tuple[LinkProcess, int]:
+def enrolling_link(
+    deployment: Deployment, *extra: str, database: str = "", name: str = "link"
+) -> tuple[LinkProcess, int]:
+    """A link process in ``--enroll-mode sign`` (on ``database``, a PostgreSQL URL, if
+    given, with an object directory every such link shares) and the CLI profile to it."""
     files = deployment.pki.ca.files
+    args = deployment.link_args()
+    if database:
+        args[args.index("--database") + 1] = database
+        args += ["--objects-dir", str(deployment.tmp / "shared-objects")]
     link = deployment.start_link(
         [
-            *deployment.link_args(), "--enroll-mode", "sign",
+            *args, "--enroll-mode", "sign",
             "--enroll-ca-certfile", str(files.issuing_certificate),
             "--enroll-ca-keyfile", str(files.issuing_key),
             "--enrollment-api-address", "127.0.0.1:0", *extra,
-        ]
+        ],
+        name=name,
     )  # fmt: skip
     port = int(link.wait_for(r"enrollment \(sign\) on port (\d+)").group(1))
     deployment.profile(link.control_port)
@@ -237,6 +246,30 @@ def test_a_site_enrolls_with_its_token_and_its_own_key_and_joins_as_any_node(
         if e["method"].startswith("/flwrmtls.proto.Enrollment/")
     ]
     assert attempts == [("DescribeToken", "token-refused"), ("RequestCertificate", "ok")]
+
+
+def test_a_site_enrolls_at_one_link_replica_and_its_token_is_spent_at_the_other(
+    deployment: Deployment, postgres_url: str
+) -> None:
+    """Two real link processes on one PostgreSQL database: a token made through the CLI at
+    one replica enrolls a site at the other, which then joins through the first; the same
+    token sent by another node to the first replica is refused, "used already"."""
+    first, first_port = enrolling_link(deployment, database=postgres_url, name="link-0")
+    second, second_port = enrolling_link(deployment, database=postgres_url, name="link-1")
+    deployment.profile(first.control_port)
+    token = new_token_file(deployment, "site-3", "--org", "Hospital C")
+    node, chain, _ = enrolling_node(deployment, "site-3", first.fleet_port, second_port, token)
+    node.wait_active()
+    assert "enrolled CN=site-3,O=Hospital C with join token" in second.log
+    statuses = {n["identity"]: n["status"] for n in deployment.list_nodes()}
+    assert statuses["CN=site-3,O=Hospital C"] == "online"
+    thief, thief_chain, _ = enrolling_node(deployment, "thief", first.fleet_port, first_port, token)
+    assert thief.wait_exit() == 1
+    assert "used already" in thief.log
+    assert not thief_chain.exists()
+    assert chain.exists()
+    deployment.profile(second.control_port)  # what one replica did, the other lists
+    assert {t["state"] for t in tokens(deployment, "--all")} == {"used"}
 
 
 def test_a_site_given_only_the_cas_hash_finds_it_and_a_wrong_hash_sends_nothing(
