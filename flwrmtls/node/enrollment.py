@@ -21,6 +21,13 @@ Rules:
   so with the request's id and its key's SHA-256 (to compare with ``flwrmtls enroll ls``),
   asks again every 10 seconds, repeats the line every minute, and goes on once approved; a
   denial ends it with the operator's reason.
+* A pending request outlives the node: its id and the identity it asks for are kept beside
+  the key (``<keyfile>.request``, 0600), so a node stopped (or restarted by its supervisor)
+  while it waits asks about the same request when it starts again, with the same key and
+  token; the token, used by that request, is not sent for a new one. The file goes once the
+  request is issued or denied.
+* SIGINT or SIGTERM while enrolling stops the node cleanly (:class:`EnrollmentStopped`,
+  exit 0); what it made (its key, a pending request) is kept for the next start.
 * A link that is down or busy is retried within ``--max-retries``/``--max-wait-time``; a
   refusal (the token, the request, a denial) ends the node with one line.
 """
@@ -28,6 +35,8 @@ Rules:
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import logging
 import os
 import threading
@@ -42,6 +51,7 @@ from flwrmtls.clock import SystemClock
 from flwrmtls.enroll.client import (
     Answer,
     EnrollmentClient,
+    EnrollmentRefused,
     build_csr,
     check_chain,
     discover_ca,
@@ -49,14 +59,21 @@ from flwrmtls.enroll.client import (
     spki_sha256,
 )
 from flwrmtls.enroll.csrcheck import key_fingerprint
-from flwrmtls.enroll.tokens import MAX_TOKEN_TEXT, parse_token
+from flwrmtls.enroll.tokens import MAX_TOKEN_TEXT, Binding, parse_token
 from flwrmtls.errors import InputError, LinkUnreachable
 from flwrmtls.node.agent import RetryPolicy
 from flwrmtls.pki.files import read_private_key_file, write_file
 from flwrmtls.pki.privatekeys import KeyEncoding, PrivateKey, encode_private_key
 from flwrmtls.wire.credentials import load_ca_bundle
 
-__all__ = ["DEFAULT_ENROLLMENT_PORT", "TOKEN_VARIABLE", "enroll", "enrollment_address"]
+__all__ = [
+    "DEFAULT_ENROLLMENT_PORT",
+    "TOKEN_VARIABLE",
+    "EnrollmentStopped",
+    "enroll",
+    "enrollment_address",
+    "pending_file",
+]
 
 log = logging.getLogger("flwrmtls.node")
 
@@ -67,6 +84,36 @@ _POLL_SECONDS = 10.0
 minute per address)."""
 _PROGRESS_EVERY = 60.0
 _T = TypeVar("_T")
+
+
+class EnrollmentStopped(Exception):
+    """A signal stopped the node while it enrolled: not an error."""
+
+
+def pending_file(keyfile: Path) -> Path:
+    """Where a node keeps the request that waits for an operator: beside its key."""
+    return keyfile.with_name(keyfile.name + ".request")
+
+
+def _keep_pending(keyfile: Path, request_id: int, binding: Binding) -> None:
+    record = {"request_id": request_id, **dataclasses.asdict(binding)}
+    write_file(pending_file(keyfile), json.dumps(record).encode(), secret=True, force=True)
+
+
+def _pending(keyfile: Path) -> tuple[int, Binding] | None:
+    """The request this node made before and still waits for, if any."""
+    path = pending_file(keyfile)
+    if not path.exists():
+        return None
+    try:
+        record = json.loads(path.read_bytes())
+        request_id = int(record.pop("request_id"))
+        return request_id, Binding(**record)
+    except (OSError, ValueError, TypeError, KeyError, InputError) as error:
+        raise InputError(
+            f"{path}: not a pending certificate request this node kept ({error}): remove it "
+            "to enroll with a new join token"
+        ) from None
 
 
 def enrollment_address(args: argparse.Namespace) -> str:
@@ -119,7 +166,7 @@ def _retrying(retry: RetryPolicy, stop: threading.Event, call: Callable[[], _T])
             delay = retry.delay(failures)
             log.warning("%s; retrying in %.0fs", error, delay)
             if stop.wait(delay):
-                raise LinkUnreachable("stopped while enrolling") from None
+                raise EnrollmentStopped from None
 
 
 def _ca(args: argparse.Namespace, address: str, retry: RetryPolicy, stop: threading.Event) -> None:
@@ -180,7 +227,11 @@ def _wait_for_approval(
     )  # fmt: skip
     while True:
         if stop.wait(_POLL_SECONDS):
-            raise LinkUnreachable("stopped while waiting for approval") from None
+            log.info(
+                "stopped while certificate request %d waits; started again, this node asks "
+                "about it again", request_id,
+            )  # fmt: skip
+            raise EnrollmentStopped
         current = _retrying(retry, stop, lambda: client.collect(token, request_id))
         if current.chain_pem is not None:
             log.info("certificate request %d approved", request_id)
@@ -230,22 +281,36 @@ def enroll(
             "--ca-cert-hash sha256:... with --root-certificates naming where to keep it"
         )
     roots, _ = load_ca_bundle(Path(args.root_certificates), "--root-certificates")
+    pending = _pending(Path(keyfile)) if Path(keyfile).exists() else None
     key = _key(Path(keyfile))
     client = EnrollmentClient(address, roots)
     try:
-        described = _retrying(retry, stop, lambda: client.describe(token))
-        binding = described.binding
-        log.info("join token %s allows %s; asking %s for a certificate", token_id,
-                 binding.describe(), address)  # fmt: skip
-        csr = build_csr(key, binding)
-        answer = _retrying(retry, stop, lambda: client.request(token, csr))
+        if pending is not None:
+            request_id, binding = pending
+            log.info("asking %s again about certificate request %d for %s (made before this "
+                     "node stopped)", address, request_id, binding.describe())  # fmt: skip
+            answer = Answer(request_id, None, key_fingerprint(key.public_key()))
+        else:
+            described = _retrying(retry, stop, lambda: client.describe(token))
+            binding = described.binding
+            log.info("join token %s allows %s; asking %s for a certificate", token_id,
+                     binding.describe(), address)  # fmt: skip
+            csr = build_csr(key, binding)
+            answer = _retrying(retry, stop, lambda: client.request(token, csr))
         chain = answer.chain_pem
         if chain is None:
-            chain = _wait_for_approval(client, token, answer, binding.describe(), retry, stop)
+            if pending is None:
+                _keep_pending(Path(keyfile), answer.request_id, binding)
+            try:
+                chain = _wait_for_approval(client, token, answer, binding.describe(), retry, stop)
+            except EnrollmentRefused:  # denied: a new token starts afresh
+                pending_file(Path(keyfile)).unlink(missing_ok=True)
+                raise
     finally:
         client.close()
     leaf = check_chain(chain, key, binding)
     write_file(Path(certfile), chain, secret=False, force=False)
+    pending_file(Path(keyfile)).unlink(missing_ok=True)
     log.info(
         "enrolled as %s: certificate serial %x, valid until %s UTC, written to %s",
         leaf.subject.rfc4514_string(), leaf.serial_number,

@@ -48,7 +48,12 @@ from flwrmtls.node.agent import NodeAgent, RetryPolicy
 from flwrmtls.node.appioserver import ClientAppIoServer
 from flwrmtls.node.audience import LinkAudience
 from flwrmtls.node.clientapps import ClientApps
-from flwrmtls.node.enrollment import DEFAULT_ENROLLMENT_PORT, TOKEN_VARIABLE, enroll
+from flwrmtls.node.enrollment import (
+    DEFAULT_ENROLLMENT_PORT,
+    TOKEN_VARIABLE,
+    EnrollmentStopped,
+    enroll,
+)
 from flwrmtls.node.renewal import CertificateRenewer
 from flwrmtls.node.rotation import CertificateWatcher
 from flwrmtls.node.signer import SigningInterceptor
@@ -106,10 +111,13 @@ def parser() -> argparse.ArgumentParser:
         help="enroll with this join token (a file holding what `flwrmtls enroll token "
         f"create` printed; or the {TOKEN_VARIABLE} variable) while --ssl-client-certfile does "
         "not exist: the node makes its key in --ssl-client-keyfile (0600, never sent), gets "
-        "its certificate from the link and writes it to --ssl-client-certfile (docs/enrollment.md)",
+        "its certificate from the link and writes it to --ssl-client-certfile; a request "
+        "waiting for an operator is kept in <keyfile>.request and asked about again on the "
+        "next start (docs/enrollment.md)",
     )
     p.add_argument(
         "--enrollment-address",
+        metavar="HOST:PORT",
         help="the link's Enrollment API, host:port (default: --superlink's host, port "
         f"{DEFAULT_ENROLLMENT_PORT})",
     )
@@ -353,7 +361,10 @@ def run(args: argparse.Namespace) -> None:
         raise InputError("--max-retries must be 0 or more")
     max_object_bytes = parse_size(args.max_object_storage, "--max-object-storage")
     retry = RetryPolicy(max_retries=args.max_retries, max_wait_time=args.max_wait_time)
-    enrolled = enroll(args, retry, stopping)
+    try:
+        enrolled = enroll(args, retry, stopping)
+    except EnrollmentStopped:  # a signal while enrolling: what it made is kept for next time
+        return
     try:
         renew_before = parse_duration(args.renew_before) if args.renew_before else None
     except InputError as error:

@@ -398,6 +398,46 @@ def test_a_request_waits_for_the_operator_who_sees_its_key_and_approves_or_denie
     assert decided.count("ok") == 2
 
 
+def test_a_node_stopped_while_it_waits_asks_about_the_same_request_when_started_again(
+    deployment: Deployment,
+) -> None:
+    """A site's node stopped (SIGTERM: a reboot, its supervisor) while its request waits for
+    an operator stops cleanly, and started again with the same flags asks about the same
+    request with the same key: the operator's approval reaches it. Beside it, another node
+    with the same token but its own key is refused, "used already", and the request stays
+    the site's."""
+    link, enroll_port = approving_link(deployment)
+    token = new_token_file(deployment, "site-7")
+    node, chain, key = enrolling_node(deployment, "site-7", link.fleet_port, enroll_port, token)
+    request_id = node.wait_for(r"approve certificate request (\d+) for").group(1)
+    key_pem = key.read_bytes()
+    assert node.stop() == 0
+    assert "Traceback" not in node.log
+    assert "error" not in node.log.lower()
+    assert not chain.exists()
+    kept = key.with_name(key.name + ".request")
+    assert stat.S_IMODE(kept.stat().st_mode) == 0o600
+    thief, thief_chain, _ = enrolling_node(deployment, "thief", link.fleet_port, enroll_port, token)
+    assert thief.wait_exit() == 1
+    assert "used already" in thief.log
+    again = deployment.node(
+        "site-7-again", link.fleet_port, "--enroll-token-file", str(token),
+        "--enrollment-address", f"127.0.0.1:{enroll_port}",
+        "--ssl-client-certfile", str(chain), "--ssl-client-keyfile", str(key), cert="",
+    )  # fmt: skip
+    again.wait_for(f"asking 127.0.0.1:{enroll_port} again about certificate request {request_id}")
+    (pending,) = requests(deployment)
+    assert pending["request_id"] == int(request_id)
+    approved = deployment.cli("enroll", "approve", request_id)
+    assert approved.returncode == 0, approved.stderr
+    again.wait_active(timeout=60)
+    assert key.read_bytes() == key_pem  # the same key, made once
+    leaf = x509.load_pem_x509_certificate(chain.read_bytes())
+    assert leaf.subject.rfc4514_string() == "CN=site-7"
+    assert not kept.exists()
+    assert not thief_chain.exists()
+
+
 # --- renewal ------------------------------------------------------------------------------------
 
 
