@@ -29,11 +29,13 @@ Rules kept here (applied by :class:`flwrmtls.auth.interceptor.AuthInterceptor`):
   ``read``        read-only Control calls: ListNodes, ListRuns, StreamLogs,         100,000
                   ListAudit, ListEnrollTokens, ListEnrollRequests, whatever their
                   outcome
-  ``refusal``     refusals by the interceptor, and Control calls that failed or     100,000
-                  changed nothing (a StopRun of a run that had ended)
-  ``enrollment``  certificate requests with a join token, refused token            100,000
-                  descriptions and collections (recorded by
-                  :mod:`flwrmtls.enroll.servicer`), renewals (Fleet RenewCertificate)
+  ``refusal``     refusals by the interceptor, Control calls that failed or         100,000
+                  changed nothing (a StopRun of a run that had ended), and
+                  Enrollment calls without a join token's secret
+  ``enrollment``  Enrollment calls by a caller that proved a join token's secret:  100,000
+                  certificate requests, refused token descriptions and collections
+                  (recorded by :mod:`flwrmtls.enroll.servicer`); renewals (Fleet
+                  RenewCertificate)
   ==============  ================================================================  ==========
 
   A handler says its call changed nothing with :func:`unchanged`.

@@ -10,17 +10,22 @@ Rules kept here:
   (:mod:`flwrmtls.link.replication`), so an address gets one budget for the federation.
   The listener's own limits (:mod:`flwrmtls.link.server`: a 16 KiB message, few streams)
   come first.
-* A token is judged in one order (:func:`_judge_token`): its text (bounded, then parsed), its
-  id, its secret (constant time), its state. An unknown id and a wrong secret get the same
-  answer; used, expired and revoked are said only to the holder of the secret.
+* A token is judged in one order (:meth:`_token_of`, then :meth:`_usable`): its text
+  (bounded, then parsed), its id, its secret (constant time), its state. An unknown id and
+  a wrong secret get the same answer; used, expired and revoked are said only to the holder
+  of the secret.
 * A certificate request is judged (:func:`~flwrmtls.enroll.csrcheck.check_request`) before
   the token is used: a request the link does not sign leaves the token usable, so the site
   can correct it. Then the token is used (one conditional UPDATE: one request wins) and the
   certificate signed with the link's sub-CA (:mod:`flwrmtls.enroll.issuer`).
-* Every certificate request, and every refused token description, is one audit entry
-  (retention ``enrollment``): the token id (or the peer's host), the outcome (``ok`` or the
-  refusal code), and the Subject, key fingerprint and serial, or why it was refused. Calls
-  refused for the rate are only counted in the log line.
+* Every certificate request, and every refused token description or collection, is one
+  audit entry: the token id (or the peer's host), the outcome (``ok`` or the refusal code),
+  and the Subject, key fingerprint and serial, or why it was refused. Retention ``enrollment``
+  only for a caller that proved a token's secret (whatever came of the call); a call without
+  one (no token, an unknown id, a wrong secret) goes with the other refusals (``refusal``),
+  so nobody without a token can push the record of real enrollments out of the trail,
+  however many addresses it calls from. Calls refused for the rate are only counted in the
+  log line.
 * Each refusal is :class:`~flwrmtls.wire.refusals.CallRefused`, answered by the catalogue.
 """
 
@@ -132,10 +137,13 @@ class EnrollmentServicer(enrollment_pb2_grpc.EnrollmentServicer):
         self, request: enrollment_pb2.DescribeTokenRequest, context: _Context
     ) -> enrollment_pb2.DescribeTokenResponse:
         attempt = self._pay(context, "DescribeToken")
+        token_id = ""
         try:
-            record = self._judge_token(request.token)
+            record = self._token_of(request.token)
+            token_id = record.token_id
+            self._usable(record)
         except CallRefused as refused:
-            self._record(attempt, refused.refusal.value, refused.details, token_id="")
+            self._record(attempt, refused.refusal.value, refused.details, token_id=token_id)
             raise
         binding = binding_of(record)
         return enrollment_pb2.DescribeTokenResponse(
@@ -154,8 +162,9 @@ class EnrollmentServicer(enrollment_pb2_grpc.EnrollmentServicer):
         attempt = self._pay(context, "RequestCertificate")
         token_id = ""
         try:
-            record = self._judge_token(request.token)
+            record = self._token_of(request.token)
             token_id = record.token_id
+            self._usable(record)
             binding = binding_of(record)
             try:
                 signing = check_request(
@@ -214,8 +223,10 @@ class EnrollmentServicer(enrollment_pb2_grpc.EnrollmentServicer):
         self, request: enrollment_pb2.CollectCertificateRequest, context: _Context
     ) -> enrollment_pb2.RequestCertificateResponse:
         attempt = self._pay(context, "CollectCertificate")
+        token_id = ""
         try:
             record = self._token_of(request.token)
+            token_id = record.token_id
             stored = self._tokens.request(request.request_id)
             if stored is None or stored.token_id != record.token_id:
                 raise CallRefused(
@@ -229,7 +240,7 @@ class EnrollmentServicer(enrollment_pb2_grpc.EnrollmentServicer):
                     f"{stored.decided_by}: {stored.reason or 'no reason given'}",
                 )
         except CallRefused as refused:
-            self._record(attempt, refused.refusal.value, refused.details, token_id="")
+            self._record(attempt, refused.refusal.value, refused.details, token_id=token_id)
             raise
         return enrollment_pb2.RequestCertificateResponse(
             state=stored.state.value, certificate_chain_pem=stored.chain_pem,
@@ -273,16 +284,15 @@ class EnrollmentServicer(enrollment_pb2_grpc.EnrollmentServicer):
             raise CallRefused(Refusal.TOKEN_REFUSED, _UNKNOWN)
         return record
 
-    def _judge_token(self, text: str) -> TokenRecord:
-        """The token ``text`` names, if it is right and still usable."""
-        record = self._token_of(text)
-        token_id = record.token_id
+    def _usable(self, record: TokenRecord) -> None:
+        """Refuse a token (its secret proven) that is used, expired or revoked."""
         refusal = TOKEN_REFUSALS[state_of(record, self._clock.now())]
         if refusal is not None:
-            raise CallRefused(Refusal.TOKEN_REFUSED, f"join token {token_id}: {refusal}")
-        return record
+            raise CallRefused(Refusal.TOKEN_REFUSED, f"join token {record.token_id}: {refusal}")
 
     def _record(self, attempt: _Attempt, outcome: str, detail: str, *, token_id: str) -> None:
+        """One audit entry; ``token_id``: the token whose secret the caller proved (empty:
+        none, and the entry goes with the other refusals, see the module)."""
         if self._audit is None:
             return
         record = AuditRecord(
@@ -293,7 +303,7 @@ class EnrollmentServicer(enrollment_pb2_grpc.EnrollmentServicer):
             outcome=outcome,
             detail=detail,
             peer=attempt.peer,
-            retention=Retention.ENROLLMENT,
+            retention=Retention.ENROLLMENT if token_id else Retention.REFUSAL,
         )
         try:
             self._audit(record)

@@ -309,6 +309,42 @@ def test_unknown_expired_and_revoked_tokens_are_refused_with_a_reason(
         assert "has expired" in why
 
 
+def test_callers_without_a_tokens_secret_cannot_push_real_enrollments_out_of_the_trail(
+    tmp_path: Path, pki: TestPki
+) -> None:
+    """As anyone on the network (from as many addresses as it likes) calling with no token,
+    an unknown id or a wrong secret: each call is audited with the other refusals (class
+    ``refusal``), never in the ``enrollment`` class, which only callers holding a token's
+    secret write to, so no volume of them can push a real enrollment's record out."""
+    from flwrmtls.auth.audit import Retention
+
+    with enrolling_link(tmp_path, pki) as link, enrollment(link, pki) as stub:
+        token = token_for(link)
+        token_id, secret = token.split(".")
+        attacks = ("not a token", f"{token_id}.{'A' * 43}", f"0badc0de.{secret}")
+        for text in attacks:
+            with pytest.raises(grpc.RpcError):
+                stub.DescribeToken(enrollment_pb2.DescribeTokenRequest(token=text))
+            assert refused(stub, text, csr()[0])[0] is Refusal.TOKEN_REFUSED
+            with pytest.raises(grpc.RpcError):
+                collect(stub, text, 1)
+        # The controls, with the token's secret: a refused CSR, then the certificate.
+        assert refused(stub, token, b"garbage")[0] is Refusal.CSR_REFUSED
+        answer = ask(stub, token, csr()[0])
+        assert collect(stub, token, answer.request_id).state == "issued"
+        entries = [
+            e.record for e in link.state.audit.entries(100, "")
+            if e.record.method.startswith("/flwrmtls.proto.Enrollment/")
+        ]  # fmt: skip
+        anonymous = [r for r in entries if r.identity != f"join token {token_id}"]
+        assert len(anonymous) == 3 * len(attacks)
+        assert {r.retention for r in anonymous} == {Retention.REFUSAL}
+        assert {r.outcome for r in anonymous} == {"token-refused"}
+        holder = [r for r in entries if r.identity == f"join token {token_id}"]
+        assert [r.outcome for r in holder] == ["ok", "csr-refused"]  # newest first
+        assert {r.retention for r in holder} == {Retention.ENROLLMENT}
+
+
 def test_a_flood_from_one_address_is_refused_and_other_addresses_and_nodes_are_served(
     tmp_path: Path, pki: TestPki
 ) -> None:
