@@ -3,12 +3,13 @@
 Rules kept here:
 
 * This is the only API a caller reaches without credentials, so every call first pays the
-  rate of its peer address (a token bucket per host, ``--enroll-rate`` calls a minute, the
-  same burst): over it, the call is refused (``enroll-rate-limited``, UNAVAILABLE) before
-  anything is parsed, and the link logs the address once a minute at most. Link replicas
-  sharing a database share the budget: each call paid is announced to the others
-  (:mod:`flwrmtls.link.replication`), so an address gets one budget for the federation.
-  The listener's own limits (:mod:`flwrmtls.link.server`: a 16 KiB message, few streams)
+  rate of its peer address (a token bucket per IPv4 address or IPv6 /64, as one host holds a
+  whole /64: :func:`~flwrmtls.auth.ratelimit.address_block`; ``--enroll-rate`` calls a
+  minute, the same burst): over it, the call is refused (``enroll-rate-limited``,
+  UNAVAILABLE) before anything is parsed, and the link logs the address once a minute at
+  most. Link replicas sharing a database share the budget: each call paid is announced to
+  the others (:mod:`flwrmtls.link.replication`), so an address gets one budget for the
+  federation. The listener's own limits (:mod:`flwrmtls.link.server`: a 16 KiB message, few streams)
   come first.
 * A token is judged in one order (:meth:`_token_of`, then :meth:`_usable`): its text
   (bounded, then parsed), its id, its secret (constant time), its state. An unknown id and
@@ -41,7 +42,7 @@ import grpc
 import grpc.aio
 
 from flwrmtls.auth.audit import OUTCOME_OK, AuditRecord, AuditSink, Retention
-from flwrmtls.auth.ratelimit import FailureBudget, FailureLimiter, peer_host
+from flwrmtls.auth.ratelimit import FailureBudget, FailureLimiter, address_block, peer_host
 from flwrmtls.clock import Clock
 from flwrmtls.enroll.config import EnrollMode
 from flwrmtls.enroll.csrcheck import CsrRefused, check_request
@@ -252,7 +253,7 @@ class EnrollmentServicer(enrollment_pb2_grpc.EnrollmentServicer):
     def _pay(self, context: _Context, method: str = "GetCaCertificates") -> _Attempt:
         """Take one call from the peer address's budget, or refuse it (not audited)."""
         peer = str(context.peer())
-        host = peer_host(peer)
+        host = address_block(peer_host(peer))
         wait = self._limiter.wait(host, b"")
         if wait is not None:
             now = self._clock.monotonic()
@@ -268,7 +269,7 @@ class EnrollmentServicer(enrollment_pb2_grpc.EnrollmentServicer):
                 f"too many enrollment requests from {host}: retry in {wait:.0f} s",
             )
         self._limiter.failed(host, b"")  # every call costs, whatever comes of it
-        return _Attempt(_PREFIX + method, peer, host)
+        return _Attempt(_PREFIX + method, peer, peer_host(peer))
 
     def _token_of(self, text: str) -> TokenRecord:
         """The token ``text`` names, if its secret is right (whatever its state)."""

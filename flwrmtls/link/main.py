@@ -201,8 +201,9 @@ def parser() -> argparse.ArgumentParser:
         type=int,
         default=DEFAULT_PER_MINUTE,
         metavar="N",
-        help="Enrollment API calls one address may make per minute, and at once (default "
-        "%(default)s; one budget across links sharing a PostgreSQL database)",
+        help="Enrollment API calls one address (an IPv6 caller: its whole /64) may make per "
+        "minute, and at once (default %(default)s; one budget across links sharing a "
+        "PostgreSQL database)",
     )
     p.add_argument(
         "--node-auth",

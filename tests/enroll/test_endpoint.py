@@ -384,6 +384,52 @@ def test_a_flood_from_one_address_is_refused_and_other_addresses_and_nodes_are_s
         assert len(attempts) == 6
 
 
+class _From:
+    """A call's context as the servicer reads it: only its peer. grpc on loopback can make no
+    other IPv6 address than ::1, so calls from one /64's many addresses are made here."""
+
+    def __init__(self, peer: str) -> None:
+        self._peer = peer
+
+    def peer(self) -> str:
+        return self._peer
+
+
+def test_an_ipv6_host_calling_from_many_addresses_of_its_64_has_one_budget(
+    tmp_path: Path, pki: TestPki
+) -> None:
+    """As anyone on the network with an IPv6 /64 (what one host is given): each call from a
+    new address of it pays the same budget, so once it is spent every address of the /64 is
+    refused; an address of another /64, and an IPv4 caller, are served."""
+    import asyncio
+
+    from flwrmtls.enroll.servicer import EnrollmentServicer
+    from flwrmtls.testing.clock import FakeClock
+    from flwrmtls.wire.refusals import CallRefused
+
+    with enrolling_link(tmp_path, pki, per_minute=5) as link:
+        servicer = EnrollmentServicer(
+            link.state.enroll, link.config.enroll.issuer, FakeClock(),  # type: ignore[union-attr]
+            ca_certificates_pem=b"", certificate_days=MAX_DAYS, per_minute=5,
+        )  # fmt: skip
+
+        def call(peer: str) -> Refusal | None:
+            request = enrollment_pb2.GetCaCertificatesRequest()
+            try:
+                asyncio.run(servicer.GetCaCertificates(request, _From(peer)))  # type: ignore[arg-type]
+            except CallRefused as refused:
+                return refused.refusal
+            return None
+
+        attacker = [f"ipv6:[2001:db8:1:2::{i:x}]:4{i:04d}" for i in range(1, 30)]
+        outcomes = [call(peer) for peer in attacker]
+        assert outcomes[:5] == [None] * 5
+        assert outcomes[5:] == [Refusal.ENROLL_RATE_LIMITED] * (len(attacker) - 5)
+        assert call("ipv6:[::ffff:192.0.2.7]:40000") is None  # the control: other callers
+        assert call("ipv6:[2001:db8:1:3::1]:40000") is None
+        assert call("ipv4:192.0.2.8:40000") is None
+
+
 def test_only_the_enrollment_methods_are_served_there(tmp_path: Path, pki: TestPki) -> None:
     """The enrollment listener serves no Fleet or Control method: a node's call there is told
     which door it knocked on; and the Fleet listener serves no enrollment."""
