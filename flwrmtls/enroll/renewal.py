@@ -11,6 +11,10 @@ Rules kept here:
   one the CA builds for nodes (O, OU, CN), and its SPIFFE ID. The CSR is judged as an
   enrollment CSR against that identity (:func:`~flwrmtls.enroll.csrcheck.check_request`: its
   own key, nothing beyond a node certificate, at most ``--enroll-certificate-days``).
+* Only the newest certificate of an identity renews: one that renewed already (its serial
+  is an ``old_serial`` of the identity's renewals) is refused. So revoking an enrolled
+  node's current certificate is not undone by a copy of an older one, still unexpired,
+  renewing itself into a fresh certificate (a stolen key's copy, say).
 * At most one renewal per identity per :data:`MIN_INTERVAL`: a node cannot make the link
   sign without bound. A renewal too soon is refused before anything is signed; two racing
   (at one link or at two replicas) are settled when the renewal is kept: the check and the
@@ -43,6 +47,8 @@ class RenewalRefused(Exception):
 
 class RenewalStore(Protocol):
     def last_renewal(self, identity: str) -> datetime | None: ...
+
+    def successor(self, identity: str, serial: str) -> tuple[str, datetime] | None: ...
 
     def renewed(
         self,
@@ -107,6 +113,16 @@ class Renewals:
             )
         binding = binding_of_certificate(current)
         identity = binding.describe()
+        serial = f"{current.serial_number:x}"
+        successor = self._store.successor(identity, serial)
+        if successor is not None:
+            new_serial, when = successor
+            raise RenewalRefused(
+                f"this certificate of {identity} (serial {serial}) was renewed already, at "
+                f"{when:%Y-%m-%d %H:%M:%S} UTC, into serial {new_serial}: only the newest "
+                "certificate renews. If this node never got that one, it keeps calling with "
+                "this certificate until it expires; ask the operator for a new join token"
+            )
         last = self._store.last_renewal(identity)  # refused before any signing
         if last is not None and now - last < MIN_INTERVAL:
             raise _too_soon(identity, last)
@@ -116,7 +132,7 @@ class Renewals:
             raise RenewalRefused(str(error)) from None
         issued = self._issuer.sign(signing, now)
         last = self._store.renewed(
-            identity, now, since=now - MIN_INTERVAL, old_serial=f"{current.serial_number:x}",
+            identity, now, since=now - MIN_INTERVAL, old_serial=serial,
             new_serial=f"{issued.certificate.serial_number:x}",
             key_fingerprint=signing.key_fingerprint, peer=peer,
         )  # fmt: skip

@@ -21,7 +21,8 @@ Rules:
 * Renewals of enrolled certificates are kept too, one row each (identity, old and new
   serial, the new key): :mod:`flwrmtls.enroll.renewal` reads the latest to bound how often,
   and keeps a new one only if no other was kept meanwhile (:meth:`EnrollTable.renewed`: the
-  check and the INSERT in one transaction under the write lock every link replica takes).
+  check and the INSERT in one transaction under the write lock every link replica takes);
+  and :meth:`EnrollTable.successor` finds whether a certificate was renewed already.
 * A request is ``pending`` (waiting for an operator), ``issued`` (its certificate chain kept
   for the node to collect) or ``denied`` (with the operator's reason). Only a pending one can
   be decided, once (:meth:`EnrollTable.decide`, one conditional UPDATE): two operators
@@ -301,6 +302,20 @@ class EnrollTable:
                 },
             )  # fmt: skip
         return None
+
+    def successor(self, identity: str, serial: str) -> tuple[str, datetime] | None:
+        """The serial of the certificate that renewed ``identity``'s certificate ``serial``
+        (hex), and when; None if that certificate never renewed."""
+        row = self._db.execute(
+            "SELECT new_serial, renewed_at FROM enroll_renewals WHERE identity = :identity "
+            "AND old_serial = :serial ORDER BY renewed_at LIMIT 1",
+            {"identity": identity, "serial": serial},
+        ).first()
+        if row is None:
+            return None
+        when = _moment(row[1])
+        assert when is not None
+        return str(row[0]), when
 
     def last_renewal(self, identity: str) -> datetime | None:
         """When ``identity`` last renewed its certificate, if ever."""

@@ -156,17 +156,57 @@ def test_renewing_again_at_once_or_for_another_identity_is_refused(
 ) -> None:
     clock = ShiftedClock()
     _, chain, key = enrolled(pki, SITE, tmp_path)
-    with renewing_link(tmp_path, pki, clock) as link, fleet(link, pki, chain, key) as stub:
-        code, refusal, why = refused(stub, OTHER)  # as a node asking for another's identity
+    with renewing_link(tmp_path, pki, clock) as link:
+        with fleet(link, pki, chain, key) as stub:
+            code, refusal, why = refused(stub, OTHER)  # as a node asking for another's one
+            assert code is grpc.StatusCode.PERMISSION_DENIED
+            assert refusal is Refusal.RENEWAL_REFUSED
+            assert "this token allows 'CN=site-1,O=Hospital C' only" in why
+            new_chain, new_key = renew(stub, SITE)  # the control: its own identity
+        with fleet(link, pki, new_chain, _pem(new_key)) as stub:
+            code, refusal, why = refused(stub, SITE)  # again at once, with the new one
+            assert refusal is Refusal.RENEWAL_REFUSED
+            assert "once per 10 minutes" in why
+            clock.shift = MIN_INTERVAL + timedelta(seconds=1)
+            renew(stub, SITE)
+
+
+def _pem(key: Any) -> bytes:
+    return bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )  # fmt: skip
+
+
+def test_a_certificate_renewed_already_cannot_renew_again_but_its_successor_can(
+    tmp_path: Path, pki: TestPki
+) -> None:
+    """As whoever kept a copy of an enrolled node's earlier certificate and key (stolen, say)
+    after the node renewed: that certificate, unexpired, is refused a renewal, so revoking the
+    node's current certificate is not undone by the copy making itself a fresh one. The
+    control: the node's newest certificate renews."""
+    clock = ShiftedClock()
+    _, first_chain, first_key = enrolled(pki, SITE, tmp_path)
+    with renewing_link(tmp_path, pki, clock) as link:
+        with fleet(link, pki, first_chain, first_key) as stub:
+            second_chain, second_key = renew(stub, SITE)
+        clock.shift = MIN_INTERVAL + timedelta(seconds=1)
+        with fleet(link, pki, first_chain, first_key) as stub:  # the copy of the first
+            code, refusal, why = refused(stub, SITE)
         assert code is grpc.StatusCode.PERMISSION_DENIED
         assert refusal is Refusal.RENEWAL_REFUSED
-        assert "this token allows 'CN=site-1,O=Hospital C' only" in why
-        renew(stub, SITE)  # the control: its own identity
-        code, refusal, why = refused(stub, SITE)  # again at once
-        assert refusal is Refusal.RENEWAL_REFUSED
-        assert "once per 10 minutes" in why
-        clock.shift = MIN_INTERVAL + timedelta(seconds=1)
-        renew(stub, SITE)
+        second = x509.load_pem_x509_certificate(second_chain)
+        assert "renewed already" in why
+        assert f"into serial {second.serial_number:x}" in why
+        with fleet(link, pki, second_chain, _pem(second_key)) as stub:  # the control
+            assert renew(stub, SITE)[0]
+        outcomes = [
+            e.record.outcome for e in link.state.audit.entries(50, "")
+            if e.record.method.endswith("/RenewCertificate")
+        ]  # fmt: skip
+        assert outcomes == ["ok", "PERMISSION_DENIED", "ok"]  # newest first
 
 
 def test_a_link_that_does_not_enroll_renews_nothing(tmp_path: Path, pki: TestPki) -> None:
