@@ -8,7 +8,7 @@ Rules kept here (pure: a request and a token's binding in, a decision out):
   key, another curve, Ed25519, DSA) is refused, naming what it is.
 * Its Subject is exactly the one the token binds (the same attributes in the same order).
 * It may ask only for what a node certificate carries, exactly as the link writes it: the
-  token's SPIFFE ID as the only SAN (or no SAN without one), basicConstraints CA:FALSE,
+  token's SPIFFE ID as the only SAN, a URI (or no SAN without one), basicConstraints CA:FALSE,
   extended key usage clientAuth alone, keyUsage within digitalSignature (and
   keyEncipherment for RSA). Asking for anything else (another SAN, CA:TRUE, another usage,
   any other extension) is refused, naming it: the link never signs more than the token
@@ -128,9 +128,8 @@ def _check_extensions(csr: x509.CertificateSigningRequest, binding: Binding, rsa
     for extension in extensions:
         value = extension.value
         if isinstance(value, x509.SubjectAlternativeName):
-            asked = [str(name.value) for name in value]
-            allowed = [str(name.value) for name in binding.subject_alternative_names()]
-            if asked != allowed:
+            if list(value) != binding.subject_alternative_names():  # the type counts too
+                asked = [f"{type(name).__name__} {name.value}" for name in value]
                 raise CsrRefused(
                     f"the CSR asks for the subject alternative names {asked}: this token "
                     + (

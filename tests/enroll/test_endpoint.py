@@ -246,6 +246,27 @@ def test_a_csr_asking_for_more_than_the_token_allows_is_refused_and_the_token_ke
         assert ask(stub, token, der, days=MAX_DAYS).certificate_chain_pem
 
 
+def test_a_spiffe_id_asked_for_as_another_kind_of_name_is_refused(
+    tmp_path: Path, pki: TestPki
+) -> None:
+    """As a token holder asking for the token's SPIFFE ID as a DNS name (or another kind of
+    name with the same text): refused, not quietly signed as the URI; the URI passes."""
+    spiffe = "spiffe://hospital-c.example/site-1"
+    binding = Binding("site-1", organization="Hospital C", spiffe_id=spiffe)
+    with enrolling_link(tmp_path, pki) as link, enrollment(link, pki) as stub:
+        token = token_for(link, binding)
+        for name in (x509.DNSName(spiffe), x509.RFC822Name(spiffe)):
+            der, _ = csr(extensions=((x509.SubjectAlternativeName([name]), False),))
+            code, why = refused(stub, token, der)
+            assert code is Refusal.CSR_REFUSED, why
+            assert "subject alternative names" in why
+        uri = x509.UniformResourceIdentifier(spiffe)
+        der, _ = csr(extensions=((x509.SubjectAlternativeName([uri]), False),))
+        leaf = x509.load_pem_x509_certificate(ask(stub, token, der).certificate_chain_pem)
+        names = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        assert list(names) == [uri]
+
+
 def test_a_longer_life_than_the_link_allows_is_refused(tmp_path: Path, pki: TestPki) -> None:
     with enrolling_link(tmp_path, pki) as link, enrollment(link, pki) as stub:
         token = token_for(link)
