@@ -113,6 +113,9 @@ class Renewals:
             )
         binding = binding_of_certificate(current)
         identity = binding.describe()
+        last = self._store.last_renewal(identity)  # refused before any signing
+        if last is not None and now - last < MIN_INTERVAL:
+            raise _too_soon(identity, last)
         serial = f"{current.serial_number:x}"
         successor = self._store.successor(identity, serial)
         if successor is not None:
@@ -123,9 +126,6 @@ class Renewals:
                 "certificate renews. If this node never got that one, it keeps calling with "
                 "this certificate until it expires; ask the operator for a new join token"
             )
-        last = self._store.last_renewal(identity)  # refused before any signing
-        if last is not None and now - last < MIN_INTERVAL:
-            raise _too_soon(identity, last)
         try:
             signing = check_request(csr_der, binding, days=days, max_days=self._max_days)
         except CsrRefused as error:
