@@ -15,7 +15,8 @@ Rules kept here:
 * The CSR is built with cryptography and signed with the site's own key; the key never
   leaves :mod:`flwrmtls.node.enrollment`, which writes it 0600.
 * The chain answered is used only if its leaf carries the site's public key, the Subject
-  the token described (and its SPIFFE ID), and extended key usage clientAuth
+  the token described (and its SPIFFE ID), and extended key usage clientAuth, and is no CA
+  (neither basicConstraints CA:TRUE nor keyUsage keyCertSign or cRLSign)
   (:func:`check_chain`).
 * A refusal the link states (the token, the request) is final: :class:`EnrollmentRefused`,
   one line. A link that is down or busy (``enroll-rate-limited``) is
@@ -172,6 +173,11 @@ def check_chain(chain_pem: bytes, key: PrivateKey, binding: Binding) -> x509.Cer
     leaf = chain[0]
     if public_key_bytes(leaf.public_key()) != public_key_bytes(key.public_key()):
         raise EnrollmentRefused("the link answered a certificate for another key: not used")
+    if _may_sign_certificates(leaf):
+        raise EnrollmentRefused(
+            "the link answered a CA certificate (basicConstraints CA:TRUE, or keyUsage that "
+            "may sign certificates), not a node certificate: not used"
+        )
     if leaf.subject != binding.subject():
         raise EnrollmentRefused(
             f"the link answered a certificate for {leaf.subject.rfc4514_string()}, not "
@@ -191,6 +197,19 @@ def check_chain(chain_pem: bytes, key: PrivateKey, binding: Binding) -> x509.Cer
     if usages is None or ExtendedKeyUsageOID.CLIENT_AUTH not in usages:
         raise EnrollmentRefused("the link answered a certificate without clientAuth: not used")
     return leaf
+
+
+def _may_sign_certificates(certificate: x509.Certificate) -> bool:
+    try:
+        if certificate.extensions.get_extension_for_class(x509.BasicConstraints).value.ca:
+            return True
+    except x509.ExtensionNotFound:
+        pass
+    try:
+        usage = certificate.extensions.get_extension_for_class(x509.KeyUsage).value
+    except x509.ExtensionNotFound:
+        return False
+    return bool(usage.key_cert_sign or usage.crl_sign)
 
 
 def _stated(error: grpc.RpcError, *, address: str) -> FlwrmtlsError | None:
