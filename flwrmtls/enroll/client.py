@@ -109,7 +109,8 @@ def parse_ca_hash(text: str) -> str:
     if not _HASH.fullmatch(value):
         raise InputError(
             f"--ca-cert-hash {text!r}: give sha256: and the 64 hex digits of the CA's public "
-            "key hash (flwrmtls ca show ca/ca.pem prints it as public_key_sha256)"
+            "key hash, as `flwrmtls enroll token create` prints it (or `flwrmtls ca show` of "
+            "the CA's ca.crt, as public key sha256)"
         )
     return value
 

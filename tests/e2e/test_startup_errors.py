@@ -214,7 +214,7 @@ def test_link_refuses_a_port_in_use_and_starts_with_a_free_one(
         ("enroll-token-twice", "give the join token once"),
         ("enroll-token-without-files", "needs --ssl-client-certfile and --ssl-client-keyfile"),
         ("enroll-token-insecure", "enrollment needs TLS"),
-        ("ca-hash-malformed", "give sha256: and the 64 hex digits"),
+        ("ca-hash-malformed", "as `flwrmtls enroll token create` prints it (or `flwrmtls ca show`"),
         ("ca-hash-without-roots", "--ca-cert-hash needs --root-certificates FILE"),
         ("ca-hash-other-ca", "holds no CA with the public key hash"),
     ],
