@@ -38,7 +38,8 @@ Rules kept here (applied by :class:`flwrmtls.auth.interceptor.AuthInterceptor`):
                   RenewCertificate)
   ==============  ================================================================  ==========
 
-  A handler says its call changed nothing with :func:`unchanged`.
+  A handler says its call changed nothing with :func:`unchanged`, and adds a line to a
+  successful call's entry with :func:`note` (a renewal answered again: ``repeat: ...``).
 
 The interceptor hands each record to a sink (``audit=``), on the link
 :meth:`flwrmtls.state.audittable.AuditTable.record`. A sink must be quick and must not raise;
@@ -58,6 +59,8 @@ __all__ = [
     "AuditSink",
     "Retention",
     "call_changed",
+    "note",
+    "noted",
     "records_every_call",
     "records_every_refusal",
     "retention_of",
@@ -100,8 +103,23 @@ def unchanged() -> None:
     _changed.set(False)
 
 
+_note: contextvars.ContextVar[str] = contextvars.ContextVar("flwrmtls_note", default="")
+
+
+def note(detail: str) -> None:
+    """Handlers: the detail of this call's entry if it ends well (one line, no secrets)."""
+    _note.set(detail)
+
+
+def noted() -> str:
+    """The interceptor, as a call ends well: what its handler noted (empty: nothing)."""
+    return _note.get()
+
+
 def call_changed() -> contextvars.Token[bool]:
-    """The interceptor, as a handler starts: assume the call changes state until told not."""
+    """The interceptor, as a handler starts: assume the call changes state until told not,
+    and that it notes nothing."""
+    _note.set("")
     return _changed.set(True)
 
 

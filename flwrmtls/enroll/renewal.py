@@ -15,16 +15,25 @@ Rules kept here:
   is an ``old_serial`` of the identity's renewals) is refused. So revoking an enrolled
   node's current certificate is not undone by a copy of an older one, still unexpired,
   renewing itself into a fresh certificate (a stolen key's copy, say).
+* Except the repeat: a certificate that renewed already, asking with a CSR that verifies and
+  carries exactly the key it renewed for (the SHA-256 of the SubjectPublicKeyInfo kept with
+  the renewal), is answered the chain answered then, byte for byte: nothing is signed and no
+  renewal is kept, whenever it asks (the interval does not apply). A node whose answer was
+  lost retries with its previous certificate and the same new key (it keeps that key until
+  the renewal is installed: :mod:`flwrmtls.node.renewal`), so it is not locked out; a copy
+  of the previous certificate without that key's private half gets nothing new.
 * At most one renewal per identity per :data:`MIN_INTERVAL`: a node cannot make the link
   sign without bound. A renewal too soon is refused before anything is signed; two racing
   (at one link or at two replicas) are settled when the renewal is kept: the check and the
   row are one transaction, and the loser's certificate is never answered.
 * Each renewal is kept (:meth:`~flwrmtls.state.enrolltable.EnrollTable.renewed`: identity,
-  old and new serials, key, when, from where); the Fleet call is in the audit trail.
+  old and new serials, key, the chain answered, when, from where); the Fleet call is in the
+  audit trail (a repeat with the detail ``repeat: ...``).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Protocol
 
@@ -32,11 +41,19 @@ from cryptography import x509
 from cryptography.x509.oid import NameOID
 
 from flwrmtls.enroll.csrcheck import CsrRefused, check_request
-from flwrmtls.enroll.issuer import EnrollmentIssuer, Issued
+from flwrmtls.enroll.issuer import EnrollmentIssuer
 from flwrmtls.enroll.tokens import Binding
 from flwrmtls.errors import InputError
+from flwrmtls.state.enrolltable import Successor
 
-__all__ = ["MIN_INTERVAL", "RenewalRefused", "RenewalStore", "Renewals", "binding_of_certificate"]
+__all__ = [
+    "MIN_INTERVAL",
+    "RenewalRefused",
+    "RenewalStore",
+    "Renewals",
+    "Renewed",
+    "binding_of_certificate",
+]
 
 MIN_INTERVAL = timedelta(minutes=10)
 
@@ -48,7 +65,7 @@ class RenewalRefused(Exception):
 class RenewalStore(Protocol):
     def last_renewal(self, identity: str) -> datetime | None: ...
 
-    def successor(self, identity: str, serial: str) -> tuple[str, datetime] | None: ...
+    def successor(self, identity: str, serial: str) -> Successor | None: ...
 
     def renewed(
         self,
@@ -60,7 +77,18 @@ class RenewalStore(Protocol):
         new_serial: str,
         key_fingerprint: str,
         peer: str,
+        chain_pem: bytes,
     ) -> datetime | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Renewed:
+    """A renewal's answer: the new certificate and its chain (PEM)."""
+
+    certificate: x509.Certificate
+    chain_pem: bytes
+    repeat_of: datetime | None = None
+    """Set when this answers again a renewal kept then (for the same key): nothing new."""
 
 
 def _one(name: x509.Name, oid: x509.ObjectIdentifier) -> str:
@@ -104,7 +132,7 @@ class Renewals:
 
     def renew(
         self, current: x509.Certificate, csr_der: bytes, now: datetime, *, days: int, peer: str
-    ) -> Issued:
+    ) -> Renewed:
         """The new certificate for the holder of ``current`` (see the module)."""
         if not self._issuer.issued(current):
             raise RenewalRefused(
@@ -113,18 +141,21 @@ class Renewals:
             )
         binding = binding_of_certificate(current)
         identity = binding.describe()
-        last = self._store.last_renewal(identity)  # refused before any signing
-        if last is not None and now - last < MIN_INTERVAL:
-            raise _too_soon(identity, last)
         serial = f"{current.serial_number:x}"
         successor = self._store.successor(identity, serial)
         if successor is not None:
-            new_serial, when = successor
+            repeat = self._repeat(successor, csr_der, binding)
+            if repeat is not None:  # the answer the node lost, again: nothing new
+                return repeat
+        last = self._store.last_renewal(identity)  # refused before any signing
+        if last is not None and now - last < MIN_INTERVAL:
+            raise _too_soon(identity, last)
+        if successor is not None:
             raise RenewalRefused(
                 f"this certificate of {identity} (serial {serial}) was renewed already, at "
-                f"{when:%Y-%m-%d %H:%M:%S} UTC, into serial {new_serial}: only the newest "
-                "certificate renews. If this node never got that one, it keeps calling with "
-                "this certificate until it expires; ask the operator for a new join token"
+                f"{successor.renewed_at:%Y-%m-%d %H:%M:%S} UTC, into serial "
+                f"{successor.serial}: only the newest certificate renews, and this one is "
+                "answered again only for the key it renewed for"
             )
         try:
             signing = check_request(csr_der, binding, days=days, max_days=self._max_days)
@@ -134,11 +165,24 @@ class Renewals:
         last = self._store.renewed(
             identity, now, since=now - MIN_INTERVAL, old_serial=serial,
             new_serial=f"{issued.certificate.serial_number:x}",
-            key_fingerprint=signing.key_fingerprint, peer=peer,
+            key_fingerprint=signing.key_fingerprint, peer=peer, chain_pem=issued.chain_pem,
         )  # fmt: skip
         if last is not None:  # another renewal of this identity was kept meanwhile
             raise _too_soon(identity, last)
-        return issued
+        return Renewed(issued.certificate, issued.chain_pem)
+
+    def _repeat(self, successor: Successor, csr_der: bytes, binding: Binding) -> Renewed | None:
+        """The chain ``successor`` answered, when the CSR verifies and carries its key."""
+        if not successor.chain_pem:
+            return None
+        try:
+            signing = check_request(csr_der, binding, days=0, max_days=self._max_days)
+        except CsrRefused:
+            return None  # judged (and refused) as any other renewal
+        if signing.key_fingerprint != successor.key_fingerprint:
+            return None
+        certificate = x509.load_pem_x509_certificate(successor.chain_pem)
+        return Renewed(certificate, successor.chain_pem, repeat_of=successor.renewed_at)
 
 
 def _too_soon(identity: str, last: datetime) -> RenewalRefused:

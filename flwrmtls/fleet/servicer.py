@@ -49,6 +49,7 @@ import grpc.aio
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
+from flwrmtls.auth.audit import note
 from flwrmtls.auth.interceptor import current_principal
 from flwrmtls.clock import Clock
 from flwrmtls.enroll.renewal import RenewalRefused, Renewals
@@ -179,6 +180,15 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
             )  # fmt: skip
         except RenewalRefused as error:
             raise CallRefused(Refusal.RENEWAL_REFUSED, str(error)) from None
+        if issued.repeat_of is not None:
+            line = (
+                f"repeat: {principal.identity} asked again with certificate serial "
+                f"{current.serial_number:x} and the key it renewed for at "
+                f"{issued.repeat_of:%Y-%m-%d %H:%M:%S} UTC; answered serial "
+                f"{issued.certificate.serial_number:x} again, nothing signed"
+            )
+            note(line)
+            log.info("%s", line)
         return fleet_pb2.RenewCertificateResponse(certificate_chain_pem=issued.chain_pem)
 
     async def ActivateNode(

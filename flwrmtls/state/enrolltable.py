@@ -19,10 +19,12 @@ Rules:
   stored without its token used, nor a token used without its request. So there is at most
   one request per token, and requests are as few as tokens.
 * Renewals of enrolled certificates are kept too, one row each (identity, old and new
-  serial, the new key): :mod:`flwrmtls.enroll.renewal` reads the latest to bound how often,
-  and keeps a new one only if no other was kept meanwhile (:meth:`EnrollTable.renewed`: the
-  check and the INSERT in one transaction under the write lock every link replica takes);
-  and :meth:`EnrollTable.successor` finds whether a certificate was renewed already.
+  serial, the new key's fingerprint, the chain answered): :mod:`flwrmtls.enroll.renewal`
+  reads the latest to bound how often, and keeps a new one only if no other was kept
+  meanwhile (:meth:`EnrollTable.renewed`: the check and the INSERT in one transaction under
+  the write lock every link replica takes); and :meth:`EnrollTable.successor` finds whether
+  a certificate was renewed already, into what, for which key (to answer a node whose answer
+  was lost the same chain again, never a new one).
 * A request is ``pending`` (waiting for an operator), ``issued`` (its certificate chain kept
   for the node to collect) or ``denied`` (with the operator's reason). Only a pending one can
   be decided, once (:meth:`EnrollTable.decide`, one conditional UPDATE): two operators
@@ -43,7 +45,7 @@ from typing import Any
 from flwrmtls.state.database import Database
 from flwrmtls.state.transaction import Transactions
 
-__all__ = ["EnrollTable", "RequestRecord", "RequestState", "TokenRecord"]
+__all__ = ["EnrollTable", "RequestRecord", "RequestState", "Successor", "TokenRecord"]
 
 
 class RequestState(enum.StrEnum):
@@ -69,6 +71,19 @@ class TokenRecord:
     created_by: str
     used_at: datetime | None = None
     revoked_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Successor:
+    """The renewal a certificate made: into which certificate, when, for which key."""
+
+    serial: str
+    """The new certificate's serial, hex."""
+    renewed_at: datetime
+    key_fingerprint: str
+    """``sha256:<hex>`` of the new key's SubjectPublicKeyInfo."""
+    chain_pem: bytes
+    """The chain answered (empty for a renewal kept before revision 0016)."""
 
 
 _COLUMNS = (
@@ -283,6 +298,7 @@ class EnrollTable:
         new_serial: str,
         key_fingerprint: str,
         peer: str,
+        chain_pem: bytes,
     ) -> datetime | None:
         """Keep a renewal of an enrolled certificate unless ``identity`` renewed after
         ``since``: None when kept, else when it last renewed (nothing kept). One transaction
@@ -294,28 +310,29 @@ class EnrollTable:
                 return last
             self._db.execute(
                 "INSERT INTO enroll_renewals (identity, old_serial, new_serial, "
-                "key_fingerprint, renewed_at, peer) VALUES (:identity, :old, :new, :key, "
-                ":now, :peer)",
+                "key_fingerprint, renewed_at, peer, chain_pem) VALUES (:identity, :old, :new, "
+                ":key, :now, :peer, :chain_pem)",
                 {
                     "identity": identity, "old": old_serial, "new": new_serial,
                     "key": key_fingerprint, "now": now.timestamp(), "peer": peer,
+                    "chain_pem": chain_pem,
                 },
             )  # fmt: skip
         return None
 
-    def successor(self, identity: str, serial: str) -> tuple[str, datetime] | None:
-        """The serial of the certificate that renewed ``identity``'s certificate ``serial``
-        (hex), and when; None if that certificate never renewed."""
+    def successor(self, identity: str, serial: str) -> Successor | None:
+        """The renewal ``identity``'s certificate ``serial`` (hex) made; None if that
+        certificate never renewed."""
         row = self._db.execute(
-            "SELECT new_serial, renewed_at FROM enroll_renewals WHERE identity = :identity "
-            "AND old_serial = :serial ORDER BY renewed_at LIMIT 1",
+            "SELECT new_serial, renewed_at, key_fingerprint, chain_pem FROM enroll_renewals "
+            "WHERE identity = :identity AND old_serial = :serial ORDER BY renewed_at LIMIT 1",
             {"identity": identity, "serial": serial},
         ).first()
         if row is None:
             return None
         when = _moment(row[1])
         assert when is not None
-        return str(row[0]), when
+        return Successor(str(row[0]), when, str(row[2]), bytes(row[3] or b""))
 
     def last_renewal(self, identity: str) -> datetime | None:
         """When ``identity`` last renewed its certificate, if ever."""

@@ -211,6 +211,7 @@ def test_two_link_replicas_keep_one_renewal_of_an_identity_per_interval(database
                         old_serial="1",
                         new_serial=f"{index}-{attempt}",
                         key_fingerprint="ab",
+                        chain_pem=b"",
                         peer="ipv4:127.0.0.1:1",
                     )
                 )
@@ -226,12 +227,12 @@ def test_two_link_replicas_keep_one_renewal_of_an_identity_per_interval(database
         assert {outcome for both in outcomes for outcome in both if outcome is not None} == {NOW}
         assert replicas[1].enroll.renewed(
             "CN=site-2,O=Hospital C", NOW, since=NOW - interval, old_serial="2",
-            new_serial="3", key_fingerprint="cd", peer="ipv4:127.0.0.1:2",
+            new_serial="3", key_fingerprint="cd", peer="ipv4:127.0.0.1:2", chain_pem=b"",
         ) is None  # fmt: skip
         later = NOW + interval + timedelta(seconds=1)
         assert replicas[0].enroll.renewed(
             "CN=site-1,O=Hospital C", later, since=later - interval, old_serial="1",
-            new_serial="4", key_fingerprint="ef", peer="ipv4:127.0.0.1:1",
+            new_serial="4", key_fingerprint="ef", peer="ipv4:127.0.0.1:1", chain_pem=b"",
         ) is None  # fmt: skip
         assert replicas[1].enroll.last_renewal("CN=site-1,O=Hospital C") == later
     finally:
