@@ -5,7 +5,8 @@ Rules kept here (applied by :class:`flwrmtls.auth.interceptor.AuthInterceptor`):
 * Every Control call is recorded once it ends: who (the principal's identity and auth
   method), the method, the outcome (``ok`` or the gRPC status code's name, e.g.
   ``PERMISSION_DENIED``, with the status details) and the peer address.
-* Every node admission is recorded: a Fleet ``ActivateNode`` call, with its outcome.
+* Every node admission is recorded: a Fleet ``ActivateNode`` call, with its outcome; so is
+  every renewal of an enrolled certificate (``RenewCertificate``).
 * Every refusal by the interceptor (authentication or policy) is recorded with the refusal
   reason as the outcome (``revoked``, ``not-permitted``, ...), once per (certificate or peer,
   reason) and interval, and at most 10 per peer address and interval, as the refusal log logs
@@ -17,20 +18,28 @@ Rules kept here (applied by :class:`flwrmtls.auth.interceptor.AuthInterceptor`):
   bounded on its own (:mod:`flwrmtls.state.audittable`), so no volume of one kind of call can
   push another kind out of the trail:
 
-  ============  ==================================================================  ==========
-  class         what                                                                kept
-  ============  ==================================================================  ==========
-  ``change``    Control calls that changed state: a run started or stopped, keys    1,000,000
-                registered, a node unregistered or readmitted (each needs a run or
-                an operator's action)
-  ``admission`` node admissions (Fleet ``ActivateNode``)                            100,000
-  ``read``      read-only Control calls: ListNodes, ListRuns, StreamLogs,           100,000
-                ListAudit, whatever their outcome
-  ``refusal``   refusals by the interceptor, and Control calls that failed or       100,000
-                changed nothing (a StopRun of a run that had ended)
-  ============  ==================================================================  ==========
+  ==============  ================================================================  ==========
+  class           what                                                              kept
+  ==============  ================================================================  ==========
+  ``change``      Control calls that changed state: a run started or stopped, keys  1,000,000
+                  registered, a node unregistered or readmitted, a join token made
+                  or revoked, a certificate request decided (each needs a run or an
+                  operator's action)
+  ``admission``   node admissions (Fleet ``ActivateNode``)                          100,000
+  ``read``        read-only Control calls: ListNodes, ListRuns, StreamLogs,         100,000
+                  ListAudit, ListEnrollTokens, ListEnrollRequests, whatever their
+                  outcome
+  ``refusal``     refusals by the interceptor, Control calls that failed or         100,000
+                  changed nothing (a StopRun of a run that had ended), and
+                  Enrollment calls without a join token's secret
+  ``enrollment``  Enrollment calls by a caller that proved a join token's secret:  100,000
+                  certificate requests, refused token descriptions and collections
+                  (recorded by :mod:`flwrmtls.enroll.servicer`); renewals (Fleet
+                  RenewCertificate)
+  ==============  ================================================================  ==========
 
-  A handler says its call changed nothing with :func:`unchanged`.
+  A handler says its call changed nothing with :func:`unchanged`, and adds a line to a
+  successful call's entry with :func:`note` (a renewal answered again: ``repeat: ...``).
 
 The interceptor hands each record to a sink (``audit=``), on the link
 :meth:`flwrmtls.state.audittable.AuditTable.record`. A sink must be quick and must not raise;
@@ -50,6 +59,8 @@ __all__ = [
     "AuditSink",
     "Retention",
     "call_changed",
+    "note",
+    "noted",
     "records_every_call",
     "records_every_refusal",
     "retention_of",
@@ -60,8 +71,17 @@ OUTCOME_OK = "ok"
 
 _CONTROL_PREFIX = "/flwrmtls.proto.Control/"
 _ADMISSION = "/flwrmtls.proto.Fleet/ActivateNode"
+_RENEWAL = "/flwrmtls.proto.Fleet/RenewCertificate"
 _READ_ONLY = frozenset(
-    f"{_CONTROL_PREFIX}{name}" for name in ("ListNodes", "ListRuns", "StreamLogs", "ListAudit")
+    f"{_CONTROL_PREFIX}{name}"
+    for name in (
+        "ListNodes",
+        "ListRuns",
+        "StreamLogs",
+        "ListAudit",
+        "ListEnrollTokens",
+        "ListEnrollRequests",
+    )
 )
 
 
@@ -72,6 +92,7 @@ class Retention(enum.StrEnum):
     ADMISSION = "admission"
     READ = "read"
     REFUSAL = "refusal"
+    ENROLLMENT = "enrollment"
 
 
 _changed: contextvars.ContextVar[bool] = contextvars.ContextVar("flwrmtls_changed", default=True)
@@ -82,8 +103,23 @@ def unchanged() -> None:
     _changed.set(False)
 
 
+_note: contextvars.ContextVar[str] = contextvars.ContextVar("flwrmtls_note", default="")
+
+
+def note(detail: str) -> None:
+    """Handlers: the detail of this call's entry if it ends well (one line, no secrets)."""
+    _note.set(detail)
+
+
+def noted() -> str:
+    """The interceptor, as a call ends well: what its handler noted (empty: nothing)."""
+    return _note.get()
+
+
 def call_changed() -> contextvars.Token[bool]:
-    """The interceptor, as a handler starts: assume the call changes state until told not."""
+    """The interceptor, as a handler starts: assume the call changes state until told not,
+    and that it notes nothing."""
+    _note.set("")
     return _changed.set(True)
 
 
@@ -95,6 +131,8 @@ def retention_of(method: str, outcome: str, *, refused: bool = False) -> Retenti
         return Retention.READ
     if method == _ADMISSION:
         return Retention.ADMISSION
+    if method == _RENEWAL:
+        return Retention.ENROLLMENT
     if outcome != OUTCOME_OK or not _changed.get():
         return Retention.REFUSAL
     return Retention.CHANGE
@@ -127,8 +165,9 @@ AuditSink = Callable[[AuditRecord], None]
 
 
 def records_every_call(method: str) -> bool:
-    """Control calls and node admissions: each is recorded, whatever its outcome."""
-    return method.startswith(_CONTROL_PREFIX) or method == _ADMISSION
+    """Control calls, node admissions and certificate renewals: each is recorded, whatever
+    its outcome."""
+    return method.startswith(_CONTROL_PREFIX) or method in (_ADMISSION, _RENEWAL)
 
 
 def records_every_refusal(method: str) -> bool:

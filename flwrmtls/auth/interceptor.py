@@ -65,6 +65,7 @@ from flwrmtls.auth.audit import (
     AuditSink,
     Retention,
     call_changed,
+    noted,
     records_every_call,
     records_every_refusal,
     retention_of,
@@ -284,7 +285,7 @@ def _outcome(context: _Context, error: BaseException | None) -> tuple[str, str]:
         return str(getattr(code, "name", code)), str(context.details() or "")
     if error is not None:
         return grpc.StatusCode.UNKNOWN.name, f"the handler raised {type(error).__name__}"
-    return OUTCOME_OK, ""
+    return OUTCOME_OK, noted()
 
 
 _REFUSAL_CODES = {RefusalReason.NOT_PERMITTED: grpc.StatusCode.PERMISSION_DENIED}

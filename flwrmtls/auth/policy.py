@@ -9,6 +9,9 @@ Rules:
   the Control API (listing nodes is for operators); a ServerApp process calls ServerAppIo and a
   ClientApp process calls ClientAppIo, each with its run's token. A node certificate cannot
   drive the CLI API, a CLI certificate cannot pose as a node, and no certificate reaches AppIo.
+* The Enrollment API (its own listener) has no credentials to check: its rows let anonymous
+  callers in, and its servicer judges each call's join token and rate
+  (:mod:`flwrmtls.enroll.servicer`). No other server of the link serves those methods.
 * ``ANONYMOUS`` callers exist only on a link without client authentication (started without
   ``--ssl-require-client-auth``, with a loud warning); there nothing tells callers apart, so
   they may call the Fleet and Control rows marked ``open_without_auth``. AppIo rows never are:
@@ -34,6 +37,8 @@ class Rule:
 _NODES = Rule(frozenset({PrincipalKind.NODE}), open_without_auth=True)
 _OPERATORS = Rule(frozenset({PrincipalKind.OPERATOR}), open_without_auth=True)
 _CLI_USERS = Rule(frozenset({PrincipalKind.OPERATOR, PrincipalKind.USER}), open_without_auth=True)
+_ENROLLING = Rule(frozenset({PrincipalKind.ANONYMOUS}), open_without_auth=True)
+"""A new site on the Enrollment API: it has no credentials yet (its token is judged there)."""
 _SERVERAPP = Rule(frozenset({PrincipalKind.SERVERAPP}), open_without_auth=False)
 _CLIENTAPP = Rule(frozenset({PrincipalKind.CLIENTAPP}), open_without_auth=False)
 
@@ -46,13 +51,19 @@ POLICY: Mapping[str, Rule] = {
     **_rows(
         "Fleet", _NODES,
         "ActivateNode", "DeactivateNode", "Heartbeat", "PullMessages", "PushMessages", "GetRun",
-        "PullObject", "PushObject", "MissingObjects", "PushLogs",
+        "PullObject", "PushObject", "MissingObjects", "PushLogs", "RenewCertificate",
     ),
     **_rows(
         "Control", _OPERATORS,
         "ListNodes", "RegisterNodeKeys", "UnregisterNode", "ReadmitNode", "ListAudit",
+        "CreateEnrollToken", "ListEnrollTokens", "RevokeEnrollToken", "ListEnrollRequests",
+        "DecideEnrollRequest",
     ),
     **_rows("Control", _CLI_USERS, "StartRun", "ListRuns", "StreamLogs", "StopRun"),
+    **_rows(
+        "Enrollment", _ENROLLING,
+        "GetCaCertificates", "DescribeToken", "RequestCertificate", "CollectCertificate",
+    ),
     **_rows(
         "ServerAppIo", _SERVERAPP,
         "GetRun", "GetNodes", "PushMessages", "PullReplies", "PullObject", "PushObject",
@@ -108,6 +119,9 @@ _DOORS: Mapping[str, str] = {
     "config.toml profile; the link's --control-api-address, default port 9093)",
     "ServerAppIo": "the link's ServerAppIo API, where the link's own ServerApp processes "
     "connect (loopback, --serverappio-api-address)",
+    "Enrollment": "the link's Enrollment API, where new sites ask for their certificate with "
+    "a join token (flwrmtls-supernode --enroll-token-file; the link's "
+    "--enrollment-api-address, default port 9095)",
     "ClientAppIo": "a node's ClientAppIo API, where its own ClientApp processes connect "
     "(loopback, the node's --clientappio-api-address)",
 }

@@ -3,8 +3,10 @@
 Rules:
 
 * Keyed by the peer's host (``ipv4:203.0.113.7``), never its port: a new connection does not
-  buy a new budget. Each failed authentication takes one token; tokens come back at
-  ``per_second`` up to ``burst``. Success takes nothing.
+  buy a new budget. Callers that present no credential at all (the Enrollment API) are keyed
+  by :func:`address_block`: an IPv6 caller's whole /64, which one host holds. Each failed
+  authentication takes one token; tokens come back at ``per_second`` up to ``burst``.
+  Success takes nothing.
 * An address without a token is refused before the authenticator parses or verifies anything
   (:meth:`FailureLimiter.wait`), except for a credential that authenticated from that same
   address before and has not failed since ("proven"): a node behind the same address as a
@@ -23,16 +25,38 @@ Rules:
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
-__all__ = ["FailureBudget", "FailureLimiter", "peer_host"]
+__all__ = ["IPV6_BLOCK", "FailureBudget", "FailureLimiter", "address_block", "peer_host"]
+
+IPV6_BLOCK = 64
+"""The IPv6 prefix one end site holds (RFC 6177): an address budget counts for all of it."""
 
 
 def peer_host(peer: str) -> str:
     """grpc's peer string without the port: ``ipv4:10.0.0.7:40000`` -> ``ipv4:10.0.0.7``."""
     return peer.rsplit(":", 1)[0] if peer.count(":") > 1 else peer
+
+
+def address_block(host: str) -> str:
+    """What a budget for unauthenticated callers is kept per: an IPv4 address, or the /64
+    an IPv6 address is in (one host is given a whole /64 and may call from any of its 2^64
+    addresses); an IPv4-mapped IPv6 address is its IPv4 address. ``host`` is
+    :func:`peer_host`'s; anything else (a Unix socket) is kept as it is."""
+    kind, _, address = host.partition(":")
+    if kind != "ipv6":
+        return host
+    try:
+        ip = ipaddress.IPv6Address(address.strip("[]").split("%", 1)[0])
+    except ValueError:
+        return host
+    if ip.ipv4_mapped is not None:
+        return f"ipv4:{ip.ipv4_mapped}"
+    network = ipaddress.IPv6Network((ip, IPV6_BLOCK), strict=False)
+    return f"ipv6:[{network.network_address}]/{IPV6_BLOCK}"
 
 
 @dataclass(frozen=True, slots=True)

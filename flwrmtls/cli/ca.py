@@ -359,6 +359,8 @@ def _render_text(description: CertificateDescription, directory: Path) -> list[s
         ("SANs", ", ".join(description.subject_alternative_names) or "none"),
         ("fingerprint", description.sha256_fingerprint),
     ]
+    if description.is_ca:  # what a site enrolling with --ca-cert-hash is given
+        rows.append(("public key sha256", description.public_key_sha256))
     if description.issued_by_ca is not None:
         verdict = "yes" if description.issued_by_ca else "no"
         rows.append((f"issued by CA in {directory}", verdict))

@@ -13,7 +13,7 @@ from typing import Annotated, Any, NoReturn
 import typer
 
 from flwrmtls import __version__
-from flwrmtls.cli import audit, ca, config, new, runcommands, supernode
+from flwrmtls.cli import audit, ca, config, enroll, new, runcommands, supernode
 from flwrmtls.cli.params import group
 from flwrmtls.errors import FlwrmtlsError
 from flwrmtls.terminal import printable
@@ -49,6 +49,7 @@ def _root(
 app.add_typer(ca.app, name="ca")
 app.add_typer(config.app, name="config")
 app.add_typer(supernode.app, name="supernode")
+app.add_typer(enroll.app, name="enroll")
 app.command("new")(new.new)
 app.command("run")(runcommands.run)
 app.command("ls")(runcommands.ls)

@@ -125,5 +125,43 @@ class ControlClient:
         response = self._call(lambda: self._stub.ListAudit(request, timeout=_CALL_TIMEOUT))
         return list(response.entries)
 
+    def create_enroll_token(
+        self, identity: control_pb2.EnrollIdentity, ttl_seconds: float
+    ) -> control_pb2.CreateEnrollTokenResponse:
+        """A new join token: its text is in this answer only."""
+        request = control_pb2.CreateEnrollTokenRequest(identity=identity, ttl_seconds=ttl_seconds)
+        response: control_pb2.CreateEnrollTokenResponse = self._call(
+            lambda: self._stub.CreateEnrollToken(request, timeout=_CALL_TIMEOUT)
+        )
+        return response
+
+    def list_enroll_tokens(self, *, all: bool = False) -> list[control_pb2.EnrollToken]:
+        request = control_pb2.ListEnrollTokensRequest(all=all)
+        response = self._call(lambda: self._stub.ListEnrollTokens(request, timeout=_CALL_TIMEOUT))
+        return list(response.tokens)
+
+    def revoke_enroll_token(self, token_id: str) -> control_pb2.EnrollToken:
+        request = control_pb2.RevokeEnrollTokenRequest(token_id=token_id)
+        response = self._call(lambda: self._stub.RevokeEnrollToken(request, timeout=_CALL_TIMEOUT))
+        token: control_pb2.EnrollToken = response.token
+        return token
+
+    def list_enroll_requests(self, *, all: bool = False) -> list[control_pb2.EnrollRequest]:
+        request = control_pb2.ListEnrollRequestsRequest(all=all)
+        response = self._call(lambda: self._stub.ListEnrollRequests(request, timeout=_CALL_TIMEOUT))
+        return list(response.requests)
+
+    def decide_enroll_request(
+        self, request_id: int, *, approve: bool, reason: str = ""
+    ) -> control_pb2.EnrollRequest:
+        request = control_pb2.DecideEnrollRequestRequest(
+            request_id=request_id, approve=approve, reason=reason
+        )
+        response = self._call(
+            lambda: self._stub.DecideEnrollRequest(request, timeout=_CALL_TIMEOUT)
+        )
+        decided: control_pb2.EnrollRequest = response.request
+        return decided
+
     def close(self) -> None:
         self._channel.close()

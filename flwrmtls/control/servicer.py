@@ -38,6 +38,17 @@ from flwrmtls.auth.identity import IdentitySource, PrincipalKind, node_id_for_id
 from flwrmtls.auth.interceptor import current_principal
 from flwrmtls.auth.keyformats import key_fingerprint, node_id_for_key, parse_node_public_key
 from flwrmtls.clock import Clock
+from flwrmtls.control.enrolltokens import (
+    denial_reason,
+    request_message,
+    requested_binding,
+    token_message,
+    ttl_of,
+)
+from flwrmtls.enroll.config import EnrollmentConfig
+from flwrmtls.enroll.csrcheck import CsrRefused
+from flwrmtls.enroll.requests import issue
+from flwrmtls.enroll.tokens import TokenState, new_token, state_of
 from flwrmtls.errors import InputError
 from flwrmtls.expiry import ExpiryWarning
 from flwrmtls.keyvalues import values_from_proto
@@ -46,6 +57,7 @@ from flwrmtls.proto import control_pb2, control_pb2_grpc
 from flwrmtls.runs.notify import Notifier
 from flwrmtls.runs.serverapps import ServerApps
 from flwrmtls.state.audittable import DEFAULT_MAX_ENTRIES
+from flwrmtls.state.enrolltable import RequestRecord, RequestState
 from flwrmtls.state.linkstate import LinkState, NodeRecord
 from flwrmtls.state.runtable import RunRecord
 from flwrmtls.wire.refusals import CallRefused, Refusal
@@ -110,6 +122,7 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
         key_binding: KeyBinding = KeyBinding.REFUSED,
         identity_source: IdentitySource = IdentitySource.SUBJECT,
         access_changed: Callable[[], object] = lambda: None,
+        enrollment: EnrollmentConfig | None = None,
     ) -> None:
         """``revocation_coverage``: how the link checks revocation, per issuer (ListNodes).
         ``access_changed``: called after a change that may end open calls (unregister, a key
@@ -118,6 +131,7 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
         self._key_binding = key_binding
         self._identity_source = identity_source
         self._access_changed = access_changed
+        self._enrollment = enrollment
         self._state = state
         self._clock = clock
         self._runs = runs
@@ -353,6 +367,107 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
                 for e in entries
             ]
         )
+
+    # --- join tokens (docs/enrollment.md) ----------------------------------------------------
+
+    async def CreateEnrollToken(
+        self, request: control_pb2.CreateEnrollTokenRequest, context: _Context
+    ) -> control_pb2.CreateEnrollTokenResponse:
+        binding = requested_binding(request.identity)
+        now = self._clock.now()
+        by = current_principal().identity
+        for _ in range(3):  # the id is 32 random bits: a collision is rare, and retried
+            issued = new_token(binding, now, ttl_of(request.ttl_seconds), created_by=by)
+            if self._state.enroll.add(issued.record):
+                return control_pb2.CreateEnrollTokenResponse(
+                    token=issued.text, info=token_message(issued.record, now)
+                )
+        raise AssertionError("three token ids in a row were taken")
+
+    async def ListEnrollTokens(
+        self, request: control_pb2.ListEnrollTokensRequest, context: _Context
+    ) -> control_pb2.ListEnrollTokensResponse:
+        now = self._clock.now()
+        tokens = [token_message(record, now) for record in self._state.enroll.all()]
+        if not request.all:
+            tokens = [token for token in tokens if token.state == TokenState.ACTIVE.value]
+        return control_pb2.ListEnrollTokensResponse(tokens=tokens)
+
+    async def RevokeEnrollToken(
+        self, request: control_pb2.RevokeEnrollTokenRequest, context: _Context
+    ) -> control_pb2.RevokeEnrollTokenResponse:
+        now = self._clock.now()
+        record = self._state.enroll.get(request.token_id)
+        if record is None:
+            raise CallRefused(Refusal.NO_ENROLL_TOKEN, f"no join token {request.token_id!r}")
+        if not self._state.enroll.revoke(record.token_id, now):
+            state = state_of(record, now)
+            raise CallRefused(
+                Refusal.ENROLL_TOKEN_STATE,
+                f"join token {record.token_id} is {state.value} already: only a token still "
+                "usable can be revoked (a certificate it brought is revoked with your CA)",
+            )
+        revoked = self._state.enroll.get(record.token_id)
+        assert revoked is not None
+        return control_pb2.RevokeEnrollTokenResponse(token=token_message(revoked, now))
+
+    # --- certificate requests (docs/enrollment.md) -------------------------------------------
+
+    async def ListEnrollRequests(
+        self, request: control_pb2.ListEnrollRequestsRequest, context: _Context
+    ) -> control_pb2.ListEnrollRequestsResponse:
+        records = self._state.enroll.requests()
+        if not request.all:
+            records = [r for r in records if r.state is RequestState.PENDING]
+        return control_pb2.ListEnrollRequestsResponse(
+            requests=[request_message(r, self._state.enroll.get(r.token_id)) for r in records]
+        )
+
+    async def DecideEnrollRequest(
+        self, request: control_pb2.DecideEnrollRequestRequest, context: _Context
+    ) -> control_pb2.DecideEnrollRequestResponse:
+        enrollment = self._enrollment
+        if enrollment is None:
+            raise CallRefused(Refusal.NOT_ENROLLING)
+        request_id = request.request_id
+        record = self._state.enroll.request(request_id)
+        if record is None:
+            raise CallRefused(Refusal.NO_ENROLL_REQUEST, f"no certificate request {request_id}")
+        reason = denial_reason(request.reason)
+        decided = record.state is RequestState.PENDING and self._decide(
+            record, enrollment, approve=request.approve, reason=reason
+        )
+        current = self._state.enroll.request(request_id)
+        assert current is not None
+        if not decided:
+            raise CallRefused(
+                Refusal.ENROLL_REQUEST_STATE,
+                f"certificate request {request_id} is {current.state.value} already (by "
+                f"{current.decided_by})",
+            )
+        token = self._state.enroll.get(record.token_id)
+        return control_pb2.DecideEnrollRequestResponse(request=request_message(current, token))
+
+    def _decide(
+        self, record: RequestRecord, enrollment: EnrollmentConfig, *, approve: bool, reason: str
+    ) -> bool:
+        """Issue or deny a pending request; False when another decision came first."""
+        by, now = current_principal().identity, self._clock.now()
+        enroll = self._state.enroll
+        if not approve:
+            return enroll.decide(record.request_id, RequestState.DENIED, now, by=by, reason=reason)
+        try:
+            issued = issue(
+                enroll, enrollment.issuer, record, now, by=by,
+                max_days=enrollment.certificate_days,
+            )  # fmt: skip
+        except CsrRefused as error:  # the link would not sign it now: it is denied instead
+            why = f"the link no longer signs it: {error}"
+            enroll.decide(record.request_id, RequestState.DENIED, now, by=by, reason=why)
+            raise CallRefused(
+                Refusal.INVALID_REQUEST, f"certificate request {record.request_id} denied: {why}"
+            ) from None
+        return issued is not None
 
 
 def _coverage_message(row: CoverageRow) -> control_pb2.RevocationCoverage:

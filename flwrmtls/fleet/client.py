@@ -29,9 +29,11 @@ chunks are bounded as they arrive (:func:`flwrmtls.objects.transfer.pull_object_
      ├── RunUnavailable    run-ended / run-not-for-node: drop what this node holds of the run
      ├── ObjectMissing     no-object
      ├── OverQuota         over-quota
-     └── RequestRefused    invalid-message, foreign-message, objects-not-pushed,
+     ├── RequestRefused    invalid-message, foreign-message, objects-not-pushed,
                            invalid-request: what this node sent is not the link's to take
                            (a bug here, never its credentials): final for it
+     └── RenewalRefused    renewal-refused, not-enrolling: this node's certificate is
+                           not renewed now (it keeps the one it has)
     LinkUnreachable        ocsp-unavailable: the link has no usable OCSP answer for this
                            node's certificate yet: retried, as a link that is down
 """
@@ -64,6 +66,7 @@ __all__ = [
     "ObjectMissing",
     "OverQuota",
     "Pulled",
+    "RenewalRefused",
     "RequestRefused",
     "RunUnavailable",
     "Session",
@@ -136,6 +139,11 @@ class ObjectMissing(Refused):
     """The link has no such object for this node (not stored, or not one it may read)."""
 
 
+class RenewalRefused(Refused):
+    """The link did not renew this node's certificate (too soon, not one it enrolled, a CSR
+    it does not sign): the node keeps its current one and says so."""
+
+
 class RequestRefused(Refused):
     """The link refused what this node sent (a reply not its to send, an id used before): a
     bug in the node or its ClientApp, which retrying will not mend."""
@@ -153,6 +161,8 @@ NODE_ERRORS: Mapping[Refusal, Callable[[str], FlwrmtlsError]] = {
     Refusal.OBJECTS_NOT_PUSHED: RequestRefused,
     Refusal.INVALID_REQUEST: RequestRefused,
     Refusal.OCSP_UNAVAILABLE: LinkUnreachable,  # the link's own state: retried with backoff
+    Refusal.RENEWAL_REFUSED: RenewalRefused,
+    Refusal.NOT_ENROLLING: RenewalRefused,
 }
 """What each refusal code the Fleet API states becomes on this node (every one: the catalogue's
 rows say which those are)."""
@@ -241,6 +251,15 @@ class FleetClient:
             identity=response.identity,
             heartbeat_interval=response.heartbeat_interval,
         )
+
+    def renew_certificate(self, csr_der: bytes) -> bytes:
+        """A new certificate chain (PEM) for this node's identity on the CSR's key."""
+        response = self._call(
+            lambda: self._stub.RenewCertificate(
+                fleet_pb2.RenewCertificateRequest(csr_der=csr_der), timeout=_CALL_TIMEOUT
+            )
+        )
+        return bytes(response.certificate_chain_pem)
 
     def heartbeat(self, session: Session) -> float:
         """The interval the link expects until the next heartbeat (checked: never 0 or NaN)."""

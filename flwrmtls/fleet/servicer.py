@@ -46,9 +46,13 @@ from typing import Any
 
 import grpc
 import grpc.aio
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 
+from flwrmtls.auth.audit import note
 from flwrmtls.auth.interceptor import current_principal
 from flwrmtls.clock import Clock
+from flwrmtls.enroll.renewal import RenewalRefused, Renewals
 from flwrmtls.expiry import ExpiryWarning
 from flwrmtls.keyvalues import values_to_proto
 from flwrmtls.objects.scope import ObjectScope, QuotaExceeded
@@ -102,10 +106,14 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
         presence: Presence | None = None,
         expiry_warning_days: float = 14.0,
         on_round_trip: Callable[[float], None] | None = None,
+        renewals: Renewals | None = None,
     ) -> None:
         """``on_round_trip``: told, for each reply stored, the seconds since the message it
-        answers was stored (metrics; None when they are off)."""
+        answers was stored (metrics; None when they are off). ``renewals``: how enrolled
+        nodes renew their certificates (None: the link does not enroll, and
+        ``RenewCertificate`` is refused)."""
         self._on_round_trip = on_round_trip
+        self._renewals = renewals
         self._expiry_warning = ExpiryWarning(expiry_warning_days)
         self._presence = presence or Presence(
             clock, mark_offline=lambda *_: False, on_offline=lambda _: None
@@ -149,6 +157,39 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
             peer_address=None,
         )  # fmt: skip
         self._notifier.notify(("nodes",))
+
+    async def RenewCertificate(
+        self, request: fleet_pb2.RenewCertificateRequest, context: _Context
+    ) -> fleet_pb2.RenewCertificateResponse:
+        """A new certificate for the caller's own identity (:mod:`flwrmtls.enroll.renewal`):
+        the interceptor admitted its current certificate, read here from the connection."""
+        if self._renewals is None:
+            raise CallRefused(Refusal.NOT_ENROLLING)
+        principal = current_principal()
+        pem = next(iter(context.auth_context().get("x509_pem_cert", ())), b"")
+        try:
+            current = x509.load_pem_x509_certificate(pem)
+        except ValueError:
+            raise CallRefused(Refusal.RENEWAL_REFUSED, "a node renews over mTLS only") from None
+        if current.fingerprint(hashes.SHA256()).hex() != principal.fingerprint:
+            raise CallRefused(Refusal.RENEWAL_REFUSED, "not the certificate this call presented")
+        try:
+            issued = self._renewals.renew(
+                current, request.csr_der, self._clock.now(), days=request.days,
+                peer=str(context.peer()),
+            )  # fmt: skip
+        except RenewalRefused as error:
+            raise CallRefused(Refusal.RENEWAL_REFUSED, str(error)) from None
+        if issued.repeat_of is not None:
+            line = (
+                f"repeat: {principal.identity} asked again with certificate serial "
+                f"{current.serial_number:x} and the key it renewed for at "
+                f"{issued.repeat_of:%Y-%m-%d %H:%M:%S} UTC; answered serial "
+                f"{issued.certificate.serial_number:x} again, nothing signed"
+            )
+            note(line)
+            log.info("%s", line)
+        return fleet_pb2.RenewCertificateResponse(certificate_chain_pem=issued.chain_pem)
 
     async def ActivateNode(
         self, request: fleet_pb2.ActivateNodeRequest, context: _Context

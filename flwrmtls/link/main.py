@@ -23,6 +23,15 @@ from flwrmtls.auth.nodeauth import NodeAuth, requires_client_certificate
 from flwrmtls.auth.ocspcheck import OcspMode, responder_url
 from flwrmtls.auth.ocspstore import OcspPolicy, Unreachable
 from flwrmtls.cliargs import finish_parser
+from flwrmtls.clock import SystemClock
+from flwrmtls.enroll.config import (
+    DEFAULT_ADDRESS,
+    DEFAULT_CERTIFICATE_DAYS,
+    DEFAULT_PER_MINUTE,
+    EnrollmentConfig,
+    EnrollMode,
+)
+from flwrmtls.enroll.issuer import EnrollmentIssuer
 from flwrmtls.errors import FlwrmtlsError, InputError
 from flwrmtls.filemodes import open_directory_warning, private_directory, restrict_umask
 from flwrmtls.heap import limit_malloc_arenas
@@ -153,6 +162,48 @@ def parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="seconds after which an OCSP answer is asked for again (default %(default)s, 1 "
         "to 86400), and always before its next update: how soon a revocation reaches the link",
+    )
+    p.add_argument(
+        "--enroll-mode",
+        choices=[mode.value for mode in EnrollMode],
+        help="serve the Enrollment API, where new sites ask for their certificate with a join "
+        "token (flwrmtls enroll token create), and sign what a valid token allows with "
+        "--enroll-ca-certfile's sub-CA: at once (sign), or once an operator approved the "
+        "request (approve: flwrmtls enroll ls, approve, deny). Off by default "
+        "(docs/enrollment.md)",
+    )
+    p.add_argument(
+        "--enrollment-api-address",
+        default=DEFAULT_ADDRESS,
+        help="where the Enrollment API listens (TLS with --ssl-certfile, no client "
+        "certificate), with --enroll-mode (default %(default)s)",
+    )
+    p.add_argument(
+        "--enroll-ca-certfile",
+        type=Path,
+        help="the issuing sub-CA enrollment signs with (PEM: its certificate, then any "
+        "intermediates above it; never a self-signed root), chaining to the client CA bundle",
+    )
+    p.add_argument(
+        "--enroll-ca-keyfile",
+        type=Path,
+        help="that sub-CA's private key (PEM, mode 0600)",
+    )
+    p.add_argument(
+        "--enroll-certificate-days",
+        type=int,
+        default=DEFAULT_CERTIFICATE_DAYS,
+        help="how long an enrolled node's certificate is valid, at most (default "
+        "%(default)s; 1 to 825); nodes renew before it ends",
+    )
+    p.add_argument(
+        "--enroll-rate",
+        type=int,
+        default=DEFAULT_PER_MINUTE,
+        metavar="N",
+        help="Enrollment API calls one address (an IPv6 caller: its whole /64) may make per "
+        "minute, and at once (default %(default)s; one budget across links sharing a "
+        "PostgreSQL database)",
     )
     p.add_argument(
         "--node-auth",
@@ -404,7 +455,9 @@ def config_from_args(args: argparse.Namespace) -> LinkConfig:
     if not HEARTBEAT_SECONDS.allows(args.heartbeat_interval):
         # one range with what nodes accept from the link: it never sends what they refuse
         raise InputError(f"--heartbeat-interval must be {HEARTBEAT_SECONDS.text}")
+    enroll = _enrollment(args, client_cas)
     return LinkConfig(
+        enroll=enroll,
         database=args.database,
         objects_dir=_objects_dir(args),
         fleet_address=args.fleet_api_address,
@@ -448,6 +501,43 @@ def config_from_args(args: argparse.Namespace) -> LinkConfig:
             else "--ssl-ca-certfile",
             cli_ca=args.ssl_cli_ca_certfile,
         ),
+    )
+
+
+def _enrollment(
+    args: argparse.Namespace, client_cas: list[x509.Certificate]
+) -> EnrollmentConfig | None:
+    """The ``--enroll*`` flags, checked, and the sub-CA loaded (one line otherwise)."""
+    files = (args.enroll_ca_certfile, args.enroll_ca_keyfile)
+    if args.enroll_mode is None:
+        if any(files):
+            raise InputError("--enroll-ca-certfile and --enroll-ca-keyfile need --enroll-mode")
+        return None
+    if not args.ssl_require_client_auth:
+        raise InputError(
+            "--enroll-mode issues node certificates: the link must require them "
+            "(--ssl-require-client-auth)"
+        )
+    if not all(files):
+        raise InputError(
+            f"--enroll-mode {args.enroll_mode} signs with a sub-CA: give --enroll-ca-certfile "
+            "and --enroll-ca-keyfile (`flwrmtls ca init` writes ca/issuing.crt and "
+            "ca/issuing.key)"
+        )
+    if not 1 <= args.enroll_certificate_days <= 825:
+        raise InputError("--enroll-certificate-days must be 1 to 825")
+    if not 1 <= args.enroll_rate <= 10_000:
+        raise InputError("--enroll-rate must be 1 to 10000 calls a minute")
+    issuer = EnrollmentIssuer.load(
+        args.enroll_ca_certfile, args.enroll_ca_keyfile, client_cas=client_cas,
+        now=SystemClock().now(),
+    )  # fmt: skip
+    return EnrollmentConfig(
+        mode=EnrollMode(args.enroll_mode),
+        issuer=issuer,
+        address=args.enrollment_api_address,
+        certificate_days=args.enroll_certificate_days,
+        per_minute=args.enroll_rate,
     )
 
 
@@ -578,6 +668,12 @@ def _describe(link: Link) -> str:
         parts.append(f"CRLs from {config.crl_path} for {len(link.revocations.issuers)} issuer(s)")
     if config.ocsp.enabled:
         parts.append(config.ocsp.describe())
+    if config.enroll is not None:
+        issuer = config.enroll.issuer.certificate.subject.rfc4514_string()
+        parts.append(
+            f"enrollment ({config.enroll.mode.value}) on port {link.enrollment_port}: node "
+            f"certificates signed by {issuer} for {config.enroll.certificate_days} days"
+        )
     return "; ".join(parts)
 
 

@@ -15,10 +15,12 @@ Rules:
                                           replica running its ServerApp stops the process
   long-poll wake-ups                      ``wake``: every key notified on one replica wakes
                                           the waiters on the others (batched per loop turn)
-  failed authentications                  ``failed``: counted in every replica's budget for
-                                          that address and listener
+  failed authentications, and every       ``failed``: counted in every replica's budget for
+  Enrollment API call                     that address and listener
   EC-key nonces                           claimed in the database (``ec_nonces``)
   a node's pending uploads                rows (``pending_objects``)
+  join tokens, enrollment requests and    rows, each change one conditional statement or
+  renewals                                one locked transaction (``enroll_*``)
   ======================================  ==================================================
 
 * An announcement is delivered only after the transaction that made the change commits, and

@@ -78,6 +78,10 @@ from flwrmtls.auth.revocation import RevocationStore, coverage_report
 from flwrmtls.auth.tokens import TokenAuthenticator
 from flwrmtls.clock import Clock, SystemClock
 from flwrmtls.control.servicer import ControlServicer, KeyBinding
+from flwrmtls.enroll.config import MAX_RECEIVE_BYTES as ENROLL_MAX_RECEIVE_BYTES
+from flwrmtls.enroll.config import EnrollmentConfig
+from flwrmtls.enroll.renewal import Renewals
+from flwrmtls.enroll.servicer import EnrollmentServicer, rate_budget
 from flwrmtls.filemodes import private_directory, tighten
 from flwrmtls.fleet.servicer import FleetServicer
 from flwrmtls.link.reload import TlsFiles, TlsMaterial, TlsWatcher, Trust
@@ -86,7 +90,7 @@ from flwrmtls.objects.store import ObjectStore
 from flwrmtls.ops.callmetrics import CallMetricsInterceptor
 from flwrmtls.ops.health import HealthListener
 from flwrmtls.ops.metrics import LinkMetrics, LinkSnapshot, MetricsServer, counts
-from flwrmtls.proto import appio_pb2_grpc, control_pb2_grpc, fleet_pb2_grpc
+from flwrmtls.proto import appio_pb2_grpc, control_pb2_grpc, enrollment_pb2_grpc, fleet_pb2_grpc
 from flwrmtls.runs.appenvs import AppEnvs
 from flwrmtls.runs.linkobjects import SWEEP_INTERVAL, LinkObjects, StorageLimits
 from flwrmtls.runs.notify import Notifier
@@ -105,6 +109,12 @@ __all__ = ["Link", "LinkConfig"]
 log = logging.getLogger("flwrmtls.link")
 
 _CRL_POLL_SECONDS = 1.0
+_ANONYMOUS = OpenAuthenticator()
+"""The Enrollment API's callers have no credentials: the policy table lets them call it only."""
+_ENROLL_CALLS = 8
+"""Enrollment calls one address may have in progress at once (a node makes one at a time)."""
+_ENROLL_STREAMS = 4
+_ENROLL_IDLE = 60.0
 MAX_BUNDLE_BYTES = 64 << 20
 """The largest app bundle StartRun accepts (the Control API's receive limit)."""
 
@@ -170,6 +180,9 @@ class LinkConfig:
     ``--unsafe-anonymous-control-api``."""
     anonymous_control: bool = False
     """``--unsafe-anonymous-control-api``: Control without CLI certificates off loopback."""
+
+    enroll: EnrollmentConfig | None = None
+    """``--enroll-mode``: the Enrollment API and the sub-CA it signs with (None: not served)."""
 
     storage: StorageLimits = field(default_factory=StorageLimits)
     """What one run, and one node's pending uploads, may store (``--max-run-storage``,
@@ -329,6 +342,14 @@ class Link:
             failures=failures("control"), calls_per_address=config.calls_per_address,
             live=self.live_calls, serves="Control", metrics=self.metrics,
         )  # fmt: skip
+        if config.enroll is not None:  # its rate per address: one budget across replicas
+            self._limiters["enrollment"] = FailureLimiter(
+                self.clock.monotonic, rate_budget(config.enroll.per_minute)
+            )
+        self._enroll_interceptor = AuthInterceptor(
+            lambda: _ANONYMOUS, self.clock, refusals, calls_per_address=_ENROLL_CALLS,
+            serves="Enrollment", metrics=self.metrics,
+        )  # fmt: skip
         tokens = TokenAuthenticator(self.state.runs.token)
         self._app_interceptor = AuthInterceptor(
             lambda: tokens, self.clock, refusals, serves="ServerAppIo", metrics=self.metrics
@@ -366,6 +387,7 @@ class Link:
         self.key_fleet_port = 0
         self.control_port = 0
         self.serverappio_port = 0
+        self.enrollment_port = 0
 
     def _connection_closed(self, node_id: int, session_id: str, now: float) -> bool:
         """Mark ``node_id`` offline after its connection closed (:mod:`flwrmtls.runs.presence`).
@@ -542,6 +564,9 @@ class Link:
             objects=self.objects, run_log=self.run_log, presence=self.presence,
             expiry_warning_days=config.cert_expiry_warning_days,
             on_round_trip=self.metrics.round_trip if self.metrics is not None else None,
+            renewals=Renewals(
+                self.state.enroll, config.enroll.issuer, max_days=config.enroll.certificate_days
+            ) if config.enroll is not None else None,
         )  # fmt: skip
         fleet, self.fleet_port = self._server(
             config.fleet_address,
@@ -578,6 +603,7 @@ class Link:
                 key_binding=config.key_binding,
                 identity_source=config.identity_source,
                 access_changed=self.recheck_open_calls,
+                enrollment=config.enroll,
             ),
             control,
         )
@@ -594,6 +620,8 @@ class Link:
         )  # fmt: skip
         host = config.serverappio_address.rpartition(":")[0]
         self.runs.listen(f"{host}:{self.serverappio_port}")
+        if config.enroll is not None:
+            servers.append(self._enrollment_server(config.enroll))
         self._servers = [*servers, control, serverappio]
         for server in self._servers:
             await server.start()
@@ -664,6 +692,33 @@ class Link:
             runs_by_status=counts(run.status.value for run in self.state.runs.all()),
             server_certificate_not_after=leaf.not_valid_after_utc if leaf is not None else None,
         )
+
+    def _enrollment_server(self, enroll: EnrollmentConfig) -> grpc.aio.Server:
+        """The Enrollment API: TLS without client certificates, small messages, few streams
+        per connection, its own rate per address (:mod:`flwrmtls.enroll.servicer`)."""
+        limits = replace(
+            self.config.server_limits,
+            max_receive_bytes=ENROLL_MAX_RECEIVE_BYTES,
+            max_concurrent_streams=_ENROLL_STREAMS,
+            max_connection_idle=_ENROLL_IDLE,
+        )
+        server, self.enrollment_port = self._server(
+            enroll.address,
+            self._enroll_interceptor,
+            self._credentials("enrollment", Trust.NONE),
+            limits=limits,
+        )
+        enrollment_pb2_grpc.add_EnrollmentServicer_to_server(
+            EnrollmentServicer(
+                self.state.enroll, enroll.issuer, self.clock, mode=enroll.mode,
+                ca_certificates_pem=self.config.client_ca_pem or b"",
+                certificate_days=enroll.certificate_days, per_minute=enroll.per_minute,
+                audit=self.state.audit.record, log=log.info,
+                limiter=self._limiters["enrollment"],
+            ),
+            server,
+        )  # fmt: skip
+        return server
 
     async def _watch_files(self) -> None:
         """Re-read CRLs and TLS files about once a second (see :mod:`flwrmtls.link.reload`),

@@ -10,8 +10,9 @@ directory (``--state-dir``, 0700, locked to this process, emptied of leftovers a
 (:mod:`flwrmtls.node.storage`).
 
 The node is one asyncio program (:func:`_serve`): ClientAppIo and the ClientApp processes
-(:mod:`flwrmtls.node.clientapps`), the certificate watcher (:mod:`flwrmtls.node.rotation`) and
-the agent (:mod:`flwrmtls.node.agent`) are tasks on one event loop, which alone holds the
+(:mod:`flwrmtls.node.clientapps`), the certificate watcher (:mod:`flwrmtls.node.rotation`), an
+enrolled node's renewer (:mod:`flwrmtls.node.renewal`) and the agent
+(:mod:`flwrmtls.node.agent`) are tasks on one event loop, which alone holds the
 node's state; calls to the link, which block, run in worker threads.
 
 With ``--health-api-address`` and ``--metrics-address`` (:mod:`flwrmtls.ops`; off by default)
@@ -26,8 +27,10 @@ import asyncio
 import logging
 import signal
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 
 import grpc
 
@@ -35,6 +38,7 @@ from flwrmtls.auth.callsigning import CallSigner
 from flwrmtls.auth.keyformats import key_fingerprint, load_node_private_key, node_id_for_key
 from flwrmtls.cliargs import finish_parser
 from flwrmtls.clock import SystemClock
+from flwrmtls.enroll.tokens import parse_duration
 from flwrmtls.errors import FlwrmtlsError, InputError
 from flwrmtls.filemodes import restrict_umask
 from flwrmtls.fleet.client import FleetClient
@@ -44,6 +48,13 @@ from flwrmtls.node.agent import NodeAgent, RetryPolicy
 from flwrmtls.node.appioserver import ClientAppIoServer
 from flwrmtls.node.audience import LinkAudience
 from flwrmtls.node.clientapps import ClientApps
+from flwrmtls.node.enrollment import (
+    DEFAULT_ENROLLMENT_PORT,
+    TOKEN_VARIABLE,
+    EnrollmentStopped,
+    enroll,
+)
+from flwrmtls.node.renewal import CertificateRenewer
 from flwrmtls.node.rotation import CertificateWatcher
 from flwrmtls.node.signer import SigningInterceptor
 from flwrmtls.node.statedir import StateDir, default_state_dir, open_state_dir
@@ -93,6 +104,35 @@ def parser() -> argparse.ArgumentParser:
         "--ssl-client-keyfile",
         type=Path,
         help="this node's private key (PEM: PKCS#8, SEC1 or PKCS#1)",
+    )
+    p.add_argument(
+        "--enroll-token-file",
+        type=Path,
+        help="enroll with this join token (a file holding what `flwrmtls enroll token "
+        f"create` printed; or the {TOKEN_VARIABLE} variable) while --ssl-client-certfile does "
+        "not exist: the node makes its key in --ssl-client-keyfile (0600, never sent), gets "
+        "its certificate from the link and writes it to --ssl-client-certfile; a request "
+        "waiting for an operator is kept in <keyfile>.request and asked about again on the "
+        "next start (docs/enrollment.md)",
+    )
+    p.add_argument(
+        "--enrollment-address",
+        metavar="HOST:PORT",
+        help="the link's Enrollment API, host:port (default: --superlink's host, port "
+        f"{DEFAULT_ENROLLMENT_PORT})",
+    )
+    p.add_argument(
+        "--ca-cert-hash",
+        metavar="sha256:HEX",
+        help="instead of a CA file: the SHA-256 of the public key of the CA that verifies the "
+        "link (as the operator gives it); the node finds that CA at the link's Enrollment "
+        "API and writes it to --root-certificates",
+    )
+    p.add_argument(
+        "--renew-before",
+        metavar="DURATION",
+        help="an enrolled node renews its certificate when less than this is left (30m, 12h, "
+        "10d; default: a third of its lifetime), with the link, authenticated by it",
     )
     p.add_argument(
         "--auth-supernode-private-key",
@@ -307,10 +347,28 @@ class _Operations:
 
 
 def run(args: argparse.Namespace) -> None:
+    stopping = threading.Event()
+    """Set by SIGINT/SIGTERM: the node stops (enrolling, or running)."""
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        log.info("stopping (signal %d)", signum)
+        stopping.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
     node_config = parse_key_values(args.node_config, "--node-config")
     if args.max_retries is not None and args.max_retries < 0:
         raise InputError("--max-retries must be 0 or more")
     max_object_bytes = parse_size(args.max_object_storage, "--max-object-storage")
+    retry = RetryPolicy(max_retries=args.max_retries, max_wait_time=args.max_wait_time)
+    try:
+        enrolled = enroll(args, retry, stopping)
+    except EnrollmentStopped:  # a signal while enrolling: what it made is kept for next time
+        return
+    try:
+        renew_before = parse_duration(args.renew_before) if args.renew_before else None
+    except InputError as error:
+        raise InputError(f"--renew-before: {error}") from None
     transport, own, ctx = _transport(args)
     metrics = NodeMetrics() if args.metrics_address is not None else None
 
@@ -353,11 +411,7 @@ def run(args: argparse.Namespace) -> None:
         client, state.objects, node_config=node_config, share_objects=args.shared_objects,
         max_object_bytes=max_object_bytes, envs=envs,
     )  # fmt: skip
-    agent = NodeAgent(
-        client,
-        apps=apps,
-        retry=RetryPolicy(max_retries=args.max_retries, max_wait_time=args.max_wait_time),
-    )
+    agent = NodeAgent(client, apps=apps, retry=retry)
     watcher = None
     if transport is not None and own is not None and own.identity is not None:
 
@@ -375,13 +429,22 @@ def run(args: argparse.Namespace) -> None:
             args.ssl_client_certfile, args.ssl_client_keyfile, own.identity,
             on_change=rotate, warning_days=args.cert_expiry_warning_days,
         )  # fmt: skip
+    renewer = None
+    if enrolled and own is not None:
+        renewer = CertificateRenewer(
+            args.ssl_client_certfile, args.ssl_client_keyfile, client.renew_certificate,
+            SystemClock(), renew_before=renew_before,
+        )  # fmt: skip
     operations = _Operations(args, agent, own, state, metrics)
     try:
+        if stopping.is_set():  # a signal while enrolling or starting: stop before serving
+            return
         asyncio.run(
             _serve(
-                agent, ClientAppIoServer(apps, args.clientappio_api_address), watcher, operations
+                agent, ClientAppIoServer(apps, args.clientappio_api_address), watcher,
+                renewer, operations,
             )
-        )
+        )  # fmt: skip
     finally:
         for open_channel in channels:
             open_channel.close()
@@ -392,13 +455,15 @@ async def _serve(
     agent: NodeAgent,
     clientappio: ClientAppIoServer,
     watcher: CertificateWatcher | None,
+    renewer: CertificateRenewer | None,
     operations: _Operations,
 ) -> None:
     """The node, one event loop: ClientAppIo and the ClientApps it serves, the certificate
-    watcher, health and metrics, the agent; stopped by SIGINT or SIGTERM."""
+    watcher and (an enrolled node) its renewer, health and metrics, the agent; stopped by
+    SIGINT or SIGTERM."""
     loop = asyncio.get_running_loop()
     await clientappio.start()
-    watching = asyncio.create_task(watcher.run()) if watcher is not None else None
+    tasks = [asyncio.create_task(task.run()) for task in (watcher, renewer) if task is not None]
 
     def on_signal(signum: int) -> None:
         log.info("stopping (signal %d)", signum)
@@ -411,9 +476,9 @@ async def _serve(
         await agent.run()
     finally:
         await operations.stop()
-        if watching is not None:
-            watching.cancel()
-            await asyncio.gather(watching, return_exceptions=True)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         await clientappio.stop()
 
 

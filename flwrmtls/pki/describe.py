@@ -8,13 +8,14 @@ an identity.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from flwrmtls.auth.identity import (
@@ -55,6 +56,8 @@ class CertificateDescription:
     subject_alternative_names: tuple[str, ...]
     """``DNS:name``, ``IP:addr``, ``URI:uri``, ``email:addr``."""
     sha256_fingerprint: str
+    public_key_sha256: str
+    """``sha256:<hex>`` of the SubjectPublicKeyInfo: what a site's ``--ca-cert-hash`` pins."""
     identity_source: IdentitySource
     identity: str | None
     """What the link would call the holder; None when ``identity_error`` says why not."""
@@ -84,6 +87,7 @@ class CertificateDescription:
             "extended_key_usages": list(self.extended_key_usages),
             "subject_alternative_names": list(self.subject_alternative_names),
             "sha256_fingerprint": self.sha256_fingerprint,
+            "public_key_sha256": self.public_key_sha256,
             "identity_source": self.identity_source.value,
             "identity": self.identity,
             "kind": self.kind,
@@ -199,6 +203,12 @@ def describe_certificate(
         extended_key_usages=usages,
         subject_alternative_names=_subject_alternative_names(certificate),
         sha256_fingerprint="sha256:" + certificate.fingerprint(hashes.SHA256()).hex(),
+        public_key_sha256="sha256:"
+        + hashlib.sha256(
+            certificate.public_key().public_bytes(
+                serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+        ).hexdigest(),
         identity_source=source,
         identity=identity_value,
         kind=kind,

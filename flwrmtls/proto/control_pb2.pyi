@@ -687,3 +687,375 @@ class StopRunResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___StopRunResponse: _TypeAlias = StopRunResponse  # noqa: Y015
+
+@_typing.final
+class EnrollIdentity(_message.Message):
+    """The identity a join token allows: the Subject (O, OU, CN) and SPIFFE ID of the certificate."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COMMON_NAME_FIELD_NUMBER: _builtins.int
+    ORGANIZATION_FIELD_NUMBER: _builtins.int
+    ORGANIZATIONAL_UNIT_FIELD_NUMBER: _builtins.int
+    SPIFFE_ID_FIELD_NUMBER: _builtins.int
+    common_name: _builtins.str
+    organization: _builtins.str
+    organizational_unit: _builtins.str
+    spiffe_id: _builtins.str
+    """empty: none"""
+    def __init__(
+        self,
+        *,
+        common_name: _builtins.str = ...,
+        organization: _builtins.str = ...,
+        organizational_unit: _builtins.str = ...,
+        spiffe_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["common_name", b"common_name", "organization", b"organization", "organizational_unit", b"organizational_unit", "spiffe_id", b"spiffe_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EnrollIdentity: _TypeAlias = EnrollIdentity  # noqa: Y015
+
+@_typing.final
+class EnrollToken(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOKEN_ID_FIELD_NUMBER: _builtins.int
+    IDENTITY_FIELD_NUMBER: _builtins.int
+    SUBJECT_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    CREATED_BY_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    USED_AT_FIELD_NUMBER: _builtins.int
+    REVOKED_AT_FIELD_NUMBER: _builtins.int
+    token_id: _builtins.str
+    """names the token; not its secret"""
+    subject: _builtins.str
+    """RFC 4514, as the link will name the node"""
+    created_at: _builtins.float
+    """seconds since the epoch"""
+    expires_at: _builtins.float
+    created_by: _builtins.str
+    """the operator's identity"""
+    state: _builtins.str
+    """"active", "used", "expired", "revoked" """
+    used_at: _builtins.float
+    """0: not used"""
+    revoked_at: _builtins.float
+    """0: not revoked"""
+    @_builtins.property
+    def identity(self) -> Global___EnrollIdentity: ...
+    def __init__(
+        self,
+        *,
+        token_id: _builtins.str = ...,
+        identity: Global___EnrollIdentity | None = ...,
+        subject: _builtins.str = ...,
+        created_at: _builtins.float = ...,
+        expires_at: _builtins.float = ...,
+        created_by: _builtins.str = ...,
+        state: _builtins.str = ...,
+        used_at: _builtins.float = ...,
+        revoked_at: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["identity", b"identity"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "created_by", b"created_by", "expires_at", b"expires_at", "identity", b"identity", "revoked_at", b"revoked_at", "state", b"state", "subject", b"subject", "token_id", b"token_id", "used_at", b"used_at"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EnrollToken: _TypeAlias = EnrollToken  # noqa: Y015
+
+@_typing.final
+class CreateEnrollTokenRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IDENTITY_FIELD_NUMBER: _builtins.int
+    TTL_SECONDS_FIELD_NUMBER: _builtins.int
+    ttl_seconds: _builtins.float
+    """0: an hour; at most 7 days"""
+    @_builtins.property
+    def identity(self) -> Global___EnrollIdentity: ...
+    def __init__(
+        self,
+        *,
+        identity: Global___EnrollIdentity | None = ...,
+        ttl_seconds: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["identity", b"identity"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["identity", b"identity", "ttl_seconds", b"ttl_seconds"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateEnrollTokenRequest: _TypeAlias = CreateEnrollTokenRequest  # noqa: Y015
+
+@_typing.final
+class CreateEnrollTokenResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOKEN_FIELD_NUMBER: _builtins.int
+    INFO_FIELD_NUMBER: _builtins.int
+    token: _builtins.str
+    """"<token_id>.<secret>": answered this once, never again"""
+    @_builtins.property
+    def info(self) -> Global___EnrollToken: ...
+    def __init__(
+        self,
+        *,
+        token: _builtins.str = ...,
+        info: Global___EnrollToken | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["info", b"info"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["info", b"info", "token", b"token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateEnrollTokenResponse: _TypeAlias = CreateEnrollTokenResponse  # noqa: Y015
+
+@_typing.final
+class ListEnrollTokensRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ALL_FIELD_NUMBER: _builtins.int
+    all: _builtins.bool
+    """also used, expired and revoked tokens"""
+    def __init__(
+        self,
+        *,
+        all: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["all", b"all"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListEnrollTokensRequest: _TypeAlias = ListEnrollTokensRequest  # noqa: Y015
+
+@_typing.final
+class ListEnrollTokensResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOKENS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def tokens(self) -> _containers.RepeatedCompositeFieldContainer[Global___EnrollToken]:
+        """newest first"""
+
+    def __init__(
+        self,
+        *,
+        tokens: _abc.Iterable[Global___EnrollToken] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["tokens", b"tokens"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListEnrollTokensResponse: _TypeAlias = ListEnrollTokensResponse  # noqa: Y015
+
+@_typing.final
+class RevokeEnrollTokenRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOKEN_ID_FIELD_NUMBER: _builtins.int
+    token_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        token_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["token_id", b"token_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RevokeEnrollTokenRequest: _TypeAlias = RevokeEnrollTokenRequest  # noqa: Y015
+
+@_typing.final
+class RevokeEnrollTokenResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOKEN_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def token(self) -> Global___EnrollToken: ...
+    def __init__(
+        self,
+        *,
+        token: Global___EnrollToken | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["token", b"token"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["token", b"token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RevokeEnrollTokenResponse: _TypeAlias = RevokeEnrollTokenResponse  # noqa: Y015
+
+@_typing.final
+class EnrollRequest(_message.Message):
+    """A certificate request made with a join token, and what became of it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    TOKEN_ID_FIELD_NUMBER: _builtins.int
+    IDENTITY_FIELD_NUMBER: _builtins.int
+    SUBJECT_FIELD_NUMBER: _builtins.int
+    KEY_FINGERPRINT_FIELD_NUMBER: _builtins.int
+    KEY_TYPE_FIELD_NUMBER: _builtins.int
+    PEER_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    CREATED_AT_FIELD_NUMBER: _builtins.int
+    DECIDED_AT_FIELD_NUMBER: _builtins.int
+    DECIDED_BY_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    SERIAL_FIELD_NUMBER: _builtins.int
+    DAYS_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.int
+    token_id: _builtins.str
+    subject: _builtins.str
+    """RFC 4514"""
+    key_fingerprint: _builtins.str
+    """sha256:<hex> of the CSR's public key (the site prints it)"""
+    key_type: _builtins.str
+    """"EC P-256 (secp256r1)", "RSA 3072" """
+    peer: _builtins.str
+    """the address the request came from"""
+    state: _builtins.str
+    """"pending", "issued", "denied" """
+    created_at: _builtins.float
+    decided_at: _builtins.float
+    """0: pending"""
+    decided_by: _builtins.str
+    reason: _builtins.str
+    """why it was denied"""
+    serial: _builtins.str
+    """the issued certificate's serial, hex"""
+    days: _builtins.int
+    """the certificate's lifetime asked for"""
+    @_builtins.property
+    def identity(self) -> Global___EnrollIdentity:
+        """what the token allows: the certificate's identity"""
+
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.int = ...,
+        token_id: _builtins.str = ...,
+        identity: Global___EnrollIdentity | None = ...,
+        subject: _builtins.str = ...,
+        key_fingerprint: _builtins.str = ...,
+        key_type: _builtins.str = ...,
+        peer: _builtins.str = ...,
+        state: _builtins.str = ...,
+        created_at: _builtins.float = ...,
+        decided_at: _builtins.float = ...,
+        decided_by: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        serial: _builtins.str = ...,
+        days: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["identity", b"identity"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "days", b"days", "decided_at", b"decided_at", "decided_by", b"decided_by", "identity", b"identity", "key_fingerprint", b"key_fingerprint", "key_type", b"key_type", "peer", b"peer", "reason", b"reason", "request_id", b"request_id", "serial", b"serial", "state", b"state", "subject", b"subject", "token_id", b"token_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EnrollRequest: _TypeAlias = EnrollRequest  # noqa: Y015
+
+@_typing.final
+class ListEnrollRequestsRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ALL_FIELD_NUMBER: _builtins.int
+    all: _builtins.bool
+    """also issued and denied requests"""
+    def __init__(
+        self,
+        *,
+        all: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["all", b"all"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListEnrollRequestsRequest: _TypeAlias = ListEnrollRequestsRequest  # noqa: Y015
+
+@_typing.final
+class ListEnrollRequestsResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUESTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def requests(self) -> _containers.RepeatedCompositeFieldContainer[Global___EnrollRequest]:
+        """newest first"""
+
+    def __init__(
+        self,
+        *,
+        requests: _abc.Iterable[Global___EnrollRequest] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["requests", b"requests"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListEnrollRequestsResponse: _TypeAlias = ListEnrollRequestsResponse  # noqa: Y015
+
+@_typing.final
+class DecideEnrollRequestRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    APPROVE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.int
+    approve: _builtins.bool
+    """false: deny"""
+    reason: _builtins.str
+    """a denial's reason, shown to the site (at most 200 characters)"""
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.int = ...,
+        approve: _builtins.bool = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["approve", b"approve", "reason", b"reason", "request_id", b"request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DecideEnrollRequestRequest: _TypeAlias = DecideEnrollRequestRequest  # noqa: Y015
+
+@_typing.final
+class DecideEnrollRequestResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def request(self) -> Global___EnrollRequest: ...
+    def __init__(
+        self,
+        *,
+        request: Global___EnrollRequest | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["request", b"request"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DecideEnrollRequestResponse: _TypeAlias = DecideEnrollRequestResponse  # noqa: Y015

@@ -79,6 +79,31 @@ class ControlStub:
                 request_serializer=flwrmtls_dot_proto_dot_control__pb2.StopRunRequest.SerializeToString,
                 response_deserializer=flwrmtls_dot_proto_dot_control__pb2.StopRunResponse.FromString,
                 _registered_method=True)
+        self.CreateEnrollToken = channel.unary_unary(
+                '/flwrmtls.proto.Control/CreateEnrollToken',
+                request_serializer=flwrmtls_dot_proto_dot_control__pb2.CreateEnrollTokenRequest.SerializeToString,
+                response_deserializer=flwrmtls_dot_proto_dot_control__pb2.CreateEnrollTokenResponse.FromString,
+                _registered_method=True)
+        self.ListEnrollTokens = channel.unary_unary(
+                '/flwrmtls.proto.Control/ListEnrollTokens',
+                request_serializer=flwrmtls_dot_proto_dot_control__pb2.ListEnrollTokensRequest.SerializeToString,
+                response_deserializer=flwrmtls_dot_proto_dot_control__pb2.ListEnrollTokensResponse.FromString,
+                _registered_method=True)
+        self.RevokeEnrollToken = channel.unary_unary(
+                '/flwrmtls.proto.Control/RevokeEnrollToken',
+                request_serializer=flwrmtls_dot_proto_dot_control__pb2.RevokeEnrollTokenRequest.SerializeToString,
+                response_deserializer=flwrmtls_dot_proto_dot_control__pb2.RevokeEnrollTokenResponse.FromString,
+                _registered_method=True)
+        self.ListEnrollRequests = channel.unary_unary(
+                '/flwrmtls.proto.Control/ListEnrollRequests',
+                request_serializer=flwrmtls_dot_proto_dot_control__pb2.ListEnrollRequestsRequest.SerializeToString,
+                response_deserializer=flwrmtls_dot_proto_dot_control__pb2.ListEnrollRequestsResponse.FromString,
+                _registered_method=True)
+        self.DecideEnrollRequest = channel.unary_unary(
+                '/flwrmtls.proto.Control/DecideEnrollRequest',
+                request_serializer=flwrmtls_dot_proto_dot_control__pb2.DecideEnrollRequestRequest.SerializeToString,
+                response_deserializer=flwrmtls_dot_proto_dot_control__pb2.DecideEnrollRequestResponse.FromString,
+                _registered_method=True)
 
 
 class ControlServicer:
@@ -148,6 +173,42 @@ class ControlServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateEnrollToken(self, request, context):
+        """Join tokens (docs/enrollment.md): a new one for one site's identity, answered once; the
+        link keeps only the hash of its secret.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListEnrollTokens(self, request, context):
+        """The join tokens, without their secrets.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeEnrollToken(self, request, context):
+        """Revoke a join token that has not been used.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListEnrollRequests(self, request, context):
+        """Certificate requests made with join tokens: pending ones (--enroll-mode approve), or all.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DecideEnrollRequest(self, request, context):
+        """Approve (the link signs it) or deny a pending certificate request.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControlServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -195,6 +256,31 @@ def add_ControlServicer_to_server(servicer, server):
                     servicer.StopRun,
                     request_deserializer=flwrmtls_dot_proto_dot_control__pb2.StopRunRequest.FromString,
                     response_serializer=flwrmtls_dot_proto_dot_control__pb2.StopRunResponse.SerializeToString,
+            ),
+            'CreateEnrollToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateEnrollToken,
+                    request_deserializer=flwrmtls_dot_proto_dot_control__pb2.CreateEnrollTokenRequest.FromString,
+                    response_serializer=flwrmtls_dot_proto_dot_control__pb2.CreateEnrollTokenResponse.SerializeToString,
+            ),
+            'ListEnrollTokens': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListEnrollTokens,
+                    request_deserializer=flwrmtls_dot_proto_dot_control__pb2.ListEnrollTokensRequest.FromString,
+                    response_serializer=flwrmtls_dot_proto_dot_control__pb2.ListEnrollTokensResponse.SerializeToString,
+            ),
+            'RevokeEnrollToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeEnrollToken,
+                    request_deserializer=flwrmtls_dot_proto_dot_control__pb2.RevokeEnrollTokenRequest.FromString,
+                    response_serializer=flwrmtls_dot_proto_dot_control__pb2.RevokeEnrollTokenResponse.SerializeToString,
+            ),
+            'ListEnrollRequests': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListEnrollRequests,
+                    request_deserializer=flwrmtls_dot_proto_dot_control__pb2.ListEnrollRequestsRequest.FromString,
+                    response_serializer=flwrmtls_dot_proto_dot_control__pb2.ListEnrollRequestsResponse.SerializeToString,
+            ),
+            'DecideEnrollRequest': grpc.unary_unary_rpc_method_handler(
+                    servicer.DecideEnrollRequest,
+                    request_deserializer=flwrmtls_dot_proto_dot_control__pb2.DecideEnrollRequestRequest.FromString,
+                    response_serializer=flwrmtls_dot_proto_dot_control__pb2.DecideEnrollRequestResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -440,6 +526,141 @@ class Control:
             '/flwrmtls.proto.Control/StopRun',
             flwrmtls_dot_proto_dot_control__pb2.StopRunRequest.SerializeToString,
             flwrmtls_dot_proto_dot_control__pb2.StopRunResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateEnrollToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flwrmtls.proto.Control/CreateEnrollToken',
+            flwrmtls_dot_proto_dot_control__pb2.CreateEnrollTokenRequest.SerializeToString,
+            flwrmtls_dot_proto_dot_control__pb2.CreateEnrollTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListEnrollTokens(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flwrmtls.proto.Control/ListEnrollTokens',
+            flwrmtls_dot_proto_dot_control__pb2.ListEnrollTokensRequest.SerializeToString,
+            flwrmtls_dot_proto_dot_control__pb2.ListEnrollTokensResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeEnrollToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flwrmtls.proto.Control/RevokeEnrollToken',
+            flwrmtls_dot_proto_dot_control__pb2.RevokeEnrollTokenRequest.SerializeToString,
+            flwrmtls_dot_proto_dot_control__pb2.RevokeEnrollTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListEnrollRequests(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flwrmtls.proto.Control/ListEnrollRequests',
+            flwrmtls_dot_proto_dot_control__pb2.ListEnrollRequestsRequest.SerializeToString,
+            flwrmtls_dot_proto_dot_control__pb2.ListEnrollRequestsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DecideEnrollRequest(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flwrmtls.proto.Control/DecideEnrollRequest',
+            flwrmtls_dot_proto_dot_control__pb2.DecideEnrollRequestRequest.SerializeToString,
+            flwrmtls_dot_proto_dot_control__pb2.DecideEnrollRequestResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -51,6 +51,18 @@ class ControlStub:
     """A run's log entries from after_seq on; with follow, until the run has ended."""
     StopRun: _grpc.UnaryUnaryMultiCallable[_control_pb2.StopRunRequest, _control_pb2.StopRunResponse]
     """Stop a run: its ServerApp is stopped, nodes stop its ClientApps, its tokens end."""
+    CreateEnrollToken: _grpc.UnaryUnaryMultiCallable[_control_pb2.CreateEnrollTokenRequest, _control_pb2.CreateEnrollTokenResponse]
+    """Join tokens (docs/enrollment.md): a new one for one site's identity, answered once; the
+    link keeps only the hash of its secret.
+    """
+    ListEnrollTokens: _grpc.UnaryUnaryMultiCallable[_control_pb2.ListEnrollTokensRequest, _control_pb2.ListEnrollTokensResponse]
+    """The join tokens, without their secrets."""
+    RevokeEnrollToken: _grpc.UnaryUnaryMultiCallable[_control_pb2.RevokeEnrollTokenRequest, _control_pb2.RevokeEnrollTokenResponse]
+    """Revoke a join token that has not been used."""
+    ListEnrollRequests: _grpc.UnaryUnaryMultiCallable[_control_pb2.ListEnrollRequestsRequest, _control_pb2.ListEnrollRequestsResponse]
+    """Certificate requests made with join tokens: pending ones (--enroll-mode approve), or all."""
+    DecideEnrollRequest: _grpc.UnaryUnaryMultiCallable[_control_pb2.DecideEnrollRequestRequest, _control_pb2.DecideEnrollRequestResponse]
+    """Approve (the link signs it) or deny a pending certificate request."""
 
 @_typing.type_check_only
 class ControlAsyncStub(ControlStub):
@@ -75,6 +87,18 @@ class ControlAsyncStub(ControlStub):
     """A run's log entries from after_seq on; with follow, until the run has ended."""
     StopRun: _aio.UnaryUnaryMultiCallable[_control_pb2.StopRunRequest, _control_pb2.StopRunResponse]  # type: ignore[assignment]
     """Stop a run: its ServerApp is stopped, nodes stop its ClientApps, its tokens end."""
+    CreateEnrollToken: _aio.UnaryUnaryMultiCallable[_control_pb2.CreateEnrollTokenRequest, _control_pb2.CreateEnrollTokenResponse]  # type: ignore[assignment]
+    """Join tokens (docs/enrollment.md): a new one for one site's identity, answered once; the
+    link keeps only the hash of its secret.
+    """
+    ListEnrollTokens: _aio.UnaryUnaryMultiCallable[_control_pb2.ListEnrollTokensRequest, _control_pb2.ListEnrollTokensResponse]  # type: ignore[assignment]
+    """The join tokens, without their secrets."""
+    RevokeEnrollToken: _aio.UnaryUnaryMultiCallable[_control_pb2.RevokeEnrollTokenRequest, _control_pb2.RevokeEnrollTokenResponse]  # type: ignore[assignment]
+    """Revoke a join token that has not been used."""
+    ListEnrollRequests: _aio.UnaryUnaryMultiCallable[_control_pb2.ListEnrollRequestsRequest, _control_pb2.ListEnrollRequestsResponse]  # type: ignore[assignment]
+    """Certificate requests made with join tokens: pending ones (--enroll-mode approve), or all."""
+    DecideEnrollRequest: _aio.UnaryUnaryMultiCallable[_control_pb2.DecideEnrollRequestRequest, _control_pb2.DecideEnrollRequestResponse]  # type: ignore[assignment]
+    """Approve (the link signs it) or deny a pending certificate request."""
 
 class ControlServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -150,5 +174,47 @@ class ControlServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_control_pb2.StopRunResponse, _abc.Awaitable[_control_pb2.StopRunResponse]]:
         """Stop a run: its ServerApp is stopped, nodes stop its ClientApps, its tokens end."""
+
+    @_abc_1.abstractmethod
+    def CreateEnrollToken(
+        self,
+        request: _control_pb2.CreateEnrollTokenRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.CreateEnrollTokenResponse, _abc.Awaitable[_control_pb2.CreateEnrollTokenResponse]]:
+        """Join tokens (docs/enrollment.md): a new one for one site's identity, answered once; the
+        link keeps only the hash of its secret.
+        """
+
+    @_abc_1.abstractmethod
+    def ListEnrollTokens(
+        self,
+        request: _control_pb2.ListEnrollTokensRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.ListEnrollTokensResponse, _abc.Awaitable[_control_pb2.ListEnrollTokensResponse]]:
+        """The join tokens, without their secrets."""
+
+    @_abc_1.abstractmethod
+    def RevokeEnrollToken(
+        self,
+        request: _control_pb2.RevokeEnrollTokenRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.RevokeEnrollTokenResponse, _abc.Awaitable[_control_pb2.RevokeEnrollTokenResponse]]:
+        """Revoke a join token that has not been used."""
+
+    @_abc_1.abstractmethod
+    def ListEnrollRequests(
+        self,
+        request: _control_pb2.ListEnrollRequestsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.ListEnrollRequestsResponse, _abc.Awaitable[_control_pb2.ListEnrollRequestsResponse]]:
+        """Certificate requests made with join tokens: pending ones (--enroll-mode approve), or all."""
+
+    @_abc_1.abstractmethod
+    def DecideEnrollRequest(
+        self,
+        request: _control_pb2.DecideEnrollRequestRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_control_pb2.DecideEnrollRequestResponse, _abc.Awaitable[_control_pb2.DecideEnrollRequestResponse]]:
+        """Approve (the link signs it) or deny a pending certificate request."""
 
 def add_ControlServicer_to_server(servicer: ControlServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -85,6 +85,11 @@ class FleetStub:
                 request_serializer=flwrmtls_dot_proto_dot_fleet__pb2.PushLogsRequest.SerializeToString,
                 response_deserializer=flwrmtls_dot_proto_dot_fleet__pb2.PushLogsResponse.FromString,
                 _registered_method=True)
+        self.RenewCertificate = channel.unary_unary(
+                '/flwrmtls.proto.Fleet/RenewCertificate',
+                request_serializer=flwrmtls_dot_proto_dot_fleet__pb2.RenewCertificateRequest.SerializeToString,
+                response_deserializer=flwrmtls_dot_proto_dot_fleet__pb2.RenewCertificateResponse.FromString,
+                _registered_method=True)
 
 
 class FleetServicer:
@@ -162,6 +167,14 @@ class FleetServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RenewCertificate(self, request, context):
+        """A new certificate for this node's identity, on the key of the CSR: for a node the link
+        enrolled (docs/enrollment.md), authenticated by its current certificate.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FleetServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -214,6 +227,11 @@ def add_FleetServicer_to_server(servicer, server):
                     servicer.PushLogs,
                     request_deserializer=flwrmtls_dot_proto_dot_fleet__pb2.PushLogsRequest.FromString,
                     response_serializer=flwrmtls_dot_proto_dot_fleet__pb2.PushLogsResponse.SerializeToString,
+            ),
+            'RenewCertificate': grpc.unary_unary_rpc_method_handler(
+                    servicer.RenewCertificate,
+                    request_deserializer=flwrmtls_dot_proto_dot_fleet__pb2.RenewCertificateRequest.FromString,
+                    response_serializer=flwrmtls_dot_proto_dot_fleet__pb2.RenewCertificateResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -486,6 +504,33 @@ class Fleet:
             '/flwrmtls.proto.Fleet/PushLogs',
             flwrmtls_dot_proto_dot_fleet__pb2.PushLogsRequest.SerializeToString,
             flwrmtls_dot_proto_dot_fleet__pb2.PushLogsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RenewCertificate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/flwrmtls.proto.Fleet/RenewCertificate',
+            flwrmtls_dot_proto_dot_fleet__pb2.RenewCertificateRequest.SerializeToString,
+            flwrmtls_dot_proto_dot_fleet__pb2.RenewCertificateResponse.FromString,
             options,
             channel_credentials,
             insecure,

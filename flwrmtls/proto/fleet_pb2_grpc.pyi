@@ -60,6 +60,10 @@ class FleetStub:
     """Lines for the log of a run this node has work of (installing the run's app dependencies
     here), shown by `flwrmtls log` under this node's identity. Bounded per call and per run.
     """
+    RenewCertificate: _grpc.UnaryUnaryMultiCallable[_fleet_pb2.RenewCertificateRequest, _fleet_pb2.RenewCertificateResponse]
+    """A new certificate for this node's identity, on the key of the CSR: for a node the link
+    enrolled (docs/enrollment.md), authenticated by its current certificate.
+    """
 
 @_typing.type_check_only
 class FleetAsyncStub(FleetStub):
@@ -87,6 +91,10 @@ class FleetAsyncStub(FleetStub):
     PushLogs: _aio.UnaryUnaryMultiCallable[_fleet_pb2.PushLogsRequest, _fleet_pb2.PushLogsResponse]  # type: ignore[assignment]
     """Lines for the log of a run this node has work of (installing the run's app dependencies
     here), shown by `flwrmtls log` under this node's identity. Bounded per call and per run.
+    """
+    RenewCertificate: _aio.UnaryUnaryMultiCallable[_fleet_pb2.RenewCertificateRequest, _fleet_pb2.RenewCertificateResponse]  # type: ignore[assignment]
+    """A new certificate for this node's identity, on the key of the CSR: for a node the link
+    enrolled (docs/enrollment.md), authenticated by its current certificate.
     """
 
 class FleetServicer(metaclass=_abc_1.ABCMeta):
@@ -172,6 +180,16 @@ class FleetServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_fleet_pb2.PushLogsResponse, _abc.Awaitable[_fleet_pb2.PushLogsResponse]]:
         """Lines for the log of a run this node has work of (installing the run's app dependencies
         here), shown by `flwrmtls log` under this node's identity. Bounded per call and per run.
+        """
+
+    @_abc_1.abstractmethod
+    def RenewCertificate(
+        self,
+        request: _fleet_pb2.RenewCertificateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_fleet_pb2.RenewCertificateResponse, _abc.Awaitable[_fleet_pb2.RenewCertificateResponse]]:
+        """A new certificate for this node's identity, on the key of the CSR: for a node the link
+        enrolled (docs/enrollment.md), authenticated by its current certificate.
         """
 
 def add_FleetServicer_to_server(servicer: FleetServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -9,7 +9,7 @@ Rules:
   deleted (one indexed DELETE per class). One class filling up never deletes another's
   entries: a user listing runs in a loop cannot push the record of a run they started out,
   nor a flood of refusals an admission. The database holds at most the sum of the limits
-  (1,300,000 entries by default, a few hundred bytes each) plus ``prune_every``.
+  (1,400,000 entries by default, a few hundred bytes each) plus ``prune_every``.
 * Read newest first, optionally only one identity's entries (indexed).
 * Recording is one statement, committed on its own; a prune (one DELETE per class) is one
   transaction of its own, deliberately not the new entry's: a prune that fails must not take
@@ -38,6 +38,7 @@ DEFAULT_LIMITS: Mapping[Retention, int] = {
     Retention.ADMISSION: 100_000,
     Retention.READ: 100_000,
     Retention.REFUSAL: 100_000,
+    Retention.ENROLLMENT: 100_000,
 }
 """Entries kept per retention class; older ones are deleted as new ones arrive."""
 

@@ -78,6 +78,7 @@ from flwrmtls.errors import InputError
 from flwrmtls.filemodes import private_file, tighten
 from flwrmtls.state.audittable import DEFAULT_LIMITS, AuditTable
 from flwrmtls.state.database import Database, DatabaseError, error_reason
+from flwrmtls.state.enrolltable import EnrollTable
 from flwrmtls.state.faults import CrashPoint, install
 from flwrmtls.state.keytable import NodeKeyTable
 from flwrmtls.state.messagetable import MessageTable
@@ -187,6 +188,7 @@ class LinkState:
         self.audit = AuditTable(self._db, limits=audit_limits, transactions=self._transaction)
         self.pins = IdentityPinTable(self._db)
         self.nonces = NonceTable(self._db)
+        self.enroll = EnrollTable(self._db, self._transaction)
         # Sessions are checked on nearly every Fleet call: mirrored in memory; node id ->
         # (session id, peer at activation).
         self._sessions: dict[int, tuple[str, str]] = {}

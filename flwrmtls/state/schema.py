@@ -31,7 +31,7 @@ from flwrmtls.state.transaction import LOCK_KEY
 
 __all__ = ["SCHEMA_VERSION", "migrate", "schema_version"]
 
-SCHEMA_VERSION = 12
+SCHEMA_VERSION = 16
 """The newest version this code knows (its last revision's number)."""
 
 _SCRIPTS = Path(__file__).parent / "migrations"

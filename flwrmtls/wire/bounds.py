@@ -92,6 +92,8 @@ _ID = Range(0, _INT64_MAX, f"an id from 0 to {_INT64_MAX}")
 _COUNT = Range(0, (1 << 32) - 1, "a count (the link gives at most its own maximum)")
 _ERROR_CODE = Range(-(1 << 63), _INT64_MAX, "a 64-bit error code")
 _OBJECT_BYTES = Range(0, _MAX_OBJECT_BYTES, f"a size in bytes from 0 to {_MAX_OBJECT_BYTES}")
+_TOKEN_TTL = Range(0, 7 * 86400, "a number of seconds from 0 (an hour) to 604800 (7 days)")
+_CERTIFICATE_DAYS = Range(0, 3650, "a number of days from 0 (the link's) to 3650")
 HEARTBEAT_SECONDS = Range(1, 86400, "a number of seconds from 1 to 86400")
 """Seconds between a node's heartbeats: the link's ``--heartbeat-interval``, and what a node
 accepts from the link (more often than once a second is load without use; 0 or NaN would be
@@ -118,6 +120,7 @@ FIELD_BOUNDS: Mapping[str, Mapping[str, Range]] = {
     f"{_P}PushMessagesRequest": {"messages": NESTED},
     f"{_P}GetRunRequest": {"run_id": _ID},
     f"{_P}PushLogsRequest": {"run_id": _ID},
+    f"{_P}RenewCertificateRequest": {"days": _CERTIFICATE_DAYS},
     # Control
     f"{_P}UnregisterNodeRequest": {"node_id": _ID},
     f"{_P}ReadmitNodeRequest": {"node_id": _ID},
@@ -125,6 +128,12 @@ FIELD_BOUNDS: Mapping[str, Mapping[str, Range]] = {
     f"{_P}ListRunsRequest": {"run_id": _ID},
     f"{_P}StreamLogsRequest": {"run_id": _ID, "after_seq": _ID},
     f"{_P}StopRunRequest": {"run_id": _ID},
+    f"{_P}CreateEnrollTokenRequest": {"ttl_seconds": _TOKEN_TTL, "identity": NESTED},
+    f"{_P}EnrollIdentity": {},
+    f"{_P}DecideEnrollRequestRequest": {"request_id": _ID},
+    # Enrollment
+    f"{_P}RequestCertificateRequest": {"days": _CERTIFICATE_DAYS},
+    f"{_P}CollectCertificateRequest": {"request_id": _ID},
     # ServerAppIo
     f"{_P}GetNodesRequest": {"minimum": _COUNT, "wait_seconds": _WAIT},
     f"{_P}PushAppMessagesRequest": {"messages": NESTED},

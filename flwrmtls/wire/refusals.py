@@ -83,6 +83,7 @@ class Api(enum.StrEnum):
     CONTROL = "Control"
     SERVERAPPIO = "ServerAppIo"
     CLIENTAPPIO = "ClientAppIo"
+    ENROLLMENT = "Enrollment"
 
 
 class Refusal(enum.StrEnum):
@@ -102,6 +103,16 @@ class Refusal(enum.StrEnum):
     NOT_OWNER = "not-owner"
     LINK_UNREACHABLE = "link-unreachable"
     OCSP_UNAVAILABLE = "ocsp-unavailable"
+    NO_ENROLL_TOKEN = "no-enroll-token"  # noqa: S105 - a refusal code
+    ENROLL_TOKEN_STATE = "enroll-token-state"  # noqa: S105 - a refusal code
+    TOKEN_REFUSED = "token-refused"  # noqa: S105 - a refusal code
+    CSR_REFUSED = "csr-refused"
+    ENROLL_RATE_LIMITED = "enroll-rate-limited"
+    REQUEST_DENIED = "request-denied"
+    NO_ENROLL_REQUEST = "no-enroll-request"
+    ENROLL_REQUEST_STATE = "enroll-request-state"
+    NOT_ENROLLING = "not-enrolling"
+    RENEWAL_REFUSED = "renewal-refused"
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,6 +194,56 @@ REFUSALS: Mapping[Refusal, RefusalRow] = {
     ),
     Refusal.NOT_OWNER: _row(
         grpc.StatusCode.PERMISSION_DENIED, "the run belongs to another user", Api.CONTROL
+    ),
+    # Join tokens (the CLI's: Control).
+    Refusal.NO_ENROLL_TOKEN: _row(grpc.StatusCode.NOT_FOUND, "no such join token", Api.CONTROL),
+    Refusal.ENROLL_TOKEN_STATE: _row(
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "the join token was used or revoked already",
+        Api.CONTROL,
+    ),
+    # A new site asking for its certificate (Enrollment).
+    Refusal.TOKEN_REFUSED: _row(
+        grpc.StatusCode.PERMISSION_DENIED,
+        "the join token is not good: unknown, used, expired or revoked (the details say "
+        "which, to the holder of its secret): ask the operator for a new one",
+        Api.ENROLLMENT,
+    ),
+    Refusal.CSR_REFUSED: _row(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "the certificate request is not one the link signs: the details say why",
+        Api.ENROLLMENT,
+    ),
+    Refusal.ENROLL_RATE_LIMITED: _row(
+        grpc.StatusCode.UNAVAILABLE,
+        "too many enrollment requests from this address: retry later",
+        Api.ENROLLMENT,
+    ),
+    Refusal.REQUEST_DENIED: _row(
+        grpc.StatusCode.PERMISSION_DENIED,
+        "an operator denied this certificate request",
+        Api.ENROLLMENT,
+    ),
+    # Certificate requests (the CLI's: Control).
+    Refusal.NO_ENROLL_REQUEST: _row(
+        grpc.StatusCode.NOT_FOUND, "no such certificate request", Api.CONTROL
+    ),
+    Refusal.ENROLL_REQUEST_STATE: _row(
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "the certificate request was decided already",
+        Api.CONTROL,
+    ),
+    Refusal.NOT_ENROLLING: _row(
+        grpc.StatusCode.FAILED_PRECONDITION,
+        "this link does not enroll (it was started without --enroll-mode)",
+        Api.CONTROL,
+        Api.FLEET,
+    ),
+    # A node renewing its enrolled certificate (Fleet).
+    Refusal.RENEWAL_REFUSED: _row(
+        grpc.StatusCode.PERMISSION_DENIED,
+        "the link does not renew this certificate: the details say why",
+        Api.FLEET,
     ),
     # The link's own state while it judges a caller's certificate (the auth interceptor's).
     Refusal.OCSP_UNAVAILABLE: _row(

@@ -358,7 +358,7 @@ def test_a_users_listing_loop_cannot_push_their_own_run_start_out_of_the_trail(
     """As a CLI user: the trail keeps each retention class apart, so reads (and refusals) in
     any number push out only older reads (refusals), never the record of a run started."""
     limits = {Retention.CHANGE: 50, Retention.ADMISSION: 50, Retention.READ: 20,
-              Retention.REFUSAL: 20}  # fmt: skip
+              Retention.REFUSAL: 20, Retention.ENROLLMENT: 20}  # fmt: skip
 
     async def scenario() -> None:
         async with serving(audit_pki, tmp_path, limits=limits) as link:

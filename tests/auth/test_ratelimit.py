@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from flwrmtls.auth.ratelimit import FailureBudget, FailureLimiter, peer_host
+from flwrmtls.auth.ratelimit import FailureBudget, FailureLimiter, address_block, peer_host
 from flwrmtls.testing.clock import FakeClock
 
 FLOODER = "ipv4:203.0.113.7"
@@ -69,3 +69,15 @@ def test_peer_host_drops_the_port_only() -> None:
     assert peer_host("unix:/tmp/socket") == "unix:/tmp/socket"
     with pytest.raises(ValueError, match="positive"):
         FailureBudget(burst=0)
+
+
+def test_an_address_block_is_an_ipv4_address_or_an_ipv6_64() -> None:
+    assert address_block("ipv4:203.0.113.7") == "ipv4:203.0.113.7"
+    assert address_block("ipv6:[2001:db8:1:2:aaaa::1]") == "ipv6:[2001:db8:1:2::]/64"
+    assert address_block("ipv6:[2001:db8:1:2:ffff:ffff:ffff:ffff]") == "ipv6:[2001:db8:1:2::]/64"
+    assert address_block("ipv6:[2001:db8:1:3::1]") == "ipv6:[2001:db8:1:3::]/64"
+    assert address_block("ipv6:[::ffff:203.0.113.7]") == "ipv4:203.0.113.7"
+    assert address_block("ipv6:[fe80::1%eth0]") == "ipv6:[fe80::]/64"
+    assert address_block("ipv6:[::1]") == "ipv6:[::]/64"
+    assert address_block("unix:/tmp/socket") == "unix:/tmp/socket"
+    assert address_block("ipv6:[not an address]") == "ipv6:[not an address]"

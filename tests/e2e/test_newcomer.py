@@ -256,7 +256,9 @@ COMMANDS = [
     ["supernode", "unregister"], ["supernode", "readmit"], ["config"], ["config", "add"],
     ["config", "use"], ["config", "list"], ["ca"], ["ca", "init"], ["ca", "issue"],
     ["ca", "issue", "server"], ["ca", "issue", "node"], ["ca", "issue", "cli"], ["ca", "revoke"],
-    ["ca", "cross-sign"], ["ca", "crl"], ["ca", "show"],
+    ["ca", "cross-sign"], ["ca", "crl"], ["ca", "show"], ["enroll"], ["enroll", "token"],
+    ["enroll", "token", "create"], ["enroll", "token", "ls"], ["enroll", "token", "revoke"],
+    ["enroll", "ls"], ["enroll", "approve"], ["enroll", "deny"],
 ]  # fmt: skip
 
 

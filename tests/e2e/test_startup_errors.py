@@ -19,11 +19,13 @@ from flwrmtls.testing.pki import TestPki
 from flwrmtls.testing.processes import LinkProcess
 
 
-def run(module: str, args: list[str], tmp_path: Path) -> subprocess.CompletedProcess[str]:
+def run(
+    module: str, args: list[str], tmp_path: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", module, *args],
         capture_output=True, text=True, timeout=60, check=False, cwd=tmp_path,
-        env={"FLWRMTLS_HOME": str(tmp_path / "home"), "PATH": "/usr/bin:/bin"},
+        env={"FLWRMTLS_HOME": str(tmp_path / "home"), "PATH": "/usr/bin:/bin", **(env or {})},
     )  # fmt: skip
 
 
@@ -70,6 +72,15 @@ def link_tls(pki: TestPki, tmp_path: Path) -> list[str]:
         ("ocsp-without-client-auth", "--ocsp applies to client certificates: add --ssl-require"),
         ("ocsp-timeout-zero", "--ocsp-timeout must be above 0 and at most 60 seconds"),
         ("ocsp-refresh-too-often", "--ocsp-refresh-interval must be 1 to 86400 seconds"),
+        ("enroll-with-a-root", "is a self-signed root CA: the link never holds a root's key"),
+        ("enroll-with-a-leaf", "is not a CA certificate"),
+        ("enroll-key-of-another", "is not the key of the certificate in --enroll-ca-certfile"),
+        ("enroll-key-open", "chmod 600"),
+        ("enroll-ca-not-trusted", "does not chain to a CA of the link's client CA bundle"),
+        ("enroll-without-ca", "signs with a sub-CA: give --enroll-ca-certfile"),
+        ("enroll-without-client-auth", "the link must require them"),
+        ("enroll-ca-without-mode", "need --enroll-mode"),
+        ("enroll-days", "--enroll-certificate-days must be 1 to 825"),
     ],
 )
 def test_link_refuses_bad_startup_input(
@@ -122,9 +133,41 @@ def test_link_refuses_bad_startup_input(
         }[change]
         client_auth = [] if change == "ocsp-without-client-auth" else ["--ssl-require-client-auth"]
         args += [*client_auth, *ocsp]
+    elif change.startswith("enroll-"):
+        args += _enroll_flags(pki, tmp_path, change)
     assert_one_line(run("flwrmtls.link.main", args, tmp_path), expected)
     if change.startswith("serverappio-"):
         assert not (tmp_path / "link.db").exists()  # refused before anything was created
+
+
+def _enroll_flags(pki: TestPki, tmp_path: Path, change: str) -> list[str]:
+    """``--enroll-*`` flags for one refusal; the control (the issuing CA, which starts) is
+    ``tests/e2e/test_enrollment.py``."""
+    files = pki.ca.files
+    ca, key = files.issuing_certificate, files.issuing_key
+    if change == "enroll-with-a-root":
+        ca = files.trust_bundle
+        key = files.root_key
+    elif change == "enroll-with-a-leaf":
+        ca, key = pki.paths("node-1")
+    elif change == "enroll-key-of-another":
+        key = pki.paths("node-1")[1]
+    elif change == "enroll-key-open":
+        key = tmp_path / "open.key"
+        key.write_bytes(files.issuing_key.read_bytes())
+        key.chmod(0o644)
+    elif change == "enroll-ca-not-trusted":
+        from flwrmtls.testing.pki import make_test_pki
+
+        other = make_test_pki(tmp_path / "other").ca.files
+        ca, key = other.issuing_certificate, other.issuing_key
+    mode = [] if change == "enroll-ca-without-mode" else ["--enroll-mode", "sign"]
+    client_auth = [] if change == "enroll-without-client-auth" else ["--ssl-require-client-auth"]
+    files_flags = [] if change == "enroll-without-ca" else [
+        "--enroll-ca-certfile", str(ca), "--enroll-ca-keyfile", str(key),
+    ]  # fmt: skip
+    days = ["--enroll-certificate-days", "0"] if change == "enroll-days" else []
+    return [*client_auth, *mode, *files_flags, *days]
 
 
 @pytest.mark.parametrize("host", ["localhost", "[::1]", "127.0.0.2"])
@@ -166,6 +209,14 @@ def test_link_refuses_a_port_in_use_and_starts_with_a_free_one(
         ("clientappio-on-all-ipv6", "--clientappio-api-address [::]:0 is not a loopback"),
         ("object-storage-not-a-size", "--max-object-storage '8X' is not a size"),
         ("state-dir-a-file", "is not a directory"),
+        ("enroll-token-missing", "--enroll-token-file"),
+        ("enroll-token-garbage", "holds no join token"),
+        ("enroll-token-twice", "give the join token once"),
+        ("enroll-token-without-files", "needs --ssl-client-certfile and --ssl-client-keyfile"),
+        ("enroll-token-insecure", "enrollment needs TLS"),
+        ("ca-hash-malformed", "as `flwrmtls enroll token create` prints it (or `flwrmtls ca show`"),
+        ("ca-hash-without-roots", "--ca-cert-hash needs --root-certificates FILE"),
+        ("ca-hash-other-ca", "holds no CA with the public key hash"),
     ],
 )
 def test_node_refuses_bad_startup_input(
@@ -206,4 +257,42 @@ def test_node_refuses_bad_startup_input(
     elif change == "state-dir-a-file":
         (tmp_path / "a-file").write_text("x")
         args += ["--state-dir", str(tmp_path / "a-file")]
-    assert_one_line(run("flwrmtls.node.main", args, tmp_path), expected)
+    env: dict[str, str] = {}
+    if change.startswith(("enroll-", "ca-hash-")):
+        args, env = _node_enroll_flags(args, tmp_path, change)
+    assert_one_line(run("flwrmtls.node.main", args, tmp_path, env), expected)
+
+
+def _node_enroll_flags(
+    args: list[str], tmp_path: Path, change: str
+) -> tuple[list[str], dict[str, str]]:
+    """A node given a join token or a CA hash, wrongly; the controls (nodes that enroll) are
+    ``tests/e2e/test_enrollment.py``."""
+    token = tmp_path / "site.token"
+    token.write_text("0123abcd." + "A" * 43 + "\n")
+    site = ["--ssl-client-certfile", str(tmp_path / "n.pem"),
+            "--ssl-client-keyfile", str(tmp_path / "n.key")]  # fmt: skip
+    base = args[:4]  # --superlink, --root-certificates
+    env: dict[str, str] = {}
+    if change == "enroll-token-missing":
+        extra = ["--enroll-token-file", str(tmp_path / "absent.token"), *site]
+    elif change == "enroll-token-garbage":
+        token.write_text("let me in")
+        extra = ["--enroll-token-file", str(token), *site]
+    elif change == "enroll-token-twice":
+        env = {"FLWRMTLS_ENROLL_TOKEN": token.read_text()}
+        extra = ["--enroll-token-file", str(token), *site]
+    elif change == "enroll-token-without-files":
+        extra = ["--enroll-token-file", str(token)]
+    elif change == "enroll-token-insecure":
+        return ["--superlink", "127.0.0.1:1", "--insecure"], {
+            "FLWRMTLS_ENROLL_TOKEN": token.read_text()
+        }
+    elif change == "ca-hash-malformed":
+        extra = ["--ca-cert-hash", "md5:1234"]
+    elif change == "ca-hash-without-roots":
+        base = ["--superlink", "127.0.0.1:1"]
+        extra = ["--ca-cert-hash", "sha256:" + "a" * 64]
+    else:  # ca-hash-other-ca: the file there holds another CA than the hash names
+        extra = ["--ca-cert-hash", "sha256:" + "a" * 64]
+    return [*base, *extra, "--max-retries", "0"], env

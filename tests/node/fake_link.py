@@ -95,6 +95,12 @@ class FakeLink(fleet_pb2_grpc.FleetServicer):
         context.abort(grpc.StatusCode.UNIMPLEMENTED, "not in this fake")
         raise AssertionError("unreachable")
 
+    def RenewCertificate(
+        self, request: fleet_pb2.RenewCertificateRequest, context: grpc.ServicerContext
+    ) -> fleet_pb2.RenewCertificateResponse:
+        context.abort(grpc.StatusCode.UNIMPLEMENTED, "not in this fake")
+        raise AssertionError("unreachable")
+
     def PullObject(
         self, request: objects_pb2.PullObjectRequest, context: grpc.ServicerContext
     ) -> Iterator[objects_pb2.ObjectChunk]:

@@ -8,8 +8,12 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy
+from alembic.operations import Operations
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 
 from flwrmtls.errors import InputError
+from flwrmtls.state import schema
 from flwrmtls.state.database import Database, parse_location
 from flwrmtls.state.linkstate import LinkState
 from flwrmtls.state.schema import SCHEMA_VERSION, migrate, schema_version
@@ -40,6 +44,43 @@ def test_a_new_database_gets_every_revision_on_both_engines(database: str) -> No
     assert "seq" in found["messages"]
     assert "replica_id" in found["runs"]
     assert {"link_replicas", "ec_nonces", "pending_objects", "alembic_version"} <= set(found)
+
+
+ENROLLMENT_TABLES = {"enroll_tokens", "enroll_requests", "enroll_renewals"}
+"""What the revisions after 12 (several links) add: enrollment."""
+
+
+def test_the_revisions_after_several_links_go_down_and_up_again_on_both_engines(
+    database: str,
+) -> None:
+    """Each revision after 12 has a downgrade that removes what its upgrade made: down to 12
+    the enrollment tables are gone and the rest is as it was; migrating again restores them."""
+    LinkState(database).close()
+    full = columns(database)
+    assert set(full) >= ENROLLMENT_TABLES
+    db = Database(database)
+    scripts = {
+        int(script.revision): script
+        for script in ScriptDirectory(
+            str(Path(schema.__file__).parent / "migrations")
+        ).walk_revisions()
+    }
+    context = MigrationContext.configure(db.connection)
+    for version in range(SCHEMA_VERSION, 12, -1):
+        db.execute("BEGIN")
+        with Operations.context(context):
+            scripts[version].module.downgrade()
+        db.execute("UPDATE alembic_version SET version_num = :v", {"v": f"{version - 1:04d}"})
+        if db.dialect == "sqlite":
+            db.execute(f"PRAGMA user_version = {version - 1}")
+        db.execute("COMMIT")
+    assert schema_version(db) == 12
+    db.close()
+    down = columns(database)
+    assert not ENROLLMENT_TABLES & set(down)
+    assert {table: cols for table, cols in full.items() if table not in ENROLLMENT_TABLES} == down
+    LinkState(database).close()
+    assert columns(database) == full
 
 
 def test_both_engines_hold_the_same_schema(tmp_path: Path, postgres_url: str) -> None:
@@ -108,7 +149,9 @@ def test_a_newer_database_is_refused_on_both_engines_and_left_alone(database: st
     db.execute("UPDATE alembic_version SET version_num = :v", {"v": f"{SCHEMA_VERSION + 1:04d}"})
     db.execute("CREATE TABLE from_the_future (x INTEGER)")
     db.close()
-    with pytest.raises(InputError, match=r"schema version 13, newer than this flwrmtls") as error:
+    with pytest.raises(
+        InputError, match=rf"schema version {SCHEMA_VERSION + 1}, newer than this flwrmtls"
+    ) as error:
         LinkState(database)
     assert "\n" not in str(error.value)
     db = Database(database)

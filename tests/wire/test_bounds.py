@@ -24,6 +24,7 @@ from flwrmtls.proto import (
     common_pb2,
     control_pb2,
     control_pb2_grpc,
+    enrollment_pb2,
     fleet_pb2,
     fleet_pb2_grpc,
     objects_pb2,
@@ -49,7 +50,7 @@ def request_types() -> Iterator[Descriptor]:
     seen: set[str] = set()
     pending = [
         method.input_type
-        for module in (fleet_pb2, control_pb2, appio_pb2)
+        for module in (fleet_pb2, control_pb2, appio_pb2, enrollment_pb2)
         for service in module.DESCRIPTOR.services_by_name.values()
         for method in service.methods
     ]
