@@ -22,8 +22,9 @@ from flwrmtls.cli.output import OutputFormat, emit, format_time, printable
 from flwrmtls.cli.params import ConnectionArgument, FormatOption, group
 from flwrmtls.connectionprofiles import ConfigFile
 from flwrmtls.control.client import ControlClient
+from flwrmtls.durations import parse_duration
 from flwrmtls.enroll.client import spki_sha256
-from flwrmtls.enroll.tokens import MAX_TTL, parse_duration
+from flwrmtls.enroll.tokens import MAX_TTL
 from flwrmtls.errors import InputError
 from flwrmtls.pki.files import write_file
 from flwrmtls.proto import control_pb2

@@ -48,7 +48,6 @@ __all__ = [
     "TokenRecord",
     "TokenState",
     "new_token",
-    "parse_duration",
     "parse_token",
     "secret_matches",
     "state_of",
@@ -60,8 +59,6 @@ MAX_TOKEN_TEXT = 128
 """Characters of a presented token read at most (a token has 52)."""
 _ID = re.compile(r"[0-9a-f]{8}")
 _SECRET = re.compile(r"[A-Za-z0-9_-]{43}")
-_DURATION = re.compile(r"(\d{1,6})\s*([smhd])")
-_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}
 
 
 class TokenState(enum.StrEnum):
@@ -183,13 +180,3 @@ def state_of(record: TokenRecord, now: datetime) -> TokenState:
     if now >= record.expires_at:
         return TokenState.EXPIRED
     return TokenState.ACTIVE
-
-
-def parse_duration(text: str) -> timedelta:
-    """``90s``, ``30m``, ``1h``, ``2d`` (one number, one unit) as a timedelta."""
-    match = _DURATION.fullmatch(text.strip().lower())
-    if match is None:
-        raise InputError(
-            f"{text!r} is not a duration: give a number and a unit, s, m, h or d (e.g. 30m, 1h)"
-        )
-    return timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})

@@ -42,8 +42,6 @@ import logging
 from collections.abc import Callable, Hashable
 from typing import TYPE_CHECKING
 
-import psycopg
-
 from flwrmtls.auth.ratelimit import FailureLimiter
 from flwrmtls.clock import Clock
 from flwrmtls.runs.notify import Notifier
@@ -181,6 +179,8 @@ class Replication:
         self._access_changed()
 
     async def _listen(self) -> None:
+        import psycopg  # PostgreSQL only: a link on SQLite never loads it (22 MiB)
+
         url = self._state.db.libpq_url
         origin = self._state.replica_id
         while True:

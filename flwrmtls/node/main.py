@@ -38,7 +38,7 @@ from flwrmtls.auth.callsigning import CallSigner
 from flwrmtls.auth.keyformats import key_fingerprint, load_node_private_key, node_id_for_key
 from flwrmtls.cliargs import finish_parser
 from flwrmtls.clock import SystemClock
-from flwrmtls.enroll.tokens import parse_duration
+from flwrmtls.durations import parse_duration
 from flwrmtls.errors import FlwrmtlsError, InputError
 from flwrmtls.filemodes import restrict_umask
 from flwrmtls.fleet.client import FleetClient

@@ -40,10 +40,11 @@ import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from flwrmtls.state.database import Database
-from flwrmtls.state.transaction import Transactions
+if TYPE_CHECKING:  # the records are read by nodes too, which never load a database library
+    from flwrmtls.state.database import Database
+    from flwrmtls.state.transaction import Transactions
 
 __all__ = ["EnrollTable", "RequestRecord", "RequestState", "Successor", "TokenRecord"]
 
@@ -164,6 +165,8 @@ def _record(row: Sequence[Any]) -> TokenRecord:
 class EnrollTable:
     def __init__(self, db: Database, transactions: Transactions | None = None) -> None:
         self._db = db
+        from flwrmtls.state.transaction import Transactions  # the link's side only
+
         self._transaction = transactions or Transactions(db)
 
     def add(self, record: TokenRecord) -> bool:

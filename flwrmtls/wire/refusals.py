@@ -9,13 +9,15 @@ Rules:
   (:data:`~flwrmtls.wire.metadata.REFUSAL_KEY`), and the details (default: the row's meaning)
   are the sentence for people. A code therefore always comes with the status its row names.
 * A failure of the link's storage is no refusal: the same interceptor answers it with the
-  status and the one line :data:`FAILURES` gives (UNAVAILABLE, which clients retry, for the
+  status and the one line :func:`failures` gives (UNAVAILABLE, which clients retry, for the
   machine's trouble; INTERNAL for the rest), logs it once with the method and the caller, and
   lets any other error through (a bug must not pass for the machine's trouble). It carries no
   code: the status says what a client does (retry, or not). A database failure is SQLite's or
   PostgreSQL's, as SQLAlchemy wraps it (:mod:`flwrmtls.dberrors`): the line and the log give
   what the engine said and its name for it (SQLite's error name, PostgreSQL's SQLSTATE), never
-  the statement.
+  the statement. Only the link opens a database: the catalogue looks for SQLAlchemy's errors
+  only in a process that has loaded SQLAlchemy (:func:`failures`), so a node and every app
+  process, which read this catalogue too, never import it (26 MiB each).
 * A client reads the cause from the code, never from the status alone (:func:`refusal_of`,
   :func:`refusal_in`): a NOT_FOUND may mean an unknown session, a run that has ended or a
   missing object, and a RESOURCE_EXHAUSTED from grpc itself (a message over its size limit)
@@ -33,7 +35,7 @@ Rules:
   clients retry, on a new call or an open one.
 
 ==============================================  ===========  ==================================
-storage failure (:data:`FAILURES`)              status       why
+storage failure (:func:`failures`)               status       why
 ==============================================  ===========  ==================================
 ``OperationalError``: disk full, I/O error,     UNAVAILABLE  the machine's trouble: the same
 database locked, read-only database; a lost                  call may pass later (nodes retry)
@@ -50,6 +52,7 @@ from __future__ import annotations
 import enum
 import errno
 import logging
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
@@ -57,11 +60,9 @@ from typing import Any, NoReturn
 import grpc
 import grpc.aio
 
-from flwrmtls.dberrors import DatabaseError, OperationalError, error_name, error_reason
 from flwrmtls.wire.metadata import REFUSAL_KEY
 
 __all__ = [
-    "FAILURES",
     "REFUSALS",
     "STORAGE_ERRNOS",
     "Api",
@@ -69,6 +70,7 @@ __all__ = [
     "Refusal",
     "RefusalInterceptor",
     "RefusalRow",
+    "failures",
     "refusal_in",
     "refusal_of",
     "refuse",
@@ -302,12 +304,20 @@ def refusal_in(error: grpc.RpcError) -> Refusal | None:
 STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.EFBIG})
 """What a failing, full or read-only disk makes a write raise."""
 
-FAILURES: tuple[tuple[type[Exception], grpc.StatusCode, str], ...] = (
-    (OperationalError, grpc.StatusCode.UNAVAILABLE, "database"),
-    (DatabaseError, grpc.StatusCode.INTERNAL, "database"),
-    (OSError, grpc.StatusCode.UNAVAILABLE, "object storage"),
-)
-"""(error class, status, what failed), first match wins; OSErrors only of STORAGE_ERRNOS."""
+
+def failures() -> tuple[tuple[type[Exception], grpc.StatusCode, str], ...]:
+    """The rows of storage failures: (error class, status, what failed), first match wins;
+    OSErrors only of :data:`STORAGE_ERRNOS`. The database's rows are there once this process
+    has loaded SQLAlchemy: an error of a library never imported is never raised."""
+    rows: tuple[tuple[type[Exception], grpc.StatusCode, str], ...] = ()
+    if "sqlalchemy.exc" in sys.modules:
+        from flwrmtls.dberrors import DatabaseError, OperationalError
+
+        rows = (
+            (OperationalError, grpc.StatusCode.UNAVAILABLE, "database"),
+            (DatabaseError, grpc.StatusCode.INTERNAL, "database"),
+        )
+    return (*rows, (OSError, grpc.StatusCode.UNAVAILABLE, "object storage"))
 
 
 def storage_failure(error: Exception, owner: str = "link") -> tuple[grpc.StatusCode, str] | None:
@@ -315,12 +325,18 @@ def storage_failure(error: Exception, owner: str = "link") -> tuple[grpc.StatusC
     not a failure of ``owner``'s storage."""
     if isinstance(error, OSError) and error.errno not in STORAGE_ERRNOS:
         return None
-    for kind, code, what in FAILURES:
+    for kind, code, what in failures():
         if isinstance(error, kind):
-            reason = error.strerror if isinstance(error, OSError) else error_reason(error)
+            reason = error.strerror if isinstance(error, OSError) else _db_reason(error)
             reason = " ".join(str(reason or "").split()) or type(error).__name__
             return code, f"the {owner}'s {what} failed: {reason}; see the {owner}'s log"
     return None
+
+
+def _db_reason(error: Exception) -> str:
+    from flwrmtls.dberrors import error_reason  # a database error: SQLAlchemy is loaded
+
+    return error_reason(error)
 
 
 # --- the one place that answers them -------------------------------------------------------
@@ -328,7 +344,7 @@ def storage_failure(error: Exception, owner: str = "link") -> tuple[grpc.StatusC
 
 class RefusalInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     """Answers what a handler raises, as the catalogue says: a :class:`CallRefused` by its
-    row; with ``storage_owner``, a failure of that process's storage by :data:`FAILURES`
+    row; with ``storage_owner``, a failure of that process's storage by :func:`failures`
     (logged once, with ``caller()`` naming who called). Anything else goes through.
 
     The link installs it twice on each server: inside the authentication interceptor (so the
@@ -371,12 +387,14 @@ class RefusalInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         if isinstance(error, OSError):
             name = errno.errorcode.get(error.errno or 0, "OSError")
         else:
+            from flwrmtls.dberrors import error_name  # a database error: SQLAlchemy is loaded
+
             name = error_name(error)
         caller = self._caller()
         self._log.error(
             "%s during %s%s: %s (%s); answered %s",
             line.split(":", 1)[0], method.rsplit("/", 1)[-1], f" by {caller}" if caller else "",
-            error.strerror if isinstance(error, OSError) else error_reason(error), name,
+            error.strerror if isinstance(error, OSError) else _db_reason(error), name,
             code.name,
         )  # fmt: skip
         await context.abort(code, line)
@@ -385,7 +403,7 @@ class RefusalInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
     def _guarded(self, handler: Any, method: str) -> Any:
         """The same handler, its refusals and storage failures answered as the table says."""
         deserialize, serialize = handler.request_deserializer, handler.response_serializer
-        caught = (CallRefused, DatabaseError, OSError)
+        caught = Exception  # what the catalogue lists is answered; anything else is raised again
         if handler.unary_unary or handler.stream_unary:
             inner = handler.unary_unary or handler.stream_unary
 

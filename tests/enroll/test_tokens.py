@@ -8,13 +8,13 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from flwrmtls.durations import parse_duration
 from flwrmtls.enroll.tokens import (
     MAX_TOKEN_TEXT,
     Binding,
     TokenState,
     binding_of,
     new_token,
-    parse_duration,
     parse_token,
     secret_matches,
     state_of,
