@@ -51,6 +51,7 @@ from harness.procs import RssSampler, children, mib, rss_bytes, thread_cpu_ns
 from harness.rawstream import MB, measure_raw
 from harness.results import envelope
 from harness.simnodes import (
+    DEFAULT_WORKERS,
     PROBE_INTERVAL,
     PROBE_NAME,
     PULL_WAIT,
@@ -86,7 +87,6 @@ IDLE_TIMEOUT = 60.0
 
 DEFAULT_NODES = 1000
 QUICK_NODES = 50
-DEFAULT_WORKERS = 4
 QUICK_WORKERS = 2
 DEFAULT_HEARTBEAT_INTERVAL = 10.0
 """The link's own default --heartbeat-interval."""

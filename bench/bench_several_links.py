@@ -45,7 +45,13 @@ from harness.cli import Workspace, base_parser, finish, positive, positive_float
 from harness.flwrmtls_runs import copy_app, issue_nodes, measure_fedavg_cell
 from harness.procs import cpu_seconds, descendants
 from harness.results import envelope
-from harness.simnodes import PROBE_NAME, SIM_NODE_PREFIX, HeartbeatProbe, Workers
+from harness.simnodes import (
+    DEFAULT_WORKERS,
+    PROBE_NAME,
+    SIM_NODE_PREFIX,
+    HeartbeatProbe,
+    Workers,
+)
 from harness.stats import percentiles
 from harness.tables import markdown_table
 
@@ -366,7 +372,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--model-mb", type=positive_float, nargs="+", help="rounds: model MiB")
     p.add_argument("--calls", type=positive, help=f"calls: of each (default {DEFAULT_CALLS})")
     p.add_argument("--sim-nodes", type=positive, help=f"heartbeat: default {DEFAULT_SIM_NODES}")
-    p.add_argument("--workers", type=positive, default=4, help="heartbeat: worker processes")
+    p.add_argument(
+        "--workers", type=positive, default=DEFAULT_WORKERS,
+        help=f"heartbeat: worker processes (default {DEFAULT_WORKERS})",
+    )  # fmt: skip
     p.add_argument(
         "--interval", type=float,
         help=f"the links' --heartbeat-interval (default {HEARTBEAT_INTERVAL:g}, the link's own "
