@@ -44,8 +44,10 @@ Rules:
   runs with the node's interpreter (and its spare process). Otherwise its environment is
   prepared in a worker thread (installed once per set of requirements, reused after), while
   its messages wait in its queue; the ClientApp starts with that environment's
-  interpreter. Each line of progress goes to the node's log and to the run's log on the link
-  (``PushLogs``: ``flwrmtls log`` shows it under the node's identity). When the requirements
+  interpreter, once (``NodeRun.starting``: the install's end and a delivery may ask at the
+  same moment). Each line of progress goes to the node's log and to the run's log on the link
+  (``PushLogs``, on the node's current session: ``flwrmtls log`` shows it under the node's
+  identity; with the link unreachable the rest stay in the node's log only). When the requirements
   cannot be met here (installing disabled and one is missing, a requirement refused, the
   install failed), the run is unusable on this node: every message of it, queued or to come,
   gets an error reply (``LINK_ERROR``) naming the node and the cause, so its ServerApp
@@ -150,6 +152,9 @@ class NodeRun:
     """Why its ClientApp cannot run on this node (every message gets it as an error reply)."""
     cancel: threading.Event = field(default_factory=threading.Event)
     """Set when the run ends: an install of its app environment in progress stops."""
+    starting: asyncio.Lock = field(default_factory=asyncio.Lock)
+    """Held while its ClientApp starts: the agent's delivery and the end of its environment's
+    install may both ask for it, and one process must start, not two."""
     logs_refused: bool = False
     """The link refused this run's log lines from this node: none are sent any more."""
 
@@ -456,13 +461,17 @@ class ClientApps:
         """The run's app environment built (in a worker thread), then its ClientApp started;
         if either fails, the run is unusable here and its queued messages get error replies."""
         assert self.envs is not None
-        session = self.session
         refused = [run.logs_refused]
+        lost = [False]
 
         def progress(line: str) -> None:  # on pip's thread: the run is the loop's, not touched
             log.info("run %d: %s", run.run_id, line)
-            if session is not None and not refused[0]:
-                refused[0] = not self._send_log(session, run.run_id, line)
+            session = self._current_session  # the newest: a rotation may change it meanwhile
+            if session is None or refused[0] or lost[0]:
+                return
+            sent = self._send_log(session, run.run_id, line)
+            refused[0] = sent is False
+            lost[0] = sent is None  # unreachable: no more waits; the node's log has the lines
 
         try:
             python = await asyncio.to_thread(self.envs.prepare, plan, progress, run.cancel)
@@ -503,15 +512,18 @@ class ClientApps:
         if run.logs_refused or session is None:
             return
         sent = await asyncio.to_thread(self._send_log, session, run.run_id, line)
-        run.logs_refused = run.logs_refused or not sent
+        run.logs_refused = run.logs_refused or sent is False
 
-    def _send_log(self, session: Session, run_id: int, line: str) -> bool:
-        """Send ``line`` to run ``run_id``'s log on the link (blocks); False when the link
-        refused it (then no more are sent), True when sent or the link is unreachable."""
+    def _send_log(self, session: Session, run_id: int, line: str) -> bool | None:
+        """Send ``line`` to run ``run_id``'s log on the link (blocks): True when sent (or its
+        session ended meanwhile: the line is skipped), False when the link refused it (then no
+        more are sent), None when the link cannot be reached."""
         try:
             self._client.push_logs(session, run_id, [line])
-        except (LinkUnreachable, SessionEnded):
+        except SessionEnded:
             return True
+        except LinkUnreachable:
+            return None
         except FlwrmtlsError as error:
             log.warning("run %d: the link refused this node's log lines: %s", run_id, error)
             return False
@@ -523,6 +535,10 @@ class ClientApps:
         return run
 
     async def _ensure_process(self, run: NodeRun) -> None:
+        async with run.starting:  # one process, whoever asks (see NodeRun.starting)
+            await self._start_process(run)
+
+    async def _start_process(self, run: NodeRun) -> None:
         if self.processes.alive(run.run_id):
             return
         exited = self.processes.get(run.run_id)
@@ -538,6 +554,8 @@ class ClientApps:
             on_exit=lambda code: self._exited(run_id),
         )  # fmt: skip
         log.info("run %d: ClientApp process %d started", run_id, process.pid)
+        if run.ended:  # it ended while the process started: its grace runs from now
+            self.processes.end(run_id)
 
     def _exited(self, run_id: int) -> None:
         """A run's ClientApp exited: an ended run is forgotten with it."""

@@ -1,0 +1,82 @@
+"""A run's ClientApp starts once, whoever asks, and one that started for a run that ended
+meanwhile is asked to end: the node's runs on their event loop, with a fake spawner whose
+process start takes several turns of the loop (as ``create_subprocess_exec`` does).
+
+Two ask at once when a run's app environment finishes installing while the agent delivers
+the run's next message: before, each launched a process, the two split the run's messages and
+the first was never stopped with its run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import grpc
+
+from flwrmtls.fleet.client import FleetClient
+from flwrmtls.node.clientapps import ClientApps, NodeRun
+from flwrmtls.objects.store import ObjectStore
+from flwrmtls.runs.supervisor import AppProcess
+from flwrmtls.wire.errors import ConnectionContext
+
+from ..runs.test_supervisor import FakeProcess
+
+
+class SlowSpawner:
+    """Processes that start only once ``gate`` is set."""
+
+    def __init__(self) -> None:
+        self.gate = asyncio.Event()
+        self.started: list[FakeProcess] = []
+
+    async def __call__(self, command: list[str]) -> AppProcess:
+        await self.gate.wait()
+        process = FakeProcess(command)
+        self.started.append(process)
+        return process
+
+
+def _scenario(tmp_path: Path, ended_meanwhile: bool) -> tuple[int, bool]:
+    """How many processes started for one run asked for twice at once, and whether the
+    supervisor is ending the run's process."""
+
+    async def main() -> tuple[int, bool]:
+        channel = grpc.insecure_channel("127.0.0.1:1")  # the link is never called here
+        client = FleetClient(channel, ConnectionContext("127.0.0.1:1", False, False, ""))
+        spawn = SlowSpawner()
+        apps = ClientApps(client, ObjectStore(tmp_path / "objects"), node_config={}, spawn=spawn)
+        apps.processes.listen("127.0.0.1:9")
+        run = apps.adopt(NodeRun(1, "0" * 64, {}))
+        try:
+            asking = [asyncio.create_task(apps._ensure_process(run)) for _ in range(2)]
+            for _ in range(5):
+                await asyncio.sleep(0)
+            if ended_meanwhile:
+                apps.end_runs([1])
+            spawn.gate.set()
+            await asyncio.gather(*asking)
+            record = apps.processes.get(1)
+            ending = record is not None and record.ending
+            return len(spawn.started), ending
+        finally:
+            for process in spawn.started:
+                process.exit(0)
+            await apps.processes.shutdown()
+            channel.close()
+
+    return asyncio.run(main())
+
+
+def test_a_runs_clientapp_starts_once_when_two_ask_for_it_at_once(tmp_path: Path) -> None:
+    started, ending = _scenario(tmp_path, ended_meanwhile=False)
+    assert started == 1
+    assert not ending  # the control: a run still going keeps its process
+
+
+def test_a_clientapp_started_for_a_run_that_ended_meanwhile_is_asked_to_end(
+    tmp_path: Path,
+) -> None:
+    started, ending = _scenario(tmp_path, ended_meanwhile=True)
+    assert started == 1
+    assert ending
