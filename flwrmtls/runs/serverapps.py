@@ -71,7 +71,7 @@ from flwrmtls.runs.linkobjects import LinkObjects
 from flwrmtls.runs.notify import Notifier
 from flwrmtls.runs.runlog import RunLog
 from flwrmtls.runs.supervisor import AppSupervisor, Spawn, spawn_process
-from flwrmtls.state.database import DatabaseError
+from flwrmtls.state.database import DatabaseError, error_reason
 from flwrmtls.state.linkstate import LinkState
 from flwrmtls.state.replicas import LOST_REASON
 from flwrmtls.state.runlifecycle import IllegalTransition, RunStatus
@@ -224,7 +224,11 @@ class ServerApps:
         except (EnvError, OSError) as error:
             if not cancel.is_set():
                 reason = f"installing the app's dependencies on the link failed: {error}"
-                self._end(run_id, RunStatus.FAILED, reason)
+                try:
+                    self._end(run_id, RunStatus.FAILED, reason)
+                except DatabaseError as failed:  # nobody awaits this task: say it here
+                    log.error("run %d: %s; the link's database failed recording it (%s)",
+                              run_id, reason, error_reason(failed))  # fmt: skip
             return
         finally:
             self._installs.pop(run_id, None)
@@ -358,17 +362,29 @@ class ServerApps:
         await self.processes.stop(run_id)
         return RunStatus.STOPPED
 
+    def _end_on_stop(self, run_id: int) -> None:
+        """The link stops: the run fails ("link stopped"). If its database cannot record that
+        (a full or failing disk), the run's process stops all the same: the next start finds
+        the run active and marks it failed ("link restarted")."""
+        try:
+            self._end(run_id, RunStatus.FAILED, "link stopped")
+        except DatabaseError as error:
+            self._state.runs.suspend_tokens(run_id)
+            log.error(
+                "run %d: the link's database failed (%s) recording that the link stopped; its "
+                "ServerApp is stopped all the same, and the next start marks the run failed",
+                run_id, error_reason(error),
+            )  # fmt: skip
+
     async def shutdown(self) -> None:
         """The link is stopping: its runs fail and their processes stop (the spare too);
         the app environments being prepared are cancelled."""
         for run_id in list(self._installs):
-            self._end(run_id, RunStatus.FAILED, "link stopped")
+            self._end_on_stop(run_id)
             install = self._cancel_install(run_id)
             if install is not None:
                 await install
-        await self.processes.shutdown(
-            before_each=lambda run_id: self._end(run_id, RunStatus.FAILED, "link stopped")
-        )
+        await self.processes.shutdown(before_each=self._end_on_stop)
         if self._ticking is not None:
             self._ticking.cancel()
             with contextlib.suppress(asyncio.CancelledError):

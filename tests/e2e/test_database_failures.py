@@ -14,6 +14,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -203,3 +204,40 @@ def test_a_link_that_cannot_write_at_start_up_exits_in_one_line(
     finally:
         link.stop()
     assert LinkState(database).runs.get(run_id).status is RunStatus.FAILED  # type: ignore[union-attr]
+
+
+def _children(pid: int) -> set[int]:
+    """The processes ``pid`` started that are still there."""
+    found: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found.update(int(child) for child in (task / "children").read_text().split())
+    return found
+
+
+def test_a_link_whose_disk_fails_stops_its_serverapps_when_it_stops(
+    piped: tuple[Deployment, PipedLink], tmp_path: Path
+) -> None:
+    """As the machine: the disk refuses the link's writes and the operator stops the link.
+    Recording "link stopped" for a run fails; the link must still stop the run's ServerApp
+    (the next start marks the run "link restarted"), never leave it running, and say so in one
+    line, not a traceback."""
+    deployment, link = piped
+    app = write_probe_app(tmp_path / "app")
+    started = deployment.cli(
+        "run", str(app), "--run-config", "min-available=2 min-train=2 wait-timeout=600"
+    )  # the run waits for two nodes, and only one comes: it stays running
+    assert started.returncode == 0, started.stderr
+    for _ in range(600):
+        listed = deployment.cli("ls", "--format", "json")
+        if '"status": "running"' in listed.stdout:
+            break
+        time.sleep(0.1)
+    serverapps = _children(link.process.pid)
+    assert serverapps, "the run's ServerApp runs beside the link"
+    link.limit_file_size(4096)
+    link.stop()
+    assert link.process.returncode is not None
+    alive = {pid for pid in serverapps if Path(f"/proc/{pid}").exists()
+             and "zombie" not in Path(f"/proc/{pid}/status").read_text()}  # fmt: skip
+    assert alive == set(), f"ServerApp processes left running: {alive}\n{link.log[-2000:]}"
+    assert "Traceback" not in link.log
