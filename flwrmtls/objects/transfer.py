@@ -148,15 +148,35 @@ def in_parallel(function: Callable[[_T], _R], items: Iterable[_T]) -> list[_R]:
 async def serve_object(
     store: ObjectStore, object_id: str, gate: TransferGate | None = None
 ) -> AsyncIterator[objects_pb2.ObjectChunk]:
-    """Stream a stored object, in its turn; file reads run in a worker thread, off the event
-    loop."""
+    """Stream a stored object, in its turn, from a read-only mapping of its file.
+
+    Opening and mapping the file run in a worker thread; the chunks are then copied out of the
+    mapping on the event loop, one copy each. A worker thread per chunk cost a third of a
+    link's download throughput (4 nodes pulling 256 MiB each: 440 MB/s with a thread per
+    chunk, 580 MB/s without, on the 2-core bench machine). The kernel is told to read the
+    whole file ahead as it is mapped (:meth:`ObjectStore.map_for_streaming`), and an object is
+    served shortly after it was written, so its pages are in memory; one that is not costs the
+    loop a page fault. Each chunk's pages leave the mapping once copied
+    (:meth:`ObjectStore.unmap_behind`), so that a sender holds one chunk of each object it
+    streams, not the object (and 4 nodes pulling a 1 GB model do not count it 4 times in the
+    link's RSS). A file deleted meanwhile (its run cleared) is still served whole.
+    """
     async with _turn(gate):
-        chunks = store.chunks(object_id)
-        while (item := await asyncio.to_thread(next, chunks, None)) is not None:
-            offset, total, data = item
-            yield objects_pb2.ObjectChunk(
-                object_id=object_id, total_size=total, offset=offset, data=data
-            )
+        view = await asyncio.to_thread(store.map_for_streaming, object_id)
+        total = len(view)
+        offset = 0
+        try:
+            while True:
+                data = bytes(view[offset : offset + CHUNK_SIZE])
+                ObjectStore.unmap_behind(view, offset, len(data))
+                yield objects_pb2.ObjectChunk(
+                    object_id=object_id, total_size=total, offset=offset, data=data
+                )
+                offset += len(data)
+                if offset >= total:
+                    return
+        finally:
+            view.release()
 
 
 ScopeOf = Callable[[objects_pb2.ObjectChunk], Awaitable[ObjectScope]]
