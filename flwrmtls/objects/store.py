@@ -175,29 +175,19 @@ class ObjectStore:
                 return memoryview(b"")
             return memoryview(mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ))
 
-    def map_for_streaming(self, object_id: str) -> memoryview:
-        """:meth:`map`, with the kernel asked to read the file ahead now (``MADV_WILLNEED``),
-        for a sender about to stream the whole object: its pages are then in memory before the
-        sender copies them out."""
-        data = self.map(object_id)
-        mapping = data.obj
-        if isinstance(mapping, mmap.mmap) and hasattr(mmap, "MADV_WILLNEED"):
-            mapping.madvise(mmap.MADV_WILLNEED)  # Linux and the BSDs; elsewhere a hint lost
-        return data
-
-    @staticmethod
-    def unmap_behind(data: memoryview, offset: int, length: int) -> None:
-        """Drop the whole pages of ``data[offset:offset + length]`` from a
-        :meth:`map_for_streaming` mapping (``MADV_DONTNEED``: the file's pages stay in the
-        page cache; the mapping reads them again if touched), once a sender has copied them."""
-        mapping = data.obj
-        if not isinstance(mapping, mmap.mmap) or not hasattr(mmap, "MADV_DONTNEED"):
-            return
-        start = offset - offset % mmap.PAGESIZE
-        end = offset + length
-        end -= end % mmap.PAGESIZE
-        if end > start:
-            mapping.madvise(mmap.MADV_DONTNEED, start, end - start)
+    def open_for_streaming(self, object_id: str) -> tuple[BinaryIO, int]:
+        """The object's file, open for reading (unbuffered: each read is one copy), and its
+        size; the kernel is asked to read it ahead now (``POSIX_FADV_WILLNEED``), for a sender
+        about to stream it whole."""
+        file = self.path(object_id).open("rb", buffering=0)
+        try:
+            size = os.fstat(file.fileno()).st_size
+            if hasattr(os, "posix_fadvise"):  # Linux and the BSDs; elsewhere a hint lost
+                os.posix_fadvise(file.fileno(), 0, 0, os.POSIX_FADV_WILLNEED)
+        except BaseException:
+            file.close()
+            raise
+        return file, size
 
     def read_verified(self, object_id: str, *, discard: bool = False) -> memoryview:
         """The object's bytes (mapped, not copied), after checking that they hash to its id:

@@ -148,35 +148,31 @@ def in_parallel(function: Callable[[_T], _R], items: Iterable[_T]) -> list[_R]:
 async def serve_object(
     store: ObjectStore, object_id: str, gate: TransferGate | None = None
 ) -> AsyncIterator[objects_pb2.ObjectChunk]:
-    """Stream a stored object, in its turn, from a read-only mapping of its file.
+    """Stream a stored object, in its turn, each chunk read on the event loop.
 
-    Opening and mapping the file run in a worker thread; the chunks are then copied out of the
-    mapping on the event loop, one copy each. A worker thread per chunk cost a third of a
-    link's download throughput (4 nodes pulling 256 MiB each: 440 MB/s with a thread per
-    chunk, 580 MB/s without, on the 2-core bench machine). The kernel is told to read the
-    whole file ahead as it is mapped (:meth:`ObjectStore.map_for_streaming`), and an object is
-    served shortly after it was written, so its pages are in memory; one that is not costs the
-    loop a page fault. Each chunk's pages leave the mapping once copied
-    (:meth:`ObjectStore.unmap_behind`), so that a sender holds one chunk of each object it
-    streams, not the object (and 4 nodes pulling a 1 GB model do not count it 4 times in the
-    link's RSS). A file deleted meanwhile (its run cleared) is still served whole.
+    Opening the file runs in a worker thread, which also asks the kernel to read the whole
+    file ahead (:meth:`ObjectStore.open_for_streaming`); each chunk is then one read on the
+    event loop, from the page cache. A worker thread per chunk cost a third of a link's
+    download throughput (4 nodes pulling 256 MiB each: 440 MB/s with a thread per chunk,
+    580-680 MB/s without, on the 2-core bench machine). Reads, never a mapping of the file: an
+    app process shares its host's store, and a mapped file it truncates would kill the link
+    or node with SIGBUS; a read of a file cut short ends the stream short, which the receiver
+    refuses as incomplete. A file deleted meanwhile (its run cleared) is still served whole.
     """
     async with _turn(gate):
-        view = await asyncio.to_thread(store.map_for_streaming, object_id)
-        total = len(view)
-        offset = 0
-        try:
+        file, total = await asyncio.to_thread(store.open_for_streaming, object_id)
+        with file:
+            offset = 0
             while True:
-                data = bytes(view[offset : offset + CHUNK_SIZE])
-                ObjectStore.unmap_behind(view, offset, len(data))
+                data = file.read(CHUNK_SIZE)
+                if not data and offset > 0:
+                    return  # cut short since it was opened: the receiver finds it incomplete
                 yield objects_pb2.ObjectChunk(
                     object_id=object_id, total_size=total, offset=offset, data=data
                 )
                 offset += len(data)
                 if offset >= total:
                     return
-        finally:
-            view.release()
 
 
 ScopeOf = Callable[[objects_pb2.ObjectChunk], Awaitable[ObjectScope]]

@@ -440,7 +440,7 @@ def test_a_transfer_stalled_in_its_turn_never_stops_the_others(link: Link, pki: 
 def test_a_served_object_arrives_whole_even_when_its_file_is_deleted_midway(
     tmp_path: Path,
 ) -> None:
-    """serve_object streams from a mapping of the file: every chunk in order, the bytes equal,
+    """serve_object streams the file as it was opened: every chunk in order, the bytes equal,
     an empty object as one empty chunk, and a file deleted after the first chunk (its run
     cleared) still served whole, never cut short or mixed with other bytes."""
     from flwrmtls.objects.store import CHUNK_SIZE
@@ -469,9 +469,9 @@ def test_a_served_object_arrives_whole_even_when_its_file_is_deleted_midway(
 
 
 def test_a_served_object_is_not_held_in_the_senders_memory(tmp_path: Path) -> None:
-    """serve_object drops each chunk's pages from its mapping once copied: streaming a 64 MiB
-    object leaves the sender's resident memory about a chunk larger, not 64 MiB (as a mapping
-    kept whole would; 4 nodes pulling a 1 GB model made the link's RSS 3.6 GB that way)."""
+    """Streaming a 64 MiB object leaves the sender's resident memory about a chunk larger, not
+    64 MiB (as a mapping of the file kept whole would: 4 nodes pulling a 1 GB model made the
+    link's RSS 3.6 GB that way)."""
     import psutil
 
     from flwrmtls.objects.store import CHUNK_SIZE
@@ -491,3 +491,41 @@ def test_a_served_object_is_not_held_in_the_senders_memory(tmp_path: Path) -> No
 
     gc.collect()
     assert asyncio.run(serve()) < 16 * CHUNK_SIZE
+
+
+_TRUNCATE_WHILE_SERVING = """
+import asyncio, os, sys
+from pathlib import Path
+from flwrmtls.objects.store import CHUNK_SIZE, ObjectStore
+from flwrmtls.objects.transfer import serve_object
+
+store = ObjectStore(Path(sys.argv[1]))
+object_id = store.put(os.urandom(8 * CHUNK_SIZE))
+
+async def main() -> None:
+    served = 0
+    async for chunk in serve_object(store, object_id):
+        served += len(chunk.data)
+        if served == CHUNK_SIZE:
+            os.truncate(store.path(object_id), 0)  # what an app process sharing the store can do
+    print("served", served)
+
+asyncio.run(main())
+"""
+
+
+def test_a_file_cut_short_while_served_ends_the_stream_not_the_sender(tmp_path: Path) -> None:
+    """An app process shares its host's object store, so it can truncate a file the link or
+    node is sending. The sender must live through it (a mapping of the file would die of
+    SIGBUS, taking every node's calls with it) and end that stream short, which the receiver
+    refuses as incomplete. Run in its own process, so that the crash it guards against cannot
+    take the test session down."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", _TRUNCATE_WHILE_SERVING, str(tmp_path / "objects")],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
+    assert done.stdout.split() == ["served", str(1 << 20)]
