@@ -38,6 +38,7 @@ from typing import BinaryIO
 
 __all__ = [
     "CHUNK_SIZE",
+    "READ_AHEAD",
     "CorruptObject",
     "ObjectStore",
     "ObjectWriter",
@@ -47,6 +48,10 @@ __all__ = [
 
 CHUNK_SIZE = 1 << 20
 """Bytes per chunk on the wire: far below gRPC's default 4 MiB message limit."""
+
+READ_AHEAD = 16 * CHUNK_SIZE
+"""Bytes a streaming sender asks the kernel to read ahead of it: a window, not the whole object
+(which may be gigabytes)."""
 
 _OBJECT_ID = re.compile(r"^[0-9a-f]{64}$")
 _PARTIAL_PREFIX = ".incoming-"
@@ -177,17 +182,24 @@ class ObjectStore:
 
     def open_for_streaming(self, object_id: str) -> tuple[BinaryIO, int]:
         """The object's file, open for reading (unbuffered: each read is one copy), and its
-        size; the kernel is asked to read it ahead now (``POSIX_FADV_WILLNEED``), for a sender
-        about to stream it whole."""
+        size, with the kernel asked to read its first :data:`READ_AHEAD` bytes now
+        (:meth:`read_ahead`), for a sender about to stream it whole."""
         file = self.path(object_id).open("rb", buffering=0)
         try:
             size = os.fstat(file.fileno()).st_size
-            if hasattr(os, "posix_fadvise"):  # Linux and the BSDs; elsewhere a hint lost
-                os.posix_fadvise(file.fileno(), 0, 0, os.POSIX_FADV_WILLNEED)
+            self.read_ahead(file, 0)
         except BaseException:
             file.close()
             raise
         return file, size
+
+    @staticmethod
+    def read_ahead(file: BinaryIO, offset: int) -> None:
+        """Ask the kernel to read ``file``'s :data:`READ_AHEAD` bytes from ``offset`` into the
+        page cache without waiting (``POSIX_FADV_WILLNEED``; elsewhere than Linux and the BSDs
+        a hint lost), so that a sender reading there later finds them in memory."""
+        if hasattr(os, "posix_fadvise"):
+            os.posix_fadvise(file.fileno(), offset, READ_AHEAD, os.POSIX_FADV_WILLNEED)
 
     def read_verified(self, object_id: str, *, discard: bool = False) -> memoryview:
         """The object's bytes (mapped, not copied), after checking that they hash to its id:
