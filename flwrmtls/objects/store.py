@@ -27,10 +27,12 @@ Rules:
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import mmap
 import os
 import re
+import stat
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -38,7 +40,6 @@ from typing import BinaryIO
 
 __all__ = [
     "CHUNK_SIZE",
-    "READ_AHEAD",
     "CorruptObject",
     "ObjectStore",
     "ObjectWriter",
@@ -49,9 +50,7 @@ __all__ = [
 CHUNK_SIZE = 1 << 20
 """Bytes per chunk on the wire: far below gRPC's default 4 MiB message limit."""
 
-READ_AHEAD = 16 * CHUNK_SIZE
-"""Bytes a streaming sender asks the kernel to read ahead of it: a window, not the whole object
-(which may be gigabytes)."""
+_RWF_NOWAIT: int | None = getattr(os, "RWF_NOWAIT", None) if hasattr(os, "preadv") else None
 
 _OBJECT_ID = re.compile(r"^[0-9a-f]{64}$")
 _PARTIAL_PREFIX = ".incoming-"
@@ -181,25 +180,57 @@ class ObjectStore:
             return memoryview(mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ))
 
     def open_for_streaming(self, object_id: str) -> tuple[BinaryIO, int]:
-        """The object's file, open for reading (unbuffered: each read is one copy), and its
-        size, with the kernel asked to read its first :data:`READ_AHEAD` bytes now
-        (:meth:`read_ahead`), for a sender about to stream it whole."""
-        file = self.path(object_id).open("rb", buffering=0)
+        """The object's file, open for reading (unbuffered: each read is one copy), and its size
+        now. Only a regular file, never through a symbolic link: an app process shares its
+        host's store, and what it puts at an object's path (a FIFO whose open would block, a
+        link to another file) is :class:`FileNotFoundError`, as a missing object is."""
+        flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0)
         try:
-            size = os.fstat(file.fileno()).st_size
-            self.read_ahead(file, 0)
-        except BaseException:
-            file.close()
+            fd = os.open(self.path(object_id), flags | getattr(os, "O_CLOEXEC", 0))
+        except OSError as error:
+            if error.errno == errno.ELOOP:  # a symbolic link (O_NOFOLLOW)
+                raise FileNotFoundError(f"object {object_id}: not a regular file") from None
             raise
-        return file, size
+        try:
+            status = os.fstat(fd)
+            if not stat.S_ISREG(status.st_mode):
+                raise FileNotFoundError(f"object {object_id}: not a regular file")
+            file: BinaryIO = os.fdopen(fd, "rb", buffering=0)
+        except BaseException:
+            os.close(fd)
+            raise
+        return file, status.st_size
 
     @staticmethod
-    def read_ahead(file: BinaryIO, offset: int) -> None:
-        """Ask the kernel to read ``file``'s :data:`READ_AHEAD` bytes from ``offset`` into the
-        page cache without waiting (``POSIX_FADV_WILLNEED``; elsewhere than Linux and the BSDs
-        a hint lost), so that a sender reading there later finds them in memory."""
-        if hasattr(os, "posix_fadvise"):
-            os.posix_fadvise(file.fileno(), offset, READ_AHEAD, os.POSIX_FADV_WILLNEED)
+    def read_chunks(file: BinaryIO, offset: int, total: int, count: int) -> list[bytes]:
+        """Up to ``count`` chunks of ``file`` from ``offset``, never past ``total`` (its size
+        when opened: a file that grew since sends what it held); fewer, or none, when the file
+        was cut short since. May wait for the disk: for a worker thread."""
+        chunks: list[bytes] = []
+        while len(chunks) < count and offset < total:
+            data = os.pread(file.fileno(), min(CHUNK_SIZE, total - offset), offset)
+            if not data:
+                break
+            chunks.append(data)
+            offset += len(data)
+        return chunks
+
+    @staticmethod
+    def read_cached(file: BinaryIO, offset: int, buffer: bytearray) -> bytes | None:
+        """``len(buffer)`` bytes of ``file`` from ``offset`` if the page cache holds them all
+        now, else None, never waiting for the disk (``preadv`` with ``RWF_NOWAIT``: Linux; None
+        elsewhere, and on a file system without it): what an event loop may read itself."""
+        if _RWF_NOWAIT is None:
+            return None
+        try:
+            got = os.preadv(file.fileno(), [buffer], offset, _RWF_NOWAIT)
+        except BlockingIOError:
+            return None  # some of it is on the disk only
+        except OSError as error:
+            if error.errno in (errno.EOPNOTSUPP, errno.EINVAL):
+                return None  # a file system that cannot say
+            raise
+        return bytes(buffer) if got == len(buffer) else None
 
     def read_verified(self, object_id: str, *, discard: bool = False) -> memoryview:
         """The object's bytes (mapped, not copied), after checking that they hash to its id:
@@ -226,19 +257,22 @@ class ObjectStore:
             raise CorruptObject(object_id)
 
     def chunks(self, object_id: str) -> Iterator[tuple[int, int, bytes]]:
-        """(offset, total size, data) for each chunk of a stored object."""
-        path = self.path(object_id)
-        total = path.stat().st_size
-        with path.open("rb") as file:
+        """(offset, total size, data) for each chunk of a stored object: one empty chunk for an
+        empty object; never past the size it had when opened, and fewer bytes (the receiver
+        finds the object incomplete) when the file is cut short meanwhile."""
+        file, total = self.open_for_streaming(object_id)
+        with file:
+            if total == 0:
+                yield 0, 0, b""
+                return
             offset = 0
-            while True:
-                data = file.read(CHUNK_SIZE)
-                if not data and offset > 0:
+            while offset < total:
+                batch = self.read_chunks(file, offset, total, 1)
+                if not batch:
                     return
+                data = batch[0]
                 yield offset, total, data
                 offset += len(data)
-                if offset >= total:
-                    return
 
     def delete(self, object_ids: Iterable[str]) -> None:
         for object_id in object_ids:

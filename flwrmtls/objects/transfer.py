@@ -43,12 +43,13 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from flwrmtls.objects.scope import ObjectScope, QuotaExceeded, Reservation
-from flwrmtls.objects.store import CHUNK_SIZE, READ_AHEAD, ObjectStore, check_object_id
+from flwrmtls.objects.store import CHUNK_SIZE, ObjectStore, check_object_id
 from flwrmtls.proto import objects_pb2
 from flwrmtls.wire.metadata import OBJECT_KEY, object_declaration
 from flwrmtls.wire.refusals import CallRefused, Refusal
 
 __all__ = [
+    "CHUNKS_PER_READ",
     "MAX_OBJECT_BYTES",
     "PARALLEL_STREAMS",
     "TRANSFERS_AT_ONCE",
@@ -80,6 +81,8 @@ PARALLEL_STREAMS = 4
 TRANSFERS_AT_ONCE = 16
 """Transfers a link moves bytes for at once (its :class:`TransferGate`): enough to keep two
 cores busy with TLS and hashing, few enough that 32 nodes' transfers buffer what 4 do."""
+CHUNKS_PER_READ = 4
+"""Chunks a sender reads from its store per worker-thread call: what it holds per transfer."""
 TURN_PATIENCE = 5.0
 """Seconds without any turn ending after which a waiting transfer goes ahead without one."""
 
@@ -148,34 +151,51 @@ def in_parallel(function: Callable[[_T], _R], items: Iterable[_T]) -> list[_R]:
 async def serve_object(
     store: ObjectStore, object_id: str, gate: TransferGate | None = None
 ) -> AsyncIterator[objects_pb2.ObjectChunk]:
-    """Stream a stored object, in its turn, each chunk read on the event loop.
+    """Stream a stored object, in its turn.
 
-    Opening the file runs in a worker thread, which also asks the kernel to read its first
-    ``READ_AHEAD`` bytes ahead (:meth:`ObjectStore.open_for_streaming`), and every half window
-    the next half is asked for; each chunk is then one read on the event loop, from the page
-    cache. A worker thread per chunk cost a third of a link's download throughput (4 nodes
-    pulling 256 MiB each: 440 MB/s with a thread per chunk, 580-680 MB/s without, on the
-    2-core bench machine). Reads, never a mapping of the file: an
-    app process shares its host's store, and a mapped file it truncates would kill the link
-    or node with SIGBUS; a read of a file cut short ends the stream short, which the receiver
-    refuses as incomplete. A file deleted meanwhile (its run cleared) is still served whole.
+    A chunk the page cache holds (an object is usually sent soon after it was written) is read
+    on the event loop, which never waits for the disk (:meth:`ObjectStore.read_cached`:
+    ``RWF_NOWAIT``); otherwise :data:`CHUNKS_PER_READ` chunks are read in a worker thread, so
+    that a slow or hung disk, or a network file system, never stops the link's other calls.
+    A worker thread per 1 MiB chunk cost a third of a link's send throughput (4 nodes pulling
+    256 MiB each: about 440 MB/s against 580-680 MB/s with no thread hop, on the 2-core bench
+    machine), and one per 4 chunks nearly as much in a whole round.
+
+    An app process shares its host's store, so the file may change while it is sent: it is
+    read, never mapped (a mapped file cut short kills the reader with SIGBUS), never past the
+    size it had when opened, and a file cut short ends the stream short, which the receiver
+    refuses as incomplete. A file deleted after it was opened (its run cleared) is still sent
+    whole; one missing at the open (or not a regular file) is ``no-object``.
     """
     async with _turn(gate):
-        file, total = await asyncio.to_thread(store.open_for_streaming, object_id)
+        try:
+            file, total = await asyncio.to_thread(store.open_for_streaming, object_id)
+        except FileNotFoundError:
+            raise CallRefused(Refusal.NO_OBJECT, f"no object {object_id[:80]}") from None
         with file:
+            if total == 0:
+                yield objects_pb2.ObjectChunk(object_id=object_id, total_size=0, offset=0)
+                return
+            buffer = bytearray(min(CHUNK_SIZE, total))
             offset = 0
-            while True:
-                data = file.read(CHUNK_SIZE)
-                if not data and offset > 0:
-                    return  # cut short since it was opened: the receiver finds it incomplete
-                yield objects_pb2.ObjectChunk(
-                    object_id=object_id, total_size=total, offset=offset, data=data
+            while offset < total:
+                if len(buffer) > total - offset:
+                    buffer = bytearray(total - offset)
+                cached = store.read_cached(file, offset, buffer)
+                batch = (
+                    [cached]
+                    if cached is not None
+                    else await asyncio.to_thread(
+                        store.read_chunks, file, offset, total, CHUNKS_PER_READ
+                    )
                 )
-                offset += len(data)
-                if offset >= total:
-                    return
-                if offset % (READ_AHEAD // 2) == 0:
-                    store.read_ahead(file, offset + READ_AHEAD // 2)
+                if not batch:
+                    return  # cut short since it was opened: the receiver finds it incomplete
+                for data in batch:
+                    yield objects_pb2.ObjectChunk(
+                        object_id=object_id, total_size=total, offset=offset, data=data
+                    )
+                    offset += len(data)
 
 
 ScopeOf = Callable[[objects_pb2.ObjectChunk], Awaitable[ObjectScope]]

@@ -6,9 +6,10 @@ import asyncio
 import gc
 import threading
 import weakref
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
@@ -440,7 +441,7 @@ def test_a_transfer_stalled_in_its_turn_never_stops_the_others(link: Link, pki: 
 def test_a_served_object_arrives_whole_even_when_its_file_is_deleted_midway(
     tmp_path: Path,
 ) -> None:
-    """serve_object streams the file as it was opened: every chunk in order, the bytes equal,
+    """serve_object sends the file it opened: every chunk in order, the bytes equal,
     an empty object as one empty chunk, and a file deleted after the first chunk (its run
     cleared) still served whole, never cut short or mixed with other bytes."""
     from flwrmtls.objects.store import CHUNK_SIZE
@@ -528,4 +529,138 @@ def test_a_file_cut_short_while_served_ends_the_stream_not_the_sender(tmp_path: 
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
-    assert done.stdout.split() == ["served", str(1 << 20)]
+    served = done.stdout.split()
+    assert served[0] == "served"
+    assert 0 < int(served[1]) < 8 << 20, served  # short of the 8 MiB object
+
+
+def test_a_file_changed_by_an_app_process_is_never_sent_past_what_was_opened(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What an app process sharing the store may do to a file the sender holds or is about to
+    open: emptied right after the open (the stream ends with nothing, never an endless run of
+    empty chunks at offset 0), grown after the open (exactly the size announced is sent),
+    deleted before the open, replaced by a symbolic link or a FIFO (``no-object``, as a missing
+    object is; a FIFO's open would block a worker thread for ever). Beside them, an object
+    whose size is an exact multiple of the chunk size is sent whole."""
+    import os
+
+    from flwrmtls.objects.store import CHUNK_SIZE
+    from flwrmtls.objects.transfer import serve_object
+    from flwrmtls.wire.refusals import CallRefused, Refusal
+
+    store = ObjectStore(tmp_path / "objects")
+    data = np.random.default_rng(9).bytes(2 * CHUNK_SIZE)
+    object_id = store.put(data)
+
+    async def serve(limit: int = 100) -> list[objects_pb2.ObjectChunk]:
+        chunks = []
+        async for chunk in serve_object(store, object_id):
+            chunks.append(chunk)
+            assert len(chunks) < limit, "the sender does not stop"
+        return chunks
+
+    chunks = asyncio.run(serve())
+    assert [c.offset for c in chunks] == [0, CHUNK_SIZE]
+    assert b"".join(c.data for c in chunks) == data
+
+    opened = store.open_for_streaming
+
+    def opened_then(change: Callable[[Path], None]) -> Callable[[str], tuple[Any, int]]:
+        def open_and_change(object_id: str) -> tuple[Any, int]:
+            result = opened(object_id)
+            change(store.path(object_id))
+            return result
+
+        return open_and_change
+
+    def empty(path: Path) -> None:
+        os.truncate(path, 0)
+
+    def grow(path: Path) -> None:
+        with path.open("ab") as file:
+            file.write(b"more")
+
+    monkeypatch.setattr(store, "open_for_streaming", opened_then(empty))
+    assert asyncio.run(serve()) == []
+    path = store.path(object_id)
+    path.write_bytes(data)
+    monkeypatch.setattr(store, "open_for_streaming", opened_then(grow))
+    grown = asyncio.run(serve())
+    assert b"".join(c.data for c in grown) == data
+    assert {c.total_size for c in grown} == {len(data)}
+    monkeypatch.setattr(store, "open_for_streaming", opened)
+
+    other = store.put(b"some other object")
+    for plant in ("missing", "symlink", "fifo"):
+        path.unlink(missing_ok=True)
+        if plant == "symlink":
+            path.symlink_to(store.path(other))
+        elif plant == "fifo":
+            os.mkfifo(path)
+        with pytest.raises(CallRefused) as refused:
+            asyncio.run(serve())
+        assert refused.value.refusal is Refusal.NO_OBJECT, plant
+
+
+def test_an_object_not_in_the_page_cache_is_read_off_the_event_loop_and_sent_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A chunk the page cache lacks is read in a worker thread, never on the event loop (a hung
+    disk would stop every call): with every cached read refused, the object goes out whole,
+    in order, each read on another thread; with the cache holding it, none is."""
+    import threading
+
+    from flwrmtls.objects.store import CHUNK_SIZE
+    from flwrmtls.objects.transfer import serve_object
+
+    store = ObjectStore(tmp_path / "objects")
+    data = np.random.default_rng(10).bytes(9 * CHUNK_SIZE + 5)
+    object_id = store.put(data)
+    read_on: list[threading.Thread] = []
+    read_chunks = store.read_chunks
+
+    def counted(*args: Any) -> list[bytes]:
+        read_on.append(threading.current_thread())
+        return read_chunks(*args)
+
+    monkeypatch.setattr(store, "read_chunks", counted)
+
+    async def serve() -> tuple[bytes, list[int], threading.Thread]:
+        chunks = [chunk async for chunk in serve_object(store, object_id)]
+        loop_thread = threading.current_thread()
+        return b"".join(c.data for c in chunks), [c.offset for c in chunks], loop_thread
+
+    sent, offsets, loop_thread = asyncio.run(serve())
+    assert sent == data
+    if _page_cache_reads_without_waiting(store.path(object_id)):
+        assert read_on == []  # just written: every chunk came from the page cache, on the loop
+    else:  # tmpfs, for one, cannot say (EOPNOTSUPP): every read goes to a worker thread
+        assert read_on
+        assert all(thread is not loop_thread for thread in read_on)
+    read_on.clear()
+
+    monkeypatch.setattr(store, "read_cached", lambda *args: None)  # the disk, every time
+    sent, offsets, loop_thread = asyncio.run(serve())
+    assert sent == data
+    assert offsets == [n * CHUNK_SIZE for n in range(10)]
+    assert read_on
+    assert all(thread is not loop_thread for thread in read_on)
+
+
+def _page_cache_reads_without_waiting(path: Path) -> bool:
+    """Whether this file system answers ``preadv(..., RWF_NOWAIT)`` (ext4 and xfs do; tmpfs
+    says EOPNOTSUPP), asked directly of the kernel."""
+    import errno
+    import os
+
+    if not hasattr(os, "RWF_NOWAIT"):
+        return False
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.preadv(fd, [bytearray(1)], 0, os.RWF_NOWAIT)
+    except OSError as error:
+        return error.errno not in (errno.EOPNOTSUPP, errno.EINVAL)
+    finally:
+        os.close(fd)
+    return True
