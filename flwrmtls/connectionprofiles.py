@@ -28,6 +28,7 @@ import tomli_w
 
 from flwrmtls.errors import InputError
 from flwrmtls.filemodes import PRIVATE_FILE, open_directory_warning, private_directory
+from flwrmtls.home import flwrmtls_home
 
 __all__ = ["PROFILE_KEYS", "ConfigFile", "Profile", "config_path"]
 
@@ -62,8 +63,7 @@ def _shown(value: object) -> str:
 
 
 def config_path() -> Path:
-    home = Path(os.environ.get("FLWRMTLS_HOME", "~/.flwrmtls")).expanduser()
-    return home / "config.toml"
+    return flwrmtls_home() / "config.toml"
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,7 +7,6 @@ building the link's configuration from them, is :func:`flwrmtls.link.main.config
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 from flwrmtls.auth.identity import IdentitySource, RoleSource
@@ -21,6 +20,7 @@ from flwrmtls.enroll.config import (
     DEFAULT_PER_MINUTE,
     EnrollMode,
 )
+from flwrmtls.home import flwrmtls_home
 from flwrmtls.runs.appenvs import DISABLE_FLAG
 from flwrmtls.runs.linkobjects import (
     DEFAULT_MAX_NODE_PENDING_STORAGE,
@@ -30,16 +30,11 @@ from flwrmtls.runs.linkobjects import (
 from flwrmtls.sizes import format_size
 from flwrmtls.wire.listen import ServerLimits
 
-__all__ = ["link_home", "parser"]
-
-
-def link_home() -> Path:
-    """``$FLWRMTLS_HOME`` (default ``~/.flwrmtls``): where the link keeps what no flag places."""
-    return Path(os.environ.get("FLWRMTLS_HOME", "~/.flwrmtls")).expanduser()
+__all__ = ["parser"]
 
 
 def _default_database() -> str:
-    return str(link_home() / "link.db")
+    return str(flwrmtls_home() / "link.db")
 
 
 def parser() -> argparse.ArgumentParser:

@@ -31,7 +31,8 @@ from flwrmtls.enroll.issuer import EnrollmentIssuer
 from flwrmtls.errors import FlwrmtlsError, InputError
 from flwrmtls.filemodes import open_directory_warning, private_directory, restrict_umask
 from flwrmtls.heap import limit_malloc_arenas
-from flwrmtls.link.flags import link_home, parser
+from flwrmtls.home import flwrmtls_home
+from flwrmtls.link.flags import parser
 from flwrmtls.link.reload import TlsFiles
 from flwrmtls.link.server import Link, LinkConfig
 from flwrmtls.runs.linkobjects import (
@@ -429,7 +430,7 @@ async def _run(config: LinkConfig) -> None:
             raise InputError(
                 f"cannot create {directory} for the database: {error.strerror}: check --database"
             ) from None
-        if directory.resolve() == link_home().resolve() and (
+        if directory.resolve() == flwrmtls_home().resolve() and (
             warning := open_directory_warning(directory)
         ):
             log.warning("%s", warning)

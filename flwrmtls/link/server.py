@@ -83,7 +83,7 @@ from flwrmtls.enroll.renewal import Renewals
 from flwrmtls.enroll.servicer import EnrollmentServicer, rate_budget
 from flwrmtls.filemodes import private_directory, tighten
 from flwrmtls.fleet.servicer import FleetServicer
-from flwrmtls.link.flags import link_home
+from flwrmtls.home import flwrmtls_home
 from flwrmtls.link.reload import TlsFiles, TlsMaterial, TlsWatcher, Trust
 from flwrmtls.link.replication import Replication
 from flwrmtls.objects.store import ObjectStore
@@ -222,7 +222,7 @@ class LinkConfig:
         """Where the runs' app environments are built: beside a SQLite database; with a
         shared (PostgreSQL) database, on this link's own host (each link builds its own)."""
         if "://" in str(self.database):
-            return link_home() / "link.app-envs"
+            return flwrmtls_home() / "link.app-envs"
         return Path(f"{self.database}.app-envs")
 
     @property

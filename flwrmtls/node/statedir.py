@@ -32,15 +32,12 @@ from pathlib import Path
 
 from flwrmtls.errors import InputError
 from flwrmtls.filemodes import open_directory_warning, private_directory, tighten
+from flwrmtls.home import flwrmtls_home
 from flwrmtls.objects.store import ObjectStore
 
-__all__ = ["LOCK_NAME", "StateDir", "default_state_dir", "flwrmtls_home", "open_state_dir"]
+__all__ = ["LOCK_NAME", "StateDir", "default_state_dir", "open_state_dir"]
 
 LOCK_NAME = "supernode.lock"
-
-
-def flwrmtls_home() -> Path:
-    return Path(os.environ.get("FLWRMTLS_HOME", "~/.flwrmtls")).expanduser()
 
 
 def default_state_dir(superlink: str, credential_files: list[Path | None]) -> Path:
