@@ -112,6 +112,15 @@ def piped(pki: TestPki, tmp_path: Path) -> Iterator[tuple[Deployment, PipedLink]
         link.stop()
 
 
+def _start_waiting_run(deployment: Deployment, tmp_path: Path) -> None:
+    """A run that waits for two nodes, where only one comes: it stays running."""
+    app = write_probe_app(tmp_path / "app")
+    started = deployment.cli(
+        "run", str(app), "--run-config", "min-available=2 min-train=2 wait-timeout=600"
+    )
+    assert started.returncode == 0, started.stderr
+
+
 def test_a_link_whose_disk_fails_answers_stop_in_one_line_and_keeps_serving_reads(
     piped: tuple[Deployment, PipedLink], pki: TestPki, tmp_path: Path
 ) -> None:
@@ -119,11 +128,7 @@ def test_a_link_whose_disk_fails_answers_stop_in_one_line_and_keeps_serving_read
     ``flwrmtls stop`` printed "answered UNKNOWN: Unexpected <class 'sqlite3.OperationalError'>"
     and the link logged a traceback."""
     deployment, link = piped
-    app = write_probe_app(tmp_path / "app")
-    started = deployment.cli(
-        "run", str(app), "--run-config", "min-available=2 min-train=2 wait-timeout=600"
-    )  # the run waits for two nodes, and only one comes: it stays running
-    assert started.returncode == 0, started.stderr
+    _start_waiting_run(deployment, tmp_path)
     chain, key = pki.paths("node-1")
     client, channel = node_client(
         link, root_certificates=pki.trust_bundle_path, chain=chain, key=key
@@ -222,11 +227,7 @@ def test_a_link_whose_disk_fails_stops_its_serverapps_when_it_stops(
     (the next start marks the run "link restarted"), never leave it running, and say so in one
     line, not a traceback."""
     deployment, link = piped
-    app = write_probe_app(tmp_path / "app")
-    started = deployment.cli(
-        "run", str(app), "--run-config", "min-available=2 min-train=2 wait-timeout=600"
-    )  # the run waits for two nodes, and only one comes: it stays running
-    assert started.returncode == 0, started.stderr
+    _start_waiting_run(deployment, tmp_path)
     for _ in range(600):
         listed = deployment.cli("ls", "--format", "json")
         if '"status": "running"' in listed.stdout:
