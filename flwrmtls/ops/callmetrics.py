@@ -116,7 +116,9 @@ class CallMetricsInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-a
 
 
 class NodeCallMetrics(grpc.UnaryUnaryClientInterceptor):  # type: ignore[type-arg]
-    """Times a node's unary Fleet calls (activate, heartbeat, pull, push...)."""
+    """Times a node's unary Fleet calls (activate, heartbeat, pull, push...), each when it
+    finishes: the call is handed back at once, so a future (the node's long poll) stays a
+    future its caller can cancel."""
 
     def __init__(self, metrics: NodeMetrics, clock: Clock) -> None:
         self._metrics = metrics
@@ -130,8 +132,12 @@ class NodeCallMetrics(grpc.UnaryUnaryClientInterceptor):  # type: ignore[type-ar
         method = client_call_details.method
         if isinstance(method, bytes):
             method = method.decode()
-        code = outcome.code()
-        self._metrics.call(
-            _short(method), str(getattr(code, "name", code)), self._clock.monotonic() - start
-        )
+
+        def finished(call: Any) -> None:
+            code = call.code()
+            self._metrics.call(
+                _short(method), str(getattr(code, "name", code)), self._clock.monotonic() - start
+            )
+
+        outcome.add_done_callback(finished)
         return outcome

@@ -116,10 +116,26 @@ class _Objects:
         self.size = size
 
 
+def _described(table: Mapping[str, str], names: tuple[str, ...]) -> Iterator[Metric]:
+    """The families a collector yields, without reading anything: what the registry checks
+    names against when the collector is registered (without ``describe`` it would collect,
+    and the link's collector reads the state on the event loop that is registering it)."""
+    for name in names:
+        yield GaugeMetricFamily(name, table[name])
+
+
 class _LinkCollector(Collector):
+    NAMES = (
+        "flwrmtls_nodes", "flwrmtls_runs", "flwrmtls_server_certificate_expiry_timestamp_seconds",
+        "flwrmtls_objects_stored", "flwrmtls_object_stored_bytes",
+    )  # fmt: skip
+
     def __init__(self, snapshot: Callable[[], LinkSnapshot], objects: _Objects) -> None:
         self._snapshot = snapshot
         self._objects = objects
+
+    def describe(self) -> Iterator[Metric]:
+        return _described(LINK_METRICS, self.NAMES)
 
     def collect(self) -> Iterator[Metric]:
         try:
@@ -227,9 +243,17 @@ class LinkMetrics:
 
 
 class _NodeCollector(Collector):
+    NAMES = (
+        "flwrmtls_node_connected", "flwrmtls_node_certificate_expiry_timestamp_seconds",
+        "flwrmtls_node_objects_stored", "flwrmtls_node_object_stored_bytes",
+    )  # fmt: skip
+
     def __init__(self, snapshot: Callable[[], NodeSnapshot], objects: _Objects) -> None:
         self._snapshot = snapshot
         self._objects = objects
+
+    def describe(self) -> Iterator[Metric]:
+        return _described(NODE_METRICS, self.NAMES)
 
     def collect(self) -> Iterator[Metric]:
         snap = self._snapshot()
