@@ -46,8 +46,12 @@ system-deps:
 	    exit 1; \
 	  fi; }
 
+# The tests in TEST_WORKERS processes (pytest-xdist): most of them wait on real processes,
+# sockets and timers, so two share a 2-core machine well. `make test TEST_WORKERS=1`: one.
+TEST_WORKERS ?= 2
+
 test: $(STAMP) system-deps lint typecheck proto-check
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q $(if $(filter 1,$(TEST_WORKERS)),,-n $(TEST_WORKERS))
 
 # The container image and the tests that run it (tests/containers, marked podman): not part of
 # `make test`. Installs podman, buildah, mmdebstrap and runc with apt-get when they are missing.
