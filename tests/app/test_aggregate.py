@@ -3,17 +3,21 @@
 The streamed average equals the batch one computed in float64 (and beats a float32 batch on
 an adversarial case); a reply it cannot use (NaN, infinity, another shape, a weight of 0,
 below 0 or past 2^53) is refused with the reason and leaves the sum as it was; folding a
-reply allocates nothing of the model's size; FedAvg holds one reply at a time.
+reply allocates nothing of the model's size; a reply mapped from a file (what a ServerApp
+reads from its link's store) is not kept resident, while a private mapping's own writes are
+never let go of; FedAvg holds one reply at a time.
 """
 
 from __future__ import annotations
 
 import gc
 import math
+import mmap
 import tracemalloc
 import weakref
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from fractions import Fraction
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -160,6 +164,34 @@ def test_folding_a_reply_allocates_nothing_of_the_models_size() -> None:
     np.testing.assert_array_equal(average.result()["w"], np.full(size, 1.2, dtype=np.float32))
 
 
+def test_the_average_lets_each_accumulator_array_go_as_its_result_is_made() -> None:
+    """The result never sits beside the whole accumulator: while the average of one array is
+    made, the sums of those already made are gone. 4 arrays of 2 MiB float32: the whole new
+    model is 8 MiB, the accumulator 16 MiB."""
+    size = 1 << 19
+    names = [f"layer-{i}" for i in range(4)]
+    reference = {name: np.zeros(size, dtype=np.float32) for name in names}
+    average = WeightedArrays(reference)
+    tracemalloc.start()  # before the accumulator is made, so that its release counts
+    try:
+        for k in range(2):
+            replied = {name: np.full(size, float(k), np.float32) for name in names}
+            assert average.add(replied, 1) == ""
+        del replied
+        before, _ = tracemalloc.get_traced_memory()
+        tracemalloc.reset_peak()
+        result = average.result()
+        after, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    one_array = size * 4
+    # At most one array's result above the accumulator it came from (was: the whole model).
+    assert peak - before < 1.5 * one_array, f"{peak - before} bytes above the start"
+    assert before - after > 3 * one_array  # the accumulator (16 MiB) went, the result (8) came
+    for name in names:
+        np.testing.assert_array_equal(result[name], np.full(size, 0.5, dtype=np.float32))
+
+
 def test_metrics_are_averaged_with_the_weights_and_the_weight_summed() -> None:
     metrics = WeightedMetrics("num-examples")
     metrics.add({"num-examples": 10, "loss": 1.0, "history": [1.0]}, 10.0)
@@ -260,3 +292,60 @@ def test_fedavg_weighs_float32_replies_in_float64() -> None:
         node["n"] for node in nodes
     )
     np.testing.assert_array_equal(result.arrays["w"], np.float32(float(exact)))
+
+
+def _resident_file_kib() -> int:
+    """This process's resident pages of mapped files (RssFile), in KiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("RssFile:"):
+            return int(line.split()[1])
+    raise AssertionError("no RssFile in /proc/self/status")
+
+
+def _mapped_reply(path: Path, values: Sequence[NDArray]) -> tuple[mmap.mmap, dict[str, NDArray]]:
+    """The arrays written one after another to ``path``, then read back as views of a
+    read-only mapping of it, as a ServerApp decodes a reply from its link's store."""
+    path.write_bytes(b"".join(value.tobytes() for value in values))
+    with path.open("rb") as file:
+        mapping = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
+    view, arrays, offset = memoryview(mapping), {}, 0
+    for index, value in enumerate(values):
+        arrays[f"a{index}"] = np.frombuffer(view[offset : offset + value.nbytes], value.dtype)
+        offset += value.nbytes
+    return mapping, arrays
+
+
+def test_a_mapped_reply_is_checked_and_folded_without_being_kept_resident(tmp_path: Path) -> None:
+    size = 1 << 22  # 4 arrays of 16 MiB of float32: a 64 MiB reply
+    values = [np.full(size, float(k + 1), dtype=np.float32) for k in range(4)]
+    average = WeightedArrays({f"a{k}": values[k] for k in range(4)})
+    mapping, arrays = _mapped_reply(tmp_path / "reply", values)
+    before = _resident_file_kib()
+    assert average.add(arrays, 2.0) == ""
+    grown = _resident_file_kib() - before
+    assert grown < 8 << 10, f"{grown} KiB of the 64 MiB reply stayed resident"
+    result = average.result()
+    for k in range(4):
+        np.testing.assert_array_equal(result[f"a{k}"], values[k])
+    # Control: reading the same mapping whole keeps it resident (the measure sees it).
+    assert sum(float(array.sum()) for array in arrays.values()) == 10.0 * size
+    assert _resident_file_kib() - before > 48 << 10
+    del arrays
+    mapping.close()
+
+
+def test_a_private_mappings_own_writes_are_folded_and_never_let_go(tmp_path: Path) -> None:
+    """A copy-on-write mapping (``np.memmap`` mode "c", ``np.load(mmap_mode="c")``) holds
+    writes its file lacks: letting its pages go would fold the file's values instead."""
+    size = 1 << 20
+    path = tmp_path / "reply.f32"
+    np.full(size, 1.0, dtype=np.float32).tofile(path)
+    written = np.memmap(path, dtype=np.float32, mode="c")
+    written[:] = 7.0  # in this process only
+    read_only = written.view()
+    read_only.flags.writeable = False  # a read-only view of it: still its private pages
+    for reply in (written, read_only):
+        average = WeightedArrays({"w": np.zeros(size, dtype=np.float32)})
+        assert average.add({"w": reply}, 1.0) == ""
+        np.testing.assert_array_equal(average.result()["w"], np.full(size, 7.0, np.float32))
+        np.testing.assert_array_equal(reply, np.full(size, 7.0, np.float32))

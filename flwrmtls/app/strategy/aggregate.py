@@ -18,6 +18,11 @@ being read, whatever the number of nodes. Rules:
 * **No array-sized temporaries.** A reply is folded block by block (``BLOCK`` elements)
   through one small scratch buffer, reading the reply's bytes where they are (a view over
   the received object is never copied whole).
+* **A mapped reply stays out of memory.** A reply whose arrays are views of a mapped file
+  (what a ServerApp reads from its link's store) has each stretch of pages let go of once
+  it has been read, by the check and by the fold (``madvise(MADV_DONTNEED)``; they stay in
+  the page cache): the ServerApp's resident memory holds one array of the reply at a time
+  while checking it and a block while folding it, not the whole reply.
 * Scalar metrics are averaged with the same weights over the replies that have them (a plain
   mean when their weights add up to 0); the weight key itself is summed (an ``int`` when
   every reply's is one); list metrics are not aggregated.
@@ -26,6 +31,7 @@ being read, whatever the number of nodes. Rules:
 from __future__ import annotations
 
 import math
+import mmap
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -78,6 +84,42 @@ def _finite(array: NDArray) -> bool:
     )
 
 
+class _Pages:
+    """The pages of a read-only mapped file that an array is a view of, let go of once read.
+    Only a read-only mapping (``ACCESS_READ``: shared, never written through): letting a page
+    of it go loses nothing, it is read again from the file when touched again. A private
+    mapping's pages may hold writes the file lacks, so for it, and any array not mapped (or
+    whose mapping was closed meanwhile), nothing is done."""
+
+    def __init__(self, array: NDArray) -> None:
+        self._mapping: mmap.mmap | None = None
+        self._offset = 0
+        self._advice = 0
+        base: object = array
+        while isinstance(base, np.ndarray):
+            base = base.base
+        if isinstance(base, memoryview):
+            base = base.obj
+        advice = getattr(mmap, "MADV_DONTNEED", None)
+        if not isinstance(base, mmap.mmap) or advice is None or base.closed:
+            return
+        with memoryview(base) as whole:
+            if not whole.readonly:
+                return
+            start = int(np.frombuffer(whole, dtype=np.uint8).ctypes.data)
+        self._mapping, self._advice = base, advice
+        self._offset = int(array.ctypes.data) - start
+
+    def read(self, start: int, end: int) -> None:
+        """Bytes ``[start, end)`` of the array have been read: let their whole pages go."""
+        if self._mapping is None or self._mapping.closed:
+            return
+        first = -(-(self._offset + start) // mmap.PAGESIZE) * mmap.PAGESIZE  # rounded up
+        last = (self._offset + end) // mmap.PAGESIZE * mmap.PAGESIZE
+        if last > first:
+            self._mapping.madvise(self._advice, first, last - first)
+
+
 def _largest_magnitude(array: NDArray) -> float:
     """max |value| of a float array, without a temporary of its size."""
     if array.size == 0:
@@ -124,7 +166,10 @@ class WeightedArrays:
                 )
         for name in self._model:
             array = arrays[name]
-            if not _finite(array):
+            finite = _finite(array)
+            if array.flags.c_contiguous:  # read whole: its mapped pages go until the fold
+                _Pages(array).read(0, array.nbytes)
+            if not finite:
                 return f"the reply's array {name!r} holds NaN or infinite values"
             wide = array.dtype.itemsize >= 8 and array.dtype.kind in "fc"
             if wide and _largest_magnitude(array) * weight > _LARGEST_PRODUCT:
@@ -152,24 +197,31 @@ class WeightedArrays:
         if scratch is None:
             scratch = self._scratch[total.dtype] = np.empty(BLOCK, dtype=total.dtype)
         sums, values = total.reshape(-1), np.asarray(array).reshape(-1)
+        pages = _Pages(values) if values.flags.c_contiguous else None
         for start in range(0, sums.size, BLOCK):
             end = min(start + BLOCK, sums.size)
             product = scratch[: end - start]
             np.multiply(values[start:end], weight, out=product, dtype=total.dtype)
             np.add(sums[start:end], product, out=sums[start:end])
+            if pages is not None:
+                pages.read(start * values.itemsize, end * values.itemsize)
 
     def result(self) -> ArrayRecord:
         """The weighted average, in the model's dtypes (ValueError when nothing was added)."""
         if self._sums is None or self.total_weight <= 0:
             raise ValueError("no reply was added")
+        # The accumulator goes (one result per average), each array as soon as its average
+        # is made: the ServerApp never holds the whole accumulator and the whole new model.
+        sums, self._sums = self._sums, None
         averaged = ArrayRecord()
-        for name, total in self._sums.items():
+        for name in list(sums):
+            total = sums.pop(name)
             total /= self.total_weight
             reference = self._model[name]
             if reference.dtype.kind in "biu":
                 np.rint(total, out=total)
             averaged[name] = total.astype(reference.dtype)
-        self._sums = None  # the accumulator goes; one result per average
+            del total
         return averaged
 
 

@@ -71,9 +71,13 @@ class TimedGrid:
     def send_and_stream(
         self, messages: Iterable[Message], *, timeout: float | None = None
     ) -> Iterator[Message]:
-        """FedAvg folds each reply in as it comes: the exchange ends with the last one."""
+        """FedAvg folds each reply in as it comes: the exchange ends with the last one. Sent
+        here, not in the generator: a generator's frame would hold ``messages``, and with
+        them the model FedAvg lets go while it folds the replies in."""
         start = time.monotonic()
-        replies = self._grid.send_and_stream(messages, timeout=timeout)
+        return self._stamped(self._grid.send_and_stream(messages, timeout=timeout), start)
+
+    def _stamped(self, replies: Iterator[Message], start: float) -> Iterator[Message]:
         yield from replies
         self.exchanges.append([start, time.monotonic()])
 
