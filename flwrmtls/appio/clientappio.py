@@ -30,7 +30,7 @@ from typing import Any, Protocol
 import grpc
 import grpc.aio
 
-from flwrmtls.auth.interceptor import current_principal
+from flwrmtls.auth.caller import current_principal
 from flwrmtls.errors import FlwrmtlsError
 from flwrmtls.fleet.client import OverQuota
 from flwrmtls.keyvalues import Value, values_to_proto

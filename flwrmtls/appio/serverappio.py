@@ -38,7 +38,7 @@ import grpc
 import grpc.aio
 
 from flwrmtls.app.runresult import ResultError, check_result
-from flwrmtls.auth.interceptor import current_principal
+from flwrmtls.auth.caller import current_principal
 from flwrmtls.clock import Clock
 from flwrmtls.keyvalues import values_to_proto
 from flwrmtls.objects.scope import QuotaExceeded

@@ -6,9 +6,9 @@ context, asks the authenticator for the principal, checks the policy table, and 
 handler with the principal available through :func:`current_principal`. Unlisted methods get
 a handler that refuses at once.
 
-Refusals are logged once per (certificate, key or peer, reason) and interval, and at most
-``per_address`` times per peer address and interval, with the peer address, the reason and the
-certificate's SHA-256 fingerprint, never the certificate itself.
+Refusals are logged by :class:`~flwrmtls.auth.refusallog.RefusalLog` (once per certificate,
+key or peer, reason and interval; at most so many per peer address). The wrapper itself is
+:func:`flwrmtls.auth.callgate.wrap`.
 
 Before authenticating, a call from a peer address over its failed-authentication budget is
 refused (:mod:`flwrmtls.auth.ratelimit`); after, the calls in progress per peer address are
@@ -32,27 +32,16 @@ With a ``live`` registry (:mod:`flwrmtls.auth.livecalls`), every authorized call
 while it runs, so the link can end an open call whose credentials stop being admitted (a
 revocation, an expiry, an unregister, a CA bundle that dropped its CA): the caller gets the
 refusal exactly as a refused unary call does (UNAUTHENTICATED, the reason in the details and
-the ``flwrmtls-refusal`` trailer). The handler's task is cancelled while it waits inside the
-handler; while grpc is sending a streamed response the refusal is answered as soon as the
-send completes (a caller that stops reading a stream holds that send until it reads again).
-
-A signed client-streaming call (an EC-key node's object upload) declares its object in
-``flwrmtls-object`` metadata and signs that declaration; every chunk of the stream must name
-that object and size, or the call is refused (``bad-signature``) before the chunk is used.
+the ``flwrmtls-refusal`` trailer); :mod:`flwrmtls.auth.callgate` says how, for each shape of
+call, and how a signed upload's chunks are held to the object its signature covers.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import contextvars
 import functools
-import hashlib
 import logging
-from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
-from types import TracebackType
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, Protocol
 
 import grpc
@@ -64,7 +53,6 @@ from flwrmtls.auth.audit import (
     AuditRecord,
     AuditSink,
     Retention,
-    call_changed,
     noted,
     records_every_call,
     records_every_refusal,
@@ -81,31 +69,19 @@ from flwrmtls.auth.authenticator import (
     RefusalReason,
     TryLater,
 )
-from flwrmtls.auth.callsigning import (
-    OBJECT_METADATA_KEY,
-    declared_object_digest,
-    key_signature_from_metadata,
-    parse_object_declaration,
-)
+from flwrmtls.auth.callgate import Gate, Release, Watching, wrap
+from flwrmtls.auth.callsigning import key_signature_from_metadata
 from flwrmtls.auth.identity import ROLE_OID
-from flwrmtls.auth.livecalls import LiveCall, LiveCalls
+from flwrmtls.auth.livecalls import LiveCalls
 from flwrmtls.auth.policy import is_permitted, refusal_hint, required_kinds, wrong_door
 from flwrmtls.auth.ratelimit import FailureLimiter, peer_host
+from flwrmtls.auth.refusallog import RefusalLog
 from flwrmtls.auth.tokens import TOKEN_METADATA_KEY
 from flwrmtls.clock import Clock
 from flwrmtls.wire.metadata import REFUSAL_KEY
 from flwrmtls.wire.refusals import Refusal, refuse
 
-__all__ = [
-    "REFUSAL_METADATA_KEY",
-    "AuthInterceptor",
-    "AuthMetrics",
-    "RefusalLog",
-    "Reported",
-    "acting_as",
-    "caller_name",
-    "current_principal",
-]
+__all__ = ["REFUSAL_METADATA_KEY", "AuthInterceptor", "AuthMetrics"]
 
 log = logging.getLogger("flwrmtls.link.auth")
 
@@ -113,124 +89,6 @@ REFUSAL_METADATA_KEY = REFUSAL_KEY
 """Trailing metadata naming the :class:`RefusalReason` of a refused call."""
 
 _Context = Any  # grpc.aio.ServicerContext; grpc's stubs type only the sync one
-
-_principal: contextvars.ContextVar[Principal] = contextvars.ContextVar("flwrmtls_principal")
-
-
-def _reset(token: contextvars.Token[Principal]) -> None:
-    """Undo the principal; a streaming handler closed from another context cannot, and need
-    not: each call runs in its own task, whose context ends with it."""
-    with contextlib.suppress(ValueError):
-        _principal.reset(token)
-
-
-def current_principal() -> Principal:
-    """The authenticated caller of the call being handled (set by the interceptor)."""
-    return _principal.get()
-
-
-@contextlib.contextmanager
-def acting_as(principal: Principal) -> Iterator[None]:
-    """Handle calls as ``principal`` without the interceptor: a servicer called in-process
-    (its unit tests). Nothing on the network reaches a servicer this way."""
-    token = _principal.set(principal)
-    try:
-        yield
-    finally:
-        _reset(token)
-
-
-def caller_name() -> str:
-    """Who makes the call being handled, for a log line: its identity (or its kind); "" while
-    it is not known yet (failed while authenticating)."""
-    try:
-        principal = current_principal()
-    except LookupError:
-        return ""
-    return principal.identity or principal.kind.value
-
-
-@dataclass(frozen=True, slots=True)
-class Reported:
-    """A refusal the log reported (logged, and worth an audit entry)."""
-
-    repeats: int
-    """Like refusals (same certificate or key, or peer, and reason) counted since the last."""
-    held_back: int
-    """Other refusals from the same address left out since its last report, because it
-    reached its budget of distinct reports (a fresh key per call, a new certificate...)."""
-
-
-class RefusalLog:
-    """Log each refusal once per (who, reason) and interval, then count repeats silently.
-
-    "Who" is the certificate's or key's fingerprint, or the peer's address without one; and
-    each peer address gets at most ``per_address`` reports per interval whatever it presents,
-    so a caller with a fresh key per call costs a counter, not a log line or audit entry each.
-    Both tables are bounded (least recently used forgotten first).
-    """
-
-    def __init__(
-        self,
-        clock: Clock,
-        interval: float = 600.0,
-        *,
-        per_address: int = 10,
-        max_entries: int = 100_000,
-    ) -> None:
-        self._clock = clock
-        self._interval = interval
-        self._per_address = per_address
-        self._max_entries = max_entries
-        self._last: OrderedDict[tuple[str, str], tuple[float, int]] = OrderedDict()
-        """(who, reason) -> (when last reported, like refusals counted since)."""
-        self._addresses: OrderedDict[str, tuple[float, int, int]] = OrderedDict()
-        """Peer host -> (start of its interval, reports in it, refusals held back since its
-        last report)."""
-
-    def record(self, peer: str, method: str, error: AuthenticationFailed) -> Reported | None:
-        """Log the refusal unless a like one was logged within the interval, or its address
-        has used its reports for the interval. None when it was only counted."""
-        host = peer_host(peer)
-        key = (error.fingerprint or host, error.reason.value)
-        now = self._clock.monotonic()
-        last = self._last.get(key)
-        if last is not None and now - last[0] < self._interval:
-            self._last[key] = (last[0], last[1] + 1)
-            return None
-        start, reports, held_back = self._addresses.get(host, (now, 0, 0))
-        if now - start >= self._interval:
-            start, reports = now, 0
-        if reports >= self._per_address:
-            self._remember(self._addresses, host, (start, reports, held_back + 1))
-            return None
-        self._remember(self._addresses, host, (start, reports + 1, 0))
-        repeats = last[1] if last else 0
-        notes = f" ({repeats} more since last report)" if repeats else ""
-        if held_back:
-            notes += f" ({held_back} other refusals from this address held back)"
-        fingerprint = ""
-        if error.fingerprint.startswith("SHA256:"):
-            fingerprint = f" key {error.fingerprint}"
-        elif error.fingerprint:
-            fingerprint = f" certificate sha256:{error.fingerprint}"
-        log.warning(
-            "refused %s calling %s: %s: %s%s%s",
-            peer,
-            method,
-            error.reason.value,
-            error.message,
-            fingerprint,
-            notes,
-        )
-        self._remember(self._last, key, (now, 0))
-        return Reported(repeats, held_back)
-
-    def _remember(self, table: OrderedDict[Any, Any], key: Any, value: Any) -> None:
-        table[key] = value
-        table.move_to_end(key)
-        if len(table) > self._max_entries:
-            table.popitem(last=False)
 
 
 def _first(auth_context: Mapping[str, Iterable[bytes]], key: str) -> bytes | None:
@@ -382,9 +240,9 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         on_end = None
         if self._audit is not None and records_every_call(method):
             on_end = functools.partial(self._record_call, method)
-        return _wrap(
+        return wrap(
             handler,
-            _Gate(
+            Gate(
                 authorize=lambda context, digest: self._authorize(method, context, digest),
                 watch=self._watch,
                 refuse=self._end_refused,
@@ -502,9 +360,9 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         self._refused(call, refusal, principal)
         await _answer(context, refusal)
 
-    def _watch(self, call: CallCredentials, principal: Principal) -> _Watching:
+    def _watch(self, call: CallCredentials, principal: Principal) -> Watching:
         """Keep the call in the registry while its handler runs."""
-        return _Watching(self._open_calls, call, principal, self._authenticator)
+        return Watching(self._open_calls, call, principal, self._authenticator)
 
     def _wrong_door_handler(self, method: str) -> Any:
         """The handler of another API's method: it says which door this is (no credentials
@@ -609,294 +467,3 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
             log.error(
                 "audit trail: cannot record %s by %s: %s", record.method, record.identity, error
             )
-
-
-Release = Callable[[], None] | None
-"""Called once when an authorized call ends (frees its place in the calls per address)."""
-Admitted = tuple[Principal, Release, CallCredentials]
-"""An authorized call: who, how to free its place in the calls per address, what it presented."""
-Authorize = Callable[[_Context, bytes], Awaitable[Admitted]]
-OnEnd = Callable[[Principal, _Context, str, BaseException | None], None]
-"""``on_end(principal, context, peer, error)``. When a streaming handler's generator is closed
-after its caller went away (``GeneratorExit``, ``CancelledError``) the call is already
-finished: ``context`` must then not be touched (grpc.aio segfaults on ``context.peer()`` of a
-finished call), which is why the peer is taken when the call starts."""
-Refuse = Callable[[_Context, CallCredentials, Principal, AuthenticationFailed], Awaitable[None]]
-Watch = Callable[[CallCredentials, Principal], "_Watching"]
-
-
-class _Ending:
-    """How the registry ends one open call: remember the refusal, and cancel the handler's
-    task if it is waiting inside the handler. While grpc is sending a streamed response
-    (``in_handler`` False) cancelling would leave the call without a status, so the wrapper
-    answers the refusal when the send completes instead."""
-
-    __slots__ = ("_task", "in_handler", "refusal")
-
-    def __init__(self, task: asyncio.Task[Any] | None) -> None:
-        self.refusal: AuthenticationFailed | None = None
-        self.in_handler = True
-        self._task = task
-
-    def end(self, refusal: AuthenticationFailed) -> None:
-        if self.refusal is not None:
-            return
-        self.refusal = refusal
-        if self.in_handler and self._task is not None:
-            self._task.cancel()
-
-
-class _Watching:
-    """While a handler runs, its call is in the registry (if the listener keeps one); the
-    ``_Ending`` (None without a registry) says whether the registry ended it."""
-
-    __slots__ = ("_ending", "_entry", "_live")
-
-    def __init__(
-        self,
-        live: LiveCalls | None,
-        call: CallCredentials,
-        principal: Principal,
-        authenticator: Callable[[], Authenticator],
-    ) -> None:
-        self._live = live
-        self._ending: _Ending | None = None
-        self._entry: LiveCall | None = None
-        if live is not None:
-            self._ending = _Ending(asyncio.current_task())
-            self._entry = LiveCall(call, principal, authenticator, self._ending.end)
-
-    def __enter__(self) -> _Ending | None:
-        if self._live is not None and self._entry is not None:
-            self._live.add(self._entry)
-        return self._ending
-
-    def __exit__(self, *exc_info: object) -> None:
-        if self._live is not None and self._entry is not None:
-            self._live.discard(self._entry)
-
-
-def _refusal(ending: _Ending | None) -> AuthenticationFailed | None:
-    return None if ending is None else ending.refusal
-
-
-@dataclass(frozen=True, slots=True)
-class _Gate:
-    """What the wrapped handlers ask of the interceptor."""
-
-    authorize: Authorize
-    watch: Watch
-    refuse: Refuse
-    on_end: OnEnd | None
-
-
-class _Handling:
-    """While a handler runs its principal is current; when it ends, ``on_end`` hears how."""
-
-    __slots__ = ("_changed", "_context", "_on_end", "_peer", "_principal", "_release", "_token")
-
-    def __init__(
-        self, principal: Principal, release: Release, context: _Context, on_end: OnEnd | None
-    ) -> None:
-        self._principal = principal
-        self._release = release
-        self._context = context
-        self._on_end = on_end
-        self._peer = context.peer() if on_end is not None else ""
-
-    def __enter__(self) -> None:
-        self._token = _principal.set(self._principal)
-        self._changed = call_changed()
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        _reset(self._token)
-        if self._release is not None:
-            self._release()
-        if self._on_end is not None:
-            self._on_end(self._principal, self._context, self._peer, error)
-        with contextlib.suppress(ValueError):
-            self._changed.var.reset(self._changed)
-
-
-def _digesting(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any]:
-    """A request deserializer that also returns the SHA-256 of the bytes received."""
-
-    def deserialize(raw: bytes) -> tuple[Any, bytes]:
-        message = deserializer(raw) if deserializer is not None else raw
-        return message, hashlib.sha256(raw).digest()
-
-    return deserialize
-
-
-def _declared_object(context: _Context) -> tuple[bytes, tuple[str, int] | None]:
-    """The digest a signed upload signs (of its ``flwrmtls-object`` declaration) and the
-    declared (object id, size); (b"", None) without one, which the authenticator refuses."""
-    found = [
-        value for key, value in context.invocation_metadata() or () if key == OBJECT_METADATA_KEY
-    ]
-    if len(found) != 1 or not isinstance(found[0], str):
-        return b"", None
-    try:
-        return declared_object_digest(found[0]), parse_object_declaration(found[0])
-    except ValueError:
-        return b"", None
-
-
-async def _held_to(
-    declared: tuple[str, int],
-    requests: AsyncIterator[Any],
-    refuse: Callable[[AuthenticationFailed], Awaitable[None]],
-) -> AsyncIterator[Any]:
-    """The chunks of a signed upload, each checked against the object the signature covers."""
-    object_id, size = declared
-    async for chunk in requests:
-        if chunk.object_id != object_id or chunk.total_size != size:
-            await refuse(
-                AuthenticationFailed(
-                    RefusalReason.BAD_SIGNATURE,
-                    f"the upload's chunks name object {chunk.object_id[:16]}... of "
-                    f"{chunk.total_size} bytes, but its signature covers "
-                    f"{object_id[:16]}... of {size} bytes",
-                )
-            )
-        yield chunk
-
-
-async def _answered(
-    responses: AsyncIterator[Any], ending: _Ending | None
-) -> AsyncIterator[Any | AuthenticationFailed]:
-    """A handler's streamed responses, then the refusal if the registry ended the call."""
-    async with contextlib.aclosing(responses) as opened:  # type: ignore[type-var]
-        while True:
-            try:
-                response = await anext(opened)
-            except StopAsyncIteration:
-                return
-            except asyncio.CancelledError:
-                refusal = _refusal(ending)
-                if refusal is None:
-                    raise
-                yield refusal
-                return
-            if (refusal := _refusal(ending)) is not None:
-                yield refusal
-                return
-            if ending is not None:
-                ending.in_handler = False
-            yield response
-            if ending is not None:
-                ending.in_handler = True
-            if (refusal := _refusal(ending)) is not None:
-                yield refusal
-                return
-
-
-def _wrap(handler: Any, gate: _Gate, *, digest_bodies: bool) -> Any:
-    """The same handler, authorizing first. (grpc's stubs type only sync handlers.)
-
-    With ``digest_bodies``, unary requests are deserialized together with the digest of their
-    bytes, and client-streaming requests are authorized with the digest of their declared
-    object and held to it. ``gate.on_end`` hears how each authorized call ended (not
-    refusals: the interceptor records those itself).
-    """
-    request_deserializer = handler.request_deserializer
-    if digest_bodies and (handler.unary_unary or handler.unary_stream):
-        request_deserializer = _digesting(handler.request_deserializer)
-
-    def split(request: Any) -> tuple[Any, bytes]:
-        if digest_bodies:
-            message, digest = request
-            return message, digest
-        return request, b""
-
-    async def streamed(
-        responses: AsyncIterator[Any], admitted: Admitted, context: Any
-    ) -> AsyncIterator[Any]:
-        principal, release, call = admitted
-        with (
-            _Handling(principal, release, context, gate.on_end),
-            gate.watch(call, principal) as ending,
-        ):
-            async for item in _answered(responses, ending):
-                if isinstance(item, AuthenticationFailed):
-                    await gate.refuse(context, call, principal, item)
-                    return
-                yield item
-
-    async def unary(run: Callable[[], Awaitable[Any]], admitted: Admitted, context: Any) -> Any:
-        principal, release, call = admitted
-        with (
-            _Handling(principal, release, context, gate.on_end),
-            gate.watch(call, principal) as ending,
-        ):
-            try:
-                return await run()
-            except asyncio.CancelledError:
-                refusal = _refusal(ending)
-                if refusal is None:
-                    raise
-            await gate.refuse(context, call, principal, refusal)
-
-    if handler.unary_unary:
-        inner_uu = handler.unary_unary
-
-        async def unary_unary(request: Any, context: _Context) -> Any:
-            message, digest = split(request)
-            admitted = await gate.authorize(context, digest)
-            return await unary(lambda: inner_uu(message, context), admitted, context)
-
-        return grpc.unary_unary_rpc_method_handler(
-            unary_unary, request_deserializer, handler.response_serializer
-        )
-    if handler.unary_stream:
-        inner_us = handler.unary_stream
-
-        async def unary_stream(request: Any, context: _Context) -> AsyncIterator[Any]:
-            message, digest = split(request)
-            admitted = await gate.authorize(context, digest)
-            async for response in streamed(inner_us(message, context), admitted, context):
-                yield response
-
-        return grpc.unary_stream_rpc_method_handler(
-            unary_stream, request_deserializer, handler.response_serializer
-        )
-
-    async def declared_requests(requests: Any, context: _Context) -> tuple[Any, Admitted]:
-        if not digest_bodies:
-            return requests, await gate.authorize(context, b"")
-        digest, declared = _declared_object(context)
-        admitted = await gate.authorize(context, digest)
-        principal, _, call = admitted
-        if declared is not None and call.key_signature is not None:
-            requests = _held_to(
-                declared,
-                requests,
-                lambda refusal: gate.refuse(context, call, principal, refusal),
-            )
-        return requests, admitted
-
-    if handler.stream_unary:
-        inner_su = handler.stream_unary
-
-        async def stream_unary(requests: Any, context: _Context) -> Any:
-            held, admitted = await declared_requests(requests, context)
-            return await unary(lambda: inner_su(held, context), admitted, context)
-
-        return grpc.stream_unary_rpc_method_handler(
-            stream_unary, handler.request_deserializer, handler.response_serializer
-        )
-    inner_ss = handler.stream_stream
-
-    async def stream_stream(requests: Any, context: _Context) -> AsyncIterator[Any]:
-        held, admitted = await declared_requests(requests, context)
-        async for response in streamed(inner_ss(held, context), admitted, context):
-            yield response
-
-    return grpc.stream_stream_rpc_method_handler(
-        stream_stream, handler.request_deserializer, handler.response_serializer
-    )

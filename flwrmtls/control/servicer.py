@@ -33,9 +33,9 @@ import grpc.aio
 
 from flwrmtls.auth.audit import unchanged
 from flwrmtls.auth.authenticator import Principal
+from flwrmtls.auth.caller import current_principal
 from flwrmtls.auth.crlcoverage import CoverageRow
 from flwrmtls.auth.identity import IdentitySource, PrincipalKind, node_id_for_identity
-from flwrmtls.auth.interceptor import current_principal
 from flwrmtls.auth.keyformats import key_fingerprint, node_id_for_key, parse_node_public_key
 from flwrmtls.clock import Clock
 from flwrmtls.control.enrolltokens import (

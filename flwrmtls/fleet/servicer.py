@@ -50,7 +50,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
 from flwrmtls.auth.audit import note
-from flwrmtls.auth.interceptor import current_principal
+from flwrmtls.auth.caller import current_principal
 from flwrmtls.clock import Clock
 from flwrmtls.enroll.renewal import RenewalRefused, Renewals
 from flwrmtls.expiry import ExpiryWarning

@@ -54,6 +54,7 @@ from cryptography import x509
 from flwrmtls.appio.serverappio import ServerAppIoServicer
 from flwrmtls.auth.authenticator import Authenticator, OpenAuthenticator, RefusalReason
 from flwrmtls.auth.authority import Authorities, PinnedToAuthority
+from flwrmtls.auth.caller import caller_name
 from flwrmtls.auth.callsigning import audience_of, audience_text
 from flwrmtls.auth.compose import DenyUnregistered
 from flwrmtls.auth.crlcoverage import CoverageRow
@@ -66,13 +67,14 @@ from flwrmtls.auth.eckey import (
     ReplayLimits,
 )
 from flwrmtls.auth.identity import IdentitySource, RoleSource
-from flwrmtls.auth.interceptor import AuthInterceptor, RefusalLog, caller_name
+from flwrmtls.auth.interceptor import AuthInterceptor
 from flwrmtls.auth.livecalls import LiveCalls
 from flwrmtls.auth.mtls import MtlsAuthenticator
 from flwrmtls.auth.nodeauth import NodeAuth, build_node_authenticator, requires_client_certificate
 from flwrmtls.auth.ocsprefresh import OcspRefresher
 from flwrmtls.auth.ocspstore import OcspPolicy, OcspStore
 from flwrmtls.auth.ratelimit import FailureBudget, FailureLimiter
+from flwrmtls.auth.refusallog import RefusalLog
 from flwrmtls.auth.revocation import RevocationStore, coverage_report
 from flwrmtls.auth.tokens import TokenAuthenticator
 from flwrmtls.clock import Clock, SystemClock

@@ -17,7 +17,8 @@ import grpc
 import grpc.aio
 
 from flwrmtls.appio.clientappio import ClientAppIoServicer
-from flwrmtls.auth.interceptor import AuthInterceptor, RefusalLog
+from flwrmtls.auth.interceptor import AuthInterceptor
+from flwrmtls.auth.refusallog import RefusalLog
 from flwrmtls.auth.tokens import TokenAuthenticator
 from flwrmtls.clock import Clock, SystemClock
 from flwrmtls.node.clientapps import ClientApps

@@ -22,8 +22,8 @@ import pytest
 from flwrmtls.app.message import ErrorCode
 from flwrmtls.appio.serverappio import ServerAppIoServicer
 from flwrmtls.auth.authenticator import AuthMethod, Principal
+from flwrmtls.auth.caller import acting_as
 from flwrmtls.auth.identity import PrincipalKind
-from flwrmtls.auth.interceptor import acting_as
 from flwrmtls.objects.store import ObjectStore
 from flwrmtls.proto import appio_pb2, common_pb2
 from flwrmtls.runs.linkobjects import LinkObjects, StorageLimits

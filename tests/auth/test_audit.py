@@ -23,8 +23,10 @@ import grpc.aio
 import pytest
 
 from flwrmtls.auth.audit import AuditRecord, AuditSink, Retention
-from flwrmtls.auth.interceptor import AuthInterceptor, RefusalLog, current_principal
+from flwrmtls.auth.caller import current_principal
+from flwrmtls.auth.interceptor import AuthInterceptor
 from flwrmtls.auth.mtls import MtlsAuthenticator
+from flwrmtls.auth.refusallog import RefusalLog
 from flwrmtls.proto import control_pb2, control_pb2_grpc, fleet_pb2, fleet_pb2_grpc
 from flwrmtls.state.audittable import DEFAULT_LIMITS
 from flwrmtls.state.linkstate import LinkState

@@ -10,7 +10,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from flwrmtls.auth.authenticator import AuthenticationFailed, RefusalReason
-from flwrmtls.auth.interceptor import RefusalLog
+from flwrmtls.auth.refusallog import RefusalLog
 from flwrmtls.auth.revocation import IssuedBy, RevocationStore
 from flwrmtls.errors import InputError
 from flwrmtls.pki import CertificateAuthority
