@@ -32,9 +32,10 @@ from flwrmtls.errors import FlwrmtlsError, InputError
 from flwrmtls.filemodes import open_directory_warning, private_directory, restrict_umask
 from flwrmtls.heap import limit_malloc_arenas
 from flwrmtls.home import flwrmtls_home
+from flwrmtls.link.config import LinkConfig
 from flwrmtls.link.flags import parser
 from flwrmtls.link.reload import TlsFiles
-from flwrmtls.link.server import Link, LinkConfig
+from flwrmtls.link.server import Link
 from flwrmtls.runs.linkobjects import (
     StorageLimits,
 )

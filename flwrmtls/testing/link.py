@@ -22,7 +22,8 @@ from flwrmtls.auth.nodeauth import NodeAuth
 from flwrmtls.clock import Clock
 from flwrmtls.errors import InputError
 from flwrmtls.fleet.client import FleetClient
-from flwrmtls.link.server import Link, LinkConfig
+from flwrmtls.link.config import LinkConfig
+from flwrmtls.link.server import Link
 from flwrmtls.node.audience import LinkAudience
 from flwrmtls.node.signer import SigningInterceptor
 from flwrmtls.wire.clienttls import NODE_NAMES, load_client_tls

@@ -30,8 +30,9 @@ from flwrmtls.control.client import ControlClient
 from flwrmtls.errors import FlwrmtlsError, HandshakeClosed, InputError, Refused
 from flwrmtls.fleet.client import FleetClient
 from flwrmtls.link import main as link_main
+from flwrmtls.link.config import LinkConfig
 from flwrmtls.link.reload import TlsFiles
-from flwrmtls.link.server import Link, LinkConfig
+from flwrmtls.link.server import Link
 from flwrmtls.pki import CertificateAuthority
 from flwrmtls.pki.certsigning import pem_bundle
 from flwrmtls.testing.link import node_client, running_link

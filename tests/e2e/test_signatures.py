@@ -34,8 +34,8 @@ from flwrmtls.auth.callsigning import (
 )
 from flwrmtls.auth.nodeauth import NodeAuth
 from flwrmtls.errors import InputError, LinkUnreachable, Refused
+from flwrmtls.link.config import LinkConfig
 from flwrmtls.link.reload import TlsFiles
-from flwrmtls.link.server import LinkConfig
 from flwrmtls.node.audience import LinkAudience
 from flwrmtls.node.signer import SigningInterceptor
 from flwrmtls.objects.store import CHUNK_SIZE, ObjectStore, object_id_of

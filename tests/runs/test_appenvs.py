@@ -263,7 +263,7 @@ def test_each_link_builds_environments_on_its_own_host(
 ) -> None:
     """Beside a SQLite database; with a PostgreSQL database (several links), in the link's
     own home, never in the objects directory every replica mounts."""
-    from flwrmtls.link.server import LinkConfig
+    from flwrmtls.link.config import LinkConfig
 
     monkeypatch.setenv("FLWRMTLS_HOME", str(tmp_path / "home"))
     sqlite = LinkConfig(database=tmp_path / "link.db", insecure=True)

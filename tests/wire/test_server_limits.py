@@ -16,7 +16,8 @@ import pytest
 
 from flwrmtls.auth.tokens import TOKEN_METADATA_KEY, new_token, token_hash
 from flwrmtls.fleet.client import Session
-from flwrmtls.link.server import Link, LinkConfig
+from flwrmtls.link.config import LinkConfig
+from flwrmtls.link.server import Link
 from flwrmtls.proto import appio_pb2, appio_pb2_grpc, common_pb2, fleet_pb2, fleet_pb2_grpc
 from flwrmtls.state.runlifecycle import RunStatus
 from flwrmtls.testing.link import mtls_config, node_client, running_link
