@@ -35,21 +35,8 @@ Rules kept here:
   link's clock and the signature's the node's, so a call signed at most ``future_skew`` before
   the registration by a node whose clock runs ahead could still pass once; such a call is one
   the node itself made moments earlier, carried inside TLS.
-* The replay memory is per key and bounded without ever letting a replay through. Each key
-  keeps its nonces until their timestamp leaves the window (a call that old is refused as
-  stale anyway). A key over ``ReplayLimits.per_key`` forgets its own oldest nonces early and
-  then refuses its own timestamps at or before the newest it forgot: only that key's window
-  narrows. At most ``ReplayLimits.keys`` keys and ``ReplayLimits.total`` nonces are held; when
-  full, a key already held makes room from its own nonces, and a key not held yet is told to
-  retry (:class:`~flwrmtls.auth.authenticator.TryLater`) until nonces expire. Nobody's flood
-  can make the link refuse another key's fresh calls as stale.
-* Several link processes on one database: a nonce this process accepts is also claimed in the
-  database (``shared_nonces``, one row per key and nonce until its window closes), and a
-  claim another process made first refuses the call as ``replayed``: a signed call replayed
-  to another link of the federation is refused as it is to the same one.
-* Nonces forgotten because they left the window set a floor for every key (a link clock that
-  steps back does not reopen them); that floor is always at least ``window`` behind the
-  clock that set it, so no caller can push it into the window.
+* The nonces seen are kept per key, bounded, shared with the other links of a federation on
+  one database, and never let a replay through: :mod:`flwrmtls.auth.replay` says how.
 * A signature names its audience, the link it was made for: what a node signed for another
   link (one it also talks to, or trusts by mistake) is refused here as ``wrong-audience``,
   before the signature is verified or the nonce recorded.
@@ -66,7 +53,6 @@ import base64
 import binascii
 import enum
 import hashlib
-import heapq
 import re
 from collections import OrderedDict
 from collections.abc import Callable
@@ -83,7 +69,6 @@ from flwrmtls.auth.authenticator import (
     KeySignature,
     Principal,
     RefusalReason,
-    TryLater,
 )
 from flwrmtls.auth.callsigning import (
     SIGNATURE_METADATA_KEYS,
@@ -101,6 +86,7 @@ from flwrmtls.auth.keyformats import (
     parse_node_public_key,
     public_key_der,
 )
+from flwrmtls.auth.replay import ReplayLimits, ReplayMemory, SharedNonces
 
 __all__ = [
     "Audiences",
@@ -108,7 +94,6 @@ __all__ = [
     "KeyRegistry",
     "KeyStatus",
     "Registration",
-    "ReplayLimits",
 ]
 
 
@@ -133,55 +118,6 @@ class Registration:
 
 KeyRegistry = Callable[[bytes], Registration]
 """Looks a key up by its SubjectPublicKeyInfo (DER)."""
-
-
-@dataclass(frozen=True, slots=True)
-class ReplayLimits:
-    """Bounds of the replay memory (see the module's rules)."""
-
-    per_key: int = 10_000
-    """Nonces one key keeps inside the window; beyond, its own oldest are forgotten early."""
-    keys: int = 10_000
-    """Keys with nonces held at once."""
-    total: int = 1_000_000
-    """Nonces held at once, all keys together (about 150 MB at most)."""
-
-    def __post_init__(self) -> None:
-        if min(self.per_key, self.keys, self.total) < 1:
-            raise ValueError("replay memory limits must be at least 1")
-
-
-class _KeyNonces:
-    """One key's replay memory."""
-
-    __slots__ = ("expiry", "floor_ms", "seen")
-
-    def __init__(self) -> None:
-        self.seen: dict[bytes, int] = {}
-        """Nonce -> timestamp (ms) of the call that used it."""
-        self.expiry: list[tuple[int, bytes]] = []
-        """Heap of (timestamp ms, nonce): the oldest first."""
-        self.floor_ms = -1
-        """This key's nonces at or before this timestamp may have been forgotten early."""
-
-    def expire(self, oldest_kept_ms: int) -> int:
-        """Forget nonces older than ``oldest_kept_ms``; returns the newest forgotten (or -1)."""
-        newest = -1
-        while self.expiry and self.expiry[0][0] < oldest_kept_ms:
-            sent_ms, nonce = heapq.heappop(self.expiry)
-            del self.seen[nonce]
-            newest = sent_ms
-        return newest
-
-    def forget_oldest(self) -> None:
-        """Make room early: this key's window narrows past the forgotten timestamp."""
-        sent_ms, nonce = heapq.heappop(self.expiry)
-        del self.seen[nonce]
-        self.floor_ms = max(self.floor_ms, sent_ms)
-
-    def add(self, nonce: bytes, sent_ms: int) -> None:
-        self.seen[nonce] = sent_ms
-        heapq.heappush(self.expiry, (sent_ms, nonce))
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,8 +192,8 @@ class EcKeyAuthenticator:
         window: timedelta = timedelta(seconds=60),
         future_skew: timedelta = timedelta(seconds=5),
         key_cache_size: int = 10_000,
-        replay: ReplayLimits = ReplayLimits(),
-        shared_nonces: Callable[[bytes, bytes, float], bool] | None = None,
+        replay: ReplayLimits | None = None,
+        shared_nonces: SharedNonces | None = None,
     ) -> None:
         """``window``: how far behind the link's clock a signed timestamp may be;
         ``future_skew``: how far ahead of it (a node's clock running fast); ``shared_nonces``
@@ -275,16 +211,7 @@ class EcKeyAuthenticator:
         self._future_ms = future_skew // timedelta(milliseconds=1)
         self._keys: OrderedDict[str, _NodeKey] = OrderedDict()
         self._key_cache_size = key_cache_size
-        self._replay = replay
-        self._shared_nonces = shared_nonces
-        self._memory: dict[bytes, _KeyNonces] = {}
-        """key_id -> that key's nonces."""
-        self._nonces = 0
-        """Nonces held, all keys together."""
-        self._expired_through_ms = -1
-        """Nonces at or before this left the window and were forgotten (for every key)."""
-        self._swept_at_ms = -1
-        """When keys without live nonces were last dropped (at most once a second when full)."""
+        self._replay = ReplayMemory(self._window_ms, replay or ReplayLimits(), shared_nonces)
 
     @property
     def window(self) -> timedelta:
@@ -298,12 +225,12 @@ class EcKeyAuthenticator:
     @property
     def remembered_nonces(self) -> int:
         """How many (key, nonce) pairs are held now (for tests and metrics)."""
-        return self._nonces
+        return self._replay.nonces
 
     @property
     def remembered_keys(self) -> int:
         """How many keys have nonces held now (for tests and metrics)."""
-        return len(self._memory)
+        return self._replay.keys
 
     def authenticate(self, call: CallCredentials, now: datetime) -> Principal:
         signature = call.key_signature
@@ -416,9 +343,7 @@ class EcKeyAuthenticator:
                 "malformed signature timestamp (expected milliseconds since the epoch)",
             )
         sent_ms = int(signature.timestamp)
-        memory = self._memory.get(node_key.key_id)
-        if memory is not None:
-            self._expire(memory, now_ms)
+        self._replay.expire(node_key.key_id, now_ms)
         self._check_timestamp(sent_ms, now_ms)
         if not is_valid_nonce(signature.nonce):
             raise AuthenticationFailed(
@@ -433,7 +358,7 @@ class EcKeyAuthenticator:
             )
         self._verify(method, signature, node_key, sent_ms, audience)
         self._check_registered(node_key, sent_ms)
-        self._remember(node_key, bytes.fromhex(signature.nonce), sent_ms, now_ms)
+        self._replay.remember(node_key.key_id, bytes.fromhex(signature.nonce), sent_ms, now_ms)
 
     def _check_timestamp(self, sent_ms: int, now_ms: int) -> None:
         behind = now_ms - sent_ms
@@ -453,8 +378,7 @@ class EcKeyAuthenticator:
                 f"signature timestamp too far ahead: {_seconds(-behind)} ahead of the link's "
                 "clock; " + accepts,
             )
-        if sent_ms <= self._expired_through_ms:
-            raise _forgotten()
+        self._replay.refuse_forgotten(sent_ms)
 
     def _check_audience(self, text: str, now: datetime) -> bytes:
         try:
@@ -493,61 +417,6 @@ class EcKeyAuthenticator:
         except (InvalidSignature, ValueError, UnicodeEncodeError, binascii.Error):
             raise bad from None
 
-    def _remember(self, node_key: _NodeKey, nonce: bytes, sent_ms: int, now_ms: int) -> None:
-        """Refuse a replay, else record the nonce in the key's memory (making room if full)."""
-        memory = self._memory.get(node_key.key_id)
-        if memory is not None:
-            if sent_ms <= memory.floor_ms:
-                raise _forgotten()
-            if nonce in memory.seen:
-                raise AuthenticationFailed(
-                    RefusalReason.REPLAYED,
-                    "replayed call: this nonce was already used with this key; "
-                    "a node signs every call with a fresh nonce",
-                )
-            if len(memory.seen) >= self._replay.per_key or self._nonces >= self._replay.total:
-                if not memory.seen:
-                    raise _memory_full()
-                memory.forget_oldest()
-                self._nonces -= 1
-        else:
-            memory = self._new_memory(node_key.key_id, now_ms)
-        until = (sent_ms + self._window_ms) / 1000
-        if self._shared_nonces is not None and not self._shared_nonces(
-            node_key.key_id, nonce, until
-        ):
-            raise AuthenticationFailed(
-                RefusalReason.REPLAYED,
-                "replayed call: this nonce was already used with this key (on another link "
-                "of this federation); a node signs every call with a fresh nonce",
-            )
-        memory.add(nonce, sent_ms)
-        self._nonces += 1
-
-    def _expire(self, memory: _KeyNonces, now_ms: int) -> None:
-        """Forget a key's nonces that left the window: such a call is refused as stale."""
-        held = len(memory.seen)
-        newest = memory.expire(now_ms - self._window_ms)
-        self._nonces -= held - len(memory.seen)
-        self._expired_through_ms = max(self._expired_through_ms, newest)
-
-    def _new_memory(self, key_id: bytes, now_ms: int) -> _KeyNonces:
-        """Memory for a key that has none; when the memory is full, drop the keys whose nonces
-        all left the window, or ask the caller to retry."""
-        full = len(self._memory) >= self._replay.keys or self._nonces >= self._replay.total
-        if full and now_ms - self._swept_at_ms >= 1000:
-            self._swept_at_ms = now_ms
-            for other_id, other in list(self._memory.items()):
-                self._expire(other, now_ms)
-                if not other.seen:
-                    # Its floor is at least `window` old: every call it covers is stale now.
-                    del self._memory[other_id]
-            full = len(self._memory) >= self._replay.keys or self._nonces >= self._replay.total
-        if full:
-            raise _memory_full()
-        memory = self._memory[key_id] = _KeyNonces()
-        return memory
-
     def _check_registered(self, node_key: _NodeKey, sent_ms: int | None) -> None:
         """The key is registered; with ``sent_ms``, the call was signed after that."""
         if self._registry is None:
@@ -572,19 +441,3 @@ class EcKeyAuthenticator:
                 "registered is not accepted afterwards; retry with a fresh signature (and check "
                 "the node's clock if this repeats)",
             )
-
-
-def _memory_full() -> TryLater:
-    return TryLater(
-        "the link's replay memory is full (a flood of signed calls from many keys): "
-        "retry in a few seconds"
-    )
-
-
-def _forgotten() -> AuthenticationFailed:
-    return AuthenticationFailed(
-        RefusalReason.STALE_TIMESTAMP,
-        "signature timestamp too old: the link has already forgotten the nonces of calls that "
-        "old (its clock stepped back, or this key made more calls than it remembers within "
-        "the window); retry with a fresh signature",
-    )

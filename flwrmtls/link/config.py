@@ -17,18 +17,13 @@ from cryptography import x509
 
 from flwrmtls.auth.callsigning import audience_of
 from flwrmtls.auth.crllapse import DEFAULT_LAPSE_WARNING
-from flwrmtls.auth.eckey import (
-    Audiences,
-    EcKeyAuthenticator,
-    KeyStatus,
-    Registration,
-    ReplayLimits,
-)
+from flwrmtls.auth.eckey import Audiences, EcKeyAuthenticator, KeyStatus, Registration
 from flwrmtls.auth.identity import IdentitySource, RoleSource
 from flwrmtls.auth.mtls import MtlsAuthenticator
 from flwrmtls.auth.nodeauth import NodeAuth
 from flwrmtls.auth.ocspstore import OcspPolicy, OcspStore
 from flwrmtls.auth.ratelimit import FailureBudget
+from flwrmtls.auth.replay import ReplayLimits
 from flwrmtls.auth.revocation import RevocationStore
 from flwrmtls.control.servicer import KeyBinding
 from flwrmtls.enroll.config import EnrollmentConfig

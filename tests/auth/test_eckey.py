@@ -35,7 +35,7 @@ from flwrmtls.auth.callsigning import (
     signed_bytes,
     timestamp_ms,
 )
-from flwrmtls.auth.eckey import Audiences, EcKeyAuthenticator, KeyStatus, Registration, ReplayLimits
+from flwrmtls.auth.eckey import Audiences, EcKeyAuthenticator, KeyStatus, Registration
 from flwrmtls.auth.identity import PrincipalKind
 from flwrmtls.auth.keyformats import (
     key_fingerprint,
@@ -44,6 +44,7 @@ from flwrmtls.auth.keyformats import (
     node_id_for_key,
     public_key_der,
 )
+from flwrmtls.auth.replay import ReplayLimits
 
 METHOD = "/flwrmtls.proto.Fleet/PullMessages"
 PUSH = "/flwrmtls.proto.Fleet/PushObject"
