@@ -84,11 +84,12 @@ def _stub(port: int, metrics: NodeMetrics) -> tuple[grpc.Channel, Any]:
 
 
 def test_a_call_in_progress_is_handed_back_and_can_be_cancelled(
-    held_back: tuple[_HeldBack, int],
+    held_back: tuple[_HeldBack, int], request: pytest.FixtureRequest
 ) -> None:
     handler, port = held_back
     metrics = NodeMetrics()
     channel, pull = _stub(port, metrics)
+    request.addfinalizer(channel.close)
     futures: list[Any] = []
     caller = threading.Thread(target=lambda: futures.append(pull.future(b"poll", timeout=WAIT)))
     caller.start()
@@ -103,16 +104,16 @@ def test_a_call_in_progress_is_handed_back_and_can_be_cancelled(
 
     assert future.cancel()
     _wait_counted(metrics, {"CANCELLED": 1.0})
-    channel.close()
 
 
 def test_a_call_that_is_answered_is_counted_with_its_code(
-    held_back: tuple[_HeldBack, int],
+    held_back: tuple[_HeldBack, int], request: pytest.FixtureRequest
 ) -> None:
     handler, port = held_back
     handler.release.set()
     metrics = NodeMetrics()
     channel, pull = _stub(port, metrics)
+    request.addfinalizer(channel.close)
     assert pull(b"poll", timeout=WAIT) == b"poll"  # the blocking way the node calls too
     assert _calls(metrics) == {"OK": 1.0}
     assert pull.future(b"again", timeout=WAIT).result() == b"again"
@@ -121,4 +122,3 @@ def test_a_call_that_is_answered_is_counted_with_its_code(
         channel.unary_unary("/flwrmtls.fleet.Fleet/Nothing", None, None)(b"", timeout=WAIT)
     assert failed.value.code() == grpc.StatusCode.UNIMPLEMENTED
     assert _calls(metrics) == {"OK": 2.0, "UNIMPLEMENTED": 1.0}
-    channel.close()

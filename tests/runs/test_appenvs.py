@@ -38,9 +38,11 @@ def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return house
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def pip_env(wheelhouse: Path) -> Iterator[None]:
-    """This process's pip pointed at the wheelhouse alone, for the session."""
+    """This process's pip pointed at the wheelhouse alone, for this module's tests (put
+    back before another module's: a test of another module may run next in the same
+    process)."""
     saved = dict(os.environ)
     os.environ.update(pip_environment(wheelhouse))
     yield
@@ -48,7 +50,7 @@ def pip_env(wheelhouse: Path) -> Iterator[None]:
     os.environ.update(saved)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def envs(pip_env: None, tmp_path_factory: pytest.TempPathFactory) -> AppEnvs:
     """One directory of environments for the tests that only read what is built."""
     return AppEnvs(tmp_path_factory.mktemp("envs") / "app-envs", host="this node")
@@ -136,7 +138,7 @@ def test_with_installs_disabled_a_missing_requirement_is_named_in_one_line(
 # -- building ------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def built(envs: AppEnvs) -> dict[str, str]:
     """Two apps' environments: dep-a 1.0, and dep-b 1.0 (which needs dep-a 2.0)."""
     lines: list[str] = []

@@ -19,10 +19,11 @@ being read, whatever the number of nodes. Rules:
   through one small scratch buffer, reading the reply's bytes where they are (a view over
   the received object is never copied whole).
 * **A mapped reply stays out of memory.** A reply whose arrays are views of a mapped file
-  (what a ServerApp reads from its link's store) has each stretch of pages let go of once
-  it has been read, by the check and by the fold (``madvise(MADV_DONTNEED)``; they stay in
-  the page cache): the ServerApp's resident memory holds one array of the reply at a time
-  while checking it and a block while folding it, not the whole reply.
+  that nothing writes through (what a ServerApp reads from its link's store) has each
+  stretch of pages let go of once it has been read, by the checks and by the fold
+  (``madvise(MADV_DONTNEED)``; they stay in the page cache): the ServerApp's resident memory
+  holds one array of the reply at a time while checking it and a block while folding it,
+  not the whole reply.
 * Scalar metrics are averaged with the same weights over the replies that have them (a plain
   mean when their weights add up to 0); the weight key itself is summed (an ``int`` when
   every reply's is one); list metrics are not aggregated.
@@ -85,15 +86,21 @@ def _finite(array: NDArray) -> bool:
 
 
 class _Pages:
-    """The pages of a read-only mapped file that an array is a view of, let go of once read.
-    Only a read-only mapping (``ACCESS_READ``: shared, never written through): letting a page
-    of it go loses nothing, it is read again from the file when touched again. A private
-    mapping's pages may hold writes the file lacks, so for it, and any array not mapped (or
-    whose mapping was closed meanwhile), nothing is done."""
+    """The pages of a mapped file that an array is a view of, let go of once read.
+
+    Only a mapping nothing can write through (its buffer is read-only: ``ACCESS_READ``, or
+    ``PROT_READ``): each of its pages holds what the file holds, so letting one go loses
+    nothing; it is read again from the page cache when touched again. A writable mapping
+    (a copy-on-write one holds writes its file lacks), an array not mapped, one that is not
+    C-contiguous, or a mapping closed meanwhile: nothing is done. Letting go is advice: where
+    the kernel refuses it (memory locked with ``mlockall``, a hugetlbfs file), the pages
+    simply stay.
+    """
 
     def __init__(self, array: NDArray) -> None:
         self._mapping: mmap.mmap | None = None
         self._offset = 0
+        self._size = array.nbytes
         self._advice = 0
         base: object = array
         while isinstance(base, np.ndarray):
@@ -103,6 +110,8 @@ class _Pages:
         advice = getattr(mmap, "MADV_DONTNEED", None)
         if not isinstance(base, mmap.mmap) or advice is None or base.closed:
             return
+        if not array.flags.c_contiguous:
+            return
         with memoryview(base) as whole:
             if not whole.readonly:
                 return
@@ -111,13 +120,22 @@ class _Pages:
         self._offset = int(array.ctypes.data) - start
 
     def read(self, start: int, end: int) -> None:
-        """Bytes ``[start, end)`` of the array have been read: let their whole pages go."""
-        if self._mapping is None or self._mapping.closed:
+        """Bytes ``[start, end)`` of the array have been read (blocks in order): let go of the
+        pages they are on. The page that holds ``end`` stays for the next block, unless
+        ``end`` is the array's end; the first page may hold bytes before the array (a file's
+        header, another array): letting it go costs at most a read of it again."""
+        if self._mapping is None:
             return
-        first = -(-(self._offset + start) // mmap.PAGESIZE) * mmap.PAGESIZE  # rounded up
-        last = (self._offset + end) // mmap.PAGESIZE * mmap.PAGESIZE
-        if last > first:
-            self._mapping.madvise(self._advice, first, last - first)
+        page = mmap.PAGESIZE
+        first = (self._offset + start) // page * page
+        stop = self._offset + end
+        last = -(-stop // page) * page if end >= self._size else stop // page * page
+        try:
+            last = min(last, len(self._mapping))
+            if last > first:
+                self._mapping.madvise(self._advice, first, last - first)
+        except (OSError, ValueError):  # refused, or the mapping was closed: keep the pages
+            self._mapping = None
 
 
 def _largest_magnitude(array: NDArray) -> float:
@@ -127,6 +145,16 @@ def _largest_magnitude(array: NDArray) -> float:
     if array.dtype.kind == "c":
         return max(_largest_magnitude(array.real), _largest_magnitude(array.imag))
     return max(abs(float(array.max())), abs(float(array.min())))
+
+
+def _value_problem(name: str, array: NDArray, weight: float) -> str:
+    """Why the values of the reply's array ``name`` cannot join the average, or ""."""
+    if not _finite(array):
+        return f"the reply's array {name!r} holds NaN or infinite values"
+    wide = array.dtype.itemsize >= 8 and array.dtype.kind in "fc"
+    if wide and _largest_magnitude(array) * weight > _LARGEST_PRODUCT:
+        return f"the reply's array {name!r} times its weight is too large to average"
+    return ""
 
 
 @dataclass(frozen=True)
@@ -166,14 +194,12 @@ class WeightedArrays:
                 )
         for name in self._model:
             array = arrays[name]
-            finite = _finite(array)
-            if array.flags.c_contiguous:  # read whole: its mapped pages go until the fold
+            try:
+                problem = _value_problem(name, array, weight)
+            finally:  # read whole: its mapped pages go until the fold reads them again
                 _Pages(array).read(0, array.nbytes)
-            if not finite:
-                return f"the reply's array {name!r} holds NaN or infinite values"
-            wide = array.dtype.itemsize >= 8 and array.dtype.kind in "fc"
-            if wide and _largest_magnitude(array) * weight > _LARGEST_PRODUCT:
-                return f"the reply's array {name!r} times its weight is too large to average"
+            if problem:
+                return problem
         return ""
 
     def add(self, arrays: Mapping[str, NDArray], weight: float) -> str:
@@ -197,14 +223,13 @@ class WeightedArrays:
         if scratch is None:
             scratch = self._scratch[total.dtype] = np.empty(BLOCK, dtype=total.dtype)
         sums, values = total.reshape(-1), np.asarray(array).reshape(-1)
-        pages = _Pages(values) if values.flags.c_contiguous else None
+        pages = _Pages(values)
         for start in range(0, sums.size, BLOCK):
             end = min(start + BLOCK, sums.size)
             product = scratch[: end - start]
             np.multiply(values[start:end], weight, out=product, dtype=total.dtype)
             np.add(sums[start:end], product, out=sums[start:end])
-            if pages is not None:
-                pages.read(start * values.itemsize, end * values.itemsize)
+            pages.read(start * values.itemsize, end * values.itemsize)
 
     def result(self) -> ArrayRecord:
         """The weighted average, in the model's dtypes (ValueError when nothing was added)."""
@@ -221,7 +246,6 @@ class WeightedArrays:
             if reference.dtype.kind in "biu":
                 np.rint(total, out=total)
             averaged[name] = total.astype(reference.dtype)
-            del total
         return averaged
 
 
