@@ -4,6 +4,8 @@ The flags come from ``flwrmtls.testing.federation``, which the benchmarks (bench
 
 from __future__ import annotations
 
+import os
+import random
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,11 +19,38 @@ from flwrmtls.testing.processes import CliProcess, CliResult, LinkProcess, NodeP
 __all__ = ["Deployment", "deployment", "free_port"]
 
 
+_SPAN = 10_000
+"""How many ports below the kernel's ephemeral range :func:`free_port` draws from."""
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
+    """A port nothing listens on now, for a process to listen on. Drawn below the kernel's
+    ephemeral range, so no outgoing connection takes it before the process binds it, and
+    from this test process's own share of that span (``pytest -n``: the workers' shares do
+    not overlap, so two never pick the same)."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    index = int(worker) if worker.isdigit() else 0
+    workers = max(1, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+    low = max(1024, _ephemeral_low() - _SPAN)
+    share = list(range(low + index % workers, _ephemeral_low(), workers))
+    for port in random.sample(share, min(len(share), 200)):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue  # in use, or waiting out a closed connection
+            return port
+    with socket.socket() as sock:  # a machine without such a span: any free port
         sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+        any_port: int = sock.getsockname()[1]
+        return any_port
 
 
 class Deployment:
