@@ -35,8 +35,8 @@ from flwrmtls.errors import FlwrmtlsError
 from flwrmtls.fleet.client import OverQuota
 from flwrmtls.keyvalues import Value, values_to_proto
 from flwrmtls.objects.scope import ObjectScope, QuotaExceeded
+from flwrmtls.objects.serving import answer_missing, answer_pull, answer_push, fixed_scope
 from flwrmtls.objects.store import ObjectStore
-from flwrmtls.objects.transfer import answer_missing, answer_pull, answer_push, fixed_scope
 from flwrmtls.proto import appio_pb2, appio_pb2_grpc, common_pb2, objects_pb2
 from flwrmtls.wire.bounds import long_poll_seconds
 from flwrmtls.wire.refusals import CallRefused, Refusal

@@ -40,12 +40,7 @@ from flwrmtls.app.message import (
 )
 from flwrmtls.app.records import RecordDict
 from flwrmtls.objects.store import ObjectStore
-from flwrmtls.objects.transfer import (
-    PARALLEL_STREAMS,
-    in_parallel,
-    pull_object_bytes,
-    push_objects,
-)
+from flwrmtls.objects.transfer import PARALLEL_STREAMS, in_parallel, pull_object_bytes, push_objects
 from flwrmtls.proto import appio_pb2, appio_pb2_grpc, common_pb2
 from flwrmtls.wire.bounds import LONG_POLL_SECONDS
 

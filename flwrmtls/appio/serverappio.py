@@ -42,7 +42,7 @@ from flwrmtls.auth.caller import current_principal
 from flwrmtls.clock import Clock
 from flwrmtls.keyvalues import values_to_proto
 from flwrmtls.objects.scope import QuotaExceeded
-from flwrmtls.objects.transfer import answer_missing, answer_pull, answer_push, fixed_scope
+from flwrmtls.objects.serving import answer_missing, answer_pull, answer_push, fixed_scope
 from flwrmtls.proto import appio_pb2, appio_pb2_grpc, common_pb2, objects_pb2
 from flwrmtls.runs.linkobjects import LinkObjects, UnknownObjects
 from flwrmtls.runs.notify import Notifier

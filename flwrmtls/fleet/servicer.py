@@ -56,7 +56,7 @@ from flwrmtls.enroll.renewal import RenewalRefused, Renewals
 from flwrmtls.expiry import ExpiryWarning
 from flwrmtls.keyvalues import values_to_proto
 from flwrmtls.objects.scope import ObjectScope, QuotaExceeded
-from flwrmtls.objects.transfer import answer_missing, answer_pull, answer_push
+from flwrmtls.objects.serving import answer_missing, answer_pull, answer_push
 from flwrmtls.proto import common_pb2, fleet_pb2, fleet_pb2_grpc, objects_pb2
 from flwrmtls.runs.linkobjects import LinkObjects, UnknownObjects
 from flwrmtls.runs.notify import Notifier

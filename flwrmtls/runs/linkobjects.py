@@ -61,8 +61,8 @@ from typing import TypeVar
 
 from flwrmtls.clock import Clock
 from flwrmtls.objects.scope import ObjectScope, QuotaExceeded, Reservation
+from flwrmtls.objects.serving import TransferGate
 from flwrmtls.objects.store import ObjectStore, check_object_id
-from flwrmtls.objects.transfer import TransferGate
 from flwrmtls.state.linkstate import LinkState
 
 __all__ = [

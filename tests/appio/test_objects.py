@@ -21,15 +21,9 @@ from flwrmtls.appio.grid import GrpcGrid
 from flwrmtls.auth.tokens import TOKEN_METADATA_KEY, new_token, token_hash
 from flwrmtls.link.server import Link
 from flwrmtls.objects.scope import SetScope
+from flwrmtls.objects.serving import TransferGate, fixed_scope, receive_object
 from flwrmtls.objects.store import ObjectStore, object_id_of
-from flwrmtls.objects.transfer import (
-    MAX_OBJECT_BYTES,
-    TransferGate,
-    fixed_scope,
-    pull_object_bytes,
-    pull_objects,
-    receive_object,
-)
+from flwrmtls.objects.transfer import MAX_OBJECT_BYTES, pull_object_bytes, pull_objects
 from flwrmtls.proto import appio_pb2_grpc, fleet_pb2_grpc, objects_pb2
 from flwrmtls.state.runlifecycle import RunStatus
 from flwrmtls.testing.link import node_client
@@ -444,8 +438,8 @@ def test_a_served_object_arrives_whole_even_when_its_file_is_deleted_midway(
     """serve_object sends the file it opened: every chunk in order, the bytes equal,
     an empty object as one empty chunk, and a file deleted after the first chunk (its run
     cleared) still served whole, never cut short or mixed with other bytes."""
+    from flwrmtls.objects.serving import serve_object
     from flwrmtls.objects.store import CHUNK_SIZE
-    from flwrmtls.objects.transfer import serve_object
 
     store = ObjectStore(tmp_path / "objects")
     data = np.random.default_rng(7).bytes(3 * CHUNK_SIZE + 17)
@@ -475,8 +469,8 @@ def test_a_served_object_is_not_held_in_the_senders_memory(tmp_path: Path) -> No
     link's RSS 3.6 GB that way)."""
     import psutil
 
+    from flwrmtls.objects.serving import serve_object
     from flwrmtls.objects.store import CHUNK_SIZE
-    from flwrmtls.objects.transfer import serve_object
 
     store = ObjectStore(tmp_path / "objects")
     object_id = store.put(np.random.default_rng(8).bytes(64 << 20))
@@ -498,7 +492,7 @@ _TRUNCATE_WHILE_SERVING = """
 import asyncio, os, sys
 from pathlib import Path
 from flwrmtls.objects.store import CHUNK_SIZE, ObjectStore
-from flwrmtls.objects.transfer import serve_object
+from flwrmtls.objects.serving import serve_object
 
 store = ObjectStore(Path(sys.argv[1]))
 object_id = store.put(os.urandom(8 * CHUNK_SIZE))
@@ -545,8 +539,8 @@ def test_a_file_changed_by_an_app_process_is_never_sent_past_what_was_opened(
     whose size is an exact multiple of the chunk size is sent whole."""
     import os
 
+    from flwrmtls.objects.serving import serve_object
     from flwrmtls.objects.store import CHUNK_SIZE
-    from flwrmtls.objects.transfer import serve_object
     from flwrmtls.wire.refusals import CallRefused, Refusal
 
     store = ObjectStore(tmp_path / "objects")
@@ -611,8 +605,8 @@ def test_an_object_not_in_the_page_cache_is_read_off_the_event_loop_and_sent_who
     in order, each read on another thread; with the cache holding it, none is."""
     import threading
 
+    from flwrmtls.objects.serving import serve_object
     from flwrmtls.objects.store import CHUNK_SIZE
-    from flwrmtls.objects.transfer import serve_object
 
     store = ObjectStore(tmp_path / "objects")
     data = np.random.default_rng(10).bytes(9 * CHUNK_SIZE + 5)
