@@ -73,7 +73,8 @@ Rules:
   is terminated, and killed 5 s after that, on the injected clock (the supervisor's rule).
   Every process that exits is waited for (no zombies); stopping the node stops every
   ClientApp process. A process that dies while its run goes on is started again for the
-  run's next message.
+  run's next message. An ended run is forgotten when its process exits, or at once when it
+  has none (it ended while its environment was prepared, or could not run here).
 * Everything here runs on the node's event loop (:mod:`flwrmtls.node.main`), which alone
   reads and changes the runs: the agent's deliveries, ClientAppIo's calls and the
   supervisor's decisions take turns on it, so no lock is needed. What blocks (a call to the
@@ -123,6 +124,8 @@ END_GRACE = 5.0
 """Seconds a ClientApp of an ended run may take to exit before it is terminated."""
 SEEN_LIMIT = 10_000
 """Message ids each run remembers, to take a message delivered twice once."""
+ENDED_LIMIT = 10_000
+"""Ended runs whose ids the node remembers after forgetting their state."""
 _LINK_ERROR = common_pb2.Error.LINK_ERROR
 SESSION_WAIT = 30.0
 """Seconds a run's call whose session the link ended waits for the node's next session (it
@@ -220,6 +223,9 @@ class ClientApps:
         """Set (and replaced) each time the session changes."""
         self._clock = clock or SystemClock()
         self._runs: dict[int, NodeRun] = {}
+        self._ended: OrderedDict[int, None] = OrderedDict()
+        """The last ENDED_LIMIT runs that ended here and were forgotten: a late message of
+        one is dropped, without asking the link."""
         self._acks: dict[str, None] = {}
         """Messages handed to their ClientApps, not yet acknowledged to the link (in order)."""
         self._inboxes = Notifier()
@@ -323,7 +329,7 @@ class ClientApps:
         error reply saying why and the error is raised for the caller to log.
         """
         run = self.run(message.run_id)
-        if run is not None and run.ended:
+        if (run is not None and run.ended) or message.run_id in self._ended:
             return False
         try:
             run = run or await self._open(message.run_id)
@@ -561,7 +567,14 @@ class ClientApps:
         """A run's ClientApp exited: an ended run is forgotten with it."""
         run = self._runs.get(run_id)
         if run is not None and run.ended and not self.processes.alive(run_id):
-            del self._runs[run_id]
+            self._forget(run_id)
+
+    def _forget(self, run_id: int) -> None:
+        """An ended run's state goes; its id is kept (bounded) so its late messages drop."""
+        del self._runs[run_id]
+        self._ended[run_id] = None
+        while len(self._ended) > ENDED_LIMIT:
+            self._ended.popitem(last=False)
 
     def end_runs(self, run_ids: list[int]) -> None:
         for run_id in run_ids:
@@ -573,6 +586,10 @@ class ClientApps:
             self._inboxes.notify(("run", run_id))  # a waiting pull learns it at once
             self.tokens.end_run(run_id)
             self.processes.end(run_id)  # END_GRACE to exit, then terminated, then killed
+            if not self.processes.alive(run_id) and not run.starting.locked():
+                # No process to wait for (it ended while its environment installed, it could
+                # not run here, its process had died): forgotten now, not with an exit.
+                self._forget(run_id)
             deleted = self.storage.release(run.objects, held=self._held_objects)
             log.info("run %d ended; %d of its objects deleted", run_id, deleted)
         if run_ids and not self.active_run_ids():

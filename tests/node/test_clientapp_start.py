@@ -17,6 +17,7 @@ import grpc
 from flwrmtls.fleet.client import FleetClient
 from flwrmtls.node.clientapps import ClientApps, NodeRun
 from flwrmtls.objects.store import ObjectStore
+from flwrmtls.proto import common_pb2
 from flwrmtls.runs.supervisor import AppProcess
 from flwrmtls.wire.errors import ConnectionContext
 
@@ -80,3 +81,44 @@ def test_a_clientapp_started_for_a_run_that_ended_meanwhile_is_asked_to_end(
     started, ending = _scenario(tmp_path, ended_meanwhile=True)
     assert started == 1
     assert ending
+
+
+def test_a_run_that_ends_without_a_process_is_forgotten_at_once(tmp_path: Path) -> None:
+    """A run that ended while its app environment was being prepared (or that could not run
+    here) has no process whose exit would forget it: the node forgets it when it ends,
+    instead of holding it until the node restarts; its id stays, so a late message of it is
+    dropped as before. A run whose process is alive is kept until that process exits (the
+    control)."""
+
+    async def main() -> tuple[bool, bool, bool]:
+        channel = grpc.insecure_channel("127.0.0.1:1")  # the link is never called here
+        client = FleetClient(channel, ConnectionContext("127.0.0.1:1", False, False, ""))
+        spawn = SlowSpawner()
+        spawn.gate.set()
+        apps = ClientApps(client, ObjectStore(tmp_path / "objects"), node_config={}, spawn=spawn)
+        apps.processes.listen("127.0.0.1:9")
+        apps.adopt(NodeRun(1, "0" * 64, {}, python=None))  # its environment being prepared
+        running = apps.adopt(NodeRun(2, "1" * 64, {}))
+        try:
+            await apps._ensure_process(running)
+            apps.end_runs([1, 2])
+            forgotten = apps.run(1) is None
+            # Its late message is still dropped here, without asking the link.
+            assert not await apps.deliver(common_pb2.Message(message_id="late", run_id=1))
+            kept_while_alive = apps.run(2) is not None
+            spawn.started[0].exit(0)
+            for _ in range(50):  # the supervisor hears of the exit on the loop
+                if apps.run(2) is None:
+                    break
+                await asyncio.sleep(0.01)
+            return forgotten, kept_while_alive, apps.run(2) is None
+        finally:
+            for process in spawn.started:
+                process.exit(0)
+            await apps.processes.shutdown()
+            channel.close()
+
+    forgotten, kept_while_alive, forgotten_on_exit = asyncio.run(main())
+    assert forgotten
+    assert kept_while_alive
+    assert forgotten_on_exit
