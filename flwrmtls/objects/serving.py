@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import BinaryIO
 
 from flwrmtls.objects.scope import ObjectScope, QuotaExceeded, Reservation
 from flwrmtls.objects.store import CHUNK_SIZE, ObjectStore, check_object_id
@@ -123,7 +124,7 @@ async def serve_object(
     """
     async with _turn(gate):
         try:
-            file, total = await asyncio.to_thread(store.open_for_streaming, object_id)
+            file, total = await _opened(store, object_id)
         except FileNotFoundError:
             raise CallRefused(Refusal.NO_OBJECT, f"no object {object_id[:80]}") from None
         with file:
@@ -150,6 +151,23 @@ async def serve_object(
                         object_id=object_id, total_size=total, offset=offset, data=data
                     )
                     offset += len(data)
+
+
+async def _opened(store: ObjectStore, object_id: str) -> tuple[BinaryIO, int]:
+    """:meth:`ObjectStore.open_for_streaming` in a worker thread. A transfer cancelled while
+    the thread opens the file (its caller went away) cannot stop the thread: the file it
+    opens is closed as soon as it is open, not left to the garbage collector."""
+    opening = asyncio.ensure_future(asyncio.to_thread(store.open_for_streaming, object_id))
+    try:
+        return await asyncio.shield(opening)
+    except asyncio.CancelledError:
+        opening.add_done_callback(_close_opened)
+        raise
+
+
+def _close_opened(opening: asyncio.Future[tuple[BinaryIO, int]]) -> None:
+    if not opening.cancelled() and opening.exception() is None:
+        opening.result()[0].close()
 
 
 ScopeOf = Callable[[objects_pb2.ObjectChunk], Awaitable[ObjectScope]]

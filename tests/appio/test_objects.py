@@ -597,6 +597,58 @@ def test_a_file_changed_by_an_app_process_is_never_sent_past_what_was_opened(
         assert refused.value.refusal is Refusal.NO_OBJECT, plant
 
 
+def test_a_transfer_cancelled_while_its_file_opens_closes_the_file(tmp_path: Path) -> None:
+    """The caller goes away while the worker thread opens the object's file: the file that
+    thread opens is closed once open (a cancelled thread cannot be stopped). Before, it was
+    left open until the garbage collector found it. A transfer not cancelled (the control)
+    sends the object and closes its file when done."""
+    import threading
+
+    from flwrmtls.objects.serving import serve_object
+
+    store = ObjectStore(tmp_path / "objects")
+    object_id = store.put(b"bytes of an object")
+    opened_files: list[Any] = []
+    entered, release = threading.Event(), threading.Event()
+    plain_open = store.open_for_streaming
+
+    def slow_open(wanted: str) -> tuple[Any, int]:
+        entered.set()
+        assert release.wait(30), "the test never let the open finish"
+        file, total = plain_open(wanted)
+        opened_files.append(file)
+        return file, total
+
+    store.open_for_streaming = slow_open  # type: ignore[method-assign,assignment]
+
+    async def cancelled_while_opening() -> None:
+        async def pull() -> None:
+            async for _ in serve_object(store, object_id):
+                pass
+
+        transfer = asyncio.create_task(pull())
+        await asyncio.to_thread(entered.wait, 30)
+        transfer.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await transfer
+        release.set()
+        for _ in range(500):  # the open finishes in its thread; its callback closes the file
+            if opened_files and opened_files[0].closed:
+                return
+            await asyncio.sleep(0.01)
+
+    asyncio.run(cancelled_while_opening())
+    assert len(opened_files) == 1
+    assert opened_files[0].closed
+
+    async def whole() -> bytes:  # control
+        return b"".join([chunk.data async for chunk in serve_object(store, object_id)])
+
+    assert asyncio.run(whole()) == b"bytes of an object"
+    assert len(opened_files) == 2
+    assert opened_files[1].closed
+
+
 def test_an_object_not_in_the_page_cache_is_read_off_the_event_loop_and_sent_whole(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
