@@ -1,10 +1,12 @@
-"""The only place authentication touches gRPC.
+"""Where authentication meets gRPC: the decisions (with :mod:`flwrmtls.auth.callgate`, which
+applies them to each handler, the only auth code that touches gRPC).
 
 A grpc.aio server interceptor sees a call's method name but not its TLS peer, so it returns
 the method's handler wrapped: the wrapper collects the call's credentials from the auth
 context, asks the authenticator for the principal, checks the policy table, and runs the
-handler with the principal available through :func:`current_principal`. Unlisted methods get
-a handler that refuses at once.
+handler with the principal available through
+:func:`~flwrmtls.auth.caller.current_principal`. Unlisted methods get a handler that refuses
+at once.
 
 Refusals are logged by :class:`~flwrmtls.auth.refusallog.RefusalLog` (once per certificate,
 key or peer, reason and interval; at most so many per peer address). The wrapper itself is

@@ -74,7 +74,10 @@ Rules:
   Every process that exits is waited for (no zombies); stopping the node stops every
   ClientApp process. A process that dies while its run goes on is started again for the
   run's next message. An ended run is forgotten when its process exits, or at once when it
-  has none (it ended while its environment was prepared, or could not run here).
+  has none (it ended while its environment was prepared, could not run here, or its process
+  failed to start); the ids of the last ``ENDED_LIMIT`` forgotten runs are kept until the
+  node activates again, so a late message of one is dropped without asking the link (a link
+  whose database was reset may give a new run an old id).
 * Everything here runs on the node's event loop (:mod:`flwrmtls.node.main`), which alone
   reads and changes the runs: the agent's deliveries, ClientAppIo's calls and the
   supervisor's decisions take turns on it, so no lock is needed. What blocks (a call to the
@@ -256,6 +259,10 @@ class ClientApps:
 
     @session.setter
     def session(self, session: Session | None) -> None:
+        if session is not None and session != self._current_session:
+            # A new activation: the link may have lost its runs (a database reset) and reuse
+            # their ids, so a forgotten run's id no longer says its messages are stale.
+            self._ended.clear()
         self._current_session = session
         changed, self._session_changed = self._session_changed, asyncio.Event()
         changed.set()
@@ -541,8 +548,15 @@ class ClientApps:
         return run
 
     async def _ensure_process(self, run: NodeRun) -> None:
-        async with run.starting:  # one process, whoever asks (see NodeRun.starting)
-            await self._start_process(run)
+        try:
+            async with run.starting:  # one process, whoever asks (see NodeRun.starting)
+                await self._start_process(run)
+        finally:
+            # It ended while its process started, and none did (the start failed): nothing
+            # else would forget it.
+            alive = self.processes.alive(run.run_id) or run.starting.locked()
+            if run.ended and self._runs.get(run.run_id) is run and not alive:
+                self._forget(run.run_id)
 
     async def _start_process(self, run: NodeRun) -> None:
         if self.processes.alive(run.run_id):

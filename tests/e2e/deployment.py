@@ -21,6 +21,9 @@ __all__ = ["Deployment", "deployment", "free_port"]
 
 _SPAN = 10_000
 """How many ports below the kernel's ephemeral range :func:`free_port` draws from."""
+_HANDED_OUT: set[int] = set()
+"""Ports this process's :func:`free_port` returned: never returned twice (a test may ask for
+several before any is bound)."""
 
 
 def _ephemeral_low() -> int:
@@ -32,20 +35,24 @@ def _ephemeral_low() -> int:
 
 def free_port() -> int:
     """A port nothing listens on now, for a process to listen on. Drawn below the kernel's
-    ephemeral range, so no outgoing connection takes it before the process binds it, and
-    from this test process's own share of that span (``pytest -n``: the workers' shares do
-    not overlap, so two never pick the same)."""
+    ephemeral range, so no outgoing connection takes it before the process binds it, from
+    this test process's own share of that span (``pytest -n``: the workers' shares do not
+    overlap, so two never pick the same; a worker xdist starts again after a crash shares
+    its predecessor's), and never one this process returned before."""
     worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
     index = int(worker) if worker.isdigit() else 0
     workers = max(1, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
     low = max(1024, _ephemeral_low() - _SPAN)
     share = list(range(low + index % workers, _ephemeral_low(), workers))
     for port in random.sample(share, min(len(share), 200)):
+        if port in _HANDED_OUT:
+            continue
         with socket.socket() as sock:
             try:
                 sock.bind(("127.0.0.1", port))
             except OSError:
                 continue  # in use, or waiting out a closed connection
+            _HANDED_OUT.add(port)
             return port
     with socket.socket() as sock:  # a machine without such a span: any free port
         sock.bind(("127.0.0.1", 0))

@@ -13,8 +13,10 @@ import asyncio
 from pathlib import Path
 
 import grpc
+import pytest
 
-from flwrmtls.fleet.client import FleetClient
+from flwrmtls.errors import LinkUnreachable
+from flwrmtls.fleet.client import FleetClient, Session
 from flwrmtls.node.clientapps import ClientApps, NodeRun
 from flwrmtls.objects.store import ObjectStore
 from flwrmtls.proto import common_pb2
@@ -122,3 +124,64 @@ def test_a_run_that_ends_without_a_process_is_forgotten_at_once(tmp_path: Path) 
     assert forgotten
     assert kept_while_alive
     assert forgotten_on_exit
+
+
+def test_a_forgotten_runs_id_is_asked_about_again_after_a_new_activation(
+    tmp_path: Path,
+) -> None:
+    """A late message of a forgotten run is dropped without asking the link, until the node
+    activates again: a link whose database was reset hands out run ids again, and a new
+    run with an old id must reach its ClientApp (here: the link is asked, and is not there)."""
+
+    async def main() -> None:
+        channel = grpc.insecure_channel("127.0.0.1:1")  # nothing listens: asking fails
+        client = FleetClient(channel, ConnectionContext("127.0.0.1:1", False, False, ""))
+        apps = ClientApps(client, ObjectStore(tmp_path / "objects"), node_config={})
+        apps.processes.listen("127.0.0.1:9")
+        apps.session = Session(7, "first", "CN=node", 10.0)
+        apps.adopt(NodeRun(1, "0" * 64, {}, python=None))
+        try:
+            apps.end_runs([1])
+            late = common_pb2.Message(message_id="late", run_id=1)
+            assert not await apps.deliver(late)  # dropped here, the link not asked
+            apps.session = Session(7, "second", "CN=node", 10.0)  # the node activated again
+            with pytest.raises(LinkUnreachable):  # asked the link about run 1
+                await apps.deliver(common_pb2.Message(message_id="new", run_id=1))
+        finally:
+            await apps.processes.shutdown()
+            channel.close()
+
+    asyncio.run(main())
+
+
+def test_a_run_that_ends_while_its_process_fails_to_start_is_forgotten(tmp_path: Path) -> None:
+    """The run ends while its ClientApp starts, and the start fails: nothing else would
+    forget it (no process will exit)."""
+
+    class FailingSpawner(SlowSpawner):
+        async def __call__(self, command: list[str]) -> AppProcess:
+            await self.gate.wait()
+            raise OSError("cannot start python")
+
+    async def main() -> bool:
+        channel = grpc.insecure_channel("127.0.0.1:1")
+        client = FleetClient(channel, ConnectionContext("127.0.0.1:1", False, False, ""))
+        spawn = FailingSpawner()
+        apps = ClientApps(client, ObjectStore(tmp_path / "objects"), node_config={}, spawn=spawn)
+        apps.processes.listen("127.0.0.1:9")
+        run = apps.adopt(NodeRun(1, "0" * 64, {}))
+        try:
+            starting = asyncio.create_task(apps._ensure_process(run))
+            for _ in range(5):
+                await asyncio.sleep(0)
+            apps.end_runs([1])
+            assert apps.run(1) is run  # its process is starting: kept for now
+            spawn.gate.set()
+            with pytest.raises(OSError, match="cannot start python"):
+                await starting
+            return apps.run(1) is None
+        finally:
+            await apps.processes.shutdown()
+            channel.close()
+
+    assert asyncio.run(main())
