@@ -20,7 +20,7 @@ from flwrmtls.fleet.client import FleetClient, Session
 from flwrmtls.node.clientapps import ClientApps, NodeRun
 from flwrmtls.objects.store import ObjectStore
 from flwrmtls.proto import common_pb2
-from flwrmtls.runs.supervisor import AppProcess
+from flwrmtls.runs.supervisor import AppProcess, Spawn, spawn_process
 from flwrmtls.wire.errors import ConnectionContext
 
 from ..runs.test_supervisor import FakeProcess
@@ -40,16 +40,22 @@ class SlowSpawner:
         return process
 
 
+def _node_apps(tmp_path: Path, spawn: Spawn = spawn_process) -> tuple[ClientApps, grpc.Channel]:
+    """A node's runs with a link nothing listens at (calling it fails: LinkUnreachable)."""
+    channel = grpc.insecure_channel("127.0.0.1:1")
+    client = FleetClient(channel, ConnectionContext("127.0.0.1:1", False, False, ""))
+    apps = ClientApps(client, ObjectStore(tmp_path / "objects"), node_config={}, spawn=spawn)
+    apps.processes.listen("127.0.0.1:9")
+    return apps, channel
+
+
 def _scenario(tmp_path: Path, ended_meanwhile: bool) -> tuple[int, bool]:
     """How many processes started for one run asked for twice at once, and whether the
     supervisor is ending the run's process."""
 
     async def main() -> tuple[int, bool]:
-        channel = grpc.insecure_channel("127.0.0.1:1")  # the link is never called here
-        client = FleetClient(channel, ConnectionContext("127.0.0.1:1", False, False, ""))
         spawn = SlowSpawner()
-        apps = ClientApps(client, ObjectStore(tmp_path / "objects"), node_config={}, spawn=spawn)
-        apps.processes.listen("127.0.0.1:9")
+        apps, channel = _node_apps(tmp_path, spawn)
         run = apps.adopt(NodeRun(1, "0" * 64, {}))
         try:
             asking = [asyncio.create_task(apps._ensure_process(run)) for _ in range(2)]
@@ -93,12 +99,9 @@ def test_a_run_that_ends_without_a_process_is_forgotten_at_once(tmp_path: Path) 
     control)."""
 
     async def main() -> tuple[bool, bool, bool]:
-        channel = grpc.insecure_channel("127.0.0.1:1")  # the link is never called here
-        client = FleetClient(channel, ConnectionContext("127.0.0.1:1", False, False, ""))
         spawn = SlowSpawner()
         spawn.gate.set()
-        apps = ClientApps(client, ObjectStore(tmp_path / "objects"), node_config={}, spawn=spawn)
-        apps.processes.listen("127.0.0.1:9")
+        apps, channel = _node_apps(tmp_path, spawn)
         apps.adopt(NodeRun(1, "0" * 64, {}, python=None))  # its environment being prepared
         running = apps.adopt(NodeRun(2, "1" * 64, {}))
         try:
@@ -134,10 +137,7 @@ def test_a_forgotten_runs_id_is_asked_about_again_after_a_new_activation(
     run with an old id must reach its ClientApp (here: the link is asked, and is not there)."""
 
     async def main() -> None:
-        channel = grpc.insecure_channel("127.0.0.1:1")  # nothing listens: asking fails
-        client = FleetClient(channel, ConnectionContext("127.0.0.1:1", False, False, ""))
-        apps = ClientApps(client, ObjectStore(tmp_path / "objects"), node_config={})
-        apps.processes.listen("127.0.0.1:9")
+        apps, channel = _node_apps(tmp_path)  # nothing listens: asking the link fails
         apps.session = Session(7, "first", "CN=node", 10.0)
         apps.adopt(NodeRun(1, "0" * 64, {}, python=None))
         try:
@@ -164,11 +164,8 @@ def test_a_run_that_ends_while_its_process_fails_to_start_is_forgotten(tmp_path:
             raise OSError("cannot start python")
 
     async def main() -> bool:
-        channel = grpc.insecure_channel("127.0.0.1:1")
-        client = FleetClient(channel, ConnectionContext("127.0.0.1:1", False, False, ""))
         spawn = FailingSpawner()
-        apps = ClientApps(client, ObjectStore(tmp_path / "objects"), node_config={}, spawn=spawn)
-        apps.processes.listen("127.0.0.1:9")
+        apps, channel = _node_apps(tmp_path, spawn)
         run = apps.adopt(NodeRun(1, "0" * 64, {}))
         try:
             starting = asyncio.create_task(apps._ensure_process(run))
