@@ -1,8 +1,8 @@
 """What a link is configured with (:class:`LinkConfig`, made from its flags by
-:func:`flwrmtls.link.main.config_from_args`), and the node authenticators it composes from it.
+:func:`flwrmtls.link.configure.config_from_args`), and the node authenticators it composes from it.
 
 The values only: checking them against each other and the files they name is the flags'
-job (:mod:`flwrmtls.link.flags`, :mod:`flwrmtls.link.main`); wiring them into listeners is
+job (:mod:`flwrmtls.link.flags`, :mod:`flwrmtls.link.configure`); wiring them into listeners is
 :class:`flwrmtls.link.server.Link`'s.
 """
 
@@ -95,7 +95,7 @@ class LinkConfig:
     cli_ca_certificates: list[x509.Certificate] = field(default_factory=list)
     """What verifies CLI certificates on the Control API (``--ssl-cli-ca-certfile``); with
     ``require_client_auth`` and none given, the client CA bundle. Empty: Control is anonymous,
-    which :func:`flwrmtls.link.main.config_from_args` allows only on loopback or with
+    which :func:`flwrmtls.link.configure.config_from_args` allows only on loopback or with
     ``--unsafe-anonymous-control-api``."""
     anonymous_control: bool = False
     """``--unsafe-anonymous-control-api``: Control without CLI certificates off loopback."""

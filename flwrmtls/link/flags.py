@@ -1,7 +1,7 @@
 """``flwrmtls-superlink``'s flags: the parser, its defaults and its help, in one place.
 
 Rules: every flag is declared here and nowhere else; checking what the flags say together, and
-building the link's configuration from them, is :func:`flwrmtls.link.main.config_from_args`.
+building the link's configuration from them, is :func:`flwrmtls.link.configure.config_from_args`.
 """
 
 from __future__ import annotations

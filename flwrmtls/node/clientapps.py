@@ -551,12 +551,8 @@ class ClientApps:
         try:
             async with run.starting:  # one process, whoever asks (see NodeRun.starting)
                 await self._start_process(run)
-        finally:
-            # It ended while its process started, and none did (the start failed): nothing
-            # else would forget it.
-            alive = self.processes.alive(run.run_id) or run.starting.locked()
-            if run.ended and self._runs.get(run.run_id) is run and not alive:
-                self._forget(run.run_id)
+        finally:  # it ended while its process started, and the start failed
+            self._forget_if_done(run)
 
     async def _start_process(self, run: NodeRun) -> None:
         if self.processes.alive(run.run_id):
@@ -580,13 +576,20 @@ class ClientApps:
     def _exited(self, run_id: int) -> None:
         """A run's ClientApp exited: an ended run is forgotten with it."""
         run = self._runs.get(run_id)
-        if run is not None and run.ended and not self.processes.alive(run_id):
-            self._forget(run_id)
+        if run is not None:
+            self._forget_if_done(run)
 
-    def _forget(self, run_id: int) -> None:
-        """An ended run's state goes; its id is kept (bounded) so its late messages drop."""
-        del self._runs[run_id]
-        self._ended[run_id] = None
+    def _forget_if_done(self, run: NodeRun) -> None:
+        """An ended run with no process alive or starting is forgotten: its state goes, its id
+        is kept (bounded) so its late messages drop. Asked when it ends (it may have no process:
+        it ended while its environment installed, could not run here, its process had died),
+        when its process exits, and when a start of its process fails."""
+        if not run.ended or self._runs.get(run.run_id) is not run:
+            return
+        if self.processes.alive(run.run_id) or run.starting.locked():
+            return
+        del self._runs[run.run_id]
+        self._ended[run.run_id] = None
         while len(self._ended) > ENDED_LIMIT:
             self._ended.popitem(last=False)
 
@@ -600,10 +603,7 @@ class ClientApps:
             self._inboxes.notify(("run", run_id))  # a waiting pull learns it at once
             self.tokens.end_run(run_id)
             self.processes.end(run_id)  # END_GRACE to exit, then terminated, then killed
-            if not self.processes.alive(run_id) and not run.starting.locked():
-                # No process to wait for (it ended while its environment installed, it could
-                # not run here, its process had died): forgotten now, not with an exit.
-                self._forget(run_id)
+            self._forget_if_done(run)
             deleted = self.storage.release(run.objects, held=self._held_objects)
             log.info("run %d ended; %d of its objects deleted", run_id, deleted)
         if run_ids and not self.active_run_ids():

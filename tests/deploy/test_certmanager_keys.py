@@ -19,7 +19,8 @@ from cryptography import x509
 
 from flwrmtls.auth.identity import identity_from_certificate
 from flwrmtls.errors import InputError
-from flwrmtls.link.main import config_from_args, parser
+from flwrmtls.link.configure import config_from_args
+from flwrmtls.link.main import parser
 from flwrmtls.testing.link import node_client, running_link
 from tests.e2e.deployment import Deployment
 from tests.e2e.relay import relay_to

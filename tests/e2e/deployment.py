@@ -42,8 +42,8 @@ def free_port() -> int:
     worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
     index = int(worker) if worker.isdigit() else 0
     workers = max(1, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
-    low = max(1024, _ephemeral_low() - _SPAN)
-    share = list(range(low + index % workers, _ephemeral_low(), workers))
+    high = _ephemeral_low()
+    share = list(range(max(1024, high - _SPAN) + index % workers, high, workers))
     for port in random.sample(share, min(len(share), 200)):
         if port in _HANDED_OUT:
             continue

@@ -36,7 +36,8 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from flwrmtls.auth.identity import identity_from_certificate
 from flwrmtls.errors import HandshakeClosed, InputError, Refused
 from flwrmtls.fleet.client import FleetClient, Session
-from flwrmtls.link.main import config_from_args, parser
+from flwrmtls.link.configure import config_from_args
+from flwrmtls.link.main import parser
 from flwrmtls.link.server import Link
 from flwrmtls.pki import CertificateAuthority, IssuedCertificate, KeyEncoding, KeyType, LeafOptions
 from flwrmtls.testing.link import mtls_config, node_client, running_link

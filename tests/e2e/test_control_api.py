@@ -31,6 +31,7 @@ from flwrmtls.errors import FlwrmtlsError, HandshakeClosed, InputError, Refused
 from flwrmtls.fleet.client import FleetClient
 from flwrmtls.link import main as link_main
 from flwrmtls.link.config import LinkConfig
+from flwrmtls.link.configure import config_from_args
 from flwrmtls.link.reload import TlsFiles
 from flwrmtls.link.server import Link
 from flwrmtls.pki import CertificateAuthority
@@ -193,7 +194,7 @@ def test_a_node_certificate_on_control_is_told_what_to_do(pki: TestPki, tmp_path
 
 
 def _config(args: list[str]) -> LinkConfig:
-    return link_main.config_from_args(link_main.parser().parse_args(args))
+    return config_from_args(link_main.parser().parse_args(args))
 
 
 @pytest.mark.parametrize("address", ["0.0.0.0:9093", "[::]:9093", "10.1.2.3:9093", ":9093"])
