@@ -10,8 +10,8 @@ Rules:
 - Node id 0 is the ServerApp side. ``src_identity`` is set by the link, never by the sender:
   it is the certificate identity of the node that sent the message.
 - Message types are ``"train"``, ``"evaluate"`` and ``"query"`` (:class:`MessageType`).
-- A message names no ttl: it lives :data:`DEFAULT_TTL` seconds (the one definition: the Grid
-  and the link read it).
+- A message names no ttl: it lives :data:`~flwrmtls.wire.bounds.DEFAULT_TTL` seconds (the
+  one definition, in ``wire/bounds.py``: the Grid and the link read it).
 - Error codes are the protos' (``common.proto``, ``Error.Code``): :class:`ErrorCode` names them.
 
 Build a reply either way (both are Flower's spelling)::
@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from flwrmtls.app.codec import EncodingCache, decode_record_dict, encode_record_dict
 from flwrmtls.app.records import RecordDict
 from flwrmtls.proto import common_pb2
+from flwrmtls.wire.bounds import DEFAULT_TTL
 
 __all__ = [
     "DEFAULT_TTL",
@@ -51,10 +52,6 @@ class MessageType:
     TRAIN = "train"
     EVALUATE = "evaluate"
     QUERY = "query"
-
-
-DEFAULT_TTL = 3600.0
-"""Seconds a message lives when it names no ttl."""
 
 
 class ErrorCode(enum.IntEnum):

@@ -12,6 +12,13 @@ Rules:
   last pull (their acknowledgement; see :mod:`flwrmtls.fleet.servicer`): if the pull fails
   they are sent again with the next one (acknowledging twice changes nothing).
 
+A download the link's side broke off (the call ``CANCELLED`` or the connection lost,
+``UNAVAILABLE``, with no refusal stated) is fetched again from its first byte, up to
+:data:`FETCH_ATTEMPTS` times, :data:`FETCH_RETRY_DELAY` seconds apart and doubling: one
+stream cut short (a link or a proxy on the way resetting it) must not fail a round. A refusal,
+an answer outside the protocol, a size or hash that does not match, or a transfer out of time
+is never fetched again here.
+
 An EC-key node signs each call for the link's server key (:mod:`flwrmtls.node.audience`).
 When the link refuses a call as ``wrong-audience`` (its server certificate was rotated to a
 new key), the node learns the key again from a TLS handshake and retries that call once; every
@@ -40,7 +47,9 @@ chunks are bounded as they arrive (:func:`flwrmtls.objects.transfer.pull_object_
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -76,10 +85,17 @@ __all__ = [
 
 _CALL_TIMEOUT = 10.0
 _TRANSFER_TIMEOUT = 600.0
+FETCH_ATTEMPTS = 3
+"""Tries of one download the link's side broke off (see the module's rules)."""
+FETCH_RETRY_DELAY = 0.5
+"""Seconds before the second try; doubled before each next one."""
+_BROKEN_OFF = frozenset({grpc.StatusCode.CANCELLED, grpc.StatusCode.UNAVAILABLE})
 _CANCEL_CHECK = 0.25
 _WRONG_AUDIENCE = "wrong-audience"
 _T = TypeVar("_T")
 _M = TypeVar("_M", bound=ProtoMessage)
+
+log = logging.getLogger("flwrmtls.node")
 
 
 class SessionEnded(Refused):
@@ -346,8 +362,8 @@ class FleetClient:
         def checked_chunks(request: PullObjectRequest, **kwargs: Any) -> _CheckedStream:
             return _CheckedStream(self._stub.PullObject(request, **kwargs))
 
-        self._call(
-            lambda: pull_object_into(
+        def pull() -> None:
+            pull_object_into(
                 store,
                 checked_chunks,
                 object_id,
@@ -356,7 +372,31 @@ class FleetClient:
                 reserve=reserve,
                 verify=verify,
             )
-        )
+
+        self._call(lambda: self._again_if_broken_off(pull, object_id))
+
+    def _again_if_broken_off(self, pull: Callable[[], None], object_id: str) -> None:
+        """``pull``, tried again while the link's side breaks it off (the module's rules);
+        the last failure is raised. A failed try leaves nothing stored or reserved."""
+        for attempt in range(1, FETCH_ATTEMPTS + 1):
+            try:
+                pull()
+                return
+            except grpc.RpcError as error:
+                if (
+                    attempt == FETCH_ATTEMPTS
+                    or error.code() not in _BROKEN_OFF
+                    or _refusal_reason(error)
+                ):
+                    raise
+                delay = FETCH_RETRY_DELAY * 2 ** (attempt - 1)
+                log.warning(
+                    "fetching object %s from the link at %s: the transfer was broken off "
+                    "(%s: %s); fetching it again in %.1f s (try %d of %d)",
+                    object_id[:16], self._ctx.address, error.code().name, error.details(),
+                    delay, attempt + 1, FETCH_ATTEMPTS,
+                )  # fmt: skip
+                time.sleep(delay)
 
     def send_objects(self, session: Session, store: ObjectStore, object_ids: Sequence[str]) -> None:
         """Push the objects of ``store`` the link lacks."""

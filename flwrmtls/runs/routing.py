@@ -12,7 +12,7 @@ Rules:
 * From a ServerApp (:func:`route_instructions`): a message belongs to the caller's run (it
   names that run or none), goes to a node the link knows, and has an id, not used before.
   The link stamps it: the run, source 0 (the ServerApp side), created now, and its ttl (its
-  own, or :data:`~flwrmtls.app.message.DEFAULT_TTL` when it names none); it expires ttl
+  own, or :data:`~flwrmtls.wire.bounds.DEFAULT_TTL` when it names none); it expires ttl
   seconds from now.
 * From a node (:func:`route_replies`): a reply names the node's own id as its source, answers
   a message sent to that node, and has an id, not used before. A reply to a message whose
@@ -35,9 +35,9 @@ from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from flwrmtls.app.message import DEFAULT_TTL
 from flwrmtls.proto import common_pb2
 from flwrmtls.state.messagetable import MessageRow
+from flwrmtls.wire.bounds import DEFAULT_TTL
 from flwrmtls.wire.refusals import CallRefused, Refusal
 
 __all__ = [

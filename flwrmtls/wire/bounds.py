@@ -42,6 +42,7 @@ from typing import Any
 from google.protobuf.message import Message as ProtoMessage
 
 __all__ = [
+    "DEFAULT_TTL",
     "FIELD_BOUNDS",
     "HEARTBEAT_SECONDS",
     "LONG_POLL_SECONDS",
@@ -64,6 +65,9 @@ ServerApp's PullReplies and GetNodes, the ClientApp's PullMessage): under
 (:data:`flwrmtls.fleet.servicer.DELIVERY_LEASE`)."""
 MAX_TTL_SECONDS = 365 * 86400.0
 """The longest a message may live."""
+DEFAULT_TTL = 3600.0
+"""Seconds a message lives when it names no ttl (the Grid and the link read it here, so the
+link has no need of the app's modules, nor of numpy, to know it)."""
 _MAX_OBJECT_BYTES = 8 << 30
 """The largest object a receiver accepts (:data:`flwrmtls.objects.transfer.MAX_OBJECT_BYTES`)."""
 _INT64_MAX = (1 << 63) - 1

@@ -215,8 +215,10 @@ def translate_rpc_error(error: grpc.RpcError, ctx: ConnectionContext) -> Flwrmtl
             "Control API, for the CLI, on 9093)"
         )
     if code is grpc.StatusCode.CANCELLED:  # a call this client cancels never gets here
+        said = f": {details}" if details and details != "CANCELLED" else ""
         return LinkUnreachable(
-            f"the link at {ctx.address} cancelled the call: it is stopping or restarting"
+            f"the call to the link at {ctx.address} was cancelled before its answer (CANCELLED"
+            f"{said}): the link may be stopping or restarting"
         )
     return FlwrmtlsError(f"the link at {ctx.address} answered {code.name}: {details}")
 

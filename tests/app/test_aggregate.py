@@ -256,8 +256,18 @@ def test_fedavg_folds_each_reply_in_and_lets_it_go() -> None:
     result = strategy.start(grid, ArrayRecord({"w": np.zeros(8, dtype=np.float32)}), 2)
     np.testing.assert_array_equal(result.arrays["w"], np.full(8, 7.0, dtype=np.float32))
     assert grid.alive_at_yield == [0] * 12  # no earlier reply was alive when the next came
-    # Round 1's model is the caller's; from round 2 on FedAvg holds no model while it folds.
-    assert grid.model_alive_at_yield == [True] * 6 + [False] * 6
+    # FedAvg holds no model while it folds, the first one included: the caller did not keep it.
+    assert grid.model_alive_at_yield == [False] * 12
+
+
+def test_a_first_model_the_caller_keeps_is_the_callers_to_hold() -> None:
+    grid = WatchedGrid(adder(), [{}] * 3, {})
+    strategy = FedAvg(fraction_evaluate=0.0, min_train_nodes=3, min_available_nodes=3)
+    first = ArrayRecord({"w": np.zeros(8, dtype=np.float32)})
+    result = strategy.start(grid, first, 2)
+    np.testing.assert_array_equal(result.arrays["w"], np.full(8, 4.0, dtype=np.float32))
+    assert grid.model_alive_at_yield == [True] * 3 + [False] * 3
+    np.testing.assert_array_equal(first["w"], np.zeros(8, dtype=np.float32))  # never written
 
 
 def fixed_reply_app() -> ClientApp:

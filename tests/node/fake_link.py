@@ -18,6 +18,7 @@ import grpc
 from flwrmtls.fleet.client import FleetClient
 from flwrmtls.proto import fleet_pb2, fleet_pb2_grpc, objects_pb2
 from flwrmtls.wire.errors import ConnectionContext
+from flwrmtls.wire.metadata import REFUSAL_KEY
 
 __all__ = ["FakeLink", "fake_link"]
 
@@ -29,6 +30,10 @@ class FakeLink(fleet_pb2_grpc.FleetServicer):
     """What each Heartbeat answers, in turn (the last one repeats); empty: ``activate_interval``."""
     chunks: list[objects_pb2.ObjectChunk] = field(default_factory=list)
     """What PullObject streams."""
+    break_off: list[tuple[grpc.StatusCode, str, str]] = field(default_factory=list)
+    """How the next PullObjects end after their first chunk, one each in turn: the status, its
+    details and the ``flwrmtls-refusal`` trailer ("" for none). Empty: they stream whole."""
+    object_pulls: int = 0
     heartbeats: int = 0
     chunks_sent: int = 0
     pulls: int = 0
@@ -104,7 +109,15 @@ class FakeLink(fleet_pb2_grpc.FleetServicer):
     def PullObject(
         self, request: objects_pb2.PullObjectRequest, context: grpc.ServicerContext
     ) -> Iterator[objects_pb2.ObjectChunk]:
-        for chunk in self.chunks:
+        with self.lock:
+            self.object_pulls += 1
+            ending = self.break_off.pop(0) if self.break_off else None
+        for index, chunk in enumerate(self.chunks):
+            if ending is not None and index == 1:
+                code, details, refusal = ending
+                if refusal:
+                    context.set_trailing_metadata(((REFUSAL_KEY, refusal),))
+                context.abort(code, details)
             with self.lock:
                 self.chunks_sent += 1
             yield chunk

@@ -277,8 +277,11 @@ def test_a_call_the_link_cancels_is_retried_not_final() -> None:
     error = translate_rpc_error(Failure(grpc.StatusCode.CANCELLED, "CANCELLED"), WITH_CERT)
     assert type(error) is LinkUnreachable
     assert str(error) == (
-        "the link at 127.0.0.1:9092 cancelled the call: it is stopping or restarting"
+        "the call to the link at 127.0.0.1:9092 was cancelled before its answer (CANCELLED): "
+        "the link may be stopping or restarting"
     )
+    said = translate_rpc_error(Failure(grpc.StatusCode.CANCELLED, "proxy reset"), WITH_CERT)
+    assert "(CANCELLED: proxy reset)" in str(said)
 
 
 def test_a_long_poll_of_a_stopping_link_is_the_link_stopping_in_plain_words(

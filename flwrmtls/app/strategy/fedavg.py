@@ -175,11 +175,14 @@ class FedAvg:
             else "off",
         )
         result = Result(arrays=initial_arrays)
+        # The model lives in ``result`` from here, and goes once sent: a caller that handed it
+        # over without keeping it has no copy of it held during the rounds.
+        del initial_arrays
         for server_round in range(1, num_rounds + 1):
             sent = self._send(grid, "train", server_round, result.arrays, train_config)
             # Sent: the Grid has stored the arrays. FedAvg lets its model go while the replies
-            # are folded in (the caller may still hold the first one), so the ServerApp holds
-            # the accumulator and a reply, and the new model only once the old is gone.
+            # are folded in (a caller that kept the first one holds that one), so the ServerApp
+            # holds the accumulator and a reply, and the new model only once the old is gone.
             result.arrays = ArrayRecord()
             trained = self._gather(sent)
             assert trained.arrays is not None

@@ -41,14 +41,21 @@ def _ends(array: Any) -> list[float]:
     return [float(array[0]), float(array[-1])]
 
 
+def _first_model(model_mb: float, probe: list[float]) -> ArrayRecord:
+    """``model_mb`` MiB of float32 in 4 arrays; the first array's ends go to ``probe``. As the
+    flwrmtls app does, the app keeps no name for it once handed to the strategy."""
+    per_array = max(1, int(model_mb * (1 << 20) / 4 / 4))
+    rng = np.random.default_rng()
+    layers = [rng.random(per_array, dtype=np.float32) for _ in range(4)]
+    probe.extend(_ends(layers[0]))
+    return ArrayRecord(layers)
+
+
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     entered = time.monotonic()
     config = context.run_config
-    per_array = max(1, int(float(config["model-mb"]) * (1 << 20) / 4 / 4))
-    rng = np.random.default_rng()
-    layers = [rng.random(per_array, dtype=np.float32) for _ in range(4)]
-    initial = _ends(layers[0])
+    initial: list[float] = []
     nodes = int(config["min-nodes"])
     strategy = FedAvg(
         fraction_train=1.0,
@@ -60,7 +67,9 @@ def main(grid: Grid, context: Context) -> None:
     logging.getLogger("flwr").addHandler(lines)
     start = time.monotonic()
     result = strategy.start(
-        grid=grid, initial_arrays=ArrayRecord(layers), num_rounds=int(config["rounds"])
+        grid=grid,
+        initial_arrays=_first_model(float(config["model-mb"]), initial),
+        num_rounds=int(config["rounds"]),
     )
     finished = time.monotonic()
     final = result.arrays.to_numpy_ndarrays()
