@@ -12,11 +12,13 @@ Rules:
   last pull (their acknowledgement; see :mod:`flwrmtls.fleet.servicer`): if the pull fails
   they are sent again with the next one (acknowledging twice changes nothing).
 
-A download the link's side broke off (the call ``CANCELLED`` or the connection lost,
-``UNAVAILABLE``, with no refusal stated) is fetched again from its first byte, up to
-:data:`FETCH_ATTEMPTS` times, :data:`FETCH_RETRY_DELAY` seconds apart and doubling: one
-stream cut short (a link or a proxy on the way resetting it) must not fail a round. A refusal,
-an answer outside the protocol, a size or hash that does not match, or a transfer out of time
+A download broken off on the way (the call ``CANCELLED``, or ``UNAVAILABLE`` once its bytes
+had started to flow, with no refusal stated: :func:`fetch_again`) is fetched again from its
+first byte, up to :data:`FETCH_ATTEMPTS` times, :data:`FETCH_RETRY_DELAY` seconds apart and
+doubling, all within the one transfer's time (:data:`_TRANSFER_TIMEOUT`): one stream cut short
+(a link or a proxy on the way resetting it) must not fail a round. ``UNAVAILABLE`` before any
+byte (the link down, busy or refusing the handshake) is left to the agent's backoff; a
+refusal, an answer outside the protocol, a size that does not match or a transfer out of time
 is never fetched again here.
 
 An EC-key node signs each call for the link's server key (:mod:`flwrmtls.node.audience`).
@@ -69,6 +71,8 @@ from flwrmtls.wire.metadata import REFUSAL_KEY
 from flwrmtls.wire.refusals import REFUSALS, Refusal, refusal_of
 
 __all__ = [
+    "FETCH_ATTEMPTS",
+    "FETCH_RETRY_DELAY",
     "NODE_ERRORS",
     "BadAnswer",
     "FleetClient",
@@ -80,6 +84,7 @@ __all__ = [
     "RunUnavailable",
     "Session",
     "SessionEnded",
+    "fetch_again",
     "node_error",
 ]
 
@@ -89,7 +94,6 @@ FETCH_ATTEMPTS = 3
 """Tries of one download the link's side broke off (see the module's rules)."""
 FETCH_RETRY_DELAY = 0.5
 """Seconds before the second try; doubled before each next one."""
-_BROKEN_OFF = frozenset({grpc.StatusCode.CANCELLED, grpc.StatusCode.UNAVAILABLE})
 _CANCEL_CHECK = 0.25
 _WRONG_AUDIENCE = "wrong-audience"
 _T = TypeVar("_T")
@@ -120,12 +124,15 @@ class _CheckedStream:
 
     def __init__(self, stream: Any) -> None:
         self._stream = stream
+        self.arrived = 0
+        """Chunks received so far."""
 
     def __iter__(self) -> Iterator[ObjectChunk]:
         return self
 
     def __next__(self) -> ObjectChunk:
         chunk: ObjectChunk = next(self._stream)
+        self.arrived += 1
         return _checked(chunk)
 
     def cancel(self) -> None:
@@ -208,6 +215,16 @@ class Session:
     session_id: str
     identity: str
     heartbeat_interval: float
+
+
+def fetch_again(code: grpc.StatusCode, refused: bool, chunks_arrived: int) -> bool:
+    """Whether a download that failed so is fetched again (the module's rules): ``CANCELLED``,
+    or ``UNAVAILABLE`` after its first chunk, and never a refusal the link stated."""
+    if refused:
+        return False
+    return code is grpc.StatusCode.CANCELLED or (
+        code is grpc.StatusCode.UNAVAILABLE and chunks_arrived > 0
+    )
 
 
 def _trailers(error: grpc.RpcError) -> Sequence[tuple[str, Any]]:
@@ -359,42 +376,53 @@ class FleetClient:
         chunks checked as they arrive and its announced size reserved with ``reserve``
         before a byte is written (QuotaExceeded, ValueError)."""
 
-        def checked_chunks(request: PullObjectRequest, **kwargs: Any) -> _CheckedStream:
-            return _CheckedStream(self._stub.PullObject(request, **kwargs))
+        streams: list[_CheckedStream] = []
 
-        def pull() -> None:
+        def checked_chunks(request: PullObjectRequest, **kwargs: Any) -> _CheckedStream:
+            streams.append(_CheckedStream(self._stub.PullObject(request, **kwargs)))
+            return streams[-1]
+
+        def pull(timeout: float) -> None:
+            streams.clear()
             pull_object_into(
                 store,
                 checked_chunks,
                 object_id,
                 session_id=session.session_id,
-                timeout=_TRANSFER_TIMEOUT,
+                timeout=timeout,
                 reserve=reserve,
                 verify=verify,
             )
 
-        self._call(lambda: self._again_if_broken_off(pull, object_id))
+        def arrived() -> int:
+            return streams[-1].arrived if streams else 0
 
-    def _again_if_broken_off(self, pull: Callable[[], None], object_id: str) -> None:
-        """``pull``, tried again while the link's side breaks it off (the module's rules);
-        the last failure is raised. A failed try leaves nothing stored or reserved."""
+        self._call(lambda: self._again_if_broken_off(pull, arrived, object_id))
+
+    def _again_if_broken_off(
+        self, pull: Callable[[float], None], arrived: Callable[[], int], object_id: str
+    ) -> None:
+        """``pull`` tried again while :func:`fetch_again` says so, every try within one
+        transfer's time; the last failure is raised. A failed try leaves nothing stored or
+        reserved (:func:`~flwrmtls.objects.transfer.pull_object_into`)."""
+        deadline = time.monotonic() + _TRANSFER_TIMEOUT
         for attempt in range(1, FETCH_ATTEMPTS + 1):
             try:
-                pull()
+                pull(deadline - time.monotonic())
                 return
             except grpc.RpcError as error:
+                delay = FETCH_RETRY_DELAY * 2 ** (attempt - 1)
                 if (
                     attempt == FETCH_ATTEMPTS
-                    or error.code() not in _BROKEN_OFF
-                    or _refusal_reason(error)
+                    or not fetch_again(error.code(), bool(_refusal_reason(error)), arrived())
+                    or deadline - time.monotonic() <= delay
                 ):
                     raise
-                delay = FETCH_RETRY_DELAY * 2 ** (attempt - 1)
                 log.warning(
                     "fetching object %s from the link at %s: the transfer was broken off "
-                    "(%s: %s); fetching it again in %.1f s (try %d of %d)",
-                    object_id[:16], self._ctx.address, error.code().name, error.details(),
-                    delay, attempt + 1, FETCH_ATTEMPTS,
+                    "after %d chunk(s) (%s: %s); fetching it again in %.1f s (try %d of %d)",
+                    object_id[:16], self._ctx.address, arrived(), error.code().name,
+                    error.details(), delay, attempt + 1, FETCH_ATTEMPTS,
                 )  # fmt: skip
                 time.sleep(delay)
 

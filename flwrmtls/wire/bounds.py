@@ -66,8 +66,9 @@ ServerApp's PullReplies and GetNodes, the ClientApp's PullMessage): under
 MAX_TTL_SECONDS = 365 * 86400.0
 """The longest a message may live."""
 DEFAULT_TTL = 3600.0
-"""Seconds a message lives when it names no ttl (the Grid and the link read it here, so the
-link has no need of the app's modules, nor of numpy, to know it)."""
+"""Seconds a message lives when it names no ttl: the one definition, which the link reads
+here (so it needs neither the app's modules nor numpy to know it) and the Grid through
+:mod:`flwrmtls.app.message`."""
 _MAX_OBJECT_BYTES = 8 << 30
 """The largest object a receiver accepts (:data:`flwrmtls.objects.transfer.MAX_OBJECT_BYTES`)."""
 _INT64_MAX = (1 << 63) - 1

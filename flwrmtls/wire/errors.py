@@ -17,8 +17,10 @@ Rules:
 * Every call of the CLI's and the node's clients goes through :func:`call`: a failure is
   translated there, once (with the client's table of stated refusals first, if it has one).
 * A call cut on an established connection (``Stream removed``), or cancelled by a link that
-  is stopping (``Cancelling all calls``, or ``CANCELLED`` from the link: a call the client
-  cancels itself never reaches this table), is the link going away, never a refusal: retried.
+  is stopping (``Cancelling all calls``), is the link going away, never a refusal: retried. A
+  call ended ``CANCELLED`` by anything but this client (the link, a proxy on the way, the
+  client's own channel closed under it when its certificate is rotated; grpc does not say
+  which) is retried too, and its line names no cause it cannot know.
 * An ``UNAVAILABLE`` that carries a :data:`~flwrmtls.wire.metadata.REFUSAL_KEY` trailer is the
   link speaking (the catalogue's ``ocsp-unavailable``, :mod:`flwrmtls.wire.refusals`: it has
   no usable OCSP answer for the client's certificate yet; or ``rate-limited``): retried, and
@@ -214,7 +216,7 @@ def translate_rpc_error(error: grpc.RpcError, ctx: ConnectionContext) -> Flwrmtl
             "address (the link's Fleet API, for nodes, listens on port 9092 by default; its "
             "Control API, for the CLI, on 9093)"
         )
-    if code is grpc.StatusCode.CANCELLED:  # a call this client cancels never gets here
+    if code is grpc.StatusCode.CANCELLED:  # not its own cancel: the caller never translates that
         said = f": {details}" if details and details != "CANCELLED" else ""
         return LinkUnreachable(
             f"the call to the link at {ctx.address} was cancelled before its answer (CANCELLED"

@@ -33,6 +33,8 @@ class FakeLink(fleet_pb2_grpc.FleetServicer):
     break_off: list[tuple[grpc.StatusCode, str, str]] = field(default_factory=list)
     """How the next PullObjects end after their first chunk, one each in turn: the status, its
     details and the ``flwrmtls-refusal`` trailer ("" for none). Empty: they stream whole."""
+    break_before: int = 1
+    """The chunk before which a PullObject of ``break_off`` ends (0: before any)."""
     object_pulls: int = 0
     heartbeats: int = 0
     chunks_sent: int = 0
@@ -113,7 +115,7 @@ class FakeLink(fleet_pb2_grpc.FleetServicer):
             self.object_pulls += 1
             ending = self.break_off.pop(0) if self.break_off else None
         for index, chunk in enumerate(self.chunks):
-            if ending is not None and index == 1:
+            if ending is not None and index == self.break_before:
                 code, details, refusal = ending
                 if refusal:
                     context.set_trailing_metadata(((REFUSAL_KEY, refusal),))

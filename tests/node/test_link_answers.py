@@ -22,7 +22,7 @@ import pytest
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
 from flwrmtls.errors import FlwrmtlsError, LinkUnreachable, Refused
-from flwrmtls.fleet.client import FETCH_ATTEMPTS, BadAnswer, Session
+from flwrmtls.fleet.client import FETCH_ATTEMPTS, BadAnswer, Session, fetch_again
 from flwrmtls.node.agent import NodeAgent, RetryPolicy
 from flwrmtls.node.storage import NodeStorage
 from flwrmtls.objects.scope import QuotaExceeded
@@ -299,8 +299,14 @@ def test_a_download_broken_off_is_fetched_again_from_its_start(
     warnings = [r.getMessage() for r in caplog.records if r.name == "flwrmtls.node"]
     assert len(warnings) == 2
     assert f"fetching object {object_id[:16]}" in warnings[0]
-    assert "(CANCELLED: CANCELLED); fetching it again in 0.5 s (try 2 of 3)" in warnings[0]
-    assert "(UNAVAILABLE: Stream removed); fetching it again in 1.0 s (try 3 of 3)" in warnings[1]
+    assert (
+        "broken off after 1 chunk(s) (CANCELLED: CANCELLED); fetching it again in 0.5 s "
+        "(try 2 of 3)"
+    ) in warnings[0]
+    assert (
+        "broken off after 1 chunk(s) (UNAVAILABLE: Stream removed); fetching it again in 1.0 s "
+        "(try 3 of 3)"
+    ) in warnings[1]
 
 
 def test_a_download_broken_off_every_time_fails_after_the_last_try(tmp_path: Path) -> None:
@@ -325,13 +331,60 @@ def test_a_download_broken_off_every_time_fails_after_the_last_try(tmp_path: Pat
         (grpc.StatusCode.INTERNAL, "", FlwrmtlsError),
     ],
 )
+@pytest.mark.parametrize("break_before", [0, 1])
 def test_a_download_ended_otherwise_is_not_fetched_again(
-    tmp_path: Path, code: grpc.StatusCode, refusal: str, kind: type[FlwrmtlsError]
+    tmp_path: Path,
+    code: grpc.StatusCode,
+    refusal: str,
+    kind: type[FlwrmtlsError],
+    break_before: int,
 ) -> None:
     data = b"e" * (3 << 20)
     store = ObjectStore(tmp_path / "objects")
-    link = FakeLink(chunks=chunks(data, len(data)), break_off=[(code, "no", refusal)])
+    link = FakeLink(
+        chunks=chunks(data, len(data)),
+        break_off=[(code, "no", refusal)],
+        break_before=break_before,
+    )
     with fake_link(link) as client, pytest.raises(kind):
         client.fetch_object(SESSION, object_id_of(data), store)
     assert link.object_pulls == 1
     assert files_in(store) == []
+
+
+def test_unavailable_before_the_first_chunk_is_left_to_the_agent(tmp_path: Path) -> None:
+    """The link down, shedding load or refusing the handshake answers UNAVAILABLE before any
+    byte: the agent's backoff handles that, not a quick retry here. The same status once bytes
+    flowed (control) is a stream cut on the way, fetched again."""
+    data = b"u" * (3 << 20)
+    store = ObjectStore(tmp_path / "objects")
+    lost = (grpc.StatusCode.UNAVAILABLE, "Connection reset", "")
+    link = FakeLink(chunks=chunks(data, len(data)), break_off=[lost], break_before=0)
+    with fake_link(link) as client:
+        with pytest.raises(LinkUnreachable):
+            client.fetch_object(SESSION, object_id_of(data), store)
+        assert link.object_pulls == 1
+        link.break_off, link.break_before = [lost], 1
+        client.fetch_object(SESSION, object_id_of(data), store)
+    assert link.object_pulls == 3
+    assert store.read_verified(object_id_of(data)) == data
+
+
+@pytest.mark.parametrize(
+    ("code", "refused", "arrived", "again"),
+    [
+        (grpc.StatusCode.CANCELLED, False, 0, True),
+        (grpc.StatusCode.CANCELLED, False, 5, True),
+        (grpc.StatusCode.CANCELLED, True, 5, False),
+        (grpc.StatusCode.UNAVAILABLE, False, 0, False),
+        (grpc.StatusCode.UNAVAILABLE, False, 1, True),
+        (grpc.StatusCode.UNAVAILABLE, True, 1, False),
+        (grpc.StatusCode.DEADLINE_EXCEEDED, False, 1, False),
+        (grpc.StatusCode.RESOURCE_EXHAUSTED, False, 1, False),
+        (grpc.StatusCode.UNKNOWN, False, 1, False),
+    ],
+)
+def test_which_failed_downloads_are_fetched_again(
+    code: grpc.StatusCode, refused: bool, arrived: int, again: bool
+) -> None:
+    assert fetch_again(code, refused, arrived) is again
