@@ -12,14 +12,15 @@ Rules:
   last pull (their acknowledgement; see :mod:`flwrmtls.fleet.servicer`): if the pull fails
   they are sent again with the next one (acknowledging twice changes nothing).
 
-A download broken off on the way (the call ``CANCELLED``, or ``UNAVAILABLE`` once its bytes
-had started to flow, with no refusal stated: :func:`fetch_again`) is fetched again from its
-first byte, up to :data:`FETCH_ATTEMPTS` times, :data:`FETCH_RETRY_DELAY` seconds apart and
-doubling, all within the one transfer's time (:data:`_TRANSFER_TIMEOUT`): one stream cut short
-(a link or a proxy on the way resetting it) must not fail a round. ``UNAVAILABLE`` before any
-byte (the link down, busy or refusing the handshake) is left to the agent's backoff; a
-refusal, an answer outside the protocol, a size that does not match or a transfer out of time
-is never fetched again here.
+A download broken off on the way (the call ``CANCELLED``, or ``UNAVAILABLE`` on a connection
+that was made, with no refusal stated: :func:`fetch_again`) is fetched again from its first
+byte, up to :data:`FETCH_ATTEMPTS` times, :data:`FETCH_RETRY_DELAY` seconds apart and
+doubling, the series within one transfer's time (:data:`_TRANSFER_TIMEOUT`; a try is only
+started with :data:`_MIN_TRY` seconds of it left): one stream cut short (the link or a proxy
+on the way resetting it, or a connection lost while the transfer waited for its turn) must not
+fail a round, for the node has no later chance at a ClientApp's arrays. A connection that
+cannot be made (nothing listening, a handshake refused), a refusal, an answer outside the
+protocol, a size that does not match or a transfer out of time is not fetched again here.
 
 An EC-key node signs each call for the link's server key (:mod:`flwrmtls.node.audience`).
 When the link refuses a call as ``wrong-audience`` (its server certificate was rotated to a
@@ -66,7 +67,7 @@ from flwrmtls.objects.transfer import Reserve, pull_object_into, push_stored_obj
 from flwrmtls.proto import common_pb2, fleet_pb2, fleet_pb2_grpc
 from flwrmtls.proto.objects_pb2 import ObjectChunk, PullObjectRequest
 from flwrmtls.wire.bounds import response_problem
-from flwrmtls.wire.errors import ConnectionContext, call, rpc_failure
+from flwrmtls.wire.errors import ConnectionContext, call, never_connected, rpc_failure
 from flwrmtls.wire.metadata import REFUSAL_KEY
 from flwrmtls.wire.refusals import REFUSALS, Refusal, refusal_of
 
@@ -94,6 +95,8 @@ FETCH_ATTEMPTS = 3
 """Tries of one download the link's side broke off (see the module's rules)."""
 FETCH_RETRY_DELAY = 0.5
 """Seconds before the second try; doubled before each next one."""
+_MIN_TRY = 5.0
+"""Seconds of the transfer's time a try needs left to be started at all."""
 _CANCEL_CHECK = 0.25
 _WRONG_AUDIENCE = "wrong-audience"
 _T = TypeVar("_T")
@@ -217,13 +220,13 @@ class Session:
     heartbeat_interval: float
 
 
-def fetch_again(code: grpc.StatusCode, refused: bool, chunks_arrived: int) -> bool:
+def fetch_again(code: grpc.StatusCode, refused: bool, details: str) -> bool:
     """Whether a download that failed so is fetched again (the module's rules): ``CANCELLED``,
-    or ``UNAVAILABLE`` after its first chunk, and never a refusal the link stated."""
+    or ``UNAVAILABLE`` on a connection that was made, and never a refusal the link stated."""
     if refused:
         return False
     return code is grpc.StatusCode.CANCELLED or (
-        code is grpc.StatusCode.UNAVAILABLE and chunks_arrived > 0
+        code is grpc.StatusCode.UNAVAILABLE and not never_connected(details)
     )
 
 
@@ -402,7 +405,7 @@ class FleetClient:
     def _again_if_broken_off(
         self, pull: Callable[[float], None], arrived: Callable[[], int], object_id: str
     ) -> None:
-        """``pull`` tried again while :func:`fetch_again` says so, every try within one
+        """``pull`` tried again while :func:`fetch_again` says so, the tries within one
         transfer's time; the last failure is raised. A failed try leaves nothing stored or
         reserved (:func:`~flwrmtls.objects.transfer.pull_object_into`)."""
         deadline = time.monotonic() + _TRANSFER_TIMEOUT
@@ -412,10 +415,13 @@ class FleetClient:
                 return
             except grpc.RpcError as error:
                 delay = FETCH_RETRY_DELAY * 2 ** (attempt - 1)
+                again = fetch_again(
+                    error.code(), bool(_refusal_reason(error)), error.details() or ""
+                )
                 if (
-                    attempt == FETCH_ATTEMPTS
-                    or not fetch_again(error.code(), bool(_refusal_reason(error)), arrived())
-                    or deadline - time.monotonic() <= delay
+                    not again
+                    or attempt == FETCH_ATTEMPTS
+                    or deadline - time.monotonic() < delay + _MIN_TRY
                 ):
                     raise
                 log.warning(

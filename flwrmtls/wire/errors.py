@@ -17,10 +17,11 @@ Rules:
 * Every call of the CLI's and the node's clients goes through :func:`call`: a failure is
   translated there, once (with the client's table of stated refusals first, if it has one).
 * A call cut on an established connection (``Stream removed``), or cancelled by a link that
-  is stopping (``Cancelling all calls``), is the link going away, never a refusal: retried. A
-  call ended ``CANCELLED`` by anything but this client (the link, a proxy on the way, the
-  client's own channel closed under it when its certificate is rotated; grpc does not say
-  which) is retried too, and its line names no cause it cannot know.
+  is stopping (``Cancelling all calls``), is the link going away, never a refusal: retried
+  (:func:`never_connected` tells these from a connection never made). A call ended
+  ``CANCELLED`` without this client's code cancelling it (by the link, by a proxy on the way,
+  or by the client's channel closed under it when its certificate is rotated; grpc does not
+  say which) is retried too; its line quotes grpc and says the link may be stopping.
 * An ``UNAVAILABLE`` that carries a :data:`~flwrmtls.wire.metadata.REFUSAL_KEY` trailer is the
   link speaking (the catalogue's ``ocsp-unavailable``, :mod:`flwrmtls.wire.refusals`: it has
   no usable OCSP answer for the client's certificate yet; or ``rate-limited``): retried, and
@@ -69,6 +70,7 @@ __all__ = [
     "StatedError",
     "call",
     "explain_handshake_closed",
+    "never_connected",
     "rpc_failure",
     "translate_rpc_error",
 ]
@@ -188,6 +190,26 @@ _UNAVAILABLE_CAUSES = (
 )
 
 
+_NEVER_CONNECTED = (
+    _server_unverified,
+    _not_tls,
+    _handshake_closed,
+    _unusable_local_certificate,
+    _unreachable,
+)
+"""The causes in :data:`_UNAVAILABLE_CAUSES` where no usable connection to the link was made."""
+
+
+def never_connected(details: str) -> bool:
+    """Whether an ``UNAVAILABLE``'s details say no connection to the link was made (nothing
+    listening, no name, a handshake refused or failed), as opposed to a call cut on one that
+    was (``Stream removed``, a link stopping, or words this table does not know)."""
+    for marker, translate in _UNAVAILABLE_CAUSES:
+        if marker in details:
+            return translate in _NEVER_CONNECTED
+    return "failed to connect to all addresses" in details or "DNS resolution failed" in details
+
+
 def _stated_by_the_link(error: grpc.RpcError) -> bool:
     trailers = getattr(error, "trailing_metadata", lambda: ())() or ()
     return any(key == REFUSAL_KEY for key, _ in trailers)
@@ -216,7 +238,7 @@ def translate_rpc_error(error: grpc.RpcError, ctx: ConnectionContext) -> Flwrmtl
             "address (the link's Fleet API, for nodes, listens on port 9092 by default; its "
             "Control API, for the CLI, on 9093)"
         )
-    if code is grpc.StatusCode.CANCELLED:  # not its own cancel: the caller never translates that
+    if code is grpc.StatusCode.CANCELLED:  # a stream cancelled on purpose is never translated
         said = f": {details}" if details and details != "CANCELLED" else ""
         return LinkUnreachable(
             f"the call to the link at {ctx.address} was cancelled before its answer (CANCELLED"

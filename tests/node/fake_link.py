@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import grpc
 
@@ -20,7 +21,17 @@ from flwrmtls.proto import fleet_pb2, fleet_pb2_grpc, objects_pb2
 from flwrmtls.wire.errors import ConnectionContext
 from flwrmtls.wire.metadata import REFUSAL_KEY
 
-__all__ = ["FakeLink", "fake_link"]
+__all__ = ["BreakOff", "FakeLink", "fake_link"]
+
+
+class BreakOff(NamedTuple):
+    """A PullObject ended with ``code`` and ``details`` before chunk ``before`` (0: before any),
+    with a ``flwrmtls-refusal`` trailer unless ``refusal`` is empty."""
+
+    code: grpc.StatusCode
+    details: str
+    refusal: str = ""
+    before: int = 1
 
 
 @dataclass
@@ -30,11 +41,8 @@ class FakeLink(fleet_pb2_grpc.FleetServicer):
     """What each Heartbeat answers, in turn (the last one repeats); empty: ``activate_interval``."""
     chunks: list[objects_pb2.ObjectChunk] = field(default_factory=list)
     """What PullObject streams."""
-    break_off: list[tuple[grpc.StatusCode, str, str]] = field(default_factory=list)
-    """How the next PullObjects end after their first chunk, one each in turn: the status, its
-    details and the ``flwrmtls-refusal`` trailer ("" for none). Empty: they stream whole."""
-    break_before: int = 1
-    """The chunk before which a PullObject of ``break_off`` ends (0: before any)."""
+    break_off: list[BreakOff] = field(default_factory=list)
+    """How the next PullObjects end, one each in turn. Empty: they stream whole."""
     object_pulls: int = 0
     heartbeats: int = 0
     chunks_sent: int = 0
@@ -115,11 +123,10 @@ class FakeLink(fleet_pb2_grpc.FleetServicer):
             self.object_pulls += 1
             ending = self.break_off.pop(0) if self.break_off else None
         for index, chunk in enumerate(self.chunks):
-            if ending is not None and index == self.break_before:
-                code, details, refusal = ending
-                if refusal:
-                    context.set_trailing_metadata(((REFUSAL_KEY, refusal),))
-                context.abort(code, details)
+            if ending is not None and index == ending.before:
+                if ending.refusal:
+                    context.set_trailing_metadata(((REFUSAL_KEY, ending.refusal),))
+                context.abort(ending.code, ending.details)
             with self.lock:
                 self.chunks_sent += 1
             yield chunk

@@ -22,7 +22,13 @@ import pytest
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
 from flwrmtls.errors import FlwrmtlsError, LinkUnreachable, Refused
-from flwrmtls.fleet.client import FETCH_ATTEMPTS, BadAnswer, Session, fetch_again
+from flwrmtls.fleet.client import (
+    FETCH_ATTEMPTS,
+    BadAnswer,
+    FleetClient,
+    Session,
+    fetch_again,
+)
 from flwrmtls.node.agent import NodeAgent, RetryPolicy
 from flwrmtls.node.storage import NodeStorage
 from flwrmtls.objects.scope import QuotaExceeded
@@ -31,9 +37,11 @@ from flwrmtls.objects.transfer import MAX_OBJECT_BYTES, pull_object_into
 from flwrmtls.proto import fleet_pb2, fleet_pb2_grpc, objects_pb2
 from flwrmtls.testing.processes import NodeProcess
 from flwrmtls.wire.bounds import RESPONSE_BOUNDS, response_problem
+from flwrmtls.wire.errors import ConnectionContext
 
+from ..e2e.deployment import free_port
 from ..e2e.test_processes import one_error_line
-from .fake_link import FakeLink, fake_link
+from .fake_link import BreakOff, FakeLink, fake_link
 
 _NUMERIC = {
     FieldDescriptor.TYPE_DOUBLE, FieldDescriptor.TYPE_FLOAT, FieldDescriptor.TYPE_INT32,
@@ -273,23 +281,24 @@ def test_bytes_a_link_sends_under_another_id_never_reach_an_app(tmp_path: Path) 
     assert files_in(store) == []
 
 
-# -- a download the link's side breaks off ------------------------------------------------------
+# -- a download broken off on the way -----------------------------------------------------------
 
 
 def test_a_download_broken_off_is_fetched_again_from_its_start(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Seen at 32 nodes x 50 MiB: one of a node's downloads ended CANCELLED and its round
-    failed. Two breaks (a cancelled call, a lost connection) are fetched again; the bytes are
-    whole and verified, and each retry is one warning naming the object and the status."""
+    failed. Two breaks (a cancelled call after a chunk, a connection lost before any) are
+    fetched again; the bytes are whole and verified, and each retry is one warning naming the
+    object, the chunks that try received and the status."""
     data = bytes(range(256)) * (12 << 12)  # 3 chunks of 1 MiB
     object_id = object_id_of(data)
     store = ObjectStore(tmp_path / "objects")
     link = FakeLink(
         chunks=chunks(data, len(data)),
         break_off=[
-            (grpc.StatusCode.CANCELLED, "CANCELLED", ""),
-            (grpc.StatusCode.UNAVAILABLE, "Stream removed", ""),
+            BreakOff(grpc.StatusCode.CANCELLED, "CANCELLED", before=1),
+            BreakOff(grpc.StatusCode.UNAVAILABLE, "Stream removed", before=0),
         ],
     )
     with fake_link(link) as client, caplog.at_level("WARNING", "flwrmtls.node"):
@@ -304,7 +313,7 @@ def test_a_download_broken_off_is_fetched_again_from_its_start(
         "(try 2 of 3)"
     ) in warnings[0]
     assert (
-        "broken off after 1 chunk(s) (UNAVAILABLE: Stream removed); fetching it again in 1.0 s "
+        "broken off after 0 chunk(s) (UNAVAILABLE: Stream removed); fetching it again in 1.0 s "
         "(try 3 of 3)"
     ) in warnings[1]
 
@@ -312,12 +321,34 @@ def test_a_download_broken_off_is_fetched_again_from_its_start(
 def test_a_download_broken_off_every_time_fails_after_the_last_try(tmp_path: Path) -> None:
     data = b"d" * (3 << 20)
     store = ObjectStore(tmp_path / "objects")
-    cancelled = (grpc.StatusCode.CANCELLED, "CANCELLED", "")
+    cancelled = BreakOff(grpc.StatusCode.CANCELLED, "CANCELLED")
     link = FakeLink(chunks=chunks(data, len(data)), break_off=[cancelled] * FETCH_ATTEMPTS)
     with fake_link(link) as client, pytest.raises(LinkUnreachable, match=r"\(CANCELLED\)"):
         client.fetch_object(SESSION, object_id_of(data), store)
     assert link.object_pulls == FETCH_ATTEMPTS
     assert files_in(store) == []  # nothing of the broken tries stays
+
+
+def test_no_try_starts_without_time_left_for_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The tries share one transfer's time: with 3 s of it, a try after a 0.5 s pause would
+    have under 5 s, so the break stands (and names itself, not a deadline). Control: with the
+    full time the same break is fetched again."""
+    data = b"t" * (3 << 20)
+    store = ObjectStore(tmp_path / "objects")
+    cancelled = BreakOff(grpc.StatusCode.CANCELLED, "CANCELLED")
+    link = FakeLink(chunks=chunks(data, len(data)), break_off=[cancelled])
+    with fake_link(link) as client:
+        with monkeypatch.context() as patched:
+            patched.setattr("flwrmtls.fleet.client._TRANSFER_TIMEOUT", 3.0)
+            with pytest.raises(LinkUnreachable, match=r"\(CANCELLED\)"):
+                client.fetch_object(SESSION, object_id_of(data), store)
+        assert link.object_pulls == 1
+        link.break_off = [cancelled]
+        client.fetch_object(SESSION, object_id_of(data), store)
+    assert link.object_pulls == 3
+    assert store.read_verified(object_id_of(data)) == data
 
 
 @pytest.mark.parametrize(
@@ -331,20 +362,18 @@ def test_a_download_broken_off_every_time_fails_after_the_last_try(tmp_path: Pat
         (grpc.StatusCode.INTERNAL, "", FlwrmtlsError),
     ],
 )
-@pytest.mark.parametrize("break_before", [0, 1])
+@pytest.mark.parametrize("before", [0, 1])
 def test_a_download_ended_otherwise_is_not_fetched_again(
     tmp_path: Path,
     code: grpc.StatusCode,
     refusal: str,
     kind: type[FlwrmtlsError],
-    break_before: int,
+    before: int,
 ) -> None:
     data = b"e" * (3 << 20)
     store = ObjectStore(tmp_path / "objects")
     link = FakeLink(
-        chunks=chunks(data, len(data)),
-        break_off=[(code, "no", refusal)],
-        break_before=break_before,
+        chunks=chunks(data, len(data)), break_off=[BreakOff(code, "no", refusal, before)]
     )
     with fake_link(link) as client, pytest.raises(kind):
         client.fetch_object(SESSION, object_id_of(data), store)
@@ -352,39 +381,45 @@ def test_a_download_ended_otherwise_is_not_fetched_again(
     assert files_in(store) == []
 
 
-def test_unavailable_before_the_first_chunk_is_left_to_the_agent(tmp_path: Path) -> None:
-    """The link down, shedding load or refusing the handshake answers UNAVAILABLE before any
-    byte: the agent's backoff handles that, not a quick retry here. The same status once bytes
-    flowed (control) is a stream cut on the way, fetched again."""
-    data = b"u" * (3 << 20)
-    store = ObjectStore(tmp_path / "objects")
-    lost = (grpc.StatusCode.UNAVAILABLE, "Connection reset", "")
-    link = FakeLink(chunks=chunks(data, len(data)), break_off=[lost], break_before=0)
-    with fake_link(link) as client:
-        with pytest.raises(LinkUnreachable):
-            client.fetch_object(SESSION, object_id_of(data), store)
-        assert link.object_pulls == 1
-        link.break_off, link.break_before = [lost], 1
-        client.fetch_object(SESSION, object_id_of(data), store)
-    assert link.object_pulls == 3
-    assert store.read_verified(object_id_of(data)) == data
-
-
 @pytest.mark.parametrize(
-    ("code", "refused", "arrived", "again"),
+    ("code", "refused", "details", "again"),
     [
-        (grpc.StatusCode.CANCELLED, False, 0, True),
-        (grpc.StatusCode.CANCELLED, False, 5, True),
-        (grpc.StatusCode.CANCELLED, True, 5, False),
-        (grpc.StatusCode.UNAVAILABLE, False, 0, False),
-        (grpc.StatusCode.UNAVAILABLE, False, 1, True),
-        (grpc.StatusCode.UNAVAILABLE, True, 1, False),
-        (grpc.StatusCode.DEADLINE_EXCEEDED, False, 1, False),
-        (grpc.StatusCode.RESOURCE_EXHAUSTED, False, 1, False),
-        (grpc.StatusCode.UNKNOWN, False, 1, False),
+        (grpc.StatusCode.CANCELLED, False, "CANCELLED", True),
+        (grpc.StatusCode.CANCELLED, True, "CANCELLED", False),
+        (grpc.StatusCode.UNAVAILABLE, False, "Stream removed", True),
+        (grpc.StatusCode.UNAVAILABLE, False, "Cancelling all calls", True),
+        (grpc.StatusCode.UNAVAILABLE, False, "Connection reset by peer", True),
+        (grpc.StatusCode.UNAVAILABLE, True, "Stream removed", False),
+        # No connection was made: nothing listening, no name, a handshake refused or failed.
+        (grpc.StatusCode.UNAVAILABLE, False, "failed to connect to all addresses; last "
+         "error: UNKNOWN: ipv4:127.0.0.1:9: Failed to connect to remote host: Connection "
+         "refused", False),
+        (grpc.StatusCode.UNAVAILABLE, False, "DNS resolution failed for nowhere:9092", False),
+        (grpc.StatusCode.UNAVAILABLE, False, "Socket closed", False),
+        (grpc.StatusCode.UNAVAILABLE, False, "CERTIFICATE_VERIFY_FAILED", False),
+        (grpc.StatusCode.UNAVAILABLE, False, "WRONG_VERSION_NUMBER", False),
+        (grpc.StatusCode.DEADLINE_EXCEEDED, False, "Deadline Exceeded", False),
+        (grpc.StatusCode.RESOURCE_EXHAUSTED, False, "too big", False),
+        (grpc.StatusCode.UNKNOWN, False, "?", False),
     ],
-)
+)  # fmt: skip
 def test_which_failed_downloads_are_fetched_again(
-    code: grpc.StatusCode, refused: bool, arrived: int, again: bool
+    code: grpc.StatusCode, refused: bool, details: str, again: bool
 ) -> None:
-    assert fetch_again(code, refused, arrived) is again
+    assert fetch_again(code, refused, details) is again
+
+
+def test_a_link_that_cannot_be_reached_is_not_fetched_from_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Nothing listening: the connection is never made, so the failure is the agent's (its
+    reconnect backoff), not three tries here: no try is announced."""
+    port = free_port()
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        client = FleetClient(channel, ConnectionContext(f"127.0.0.1:{port}", False, False, ""))
+        with (
+            caplog.at_level("WARNING", "flwrmtls.node"),
+            pytest.raises(LinkUnreachable, match="connection refused"),
+        ):
+            client.fetch_object(SESSION, object_id_of(b"x"), ObjectStore(tmp_path / "objects"))
+    assert not [r for r in caplog.records if "fetching it again" in r.getMessage()]
