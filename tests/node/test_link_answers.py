@@ -291,7 +291,7 @@ def test_a_download_broken_off_is_fetched_again_from_its_start(
     failed. Two breaks (a cancelled call after a chunk, a connection lost before any) are
     fetched again; the bytes are whole and verified, and each retry is one warning naming the
     object, the chunks that try received and the status."""
-    data = bytes(range(256)) * (12 << 12)  # 3 chunks of 1 MiB
+    data = bytes(range(256)) * (12 << 10)  # 3 chunks of 1 MiB
     object_id = object_id_of(data)
     store = ObjectStore(tmp_path / "objects")
     link = FakeLink(
@@ -332,16 +332,16 @@ def test_a_download_broken_off_every_time_fails_after_the_last_try(tmp_path: Pat
 def test_no_try_starts_without_time_left_for_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The tries share one transfer's time: with 3 s of it, a try after a 0.5 s pause would
-    have under 5 s, so the break stands (and names itself, not a deadline). Control: with the
-    full time the same break is fetched again."""
+    """A try starts only with enough of the transfer's time left for it: asked for more
+    than the 600 s hold, the break stands (and names itself). Control: with the usual minimum
+    the same break is fetched again."""
     data = b"t" * (3 << 20)
     store = ObjectStore(tmp_path / "objects")
     cancelled = BreakOff(grpc.StatusCode.CANCELLED, "CANCELLED")
     link = FakeLink(chunks=chunks(data, len(data)), break_off=[cancelled])
     with fake_link(link) as client:
         with monkeypatch.context() as patched:
-            patched.setattr("flwrmtls.fleet.client._TRANSFER_TIMEOUT", 3.0)
+            patched.setattr("flwrmtls.fleet.client._MIN_TRY", 10_000.0)
             with pytest.raises(LinkUnreachable, match=r"\(CANCELLED\)"):
                 client.fetch_object(SESSION, object_id_of(data), store)
         assert link.object_pulls == 1
@@ -381,32 +381,60 @@ def test_a_download_ended_otherwise_is_not_fetched_again(
     assert files_in(store) == []
 
 
+_TOO_MANY = "too many calls in progress from 127.0.0.1: retry later"
+
+
 @pytest.mark.parametrize(
-    ("code", "refused", "details", "again"),
+    ("code", "refused", "details", "arrived", "again"),
     [
-        (grpc.StatusCode.CANCELLED, False, "CANCELLED", True),
-        (grpc.StatusCode.CANCELLED, True, "CANCELLED", False),
-        (grpc.StatusCode.UNAVAILABLE, False, "Stream removed", True),
-        (grpc.StatusCode.UNAVAILABLE, False, "Cancelling all calls", True),
-        (grpc.StatusCode.UNAVAILABLE, False, "Connection reset by peer", True),
-        (grpc.StatusCode.UNAVAILABLE, True, "Stream removed", False),
-        # No connection was made: nothing listening, no name, a handshake refused or failed.
+        (grpc.StatusCode.CANCELLED, False, "CANCELLED", 0, True),
+        (grpc.StatusCode.CANCELLED, False, "CANCELLED", 3, True),
+        (grpc.StatusCode.CANCELLED, True, "CANCELLED", 3, False),
+        # grpc's words for a call cut on a live connection, before any chunk or after.
+        (grpc.StatusCode.UNAVAILABLE, False, "Stream removed", 0, True),
+        (grpc.StatusCode.UNAVAILABLE, False, "Cancelling all calls", 0, True),
+        (grpc.StatusCode.UNAVAILABLE, True, "Stream removed", 0, False),
+        # After a chunk the connection was made, whatever the words.
+        (grpc.StatusCode.UNAVAILABLE, False, "Socket closed", 2, True),
+        (grpc.StatusCode.UNAVAILABLE, False, "Connection reset by peer", 1, True),
+        (grpc.StatusCode.UNAVAILABLE, False, _TOO_MANY, 1, True),
+        (grpc.StatusCode.UNAVAILABLE, True, "Socket closed", 2, False),
+        # Before any chunk, anything else: no connection, or the link asking to be left alone.
+        (grpc.StatusCode.UNAVAILABLE, False, "Socket closed", 0, False),
+        (grpc.StatusCode.UNAVAILABLE, False, _TOO_MANY, 0, False),
+        (grpc.StatusCode.UNAVAILABLE, False, "the OCSP decision for this certificate is "
+         "pending (responder: Connection refused): retry later", 0, False),
         (grpc.StatusCode.UNAVAILABLE, False, "failed to connect to all addresses; last "
          "error: UNKNOWN: ipv4:127.0.0.1:9: Failed to connect to remote host: Connection "
-         "refused", False),
-        (grpc.StatusCode.UNAVAILABLE, False, "DNS resolution failed for nowhere:9092", False),
-        (grpc.StatusCode.UNAVAILABLE, False, "Socket closed", False),
-        (grpc.StatusCode.UNAVAILABLE, False, "CERTIFICATE_VERIFY_FAILED", False),
-        (grpc.StatusCode.UNAVAILABLE, False, "WRONG_VERSION_NUMBER", False),
-        (grpc.StatusCode.DEADLINE_EXCEEDED, False, "Deadline Exceeded", False),
-        (grpc.StatusCode.RESOURCE_EXHAUSTED, False, "too big", False),
-        (grpc.StatusCode.UNKNOWN, False, "?", False),
+         "refused", 0, False),
+        (grpc.StatusCode.UNAVAILABLE, False, "DNS resolution failed for nowhere:9092", 0, False),
+        (grpc.StatusCode.UNAVAILABLE, False, "CERTIFICATE_VERIFY_FAILED", 0, False),
+        (grpc.StatusCode.DEADLINE_EXCEEDED, False, "Deadline Exceeded", 3, False),
+        (grpc.StatusCode.RESOURCE_EXHAUSTED, False, "too big", 3, False),
+        (grpc.StatusCode.UNKNOWN, False, "?", 3, False),
     ],
 )  # fmt: skip
 def test_which_failed_downloads_are_fetched_again(
-    code: grpc.StatusCode, refused: bool, details: str, again: bool
+    code: grpc.StatusCode, refused: bool, details: str, arrived: int, again: bool
 ) -> None:
-    assert fetch_again(code, refused, details) is again
+    assert fetch_again(code, refused, details, arrived) is again
+
+
+def test_a_busy_link_is_not_asked_again_at_once(tmp_path: Path) -> None:
+    """The link's own try-later answer, before any chunk, is not a stream cut: asked again
+    only later, by whoever asked (control: the same words after a chunk are a cut stream)."""
+    data = b"b" * (3 << 20)
+    store = ObjectStore(tmp_path / "objects")
+    busy = BreakOff(grpc.StatusCode.UNAVAILABLE, _TOO_MANY, before=0)
+    link = FakeLink(chunks=chunks(data, len(data)), break_off=[busy])
+    with fake_link(link) as client:
+        with pytest.raises(LinkUnreachable, match="too many calls"):
+            client.fetch_object(SESSION, object_id_of(data), store)
+        assert link.object_pulls == 1
+        link.break_off = [busy._replace(before=1)]
+        client.fetch_object(SESSION, object_id_of(data), store)
+    assert link.object_pulls == 3
+    assert store.read_verified(object_id_of(data)) == data
 
 
 def test_a_link_that_cannot_be_reached_is_not_fetched_from_again(
