@@ -12,18 +12,18 @@ Rules:
   last pull (their acknowledgement; see :mod:`flwrmtls.fleet.servicer`): if the pull fails
   they are sent again with the next one (acknowledging twice changes nothing).
 
-A download broken off on the way (the call ``CANCELLED``; or ``UNAVAILABLE`` once chunks had
-arrived, or in grpc's words for a call cut on a live connection; never with a refusal stated:
-:func:`fetch_again`) is fetched again from its first byte, up to :data:`FETCH_ATTEMPTS`
-times, :data:`FETCH_RETRY_DELAY` seconds apart and doubling, the series within one transfer's
-time (:data:`_TRANSFER_TIMEOUT`; a try is only started with :data:`_MIN_TRY` seconds of it
-left): one stream cut short (the link or a proxy
-on the way resetting it, or a connection lost while the transfer waited for its turn) must not
-fail a round, for the node has no later chance at a ClientApp's arrays. Before its first
-chunk, an ``UNAVAILABLE`` in other words (a connection that cannot be made, or the link's own
-try-later answers: too many calls, a pending OCSP decision, its storage failing) is not
-fetched again here, so a busy link is not asked again at once; nor is a refusal, an answer
-outside the protocol, a size that does not match or a transfer out of time.
+A download broken off on the way is fetched again from its first byte (:func:`fetch_again`):
+after ``CANCELLED``, or ``UNAVAILABLE`` unless it is grpc's word for a connection never made
+before any chunk arrived (:func:`~flwrmtls.wire.errors.never_connected`: nothing listening, a
+handshake refused, which the agent's reconnect handles), and never with a refusal stated. So
+a stream cut on the way (the link or a proxy resetting it, a connection lost while the
+transfer waited for its turn) and the link's own try-later answers (too many calls at once, an
+OCSP decision pending, its storage failing for a moment) are asked again after a pause: the
+node has no later chance at a ClientApp's arrays, and one of them must not fail a round. Up
+to :data:`FETCH_ATTEMPTS` tries, :data:`FETCH_RETRY_DELAY` seconds apart and doubling, the
+series within one transfer's time (:data:`_TRANSFER_TIMEOUT`; a try is only started with
+:data:`_MIN_TRY` seconds of it left). A refusal, an answer outside the protocol, a size that
+does not match or a transfer out of time is not fetched again here.
 
 An EC-key node signs each call for the link's server key (:mod:`flwrmtls.node.audience`).
 When the link refuses a call as ``wrong-audience`` (its server certificate was rotated to a
@@ -70,7 +70,7 @@ from flwrmtls.objects.transfer import Reserve, pull_object_into, push_stored_obj
 from flwrmtls.proto import common_pb2, fleet_pb2, fleet_pb2_grpc
 from flwrmtls.proto.objects_pb2 import ObjectChunk, PullObjectRequest
 from flwrmtls.wire.bounds import response_problem
-from flwrmtls.wire.errors import ConnectionContext, call, cut_on_the_way, rpc_failure
+from flwrmtls.wire.errors import ConnectionContext, call, never_connected, rpc_failure
 from flwrmtls.wire.metadata import REFUSAL_KEY
 from flwrmtls.wire.refusals import REFUSALS, Refusal, refusal_of
 
@@ -225,13 +225,15 @@ class Session:
 
 def fetch_again(code: grpc.StatusCode, refused: bool, details: str, chunks_arrived: int) -> bool:
     """Whether a download that failed so is fetched again (the module's rules): ``CANCELLED``;
-    ``UNAVAILABLE`` after its first chunk, or cut on the way (:func:`cut_on_the_way`); never a
+    ``UNAVAILABLE`` after a chunk, or before any unless no connection was made; never a
     refusal the link stated."""
     if refused:
         return False
     if code is grpc.StatusCode.CANCELLED:
         return True
-    return code is grpc.StatusCode.UNAVAILABLE and (chunks_arrived > 0 or cut_on_the_way(details))
+    return code is grpc.StatusCode.UNAVAILABLE and (
+        chunks_arrived > 0 or not never_connected(details)
+    )
 
 
 def _trailers(error: grpc.RpcError) -> Sequence[tuple[str, Any]]:

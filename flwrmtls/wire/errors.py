@@ -18,7 +18,7 @@ Rules:
   translated there, once (with the client's table of stated refusals first, if it has one).
 * A call cut on an established connection (``Stream removed``), or cancelled by a link that
   is stopping (``Cancelling all calls``), is the link going away, never a refusal: retried
-  (:func:`cut_on_the_way` tells these apart). A call ended
+  (:func:`never_connected` tells these from a connection never made). A call ended
   ``CANCELLED`` without this client's code cancelling it (by the link, by a proxy on the way,
   or by the client's channel closed under it when its certificate is rotated; grpc does not
   say which) is retried too; its line quotes grpc and says the link may be stopping.
@@ -69,8 +69,8 @@ __all__ = [
     "ConnectionContext",
     "StatedError",
     "call",
-    "cut_on_the_way",
     "explain_handshake_closed",
+    "never_connected",
     "rpc_failure",
     "translate_rpc_error",
 ]
@@ -190,14 +190,24 @@ _UNAVAILABLE_CAUSES = (
 )
 
 
-def cut_on_the_way(details: str) -> bool:
-    """Whether an ``UNAVAILABLE``'s details are grpc's words for a call cut on a connection
-    that was made (``Stream removed``; ``Cancelling all calls``, a link stopping), as opposed
-    to a connection never made or anything the link said (its try-later answers)."""
+_NEVER_CONNECTED = (
+    _server_unverified,
+    _not_tls,
+    _handshake_closed,
+    _unusable_local_certificate,
+    _unreachable,
+)
+"""The causes in :data:`_UNAVAILABLE_CAUSES` where no usable connection to the link was made."""
+
+
+def never_connected(details: str) -> bool:
+    """Whether an ``UNAVAILABLE``'s details are grpc's words for a connection to the link never
+    made (nothing listening, no name, a handshake refused or failed), as opposed to a call cut
+    on one that was (``Stream removed``, a link stopping) or an answer of the link's own."""
     for marker, translate in _UNAVAILABLE_CAUSES:
         if marker in details:
-            return translate in (_went_away, _stopping)
-    return False
+            return translate in _NEVER_CONNECTED
+    return "failed to connect to all addresses" in details or "DNS resolution failed" in details
 
 
 def _stated_by_the_link(error: grpc.RpcError) -> bool:
