@@ -35,7 +35,6 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
 
 from flwrmtls.clock import Clock, SystemClock
 from flwrmtls.errors import InputError
@@ -53,7 +52,13 @@ from flwrmtls.pki.certsigning import (
     spiffe_subject_alternative_names,
     validity_window,
 )
-from flwrmtls.pki.crl import RevocationReason, RevocationRecord, RevokedSerial, build_crl
+from flwrmtls.pki.crl import (
+    RevocationReason,
+    RevocationRecord,
+    RevokedSerial,
+    crl_lists,
+    publish_crl,
+)
 from flwrmtls.pki.files import (
     CaFiles,
     ca_lock,
@@ -62,7 +67,6 @@ from flwrmtls.pki.files import (
     read_ca_key_file,
     read_ca_material,
     read_certificate_file,
-    stage_file,
     write_file,
 )
 from flwrmtls.pki.holders import SameIdentity, certificates_in, same_identity
@@ -448,7 +452,9 @@ class CertificateAuthority:
         with ca_lock(self.files):
             record = RevocationRecord.load(self.files.revocation_record)
             previous = record.find(serial)
-            if previous is not None and not self._crl_lists(serial):
+            if previous is not None and not crl_lists(
+                self.files.crl, self.issuing_certificate, serial
+            ):
                 # Recorded, but the CRL does not say so (a CRL write that failed before this
                 # rule existed, or crl.pem replaced by hand): publish it now.
                 log.warning(
@@ -472,15 +478,6 @@ class CertificateAuthority:
         with ca_lock(self.files):
             return self._publish(RevocationRecord.load(self.files.revocation_record), days)
 
-    def _crl_lists(self, serial: int) -> bool:
-        """Whether ``crl.pem`` is this issuing CA's CRL and lists ``serial``."""
-        try:
-            crl = x509.load_pem_x509_crl(self.files.crl.read_bytes())
-            signed = crl.is_signature_valid(self.issuing_certificate.public_key())  # type: ignore[arg-type]
-        except (OSError, ValueError, TypeError):
-            return False
-        return signed and crl.get_revoked_certificate_by_serial_number(serial) is not None
-
     def _publish(
         self,
         record: RevocationRecord,
@@ -488,42 +485,14 @@ class CertificateAuthority:
         *,
         previous_record: RevocationRecord | None = None,
     ) -> Path:
-        """Write the CRL of ``record`` and save ``record``, as one change.
-
-        The CRL is staged first (a full disk or an unwritable directory fails before anything
-        changed), then the record is saved, then the CRL is moved into place. If that last step
-        fails, ``previous_record`` (the record before this change) is saved back, so the
-        record never lists a revocation that no CRL carries; were that restore to fail too,
-        ``revoke`` of the same serial notices and rewrites the CRL.
-        """
-        record = record.with_next_crl_number()
-        crl = build_crl(
+        """:func:`~flwrmtls.pki.crl.publish_crl` by this issuing CA, now."""
+        return publish_crl(
+            record,
+            crl_path=self.files.crl,
+            record_path=self.files.revocation_record,
             issuer_certificate=self.issuing_certificate,
             issuer_key=self._issuing_key,
-            revoked=record.revoked,
-            crl_number=record.crl_number,
             now=self._clock.now(),
             days=days,
+            previous_record=previous_record,
         )
-        staged = stage_file(
-            self.files.crl, crl.public_bytes(serialization.Encoding.PEM), secret=False
-        )
-        try:
-            record.save(self.files.revocation_record)
-        except InputError:
-            staged.discard()
-            raise
-        try:
-            staged.commit()
-        except InputError as error:
-            if previous_record is None:
-                raise
-            try:
-                previous_record.save(self.files.revocation_record)
-            except InputError:
-                raise InputError(
-                    f"{error}; the revocation is recorded but not yet in the CRL: run the same "
-                    "`flwrmtls ca revoke` again once the CRL can be written"
-                ) from None
-            raise InputError(f"{error}; nothing was revoked: fix it and run again") from None
-        return self.files.crl

@@ -12,6 +12,9 @@ Rules kept here:
   carry their revocation date and a CRLReason extension, left out for ``unspecified`` as RFC
   5280 5.3.1 recommends.
 * A serial is revoked at most once.
+* A CRL and its record change together (:func:`publish_crl`): the CRL is staged, the record
+  saved, the CRL moved into place; if the move fails the previous record is saved back, so the
+  record never lists a revocation no CRL carries.
 """
 
 from __future__ import annotations
@@ -25,9 +28,10 @@ from pathlib import Path
 from typing import Any
 
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from flwrmtls.errors import InputError
-from flwrmtls.pki.files import write_file
+from flwrmtls.pki.files import stage_file, write_file
 from flwrmtls.pki.privatekeys import SIGNATURE_HASH, PrivateKey
 
 __all__ = [
@@ -36,7 +40,9 @@ __all__ = [
     "RevocationRecord",
     "RevokedSerial",
     "build_crl",
+    "crl_lists",
     "parse_serial",
+    "publish_crl",
 ]
 
 _RECORD_FORMAT = "flwrmtls-revocations/1"
@@ -243,3 +249,64 @@ def build_crl(
             )
         builder = builder.add_revoked_certificate(revoked_builder.build())
     return builder.sign(issuer_key, SIGNATURE_HASH)
+
+
+def crl_lists(crl_path: Path, issuer_certificate: x509.Certificate, serial: int) -> bool:
+    """Whether ``crl_path`` holds a CRL signed by ``issuer_certificate`` that lists ``serial``."""
+    try:
+        crl = x509.load_pem_x509_crl(crl_path.read_bytes())
+        signed = crl.is_signature_valid(issuer_certificate.public_key())  # type: ignore[arg-type]
+    except (OSError, ValueError, TypeError):
+        return False
+    return signed and crl.get_revoked_certificate_by_serial_number(serial) is not None
+
+
+def publish_crl(
+    record: RevocationRecord,
+    *,
+    crl_path: Path,
+    record_path: Path,
+    issuer_certificate: x509.Certificate,
+    issuer_key: PrivateKey,
+    now: datetime,
+    days: int,
+    previous_record: RevocationRecord | None = None,
+) -> Path:
+    """Write the CRL of ``record`` (its next CRL number, valid ``days`` from ``now``) and save
+    ``record``, as one change; returns ``crl_path``.
+
+    The CRL is staged first (a full disk or an unwritable directory fails before anything
+    changed), then the record is saved, then the CRL is moved into place. If that last step
+    fails, ``previous_record`` (the record before this change) is saved back, so the record
+    never lists a revocation that no CRL carries; were that restore to fail too, ``revoke`` of
+    the same serial notices and rewrites the CRL (:func:`crl_lists`).
+    """
+    record = record.with_next_crl_number()
+    crl = build_crl(
+        issuer_certificate=issuer_certificate,
+        issuer_key=issuer_key,
+        revoked=record.revoked,
+        crl_number=record.crl_number,
+        now=now,
+        days=days,
+    )
+    staged = stage_file(crl_path, crl.public_bytes(serialization.Encoding.PEM), secret=False)
+    try:
+        record.save(record_path)
+    except InputError:
+        staged.discard()
+        raise
+    try:
+        staged.commit()
+    except InputError as error:
+        if previous_record is None:
+            raise
+        try:
+            previous_record.save(record_path)
+        except InputError:
+            raise InputError(
+                f"{error}; the revocation is recorded but not yet in the CRL: run the same "
+                "`flwrmtls ca revoke` again once the CRL can be written"
+            ) from None
+        raise InputError(f"{error}; nothing was revoked: fix it and run again") from None
+    return crl_path
