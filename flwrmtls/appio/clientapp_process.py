@@ -36,7 +36,7 @@ from flwrmtls.appio.process import (
     token_metadata,
     unpack_app,
 )
-from flwrmtls.heap import limit_malloc_arenas
+from flwrmtls.heap import limit_malloc_arenas, release_free_memory
 from flwrmtls.keyvalues import values_from_proto
 from flwrmtls.objects.store import CorruptObject, ObjectStore
 from flwrmtls.objects.transfer import in_parallel, pull_objects, push_objects
@@ -170,11 +170,12 @@ def run(address: str) -> int:
             proto, reply_objects = message_to_proto(reply)
             del reply  # its arrays live on in reply_objects until they are stored
             if shared is not None:
-                for object_id, data in reply_objects.items():  # the node pushes them on
-                    shared.put_hashed(data, object_id)
+                for object_id in reply_objects:  # the node pushes them on
+                    shared.put_hashed(reply_objects[object_id], object_id)
             else:
                 push_objects(stub, reply_objects, metadata=metadata, timeout=_TRANSFER_TIMEOUT)
-            del reply_objects  # nothing of this message is kept while the next one is read
+            del reply_objects  # nothing of this message is kept while the next one is read,
+            release_free_memory()  # in this process's heap either
             try:
                 stub.PushReply(
                     appio_pb2.PushReplyRequest(reply=proto), metadata=metadata,

@@ -109,6 +109,7 @@ from flwrmtls.fleet.client import (
     Session,
     SessionEnded,
 )
+from flwrmtls.heap import release_free_memory
 from flwrmtls.keyvalues import Value, values_from_proto
 from flwrmtls.node.storage import DEFAULT_MAX_OBJECT_STORAGE, NodeStorage, RunScope
 from flwrmtls.objects.scope import QuotaExceeded
@@ -675,7 +676,10 @@ class ClientApps:
         def send(session: Session) -> None:  # in a worker thread: touches no run
             reply.src_node_id = session.node_id
             try:
-                self._client.send_objects(session, self.objects, object_ids)
+                try:
+                    self._client.send_objects(session, self.objects, object_ids)
+                finally:
+                    release_free_memory()  # the chunks sent are not kept for the next reply
                 self._client.push(session, [reply])
             except OverQuota as error:
                 log.warning("run %d: the link refused reply %s (%s); sending an error reply "
@@ -730,6 +734,7 @@ class ClientApps:
         results = await asyncio.gather(
             *(one(object_id) for object_id in dict.fromkeys(object_ids)), return_exceptions=True
         )
+        await asyncio.to_thread(release_free_memory)  # nor the chunks fetched
         for result in results:
             if isinstance(result, BaseException):
                 raise result

@@ -4,7 +4,8 @@ Run config keys: ``rounds``, ``min-train`` / ``min-available`` (FedAvg), ``wait-
 ``round-timeout`` (0 = none), ``array-mb`` (size of the model, in 4 float32 arrays),
 ``raise-on`` / ``sleep-on`` (a node's ``name`` node-config value, or ``all``: its ClientApp
 raises ZeroDivisionError / sleeps ``sleep-seconds``, after printing ``ClientApp of NAME
-sleeps``).
+sleeps``), ``report-memory`` (each ClientApp prints ``ClientApp of NAME holds N KiB`` as a
+message arrives: its anonymous resident memory, what it still holds of earlier messages).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ array-mb = 0.001
 raise-on = ""
 sleep-on = ""
 sleep-seconds = 60.0
+report-memory = false
 """
 
 _SERVER = """\
@@ -63,6 +65,7 @@ def main(grid, context):
 """
 
 _CLIENT = """\
+import re
 import time
 
 from flwrmtls.app import ArrayRecord, ClientApp, MetricRecord, RecordDict
@@ -73,6 +76,10 @@ app = ClientApp()
 @app.train()
 def train(msg, context):
     name = str(context.node_config.get("name", "-"))
+    if context.run_config["report-memory"]:
+        status = open("/proc/self/status").read()
+        anon = re.search(r"^RssAnon:\\s+(\\d+)", status, re.MULTILINE).group(1)
+        print(f"ClientApp of {name} holds {anon} KiB", flush=True)
     if context.run_config["raise-on"] in (name, "all"):
         1 / 0
     if context.run_config["sleep-on"] in (name, "all"):
