@@ -39,23 +39,15 @@ Rules:
   by its replies); any other is "no object", as if it were not stored, and the node does not
   fetch it from the link (``NodeRun.objects``, seen through a
   :class:`~flwrmtls.node.storage.RunScope`).
-* A run's app may need packages (its bundle's ``[project] dependencies``): they are judged
-  when the run is opened (:class:`~flwrmtls.runs.appenvs.AppEnvs`). Met here, the ClientApp
-  runs with the node's interpreter (and its spare process). Otherwise its environment is
-  prepared in a worker thread (installed once per set of requirements, reused after), while
-  its messages wait in its queue; the ClientApp starts with that environment's
-  interpreter, once (``NodeRun.starting``: the install's end and a delivery may ask at the
-  same moment). Each line of progress goes to the node's log and to the run's log on the link
-  (``PushLogs``, on the node's current session: ``flwrmtls log`` shows it under the node's
-  identity; with the link unreachable the rest stay in the node's log only). When the requirements
-  cannot be met here (installing disabled and one is missing, a requirement refused, the
-  install failed), the run is unusable on this node: every message of it, queued or to come,
-  gets an error reply (``LINK_ERROR``) naming the node and the cause, so its ServerApp
-  learns it at once. An install in progress is cancelled when its run ends or the node stops.
-* A run outlives the node's session: when the node activates again (its certificate was
-  rotated, the link restarted), a call of the run that the link answers with the old
-  session's end (superseded, unknown) is made again on the new session
-  (:meth:`ClientApps._on_session`), so a rotation mid-run costs the run nothing.
+* A run's app may need packages: they are judged when the run is opened, and its environment
+  prepared while its messages wait in its queue (:mod:`flwrmtls.node.runenvs`); its
+  ClientApp starts with that environment's interpreter, once (``NodeRun.starting``: the
+  install's end and a delivery may ask at the same moment). A run that cannot run here gets
+  an error reply (``LINK_ERROR``) naming the node and the cause for every message of it,
+  queued or to come, so its ServerApp learns it at once.
+* A run outlives the node's session: a call of the run that the link answers with the old
+  session's end is made again on the new session (:mod:`flwrmtls.node.linkcalls`), so a
+  rotation mid-run costs the run nothing.
 * Every object the node receives (fetched from the link, pushed by a ClientApp) is bounded
   by ``--max-object-storage`` before its first byte is written (:mod:`flwrmtls.node.storage`).
 * A run's objects (its bundle, its messages' arrays, its replies' arrays) are deleted when
@@ -88,16 +80,9 @@ Rules:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import threading
-import uuid
-from collections import OrderedDict, deque
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import TypeVar
+from collections import OrderedDict
 
-from flwrmtls.app.bundle import bundle_app_config
 from flwrmtls.auth.tokens import MemoryTokenStore
 from flwrmtls.clock import Clock, SystemClock
 from flwrmtls.errors import FlwrmtlsError, LinkUnreachable
@@ -111,12 +96,15 @@ from flwrmtls.fleet.client import (
 )
 from flwrmtls.heap import release_free_memory
 from flwrmtls.keyvalues import Value, values_from_proto
+from flwrmtls.node.linkcalls import LinkCalls
+from flwrmtls.node.noderun import AppUnusable, NodeRun, refused_reply, undelivered_reply
+from flwrmtls.node.runenvs import RunEnvs
 from flwrmtls.node.storage import DEFAULT_MAX_OBJECT_STORAGE, NodeStorage, RunScope
 from flwrmtls.objects.scope import QuotaExceeded
 from flwrmtls.objects.store import CorruptObject, ObjectStore, check_object_id
 from flwrmtls.objects.transfer import PARALLEL_STREAMS
 from flwrmtls.proto import common_pb2
-from flwrmtls.runs.appenvs import AppEnvs, EnvError, EnvPlan
+from flwrmtls.runs.appenvs import AppEnvs, EnvPlan
 from flwrmtls.runs.notify import Notifier
 from flwrmtls.runs.supervisor import AppSupervisor, Spawn, spawn_process
 
@@ -130,70 +118,6 @@ SEEN_LIMIT = 10_000
 """Message ids each run remembers, to take a message delivered twice once."""
 ENDED_LIMIT = 10_000
 """Ended runs whose ids the node remembers after forgetting their state."""
-_LINK_ERROR = common_pb2.Error.LINK_ERROR
-SESSION_WAIT = 30.0
-"""Seconds a run's call whose session the link ended waits for the node's next session (it
-activates again at once after a certificate rotation, within its backoff after a link
-restart)."""
-_T = TypeVar("_T")
-
-
-@dataclass
-class NodeRun:
-    run_id: int
-    bundle_hash: str
-    run_config: dict[str, Value]
-    inbox: deque[common_pb2.Message] = field(default_factory=deque)
-    """Messages for the ClientApp, oldest first."""
-    received: set[str] = field(default_factory=set)
-    """Messages received that the ClientApp may still answer."""
-    seen: OrderedDict[str, bool] = field(default_factory=OrderedDict)
-    """The last SEEN_LIMIT message ids received -> whether the ClientApp has pulled it."""
-    objects: set[str] = field(default_factory=set)
-    """The objects the run's ClientApp may read (its scope; the bundle is added at once)."""
-    ended: bool = False
-    python: str | None = ""
-    """The interpreter its ClientApp runs with ("": the node's own); None while its app
-    environment is being prepared."""
-    unusable: str = ""
-    """Why its ClientApp cannot run on this node (every message gets it as an error reply)."""
-    cancel: threading.Event = field(default_factory=threading.Event)
-    """Set when the run ends: an install of its app environment in progress stops."""
-    starting: asyncio.Lock = field(default_factory=asyncio.Lock)
-    """Held while its ClientApp starts: the agent's delivery and the end of its environment's
-    install may both ask for it, and one process must start, not two."""
-    logs_refused: bool = False
-    """The link refused this run's log lines from this node: none are sent any more."""
-
-    def __post_init__(self) -> None:
-        self.objects.add(self.bundle_hash)
-
-
-class AppUnusable(FlwrmtlsError):
-    """The run's ClientApp cannot run on this node (the message is its reason, in full)."""
-
-
-def _undelivered(
-    message: common_pb2.Message, node_id: int, reason: str, now: float
-) -> common_pb2.Message:
-    """An error reply to ``message``, which this node could not hand to a ClientApp."""
-    return common_pb2.Message(
-        message_id=uuid.uuid4().hex, run_id=message.run_id, src_node_id=node_id,
-        dst_node_id=message.src_node_id, message_type=message.message_type,
-        reply_to_message_id=message.message_id, group_id=message.group_id, created_at=now,
-        ttl=max(0.0, message.created_at + message.ttl - now),
-        error=common_pb2.Error(code=_LINK_ERROR, reason=f"node {node_id}: {reason}"),
-    )  # fmt: skip
-
-
-def _refused(reply: common_pb2.Message, reason: str) -> common_pb2.Message:
-    """An error reply in place of ``reply``, which the link refused to store."""
-    return common_pb2.Message(
-        message_id=reply.message_id, run_id=reply.run_id, src_node_id=reply.src_node_id,
-        message_type=reply.message_type, reply_to_message_id=reply.reply_to_message_id,
-        created_at=reply.created_at, ttl=reply.ttl, group_id=reply.group_id,
-        error=common_pb2.Error(code=_LINK_ERROR, reason=f"the link refused the reply: {reason}"),
-    )  # fmt: skip
 
 
 class ClientApps:
@@ -215,17 +139,15 @@ class ClientApps:
         """``envs``: where the runs' app environments are judged and built (None: apps run
         with the node's interpreter, their requirements not looked at)."""
         self._client = client
-        self.envs = envs
         self.objects = objects
         self.storage = NodeStorage(objects, max_object_bytes)
         self.node_config = node_config
         self.tokens = tokens or MemoryTokenStore()
         self.share_objects = share_objects
         """Tell ClientApps the object directory, so array bytes skip the ClientAppIo hop."""
-        self._current_session: Session | None = None
-        self._session_changed = asyncio.Event()
-        """Set (and replaced) each time the session changes."""
         self._clock = clock or SystemClock()
+        self._link = LinkCalls(self._clock)
+        self.envs = RunEnvs(envs, objects, client, self._link)
         self._runs: dict[int, NodeRun] = {}
         self._ended: OrderedDict[int, None] = OrderedDict()
         """The last ENDED_LIMIT runs that ended here and were forgotten: a late message of
@@ -256,62 +178,19 @@ class ClientApps:
     @property
     def session(self) -> Session | None:
         """The node's session with the link, set by the agent each time it activates."""
-        return self._current_session
+        return self._link.session
 
     @session.setter
     def session(self, session: Session | None) -> None:
-        if session is not None and session != self._current_session:
+        if session is not None and session != self._link.session:
             # A new activation: the link may have lost its runs (a database reset) and reuse
             # their ids, so a forgotten run's id no longer says its messages are stale.
             self._ended.clear()
-        self._current_session = session
-        changed, self._session_changed = self._session_changed, asyncio.Event()
-        changed.set()
+        self._link.session = session
 
     @property
     def node_id(self) -> int:
         return self.session.node_id if self.session else 0
-
-    def _session(self) -> Session:
-        if self.session is None:
-            raise RuntimeError("the node has no session with the link")
-        return self.session
-
-    async def _on_link(self, call: Callable[[Session], _T]) -> _T:
-        """``call`` on the node's session, in a worker thread (it blocks on the link)."""
-        session = self._session()
-        return await asyncio.to_thread(call, session)
-
-    async def _on_session(self, call: Callable[[Session], _T]) -> _T:
-        """:meth:`_on_link`; once more on the node's next session if the link ended it.
-
-        A run's call on the link (an object its ClientApp needs, its reply) can outlast the
-        session it started on: the node activates again when its certificate is rotated or the
-        link restarted, and the link then answers the old session "superseded" or "unknown".
-        The run goes on over the new session (waited for up to :data:`SESSION_WAIT` seconds);
-        with none, the error stands (another process took the identity: the node stops).
-        """
-        session = self._session()
-        try:
-            return await asyncio.to_thread(call, session)
-        except SessionEnded:
-            current = await self._next_session(session)
-            if current is None:
-                raise
-        log.info("the session a call of this node's run was on ended; again on the new one")
-        return await asyncio.to_thread(call, current)
-
-    async def _next_session(self, ended: Session) -> Session | None:
-        """The session after ``ended``, once the agent has it (None after SESSION_WAIT)."""
-        deadline = self._clock.monotonic() + SESSION_WAIT
-        while self._current_session in (None, ended):
-            remaining = deadline - self._clock.monotonic()
-            if remaining <= 0:
-                return None
-            changed = self._session_changed
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(changed.wait(), remaining)
-        return self._current_session
 
     def active_run_ids(self) -> list[int]:
         return [run_id for run_id, run in self._runs.items() if not run.ended]
@@ -364,9 +243,9 @@ class ClientApps:
         ended meanwhile) is logged."""
         now = self._clock.now().timestamp()  # a timestamp in the message, as replies carry
         try:
-            await self._on_link(
+            await self._link.on_link(
                 lambda session: self._client.push(
-                    session, [_undelivered(message, session.node_id, reason, now)]
+                    session, [undelivered_reply(message, session.node_id, reason, now)]
                 )
             )
         except (LinkUnreachable, SessionEnded):
@@ -409,10 +288,10 @@ class ClientApps:
             self._acks.pop(message_id, None)
 
     async def _open(self, run_id: int) -> NodeRun:
-        info = await self._on_session(lambda session: self._client.get_run(session, run_id))
+        info = await self._link.on_session(lambda session: self._client.get_run(session, run_id))
         check_object_id(info.bundle_hash)
         try:
-            await self._on_session(
+            await self._link.on_session(
                 lambda session: self._client.fetch_object(
                     session,
                     info.bundle_hash,
@@ -424,14 +303,14 @@ class ClientApps:
         except ObjectMissing:
             # The run's bundle is the run's own object: gone means the run ended since the
             # GetRun; asking again says so (RunUnavailable). Otherwise the link lost it.
-            await self._on_session(lambda session: self._client.get_run(session, run_id))
+            await self._link.on_session(lambda session: self._client.get_run(session, run_id))
             raise
         opened = self.run(run_id)  # another message of the run may have opened it meanwhile
         if opened is not None:
             return opened
         run = NodeRun(run_id, info.bundle_hash, values_from_proto(info.run_config))
         log.info("run %d: app bundle %s fetched", run_id, info.bundle_hash[:12])
-        plan = await self._plan(run)
+        plan = await self.envs.plan(run)
         opened = self.run(run_id)  # again: judging it awaited
         if opened is not None:
             return opened
@@ -442,65 +321,14 @@ class ClientApps:
             task.add_done_callback(self._installs.discard)
         return run
 
-    async def _plan(self, run: NodeRun) -> EnvPlan | None:
-        """Judge the run's requirements here: None when its ClientApp can start at once (with
-        ``run.python``), the plan of the environment to prepare otherwise (``run.python``
-        None); a run that cannot run here is marked ``unusable``, with the reason."""
-        envs = self.envs
-        if envs is None:
-            return None
-
-        def judge() -> EnvPlan:  # reads the bundle, and what is installed here: blocks
-            dependencies = bundle_app_config(self.objects.read(run.bundle_hash)).dependencies
-            return envs.plan(dependencies, "the bundle's pyproject.toml")
-
-        try:
-            plan = await asyncio.to_thread(judge)
-        except (FlwrmtlsError, OSError) as error:
-            run.unusable = f"cannot run the app: {error}"
-            log.error("run %d: %s", run.run_id, run.unusable)
-            await self._push_log(run, run.unusable)
-            return None
-        if envs.ready(plan):
-            run.python = envs.python(plan)
-            if plan.needs_env:
-                line = f"app dependencies: reusing environment {plan.label}"
-                log.info("run %d: %s", run.run_id, line)
-                await self._push_log(run, line)
-            return None
-        run.python = None
-        return plan
-
     async def _prepare(self, run: NodeRun, plan: EnvPlan) -> None:
-        """The run's app environment built (in a worker thread), then its ClientApp started;
-        if either fails, the run is unusable here and its queued messages get error replies."""
-        assert self.envs is not None
-        refused = [run.logs_refused]
-        lost = [False]
-
-        def progress(line: str) -> None:  # on pip's thread: the run is the loop's, not touched
-            log.info("run %d: %s", run.run_id, line)
-            session = self._current_session  # the newest: a rotation may change it meanwhile
-            if session is None or refused[0] or lost[0]:
-                return
-            sent = self._send_log(session, run.run_id, line)
-            refused[0] = sent is False
-            lost[0] = sent is None  # unreachable: no more waits; the node's log has the lines
-
-        try:
-            python = await asyncio.to_thread(self.envs.prepare, plan, progress, run.cancel)
-        except (EnvError, OSError) as error:
-            run.logs_refused = refused[0]
-            if run.ended:
-                return
-            run.unusable = f"installing the app's dependencies failed: {error}"
-            log.error("run %d: %s", run.run_id, run.unusable)
-            await self._push_log(run, run.unusable)
-            await self._answer_queued(run)
-            return
-        run.logs_refused = refused[0]
-        run.python = python
+        """The run's app environment built, then its ClientApp started; if either fails, the
+        run is unusable here and its queued messages get error replies."""
+        await self.envs.prepare(run, plan)
         if run.ended:
+            return
+        if run.unusable:
+            await self._answer_queued(run)
             return
         try:
             await self._ensure_process(run)  # for the messages queued meanwhile, and those to come
@@ -519,29 +347,6 @@ class ClientApps:
             except (LinkUnreachable, SessionEnded) as error:
                 log.warning("run %d: the error reply to %s waits for the link: %s",
                             run.run_id, message.message_id, error)  # fmt: skip
-
-    async def _push_log(self, run: NodeRun, line: str) -> None:
-        """``line`` to the run's log on the link (best effort: the node's log has it)."""
-        session = self.session
-        if run.logs_refused or session is None:
-            return
-        sent = await asyncio.to_thread(self._send_log, session, run.run_id, line)
-        run.logs_refused = run.logs_refused or sent is False
-
-    def _send_log(self, session: Session, run_id: int, line: str) -> bool | None:
-        """Send ``line`` to run ``run_id``'s log on the link (blocks): True when sent (or its
-        session ended meanwhile: the line is skipped), False when the link refused it (then no
-        more are sent), None when the link cannot be reached."""
-        try:
-            self._client.push_logs(session, run_id, [line])
-        except SessionEnded:
-            return True
-        except LinkUnreachable:
-            return None
-        except FlwrmtlsError as error:
-            log.warning("run %d: the link refused this node's log lines: %s", run_id, error)
-            return False
-        return True
 
     def adopt(self, run: NodeRun) -> NodeRun:
         """Track ``run`` (its bundle already in the object store)."""
@@ -684,11 +489,11 @@ class ClientApps:
             except OverQuota as error:
                 log.warning("run %d: the link refused reply %s (%s); sending an error reply "
                             "instead", run_id, reply.message_id, error)  # fmt: skip
-                self._client.push(session, [_refused(reply, str(error))])
+                self._client.push(session, [refused_reply(reply, str(error))])
                 raise
 
         try:
-            await self._on_session(send)
+            await self._link.on_session(send)
         except OverQuota:
             run.received.discard(reply.reply_to_message_id)
             raise
@@ -711,7 +516,7 @@ class ClientApps:
                             "deleted, fetching it again", run_id, object_id)  # fmt: skip
             except FileNotFoundError:
                 pass  # deleted meanwhile (its run ended, or a reader found it corrupt)
-        await self._on_session(
+        await self._link.on_session(
             lambda session: self._client.fetch_object(
                 session,
                 object_id,
