@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
@@ -67,6 +68,7 @@ def config_from_args(args: argparse.Namespace) -> LinkConfig:
             args.max_node_pending_storage, "--max-node-pending-storage"
         ),
     )
+    base = _listening(args, storage)
     tls_flags = [
         args.ssl_ca_certfile,
         args.ssl_certfile,
@@ -93,22 +95,7 @@ def config_from_args(args: argparse.Namespace) -> LinkConfig:
             authenticates=False,
             anonymous_allowed=args.unsafe_anonymous_control_api,
         )
-        return LinkConfig(
-            database=args.database,
-            objects_dir=_objects_dir(args),
-            fleet_address=args.fleet_api_address,
-            control_address=args.control_api_address,
-            insecure=True,
-            anonymous_control=args.unsafe_anonymous_control_api,
-            node_auth=NodeAuth.NONE,
-            heartbeat_interval=args.heartbeat_interval,
-            serverappio_address=args.serverappio_api_address,
-            share_objects=args.shared_objects,
-            storage=storage,
-            health_address=args.health_api_address,
-            metrics_address=args.metrics_address,
-            install_app_dependencies=args.install_app_dependencies,
-        )
+        return replace(base, insecure=True, node_auth=NodeAuth.NONE)
     if args.ssl_certfile is None or args.ssl_keyfile is None:
         raise InputError(
             "TLS needs --ssl-certfile and --ssl-keyfile (and --ssl-ca-certfile); "
@@ -153,20 +140,12 @@ def config_from_args(args: argparse.Namespace) -> LinkConfig:
     node_auth = _node_auth(args)
     if args.max_chain_depth is not None and args.max_chain_depth < 0:
         raise InputError("--max-chain-depth must be 0 or more")
-    if args.max_connections < 1 or args.max_calls_per_address < 1:
-        raise InputError("--max-connections and --max-calls-per-address must be at least 1")
     if not 0 < args.crl_expiry_warning_hours <= 24 * 366:
         raise InputError("--crl-expiry-warning-hours must be above 0, at most 8784 (a year)")
-    if not HEARTBEAT_SECONDS.allows(args.heartbeat_interval):
-        # one range with what nodes accept from the link: it never sends what they refuse
-        raise InputError(f"--heartbeat-interval must be {HEARTBEAT_SECONDS.text}")
     enroll = _enrollment(args, client_cas)
-    return LinkConfig(
+    return replace(
+        base,
         enroll=enroll,
-        database=args.database,
-        objects_dir=_objects_dir(args),
-        fleet_address=args.fleet_api_address,
-        control_address=args.control_api_address,
         tls=identity,
         client_ca_pem=client_ca_pem,
         client_ca_certificates=client_cas,
@@ -175,26 +154,16 @@ def config_from_args(args: argparse.Namespace) -> LinkConfig:
         ocsp=ocsp,
         identity_source=IdentitySource(args.identity_source),
         max_chain_depth=args.max_chain_depth,
-        heartbeat_interval=args.heartbeat_interval,
-        serverappio_address=args.serverappio_api_address,
         node_auth=node_auth,
         key_fleet_address=args.key_fleet_api_address,
-        share_objects=args.shared_objects,
-        storage=storage,
         enable_supernode_auth=args.enable_supernode_auth,
         signature_window=args.auth_timestamp_window,
         signature_future_skew=args.auth_timestamp_future_skew,
-        server_limits=ServerLimits(max_connections=args.max_connections),
-        calls_per_address=args.max_calls_per_address,
         cert_expiry_warning_days=args.cert_expiry_warning_days,
         crl_expiry_warning=timedelta(hours=args.crl_expiry_warning_hours),
         role_source=RoleSource(args.cli_role_source),
         cli_ca_pem=cli_ca_pem,
         cli_ca_certificates=cli_cas,
-        anonymous_control=args.unsafe_anonymous_control_api,
-        health_address=args.health_api_address,
-        metrics_address=args.metrics_address,
-        install_app_dependencies=args.install_app_dependencies,
         tls_files=TlsFiles(
             certfile=args.ssl_certfile,
             keyfile=args.ssl_keyfile,
@@ -206,6 +175,32 @@ def config_from_args(args: argparse.Namespace) -> LinkConfig:
             else "--ssl-ca-certfile",
             cli_ca=args.ssl_cli_ca_certfile,
         ),
+    )
+
+
+def _listening(args: argparse.Namespace, storage: StorageLimits) -> LinkConfig:
+    """What the link is with or without TLS: its database, listeners, limits, heartbeat and
+    apps (each checked; one line otherwise)."""
+    if args.max_connections < 1 or args.max_calls_per_address < 1:
+        raise InputError("--max-connections and --max-calls-per-address must be at least 1")
+    if not HEARTBEAT_SECONDS.allows(args.heartbeat_interval):
+        # one range with what nodes accept from the link: it never sends what they refuse
+        raise InputError(f"--heartbeat-interval must be {HEARTBEAT_SECONDS.text}")
+    return LinkConfig(
+        database=args.database,
+        objects_dir=_objects_dir(args),
+        fleet_address=args.fleet_api_address,
+        control_address=args.control_api_address,
+        anonymous_control=args.unsafe_anonymous_control_api,
+        heartbeat_interval=args.heartbeat_interval,
+        serverappio_address=args.serverappio_api_address,
+        share_objects=args.shared_objects,
+        storage=storage,
+        server_limits=ServerLimits(max_connections=args.max_connections),
+        calls_per_address=args.max_calls_per_address,
+        health_address=args.health_api_address,
+        metrics_address=args.metrics_address,
+        install_app_dependencies=args.install_app_dependencies,
     )
 
 

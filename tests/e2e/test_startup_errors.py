@@ -66,6 +66,8 @@ def link_tls(pki: TestPki, tmp_path: Path) -> list[str]:
         ("run-storage-not-a-size", "--max-run-storage '12X' is not a size"),
         ("pending-storage-zero", "--max-node-pending-storage '0' is not a size"),
         ("heartbeat-below-a-second", "--heartbeat-interval must be a number of seconds from 1"),
+        ("insecure-heartbeat-nan", "--heartbeat-interval must be a number of seconds from 1"),
+        ("insecure-max-connections-zero", "--max-connections and --max-calls-per-address must"),
         ("ocsp-file-url", "--ocsp 'file:///etc/passwd': the scheme 'file' is not used"),
         ("ocsp-ldap-url", "--ocsp 'ldap://ca.example/': the scheme 'ldap' is not used"),
         ("ocsp-not-a-mode", "--ocsp 'on': the scheme '(none)' is not used"),
@@ -122,6 +124,13 @@ def test_link_refuses_bad_startup_input(
         args += ["--max-node-pending-storage", "0"]
     elif change == "heartbeat-below-a-second":  # nodes would refuse it (wire/bounds.py)
         args += ["--heartbeat-interval", "0.5"]
+    elif change.startswith("insecure-"):  # checked without TLS as with it
+        args = ["--insecure", "--database", str(tmp_path / "link.db"),
+                "--control-api-address", "127.0.0.1:0"]  # fmt: skip
+        if change == "insecure-heartbeat-nan":
+            args += ["--heartbeat-interval", "nan"]
+        else:
+            args += ["--max-connections", "0"]
     elif change.startswith("ocsp-"):
         ocsp = {
             "ocsp-file-url": ["--ocsp", "file:///etc/passwd"],
