@@ -16,20 +16,21 @@ Rules:
   nothing.
 * glibc also keeps what a transfer freed: once a large block has been freed it serves blocks
   of that size from its heap, and gives heap pages back only from the heap's top. A node
-  that had fetched a 50 MiB message and sent its reply kept 20-35 MiB it no longer used, and
-  its ClientApp 50 MiB of its last reply, until the next message. :func:`release_free_memory`
+  that had fetched a 50 MiB message and sent its reply kept 20-35 MiB it no longer used
+  until the next message. :func:`release_free_memory`
   (``malloc_trim(0)``: free pages anywhere in the heap) is called where a process's bulk
-  work ends: a node once a message's arrays are in its store and once a reply's are sent, a
-  ClientApp once its reply is stored. It takes a few milliseconds (7 ms for 64 MiB here);
-  not for hot paths. Measured with ``bench_rounds.py --nodes 2 8 --model-mb 50`` (medians
-  of 3; docs/performance.md): a node's tree 253 / 253 MiB before, 213 / 223 MiB after.
+  work ends: a node once a reply's arrays are sent and, sharing its object directory with
+  its ClientApp (the default), once a message's arrays are in its store; a
+  ClientApp once its reply is stored. It holds each arena's lock while it gives pages
+  back, so other threads that allocate wait: about 7 ms for 64 MiB free, 20 microseconds
+  with nothing free (measured here); not for hot paths, and in a worker thread where an
+  event loop would wait. Measured with ``bench_rounds.py --nodes 2 8 --model-mb 50``
+  (medians of 3; docs/performance.md): a node's tree 253 / 253 MiB before, 213 / 223 after.
 """
 
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
-import functools
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -40,33 +41,31 @@ ARENAS = 2
 _M_ARENA_MAX = -8  # glibc's malloc.h
 
 
-@functools.cache
-def _glibc_function(name: str) -> Any:
-    """The C library's function ``name`` with an int argument and result, or None (no C
-    library found, or one without it: not glibc)."""
-    library = ctypes.util.find_library("c")
-    if library is None:
-        return None
+def _c_function(name: str, *argtypes: Any) -> Any:
+    """The loaded C library's function ``name`` (an int result), or None: a C library
+    without it is not glibc. Looked up in the process's own symbols (``dlopen(NULL)``), not
+    by searching for the library (which runs ``ldconfig`` on Linux)."""
     try:
-        function = getattr(ctypes.CDLL(library), name)
+        function = getattr(ctypes.CDLL(None), name)
     except (OSError, AttributeError):
         return None
+    function.argtypes = list(argtypes)
     function.restype = ctypes.c_int
     return function
+
+
+_MALLOPT = _c_function("mallopt", ctypes.c_int, ctypes.c_int)
+_MALLOC_TRIM = _c_function("malloc_trim", ctypes.c_size_t)
 
 
 def limit_malloc_arenas(environ: Mapping[str, str] | None = None) -> bool:
     """Limit glibc's malloc to :data:`ARENAS` arenas; returns whether it was done here."""
     if "MALLOC_ARENA_MAX" in (os.environ if environ is None else environ):
         return False
-    mallopt = _glibc_function("mallopt")
-    if mallopt is None:
-        return False
-    return bool(mallopt(ctypes.c_int(_M_ARENA_MAX), ctypes.c_int(ARENAS)))
+    return _MALLOPT is not None and bool(_MALLOPT(_M_ARENA_MAX, ARENAS))
 
 
 def release_free_memory() -> bool:
     """Give the system back the heap's free pages, wherever they are (glibc's
     ``malloc_trim(0)``); returns whether any were given back (False without glibc)."""
-    malloc_trim = _glibc_function("malloc_trim")
-    return malloc_trim is not None and bool(malloc_trim(ctypes.c_size_t(0)))
+    return _MALLOC_TRIM is not None and bool(_MALLOC_TRIM(0))

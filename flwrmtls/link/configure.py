@@ -68,7 +68,6 @@ def config_from_args(args: argparse.Namespace) -> LinkConfig:
             args.max_node_pending_storage, "--max-node-pending-storage"
         ),
     )
-    base = _listening(args, storage)
     tls_flags = [
         args.ssl_ca_certfile,
         args.ssl_certfile,
@@ -95,7 +94,7 @@ def config_from_args(args: argparse.Namespace) -> LinkConfig:
             authenticates=False,
             anonymous_allowed=args.unsafe_anonymous_control_api,
         )
-        return replace(base, insecure=True, node_auth=NodeAuth.NONE)
+        return replace(_listening(args, storage), insecure=True, node_auth=NodeAuth.NONE)
     if args.ssl_certfile is None or args.ssl_keyfile is None:
         raise InputError(
             "TLS needs --ssl-certfile and --ssl-keyfile (and --ssl-ca-certfile); "
@@ -142,8 +141,9 @@ def config_from_args(args: argparse.Namespace) -> LinkConfig:
         raise InputError("--max-chain-depth must be 0 or more")
     if not 0 < args.crl_expiry_warning_hours <= 24 * 366:
         raise InputError("--crl-expiry-warning-hours must be above 0, at most 8784 (a year)")
+    base = _listening(args, storage)
     enroll = _enrollment(args, client_cas)
-    return replace(
+    return replace(  # LinkConfig.__post_init__ runs again on the result: it is idempotent
         base,
         enroll=enroll,
         tls=identity,

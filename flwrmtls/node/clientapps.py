@@ -147,7 +147,7 @@ class ClientApps:
         """Tell ClientApps the object directory, so array bytes skip the ClientAppIo hop."""
         self._clock = clock or SystemClock()
         self._link = LinkCalls(self._clock)
-        self.envs = RunEnvs(envs, objects, client, self._link)
+        self.run_envs = RunEnvs(envs, objects, client, self._link)
         self._runs: dict[int, NodeRun] = {}
         self._ended: OrderedDict[int, None] = OrderedDict()
         """The last ENDED_LIMIT runs that ended here and were forgotten: a late message of
@@ -310,7 +310,7 @@ class ClientApps:
             return opened
         run = NodeRun(run_id, info.bundle_hash, values_from_proto(info.run_config))
         log.info("run %d: app bundle %s fetched", run_id, info.bundle_hash[:12])
-        plan = await self.envs.plan(run)
+        plan = await self.run_envs.plan(run)
         opened = self.run(run_id)  # again: judging it awaited
         if opened is not None:
             return opened
@@ -324,11 +324,11 @@ class ClientApps:
     async def _prepare(self, run: NodeRun, plan: EnvPlan) -> None:
         """The run's app environment built, then its ClientApp started; if either fails, the
         run is unusable here and its queued messages get error replies."""
-        await self.envs.prepare(run, plan)
-        if run.ended:
-            return
-        if run.unusable:
+        await self.run_envs.prepare(run, plan)
+        if run.unusable:  # it failed while the run went on
             await self._answer_queued(run)
+            return
+        if run.ended:
             return
         try:
             await self._ensure_process(run)  # for the messages queued meanwhile, and those to come

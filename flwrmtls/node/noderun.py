@@ -9,9 +9,9 @@ Rules:
   at once), the objects named by the messages this node received for the run, and those it
   stored itself.
 * The node answers a message itself, with ``LINK_ERROR`` and the reason, when no ClientApp
-  can have it (:func:`undelivered_reply`: the run cannot start or run here, the arrays are
-  unavailable), and in place of a reply the link refused to store (:func:`refused_reply`),
-  so that the ServerApp learns of it at once instead of waiting for a reply that never comes.
+  can have it (:func:`undelivered_reply`: the run cannot start or cannot run here), and in
+  place of a reply the link refused to store (:func:`refused_reply`), so that the ServerApp
+  learns of it at once instead of waiting for a reply that never comes.
 """
 
 from __future__ import annotations

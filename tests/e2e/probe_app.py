@@ -77,7 +77,8 @@ app = ClientApp()
 def train(msg, context):
     name = str(context.node_config.get("name", "-"))
     if context.run_config["report-memory"]:
-        status = open("/proc/self/status").read()
+        with open("/proc/self/status") as status_file:
+            status = status_file.read()
         anon = re.search(r"^RssAnon:\\s+(\\d+)", status, re.MULTILINE).group(1)
         print(f"ClientApp of {name} holds {anon} KiB", flush=True)
     if context.run_config["raise-on"] in (name, "all"):
