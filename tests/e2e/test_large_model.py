@@ -26,24 +26,27 @@ def anonymous_kib(pid: int) -> int:
     raise AssertionError(f"no RssAnon for process {pid}")
 
 
+def run_probe(deployment: Deployment, app: Path, run_config: str) -> str:
+    """``flwrmtls run`` of the probe app on one node (``run_config`` added); its output."""
+    result = deployment.cli(
+        "run", str(app), "--stream", "--run-config",
+        f"min-train=1 min-available=1 {run_config}", timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr
+    return result.stdout
+
+
 def test_a_200_mb_model_round_trips(deployment: Deployment, tmp_path: Path) -> None:
     _, (node,) = deployment.federation({"node-1": "name=a"})
     assert node.process is not None
     app = write_probe_app(tmp_path / "app")
-    small = "array-mb=1 rounds=1 min-train=1 min-available=1"
-    warm = deployment.cli("run", str(app), "--stream", "--run-config", small, timeout=120)
-    assert warm.returncode == 0, warm.stdout[-3000:] + warm.stderr  # the node's first run
+    run_probe(deployment, app, "array-mb=1 rounds=1")  # the node's first run
     before = anonymous_kib(node.process.pid)  # after what a first run loads and keeps
-    result = deployment.cli(
-        "run", str(app), "--stream", "--run-config",
-        "array-mb=200 rounds=1 min-train=1 min-available=1",
-        timeout=300,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr
+    output = run_probe(deployment, app, "array-mb=200 rounds=1")
     # 4 arrays of 50 MiB of float32, started at 0, 1, 2, 3 and each increased by one.
     per_array = 200 * (1 << 20) // 16
     expected_sum = sum((i + 1) * per_array for i in range(4))
-    assert f"final model sum {expected_sum:.1f}, {200 * (1 << 20)} bytes" in result.stdout
+    assert f"final model sum {expected_sum:.1f}, {200 * (1 << 20)} bytes" in output
     grown = anonymous_kib(node.process.pid) - before
     assert grown < 16 * KIB_PER_MIB, f"the node kept {grown // KIB_PER_MIB} MiB after the run"
     # Once the run has ended, neither the link nor the node keeps any of its objects (its
@@ -62,12 +65,7 @@ def test_a_clientapp_keeps_nothing_of_a_message_once_it_is_answered(
 ) -> None:
     _, (node,) = deployment.federation({"node-1": "name=a"})
     app = write_probe_app(tmp_path / "app")
-    result = deployment.cli(
-        "run", str(app), "--stream", "--run-config",
-        "array-mb=64 rounds=3 min-train=1 min-available=1 report-memory=true",
-        timeout=300,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr
+    run_probe(deployment, app, "array-mb=64 rounds=3 report-memory=true")
     held = [int(kib) for kib in re.findall(r"ClientApp of a holds (\d+) KiB", node.log)]
     assert len(held) == 3  # as each round's message arrived
     kept = max(held[1:]) - held[0]  # what rounds 1 and 2 left behind
