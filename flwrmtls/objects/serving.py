@@ -52,9 +52,9 @@ __all__ = [
 
 TRANSFERS_AT_ONCE = 8
 """Transfers a link moves bytes for at once (its :class:`TransferGate`): enough to keep two
-cores busy with TLS and hashing, few enough that 32 nodes' transfers buffer what 8 do (16
-before: at 32 nodes x 50 MiB the link's tree 414-435 MiB against 381-382, the round alike;
-docs/performance.md)."""
+cores busy with TLS and hashing, few enough that 32 nodes' transfers buffer what 2 do (4 a
+node; 16 before: at 32 nodes x 50 MiB the link's tree 414-435 MiB against 381-382, the
+round alike; docs/performance.md)."""
 CHUNKS_PER_READ = 4
 """Chunks a sender reads from its store per worker-thread call: what it holds per transfer."""
 TURN_PATIENCE = 5.0
