@@ -11,6 +11,9 @@ import re
 import subprocess
 import sys
 
+import pytest
+
+from flwrmtls import heap
 from flwrmtls.heap import ARENAS, limit_malloc_arenas
 
 _PROGRAM = """
@@ -85,3 +88,12 @@ def test_what_a_transfer_freed_is_given_back() -> None:
     assert given_back > 56 * 1024  # nearly all of the 64 MiB
     kept, _ = freed_kib("keep")
     assert kept < 8 * 1024  # control: glibc keeps the freed chunks by itself
+
+
+def test_without_glibc_nothing_is_limited_or_given_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A C library without ``mallopt`` or ``malloc_trim`` (musl): both calls say so and do
+    nothing, instead of failing the process that makes them."""
+    monkeypatch.setattr(heap, "_MALLOPT", None)
+    monkeypatch.setattr(heap, "_MALLOC_TRIM", None)
+    assert heap.limit_malloc_arenas({}) is False
+    assert heap.release_free_memory() is False
