@@ -20,7 +20,7 @@ Rules (the first that applies decides):
    (:func:`flwrmtls.app.keyscan.private_key_kind`), whatever its name.
 
 :func:`member_problem` is rules 1 and 3 for one path inside a bundle (the link's check of
-what a bundle holds, see :func:`flwrmtls.app.bundle.check_bundle`).
+what a bundle holds, see :func:`flwrmtls.app.bundling.check_bundle`).
 """
 
 from __future__ import annotations

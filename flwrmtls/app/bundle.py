@@ -16,21 +16,17 @@ An app directory holds a ``pyproject.toml`` with::
 
 Rules:
 
-- A bundle holds what :mod:`flwrmtls.app.appfiles` selects: the app's sources and configs,
-  never a private key, data, hidden files or what the app's ignore files leave out.
-- A bundle is deterministic: the same files give the same bytes. Entries are regular files
-  only, sorted by path, with mtime 0, uid/gid 0, no owner names, mode 0755 when the owner may
-  execute the file and 0644 otherwise; the gzip header has mtime 0 and no file name.
+- What a bundle may hold, and how one is built, is :mod:`flwrmtls.app.bundling`'s (the CLI
+  builds, the link checks); this module is what every process that reads a bundle needs, so
+  that an app process never loads what those need (cryptography and pathspec: about 8 MiB
+  each).
 - A bundle is named by its SHA-256 (:func:`bundle_hash`). :func:`extract_bundle` checks it
   first, then refuses absolute paths, ``..``, links, devices and anything but regular files
   and directories, before it writes a byte.
-- The link accepts a bundle only when every member is one ``flwrmtls run`` would bundle
-  (:func:`check_bundle`: an app file type, not hidden, no private key), whatever built it.
 - A bundle is a plain ustar archive: every header is one 512-byte block. Readers refuse PAX
   extended and global headers, GNU long-name and long-link headers and GNU sparse files
   before ``tarfile`` reads their data (it would hold all of it in memory: a 100 KB bundle
-  can carry a 100 MB header), and the builder writes none (a path longer than ustar holds
-  is refused with the path named).
+  can carry a 100 MB header).
 - The run config of a run is the app's defaults with overrides for known keys only; an
   override must have its default's type (an int may stand for a float).
 - ``[project] dependencies`` are checked as :mod:`flwrmtls.app.requirements` says (PEP 508,
@@ -40,6 +36,7 @@ Rules:
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import importlib
@@ -52,25 +49,27 @@ import tomllib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar
 
-from flwrmtls.app.appfiles import AppFiles, member_problem, select_app_files
-from flwrmtls.app.keyscan import private_key_kind, private_key_kind_in_stream
 from flwrmtls.app.requirements import parse_requirements
 from flwrmtls.errors import InputError
 from flwrmtls.keyvalues import Value
 
 __all__ = [
+    "MAX_MEMBERS",
+    "MAX_UNPACKED_BYTES",
     "AppConfig",
     "BundleError",
-    "build_bundle",
+    "BundleFile",
     "bundle_app_config",
     "bundle_hash",
-    "check_bundle",
+    "bundled_app_config",
     "extract_bundle",
     "load_component",
     "merge_run_config",
     "read_app_config",
+    "read_bundle",
+    "read_bundled_pyproject",
 ]
 
 T = TypeVar("T")
@@ -192,38 +191,6 @@ def bundle_hash(bundle: bytes | memoryview) -> str:
     return hashlib.sha256(bundle).hexdigest()
 
 
-def build_bundle(app_dir: Path, files: AppFiles | None = None) -> bytes:
-    """The app directory as a deterministic .tar.gz (checked with read_app_config first):
-    ``files``, or what :func:`~flwrmtls.app.appfiles.select_app_files` selects."""
-    read_app_config(app_dir)
-    if files is None:
-        files = select_app_files(app_dir)
-    tar_bytes = io.BytesIO()
-    with tarfile.open(fileobj=tar_bytes, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-        for file in files.files:
-            info = tarfile.TarInfo(file.name)
-            info.size = len(file.data)
-            info.mode = 0o755 if file.executable else 0o644
-            info.mtime = 0
-            info.uid = info.gid = 0
-            info.uname = info.gname = ""
-            _add_ustar(tar, info, file.data, app_dir)
-    compressed = io.BytesIO()
-    with gzip.GzipFile(filename="", mode="wb", fileobj=compressed, mtime=0) as gz:
-        gz.write(tar_bytes.getvalue())
-    return compressed.getvalue()
-
-
-def _add_ustar(tar: tarfile.TarFile, info: tarfile.TarInfo, data: bytes, app_dir: Path) -> None:
-    try:
-        tar.addfile(info, io.BytesIO(data))
-    except ValueError as error:  # tarfile: "name is too long", "linkname is too long"
-        raise InputError(
-            f"{app_dir / info.name}: {error}: a bundle holds paths of at most 100 bytes, or "
-            "255 split at a '/' into at most 155 and 100; shorten the path"
-        ) from None
-
-
 _EXTENDED_HEADERS = {
     tarfile.XHDTYPE: "a PAX extended header",
     tarfile.XGLTYPE: "a PAX global header",
@@ -297,6 +264,10 @@ MAX_UNPACKED_BYTES = 1 << 30
 MAX_MEMBERS = 10_000
 _MAX_PYPROJECT_BYTES = 1 << 20
 
+BundleFile = tuple[str, tarfile.TarInfo, IO[bytes]]
+"""A regular file of a bundle as it is read: its path inside the bundle (``/``-separated),
+its header and its content (read before the next file)."""
+
 
 def _bounded(tar: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
     """The archive's members, refusing too many or too large ones before reading their data."""
@@ -310,52 +281,40 @@ def _bounded(tar: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
         yield member
 
 
-_UPGRADE = "build bundles with `flwrmtls run` (an older CLI bundles more: upgrade it)"
+def _files(tar: tarfile.TarFile) -> Iterator[BundleFile]:
+    for member in _bounded(tar):
+        relative = _safe_member_path(member)
+        if member.isdir():
+            continue
+        source = tar.extractfile(member)
+        assert source is not None  # a regular file always has content
+        yield relative.as_posix(), member, source
 
 
-def check_bundle(bundle: bytes) -> AppConfig:
-    """The link's check of a bundle it receives, whoever built it: every member is a safe
-    path, a file type ``flwrmtls run`` bundles, and holds no private key; returns the app
-    config from its pyproject.toml. ``BundleError`` names the first member refused."""
-    config: AppConfig | None = None
+@contextlib.contextmanager
+def read_bundle(bundle: bytes | memoryview) -> Iterator[Iterator[BundleFile]]:
+    """The bundle's regular files, one after the other as the archive streams by (none is
+    held once the next is read), each path checked safe before its content is read; any
+    error reading the archive, in the ``with`` block too, is a :class:`BundleError`."""
     try:
         with tarfile.open(fileobj=io.BytesIO(bundle), mode="r|gz", tarinfo=_UstarHeader) as tar:
-            for member in _bounded(tar):
-                relative = _safe_member_path(member)
-                if member.isdir():
-                    continue
-                name = relative.as_posix()
-                problem = member_problem(name)
-                if problem is not None:
-                    raise BundleError(f"bundle member {name!r}: {problem}; {_UPGRADE}")
-                source = tar.extractfile(member)
-                assert source is not None  # a regular file always has content
-                if name == "pyproject.toml":
-                    if member.size > _MAX_PYPROJECT_BYTES:
-                        raise BundleError("the bundle's pyproject.toml is over 1 MiB")
-                    pyproject = source.read()
-                    _refuse_private_key(name, private_key_kind(pyproject))
-                    config = _read_bundled_pyproject(pyproject)
-                else:  # read a window at a time: a member may be large
-                    _refuse_private_key(name, private_key_kind_in_stream(source.read))
+            yield _files(tar)
     except (tarfile.TarError, EOFError, gzip.BadGzipFile) as error:
         raise BundleError(f"bundle is not a valid .tar.gz: {error}") from error
-    if config is None:
-        raise BundleError("the bundle has no pyproject.toml at its top")
-    return config
 
 
-def _refuse_private_key(name: str, kind: str | None) -> None:
-    if kind is not None:
-        raise BundleError(
-            f"bundle member {name!r} holds {kind}: the link does not accept private keys in "
-            "bundles (they would reach every node)"
-        )
+def read_bundled_pyproject(member: tarfile.TarInfo, source: IO[bytes]) -> bytes:
+    """The bytes of a bundle's pyproject.toml (its size checked before they are read)."""
+    if member.size > _MAX_PYPROJECT_BYTES:
+        raise BundleError("the bundle's pyproject.toml is over 1 MiB")
+    return source.read()
 
 
-def _read_bundled_pyproject(data: bytes) -> AppConfig:
+def bundled_app_config(pyproject: bytes) -> AppConfig:
+    """The app config in the bytes of a bundle's pyproject.toml (errors named as the
+    bundle's)."""
     with tempfile.TemporaryDirectory(prefix="flwrmtls-pyproject-") as tmp:
-        (Path(tmp) / "pyproject.toml").write_bytes(data)
+        (Path(tmp) / "pyproject.toml").write_bytes(pyproject)
         try:
             return read_app_config(Path(tmp))
         except InputError as error:  # named as the bundle's, not by the scratch file's path
@@ -366,18 +325,10 @@ def _read_bundled_pyproject(data: bytes) -> AppConfig:
 def bundle_app_config(bundle: bytes | memoryview) -> AppConfig:
     """The app config of a bundle already checked (its hash verified, e.g. from an object
     store), read from its pyproject.toml alone; BundleError if it has none or it is bad."""
-    try:
-        with tarfile.open(fileobj=io.BytesIO(bundle), mode="r|gz", tarinfo=_UstarHeader) as tar:
-            for member in _bounded(tar):
-                if _safe_member_path(member).as_posix() != "pyproject.toml" or member.isdir():
-                    continue
-                if member.size > _MAX_PYPROJECT_BYTES:
-                    raise BundleError("the bundle's pyproject.toml is over 1 MiB")
-                source = tar.extractfile(member)
-                assert source is not None  # a regular file always has content
-                return _read_bundled_pyproject(source.read())
-    except (tarfile.TarError, EOFError, gzip.BadGzipFile) as error:
-        raise BundleError(f"bundle is not a valid .tar.gz: {error}") from error
+    with read_bundle(bundle) as files:
+        for name, member, source in files:
+            if name == "pyproject.toml":
+                return bundled_app_config(read_bundled_pyproject(member, source))
     raise BundleError("the bundle has no pyproject.toml at its top")
 
 

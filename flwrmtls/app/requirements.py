@@ -13,7 +13,7 @@ Rules:
 * What is kept, and later handed to pip, is the requirement as ``packaging`` writes it back
   (its canonical text), never the submitter's string.
 * Checked when an app is bundled (the CLI), when the link accepts a bundle
-  (:func:`flwrmtls.app.bundle.check_bundle`), and again where the app runs
+  (:func:`flwrmtls.app.bundling.check_bundle`), and again where the app runs
   (:mod:`flwrmtls.runs.appenvs`). Pure: values in, requirements or one InputError out.
 """
 

@@ -11,7 +11,8 @@ from typing import Annotated
 import typer
 
 from flwrmtls.app.appfiles import AppFiles, select_app_files
-from flwrmtls.app.bundle import build_bundle, bundle_hash, merge_run_config, read_app_config
+from flwrmtls.app.bundle import bundle_hash, merge_run_config, read_app_config
+from flwrmtls.app.bundling import build_bundle
 from flwrmtls.app.components import check_component
 from flwrmtls.app.runresult import ResultError, check_result
 from flwrmtls.cli.output import OutputFormat, emit, format_time, printable

@@ -61,7 +61,8 @@ import logging
 import threading
 from dataclasses import dataclass, field
 
-from flwrmtls.app.bundle import bundle_hash, check_bundle, merge_run_config
+from flwrmtls.app.bundle import bundle_hash, merge_run_config
+from flwrmtls.app.bundling import check_bundle
 from flwrmtls.auth.tokens import new_token, token_hash
 from flwrmtls.clock import Clock
 from flwrmtls.errors import InputError

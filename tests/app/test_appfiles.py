@@ -13,7 +13,8 @@ from cryptography.hazmat.primitives import serialization as s
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from flwrmtls.app.appfiles import APP_SUFFIXES, IGNORE_FILE, member_problem, select_app_files
-from flwrmtls.app.bundle import BundleError, build_bundle, check_bundle
+from flwrmtls.app.bundle import BundleError
+from flwrmtls.app.bundling import build_bundle, check_bundle
 from flwrmtls.errors import InputError
 
 from .test_bundle import make_app

@@ -16,13 +16,13 @@ from flwrmtls.app import ClientApp, ServerApp
 from flwrmtls.app.bundle import (
     AppConfig,
     BundleError,
-    build_bundle,
     bundle_hash,
     extract_bundle,
     load_component,
     merge_run_config,
     read_app_config,
 )
+from flwrmtls.app.bundling import build_bundle, check_bundle
 from flwrmtls.errors import InputError
 from flwrmtls.keyvalues import Value
 
@@ -392,13 +392,13 @@ def test_the_link_checks_a_bundle_and_refuses_oversized_ones(
 ) -> None:
     import flwrmtls.app.bundle as bundle_module
 
-    bundle = bundle_module.build_bundle(app_dir)
-    config = bundle_module.check_bundle(bundle)
+    bundle = build_bundle(app_dir)
+    config = check_bundle(bundle)
     assert config == bundle_module.read_app_config(app_dir)  # control
     # A bundle declaring more than the limit is refused before its data is read.
     monkeypatch.setattr(bundle_module, "MAX_UNPACKED_BYTES", 100)
     with pytest.raises(bundle_module.BundleError, match="unpacks to more than"):
-        bundle_module.check_bundle(bundle)
+        check_bundle(bundle)
     with pytest.raises(bundle_module.BundleError, match="unpacks to more than"):
         bundle_module.extract_bundle(
             bundle, bundle_module.bundle_hash(bundle), tmp_path / "unpacked"

@@ -18,13 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from flwrmtls.app.bundle import (
-    BundleError,
-    build_bundle,
-    bundle_hash,
-    check_bundle,
-    extract_bundle,
-)
+from flwrmtls.app.bundle import BundleError, bundle_hash, extract_bundle
+from flwrmtls.app.bundling import build_bundle, check_bundle
 from flwrmtls.errors import InputError
 
 PYPROJECT = b"""\

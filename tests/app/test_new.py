@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 import flwrmtls
-from flwrmtls.app.bundle import build_bundle, read_app_config
+from flwrmtls.app.bundle import read_app_config
+from flwrmtls.app.bundling import build_bundle
 from flwrmtls.app.templates import package_name, project_name, write_app
 from flwrmtls.errors import InputError
 from flwrmtls.testing.processes import run_cli

@@ -15,13 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from flwrmtls.app.bundle import (
-    BundleError,
-    build_bundle,
-    bundle_app_config,
-    check_bundle,
-    read_app_config,
-)
+from flwrmtls.app.bundle import BundleError, bundle_app_config, read_app_config
+from flwrmtls.app.bundling import build_bundle, check_bundle
 from flwrmtls.app.requirements import MAX_REQUIREMENTS, parse_requirements
 from flwrmtls.errors import InputError
 

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from flwrmtls.app.bundle import build_bundle, bundle_hash
+from flwrmtls.app.bundle import bundle_hash
+from flwrmtls.app.bundling import build_bundle
 from flwrmtls.connectionprofiles import ConfigFile
 from flwrmtls.control.client import ControlClient
 from flwrmtls.errors import FlwrmtlsError

@@ -31,7 +31,8 @@ from pathlib import Path
 import grpc
 import pytest
 
-from flwrmtls.app.bundle import build_bundle, bundle_hash
+from flwrmtls.app.bundle import bundle_hash
+from flwrmtls.app.bundling import build_bundle
 from flwrmtls.auth.tokens import TOKEN_METADATA_KEY
 from flwrmtls.keyvalues import values_to_proto
 from flwrmtls.objects.store import CHUNK_SIZE, ObjectStore, object_id_of

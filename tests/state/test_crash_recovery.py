@@ -27,7 +27,8 @@ import grpc.aio
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from flwrmtls.app.bundle import build_bundle, bundle_hash
+from flwrmtls.app.bundle import bundle_hash
+from flwrmtls.app.bundling import build_bundle
 from flwrmtls.auth.keyformats import node_id_for_key, public_key_der
 from flwrmtls.auth.tokens import TOKEN_METADATA_KEY, token_hash
 from flwrmtls.errors import InputError
