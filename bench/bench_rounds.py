@@ -82,6 +82,8 @@ def summarize_detail(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
         ]
     )
     return {
+        "serverapp_peak_rss_mib": spread([r["detail"]["serverapp_peak_rss_mib"] for r in runs]),
+        "clientapp_peak_rss_mib": spread([r["detail"]["clientapp_peak_rss_mib"] for r in runs]),
         "round_1_phases": {name: phase(name, slice(0, 1)) for name in PHASES},
         "later_round_phases": {name: phase(name, later) for name in PHASES},
         "cpu_seconds": cpu,
@@ -147,14 +149,15 @@ def render_rounds(result: dict[str, Any]) -> str:
         f"rounds, no evaluation; {config['repetitions']} run(s) per cell: median (min-max); "
         "replies: distinct (node K adds 1 + K/1024) unless a row says identical",
         "",
-        "1. Per run (seconds; RSS in MiB: the process with all its descendants, peak)",
+        "1. Per run (seconds; RSS in MiB: the process with all its descendants, peak, sampled "
+        "every 50 ms; ServerApp, ClientApp: the largest one's own peak, exact)",
         "",
     ]
     header = ["nodes", "MiB", "replies", "wall", "round 1", "rounds 2+", "per round", "link RSS",
-              "node RSS"]  # fmt: skip
+              "node RSS", "ServerApp", "ClientApp"]  # fmt: skip
     rows = []
     for cell in result["cells"]:
-        s, n = cell["summary"], len(cell["runs"])
+        s, n, d = cell["summary"], len(cell["runs"]), cell["detail_summary"]
         rows.append(
             [
                 *_label(cell),
@@ -164,10 +167,18 @@ def render_rounds(result: dict[str, Any]) -> str:
                 fmt_spread(s["round_mean_seconds"], 2, runs=n),
                 fmt_spread(s["link_peak_rss_mib"], 0, runs=n),
                 fmt_spread(s["node_peak_rss_mib"], 0, runs=n),
+                fmt_spread(d["serverapp_peak_rss_mib"], 0, runs=n),
+                fmt_spread(d["clientapp_peak_rss_mib"], 0, runs=n),
             ]
         )
     lines += markdown_table(header, rows, left=3)
-    lines += ["", "2. Where a run's time goes (medians, seconds)", ""]
+    lines += [
+        "  node RSS: a ClientApp's peak may last less than 50 ms and be missed by the samples; "
+        "the node beside its ClientApp's exact peak bounds it better (docs/performance.md)",
+        "",
+        "2. Where a run's time goes (medians, seconds)",
+        "",
+    ]
     header = ["nodes", "MiB", "replies", "start-up", "start", "end", "round", *PHASES]
     rows = []
     for cell in result["cells"]:

@@ -1,18 +1,24 @@
-"""The benchmark harness's pure parts: the workload's arithmetic and its check, round tiling,
-ratios, tables. The check is what keeps a figure honest: a run whose server did not end with
-the model the distinct updates make (for instance because every node sent the same reply)
-is refused, beside the run that did, which passes."""
+"""The benchmark harness: the workload's arithmetic and its check, round tiling, ratios,
+tables (pure), and the RSS sampler against real processes. The check is what keeps a figure
+honest: a run whose server did not end with the model the distinct updates make (for
+instance because every node sent the same reply) is refused, beside the run that did, which
+passes."""
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 
 from harness import BenchError
+from harness.procs import TREE_REFRESH, RssSampler, _statm_rss
 from harness.stats import percentiles, ratio, spread
 from harness.tables import fmt_spread, markdown_table
 from harness.workload import check_model, expected_shift, step, tile
@@ -71,3 +77,87 @@ def test_tables_are_markdown_with_a_dash_for_a_missing_figure() -> None:
     assert fmt_spread(None) == "-"
     with pytest.raises(ValueError, match="every row needs 2 cells"):
         markdown_table(["a", "b"], [["1"]])
+
+
+_GRANDCHILD = """
+import sys, time
+held = bytearray(64 << 20)
+held[::4096] = b"x" * len(held[::4096])  # every page resident
+print("held", flush=True)
+sys.stdin.readline()
+del held  # a block this large is its own mapping: freed, it leaves RSS at once
+print("freed", flush=True)
+time.sleep(3)
+"""
+_CHILD = "import subprocess, sys; subprocess.run([sys.executable, '-c', sys.argv[1]])"
+
+
+def _state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat", "rb") as stat:
+        data = stat.read()
+    return data[data.rindex(b")") + 2 :].split()[0].decode()
+
+
+def _start_child() -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-c", _CHILD, _GRANDCHILD],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
+def _next_line(child: subprocess.Popen[str]) -> str:
+    assert child.stdout is not None
+    return child.stdout.readline().strip()
+
+
+def _free(child: subprocess.Popen[str]) -> None:
+    assert child.stdin is not None
+    child.stdin.write("free\n")
+    child.stdin.flush()
+
+
+def _end(child: subprocess.Popen[str]) -> None:
+    child.kill()
+    child.wait()
+    for pipe in (child.stdin, child.stdout):  # the grandchild reads EOF and ends
+        if pipe is not None:
+            pipe.close()
+
+
+def test_the_sampler_counts_a_grandchild_that_appears_and_a_zombie_as_nothing() -> None:
+    # The control: a process's statm gives what psutil calls rss.
+    assert abs(_statm_rss(os.getpid()) - psutil.Process().memory_info().rss) < 4 << 20
+    child = _start_child()
+    try:
+        with RssSampler({"root": child.pid}) as sampler:
+            assert _next_line(child) == "held"
+            time.sleep(2 * TREE_REFRESH)  # found by the next scan of /proc, then sampled
+            peak = sampler.peaks.roots["root"]
+            assert peak.descendants >= 64 << 20
+            assert peak.tree >= peak.own + (64 << 20)
+            _free(child)
+            assert _next_line(child) == "freed"
+        # Exited and not reaped yet: a zombie, which counts 0.
+        deadline = time.monotonic() + 30
+        while _state(child.pid) != "Z":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert _statm_rss(child.pid) == 0
+    finally:
+        _end(child)
+
+
+def test_a_peak_between_two_samples_is_missed_by_the_tree_but_not_by_the_exact_peak() -> None:
+    child = _start_child()
+    try:
+        with RssSampler({"root": child.pid}, interval=3600) as sampler:  # samples by hand
+            assert _next_line(child) == "held"
+            _free(child)
+            assert _next_line(child) == "freed"
+            time.sleep(2 * TREE_REFRESH)
+            sampler.sample()
+            peak = sampler.peaks.roots["root"]
+            assert 0 < peak.descendants < 64 << 20  # the grandchild, seen after its peak
+            assert peak.largest_descendant >= 64 << 20
+    finally:
+        _end(child)

@@ -321,6 +321,8 @@ def measure_fedavg_run(
             "run_id": command.run_id,
             "phases": [asdict(p) for p in split],
             "cpu_seconds": cpu_used,
+            "serverapp_peak_rss_mib": sampler.largest_descendant_mib("link"),
+            "clientapp_peak_rss_mib": sampler.largest_descendant_mib("node"),
         },
     )
 
