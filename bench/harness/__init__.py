@@ -11,7 +11,8 @@ Rules every benchmark keeps through it:
 * Each ServerApp checks the model it ends with against the arithmetic of the updates it was
   sent; a run whose model is wrong is an error, not a figure.
 * Timing uses ``time.monotonic()`` (one clock for every process on the machine); RSS is the
-  peak of a process tree (the process and all its descendants), sampled every 50 ms.
+  peak of a process tree (the process and all its descendants), sampled every 50 ms, beside
+  the exact peak of its largest descendant (:mod:`harness.procs`).
 * Nothing here asserts on a timing: the benchmarks print figures; ratios are computed within
   one run only.
 * A benchmark stops what it started: processes are ended by their own handles, or by the

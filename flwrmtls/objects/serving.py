@@ -21,6 +21,13 @@ control window. When no turn has ended for the gate's ``patience`` seconds (ever
 held by a caller that stalls: a slow or hostile reader), a waiting transfer goes ahead
 without one: stalled callers cost memory, as they did without a gate, but never stop the
 others' transfers. While turns keep ending, waiting is only queueing.
+
+A gate may also be given ``release``: what gives the process's freed heap back to the system
+(:func:`flwrmtls.heap.release_free_memory`), called after transfers end, at most once every
+``release_interval`` seconds and once more that long after the last one. glibc keeps what a
+transfer's chunks and buffers freed and serves later transfers around it; without the
+release a link's peak grew with the transfers it had moved in a round (about 2 MiB a node,
+211-213 MiB for the link alone at 32 nodes x 50 MiB against 160-162 at 8; docs/performance.md).
 """
 
 from __future__ import annotations
@@ -59,14 +66,30 @@ CHUNKS_PER_READ = 4
 """Chunks a sender reads from its store per worker-thread call: what it holds per transfer."""
 TURN_PATIENCE = 5.0
 """Seconds without any turn ending after which a waiting transfer goes ahead without one."""
+RELEASE_INTERVAL = 1.0
+"""Seconds between two returns of freed heap to the system while transfers keep ending
+(each costs the pages' faults again when they are next used)."""
 
 
 class TransferGate:
     """At most ``limit`` object transfers move bytes at once (event loop only)."""
 
-    def __init__(self, limit: int = TRANSFERS_AT_ONCE, patience: float = TURN_PATIENCE) -> None:
+    def __init__(
+        self,
+        limit: int = TRANSFERS_AT_ONCE,
+        patience: float = TURN_PATIENCE,
+        *,
+        release: Callable[[], object] | None = None,
+        release_interval: float = RELEASE_INTERVAL,
+    ) -> None:
         self.limit = limit
         self.patience = patience
+        self.release_interval = release_interval
+        self._release = release
+        self._release_due: asyncio.TimerHandle | None = None
+        self._last_release = float("-inf")
+        self.releases = 0
+        """Times the freed heap was given back, since the start."""
         self._semaphore = asyncio.Semaphore(limit)
         self.waiting = 0
         """Transfers waiting for their turn now."""
@@ -99,6 +122,25 @@ class TransferGate:
             if granted:
                 self._last_end = loop.time()
                 self._semaphore.release()
+            self._transfer_ended(loop)
+
+    def _transfer_ended(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Give the freed heap back now, or once ``release_interval`` has passed since the
+        last time (one release waits at a time)."""
+        if self._release is None or self._release_due is not None:
+            return
+        delay = self._last_release + self.release_interval - loop.time()
+        if delay <= 0:
+            self._release_heap(loop)
+        else:
+            self._release_due = loop.call_later(delay, self._release_heap, loop)
+
+    def _release_heap(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._release_due = None
+        self._last_release = loop.time()
+        self.releases += 1
+        assert self._release is not None
+        self._release()
 
 
 def _turn(gate: TransferGate | None) -> contextlib.AbstractAsyncContextManager[None]:

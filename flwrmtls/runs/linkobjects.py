@@ -60,6 +60,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from flwrmtls.clock import Clock
+from flwrmtls.heap import release_free_memory
 from flwrmtls.objects.scope import ObjectScope, QuotaExceeded, Reservation
 from flwrmtls.objects.serving import TransferGate
 from flwrmtls.objects.store import ObjectStore, check_object_id
@@ -134,8 +135,9 @@ class LinkObjects:
     ) -> None:
         self.store = store
         self.limits = limits
-        self.transfers = TransferGate()
-        """Object transfers the link moves bytes for at once, whoever asks (its memory)."""
+        self.transfers = TransferGate(release=release_free_memory)
+        """Object transfers the link moves bytes for at once, whoever asks (its memory), and
+        the heap they freed given back as they end."""
         self._table = state.objects
         self._runs = state.runs
         self._transaction = state.transaction

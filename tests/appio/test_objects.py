@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import itertools
 import threading
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -398,6 +399,53 @@ def test_the_link_moves_bytes_for_at_most_its_gates_transfers_at_once(
         assert len(rest) == (8 << 20) - (1 << 20)
         assert bytes(second.result(timeout=60)) == model["b"].tobytes()  # then the second
     assert link.objects.transfers.waiting == 0
+    del stream  # never iterated: the replies are not awaited
+    setup.close()
+
+
+def test_freed_heap_is_given_back_as_transfers_end_at_most_once_an_interval() -> None:
+    """The gate gives the heap back when a transfer ends, then at most once every interval
+    however many end, and once more after the last one, so what the last transfers freed
+    goes back too; a gate without ``release`` gives nothing back (and still works)."""
+    interval = 1.0
+
+    async def scenario() -> tuple[list[float], list[float], int]:
+        loop = asyncio.get_running_loop()
+        releases: list[float] = []
+        ends: list[float] = []
+        gate = TransferGate(5, release=lambda: releases.append(loop.time()),
+                            release_interval=interval)  # fmt: skip
+        plain = TransferGate(5)
+
+        async def transfer(seconds: float) -> None:
+            async with gate.turn(), plain.turn():
+                await asyncio.sleep(seconds)
+                ends.append(loop.time())  # its bytes moved; the turn ends next
+
+        await asyncio.gather(*(transfer(0.01 * (k + 1)) for k in range(5)))
+        at_once = len(releases)
+        await asyncio.sleep(interval * 1.5)  # the deferred one is due by now
+        assert gate.releases == len(releases)
+        return releases, ends, at_once
+
+    releases, ends, at_once = asyncio.run(scenario())
+    assert at_once >= 1  # the first end gave it back without waiting for the interval
+    assert releases[-1] >= ends[-1]  # and what the last ones freed went back too
+    assert len(releases) < len(ends)  # not at every end: at most once an interval
+    assert all(b - a >= interval - 0.01 for a, b in itertools.pairwise(releases))
+
+
+def test_the_link_gives_back_freed_heap_after_transfers(link: Link, pki: TestPki) -> None:
+    setup = StreamSetup(link, pki, shared=True)
+    before = link.objects.transfers.releases
+    model = ArrayRecord({"w": np.full(1 << 20, 1.0, dtype=np.float32)})
+    stream = setup.grid.send_and_stream(setup.messages(model))
+    setup.answer(0)  # a download and an upload through the link's gate
+    for _ in range(200):
+        if link.objects.transfers.releases > before:
+            break
+        threading.Event().wait(0.05)
+    assert link.objects.transfers.releases > before
     del stream  # never iterated: the replies are not awaited
     setup.close()
 
