@@ -82,8 +82,11 @@ def summarize_detail(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
         ]
     )
     return {
-        "serverapp_peak_rss_mib": spread([r["detail"]["serverapp_peak_rss_mib"] for r in runs]),
-        "clientapp_peak_rss_mib": spread([r["detail"]["clientapp_peak_rss_mib"] for r in runs]),
+        **{  # results saved before these were measured have none
+            key: spread([r["detail"][key] for r in runs])
+            for key in ("serverapp_peak_rss_mib", "clientapp_peak_rss_mib")
+            if all(key in r["detail"] for r in runs)
+        },
         "round_1_phases": {name: phase(name, slice(0, 1)) for name in PHASES},
         "later_round_phases": {name: phase(name, later) for name in PHASES},
         "cpu_seconds": cpu,
@@ -167,8 +170,8 @@ def render_rounds(result: dict[str, Any]) -> str:
                 fmt_spread(s["round_mean_seconds"], 2, runs=n),
                 fmt_spread(s["link_peak_rss_mib"], 0, runs=n),
                 fmt_spread(s["node_peak_rss_mib"], 0, runs=n),
-                fmt_spread(d["serverapp_peak_rss_mib"], 0, runs=n),
-                fmt_spread(d["clientapp_peak_rss_mib"], 0, runs=n),
+                fmt_spread(d.get("serverapp_peak_rss_mib"), 0, runs=n),
+                fmt_spread(d.get("clientapp_peak_rss_mib"), 0, runs=n),
             ]
         )
     lines += markdown_table(header, rows, left=3)

@@ -21,11 +21,15 @@ Rules:
   (``malloc_trim(0)``: free pages anywhere in the heap) is called where a process's bulk
   work ends: a node once a reply's arrays are sent and, sharing its object directory with
   its ClientApp (the default), once a message's arrays are in its store; a
-  ClientApp once its reply is stored. It holds each arena's lock while it gives pages
-  back, so other threads that allocate wait: about 7 ms for 64 MiB free, 20 microseconds
-  with nothing free (measured here); not for hot paths, and in a worker thread where an
-  event loop would wait. Measured with ``bench_rounds.py --nodes 2 8 --model-mb 50``
-  (medians of 3; docs/performance.md): a node's tree 253 / 253 MiB before, 213 / 223 after.
+  ClientApp once its reply is stored; the link after object transfers end, at most once a
+  second (its :class:`~flwrmtls.objects.serving.TransferGate`). It holds each arena's lock
+  while it gives pages back, so other threads that allocate wait: about 7 ms for 64 MiB
+  free, 20-90 microseconds with nothing free (measured here); not for hot paths, and in a
+  worker thread where an event loop would wait, except the link's gate, which calls it on
+  its event loop at most once a second (a worker thread would not spare the loop: its own
+  allocations wait for the same locks). Measured with ``bench_rounds.py --nodes 2 8
+  --model-mb 50`` (medians of 3; docs/performance.md): a node's tree 253 / 253 MiB before,
+  213 / 223 after.
 """
 
 from __future__ import annotations

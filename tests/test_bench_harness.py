@@ -129,9 +129,10 @@ def test_the_sampler_counts_a_grandchild_that_appears_and_a_zombie_as_nothing() 
     assert abs(_statm_rss(os.getpid()) - psutil.Process().memory_info().rss) < 4 << 20
     child = _start_child()
     try:
-        with RssSampler({"root": child.pid}) as sampler:
+        with RssSampler({"root": child.pid}, interval=3600) as sampler:  # samples by hand
             assert _next_line(child) == "held"
-            time.sleep(2 * TREE_REFRESH)  # found by the next scan of /proc, then sampled
+            time.sleep(2 * TREE_REFRESH)  # the next sample scans /proc again
+            sampler.sample()
             peak = sampler.peaks.roots["root"]
             assert peak.descendants >= 64 << 20
             assert peak.tree >= peak.own + (64 << 20)

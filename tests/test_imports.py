@@ -7,7 +7,8 @@ about 26 MiB (a node's tree holds the node, a ClientApp and a spare). A link on 
 loads the PostgreSQL driver. The link and the node move a message's records as bytes and
 never decode them, so neither loads numpy (about 11 MiB). An app process reads its bundle
 but never checks or builds one (:mod:`flwrmtls.app.bundling`), so it loads neither
-cryptography (the private-key scan) nor pathspec (the app's ignore files): about 8 MiB each.
+cryptography (the private-key scan) nor pathspec (the app's ignore files): about 8 MiB
+together.
 Each program is imported in a fresh interpreter, as it starts.
 """
 
@@ -24,7 +25,7 @@ import importlib, json, sys
 importlib.import_module(sys.argv[1])
 print(json.dumps(sorted(m for m in ("sqlalchemy", "alembic", "psycopg") if m in sys.modules)))
 print(json.dumps("numpy" in sys.modules))
-print(json.dumps(sorted(m for m in ("cryptography", "bcrypt", "pathspec") if m in sys.modules)))
+print(json.dumps(sorted(m for m in ("cryptography", "pathspec") if m in sys.modules)))
 """
 
 

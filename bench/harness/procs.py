@@ -1,12 +1,13 @@
 """Process trees: their memory (peak RSS, sampled), their CPU time, and ending them by tag.
 
 Rules: a tree is a process and every descendant it has (app processes come and go; the
-sampler looks for new ones every :data:`TREE_REFRESH` seconds, a sample counts those alive).
+sampler looks for new ones every :data:`TREE_REFRESH` seconds, a sample counts those alive;
+a process id reused within that time would be counted for the one that ended).
 RSS is VmRSS (``/proc/PID/statm``'s resident pages, psutil's ``rss``), summed over the tree;
 a process that is gone, or a zombie, counts 0. The sampler reads each tree member's
 ``statm`` per sample and scans ``/proc`` only to find the trees' members: walking every
 process of the machine each 50 ms (psutil's ``children(recursive=True)`` per root) cost the
-benchmark process 8.6% of a core, taken from the federation it measures (about 1% now).
+benchmark process 8.6-10.4% of a core, taken from the federation it measures (2% now).
 Only processes that carry this benchmark's tag in their environment are ever signalled by
 :func:`sweep`.
 """
@@ -25,8 +26,10 @@ import psutil
 
 SAMPLE_INTERVAL = 0.05
 """Seconds between RSS samples."""
-TREE_REFRESH = 0.5
-"""Seconds between two scans of ``/proc`` for the sampled trees' members."""
+TREE_REFRESH = 0.25
+"""Seconds between two scans of ``/proc`` for the sampled trees' members: a process is
+counted from at most this long after it starts (an app process's first quarter second is
+its interpreter starting, far below its peak)."""
 TAG_VARIABLE = "FLWRMTLS_BENCH_TAG"
 """The environment variable that marks the processes a benchmark started (for :func:`sweep`)."""
 
@@ -144,9 +147,11 @@ class Peak:
     tree: int = 0
     descendants: int = 0
     largest_descendant: int = 0
-    """The largest peak of any one descendant, exact: its kernel-kept high-water mark
-    (VmHWM), read at each sample, so a peak shorter than the sampling interval counts too
-    (a sampled tree can miss it: an app process's peak may last less than 50 ms)."""
+    """The largest peak of any one descendant, from its kernel-kept high-water mark (VmHWM)
+    read at each sample: a peak shorter than the sampling interval counts too (a sampled
+    tree can miss it: an app process's peak may last less than 50 ms), but not one of a
+    process found by no scan of ``/proc`` (alive less than :data:`TREE_REFRESH`) or that
+    ends within a sample's interval of its peak."""
 
 
 @dataclass

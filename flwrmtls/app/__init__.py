@@ -6,8 +6,9 @@
 
 See docs/apps.md for how to write, bundle and run an app.
 
-The names are imported on first use (PEP 562), so that tools which only need
-``flwrmtls.app.bundle`` (the CLI bundling an app) do not pay for numpy.
+The names are imported on first use (PEP 562), so that what only needs
+``flwrmtls.app.bundle`` or ``flwrmtls.app.bundling`` (the CLI bundling an app, the link
+checking one, a node reading one) does not pay for numpy.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ Rules:
 - What a bundle may hold, and how one is built, is :mod:`flwrmtls.app.bundling`'s (the CLI
   builds, the link checks); this module is what every process that reads a bundle needs, so
   that an app process never loads what those need (cryptography and pathspec: about 8 MiB
-  each).
+  together).
 - A bundle is named by its SHA-256 (:func:`bundle_hash`). :func:`extract_bundle` checks it
   first, then refuses absolute paths, ``..``, links, devices and anything but regular files
   and directories, before it writes a byte.
@@ -218,6 +218,15 @@ class _UstarHeader(tarfile.TarInfo):
         return processed
 
 
+@contextlib.contextmanager
+def _as_bundle_errors() -> Iterator[None]:
+    """What tarfile and gzip raise on a bad archive, while it is read, as a BundleError."""
+    try:
+        yield
+    except (tarfile.TarError, EOFError, gzip.BadGzipFile) as error:
+        raise BundleError(f"bundle is not a valid .tar.gz: {error}") from error
+
+
 def _safe_member_path(member: tarfile.TarInfo) -> PurePosixPath:
     name = member.name
     path = PurePosixPath(name)
@@ -239,23 +248,23 @@ def extract_bundle(bundle: bytes | memoryview, expected_hash: str, into: Path) -
         raise BundleError(f"bundle hash mismatch: expected {expected_hash}, got {actual}")
     if into.exists() and any(into.iterdir()):
         raise BundleError(f"{into}: not empty; a bundle is unpacked into an empty directory")
-    try:
-        with tarfile.open(fileobj=io.BytesIO(bundle), mode="r:gz", tarinfo=_UstarHeader) as tar:
-            members = [(member, _safe_member_path(member)) for member in _bounded(tar)]
-            into.mkdir(parents=True, exist_ok=True)
-            root = into.resolve()
-            for member, relative in members:
-                target = root.joinpath(*relative.parts)
-                if member.isdir():
-                    target.mkdir(parents=True, exist_ok=True)
-                    continue
-                source = tar.extractfile(member)
-                assert source is not None  # a regular file always has content
-                target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_bytes(source.read())
-                target.chmod(0o755 if member.mode & 0o100 else 0o644)
-    except (tarfile.TarError, EOFError, gzip.BadGzipFile) as error:
-        raise BundleError(f"bundle is not a valid .tar.gz: {error}") from error
+    with (
+        _as_bundle_errors(),
+        tarfile.open(fileobj=io.BytesIO(bundle), mode="r:gz", tarinfo=_UstarHeader) as tar,
+    ):
+        members = [(member, _safe_member_path(member)) for member in _bounded(tar)]
+        into.mkdir(parents=True, exist_ok=True)
+        root = into.resolve()
+        for member, relative in members:
+            target = root.joinpath(*relative.parts)
+            if member.isdir():
+                target.mkdir(parents=True, exist_ok=True)
+                continue
+            source = tar.extractfile(member)
+            assert source is not None  # a regular file always has content
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(source.read())
+            target.chmod(0o755 if member.mode & 0o100 else 0o644)
     return into
 
 
@@ -296,11 +305,11 @@ def read_bundle(bundle: bytes | memoryview) -> Iterator[Iterator[BundleFile]]:
     """The bundle's regular files, one after the other as the archive streams by (none is
     held once the next is read), each path checked safe before its content is read; any
     error reading the archive, in the ``with`` block too, is a :class:`BundleError`."""
-    try:
-        with tarfile.open(fileobj=io.BytesIO(bundle), mode="r|gz", tarinfo=_UstarHeader) as tar:
-            yield _files(tar)
-    except (tarfile.TarError, EOFError, gzip.BadGzipFile) as error:
-        raise BundleError(f"bundle is not a valid .tar.gz: {error}") from error
+    with (
+        _as_bundle_errors(),
+        tarfile.open(fileobj=io.BytesIO(bundle), mode="r|gz", tarinfo=_UstarHeader) as tar,
+    ):
+        yield _files(tar)
 
 
 def read_bundled_pyproject(member: tarfile.TarInfo, source: IO[bytes]) -> bytes:

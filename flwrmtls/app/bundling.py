@@ -11,7 +11,8 @@ Rules:
   builder writes a plain ustar archive (a path longer than ustar holds is refused with the
   path named), which is all readers accept (:mod:`flwrmtls.app.bundle`).
 - The link accepts a bundle only when every member is one ``flwrmtls run`` would bundle
-  (:func:`check_bundle`: an app file type, not hidden, no private key), whatever built it.
+  (:func:`check_bundle`: an app file type, not hidden, no private key, no name twice),
+  whatever built it.
 
 Only the CLI and the link import this module (:mod:`flwrmtls.app.appfiles` loads pathspec,
 :mod:`flwrmtls.app.keyscan` cryptography); the node and the app processes read bundles with
@@ -77,11 +78,17 @@ _UPGRADE = "build bundles with `flwrmtls run` (an older CLI bundles more: upgrad
 
 def check_bundle(bundle: bytes) -> AppConfig:
     """The link's check of a bundle it receives, whoever built it: every member is a safe
-    path, a file type ``flwrmtls run`` bundles, and holds no private key; returns the app
-    config from its pyproject.toml. ``BundleError`` names the first member refused."""
+    path, a file type ``flwrmtls run`` bundles, holds no private key and is the only one of
+    its name (readers differ on which of two a name means: a node reads the first
+    pyproject.toml, unpacking keeps the last); returns the app config from its
+    pyproject.toml. ``BundleError`` names the first member refused."""
     config: AppConfig | None = None
+    seen: set[str] = set()
     with read_bundle(bundle) as files:
         for name, member, source in files:
+            if name in seen:
+                raise BundleError(f"bundle has two members named {name!r}; {_UPGRADE}")
+            seen.add(name)
             problem = member_problem(name)
             if problem is not None:
                 raise BundleError(f"bundle member {name!r}: {problem}; {_UPGRADE}")

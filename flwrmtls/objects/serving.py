@@ -23,17 +23,20 @@ without one: stalled callers cost memory, as they did without a gate, but never 
 others' transfers. While turns keep ending, waiting is only queueing.
 
 A gate may also be given ``release``: what gives the process's freed heap back to the system
-(:func:`flwrmtls.heap.release_free_memory`), called after transfers end, at most once every
-``release_interval`` seconds and once more that long after the last one. glibc keeps what a
-transfer's chunks and buffers freed and serves later transfers around it; without the
-release a link's peak grew with the transfers it had moved in a round (about 2 MiB a node,
-211-213 MiB for the link alone at 32 nodes x 50 MiB against 160-162 at 8; docs/performance.md).
+(:func:`flwrmtls.heap.release_free_memory`), called on the event loop once a transfer has
+ended (from the next turn of the loop, when the transfer's buffers are let go), then at most
+once every ``release_interval`` seconds while more end, the last end always followed by
+one. glibc keeps what a transfer's chunks and buffers freed and serves later transfers
+around it: the link alone at 8 and 32 nodes x 50 MiB peaked at 160-162 and 211-213 MiB
+without it, 149-151 and 198-202 with it (docs/performance.md; it lowers the level, not the
+growth with the nodes).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import BinaryIO
 
@@ -56,6 +59,8 @@ __all__ = [
     "receive_object",
     "serve_object",
 ]
+
+log = logging.getLogger("flwrmtls.objects")
 
 TRANSFERS_AT_ONCE = 8
 """Transfers a link moves bytes for at once (its :class:`TransferGate`): enough to keep two
@@ -125,22 +130,23 @@ class TransferGate:
             self._transfer_ended(loop)
 
     def _transfer_ended(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Give the freed heap back now, or once ``release_interval`` has passed since the
-        last time (one release waits at a time)."""
+        """Give the freed heap back from the loop's next turn, or once ``release_interval``
+        has passed since the last time; one release waits at a time, and it comes after
+        every end that found none waiting."""
         if self._release is None or self._release_due is not None:
             return
-        delay = self._last_release + self.release_interval - loop.time()
-        if delay <= 0:
-            self._release_heap(loop)
-        else:
-            self._release_due = loop.call_later(delay, self._release_heap, loop)
+        delay = max(0.0, self._last_release + self.release_interval - loop.time())
+        self._release_due = loop.call_later(delay, self._release_heap, loop)
 
     def _release_heap(self, loop: asyncio.AbstractEventLoop) -> None:
         self._release_due = None
         self._last_release = loop.time()
         self.releases += 1
         assert self._release is not None
-        self._release()
+        try:
+            self._release()
+        except Exception as error:  # never the transfers' concern: the heap stays as it is
+            log.warning("giving freed memory back to the system failed: %s", error)
 
 
 def _turn(gate: TransferGate | None) -> contextlib.AbstractAsyncContextManager[None]:

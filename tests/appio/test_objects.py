@@ -404,10 +404,14 @@ def test_the_link_moves_bytes_for_at_most_its_gates_transfers_at_once(
 
 
 def test_freed_heap_is_given_back_as_transfers_end_at_most_once_an_interval() -> None:
-    """The gate gives the heap back when a transfer ends, then at most once every interval
-    however many end, and once more after the last one, so what the last transfers freed
-    goes back too; a gate without ``release`` gives nothing back (and still works)."""
+    """The gate gives the heap back once a transfer has ended, then at most once every
+    interval however many end, and after the last end, so what the last transfers freed goes
+    back too; a gate without ``release`` gives nothing back, and a release that fails never
+    fails a transfer."""
     interval = 1.0
+
+    def failing() -> None:
+        raise OSError("no")
 
     async def scenario() -> tuple[list[float], list[float], int]:
         loop = asyncio.get_running_loop()
@@ -416,23 +420,27 @@ def test_freed_heap_is_given_back_as_transfers_end_at_most_once_an_interval() ->
         gate = TransferGate(5, release=lambda: releases.append(loop.time()),
                             release_interval=interval)  # fmt: skip
         plain = TransferGate(5)
+        broken = TransferGate(5, release=failing, release_interval=interval)
 
         async def transfer(seconds: float) -> None:
-            async with gate.turn(), plain.turn():
+            async with gate.turn(), plain.turn(), broken.turn():
                 await asyncio.sleep(seconds)
                 ends.append(loop.time())  # its bytes moved; the turn ends next
 
         await asyncio.gather(*(transfer(0.01 * (k + 1)) for k in range(5)))
-        at_once = len(releases)
-        await asyncio.sleep(interval * 1.5)  # the deferred one is due by now
+        await asyncio.sleep(0.05)  # the loop's next turns: the first release is done
+        first = len(releases)
+        await asyncio.sleep(interval * 1.5)  # the one after the last end is due by now
         assert gate.releases == len(releases)
-        return releases, ends, at_once
+        assert plain.releases == 0
+        assert broken.releases >= 1  # it was called, and raised, and nothing else happened
+        return releases, ends, first
 
-    releases, ends, at_once = asyncio.run(scenario())
-    assert at_once >= 1  # the first end gave it back without waiting for the interval
-    assert releases[-1] >= ends[-1]  # and what the last ones freed went back too
+    releases, ends, first = asyncio.run(scenario())
+    assert first >= 1  # without waiting for the interval
+    assert releases[-1] >= ends[-1]  # what the last ones freed went back too
     assert len(releases) < len(ends)  # not at every end: at most once an interval
-    assert all(b - a >= interval - 0.01 for a, b in itertools.pairwise(releases))
+    assert all(b - a >= interval for a, b in itertools.pairwise(releases))
 
 
 def test_the_link_gives_back_freed_heap_after_transfers(link: Link, pki: TestPki) -> None:
