@@ -27,9 +27,9 @@ import psutil
 SAMPLE_INTERVAL = 0.05
 """Seconds between RSS samples."""
 TREE_REFRESH = 0.25
-"""Seconds between two scans of ``/proc`` for the sampled trees' members: a process is
-counted from at most this long after it starts (an app process's first quarter second is
-its interpreter starting, far below its peak)."""
+"""Seconds between two scans of ``/proc`` for the sampled trees' members (made at a
+sample): a process is counted from at most this long and a sample interval after it starts
+(an app process's first quarter second is its interpreter starting, far below its peak)."""
 TAG_VARIABLE = "FLWRMTLS_BENCH_TAG"
 """The environment variable that marks the processes a benchmark started (for :func:`sweep`)."""
 

@@ -22,7 +22,8 @@ Rules:
   together).
 - A bundle is named by its SHA-256 (:func:`bundle_hash`). :func:`extract_bundle` checks it
   first, then refuses absolute paths, ``..``, links, devices and anything but regular files
-  and directories, before it writes a byte.
+  and directories, and two members on one path (of one name, or a file where a directory
+  is), before it writes a byte; every reader refuses the same (:func:`read_bundle`).
 - A bundle is a plain ustar archive: every header is one 512-byte block. Readers refuse PAX
   extended and global headers, GNU long-name and long-link headers and GNU sparse files
   before ``tarfile`` reads their data (it would hold all of it in memory: a 100 KB bundle
@@ -252,7 +253,7 @@ def extract_bundle(bundle: bytes | memoryview, expected_hash: str, into: Path) -
         _as_bundle_errors(),
         tarfile.open(fileobj=io.BytesIO(bundle), mode="r:gz", tarinfo=_UstarHeader) as tar,
     ):
-        members = [(member, _safe_member_path(member)) for member in _bounded(tar)]
+        members = list(_members(tar))
         into.mkdir(parents=True, exist_ok=True)
         root = into.resolve()
         for member, relative in members:
@@ -278,26 +279,40 @@ BundleFile = tuple[str, tarfile.TarInfo, IO[bytes]]
 its header and its content (read before the next file)."""
 
 
-def _bounded(tar: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
-    """The archive's members, refusing too many or too large ones before reading their data."""
+def _members(tar: tarfile.TarFile) -> Iterator[tuple[tarfile.TarInfo, PurePosixPath]]:
+    """The archive's members with their paths, each refused before its data is read when
+    there are too many or too large ones (declared sizes), when its path is unsafe, or when
+    another member takes its path: two of one name (readers differ on which one it means: a
+    node reads the first pyproject.toml, unpacking keeps the last) or a file where another
+    member needs a directory (unpacking would fail midway)."""
     total = 0
+    files: set[PurePosixPath] = set()
+    directories: set[PurePosixPath] = set()
     for count, member in enumerate(tar, start=1):
         total += member.size
         if count > MAX_MEMBERS or total > MAX_UNPACKED_BYTES:
             raise BundleError(
                 f"bundle unpacks to more than {MAX_MEMBERS} files or {MAX_UNPACKED_BYTES} bytes"
             )
-        yield member
+        path = _safe_member_path(member)
+        parents = set(path.parents) - {PurePosixPath(".")}
+        if path in files or parents & files or (path in directories and not member.isdir()):
+            raise BundleError(
+                f"bundle member {path.as_posix()!r} takes a path another member takes (two of "
+                "one name, or a file where a directory is); build bundles with `flwrmtls run`"
+            )
+        (directories if member.isdir() else files).add(path)
+        directories |= parents
+        yield member, path
 
 
 def _files(tar: tarfile.TarFile) -> Iterator[BundleFile]:
-    for member in _bounded(tar):
-        relative = _safe_member_path(member)
+    for member, path in _members(tar):
         if member.isdir():
             continue
         source = tar.extractfile(member)
         assert source is not None  # a regular file always has content
-        yield relative.as_posix(), member, source
+        yield path.as_posix(), member, source
 
 
 @contextlib.contextmanager

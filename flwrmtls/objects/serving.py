@@ -28,7 +28,7 @@ ended (from the next turn of the loop, when the transfer's buffers are let go), 
 once every ``release_interval`` seconds while more end, the last end always followed by
 one. glibc keeps what a transfer's chunks and buffers freed and serves later transfers
 around it: the link alone at 8 and 32 nodes x 50 MiB peaked at 160-162 and 211-213 MiB
-without it, 149-151 and 198-202 with it (docs/performance.md; it lowers the level, not the
+without it, 154-160 and 196-202 with it (docs/performance.md; it lowers the level, not the
 growth with the nodes).
 """
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import itertools
+import logging
 import threading
 import weakref
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -403,7 +404,9 @@ def test_the_link_moves_bytes_for_at_most_its_gates_transfers_at_once(
     setup.close()
 
 
-def test_freed_heap_is_given_back_as_transfers_end_at_most_once_an_interval() -> None:
+def test_freed_heap_is_given_back_as_transfers_end_at_most_once_an_interval(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     """The gate gives the heap back once a transfer has ended, then at most once every
     interval however many end, and after the last end, so what the last transfers freed goes
     back too; a gate without ``release`` gives nothing back, and a release that fails never
@@ -415,6 +418,7 @@ def test_freed_heap_is_given_back_as_transfers_end_at_most_once_an_interval() ->
 
     async def scenario() -> tuple[list[float], list[float], int]:
         loop = asyncio.get_running_loop()
+        loop.set_exception_handler(lambda _, context: unhandled.append(context))
         releases: list[float] = []
         ends: list[float] = []
         gate = TransferGate(5, release=lambda: releases.append(loop.time()),
@@ -427,6 +431,12 @@ def test_freed_heap_is_given_back_as_transfers_end_at_most_once_an_interval() ->
                 await asyncio.sleep(seconds)
                 ends.append(loop.time())  # its bytes moved; the turn ends next
 
+        next_turn = TransferGate(1, release=lambda: None)
+        async with next_turn.turn():
+            pass
+        assert next_turn.releases == 0  # not while the ended transfer's frame still runs
+        await asyncio.sleep(0.01)
+        assert next_turn.releases == 1  # from the loop's next turn
         await asyncio.gather(*(transfer(0.01 * (k + 1)) for k in range(5)))
         await asyncio.sleep(0.05)  # the loop's next turns: the first release is done
         first = len(releases)
@@ -436,7 +446,11 @@ def test_freed_heap_is_given_back_as_transfers_end_at_most_once_an_interval() ->
         assert broken.releases >= 1  # it was called, and raised, and nothing else happened
         return releases, ends, first
 
-    releases, ends, first = asyncio.run(scenario())
+    unhandled: list[dict[str, object]] = []
+    with caplog.at_level(logging.WARNING, logger="flwrmtls.objects"):
+        releases, ends, first = asyncio.run(scenario())
+    assert not unhandled  # the failing release reached no one: it was logged, in one line
+    assert "giving freed memory back to the system failed: no" in caplog.text
     assert first >= 1  # without waiting for the interval
     assert releases[-1] >= ends[-1]  # what the last ones freed went back too
     assert len(releases) < len(ends)  # not at every end: at most once an interval
