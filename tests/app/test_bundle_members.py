@@ -19,15 +19,8 @@ import pytest
 from flwrmtls.app.bundle import BundleError, bundle_app_config, bundle_hash, extract_bundle
 from flwrmtls.app.bundling import check_bundle
 
-PYPROJECT = b"""\
-[project]
-name = "plain"
-version = "1.0"
+from .test_bundle_headers import PYPROJECT
 
-[tool.flwrmtls.app.components]
-serverapp = "plain.s:app"
-clientapp = "plain.c:app"
-"""
 OTHER = PYPROJECT.replace(b'"plain"', b'"other"')
 SOURCE = random.Random(14).randbytes(500_000)  # incompressible: half the archive cuts it
 
