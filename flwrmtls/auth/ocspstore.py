@@ -71,6 +71,7 @@ from flwrmtls.auth.ocspcheck import (
     OcspSubject,
     ocsp_subjects,
 )
+from flwrmtls.auth.ocsppolicy import OcspPolicy, Unreachable
 from flwrmtls.clock import Clock
 from flwrmtls.wire.refusals import Refusal
 
@@ -79,11 +80,9 @@ __all__ = [
     "MAX_ENTRIES",
     "OCSP_SCOPE",
     "STANDING_REFUSAL",
-    "OcspPolicy",
     "OcspQuery",
     "OcspStore",
     "Standing",
-    "Unreachable",
     "standing_of",
 ]
 
@@ -97,44 +96,6 @@ _FIRST_RETRY = timedelta(seconds=2)
 _LAST_RETRY = timedelta(minutes=1)
 _SOONEST = timedelta(seconds=1)
 _FINAL_HOLD = "certificateHold"
-
-
-class Unreachable(enum.StrEnum):
-    """``--ocsp-unreachable``: a connected certificate whose answer cannot be refreshed."""
-
-    FAIL_CLOSED = "fail-closed"
-    KEEP_LAST_GOOD = "keep-last-good"
-
-
-@dataclass(frozen=True, slots=True)
-class OcspPolicy:
-    """How the link uses OCSP (``--ocsp``, ``--ocsp-unreachable``, ``--ocsp-timeout``,
-    ``--ocsp-refresh-interval``)."""
-
-    mode: OcspMode = OcspMode.OFF
-    url: str | None = None
-    """The responder ``--ocsp URL`` names (mode ``url``)."""
-    unreachable: Unreachable = Unreachable.FAIL_CLOSED
-    timeout: float = 5.0
-    """Seconds one question to a responder may take, connecting and reading included."""
-    refresh_interval: float = 300.0
-    """Seconds after which an answer is asked for again."""
-
-    @property
-    def enabled(self) -> bool:
-        return self.mode is not OcspMode.OFF
-
-    def describe(self) -> str:
-        whom = (
-            f"node and CLI certificates at {self.url}, CA certificates at the responder their "
-            "AIA names"
-            if self.mode is OcspMode.URL
-            else "each certificate at the responder its AIA names"
-        )
-        return (
-            f"OCSP: {whom}; refreshed every {self.refresh_interval:g} s; responder "
-            f"unreachable: {self.unreachable.value}"
-        )
 
 
 class Standing(enum.StrEnum):

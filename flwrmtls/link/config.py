@@ -21,7 +21,8 @@ from flwrmtls.auth.eckey import Audiences, EcKeyAuthenticator, KeyStatus, Regist
 from flwrmtls.auth.identity import IdentitySource, RoleSource
 from flwrmtls.auth.mtls import MtlsAuthenticator
 from flwrmtls.auth.nodeauth import NodeAuth
-from flwrmtls.auth.ocspstore import OcspPolicy, OcspStore
+from flwrmtls.auth.ocsppolicy import OcspPolicy
+from flwrmtls.auth.ocspstore import OcspStore
 from flwrmtls.auth.ratelimit import FailureBudget
 from flwrmtls.auth.replay import ReplayLimits
 from flwrmtls.auth.revocation import RevocationStore

@@ -20,7 +20,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from flwrmtls.auth.identity import IdentitySource, RoleSource
 from flwrmtls.auth.nodeauth import NodeAuth, requires_client_certificate
 from flwrmtls.auth.ocspcheck import OcspMode, responder_url
-from flwrmtls.auth.ocspstore import OcspPolicy, Unreachable
+from flwrmtls.auth.ocsppolicy import OcspPolicy, Unreachable
 from flwrmtls.clock import SystemClock
 from flwrmtls.enroll.config import (
     EnrollmentConfig,

@@ -12,7 +12,7 @@ from pathlib import Path
 from flwrmtls.auth.identity import IdentitySource, RoleSource
 from flwrmtls.auth.nodeauth import NodeAuth
 from flwrmtls.auth.ocspcheck import OcspMode
-from flwrmtls.auth.ocspstore import OcspPolicy, Unreachable
+from flwrmtls.auth.ocsppolicy import OcspPolicy, Unreachable
 from flwrmtls.cliargs import finish_parser
 from flwrmtls.enroll.config import (
     DEFAULT_ADDRESS,

@@ -37,7 +37,8 @@ from flwrmtls.auth.ocspcheck import (
     responder_url,
     verify_response,
 )
-from flwrmtls.auth.ocspstore import OcspPolicy, OcspQuery, OcspStore, Unreachable
+from flwrmtls.auth.ocsppolicy import OcspPolicy, Unreachable
+from flwrmtls.auth.ocspstore import OcspQuery, OcspStore
 from flwrmtls.pki import LeafOptions
 from flwrmtls.testing.clock import FakeClock
 from flwrmtls.testing.pki import TestPki, make_test_pki

@@ -32,7 +32,7 @@ from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from flwrmtls.auth.ocspcheck import OcspMode
-from flwrmtls.auth.ocspstore import OcspPolicy, Unreachable
+from flwrmtls.auth.ocsppolicy import OcspPolicy, Unreachable
 from flwrmtls.errors import LinkUnreachable, Refused
 from flwrmtls.fleet.client import FleetClient, Session
 from flwrmtls.link.server import Link
