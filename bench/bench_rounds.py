@@ -82,11 +82,8 @@ def summarize_detail(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
         ]
     )
     return {
-        **{  # results saved before these were measured have none
-            key: spread([r["detail"][key] for r in runs])
-            for key in ("serverapp_peak_rss_mib", "clientapp_peak_rss_mib")
-            if all(key in r["detail"] for r in runs)
-        },
+        "serverapp_peak_rss_mib": spread([r["detail"]["serverapp_peak_rss_mib"] for r in runs]),
+        "clientapp_peak_rss_mib": spread([r["detail"]["clientapp_peak_rss_mib"] for r in runs]),
         "round_1_phases": {name: phase(name, slice(0, 1)) for name in PHASES},
         "later_round_phases": {name: phase(name, later) for name in PHASES},
         "cpu_seconds": cpu,

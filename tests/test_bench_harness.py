@@ -18,7 +18,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 
 from harness import BenchError
-from harness.procs import TREE_REFRESH, RssSampler, _statm_rss
+from harness.procs import TREE_REFRESH, RssSampler, rss_bytes
 from harness.stats import percentiles, ratio, spread
 from harness.tables import fmt_spread, markdown_table
 from harness.workload import check_model, expected_shift, step, tile
@@ -126,7 +126,7 @@ def _end(child: subprocess.Popen[str]) -> None:
 
 def test_the_sampler_counts_a_grandchild_that_appears_and_a_zombie_as_nothing() -> None:
     # The control: a process's statm gives what psutil calls rss.
-    assert abs(_statm_rss(os.getpid()) - psutil.Process().memory_info().rss) < 4 << 20
+    assert abs(rss_bytes(os.getpid()) - psutil.Process().memory_info().rss) < 4 << 20
     child = _start_child()
     try:
         with RssSampler({"root": child.pid}, interval=3600) as sampler:  # samples by hand
@@ -143,7 +143,7 @@ def test_the_sampler_counts_a_grandchild_that_appears_and_a_zombie_as_nothing() 
         while _state(child.pid) != "Z":
             assert time.monotonic() < deadline
             time.sleep(0.05)
-        assert _statm_rss(child.pid) == 0
+        assert rss_bytes(child.pid) == 0
     finally:
         _end(child)
 

@@ -65,25 +65,12 @@ def children(pid: int) -> list[int]:
         return []
 
 
-def rss_bytes(pid: int) -> int:
-    """The resident set of ``pid`` in bytes; 0 when it is gone or a zombie."""
-    process = _process(pid)
-    if process is None:
-        return 0
-    try:
-        if process.status() == psutil.STATUS_ZOMBIE:
-            return 0
-        return int(process.memory_info().rss)
-    except psutil.Error:
-        return 0
-
-
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
-def _statm_rss(pid: int) -> int:
-    """VmRSS of ``pid`` in bytes from ``/proc/PID/statm``; 0 when it is gone or a zombie
-    (whose statm reads as all zeros)."""
+def rss_bytes(pid: int) -> int:
+    """The resident set of ``pid`` in bytes (VmRSS, from ``/proc/PID/statm``); 0 when it is
+    gone or a zombie (whose statm reads as all zeros)."""
     try:
         with open(f"/proc/{pid}/statm", "rb") as statm:
             return int(statm.read().split()[1]) * _PAGE
@@ -191,9 +178,9 @@ class RssSampler:
         self._scanned = float("-inf")
 
     def _measure(self, pid: int, peak: Peak) -> int:
-        own = _statm_rss(pid)
+        own = rss_bytes(pid)
         members = self._members.get(pid, ())
-        below = sum(_statm_rss(child) for child in members)
+        below = sum(rss_bytes(child) for child in members)
         peak.largest_descendant = max(
             [peak.largest_descendant, *(_hwm(child) for child in members)]
         )
