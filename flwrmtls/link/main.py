@@ -165,10 +165,10 @@ async def _run(config: LinkConfig) -> None:
         _describe(link),
         link.state.path,
     )
-    if link.health is not None:
+    if link.operations.health is not None:
         log.info("health (grpc.health.v1) on %s (port %d)", config.health_address,
                  link.health_port)  # fmt: skip
-    if link.metrics_server is not None:
+    if link.operations.metrics_server is not None:
         log.info("metrics on http://%s/metrics (port %d)", config.metrics_address,
                  link.metrics_port)  # fmt: skip
     if link.state.shared:

@@ -31,10 +31,9 @@ refusal, so a node idle in a long poll is out within about a second of the file 
 of the OCSP answer arriving: :mod:`flwrmtls.auth.ocsprefresh` asks responders off the loop).
 
 Operations (:mod:`flwrmtls.ops`), each only when its address is configured: the gRPC health
-listener (readiness: certificates loaded and in date, the database answers, the listeners
-serve) and Prometheus metrics (the call interceptor outermost on each listener, the
-interceptors' and the Fleet servicer's hooks, the state read on this loop at each scrape).
-Without them, no port is opened and each hook is one None check.
+listener and the metrics endpoint (:mod:`flwrmtls.link.operations`), and the counters (the
+call interceptor outermost on each listener, the interceptors' and the Fleet servicer's
+hooks). Without them, no port is opened and each hook is one None check.
 """
 
 from __future__ import annotations
@@ -83,12 +82,12 @@ from flwrmtls.link.config import (
     build_certificate_authenticator,
     build_key_authenticator,
 )
+from flwrmtls.link.operations import LinkOperations
 from flwrmtls.link.reload import TlsMaterial, TlsWatcher, Trust
 from flwrmtls.link.replication import Replication
 from flwrmtls.objects.store import ObjectStore
 from flwrmtls.ops.callmetrics import CallMetricsInterceptor
-from flwrmtls.ops.health import HealthListener
-from flwrmtls.ops.metrics import LinkMetrics, LinkSnapshot, MetricsServer, counts
+from flwrmtls.ops.metrics import LinkMetrics
 from flwrmtls.proto import appio_pb2_grpc, control_pb2_grpc, enrollment_pb2_grpc, fleet_pb2_grpc
 from flwrmtls.runs.appenvs import AppEnvs
 from flwrmtls.runs.linkobjects import SWEEP_INTERVAL, LinkObjects
@@ -149,8 +148,6 @@ class Link:
             )  # fmt: skip
         self.metrics = LinkMetrics() if config.metrics_address is not None else None
         """Off (None) unless ``--metrics-address``: then nothing is counted anywhere."""
-        self.metrics_server: MetricsServer | None = None
-        self.health: HealthListener | None = None
         self._serving = False
         refusals = RefusalLog(self.clock)
         digest = config.node_auth in (NodeAuth.KEY, NodeAuth.CERTIFICATE_AND_KEY)
@@ -201,6 +198,10 @@ class Link:
         self.objects = LinkObjects(
             ObjectStore(config.objects_directory), self.state, self.clock, config.storage
         )
+        self.operations = LinkOperations(
+            config, self.clock, self.state, self.objects.store, self.metrics,
+            tls_leaf=self._tls_leaf, serving=lambda: self._serving,
+        )  # fmt: skip
         self.run_log = RunLog(self.state.runs, self.notifier, self.clock)
         self.runs = ServerApps(
             self.state, self.clock, notifier=self.notifier, run_log=self.run_log,
@@ -466,7 +467,7 @@ class Link:
         for server in self._servers:
             await server.start()
         self._serving = True
-        await self._start_operations()
+        await self.operations.start()
         self._tasks.append(asyncio.create_task(self._watch_files()))
         self._tasks.append(asyncio.create_task(self._sweep_objects()))
         if self.ocsp is not None:
@@ -474,64 +475,17 @@ class Link:
             self._tasks.append(asyncio.create_task(self._ocsp_refresher.run()))
         self.replication.start()
 
-    async def _start_operations(self) -> None:
-        """The health listener and the metrics endpoint, where the operator asked for them."""
-        config = self.config
-        if config.health_address is not None:
-            self.health = HealthListener(
-                config.health_address,
-                {"certificates": self._certificates_ready, "state": self._state_ready,
-                 "serving": self._serving_ready},
-            )  # fmt: skip
-            await self.health.start()
-        if self.metrics is not None and config.metrics_address is not None:
-            self.metrics.watch_state(
-                self._snapshot, asyncio.get_running_loop(),
-                lambda: len(self.objects.store.object_ids()), self.objects.store.stored_bytes,
-            )  # fmt: skip
-            self.metrics_server = MetricsServer(
-                self.metrics.registry, config.metrics_address, "--metrics-address"
-            )
-
     @property
     def health_port(self) -> int:
-        return self.health.port if self.health is not None else 0
+        return self.operations.health_port
 
     @property
     def metrics_port(self) -> int:
-        return self.metrics_server.port if self.metrics_server is not None else 0
+        return self.operations.metrics_port
 
     def _tls_leaf(self) -> x509.Certificate | None:
         material = self.tls_watcher.material if self.tls_watcher is not None else self._material
         return material.identity.leaf if material is not None else None
-
-    def _certificates_ready(self) -> str | None:
-        leaf = self._tls_leaf()
-        if leaf is None:
-            return None if self.config.insecure else "no server certificate loaded"
-        now = self.clock.now()
-        if not leaf.not_valid_before_utc <= now <= leaf.not_valid_after_utc:
-            return (
-                f"the server certificate is valid from {leaf.not_valid_before_utc:%Y-%m-%d %H:%M} "
-                f"to {leaf.not_valid_after_utc:%Y-%m-%d %H:%M} UTC, not now"
-            )
-        return None
-
-    def _state_ready(self) -> str | None:
-        self.state.runs.active()  # raises when the database cannot be read
-        return None
-
-    def _serving_ready(self) -> str | None:
-        return None if self._serving else "the listeners are not serving"
-
-    def _snapshot(self) -> LinkSnapshot:
-        now = self.clock.now().timestamp()
-        leaf = self._tls_leaf()
-        return LinkSnapshot(
-            nodes_by_status=counts(node.status for node in self.state.list_nodes(now=now)),
-            runs_by_status=counts(run.status.value for run in self.state.runs.all()),
-            server_certificate_not_after=leaf.not_valid_after_utc if leaf is not None else None,
-        )
 
     def _enrollment_server(self, enroll: EnrollmentConfig) -> grpc.aio.Server:
         """The Enrollment API: TLS without client certificates, small messages, few streams
@@ -612,10 +566,7 @@ class Link:
 
     async def stop(self, grace: float = 2.0) -> None:
         self._serving = False
-        if self.health is not None:  # not ready first, so no new work is sent here
-            await self.health.stop()
-        if self.metrics_server is not None:
-            self.metrics_server.stop()
+        await self.operations.stop()  # not ready first, so no new work is sent here
         self.presence.close()  # every connection closes now: none of that is a node lost
         await self.runs.shutdown()
         await self.replication.stop()
