@@ -272,3 +272,50 @@ def test_a_shared_cache_hashes_arrays_shared_by_several_messages_once(
     uncached = [codec.encode_record_dict(content) for content in broadcast]
     assert len(hashed) == 10  # control: without the cache every message hashes again
     assert [e.content for e in uncached] == [e.content for e in encoded]
+
+
+def test_a_large_message_s_arrays_are_hashed_on_several_threads_each_under_its_own_id(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import threading
+
+    import flwrmtls.app.codec as codec
+
+    threads: set[int] = set()
+    real = codec.object_id
+
+    def recording(data: bytes | memoryview) -> str:
+        threads.add(threading.get_ident())
+        return real(data)
+
+    monkeypatch.setattr(codec, "object_id", recording)
+    monkeypatch.setattr(codec, "HASH_THREADS", 4)
+    size = codec.PARALLEL_HASH_BYTES // 4 // 4 + 1  # float32: the arrays just over the bound
+    rng = np.random.default_rng(7)
+    arrays = {f"a{i}": rng.random(size, dtype=np.float32) for i in range(6)}
+    arrays["view"] = arrays["a0"][::2]  # not contiguous: copied, then hashed like the others
+    arrays["again"] = arrays["a1"]  # one array under two names: one object
+    encoded = codec.encode_record_dict(RecordDict({"m": ArrayRecord(arrays)}))
+    assert len(threads) > 1
+    decoded = decode_record_dict(encoded.content, encoded.objects)["m"]
+    assert isinstance(decoded, ArrayRecord)
+    for name, array in arrays.items():
+        assert np.array_equal(decoded[name], array)
+    for oid, data in encoded.objects.items():
+        assert hashlib.sha256(data).hexdigest() == oid
+    assert len(encoded.objects) == 7
+
+    threads.clear()  # control: the same arrays under the bound are hashed on this thread alone
+    small = {name: array[:1000] for name, array in arrays.items()}
+    codec.encode_record_dict(RecordDict({"m": ArrayRecord(small)}))
+    assert threads == {threading.get_ident()}
+
+
+def test_object_ids_keep_the_order_of_the_views() -> None:
+    from flwrmtls.app.codec import PARALLEL_HASH_BYTES, object_ids
+
+    views = [bytes([i]) * (PARALLEL_HASH_BYTES // 3 + i) for i in range(5)]
+    expected = [hashlib.sha256(view).hexdigest() for view in views]
+    assert object_ids(views, threads=3) == expected
+    assert object_ids(views, threads=1) == expected
+    assert object_ids([]) == []
