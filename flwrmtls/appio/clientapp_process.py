@@ -39,7 +39,7 @@ from flwrmtls.appio.process import (
 from flwrmtls.heap import limit_malloc_arenas, release_free_memory
 from flwrmtls.keyvalues import values_from_proto
 from flwrmtls.objects.store import CorruptObject, ObjectStore
-from flwrmtls.objects.transfer import in_parallel, pull_objects, push_objects
+from flwrmtls.objects.transfer import in_parallel, pull_objects, push_objects, store_shared
 from flwrmtls.proto import appio_pb2, appio_pb2_grpc, common_pb2
 from flwrmtls.wire.bounds import LONG_POLL_SECONDS
 from flwrmtls.wire.refusals import Refusal, refusal_in
@@ -169,9 +169,8 @@ def run(address: str) -> int:
                 del message
             proto, reply_objects = message_to_proto(reply)
             del reply  # its arrays live on in reply_objects until they are stored
-            if shared is not None:
-                for object_id in reply_objects:  # the node pushes them on
-                    shared.put_hashed(reply_objects[object_id], object_id)
+            if shared is not None:  # the node pushes them on
+                store_shared(shared, reply_objects)
             else:
                 push_objects(stub, reply_objects, metadata=metadata, timeout=_TRANSFER_TIMEOUT)
             del reply_objects  # nothing of this message is kept while the next one is read,

@@ -40,7 +40,12 @@ from flwrmtls.app.message import (
 )
 from flwrmtls.app.records import RecordDict
 from flwrmtls.objects.store import ObjectStore
-from flwrmtls.objects.transfer import PARALLEL_STREAMS, in_parallel, pull_object_bytes, push_objects
+from flwrmtls.objects.transfer import (
+    PARALLEL_STREAMS,
+    pull_object_bytes,
+    push_objects,
+    store_shared,
+)
 from flwrmtls.proto import appio_pb2, appio_pb2_grpc, common_pb2
 from flwrmtls.wire.bounds import LONG_POLL_SECONDS
 
@@ -132,8 +137,7 @@ class GrpcGrid:
             protos.append(proto)
             objects.update(message_objects)
         if self._shared is not None:
-            shared = self._shared
-            in_parallel(lambda item: shared.put_hashed(item[1], item[0]), objects.items())
+            store_shared(self._shared, objects)
         else:
             push_objects(self._stub, objects, metadata=self._metadata, timeout=_TRANSFER_TIMEOUT)
         self._stub.PushMessages(

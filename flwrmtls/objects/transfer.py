@@ -3,8 +3,9 @@ every API that carries them.
 
 :func:`push_objects` sends only what the other side lacks, :func:`pull_objects` and
 :func:`pull_object_into` fetch by id, :func:`in_parallel` moves a message's objects on several
-streams at once. No message ever carries more than one chunk. The serving side (grpc.aio
-servicers) is :mod:`flwrmtls.objects.serving`.
+streams at once, and :func:`store_shared` writes an app process's own objects into the store
+its link or node shares with it, several at once. No message ever carries more than one
+chunk. The serving side (grpc.aio servicers) is :mod:`flwrmtls.objects.serving`.
 
 Every upload declares its object (``flwrmtls-object`` metadata: content hash and size), so an
 EC-key node signs what identifies the bytes, and the link holds the stream to it. Every
@@ -40,6 +41,7 @@ __all__ = [
     "pull_objects",
     "push_objects",
     "push_stored_objects",
+    "store_shared",
 ]
 
 Metadata = Sequence[tuple[str, str]]
@@ -66,6 +68,12 @@ def in_parallel(function: Callable[[_T], _R], items: Iterable[_T]) -> list[_R]:
         return [function(item) for item in work]
     with ThreadPoolExecutor(min(PARALLEL_STREAMS, len(work)), "transfer") as pool:
         return list(pool.map(function, work))
+
+
+def store_shared(store: ObjectStore, objects: Mapping[str, bytes | memoryview]) -> None:
+    """Write objects this process named from their very bytes (object id -> bytes) into a
+    shared store, several at a time (a write lets go of the GIL while it copies)."""
+    in_parallel(lambda item: store.put_hashed(item[1], item[0]), objects.items())
 
 
 def _chunks(

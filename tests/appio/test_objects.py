@@ -25,7 +25,12 @@ from flwrmtls.link.server import Link
 from flwrmtls.objects.scope import SetScope
 from flwrmtls.objects.serving import TransferGate, fixed_scope, receive_object
 from flwrmtls.objects.store import ObjectStore, object_id_of
-from flwrmtls.objects.transfer import MAX_OBJECT_BYTES, pull_object_bytes, pull_objects
+from flwrmtls.objects.transfer import (
+    MAX_OBJECT_BYTES,
+    pull_object_bytes,
+    pull_objects,
+    store_shared,
+)
 from flwrmtls.proto import appio_pb2_grpc, fleet_pb2_grpc, objects_pb2
 from flwrmtls.state.runlifecycle import RunStatus
 from flwrmtls.testing.link import node_client
@@ -201,6 +206,28 @@ def test_bytes_stored_under_an_id_computed_by_their_writer_are_checked_by_reader
         store.read_verified(wrong)
     with pytest.raises(ValueError, match="not an object id"):
         store.put_hashed(b"x", "../escape")
+
+
+def test_an_app_process_stores_its_objects_in_the_shared_store_several_at_a_time(
+    tmp_path: Path,
+) -> None:
+    store = ObjectStore(tmp_path / "objects")
+    rng = np.random.default_rng(3)
+    objects: dict[str, bytes | memoryview] = {}
+    for size in (0, 1, 1 << 20, (1 << 20) + 7, 5 << 20, 3):
+        data = rng.bytes(size)
+        objects[object_id_of(data)] = memoryview(data)
+    store_shared(store, objects)
+    assert sorted(store.object_ids()) == sorted(objects)
+    for object_id, stored in objects.items():
+        assert store.read_verified(object_id) == stored
+    assert store.partial_writes() == []
+    wrong = object_id_of(b"claimed")  # a writer's bug: readers on the host still find it out
+    store_shared(store, {wrong: b"other bytes"})
+    with pytest.raises(ValueError, match="do not match their SHA-256"):
+        store.read_verified(wrong)
+    with pytest.raises(ValueError, match="not an object id"):
+        store_shared(store, {object_id_of(b"a"): b"a", "../escape": b"x"})
 
 
 class _ChunkServer(appio_pb2_grpc.ClientAppIoServicer):
