@@ -7,10 +7,9 @@ Rules:
   A C-contiguous array is not copied (its object is a view of the array's memory); any other
   array is copied once into C order.
 - An object id is the hex SHA-256 of the bytes. Identical bytes in one message are one object.
-  A message's arrays are hashed on up to :data:`HASH_THREADS` threads at once once they hold
-  :data:`PARALLEL_HASH_BYTES` together (hashlib lets go of the GIL while it hashes): a 1 GB
-  model of 4 arrays is named in 0.31 s instead of 0.61 on two cores. One array is one hash,
-  on one thread.
+  A message's new arrays are hashed on up to :data:`HASH_THREADS` threads at once when they
+  hold :data:`PARALLEL_HASH_BYTES` together (hashlib lets go of the GIL while it hashes; what
+  it saves is in docs/performance.md). One array is one hash, on one thread.
 - An array is described by its dtype string (byte order kept: ``"<f4"``, ``">f4"``, ``"|b1"``),
   its shape (0-d and empty arrays included), its object id and its size in bytes.
 - ``decode_record_dict`` raises ``ValueError`` naming the record and array when an object is
@@ -51,8 +50,8 @@ __all__ = [
     "EncodedContent",
     "decode_record_dict",
     "encode_record_dict",
+    "hash_views",
     "object_id",
-    "object_ids",
     "object_ids_of",
 ]
 
@@ -76,7 +75,7 @@ def object_id(data: bytes | memoryview) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def object_ids(views: Sequence[bytes | memoryview], threads: int | None = None) -> list[str]:
+def hash_views(views: Sequence[bytes | memoryview], threads: int | None = None) -> list[str]:
     """The id of each of ``views``, in order: on up to ``threads`` (:data:`HASH_THREADS`)
     threads at once when there are several and they hold :data:`PARALLEL_HASH_BYTES`
     together, else one after another."""
@@ -110,7 +109,7 @@ and unchanged, e.g. for one ``send_and_receive``."""
 
 def _name_arrays(records: RecordDict, cache: EncodingCache | None) -> EncodingCache:
     """``id(array)`` -> (object id, bytes) for every array of ``records``: from ``cache`` when
-    it has the array, else hashed (the message's new arrays together: :func:`object_ids`) and
+    it has the array, else hashed (the message's new arrays together: :func:`hash_views`) and
     added to it."""
     named: EncodingCache = {}
     new: dict[int, memoryview] = {}
@@ -122,7 +121,7 @@ def _name_arrays(records: RecordDict, cache: EncodingCache | None) -> EncodingCa
                     named[id(array)] = known
                 elif id(array) not in new:
                     new[id(array)] = _raw_bytes(array)
-    for (key, data), oid in zip(new.items(), object_ids(list(new.values())), strict=True):
+    for (key, data), oid in zip(new.items(), hash_views(list(new.values())), strict=True):
         named[key] = (oid, data)
         if cache is not None:
             cache[key] = (oid, data)

@@ -50,7 +50,8 @@ MAX_OBJECT_BYTES = 8 << 30
 """The largest object (one array's bytes, or an app bundle) a receiver accepts."""
 
 PARALLEL_STREAMS = 4
-"""Objects moved at once by one sender or receiver (each on its own stream of one channel)."""
+"""Objects moved at once by one sender or receiver (each on its own stream of one channel), or
+written at once into a shared store (:func:`store_shared`)."""
 
 _T = TypeVar("_T")
 _R = TypeVar("_R")
@@ -60,8 +61,8 @@ def in_parallel(function: Callable[[_T], _R], items: Iterable[_T]) -> list[_R]:
     """``function`` over ``items``, up to PARALLEL_STREAMS at a time; results in order.
 
     A message's arrays move concurrently, so one object's transfer overlaps the next one's
-    (and, through a node, its fetch from the link). The first error is raised once all
-    started transfers have ended.
+    (and, through a node, its fetch from the link), and an app process's writes into a shared
+    store use several cores. The first error is raised once all started calls have ended.
     """
     work = list(items)
     if len(work) <= 1:

@@ -282,10 +282,14 @@ def test_a_large_message_s_arrays_are_hashed_on_several_threads_each_under_its_o
     import flwrmtls.app.codec as codec
 
     threads: set[int] = set()
+    together = threading.Event()  # set once two threads hash at once
     real = codec.object_id
 
     def recording(data: bytes | memoryview) -> str:
         threads.add(threading.get_ident())
+        if len(threads) > 1:
+            together.set()
+        together.wait(5)  # the first hash waits for a second thread (one after another: none)
         return real(data)
 
     monkeypatch.setattr(codec, "object_id", recording)
@@ -306,16 +310,17 @@ def test_a_large_message_s_arrays_are_hashed_on_several_threads_each_under_its_o
     assert len(encoded.objects) == 7
 
     threads.clear()  # control: the same arrays under the bound are hashed on this thread alone
+    together.set()
     small = {name: array[:1000] for name, array in arrays.items()}
     codec.encode_record_dict(RecordDict({"m": ArrayRecord(small)}))
     assert threads == {threading.get_ident()}
 
 
-def test_object_ids_keep_the_order_of_the_views() -> None:
-    from flwrmtls.app.codec import PARALLEL_HASH_BYTES, object_ids
+def test_hash_views_keeps_the_order_of_the_views() -> None:
+    from flwrmtls.app.codec import PARALLEL_HASH_BYTES, hash_views
 
     views = [bytes([i]) * (PARALLEL_HASH_BYTES // 3 + i) for i in range(5)]
     expected = [hashlib.sha256(view).hexdigest() for view in views]
-    assert object_ids(views, threads=3) == expected
-    assert object_ids(views, threads=1) == expected
-    assert object_ids([]) == []
+    assert hash_views(views, threads=3) == expected
+    assert hash_views(views, threads=1) == expected
+    assert hash_views([]) == []

@@ -208,7 +208,7 @@ def test_bytes_stored_under_an_id_computed_by_their_writer_are_checked_by_reader
         store.put_hashed(b"x", "../escape")
 
 
-def test_an_app_process_stores_its_objects_in_the_shared_store_several_at_a_time(
+def test_an_app_process_stores_its_objects_in_the_shared_store_under_their_ids(
     tmp_path: Path,
 ) -> None:
     store = ObjectStore(tmp_path / "objects")
