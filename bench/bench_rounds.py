@@ -20,7 +20,8 @@ node's reply differs from every other's; the ServerApp's model is checked). Figu
 * the wire's bound for cells of ``WIRE_MIB`` MiB or more: the same bytes as a round (N x M
   down, then up) over a plain gRPC stream with mutual TLS between N client processes and one
   server process (``harness.rawstream``, as bench_limits), and the round as a fraction of it
-  (wire seconds / round seconds);
+  (wire seconds / round seconds); beside it the same bytes over plain TLS sockets, a process
+  per connection (``harness.rawtls``: TLS alone, no gRPC), and the round as a fraction of that;
 * "node killed mid-round": 3 nodes x 1 MiB (``--kill-nodes``/``--kill-model-mb``), the last
   node's ClientApp holds its reply in round 2 and the node is killed (SIGKILL) once the others
   have answered; the stall is the time from the kill to the end of the round (the link marks a
@@ -46,6 +47,7 @@ from harness.flwrmtls_runs import (
     measure_node_killed,
 )
 from harness.rawstream import measure_raw
+from harness.rawtls import measure_tls
 from harness.results import envelope
 from harness.stats import spread
 from harness.tables import fmt_spread, markdown_table
@@ -119,6 +121,7 @@ def measure_rounds(args: argparse.Namespace, space: Workspace) -> dict[str, Any]
             cell["detail_summary"] = summarize_detail(cell["runs"])
             if distinct and model_mb >= WIRE_MIB:
                 cell["wire"] = measure_raw(pki, nodes, int(model_mb * (1 << 20)))
+                cell["tls"] = measure_tls(pki, nodes, int(model_mb * (1 << 20)))
             result["cells"].append(
                 {"nodes": nodes, "model_mb": model_mb, "distinct": distinct, **cell}
             )
@@ -224,27 +227,35 @@ def render_rounds(result: dict[str, Any]) -> str:
         lines += [
             "",
             "4. A round against the wire: the same bytes (N x M down, then up) over a plain gRPC "
-            "stream with mutual TLS, N client processes and one server process",
+            "stream with mutual TLS, N client processes and one server process; and over plain "
+            "TLS sockets (no gRPC), a server process per connection",
             "",
         ]
         rows = []
         for cell in wired:
             wire, round_mean = cell["wire"], cell["summary"]["round_mean_seconds"]["median"]
             bound = wire["download_seconds"] + wire["upload_seconds"]
+            tls = cell.get("tls")  # results saved before the plain-TLS bound have none
+            tls_bound = tls["download_seconds"] + tls["upload_seconds"] if tls else None
             rows.append(
                 [
                     *_label(cell),
                     f"{wire['download_mb_s']:.0f}",
                     f"{wire['upload_mb_s']:.0f}",
                     f"{bound:.2f}",
+                    f"{tls_bound:.2f}" if tls_bound else "-",
                     f"{round_mean:.2f}",
                     f"{100 * bound / round_mean:.0f} %",
+                    f"{100 * tls_bound / round_mean:.0f} %" if tls_bound else "-",
                 ]
             )
         header = ["nodes", "MiB", "replies", "wire down MB/s", "wire up MB/s", "wire s",
-                  "round s", "round at"]  # fmt: skip
+                  "TLS s", "round s", "round at", "at TLS"]  # fmt: skip
         lines += markdown_table(header, rows, left=3)
-        lines.append("  round at: wire seconds / the round's seconds (median of the rounds' mean)")
+        lines.append(
+            "  round at: wire seconds / the round's seconds (median of the rounds' mean); at TLS: "
+            "the same with the plain-TLS seconds"
+        )
     killed = result.get("node_killed")
     if killed:
         lines += [

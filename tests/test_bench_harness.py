@@ -7,18 +7,25 @@ passes."""
 from __future__ import annotations
 
 import os
+import socket
+import ssl
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import psutil
 import pytest
 
+from flwrmtls.objects.store import CHUNK_SIZE
+from flwrmtls.testing.pki import make_test_pki
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 
 from harness import BenchError
 from harness.procs import TREE_REFRESH, RssSampler, rss_bytes
+from harness.rawtls import measure_tls, tls_context
 from harness.stats import percentiles, ratio, spread
 from harness.tables import fmt_spread, markdown_table
 from harness.workload import check_model, expected_shift, step, tile
@@ -162,3 +169,46 @@ def test_a_peak_between_two_samples_is_missed_by_the_tree_but_not_by_the_exact_p
             assert peak.largest_descendant >= 64 << 20
     finally:
         _end(child)
+
+
+def test_the_plain_tls_bound_moves_every_byte_both_ways(tmp_path: Path) -> None:
+    pki = make_test_pki(tmp_path / "pki")
+    size = 3 * CHUNK_SIZE + 5  # a short last write
+    figures = measure_tls(pki, 2, size)  # byte counts are checked inside: BenchError if short
+    assert (figures["streams"], figures["bytes_per_stream"]) == (2, size)
+    assert figures["upload_mb_s"] > 0
+    assert figures["download_mb_s"] > 0
+
+
+def test_the_plain_tls_bound_is_mutual_tls(tmp_path: Path) -> None:
+    pki = make_test_pki(tmp_path / "pki")
+    server = tls_context(ssl.PROTOCOL_TLS_SERVER, *pki.paths("server"), pki.trust_bundle_path)
+
+    def handshake(client: ssl.SSLContext) -> BaseException | None:
+        left, right = socket.socketpair()
+        outcome: list[BaseException | None] = [None]
+
+        def serve() -> None:
+            try:
+                with server.wrap_socket(right, server_side=True) as tls:
+                    tls.recv(1)
+            except (ssl.SSLError, OSError) as error:
+                outcome[0] = error
+
+        thread = threading.Thread(target=serve)
+        thread.start()
+        try:
+            with client.wrap_socket(left) as tls:
+                tls.sendall(b"x")
+        except (ssl.SSLError, OSError):
+            pass
+        thread.join(10)
+        return outcome[0]
+
+    node = tls_context(ssl.PROTOCOL_TLS_CLIENT, *pki.paths("node-1"), pki.trust_bundle_path)
+    node.check_hostname = False
+    assert handshake(node) is None  # control: a node's certificate from the project's CA
+    anonymous = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    anonymous.load_verify_locations(pki.trust_bundle_path)
+    anonymous.check_hostname = False
+    assert isinstance(handshake(anonymous), ssl.SSLError)  # no client certificate: refused
