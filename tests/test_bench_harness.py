@@ -212,3 +212,14 @@ def test_the_plain_tls_bound_is_mutual_tls(tmp_path: Path) -> None:
     anonymous.load_verify_locations(pki.trust_bundle_path)
     anonymous.check_hostname = False
     assert isinstance(handshake(anonymous), ssl.SSLError)  # no client certificate: refused
+
+
+def test_a_baseline_in_which_a_client_moved_fewer_bytes_is_refused() -> None:
+    from harness.rawstream import stream_rates
+
+    full = {"received": 100, "uploaded": 100, "download": [0.0, 0.5], "upload": [1.0, 2.0]}
+    rates = stream_rates("plain TLS", [full, {**full, "download": [0.1, 1.0]}], 100)
+    assert (rates["download_seconds"], rates["upload_seconds"]) == (1.0, 1.0)
+    assert rates["download_mb_s"] == 200 / 1.0 / 1e6
+    with pytest.raises(BenchError, match="plain TLS: wrong byte counts"):
+        stream_rates("plain TLS", [full, {**full, "received": 99}], 100)

@@ -24,7 +24,7 @@ from flwrmtls.testing.pki import TestPki
 from harness import BenchError
 from harness.procs import RssSampler
 
-__all__ = ["MB", "measure_raw"]
+__all__ = ["MB", "join_all", "measure_raw", "stream_rates"]
 
 MB = 1_000_000
 """MB/s here: 10**6 bytes per second."""
@@ -151,15 +151,32 @@ def measure_raw(pki: TestPki, streams: int, size: int) -> dict[str, Any]:
     finally:
         sampler.__exit__()
         stop.set()
-        for process in [*clients, server]:
-            process.join(timeout=30)
-            if process.is_alive():
-                process.kill()
-                process.join()
+        join_all([*clients, server])
+    return {
+        **stream_rates("raw stream", reports, size),
+        "server_peak_rss_mib": sampler.own_mib("server"),
+        "server_model_mib": size / (1 << 20),
+    }
+
+
+def join_all(processes: list[Any]) -> None:
+    """Wait for each process up to 30 s; kill one that is still alive then."""
+    for process in processes:
+        process.join(timeout=30)
+        if process.is_alive():
+            process.kill()
+            process.join()
+
+
+def stream_rates(what: str, reports: list[dict[str, Any]], size: int) -> dict[str, Any]:
+    """From each client's report (bytes ``received`` and ``uploaded``, ``download`` and
+    ``upload`` as [start, end]): BenchError unless every client moved ``size`` bytes each way,
+    else the span and aggregate MB/s of each direction."""
     if any(r["received"] != size or r["uploaded"] != size for r in reports):
-        raise BenchError(f"raw stream: wrong byte counts {reports}")
+        raise BenchError(f"{what}: wrong byte counts {reports}")
     down = max(r["download"][1] for r in reports) - min(r["download"][0] for r in reports)
     up = max(r["upload"][1] for r in reports) - min(r["upload"][0] for r in reports)
+    streams = len(reports)
     return {
         "streams": streams,
         "bytes_per_stream": size,
@@ -167,6 +184,4 @@ def measure_raw(pki: TestPki, streams: int, size: int) -> dict[str, Any]:
         "upload_seconds": up,
         "download_mb_s": streams * size / down / MB,
         "upload_mb_s": streams * size / up / MB,
-        "server_peak_rss_mib": sampler.own_mib("server"),
-        "server_model_mib": size / (1 << 20),
     }

@@ -21,11 +21,10 @@ from typing import Any
 
 from flwrmtls.objects.store import CHUNK_SIZE
 from flwrmtls.testing.pki import TestPki
-from harness import BenchError
+from harness.rawstream import join_all, stream_rates
 
 __all__ = ["measure_tls", "tls_context"]
 
-MB = 1_000_000
 TLS_TIMEOUT = 3600.0
 
 
@@ -146,21 +145,5 @@ def measure_tls(pki: TestPki, streams: int, size: int) -> dict[str, Any]:
             clients.append(client)
         reports = [results.get(timeout=TLS_TIMEOUT) for _ in clients]
     finally:
-        for process in [*clients, server]:
-            process.join(timeout=30)
-            if process.is_alive():
-                process.kill()
-                process.join()
-    if any(r["received"] != size or r["uploaded"] != size for r in reports):
-        raise BenchError(f"plain TLS: wrong byte counts {reports}")
-    up = max(r["upload"][1] for r in reports) - min(r["upload"][0] for r in reports)
-    down = max(r["download"][1] for r in reports) - min(r["download"][0] for r in reports)
-    return {
-        "streams": streams,
-        "bytes_per_stream": size,
-        "openssl": ssl.OPENSSL_VERSION,
-        "upload_seconds": up,
-        "download_seconds": down,
-        "upload_mb_s": streams * size / up / MB,
-        "download_mb_s": streams * size / down / MB,
-    }
+        join_all([*clients, server])
+    return {**stream_rates("plain TLS", reports, size), "openssl": ssl.OPENSSL_VERSION}
