@@ -227,3 +227,19 @@ def test_a_baseline_in_which_a_client_moved_fewer_bytes_is_refused() -> None:
     assert rates["download_mb_s"] == 200 / 1.0 / 1e6
     with pytest.raises(BenchError, match="plain TLS: wrong byte counts"):
         stream_rates("plain TLS", [full, {**full, "received": 99}], 100)
+
+
+def test_a_plain_tls_bound_that_cannot_start_every_client_leaves_no_process_behind(
+    tmp_path: Path,
+) -> None:
+    pki = make_test_pki(tmp_path / "pki")  # node-1 and node-2 only
+    before = {child.pid for child in psutil.Process().children(recursive=True)}
+    with pytest.raises(FileNotFoundError, match="no certificate 'node-3'"):
+        measure_tls(pki, 3, CHUNK_SIZE)  # two clients and the server already started
+    left = [
+        child for child in psutil.Process().children(recursive=True)
+        if child.pid not in before and child.is_running()
+        and child.status() != psutil.STATUS_ZOMBIE
+        and "resource_tracker" not in " ".join(child.cmdline())  # multiprocessing's own
+    ]  # fmt: skip
+    assert left == []
